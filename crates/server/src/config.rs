@@ -1,0 +1,1 @@
+//! Typed configuration: see crates/server/src/config.rs (being written).
