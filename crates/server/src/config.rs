@@ -1,1 +1,547 @@
-//! Typed configuration: see crates/server/src/config.rs (being written).
+//! Typed configuration of the server: one [`Config`] with a section per concern, each key
+//! documented with its default.
+//!
+//! Every struct here is `#[serde(deny_unknown_fields, default)]`: a key left out takes its
+//! default, and a misspelt key is an error instead of a silently ignored setting.
+//! [`Config::validate`] checks what types cannot say (ranges, duplicates, pairs of keys).
+//!
+//! Not here: reading files or the environment. The `outpost` binary layers defaults, the
+//! TOML file and `OUTPOST_…` variables, resolves the zero-config registration default and
+//! calls [`Config::validate`] before anything is bound.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. `Config::default()` is a working single-host setup for
+/// `localhost` on the loopback interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The XMPP domains served, in canonical (lower-case, ASCII) form. Default: `["localhost"]`.
+    pub domains: Vec<String>,
+    /// Where the server keeps its state: the database and the generated TLS certificate.
+    /// Relative paths are relative to the working directory. Default: `./outpost-data`.
+    pub data_dir: PathBuf,
+    /// Listening sockets.
+    pub listen: ListenConfig,
+    /// The server's certificate.
+    pub tls: TlsConfig,
+    /// Where accounts, rosters and offline messages live.
+    pub storage: StorageConfig,
+    /// In-band registration (XEP-0077).
+    pub registration: RegistrationConfig,
+    /// Client authentication (SASL).
+    pub auth: AuthConfig,
+    /// Resource limits that protect the server from one peer or from too many.
+    pub limits: LimitsConfig,
+    /// Diagnostics.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domains: vec!["localhost".to_owned()],
+            data_dir: PathBuf::from("./outpost-data"),
+            listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            storage: StorageConfig::default(),
+            registration: RegistrationConfig::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[listen]`: the sockets to accept client connections on. Port 0 picks a free port;
+/// the bound addresses are reported by the server once it has started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Client-to-server listeners that offer STARTTLS (RFC 6120 §5).
+    /// Default: `["127.0.0.1:5222"]`.
+    pub c2s: Vec<SocketAddr>,
+    /// Client-to-server listeners with TLS from the first byte (XEP-0368).
+    /// Default: `["127.0.0.1:5223"]`.
+    pub c2s_tls: Vec<SocketAddr>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        ListenConfig {
+            c2s: vec![SocketAddr::new(loopback, 5222)],
+            c2s_tls: vec![SocketAddr::new(loopback, 5223)],
+        }
+    }
+}
+
+/// `[tls]`: the certificate presented to clients. Give both `cert` and `key`, or neither:
+/// with neither, the server generates a self-signed certificate for its domains on first
+/// start and keeps it in `<data_dir>/tls/` (see [`Config::self_signed_paths`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first. Default: none (self-signed).
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key of the leaf certificate. Default: none (self-signed).
+    pub key: Option<PathBuf>,
+}
+
+/// `[storage]`: the persistent store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// The backend. Default: `"sqlite"` (the only one so far).
+    pub backend: StorageBackend,
+    /// The database file. Default: none, meaning `<data_dir>/outpost.db`
+    /// (see [`Config::storage_path`]).
+    pub path: Option<PathBuf>,
+}
+
+/// The storage backends the server can use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// One SQLite file in WAL mode: no separate database server to run.
+    #[default]
+    Sqlite,
+}
+
+/// `[registration]`: in-band account registration (XEP-0077).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationConfig {
+    /// Whether clients may create accounts themselves. Default: unset, which means on when
+    /// Outpost runs without a config file (zero-config: try it out at once) and off when it
+    /// has one (a configured server is a deliberate deployment, where open registration
+    /// invites spam). The binary resolves "unset" at load time; [`Config::registration_enabled`]
+    /// treats a still-unset value as off.
+    pub enabled: Option<bool>,
+}
+
+/// `[auth]`: client authentication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// PBKDF2 iterations for the SCRAM verifiers of new or changed passwords. Existing
+    /// verifiers keep the count they were made with. RFC 7677 §4 asks for at least 4096;
+    /// values from 1 are accepted so that tests can run fast. Default: `4096`.
+    pub scram_iterations: u32,
+    /// Allows SASL authentication on a STARTTLS listener before TLS is negotiated. For local
+    /// testing only: it sends credentials in the clear. Default: `false`.
+    pub allow_plaintext_without_tls: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            scram_iterations: 4096,
+            allow_plaintext_without_tls: false,
+        }
+    }
+}
+
+/// `[limits]`: bounds on what peers may cost the server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest stanza accepted, in bytes of XML; a bigger one closes the stream with
+    /// `<policy-violation/>`. At least 10000 (RFC 6120 §13.12). Default: `262144` (256 KiB).
+    pub max_stanza_bytes: usize,
+    /// Deepest XML element nesting accepted inside a stanza, from 8 to 1024. Default: `64`.
+    pub max_depth: usize,
+    /// Sustained read rate per connection, in bytes per second; a faster peer is read more
+    /// slowly, not disconnected. Default: `262144` (256 KiB/s).
+    pub read_rate_bytes_per_sec: u32,
+    /// Bytes a connection may read at once above the sustained rate (token bucket size).
+    /// Default: `524288` (512 KiB).
+    pub read_burst_bytes: u32,
+    /// Most client connections open at once, over all listeners; further ones are closed
+    /// right after accept. Default: `10000`.
+    pub max_connections: usize,
+    /// Most messages kept for one offline user (XEP-0160); further ones bounce with
+    /// `<service-unavailable/>`. Default: `10000`.
+    pub offline_quota: u32,
+    /// Seconds without any traffic from a connection after which it is closed. Must be
+    /// greater than `ping_interval_secs`, so the ping has a chance. Default: `600`.
+    pub idle_timeout_secs: u64,
+    /// Seconds of silence from a client after which the server sends it an XEP-0199 ping,
+    /// so live connections generate traffic and dead ones are found. Default: `300`.
+    pub ping_interval_secs: u64,
+    /// Failed logins allowed from one IP address within `login_failure_window_secs`;
+    /// further attempts are refused until the window passes. Default: `10`.
+    pub login_failures_per_ip: u32,
+    /// Failed logins allowed for one account within `login_failure_window_secs`, from any
+    /// address. Default: `10`.
+    pub login_failures_per_account: u32,
+    /// Length of the window in which failed logins are counted, in seconds. Default: `300`.
+    pub login_failure_window_secs: u64,
+    /// Most sessions (resources) bound at once for one account. Default: `10`.
+    pub max_resources_per_account: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 64,
+            read_rate_bytes_per_sec: 256 * 1024,
+            read_burst_bytes: 512 * 1024,
+            max_connections: 10_000,
+            offline_quota: 10_000,
+            idle_timeout_secs: 600,
+            ping_interval_secs: 300,
+            login_failures_per_ip: 10,
+            login_failures_per_account: 10,
+            login_failure_window_secs: 300,
+            max_resources_per_account: 10,
+        }
+    }
+}
+
+/// `[log]`: diagnostics written to standard error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `"info"` or `"info,outpost_server=debug"`. The `RUST_LOG`
+    /// environment variable, when set, takes precedence. Default: `"info"`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// The smallest `limits.max_stanza_bytes`: RFC 6120 §13.12 requires servers to accept
+/// stanzas of at least 10000 bytes.
+pub const MIN_STANZA_BYTES: usize = 10_000;
+
+/// What is wrong with a configuration: every problem found, each naming its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    problems: Vec<String>,
+}
+
+impl ConfigError {
+    /// One message per problem, each starting with the key it is about.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks everything the types do not. Reports all problems at once, so an operator
+    /// fixes them in one round.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |msg: String| problems.push(msg);
+
+        if self.domains.is_empty() {
+            problem("domains must list at least one domain".to_owned());
+        }
+        let mut seen_domains = HashSet::new();
+        for domain in &self.domains {
+            match jid::DomainPart::new(domain) {
+                Err(e) => problem(format!("domains: `{domain}` is not a valid domain ({e})")),
+                // Routing compares domains as strings, so they must already be in the form
+                // that JIDs are normalised to (RFC 7622 §3.2).
+                Ok(canonical) if canonical.as_str() != domain => problem(format!(
+                    "domains: write `{domain}` in canonical form, as `{}`",
+                    canonical.as_str()
+                )),
+                Ok(_) => {}
+            }
+            if !seen_domains.insert(domain.as_str()) {
+                problem(format!("domains: `{domain}` is listed twice"));
+            }
+        }
+
+        if self.data_dir.as_os_str().is_empty() {
+            problem("data_dir must not be empty".to_owned());
+        }
+
+        let listeners: Vec<(&str, SocketAddr)> = (self.listen.c2s.iter())
+            .map(|a| ("listen.c2s", *a))
+            .chain(self.listen.c2s_tls.iter().map(|a| ("listen.c2s_tls", *a)))
+            .collect();
+        if listeners.is_empty() {
+            problem("listen: at least one of listen.c2s and listen.c2s_tls must be set".to_owned());
+        }
+        for (i, (key_a, a)) in listeners.iter().enumerate() {
+            for (key_b, b) in &listeners[..i] {
+                if sockets_clash(*a, *b) {
+                    problem(format!("{key_a}: {a} clashes with {b} in {key_b}"));
+                }
+            }
+        }
+
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => problem("tls.key must be set when tls.cert is".to_owned()),
+            (None, Some(_)) => problem("tls.cert must be set when tls.key is".to_owned()),
+            (Some(c), Some(k)) if c.as_os_str().is_empty() || k.as_os_str().is_empty() => {
+                problem("tls.cert and tls.key must not be empty".to_owned())
+            }
+            _ => {}
+        }
+
+        if self
+            .storage
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            problem("storage.path must not be empty (leave it out for the default)".to_owned());
+        }
+
+        if self.auth.scram_iterations < 1 {
+            problem("auth.scram_iterations must be at least 1".to_owned());
+        }
+
+        let l = &self.limits;
+        if l.max_stanza_bytes < MIN_STANZA_BYTES {
+            problem(format!(
+                "limits.max_stanza_bytes must be at least {MIN_STANZA_BYTES} (RFC 6120 §13.12)"
+            ));
+        }
+        if !(8..=1024).contains(&l.max_depth) {
+            problem("limits.max_depth must be between 8 and 1024".to_owned());
+        }
+        let positive: [(&str, u64); 10] = [
+            ("read_rate_bytes_per_sec", l.read_rate_bytes_per_sec.into()),
+            ("read_burst_bytes", l.read_burst_bytes.into()),
+            ("max_connections", l.max_connections as u64),
+            ("offline_quota", l.offline_quota.into()),
+            ("idle_timeout_secs", l.idle_timeout_secs),
+            ("ping_interval_secs", l.ping_interval_secs),
+            ("login_failures_per_ip", l.login_failures_per_ip.into()),
+            (
+                "login_failures_per_account",
+                l.login_failures_per_account.into(),
+            ),
+            ("login_failure_window_secs", l.login_failure_window_secs),
+            (
+                "max_resources_per_account",
+                l.max_resources_per_account as u64,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                problem(format!("limits.{key} must be at least 1"));
+            }
+        }
+        if l.ping_interval_secs >= l.idle_timeout_secs {
+            problem(format!(
+                "limits.ping_interval_secs ({}) must be less than limits.idle_timeout_secs ({})",
+                l.ping_interval_secs, l.idle_timeout_secs
+            ));
+        }
+
+        if self.log.level.trim().is_empty() {
+            problem("log.level must not be empty".to_owned());
+        }
+
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// The database file: `storage.path`, or `<data_dir>/outpost.db`.
+    pub fn storage_path(&self) -> PathBuf {
+        match &self.storage.path {
+            Some(path) => path.clone(),
+            None => self.data_dir.join("outpost.db"),
+        }
+    }
+
+    /// The directory for the generated self-signed certificate: `<data_dir>/tls`.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+
+    /// Where the self-signed certificate and its key live when `tls.cert` and `tls.key` are
+    /// unset: `<data_dir>/tls/cert.pem` and `<data_dir>/tls/key.pem`.
+    pub fn self_signed_paths(&self) -> (PathBuf, PathBuf) {
+        let dir = self.tls_dir();
+        (dir.join("cert.pem"), dir.join("key.pem"))
+    }
+
+    /// Whether in-band registration is on. `registration.enabled` when set; off when unset,
+    /// because only the binary knows whether it runs without a config file and resolves the
+    /// zero-config default before handing the config over.
+    pub fn registration_enabled(&self) -> bool {
+        self.registration.enabled.unwrap_or(false)
+    }
+
+    /// Whether `domain` (already normalised) is one of ours.
+    pub fn serves_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d == domain)
+    }
+}
+
+/// Whether two listeners would fight over the same port. Port 0 never clashes: each bind
+/// gets its own free port. An unspecified address (`0.0.0.0`, `::`) takes the port on every
+/// address of its family.
+fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(config: &Config) -> Vec<String> {
+        config
+            .validate()
+            .err()
+            .map(|e| e.problems().to_vec())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn default_is_valid() {
+        assert_eq!(problems(&Config::default()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn default_paths_live_in_data_dir() {
+        let config = Config::default();
+        assert_eq!(
+            config.storage_path(),
+            PathBuf::from("./outpost-data/outpost.db")
+        );
+        assert_eq!(
+            config.self_signed_paths(),
+            (
+                PathBuf::from("./outpost-data/tls/cert.pem"),
+                PathBuf::from("./outpost-data/tls/key.pem")
+            )
+        );
+        assert!(!config.registration_enabled());
+    }
+
+    #[test]
+    fn bad_domains_are_named() {
+        let mut config = Config {
+            domains: vec![
+                "Example.COM".into(),
+                "".into(),
+                "a.example".into(),
+                "a.example".into(),
+            ],
+            ..Config::default()
+        };
+        let found = problems(&config);
+        assert!(
+            found.iter().any(|p| p.contains("`example.com`")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("`` is not a valid domain")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|p| p.contains("listed twice")),
+            "{found:?}"
+        );
+
+        config.domains.clear();
+        assert!(
+            problems(&config)
+                .iter()
+                .any(|p| p.starts_with("domains must list"))
+        );
+    }
+
+    #[test]
+    fn listeners_must_exist_and_not_clash() {
+        let mut config = Config::default();
+        config.listen.c2s.clear();
+        config.listen.c2s_tls.clear();
+        assert!(problems(&config)[0].starts_with("listen:"));
+
+        config.listen.c2s = vec!["0.0.0.0:5222".parse().unwrap()];
+        config.listen.c2s_tls = vec!["127.0.0.1:5222".parse().unwrap()];
+        assert!(problems(&config)[0].starts_with("listen.c2s_tls: 127.0.0.1:5222 clashes"));
+
+        // Port 0 is how tests ask for free ports, possibly many at once.
+        config.listen.c2s = vec!["127.0.0.1:0".parse().unwrap()];
+        config.listen.c2s_tls = vec!["127.0.0.1:0".parse().unwrap()];
+        assert_eq!(problems(&config), Vec::<String>::new());
+
+        config.listen.c2s_tls = vec![
+            "[::]:5222".parse().unwrap(),
+            "127.0.0.1:5223".parse().unwrap(),
+        ];
+        assert_eq!(problems(&config), Vec::<String>::new());
+    }
+
+    #[test]
+    fn cert_and_key_come_together() {
+        let mut config = Config::default();
+        config.tls.cert = Some("cert.pem".into());
+        assert_eq!(problems(&config), ["tls.key must be set when tls.cert is"]);
+        config.tls.key = Some("key.pem".into());
+        assert_eq!(problems(&config), Vec::<String>::new());
+        config.tls.cert = None;
+        assert_eq!(problems(&config), ["tls.cert must be set when tls.key is"]);
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let mut config = Config::default();
+        config.limits.max_stanza_bytes = 4096;
+        config.limits.max_depth = 2;
+        config.limits.offline_quota = 0;
+        config.auth.scram_iterations = 0;
+        let found = problems(&config);
+        assert_eq!(
+            found,
+            [
+                "auth.scram_iterations must be at least 1",
+                "limits.max_stanza_bytes must be at least 10000 (RFC 6120 §13.12)",
+                "limits.max_depth must be between 8 and 1024",
+                "limits.offline_quota must be at least 1",
+            ]
+        );
+
+        let mut config = Config::default();
+        config.limits.ping_interval_secs = 600;
+        assert_eq!(
+            problems(&config),
+            ["limits.ping_interval_secs (600) must be less than limits.idle_timeout_secs (600)"]
+        );
+    }
+
+    #[test]
+    fn storage_path_overrides_data_dir() {
+        let mut config = Config::default();
+        config.storage.path = Some("/var/lib/outpost/db.sqlite".into());
+        assert_eq!(
+            config.storage_path(),
+            PathBuf::from("/var/lib/outpost/db.sqlite")
+        );
+    }
+}

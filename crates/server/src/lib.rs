@@ -10,11 +10,34 @@
 
 pub mod accounts;
 pub mod config;
+mod offline;
+mod roster;
+mod router;
+mod routing;
+mod services;
+mod session;
+mod throttle;
+mod tls;
 
+pub use tls::TlsIdentity;
+
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use jid::BareJid;
+use outpost_proto::c2s::Transport;
 use outpost_store::Store;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// How long shutdown waits for sessions to close their streams before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Which protocol a listener speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,9 +71,45 @@ pub enum ServerError {
     Store(#[from] outpost_store::StoreError),
 }
 
+/// State every session shares.
+pub(crate) struct Shared {
+    pub(crate) config: config::Config,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) router: router::Router,
+    pub(crate) throttle: throttle::LoginThrottle,
+    pub(crate) tls_starttls: Arc<rustls::ServerConfig>,
+    pub(crate) tls_direct: Arc<rustls::ServerConfig>,
+    pub(crate) shutdown: CancellationToken,
+    next_session: AtomicU64,
+    /// Users whose offline queue a session is writing right now.
+    offline_claims: Mutex<HashSet<BareJid>>,
+}
+
+impl Shared {
+    pub(crate) fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn claim_offline(&self, user: &BareJid) -> bool {
+        self.offline_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.clone())
+    }
+
+    pub(crate) fn release_offline(&self, user: &BareJid) {
+        self.offline_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+    }
+}
+
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
-    _private: (),
+    shared: Arc<Shared>,
+    addrs: Vec<(ListenerKind, SocketAddr)>,
+    tracker: TaskTracker,
 }
 
 impl ServerHandle {
@@ -59,19 +118,132 @@ impl ServerHandle {
     pub async fn start(
         config: config::Config,
         store: Arc<dyn Store>,
+        identity: TlsIdentity,
     ) -> Result<ServerHandle, ServerError> {
-        let _ = (config, store);
-        todo!("listeners")
+        let tls_starttls = identity.server_config(&[])?;
+        let tls_direct = identity.server_config(&[b"xmpp-client"])?;
+        let mut listeners = Vec::new();
+        let specs = config
+            .listen
+            .c2s
+            .iter()
+            .map(|a| (ListenerKind::C2sStartTls, *a))
+            .chain(
+                config
+                    .listen
+                    .c2s_tls
+                    .iter()
+                    .map(|a| (ListenerKind::C2sDirectTls, *a)),
+            );
+        for (kind, addr) in specs {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push((kind, local, listener));
+        }
+        let limits = &config.limits;
+        let throttle = throttle::LoginThrottle::new(
+            limits.login_failures_per_ip,
+            limits.login_failures_per_account,
+            Duration::from_secs(limits.login_failure_window_secs),
+        );
+        let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let shared = Arc::new(Shared {
+            config,
+            store,
+            router: router::Router::new(),
+            throttle,
+            tls_starttls,
+            tls_direct,
+            shutdown: CancellationToken::new(),
+            next_session: AtomicU64::new(1),
+            offline_claims: Mutex::new(HashSet::new()),
+        });
+        let tracker = TaskTracker::new();
+        let mut addrs = Vec::new();
+        for (kind, local, listener) in listeners {
+            info!(kind = kind.as_str(), addr = %local, "listening");
+            addrs.push((kind, local));
+            tracker.spawn(accept_loop(
+                shared.clone(),
+                listener,
+                kind,
+                connections.clone(),
+                tracker.clone(),
+            ));
+        }
+        Ok(ServerHandle {
+            shared,
+            addrs,
+            tracker,
+        })
     }
 
     /// The bound address of each listener, in config order.
     pub fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
-        todo!("listeners")
+        self.addrs.clone()
     }
 
-    /// Stops accepting, closes every stream with `</stream:stream>`, waits for sessions to
-    /// end (up to a deadline), then closes the store.
+    /// Number of bound client sessions.
+    pub fn session_count(&self) -> usize {
+        self.shared.router.session_count()
+    }
+
+    /// Stops accepting, closes every stream with a `system-shutdown` stream error and
+    /// `</stream:stream>`, waits for sessions to end (up to a deadline), then closes the
+    /// store.
     pub async fn shutdown(self) {
-        todo!("shutdown")
+        self.shared.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("sessions did not close in time");
+        }
+        self.shared.store.close().await;
+        info!("stopped");
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    kind: ListenerKind,
+    connections: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    let transport = match kind {
+        ListenerKind::C2sStartTls => Transport::StartTls,
+        ListenerKind::C2sDirectTls => Transport::DirectTls,
+    };
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, peer): (TcpStream, SocketAddr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // Over the connection cap: refuse at once rather than queue.
+            info!(%peer, "connection limit reached; refusing");
+            drop(tcp);
+            continue;
+        };
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            session::serve(shared, tcp, peer, transport).await;
+            drop(permit);
+        });
     }
 }

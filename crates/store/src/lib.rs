@@ -176,8 +176,11 @@ pub trait Store: Send + Sync + 'static {
     // ---- subscription requests (RFC 6121 §3.1.3) ----
 
     /// Stores or replaces the request from `req.from` to `user`.
-    async fn put_subscription_request(&self, user: &BareJid, req: &SubscriptionRequest)
-    -> Result<()>;
+    async fn put_subscription_request(
+        &self,
+        user: &BareJid,
+        req: &SubscriptionRequest,
+    ) -> Result<()>;
     async fn remove_subscription_request(&self, user: &BareJid, from: &BareJid) -> Result<()>;
     /// Pending requests, oldest first.
     async fn subscription_requests(&self, user: &BareJid) -> Result<Vec<SubscriptionRequest>>;

@@ -1,0 +1,678 @@
+//! The client-to-server stream state machine (RFC 6120 §4–§7), sans IO.
+//!
+//! [`C2sStream`] takes the bytes a client sends ([`C2sStream::handle_input`]) and produces
+//! the bytes to send back ([`C2sStream::take_output`]) and [`Event`]s for the server: the
+//! moments it must act (run the TLS handshake, fetch a user's SCRAM keys, approve a
+//! resource) and, once a resource is bound, every stanza the client sends, with `from`
+//! stamped.
+//!
+//! While an event that needs an answer is outstanding (`StartTls`, `NeedCredentials`,
+//! `BindRequest`), the machine stops consuming input: what arrives meanwhile stays buffered
+//! and is processed after the answer, so the order of the client's requests is kept.
+
+use std::collections::VecDeque;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use jid::{BareJid, FullJid};
+use minidom::Element;
+
+use crate::sasl::{self, ScramHash, ScramKeys, ScramServer};
+use crate::stanza::{self, ns};
+use crate::xml::{self, Limits, StreamReader, XmlEvent};
+
+/// How the connection was opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP that may be upgraded with STARTTLS.
+    StartTls,
+    /// TLS from the first byte (XEP-0368).
+    DirectTls,
+}
+
+/// What the server tells the state machine about its policy.
+#[derive(Clone, Debug)]
+pub struct C2sConfig {
+    /// The domains this server hosts; the first answers a stream without `to`.
+    pub domains: Vec<String>,
+    pub transport: Transport,
+    /// Allow SASL on a connection that is not encrypted (testing on loopback only).
+    pub allow_plaintext_auth: bool,
+    /// Advertise and accept in-band registration (XEP-0077) before authentication.
+    pub registration: bool,
+    pub limits: Limits,
+    /// Failed SASL attempts allowed on one stream before it is closed.
+    pub max_auth_attempts: u32,
+}
+
+/// Something the server must know or do.
+#[derive(Debug)]
+pub enum Event {
+    /// The client asked for TLS and `<proceed/>` is in the output. Write the output, run the
+    /// TLS handshake on the socket, then call [`C2sStream::tls_established`].
+    StartTls,
+    /// SASL needs the stored keys of `username` at `domain`; answer with
+    /// [`C2sStream::provide_credentials`].
+    NeedCredentials { username: String, domain: String },
+    /// SASL succeeded.
+    Authenticated { user: BareJid },
+    /// SASL failed; the client may try again (for throttling and logs).
+    AuthFailed { username: Option<String>, condition: &'static str },
+    /// An IQ before authentication (XEP-0077 registration); answer it with
+    /// [`C2sStream::send`]. The stanza has no `from`.
+    PreAuthIq(Element),
+    /// The client wants a resource; answer with [`C2sStream::bind_result`].
+    /// `resource` is `None` when the client leaves the choice to the server.
+    BindRequest { resource: Option<String> },
+    /// The client is bound as this full JID; stanzas follow.
+    Bound { jid: FullJid },
+    /// A stanza from the bound client, with `from` set to its full JID.
+    Stanza(Element),
+    /// The stream ended: the client closed it, or an error closed it (the stream error is
+    /// already in the output). No more input will be processed.
+    Closed { error: Option<&'static str> },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for the client's stream header.
+    AwaitHeader,
+    /// Header exchanged; negotiating features.
+    Negotiating,
+    /// Waiting for the server: TLS handshake, credentials, or bind approval.
+    Blocked,
+    /// Resource bound: stanzas flow.
+    Session,
+    Closed,
+}
+
+enum Sasl {
+    None,
+    Scram(Box<ScramServer>),
+    /// Waiting for keys to check a PLAIN password.
+    Plain { password: String },
+    /// SCRAM server-first sent; waiting for the client's final message.
+    ScramFinal(Box<ScramServer>),
+}
+
+pub struct C2sStream {
+    config: C2sConfig,
+    reader: StreamReader,
+    out: Vec<u8>,
+    events: VecDeque<Event>,
+    phase: Phase,
+    stream_id_seed: String,
+    restarts: u32,
+    /// The domain the client addressed.
+    domain: String,
+    secure: bool,
+    header_sent: bool,
+    sasl: Sasl,
+    sasl_user: Option<String>,
+    auth_failures: u32,
+    user: Option<BareJid>,
+    jid: Option<FullJid>,
+    bind_id: Option<String>,
+}
+
+impl C2sStream {
+    /// `stream_id` must be unpredictable (RFC 6120 §4.7.3); the server passes random text.
+    pub fn new(config: C2sConfig, stream_id: String) -> Self {
+        let secure = config.transport == Transport::DirectTls;
+        let domain = config.domains.first().cloned().unwrap_or_default();
+        C2sStream {
+            reader: StreamReader::new(config.limits.clone()),
+            config,
+            out: Vec::new(),
+            events: VecDeque::new(),
+            phase: Phase::AwaitHeader,
+            stream_id_seed: stream_id,
+            restarts: 0,
+            domain,
+            secure,
+            header_sent: false,
+            sasl: Sasl::None,
+            sasl_user: None,
+            auth_failures: 0,
+            user: None,
+            jid: None,
+            bind_id: None,
+        }
+    }
+
+    /// Feeds bytes from the client and processes as much as the current phase allows.
+    pub fn handle_input(&mut self, data: &[u8]) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.reader.feed(data);
+        self.process();
+    }
+
+    /// Bytes to write to the client, in order. Empty when there is nothing to send.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    pub fn is_secure(&self) -> bool {
+        self.secure
+    }
+
+    /// The bound full JID, once the session is established.
+    pub fn jid(&self) -> Option<&FullJid> {
+        self.jid.as_ref()
+    }
+
+    /// The domain the client addressed in its stream header.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// The TLS handshake finished: the client starts a new stream over TLS.
+    pub fn tls_established(&mut self) {
+        self.secure = true;
+        self.restart_stream();
+        self.process();
+    }
+
+    /// Answers [`Event::NeedCredentials`]. `keys` is `None` for an unknown user.
+    /// `nonce` (printable, random) and `fake_salt_seed` (random bytes) come from the server
+    /// because this crate has no randomness of its own.
+    pub fn provide_credentials(
+        &mut self,
+        sha1: Option<ScramKeys>,
+        sha256: Option<ScramKeys>,
+        nonce: &str,
+        fake_salt_seed: &[u8],
+    ) {
+        if self.phase != Phase::Blocked {
+            return;
+        }
+        self.phase = Phase::Negotiating;
+        match std::mem::replace(&mut self.sasl, Sasl::None) {
+            Sasl::Scram(mut scram) => {
+                let keys = match scram.hash() {
+                    ScramHash::Sha1 => sha1,
+                    ScramHash::Sha256 => sha256,
+                };
+                let first = scram.server_first(keys, nonce, fake_salt_seed);
+                self.send_sasl("challenge", &first);
+                self.sasl = Sasl::ScramFinal(scram);
+            }
+            Sasl::Plain { password } => {
+                let ok = sha256
+                    .as_ref()
+                    .is_some_and(|k| sasl::verify_password(k, ScramHash::Sha256, &password));
+                if ok {
+                    self.sasl_success(None);
+                } else {
+                    self.sasl_failure("not-authorized");
+                }
+            }
+            other => self.sasl = other,
+        }
+        self.process();
+    }
+
+    /// Answers [`Event::NeedCredentials`] with a refusal that is not about the password:
+    /// `temporary-auth-failure` while throttled or when the store fails.
+    pub fn auth_rejected(&mut self, condition: &'static str) {
+        if self.phase != Phase::Blocked {
+            return;
+        }
+        self.phase = Phase::Negotiating;
+        self.sasl_failure(condition);
+        self.process();
+    }
+
+    /// Answers [`Event::BindRequest`]: the resource the server chose, or a stanza error
+    /// condition (`conflict`, `not-allowed`, `resource-constraint`, `bad-request`).
+    pub fn bind_result(&mut self, result: Result<FullJid, &'static str>) {
+        if self.phase != Phase::Blocked {
+            return;
+        }
+        let id = self.bind_id.take().unwrap_or_default();
+        match result {
+            Ok(jid) => {
+                let reply = Element::builder("iq", ns::CLIENT)
+                    .attr(stanza::name("type"), "result")
+                    .attr(stanza::name("id"), id)
+                    .append(
+                        Element::builder("bind", ns::BIND).append(
+                            Element::builder("jid", ns::BIND)
+                                .append(jid.to_string())
+                                .build(),
+                        ),
+                    )
+                    .build();
+                self.send(&reply);
+                self.jid = Some(jid.clone());
+                self.phase = Phase::Session;
+                self.events.push_back(Event::Bound { jid });
+            }
+            Err(condition) => {
+                let err = stanza::iq_error_reply(&id, None, "cancel", condition);
+                self.send(&err);
+                self.phase = Phase::Negotiating;
+            }
+        }
+        self.process();
+    }
+
+    /// Queues a stanza (or any top-level element) for the client.
+    pub fn send(&mut self, el: &Element) {
+        // Elements parsed from a peer or built by the server serialise; a failure would be
+        // a bug in the element, and dropping that one element (nothing is appended) is the
+        // least harmful answer.
+        let _ = xml::write_stanza(el, &mut self.out);
+    }
+
+    /// Queues raw, already serialised XML for the client.
+    pub fn send_raw(&mut self, xml: &str) {
+        self.out.extend_from_slice(xml.as_bytes());
+    }
+
+    /// Closes the stream, with a stream error condition (RFC 6120 §4.9.3) or cleanly.
+    pub fn close(&mut self, error: Option<&'static str>, text: Option<&str>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if let Some(condition) = error {
+            // §4.9.1.1: even an error needs an opened stream first.
+            if !self.header_sent {
+                self.send_header();
+            }
+            self.out
+                .extend_from_slice(xml::stream_error(condition, text).as_bytes());
+        }
+        self.out.extend_from_slice(xml::STREAM_CLOSE.as_bytes());
+        self.phase = Phase::Closed;
+        self.events.push_back(Event::Closed { error });
+    }
+
+    fn process(&mut self) {
+        while !matches!(self.phase, Phase::Blocked | Phase::Closed) {
+            match self.reader.next() {
+                Ok(None) => break,
+                Ok(Some(event)) => self.on_xml(event),
+                Err(e) => {
+                    let condition = e.condition();
+                    self.close(Some(condition), None);
+                }
+            }
+        }
+    }
+
+    fn on_xml(&mut self, event: XmlEvent) {
+        match event {
+            XmlEvent::StreamOpen(header) => self.on_header(header),
+            XmlEvent::StreamClose => {
+                // The client closed its stream (RFC 6120 §4.4): close ours too.
+                self.out.extend_from_slice(xml::STREAM_CLOSE.as_bytes());
+                self.phase = Phase::Closed;
+                self.events.push_back(Event::Closed { error: None });
+            }
+            XmlEvent::Stanza(el) => {
+                if self.phase == Phase::AwaitHeader {
+                    self.close(Some("not-well-formed"), None);
+                } else if self.phase == Phase::Session {
+                    self.on_session_stanza(el);
+                } else {
+                    self.on_negotiation(el);
+                }
+            }
+        }
+    }
+
+    fn on_header(&mut self, header: xml::StreamHeader) {
+        if self.phase != Phase::AwaitHeader {
+            self.close(Some("not-well-formed"), None);
+            return;
+        }
+        if let Some(to) = header.to.as_deref() {
+            let to = to.to_ascii_lowercase();
+            match self.config.domains.iter().find(|d| **d == to) {
+                Some(d) => self.domain = d.clone(),
+                None => {
+                    self.close(Some("host-unknown"), None);
+                    return;
+                }
+            }
+        }
+        self.send_header();
+        if header.ns != ns::CLIENT {
+            self.close(Some("invalid-namespace"), None);
+            return;
+        }
+        if header.version.as_deref() != Some("1.0") {
+            // RFC 6120 §4.7.5: we only speak 1.0; a stream without version is pre-RFC.
+            self.close(Some("unsupported-version"), None);
+            return;
+        }
+        self.phase = Phase::Negotiating;
+        self.send_features();
+    }
+
+    fn send_header(&mut self) {
+        self.restarts += 1;
+        let id = format!("{}-{}", self.stream_id_seed, self.restarts);
+        let header = xml::stream_header(ns::CLIENT, &self.domain, None, &id, Some("en"));
+        self.out.extend_from_slice(header.as_bytes());
+        self.header_sent = true;
+    }
+
+    fn may_authenticate(&self) -> bool {
+        self.secure || self.config.allow_plaintext_auth
+    }
+
+    fn send_features(&mut self) {
+        let mut features = Element::builder("features", ns::STREAM).build();
+        if self.user.is_none() {
+            if !self.secure && self.config.transport == Transport::StartTls {
+                let mut starttls = Element::builder("starttls", ns::TLS);
+                if !self.config.allow_plaintext_auth {
+                    starttls = starttls.append(Element::builder("required", ns::TLS).build());
+                }
+                features.append_child(starttls.build());
+            }
+            if self.may_authenticate() {
+                let mut mechs = Element::builder("mechanisms", ns::SASL);
+                for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"] {
+                    mechs = mechs.append(Element::builder("mechanism", ns::SASL).append(m).build());
+                }
+                features.append_child(mechs.build());
+                if self.config.registration {
+                    features.append_child(Element::builder("register", ns::REGISTER_FEATURE).build());
+                }
+            }
+        } else {
+            features.append_child(Element::builder("bind", ns::BIND).build());
+            // RFC 3921 sessions are a no-op kept for old clients (RFC 6121 Appendix E).
+            features.append_child(
+                Element::builder("session", ns::SESSION)
+                    .append(Element::builder("optional", ns::SESSION).build())
+                    .build(),
+            );
+            features.append_child(Element::builder("ver", ns::ROSTERVER).build());
+        }
+        self.send(&features);
+    }
+
+    fn restart_stream(&mut self) {
+        self.reader.reset();
+        self.header_sent = false;
+        self.phase = Phase::AwaitHeader;
+    }
+
+    fn on_negotiation(&mut self, el: Element) {
+        let name = el.name();
+        let el_ns = el.ns();
+        if el_ns == ns::TLS && name == "starttls" {
+            if self.secure || self.config.transport != Transport::StartTls {
+                self.close(Some("policy-violation"), Some("TLS is already in use"));
+                return;
+            }
+            // CVE-2011-0411: plaintext sent after <starttls/> must not leak into the TLS
+            // stream.
+            if self.reader.buffered_len() > 0 {
+                self.close(Some("policy-violation"), Some("data after starttls"));
+                return;
+            }
+            self.send(&Element::builder("proceed", ns::TLS).build());
+            self.phase = Phase::Blocked;
+            self.events.push_back(Event::StartTls);
+            return;
+        }
+        if el_ns == ns::SASL && self.user.is_none() {
+            self.on_sasl(el);
+            return;
+        }
+        if el_ns == ns::CLIENT && name == "iq" {
+            if self.user.is_none() {
+                if !self.may_authenticate() {
+                    self.close(Some("policy-violation"), Some("TLS is required"));
+                    return;
+                }
+                self.events.push_back(Event::PreAuthIq(el));
+                return;
+            }
+            self.on_bind(el);
+            return;
+        }
+        if self.user.is_none() {
+            self.close(Some("not-authorized"), None);
+        } else {
+            // A stanza before binding: RFC 6120 §7.1 says the session does not exist yet.
+            self.close(Some("not-authorized"), Some("bind a resource first"));
+        }
+    }
+
+    fn on_sasl(&mut self, el: Element) {
+        if !self.may_authenticate() {
+            self.send(&sasl_failure_el("encryption-required"));
+            return;
+        }
+        match el.name() {
+            "auth" => {
+                if !matches!(self.sasl, Sasl::None) {
+                    self.sasl_failure("malformed-request");
+                    return;
+                }
+                let payload = match decode_sasl(&el.text()) {
+                    Some(p) => p,
+                    None => {
+                        self.sasl_failure("incorrect-encoding");
+                        return;
+                    }
+                };
+                let mechanism = el.attr("mechanism").unwrap_or_default();
+                match mechanism {
+                    "SCRAM-SHA-1" | "SCRAM-SHA-256" => {
+                        let hash = if mechanism == "SCRAM-SHA-1" {
+                            ScramHash::Sha1
+                        } else {
+                            ScramHash::Sha256
+                        };
+                        let mut scram = Box::new(ScramServer::new(hash));
+                        match scram.client_first(&payload) {
+                            Ok((username, authzid)) => {
+                                if !self.authzid_ok(&username, authzid.as_deref()) {
+                                    self.sasl_failure("invalid-authzid");
+                                    return;
+                                }
+                                self.request_credentials(username);
+                                self.sasl = Sasl::Scram(scram);
+                            }
+                            Err(e) => self.sasl_failure(e.condition()),
+                        }
+                    }
+                    "PLAIN" => {
+                        if payload.is_empty() {
+                            // Initial response omitted: RFC 6120 §6.4.2 sends an empty
+                            // challenge, but PLAIN clients always send it; keep it simple.
+                            self.sasl_failure("malformed-request");
+                            return;
+                        }
+                        match sasl::parse_plain(&payload) {
+                            Ok(plain) => {
+                                if !self.authzid_ok(&plain.authcid, plain.authzid.as_deref()) {
+                                    self.sasl_failure("invalid-authzid");
+                                    return;
+                                }
+                                self.request_credentials(plain.authcid);
+                                self.sasl = Sasl::Plain {
+                                    password: plain.password,
+                                };
+                            }
+                            Err(e) => self.sasl_failure(e.condition()),
+                        }
+                    }
+                    _ => self.sasl_failure("invalid-mechanism"),
+                }
+            }
+            "response" => match std::mem::replace(&mut self.sasl, Sasl::None) {
+                Sasl::ScramFinal(mut scram) => {
+                    let payload = match decode_sasl(&el.text()) {
+                        Some(p) => p,
+                        None => {
+                            self.sasl_failure("incorrect-encoding");
+                            return;
+                        }
+                    };
+                    match scram.client_final(&payload) {
+                        Ok(final_msg) => self.sasl_success(Some(&final_msg)),
+                        Err(e) => self.sasl_failure(e.condition()),
+                    }
+                }
+                _ => self.sasl_failure("malformed-request"),
+            },
+            "abort" => {
+                self.sasl = Sasl::None;
+                self.sasl_user = None;
+                self.send(&sasl_failure_el("aborted"));
+            }
+            _ => self.sasl_failure("malformed-request"),
+        }
+    }
+
+    /// An authorization identity must be the account itself: Outpost has no proxy logins.
+    fn authzid_ok(&self, username: &str, authzid: Option<&str>) -> bool {
+        match authzid {
+            None | Some("") => true,
+            Some(z) => match BareJid::new(z) {
+                Ok(j) => {
+                    j.node().map(|n| n.as_str()) == Some(username)
+                        && j.domain().as_str() == self.domain
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
+    fn request_credentials(&mut self, username: String) {
+        self.sasl_user = Some(username.clone());
+        self.phase = Phase::Blocked;
+        self.events.push_back(Event::NeedCredentials {
+            username,
+            domain: self.domain.clone(),
+        });
+    }
+
+    fn send_sasl(&mut self, name: &str, data: &[u8]) {
+        let text = if data.is_empty() {
+            "=".to_owned()
+        } else {
+            B64.encode(data)
+        };
+        self.send(&Element::builder(name, ns::SASL).append(text).build());
+    }
+
+    fn sasl_success(&mut self, data: Option<&[u8]>) {
+        let username = self.sasl_user.take().unwrap_or_default();
+        self.sasl = Sasl::None;
+        let user = match BareJid::new(&format!("{username}@{}", self.domain)) {
+            Ok(u) => u,
+            Err(_) => {
+                self.sasl_failure("not-authorized");
+                return;
+            }
+        };
+        match data {
+            Some(d) => self.send_sasl("success", d),
+            None => self.send(&Element::builder("success", ns::SASL).build()),
+        }
+        self.user = Some(user.clone());
+        self.events.push_back(Event::Authenticated { user });
+        // RFC 6120 §6.4.6: the client opens a new stream after success.
+        self.restart_stream();
+    }
+
+    fn sasl_failure(&mut self, condition: &'static str) {
+        self.sasl = Sasl::None;
+        let username = self.sasl_user.take();
+        self.send(&sasl_failure_el(condition));
+        self.events.push_back(Event::AuthFailed {
+            username,
+            condition,
+        });
+        self.auth_failures += 1;
+        if self.auth_failures >= self.config.max_auth_attempts {
+            self.close(Some("policy-violation"), Some("too many failed authentications"));
+        }
+    }
+
+    fn on_bind(&mut self, el: Element) {
+        let id = el.attr("id").unwrap_or_default().to_owned();
+        let ty = el.attr("type").unwrap_or_default();
+        if ty == "set"
+            && let Some(bind) = el.get_child("bind", ns::BIND)
+        {
+            let resource = bind
+                .get_child("resource", ns::BIND)
+                .map(|r| r.text())
+                .filter(|r| !r.trim().is_empty());
+            self.bind_id = Some(id);
+            self.phase = Phase::Blocked;
+            self.events.push_back(Event::BindRequest { resource });
+            return;
+        }
+        if ty == "get" || ty == "set" {
+            let err = stanza::iq_error_reply(&id, None, "cancel", "not-allowed");
+            self.send(&err);
+        }
+    }
+
+    fn on_session_stanza(&mut self, mut el: Element) {
+        if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
+            // RFC 6120 §4.9.3.22: an unknown first-level element is unsupported-stanza-type.
+            self.close(Some("unsupported-stanza-type"), None);
+            return;
+        }
+        // RFC 6120 §8.1.2.1: the server stamps the sender's full JID; nobody speaks for
+        // someone else.
+        if let Some(jid) = &self.jid {
+            stanza::set_attr(&mut el, "from", jid.as_str());
+        }
+        // RFC 6121 Appendix E: the session establishment IQ is answered and forgotten.
+        if el.name() == "iq"
+            && el.attr("type") == Some("set")
+            && el.has_child("session", ns::SESSION)
+        {
+            let id = el.attr("id").unwrap_or_default().to_owned();
+            let reply = Element::builder("iq", ns::CLIENT)
+                .attr(stanza::name("type"), "result")
+                .attr(stanza::name("id"), id)
+                .build();
+            self.send(&reply);
+            return;
+        }
+        self.events.push_back(Event::Stanza(el));
+    }
+}
+
+fn sasl_failure_el(condition: &str) -> Element {
+    Element::builder("failure", ns::SASL)
+        .append(Element::builder(condition, ns::SASL).build())
+        .build()
+}
+
+/// SASL data is base64, with `=` for an empty response (RFC 6120 §6.4.2).
+fn decode_sasl(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim();
+    if text.is_empty() || text == "=" {
+        return Some(Vec::new());
+    }
+    B64.decode(text).ok()
+}

@@ -1,0 +1,269 @@
+//! The table of live sessions, keyed by bare JID, and delivery into their channels.
+//!
+//! The table is split into shards, each behind its own short-lived `RwLock` that is never
+//! held across an `.await`, so there is no global lock on the message path: delivering a
+//! message takes one shard's read lock for the time it takes to clone a channel sender.
+//!
+//! Each session has a bounded channel. A send never waits: if a session's channel is full
+//! its client is not reading, and the router reports [`Delivery::Full`] so the caller can
+//! keep the stanza (messages go to the offline store); the slow session itself ends when its
+//! socket write times out.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, RwLock};
+
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use outpost_store::RosterItem;
+use tokio::sync::mpsc;
+
+const SHARDS: usize = 64;
+
+/// What one session can be told by others.
+#[derive(Debug)]
+pub(crate) enum ToSession {
+    /// A stanza for the client, already addressed.
+    Stanza(Element),
+    /// A presence probe from a contact's full JID (RFC 6121 §4.3): answer with current
+    /// presence if they are subscribed and not blocked.
+    Probe { from: Jid },
+    /// The user's roster changed (another resource, or a contact's subscription action).
+    /// `item` with `None` subscription data means removed.
+    RosterPush {
+        version: u64,
+        jid: String,
+        item: Option<RosterItem>,
+    },
+    /// The user's block list changed: the new list, and the XEP-0191 push to forward.
+    Blocklist {
+        list: Arc<Vec<String>>,
+        push: Element,
+    },
+    /// Deliver stored offline messages and subscription requests now (a message was
+    /// stored while this session was becoming available).
+    FlushOffline,
+    /// Another connection bound the same full JID (RFC 6120 §7.7.2.2): close with
+    /// `conflict`.
+    Replaced,
+    /// The account was removed: close the stream.
+    AccountRemoved,
+}
+
+/// Why [`Router::send_to_full`] could not deliver; the message comes back.
+#[derive(Debug)]
+pub(crate) enum Undelivered {
+    NotBound(ToSession),
+    /// The session's channel is full (it is not reading) or closing.
+    Full(ToSession),
+}
+
+pub(crate) type SessionTx = mpsc::Sender<ToSession>;
+
+#[derive(Debug)]
+struct Resource {
+    jid: FullJid,
+    session_id: u64,
+    tx: SessionTx,
+    /// Set by initial presence, cleared by unavailable presence (RFC 6121 §4.2).
+    available: bool,
+    priority: i8,
+}
+
+#[derive(Default)]
+struct Shard {
+    users: HashMap<BareJid, Vec<Resource>>,
+}
+
+pub(crate) struct Router {
+    shards: Box<[RwLock<Shard>]>,
+    hasher: RandomState,
+}
+
+pub(crate) enum BindOutcome {
+    Bound,
+    /// The account already has its maximum number of resources.
+    TooMany,
+}
+
+impl Router {
+    pub(crate) fn new() -> Self {
+        Router {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, bare: &BareJid) -> &RwLock<Shard> {
+        let i = (self.hasher.hash_one(bare) as usize) % SHARDS;
+        &self.shards[i]
+    }
+
+    fn read(&self, bare: &BareJid) -> std::sync::RwLockReadGuard<'_, Shard> {
+        // A poisoned lock means a panic while holding it; the map itself is still
+        // consistent because every critical section is a single insert or remove.
+        self.shard(bare)
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self, bare: &BareJid) -> std::sync::RwLockWriteGuard<'_, Shard> {
+        self.shard(bare)
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a bound resource. A session already bound to the same full JID is told
+    /// to leave ([`ToSession::Replaced`]) and loses its place.
+    pub(crate) fn bind(
+        &self,
+        jid: &FullJid,
+        session_id: u64,
+        tx: SessionTx,
+        max_resources: usize,
+    ) -> BindOutcome {
+        let bare = jid.to_bare();
+        let mut shard = self.write(&bare);
+        let list = shard.users.entry(bare).or_default();
+        if let Some(pos) = list.iter().position(|r| r.jid == *jid) {
+            let old = list.swap_remove(pos);
+            // If the old session's channel is full it is stuck anyway; it will end when
+            // its socket does.
+            let _ = old.tx.try_send(ToSession::Replaced);
+        } else if list.len() >= max_resources {
+            return BindOutcome::TooMany;
+        }
+        list.push(Resource {
+            jid: jid.clone(),
+            session_id,
+            tx,
+            available: false,
+            priority: 0,
+        });
+        BindOutcome::Bound
+    }
+
+    /// Removes a session; a no-op if it was already replaced.
+    pub(crate) fn unbind(&self, jid: &FullJid, session_id: u64) {
+        let bare = jid.to_bare();
+        let mut shard = self.write(&bare);
+        if let Some(list) = shard.users.get_mut(&bare) {
+            list.retain(|r| r.session_id != session_id);
+            if list.is_empty() {
+                shard.users.remove(&bare);
+            }
+        }
+    }
+
+    pub(crate) fn set_presence(
+        &self,
+        jid: &FullJid,
+        session_id: u64,
+        available: bool,
+        priority: i8,
+    ) {
+        let bare = jid.to_bare();
+        let mut shard = self.write(&bare);
+        if let Some(r) = shard
+            .users
+            .get_mut(&bare)
+            .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
+        {
+            r.available = available;
+            r.priority = priority;
+        }
+    }
+
+    /// Sends to one full JID, or gives the message back saying why not.
+    pub(crate) fn send_to_full(&self, jid: &FullJid, msg: ToSession) -> Result<(), Undelivered> {
+        let bare = jid.to_bare();
+        let tx = {
+            let shard = self.read(&bare);
+            shard
+                .users
+                .get(&bare)
+                .and_then(|l| l.iter().find(|r| r.jid == *jid))
+                .map(|r| r.tx.clone())
+        };
+        match tx {
+            Some(tx) => deliver(&tx, msg).map_err(Undelivered::Full),
+            None => Err(Undelivered::NotBound(msg)),
+        }
+    }
+
+    /// The channels of a user's sessions, chosen by `filter`.
+    fn senders(
+        &self,
+        bare: &BareJid,
+        filter: impl Fn(&Resource) -> bool,
+    ) -> Vec<(FullJid, SessionTx)> {
+        let shard = self.read(bare);
+        match shard.users.get(bare) {
+            Some(list) => list
+                .iter()
+                .filter(|r| filter(r))
+                .map(|r| (r.jid.clone(), r.tx.clone()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every bound session of a user, available or not (roster and block list pushes).
+    pub(crate) fn all_sessions(&self, bare: &BareJid) -> Vec<(FullJid, SessionTx)> {
+        self.senders(bare, |_| true)
+    }
+
+    /// The user's available resources (presence broadcasts, RFC 6121 §4.4.2).
+    pub(crate) fn available(&self, bare: &BareJid) -> Vec<(FullJid, SessionTx)> {
+        self.senders(bare, |r| r.available)
+    }
+
+    /// Where a message to the bare JID goes (RFC 6121 §8.5.2.1): the available resources
+    /// with the highest non-negative priority (`all_nonnegative` for headlines: every one
+    /// with non-negative priority).
+    pub(crate) fn message_targets(
+        &self,
+        bare: &BareJid,
+        all_nonnegative: bool,
+    ) -> Vec<(FullJid, SessionTx)> {
+        let shard = self.read(bare);
+        let Some(list) = shard.users.get(bare) else {
+            return Vec::new();
+        };
+        let best = list
+            .iter()
+            .filter(|r| r.available && r.priority >= 0)
+            .map(|r| r.priority)
+            .max();
+        let Some(best) = best else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter(|r| r.available && r.priority >= 0 && (all_nonnegative || r.priority == best))
+            .map(|r| (r.jid.clone(), r.tx.clone()))
+            .collect()
+    }
+
+    /// Number of bound sessions (for metrics and tests).
+    pub(crate) fn session_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .users
+                    .values()
+                    .map(Vec::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+/// Sends without waiting; see the module documentation. A full (or closed) channel gives
+/// the message back so the caller can keep it.
+pub(crate) fn deliver(tx: &SessionTx, msg: ToSession) -> Result<(), ToSession> {
+    tx.try_send(msg).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+    })
+}

@@ -1,0 +1,493 @@
+//! What a session does with a stanza from its client, and with what other sessions send
+//! it: message routing (RFC 6121 §8), presence (§4) and IQ dispatch.
+
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use outpost_proto::stanza::{self, ns};
+use outpost_store::Subscription;
+
+use crate::router::{ToSession, Undelivered, deliver};
+use crate::session::Session;
+
+impl Session {
+    pub(crate) fn is_local_domain(&self, domain: &str) -> bool {
+        self.shared.config.domains.iter().any(|d| d == domain)
+    }
+
+    pub(crate) async fn on_client_stanza(&mut self, el: Element) {
+        let to = match el.attr("to") {
+            None => None,
+            Some(to) => match Jid::new(to) {
+                Ok(j) => Some(j),
+                Err(_) => {
+                    // RFC 6120 §8.3.3.8: an address that does not parse.
+                    self.reply_error(&el, "modify", "jid-malformed");
+                    return;
+                }
+            },
+        };
+        match el.name() {
+            "message" => self.on_outbound_message(el, to).await,
+            "presence" => self.on_outbound_presence(el, to).await,
+            _ => self.on_outbound_iq(el, to).await,
+        }
+    }
+
+    /// Answers a stanza from our own client with an error, unless it is itself an error or
+    /// a result (RFC 6120 §8.3.1: never answer an error with an error).
+    pub(crate) fn reply_error(&mut self, el: &Element, error_type: &str, condition: &str) {
+        if matches!(el.attr("type"), Some("error") | Some("result")) {
+            return;
+        }
+        let mut reply = stanza::error_reply(el, error_type, condition);
+        if el.attr("to").is_none() {
+            let domain = self.proto.domain().to_owned();
+            stanza::set_attr(&mut reply, "from", &domain);
+        }
+        self.proto.send(&reply);
+    }
+
+    /// Sends an error to whoever sent `el`: our own client, or another session.
+    pub(crate) fn error_to_sender(&mut self, el: &Element, error_type: &str, condition: &str) {
+        let from = el.attr("from");
+        if from.is_some() && from == self.jid.as_ref().map(|j| j.as_str()) {
+            self.reply_error(el, error_type, condition);
+            return;
+        }
+        if matches!(el.attr("type"), Some("error") | Some("result")) || el.name() == "presence" {
+            return;
+        }
+        let Some(from) = from.and_then(|f| FullJid::new(f).ok()) else {
+            return;
+        };
+        let reply = stanza::error_reply(el, error_type, condition);
+        let _ = self
+            .shared
+            .router
+            .send_to_full(&from, ToSession::Stanza(reply));
+    }
+
+    /// Whether the user blocks `jid` (XEP-0191 §3.3: an item matches the full JID, the bare
+    /// JID or the domain).
+    pub(crate) fn blocks(&self, jid: &str) -> bool {
+        blocked(&self.blocklist, jid)
+    }
+
+    fn reply_blocked(&mut self, el: &Element) {
+        if matches!(el.attr("type"), Some("error") | Some("result")) || el.name() == "presence" {
+            return;
+        }
+        let mut reply = stanza::error_reply(el, "cancel", "not-acceptable");
+        if let Some(err) = reply.get_child_mut("error", ns::CLIENT) {
+            err.append_child(Element::builder("blocked", ns::BLOCKING_ERRORS).build());
+        }
+        self.proto.send(&reply);
+    }
+
+    // ---- messages (RFC 6121 §8) ----
+
+    async fn on_outbound_message(&mut self, el: Element, to: Option<Jid>) {
+        let to = match to {
+            Some(to) => to,
+            // A message without `to` is for the user's own bare JID (RFC 6120 §10.3.1).
+            None => match &self.user {
+                Some(user) => Jid::from(user.clone()),
+                None => return,
+            },
+        };
+        if self.blocks(to.as_str()) {
+            self.reply_blocked(&el);
+            return;
+        }
+        if !self.is_local_domain(to.domain().as_str()) {
+            // Server-to-server links are a later layer: say so rather than drop it.
+            self.reply_error(&el, "cancel", "remote-server-not-found");
+            return;
+        }
+        if to.node().is_none() {
+            self.reply_error(&el, "cancel", "service-unavailable");
+            return;
+        }
+        self.route_message(el, to).await;
+    }
+
+    /// Delivers a message to a local address: to the full JID if bound, else by the bare
+    /// JID rules, else to the offline store. Online delivery touches no storage.
+    pub(crate) async fn route_message(&mut self, el: Element, to: Jid) {
+        let ty = stanza::stanza_type(&el).to_owned();
+        let bare = to.to_bare();
+        let el = match to.try_as_full() {
+            Ok(full) => match self.shared.router.send_to_full(full, ToSession::Stanza(el)) {
+                Ok(()) => return,
+                Err(Undelivered::Full(ToSession::Stanza(el))) => {
+                    // The resource is bound but not reading: keep the message for later.
+                    self.store_offline(el, &bare).await;
+                    return;
+                }
+                Err(Undelivered::NotBound(ToSession::Stanza(el))) => match ty.as_str() {
+                    // RFC 6121 §8.5.3.2.1: no such resource.
+                    "groupchat" => {
+                        self.error_to_sender(&el, "cancel", "service-unavailable");
+                        return;
+                    }
+                    "headline" | "error" => return,
+                    // chat and normal go on as if sent to the bare JID.
+                    _ => el,
+                },
+                Err(_) => return,
+            },
+            Err(_) => el,
+        };
+        self.route_to_bare(el, bare, &ty).await;
+    }
+
+    async fn route_to_bare(&mut self, el: Element, bare: BareJid, ty: &str) {
+        if ty == "groupchat" {
+            self.error_to_sender(&el, "cancel", "service-unavailable");
+            return;
+        }
+        let targets = self.shared.router.message_targets(&bare, ty == "headline");
+        let mut rest = Some(el);
+        let mut delivered = false;
+        for (i, (_, tx)) in targets.iter().enumerate() {
+            let Some(el) = rest.take() else { break };
+            // The last target takes the element itself; the others get copies.
+            let (copy, keep) = if i + 1 == targets.len() {
+                (el, None)
+            } else {
+                (el.clone(), Some(el))
+            };
+            match deliver(tx, ToSession::Stanza(copy)) {
+                Ok(()) => {
+                    delivered = true;
+                    rest = keep;
+                }
+                Err(ToSession::Stanza(back)) => rest = keep.or(Some(back)),
+                Err(_) => rest = keep,
+            }
+        }
+        if delivered {
+            return;
+        }
+        let Some(el) = rest else { return };
+        match ty {
+            "headline" | "error" => {}
+            _ => self.store_offline(el, &bare).await,
+        }
+    }
+
+    // ---- presence (RFC 6121 §4) ----
+
+    async fn on_outbound_presence(&mut self, el: Element, to: Option<Jid>) {
+        let ty = el.attr("type").unwrap_or("").to_owned();
+        match (to, ty.as_str()) {
+            (None, "") => self.presence_available(el).await,
+            (None, "unavailable") => {
+                self.broadcast_unavailable(el).await;
+            }
+            (Some(to), "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed") => {
+                self.outbound_subscription(el, &ty, to).await;
+            }
+            (Some(to), "" | "unavailable") => self.directed_presence(el, to, ty.is_empty()),
+            (Some(to), "error") => {
+                if let Ok(full) = to.try_as_full() {
+                    let _ = self.shared.router.send_to_full(full, ToSession::Stanza(el));
+                }
+            }
+            // Probes are the server's business (RFC 6121 §4.3); other types are bogus.
+            _ => {}
+        }
+    }
+
+    async fn presence_available(&mut self, el: Element) {
+        let (Some(jid), Some(user)) = (self.jid.clone(), self.user.clone()) else {
+            return;
+        };
+        let priority = el
+            .get_child("priority", ns::CLIENT)
+            .and_then(|p| p.text().trim().parse::<i8>().ok())
+            .unwrap_or(0);
+        let initial = !self.available;
+        self.available = true;
+        self.priority = priority;
+        self.presence = Some(el.clone());
+        self.shared
+            .router
+            .set_presence(&jid, self.id, true, priority);
+
+        // Broadcast to subscribers (RFC 6121 §4.2.2, §4.4.2) and to the user's own
+        // available resources, this one included.
+        for contact in self.subscribers() {
+            self.send_presence_to_bare(&el, &contact);
+        }
+        self.send_presence_to_bare(&el, &user);
+
+        if initial {
+            // Probe the contacts we are subscribed to, and our other resources (§4.2.2).
+            let probe = |from: &FullJid| ToSession::Probe {
+                from: Jid::from(from.clone()),
+            };
+            let mut to_probe: Vec<BareJid> = self
+                .roster
+                .values()
+                .filter(|i| matches!(i.subscription, Subscription::To | Subscription::Both))
+                .filter_map(|i| BareJid::new(&i.jid).ok())
+                .collect();
+            to_probe.push(user.clone());
+            for contact in to_probe {
+                for (full, tx) in self.shared.router.available(&contact) {
+                    if full != jid {
+                        let _ = deliver(&tx, probe(&jid));
+                    }
+                }
+            }
+            self.deliver_subscription_requests().await;
+        }
+        if priority >= 0 && !self.offline_delivered {
+            self.offline_delivered = true;
+            self.start_offline_delivery().await;
+        }
+    }
+
+    /// Contacts with a subscription to the user's presence, not blocked.
+    fn subscribers(&self) -> Vec<BareJid> {
+        self.roster
+            .values()
+            .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
+            .filter(|i| !self.blocks(&i.jid))
+            .filter_map(|i| BareJid::new(&i.jid).ok())
+            .collect()
+    }
+
+    /// Sends a presence to every available resource of a local bare JID.
+    pub(crate) fn send_presence_to_bare(&self, el: &Element, to: &BareJid) {
+        if !self.is_local_domain(to.domain().as_str()) {
+            return;
+        }
+        for (full, tx) in self.shared.router.available(to) {
+            let mut copy = el.clone();
+            stanza::set_attr(&mut copy, "to", full.as_str());
+            let _ = deliver(&tx, ToSession::Stanza(copy));
+        }
+    }
+
+    /// Sends a presence to a JID: a full JID directly, a bare one to each available
+    /// resource.
+    pub(crate) fn send_presence_to(&self, el: &Element, to: &Jid) {
+        match to.try_as_full() {
+            Ok(full) => {
+                let mut copy = el.clone();
+                stanza::set_attr(&mut copy, "to", full.as_str());
+                let _ = self
+                    .shared
+                    .router
+                    .send_to_full(full, ToSession::Stanza(copy));
+            }
+            Err(bare) => self.send_presence_to_bare(el, bare),
+        }
+    }
+
+    fn directed_presence(&mut self, el: Element, to: Jid, available: bool) {
+        if self.blocks(to.as_str()) || !self.is_local_domain(to.domain().as_str()) {
+            return;
+        }
+        self.send_presence_to(&el, &to);
+        // RFC 6121 §4.6.3: remember who must hear of our going offline.
+        if available {
+            self.directed.insert(to);
+        } else {
+            self.directed.remove(&to);
+        }
+    }
+
+    /// Unavailable presence to subscribers, own resources and directed-presence
+    /// recipients (RFC 6121 §4.5.2). `el` carries `from` already.
+    pub(crate) async fn broadcast_unavailable(&mut self, mut el: Element) {
+        let (Some(jid), Some(user)) = (self.jid.clone(), self.user.clone()) else {
+            return;
+        };
+        stanza::set_attr(&mut el, "from", jid.as_str());
+        let was_available = self.available;
+        self.available = false;
+        self.presence = None;
+        self.shared.router.set_presence(&jid, self.id, false, 0);
+        if was_available {
+            for contact in self.subscribers() {
+                self.send_presence_to_bare(&el, &contact);
+            }
+            self.send_presence_to_bare(&el, &user);
+            // This resource is no longer listed as available, but its client should see
+            // its own unavailable presence too.
+            let mut own = el.clone();
+            stanza::set_attr(&mut own, "to", jid.as_str());
+            self.proto.send(&own);
+        }
+        for to in std::mem::take(&mut self.directed) {
+            self.send_presence_to(&el, &to);
+        }
+    }
+
+    // ---- IQ (RFC 6120 §8.2.3) ----
+
+    async fn on_outbound_iq(&mut self, el: Element, to: Option<Jid>) {
+        let ty = el.attr("type").unwrap_or("");
+        match ty {
+            "result" | "error" => {
+                if let Some(Ok(full)) = to.as_ref().map(|t| t.try_as_full()) {
+                    if !self.blocks(full.as_str()) {
+                        let _ = self.shared.router.send_to_full(full, ToSession::Stanza(el));
+                    }
+                }
+                return;
+            }
+            "get" | "set" => {}
+            _ => {
+                self.reply_error(&el, "modify", "bad-request");
+                return;
+            }
+        }
+        if el.attr("id").is_none() || el.children().count() != 1 {
+            // RFC 6120 §8.2.3: an id and exactly one payload.
+            self.reply_error(&el, "modify", "bad-request");
+            return;
+        }
+        let Some(to) = to else {
+            self.own_iq(el).await;
+            return;
+        };
+        if self.blocks(to.as_str()) {
+            self.reply_blocked(&el);
+            return;
+        }
+        if !self.is_local_domain(to.domain().as_str()) {
+            self.reply_error(&el, "cancel", "remote-server-not-found");
+            return;
+        }
+        match to.try_as_full() {
+            Ok(full) => match self.shared.router.send_to_full(full, ToSession::Stanza(el)) {
+                Ok(()) => {}
+                // RFC 6121 §8.5.3.1: no such resource.
+                Err(Undelivered::NotBound(ToSession::Stanza(el))) => {
+                    self.reply_error(&el, "cancel", "service-unavailable");
+                }
+                Err(Undelivered::Full(ToSession::Stanza(el))) => {
+                    self.reply_error(&el, "wait", "resource-constraint");
+                }
+                Err(_) => {}
+            },
+            Err(bare) => {
+                if bare.node().is_none() {
+                    self.server_iq(el).await;
+                } else if Some(bare) == self.user.as_ref() {
+                    self.own_iq(el).await;
+                } else {
+                    let bare = bare.clone();
+                    self.other_account_iq(el, bare).await;
+                }
+            }
+        }
+    }
+
+    // ---- from other sessions ----
+
+    pub(crate) async fn on_message_from_router(&mut self, msg: ToSession) {
+        match msg {
+            ToSession::Stanza(el) => {
+                if let Some(from) = el.attr("from")
+                    && self.blocks(from)
+                {
+                    // XEP-0191 §3.4: nothing from a blocked entity reaches the user.
+                    if el.name() != "presence" {
+                        self.error_to_sender(&el, "cancel", "service-unavailable");
+                    }
+                    return;
+                }
+                self.proto.send(&el);
+            }
+            ToSession::Probe { from } => self.answer_probe(&from),
+            ToSession::RosterPush { version, jid, item } => {
+                self.apply_roster_push(version, jid, item)
+            }
+            ToSession::Blocklist { list, push } => self.apply_blocklist(list, push),
+            ToSession::FlushOffline => {
+                if self.available && self.priority >= 0 {
+                    self.offline_delivered = true;
+                    self.start_offline_delivery().await;
+                }
+            }
+            ToSession::Replaced => {
+                // The new session owns this full JID now: going silent here keeps its
+                // presence from being overwritten by our unavailable.
+                self.available = false;
+                self.directed.clear();
+                self.proto
+                    .close(Some("conflict"), Some("replaced by a new connection"));
+            }
+            ToSession::AccountRemoved => {
+                self.proto
+                    .close(Some("not-authorized"), Some("account removed"));
+            }
+        }
+    }
+
+    /// Answers a probe with this resource's presence if the prober may see it.
+    fn answer_probe(&mut self, from: &Jid) {
+        let (Some(presence), Some(user)) = (self.presence.clone(), self.user.as_ref()) else {
+            return;
+        };
+        if !self.available || self.blocks(from.as_str()) {
+            return;
+        }
+        let bare = from.to_bare();
+        let allowed = bare == *user
+            || self
+                .roster
+                .get(bare.as_str())
+                .is_some_and(|i| matches!(i.subscription, Subscription::From | Subscription::Both));
+        if allowed {
+            self.send_presence_to(&presence, from);
+        }
+    }
+
+    /// A stanza left in the channel of a session that ended: messages are kept for the
+    /// user, requests are answered with an error, the rest is dropped.
+    pub(crate) async fn rescue(&mut self, el: Element) {
+        match (el.name(), stanza::stanza_type(&el)) {
+            ("message", "chat" | "normal") => {
+                if let Some(user) = self.user.clone() {
+                    self.store_offline(el, &user).await;
+                }
+            }
+            ("iq", "get" | "set") => self.error_to_sender(&el, "cancel", "service-unavailable"),
+            _ => {}
+        }
+    }
+}
+
+/// Whether `jid` matches a block list (XEP-0191 §3.3).
+pub(crate) fn blocked(list: &[String], jid: &str) -> bool {
+    if list.is_empty() {
+        return false;
+    }
+    let Ok(j) = Jid::new(jid) else {
+        return false;
+    };
+    let bare = j.to_bare();
+    list.iter()
+        .any(|b| b == j.as_str() || b == bare.as_str() || b == j.domain().as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blocked;
+
+    #[test]
+    fn block_list_matches_full_bare_and_domain() {
+        let list = vec!["spam.example".to_owned(), "eve@x".to_owned()];
+        assert!(blocked(&list, "anyone@spam.example/r"));
+        assert!(blocked(&list, "eve@x/phone"));
+        assert!(blocked(&list, "eve@x"));
+        assert!(!blocked(&list, "bob@x/eve"));
+        assert!(!blocked(&[], "eve@x"));
+    }
+}

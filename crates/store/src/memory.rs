@@ -1,0 +1,254 @@
+//! The in-memory backend: everything in maps behind one mutex, gone when the process ends.
+//! Used by tests and by ephemeral runs; it follows the same contract as the durable
+//! backends, checked by the shared battery.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+
+use crate::{
+    BareJid, Credentials, OfflineMessage, Result, Roster, RosterItem, Store, StoreError,
+    SubscriptionRequest,
+};
+
+/// A [`Store`] that keeps everything in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Everything a user owns hangs off their account, so removing the account removes it all.
+    accounts: BTreeMap<String, Account>,
+    /// The last offline id handed out, for any user. Never reset, so ids are never reused.
+    last_offline_id: i64,
+}
+
+#[derive(Debug)]
+struct Account {
+    creds: Credentials,
+    roster_version: u64,
+    roster: BTreeMap<String, RosterItem>,
+    /// In arrival order; a replaced request keeps its place.
+    requests: Vec<SubscriptionRequest>,
+    offline: VecDeque<OfflineMessage>,
+    vcard: Option<String>,
+    blocklist: BTreeSet<String>,
+}
+
+impl Account {
+    fn new(creds: Credentials) -> Self {
+        Account {
+            creds,
+            roster_version: 0,
+            roster: BTreeMap::new(),
+            requests: Vec::new(),
+            offline: VecDeque::new(),
+            vcard: None,
+            blocklist: BTreeSet::new(),
+        }
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        MemoryStore::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // No critical section below can panic half-way through an update, so a poisoned lock
+        // (a panic elsewhere while it was held) still guards consistent data.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the user's account, or fails with `NoSuchAccount`: the rule for writes.
+    fn write<T>(&self, user: &BareJid, f: impl FnOnce(&mut Account) -> Result<T>) -> Result<T> {
+        match self.lock().accounts.get_mut(user) {
+            Some(account) => f(account),
+            None => Err(StoreError::NoSuchAccount),
+        }
+    }
+
+    /// Runs `f` on the user's account, or returns the default: the rule for reads.
+    fn read<T: Default>(&self, user: &BareJid, f: impl FnOnce(&Account) -> T) -> T {
+        self.lock().accounts.get(user).map(f).unwrap_or_default()
+    }
+}
+
+/// Groups are stored sorted and without duplicates, as [`RosterItem::groups`] promises.
+fn normalised(item: &RosterItem) -> RosterItem {
+    let mut item = item.clone();
+    item.groups.sort();
+    item.groups.dedup();
+    item
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn create_account(&self, user: &BareJid, creds: &Credentials) -> Result<()> {
+        let mut inner = self.lock();
+        if inner.accounts.contains_key(user) {
+            return Err(StoreError::AccountExists);
+        }
+        inner
+            .accounts
+            .insert(user.to_owned(), Account::new(creds.clone()));
+        Ok(())
+    }
+
+    async fn credentials(&self, user: &BareJid) -> Result<Option<Credentials>> {
+        Ok(self.read(user, |a| Some(a.creds.clone())))
+    }
+
+    async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()> {
+        self.write(user, |a| {
+            a.creds = creds.clone();
+            Ok(())
+        })
+    }
+
+    async fn remove_account(&self, user: &BareJid) -> Result<()> {
+        match self.lock().accounts.remove(user) {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NoSuchAccount),
+        }
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<String>> {
+        Ok(self.lock().accounts.keys().cloned().collect())
+    }
+
+    async fn account_exists(&self, user: &BareJid) -> Result<bool> {
+        Ok(self.lock().accounts.contains_key(user))
+    }
+
+    async fn roster(&self, user: &BareJid) -> Result<Roster> {
+        Ok(self.read(user, |a| Roster {
+            version: a.roster_version,
+            items: a.roster.values().cloned().collect(),
+        }))
+    }
+
+    async fn roster_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>> {
+        Ok(self.read(user, |a| a.roster.get(contact).cloned()))
+    }
+
+    async fn put_roster_item(&self, user: &BareJid, item: &RosterItem) -> Result<u64> {
+        self.write(user, |a| {
+            a.roster.insert(item.jid.clone(), normalised(item));
+            a.roster_version += 1;
+            Ok(a.roster_version)
+        })
+    }
+
+    async fn remove_roster_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<u64>> {
+        self.write(user, |a| {
+            Ok(a.roster.remove(contact).map(|_| {
+                a.roster_version += 1;
+                a.roster_version
+            }))
+        })
+    }
+
+    async fn put_subscription_request(
+        &self,
+        user: &BareJid,
+        req: &SubscriptionRequest,
+    ) -> Result<()> {
+        self.write(user, |a| {
+            match a.requests.iter_mut().find(|r| r.from == req.from) {
+                Some(existing) => existing.stanza.clone_from(&req.stanza),
+                None => a.requests.push(req.clone()),
+            }
+            Ok(())
+        })
+    }
+
+    async fn remove_subscription_request(&self, user: &BareJid, from: &BareJid) -> Result<()> {
+        self.write(user, |a| {
+            a.requests.retain(|r| r.from != from);
+            Ok(())
+        })
+    }
+
+    async fn subscription_requests(&self, user: &BareJid) -> Result<Vec<SubscriptionRequest>> {
+        Ok(self.read(user, |a| a.requests.clone()))
+    }
+
+    async fn push_offline(&self, user: &BareJid, stanza: &str, quota: u32) -> Result<i64> {
+        let mut inner = self.lock();
+        let next_id = inner.last_offline_id + 1;
+        let account = inner
+            .accounts
+            .get_mut(user)
+            .ok_or(StoreError::NoSuchAccount)?;
+        if account.offline.len() >= quota as usize {
+            return Err(StoreError::QuotaExceeded { quota });
+        }
+        account.offline.push_back(OfflineMessage {
+            id: next_id,
+            stanza: stanza.to_owned(),
+        });
+        inner.last_offline_id = next_id;
+        Ok(next_id)
+    }
+
+    async fn offline(&self, user: &BareJid, limit: u32) -> Result<Vec<OfflineMessage>> {
+        Ok(self.read(user, |a| {
+            a.offline.iter().take(limit as usize).cloned().collect()
+        }))
+    }
+
+    async fn delete_offline(&self, user: &BareJid, up_to: i64) -> Result<()> {
+        self.write(user, |a| {
+            // The queue is in id order, so the messages to delete are a prefix of it.
+            while a.offline.front().is_some_and(|m| m.id <= up_to) {
+                a.offline.pop_front();
+            }
+            Ok(())
+        })
+    }
+
+    async fn count_offline(&self, user: &BareJid) -> Result<u64> {
+        Ok(self.read(user, |a| a.offline.len() as u64))
+    }
+
+    async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {
+        Ok(self.read(user, |a| a.vcard.clone()))
+    }
+
+    async fn set_vcard(&self, user: &BareJid, vcard: &str) -> Result<()> {
+        self.write(user, |a| {
+            a.vcard = Some(vcard.to_owned());
+            Ok(())
+        })
+    }
+
+    async fn blocklist(&self, user: &BareJid) -> Result<Vec<String>> {
+        Ok(self.read(user, |a| a.blocklist.iter().cloned().collect()))
+    }
+
+    async fn block(&self, user: &BareJid, jids: &[String]) -> Result<()> {
+        self.write(user, |a| {
+            a.blocklist.extend(jids.iter().cloned());
+            Ok(())
+        })
+    }
+
+    async fn unblock(&self, user: &BareJid, jids: &[String]) -> Result<()> {
+        self.write(user, |a| {
+            if jids.is_empty() {
+                a.blocklist.clear();
+            } else {
+                for jid in jids {
+                    a.blocklist.remove(jid);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn close(&self) {}
+}

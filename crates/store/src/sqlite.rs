@@ -1,0 +1,688 @@
+//! The SQLite backend, Outpost's default: one database file in WAL mode with
+//! `synchronous=FULL`, so that a change is on disk when its method returns, even if the
+//! process is killed the next instant.
+//!
+//! Writes go through a pool of exactly one connection and start with `BEGIN IMMEDIATE`:
+//! SQLite allows one writer at a time anyway, queueing writers in the pool is fairer than
+//! letting them spin on the busy handler, and taking the write lock up front means a
+//! transaction that reads before it writes (the offline quota check) can neither race
+//! another writer nor fail half-way on a stale snapshot. Reads use a separate small pool
+//! and run in parallel with the writer, as WAL allows.
+//!
+//! The schema lives in `migrations/`, embedded at compile time and applied in order on
+//! open; the `schema_version` table records which have run. Roster groups are rows of
+//! their own (`roster_groups`), one per item and group, rather than an encoded column.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+
+use crate::{
+    BareJid, Credentials, OfflineMessage, Result, Roster, RosterItem, ScramKeys, Store, StoreError,
+    Subscription, SubscriptionRequest,
+};
+
+/// Schema migrations, applied in order; a version once released is never edited.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+
+/// How long a connection waits for a lock held by another process (an `outpost user …`
+/// command next to the running server) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Readers run in parallel under WAL. Each connection costs a thread in sqlx, and a few are
+/// enough that short reads do not queue behind each other.
+const MAX_READERS: u32 = 4;
+
+/// A [`Store`] in one SQLite database file. Clones share the same connections.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    /// Exactly one connection: every write transaction goes through it.
+    writer: SqlitePool,
+    readers: SqlitePool,
+}
+
+/// Data read back from the database that this code could never have written.
+#[derive(Debug, thiserror::Error)]
+enum Corrupt {
+    #[error("column {column} holds {value}, out of range")]
+    OutOfRange { column: &'static str, value: i64 },
+    #[error("unknown subscription state {0:?}")]
+    Subscription(String),
+    #[error("database schema version {found} is newer than this build knows ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+fn corrupt(e: Corrupt) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating it (and its parent directory) if missing, and
+    /// brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode, FULL syncs the log at every commit: NORMAL could lose the last
+            // transactions on power loss, and an accepted message must survive that.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+
+        let writer = SqlitePoolOptions::new()
+            .min_connections(1)
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(db)?;
+        migrate(&writer).await?;
+        // The readers connect after the writer has created the file and switched it to WAL.
+        let readers = SqlitePoolOptions::new()
+            .max_connections(MAX_READERS)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        Ok(SqliteStore { writer, readers })
+    }
+
+    /// Starts a write transaction holding SQLite's write lock from its first statement.
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db)
+    }
+}
+
+/// Applies the migrations the database has not seen yet, all in one transaction.
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL PRIMARY KEY) STRICT",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let current: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    let known = MIGRATIONS.last().map_or(0, |&(version, _)| version);
+    if current > known {
+        // An older build must not write into a schema it does not understand.
+        return Err(corrupt(Corrupt::SchemaTooNew {
+            found: current,
+            known,
+        }));
+    }
+    for &(version, sql) in MIGRATIONS.iter().filter(|&&(v, _)| v > current) {
+        sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db)?;
+        sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)
+}
+
+/// Fails with `NoSuchAccount` unless `user` has an account: the rule for writes.
+async fn require_account(conn: &mut SqliteConnection, user: &BareJid) -> Result<()> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE jid = ?")
+        .bind(user)
+        .fetch_optional(conn)
+        .await
+        .map_err(db)?;
+    found.map(|_| ()).ok_or(StoreError::NoSuchAccount)
+}
+
+fn to_u32(column: &'static str, value: i64) -> Result<u32> {
+    u32::try_from(value).map_err(|_| corrupt(Corrupt::OutOfRange { column, value }))
+}
+
+fn to_u64(column: &'static str, value: i64) -> Result<u64> {
+    u64::try_from(value).map_err(|_| corrupt(Corrupt::OutOfRange { column, value }))
+}
+
+type CredentialsRow = (
+    Vec<u8>,
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+fn credentials_from_row(row: CredentialsRow) -> Result<Credentials> {
+    let (s1_salt, s1_iter, s1_stored, s1_server, s256_salt, s256_iter, s256_stored, s256_server) =
+        row;
+    Ok(Credentials {
+        sha1: ScramKeys {
+            salt: s1_salt,
+            iterations: to_u32("sha1_iterations", s1_iter)?,
+            stored_key: s1_stored,
+            server_key: s1_server,
+        },
+        sha256: ScramKeys {
+            salt: s256_salt,
+            iterations: to_u32("sha256_iterations", s256_iter)?,
+            stored_key: s256_stored,
+            server_key: s256_server,
+        },
+    })
+}
+
+/// One item joined with one of its groups (or none): `contact, name, subscription, ask,
+/// pending_in, approved, group`.
+type RosterRow = (
+    String,
+    Option<String>,
+    String,
+    bool,
+    bool,
+    bool,
+    Option<String>,
+);
+
+const ROSTER_SELECT: &str = "SELECT i.contact, i.name, i.subscription, i.ask, i.pending_in, \
+     i.approved, g.name FROM roster_items i \
+     LEFT JOIN roster_groups g ON g.owner = i.owner AND g.contact = i.contact";
+
+/// Folds rows ordered by contact then group into items, one per contact.
+fn roster_from_rows(rows: Vec<RosterRow>) -> Result<Vec<RosterItem>> {
+    let mut items: Vec<RosterItem> = Vec::new();
+    for (contact, name, subscription, ask, pending_in, approved, group) in rows {
+        let same_item = items.last().is_some_and(|last| last.jid == contact);
+        if !same_item {
+            let subscription = Subscription::parse(&subscription)
+                .ok_or_else(|| corrupt(Corrupt::Subscription(subscription.clone())))?;
+            items.push(RosterItem {
+                jid: contact,
+                name,
+                subscription,
+                ask,
+                pending_in,
+                approved,
+                groups: Vec::new(),
+            });
+        }
+        if let (Some(group), Some(item)) = (group, items.last_mut()) {
+            item.groups.push(group);
+        }
+    }
+    Ok(items)
+}
+
+/// Adds one to the user's roster version and returns the new value.
+async fn bump_roster_version(conn: &mut SqliteConnection, user: &BareJid) -> Result<u64> {
+    let version: i64 = sqlx::query_scalar(
+        "INSERT INTO roster_versions (owner, version) VALUES (?, 1) \
+         ON CONFLICT (owner) DO UPDATE SET version = version + 1 RETURNING version",
+    )
+    .bind(user)
+    .fetch_one(conn)
+    .await
+    .map_err(db)?;
+    to_u64("roster_versions.version", version)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_account(&self, user: &BareJid, creds: &Credentials) -> Result<()> {
+        let done = sqlx::query(
+            "INSERT INTO accounts (jid, \
+             sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key, \
+             sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (jid) DO NOTHING",
+        )
+        .bind(user)
+        .bind(&creds.sha1.salt)
+        .bind(creds.sha1.iterations)
+        .bind(&creds.sha1.stored_key)
+        .bind(&creds.sha1.server_key)
+        .bind(&creds.sha256.salt)
+        .bind(creds.sha256.iterations)
+        .bind(&creds.sha256.stored_key)
+        .bind(&creds.sha256.server_key)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::AccountExists);
+        }
+        Ok(())
+    }
+
+    async fn credentials(&self, user: &BareJid) -> Result<Option<Credentials>> {
+        let row: Option<CredentialsRow> = sqlx::query_as(
+            "SELECT sha1_salt, sha1_iterations, sha1_stored_key, sha1_server_key, \
+             sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key \
+             FROM accounts WHERE jid = ?",
+        )
+        .bind(user)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(db)?;
+        row.map(credentials_from_row).transpose()
+    }
+
+    async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE accounts SET \
+             sha1_salt = ?, sha1_iterations = ?, sha1_stored_key = ?, sha1_server_key = ?, \
+             sha256_salt = ?, sha256_iterations = ?, sha256_stored_key = ?, sha256_server_key = ? \
+             WHERE jid = ?",
+        )
+        .bind(&creds.sha1.salt)
+        .bind(creds.sha1.iterations)
+        .bind(&creds.sha1.stored_key)
+        .bind(&creds.sha1.server_key)
+        .bind(&creds.sha256.salt)
+        .bind(creds.sha256.iterations)
+        .bind(&creds.sha256.stored_key)
+        .bind(&creds.sha256.server_key)
+        .bind(user)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchAccount);
+        }
+        Ok(())
+    }
+
+    async fn remove_account(&self, user: &BareJid) -> Result<()> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        // Children first, so this holds even on a connection without foreign keys.
+        for statement in [
+            "DELETE FROM roster_groups WHERE owner = ?",
+            "DELETE FROM roster_items WHERE owner = ?",
+            "DELETE FROM roster_versions WHERE owner = ?",
+            "DELETE FROM subscription_requests WHERE owner = ?",
+            "DELETE FROM offline WHERE owner = ?",
+            "DELETE FROM vcards WHERE owner = ?",
+            "DELETE FROM blocklist WHERE owner = ?",
+            "DELETE FROM accounts WHERE jid = ?",
+        ] {
+            sqlx::query(statement)
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT jid FROM accounts ORDER BY jid")
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db)
+    }
+
+    async fn account_exists(&self, user: &BareJid) -> Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM accounts WHERE jid = ?")
+            .bind(user)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db)?;
+        Ok(found.is_some())
+    }
+
+    async fn roster(&self, user: &BareJid) -> Result<Roster> {
+        // One read transaction, so that the version matches the items.
+        let mut tx = self.readers.begin().await.map_err(db)?;
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM roster_versions WHERE owner = ?")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let rows: Vec<RosterRow> = sqlx::query_as(&format!(
+            "{ROSTER_SELECT} WHERE i.owner = ? ORDER BY i.contact, g.name"
+        ))
+        .bind(user)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(Roster {
+            version: version.map_or(Ok(0), |v| to_u64("roster_versions.version", v))?,
+            items: roster_from_rows(rows)?,
+        })
+    }
+
+    async fn roster_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<RosterItem>> {
+        let rows: Vec<RosterRow> = sqlx::query_as(&format!(
+            "{ROSTER_SELECT} WHERE i.owner = ? AND i.contact = ? ORDER BY g.name"
+        ))
+        .bind(user)
+        .bind(contact)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        Ok(roster_from_rows(rows)?.pop())
+    }
+
+    async fn put_roster_item(&self, user: &BareJid, item: &RosterItem) -> Result<u64> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        sqlx::query(
+            "INSERT INTO roster_items \
+             (owner, contact, name, subscription, ask, pending_in, approved) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, \
+             subscription = excluded.subscription, ask = excluded.ask, \
+             pending_in = excluded.pending_in, approved = excluded.approved",
+        )
+        .bind(user)
+        .bind(&item.jid)
+        .bind(&item.name)
+        .bind(item.subscription.as_str())
+        .bind(item.ask)
+        .bind(item.pending_in)
+        .bind(item.approved)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query("DELETE FROM roster_groups WHERE owner = ? AND contact = ?")
+            .bind(user)
+            .bind(&item.jid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        for group in &item.groups {
+            // OR IGNORE drops duplicate names; reads return them sorted by the primary key.
+            sqlx::query(
+                "INSERT OR IGNORE INTO roster_groups (owner, contact, name) VALUES (?, ?, ?)",
+            )
+            .bind(user)
+            .bind(&item.jid)
+            .bind(group)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        let version = bump_roster_version(&mut tx, user).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(version)
+    }
+
+    async fn remove_roster_item(&self, user: &BareJid, contact: &BareJid) -> Result<Option<u64>> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        sqlx::query("DELETE FROM roster_groups WHERE owner = ? AND contact = ?")
+            .bind(user)
+            .bind(contact)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let done = sqlx::query("DELETE FROM roster_items WHERE owner = ? AND contact = ?")
+            .bind(user)
+            .bind(contact)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if done.rows_affected() == 0 {
+            // Nothing changed, so the version stays; dropping the transaction rolls it back.
+            return Ok(None);
+        }
+        let version = bump_roster_version(&mut tx, user).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(Some(version))
+    }
+
+    async fn put_subscription_request(
+        &self,
+        user: &BareJid,
+        req: &SubscriptionRequest,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        // An upsert keeps the row, and so the request's place in arrival order.
+        sqlx::query(
+            "INSERT INTO subscription_requests (owner, from_jid, stanza) VALUES (?, ?, ?) \
+             ON CONFLICT (owner, from_jid) DO UPDATE SET stanza = excluded.stanza",
+        )
+        .bind(user)
+        .bind(&req.from)
+        .bind(&req.stanza)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn remove_subscription_request(&self, user: &BareJid, from: &BareJid) -> Result<()> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        sqlx::query("DELETE FROM subscription_requests WHERE owner = ? AND from_jid = ?")
+            .bind(user)
+            .bind(from)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn subscription_requests(&self, user: &BareJid) -> Result<Vec<SubscriptionRequest>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT from_jid, stanza FROM subscription_requests WHERE owner = ? ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(from, stanza)| SubscriptionRequest { from, stanza })
+            .collect())
+    }
+
+    async fn push_offline(&self, user: &BareJid, stanza: &str, quota: u32) -> Result<i64> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        // The count and the insert are one statement inside a transaction that holds the
+        // write lock, so two pushes can never both see room for the last message.
+        let done = sqlx::query(
+            "INSERT INTO offline (owner, stanza) SELECT ?1, ?2 \
+             WHERE (SELECT COUNT(*) FROM offline WHERE owner = ?1) < ?3",
+        )
+        .bind(user)
+        .bind(stanza)
+        .bind(quota)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::QuotaExceeded { quota });
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(done.last_insert_rowid())
+    }
+
+    async fn offline(&self, user: &BareJid, limit: u32) -> Result<Vec<OfflineMessage>> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, stanza FROM offline WHERE owner = ? ORDER BY id LIMIT ?")
+                .bind(user)
+                .bind(limit)
+                .fetch_all(&self.readers)
+                .await
+                .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, stanza)| OfflineMessage { id, stanza })
+            .collect())
+    }
+
+    async fn delete_offline(&self, user: &BareJid, up_to: i64) -> Result<()> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        sqlx::query("DELETE FROM offline WHERE owner = ? AND id <= ?")
+            .bind(user)
+            .bind(up_to)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn count_offline(&self, user: &BareJid) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline WHERE owner = ?")
+            .bind(user)
+            .fetch_one(&self.readers)
+            .await
+            .map_err(db)?;
+        to_u64("COUNT(*)", count)
+    }
+
+    async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT vcard FROM vcards WHERE owner = ?")
+            .bind(user)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db)
+    }
+
+    async fn set_vcard(&self, user: &BareJid, vcard: &str) -> Result<()> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        sqlx::query(
+            "INSERT INTO vcards (owner, vcard) VALUES (?, ?) \
+             ON CONFLICT (owner) DO UPDATE SET vcard = excluded.vcard",
+        )
+        .bind(user)
+        .bind(vcard)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn blocklist(&self, user: &BareJid) -> Result<Vec<String>> {
+        sqlx::query_scalar("SELECT jid FROM blocklist WHERE owner = ? ORDER BY jid")
+            .bind(user)
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db)
+    }
+
+    async fn block(&self, user: &BareJid, jids: &[String]) -> Result<()> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        for jid in jids {
+            sqlx::query("INSERT OR IGNORE INTO blocklist (owner, jid) VALUES (?, ?)")
+                .bind(user)
+                .bind(jid)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn unblock(&self, user: &BareJid, jids: &[String]) -> Result<()> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        if jids.is_empty() {
+            sqlx::query("DELETE FROM blocklist WHERE owner = ?")
+                .bind(user)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        for jid in jids {
+            sqlx::query("DELETE FROM blocklist WHERE owner = ? AND jid = ?")
+                .bind(user)
+                .bind(jid)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn close(&self) {
+        // Readers first: the last connection to close checkpoints the WAL into the database
+        // file and removes it, and that should be the writer.
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The durability promise rests on these pragmas holding on every connection.
+    #[tokio::test]
+    async fn connections_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("outpost.db"))
+            .await
+            .unwrap();
+        for pool in [&store.writer, &store.readers] {
+            let mut conn = pool.acquire().await.unwrap();
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(sync, 2, "synchronous=FULL");
+            let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(fk, 1);
+        }
+        assert_eq!(store.writer.options().get_max_connections(), 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        sqlx::query("INSERT INTO schema_version (version) VALUES (1000)")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        store.close().await;
+        let err = SqliteStore::open(&path).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn reopening_applies_no_migration_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.db");
+        SqliteStore::open(&path).await.unwrap().close().await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM schema_version")
+            .fetch_all(&store.readers)
+            .await
+            .unwrap();
+        assert_eq!(versions, vec![1]);
+        store.close().await;
+    }
+}

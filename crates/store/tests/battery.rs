@@ -1,0 +1,959 @@
+//! The store battery: one set of cases written against `&dyn Store`, run against every
+//! backend, so that the backends cannot drift apart. Each case becomes one test per
+//! backend (`memory::case` and `sqlite::case`). Cases that only make sense for a durable
+//! backend (reopening the file) follow the battery.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use outpost_store::{
+    Credentials, MemoryStore, OfflineMessage, RosterItem, ScramKeys, SqliteStore, Store,
+    StoreError, Subscription, SubscriptionRequest,
+};
+use tempfile::TempDir;
+
+/// Runs each listed case against a fresh `MemoryStore` and a fresh SQLite file.
+macro_rules! battery {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let store = outpost_store::MemoryStore::new();
+                    super::$case(&store).await;
+                    outpost_store::Store::close(&store).await;
+                }
+            )*
+        }
+
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_dir, store) = super::sqlite_store().await;
+                    super::$case(&store).await;
+                    outpost_store::Store::close(&store).await;
+                }
+            )*
+        }
+    };
+}
+
+battery! {
+    account_lifecycle,
+    credentials_replaced,
+    accounts_listed_sorted,
+    remove_account_removes_everything_it_owns,
+    writes_for_unknown_account_fail_and_reads_are_empty,
+    roster_versions_grow_with_each_change,
+    roster_item_fields_and_groups_roundtrip,
+    rosters_are_per_user,
+    subscription_requests_keep_arrival_order,
+    offline_queue_keeps_order_and_limit,
+    offline_quota_is_enforced,
+    offline_ids_grow_across_users_and_deletions,
+    delete_offline_removes_only_up_to_and_only_that_user,
+    vcard_set_and_replaced,
+    blocklist_block_and_unblock,
+}
+
+async fn sqlite_store() -> (TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = SqliteStore::open(&dir.path().join("outpost.db"))
+        .await
+        .expect("open SQLite store");
+    (dir, store)
+}
+
+fn keys(seed: u8, iterations: u32) -> ScramKeys {
+    ScramKeys {
+        salt: vec![seed; 16],
+        iterations,
+        stored_key: vec![seed.wrapping_add(1); 20],
+        server_key: vec![seed.wrapping_add(2); 32],
+    }
+}
+
+fn creds(seed: u8) -> Credentials {
+    Credentials {
+        sha1: keys(seed, 4096),
+        sha256: keys(seed.wrapping_add(100), 10_000),
+    }
+}
+
+fn request(from: &str, stanza: &str) -> SubscriptionRequest {
+    SubscriptionRequest {
+        from: from.to_owned(),
+        stanza: stanza.to_owned(),
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn stanzas(messages: &[OfflineMessage]) -> Vec<&str> {
+    messages.iter().map(|m| m.stanza.as_str()).collect()
+}
+
+const ALICE: &str = "alice@example.org";
+const BOB: &str = "bob@example.org";
+const CAROL: &str = "carol@example.org";
+const NOBODY: &str = "nobody@example.org";
+
+async fn account_lifecycle(store: &dyn Store) {
+    assert!(!store.account_exists(ALICE).await.unwrap());
+    assert_eq!(store.credentials(ALICE).await.unwrap(), None);
+
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    assert!(store.account_exists(ALICE).await.unwrap());
+    assert_eq!(store.credentials(ALICE).await.unwrap(), Some(creds(1)));
+
+    let err = store.create_account(ALICE, &creds(2)).await.unwrap_err();
+    assert!(matches!(err, StoreError::AccountExists), "{err:?}");
+    // The failed attempt must not have touched the existing verifiers.
+    assert_eq!(store.credentials(ALICE).await.unwrap(), Some(creds(1)));
+
+    store.remove_account(ALICE).await.unwrap();
+    assert!(!store.account_exists(ALICE).await.unwrap());
+    assert_eq!(store.credentials(ALICE).await.unwrap(), None);
+    let err = store.remove_account(ALICE).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoSuchAccount), "{err:?}");
+
+    // The JID is free again.
+    store.create_account(ALICE, &creds(3)).await.unwrap();
+    assert_eq!(store.credentials(ALICE).await.unwrap(), Some(creds(3)));
+}
+
+async fn credentials_replaced(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(1)).await.unwrap();
+
+    // Extreme values must survive the trip: empty salt, the largest iteration count.
+    let changed = Credentials {
+        sha1: ScramKeys {
+            salt: Vec::new(),
+            iterations: u32::MAX,
+            stored_key: vec![0; 20],
+            server_key: vec![255; 20],
+        },
+        sha256: keys(9, 1),
+    };
+    store.set_credentials(ALICE, &changed).await.unwrap();
+    assert_eq!(store.credentials(ALICE).await.unwrap(), Some(changed));
+    assert_eq!(store.credentials(BOB).await.unwrap(), Some(creds(1)));
+
+    let err = store.set_credentials(NOBODY, &creds(1)).await.unwrap_err();
+    assert!(matches!(err, StoreError::NoSuchAccount), "{err:?}");
+    assert!(!store.account_exists(NOBODY).await.unwrap());
+}
+
+async fn accounts_listed_sorted(store: &dyn Store) {
+    assert!(store.list_accounts().await.unwrap().is_empty());
+    for user in [CAROL, ALICE, "zed@example.org", BOB, "Adam@example.org"] {
+        store.create_account(user, &creds(1)).await.unwrap();
+    }
+    assert_eq!(
+        store.list_accounts().await.unwrap(),
+        strings(&["Adam@example.org", ALICE, BOB, CAROL, "zed@example.org"])
+    );
+    store.remove_account(BOB).await.unwrap();
+    assert_eq!(
+        store.list_accounts().await.unwrap(),
+        strings(&["Adam@example.org", ALICE, CAROL, "zed@example.org"])
+    );
+}
+
+/// Gives `user` something in every table a user owns.
+async fn populate(store: &dyn Store, user: &str) {
+    let mut item = RosterItem::new(BOB);
+    item.groups = strings(&["Friends"]);
+    store.put_roster_item(user, &item).await.unwrap();
+    store
+        .put_subscription_request(user, &request(CAROL, "<presence type='subscribe'/>"))
+        .await
+        .unwrap();
+    store.push_offline(user, "<message/>", 10).await.unwrap();
+    store.set_vcard(user, "<vCard/>").await.unwrap();
+    store
+        .block(user, &strings(&["spam@example.net"]))
+        .await
+        .unwrap();
+}
+
+async fn remove_account_removes_everything_it_owns(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(CAROL, &creds(2)).await.unwrap();
+    populate(store, ALICE).await;
+    populate(store, CAROL).await;
+
+    store.remove_account(ALICE).await.unwrap();
+    let roster = store.roster(ALICE).await.unwrap();
+    assert_eq!(roster.version, 0);
+    assert!(roster.items.is_empty());
+    assert_eq!(store.roster_item(ALICE, BOB).await.unwrap(), None);
+    assert!(store.subscription_requests(ALICE).await.unwrap().is_empty());
+    assert!(store.offline(ALICE, 100).await.unwrap().is_empty());
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 0);
+    assert_eq!(store.vcard(ALICE).await.unwrap(), None);
+    assert!(store.blocklist(ALICE).await.unwrap().is_empty());
+
+    // A new account under the same JID starts empty, not with the old one's data.
+    store.create_account(ALICE, &creds(3)).await.unwrap();
+    let roster = store.roster(ALICE).await.unwrap();
+    assert_eq!(roster.version, 0);
+    assert!(roster.items.is_empty());
+    assert!(store.subscription_requests(ALICE).await.unwrap().is_empty());
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 0);
+    assert_eq!(store.vcard(ALICE).await.unwrap(), None);
+    assert!(store.blocklist(ALICE).await.unwrap().is_empty());
+
+    // The other user's data is untouched.
+    let roster = store.roster(CAROL).await.unwrap();
+    assert_eq!(roster.version, 1);
+    assert_eq!(roster.items.len(), 1);
+    assert_eq!(roster.items[0].groups, strings(&["Friends"]));
+    assert_eq!(store.subscription_requests(CAROL).await.unwrap().len(), 1);
+    assert_eq!(store.count_offline(CAROL).await.unwrap(), 1);
+    assert_eq!(
+        store.vcard(CAROL).await.unwrap().as_deref(),
+        Some("<vCard/>")
+    );
+    assert_eq!(
+        store.blocklist(CAROL).await.unwrap(),
+        strings(&["spam@example.net"])
+    );
+}
+
+async fn writes_for_unknown_account_fail_and_reads_are_empty(store: &dyn Store) {
+    fn no_such<T: std::fmt::Debug>(r: Result<T, StoreError>) {
+        assert!(matches!(r, Err(StoreError::NoSuchAccount)), "{r:?}");
+    }
+    no_such(store.set_credentials(NOBODY, &creds(1)).await);
+    no_such(store.remove_account(NOBODY).await);
+    no_such(store.put_roster_item(NOBODY, &RosterItem::new(BOB)).await);
+    no_such(store.remove_roster_item(NOBODY, BOB).await);
+    no_such(
+        store
+            .put_subscription_request(NOBODY, &request(BOB, "<presence/>"))
+            .await,
+    );
+    no_such(store.remove_subscription_request(NOBODY, BOB).await);
+    no_such(store.push_offline(NOBODY, "<message/>", 10).await);
+    no_such(store.delete_offline(NOBODY, i64::MAX).await);
+    no_such(store.set_vcard(NOBODY, "<vCard/>").await);
+    no_such(store.block(NOBODY, &strings(&[BOB])).await);
+    no_such(store.unblock(NOBODY, &[]).await);
+
+    // None of the failed writes created the account or left anything behind.
+    assert!(!store.account_exists(NOBODY).await.unwrap());
+    assert!(store.list_accounts().await.unwrap().is_empty());
+    assert_eq!(store.credentials(NOBODY).await.unwrap(), None);
+    assert_eq!(
+        store.roster(NOBODY).await.unwrap(),
+        outpost_store::Roster::default()
+    );
+    assert_eq!(store.roster_item(NOBODY, BOB).await.unwrap(), None);
+    assert!(
+        store
+            .subscription_requests(NOBODY)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.offline(NOBODY, 10).await.unwrap().is_empty());
+    assert_eq!(store.count_offline(NOBODY).await.unwrap(), 0);
+    assert_eq!(store.vcard(NOBODY).await.unwrap(), None);
+    assert!(store.blocklist(NOBODY).await.unwrap().is_empty());
+}
+
+async fn roster_versions_grow_with_each_change(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    let roster = store.roster(ALICE).await.unwrap();
+    assert_eq!(roster.version, 0);
+    assert!(roster.items.is_empty());
+
+    let v1 = store
+        .put_roster_item(ALICE, &RosterItem::new(BOB))
+        .await
+        .unwrap();
+    let v2 = store
+        .put_roster_item(ALICE, &RosterItem::new(CAROL))
+        .await
+        .unwrap();
+    let mut bob = RosterItem::new(BOB);
+    bob.name = Some("Bobby".to_owned());
+    bob.subscription = Subscription::Both;
+    let v3 = store.put_roster_item(ALICE, &bob).await.unwrap();
+    assert_eq!((v1, v2, v3), (1, 2, 3));
+
+    // Replacing kept one item per contact, sorted by JID.
+    let roster = store.roster(ALICE).await.unwrap();
+    assert_eq!(roster.version, 3);
+    assert_eq!(roster.items, vec![bob.clone(), RosterItem::new(CAROL)]);
+
+    // Removing an absent item changes nothing, the version included.
+    assert_eq!(store.remove_roster_item(ALICE, NOBODY).await.unwrap(), None);
+    assert_eq!(store.roster(ALICE).await.unwrap().version, 3);
+
+    assert_eq!(
+        store.remove_roster_item(ALICE, CAROL).await.unwrap(),
+        Some(4)
+    );
+    assert_eq!(store.remove_roster_item(ALICE, CAROL).await.unwrap(), None);
+    assert_eq!(store.roster_item(ALICE, CAROL).await.unwrap(), None);
+    let roster = store.roster(ALICE).await.unwrap();
+    assert_eq!(roster.version, 4);
+    assert_eq!(roster.items, vec![bob.clone()]);
+
+    assert_eq!(store.remove_roster_item(ALICE, BOB).await.unwrap(), Some(5));
+    let roster = store.roster(ALICE).await.unwrap();
+    assert_eq!(roster.version, 5);
+    assert!(roster.items.is_empty());
+
+    // Re-adding continues from there: versions never go back.
+    assert_eq!(
+        store
+            .put_roster_item(ALICE, &RosterItem::new(BOB))
+            .await
+            .unwrap(),
+        6
+    );
+}
+
+async fn roster_item_fields_and_groups_roundtrip(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    let subscriptions = [
+        Subscription::None,
+        Subscription::To,
+        Subscription::From,
+        Subscription::Both,
+    ];
+    let mut expected = Vec::new();
+    for (i, subscription) in subscriptions.into_iter().enumerate() {
+        let item = RosterItem {
+            jid: format!("contact{i}@example.net"),
+            name: (i % 2 == 0).then(|| format!("Contact «{i}»")),
+            subscription,
+            ask: i & 1 == 1,
+            pending_in: i & 2 == 2,
+            approved: i == 0,
+            groups: match i {
+                0 => Vec::new(),
+                1 => strings(&["Work"]),
+                // Group names may hold anything, separators and newlines included.
+                2 => strings(&["a\nb", "a,b", "", "Été"]),
+                _ => strings(&["Zeta", "Alpha", "Mu"]),
+            },
+        };
+        store.put_roster_item(ALICE, &item).await.unwrap();
+        let mut stored = item.clone();
+        stored.groups.sort();
+        assert_eq!(
+            store.roster_item(ALICE, &item.jid).await.unwrap(),
+            Some(stored.clone())
+        );
+        expected.push(stored);
+    }
+    assert_eq!(store.roster(ALICE).await.unwrap().items, expected);
+
+    // Groups come back sorted and without duplicates, whatever order they went in.
+    let mut item = RosterItem::new(BOB);
+    item.groups = strings(&["b", "a", "b", "c", "a"]);
+    store.put_roster_item(ALICE, &item).await.unwrap();
+    assert_eq!(
+        store.roster_item(ALICE, BOB).await.unwrap().unwrap().groups,
+        strings(&["a", "b", "c"])
+    );
+
+    // Replacing an item replaces its groups, and can clear its name and flags.
+    item.groups = strings(&["d"]);
+    store.put_roster_item(ALICE, &item).await.unwrap();
+    assert_eq!(
+        store.roster_item(ALICE, BOB).await.unwrap().unwrap().groups,
+        strings(&["d"])
+    );
+    let cleared = RosterItem::new("contact1@example.net");
+    store.put_roster_item(ALICE, &cleared).await.unwrap();
+    assert_eq!(
+        store
+            .roster_item(ALICE, "contact1@example.net")
+            .await
+            .unwrap(),
+        Some(cleared)
+    );
+
+    // A removed item takes its groups with it: re-adding starts from what is given.
+    store.remove_roster_item(ALICE, BOB).await.unwrap();
+    store
+        .put_roster_item(ALICE, &RosterItem::new(BOB))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .roster_item(ALICE, BOB)
+            .await
+            .unwrap()
+            .unwrap()
+            .groups
+            .is_empty()
+    );
+}
+
+async fn rosters_are_per_user(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(2)).await.unwrap();
+    let mut for_alice = RosterItem::new(CAROL);
+    for_alice.groups = strings(&["Alice's"]);
+    let mut for_bob = RosterItem::new(CAROL);
+    for_bob.groups = strings(&["Bob's"]);
+    for_bob.subscription = Subscription::To;
+
+    assert_eq!(store.put_roster_item(ALICE, &for_alice).await.unwrap(), 1);
+    assert_eq!(store.put_roster_item(BOB, &for_bob).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .put_roster_item(BOB, &RosterItem::new(ALICE))
+            .await
+            .unwrap(),
+        2
+    );
+
+    let alice = store.roster(ALICE).await.unwrap();
+    assert_eq!(alice.version, 1);
+    assert_eq!(alice.items, vec![for_alice.clone()]);
+    assert_eq!(store.roster(BOB).await.unwrap().items.len(), 2);
+    assert_eq!(store.roster_item(BOB, CAROL).await.unwrap(), Some(for_bob));
+
+    assert_eq!(store.remove_roster_item(BOB, CAROL).await.unwrap(), Some(3));
+    assert_eq!(
+        store.roster_item(ALICE, CAROL).await.unwrap(),
+        Some(for_alice)
+    );
+    assert_eq!(store.roster(ALICE).await.unwrap().version, 1);
+}
+
+async fn subscription_requests_keep_arrival_order(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(2)).await.unwrap();
+    assert!(store.subscription_requests(ALICE).await.unwrap().is_empty());
+
+    // Arrival order, deliberately not alphabetical.
+    for from in [CAROL, BOB, "aaron@example.net"] {
+        store
+            .put_subscription_request(ALICE, &request(from, &format!("<presence from='{from}'/>")))
+            .await
+            .unwrap();
+    }
+    store
+        .put_subscription_request(BOB, &request(CAROL, "<for-bob/>"))
+        .await
+        .unwrap();
+    let froms = |reqs: Vec<SubscriptionRequest>| -> Vec<String> {
+        reqs.into_iter().map(|r| r.from).collect()
+    };
+    assert_eq!(
+        froms(store.subscription_requests(ALICE).await.unwrap()),
+        strings(&[CAROL, BOB, "aaron@example.net"])
+    );
+
+    // A repeated request replaces the stanza and keeps its place.
+    store
+        .put_subscription_request(ALICE, &request(CAROL, "<again/>"))
+        .await
+        .unwrap();
+    let reqs = store.subscription_requests(ALICE).await.unwrap();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[0], request(CAROL, "<again/>"));
+    assert_eq!(reqs[1], request(BOB, &format!("<presence from='{BOB}'/>")));
+
+    store.remove_subscription_request(ALICE, BOB).await.unwrap();
+    // Removing an absent request is not an error.
+    store.remove_subscription_request(ALICE, BOB).await.unwrap();
+    assert_eq!(
+        froms(store.subscription_requests(ALICE).await.unwrap()),
+        strings(&[CAROL, "aaron@example.net"])
+    );
+
+    // A new request goes last.
+    store
+        .put_subscription_request(ALICE, &request(BOB, "<back/>"))
+        .await
+        .unwrap();
+    assert_eq!(
+        froms(store.subscription_requests(ALICE).await.unwrap()),
+        strings(&[CAROL, "aaron@example.net", BOB])
+    );
+
+    // Bob's requests were never touched by any of this.
+    assert_eq!(
+        store.subscription_requests(BOB).await.unwrap(),
+        vec![request(CAROL, "<for-bob/>")]
+    );
+}
+
+async fn offline_queue_keeps_order_and_limit(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            store
+                .push_offline(ALICE, &format!("<message id='{i}'/>"), 100)
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 5);
+
+    let all = store.offline(ALICE, 100).await.unwrap();
+    assert_eq!(all.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert_eq!(
+        stanzas(&all),
+        [
+            "<message id='0'/>",
+            "<message id='1'/>",
+            "<message id='2'/>",
+            "<message id='3'/>",
+            "<message id='4'/>"
+        ]
+    );
+    assert_eq!(store.offline(ALICE, 2).await.unwrap(), all[..2].to_vec());
+    assert!(store.offline(ALICE, 0).await.unwrap().is_empty());
+    // Reading does not consume.
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 5);
+}
+
+async fn offline_quota_is_enforced(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(2)).await.unwrap();
+
+    let first = store.push_offline(ALICE, "<one/>", 2).await.unwrap();
+    store.push_offline(ALICE, "<two/>", 2).await.unwrap();
+    let err = store.push_offline(ALICE, "<three/>", 2).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::QuotaExceeded { quota: 2 }),
+        "{err:?}"
+    );
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 2);
+    assert_eq!(
+        stanzas(&store.offline(ALICE, 10).await.unwrap()),
+        ["<one/>", "<two/>"]
+    );
+
+    // The quota is per user: Bob's queue is empty.
+    store.push_offline(BOB, "<for-bob/>", 2).await.unwrap();
+
+    // A quota of zero refuses everything.
+    let err = store.push_offline(BOB, "<no/>", 0).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::QuotaExceeded { quota: 0 }),
+        "{err:?}"
+    );
+
+    // Delivering makes room again.
+    store.delete_offline(ALICE, first).await.unwrap();
+    store.push_offline(ALICE, "<three/>", 2).await.unwrap();
+    assert_eq!(
+        stanzas(&store.offline(ALICE, 10).await.unwrap()),
+        ["<two/>", "<three/>"]
+    );
+    // A larger quota lets more in; the quota is the caller's to choose per push.
+    store.push_offline(ALICE, "<four/>", 3).await.unwrap();
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 3);
+}
+
+async fn offline_ids_grow_across_users_and_deletions(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(2)).await.unwrap();
+    let a1 = store.push_offline(ALICE, "<a1/>", 10).await.unwrap();
+    let b1 = store.push_offline(BOB, "<b1/>", 10).await.unwrap();
+    let a2 = store.push_offline(ALICE, "<a2/>", 10).await.unwrap();
+    assert!(a1 < b1 && b1 < a2, "{a1} {b1} {a2}");
+
+    // Emptying every queue must not let an id be handed out again: a session holding
+    // "delivered up to a2" must never delete a message that came later.
+    store.delete_offline(ALICE, i64::MAX).await.unwrap();
+    store.delete_offline(BOB, i64::MAX).await.unwrap();
+    let a3 = store.push_offline(ALICE, "<a3/>", 10).await.unwrap();
+    assert!(a3 > a2, "{a3} after {a2}");
+    store.delete_offline(ALICE, a2).await.unwrap();
+    assert_eq!(
+        store.offline(ALICE, 10).await.unwrap(),
+        vec![OfflineMessage {
+            id: a3,
+            stanza: "<a3/>".to_owned()
+        }]
+    );
+}
+
+async fn delete_offline_removes_only_up_to_and_only_that_user(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(2)).await.unwrap();
+    let mut alice = Vec::new();
+    let mut bob = Vec::new();
+    for i in 0..4 {
+        alice.push(
+            store
+                .push_offline(ALICE, &format!("<a{i}/>"), 10)
+                .await
+                .unwrap(),
+        );
+        bob.push(
+            store
+                .push_offline(BOB, &format!("<b{i}/>"), 10)
+                .await
+                .unwrap(),
+        );
+    }
+
+    // Up to Alice's second message: Bob has messages with smaller ids, which must stay.
+    store.delete_offline(ALICE, alice[1]).await.unwrap();
+    let left = store.offline(ALICE, 10).await.unwrap();
+    assert_eq!(left.iter().map(|m| m.id).collect::<Vec<_>>(), alice[2..]);
+    assert_eq!(stanzas(&left), ["<a2/>", "<a3/>"]);
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 2);
+    assert_eq!(store.count_offline(BOB).await.unwrap(), 4);
+
+    // An id between two of the user's messages deletes only those at or below it.
+    store.delete_offline(BOB, alice[2]).await.unwrap();
+    assert_eq!(
+        stanzas(&store.offline(BOB, 10).await.unwrap()),
+        ["<b2/>", "<b3/>"]
+    );
+
+    // Below everything: nothing goes.
+    store.delete_offline(ALICE, 0).await.unwrap();
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 2);
+
+    store.delete_offline(ALICE, alice[3]).await.unwrap();
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 0);
+    assert!(store.offline(ALICE, 10).await.unwrap().is_empty());
+    assert_eq!(store.count_offline(BOB).await.unwrap(), 2);
+}
+
+async fn vcard_set_and_replaced(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(2)).await.unwrap();
+    assert_eq!(store.vcard(ALICE).await.unwrap(), None);
+
+    store
+        .set_vcard(ALICE, "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.vcard(ALICE).await.unwrap().as_deref(),
+        Some("<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>")
+    );
+    store
+        .set_vcard(ALICE, "<vCard xmlns='vcard-temp'/>")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.vcard(ALICE).await.unwrap().as_deref(),
+        Some("<vCard xmlns='vcard-temp'/>")
+    );
+    assert_eq!(store.vcard(BOB).await.unwrap(), None);
+}
+
+async fn blocklist_block_and_unblock(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(2)).await.unwrap();
+    assert!(store.blocklist(ALICE).await.unwrap().is_empty());
+
+    // Any JID form, kept as given; duplicates within and across calls are kept once.
+    store
+        .block(
+            ALICE,
+            &strings(&[
+                "spam.example",
+                "c@example.net/res",
+                "a@example.net",
+                "c@example.net/res",
+            ]),
+        )
+        .await
+        .unwrap();
+    store
+        .block(ALICE, &strings(&["a@example.net", "b@example.net"]))
+        .await
+        .unwrap();
+    store
+        .block(BOB, &strings(&["z@example.net"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.blocklist(ALICE).await.unwrap(),
+        strings(&[
+            "a@example.net",
+            "b@example.net",
+            "c@example.net/res",
+            "spam.example"
+        ])
+    );
+
+    // Blocking nothing changes nothing.
+    store.block(ALICE, &[]).await.unwrap();
+    assert_eq!(store.blocklist(ALICE).await.unwrap().len(), 4);
+
+    // Unblocking some, including one that was never blocked.
+    store
+        .unblock(
+            ALICE,
+            &strings(&["b@example.net", "never@example.net", "spam.example"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.blocklist(ALICE).await.unwrap(),
+        strings(&["a@example.net", "c@example.net/res"])
+    );
+
+    // An empty list unblocks everything, for this user only.
+    store.unblock(ALICE, &[]).await.unwrap();
+    assert!(store.blocklist(ALICE).await.unwrap().is_empty());
+    assert_eq!(
+        store.blocklist(BOB).await.unwrap(),
+        strings(&["z@example.net"])
+    );
+}
+
+// ---- concurrency, for every backend ----
+
+/// Many tasks pushing at once into one queue must never get past the quota together.
+async fn concurrent_pushes_respect_quota(store: Arc<dyn Store>) {
+    const QUOTA: u32 = 10;
+    const TASKS: usize = 64;
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    // Start with some messages already queued so the check is not only against zero.
+    for i in 0..3 {
+        store
+            .push_offline(ALICE, &format!("<pre{i}/>"), QUOTA)
+            .await
+            .unwrap();
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..TASKS {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move { store.push_offline(ALICE, &format!("<m{i}/>"), QUOTA).await });
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task did not panic") {
+            Ok(id) => accepted.push(id),
+            Err(StoreError::QuotaExceeded { quota: QUOTA }) => refused += 1,
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), QUOTA as usize - 3);
+    assert_eq!(refused, TASKS - accepted.len());
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), u64::from(QUOTA));
+
+    // Every accepted id is in the queue, in id order.
+    accepted.sort_unstable();
+    let queued = store.offline(ALICE, 100).await.unwrap();
+    let queued_ids: Vec<i64> = queued.iter().map(|m| m.id).collect();
+    assert_eq!(queued_ids[3..], accepted[..]);
+    assert!(queued_ids.windows(2).all(|w| w[0] < w[1]));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_concurrent_pushes_respect_quota() {
+    concurrent_pushes_respect_quota(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_pushes_respect_quota() {
+    let (_dir, store) = sqlite_store().await;
+    concurrent_pushes_respect_quota(Arc::new(store)).await;
+}
+
+// ---- durability, SQLite only ----
+
+/// Writes one of everything, so that reopening can check it all came back.
+async fn write_everything(store: &dyn Store) -> Vec<i64> {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.create_account(BOB, &creds(2)).await.unwrap();
+    let mut item = RosterItem::new(BOB);
+    item.name = Some("Bob".to_owned());
+    item.subscription = Subscription::From;
+    item.ask = true;
+    item.pending_in = true;
+    item.approved = true;
+    item.groups = strings(&["Friends", "Work"]);
+    store.put_roster_item(ALICE, &item).await.unwrap();
+    store
+        .put_roster_item(ALICE, &RosterItem::new(CAROL))
+        .await
+        .unwrap();
+    store
+        .put_subscription_request(ALICE, &request(CAROL, "<carol/>"))
+        .await
+        .unwrap();
+    store
+        .put_subscription_request(ALICE, &request(BOB, "<bob/>"))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for stanza in ["<m1/>", "<m2/>", "<m3/>"] {
+        ids.push(store.push_offline(ALICE, stanza, 10).await.unwrap());
+    }
+    store.set_vcard(ALICE, "<vCard/>").await.unwrap();
+    store
+        .block(ALICE, &strings(&["x@example.net", "w@example.net"]))
+        .await
+        .unwrap();
+    ids
+}
+
+async fn check_everything(store: &dyn Store, ids: &[i64]) {
+    assert_eq!(store.list_accounts().await.unwrap(), strings(&[ALICE, BOB]));
+    assert_eq!(store.credentials(ALICE).await.unwrap(), Some(creds(1)));
+    assert_eq!(store.credentials(BOB).await.unwrap(), Some(creds(2)));
+    let roster = store.roster(ALICE).await.unwrap();
+    assert_eq!(roster.version, 2);
+    assert_eq!(
+        roster.items,
+        vec![
+            RosterItem {
+                jid: BOB.to_owned(),
+                name: Some("Bob".to_owned()),
+                subscription: Subscription::From,
+                ask: true,
+                pending_in: true,
+                approved: true,
+                groups: strings(&["Friends", "Work"]),
+            },
+            RosterItem::new(CAROL),
+        ]
+    );
+    assert_eq!(
+        store.subscription_requests(ALICE).await.unwrap(),
+        vec![request(CAROL, "<carol/>"), request(BOB, "<bob/>")]
+    );
+    let offline = store.offline(ALICE, 10).await.unwrap();
+    assert_eq!(offline.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert_eq!(stanzas(&offline), ["<m1/>", "<m2/>", "<m3/>"]);
+    assert_eq!(
+        store.vcard(ALICE).await.unwrap().as_deref(),
+        Some("<vCard/>")
+    );
+    assert_eq!(
+        store.blocklist(ALICE).await.unwrap(),
+        strings(&["w@example.net", "x@example.net"])
+    );
+}
+
+async fn reopen(path: &Path) -> SqliteStore {
+    SqliteStore::open(path).await.expect("reopen SQLite store")
+}
+
+#[tokio::test]
+async fn sqlite_everything_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.db");
+
+    let store = reopen(&path).await;
+    let ids = write_everything(&store).await;
+    check_everything(&store, &ids).await;
+    store.close().await;
+
+    let store = reopen(&path).await;
+    check_everything(&store, &ids).await;
+
+    // Counters carry on from where they were: roster versions and offline ids, even after
+    // the queue was emptied before closing.
+    assert_eq!(
+        store
+            .put_roster_item(ALICE, &RosterItem::new("dave@example.org"))
+            .await
+            .unwrap(),
+        3
+    );
+    store.delete_offline(ALICE, i64::MAX).await.unwrap();
+    store.close().await;
+
+    let store = reopen(&path).await;
+    assert_eq!(store.roster(ALICE).await.unwrap().version, 3);
+    assert_eq!(store.count_offline(ALICE).await.unwrap(), 0);
+    let next = store.push_offline(ALICE, "<m4/>", 10).await.unwrap();
+    assert!(next > ids[2], "{next} after {ids:?}");
+    store.close().await;
+}
+
+/// Set in the child process of `sqlite_committed_writes_survive_kill`: the database path.
+const CRASH_CHILD_DB: &str = "OUTPOST_STORE_TEST_CRASH_CHILD_DB";
+const CRASH_CHILD_READY: &str = "OUTPOST-STORE-READY";
+
+/// The durability promise: a change whose method returned `Ok` is on disk, even if the
+/// process is killed the next instant with no chance to close or checkpoint. The test
+/// runs itself again as a child process that writes, reports the ids it got, and is then
+/// killed with SIGKILL by the parent, which reopens the file and reads everything back.
+#[tokio::test]
+async fn sqlite_committed_writes_survive_kill() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    if let Some(path) = std::env::var_os(CRASH_CHILD_DB) {
+        let store = reopen(Path::new(&path)).await;
+        let ids = write_everything(&store).await;
+        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        println!("{CRASH_CHILD_READY} {}", ids.join(","));
+        // Wait, store open, for the parent's SIGKILL; stdin never delivers a line.
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        panic!("the parent should have killed this process");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sqlite_committed_writes_survive_kill",
+            "--nocapture",
+        ])
+        .env(CRASH_CHILD_DB, &path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let ready = stdout
+        .lines()
+        .map(|line| line.unwrap())
+        .find_map(|line| line.strip_prefix(CRASH_CHILD_READY).map(str::to_owned))
+        .expect("the child reported its writes");
+    let ids: Vec<i64> = ready
+        .trim()
+        .split(',')
+        .map(|id| id.parse().unwrap())
+        .collect();
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the child was killed, not finished");
+    // Killed with its connections open, the child never checkpointed: the changes are
+    // (at least partly) only in the write-ahead log.
+    assert!(dir.path().join("outpost.db-wal").exists());
+
+    let store = reopen(&path).await;
+    check_everything(&store, &ids).await;
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_open_creates_missing_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("var").join("lib").join("outpost.db");
+    let store = reopen(&path).await;
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.close().await;
+    assert!(path.is_file());
+
+    let store = reopen(&path).await;
+    assert!(store.account_exists(ALICE).await.unwrap());
+    store.close().await;
+}
