@@ -121,7 +121,7 @@ impl C2sStream {
         let secure = config.transport == Transport::DirectTls;
         let domain = config.domains.first().cloned().unwrap_or_default();
         C2sStream {
-            reader: StreamReader::new(config.limits.clone()),
+            reader: StreamReader::new(config.limits),
             config,
             out: Vec::new(),
             events: VecDeque::new(),
@@ -160,6 +160,11 @@ impl C2sStream {
 
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Whether [`C2sStream::poll_event`] would return an event, without taking it.
+    pub fn has_event(&self) -> bool {
+        !self.events.is_empty()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -263,7 +268,14 @@ impl C2sStream {
                 self.events.push_back(Event::Bound { jid });
             }
             Err(condition) => {
-                let err = stanza::iq_error_reply(&id, None, "cancel", condition);
+                // RFC 6120 §7.6.2.1: too many resources is a wait (retry later);
+                // §7.7.2.1: a bad resource is for the client to modify; the rest cancel.
+                let error_type = match condition {
+                    "resource-constraint" => "wait",
+                    "bad-request" => "modify",
+                    _ => "cancel",
+                };
+                let err = stanza::iq_error_reply(&id, None, error_type, condition);
                 self.send(&err);
                 self.phase = Phase::Negotiating;
             }
@@ -407,7 +419,13 @@ impl C2sStream {
             );
             features.append_child(Element::builder("ver", ns::ROSTERVER).build());
         }
-        self.send(&features);
+        // Written with the `stream:` prefix declared on the header, as every server does:
+        // namespace-aware clients accept either form, but some only match the prefix.
+        self.out.extend_from_slice(b"<stream:features>");
+        for child in features.children() {
+            self.send(child);
+        }
+        self.out.extend_from_slice(b"</stream:features>");
     }
 
     fn restart_stream(&mut self) {

@@ -82,8 +82,9 @@ impl Default for ListenConfig {
 }
 
 /// `[tls]`: the certificate presented to clients. Give both `cert` and `key`, or neither:
-/// with neither, the server generates a self-signed certificate for its domains on first
-/// start and keeps it in `<data_dir>/tls/` (see [`Config::self_signed_paths`]).
+/// with neither, the `outpost` binary generates a self-signed certificate for the domains on
+/// first start and keeps it in `<data_dir>/tls/` (see [`Config::self_signed_paths`]); delete
+/// that directory to get a new one, e.g. after changing `domains`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
