@@ -59,7 +59,12 @@ impl Session {
         if !worth_storing(&el) {
             return;
         }
-        let stamp = OffsetDateTime::now_utc()
+        // XEP-0082 allows any precision, but common clients parse at most microseconds;
+        // milliseconds are plenty for ordering a human's messages.
+        let now = OffsetDateTime::now_utc();
+        let stamp = now
+            .replace_millisecond(now.millisecond())
+            .unwrap_or(now)
             .format(&Rfc3339)
             .unwrap_or_default();
         el.append_child(

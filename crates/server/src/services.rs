@@ -61,7 +61,12 @@ impl Session {
         let (name, payload_ns) = Self::payload_key(&el);
         let get = el.attr("type") == Some("get");
         let from = el.attr("to").map(str::to_owned);
+        let has_node = stanza::iq_payload(&el).is_some_and(|p| p.attr("node").is_some());
         match (name.as_str(), payload_ns.as_str(), get) {
+            // XEP-0030 §7: the server publishes no nodes.
+            ("query", ns::DISCO_INFO | ns::DISCO_ITEMS, true) if has_node => {
+                self.reply_error(&el, "cancel", "item-not-found");
+            }
             ("query", ns::DISCO_INFO, true) => {
                 let mut q = query(ns::DISCO_INFO);
                 q.append_child(

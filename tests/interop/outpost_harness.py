@@ -1,0 +1,229 @@
+"""Start/stop an Outpost server process for the interop suite.
+
+The contract with the server (see README.md):
+
+* ``outpost serve --config FILE`` prints one line per bound listener on
+  stdout, e.g. ``listening c2s-starttls 127.0.0.1:PORT`` and
+  ``listening c2s-tls 127.0.0.1:PORT``; logs go to stderr.
+* SIGTERM stops it with exit code 0 within a few seconds.
+* A self-signed certificate for the domain is generated at
+  ``<data_dir>/tls/cert.pem``.
+* ``outpost user add JID --password-stdin --config FILE`` creates an account.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BIN = os.path.join(
+    os.path.expanduser("~"), ".cache", "outpost-target", "debug", "outpost"
+)
+DOMAIN = "localhost"
+
+LISTEN_RE = re.compile(r"^listening\s+(c2s-starttls|c2s-tls)\s+(\S+)\s*$")
+
+START_TIMEOUT = float(os.environ.get("OUTPOST_START_TIMEOUT", "30"))
+STOP_TIMEOUT = float(os.environ.get("OUTPOST_STOP_TIMEOUT", "10"))
+
+
+def outpost_bin() -> str:
+    return os.environ.get("OUTPOST_BIN") or DEFAULT_BIN
+
+
+def server_env() -> dict[str, str]:
+    """The environment for outpost processes.
+
+    Outpost reads every OUTPOST_* variable as a configuration override and
+    rejects unknown keys, so the suite's own OUTPOST_BIN & co. are removed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTPOST_")}
+    env.setdefault("RUST_BACKTRACE", "1")
+    return env
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    host = host.strip("[]")
+    return host, int(port)
+
+
+def render_config(workdir: Path, overrides: str = "") -> str:
+    """The TOML configuration for one test server.
+
+    Key names follow outpost.example.toml. ``overrides`` is appended
+    verbatim (a test that needs a different limit adds its own table)."""
+    data_dir = workdir / "data"
+    return f"""\
+# Written by tests/interop (outpost_harness.py)
+domains = ["{DOMAIN}"]
+data_dir = "{data_dir}"
+
+[listen]
+c2s = ["127.0.0.1:0"]
+c2s_tls = ["127.0.0.1:0"]
+
+[registration]
+enabled = true
+
+[auth]
+scram_iterations = 4096
+
+[limits]
+offline_quota = 10000
+# The suite deliberately fails logins and opens many sessions from 127.0.0.1.
+login_failures_per_ip = 100000
+login_failures_per_account = 100000
+max_resources_per_account = 100
+{overrides}"""
+
+
+@dataclass
+class OutpostServer:
+    workdir: Path
+    binary: str = field(default_factory=outpost_bin)
+    config_overrides: str = ""
+    proc: subprocess.Popen | None = None
+    listeners: dict[str, tuple[str, int]] = field(default_factory=dict)
+    stdout_lines: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    started: bool = False
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.workdir / "outpost.toml"
+        self.log_path = self.workdir / "outpost.stderr.log"
+        self.stdout_path = self.workdir / "outpost.stdout.log"
+        self.data_dir = self.workdir / "data"
+        self.config_path.write_text(render_config(self.workdir, self.config_overrides))
+
+    # ---------------------------------------------------------------- paths
+    @property
+    def cert_path(self) -> Path:
+        return self.data_dir / "tls" / "cert.pem"
+
+    @property
+    def starttls_addr(self) -> tuple[str, int]:
+        return self.listeners["c2s-starttls"]
+
+    @property
+    def tls_addr(self) -> tuple[str, int]:
+        return self.listeners["c2s-tls"]
+
+    # ------------------------------------------------------------ lifecycle
+    def add_user_cli(self, localpart: str, password: str, timeout: float = 30) -> None:
+        """``outpost user add`` (password on stdin)."""
+        res = subprocess.run(
+            [self.binary, "user", "add", f"{localpart}@{DOMAIN}",
+             "--password-stdin", "--config", str(self.config_path)],
+            input=password + "\n", capture_output=True, text=True, timeout=timeout,
+            env=server_env(),
+        )
+        if res.returncode != 0:
+            raise RuntimeError(
+                f"outpost user add {localpart}@{DOMAIN} failed "
+                f"(exit {res.returncode}):\nstdout: {res.stdout}\nstderr: {res.stderr}"
+            )
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start (or restart, after stop()) the server; waits for its listeners."""
+        self.exit_code = None
+        self.started = False
+        self.listeners.clear()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file = open(self.log_path, "ab")
+        env = server_env()
+        self.proc = subprocess.Popen(
+            [self.binary, "serve", "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            env=env,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            with open(self.stdout_path, "a", encoding="utf-8") as out:
+                for raw in self.proc.stdout:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    out.write(line + "\n")
+                    out.flush()
+                    self.stdout_lines.append(line)
+                    lines.put(line)
+            lines.put(None)
+
+        self._pump = threading.Thread(target=pump, name="outpost-stdout", daemon=True)
+        self._pump.start()
+
+        deadline = time.monotonic() + timeout
+        wanted = {"c2s-starttls", "c2s-tls"}
+        while not wanted <= self.listeners.keys():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._abort_start(f"no listening lines within {timeout}s")
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.proc.wait(timeout=5)
+                self._abort_start(
+                    f"server exited with code {self.proc.returncode} before listening"
+                )
+            m = LISTEN_RE.match(line.strip())
+            if m:
+                self.listeners[m.group(1)] = _split_addr(m.group(2))
+        self.started = True
+
+    def _abort_start(self, why: str) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        raise RuntimeError(
+            f"outpost failed to start: {why}\n"
+            f"command: {self.binary} serve --config {self.config_path}\n"
+            f"stdout so far: {self.stdout_lines!r}\n"
+            f"--- stderr tail ---\n{self.log_tail()}"
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, wait; returns the exit code. Kills on timeout and raises."""
+        if self.proc is None:
+            return 0
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+                    raise AssertionError(
+                        f"outpost did not exit within {timeout}s of SIGTERM (killed)\n"
+                        f"--- stderr tail ---\n{self.log_tail()}"
+                    )
+            self.exit_code = self.proc.returncode
+            return self.exit_code
+        finally:
+            if getattr(self, "_pump", None) is not None:
+                self._pump.join(timeout=5)
+            if getattr(self, "_log_file", None) is not None:
+                self._log_file.close()
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            text = self.log_path.read_text("utf-8", "replace")
+        except OSError:
+            return "(no stderr log)"
+        return "\n".join(text.splitlines()[-n:])

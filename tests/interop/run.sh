@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Run the slixmpp interop suite against the Outpost binary.
+#
+#   tests/interop/run.sh                 # build debug binary, run everything
+#   OUTPOST_BIN=/path/outpost tests/interop/run.sh -k roster
+#
+# Extra arguments are passed to pytest. Exits non-zero on any failure.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+
+# 1. Python dependencies (pinned in requirements.txt).
+if ! "$PYTHON" - <<'PY' 2>/dev/null
+import importlib.metadata as m, sys
+want = {"slixmpp": "1.17.0", "pytest": "9.2.0"}
+sys.exit(0 if all(m.version(k) == v for k, v in want.items()) else 1)
+PY
+then
+    echo "interop: installing Python dependencies" >&2
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check \
+        -r "$here/requirements.txt"
+fi
+
+# 2. The server binary.
+if [[ -z "${OUTPOST_BIN:-}" ]]; then
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
+    echo "interop: building outpost (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
+    (cd "$repo" && cargo build --quiet -p outpost)
+    export OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost"
+fi
+if [[ ! -x "$OUTPOST_BIN" ]]; then
+    echo "interop: no executable at OUTPOST_BIN=$OUTPOST_BIN" >&2
+    exit 2
+fi
+echo "interop: using $OUTPOST_BIN" >&2
+
+# 3. The suite.
+cd "$here"
+exec "$PYTHON" -m pytest "$@"
