@@ -57,7 +57,10 @@ pub enum Event {
     /// SASL succeeded.
     Authenticated { user: BareJid },
     /// SASL failed; the client may try again (for throttling and logs).
-    AuthFailed { username: Option<String>, condition: &'static str },
+    AuthFailed {
+        username: Option<String>,
+        condition: &'static str,
+    },
     /// An IQ before authentication (XEP-0077 registration); answer it with
     /// [`C2sStream::send`]. The stanza has no `from`.
     PreAuthIq(Element),
@@ -90,7 +93,9 @@ enum Sasl {
     None,
     Scram(Box<ScramServer>),
     /// Waiting for keys to check a PLAIN password.
-    Plain { password: String },
+    Plain {
+        password: String,
+    },
     /// SCRAM server-first sent; waiting for the client's final message.
     ScramFinal(Box<ScramServer>),
 }
@@ -217,9 +222,21 @@ impl C2sStream {
                 self.sasl = Sasl::ScramFinal(scram);
             }
             Sasl::Plain { password } => {
-                let ok = sha256
-                    .as_ref()
-                    .is_some_and(|k| sasl::verify_password(k, ScramHash::Sha256, &password));
+                // An unknown user costs the same key derivation as a known one, so the
+                // answer's timing does not tell which accounts exist.
+                let dummy = ScramKeys {
+                    salt: fake_salt_seed.to_vec(),
+                    iterations: sasl::DEFAULT_ITERATIONS,
+                    stored_key: Vec::new(),
+                    server_key: Vec::new(),
+                };
+                let ok = match &sha256 {
+                    Some(k) => sasl::verify_password(k, ScramHash::Sha256, &password),
+                    None => {
+                        let _ = sasl::verify_password(&dummy, ScramHash::Sha256, &password);
+                        false
+                    }
+                };
                 if ok {
                     self.sasl_success(None);
                 } else {
@@ -406,7 +423,8 @@ impl C2sStream {
                 }
                 features.append_child(mechs.build());
                 if self.config.registration {
-                    features.append_child(Element::builder("register", ns::REGISTER_FEATURE).build());
+                    features
+                        .append_child(Element::builder("register", ns::REGISTER_FEATURE).build());
                 }
             }
         } else {
@@ -627,7 +645,10 @@ impl C2sStream {
         });
         self.auth_failures += 1;
         if self.auth_failures >= self.config.max_auth_attempts {
-            self.close(Some("policy-violation"), Some("too many failed authentications"));
+            self.close(
+                Some("policy-violation"),
+                Some("too many failed authentications"),
+            );
         }
     }
 
