@@ -208,6 +208,8 @@ impl Session {
             .and_then(|p| p.text().trim().parse::<i8>().ok())
             .unwrap_or(0);
         let initial = !self.available;
+        // Whether stored messages could already come here (see the end of this function).
+        let was_receiving = self.available && self.priority >= 0;
         self.available = true;
         self.priority = priority;
         self.presence = Some(el.clone());
@@ -243,8 +245,11 @@ impl Session {
             }
             self.deliver_subscription_requests().await;
         }
-        if priority >= 0 && !self.offline_delivered {
-            self.offline_delivered = true;
+        // XEP-0160 §3: stored messages go to a resource when it sends available presence
+        // with a non-negative priority. Not only at login: while this resource was
+        // unavailable or negative, messages to the bare JID were stored (RFC 6121
+        // §8.5.2.2.1), and they must not wait for the next session.
+        if priority >= 0 && !was_receiving {
             self.start_offline_delivery().await;
         }
     }
@@ -333,10 +338,10 @@ impl Session {
         let ty = el.attr("type").unwrap_or("");
         match ty {
             "result" | "error" => {
-                if let Some(Ok(full)) = to.as_ref().map(|t| t.try_as_full()) {
-                    if !self.blocks(full.as_str()) {
-                        let _ = self.shared.router.send_to_full(full, ToSession::Stanza(el));
-                    }
+                if let Some(Ok(full)) = to.as_ref().map(|t| t.try_as_full())
+                    && !self.blocks(full.as_str())
+                {
+                    let _ = self.shared.router.send_to_full(full, ToSession::Stanza(el));
                 }
                 return;
             }
@@ -411,7 +416,6 @@ impl Session {
             ToSession::Blocklist { list, push } => self.apply_blocklist(list, push),
             ToSession::FlushOffline => {
                 if self.available && self.priority >= 0 {
-                    self.offline_delivered = true;
                     self.start_offline_delivery().await;
                 }
             }

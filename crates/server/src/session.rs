@@ -154,7 +154,6 @@ pub(crate) async fn serve(
             roster_interested: false,
             blocklist: Arc::new(Vec::new()),
             blocklist_interested: false,
-            offline_delivered: false,
             offline_pending: None,
             offline_claimed: false,
             ping_outstanding: false,
@@ -188,7 +187,6 @@ pub(crate) struct Session {
     pub(crate) roster_interested: bool,
     pub(crate) blocklist: Arc<Vec<String>>,
     pub(crate) blocklist_interested: bool,
-    pub(crate) offline_delivered: bool,
     /// Id of the last offline message in the output not yet written to the socket.
     pub(crate) offline_pending: Option<i64>,
     /// This session holds the user's offline-delivery claim.
@@ -362,7 +360,8 @@ impl Session {
             if let Some(end) = self.flush(conn).await {
                 return Some(end);
             }
-            if self.proto.poll_event().is_none() {
+            // Peek, not poll: a polled event would be lost.
+            if !self.proto.has_event() {
                 return None;
             }
         }

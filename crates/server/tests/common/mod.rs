@@ -1,23 +1,34 @@
 //! A real server on 127.0.0.1:0 and a small raw XMPP client for integration tests.
 //!
-//! The client speaks just enough XMPP (STARTTLS, SASL PLAIN, bind) to drive the server
-//! over real sockets; everything after login is raw XML strings in and parsed elements
-//! out, so tests see exactly what a client would.
+//! The client speaks just enough XMPP (STARTTLS or direct TLS, SASL PLAIN and SCRAM, bind)
+//! to drive the server over real sockets; everything after login is raw XML strings in and
+//! parsed elements out, so tests see exactly what a client would.
+//!
+//! Tests never sleep to wait for the server. They wait for the stanza they expect, and to
+//! show that something did *not* arrive they ping the server and check that the answer
+//! comes before anything else ([`Client::assert_quiet`], [`Client::assert_none_before_ping`]):
+//! the server handles one connection's input in order, so anything routed to the client
+//! before the ping would be written before the ping's answer.
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
 use outpost_proto::minidom::Element;
-use outpost_proto::xml::{Limits, StreamReader, XmlEvent};
+use outpost_proto::xml::{Limits, StreamHeader, StreamReader, XmlEvent};
 use outpost_server::config::Config;
 use outpost_server::{ListenerKind, ServerHandle, TlsIdentity};
 use outpost_store::{MemoryStore, SqliteStore, Store};
 use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
+use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -25,12 +36,37 @@ use tokio_rustls::TlsConnector;
 /// How long a test waits for something it expects before failing.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+pub const NS_CLIENT: &str = "jabber:client";
+pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const NS_ROSTER: &str = "jabber:iq:roster";
+pub const NS_REGISTER: &str = "jabber:iq:register";
+pub const NS_REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const NS_VERSION: &str = "jabber:iq:version";
+pub const NS_PING: &str = "urn:xmpp:ping";
+pub const NS_VCARD: &str = "vcard-temp";
+pub const NS_BLOCKING: &str = "urn:xmpp:blocking";
+pub const NS_BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
+pub const NS_DELAY: &str = "urn:xmpp:delay";
+
+/// A process-wide counter for stanza ids and nonces.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 pub struct TestServer {
     pub handle: Option<ServerHandle>,
     pub starttls: SocketAddr,
     pub direct_tls: SocketAddr,
     pub identity: TlsIdentity,
     pub store: Arc<dyn Store>,
+    /// The configuration the server runs with (after the test's tweaks).
+    pub config: Config,
     pub dir: tempfile::TempDir,
 }
 
@@ -42,11 +78,7 @@ impl TestServer {
     /// A server on a fresh SQLite file, with `tweak` applied to a loopback config.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&dir.path().join("outpost.db"))
-                .await
-                .expect("open store"),
-        );
+        let store = open_sqlite(&dir).await;
         Self::start_on(store, dir, tweak).await
     }
 
@@ -60,33 +92,45 @@ impl TestServer {
         dir: tempfile::TempDir,
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_owned();
+        let mut config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
         config.listen.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listen.c2s_tls = vec!["127.0.0.1:0".parse().expect("addr")];
         config.registration.enabled = Some(true);
         tweak(&mut config);
         config.validate().expect("valid test config");
         let identity = TlsIdentity::self_signed(&config.domains).expect("certificate");
-        let handle = ServerHandle::start(config, store.clone(), identity.clone())
+        let handle = ServerHandle::start(config.clone(), store.clone(), identity.clone())
             .await
             .expect("server starts");
-        let addr = |kind| {
-            handle
-                .local_addrs()
-                .into_iter()
-                .find(|(k, _)| *k == kind)
-                .map(|(_, a)| a)
-                .expect("listener")
-        };
+        let (starttls, direct_tls) = listener_addrs(&handle);
         TestServer {
-            starttls: addr(ListenerKind::C2sStartTls),
-            direct_tls: addr(ListenerKind::C2sDirectTls),
             handle: Some(handle),
+            starttls,
+            direct_tls,
             identity,
             store,
+            config,
             dir,
         }
+    }
+
+    /// Stops the server and starts a new one with the same configuration on the same
+    /// SQLite file, as after a process restart. Listeners get new ports.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.store = open_sqlite(&self.dir).await;
+        let handle = ServerHandle::start(
+            self.config.clone(),
+            self.store.clone(),
+            self.identity.clone(),
+        )
+        .await
+        .expect("server restarts");
+        (self.starttls, self.direct_tls) = listener_addrs(&handle);
+        self.handle = Some(handle);
     }
 
     pub async fn add_user(&self, user: &str, password: &str) {
@@ -101,6 +145,10 @@ impl TestServer {
     }
 
     pub fn tls_connector(&self) -> TlsConnector {
+        self.tls_connector_with_alpn(Vec::new())
+    }
+
+    fn tls_connector_with_alpn(&self, alpn: Vec<Vec<u8>>) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(
             self.identity.cert_chain_pem.as_bytes(),
@@ -108,11 +156,12 @@ impl TestServer {
             roots.add(cert.expect("pem")).expect("root");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        config.alpn_protocols = alpn;
         TlsConnector::from(Arc::new(config))
     }
 
@@ -126,13 +175,25 @@ impl TestServer {
         c
     }
 
+    /// A plain TCP connection to the STARTTLS listener, with nothing sent yet.
+    pub async fn connect_tcp(&self) -> Client {
+        let tcp = TcpStream::connect(self.starttls).await.expect("connect");
+        Client::new(Box::new(tcp))
+    }
+
+    /// A plain TCP client with the stream opened and the (pre-TLS) features read.
+    pub async fn connect_plain(&self) -> Client {
+        let mut c = self.connect_tcp().await;
+        c.open().await;
+        c.features = Some(c.recv().await);
+        c
+    }
+
     /// A TLS client past STARTTLS, with the post-TLS features read.
     pub async fn connect_starttls(&self) -> Client {
-        let tcp = TcpStream::connect(self.starttls).await.expect("connect");
-        let mut c = Client::new(Box::new(tcp));
-        c.open().await;
-        let features = c.recv().await;
-        assert!(features.has_child("starttls", "urn:ietf:params:xml:ns:xmpp-tls"));
+        let mut c = self.connect_plain().await;
+        let features = c.features.take().expect("features");
+        assert!(features.has_child("starttls", NS_TLS));
         c.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
             .await;
         let proceed = c.recv().await;
@@ -152,11 +213,48 @@ impl TestServer {
         c
     }
 
+    /// A client on the direct TLS listener (XEP-0368), with the features read.
+    pub async fn connect_direct_tls(&self) -> Client {
+        let tcp = TcpStream::connect(self.direct_tls).await.expect("connect");
+        let tls = self
+            .tls_connector_with_alpn(vec![b"xmpp-client".to_vec()])
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake");
+        let mut c = Client::new(Box::new(tls));
+        c.open().await;
+        c.features = Some(c.recv().await);
+        c
+    }
+
     pub async fn stop(&mut self) {
         if let Some(h) = self.handle.take() {
             h.shutdown().await;
         }
     }
+}
+
+async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    Arc::new(
+        SqliteStore::open(&dir.path().join("outpost.db"))
+            .await
+            .expect("open store"),
+    )
+}
+
+fn listener_addrs(handle: &ServerHandle) -> (SocketAddr, SocketAddr) {
+    let addr = |kind| {
+        handle
+            .local_addrs()
+            .into_iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| a)
+            .expect("listener")
+    };
+    (
+        addr(ListenerKind::C2sStartTls),
+        addr(ListenerKind::C2sDirectTls),
+    )
 }
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -167,12 +265,73 @@ pub enum Transport {
     Gone,
 }
 
+/// The two SCRAM mechanisms, for the client side of the exchange (RFC 5802 §3).
+#[derive(Clone, Copy, Debug)]
+pub enum Scram {
+    Sha1,
+    Sha256,
+}
+
+impl Scram {
+    pub fn mechanism(self) -> &'static str {
+        match self {
+            Scram::Sha1 => "SCRAM-SHA-1",
+            Scram::Sha256 => "SCRAM-SHA-256",
+        }
+    }
+
+    fn hi(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+        match self {
+            Scram::Sha1 => {
+                let mut out = [0u8; 20];
+                pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, &mut out);
+                out.to_vec()
+            }
+            Scram::Sha256 => {
+                let mut out = [0u8; 32];
+                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, &mut out);
+                out.to_vec()
+            }
+        }
+    }
+
+    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        match self {
+            Scram::Sha1 => {
+                let mut m = Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+            Scram::Sha256 => {
+                let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+        }
+    }
+
+    fn h(self, data: &[u8]) -> Vec<u8> {
+        match self {
+            Scram::Sha1 => sha1::Sha1::digest(data).to_vec(),
+            Scram::Sha256 => sha2::Sha256::digest(data).to_vec(),
+        }
+    }
+}
+
 pub struct Client {
     pub io: Transport,
     pub reader: StreamReader,
+    /// The header of the server's current stream.
+    pub header: Option<StreamHeader>,
     pub features: Option<Element>,
     pub jid: String,
+    /// The socket reached EOF (or failed).
     pub closed: bool,
+    /// The server sent `</stream:stream>`.
+    pub saw_stream_close: bool,
+    /// Stanzas read while waiting for something else (see [`Client::recv_stashing`]),
+    /// handed out first by [`Client::recv`].
+    pub stash: VecDeque<Element>,
 }
 
 impl Client {
@@ -183,9 +342,12 @@ impl Client {
                 max_stanza_bytes: 16 << 20,
                 max_depth: 256,
             }),
+            header: None,
             features: None,
             jid: String::new(),
             closed: false,
+            saw_stream_close: false,
+            stash: VecDeque::new(),
         }
     }
 
@@ -210,13 +372,14 @@ impl Client {
     }
 
     pub async fn open(&mut self) {
-        self.send(
-            "<?xml version='1.0'?><stream:stream to='localhost' version='1.0' \
-             xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
-        )
-        .await;
+        self.open_to("localhost").await;
+    }
+
+    /// Opens a stream to `host` and waits for the server's header.
+    pub async fn open_to(&mut self, host: &str) {
+        self.send(&stream_open(host)).await;
         match self.next_event().await {
-            Some(XmlEvent::StreamOpen(_)) => {}
+            Some(XmlEvent::StreamOpen(h)) => self.header = Some(h),
             other => panic!("expected a stream header, got {other:?}"),
         }
     }
@@ -226,13 +389,22 @@ impl Client {
         let mut buf = vec![0u8; 8192];
         loop {
             match self.reader.next() {
-                Ok(Some(ev)) => return Some(ev),
+                Ok(Some(ev)) => {
+                    if ev == XmlEvent::StreamClose {
+                        self.saw_stream_close = true;
+                    }
+                    return Some(ev);
+                }
                 Ok(None) => {}
                 Err(e) => panic!("server sent bad XML: {e}"),
+            }
+            if self.closed {
+                return None;
             }
             let n = tokio::time::timeout(WAIT, self.io().read(&mut buf))
                 .await
                 .expect("timed out waiting for the server")
+                // A reset after the server closed counts as the end of the stream.
                 .unwrap_or(0);
             if n == 0 {
                 self.closed = true;
@@ -244,9 +416,12 @@ impl Client {
 
     /// The next stanza; panics on close or timeout.
     pub async fn recv(&mut self) -> Element {
+        if let Some(el) = self.stash.pop_front() {
+            return el;
+        }
         match self.next_event().await {
             Some(XmlEvent::Stanza(el)) => el,
-            other => panic!("expected a stanza, got {other:?}"),
+            other => panic!("{}: expected a stanza, got {other:?}", self.jid),
         }
     }
 
@@ -260,6 +435,58 @@ impl Client {
                 return el;
             }
         }
+    }
+
+    /// The next stanza for which `pred` holds; stanzas read before it are kept for later
+    /// [`Client::recv`] calls, in order. For waiting on answers without losing what the
+    /// server sent meanwhile (offline messages may come before a presence reflection).
+    pub async fn recv_stashing(&mut self, pred: impl Fn(&Element) -> bool) -> Element {
+        if let Some(i) = self.stash.iter().position(&pred) {
+            return self.stash.remove(i).expect("index");
+        }
+        loop {
+            let el = match self.next_event().await {
+                Some(XmlEvent::Stanza(el)) => el,
+                other => panic!("{}: expected a stanza, got {other:?}", self.jid),
+            };
+            if pred(&el) {
+                return el;
+            }
+            self.stash.push_back(el);
+        }
+    }
+
+    /// The next message stanza, skipping presence and IQs.
+    pub async fn recv_message(&mut self) -> Element {
+        self.recv_where(|el| el.name() == "message").await
+    }
+
+    /// The next presence from `from` (full or bare JID, compared exactly).
+    pub async fn recv_presence_from(&mut self, from: &str) -> Element {
+        self.recv_where(|el| el.name() == "presence" && el.attr("from") == Some(from))
+            .await
+    }
+
+    /// The next roster push (RFC 6121 §2.1.6) about `contact`; answers it as a client must.
+    /// Other stanzas read meanwhile are kept for [`Client::recv`].
+    pub async fn recv_roster_push(&mut self, contact: &str) -> Element {
+        let push = self
+            .recv_stashing(|el| {
+                el.name() == "iq"
+                    && el.attr("type") == Some("set")
+                    && roster_items(el)
+                        .iter()
+                        .any(|i| i.attr("jid") == Some(contact))
+            })
+            .await;
+        let item = roster_items(&push)
+            .into_iter()
+            .find(|i| i.attr("jid") == Some(contact))
+            .cloned()
+            .expect("item");
+        let id = push.attr("id").unwrap_or_default().to_owned();
+        self.send(&format!("<iq type='result' id='{id}'/>")).await;
+        item
     }
 
     /// Reads until the server closes the stream; returns the stream error condition.
@@ -277,56 +504,273 @@ impl Client {
         }
     }
 
+    /// Like [`Client::expect_close`], and also requires the closing `</stream:stream>`
+    /// (RFC 6120 §4.4) rather than a bare TCP close.
+    pub async fn expect_stream_error(&mut self) -> String {
+        let condition = self.expect_close().await;
+        assert!(
+            self.saw_stream_close,
+            "the stream ended without </stream:stream> (condition {condition:?})"
+        );
+        condition.expect("a stream error before the close")
+    }
+
+    /// Closes our stream and waits for the server to close its own (RFC 6120 §4.4).
+    pub async fn close(&mut self) {
+        self.send("</stream:stream>").await;
+        assert_eq!(self.expect_close().await, None, "clean close");
+        assert!(self.saw_stream_close);
+    }
+
     pub async fn auth_plain(&mut self, user: &str, password: &str) -> Result<(), String> {
-        let payload =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        let payload = B64.encode(format!("\0{user}\0{password}"));
         self.send(&format!(
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
         ))
         .await;
         let answer = self.recv().await;
         if answer.name() != "success" {
-            return Err(answer
-                .children()
-                .next()
-                .map(|c| c.name().to_owned())
-                .unwrap_or_default());
+            return Err(sasl_condition(&answer));
         }
+        self.after_auth(user).await;
+        Ok(())
+    }
+
+    /// The client side of SCRAM without channel binding (RFC 5802 §3, §7), checking the
+    /// server's signature on success.
+    pub async fn auth_scram(
+        &mut self,
+        mech: Scram,
+        user: &str,
+        password: &str,
+    ) -> Result<(), String> {
+        let client_nonce = unique("fyko+d2lbbFgONRv9qkxdawL");
+        let client_first_bare = format!("n={user},r={client_nonce}");
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
+            mech.mechanism(),
+            B64.encode(format!("n,,{client_first_bare}"))
+        ))
+        .await;
+        let challenge = self.recv().await;
+        if challenge.name() != "challenge" {
+            return Err(sasl_condition(&challenge));
+        }
+        let server_first =
+            String::from_utf8(B64.decode(challenge.text().trim()).expect("base64")).expect("utf8");
+        let attr = |key: &str| {
+            server_first
+                .split(',')
+                .find_map(|a| a.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in {server_first}"))
+                .to_owned()
+        };
+        let nonce = attr("r=");
+        assert!(
+            nonce.starts_with(&client_nonce) && nonce.len() > client_nonce.len(),
+            "server nonce must extend ours"
+        );
+        let salt = B64.decode(attr("s=")).expect("salt");
+        let iterations: u32 = attr("i=").parse().expect("iterations");
+
+        let salted = mech.hi(password.as_bytes(), &salt, iterations);
+        let client_key = mech.hmac(&salted, b"Client Key");
+        let stored_key = mech.h(&client_key);
+        let without_proof = format!("c=biws,r={nonce}");
+        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let signature = mech.hmac(&stored_key, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
+        self.send(&format!(
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            B64.encode(format!("{without_proof},p={}", B64.encode(proof)))
+        ))
+        .await;
+        let answer = self.recv().await;
+        if answer.name() != "success" {
+            return Err(sasl_condition(&answer));
+        }
+        let server_key = mech.hmac(&salted, b"Server Key");
+        let expected = format!(
+            "v={}",
+            B64.encode(mech.hmac(&server_key, auth_message.as_bytes()))
+        );
+        let server_final =
+            String::from_utf8(B64.decode(answer.text().trim()).expect("base64")).expect("utf8");
+        assert_eq!(server_final, expected, "the server proves it knows the key");
+        self.after_auth(user).await;
+        Ok(())
+    }
+
+    /// RFC 6120 §6.4.6: a new stream after SASL success.
+    async fn after_auth(&mut self, user: &str) {
         self.reader.reset();
         self.open().await;
         self.features = Some(self.recv().await);
         self.jid = format!("{user}@localhost");
-        Ok(())
     }
 
-    pub async fn bind(&mut self, resource: &str) {
+    /// Binds a resource (`None`: the server picks one); the bound JID or the error reply.
+    pub async fn try_bind(&mut self, resource: Option<&str>) -> Result<String, Element> {
+        let id = unique("bind");
+        let inner = match resource {
+            Some(r) => format!("<resource>{r}</resource>"),
+            None => String::new(),
+        };
         self.send(&format!(
-            "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
-             <resource>{resource}</resource></bind></iq>"
+            "<iq type='set' id='{id}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             {inner}</bind></iq>"
         ))
         .await;
         let reply = self.recv().await;
-        assert_eq!(reply.attr("type"), Some("result"), "bind failed: {reply:?}");
+        assert_eq!(reply.attr("id"), Some(id.as_str()));
+        if reply.attr("type") != Some("result") {
+            return Err(reply);
+        }
         let jid = reply
-            .get_child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
-            .and_then(|b| b.get_child("jid", "urn:ietf:params:xml:ns:xmpp-bind"))
+            .get_child("bind", NS_BIND)
+            .and_then(|b| b.get_child("jid", NS_BIND))
             .map(|j| j.text())
             .expect("bound jid");
-        self.jid = jid;
+        self.jid = jid.clone();
+        Ok(jid)
+    }
+
+    pub async fn bind(&mut self, resource: &str) {
+        if let Err(e) = self.try_bind(Some(resource)).await {
+            panic!("bind failed: {e:?}");
+        }
     }
 
     /// Sends initial presence and waits for its reflection.
     pub async fn available(&mut self) {
-        self.send("<presence/>").await;
+        self.presence("<presence/>").await;
+    }
+
+    /// Sends available presence with a priority and waits for its reflection.
+    pub async fn available_with_priority(&mut self, priority: i8) {
+        self.presence(&format!(
+            "<presence><priority>{priority}</priority></presence>"
+        ))
+        .await;
+    }
+
+    /// Sends a broadcast presence and waits for the server to reflect it to us.
+    pub async fn presence(&mut self, xml: &str) {
+        self.send(xml).await;
         let me = self.jid.clone();
-        self.recv_where(|el| el.name() == "presence" && el.attr("from") == Some(me.as_str()))
+        self.recv_stashing(|el| el.name() == "presence" && el.attr("from") == Some(me.as_str()))
             .await;
     }
 
-    /// Sends an IQ and returns its answer (skipping other stanzas).
+    /// Sends an IQ and returns its answer; other stanzas are kept for [`Client::recv`].
     pub async fn iq(&mut self, id: &str, xml: &str) -> Element {
         self.send(xml).await;
-        self.recv_where(|el| el.name() == "iq" && el.attr("id") == Some(id))
+        self.recv_stashing(|el| el.name() == "iq" && el.attr("id") == Some(id))
             .await
     }
+
+    /// Sends an IQ get or set with `payload`, optionally `to` someone, and returns the
+    /// answer.
+    pub async fn query(&mut self, ty: &str, to: Option<&str>, payload: &str) -> Element {
+        let id = unique("q");
+        let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
+        self.iq(
+            &id,
+            &format!("<iq type='{ty}' id='{id}'{to}>{payload}</iq>"),
+        )
+        .await
+    }
+
+    /// The roster result (RFC 6121 §2.1.3), which also makes this resource an
+    /// "interested resource" that gets roster pushes.
+    pub async fn roster_get(&mut self) -> Element {
+        let reply = self
+            .query("get", None, "<query xmlns='jabber:iq:roster'/>")
+            .await;
+        assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+        reply
+    }
+
+    /// Sends a ping to the server and checks that its answer is the very next stanza:
+    /// nothing else was on its way to this client.
+    pub async fn assert_quiet(&mut self) {
+        self.assert_none_before_ping(|_| true, "any stanza").await;
+    }
+
+    /// Sends a ping to the server and reads up to its answer, failing if a stanza matching
+    /// `unwanted` comes first.
+    pub async fn assert_none_before_ping(
+        &mut self,
+        unwanted: impl Fn(&Element) -> bool,
+        what: &str,
+    ) {
+        let id = unique("quiet");
+        self.send(&format!(
+            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        loop {
+            let el = self.recv().await;
+            if el.name() == "iq" && el.attr("id") == Some(id.as_str()) {
+                assert_eq!(el.attr("type"), Some("result"));
+                return;
+            }
+            assert!(!unwanted(&el), "{}: unexpected {what}: {el:?}", self.jid);
+        }
+    }
+}
+
+/// A client's stream header to `host` (RFC 6120 §4.7).
+pub fn stream_open(host: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream to='{host}' version='1.0' \
+         xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+    )
+}
+
+/// The condition of a SASL `<failure/>`.
+fn sasl_condition(failure: &Element) -> String {
+    assert_eq!(
+        failure.name(),
+        "failure",
+        "unexpected SASL answer {failure:?}"
+    );
+    failure
+        .children()
+        .find(|c| c.name() != "text")
+        .map(|c| c.name().to_owned())
+        .unwrap_or_default()
+}
+
+/// The defined condition of a stanza error (RFC 6120 §8.3.3) and the error's type.
+pub fn stanza_error(el: &Element) -> (String, String) {
+    assert_eq!(el.attr("type"), Some("error"), "not an error: {el:?}");
+    let error = el.get_child("error", NS_CLIENT).expect("an <error/> child");
+    let condition = error
+        .children()
+        .find(|c| c.ns() == NS_STANZAS && c.name() != "text")
+        .map(|c| c.name().to_owned())
+        .expect("a defined condition");
+    (condition, error.attr("type").unwrap_or_default().to_owned())
+}
+
+/// The text of a message's `<body/>`.
+pub fn body(el: &Element) -> Option<String> {
+    el.get_child("body", NS_CLIENT).map(|b| b.text())
+}
+
+/// The `<item/>`s of a roster result or push.
+pub fn roster_items(iq: &Element) -> Vec<&Element> {
+    iq.get_child("query", NS_ROSTER)
+        .map(|q| q.children().filter(|c| c.is("item", NS_ROSTER)).collect())
+        .unwrap_or_default()
+}
+
+/// Whether `el` is a message from `from` with body `text`.
+pub fn is_message(el: &Element, from: &str, text: &str) -> bool {
+    el.name() == "message" && el.attr("from") == Some(from) && body(el).as_deref() == Some(text)
 }
