@@ -267,4 +267,3 @@ pub(crate) fn deliver(tx: &SessionTx, msg: ToSession) -> Result<(), ToSession> {
         mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
     })
 }
-
