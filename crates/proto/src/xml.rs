@@ -41,10 +41,6 @@ pub const NS_XMPP_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 /// The closing tag of a stream we opened with [`stream_header`] (RFC 6120 §4.4).
 pub const STREAM_CLOSE: &str = "</stream:stream>";
 
-/// An input buffer larger than this is freed once it has been drained, so an idle connection
-/// does not keep the memory of its largest stanza.
-const IDLE_BUFFER_CAPACITY: usize = 16 * 1024;
-
 /// An element stack larger than this is freed between stanzas, for the same reason.
 const IDLE_STACK_CAPACITY: usize = 8;
 
@@ -476,11 +472,10 @@ impl StreamReader {
 
     /// Gives back memory that only a large element needed, once the input is drained.
     fn release_idle_memory(&mut self) {
-        self.buf.clear();
+        // Drained: the next read allocates afresh. Holding on to even a small buffer would
+        // cost every idle connection that much.
+        self.buf = Vec::new();
         self.pos = 0;
-        if self.buf.capacity() > IDLE_BUFFER_CAPACITY {
-            self.buf = Vec::new();
-        }
         if self.depth <= 1 {
             if self.stack.capacity() > IDLE_STACK_CAPACITY {
                 self.stack = Vec::new();
@@ -1119,7 +1114,7 @@ mod tests {
     }
 
     #[test]
-    fn large_buffers_are_released_when_idle() {
+    fn buffers_are_released_when_idle() {
         let mut r = StreamReader::new(Limits::default());
         r.feed(HEADER.as_bytes());
         let body = "b".repeat(200 * 1024);
@@ -1127,7 +1122,11 @@ mod tests {
         let events = drain(&mut r).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(r.buffered_len(), 0);
-        assert!(r.buffer_capacity() <= IDLE_BUFFER_CAPACITY);
+        assert_eq!(
+            r.buffer_capacity(),
+            0,
+            "a drained reader holds no input buffer"
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub(crate) enum Undelivered {
     Full(ToSession),
 }
 
-pub(crate) type SessionTx = mpsc::Sender<ToSession>;
+/// Messages travel boxed: a channel allocates its slots in blocks of 32 up front, and an
+/// idle session should not hold 32 inline stanzas' worth of memory.
+pub(crate) type SessionTx = mpsc::Sender<Box<ToSession>>;
+pub(crate) type SessionRx = mpsc::Receiver<Box<ToSession>>;
 
 #[derive(Debug)]
 struct Resource {
@@ -129,7 +132,7 @@ impl Router {
             let old = list.swap_remove(pos);
             // If the old session's channel is full it is stuck anyway; it will end when
             // its socket does.
-            let _ = old.tx.try_send(ToSession::Replaced);
+            let _ = deliver(&old.tx, ToSession::Replaced);
         } else if list.len() >= max_resources {
             return BindOutcome::TooMany;
         }
@@ -263,7 +266,7 @@ impl Router {
 /// Sends without waiting; see the module documentation. A full (or closed) channel gives
 /// the message back so the caller can keep it.
 pub(crate) fn deliver(tx: &SessionTx, msg: ToSession) -> Result<(), ToSession> {
-    tx.try_send(msg).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
+    tx.try_send(Box::new(msg)).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => *m,
     })
 }

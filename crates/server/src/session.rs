@@ -6,8 +6,10 @@
 //! deliveries use `try_send` (see `router`), so no cycle of sessions can deadlock.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use jid::{BareJid, FullJid, Jid};
@@ -27,7 +29,7 @@ use tokio_rustls::server::TlsStream;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::Shared;
-use crate::router::{BindOutcome, ToSession};
+use crate::router::{BindOutcome, SessionRx, SessionTx, ToSession};
 use crate::throttle::ReadBudget;
 
 /// Capacity of a session's inbound channel. A client that lets this many stanzas pile up
@@ -39,7 +41,9 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Size of the read buffer; stanzas larger than this arrive over several reads.
-const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 8192;
+/// Most bytes read in one turn before timers and the channel get a look in.
+const MAX_READ_PER_TURN: usize = 64 * 1024;
 
 /// The socket, before or after TLS.
 enum Conn {
@@ -54,11 +58,37 @@ fn detached() -> std::io::Error {
 }
 
 impl Conn {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// Waits until the socket has something to read.
+    async fn readable(&self) -> std::io::Result<()> {
         match self {
-            Conn::Plain(s) => s.read(buf).await,
-            Conn::Tls(s) => s.read(buf).await,
+            Conn::Plain(s) => s.readable().await,
+            Conn::Tls(s) => s.get_ref().0.readable().await,
             Conn::Detached => Err(detached()),
+        }
+    }
+
+    /// Reads without waiting: `Ok(None)` when nothing is available now, `Ok(Some(0))` at
+    /// the end of the stream.
+    fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let result = match self {
+            Conn::Plain(s) => s.try_read(buf),
+            // One poll with a no-op waker: rustls hands out buffered plaintext first, and
+            // reports `Pending` only once the socket has nothing more, which is exactly
+            // when waiting on `readable` is right.
+            Conn::Tls(s) => {
+                let mut read = std::pin::pin!(s.read(buf));
+                let mut cx = Context::from_waker(Waker::noop());
+                match read.as_mut().poll(&mut cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => return Ok(None),
+                }
+            }
+            Conn::Detached => Err(detached()),
+        };
+        match result {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -105,71 +135,85 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         let conn = match transport {
             Transport::StartTls => Conn::Plain(tcp),
-            Transport::DirectTls => {
-                let acceptor = TlsAcceptor::from(shared.tls_direct.clone());
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => Conn::Tls(Box::new(s)),
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!("TLS handshake timed out");
-                        return;
-                    }
-                }
-            }
-        };
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let id = shared.next_session_id();
-        let config = C2sConfig {
-            domains: shared.config.domains.clone(),
-            transport,
-            allow_plaintext_auth: shared.config.auth.allow_plaintext_without_tls,
-            registration: shared.config.registration_enabled(),
-            limits: outpost_proto::xml::Limits {
-                max_stanza_bytes: shared.config.limits.max_stanza_bytes,
-                max_depth: shared.config.limits.max_depth,
+            Transport::DirectTls => match Box::pin(accept_tls(&shared.tls_direct, tcp)).await {
+                Some(tls) => tls,
+                None => return,
             },
-            max_auth_attempts: 3,
         };
-        let stream_id: String = rand::rng()
-            .sample_iter(Alphanumeric)
-            .take(16)
-            .map(char::from)
-            .collect();
-        let mut session = Session {
-            proto: C2sStream::new(config, stream_id),
-            shared,
-            id,
-            peer,
-            tx,
-            user: None,
-            jid: None,
-            available: false,
-            priority: 0,
-            presence: None,
-            directed: HashSet::new(),
-            roster: HashMap::new(),
-            roster_interested: false,
-            blocklist: Arc::new(Vec::new()),
-            blocklist_interested: false,
-            offline_pending: None,
-            offline_claimed: false,
-            ping_outstanding: false,
-        };
-        session.run(conn, rx).await;
+        // Boxed, like the handshake above: a task's memory is the largest state its future
+        // can be in, and only the session's should count for an idle connection.
+        Box::pin(start(shared, conn, peer, transport)).await;
     }
     .instrument(span)
     .await
 }
 
+/// The server side of a TLS handshake, with a deadline.
+async fn accept_tls(config: &Arc<rustls::ServerConfig>, tcp: TcpStream) -> Option<Conn> {
+    let acceptor = TlsAcceptor::from(config.clone());
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(Conn::Tls(Box::new(s))),
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Builds the session for an established connection and runs it.
+async fn start(shared: Arc<Shared>, conn: Conn, peer: SocketAddr, transport: Transport) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let id = shared.next_session_id();
+    let config = C2sConfig {
+        domains: shared.config.domains.clone(),
+        transport,
+        allow_plaintext_auth: shared.config.auth.allow_plaintext_without_tls,
+        registration: shared.config.registration_enabled(),
+        limits: outpost_proto::xml::Limits {
+            max_stanza_bytes: shared.config.limits.max_stanza_bytes,
+            max_depth: shared.config.limits.max_depth,
+        },
+        max_auth_attempts: 3,
+    };
+    let stream_id: String = rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect();
+    // The session lives in its own allocation; the task holds only the loop's state.
+    let session = Box::new(Session {
+        proto: C2sStream::new(config, stream_id),
+        shared,
+        id,
+        peer,
+        tx,
+        user: None,
+        jid: None,
+        available: false,
+        priority: 0,
+        presence: None,
+        directed: HashSet::new(),
+        roster: HashMap::new(),
+        roster_interested: false,
+        blocklist: Arc::new(Vec::new()),
+        blocklist_interested: false,
+        offline_pending: None,
+        offline_claimed: false,
+        ping_outstanding: false,
+        tls_restarted: false,
+    });
+    session.run(conn, rx).await;
+}
 pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) proto: C2sStream,
-    pub(crate) tx: mpsc::Sender<ToSession>,
+    pub(crate) tx: SessionTx,
     /// Set after SASL.
     pub(crate) user: Option<BareJid>,
     /// Set after resource binding.
@@ -192,10 +236,12 @@ pub(crate) struct Session {
     /// This session holds the user's offline-delivery claim.
     pub(crate) offline_claimed: bool,
     ping_outstanding: bool,
+    /// STARTTLS just completed: the TLS layer may hold bytes the socket no longer shows.
+    tls_restarted: bool,
 }
 
 impl Session {
-    async fn run(&mut self, mut conn: Conn, mut rx: mpsc::Receiver<ToSession>) {
+    async fn run(mut self: Box<Self>, mut conn: Conn, mut rx: SessionRx) {
         let limits = &self.shared.config.limits;
         let ping_interval = Duration::from_secs(limits.ping_interval_secs);
         let idle_timeout = Duration::from_secs(limits.idle_timeout_secs);
@@ -206,40 +252,46 @@ impl Session {
         );
         let started = Instant::now();
         let mut last_read = Instant::now();
-        let mut buf = vec![0u8; READ_CHUNK];
         let shutdown = self.shared.shutdown.clone();
+        // Bytes may already be waiting in the TLS layer after a handshake, so the first
+        // turn reads without waiting for the socket.
+        let mut drain_now = true;
+        // One timer, re-armed only when it fires (see `next_deadline`): messages and reads
+        // do not touch the timer wheel.
+        let mut armed = started + AUTH_TIMEOUT;
+        let sleep = tokio::time::sleep_until(armed);
+        tokio::pin!(sleep);
 
         let end = loop {
-            // Deadline for the next timer action: before authentication, the login
-            // deadline; afterwards a ping when the client has been silent, then the idle
-            // timeout.
-            let deadline = if self.user.is_none() {
-                started + AUTH_TIMEOUT
-            } else if self.ping_outstanding {
-                last_read + idle_timeout
-            } else {
-                last_read + ping_interval.min(idle_timeout)
-            };
+            // The deadline only moves earlier on rare changes (login, an answered ping);
+            // moving later is handled when the timer fires.
+            let due = self.next_deadline(started, last_read, ping_interval, idle_timeout);
+            if due < armed {
+                armed = due;
+                sleep.as_mut().reset(due);
+            }
             tokio::select! {
-                biased;
                 () = shutdown.cancelled() => {
                     self.proto.close(Some("system-shutdown"), None);
                     break End::Closed;
                 }
-                read = conn.read(&mut buf) => {
-                    let n = match read {
-                        Ok(0) => break End::Io,
-                        Ok(n) => n,
-                        Err(e) => {
-                            debug!(error = %e, "read failed");
-                            break End::Io;
-                        }
+                ready = conn.readable(), if !drain_now => {
+                    if let Err(e) = ready {
+                        debug!(error = %e, "socket failed");
+                        break End::Io;
+                    }
+                    drain_now = true;
+                }
+                () = std::future::ready(()), if drain_now => {
+                    let (n, more) = match self.drain(&mut conn).await {
+                        Ok(r) => r,
+                        Err(end) => break end,
                     };
-                    last_read = Instant::now();
-                    self.ping_outstanding = false;
-                    self.proto.handle_input(&buf[..n]);
-                    if let Some(end) = self.drive(&mut conn).await {
-                        break end;
+                    drain_now = more || self.tls_restarted;
+                    self.tls_restarted = false;
+                    if n > 0 {
+                        last_read = Instant::now();
+                        self.ping_outstanding = false;
                     }
                     if let Some(wait) = budget.spend(n, std::time::Instant::now()) {
                         // Over the read budget: stop reading for a while (RFC 6120 §13.12).
@@ -248,11 +300,11 @@ impl Session {
                 }
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break End::Io };
-                    self.on_message_from_router(msg).await;
+                    Box::pin(self.on_message_from_router(*msg)).await;
                     // Take whatever else is queued, so one write carries a batch.
                     for _ in 0..64 {
                         match rx.try_recv() {
-                            Ok(msg) => self.on_message_from_router(msg).await,
+                            Ok(msg) => Box::pin(self.on_message_from_router(*msg)).await,
                             Err(_) => break,
                         }
                     }
@@ -260,15 +312,22 @@ impl Session {
                         break end;
                     }
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut sleep => {
+                    let now = Instant::now();
+                    let deadline = self.next_deadline(started, last_read, ping_interval, idle_timeout);
+                    if now < deadline {
+                        armed = deadline;
+                        sleep.as_mut().reset(deadline);
+                        continue;
+                    }
                     if self.user.is_none() {
                         self.proto.close(Some("connection-timeout"), Some("authentication took too long"));
                         break End::Closed;
-                    } else if !self.ping_outstanding && last_read + ping_interval <= Instant::now()
-                        && ping_interval < idle_timeout
-                    {
+                    } else if !self.ping_outstanding && ping_interval < idle_timeout {
                         self.send_ping();
                         self.ping_outstanding = true;
+                        armed = last_read + idle_timeout;
+                        sleep.as_mut().reset(armed);
                         if let Some(end) = self.flush(&mut conn).await {
                             break end;
                         }
@@ -282,18 +341,65 @@ impl Session {
         if matches!(end, End::Closed) {
             let _ = self.flush(&mut conn).await;
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
         // Messages still queued for this session must not be lost: keep the chat ones.
         rx.close();
         while let Ok(msg) = rx.try_recv() {
-            if let ToSession::Stanza(el) = msg {
-                self.rescue(el).await;
+            if let ToSession::Stanza(el) = *msg {
+                Box::pin(self.rescue(el)).await;
             }
         }
         conn.shutdown().await;
     }
 
+    /// When the timer must next act: before authentication, the login deadline;
+    /// afterwards a ping when the client has been silent, then the idle timeout.
+    fn next_deadline(
+        &self,
+        started: Instant,
+        last_read: Instant,
+        ping_interval: Duration,
+        idle_timeout: Duration,
+    ) -> Instant {
+        if self.user.is_none() {
+            started + AUTH_TIMEOUT
+        } else if self.ping_outstanding {
+            last_read + idle_timeout
+        } else {
+            last_read + ping_interval.min(idle_timeout)
+        }
+    }
+
+    /// Reads what the socket (and the TLS layer) has now, without waiting, and processes
+    /// it. Returns the bytes read and whether more may be waiting. The buffer exists only
+    /// while reading, so an idle session holds none.
+    async fn drain(&mut self, conn: &mut Conn) -> Result<(usize, bool), End> {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut total = 0;
+        while total < MAX_READ_PER_TURN {
+            match conn.try_read(&mut buf) {
+                Ok(None) => return Ok((total, false)),
+                Ok(Some(0)) => return Err(End::Io),
+                Ok(Some(n)) => {
+                    total += n;
+                    self.proto.handle_input(&buf[..n]);
+                    if let Some(end) = self.drive(conn).await {
+                        return Err(end);
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "read failed");
+                    return Err(End::Io);
+                }
+            }
+        }
+        Ok((total, true))
+    }
+
     /// Processes protocol events and writes output; `Some` when the session must end.
+    ///
+    /// Handlers are awaited boxed: their state exists only while a stanza is handled,
+    /// instead of being part of every idle session's task.
     async fn drive(&mut self, conn: &mut Conn) -> Option<End> {
         loop {
             while let Some(event) = self.proto.poll_event() {
@@ -305,20 +411,15 @@ impl Session {
                         let Conn::Plain(tcp) = std::mem::replace(conn, Conn::Detached) else {
                             return Some(End::Io);
                         };
-                        let acceptor = TlsAcceptor::from(self.shared.tls_starttls.clone());
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(tls)) => *conn = Conn::Tls(Box::new(tls)),
-                            _ => {
-                                debug!("STARTTLS handshake failed");
-                                return Some(End::Io);
-                            }
+                        match Box::pin(accept_tls(&self.shared.tls_starttls, tcp)).await {
+                            Some(tls) => *conn = tls,
+                            None => return Some(End::Io),
                         }
                         self.proto.tls_established();
+                        self.tls_restarted = true;
                     }
                     Event::NeedCredentials { username, domain } => {
-                        self.provide_credentials(&username, &domain).await;
+                        Box::pin(self.provide_credentials(&username, &domain)).await;
                     }
                     Event::Authenticated { user } => {
                         self.shared.throttle.record_success(user.as_str());
@@ -341,13 +442,13 @@ impl Session {
                             account.as_deref(),
                         );
                     }
-                    Event::PreAuthIq(iq) => self.on_pre_auth_iq(iq).await,
-                    Event::BindRequest { resource } => self.bind(resource).await,
+                    Event::PreAuthIq(iq) => Box::pin(self.on_pre_auth_iq(iq)).await,
+                    Event::BindRequest { resource } => Box::pin(self.bind(resource)).await,
                     Event::Bound { jid } => {
                         tracing::Span::current().record("jid", jid.as_str());
                         self.jid = Some(jid);
                     }
-                    Event::Stanza(el) => self.on_client_stanza(el).await,
+                    Event::Stanza(el) => Box::pin(self.on_client_stanza(el)).await,
                     Event::Closed { error } => {
                         if let Some(condition) = error {
                             info!(condition, "stream closed with error");
@@ -384,7 +485,7 @@ impl Session {
                 }
             }
             if self.offline_pending.is_some() && !self.proto.is_closed() {
-                self.offline_written().await;
+                Box::pin(self.offline_written()).await;
             }
         }
         None
