@@ -237,7 +237,18 @@ impl Session {
                 .collect();
             to_probe.push(user.clone());
             for contact in to_probe {
-                for (full, tx) in self.shared.router.available(&contact) {
+                let resources = self.shared.router.available(&contact);
+                if resources.is_empty() && contact != user && !self.blocks(contact.as_str()) {
+                    // §4.3.2: a contact with no available resource answers the probe with
+                    // unavailable presence, so the client knows rather than guesses.
+                    let mut offline = Element::builder("presence", ns::CLIENT)
+                        .attr(stanza::name("type"), "unavailable")
+                        .build();
+                    stanza::set_attr(&mut offline, "from", contact.as_str());
+                    stanza::set_attr(&mut offline, "to", jid.as_str());
+                    self.proto.send(&offline);
+                }
+                for (full, tx) in resources {
                     if full != jid {
                         let _ = deliver(&tx, probe(&jid));
                     }

@@ -303,6 +303,22 @@ async fn probes_on_login_bring_contacts_presence() {
 }
 
 #[tokio::test]
+async fn probe_of_an_offline_contact_is_answered_unavailable() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = alice_and_bob(&server).await;
+    befriend(&mut alice, &mut bob).await;
+    bob.close().await;
+    expect_presence(&mut alice, BOB_PC, Some("unavailable")).await;
+    alice.close().await;
+
+    // RFC 6121 §4.3.2: Bob has no available resource, so the server answers Alice's
+    // login probe for him with unavailable presence from his bare JID.
+    let mut alice = server.login("alice", "wonderland", "phone").await;
+    alice.send("<presence/>").await;
+    expect_presence(&mut alice, BOB, Some("unavailable")).await;
+}
+
+#[tokio::test]
 async fn subscription_request_waits_for_an_offline_contact() {
     let server = TestServer::start().await;
     server.add_user("alice", "wonderland").await;
