@@ -23,7 +23,18 @@ then
         -r "$here/requirements.txt"
 fi
 
-# 2. The server binary.
+# 2. go-sendxmpp, a second third-party client (Debian's package).
+if ! command -v go-sendxmpp >/dev/null 2>&1; then
+    echo "interop: installing go-sendxmpp" >&2
+    if [[ $(id -u) -eq 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q go-sendxmpp >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q go-sendxmpp >/dev/null; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q go-sendxmpp >/dev/null
+    fi
+fi
+
+# 3. The server binary.
 if [[ -z "${OUTPOST_BIN:-}" ]]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
     echo "interop: building outpost (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)" >&2
@@ -36,6 +47,6 @@ if [[ ! -x "$OUTPOST_BIN" ]]; then
 fi
 echo "interop: using $OUTPOST_BIN" >&2
 
-# 3. The suite.
+# 4. The suite.
 cd "$here"
 exec "$PYTHON" -m pytest "$@"

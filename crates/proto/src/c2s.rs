@@ -462,7 +462,7 @@ impl C2sStream {
             }
             // CVE-2011-0411: plaintext sent after <starttls/> must not leak into the TLS
             // stream.
-            if self.reader.buffered_len() > 0 {
+            if !self.reader.buffered_is_whitespace() {
                 self.close(Some("policy-violation"), Some("data after starttls"));
                 return;
             }

@@ -306,6 +306,16 @@ impl StreamReader {
         self.buf.len().saturating_sub(self.pos)
     }
 
+    /// Whether everything received but not yet parsed is XML whitespace (or nothing). Clients
+    /// commonly end `<starttls/>` with a newline; only other bytes are smuggled plaintext.
+    pub fn buffered_is_whitespace(&self) -> bool {
+        self.buf
+            .get(self.pos..)
+            .unwrap_or_default()
+            .iter()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    }
+
     /// The size of the top-level element (or, between elements, of the construct) being read.
     fn current_size(&self) -> u64 {
         if self.depth >= 2 {
@@ -1111,6 +1121,17 @@ mod tests {
         r.feed(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
         assert_eq!(drain(&mut r).unwrap().len(), 2);
         assert_eq!(r.buffered_len(), 0);
+    }
+
+    #[test]
+    fn whitespace_after_starttls_is_not_smuggled_data() {
+        let mut r = StreamReader::new(Limits::default());
+        r.feed(HEADER.as_bytes());
+        r.feed(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\n ");
+        assert_eq!(drain(&mut r).unwrap().len(), 2);
+        assert!(r.buffered_is_whitespace());
+        r.feed(b"<message/>");
+        assert!(!r.buffered_is_whitespace());
     }
 
     #[test]

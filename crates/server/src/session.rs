@@ -423,8 +423,8 @@ impl Session {
                     }
                     Event::Authenticated { user } => {
                         self.shared.throttle.record_success(user.as_str());
-                        tracing::Span::current().record("jid", user.as_str());
-                        info!("authenticated");
+                        // The span's `jid` is recorded once, with the resource, at bind.
+                        info!(user = %user, "authenticated");
                         self.user = Some(user);
                     }
                     Event::AuthFailed {
