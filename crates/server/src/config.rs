@@ -167,7 +167,7 @@ pub struct LimitsConfig {
     /// right after accept. Default: `10000`.
     pub max_connections: usize,
     /// Most messages kept for one offline user (XEP-0160); further ones bounce with
-    /// `<service-unavailable/>`. Default: `10000`.
+    /// `<resource-constraint/>`. Default: `10000`.
     pub offline_quota: u32,
     /// Seconds without any traffic from a connection after which it is closed. Must be
     /// greater than `ping_interval_secs`, so the ping has a chance. Default: `600`.
@@ -185,6 +185,12 @@ pub struct LimitsConfig {
     pub login_failure_window_secs: u64,
     /// Most sessions (resources) bound at once for one account. Default: `10`.
     pub max_resources_per_account: usize,
+    /// Accounts one IP address may create by in-band registration within
+    /// `registration_window_secs`. Loopback addresses are exempt, so local tools and tests
+    /// are never throttled. Default: `5`.
+    pub registrations_per_ip: u32,
+    /// Length of the window in which registrations are counted, in seconds. Default: `3600`.
+    pub registration_window_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -202,6 +208,8 @@ impl Default for LimitsConfig {
             login_failures_per_account: 10,
             login_failure_window_secs: 300,
             max_resources_per_account: 10,
+            registrations_per_ip: 5,
+            registration_window_secs: 3600,
         }
     }
 }
@@ -325,7 +333,7 @@ impl Config {
         if !(8..=1024).contains(&l.max_depth) {
             problem("limits.max_depth must be between 8 and 1024".to_owned());
         }
-        let positive: [(&str, u64); 10] = [
+        let positive: [(&str, u64); 12] = [
             ("read_rate_bytes_per_sec", l.read_rate_bytes_per_sec.into()),
             ("read_burst_bytes", l.read_burst_bytes.into()),
             ("max_connections", l.max_connections as u64),
@@ -342,6 +350,8 @@ impl Config {
                 "max_resources_per_account",
                 l.max_resources_per_account as u64,
             ),
+            ("registrations_per_ip", l.registrations_per_ip.into()),
+            ("registration_window_secs", l.registration_window_secs),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -77,6 +77,7 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) router: router::Router,
     pub(crate) throttle: throttle::LoginThrottle,
+    pub(crate) registrations: throttle::RegistrationThrottle,
     pub(crate) tls_starttls: Arc<rustls::ServerConfig>,
     pub(crate) tls_direct: Arc<rustls::ServerConfig>,
     pub(crate) shutdown: CancellationToken,
@@ -150,12 +151,17 @@ impl ServerHandle {
             limits.login_failures_per_account,
             Duration::from_secs(limits.login_failure_window_secs),
         );
+        let registrations = throttle::RegistrationThrottle::new(
+            limits.registrations_per_ip,
+            Duration::from_secs(limits.registration_window_secs),
+        );
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let shared = Arc::new(Shared {
             config,
             store,
             router: router::Router::new(),
             throttle,
+            registrations,
             tls_starttls,
             tls_direct,
             shutdown: CancellationToken::new(),

@@ -351,11 +351,18 @@ impl Session {
             self.reply_error(&el, "modify", "not-acceptable");
             return;
         };
+        let now = std::time::Instant::now();
+        if !self.shared.registrations.allows(now, self.peer.ip()) {
+            // XEP-0077 §3.1: too many registrations from this address for now.
+            self.reply_error(&el, "wait", "resource-constraint");
+            return;
+        }
         let jid = format!("{username}@{}", self.proto.domain());
         let iterations = self.shared.config.auth.scram_iterations;
         let store = self.shared.store.clone();
         match accounts::add_user(store.as_ref(), &jid, &password, iterations).await {
             Ok(()) => {
+                self.shared.registrations.record(now, self.peer.ip());
                 info!(account = %jid, "registered");
                 self.proto.send(&stanza::iq_result(&el, None));
             }

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant};
 /// Past this many tracked keys, expired entries are swept on insert.
 const PRUNE_AT: usize = 4096;
 
+/// Events counted in a fixed window starting at the first one.
 #[derive(Clone, Copy)]
 struct Window {
     start: Instant,
+    /// Events in the window (failed logins, or registrations).
     failures: u32,
 }
 
@@ -92,6 +94,42 @@ fn bump<K: std::hash::Hash + Eq>(
     w.failures = w.failures.saturating_add(1);
 }
 
+/// Accounts created by in-band registration, per IP address and window (XEP-0077 §14.3
+/// asks servers to guard against mass registration). Loopback is exempt: it is the
+/// operator's own tools and tests.
+pub(crate) struct RegistrationThrottle {
+    per_ip: u32,
+    window: Duration,
+    ips: Mutex<HashMap<IpAddr, Window>>,
+}
+
+impl RegistrationThrottle {
+    pub(crate) fn new(per_ip: u32, window: Duration) -> Self {
+        RegistrationThrottle {
+            per_ip,
+            window,
+            ips: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `ip` may create another account now.
+    pub(crate) fn allows(&self, now: Instant, ip: IpAddr) -> bool {
+        if ip.is_loopback() {
+            return true;
+        }
+        !lock(&self.ips)
+            .get(&ip)
+            .is_some_and(|w| now.duration_since(w.start) < self.window && w.failures >= self.per_ip)
+    }
+
+    /// Counts an account created from `ip`.
+    pub(crate) fn record(&self, now: Instant, ip: IpAddr) {
+        if !ip.is_loopback() {
+            bump(&mut lock(&self.ips), ip, now, self.window);
+        }
+    }
+}
+
 /// A token bucket over bytes read from one connection. Reading past the budget is not an
 /// error: the connection just waits, which is how a flood is slowed without hurting a
 /// client that sent one large burst.
@@ -152,6 +190,25 @@ mod tests {
         t.record_failure(now, ip, Some("a@x"));
         t.record_failure(now, ip, Some("b@x"));
         assert!(t.is_blocked(now, ip, "c@x"));
+    }
+
+    #[test]
+    fn registrations_are_limited_per_address_but_not_on_loopback() {
+        let t = RegistrationThrottle::new(2, Duration::from_secs(3600));
+        let now = Instant::now();
+        let remote: IpAddr = "192.0.2.7".parse().expect("ip");
+        for _ in 0..2 {
+            assert!(t.allows(now, remote));
+            t.record(now, remote);
+        }
+        assert!(!t.allows(now, remote));
+        assert!(t.allows(now, "192.0.2.8".parse().expect("ip")));
+        assert!(t.allows(now + Duration::from_secs(3601), remote));
+        let local: IpAddr = "127.0.0.1".parse().expect("ip");
+        for _ in 0..10 {
+            t.record(now, local);
+        }
+        assert!(t.allows(now, local));
     }
 
     #[test]
