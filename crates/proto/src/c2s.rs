@@ -6,9 +6,11 @@
 //! resource) and, once a resource is bound, every stanza the client sends, with `from`
 //! stamped.
 //!
-//! While an event that needs an answer is outstanding (`StartTls`, `NeedCredentials`,
-//! `BindRequest`), the machine stops consuming input: what arrives meanwhile stays buffered
-//! and is processed after the answer, so the order of the client's requests is kept.
+//! While an event that needs an answer is outstanding (`NeedCredentials`, `BindRequest`),
+//! the machine stops consuming input: what arrives meanwhile stays buffered and is
+//! processed after the answer, so the order of the client's requests is kept. `StartTls` is
+//! the exception: plaintext that arrives before the handshake is dropped with the old
+//! stream, never read as if it came over TLS (RFC 6120 §5.4.3.3).
 
 use std::collections::VecDeque;
 
@@ -20,6 +22,9 @@ use minidom::Element;
 use crate::sasl::{self, ScramHash, ScramKeys, ScramServer};
 use crate::stanza::{self, ns};
 use crate::xml::{self, Limits, StreamReader, XmlEvent};
+
+/// Failed resource binds allowed on one stream (RFC 6120 §7.7.3 suggests 5 to 10).
+const MAX_BIND_ATTEMPTS: u32 = 5;
 
 /// How the connection was opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +123,7 @@ pub struct C2sStream {
     user: Option<BareJid>,
     jid: Option<FullJid>,
     bind_id: Option<String>,
+    bind_failures: u32,
 }
 
 impl C2sStream {
@@ -142,6 +148,7 @@ impl C2sStream {
             user: None,
             jid: None,
             bind_id: None,
+            bind_failures: 0,
         }
     }
 
@@ -295,6 +302,11 @@ impl C2sStream {
                 let err = stanza::iq_error_reply(&id, None, error_type, condition);
                 self.send(&err);
                 self.phase = Phase::Negotiating;
+                // RFC 6120 §7.7.3: a client may retry, but not forever.
+                self.bind_failures += 1;
+                if self.bind_failures >= MAX_BIND_ATTEMPTS {
+                    self.close(Some("policy-violation"), Some("too many failed binds"));
+                }
             }
         }
         self.process();
@@ -385,8 +397,7 @@ impl C2sStream {
             self.close(Some("invalid-namespace"), None);
             return;
         }
-        if header.version.as_deref() != Some("1.0") {
-            // RFC 6120 §4.7.5: we only speak 1.0; a stream without version is pre-RFC.
+        if !speaks_version(header.version.as_deref()) {
             self.close(Some("unsupported-version"), None);
             return;
         }
@@ -699,6 +710,20 @@ impl C2sStream {
         }
         self.events.push_back(Event::Stanza(el));
     }
+}
+
+/// Whether we can answer a stream of this `version` (RFC 6120 §4.7.5). Versions compare
+/// numerically, major then minor, never as strings: a client offering a higher minor version
+/// (`1.1`) gets our `1.0` in the response header and decides for itself whether that will do.
+/// A stream without a version is pre-RFC (0.9), and another major version is one we do not
+/// speak (§4.9.3.25).
+fn speaks_version(version: Option<&str>) -> bool {
+    let Some((major, minor)) = version.and_then(|v| v.split_once('.')) else {
+        return false;
+    };
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    // Leading zeros are not significant, so `01.0` is 1.0; no integer parse, so no overflow.
+    number(major) && number(minor) && major.trim_start_matches('0') == "1"
 }
 
 fn sasl_failure_el(condition: &str) -> Element {
