@@ -510,14 +510,10 @@ impl Session {
                 self.send_presence_to_bare(&stanza, owner);
             }
             "subscribed" => {
-                let Some(mut item) = item else { return };
-                if !item.ask && matches!(item.subscription, Subscription::To | Subscription::Both) {
+                // §3.1.6: an approval nobody asked for is ignored.
+                let Some(mut item) = item.filter(|i| i.ask) else {
                     return;
-                }
-                if !item.ask {
-                    // §3.1.6: an approval nobody asked for is ignored.
-                    return;
-                }
+                };
                 item.subscription = adds_to(item.subscription);
                 item.ask = false;
                 if self.save_item(owner, item).await.is_ok() {

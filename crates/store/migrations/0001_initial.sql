@@ -29,7 +29,6 @@ CREATE TABLE roster_items (
     name         TEXT,
     subscription TEXT    NOT NULL CHECK (subscription IN ('none', 'to', 'from', 'both')),
     ask          INTEGER NOT NULL CHECK (ask IN (0, 1)),
-    pending_in   INTEGER NOT NULL CHECK (pending_in IN (0, 1)),
     approved     INTEGER NOT NULL CHECK (approved IN (0, 1)),
     PRIMARY KEY (owner, contact)
 ) STRICT, WITHOUT ROWID;

@@ -1,15 +1,20 @@
 //! Outpost's storage, at the level of the messaging domain: accounts and their SCRAM
 //! verifiers, rosters with versions, pending subscription requests, the offline queue,
-//! vCards and block lists.
+//! vCards and block lists, the server-to-server outbox, and the stanza ids already
+//! received from other servers.
 //!
 //! The crate knows nothing of XML: stanzas and vCards are opaque strings the server hands
-//! in and gets back. Addresses are bare JIDs as normalised strings (`user@domain`).
+//! in and gets back. Addresses are bare JIDs as normalised strings (`user@domain`), and
+//! domains are normalised strings too. It reads no clock either: methods that need the
+//! time take it as unix milliseconds.
 //!
 //! Backends: [`MemoryStore`] (tests, ephemeral runs) and [`SqliteStore`] (the default,
 //! durable). Every backend passes the same battery in `tests/battery.rs`.
 //!
 //! What is deliberately not here: PostgreSQL (a later backend behind the same trait), the
-//! server-to-server outbox and the message archive (later capabilities).
+//! message archive (a later capability), and the state of server-to-server links (up,
+//! retrying, the path in use), which the server keeps in memory and rebuilds after a
+//! restart from what the outbox holds.
 
 mod memory;
 mod sqlite;
@@ -78,10 +83,6 @@ pub struct RosterItem {
     pub subscription: Subscription,
     /// `ask='subscribe'`: the user asked for the contact's presence and awaits an answer.
     pub ask: bool,
-    /// The contact asked for the user's presence and the user has not answered yet
-    /// (RFC 6121 "Pending In"). Not shown in the roster, but kept with the item so that the
-    /// state machine of RFC 6121 Appendix A has all it needs.
-    pub pending_in: bool,
     /// Pre-approved subscription (RFC 6121 §3.4).
     pub approved: bool,
     /// Group names, sorted and without duplicates.
@@ -95,7 +96,6 @@ impl RosterItem {
             name: None,
             subscription: Subscription::None,
             ask: false,
-            pending_in: false,
             approved: false,
             groups: Vec::new(),
         }
@@ -128,13 +128,42 @@ pub struct OfflineMessage {
     pub stanza: String,
 }
 
+/// A stanza queued for a remote domain (see [`Store::outbox_push`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Increases with every stanza queued for any link; sending order is id order.
+    pub id: i64,
+    /// Our domain the stanza is sent from: one end of the server-to-server stream.
+    pub local_domain: String,
+    /// The peer's domain: the other end.
+    pub remote_domain: String,
+    /// The serialised stanza, exactly as it is to be sent.
+    pub stanza: String,
+    /// When it was queued, in unix milliseconds: its lifetime counts from here.
+    pub queued_at_ms: i64,
+}
+
+/// What the outbox holds for one link (a local domain and a remote domain), for operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub local_domain: String,
+    pub remote_domain: String,
+    /// Stanzas queued and not yet acknowledged by the peer.
+    pub queued: u64,
+    /// When the oldest of them was queued; `None` when nothing is queued.
+    pub oldest_queued_at_ms: Option<i64>,
+    /// When the peer last acknowledged a queued stanza; `None` if it never did.
+    pub last_delivery_ms: Option<i64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("account already exists")]
     AccountExists,
     #[error("no such account")]
     NoSuchAccount,
-    #[error("offline quota of {quota} messages reached")]
+    /// The queue (a user's offline queue or an outbox link) already holds `quota` stanzas.
+    #[error("queue quota of {quota} messages reached")]
     QuotaExceeded { quota: u32 },
     #[error("storage backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -208,6 +237,83 @@ pub trait Store: Send + Sync + 'static {
     async fn block(&self, user: &BareJid, jids: &[String]) -> Result<()>;
     /// Unblocks the given JIDs, or all when `jids` is empty.
     async fn unblock(&self, user: &BareJid, jids: &[String]) -> Result<()>;
+
+    // ---- server-to-server outbox ----
+    //
+    // A stanza for a remote domain is queued here before it counts as accepted, sent in id
+    // order on the stream from `local` to `remote`, and removed only when the peer has
+    // acknowledged it (XEP-0198 §4) or its lifetime has ended. The queue is per link, the
+    // pair of domains at the two ends of a server-to-server stream, because an
+    // acknowledgement on one stream says nothing of stanzas another stream carried. Entries
+    // belong to no account: removing the sender's account leaves them queued.
+
+    /// Appends a stanza to the queue of the link from `local` to `remote` if it holds fewer
+    /// than `quota` stanzas; returns its id, or `QuotaExceeded`. `now_ms` is recorded as the
+    /// time it was queued. Ids grow across all links and are never reused, even after every
+    /// queue was emptied, so "acknowledged up to id N" never covers a later stanza.
+    async fn outbox_push(
+        &self,
+        local: &str,
+        remote: &str,
+        stanza: &str,
+        now_ms: i64,
+        quota: u32,
+    ) -> Result<i64>;
+    /// Up to `limit` stanzas queued on the link, oldest (lowest id) first, starting after
+    /// `after_id` if given: a stream resumes with the stanzas after the last one it wrote.
+    /// Reading does not consume.
+    async fn outbox_peek(
+        &self,
+        local: &str,
+        remote: &str,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// Removes the link's stanzas with ids `<= up_to_id`, once the peer acknowledged them;
+    /// returns how many went. If any did, `now_ms` becomes the link's last delivery (it
+    /// never goes back, even if the clock does). Other links are untouched, whatever their
+    /// ids.
+    async fn outbox_ack(
+        &self,
+        local: &str,
+        remote: &str,
+        up_to_id: i64,
+        now_ms: i64,
+    ) -> Result<u64>;
+    /// Removes and returns up to `limit` stanzas, on any link, whose lifetime has ended
+    /// (queued at or before `now_ms - lifetime_ms`), lowest id first, so that the server
+    /// can return an error to each sender. Call it until it returns fewer than `limit`.
+    /// A stanza removed here may still be in flight on a stream; its acknowledgement then
+    /// removes nothing.
+    async fn outbox_expire(
+        &self,
+        now_ms: i64,
+        lifetime_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>>;
+    /// One entry per link that has stanzas queued or a recorded delivery, sorted by remote
+    /// then local domain. A link whose queue was emptied keeps its entry, with `queued` 0,
+    /// so that operators still see when it last delivered.
+    async fn outbox_stats(&self) -> Result<Vec<OutboxStats>>;
+
+    // ---- stanza ids already received (XEP-0359) ----
+    //
+    // A peer that lost its stream before our acknowledgement reached it sends the stanza
+    // again; recognising its id keeps the user from seeing it twice.
+
+    /// Records that a stanza with `id` came from `origin` (an opaque scope chosen by the
+    /// server: the `by` of a stanza-id, or the sender's bare JID for an origin-id), and
+    /// returns whether it had been recorded before, that is, whether this is a duplicate.
+    /// Checking and recording are one atomic step: of two concurrent calls with the same
+    /// pair, exactly one returns `false`. A duplicate refreshes the record's time to
+    /// `now_ms` (it never goes back), so a peer that keeps retrying keeps being recognised.
+    /// The record is durable before the stanza is delivered: should the process die in
+    /// between, the peer's retry counts as a duplicate, so the caller must not let such a
+    /// window open where a loss would be worse than a duplicate.
+    async fn seen_stanza_id(&self, origin: &str, id: &str, now_ms: i64) -> Result<bool>;
+    /// Forgets the ids last seen before `older_than_ms`; returns how many. Keep them longer
+    /// than the peers' retry lifetime, or a late retry is delivered again.
+    async fn prune_seen(&self, older_than_ms: i64) -> Result<u64>;
 
     /// Flushes whatever the backend buffers and closes it; called at shutdown.
     async fn close(&self);

@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use crate::{
-    BareJid, Credentials, OfflineMessage, Result, Roster, RosterItem, Store, StoreError,
-    SubscriptionRequest,
+    BareJid, Credentials, OfflineMessage, OutboxEntry, OutboxStats, Result, Roster, RosterItem,
+    Store, StoreError, SubscriptionRequest,
 };
 
 /// A [`Store`] that keeps everything in memory.
@@ -24,6 +24,43 @@ struct Inner {
     accounts: BTreeMap<String, Account>,
     /// The last offline id handed out, for any user. Never reset, so ids are never reused.
     last_offline_id: i64,
+    /// Outbox queues, by link. A link is dropped when its queue is empty and it never
+    /// delivered, so that it leaves no trace in [`Store::outbox_stats`].
+    outbox: BTreeMap<Link, OutboxLink>,
+    /// The last outbox id handed out, on any link. Never reset, like `last_offline_id`.
+    last_outbox_id: i64,
+    /// When each (origin, stanza id) pair was last seen.
+    seen: BTreeMap<(String, String), i64>,
+}
+
+/// The two ends of a server-to-server stream. Remote first, so that iterating the map
+/// gives the order [`Store::outbox_stats`] promises.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Link {
+    remote: String,
+    local: String,
+}
+
+impl Link {
+    fn new(local: &str, remote: &str) -> Self {
+        Link {
+            remote: remote.to_owned(),
+            local: local.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct OutboxLink {
+    /// In id order.
+    queue: VecDeque<OutboxEntry>,
+    last_delivery_ms: Option<i64>,
+}
+
+impl OutboxLink {
+    fn is_unused(&self) -> bool {
+        self.queue.is_empty() && self.last_delivery_ms.is_none()
+    }
 }
 
 #[derive(Debug)]
@@ -248,6 +285,151 @@ impl Store for MemoryStore {
             }
             Ok(())
         })
+    }
+
+    async fn outbox_push(
+        &self,
+        local: &str,
+        remote: &str,
+        stanza: &str,
+        now_ms: i64,
+        quota: u32,
+    ) -> Result<i64> {
+        let mut inner = self.lock();
+        let key = Link::new(local, remote);
+        let queued = inner.outbox.get(&key).map_or(0, |link| link.queue.len());
+        if queued >= quota as usize {
+            return Err(StoreError::QuotaExceeded { quota });
+        }
+        let id = inner.last_outbox_id + 1;
+        inner
+            .outbox
+            .entry(key)
+            .or_default()
+            .queue
+            .push_back(OutboxEntry {
+                id,
+                local_domain: local.to_owned(),
+                remote_domain: remote.to_owned(),
+                stanza: stanza.to_owned(),
+                queued_at_ms: now_ms,
+            });
+        inner.last_outbox_id = id;
+        Ok(id)
+    }
+
+    async fn outbox_peek(
+        &self,
+        local: &str,
+        remote: &str,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>> {
+        let inner = self.lock();
+        let Some(link) = inner.outbox.get(&Link::new(local, remote)) else {
+            return Ok(Vec::new());
+        };
+        Ok(link
+            .queue
+            .iter()
+            .filter(|e| after_id.is_none_or(|after| e.id > after))
+            .take(limit as usize)
+            .cloned()
+            .collect())
+    }
+
+    async fn outbox_ack(
+        &self,
+        local: &str,
+        remote: &str,
+        up_to_id: i64,
+        now_ms: i64,
+    ) -> Result<u64> {
+        let mut inner = self.lock();
+        let Some(link) = inner.outbox.get_mut(&Link::new(local, remote)) else {
+            return Ok(0);
+        };
+        // The queue is in id order, so the acknowledged stanzas are a prefix of it.
+        let mut removed = 0;
+        while link.queue.front().is_some_and(|e| e.id <= up_to_id) {
+            link.queue.pop_front();
+            removed += 1;
+        }
+        if removed > 0 {
+            link.last_delivery_ms = Some(link.last_delivery_ms.map_or(now_ms, |t| t.max(now_ms)));
+        }
+        Ok(removed)
+    }
+
+    async fn outbox_expire(
+        &self,
+        now_ms: i64,
+        lifetime_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>> {
+        let cutoff = now_ms.saturating_sub(lifetime_ms);
+        let mut inner = self.lock();
+        let mut ids: Vec<i64> = inner
+            .outbox
+            .values()
+            .flat_map(|link| link.queue.iter())
+            .filter(|e| e.queued_at_ms <= cutoff)
+            .map(|e| e.id)
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(limit as usize);
+        let ids: BTreeSet<i64> = ids.into_iter().collect();
+        let mut expired = Vec::with_capacity(ids.len());
+        for link in inner.outbox.values_mut() {
+            let (gone, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut link.queue)
+                .into_iter()
+                .partition(|e| ids.contains(&e.id));
+            link.queue = kept;
+            expired.extend(gone);
+        }
+        inner.outbox.retain(|_, link| !link.is_unused());
+        expired.sort_unstable_by_key(|e| e.id);
+        Ok(expired)
+    }
+
+    async fn outbox_stats(&self) -> Result<Vec<OutboxStats>> {
+        Ok(self
+            .lock()
+            .outbox
+            .iter()
+            .filter(|(_, link)| !link.is_unused())
+            .map(|(key, link)| OutboxStats {
+                local_domain: key.local.clone(),
+                remote_domain: key.remote.clone(),
+                queued: link.queue.len() as u64,
+                // Ids follow the order of the calls, not the clock, which can go back.
+                oldest_queued_at_ms: link.queue.iter().map(|e| e.queued_at_ms).min(),
+                last_delivery_ms: link.last_delivery_ms,
+            })
+            .collect())
+    }
+
+    async fn seen_stanza_id(&self, origin: &str, id: &str, now_ms: i64) -> Result<bool> {
+        let mut inner = self.lock();
+        match inner.seen.get_mut(&(origin.to_owned(), id.to_owned())) {
+            Some(seen_at) => {
+                *seen_at = (*seen_at).max(now_ms);
+                Ok(true)
+            }
+            None => {
+                inner
+                    .seen
+                    .insert((origin.to_owned(), id.to_owned()), now_ms);
+                Ok(false)
+            }
+        }
+    }
+
+    async fn prune_seen(&self, older_than_ms: i64) -> Result<u64> {
+        let mut inner = self.lock();
+        let before = inner.seen.len();
+        inner.seen.retain(|_, seen_at| *seen_at >= older_than_ms);
+        Ok((before - inner.seen.len()) as u64)
     }
 
     async fn close(&self) {}

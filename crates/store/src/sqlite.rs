@@ -5,13 +5,14 @@
 //! Writes go through a pool of exactly one connection and start with `BEGIN IMMEDIATE`:
 //! SQLite allows one writer at a time anyway, queueing writers in the pool is fairer than
 //! letting them spin on the busy handler, and taking the write lock up front means a
-//! transaction that reads before it writes (the offline quota check) can neither race
-//! another writer nor fail half-way on a stale snapshot. Reads use a separate small pool
-//! and run in parallel with the writer, as WAL allows.
+//! transaction that reads before it writes (the quota checks, the stanza-id check) can
+//! neither race another writer nor fail half-way on a stale snapshot. Reads use a
+//! separate small pool and run in parallel with the writer, as WAL allows.
 //!
 //! The schema lives in `migrations/`, embedded at compile time and applied in order on
-//! open; the `schema_version` table records which have run. Roster groups are rows of
-//! their own (`roster_groups`), one per item and group, rather than an encoded column.
+//! open, so that a database an older build left behind is upgraded; the `schema_version`
+//! table records which have run. Roster groups are rows of their own (`roster_groups`),
+//! one per item and group, rather than an encoded column.
 
 use std::path::Path;
 use std::time::Duration;
@@ -23,12 +24,15 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::{
-    BareJid, Credentials, OfflineMessage, Result, Roster, RosterItem, ScramKeys, Store, StoreError,
-    Subscription, SubscriptionRequest,
+    BareJid, Credentials, OfflineMessage, OutboxEntry, OutboxStats, Result, Roster, RosterItem,
+    ScramKeys, Store, StoreError, Subscription, SubscriptionRequest,
 };
 
 /// Schema migrations, applied in order; a version once released is never edited.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/0001_initial.sql")),
+    (2, include_str!("../migrations/0002_outbox.sql")),
+];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
 /// command next to the running server) before giving up.
@@ -69,6 +73,12 @@ impl SqliteStore {
     /// Opens the database at `path`, creating it (and its parent directory) if missing, and
     /// brings its schema up to date.
     pub async fn open(path: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with(path, MIGRATIONS).await
+    }
+
+    /// [`SqliteStore::open`] with the schema known to a build that had only `migrations`:
+    /// tests use it to make the databases older builds left behind.
+    async fn open_with(path: &Path, migrations: &[(i64, &str)]) -> Result<SqliteStore> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent)
                 .await
@@ -90,7 +100,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(db)?;
-        migrate(&writer).await?;
+        migrate(&writer, migrations).await?;
         // The readers connect after the writer has created the file and switched it to WAL.
         let readers = SqlitePoolOptions::new()
             .max_connections(MAX_READERS)
@@ -106,8 +116,9 @@ impl SqliteStore {
     }
 }
 
-/// Applies the migrations the database has not seen yet, all in one transaction.
-async fn migrate(pool: &SqlitePool) -> Result<()> {
+/// Applies the migrations the database has not seen yet, all in one transaction, so that a
+/// database left by any older build is upgraded on open, or left as it was if that fails.
+async fn migrate(pool: &SqlitePool, migrations: &[(i64, &str)]) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL PRIMARY KEY) STRICT",
@@ -119,7 +130,7 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-    let known = MIGRATIONS.last().map_or(0, |&(version, _)| version);
+    let known = migrations.last().map_or(0, |&(version, _)| version);
     if current > known {
         // An older build must not write into a schema it does not understand.
         return Err(corrupt(Corrupt::SchemaTooNew {
@@ -127,7 +138,7 @@ async fn migrate(pool: &SqlitePool) -> Result<()> {
             known,
         }));
     }
-    for &(version, sql) in MIGRATIONS.iter().filter(|&&(v, _)| v > current) {
+    for &(version, sql) in migrations.iter().filter(|&&(v, _)| v > current) {
         sqlx::raw_sql(sql).execute(&mut *tx).await.map_err(db)?;
         sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
             .bind(version)
@@ -187,25 +198,16 @@ fn credentials_from_row(row: CredentialsRow) -> Result<Credentials> {
 }
 
 /// One item joined with one of its groups (or none): `contact, name, subscription, ask,
-/// pending_in, approved, group`.
-type RosterRow = (
-    String,
-    Option<String>,
-    String,
-    bool,
-    bool,
-    bool,
-    Option<String>,
-);
+/// approved, group`.
+type RosterRow = (String, Option<String>, String, bool, bool, Option<String>);
 
-const ROSTER_SELECT: &str = "SELECT i.contact, i.name, i.subscription, i.ask, i.pending_in, \
-     i.approved, g.name FROM roster_items i \
+const ROSTER_SELECT: &str = "SELECT i.contact, i.name, i.subscription, i.ask, i.approved, g.name FROM roster_items i \
      LEFT JOIN roster_groups g ON g.owner = i.owner AND g.contact = i.contact";
 
 /// Folds rows ordered by contact then group into items, one per contact.
 fn roster_from_rows(rows: Vec<RosterRow>) -> Result<Vec<RosterItem>> {
     let mut items: Vec<RosterItem> = Vec::new();
-    for (contact, name, subscription, ask, pending_in, approved, group) in rows {
+    for (contact, name, subscription, ask, approved, group) in rows {
         let same_item = items.last().is_some_and(|last| last.jid == contact);
         if !same_item {
             let subscription = Subscription::parse(&subscription)
@@ -215,7 +217,6 @@ fn roster_from_rows(rows: Vec<RosterRow>) -> Result<Vec<RosterItem>> {
                 name,
                 subscription,
                 ask,
-                pending_in,
                 approved,
                 groups: Vec::new(),
             });
@@ -226,6 +227,24 @@ fn roster_from_rows(rows: Vec<RosterRow>) -> Result<Vec<RosterItem>> {
     }
     Ok(items)
 }
+
+/// An outbox row: `id, local_domain, remote_domain, stanza, queued_at_ms`.
+type OutboxRow = (i64, String, String, String, i64);
+
+const OUTBOX_COLUMNS: &str = "id, local_domain, remote_domain, stanza, queued_at_ms";
+
+fn outbox_entry((id, local_domain, remote_domain, stanza, queued_at_ms): OutboxRow) -> OutboxEntry {
+    OutboxEntry {
+        id,
+        local_domain,
+        remote_domain,
+        stanza,
+        queued_at_ms,
+    }
+}
+
+/// A row of the outbox statistics: `local, remote, queued, oldest, last delivery`.
+type OutboxStatsRow = (String, String, i64, Option<i64>, Option<i64>);
 
 /// Adds one to the user's roster version and returns the new value.
 async fn bump_roster_version(conn: &mut SqliteConnection, user: &BareJid) -> Result<u64> {
@@ -384,18 +403,17 @@ impl Store for SqliteStore {
         require_account(&mut tx, user).await?;
         sqlx::query(
             "INSERT INTO roster_items \
-             (owner, contact, name, subscription, ask, pending_in, approved) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             (owner, contact, name, subscription, ask, approved) \
+             VALUES (?, ?, ?, ?, ?, ?) \
              ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, \
              subscription = excluded.subscription, ask = excluded.ask, \
-             pending_in = excluded.pending_in, approved = excluded.approved",
+             approved = excluded.approved",
         )
         .bind(user)
         .bind(&item.jid)
         .bind(&item.name)
         .bind(item.subscription.as_str())
         .bind(item.ask)
-        .bind(item.pending_in)
         .bind(item.approved)
         .execute(&mut *tx)
         .await
@@ -617,6 +635,187 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db)
     }
 
+    async fn outbox_push(
+        &self,
+        local: &str,
+        remote: &str,
+        stanza: &str,
+        now_ms: i64,
+        quota: u32,
+    ) -> Result<i64> {
+        // The count and the insert are one statement inside a transaction that holds the
+        // write lock, so two pushes can never both see room for the last stanza.
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "INSERT INTO outbox (local_domain, remote_domain, stanza, queued_at_ms) \
+             SELECT ?1, ?2, ?3, ?4 WHERE (SELECT COUNT(*) FROM outbox \
+             WHERE remote_domain = ?2 AND local_domain = ?1) < ?5",
+        )
+        .bind(local)
+        .bind(remote)
+        .bind(stanza)
+        .bind(now_ms)
+        .bind(quota)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::QuotaExceeded { quota });
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(done.last_insert_rowid())
+    }
+
+    async fn outbox_peek(
+        &self,
+        local: &str,
+        remote: &str,
+        after_id: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>> {
+        let rows: Vec<OutboxRow> = sqlx::query_as(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox \
+             WHERE remote_domain = ? AND local_domain = ? AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(remote)
+        .bind(local)
+        // Every id is above i64::MIN, so no `after_id` means from the start.
+        .bind(after_id.unwrap_or(i64::MIN))
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        Ok(rows.into_iter().map(outbox_entry).collect())
+    }
+
+    async fn outbox_ack(
+        &self,
+        local: &str,
+        remote: &str,
+        up_to_id: i64,
+        now_ms: i64,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE remote_domain = ? AND local_domain = ? AND id <= ?",
+        )
+        .bind(remote)
+        .bind(local)
+        .bind(up_to_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if done.rows_affected() == 0 {
+            // Nothing was delivered, so the last delivery stays; dropping rolls back.
+            return Ok(0);
+        }
+        sqlx::query(
+            "INSERT INTO outbox_deliveries (remote_domain, local_domain, last_delivery_ms) \
+             VALUES (?, ?, ?) ON CONFLICT (remote_domain, local_domain) DO UPDATE \
+             SET last_delivery_ms = MAX(last_delivery_ms, excluded.last_delivery_ms)",
+        )
+        .bind(remote)
+        .bind(local)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn outbox_expire(
+        &self,
+        now_ms: i64,
+        lifetime_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>> {
+        let cutoff = now_ms.saturating_sub(lifetime_ms);
+        let mut tx = self.write().await?;
+        let mut rows: Vec<OutboxRow> = sqlx::query_as(&format!(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE queued_at_ms <= ? ORDER BY id LIMIT ?) \
+             RETURNING {OUTBOX_COLUMNS}"
+        ))
+        .bind(cutoff)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        // SQLite does not promise any order for the rows RETURNING gives back.
+        rows.sort_unstable_by_key(|row| row.0);
+        Ok(rows.into_iter().map(outbox_entry).collect())
+    }
+
+    async fn outbox_stats(&self) -> Result<Vec<OutboxStats>> {
+        // One statement, so that the counts and the deliveries are one snapshot.
+        let rows: Vec<OutboxStatsRow> = sqlx::query_as(
+            "SELECT local, remote, SUM(queued), MIN(oldest), MAX(delivered) FROM ( \
+               SELECT local_domain AS local, remote_domain AS remote, COUNT(*) AS queued, \
+                 MIN(queued_at_ms) AS oldest, NULL AS delivered \
+               FROM outbox GROUP BY remote_domain, local_domain \
+               UNION ALL \
+               SELECT local_domain, remote_domain, 0, NULL, last_delivery_ms \
+               FROM outbox_deliveries \
+             ) GROUP BY remote, local ORDER BY remote, local",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(local, remote, queued, oldest, delivered)| {
+                Ok(OutboxStats {
+                    local_domain: local,
+                    remote_domain: remote,
+                    queued: to_u64("COUNT(*)", queued)?,
+                    oldest_queued_at_ms: oldest,
+                    last_delivery_ms: delivered,
+                })
+            })
+            .collect()
+    }
+
+    async fn seen_stanza_id(&self, origin: &str, id: &str, now_ms: i64) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO seen_stanza_ids (origin, stanza_id, seen_at_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (origin, stanza_id) DO NOTHING",
+        )
+        .bind(origin)
+        .bind(id)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let duplicate = inserted.rows_affected() == 0;
+        if duplicate {
+            sqlx::query(
+                "UPDATE seen_stanza_ids SET seen_at_ms = MAX(seen_at_ms, ?) \
+                 WHERE origin = ? AND stanza_id = ?",
+            )
+            .bind(now_ms)
+            .bind(origin)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(duplicate)
+    }
+
+    async fn prune_seen(&self, older_than_ms: i64) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query("DELETE FROM seen_stanza_ids WHERE seen_at_ms < ?")
+            .bind(older_than_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected())
+    }
+
     async fn close(&self) {
         // Readers first: the last connection to close checkpoints the WAL into the database
         // file and removes it, and that should be the writer.
@@ -682,7 +881,112 @@ mod tests {
             .fetch_all(&store.readers)
             .await
             .unwrap();
-        assert_eq!(versions, vec![1]);
+        let known: Vec<i64> = MIGRATIONS.iter().map(|&(version, _)| version).collect();
+        assert_eq!(versions, known);
+        store.close().await;
+    }
+
+    /// A database left by a build that knew only version 1 is upgraded on open, and keeps
+    /// everything it held.
+    #[tokio::test]
+    async fn upgrades_a_version_1_database() {
+        let creds = Credentials {
+            sha1: ScramKeys {
+                salt: vec![1; 16],
+                iterations: 4096,
+                stored_key: vec![2; 20],
+                server_key: vec![3; 20],
+            },
+            sha256: ScramKeys {
+                salt: vec![4; 16],
+                iterations: 10_000,
+                stored_key: vec![5; 32],
+                server_key: vec![6; 32],
+            },
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outpost.db");
+
+        // What the version 1 build did: open with its migrations, write through the trait.
+        let old = SqliteStore::open_with(&path, &MIGRATIONS[..1])
+            .await
+            .unwrap();
+        old.create_account("alice@example.org", &creds)
+            .await
+            .unwrap();
+        let mut item = RosterItem::new("bob@example.net");
+        item.groups = vec!["Friends".to_owned()];
+        old.put_roster_item("alice@example.org", &item)
+            .await
+            .unwrap();
+        let offline = old
+            .push_offline("alice@example.org", "<message/>", 10)
+            .await
+            .unwrap();
+        // That schema really has no outbox: the test starts from version 1, not 2.
+        let err = old
+            .outbox_push("example.org", "example.net", "<message/>", 0, 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+        old.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let versions: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version")
+                .fetch_all(&store.readers)
+                .await
+                .unwrap();
+        assert_eq!(versions, [1, 2]);
+        assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
+        assert_eq!(
+            store.credentials("alice@example.org").await.unwrap(),
+            Some(creds)
+        );
+        assert_eq!(
+            store.roster("alice@example.org").await.unwrap(),
+            Roster {
+                version: 1,
+                items: vec![item],
+            }
+        );
+        let messages = store.offline("alice@example.org", 10).await.unwrap();
+        assert_eq!(
+            messages,
+            [OfflineMessage {
+                id: offline,
+                stanza: "<message/>".to_owned()
+            }]
+        );
+
+        // The new tables work, and the old counters carry on.
+        let id = store
+            .outbox_push("example.org", "example.net", "<message/>", 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .outbox_peek("example.org", "example.net", None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .outbox_ack("example.org", "example.net", id, 1)
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(!store.seen_stanza_id("example.net", "x", 0).await.unwrap());
+        assert!(
+            store
+                .push_offline("alice@example.org", "<later/>", 10)
+                .await
+                .unwrap()
+                > offline
+        );
         store.close().await;
     }
 }

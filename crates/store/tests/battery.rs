@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use outpost_store::{
-    Credentials, MemoryStore, OfflineMessage, RosterItem, ScramKeys, SqliteStore, Store,
-    StoreError, Subscription, SubscriptionRequest,
+    Credentials, MemoryStore, OfflineMessage, OutboxEntry, OutboxStats, RosterItem, ScramKeys,
+    SqliteStore, Store, StoreError, Subscription, SubscriptionRequest,
 };
 use tempfile::TempDir;
 
@@ -55,6 +55,14 @@ battery! {
     delete_offline_removes_only_up_to_and_only_that_user,
     vcard_set_and_replaced,
     blocklist_block_and_unblock,
+    outbox_keeps_fifo_order_per_link,
+    outbox_ids_grow_across_links_and_acks,
+    outbox_ack_removes_only_up_to_and_only_that_link,
+    outbox_quota_is_per_link,
+    outbox_expire_returns_exactly_the_old_entries,
+    outbox_stats_report_every_link,
+    seen_stanza_ids_detect_duplicates,
+    prune_seen_forgets_only_old_ids,
 }
 
 async fn sqlite_store() -> (TempDir, SqliteStore) {
@@ -96,10 +104,46 @@ fn stanzas(messages: &[OfflineMessage]) -> Vec<&str> {
     messages.iter().map(|m| m.stanza.as_str()).collect()
 }
 
+fn outbox_ids(entries: &[OutboxEntry]) -> Vec<i64> {
+    entries.iter().map(|e| e.id).collect()
+}
+
+fn outbox_stanzas(entries: &[OutboxEntry]) -> Vec<&str> {
+    entries.iter().map(|e| e.stanza.as_str()).collect()
+}
+
+/// Stats for a link, as `outbox_stats` should report them.
+fn link_stats(
+    local: &str,
+    remote: &str,
+    queued: u64,
+    oldest_queued_at_ms: Option<i64>,
+    last_delivery_ms: Option<i64>,
+) -> OutboxStats {
+    OutboxStats {
+        local_domain: local.to_owned(),
+        remote_domain: remote.to_owned(),
+        queued,
+        oldest_queued_at_ms,
+        last_delivery_ms,
+    }
+}
+
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 const CAROL: &str = "carol@example.org";
 const NOBODY: &str = "nobody@example.org";
+
+/// Our two domains and two peers, for the outbox: four possible links. The second of
+/// each sorts first, so that the order of `outbox_stats` is not the order of pushes.
+const LOCAL: &str = "example.org";
+const LOCAL2: &str = "chat.example.org";
+const REMOTE: &str = "example.net";
+const REMOTE2: &str = "another.example";
+
+/// A plausible "now", in unix milliseconds (November 2023).
+const T0: i64 = 1_700_000_000_000;
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
 async fn account_lifecycle(store: &dyn Store) {
     assert!(!store.account_exists(ALICE).await.unwrap());
@@ -336,7 +380,6 @@ async fn roster_item_fields_and_groups_roundtrip(store: &dyn Store) {
             name: (i % 2 == 0).then(|| format!("Contact «{i}»")),
             subscription,
             ask: i & 1 == 1,
-            pending_in: i & 2 == 2,
             approved: i == 0,
             groups: match i {
                 0 => Vec::new(),
@@ -718,6 +761,581 @@ async fn blocklist_block_and_unblock(store: &dyn Store) {
     );
 }
 
+async fn outbox_keeps_fifo_order_per_link(store: &dyn Store) {
+    assert!(
+        store
+            .outbox_peek(LOCAL, REMOTE, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Interleaved pushes on three links: ours to two peers, and our second domain to the
+    // first peer. Each link must see only its own stanzas, in the order they were pushed.
+    let mut pushed = Vec::new();
+    for i in 0..3 {
+        let to_remote = format!("<message id='r{i}'/>");
+        let to_remote2 = format!("<message id='s{i}'/>");
+        let from_local2 = format!("<message id='l{i}'/>");
+        let a = store
+            .outbox_push(LOCAL, REMOTE, &to_remote, T0 + i, 100)
+            .await
+            .unwrap();
+        let b = store
+            .outbox_push(LOCAL, REMOTE2, &to_remote2, T0 + i, 100)
+            .await
+            .unwrap();
+        let c = store
+            .outbox_push(LOCAL2, REMOTE, &from_local2, T0 + i, 100)
+            .await
+            .unwrap();
+        pushed.push((a, b, c));
+    }
+
+    let to_remote = store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap();
+    assert_eq!(
+        to_remote,
+        pushed
+            .iter()
+            .zip(0..)
+            .map(|(&(id, _, _), i)| OutboxEntry {
+                id,
+                local_domain: LOCAL.to_owned(),
+                remote_domain: REMOTE.to_owned(),
+                stanza: format!("<message id='r{i}'/>"),
+                queued_at_ms: T0 + i,
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        outbox_stanzas(&store.outbox_peek(LOCAL, REMOTE2, None, 10).await.unwrap()),
+        [
+            "<message id='s0'/>",
+            "<message id='s1'/>",
+            "<message id='s2'/>"
+        ]
+    );
+    let from_local2 = store.outbox_peek(LOCAL2, REMOTE, None, 10).await.unwrap();
+    assert_eq!(
+        outbox_stanzas(&from_local2),
+        [
+            "<message id='l0'/>",
+            "<message id='l1'/>",
+            "<message id='l2'/>"
+        ]
+    );
+    assert!(from_local2.iter().all(|e| e.local_domain == LOCAL2));
+    // The link nobody pushed to is empty, though both of its domains are in use.
+    assert!(
+        store
+            .outbox_peek(LOCAL2, REMOTE2, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A limit takes the oldest; `after_id` resumes after the last one written, even when
+    // that id is not on this link.
+    assert_eq!(
+        store.outbox_peek(LOCAL, REMOTE, None, 2).await.unwrap(),
+        to_remote[..2]
+    );
+    assert_eq!(
+        store
+            .outbox_peek(LOCAL, REMOTE, Some(to_remote[0].id), 10)
+            .await
+            .unwrap(),
+        to_remote[1..]
+    );
+    assert_eq!(
+        store
+            .outbox_peek(LOCAL, REMOTE, Some(pushed[1].1), 10)
+            .await
+            .unwrap(),
+        to_remote[2..]
+    );
+    assert!(
+        store
+            .outbox_peek(LOCAL, REMOTE, Some(to_remote[2].id), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .outbox_peek(LOCAL, REMOTE, None, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Reading does not consume.
+    assert_eq!(
+        store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap(),
+        to_remote
+    );
+
+    // Queued stanzas belong to no account: removing the sender's leaves them.
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    store.remove_account(ALICE).await.unwrap();
+    assert_eq!(
+        store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap(),
+        to_remote
+    );
+}
+
+async fn outbox_ids_grow_across_links_and_acks(store: &dyn Store) {
+    let mut ids = Vec::new();
+    for (local, remote) in [
+        (LOCAL, REMOTE),
+        (LOCAL, REMOTE2),
+        (LOCAL2, REMOTE),
+        (LOCAL, REMOTE),
+    ] {
+        ids.push(
+            store
+                .outbox_push(local, remote, "<message/>", T0, 10)
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+
+    // Emptying every queue must not let an id be handed out again: a stream holding
+    // "acknowledged up to the last id" must never remove a stanza queued later.
+    let last = ids[3];
+    for (local, remote) in [(LOCAL, REMOTE), (LOCAL, REMOTE2), (LOCAL2, REMOTE)] {
+        store
+            .outbox_ack(local, remote, i64::MAX, T0 + 1)
+            .await
+            .unwrap();
+    }
+    let next = store
+        .outbox_push(LOCAL, REMOTE, "<later/>", T0 + 2, 10)
+        .await
+        .unwrap();
+    assert!(next > last, "{next} after {last}");
+    assert_eq!(
+        store.outbox_ack(LOCAL, REMOTE, last, T0 + 3).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        outbox_ids(&store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap()),
+        [next]
+    );
+}
+
+async fn outbox_ack_removes_only_up_to_and_only_that_link(store: &dyn Store) {
+    let mut remote = Vec::new();
+    let mut remote2 = Vec::new();
+    let mut local2 = Vec::new();
+    for i in 0..4 {
+        remote.push(
+            store
+                .outbox_push(LOCAL, REMOTE, &format!("<r{i}/>"), T0, 10)
+                .await
+                .unwrap(),
+        );
+        remote2.push(
+            store
+                .outbox_push(LOCAL, REMOTE2, &format!("<s{i}/>"), T0, 10)
+                .await
+                .unwrap(),
+        );
+        local2.push(
+            store
+                .outbox_push(LOCAL2, REMOTE, &format!("<l{i}/>"), T0, 10)
+                .await
+                .unwrap(),
+        );
+    }
+
+    // Up to the link's second stanza: the other links have smaller ids, which must stay.
+    assert_eq!(
+        store
+            .outbox_ack(LOCAL, REMOTE, remote[1], T0 + 10)
+            .await
+            .unwrap(),
+        2
+    );
+    let left = store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap();
+    assert_eq!(outbox_ids(&left), remote[2..]);
+    assert_eq!(outbox_stanzas(&left), ["<r2/>", "<r3/>"]);
+    assert_eq!(
+        outbox_ids(&store.outbox_peek(LOCAL, REMOTE2, None, 10).await.unwrap()),
+        remote2
+    );
+    assert_eq!(
+        outbox_ids(&store.outbox_peek(LOCAL2, REMOTE, None, 10).await.unwrap()),
+        local2
+    );
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![
+            link_stats(LOCAL, REMOTE2, 4, Some(T0), None),
+            link_stats(LOCAL2, REMOTE, 4, Some(T0), None),
+            link_stats(LOCAL, REMOTE, 2, Some(T0), Some(T0 + 10)),
+        ]
+    );
+
+    // An id between two of the link's stanzas removes only those at or below it.
+    assert_eq!(
+        store
+            .outbox_ack(LOCAL, REMOTE2, remote[2], T0 + 20)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        outbox_stanzas(&store.outbox_peek(LOCAL, REMOTE2, None, 10).await.unwrap()),
+        ["<s2/>", "<s3/>"]
+    );
+
+    // Acknowledging nothing new (a repeated or stale acknowledgement) removes nothing and
+    // is not a delivery: the last delivery stays where it was.
+    assert_eq!(
+        store
+            .outbox_ack(LOCAL, REMOTE, remote[1], T0 + 30)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.outbox_ack(LOCAL, REMOTE, 0, T0 + 30).await.unwrap(),
+        0
+    );
+    // Nor does acknowledging on a link that never had anything queued create it.
+    assert_eq!(
+        store
+            .outbox_ack(LOCAL2, REMOTE2, i64::MAX, T0 + 30)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![
+            link_stats(LOCAL, REMOTE2, 2, Some(T0), Some(T0 + 20)),
+            link_stats(LOCAL2, REMOTE, 4, Some(T0), None),
+            link_stats(LOCAL, REMOTE, 2, Some(T0), Some(T0 + 10)),
+        ]
+    );
+
+    // The last delivery never goes back, even if the clock does.
+    assert_eq!(
+        store
+            .outbox_ack(LOCAL, REMOTE, remote[2], T0 + 5)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.outbox_stats().await.unwrap()[2],
+        link_stats(LOCAL, REMOTE, 1, Some(T0), Some(T0 + 10))
+    );
+    assert_eq!(
+        store
+            .outbox_ack(LOCAL, REMOTE, remote[3], T0 + 40)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .outbox_peek(LOCAL, REMOTE, None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.outbox_stats().await.unwrap()[2],
+        link_stats(LOCAL, REMOTE, 0, None, Some(T0 + 40))
+    );
+}
+
+async fn outbox_quota_is_per_link(store: &dyn Store) {
+    let first = store
+        .outbox_push(LOCAL, REMOTE, "<one/>", T0, 2)
+        .await
+        .unwrap();
+    store
+        .outbox_push(LOCAL, REMOTE, "<two/>", T0, 2)
+        .await
+        .unwrap();
+    let err = store
+        .outbox_push(LOCAL, REMOTE, "<three/>", T0, 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::QuotaExceeded { quota: 2 }),
+        "{err:?}"
+    );
+    assert_eq!(
+        outbox_stanzas(&store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap()),
+        ["<one/>", "<two/>"]
+    );
+
+    // The quota is per link: another peer, or another of our domains, has room.
+    store
+        .outbox_push(LOCAL, REMOTE2, "<elsewhere/>", T0, 2)
+        .await
+        .unwrap();
+    store
+        .outbox_push(LOCAL2, REMOTE, "<from-chat/>", T0, 2)
+        .await
+        .unwrap();
+
+    // A quota of zero refuses everything, and the refusal leaves no trace.
+    let err = store
+        .outbox_push(LOCAL2, REMOTE2, "<no/>", T0, 0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::QuotaExceeded { quota: 0 }),
+        "{err:?}"
+    );
+    let stats = store.outbox_stats().await.unwrap();
+    assert_eq!(stats.len(), 3, "{stats:?}");
+    assert!(
+        !stats
+            .iter()
+            .any(|s| s.local_domain == LOCAL2 && s.remote_domain == REMOTE2),
+        "{stats:?}"
+    );
+
+    // Acknowledging makes room again; a larger quota lets more in.
+    store
+        .outbox_ack(LOCAL, REMOTE, first, T0 + 1)
+        .await
+        .unwrap();
+    store
+        .outbox_push(LOCAL, REMOTE, "<three/>", T0, 2)
+        .await
+        .unwrap();
+    store
+        .outbox_push(LOCAL, REMOTE, "<four/>", T0, 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox_stanzas(&store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap()),
+        ["<two/>", "<three/>", "<four/>"]
+    );
+}
+
+async fn outbox_expire_returns_exactly_the_old_entries(store: &dyn Store) {
+    const LIFETIME: i64 = 7 * DAY_MS;
+    let now = T0 + 10 * DAY_MS;
+    let cutoff = now - LIFETIME;
+    // (link, queued at, expired by `now`?)
+    let plan = [
+        ((LOCAL, REMOTE), cutoff - DAY_MS, true),
+        ((LOCAL, REMOTE2), cutoff + 1, false),
+        ((LOCAL, REMOTE), cutoff, true),
+        ((LOCAL2, REMOTE), cutoff - 1, true),
+        ((LOCAL, REMOTE), cutoff + 1, false),
+        // The clock went back: queued later, yet earlier than the stanza before it.
+        ((LOCAL, REMOTE), cutoff - 2, true),
+        ((LOCAL2, REMOTE), now, false),
+    ];
+    let mut expected_expired = Vec::new();
+    let mut expected_kept = Vec::new();
+    for (i, ((local, remote), at, expires)) in plan.into_iter().enumerate() {
+        let stanza = format!("<m{i}/>");
+        let id = store
+            .outbox_push(local, remote, &stanza, at, 100)
+            .await
+            .unwrap();
+        let entry = OutboxEntry {
+            id,
+            local_domain: local.to_owned(),
+            remote_domain: remote.to_owned(),
+            stanza,
+            queued_at_ms: at,
+        };
+        if expires {
+            expected_expired.push(entry);
+        } else {
+            expected_kept.push(entry);
+        }
+    }
+
+    // Nothing has lived its lifetime a day before the first one does.
+    assert!(
+        store
+            .outbox_expire(cutoff - 2 * DAY_MS + LIFETIME, LIFETIME, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // With a limit, the lowest ids go first; the next call takes the rest.
+    let first = store.outbox_expire(now, LIFETIME, 2).await.unwrap();
+    assert_eq!(first, expected_expired[..2]);
+    let rest = store.outbox_expire(now, LIFETIME, 100).await.unwrap();
+    assert_eq!(rest, expected_expired[2..]);
+    assert!(
+        store
+            .outbox_expire(now, LIFETIME, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Exactly the young ones are left, each on its link and in order.
+    let mut left = Vec::new();
+    for (local, remote) in [(LOCAL, REMOTE), (LOCAL, REMOTE2), (LOCAL2, REMOTE)] {
+        left.extend(store.outbox_peek(local, remote, None, 100).await.unwrap());
+    }
+    left.sort_by_key(|e| e.id);
+    assert_eq!(left, expected_kept);
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![
+            link_stats(LOCAL, REMOTE2, 1, Some(cutoff + 1), None),
+            link_stats(LOCAL2, REMOTE, 1, Some(now), None),
+            link_stats(LOCAL, REMOTE, 1, Some(cutoff + 1), None),
+        ]
+    );
+
+    // A limit of zero expires nothing; one millisecond later the next two are due.
+    assert!(
+        store
+            .outbox_expire(now + 1, LIFETIME, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.outbox_expire(now + 1, LIFETIME, 100).await.unwrap(),
+        expected_kept[..2]
+    );
+    // A link emptied by expiry, having never delivered, is no longer listed.
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![link_stats(LOCAL2, REMOTE, 1, Some(now), None)]
+    );
+}
+
+async fn outbox_stats_report_every_link(store: &dyn Store) {
+    assert!(store.outbox_stats().await.unwrap().is_empty());
+
+    // The oldest is the earliest time, not the first pushed: the clock can go back.
+    let r1 = store
+        .outbox_push(LOCAL, REMOTE, "<r1/>", T0 + 100, 10)
+        .await
+        .unwrap();
+    store
+        .outbox_push(LOCAL, REMOTE, "<r2/>", T0 + 50, 10)
+        .await
+        .unwrap();
+    store
+        .outbox_push(LOCAL, REMOTE, "<r3/>", T0 + 200, 10)
+        .await
+        .unwrap();
+    let s1 = store
+        .outbox_push(LOCAL, REMOTE2, "<s1/>", T0 + 300, 10)
+        .await
+        .unwrap();
+    store
+        .outbox_push(LOCAL2, REMOTE2, "<l1/>", T0 + 400, 10)
+        .await
+        .unwrap();
+
+    // Sorted by remote domain, then local domain.
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![
+            link_stats(LOCAL2, REMOTE2, 1, Some(T0 + 400), None),
+            link_stats(LOCAL, REMOTE2, 1, Some(T0 + 300), None),
+            link_stats(LOCAL, REMOTE, 3, Some(T0 + 50), None),
+        ]
+    );
+
+    store
+        .outbox_ack(LOCAL, REMOTE, r1, T0 + 1000)
+        .await
+        .unwrap();
+    store
+        .outbox_ack(LOCAL, REMOTE2, s1, T0 + 2000)
+        .await
+        .unwrap();
+    // A link with nothing queued but a delivery on record is still listed.
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![
+            link_stats(LOCAL2, REMOTE2, 1, Some(T0 + 400), None),
+            link_stats(LOCAL, REMOTE2, 0, None, Some(T0 + 2000)),
+            link_stats(LOCAL, REMOTE, 2, Some(T0 + 50), Some(T0 + 1000)),
+        ]
+    );
+
+    // Queuing again on a link that had emptied counts from the new stanza.
+    store
+        .outbox_push(LOCAL, REMOTE2, "<s2/>", T0 + 3000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.outbox_stats().await.unwrap()[1],
+        link_stats(LOCAL, REMOTE2, 1, Some(T0 + 3000), Some(T0 + 2000))
+    );
+
+    // Expiring everything leaves the links that delivered, with their last delivery.
+    let expired = store.outbox_expire(T0 + 3000, 0, 100).await.unwrap();
+    assert_eq!(expired.len(), 4, "{expired:?}");
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![
+            link_stats(LOCAL, REMOTE2, 0, None, Some(T0 + 2000)),
+            link_stats(LOCAL, REMOTE, 0, None, Some(T0 + 1000)),
+        ]
+    );
+}
+
+async fn seen_stanza_ids_detect_duplicates(store: &dyn Store) {
+    const ORIGIN: &str = "bob@example.net";
+    const OTHER: &str = "example.net";
+    assert!(!store.seen_stanza_id(ORIGIN, "id-1", T0).await.unwrap());
+    assert!(store.seen_stanza_id(ORIGIN, "id-1", T0 + 1).await.unwrap());
+    assert!(store.seen_stanza_id(ORIGIN, "id-1", T0 + 2).await.unwrap());
+
+    // Another id from the same origin, or the same id from another origin, is new.
+    assert!(!store.seen_stanza_id(ORIGIN, "id-2", T0).await.unwrap());
+    assert!(!store.seen_stanza_id(OTHER, "id-1", T0).await.unwrap());
+    assert!(!store.seen_stanza_id(ALICE, "id-1", T0).await.unwrap());
+    assert!(store.seen_stanza_id(OTHER, "id-1", T0).await.unwrap());
+
+    // Ids are compared exactly: no case folding, no trimming, the empty id included.
+    assert!(!store.seen_stanza_id(ORIGIN, "ID-1", T0).await.unwrap());
+    assert!(!store.seen_stanza_id(ORIGIN, "id-1 ", T0).await.unwrap());
+    assert!(!store.seen_stanza_id(ORIGIN, "", T0).await.unwrap());
+    assert!(store.seen_stanza_id(ORIGIN, "", T0).await.unwrap());
+}
+
+async fn prune_seen_forgets_only_old_ids(store: &dyn Store) {
+    assert_eq!(store.prune_seen(T0).await.unwrap(), 0);
+    for (id, at) in [("a", T0), ("b", T0 + 10), ("c", T0 + 20), ("d", T0 + 30)] {
+        assert!(!store.seen_stanza_id(REMOTE, id, at).await.unwrap());
+    }
+    // Seeing "a" again refreshes it: a peer still retrying is still recognised.
+    assert!(store.seen_stanza_id(REMOTE, "a", T0 + 25).await.unwrap());
+    // A duplicate seen with an older clock does not make the record older.
+    assert!(store.seen_stanza_id(REMOTE, "d", T0).await.unwrap());
+
+    // Strictly before the cutoff goes: "b" (T0 + 10) and "c" (T0 + 20) but not "a" (T0 + 25)
+    // nor "d" (T0 + 30).
+    assert_eq!(store.prune_seen(T0 + 21).await.unwrap(), 2);
+    assert_eq!(store.prune_seen(T0 + 21).await.unwrap(), 0);
+    assert!(store.seen_stanza_id(REMOTE, "a", T0 + 40).await.unwrap());
+    assert!(store.seen_stanza_id(REMOTE, "d", T0 + 40).await.unwrap());
+    // Forgotten ids are new again.
+    assert!(!store.seen_stanza_id(REMOTE, "b", T0 + 40).await.unwrap());
+    assert!(!store.seen_stanza_id(REMOTE, "c", T0 + 40).await.unwrap());
+
+    // Everything seen at T0 + 40 stays when the cutoff is T0 + 40.
+    assert_eq!(store.prune_seen(T0 + 40).await.unwrap(), 0);
+    assert_eq!(store.prune_seen(T0 + 41).await.unwrap(), 4);
+    assert!(!store.seen_stanza_id(REMOTE, "a", T0 + 50).await.unwrap());
+}
+
 // ---- concurrency, for every backend ----
 
 /// Many tasks pushing at once into one queue must never get past the quota together.
@@ -771,17 +1389,129 @@ async fn sqlite_concurrent_pushes_respect_quota() {
     concurrent_pushes_respect_quota(Arc::new(store)).await;
 }
 
+/// The outbox quota holds under concurrent pushes too, and on one link only.
+async fn concurrent_outbox_pushes_respect_quota(store: Arc<dyn Store>) {
+    const QUOTA: u32 = 10;
+    const TASKS: usize = 64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..TASKS {
+        let store = Arc::clone(&store);
+        // Every fourth push goes to another peer, whose queue has room of its own.
+        let remote = if i % 4 == 0 { REMOTE2 } else { REMOTE };
+        tasks.spawn(async move {
+            let stanza = format!("<m{i}/>");
+            (
+                remote,
+                store.outbox_push(LOCAL, remote, &stanza, T0, QUOTA).await,
+            )
+        });
+    }
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("task did not panic") {
+            (remote, Ok(id)) => accepted.push((remote, id)),
+            (_, Err(StoreError::QuotaExceeded { quota: QUOTA })) => refused += 1,
+            (_, Err(other)) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!(accepted.len(), 2 * QUOTA as usize);
+    assert_eq!(refused, TASKS - accepted.len());
+    for remote in [REMOTE, REMOTE2] {
+        let mut ids: Vec<i64> = accepted
+            .iter()
+            .filter(|&&(r, _)| r == remote)
+            .map(|&(_, id)| id)
+            .collect();
+        ids.sort_unstable();
+        let queued = store.outbox_peek(LOCAL, remote, None, 100).await.unwrap();
+        assert_eq!(outbox_ids(&queued), ids);
+    }
+    store.close().await;
+}
+
+/// Of many concurrent sightings of one stanza id, exactly one is the first.
+async fn concurrent_sightings_have_one_first(store: Arc<dyn Store>) {
+    const TASKS: usize = 32;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..TASKS {
+        let store = Arc::clone(&store);
+        // Two ids, seen by half the tasks each.
+        let id = if i % 2 == 0 { "even" } else { "odd" };
+        tasks.spawn(async move { (id, store.seen_stanza_id(REMOTE, id, T0).await) });
+    }
+    let mut firsts = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, duplicate) = joined.expect("task did not panic");
+        if !duplicate.unwrap() {
+            firsts.push(id);
+        }
+    }
+    firsts.sort_unstable();
+    assert_eq!(firsts, ["even", "odd"]);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_concurrent_outbox_pushes_respect_quota() {
+    concurrent_outbox_pushes_respect_quota(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_outbox_pushes_respect_quota() {
+    let (_dir, store) = sqlite_store().await;
+    concurrent_outbox_pushes_respect_quota(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_concurrent_sightings_have_one_first() {
+    concurrent_sightings_have_one_first(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_concurrent_sightings_have_one_first() {
+    let (_dir, store) = sqlite_store().await;
+    concurrent_sightings_have_one_first(Arc::new(store)).await;
+}
+
 // ---- durability, SQLite only ----
 
+/// The ids `write_everything` was given, which reopening must find again.
+#[derive(Debug, PartialEq)]
+struct Written {
+    offline: Vec<i64>,
+    outbox: Vec<i64>,
+}
+
+impl Written {
+    /// `1,2,3;4,5`: how the child process of the kill test reports them.
+    fn to_line(&self) -> String {
+        let join = |ids: &[i64]| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        format!("{};{}", join(&self.offline), join(&self.outbox))
+    }
+
+    fn from_line(line: &str) -> Written {
+        let parse = |ids: &str| -> Vec<i64> {
+            ids.split(',')
+                .map(|id| id.parse().expect("an id"))
+                .collect()
+        };
+        let (offline, outbox) = line.split_once(';').expect("two lists");
+        Written {
+            offline: parse(offline),
+            outbox: parse(outbox),
+        }
+    }
+}
+
 /// Writes one of everything, so that reopening can check it all came back.
-async fn write_everything(store: &dyn Store) -> Vec<i64> {
+async fn write_everything(store: &dyn Store) -> Written {
     store.create_account(ALICE, &creds(1)).await.unwrap();
     store.create_account(BOB, &creds(2)).await.unwrap();
     let mut item = RosterItem::new(BOB);
     item.name = Some("Bob".to_owned());
     item.subscription = Subscription::From;
     item.ask = true;
-    item.pending_in = true;
     item.approved = true;
     item.groups = strings(&["Friends", "Work"]);
     store.put_roster_item(ALICE, &item).await.unwrap();
@@ -797,19 +1527,43 @@ async fn write_everything(store: &dyn Store) -> Vec<i64> {
         .put_subscription_request(ALICE, &request(BOB, "<bob/>"))
         .await
         .unwrap();
-    let mut ids = Vec::new();
+    let mut offline = Vec::new();
     for stanza in ["<m1/>", "<m2/>", "<m3/>"] {
-        ids.push(store.push_offline(ALICE, stanza, 10).await.unwrap());
+        offline.push(store.push_offline(ALICE, stanza, 10).await.unwrap());
     }
     store.set_vcard(ALICE, "<vCard/>").await.unwrap();
     store
         .block(ALICE, &strings(&["x@example.net", "w@example.net"]))
         .await
         .unwrap();
-    ids
+    // Four stanzas for a peer, of which it acknowledged the first, and one for another.
+    let mut outbox = Vec::new();
+    for (i, remote) in [REMOTE, REMOTE, REMOTE2, REMOTE, REMOTE]
+        .into_iter()
+        .enumerate()
+    {
+        let stanza = format!("<s{i}/>");
+        let at = T0 + i64::try_from(i).unwrap();
+        outbox.push(
+            store
+                .outbox_push(LOCAL, remote, &stanza, at, 10)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        store
+            .outbox_ack(LOCAL, REMOTE, outbox[0], T0 + 10)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!store.seen_stanza_id(REMOTE, "seen-1", T0).await.unwrap());
+    Written { offline, outbox }
 }
 
-async fn check_everything(store: &dyn Store, ids: &[i64]) {
+async fn check_everything(store: &dyn Store, written: &Written) {
+    let ids = &written.offline;
     assert_eq!(store.list_accounts().await.unwrap(), strings(&[ALICE, BOB]));
     assert_eq!(store.credentials(ALICE).await.unwrap(), Some(creds(1)));
     assert_eq!(store.credentials(BOB).await.unwrap(), Some(creds(2)));
@@ -823,7 +1577,6 @@ async fn check_everything(store: &dyn Store, ids: &[i64]) {
                 name: Some("Bob".to_owned()),
                 subscription: Subscription::From,
                 ask: true,
-                pending_in: true,
                 approved: true,
                 groups: strings(&["Friends", "Work"]),
             },
@@ -835,7 +1588,7 @@ async fn check_everything(store: &dyn Store, ids: &[i64]) {
         vec![request(CAROL, "<carol/>"), request(BOB, "<bob/>")]
     );
     let offline = store.offline(ALICE, 10).await.unwrap();
-    assert_eq!(offline.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert_eq!(offline.iter().map(|m| m.id).collect::<Vec<_>>(), *ids);
     assert_eq!(stanzas(&offline), ["<m1/>", "<m2/>", "<m3/>"]);
     assert_eq!(
         store.vcard(ALICE).await.unwrap().as_deref(),
@@ -845,6 +1598,32 @@ async fn check_everything(store: &dyn Store, ids: &[i64]) {
         store.blocklist(ALICE).await.unwrap(),
         strings(&["w@example.net", "x@example.net"])
     );
+    let ids = &written.outbox;
+    assert_eq!(
+        store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap(),
+        [(ids[1], 1), (ids[3], 3), (ids[4], 4)]
+            .into_iter()
+            .map(|(id, i)| OutboxEntry {
+                id,
+                local_domain: LOCAL.to_owned(),
+                remote_domain: REMOTE.to_owned(),
+                stanza: format!("<s{i}/>"),
+                queued_at_ms: T0 + i,
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        outbox_ids(&store.outbox_peek(LOCAL, REMOTE2, None, 10).await.unwrap()),
+        [ids[2]]
+    );
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![
+            link_stats(LOCAL, REMOTE2, 1, Some(T0 + 2), None),
+            link_stats(LOCAL, REMOTE, 3, Some(T0 + 1), Some(T0 + 10)),
+        ]
+    );
+    assert!(store.seen_stanza_id(REMOTE, "seen-1", T0).await.unwrap());
 }
 
 async fn reopen(path: &Path) -> SqliteStore {
@@ -857,15 +1636,15 @@ async fn sqlite_everything_survives_reopen() {
     let path = dir.path().join("outpost.db");
 
     let store = reopen(&path).await;
-    let ids = write_everything(&store).await;
-    check_everything(&store, &ids).await;
+    let written = write_everything(&store).await;
+    check_everything(&store, &written).await;
     store.close().await;
 
     let store = reopen(&path).await;
-    check_everything(&store, &ids).await;
+    check_everything(&store, &written).await;
 
-    // Counters carry on from where they were: roster versions and offline ids, even after
-    // the queue was emptied before closing.
+    // Counters carry on from where they were: roster versions, offline and outbox ids, even
+    // after the queues were emptied before closing.
     assert_eq!(
         store
             .put_roster_item(ALICE, &RosterItem::new("dave@example.org"))
@@ -874,13 +1653,33 @@ async fn sqlite_everything_survives_reopen() {
         3
     );
     store.delete_offline(ALICE, i64::MAX).await.unwrap();
+    assert_eq!(
+        store
+            .outbox_ack(LOCAL, REMOTE, i64::MAX, T0 + 20)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(store.outbox_expire(T0 + 20, 0, 10).await.unwrap().len(), 1);
     store.close().await;
 
     let store = reopen(&path).await;
     assert_eq!(store.roster(ALICE).await.unwrap().version, 3);
     assert_eq!(store.count_offline(ALICE).await.unwrap(), 0);
+    let ids = &written.offline;
     let next = store.push_offline(ALICE, "<m4/>", 10).await.unwrap();
     assert!(next > ids[2], "{next} after {ids:?}");
+    // The emptied link is still listed with its last delivery; the expired one is gone.
+    assert_eq!(
+        store.outbox_stats().await.unwrap(),
+        vec![link_stats(LOCAL, REMOTE, 0, None, Some(T0 + 20))]
+    );
+    let ids = &written.outbox;
+    let next = store
+        .outbox_push(LOCAL, REMOTE, "<s5/>", T0 + 30, 10)
+        .await
+        .unwrap();
+    assert!(next > ids[4], "{next} after {ids:?}");
     store.close().await;
 }
 
@@ -899,9 +1698,8 @@ async fn sqlite_committed_writes_survive_kill() {
 
     if let Some(path) = std::env::var_os(CRASH_CHILD_DB) {
         let store = reopen(Path::new(&path)).await;
-        let ids = write_everything(&store).await;
-        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
-        println!("{CRASH_CHILD_READY} {}", ids.join(","));
+        let written = write_everything(&store).await;
+        println!("{CRASH_CHILD_READY} {}", written.to_line());
         // Wait, store open, for the parent's SIGKILL; stdin never delivers a line.
         let mut line = String::new();
         let _ = std::io::stdin().read_line(&mut line);
@@ -927,11 +1725,7 @@ async fn sqlite_committed_writes_survive_kill() {
         .map(|line| line.unwrap())
         .find_map(|line| line.strip_prefix(CRASH_CHILD_READY).map(str::to_owned))
         .expect("the child reported its writes");
-    let ids: Vec<i64> = ready
-        .trim()
-        .split(',')
-        .map(|id| id.parse().unwrap())
-        .collect();
+    let written = Written::from_line(ready.trim());
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "the child was killed, not finished");
@@ -940,7 +1734,7 @@ async fn sqlite_committed_writes_survive_kill() {
     assert!(dir.path().join("outpost.db-wal").exists());
 
     let store = reopen(&path).await;
-    check_everything(&store, &ids).await;
+    check_everything(&store, &written).await;
     store.close().await;
 }
 
