@@ -1,15 +1,17 @@
 //! Sans-IO XMPP for Outpost: the XML stream reader with its limits, stanza helpers, SASL
-//! (SCRAM-SHA-1, SCRAM-SHA-256, PLAIN) and the client-to-server negotiation state machine.
+//! (SCRAM-SHA-1, SCRAM-SHA-256, PLAIN), the client-to-server negotiation state machine,
+//! and the server-to-server state machines (STARTTLS, XEP-0220 dialback, SASL EXTERNAL,
+//! XEP-0198 acknowledgements) that the federation layer will drive.
 //!
 //! Nothing here does I/O, reads a clock or the environment, or draws random numbers: the
 //! caller feeds bytes in, takes bytes and events out, and supplies nonces and stream ids.
 //! Nothing a peer sends can make this crate panic; every failure becomes a stream, SASL or
 //! stanza error.
 //!
-//! Not here: storage, routing, presence logic (the server's), and server-to-server streams
-//! (a later layer built on the same reader).
+//! Not here: storage, routing, presence logic (the server's), and connections.
 
 pub mod c2s;
+pub mod s2s;
 pub mod sasl;
 pub mod stanza;
 pub mod xml;

@@ -26,6 +26,14 @@ pub mod ns {
     pub const BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
     pub const DELAY: &str = "urn:xmpp:delay";
     pub const OFFLINE: &str = "msgoffline";
+    /// The content namespace of server-to-server streams (RFC 6120 §4.8.2).
+    pub const SERVER: &str = "jabber:server";
+    /// Server dialback elements, `db:result` and `db:verify` (XEP-0220 §2).
+    pub const DIALBACK: &str = "jabber:server:dialback";
+    /// The dialback stream feature (XEP-0220 §2.1.1).
+    pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
+    /// Stream management, version 3 (XEP-0198).
+    pub const SM: &str = "urn:xmpp:sm:3";
 }
 
 /// An attribute name. Only for names written in our own code, which are valid NCNames.
