@@ -49,6 +49,11 @@ async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
         );
     }
 
+    let mut config = config;
+    if config.federation.enabled && config.federation.dialback_secret.is_none() {
+        config.federation.dialback_secret = Some(dialback_secret(&config)?);
+    }
+
     let termination = Termination::watch()?;
     // The identity before the store: a bad certificate path should fail fast, before the
     // database is created.
@@ -72,6 +77,40 @@ async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
     handle.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The dialback secret kept in the data directory, generated on first start (XEP-0185 §3:
+/// the secret must be stable, or keys sent before a restart stop verifying).
+fn dialback_secret(config: &Config) -> anyhow::Result<String> {
+    use rand::Rng as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = config.dialback_secret_path();
+    match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "{} is too short; delete it to get a new one",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    create_private_dir(&config.data_dir)?;
+    let secret: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(secret.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated a dialback secret");
+    Ok(secret)
 }
 
 /// Opens (creating if needed) the store named by the configuration. Shared with the

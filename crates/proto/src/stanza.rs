@@ -34,6 +34,8 @@ pub mod ns {
     pub const DIALBACK_FEATURE: &str = "urn:xmpp:features:dialback";
     /// Stream management, version 3 (XEP-0198).
     pub const SM: &str = "urn:xmpp:sm:3";
+    /// Unique and stable stanza ids, `origin-id` and `stanza-id` (XEP-0359).
+    pub const SID: &str = "urn:xmpp:sid:0";
 }
 
 /// An attribute name. Only for names written in our own code, which are valid NCNames.

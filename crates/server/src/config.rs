@@ -9,7 +9,7 @@
 //! TOML file and `OUTPOST_…` variables, resolves the zero-config registration default and
 //! calls [`Config::validate`] before anything is bound.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -40,6 +40,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Diagnostics.
     pub log: LogConfig,
+    /// Server-to-server links to other XMPP domains (RFC 6120), off by default.
+    pub federation: FederationConfig,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
+            federation: FederationConfig::default(),
         }
     }
 }
@@ -69,6 +72,9 @@ pub struct ListenConfig {
     /// Client-to-server listeners with TLS from the first byte (XEP-0368).
     /// Default: `["127.0.0.1:5223"]`.
     pub c2s_tls: Vec<SocketAddr>,
+    /// Server-to-server listeners offering STARTTLS (RFC 6120 §5), bound only when
+    /// `federation.enabled` is set. Default: `["127.0.0.1:5269"]`.
+    pub s2s: Vec<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -77,6 +83,7 @@ impl Default for ListenConfig {
         ListenConfig {
             c2s: vec![SocketAddr::new(loopback, 5222)],
             c2s_tls: vec![SocketAddr::new(loopback, 5223)],
+            s2s: vec![SocketAddr::new(loopback, 5269)],
         }
     }
 }
@@ -231,6 +238,78 @@ impl Default for LogConfig {
     }
 }
 
+/// `[federation]`: server-to-server links (RFC 6120 §4–§6) and the durable outbound queue.
+///
+/// Off by default, so a server without configuration serves its own domains only. When on,
+/// a stanza for another domain goes to that domain's server: messages and subscription
+/// requests through a durable queue per (local domain, remote domain) link, sent in order
+/// and removed only once the peer acknowledged them; other presence and IQs best-effort.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Whether to accept and open server-to-server connections. Default: `false`.
+    pub enabled: bool,
+    /// Where to reach a peer domain's server, as `"host:port"`, instead of the DNS name of
+    /// the domain on port 5269. Default: none.
+    pub peers: BTreeMap<String, String>,
+    /// The secret dialback keys are derived from (XEP-0185). Default: unset, meaning the
+    /// `outpost` binary generates one on first start and keeps it in
+    /// `<data_dir>/dialback-secret` (see [`Config::dialback_secret_path`]).
+    pub dialback_secret: Option<String>,
+    /// Negotiate TLS on every server-to-server stream, and refuse peers that do not offer it
+    /// (RFC 6120 §5.3.1). Turn off only for tests on loopback. Default: `true`.
+    pub require_tls: bool,
+    /// Seconds a queued stanza keeps being retried before its sender gets a
+    /// `remote-server-timeout` error. Default: `604800` (7 days).
+    pub queue_lifetime_secs: u64,
+    /// Most stanzas queued on one link; further ones bounce at once with
+    /// `resource-constraint`. Default: `100000`.
+    pub outbox_quota: u32,
+    /// Seconds before the first reconnection attempt after a link failed; doubled after each
+    /// failure up to `retry_max_secs`. Default: `1`.
+    pub retry_initial_secs: u64,
+    /// Longest wait between reconnection attempts, in seconds. Default: `300`.
+    pub retry_max_secs: u64,
+    /// While a link is down and its queue not empty, seconds between probes: a TCP connect
+    /// to the peer that, once it succeeds, starts the next attempt at once instead of
+    /// waiting for the back-off. Default: `30`.
+    pub probe_interval_secs: u64,
+    /// What removes a sent stanza from the queue when the peer does not offer stream
+    /// management (XEP-0198). Default: `"on-write"`.
+    pub ack_without_sm: AckWithoutSm,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            enabled: false,
+            peers: BTreeMap::new(),
+            dialback_secret: None,
+            require_tls: true,
+            queue_lifetime_secs: 7 * 24 * 3600,
+            outbox_quota: 100_000,
+            retry_initial_secs: 1,
+            retry_max_secs: 300,
+            probe_interval_secs: 30,
+            ack_without_sm: AckWithoutSm::OnWrite,
+        }
+    }
+}
+
+/// How to treat a peer that offers no XEP-0198 acknowledgements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AckWithoutSm {
+    /// A stanza counts as delivered once it was written and flushed to the peer's socket:
+    /// at most once should the peer crash before handling it. This is what every server
+    /// without stream management does.
+    #[default]
+    OnWrite,
+    /// Queued stanzas are never sent to such a peer: they wait for a stream that offers
+    /// acknowledgements, or bounce when their lifetime ends.
+    Hold,
+}
+
 /// The smallest `limits.max_stanza_bytes`: RFC 6120 §13.12 requires servers to accept
 /// stanzas of at least 10000 bytes.
 pub const MIN_STANZA_BYTES: usize = 10_000;
@@ -287,11 +366,17 @@ impl Config {
             problem("data_dir must not be empty".to_owned());
         }
 
+        let s2s: &[SocketAddr] = if self.federation.enabled {
+            &self.listen.s2s
+        } else {
+            &[]
+        };
         let listeners: Vec<(&str, SocketAddr)> = (self.listen.c2s.iter())
             .map(|a| ("listen.c2s", *a))
             .chain(self.listen.c2s_tls.iter().map(|a| ("listen.c2s_tls", *a)))
+            .chain(s2s.iter().map(|a| ("listen.s2s", *a)))
             .collect();
-        if listeners.is_empty() {
+        if listeners.len() == s2s.len() {
             problem("listen: at least one of listen.c2s and listen.c2s_tls must be set".to_owned());
         }
         for (i, (key_a, a)) in listeners.iter().enumerate() {
@@ -365,6 +450,49 @@ impl Config {
             ));
         }
 
+        let f = &self.federation;
+        if f.enabled && self.listen.s2s.is_empty() {
+            problem("listen.s2s must list at least one address when federation is enabled".into());
+        }
+        for (domain, addr) in &f.peers {
+            if jid::DomainPart::new(domain).map_or(true, |d| d.as_str() != domain) {
+                problem(format!(
+                    "federation.peers: `{domain}` is not a domain in canonical form"
+                ));
+            }
+            if self.serves_domain(domain) {
+                problem(format!(
+                    "federation.peers: `{domain}` is one of our own domains"
+                ));
+            }
+            if split_host_port(addr).is_none() {
+                problem(format!(
+                    "federation.peers.\"{domain}\": `{addr}` is not of the form host:port"
+                ));
+            }
+        }
+        if f.dialback_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            problem("federation.dialback_secret must be at least 16 characters".to_owned());
+        }
+        let positive: [(&str, u64); 5] = [
+            ("queue_lifetime_secs", f.queue_lifetime_secs),
+            ("outbox_quota", f.outbox_quota.into()),
+            ("retry_initial_secs", f.retry_initial_secs),
+            ("retry_max_secs", f.retry_max_secs),
+            ("probe_interval_secs", f.probe_interval_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                problem(format!("federation.{key} must be at least 1"));
+            }
+        }
+        if f.retry_initial_secs > f.retry_max_secs {
+            problem(format!(
+                "federation.retry_initial_secs ({}) must not exceed federation.retry_max_secs ({})",
+                f.retry_initial_secs, f.retry_max_secs
+            ));
+        }
+
         if self.log.level.trim().is_empty() {
             problem("log.level must not be empty".to_owned());
         }
@@ -403,10 +531,30 @@ impl Config {
         self.registration.enabled.unwrap_or(false)
     }
 
+    /// Where the binary keeps the generated dialback secret when
+    /// `federation.dialback_secret` is unset: `<data_dir>/dialback-secret`.
+    pub fn dialback_secret_path(&self) -> PathBuf {
+        self.data_dir.join("dialback-secret")
+    }
+
     /// Whether `domain` (already normalised) is one of ours.
     pub fn serves_domain(&self, domain: &str) -> bool {
         self.domains.iter().any(|d| d == domain)
     }
+}
+
+/// Splits `"host:port"` (with `[v6]:port` for IPv6 literals) into its parts, or `None`.
+pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((host, port))
 }
 
 /// Whether two listeners would fight over the same port. Port 0 never clashes: each bind
@@ -544,6 +692,50 @@ mod tests {
             problems(&config),
             ["limits.ping_interval_secs (600) must be less than limits.idle_timeout_secs (600)"]
         );
+    }
+
+    #[test]
+    fn federation_is_off_and_valid_by_default_and_checked_when_on() {
+        let mut config = Config::default();
+        assert!(!config.federation.enabled);
+        // The s2s listener is not bound while federation is off, so it cannot clash.
+        config.listen.s2s = vec!["127.0.0.1:5222".parse().unwrap()];
+        assert_eq!(problems(&config), Vec::<String>::new());
+        config.federation.enabled = true;
+        assert_eq!(
+            problems(&config),
+            ["listen.s2s: 127.0.0.1:5222 clashes with 127.0.0.1:5222 in listen.c2s"]
+        );
+        config.listen.s2s.clear();
+        config
+            .federation
+            .peers
+            .insert("B.example".into(), "b:5269".into());
+        config
+            .federation
+            .peers
+            .insert("c.example".into(), "nope".into());
+        config
+            .federation
+            .peers
+            .insert("localhost".into(), "[::1]:5269".into());
+        config.federation.retry_initial_secs = 600;
+        config.federation.outbox_quota = 0;
+        config.federation.dialback_secret = Some("short".into());
+        assert_eq!(
+            problems(&config),
+            [
+                "listen.s2s must list at least one address when federation is enabled",
+                "federation.peers: `B.example` is not a domain in canonical form",
+                "federation.peers.\"c.example\": `nope` is not of the form host:port",
+                "federation.peers: `localhost` is one of our own domains",
+                "federation.dialback_secret must be at least 16 characters",
+                "federation.outbox_quota must be at least 1",
+                "federation.retry_initial_secs (600) must not exceed federation.retry_max_secs (300)",
+            ]
+        );
+        assert_eq!(split_host_port("[::1]:5269"), Some(("::1", 5269)));
+        assert_eq!(split_host_port("b.example:0"), None);
     }
 
     #[test]

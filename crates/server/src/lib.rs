@@ -4,16 +4,21 @@
 //! router maps bare JIDs to the live sessions' bounded channels; the store is reached only
 //! through `outpost-store`'s domain trait.
 //!
+//! Server-to-server links (`s2s`, when `federation.enabled`) reach other domains through a
+//! durable queue per domain pair; `delivery` is the local delivery both kinds of
+//! connection share.
+//!
 //! Not here: reading files, arguments or the environment (the `outpost` binary does that
-//! and hands over a [`config::Config`]), HTTP, and server-to-server links (a later layer
-//! that will plug into the router).
+//! and hands over a [`config::Config`]), and HTTP.
 
 pub mod accounts;
 pub mod config;
+mod delivery;
 mod offline;
 mod roster;
 mod router;
 mod routing;
+mod s2s;
 mod services;
 mod session;
 mod throttle;
@@ -46,6 +51,8 @@ pub enum ListenerKind {
     C2sStartTls,
     /// Client connections with TLS from the first byte (XEP-0368), usually port 5223.
     C2sDirectTls,
+    /// Server-to-server connections with STARTTLS (RFC 6120 §5), usually port 5269.
+    S2s,
 }
 
 impl ListenerKind {
@@ -53,6 +60,7 @@ impl ListenerKind {
         match self {
             ListenerKind::C2sStartTls => "c2s-starttls",
             ListenerKind::C2sDirectTls => "c2s-tls",
+            ListenerKind::S2s => "s2s",
         }
     }
 }
@@ -81,6 +89,8 @@ pub(crate) struct Shared {
     pub(crate) tls_starttls: Arc<rustls::ServerConfig>,
     pub(crate) tls_direct: Arc<rustls::ServerConfig>,
     pub(crate) shutdown: CancellationToken,
+    /// Server-to-server links, when `federation.enabled`.
+    pub(crate) federation: Option<s2s::Federation>,
     next_session: AtomicU64,
     /// Users whose offline queue a session is writing right now.
     offline_claims: Mutex<HashSet<BareJid>>,
@@ -124,6 +134,11 @@ impl ServerHandle {
         let tls_starttls = identity.server_config(&[])?;
         let tls_direct = identity.server_config(&[b"xmpp-client"])?;
         let mut listeners = Vec::new();
+        let s2s: &[SocketAddr] = if config.federation.enabled {
+            &config.listen.s2s
+        } else {
+            &[]
+        };
         let specs = config
             .listen
             .c2s
@@ -135,7 +150,8 @@ impl ServerHandle {
                     .c2s_tls
                     .iter()
                     .map(|a| (ListenerKind::C2sDirectTls, *a)),
-            );
+            )
+            .chain(s2s.iter().map(|a| (ListenerKind::S2s, *a)));
         for (kind, addr) in specs {
             let listener = TcpListener::bind(addr)
                 .await
@@ -156,6 +172,11 @@ impl ServerHandle {
             Duration::from_secs(limits.registration_window_secs),
         );
         let connections = Arc::new(Semaphore::new(limits.max_connections));
+        let tracker = TaskTracker::new();
+        let federation = config
+            .federation
+            .enabled
+            .then(|| s2s::Federation::new(&config.federation, tracker.clone()));
         let shared = Arc::new(Shared {
             config,
             store,
@@ -165,10 +186,13 @@ impl ServerHandle {
             tls_starttls,
             tls_direct,
             shutdown: CancellationToken::new(),
+            federation,
             next_session: AtomicU64::new(1),
             offline_claims: Mutex::new(HashSet::new()),
         });
-        let tracker = TaskTracker::new();
+        if shared.federation.is_some() {
+            s2s::start(&shared, &tracker);
+        }
         let mut addrs = Vec::new();
         for (kind, local, listener) in listeners {
             info!(kind = kind.as_str(), addr = %local, "listening");
@@ -191,6 +215,15 @@ impl ServerHandle {
     /// The bound address of each listener, in config order.
     pub fn local_addrs(&self) -> Vec<(ListenerKind, SocketAddr)> {
         self.addrs.clone()
+    }
+
+    /// Sets where the server for a remote `domain` is reached (`host:port`), as a
+    /// `federation.peers` entry would, for links that connect from now on. Does nothing when
+    /// federation is off.
+    pub fn set_peer_address(&self, domain: &str, addr: &str) {
+        if let Some(fed) = &self.shared.federation {
+            fed.set_peer_address(domain, addr);
+        }
     }
 
     /// Number of bound client sessions.
@@ -223,7 +256,7 @@ async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let transport = match kind {
-        ListenerKind::C2sStartTls => Transport::StartTls,
+        ListenerKind::C2sStartTls | ListenerKind::S2s => Transport::StartTls,
         ListenerKind::C2sDirectTls => Transport::DirectTls,
     };
     loop {
@@ -248,7 +281,11 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         tracker.spawn(async move {
-            session::serve(shared, tcp, peer, transport).await;
+            if kind == ListenerKind::S2s {
+                s2s::serve_inbound(shared, tcp, peer).await;
+            } else {
+                session::serve(shared, tcp, peer, transport).await;
+            }
             drop(permit);
         });
     }

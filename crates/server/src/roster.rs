@@ -1,9 +1,12 @@
 //! Rosters (RFC 6121 §2) and the presence subscription state machine (§3, Appendix A).
 //!
-//! Both ends of a subscription are local accounts (server-to-server links come later), so
-//! the session that sends a subscription stanza also runs the receiving side's rules
-//! against the contact's stored roster, then tells the contact's sessions through the
-//! router. Every roster change is stored first, then pushed.
+//! For a local contact, the session that sends a subscription stanza also runs the
+//! receiving side's rules against the contact's stored roster, then tells the contact's
+//! sessions through the router; for a contact at another server the stanza is queued for
+//! that server, and stanzas from other servers run the same receiving-side rules
+//! ([`apply_inbound`]). Every roster change is stored first, then pushed.
+
+use std::sync::Arc;
 
 use jid::{BareJid, Jid};
 use minidom::Element;
@@ -11,7 +14,9 @@ use outpost_proto::stanza::{self, ns};
 use outpost_store::{RosterItem, Subscription, SubscriptionRequest};
 use tracing::warn;
 
+use crate::Shared;
 use crate::router::{ToSession, deliver};
+use crate::routing::presence_to_bare;
 use crate::session::Session;
 
 /// Longest roster item name or group name we keep.
@@ -280,7 +285,7 @@ impl Session {
         let Some(item) = item else {
             return Ok(false);
         };
-        let local = self.is_local_domain(contact.domain().as_str());
+        let local = self.may_reach(contact.domain().as_str());
         if local && (item.ask || matches!(item.subscription, Subscription::To | Subscription::Both))
         {
             let stanza = self.subscription_stanza("unsubscribe", user, contact);
@@ -313,12 +318,7 @@ impl Session {
     }
 
     fn subscription_stanza(&self, ty: &str, from: &BareJid, to: &BareJid) -> Element {
-        let mut el = Element::builder("presence", ns::CLIENT)
-            .attr(stanza::name("type"), ty)
-            .build();
-        stanza::set_attr(&mut el, "from", from.as_str());
-        stanza::set_attr(&mut el, "to", to.as_str());
-        el
+        subscription_stanza(ty, from, to)
     }
 
     /// Unavailable presence from each of the user's available resources to a contact who
@@ -337,14 +337,7 @@ impl Session {
     /// Every available resource of `owner` tells `to` its presence (after a subscription
     /// is approved, RFC 6121 §3.1.5).
     fn resources_announce_to(&self, owner: &BareJid, to: &BareJid) {
-        for (_, tx) in self.shared.router.available(owner) {
-            let _ = deliver(
-                &tx,
-                ToSession::Probe {
-                    from: Jid::from(to.clone()),
-                },
-            );
-        }
+        resources_announce_to(&self.shared, owner, to);
     }
 
     /// The user sent subscribe, subscribed, unsubscribe or unsubscribed (RFC 6121 §3).
@@ -356,7 +349,7 @@ impl Session {
         if contact == user || contact.node().is_none() {
             return;
         }
-        if self.blocks(contact.as_str()) || !self.is_local_domain(contact.domain().as_str()) {
+        if self.blocks(contact.as_str()) || !self.may_reach(contact.domain().as_str()) {
             return;
         }
         // §3.1.2: the server stamps the bare JID on subscription stanzas.
@@ -443,8 +436,8 @@ impl Session {
         }
     }
 
-    /// The receiving side of a subscription stanza from `from` to local account `owner`
-    /// (RFC 6121 §3.1.3, §3.1.6, §3.2.3, §3.3.3).
+    /// The receiving side of a subscription stanza (see [`apply_inbound`]), keeping this
+    /// session's roster cache current for the rest of the stanza's handling.
     pub(crate) async fn apply_inbound(
         &mut self,
         owner: &BareJid,
@@ -452,121 +445,30 @@ impl Session {
         ty: &str,
         stanza: Element,
     ) {
-        let store = self.shared.store.clone();
-        match store.account_exists(owner.as_str()).await {
-            Ok(true) => {}
-            Ok(false) => {
-                if ty == "subscribe" {
-                    // §3.1.3: no such contact; the request is refused.
-                    let refusal = self.subscription_stanza("unsubscribed", owner, from);
-                    Box::pin(self.apply_inbound(from, owner, "unsubscribed", refusal)).await;
-                }
-                return;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot check account");
-                return;
-            }
-        }
-        let item = match store.roster_item(owner.as_str(), from.as_str()).await {
-            Ok(i) => i,
-            Err(e) => {
-                warn!(error = %e, "cannot read roster item");
-                return;
-            }
+        apply_inbound(&self.shared, owner, from, ty, stanza).await;
+        let Some(user) = self.user.clone() else {
+            return;
         };
-        match ty {
-            "subscribe" => {
-                if let Some(mut item) = item {
-                    if matches!(item.subscription, Subscription::From | Subscription::Both) {
-                        // Already subscribed: answer for the contact.
-                        let reply = self.subscription_stanza("subscribed", owner, from);
-                        Box::pin(self.apply_inbound(from, owner, "subscribed", reply)).await;
-                        return;
-                    }
-                    if item.approved {
-                        item.subscription = adds_from(item.subscription);
-                        item.approved = false;
-                        if self.save_item(owner, item).await.is_ok() {
-                            let reply = self.subscription_stanza("subscribed", owner, from);
-                            Box::pin(self.apply_inbound(from, owner, "subscribed", reply)).await;
-                            self.resources_announce_to(owner, from);
-                        }
-                        return;
-                    }
-                }
-                let mut text = Vec::new();
-                if outpost_proto::xml::write_stanza(&stanza, &mut text).is_err() {
-                    return;
-                }
-                let req = SubscriptionRequest {
-                    from: from.to_string(),
-                    stanza: String::from_utf8_lossy(&text).into_owned(),
-                };
-                if let Err(e) = store.put_subscription_request(owner.as_str(), &req).await {
-                    warn!(error = %e, "cannot store subscription request");
-                    return;
-                }
-                self.send_presence_to_bare(&stanza, owner);
+        let other = if *owner == user {
+            from
+        } else if *from == user {
+            owner
+        } else {
+            return;
+        };
+        match self
+            .shared
+            .store
+            .roster_item(user.as_str(), other.as_str())
+            .await
+        {
+            Ok(Some(item)) => {
+                self.roster.insert(other.to_string(), item);
             }
-            "subscribed" => {
-                // §3.1.6: an approval nobody asked for is ignored.
-                let Some(mut item) = item.filter(|i| i.ask) else {
-                    return;
-                };
-                item.subscription = adds_to(item.subscription);
-                item.ask = false;
-                if self.save_item(owner, item).await.is_ok() {
-                    self.send_presence_to_bare(&stanza, owner);
-                }
+            Ok(None) => {
+                self.roster.remove(other.as_str());
             }
-            "unsubscribe" => {
-                let had_request = store
-                    .subscription_requests(owner.as_str())
-                    .await
-                    .map(|r| r.iter().any(|r| r.from == from.as_str()))
-                    .unwrap_or(false);
-                if had_request {
-                    let _ = store
-                        .remove_subscription_request(owner.as_str(), from.as_str())
-                        .await;
-                }
-                let changed = match item {
-                    Some(mut item)
-                        if matches!(item.subscription, Subscription::From | Subscription::Both) =>
-                    {
-                        item.subscription = drops_from(item.subscription);
-                        self.save_item(owner, item).await.is_ok()
-                    }
-                    _ => false,
-                };
-                if changed || had_request {
-                    self.send_presence_to_bare(&stanza, owner);
-                }
-                if changed {
-                    // §3.3.3: the contact's resources go unavailable for the user.
-                    for (full, _) in self.shared.router.available(owner) {
-                        let mut el = Element::builder("presence", ns::CLIENT)
-                            .attr(stanza::name("type"), "unavailable")
-                            .build();
-                        stanza::set_attr(&mut el, "from", full.as_str());
-                        self.send_presence_to_bare(&el, from);
-                    }
-                }
-            }
-            "unsubscribed" => {
-                let Some(mut item) = item else { return };
-                if !item.ask && !matches!(item.subscription, Subscription::To | Subscription::Both)
-                {
-                    return;
-                }
-                item.subscription = drops_to(item.subscription);
-                item.ask = false;
-                if self.save_item(owner, item).await.is_ok() {
-                    self.send_presence_to_bare(&stanza, owner);
-                }
-            }
-            _ => {}
+            Err(e) => warn!(error = %e, "cannot read roster item"),
         }
     }
 
@@ -585,6 +487,192 @@ impl Session {
             }
             Err(e) => warn!(error = %e, "cannot read subscription requests"),
         }
+    }
+}
+
+/// The receiving side of a subscription stanza from `from` to account `owner` (RFC 6121
+/// §3.1.3, §3.1.6, §3.2.3, §3.3.3). For an owner at another server the stanza is queued
+/// for it instead. Needs no session: server-to-server links call it too.
+pub(crate) async fn apply_inbound(
+    shared: &Arc<Shared>,
+    owner: &BareJid,
+    from: &BareJid,
+    ty: &str,
+    stanza: Element,
+) {
+    if !shared.config.serves_domain(owner.domain().as_str()) {
+        // The owner is at another server: its rules run there. Subscription stanzas go
+        // through the durable queue (RFC 6121 §3.1.3 asks for requests to survive).
+        let local = from.domain().as_str();
+        if let Some(fed) = shared.federation.as_ref()
+            && shared.config.serves_domain(local)
+            && let Err((_, condition)) = fed
+                .queue(shared, local, owner.domain().as_str(), &stanza)
+                .await
+        {
+            warn!(condition, "cannot queue subscription stanza");
+        }
+        return;
+    }
+    let store = shared.store.clone();
+    match store.account_exists(owner.as_str()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            if ty == "subscribe" {
+                // §3.1.3: no such contact; the request is refused.
+                let refusal = subscription_stanza("unsubscribed", owner, from);
+                Box::pin(apply_inbound(shared, from, owner, "unsubscribed", refusal)).await;
+            }
+            return;
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot check account");
+            return;
+        }
+    }
+    let item = match store.roster_item(owner.as_str(), from.as_str()).await {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(error = %e, "cannot read roster item");
+            return;
+        }
+    };
+    match ty {
+        "subscribe" => {
+            if let Some(mut item) = item {
+                if matches!(item.subscription, Subscription::From | Subscription::Both) {
+                    // Already subscribed: answer for the contact.
+                    let reply = subscription_stanza("subscribed", owner, from);
+                    Box::pin(apply_inbound(shared, from, owner, "subscribed", reply)).await;
+                    return;
+                }
+                if item.approved {
+                    item.subscription = adds_from(item.subscription);
+                    item.approved = false;
+                    if save_item(shared, owner, item).await.is_ok() {
+                        let reply = subscription_stanza("subscribed", owner, from);
+                        Box::pin(apply_inbound(shared, from, owner, "subscribed", reply)).await;
+                        resources_announce_to(shared, owner, from);
+                    }
+                    return;
+                }
+            }
+            let mut text = Vec::new();
+            if outpost_proto::xml::write_stanza(&stanza, &mut text).is_err() {
+                return;
+            }
+            let req = SubscriptionRequest {
+                from: from.to_string(),
+                stanza: String::from_utf8_lossy(&text).into_owned(),
+            };
+            if let Err(e) = store.put_subscription_request(owner.as_str(), &req).await {
+                warn!(error = %e, "cannot store subscription request");
+                return;
+            }
+            presence_to_bare(shared, &stanza, owner);
+        }
+        "subscribed" => {
+            // §3.1.6: an approval nobody asked for is ignored.
+            let Some(mut item) = item.filter(|i| i.ask) else {
+                return;
+            };
+            item.subscription = adds_to(item.subscription);
+            item.ask = false;
+            if save_item(shared, owner, item).await.is_ok() {
+                presence_to_bare(shared, &stanza, owner);
+            }
+        }
+        "unsubscribe" => {
+            let had_request = store
+                .subscription_requests(owner.as_str())
+                .await
+                .map(|r| r.iter().any(|r| r.from == from.as_str()))
+                .unwrap_or(false);
+            if had_request {
+                let _ = store
+                    .remove_subscription_request(owner.as_str(), from.as_str())
+                    .await;
+            }
+            let changed = match item {
+                Some(mut item)
+                    if matches!(item.subscription, Subscription::From | Subscription::Both) =>
+                {
+                    item.subscription = drops_from(item.subscription);
+                    save_item(shared, owner, item).await.is_ok()
+                }
+                _ => false,
+            };
+            if changed || had_request {
+                presence_to_bare(shared, &stanza, owner);
+            }
+            if changed {
+                // §3.3.3: the contact's resources go unavailable for the user.
+                for (full, _) in shared.router.available(owner) {
+                    let mut el = Element::builder("presence", ns::CLIENT)
+                        .attr(stanza::name("type"), "unavailable")
+                        .build();
+                    stanza::set_attr(&mut el, "from", full.as_str());
+                    presence_to_bare(shared, &el, from);
+                }
+            }
+        }
+        "unsubscribed" => {
+            let Some(mut item) = item else { return };
+            if !item.ask && !matches!(item.subscription, Subscription::To | Subscription::Both) {
+                return;
+            }
+            item.subscription = drops_to(item.subscription);
+            item.ask = false;
+            if save_item(shared, owner, item).await.is_ok() {
+                presence_to_bare(shared, &stanza, owner);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn subscription_stanza(ty: &str, from: &BareJid, to: &BareJid) -> Element {
+    let mut el = Element::builder("presence", ns::CLIENT)
+        .attr(stanza::name("type"), ty)
+        .build();
+    stanza::set_attr(&mut el, "from", from.as_str());
+    stanza::set_attr(&mut el, "to", to.as_str());
+    el
+}
+
+/// Stores an item and pushes it to all of the owner's sessions.
+async fn save_item(shared: &Arc<Shared>, owner: &BareJid, item: RosterItem) -> Result<(), ()> {
+    match shared.store.put_roster_item(owner.as_str(), &item).await {
+        Ok(version) => {
+            for (_, tx) in shared.router.all_sessions(owner) {
+                let _ = deliver(
+                    &tx,
+                    ToSession::RosterPush {
+                        version,
+                        jid: item.jid.clone(),
+                        item: Some(item.clone()),
+                    },
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot store roster item");
+            Err(())
+        }
+    }
+}
+
+/// Every available resource of `owner` tells `to` its presence (after a subscription
+/// is approved, RFC 6121 §3.1.5).
+fn resources_announce_to(shared: &Arc<Shared>, owner: &BareJid, to: &BareJid) {
+    for (_, tx) in shared.router.available(owner) {
+        let _ = deliver(
+            &tx,
+            ToSession::Probe {
+                from: Jid::from(to.clone()),
+            },
+        );
     }
 }
 

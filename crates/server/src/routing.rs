@@ -1,17 +1,53 @@
 //! What a session does with a stanza from its client, and with what other sessions send
 //! it: message routing (RFC 6121 §8), presence (§4) and IQ dispatch.
 
+use std::sync::Arc;
+
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use outpost_proto::stanza::{self, ns};
 use outpost_store::Subscription;
 
+use crate::Shared;
 use crate::router::{ToSession, Undelivered, deliver};
 use crate::session::Session;
+
+/// Sends a presence to every available resource of a bare JID: local resources through
+/// the router, a remote contact's server best-effort over federation (RFC 6121 §4.2.2).
+pub(crate) fn presence_to_bare(shared: &Arc<Shared>, el: &Element, to: &BareJid) {
+    if !shared.config.serves_domain(to.domain().as_str()) {
+        let mut copy = el.clone();
+        stanza::set_attr(&mut copy, "to", to.as_str());
+        send_remote(shared, copy);
+        return;
+    }
+    for (full, tx) in shared.router.available(to) {
+        let mut copy = el.clone();
+        stanza::set_attr(&mut copy, "to", full.as_str());
+        let _ = deliver(&tx, ToSession::Stanza(copy));
+    }
+}
+
+/// Sends an addressed stanza to another server best-effort, when federation is on.
+fn send_remote(shared: &Arc<Shared>, el: Element) {
+    let (Some(fed), Some(from), Some(to)) = (
+        shared.federation.as_ref(),
+        el.attr("from").and_then(|f| Jid::new(f).ok()),
+        el.attr("to").and_then(|t| Jid::new(t).ok()),
+    ) else {
+        return;
+    };
+    fed.send(shared, from.domain().as_str(), to.domain().as_str(), el);
+}
 
 impl Session {
     pub(crate) fn is_local_domain(&self, domain: &str) -> bool {
         self.shared.config.domains.iter().any(|d| d == domain)
+    }
+
+    /// Whether stanzas for `domain` can go anywhere: it is ours, or federation is on.
+    pub(crate) fn may_reach(&self, domain: &str) -> bool {
+        self.is_local_domain(domain) || self.shared.federation.is_some()
     }
 
     pub(crate) async fn on_client_stanza(&mut self, el: Element) {
@@ -57,14 +93,7 @@ impl Session {
         if matches!(el.attr("type"), Some("error") | Some("result")) || el.name() == "presence" {
             return;
         }
-        let Some(from) = from.and_then(|f| FullJid::new(f).ok()) else {
-            return;
-        };
-        let reply = stanza::error_reply(el, error_type, condition);
-        let _ = self
-            .shared
-            .router
-            .send_to_full(&from, ToSession::Stanza(reply));
+        crate::delivery::bounce(&self.shared, el, error_type, condition);
     }
 
     /// Whether the user blocks `jid` (XEP-0191 §3.3: an item matches the full JID, the bare
@@ -100,8 +129,7 @@ impl Session {
             return;
         }
         if !self.is_local_domain(to.domain().as_str()) {
-            // Server-to-server links are a later layer: say so rather than drop it.
-            self.reply_error(&el, "cancel", "remote-server-not-found");
+            self.queue_remote(el, &to).await;
             return;
         }
         if to.node().is_none() {
@@ -111,68 +139,30 @@ impl Session {
         self.route_message(el, to).await;
     }
 
-    /// Delivers a message to a local address: to the full JID if bound, else by the bare
-    /// JID rules, else to the offline store. Online delivery touches no storage.
-    pub(crate) async fn route_message(&mut self, el: Element, to: Jid) {
-        let ty = stanza::stanza_type(&el).to_owned();
-        let bare = to.to_bare();
-        let el = match to.try_as_full() {
-            Ok(full) => match self.shared.router.send_to_full(full, ToSession::Stanza(el)) {
-                Ok(()) => return,
-                Err(Undelivered::Full(ToSession::Stanza(el))) => {
-                    // The resource is bound but not reading: keep the message for later.
-                    self.store_offline(el, &bare).await;
-                    return;
-                }
-                Err(Undelivered::NotBound(ToSession::Stanza(el))) => match ty.as_str() {
-                    // RFC 6121 §8.5.3.2.1: no such resource.
-                    "groupchat" => {
-                        self.error_to_sender(&el, "cancel", "service-unavailable");
-                        return;
-                    }
-                    "headline" | "error" => return,
-                    // chat and normal go on as if sent to the bare JID.
-                    _ => el,
-                },
-                Err(_) => return,
-            },
-            Err(_) => el,
+    /// A message for another domain: committed to that link's durable queue before it
+    /// counts as accepted, with an XEP-0359 origin-id so retries can be recognised.
+    async fn queue_remote(&mut self, mut el: Element, to: &Jid) {
+        let (Some(fed), Some(jid)) = (self.shared.federation.as_ref(), self.jid.as_ref()) else {
+            // RFC 6120 §8.3.3.16: without federation no other server is reachable.
+            self.reply_error(&el, "cancel", "remote-server-not-found");
+            return;
         };
-        self.route_to_bare(el, bare, &ty).await;
+        crate::s2s::ensure_origin_id(&mut el);
+        let shared = self.shared.clone();
+        let local = jid.domain().as_str().to_owned();
+        if let Err((error_type, condition)) =
+            fed.queue(&shared, &local, to.domain().as_str(), &el).await
+        {
+            self.reply_error(&el, error_type, condition);
+        }
     }
 
-    async fn route_to_bare(&mut self, el: Element, bare: BareJid, ty: &str) {
-        if ty == "groupchat" {
-            self.error_to_sender(&el, "cancel", "service-unavailable");
-            return;
-        }
-        let targets = self.shared.router.message_targets(&bare, ty == "headline");
-        let mut rest = Some(el);
-        let mut delivered = false;
-        for (i, (_, tx)) in targets.iter().enumerate() {
-            let Some(el) = rest.take() else { break };
-            // The last target takes the element itself; the others get copies.
-            let (copy, keep) = if i + 1 == targets.len() {
-                (el, None)
-            } else {
-                (el.clone(), Some(el))
-            };
-            match deliver(tx, ToSession::Stanza(copy)) {
-                Ok(()) => {
-                    delivered = true;
-                    rest = keep;
-                }
-                Err(ToSession::Stanza(back)) => rest = keep.or(Some(back)),
-                Err(_) => rest = keep,
-            }
-        }
-        if delivered {
-            return;
-        }
-        let Some(el) = rest else { return };
-        match ty {
-            "headline" | "error" => {}
-            _ => self.store_offline(el, &bare).await,
+    /// Delivers a message to a local address (see [`crate::delivery::route_message`]); a
+    /// failure is answered to the sender.
+    pub(crate) async fn route_message(&mut self, el: Element, to: Jid) {
+        let shared = self.shared.clone();
+        if let Some(b) = crate::delivery::route_message(&shared, el, to).await {
+            self.error_to_sender(&b.el, b.error_type, b.condition);
         }
     }
 
@@ -237,6 +227,16 @@ impl Session {
                 .collect();
             to_probe.push(user.clone());
             for contact in to_probe {
+                if !self.is_local_domain(contact.domain().as_str()) {
+                    // The contact's server answers for it (RFC 6121 §4.3.1).
+                    let mut probe = Element::builder("presence", ns::CLIENT)
+                        .attr(stanza::name("type"), "probe")
+                        .build();
+                    stanza::set_attr(&mut probe, "from", user.as_str());
+                    stanza::set_attr(&mut probe, "to", contact.as_str());
+                    send_remote(&self.shared, probe);
+                    continue;
+                }
                 let resources = self.shared.router.available(&contact);
                 if resources.is_empty() && contact != user && !self.blocks(contact.as_str()) {
                     // §4.3.2: a contact with no available resource answers the probe with
@@ -275,16 +275,10 @@ impl Session {
             .collect()
     }
 
-    /// Sends a presence to every available resource of a local bare JID.
+    /// Sends a presence to every available resource of a bare JID (see
+    /// [`presence_to_bare`]).
     pub(crate) fn send_presence_to_bare(&self, el: &Element, to: &BareJid) {
-        if !self.is_local_domain(to.domain().as_str()) {
-            return;
-        }
-        for (full, tx) in self.shared.router.available(to) {
-            let mut copy = el.clone();
-            stanza::set_attr(&mut copy, "to", full.as_str());
-            let _ = deliver(&tx, ToSession::Stanza(copy));
-        }
+        presence_to_bare(&self.shared, el, to);
     }
 
     /// Sends a presence to a JID: a full JID directly, a bare one to each available
@@ -294,17 +288,21 @@ impl Session {
             Ok(full) => {
                 let mut copy = el.clone();
                 stanza::set_attr(&mut copy, "to", full.as_str());
-                let _ = self
-                    .shared
-                    .router
-                    .send_to_full(full, ToSession::Stanza(copy));
+                if self.is_local_domain(full.domain().as_str()) {
+                    let _ = self
+                        .shared
+                        .router
+                        .send_to_full(full, ToSession::Stanza(copy));
+                } else {
+                    send_remote(&self.shared, copy);
+                }
             }
             Err(bare) => self.send_presence_to_bare(el, bare),
         }
     }
 
     fn directed_presence(&mut self, el: Element, to: Jid, available: bool) {
-        if self.blocks(to.as_str()) || !self.is_local_domain(to.domain().as_str()) {
+        if self.blocks(to.as_str()) || !self.may_reach(to.domain().as_str()) {
             return;
         }
         self.send_presence_to(&el, &to);
@@ -352,7 +350,11 @@ impl Session {
                 if let Some(Ok(full)) = to.as_ref().map(|t| t.try_as_full())
                     && !self.blocks(full.as_str())
                 {
-                    let _ = self.shared.router.send_to_full(full, ToSession::Stanza(el));
+                    if self.is_local_domain(full.domain().as_str()) {
+                        let _ = self.shared.router.send_to_full(full, ToSession::Stanza(el));
+                    } else {
+                        send_remote(&self.shared, el);
+                    }
                 }
                 return;
             }
@@ -376,7 +378,12 @@ impl Session {
             return;
         }
         if !self.is_local_domain(to.domain().as_str()) {
-            self.reply_error(&el, "cancel", "remote-server-not-found");
+            if self.shared.federation.is_some() {
+                // Best-effort: an IQ that cannot be sent soon is answered with an error.
+                send_remote(&self.shared, el);
+            } else {
+                self.reply_error(&el, "cancel", "remote-server-not-found");
+            }
             return;
         }
         match to.try_as_full() {

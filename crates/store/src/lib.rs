@@ -311,6 +311,10 @@ pub trait Store: Send + Sync + 'static {
     /// between, the peer's retry counts as a duplicate, so the caller must not let such a
     /// window open where a loss would be worse than a duplicate.
     async fn seen_stanza_id(&self, origin: &str, id: &str, now_ms: i64) -> Result<bool>;
+    /// Whether `id` from `origin` was recorded, without recording it. A receiver that checks
+    /// with this, delivers, and only then records with [`Store::seen_stanza_id`] never loses
+    /// a stanza to a crash between the two steps; it may deliver a duplicate instead.
+    async fn stanza_id_seen(&self, origin: &str, id: &str) -> Result<bool>;
     /// Forgets the ids last seen before `older_than_ms`; returns how many. Keep them longer
     /// than the peers' retry lifetime, or a late retry is delivered again.
     async fn prune_seen(&self, older_than_ms: i64) -> Result<u64>;

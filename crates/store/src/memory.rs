@@ -425,6 +425,11 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn stanza_id_seen(&self, origin: &str, id: &str) -> Result<bool> {
+        let inner = self.lock();
+        Ok(inner.seen.contains_key(&(origin.to_owned(), id.to_owned())))
+    }
+
     async fn prune_seen(&self, older_than_ms: i64) -> Result<u64> {
         let mut inner = self.lock();
         let before = inner.seen.len();

@@ -805,6 +805,17 @@ impl Store for SqliteStore {
         Ok(duplicate)
     }
 
+    async fn stanza_id_seen(&self, origin: &str, id: &str) -> Result<bool> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM seen_stanza_ids WHERE origin = ? AND stanza_id = ?")
+                .bind(origin)
+                .bind(id)
+                .fetch_optional(&self.readers)
+                .await
+                .map_err(db)?;
+        Ok(row.is_some())
+    }
+
     async fn prune_seen(&self, older_than_ms: i64) -> Result<u64> {
         let mut tx = self.write().await?;
         let done = sqlx::query("DELETE FROM seen_stanza_ids WHERE seen_at_ms < ?")

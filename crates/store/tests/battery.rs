@@ -1293,7 +1293,11 @@ async fn outbox_stats_report_every_link(store: &dyn Store) {
 async fn seen_stanza_ids_detect_duplicates(store: &dyn Store) {
     const ORIGIN: &str = "bob@example.net";
     const OTHER: &str = "example.net";
+    assert!(!store.stanza_id_seen(ORIGIN, "id-1").await.unwrap());
     assert!(!store.seen_stanza_id(ORIGIN, "id-1", T0).await.unwrap());
+    // Looking does not record, recording is what looking finds.
+    assert!(store.stanza_id_seen(ORIGIN, "id-1").await.unwrap());
+    assert!(!store.stanza_id_seen(OTHER, "id-1").await.unwrap());
     assert!(store.seen_stanza_id(ORIGIN, "id-1", T0 + 1).await.unwrap());
     assert!(store.seen_stanza_id(ORIGIN, "id-1", T0 + 2).await.unwrap());
 

@@ -386,6 +386,13 @@ impl S2sIncoming {
                             .append(Element::builder("errors", ns::DIALBACK_FEATURE).build())
                             .build(),
                     );
+                    // A dialback stream is never restarted, so these are the only features
+                    // its initiator sees: offer acknowledgements here, as Prosody does.
+                    // `<enable/>` is still refused until a pair is authenticated (XEP-0198
+                    // §3), which the initiator waits for.
+                    if self.config.stream_management {
+                        children.push(Element::builder("sm", ns::SM).build());
+                    }
                 }
             } else if self.config.stream_management {
                 children.push(Element::builder("sm", ns::SM).build());

@@ -39,7 +39,9 @@
 //!    `<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>` (XEP-0220 §2.1.1,
 //!    §2.4), so peers know we understand dialback errors.
 //! 3. After SASL success and the stream restart (RFC 6120 §6.4.6), only
-//!    `<sm xmlns='urn:xmpp:sm:3'/>` is offered (XEP-0198 §3: after authentication).
+//!    `<sm xmlns='urn:xmpp:sm:3'/>` is offered (XEP-0198 §3: after authentication). With
+//!    dialback, which never restarts the stream, `<sm/>` is offered beside `<dialback/>`
+//!    and `<enable/>` is accepted once a pair is authenticated.
 //!
 //! # Authentication and addressing
 //!
@@ -87,7 +89,7 @@
 //! Acknowledgements only; no resumption. [`S2sOutgoing`] sends `<enable/>` once
 //! authenticated when the peer offered `<sm xmlns='urn:xmpp:sm:3'/>` (after a SASL restart;
 //! a dialback-authenticated stream enables it only if the pre-authentication features offered
-//! it, which neither Prosody, ejabberd nor [`S2sIncoming`] does, so dialback links have no
+//! it, which [`S2sIncoming`] does, so dialback links between Outpost servers have
 //! acknowledgements). It reports [`Event::Ready`] when stanzas may
 //! flow. [`S2sOutgoing::send_stanza`] returns each stanza's sequence number, and
 //! [`Event::Acked`] `{ h }` says the peer has handled every stanza up to `h`, so the server

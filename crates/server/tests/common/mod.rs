@@ -64,6 +64,8 @@ pub struct TestServer {
     pub starttls: SocketAddr,
     pub direct_tls: SocketAddr,
     pub identity: TlsIdentity,
+    /// The server-to-server listener, when federation is on.
+    pub s2s: Option<SocketAddr>,
     pub store: Arc<dyn Store>,
     /// The configuration the server runs with (after the test's tweaks).
     pub config: Config,
@@ -107,6 +109,7 @@ impl TestServer {
             .expect("server starts");
         let (starttls, direct_tls) = listener_addrs(&handle);
         TestServer {
+            s2s: s2s_addr(&handle),
             handle: Some(handle),
             starttls,
             direct_tls,
@@ -130,13 +133,19 @@ impl TestServer {
         .await
         .expect("server restarts");
         (self.starttls, self.direct_tls) = listener_addrs(&handle);
+        self.s2s = s2s_addr(&handle);
         self.handle = Some(handle);
+    }
+
+    /// The first domain the server serves: `localhost` unless the test changed it.
+    pub fn domain(&self) -> &str {
+        &self.config.domains[0]
     }
 
     pub async fn add_user(&self, user: &str, password: &str) {
         outpost_server::accounts::add_user(
             self.store.as_ref(),
-            &format!("{user}@localhost"),
+            &format!("{user}@{}", self.domain()),
             password,
             4096,
         )
@@ -178,7 +187,9 @@ impl TestServer {
     /// A plain TCP connection to the STARTTLS listener, with nothing sent yet.
     pub async fn connect_tcp(&self) -> Client {
         let tcp = TcpStream::connect(self.starttls).await.expect("connect");
-        Client::new(Box::new(tcp))
+        let mut c = Client::new(Box::new(tcp));
+        c.domain = self.domain().to_owned();
+        c
     }
 
     /// A plain TCP client with the stream opened and the (pre-TLS) features read.
@@ -203,7 +214,7 @@ impl TestServer {
         };
         let tls = self
             .tls_connector()
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .connect(ServerName::try_from(c.domain.clone()).expect("name"), tcp)
             .await
             .expect("TLS handshake");
         c.io = Transport::Raw(Box::new(tls));
@@ -240,6 +251,14 @@ async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
             .await
             .expect("open store"),
     )
+}
+
+fn s2s_addr(handle: &ServerHandle) -> Option<SocketAddr> {
+    handle
+        .local_addrs()
+        .into_iter()
+        .find(|(k, _)| *k == ListenerKind::S2s)
+        .map(|(_, a)| a)
 }
 
 fn listener_addrs(handle: &ServerHandle) -> (SocketAddr, SocketAddr) {
@@ -325,6 +344,8 @@ pub struct Client {
     pub header: Option<StreamHeader>,
     pub features: Option<Element>,
     pub jid: String,
+    /// The domain streams are opened to.
+    pub domain: String,
     /// The socket reached EOF (or failed).
     pub closed: bool,
     /// The server sent `</stream:stream>`.
@@ -345,6 +366,7 @@ impl Client {
             header: None,
             features: None,
             jid: String::new(),
+            domain: "localhost".to_owned(),
             closed: false,
             saw_stream_close: false,
             stash: VecDeque::new(),
@@ -372,7 +394,8 @@ impl Client {
     }
 
     pub async fn open(&mut self) {
-        self.open_to("localhost").await;
+        let domain = self.domain.clone();
+        self.open_to(&domain).await;
     }
 
     /// Opens a stream to `host` and waits for the server's header.

@@ -1,0 +1,244 @@
+//! A peer server's stream to us: the task that drives `S2sIncoming`, verifies the peer's
+//! dialback keys, answers verifications of ours, and delivers what the peer sends.
+//!
+//! Durability (see `outpost_proto::s2s`, "Contract for durability"): every event polled
+//! from the machine is handled, delivered to a session's channel or committed to the
+//! store, before the output that follows it is written, so an `<a h/>` never acknowledges
+//! a stanza that a crash could still lose. Handing a message to an online session's
+//! channel counts as delivered, as it does for local messages (ARCHITECTURE.md).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jid::Jid;
+use minidom::Element;
+use outpost_proto::s2s::{DialbackVerdict, Event, S2sConfig, S2sIncoming, Transport, dialback_key};
+use outpost_proto::stanza::{self, ns};
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, warn};
+
+use super::conn::Conn;
+use super::now_ms;
+use crate::Shared;
+use crate::delivery;
+
+/// A peer has this long to authenticate at least one domain pair.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+const READ_CHUNK: usize = 16 * 1024;
+
+pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("s2s_in", %peer);
+    async move {
+        let Some(fed) = shared.federation.as_ref() else {
+            return;
+        };
+        let _ = tcp.set_nodelay(true);
+        let config = S2sConfig {
+            transport: Transport::StartTls,
+            allow_plaintext: !fed.config.require_tls,
+            dialback: true,
+            sasl_external: false,
+            stream_management: true,
+            ..S2sConfig::default()
+        };
+        // Unpredictable, because dialback keys are bound to it (RFC 6120 §4.7.3).
+        let stream_id: String = rand::rng()
+            .sample_iter(Alphanumeric)
+            .take(20)
+            .map(char::from)
+            .collect();
+        let mut proto = S2sIncoming::new(config, shared.config.domains.clone(), stream_id);
+        let mut conn = Conn::Plain(tcp);
+        let (verdict_tx, mut verdicts) = mpsc::channel::<(String, String, DialbackVerdict)>(64);
+        let started = Instant::now();
+        let mut last_read = started;
+        let idle = Duration::from_secs(shared.config.limits.idle_timeout_secs);
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            while let Some(event) = proto.poll_event() {
+                match event {
+                    Event::StartTls => {
+                        let out = proto.take_output();
+                        if conn.write_all(&out).await.is_err()
+                            || !conn.accept_tls(&shared.tls_starttls).await
+                        {
+                            debug!("TLS handshake failed");
+                            return;
+                        }
+                        proto.tls_established();
+                    }
+                    // SASL EXTERNAL is not offered yet: dialback authenticates.
+                    Event::CheckCertificate { .. } => proto.certificate_checked(false),
+                    Event::DialbackRequest {
+                        from,
+                        to,
+                        key,
+                        stream_id,
+                    } => {
+                        if shared.config.serves_domain(&from) {
+                            // Nobody else speaks for our own domains.
+                            proto.dialback_result(&from, &to, DialbackVerdict::Invalid);
+                            continue;
+                        }
+                        let shared = shared.clone();
+                        let tx = verdict_tx.clone();
+                        tokio::spawn(async move {
+                            let Some(fed) = shared.federation.as_ref() else {
+                                return;
+                            };
+                            // XEP-0220 §2.1.2: ask the authoritative server for `from`,
+                            // over our own link to it.
+                            let verdict = fed.verify(&shared, &to, &from, &stream_id, &key).await;
+                            let _ = tx.send((from, to, verdict)).await;
+                        });
+                    }
+                    Event::VerifyRequest { from, to, id, key } => {
+                        // XEP-0220 §2.1.3: we are the authoritative server for `to`; the
+                        // key is ours if we compute the same one (XEP-0185 §2).
+                        let expected = dialback_key(fed.secret(), &from, &to, &id);
+                        let valid = constant_time_eq(expected.as_bytes(), key.as_bytes());
+                        proto.verify_result(&from, &to, &id, valid);
+                    }
+                    Event::Authenticated { peer, local, .. } => {
+                        info!(%peer, %local, "peer authenticated");
+                        // The peer reached us, so our way to it may work again too.
+                        fed.wake_existing(&local, &peer);
+                    }
+                    Event::Stanza(el) => Box::pin(deliver_inbound(&shared, el)).await,
+                    Event::PeerStreamError { condition, .. } => {
+                        debug!(condition, "peer sent a stream error");
+                    }
+                    Event::Closed { error } => {
+                        if let Some(condition) = error {
+                            info!(condition, "stream closed with error");
+                        }
+                        let out = proto.take_output();
+                        let _ = conn.write_all(&out).await;
+                        conn.shutdown().await;
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            if proto.has_output() {
+                let out = proto.take_output();
+                if conn.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            let deadline = if proto.authenticated().is_empty() {
+                (started + AUTH_TIMEOUT).min(last_read + idle)
+            } else {
+                last_read + idle
+            };
+            tokio::select! {
+                () = shared.shutdown.cancelled() => proto.close(Some("system-shutdown"), None),
+                read = conn.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => {
+                        conn.shutdown().await;
+                        return;
+                    }
+                    Ok(n) => {
+                        last_read = Instant::now();
+                        proto.handle_input(&buf[..n]);
+                    }
+                },
+                Some((from, to, verdict)) = verdicts.recv() => {
+                    if verdict != DialbackVerdict::Valid {
+                        info!(%from, ?verdict, "dialback verification failed");
+                    }
+                    proto.dialback_result(&from, &to, verdict);
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    proto.close(Some("connection-timeout"), None);
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The XEP-0359 origin-id of a message, if it has one.
+fn origin_id(el: &Element) -> Option<&str> {
+    el.get_child("origin-id", ns::SID)
+        .and_then(|o| o.attr("id"))
+}
+
+/// Delivers a stanza from an authenticated peer (its `from` and `to` domains were checked
+/// by `S2sIncoming`) to local users, as if a local session had sent it.
+pub(super) async fn deliver_inbound(shared: &Arc<Shared>, el: Element) {
+    let (Some(from), Some(to)) = (
+        el.attr("from").and_then(|f| Jid::new(f).ok()),
+        el.attr("to").and_then(|t| Jid::new(t).ok()),
+    ) else {
+        return;
+    };
+    match el.name() {
+        "message" => {
+            // XEP-0359 §3: the sender's server keeps the origin-id on every retry. Check,
+            // deliver, then record: a crash in between means a duplicate, never a loss.
+            let scope = from.to_bare().to_string();
+            let id = origin_id(&el).map(str::to_owned);
+            if let Some(id) = &id {
+                match shared.store.stanza_id_seen(&scope, id).await {
+                    Ok(true) => {
+                        debug!("duplicate message dropped");
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "cannot check stanza id"),
+                }
+            }
+            if to.node().is_none() {
+                delivery::bounce(shared, &el, "cancel", "service-unavailable");
+            } else if let Some(b) = delivery::route_message(shared, el, to).await {
+                delivery::bounce(shared, &b.el, b.error_type, b.condition);
+            }
+            if let Some(id) = id
+                && let Err(e) = shared.store.seen_stanza_id(&scope, &id, now_ms()).await
+            {
+                warn!(error = %e, "cannot record stanza id");
+            }
+        }
+        "presence" => Box::pin(delivery::inbound_presence(shared, el, from, to)).await,
+        _ => inbound_iq(shared, el, to),
+    }
+}
+
+/// An IQ from another server: results and errors go to the full JID they answer; requests
+/// to a bound resource are forwarded; the server itself answers pings (XEP-0199) and refuses
+/// the rest with `service-unavailable` (RFC 6120 §8.3.3.19).
+fn inbound_iq(shared: &Arc<Shared>, el: Element, to: Jid) {
+    use crate::router::{ToSession, Undelivered};
+    let ty = el.attr("type").unwrap_or("");
+    if let Ok(full) = to.try_as_full() {
+        match shared.router.send_to_full(full, ToSession::Stanza(el)) {
+            Ok(()) => {}
+            Err(Undelivered::NotBound(ToSession::Stanza(el)))
+            | Err(Undelivered::Full(ToSession::Stanza(el))) => {
+                delivery::bounce(shared, &el, "cancel", "service-unavailable");
+            }
+            Err(_) => {}
+        }
+        return;
+    }
+    if !matches!(ty, "get" | "set") {
+        return;
+    }
+    if to.node().is_none() && el.get_child("ping", ns::PING).is_some() && ty == "get" {
+        let reply = stanza::iq_result(&el, Some(to.as_str()));
+        delivery::bounce_reply(shared, reply);
+        return;
+    }
+    delivery::bounce(shared, &el, "cancel", "service-unavailable");
+}

@@ -1,0 +1,451 @@
+//! Federation: server-to-server links (RFC 6120 §4–§6) around the sans-IO machines of
+//! `outpost_proto::s2s`, and the durable outbound queue under them.
+//!
+//! - [`Federation`] is the registry in `Shared`: one link task per (local domain, remote
+//!   domain) pair, created on demand and kept for the life of the server.
+//! - `link` is that task: it connects (a `federation.peers` override, else the domain on
+//!   port 5269; no DNS SRV yet), negotiates STARTTLS and dialback through `S2sOutgoing`,
+//!   and sends the link's outbox in id order, removing stanzas only when the peer
+//!   acknowledged them (XEP-0198) or, for peers without stream management, as
+//!   `federation.ack_without_sm` says. It backs off exponentially after failures, probes a
+//!   down peer with TCP connects while its queue is not empty, and is woken at once when
+//!   the peer connects to us.
+//! - `inbound` accepts peers' streams (`S2sIncoming`), verifies their dialback keys over our
+//!   own link to the claimed domain, answers `db:verify` for ours, deduplicates messages by
+//!   XEP-0359 origin-id and delivers what arrives through the same code as client stanzas.
+//!
+//! What goes through the durable queue: messages and presence subscription stanzas (RFC
+//! 6121 §3 asks for subscription requests to survive). Other presence and IQs are sent
+//! best-effort when a link is up or comes up within one attempt; an IQ request that cannot
+//! be sent is answered with `remote-server-not-found`.
+//!
+//! TLS: the peer's certificate is not verified. Dialback (XEP-0220) proves the domain on
+//! top of the encrypted stream, as most deployed servers accept; SASL EXTERNAL with
+//! certificates (XEP-0178) is not offered or used yet.
+
+mod conn;
+mod inbound;
+mod link;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use minidom::Element;
+use outpost_proto::s2s::DialbackVerdict;
+use outpost_proto::stanza::{self, ns};
+use outpost_store::StoreError;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::Shared;
+use crate::config::{FederationConfig, split_host_port};
+
+pub(crate) use inbound::serve as serve_inbound;
+
+/// Best-effort stanzas and dialback verifications a link holds while it connects.
+const LINK_CHANNEL: usize = 256;
+/// How long a peer's dialback key may wait for the verdict of its authoritative server.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often expired queue entries are bounced and old stanza ids forgotten.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+/// Entries expired per store call.
+const EXPIRE_BATCH: u32 = 500;
+
+/// What a link is asked to do besides draining its queue.
+pub(crate) enum LinkCmd {
+    /// A best-effort stanza (presence, IQ, an error): sent when the stream is ready, dropped
+    /// (an IQ request answered with an error) if this connection attempt fails.
+    Stanza(Element),
+    /// As the receiving server, ask the peer (authoritative for its domain) whether `key` is
+    /// the one it sent on our incoming stream `id` (XEP-0220 §2.1.2).
+    Verify {
+        id: String,
+        key: String,
+        reply: oneshot::Sender<bool>,
+    },
+}
+
+struct LinkHandle {
+    tx: mpsc::Sender<LinkCmd>,
+    wake: Arc<Notify>,
+}
+
+/// The registry of server-to-server links.
+pub(crate) struct Federation {
+    pub(crate) config: FederationConfig,
+    secret: String,
+    /// `federation.peers`, changeable at run time (tests bind port 0).
+    peers: RwLock<HashMap<String, String>>,
+    links: Mutex<HashMap<(String, String), LinkHandle>>,
+    tls_client: Arc<rustls::ClientConfig>,
+    tracker: TaskTracker,
+}
+
+/// Unix time in milliseconds, the store's clock.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl Federation {
+    pub(crate) fn new(config: &FederationConfig, tracker: TaskTracker) -> Federation {
+        // Without a configured secret (tests, embedders) a random one serves this run:
+        // dialback keys only need to be stable while a verification is in flight.
+        let secret = config.dialback_secret.clone().unwrap_or_else(|| {
+            rand::rng()
+                .sample_iter(Alphanumeric)
+                .take(32)
+                .map(char::from)
+                .collect()
+        });
+        Federation {
+            config: config.clone(),
+            secret,
+            peers: RwLock::new(config.peers.clone().into_iter().collect()),
+            links: Mutex::new(HashMap::new()),
+            tls_client: no_verify_client_config(),
+            tracker,
+        }
+    }
+
+    pub(crate) fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// Sets or replaces where `domain`'s server is reached, as `host:port`.
+    pub(crate) fn set_peer_address(&self, domain: &str, addr: &str) {
+        self.peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_owned(), addr.to_owned());
+    }
+
+    /// The address to dial for `domain`: its override, else the domain itself on 5269
+    /// (RFC 6120 §3.2.2 fallback; DNS SRV is not looked up yet).
+    fn address_of(&self, domain: &str) -> (String, u16) {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        match peers.get(domain).and_then(|a| split_host_port(a)) {
+            Some((host, port)) => (host.to_owned(), port),
+            None => (domain.to_owned(), 5269),
+        }
+    }
+
+    async fn tcp_connect(&self, domain: &str) -> std::io::Result<TcpStream> {
+        let (host, port) = self.address_of(domain);
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            )),
+        }
+    }
+
+    /// The link for a pair, started if it does not run yet.
+    fn link(
+        &self,
+        shared: &Arc<Shared>,
+        local: &str,
+        remote: &str,
+    ) -> (mpsc::Sender<LinkCmd>, Arc<Notify>) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (local.to_owned(), remote.to_owned());
+        if let Some(h) = links.get(&key)
+            && !h.tx.is_closed()
+        {
+            return (h.tx.clone(), h.wake.clone());
+        }
+        let (tx, rx) = mpsc::channel(LINK_CHANNEL);
+        let wake = Arc::new(Notify::new());
+        self.tracker.spawn(link::run(
+            shared.clone(),
+            local.to_owned(),
+            remote.to_owned(),
+            rx,
+            wake.clone(),
+        ));
+        links.insert(
+            key,
+            LinkHandle {
+                tx: tx.clone(),
+                wake: wake.clone(),
+            },
+        );
+        (tx, wake)
+    }
+
+    /// Tells the link for a pair that there is work, or that the peer is reachable again.
+    pub(crate) fn wake(&self, shared: &Arc<Shared>, local: &str, remote: &str) {
+        let (_, wake) = self.link(shared, local, remote);
+        wake.notify_one();
+    }
+
+    /// Wakes the link for a pair if it exists: a peer that connected to us is reachable.
+    pub(crate) fn wake_existing(&self, local: &str, remote: &str) {
+        let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = links.get(&(local.to_owned(), remote.to_owned())) {
+            h.wake.notify_one();
+        }
+    }
+
+    /// Commits a stanza to the link's durable queue; it counts as accepted once this
+    /// returns `Ok`. The error is the stanza error condition for the sender.
+    pub(crate) async fn queue(
+        &self,
+        shared: &Arc<Shared>,
+        local: &str,
+        remote: &str,
+        el: &Element,
+    ) -> Result<(), (&'static str, &'static str)> {
+        let mut text = Vec::new();
+        if outpost_proto::xml::write_stanza(el, &mut text).is_err() {
+            return Err(("modify", "not-acceptable"));
+        }
+        let text = String::from_utf8_lossy(&text);
+        match shared
+            .store
+            .outbox_push(local, remote, &text, now_ms(), self.config.outbox_quota)
+            .await
+        {
+            Ok(_) => {
+                self.wake(shared, local, remote);
+                Ok(())
+            }
+            Err(StoreError::QuotaExceeded { .. }) => Err(("wait", "resource-constraint")),
+            Err(e) => {
+                warn!(error = %e, "cannot queue stanza for a remote domain");
+                Err(("wait", "internal-server-error"))
+            }
+        }
+    }
+
+    /// Sends a stanza best-effort: on the link's current or next stream.
+    pub(crate) fn send(&self, shared: &Arc<Shared>, local: &str, remote: &str, el: Element) {
+        let (tx, wake) = self.link(shared, local, remote);
+        match tx.try_send(LinkCmd::Stanza(el)) {
+            Ok(()) => wake.notify_one(),
+            Err(
+                mpsc::error::TrySendError::Full(LinkCmd::Stanza(el))
+                | mpsc::error::TrySendError::Closed(LinkCmd::Stanza(el)),
+            ) => {
+                // The link is backed up: best-effort means this one is dropped.
+                crate::delivery::bounce(shared, &el, "wait", "remote-server-timeout");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Asks `remote`'s server, over our link from `local`, whether it sent `key` on our
+    /// incoming stream `id` (XEP-0220 §2.1.2–§2.1.3).
+    pub(crate) async fn verify(
+        &self,
+        shared: &Arc<Shared>,
+        local: &str,
+        remote: &str,
+        id: &str,
+        key: &str,
+    ) -> DialbackVerdict {
+        let (tx, wake) = self.link(shared, local, remote);
+        let (reply, answer) = oneshot::channel();
+        let cmd = LinkCmd::Verify {
+            id: id.to_owned(),
+            key: key.to_owned(),
+            reply,
+        };
+        if tx.try_send(cmd).is_err() {
+            return DialbackVerdict::Error("resource-constraint");
+        }
+        wake.notify_one();
+        match tokio::time::timeout(VERIFY_TIMEOUT, answer).await {
+            Ok(Ok(true)) => DialbackVerdict::Valid,
+            Ok(Ok(false)) => DialbackVerdict::Invalid,
+            Ok(Err(_)) => DialbackVerdict::Error("remote-connection-failed"),
+            Err(_) => DialbackVerdict::Error("remote-server-timeout"),
+        }
+    }
+}
+
+/// Starts what federation needs besides listeners: the links with stanzas left in their
+/// queues from before a restart, and the periodic expiry of queued stanzas.
+pub(crate) fn start(shared: &Arc<Shared>, tracker: &TaskTracker) {
+    tracker.spawn(maintenance(shared.clone()));
+}
+
+async fn maintenance(shared: Arc<Shared>) {
+    let Some(fed) = shared.federation.as_ref() else {
+        return;
+    };
+    // A restart must not wait for new traffic to resume old queues.
+    match shared.store.outbox_stats().await {
+        Ok(stats) => {
+            for s in stats.iter().filter(|s| s.queued > 0) {
+                if shared.config.serves_domain(&s.local_domain) {
+                    info!(local = %s.local_domain, remote = %s.remote_domain, queued = s.queued, "resuming queued link");
+                    fed.wake(&shared, &s.local_domain, &s.remote_domain);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot read the outbox"),
+    }
+    let lifetime_ms =
+        i64::try_from(fed.config.queue_lifetime_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    loop {
+        expire(&shared, lifetime_ms).await;
+        // Ids are remembered a day longer than any peer retries (XEP-0359 dedup window).
+        let keep_ms = lifetime_ms.saturating_add(24 * 3600 * 1000);
+        if let Err(e) = shared
+            .store
+            .prune_seen(now_ms().saturating_sub(keep_ms))
+            .await
+        {
+            warn!(error = %e, "cannot prune received stanza ids");
+        }
+        tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+        }
+    }
+}
+
+/// Removes queued stanzas whose lifetime ended and tells each sender
+/// (`remote-server-timeout`, RFC 6120 §8.3.3.17).
+async fn expire(shared: &Arc<Shared>, lifetime_ms: i64) {
+    loop {
+        let expired = match shared
+            .store
+            .outbox_expire(now_ms(), lifetime_ms, EXPIRE_BATCH)
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "cannot expire queued stanzas");
+                return;
+            }
+        };
+        let n = expired.len();
+        if n > 0 {
+            info!(count = n, "queued stanzas expired undelivered");
+        }
+        for entry in expired {
+            if let Some(el) = parse_stanza(&entry.stanza) {
+                crate::delivery::bounce_durably(shared, &el, "wait", "remote-server-timeout").await;
+            }
+        }
+        if n < EXPIRE_BATCH as usize {
+            return;
+        }
+    }
+}
+
+/// A stanza as the outbox keeps it (written by `write_stanza` from a `jabber:client`
+/// element, so within our own depth limits).
+pub(crate) fn parse_stanza(text: &str) -> Option<Element> {
+    let el: Element = text.parse().ok()?;
+    (el.ns() == ns::CLIENT).then_some(el)
+}
+
+/// Gives a message an XEP-0359 origin-id if it has none, so that every retry of it carries
+/// the same id and the receiving server can drop duplicates.
+pub(crate) fn ensure_origin_id(el: &mut Element) {
+    if el.name() != "message" || el.has_child("origin-id", ns::SID) {
+        return;
+    }
+    let id: String = rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(20)
+        .map(char::from)
+        .collect();
+    el.append_child(
+        Element::builder("origin-id", ns::SID)
+            .attr(stanza::name("id"), id)
+            .build(),
+    );
+}
+
+/// A rustls client configuration that accepts any certificate: on server-to-server streams
+/// dialback (XEP-0220) proves the peer's domain, TLS only encrypts.
+fn no_verify_client_config() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyCertificate(provider.clone()));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_no_client_auth()
+        });
+    match config {
+        Ok(c) => Arc::new(c),
+        // The ring provider supports the default versions; this cannot fail.
+        Err(_) => Arc::new(
+            rustls::ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))))
+                .with_no_client_auth(),
+        ),
+    }
+}
+
+/// Accepts the peer's certificate whatever it is, but still checks that the handshake is
+/// signed by its key (otherwise TLS would not even bind the session to that certificate).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
