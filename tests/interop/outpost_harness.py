@@ -28,7 +28,7 @@ DEFAULT_BIN = os.path.join(
 )
 DOMAIN = "localhost"
 
-LISTEN_RE = re.compile(r"^listening\s+(c2s-starttls|c2s-tls)\s+(\S+)\s*$")
+LISTEN_RE = re.compile(r"^listening\s+(c2s-starttls|c2s-tls|s2s)\s+(\S+)\s*$")
 
 START_TIMEOUT = float(os.environ.get("OUTPOST_START_TIMEOUT", "30"))
 STOP_TIMEOUT = float(os.environ.get("OUTPOST_STOP_TIMEOUT", "10"))
@@ -54,7 +54,8 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def render_config(workdir: Path, overrides: str = "") -> str:
+def render_config(workdir: Path, overrides: str = "", domain: str = DOMAIN,
+                  s2s_listen: str | None = None) -> str:
     """The TOML configuration for one test server.
 
     Key names follow outpost.example.toml. ``overrides`` is appended
@@ -62,12 +63,13 @@ def render_config(workdir: Path, overrides: str = "") -> str:
     data_dir = workdir / "data"
     return f"""\
 # Written by tests/interop (outpost_harness.py)
-domains = ["{DOMAIN}"]
+domains = ["{domain}"]
 data_dir = "{data_dir}"
 
 [listen]
 c2s = ["127.0.0.1:0"]
 c2s_tls = ["127.0.0.1:0"]
+{f's2s = ["{s2s_listen}"]' if s2s_listen else ""}
 
 [registration]
 enabled = true
@@ -89,6 +91,9 @@ class OutpostServer:
     workdir: Path
     binary: str = field(default_factory=outpost_bin)
     config_overrides: str = ""
+    domain: str = DOMAIN
+    # An s2s listener address (federation must be enabled in config_overrides).
+    s2s_listen: str | None = None
     proc: subprocess.Popen | None = None
     listeners: dict[str, tuple[str, int]] = field(default_factory=dict)
     stdout_lines: list[str] = field(default_factory=list)
@@ -102,7 +107,8 @@ class OutpostServer:
         self.log_path = self.workdir / "outpost.stderr.log"
         self.stdout_path = self.workdir / "outpost.stdout.log"
         self.data_dir = self.workdir / "data"
-        self.config_path.write_text(render_config(self.workdir, self.config_overrides))
+        self.config_path.write_text(render_config(
+            self.workdir, self.config_overrides, self.domain, self.s2s_listen))
 
     # ---------------------------------------------------------------- paths
     @property
@@ -117,18 +123,22 @@ class OutpostServer:
     def tls_addr(self) -> tuple[str, int]:
         return self.listeners["c2s-tls"]
 
+    @property
+    def s2s_addr(self) -> tuple[str, int]:
+        return self.listeners["s2s"]
+
     # ------------------------------------------------------------ lifecycle
     def add_user_cli(self, localpart: str, password: str, timeout: float = 30) -> None:
         """``outpost user add`` (password on stdin)."""
         res = subprocess.run(
-            [self.binary, "user", "add", f"{localpart}@{DOMAIN}",
+            [self.binary, "user", "add", f"{localpart}@{self.domain}",
              "--password-stdin", "--config", str(self.config_path)],
             input=password + "\n", capture_output=True, text=True, timeout=timeout,
             env=server_env(),
         )
         if res.returncode != 0:
             raise RuntimeError(
-                f"outpost user add {localpart}@{DOMAIN} failed "
+                f"outpost user add {localpart}@{self.domain} failed "
                 f"(exit {res.returncode}):\nstdout: {res.stdout}\nstderr: {res.stderr}"
             )
 
@@ -165,6 +175,8 @@ class OutpostServer:
 
         deadline = time.monotonic() + timeout
         wanted = {"c2s-starttls", "c2s-tls"}
+        if self.s2s_listen:
+            wanted.add("s2s")
         while not wanted <= self.listeners.keys():
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -34,6 +34,22 @@ if ! command -v go-sendxmpp >/dev/null 2>&1; then
     fi
 fi
 
+# 2b. Prosody, the peer of the federation tests (Debian's package). The tests run it as
+# their own process with their own configuration, never the system service.
+if ! command -v prosody >/dev/null 2>&1 || ! command -v prosodyctl >/dev/null 2>&1; then
+    echo "interop: installing prosody" >&2
+    if [[ $(id -u) -eq 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q prosody >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prosody >/dev/null; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q prosody >/dev/null
+    fi
+    # A package install may start the system service on the ports the tests use.
+    if command -v service >/dev/null 2>&1; then
+        service prosody stop >/dev/null 2>&1 || true
+    fi
+fi
+
 # 3. The server binary.
 if [[ -z "${OUTPOST_BIN:-}" ]]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"

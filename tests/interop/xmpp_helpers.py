@@ -149,7 +149,9 @@ class Client(ClientXMPP):
                  mech: str | None = None, register: bool = False,
                  plugins: Iterable[str] = (), initial_presence: bool = True,
                  request_roster: bool = True):
-        jid = bare(localpart) + (f"/{resource}" if resource else "")
+        # Any server object with cert_path, starttls_addr (and domain) will do.
+        domain = getattr(server, "domain", DOMAIN)
+        jid = f"{localpart}@{domain}" + (f"/{resource}" if resource else "")
         plugin_config: dict[str, dict] = {}
         if mech:
             plugin_config["feature_mechanisms"] = {"use_mech": mech}
@@ -333,7 +335,7 @@ class Client(ClientXMPP):
     async def ping_server(self, timeout: float = DEFAULT_TIMEOUT) -> None:
         """An XEP-0199 round trip to the server; also a barrier: everything
         this client sent before has been read and processed by its session."""
-        await self["xep_0199"].send_ping(DOMAIN, timeout=timeout)
+        await self["xep_0199"].send_ping(self.boundjid.domain, timeout=timeout)
 
 
 def _condition(data: Any) -> str | None:
