@@ -1,5 +1,6 @@
 //! The `outpost` binary: runs the server (`outpost serve`), administers accounts
-//! (`outpost user …`) and inspects the configuration (`outpost config …`).
+//! (`outpost user …`), inspects the configuration (`outpost config …`) and the links to
+//! other servers (`outpost admin links`).
 //!
 //! This is the only place that reads arguments, the environment and files, and the only
 //! place that installs a tracing subscriber; the libraries take a typed
@@ -8,6 +9,7 @@
 //! Exit status: 0 on success, 2 for an unusable configuration or bad arguments (nothing has
 //! been bound or written then), 1 for any other failure.
 
+mod admin;
 mod load;
 mod serve;
 mod tls;
@@ -40,6 +42,9 @@ enum Command {
     /// Manage accounts in the server's store (works while the server runs).
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Inspect the server: `admin links` shows the health of server-to-server links.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve::run(&config),
         Command::User(command) => user::run(command),
+        Command::Admin(command) => admin::run(command),
         Command::Config(command) => config_command(command),
     };
     match result {

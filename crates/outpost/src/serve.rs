@@ -59,6 +59,7 @@ async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
     // database is created.
     let identity = crate::tls::load_identity(&config)?;
     let store = open_store(&config).await?;
+    let links_path = config.links_status_path();
     let handle = ServerHandle::start(config, store, identity)
         .await
         .context("cannot start the server")?;
@@ -72,7 +73,12 @@ async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
-    termination.wait().await;
+    // The links' state for `outpost admin links`, until termination.
+    tokio::select! {
+        () = termination.wait() => {}
+        () = crate::admin::publish_links(&handle, &links_path) => {}
+    }
+    crate::admin::remove_links_file(&links_path);
     tracing::info!("shutting down");
     handle.shutdown().await;
     tracing::info!("stopped");

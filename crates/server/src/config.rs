@@ -537,6 +537,12 @@ impl Config {
         self.data_dir.join("dialback-secret")
     }
 
+    /// Where `outpost serve` publishes the state of its server-to-server links for
+    /// `outpost admin links`: `<data_dir>/links.json`.
+    pub fn links_status_path(&self) -> PathBuf {
+        self.data_dir.join("links.json")
+    }
+
     /// Whether `domain` (already normalised) is one of ours.
     pub fn serves_domain(&self, domain: &str) -> bool {
         self.domains.iter().any(|d| d == domain)

@@ -24,6 +24,7 @@ mod session;
 mod throttle;
 mod tls;
 
+pub use s2s::{LinkState, LinkStatus};
 pub use tls::TlsIdentity;
 
 use std::collections::HashSet;
@@ -224,6 +225,23 @@ impl ServerHandle {
         if let Some(fed) = &self.shared.federation {
             fed.set_peer_address(domain, addr);
         }
+    }
+
+    /// The state of every server-to-server link this process runs or the store has
+    /// figures for, with its queue (from the store). Empty when federation is off and
+    /// nothing was ever queued.
+    pub async fn link_statuses(&self) -> Result<Vec<LinkStatus>, ServerError> {
+        let stats = self.shared.store.outbox_stats().await?;
+        Ok(match &self.shared.federation {
+            Some(fed) => fed.board.snapshot(stats),
+            None => s2s::LinkBoard::new().snapshot(stats),
+        })
+    }
+
+    /// Marked changed whenever a link changes state (not when its queue does). `None`
+    /// when federation is off.
+    pub fn link_changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
+        self.shared.federation.as_ref().map(|f| f.board.subscribe())
     }
 
     /// Number of bound client sessions.

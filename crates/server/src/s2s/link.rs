@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::conn::Conn;
-use super::{Federation, LinkCmd, now_ms, parse_stanza};
+use super::{Federation, LinkCmd, LinkState, now_ms, parse_stanza};
 use crate::Shared;
 use crate::config::AckWithoutSm;
 
@@ -50,7 +50,7 @@ pub(super) async fn run(
     local: String,
     remote: String,
     mut rx: mpsc::Receiver<LinkCmd>,
-    wake: Arc<Notify>,
+    wake: Arc<super::Wakers>,
 ) {
     let span = tracing::info_span!("s2s_out", %local, %remote);
     async move {
@@ -64,6 +64,8 @@ pub(super) async fn run(
         let mut held: VecDeque<LinkCmd> = VecDeque::new();
         // The last state logged: a link's ups and downs are logged once each, not per retry.
         let mut logged_up: Option<bool> = None;
+        // Why the link was last logged as failing: a new reason is logged, a repeat is not.
+        let mut logged_reason: Option<String> = None;
         loop {
             // Wait for something to send.
             loop {
@@ -73,13 +75,14 @@ pub(super) async fn run(
                 if !held.is_empty() || queue_nonempty(&shared, &local, &remote).await {
                     break;
                 }
+                fed.board.set(&local, &remote, LinkState::Idle, None);
                 tokio::select! {
                     () = shared.shutdown.cancelled() => return,
                     cmd = rx.recv() => match cmd {
                         Some(cmd) => held.push_back(cmd),
                         None => return,
                     },
-                    () = wake.notified() => {}
+                    () = wake.work.notified() => {}
                 }
             }
             let outcome = Box::pin(attempt(
@@ -88,7 +91,7 @@ pub(super) async fn run(
                 &local,
                 &remote,
                 &mut rx,
-                &wake,
+                &wake.work,
                 &mut held,
                 &mut logged_up,
             ))
@@ -110,12 +113,16 @@ pub(super) async fn run(
                 if !queue_nonempty(&shared, &local, &remote).await {
                     continue;
                 }
-            } else if logged_up != Some(false) {
-                warn!(reason, "link down; will retry");
+            } else if logged_up != Some(false) || logged_reason.as_deref() != Some(&reason) {
+                // Once when the link goes down, and again only if the reason changes.
+                warn!(reason, retry_in = ?backoff, "link down; will retry");
                 logged_up = Some(false);
+                logged_reason = Some(reason.clone());
             } else {
                 debug!(reason, retry_in = ?backoff, "link still down");
             }
+            fed.board
+                .set(&local, &remote, LinkState::Backoff, Some(reason));
             // Back off, but probe the peer meanwhile and come back at once when it
             // connects to us (proactive recovery).
             let deadline = Instant::now() + backoff;
@@ -124,7 +131,7 @@ pub(super) async fn run(
                 tokio::select! {
                     () = shared.shutdown.cancelled() => return,
                     () = tokio::time::sleep_until(deadline) => break,
-                    () = wake.notified() => break,
+                    () = wake.reachable.notified() => break,
                     cmd = rx.recv() => match cmd {
                         Some(cmd @ LinkCmd::Verify { .. }) => {
                             // The peer is asking for dialback, so it is up.
@@ -225,6 +232,7 @@ async fn attempt(
         healthy: false,
         reason,
     };
+    fed.board.set(local, remote, LinkState::Connecting, None);
     let tcp = match fed.tcp_connect(remote).await {
         Ok(t) => t,
         Err(e) => return failed(format!("cannot connect: {e}")),
@@ -261,6 +269,8 @@ async fn attempt(
     let policy = fed.config.ack_without_sm;
     let mut ended_healthy = true;
     let outcome_reason;
+    // A cause found before the stream closed, better than how it closed.
+    let mut failure: Option<String> = None;
     let mut buf = vec![0u8; READ_CHUNK];
     'stream: loop {
         while let Some(event) = st.proto.poll_event() {
@@ -291,6 +301,7 @@ async fn attempt(
                 Event::Ready { stream_management } => {
                     st.ready = true;
                     st.sm = stream_management;
+                    fed.board.set(local, remote, LinkState::Up, None);
                     if *logged_up != Some(true) {
                         info!(stream_management, "link up");
                         *logged_up = Some(true);
@@ -326,7 +337,9 @@ async fn attempt(
                     }
                 }
                 Event::AuthFailed { reason } => {
-                    info!(reason, "authentication failed");
+                    // Logged by the caller with the link's other failures, once per change.
+                    debug!(reason, "authentication failed");
+                    failure = Some(format!("dialback failed: {reason}"));
                 }
                 Event::PeerStreamError { condition, .. } => {
                     debug!(condition, "peer sent a stream error");
@@ -466,10 +479,15 @@ async fn attempt(
             () = tokio::time::sleep_until(timer) => {
                 if !st.ready {
                     st.proto.close(Some("connection-timeout"), Some("negotiation took too long"));
+                    failure = Some("negotiation timed out".to_owned());
                     ended_healthy = false;
                 } else if !st.in_flight.is_empty() {
-                    warn!(outstanding = st.in_flight.len(), "peer does not acknowledge; reconnecting");
+                    debug!(outstanding = st.in_flight.len(), "peer does not acknowledge; reconnecting");
                     st.proto.close(Some("connection-timeout"), Some("no acknowledgement"));
+                    failure = Some(format!(
+                        "peer acknowledged nothing for {}s",
+                        ACK_TIMEOUT.as_secs()
+                    ));
                     ended_healthy = false;
                 } else if Instant::now() >= st.last_activity + IDLE_CLOSE {
                     st.proto.close(None, None);
@@ -482,6 +500,6 @@ async fn attempt(
     conn.shutdown().await;
     Outcome::Ended {
         healthy: ended_healthy,
-        reason: outcome_reason,
+        reason: failure.unwrap_or(outcome_reason),
     }
 }

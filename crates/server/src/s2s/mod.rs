@@ -10,6 +10,10 @@
 //!   `federation.ack_without_sm` says. It backs off exponentially after failures, probes a
 //!   down peer with TCP connects while its queue is not empty, and is woken at once when
 //!   the peer connects to us.
+//! - `status` holds each link's state (up, connecting, backoff, idle, with the last
+//!   failure) as the link task reports it; [`crate::ServerHandle::link_statuses`] joins it
+//!   with the store's queue figures. A link logs a failure when it goes down or the reason
+//!   changes, not on every retry.
 //! - `inbound` accepts peers' streams (`S2sIncoming`), verifies their dialback keys over our
 //!   own link to the claimed domain, answers `db:verify` for ours, deduplicates messages by
 //!   XEP-0359 origin-id and delivers what arrives through the same code as client stanzas.
@@ -26,6 +30,7 @@
 mod conn;
 mod inbound;
 mod link;
+mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,6 +51,8 @@ use crate::Shared;
 use crate::config::{FederationConfig, split_host_port};
 
 pub(crate) use inbound::serve as serve_inbound;
+pub(crate) use status::LinkBoard;
+pub use status::{LinkState, LinkStatus};
 
 /// Best-effort stanzas and dialback verifications a link holds while it connects.
 const LINK_CHANNEL: usize = 256;
@@ -72,7 +79,17 @@ pub(crate) enum LinkCmd {
 
 struct LinkHandle {
     tx: mpsc::Sender<LinkCmd>,
-    wake: Arc<Notify>,
+    wake: Arc<Wakers>,
+}
+
+/// Two reasons to wake a link, kept apart so that new messages for a peer that is down do
+/// not cut its back-off short: only a sign that the peer is reachable again does.
+#[derive(Default)]
+pub(crate) struct Wakers {
+    /// New stanzas are queued.
+    pub(crate) work: Notify,
+    /// The peer connected to us: it is reachable now (proactive recovery).
+    pub(crate) reachable: Notify,
 }
 
 /// The registry of server-to-server links.
@@ -84,6 +101,8 @@ pub(crate) struct Federation {
     links: Mutex<HashMap<(String, String), LinkHandle>>,
     tls_client: Arc<rustls::ClientConfig>,
     tracker: TaskTracker,
+    /// Each link's state, for operators.
+    pub(crate) board: status::LinkBoard,
 }
 
 /// Unix time in milliseconds, the store's clock.
@@ -112,6 +131,7 @@ impl Federation {
             links: Mutex::new(HashMap::new()),
             tls_client: no_verify_client_config(),
             tracker,
+            board: status::LinkBoard::new(),
         }
     }
 
@@ -159,7 +179,7 @@ impl Federation {
         shared: &Arc<Shared>,
         local: &str,
         remote: &str,
-    ) -> (mpsc::Sender<LinkCmd>, Arc<Notify>) {
+    ) -> (mpsc::Sender<LinkCmd>, Arc<Wakers>) {
         let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         let key = (local.to_owned(), remote.to_owned());
         if let Some(h) = links.get(&key)
@@ -168,7 +188,8 @@ impl Federation {
             return (h.tx.clone(), h.wake.clone());
         }
         let (tx, rx) = mpsc::channel(LINK_CHANNEL);
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wakers::default());
+        self.board.set(local, remote, LinkState::Idle, None);
         self.tracker.spawn(link::run(
             shared.clone(),
             local.to_owned(),
@@ -186,17 +207,18 @@ impl Federation {
         (tx, wake)
     }
 
-    /// Tells the link for a pair that there is work, or that the peer is reachable again.
+    /// Tells the link for a pair that there is work.
     pub(crate) fn wake(&self, shared: &Arc<Shared>, local: &str, remote: &str) {
         let (_, wake) = self.link(shared, local, remote);
-        wake.notify_one();
+        wake.work.notify_one();
     }
 
     /// Wakes the link for a pair if it exists: a peer that connected to us is reachable.
     pub(crate) fn wake_existing(&self, local: &str, remote: &str) {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = links.get(&(local.to_owned(), remote.to_owned())) {
-            h.wake.notify_one();
+            h.wake.work.notify_one();
+            h.wake.reachable.notify_one();
         }
     }
 
@@ -235,7 +257,7 @@ impl Federation {
     pub(crate) fn send(&self, shared: &Arc<Shared>, local: &str, remote: &str, el: Element) {
         let (tx, wake) = self.link(shared, local, remote);
         match tx.try_send(LinkCmd::Stanza(el)) {
-            Ok(()) => wake.notify_one(),
+            Ok(()) => wake.work.notify_one(),
             Err(
                 mpsc::error::TrySendError::Full(LinkCmd::Stanza(el))
                 | mpsc::error::TrySendError::Closed(LinkCmd::Stanza(el)),
@@ -267,7 +289,7 @@ impl Federation {
         if tx.try_send(cmd).is_err() {
             return DialbackVerdict::Error("resource-constraint");
         }
-        wake.notify_one();
+        wake.work.notify_one();
         match tokio::time::timeout(VERIFY_TIMEOUT, answer).await {
             Ok(Ok(true)) => DialbackVerdict::Valid,
             Ok(Ok(false)) => DialbackVerdict::Invalid,
