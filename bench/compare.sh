@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Runs every outpost-bench scenario against Outpost, Prosody and ejabberd, one server after
+# the other on loopback, with the same domain, users, limits and parameters, and writes a
+# Markdown table (absolute figures, Outpost ÷ each peer, the machine) to $OUT/table.md.
+#
+#   bench/compare.sh                       # defaults below
+#   IDLE_N=19000 RUNS=5 bench/compare.sh   # any parameter by environment
+#   TLS=1 bench/compare.sh                 # STARTTLS on every connection, for every server
+#
+# Installs Prosody and ejabberd from Debian's packages when missing. Each server runs as its
+# own process with its own configuration and data under $OUT/<server>/ (never the system
+# service), and is stopped by its own pid (Outpost, Prosody) or `ejabberdctl stop`.
+#
+# Phases: for each server, provision users (in-band registration, XEP-0077) and a roster
+# (RFC 6121 subscriptions), then throughput, login storm, offline flush and roster login
+# (RUNS times), then idle, from a fresh start on the provisioned data; once every server's
+# saturation is known, the latency scenario runs against each at LAT_FRACTION of the
+# slowest server's throughput.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+: "${IDLE_N:=10000}"          # a. idle connections (the hard fd limit here is 20,000)
+: "${PAIRS:=50}"              # b/c. sender→receiver pairs
+: "${WINDOW:=20}"             # b. messages in flight per pair
+: "${WARMUP:=3}"              # b/c. seconds before measuring
+: "${DURATION:=10}"           # b/c. seconds measured
+: "${LAT_FRACTION:=0.25}"     # c. rate = this × the slowest server's msgs/s
+: "${LAT_RATE:=}"             # c. or a fixed aggregate rate (msgs/s)
+: "${LOGIN_N:=1000}"          # d. logins per pass
+: "${LOGIN_CONC:=50}"         # d. logins in flight
+: "${OFFLINE_COUNT:=10000}"   # e. offline messages
+: "${CONTACTS:=1000}"         # f. roster size
+: "${ONLINE:=500}"            # f. contacts online
+: "${RUNS:=3}"                # repetitions of b–f (the table shows medians)
+: "${ITERATIONS:=4096}"       # SCRAM iteration count, every server
+: "${TLS:=0}"                 # 1: STARTTLS on every connection
+: "${THREADS:=1}"             # generator runtime threads
+: "${SERVERS:=outpost prosody ejabberd}"
+: "${PROFILE:=release}"       # cargo profile of the binaries
+: "${SKIP_BUILD:=0}"          # 1: use the binaries already built
+: "${OUT:=$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
+
+# shellcheck source=bench/servers.sh
+source "$ROOT/bench/servers.sh"
+USERS_N=$(( IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS ))
+USERS_N=$(( USERS_N > LOGIN_N ? USERS_N : LOGIN_N ))
+
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+# ------------------------------------------------------------------ prerequisites
+
+if ! command -v prosody >/dev/null || ! command -v ejabberdctl >/dev/null; then
+    log "installing prosody and ejabberd from Debian's packages"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody ejabberd >/dev/null
+fi
+
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "building outpost and outpost-bench ($PROFILE)"
+    cargo build --profile "$PROFILE" -p outpost -p outpost-bench 2>&1 | tail -n 2 >&2
+fi
+PROFILE_DIR=$PROFILE
+[[ $PROFILE == dev ]] && PROFILE_DIR=debug
+OUTPOST=$CARGO_TARGET_DIR/$PROFILE_DIR/outpost
+BENCH=$CARGO_TARGET_DIR/$PROFILE_DIR/outpost-bench
+
+# One file descriptor per connection on each side, plus slack.
+ulimit -n "$(ulimit -Hn)"
+FDS=$(ulimit -n)
+if (( IDLE_N + 200 > FDS )); then
+    die "IDLE_N=$IDLE_N needs more than the $FDS file descriptors allowed here (ulimit -Hn)"
+fi
+# Past ~28,000 connections one source address runs out of ports.
+SRC_IPS=""
+if (( IDLE_N > 25000 )); then
+    SRC_IPS="127.0.0.2,127.0.0.3,127.0.0.4"
+fi
+
+# A certificate for Prosody and ejabberd (Outpost makes its own); used only with TLS=1.
+CERT_DIR=$OUT/cert
+mkdir -p "$CERT_DIR"
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$DOMAIN" \
+    -addext "subjectAltName=DNS:$DOMAIN" \
+    -keyout "$CERT_DIR/key.pem" -out "$CERT_DIR/cert.pem" 2>/dev/null
+cat "$CERT_DIR/cert.pem" "$CERT_DIR/key.pem" >"$CERT_DIR/both.pem"
+chmod 644 "$CERT_DIR"/*.pem
+
+# ------------------------------------------------------------------ the run
+
+for s in $SERVERS; do
+    log "$s: starting"
+    start_server "$s"
+    log "$s: provisioning u1..u$USERS_N, rc1..rc$CONTACTS, ro1, off1, off2"
+    bench "$s" register --prefix u -n "$USERS_N" --concurrency 50
+    bench "$s" register --prefix rc -n "$CONTACTS" --concurrency 50
+    bench "$s" register --prefix ro -n 1
+    bench "$s" register --prefix off -n 2
+    bench "$s" roster-setup --owner ro1 --contact-prefix rc --contacts "$CONTACTS"
+    # Measure from a fresh start with the provisioned data, as after a restart.
+    "stop_$s"
+    start_server "$s"
+    for r in $(seq 1 "$RUNS"); do
+        log "$s: run $r/$RUNS: b. throughput, d. login, e. offline, f. roster"
+        bench "$s" throughput --pairs "$PAIRS" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION"
+        bench "$s" login -n "$LOGIN_N" --concurrency "$LOGIN_CONC" --mech SCRAM-SHA-1
+        bench "$s" offline --count "$OFFLINE_COUNT"
+        bench "$s" roster --owner ro1 --contact-prefix rc --contacts "$CONTACTS" --online "$ONLINE" --runs 1
+    done
+    # Last: holding many sessions leaves some servers with a larger heap afterwards
+    # (Prosody's Lua GC then costs more per message), which would skew what follows.
+    log "$s: a. idle, $IDLE_N connections"
+    bench "$s" idle -n "$IDLE_N" --concurrency 200
+    log "$s: stopping"
+    "stop_$s"
+done
+
+if [[ -z $LAT_RATE ]]; then
+    LAT_RATE=$(python3 "$ROOT/bench/report.py" --slowest-rate "$LAT_FRACTION" "$OUT" $SERVERS)
+fi
+log "c. latency at $LAT_RATE msgs/s for every server"
+for s in $SERVERS; do
+    start_server "$s"
+    for r in $(seq 1 "$RUNS"); do
+        bench "$s" latency --pairs "$PAIRS" --rate "$LAT_RATE" --warmup "$WARMUP" --duration "$DURATION"
+    done
+    "stop_$s"
+done
+
+# ------------------------------------------------------------------ the machine and the table
+
+{
+    echo "cores=$(nproc)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+    echo "memory=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "kernel=$(uname -r)"
+    echo "outpost=$("$OUTPOST" --version | awk '{print $2}') ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates || echo '+uncommitted'))"
+    echo "prosody=$(dpkg-query -W -f '${Version}' prosody) (Lua $(dpkg-query -W -f '${Version}' lua5.4 2>/dev/null || echo '?'))"
+    echo "ejabberd=$(dpkg-query -W -f '${Version}' ejabberd) (Erlang/OTP $(dpkg-query -W -f '${Version}' erlang-base))"
+    echo "rustc=$(rustc --version | awk '{print $2}')"
+    echo "tls=$TLS"
+    echo "iterations=$ITERATIONS"
+    echo "params=IDLE_N=$IDLE_N PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION LAT_RATE=$LAT_RATE LOGIN_N=$LOGIN_N LOGIN_CONC=$LOGIN_CONC OFFLINE_COUNT=$OFFLINE_COUNT CONTACTS=$CONTACTS ONLINE=$ONLINE RUNS=$RUNS THREADS=$THREADS"
+} >"$OUT/machine.txt"
+
+python3 "$ROOT/bench/report.py" "$OUT" $SERVERS >"$OUT/table.md"
+log "results in $OUT (table.md, <server>.jsonl)"
+cat "$OUT/table.md"

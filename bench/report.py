@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Builds the Markdown comparison table from a compare.sh run.
+
+    report.py OUT_DIR SERVER...                    # the table, on stdout
+    report.py --slowest-rate FRACTION OUT_DIR SERVER...   # FRACTION x the slowest msgs/s
+
+Reads OUT_DIR/<server>.jsonl (one JSON object per outpost-bench run) and OUT_DIR/machine.txt.
+Where a scenario ran several times the table shows the median, and the number of runs.
+"""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def load(out, server):
+    rows = {}
+    path = Path(out) / f"{server}.jsonl"
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        rows.setdefault(r.get("scenario", "error"), []).append(r)
+    return rows
+
+
+def get(r, path):
+    for k in path.split("."):
+        if not isinstance(r, dict) or k not in r:
+            return None
+        r = r[k]
+    return r
+
+
+def med(rows, path):
+    vals = [v for v in (get(r, path) for r in rows) if isinstance(v, (int, float))]
+    return statistics.median(vals) if vals else None
+
+
+def slowest_rate(fraction, out, servers):
+    rates = [med(load(out, s).get("throughput", []), "msgs_per_s") for s in servers]
+    rates = [r for r in rates if r]
+    if not rates:
+        return 1000
+    return max(1, round(float(fraction) * min(rates)))
+
+
+def fmt(v, digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and abs(v) >= 100:
+        return f"{v:,.0f}"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if digits else f"{v:.0f}"
+    return f"{v:,}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def main(argv):
+    if argv and argv[0] == "--slowest-rate":
+        print(slowest_rate(argv[1], argv[2], argv[3:]))
+        return
+    out, servers = argv[0], argv[1:]
+    data = {s: load(out, s) for s in servers}
+    machine = {}
+    mpath = Path(out) / "machine.txt"
+    if mpath.exists():
+        for line in mpath.read_text().splitlines():
+            k, _, v = line.partition("=")
+            machine[k] = v
+
+    # (label, scenario, json path, unit scale, digits, "lower"/"higher" is better)
+    rows = [
+        ("a. idle: server memory per connection (KiB)", "idle", "server_bytes_per_conn", 1 / 1024, 1, "lower"),
+        ("b. throughput: delivered msgs/s", "throughput", "msgs_per_s", 1, 0, "higher"),
+        ("b. latency at saturation, p99 (ms)", "throughput", "latency_at_saturation.p99_ms", 1, 2, "lower"),
+        ("c. latency p50 (ms)", "latency", "latency.p50_ms", 1, 3, "lower"),
+        ("c. latency p99 (ms)", "latency", "latency.p99_ms", 1, 3, "lower"),
+        ("c. latency p99.9 (ms)", "latency", "latency.p999_ms", 1, 3, "lower"),
+        ("d. login storm, SCRAM-SHA-1: logins/s", "login", "logins_per_s", 1, 0, "higher"),
+        ("e. offline flush of {count} messages (s)", "offline", "flush_from_connect_s", 1, 3, "lower"),
+        ("e. storing them while offline: msgs/s", "offline", "store_msgs_per_s", 1, 0, "higher"),
+        ("f. roster login: all {online} presences (s)", "roster", "median_all_presences_s", 1, 3, "lower"),
+    ]
+    first = lambda sc, path: next((get(r, path) for s in servers for r in data[s].get(sc, []) if get(r, path) is not None), None)  # noqa: E731
+    count = first("offline", "count")
+    online = first("roster", "online")
+    peers = [s for s in servers if s != "outpost"]
+
+    print(f"| Scenario | {' | '.join(servers)} | {' | '.join('outpost ÷ ' + p for p in peers)} |")
+    print("|---" * (1 + len(servers) + len(peers)) + "|")
+    for label, sc, path, scale, digits, better in rows:
+        label = label.format(count=f"{count:,}" if count else "N", online=online or "N")
+        vals = {}
+        for s in servers:
+            v = med(data[s].get(sc, []), path)
+            vals[s] = v * scale if v is not None else None
+        cells = [fmt(vals[s], digits) for s in servers]
+        ratios = [ratio(vals.get("outpost"), vals[p]) for p in peers]
+        print(f"| {label} ({better} is better) | {' | '.join(cells)} | {' | '.join(ratios)} |")
+
+    print()
+    print("Checks (every run): offline messages missing / duplicated / out of order, "
+          "throughput and latency messages undelivered or out of order, login and idle errors.")
+    print()
+    print(f"| Check | {' | '.join(servers)} |")
+    print("|---" * (1 + len(servers)) + "|")
+    checks = [
+        ("idle: connected / alive at end / N", lambda d: "; ".join(
+            f"{r.get('connected')}/{r.get('alive_at_end')}/{r.get('n')}" for r in d.get("idle", []))),
+        ("offline: missing, duplicates, in order", lambda d: "; ".join(
+            f"{r.get('missing')}, {r.get('duplicates')}, {'yes' if r.get('in_order') else 'NO'}"
+            for r in d.get("offline", []))),
+        ("throughput: undelivered, out of order", lambda d: "; ".join(
+            f"{r.get('undelivered_after_drain')}, {r.get('out_of_order')}" for r in d.get("throughput", []))),
+        ("latency: undelivered, out of order, rate", lambda d: "; ".join(
+            f"{r.get('undelivered_after_drain')}, {r.get('out_of_order')}, {r.get('achieved_rate')}/s"
+            for r in d.get("latency", []))),
+        ("login: errors (pass 2), SCRAM iterations", lambda d: "; ".join(
+            f"{get(r, 'pass2.errors')}, {r.get('scram_iterations_seen')}" for r in d.get("login", []))),
+        ("roster: items, presences", lambda d: "; ".join(
+            f"{x.get('roster_items')}, {x.get('presences')}" for r in d.get("roster", []) for x in r.get("runs", []))),
+        ("errors reported", lambda d: "; ".join(r.get("error", "")[:80] for r in d.get("error", [])) or "none"),
+    ]
+    for label, f in checks:
+        print(f"| {label} | {' | '.join(f(data[s]) or '–' for s in servers)} |")
+
+    print()
+    print("CPU during each measurement, in % of one core (the machine has "
+          f"{machine.get('cores', '?')}): generator / server / everything else. "
+          "Generator µs of CPU per delivered message in brackets.")
+    print()
+    print(f"| Phase | {' | '.join(servers)} |")
+    print("|---" * (1 + len(servers)) + "|")
+    phases = [
+        ("a. idle logins", "idle", "login_phase"),
+        ("b. throughput", "throughput", "usage"),
+        ("c. latency", "latency", "usage"),
+        ("d. login storm (pass 2)", "login", "pass2.usage"),
+        ("e. offline flush", "offline", "flush_phase"),
+        ("f. roster login", "roster", "usage"),
+    ]
+    for label, sc, path in phases:
+        cells = []
+        for s in servers:
+            rows_ = data[s].get(sc, [])
+            g = med(rows_, path + ".generator_cpu_pct")
+            sv = med(rows_, path + ".server_cpu_pct")
+            o = med(rows_, path + ".other_cpu_pct")
+            cell = f"{fmt(g, 0)} / {fmt(sv, 0)} / {fmt(o, 0)}"
+            if sc == "throughput":
+                cell += f" [{fmt(med(rows_, 'generator_us_per_msg'), 2)} µs]"
+            cells.append(cell)
+        print(f"| {label} | {' | '.join(cells)} |")
+
+    print()
+    runs = {s: {sc: len(v) for sc, v in data[s].items()} for s in servers}
+    print("Runs per scenario: " + "; ".join(
+        f"{s}: " + ", ".join(f"{sc} {n}" for sc, n in sorted(runs[s].items())) for s in servers))
+    print()
+    print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if k != "params"))
+    if "params" in machine:
+        print()
+        print(f"Parameters: `{machine['params']}`")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

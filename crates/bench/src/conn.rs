@@ -1,0 +1,574 @@
+//! One client connection: TCP (optionally STARTTLS), stream headers, SASL PLAIN or
+//! SCRAM-SHA-1, resource binding, and reading framed stanzas.
+//!
+//! Each connection keeps a socket, a read buffer that is freed when idle, and a few
+//! counters; there is no per-connection task unless a scenario spawns one.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::frame::{self, FrameKind, Framer};
+use crate::scram::{self, SaltCache, ScramClient};
+
+/// The SASL mechanism used to log in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Mech {
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-1")]
+    ScramSha1,
+}
+
+/// Where and how to connect: shared by every connection of a run.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub domain: String,
+    pub password: String,
+    /// Negotiate STARTTLS (RFC 6120 §5) on every connection.
+    pub tls: bool,
+    /// Loopback source addresses to spread connections over (more than ~28,000
+    /// connections to one port need more than one).
+    pub src_ips: Vec<IpAddr>,
+    /// Server processes whose CPU and memory are sampled.
+    pub server_pids: Vec<u32>,
+    /// Longest wait for any one answer.
+    pub step_timeout: Duration,
+    pub resource: String,
+    /// The mechanism for every login except the login storm's own: SCRAM-SHA-1 by
+    /// default, as real clients prefer it, and because with PLAIN a server that stores
+    /// SCRAM verifiers runs PBKDF2 per login, which inflates what an idle session holds
+    /// (ejabberd's session processes keep the grown heap).
+    pub login_mech: Mech,
+    pub salts: SaltCache,
+    /// SCRAM iteration counts the server asked for (for the report).
+    pub iterations_seen: std::sync::Mutex<std::collections::BTreeSet<u32>>,
+    tls_config: Arc<rustls::ClientConfig>,
+    next_src: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Target {
+    pub fn new(addr: SocketAddr, domain: &str, password: &str) -> Target {
+        Target {
+            addr,
+            domain: domain.to_owned(),
+            password: password.to_owned(),
+            tls: false,
+            src_ips: Vec::new(),
+            server_pids: Vec::new(),
+            step_timeout: Duration::from_secs(60),
+            resource: "bench".to_owned(),
+            login_mech: Mech::ScramSha1,
+            salts: SaltCache::default(),
+            iterations_seen: Default::default(),
+            tls_config: Arc::new(insecure_tls_config()),
+            next_src: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// `user@domain`.
+    pub fn jid(&self, user: &str) -> String {
+        format!("{user}@{}", self.domain)
+    }
+
+    pub fn unique(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn header(&self) -> String {
+        format!(
+            "<?xml version='1.0'?><stream:stream to='{}' version='1.0' xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams'>",
+            self.domain
+        )
+    }
+}
+
+/// Errors of one connection, with enough text to see what the server said.
+#[derive(Debug)]
+pub struct XmppError(pub String);
+
+impl std::fmt::Display for XmppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for XmppError {}
+
+impl From<io::Error> for XmppError {
+    fn from(e: io::Error) -> Self {
+        XmppError(format!("I/O: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, XmppError>;
+
+fn err<T>(msg: impl Into<String>) -> Result<T> {
+    Err(XmppError(msg.into()))
+}
+
+fn show(b: &[u8]) -> String {
+    let s = String::from_utf8_lossy(b);
+    s.chars().take(300).collect()
+}
+
+/// Plain TCP or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, b),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// A stanza copied out of the read buffer.
+pub type Stanza = Vec<u8>;
+
+/// One client connection.
+pub struct Conn {
+    pub io: Stream,
+    pub framer: Framer,
+    /// The bare JID once authenticated, the full JID once bound.
+    pub jid: String,
+    /// The features of the current stream.
+    pub features: Vec<u8>,
+    /// The server closed the stream or the socket.
+    pub closed: bool,
+}
+
+impl Conn {
+    /// Opens a TCP connection from the next source address, if any were given.
+    pub async fn connect(t: &Target) -> Result<Conn> {
+        tokio::time::timeout(t.step_timeout, Conn::connect_inner(t))
+            .await
+            .unwrap_or_else(|_| err("timed out connecting"))
+    }
+
+    async fn connect_inner(t: &Target) -> Result<Conn> {
+        let tcp = if t.src_ips.is_empty() {
+            TcpStream::connect(t.addr).await?
+        } else {
+            let i = t.next_src.fetch_add(1, Ordering::Relaxed) as usize % t.src_ips.len();
+            let src = SocketAddr::new(t.src_ips[i], 0);
+            let sock = if src.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            sock.bind(src)
+                .map_err(|e| XmppError(format!("bind {src}: {e}")))?;
+            sock.connect(t.addr).await?
+        };
+        tcp.set_nodelay(true)?;
+        Ok(Conn {
+            io: Stream::Plain(tcp),
+            framer: Framer::new(),
+            jid: String::new(),
+            features: Vec::new(),
+            closed: false,
+        })
+    }
+
+    pub async fn send(&mut self, data: &[u8]) -> Result<()> {
+        self.io.write_all(data).await?;
+        if matches!(self.io, Stream::Tls(_)) {
+            self.io.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the framer; `false` at EOF.
+    pub async fn fill(&mut self) -> Result<bool> {
+        self.framer.compact();
+        let buf = self.framer.buffer_mut();
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16384);
+        }
+        let n = self.io.read_buf(buf).await?;
+        if n == 0 {
+            self.closed = true;
+        }
+        Ok(n > 0)
+    }
+
+    /// The next top-level element, copied; stream errors and closes become errors.
+    pub async fn next_stanza(&mut self, timeout: Duration) -> Result<Stanza> {
+        tokio::time::timeout(timeout, self.next_stanza_inner())
+            .await
+            .unwrap_or_else(|_| err("timed out waiting for the server"))
+    }
+
+    async fn next_stanza_inner(&mut self) -> Result<Stanza> {
+        loop {
+            while let Some(f) = self.framer.next_frame() {
+                let bytes = self.framer.slice(&f);
+                match f.kind {
+                    FrameKind::StreamOpen => {}
+                    FrameKind::StreamClose => {
+                        self.closed = true;
+                        return err("the server closed the stream");
+                    }
+                    FrameKind::Element => {
+                        if frame::qname(bytes) == b"stream:error" {
+                            return err(format!("stream error: {}", show(bytes)));
+                        }
+                        return Ok(bytes.to_vec());
+                    }
+                }
+            }
+            if !self.fill().await? {
+                return err("the server closed the connection");
+            }
+        }
+    }
+
+    /// Reads stanzas until one satisfies `pred`, dropping the others.
+    pub async fn expect(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&[u8]) -> bool,
+    ) -> Result<Stanza> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let s = self.next_stanza(left).await?;
+            if pred(&s) {
+                return Ok(s);
+            }
+        }
+    }
+
+    /// Sends our stream header and reads the server's header and features.
+    pub async fn open(&mut self, t: &Target) -> Result<()> {
+        self.framer.restart();
+        self.send(t.header().as_bytes()).await?;
+        let f = self
+            .expect(t.step_timeout, |s| frame::name(s) == b"features")
+            .await?;
+        self.features = f;
+        Ok(())
+    }
+
+    /// STARTTLS (RFC 6120 §5.4), then a new stream.
+    async fn starttls(&mut self, t: &Target) -> Result<()> {
+        if !frame::contains(&self.features, b"<starttls") {
+            return err("--tls: the server offers no STARTTLS");
+        }
+        self.send(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await?;
+        let answer = self.next_stanza(t.step_timeout).await?;
+        if frame::name(&answer) != b"proceed" {
+            return err(format!("STARTTLS refused: {}", show(&answer)));
+        }
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.io, Stream::Gone) else {
+            return err("TLS twice");
+        };
+        let name = ServerName::try_from(t.domain.clone())
+            .map_err(|e| XmppError(format!("bad domain for TLS: {e}")))?;
+        let tls = TlsConnector::from(t.tls_config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| XmppError(format!("TLS handshake: {e}")))?;
+        self.io = Stream::Tls(Box::new(tls));
+        self.framer = Framer::new();
+        self.open(t).await
+    }
+
+    /// Connects, opens the stream and negotiates TLS if asked: ready for SASL or
+    /// registration.
+    pub async fn connect_open(t: &Target) -> Result<Conn> {
+        let mut c = Conn::connect(t).await?;
+        c.open(t).await?;
+        if t.tls {
+            c.starttls(t).await?;
+        }
+        Ok(c)
+    }
+
+    /// SASL authentication as `user`, then the new stream (RFC 6120 §6.4.6).
+    pub async fn authenticate(&mut self, t: &Target, user: &str, mech: Mech) -> Result<()> {
+        match mech {
+            Mech::Plain => {
+                let payload = B64.encode(format!("\0{user}\0{}", t.password));
+                self.send(
+                    format!(
+                        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+                let answer = self.next_stanza(t.step_timeout).await?;
+                if frame::name(&answer) != b"success" {
+                    return err(format!("PLAIN failed for {user}: {}", show(&answer)));
+                }
+            }
+            Mech::ScramSha1 => {
+                let nonce = format!("{:016x}{:08x}", rand::random::<u64>(), t.unique());
+                let (client, first) = ScramClient::start(user, &nonce);
+                self.send(
+                    format!(
+                        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{first}</auth>"
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+                let challenge = self.next_stanza(t.step_timeout).await?;
+                if frame::name(&challenge) != b"challenge" {
+                    return err(format!("SCRAM failed for {user}: {}", show(&challenge)));
+                }
+                let fin = client
+                    .respond(frame::text(&challenge), &t.password, &t.salts)
+                    .map_err(XmppError)?;
+                t.iterations_seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fin.iterations);
+                self.send(
+                    format!(
+                        "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+                        fin.client_final
+                    )
+                    .as_bytes(),
+                )
+                .await?;
+                let mut answer = self.next_stanza(t.step_timeout).await?;
+                if frame::name(&answer) == b"challenge" {
+                    // Server-final as a challenge, answered with an empty response.
+                    scram::check_server_final(frame::text(&answer), &fin.expected_server_final)
+                        .map_err(XmppError)?;
+                    self.send(b"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+                        .await?;
+                    answer = self.next_stanza(t.step_timeout).await?;
+                }
+                if frame::name(&answer) != b"success" {
+                    return err(format!("SCRAM failed for {user}: {}", show(&answer)));
+                }
+                scram::check_server_final(frame::text(&answer), &fin.expected_server_final)
+                    .map_err(XmppError)?;
+            }
+        }
+        self.jid = t.jid(user);
+        self.open(t).await
+    }
+
+    /// Binds the resource (RFC 6120 §7), and opens the legacy session where a server
+    /// still requires it (RFC 3921 §3; optional everywhere here).
+    pub async fn bind(&mut self, t: &Target) -> Result<()> {
+        self.send(
+            format!(
+                "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+                 <resource>{}</resource></bind></iq>",
+                t.resource
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let reply = self
+            .expect(t.step_timeout, |s| frame::attr(s, "id") == Some(b"bind1"))
+            .await?;
+        if frame::is_error(&reply) {
+            return err(format!("bind failed: {}", show(&reply)));
+        }
+        if let Some(jid) = frame::child_text(&reply, "jid") {
+            self.jid = String::from_utf8_lossy(jid).into_owned();
+        }
+        let f = &self.features;
+        if frame::contains(f, b"urn:ietf:params:xml:ns:xmpp-session")
+            && !frame::contains(f, b"<optional")
+        {
+            self.send(
+                b"<iq type='set' id='sess1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
+            )
+            .await?;
+            self.expect(t.step_timeout, |s| frame::attr(s, "id") == Some(b"sess1"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Connect, authenticate and bind; optionally send initial presence and wait for a ping
+    /// answer, so that everything the server does for the presence is done.
+    pub async fn login(t: &Target, user: &str, mech: Mech, presence: bool) -> Result<Conn> {
+        let mut c = Conn::connect_open(t).await?;
+        c.authenticate(t, user, mech).await?;
+        c.bind(t).await?;
+        if presence {
+            c.send(b"<presence/>").await?;
+            c.barrier(t).await?;
+        }
+        Ok(c)
+    }
+
+    /// A ping to the server (XEP-0199) and its answer: the server has handled everything
+    /// this connection sent before (it handles one stream's input in order).
+    pub async fn barrier(&mut self, t: &Target) -> Result<()> {
+        let id = format!("ping{}", t.unique());
+        self.send(
+            format!(
+                "<iq type='get' id='{id}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>",
+                t.domain
+            )
+            .as_bytes(),
+        )
+        .await?;
+        self.expect(t.step_timeout, |s| {
+            frame::name(s) == b"iq" && frame::attr(s, "id") == Some(id.as_bytes())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// In-band registration (XEP-0077 §3.1) of `user` on a fresh stream. `Ok(true)` if it
+    /// was created, `Ok(false)` if it existed.
+    pub async fn register(t: &Target, user: &str) -> Result<bool> {
+        let mut c = Conn::connect_open(t).await?;
+        c.send(
+            format!(
+                "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'>\
+                 <username>{user}</username><password>{}</password></query></iq>",
+                t.password
+            )
+            .as_bytes(),
+        )
+        .await?;
+        let reply = c
+            .expect(t.step_timeout, |s| frame::attr(s, "id") == Some(b"reg1"))
+            .await?;
+        c.close().await;
+        if frame::attr(&reply, "type") == Some(b"result") {
+            Ok(true)
+        } else if frame::contains(&reply, b"<conflict") {
+            Ok(false)
+        } else {
+            err(format!("registering {user}: {}", show(&reply)))
+        }
+    }
+
+    /// Closes our stream (RFC 6120 §4.4) without waiting for the server's.
+    pub async fn close(&mut self) {
+        if !self.closed {
+            let _ = self.send(b"</stream:stream>").await;
+            let _ = self.io.shutdown().await;
+            self.closed = true;
+        }
+    }
+
+    /// Frees the read buffer (for connections held idle).
+    pub fn shrink(&mut self) {
+        self.framer.shrink();
+        self.features = Vec::new();
+    }
+}
+
+/// A TLS client that accepts any certificate: the servers here are on loopback with
+/// self-signed certificates, and only the cost of TLS is of interest.
+fn insecure_tls_config() -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth()
+}
+
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

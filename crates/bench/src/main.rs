@@ -1,0 +1,368 @@
+//! The `outpost-bench` command: one sub-command per scenario, one JSON object per run on
+//! standard output (and appended to `--out`).
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use outpost_bench::scenarios::{self, users};
+use outpost_bench::{Mech, Target, metrics};
+use serde_json::{Value, json};
+
+/// A lean XMPP c2s load generator. Every target must be on loopback.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 5222)]
+    port: u16,
+    /// The XMPP domain the users live on.
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// Every user's password.
+    #[arg(long, default_value = "benchpass")]
+    password: String,
+    /// STARTTLS on every connection (certificates are not checked).
+    #[arg(long)]
+    tls: bool,
+    /// Comma-separated loopback source addresses to spread connections over.
+    #[arg(long, value_delimiter = ',')]
+    src_ips: Vec<IpAddr>,
+    /// A server process to sample CPU and memory of (repeatable).
+    #[arg(long = "pid")]
+    pids: Vec<u32>,
+    /// A file holding a server pid.
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
+    /// SASL mechanism of the logins that set a scenario up (the login storm has its own).
+    #[arg(long, value_enum, default_value = "SCRAM-SHA-1")]
+    login_mech: Mech,
+    /// Runtime threads of the generator (1: a single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Longest wait for one answer from the server, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
+    /// Hard limit on the whole scenario, in seconds.
+    #[arg(long, default_value_t = 600.0)]
+    max_seconds: f64,
+    /// Free text copied into the result (server name and version).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Append the JSON result to this file too.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Create users <prefix><start>.. by in-band registration (XEP-0077).
+    Register {
+        #[arg(long, default_value = "u")]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        start: usize,
+        #[arg(short, long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
+    /// Give <owner> mutual subscriptions with <contact-prefix>1..<contacts>.
+    RosterSetup {
+        #[arg(long, default_value = "ro1")]
+        owner: String,
+        #[arg(long, default_value = "rc")]
+        contact_prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        contacts: usize,
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
+    /// a. Hold N authenticated, available connections; server RSS per connection.
+    Idle {
+        #[arg(long, default_value = "u")]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        start: usize,
+        #[arg(short, long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 200)]
+        concurrency: usize,
+        /// Seconds to let the server settle before sampling memory.
+        #[arg(long, default_value_t = 3.0)]
+        settle: f64,
+        /// Seconds of memory sampling with all connections held.
+        #[arg(long, default_value_t = 3.0)]
+        hold: f64,
+    },
+    /// b. K pairs, W messages in flight per pair; delivered messages per second.
+    Throughput {
+        #[arg(long, default_value = "u")]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        start: usize,
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        #[arg(long, default_value_t = 20)]
+        window: usize,
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        /// Keep one latency sample per this many deliveries.
+        #[arg(long, default_value_t = 50)]
+        lat_sample: u64,
+    },
+    /// c. The same pairs at a fixed aggregate rate; p50/p99/p99.9 latency.
+    Latency {
+        #[arg(long, default_value = "u")]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        start: usize,
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Messages per second, all pairs together.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// d. Login storm: N logins (connect, SASL, bind, close), twice; logins per second.
+    Login {
+        #[arg(long, default_value = "u")]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        start: usize,
+        #[arg(short, long, default_value_t = 1000)]
+        n: usize,
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        #[arg(long, value_enum, default_value = "SCRAM-SHA-1")]
+        mech: Mech,
+    },
+    /// e. Queue messages for an offline user, then time the flush at login.
+    Offline {
+        #[arg(long, default_value = "off1")]
+        recipient: String,
+        #[arg(long, default_value = "off2")]
+        sender: String,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+    },
+    /// f. A user with many contacts, some online, logs in; time until all presences.
+    Roster {
+        #[arg(long, default_value = "ro1")]
+        owner: String,
+        #[arg(long, default_value = "rc")]
+        contact_prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        contacts: usize,
+        #[arg(long, default_value_t = 500)]
+        online: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+}
+
+fn require_loopback(what: &str, ip: IpAddr) -> anyhow::Result<()> {
+    if !ip.is_loopback() {
+        bail!("refusing {what} {ip}: load may only go to 127.0.0.0/8 or ::1");
+    }
+    Ok(())
+}
+
+fn secs(x: f64) -> Duration {
+    Duration::from_secs_f64(x.max(0.0))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let addr: SocketAddr = (cli.host.as_str(), cli.port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {}", cli.host))?
+        .next()
+        .context("no address")?;
+    require_loopback("target", addr.ip())?;
+    for ip in &cli.src_ips {
+        require_loopback("source address", *ip)?;
+    }
+    let mut pids = cli.pids.clone();
+    if let Some(f) = &cli.pidfile {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        pids.push(text.trim().parse().context("pidfile holds no pid")?);
+    }
+    let mut target = Target::new(addr, &cli.domain, &cli.password);
+    target.tls = cli.tls;
+    target.src_ips = cli.src_ips.clone();
+    target.server_pids = pids;
+    target.step_timeout = secs(cli.timeout);
+    target.login_mech = cli.login_mech;
+    let t = Arc::new(target);
+
+    let rt = if cli.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cli.threads)
+            .enable_all()
+            .build()?
+    };
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let result = rt.block_on(async {
+        tokio::time::timeout(secs(cli.max_seconds), run(&t, &cli.scenario))
+            .await
+            .unwrap_or_else(|_| {
+                Ok(json!({"error": format!("hit --max-seconds={}", cli.max_seconds)}))
+            })
+    });
+    let mut v = match result {
+        Ok(v) => v,
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    if let Value::Object(m) = &mut v {
+        m.insert("label".into(), json!(cli.label));
+        m.insert("target".into(), json!(addr.to_string()));
+        m.insert("domain".into(), json!(cli.domain));
+        m.insert("tls".into(), json!(cli.tls));
+        m.insert("generator_threads".into(), json!(cli.threads.max(1)));
+        m.insert(
+            "generator_peak_rss_kib".into(),
+            json!(metrics::self_peak_rss_kib()),
+        );
+        m.insert("started_unix".into(), json!(started));
+    }
+    let line = serde_json::to_string(&v)?;
+    println!("{line}");
+    if let Some(out) = &cli.out {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .with_context(|| format!("opening {}", out.display()))?;
+        writeln!(f, "{line}")?;
+    }
+    if v.get("error").is_some() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn run(t: &Arc<Target>, s: &Scenario) -> anyhow::Result<Value> {
+    Ok(match s {
+        Scenario::Register {
+            prefix,
+            start,
+            n,
+            concurrency,
+        } => serde_json::to_value(scenarios::register(t, prefix, *start, *n, *concurrency).await)?,
+        Scenario::RosterSetup {
+            owner,
+            contact_prefix,
+            contacts,
+            concurrency,
+        } => {
+            let c = users(contact_prefix, 1, *contacts);
+            serde_json::to_value(scenarios::roster_setup(t, owner, &c, *concurrency).await?)?
+        }
+        Scenario::Idle {
+            prefix,
+            start,
+            n,
+            concurrency,
+            settle,
+            hold,
+        } => serde_json::to_value(
+            scenarios::idle(
+                t,
+                prefix,
+                *start,
+                *n,
+                *concurrency,
+                secs(*settle),
+                secs(*hold),
+            )
+            .await,
+        )?,
+        Scenario::Throughput {
+            prefix,
+            start,
+            pairs,
+            window,
+            warmup,
+            duration,
+            lat_sample,
+        } => serde_json::to_value(
+            scenarios::throughput(
+                t,
+                prefix,
+                *start,
+                *pairs,
+                *window,
+                secs(*warmup),
+                secs(*duration),
+                (*lat_sample).max(1),
+            )
+            .await?,
+        )?,
+        Scenario::Latency {
+            prefix,
+            start,
+            pairs,
+            rate,
+            warmup,
+            duration,
+        } => serde_json::to_value(
+            scenarios::latency(
+                t,
+                prefix,
+                *start,
+                *pairs,
+                *rate,
+                secs(*warmup),
+                secs(*duration),
+            )
+            .await?,
+        )?,
+        Scenario::Login {
+            prefix,
+            start,
+            n,
+            concurrency,
+            mech,
+        } => serde_json::to_value(
+            scenarios::login_storm(t, prefix, *start, *n, *concurrency, *mech).await,
+        )?,
+        Scenario::Offline {
+            recipient,
+            sender,
+            count,
+        } => serde_json::to_value(
+            scenarios::offline(t, recipient, sender, *count, Duration::from_secs(300)).await?,
+        )?,
+        Scenario::Roster {
+            owner,
+            contact_prefix,
+            contacts,
+            online,
+            runs,
+        } => {
+            let c = users(contact_prefix, 1, *contacts);
+            serde_json::to_value(scenarios::roster_login(t, owner, &c, *online, *runs).await?)?
+        }
+    })
+}
