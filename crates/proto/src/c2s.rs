@@ -171,7 +171,12 @@ impl C2sStream {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            // Drained: an idle session keeps no event queue.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Whether [`C2sStream::poll_event`] would return an event, without taking it.

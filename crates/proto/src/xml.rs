@@ -41,9 +41,6 @@ pub const NS_XMPP_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 /// The closing tag of a stream we opened with [`stream_header`] (RFC 6120 §4.4).
 pub const STREAM_CLOSE: &str = "</stream:stream>";
 
-/// An element stack larger than this is freed between stanzas, for the same reason.
-const IDLE_STACK_CAPACITY: usize = 8;
-
 /// Limits on what a peer may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -487,7 +484,7 @@ impl StreamReader {
         self.buf = Vec::new();
         self.pos = 0;
         if self.depth <= 1 {
-            if self.stack.capacity() > IDLE_STACK_CAPACITY {
+            if self.stack.capacity() > 0 {
                 self.stack = Vec::new();
             }
             // rxml keeps token scratch buffers (up to its 8 KiB token limit) and queues; between

@@ -202,7 +202,11 @@ impl Session {
         let was_receiving = self.available && self.priority >= 0;
         self.available = true;
         self.priority = priority;
-        self.presence = Some(el.clone());
+        let mut text = Vec::new();
+        self.presence = outpost_proto::xml::write_stanza(&el, &mut text)
+            .ok()
+            .and_then(|()| String::from_utf8(text).ok())
+            .map(String::into_boxed_str);
         self.shared
             .router
             .set_presence(&jid, self.id, true, priority);
@@ -454,7 +458,7 @@ impl Session {
 
     /// Answers a probe with this resource's presence if the prober may see it.
     fn answer_probe(&mut self, from: &Jid) {
-        let (Some(presence), Some(user)) = (self.presence.clone(), self.user.as_ref()) else {
+        let (Some(presence), Some(user)) = (self.current_presence(), self.user.as_ref()) else {
             return;
         };
         if !self.available || self.blocks(from.as_str()) {

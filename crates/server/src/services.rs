@@ -295,7 +295,7 @@ impl Session {
                 .attr(stanza::name("type"), "unavailable")
                 .build();
             stanza::set_attr(&mut unavailable, "from", jid.as_str());
-            let presence = self.presence.clone();
+            let presence = self.current_presence();
             for item in self.roster.values() {
                 let Ok(contact) = BareJid::new(&item.jid) else {
                     continue;

@@ -222,7 +222,9 @@ pub(crate) struct Session {
     pub(crate) available: bool,
     pub(crate) priority: i8,
     /// The last available presence broadcast, as sent (answers probes).
-    pub(crate) presence: Option<Element>,
+    /// Kept serialised: an element costs about ten times its text, for every idle session,
+    /// and is needed only to answer probes.
+    pub(crate) presence: Option<Box<str>>,
     /// Entities that got directed presence and must hear of unavailability (RFC 6121 §4.6).
     pub(crate) directed: HashSet<Jid>,
     /// The user's roster by contact bare JID, loaded at bind and kept current by pushes.
@@ -577,6 +579,11 @@ impl Session {
             BindOutcome::Bound => self.proto.bind_result(Ok(jid)),
             BindOutcome::TooMany => self.proto.bind_result(Err("resource-constraint")),
         }
+    }
+
+    /// The last available presence broadcast, for answering probes.
+    pub(crate) fn current_presence(&self) -> Option<Element> {
+        self.presence.as_deref().and_then(|p| p.parse().ok())
     }
 
     fn send_ping(&mut self) {
