@@ -60,6 +60,7 @@ async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
     let identity = crate::tls::load_identity(&config)?;
     let store = open_store(&config).await?;
     let links_path = config.links_status_path();
+    let federation = config.federation.enabled;
     let handle = ServerHandle::start(config, store, identity)
         .await
         .context("cannot start the server")?;
@@ -73,12 +74,17 @@ async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
     out.flush()?;
     drop(out);
 
-    // The links' state for `outpost admin links`, until termination.
-    tokio::select! {
-        () = termination.wait() => {}
-        () = crate::admin::publish_links(&handle, &links_path) => {}
+    // The links' state for `outpost admin links`, until termination. Without federation
+    // there are no links, and nothing to keep writing.
+    if federation {
+        tokio::select! {
+            () = termination.wait() => {}
+            () = crate::admin::publish_links(&handle, &links_path) => {}
+        }
+        crate::admin::remove_links_file(&links_path);
+    } else {
+        termination.wait().await;
     }
-    crate::admin::remove_links_file(&links_path);
     tracing::info!("shutting down");
     handle.shutdown().await;
     tracing::info!("stopped");

@@ -204,7 +204,6 @@ async fn start(shared: Arc<Shared>, conn: Conn, peer: SocketAddr, transport: Tra
         offline_pending: None,
         offline_claimed: false,
         ping_outstanding: false,
-        tls_restarted: false,
     });
     session.run(conn, rx).await;
 }
@@ -238,8 +237,6 @@ pub(crate) struct Session {
     /// This session holds the user's offline-delivery claim.
     pub(crate) offline_claimed: bool,
     ping_outstanding: bool,
-    /// STARTTLS just completed: the TLS layer may hold bytes the socket no longer shows.
-    tls_restarted: bool,
 }
 
 impl Session {
@@ -289,8 +286,9 @@ impl Session {
                         Ok(r) => r,
                         Err(end) => break end,
                     };
-                    drain_now = more || self.tls_restarted;
-                    self.tls_restarted = false;
+                    // A STARTTLS handshake happens inside `drain`, which then goes on
+                    // reading the TLS stream until it is empty, so nothing waits unseen.
+                    drain_now = more;
                     if n > 0 {
                         last_read = Instant::now();
                         self.ping_outstanding = false;
@@ -418,7 +416,6 @@ impl Session {
                             None => return Some(End::Io),
                         }
                         self.proto.tls_established();
-                        self.tls_restarted = true;
                     }
                     Event::NeedCredentials { username, domain } => {
                         Box::pin(self.provide_credentials(&username, &domain)).await;
