@@ -75,6 +75,13 @@ pub struct ListenConfig {
     /// Server-to-server listeners offering STARTTLS (RFC 6120 §5), bound only when
     /// `federation.enabled` is set. Default: `["127.0.0.1:5269"]`.
     pub s2s: Vec<SocketAddr>,
+    /// Server-to-server listeners with TLS from the first byte (XEP-0368, ALPN
+    /// `xmpp-server`), bound only when `federation.enabled` is set. Default: none.
+    pub s2s_tls: Vec<SocketAddr>,
+    /// Server-to-server streams over WebSocket (RFC 7395 framing) inside HTTPS, for networks
+    /// where only HTTP(S) passes; Outpost peers only. Bound only when `federation.enabled`
+    /// is set. Default: none.
+    pub s2s_websocket: Vec<SocketAddr>,
 }
 
 impl Default for ListenConfig {
@@ -84,6 +91,8 @@ impl Default for ListenConfig {
             c2s: vec![SocketAddr::new(loopback, 5222)],
             c2s_tls: vec![SocketAddr::new(loopback, 5223)],
             s2s: vec![SocketAddr::new(loopback, 5269)],
+            s2s_tls: Vec::new(),
+            s2s_websocket: Vec::new(),
         }
     }
 }
@@ -277,6 +286,30 @@ pub struct FederationConfig {
     /// What removes a sent stanza from the queue when the peer does not offer stream
     /// management (XEP-0198). Default: `"on-write"`.
     pub ack_without_sm: AckWithoutSm,
+    /// Look up `_xmpps-server._tcp` and `_xmpp-server._tcp` SRV records (XEP-0368, RFC 6120
+    /// §3.2.1) for peers without an entry in `peers`. Default: `true`.
+    pub srv_lookup: bool,
+    /// The DNS server to ask, as `"host:port"`, instead of the system's resolver
+    /// configuration. Default: none (the system's).
+    pub dns_server: Option<String>,
+    /// Where to reach a peer's server-to-server WebSocket endpoint, as a `wss://` URL: the
+    /// path used when direct TCP does not pass. Outpost peers only. Default: none.
+    pub websocket_peers: BTreeMap<String, String>,
+    /// This server's hub: another Outpost server (its domain, reached like any peer) that
+    /// relays stanzas to domains this server cannot reach directly. Default: none.
+    pub hub: Option<String>,
+    /// On a hub: the domains it relays between. A stanza from one of them addressed to
+    /// another is stored and forwarded; a stanza to any other domain is refused. Default:
+    /// none (this server relays nothing).
+    pub relay_for: Vec<String>,
+    /// Peer certificates pinned by domain, as the SHA-256 of the certificate (hex, colons
+    /// allowed). A pinned peer must present exactly that certificate on every stream, and
+    /// may then authenticate with SASL EXTERNAL (XEP-0178). Default: none.
+    pub pinned: BTreeMap<String, String>,
+    /// Domains whose self-signed certificates are accepted when they name the domain: such
+    /// peers authenticate with SASL EXTERNAL, and our links to them check that the
+    /// certificate names them. Default: none.
+    pub trust_self_signed: Vec<String>,
 }
 
 impl Default for FederationConfig {
@@ -292,8 +325,29 @@ impl Default for FederationConfig {
             retry_max_secs: 300,
             probe_interval_secs: 30,
             ack_without_sm: AckWithoutSm::OnWrite,
+            srv_lookup: true,
+            dns_server: None,
+            websocket_peers: BTreeMap::new(),
+            hub: None,
+            relay_for: Vec::new(),
+            pinned: BTreeMap::new(),
+            trust_self_signed: Vec::new(),
         }
     }
+}
+
+/// A SHA-256 certificate fingerprint as operators write it: 64 hex digits, optionally in
+/// pairs separated by colons (the form `openssl x509 -fingerprint -sha256` prints).
+pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 /// How to treat a peer that offers no XEP-0198 acknowledgements.
@@ -366,15 +420,18 @@ impl Config {
             problem("data_dir must not be empty".to_owned());
         }
 
-        let s2s: &[SocketAddr] = if self.federation.enabled {
-            &self.listen.s2s
+        let s2s: Vec<(&str, SocketAddr)> = if self.federation.enabled {
+            (self.listen.s2s.iter().map(|a| ("listen.s2s", *a)))
+                .chain(self.listen.s2s_tls.iter().map(|a| ("listen.s2s_tls", *a)))
+                .chain((self.listen.s2s_websocket.iter()).map(|a| ("listen.s2s_websocket", *a)))
+                .collect()
         } else {
-            &[]
+            Vec::new()
         };
         let listeners: Vec<(&str, SocketAddr)> = (self.listen.c2s.iter())
             .map(|a| ("listen.c2s", *a))
             .chain(self.listen.c2s_tls.iter().map(|a| ("listen.c2s_tls", *a)))
-            .chain(s2s.iter().map(|a| ("listen.s2s", *a)))
+            .chain(s2s.iter().copied())
             .collect();
         if listeners.len() == s2s.len() {
             problem("listen: at least one of listen.c2s and listen.c2s_tls must be set".to_owned());
@@ -470,6 +527,51 @@ impl Config {
                     "federation.peers.\"{domain}\": `{addr}` is not of the form host:port"
                 ));
             }
+        }
+        let canonical_peer = |key: &str, domain: &str, problem: &mut dyn FnMut(String)| {
+            if jid::DomainPart::new(domain).map_or(true, |d| d.as_str() != domain) {
+                problem(format!(
+                    "{key}: `{domain}` is not a domain in canonical form"
+                ));
+            } else if self.serves_domain(domain) {
+                problem(format!("{key}: `{domain}` is one of our own domains"));
+            }
+        };
+        for (domain, url) in &f.websocket_peers {
+            canonical_peer("federation.websocket_peers", domain, &mut problem);
+            if !url.starts_with("wss://") {
+                problem(format!(
+                    "federation.websocket_peers.\"{domain}\": `{url}` is not a wss:// URL"
+                ));
+            }
+        }
+        if let Some(hub) = &f.hub {
+            canonical_peer("federation.hub", hub, &mut problem);
+        }
+        for domain in &f.relay_for {
+            if jid::DomainPart::new(domain).map_or(true, |d| d.as_str() != domain) {
+                problem(format!(
+                    "federation.relay_for: `{domain}` is not a domain in canonical form"
+                ));
+            }
+        }
+        for (domain, pin) in &f.pinned {
+            canonical_peer("federation.pinned", domain, &mut problem);
+            if parse_fingerprint(pin).is_none() {
+                problem(format!(
+                    "federation.pinned.\"{domain}\": not a SHA-256 fingerprint (64 hex digits)"
+                ));
+            }
+        }
+        for domain in &f.trust_self_signed {
+            canonical_peer("federation.trust_self_signed", domain, &mut problem);
+        }
+        if let Some(dns) = &f.dns_server
+            && dns.parse::<SocketAddr>().is_err()
+        {
+            problem(format!(
+                "federation.dns_server: `{dns}` is not an IP address and port"
+            ));
         }
         if f.dialback_secret.as_ref().is_some_and(|s| s.len() < 16) {
             problem("federation.dialback_secret must be at least 16 characters".to_owned());

@@ -54,6 +54,8 @@ pub enum ListenerKind {
     C2sDirectTls,
     /// Server-to-server connections with STARTTLS (RFC 6120 §5), usually port 5269.
     S2s,
+    /// Server-to-server connections with TLS from the first byte (XEP-0368), usually 5270.
+    S2sDirectTls,
 }
 
 impl ListenerKind {
@@ -62,6 +64,7 @@ impl ListenerKind {
             ListenerKind::C2sStartTls => "c2s-starttls",
             ListenerKind::C2sDirectTls => "c2s-tls",
             ListenerKind::S2s => "s2s",
+            ListenerKind::S2sDirectTls => "s2s-tls",
         }
     }
 }
@@ -89,6 +92,9 @@ pub(crate) struct Shared {
     pub(crate) registrations: throttle::RegistrationThrottle,
     pub(crate) tls_starttls: Arc<rustls::ServerConfig>,
     pub(crate) tls_direct: Arc<rustls::ServerConfig>,
+    /// TLS for server-to-server streams: STARTTLS, and direct TLS with ALPN `xmpp-server`.
+    pub(crate) tls_s2s: Arc<rustls::ServerConfig>,
+    pub(crate) tls_s2s_direct: Arc<rustls::ServerConfig>,
     pub(crate) shutdown: CancellationToken,
     /// Server-to-server links, when `federation.enabled`.
     pub(crate) federation: Option<s2s::Federation>,
@@ -134,11 +140,13 @@ impl ServerHandle {
     ) -> Result<ServerHandle, ServerError> {
         let tls_starttls = identity.server_config(&[])?;
         let tls_direct = identity.server_config(&[b"xmpp-client"])?;
+        let tls_s2s = identity.server_config(&[])?;
+        let tls_s2s_direct = identity.server_config(&[b"xmpp-server"])?;
         let mut listeners = Vec::new();
-        let s2s: &[SocketAddr] = if config.federation.enabled {
-            &config.listen.s2s
+        let (s2s, s2s_tls): (&[SocketAddr], &[SocketAddr]) = if config.federation.enabled {
+            (&config.listen.s2s, &config.listen.s2s_tls)
         } else {
-            &[]
+            (&[], &[])
         };
         let specs = config
             .listen
@@ -152,7 +160,8 @@ impl ServerHandle {
                     .iter()
                     .map(|a| (ListenerKind::C2sDirectTls, *a)),
             )
-            .chain(s2s.iter().map(|a| (ListenerKind::S2s, *a)));
+            .chain(s2s.iter().map(|a| (ListenerKind::S2s, *a)))
+            .chain(s2s_tls.iter().map(|a| (ListenerKind::S2sDirectTls, *a)));
         for (kind, addr) in specs {
             let listener = TcpListener::bind(addr)
                 .await
@@ -186,6 +195,8 @@ impl ServerHandle {
             registrations,
             tls_starttls,
             tls_direct,
+            tls_s2s,
+            tls_s2s_direct,
             shutdown: CancellationToken::new(),
             federation,
             next_session: AtomicU64::new(1),
@@ -275,7 +286,7 @@ async fn accept_loop(
 ) {
     let transport = match kind {
         ListenerKind::C2sStartTls | ListenerKind::S2s => Transport::StartTls,
-        ListenerKind::C2sDirectTls => Transport::DirectTls,
+        ListenerKind::C2sDirectTls | ListenerKind::S2sDirectTls => Transport::DirectTls,
     };
     loop {
         let accepted = tokio::select! {
@@ -299,10 +310,12 @@ async fn accept_loop(
         };
         let shared = shared.clone();
         tracker.spawn(async move {
-            if kind == ListenerKind::S2s {
-                s2s::serve_inbound(shared, tcp, peer).await;
-            } else {
-                session::serve(shared, tcp, peer, transport).await;
+            match kind {
+                ListenerKind::S2s => s2s::serve_inbound(shared, tcp, peer).await,
+                ListenerKind::S2sDirectTls => s2s::serve_inbound_tls(shared, tcp, peer).await,
+                ListenerKind::C2sStartTls | ListenerKind::C2sDirectTls => {
+                    session::serve(shared, tcp, peer, transport).await;
+                }
             }
             drop(permit);
         });

@@ -31,15 +31,38 @@ use crate::delivery;
 const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A peer's connection to the STARTTLS listener.
 pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    serve_conn(shared, Conn::Plain(tcp), peer, Transport::StartTls).await;
+}
+
+/// A peer's connection to the direct TLS listener (XEP-0368): TLS first, then the stream.
+pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let mut conn = Conn::Plain(tcp);
+    if !conn.accept_tls(&shared.tls_s2s_direct).await {
+        debug!(%peer, "direct TLS handshake failed");
+        return;
+    }
+    serve_conn(shared, conn, peer, Transport::DirectTls).await;
+}
+
+/// Runs an incoming stream on `conn`, whatever carries it; `transport` says whether TLS is
+/// still to be negotiated (STARTTLS) or already in place.
+pub(crate) async fn serve_conn(
+    shared: Arc<Shared>,
+    mut conn: Conn,
+    peer: SocketAddr,
+    transport: Transport,
+) {
     let span = tracing::info_span!("s2s_in", %peer);
     async move {
         let Some(fed) = shared.federation.as_ref() else {
             return;
         };
-        let _ = tcp.set_nodelay(true);
         let config = S2sConfig {
-            transport: Transport::StartTls,
+            transport,
             allow_plaintext: !fed.config.require_tls,
             dialback: true,
             sasl_external: false,
@@ -53,7 +76,6 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
             .map(char::from)
             .collect();
         let mut proto = S2sIncoming::new(config, shared.config.domains.clone(), stream_id);
-        let mut conn = Conn::Plain(tcp);
         let (verdict_tx, mut verdicts) = mpsc::channel::<(String, String, DialbackVerdict)>(64);
         let started = Instant::now();
         let mut last_read = started;
@@ -65,7 +87,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr)
                     Event::StartTls => {
                         let out = proto.take_output();
                         if conn.write_all(&out).await.is_err()
-                            || !conn.accept_tls(&shared.tls_starttls).await
+                            || !conn.accept_tls(&shared.tls_s2s).await
                         {
                             debug!("TLS handshake failed");
                             return;

@@ -13,12 +13,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_proto::s2s::{Event, S2sConfig, S2sOutgoing, SendError, Transport, dialback_key};
+use outpost_proto::s2s::{Event, S2sConfig, S2sOutgoing, SendError, dialback_key};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
-use super::conn::Conn;
 use super::{Federation, LinkCmd, LinkState, now_ms, parse_stanza};
 use crate::Shared;
 use crate::config::AckWithoutSm;
@@ -143,7 +142,7 @@ pub(super) async fn run(
                     },
                     _ = probe.tick() => {
                         if queue_nonempty(&shared, &local, &remote).await
-                            && fed.tcp_connect(&remote).await.is_ok()
+                            && super::direct::probe(fed, &remote).await
                         {
                             debug!("probe connected; retrying now");
                             break;
@@ -233,13 +232,12 @@ async fn attempt(
         reason,
     };
     fed.board.set(local, remote, LinkState::Connecting, None);
-    let tcp = match fed.tcp_connect(remote).await {
-        Ok(t) => t,
-        Err(e) => return failed(format!("cannot connect: {e}")),
+    let (mut conn, transport) = match super::direct::connect(fed, remote).await {
+        Ok(c) => c,
+        Err(e) => return failed(e),
     };
-    let _ = tcp.set_nodelay(true);
     let config = S2sConfig {
-        transport: Transport::StartTls,
+        transport,
         allow_plaintext: !fed.config.require_tls,
         dialback: true,
         // Not yet: we present a certificate, but nothing decides which peers verify it.
@@ -247,7 +245,6 @@ async fn attempt(
         stream_management: true,
         ..S2sConfig::default()
     };
-    let mut conn = Conn::Plain(tcp);
     let now = Instant::now();
     let mut st = Stream {
         proto: S2sOutgoing::new(config, local, remote),

@@ -28,6 +28,7 @@
 //! certificates (XEP-0178) is not offered or used yet.
 
 mod conn;
+mod direct;
 mod inbound;
 mod link;
 mod status;
@@ -42,7 +43,6 @@ use outpost_proto::stanza::{self, ns};
 use outpost_store::StoreError;
 use rand::Rng;
 use rand::distr::Alphanumeric;
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -50,7 +50,7 @@ use tracing::{info, warn};
 use crate::Shared;
 use crate::config::{FederationConfig, split_host_port};
 
-pub(crate) use inbound::serve as serve_inbound;
+pub(crate) use inbound::{serve as serve_inbound, serve_tls as serve_inbound_tls};
 pub(crate) use status::LinkBoard;
 pub use status::{LinkState, LinkStatus};
 
@@ -139,38 +139,19 @@ impl Federation {
         &self.secret
     }
 
+    /// `domain`'s entry in `federation.peers`, as (host, port).
+    fn peer_override(&self, domain: &str) -> Option<(String, u16)> {
+        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
+        let (host, port) = split_host_port(peers.get(domain)?)?;
+        Some((host.to_owned(), port))
+    }
+
     /// Sets or replaces where `domain`'s server is reached, as `host:port`.
     pub(crate) fn set_peer_address(&self, domain: &str, addr: &str) {
         self.peers
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(domain.to_owned(), addr.to_owned());
-    }
-
-    /// The address to dial for `domain`: its override, else the domain itself on 5269
-    /// (RFC 6120 §3.2.2 fallback; DNS SRV is not looked up yet).
-    fn address_of(&self, domain: &str) -> (String, u16) {
-        let peers = self.peers.read().unwrap_or_else(|p| p.into_inner());
-        match peers.get(domain).and_then(|a| split_host_port(a)) {
-            Some((host, port)) => (host.to_owned(), port),
-            None => (domain.to_owned(), 5269),
-        }
-    }
-
-    async fn tcp_connect(&self, domain: &str) -> std::io::Result<TcpStream> {
-        let (host, port) = self.address_of(domain);
-        match tokio::time::timeout(
-            Duration::from_secs(10),
-            TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            )),
-        }
     }
 
     /// The link for a pair, started if it does not run yet.
