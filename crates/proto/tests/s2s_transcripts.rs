@@ -13,8 +13,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use outpost_proto::minidom::Element;
 use outpost_proto::s2s::{
-    AuthMethod, DialbackVerdict, Event, S2sConfig, S2sIncoming, S2sOutgoing, SendError, Transport,
-    dialback_key,
+    AuthMethod, DialbackVerdict, Event, RelayPolicy, S2sConfig, S2sIncoming, S2sOutgoing,
+    SendError, Transport, dialback_key,
 };
 use outpost_proto::stanza::{self, ns};
 use outpost_proto::xml::{Limits, NS_XMPP_STREAMS, StreamReader, XmlEvent};
@@ -571,6 +571,127 @@ fn hosted_domain_not_authenticated_for_the_peer_is_invalid_from() {
     link.pump();
     let answer = link.inject("<message from='alice@a.example' to='carol@c.example'/>");
     assert_eq!(stream_error(&answer).as_deref(), Some("invalid-from"));
+}
+
+/// The hub `h.example` relays between A and `c.example`.
+const HUB: &str = "h.example";
+const C: &str = "c.example";
+
+/// A site A's stream to the hub, both sides configured for relaying.
+fn link_to_hub(relay_for: &[&str]) -> Link {
+    let mut out_config = config();
+    out_config.relay.outgoing = true;
+    let mut hub_config = config();
+    hub_config.relay = RelayPolicy {
+        relay_for: relay_for.iter().map(|d| (*d).to_owned()).collect(),
+        ..RelayPolicy::default()
+    };
+    let mut link = Link::new(
+        S2sOutgoing::new(out_config, A, HUB),
+        S2sIncoming::new(hub_config, vec![HUB.to_owned()], "hub-1".to_owned()),
+        SECRET_A,
+    );
+    link.pump();
+    assert_eq!(ready_events(&link.out_events), vec![true]);
+    link
+}
+
+#[test]
+fn hub_accepts_a_stanza_for_another_relayed_domain() {
+    let mut link = link_to_hub(&[A, C]);
+    let seq = link
+        .out
+        .send_stanza(&message("alice@a.example/pc", "carol@c.example", "via hub"))
+        .expect("a relaying stream may address another domain");
+    link.out.request_ack();
+    link.pump();
+    let got = stanzas(&link.inc_events);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attr("to"), Some("carol@c.example"));
+    assert_eq!(got[0].ns(), ns::CLIENT);
+    assert!(
+        link.out_events
+            .iter()
+            .any(|e| matches!(e, Event::Acked { h } if *h == seq))
+    );
+    assert_eq!(closed(&link.inc_events), None);
+}
+
+#[test]
+fn hub_refuses_a_domain_it_does_not_relay_for() {
+    let mut link = link_to_hub(&[A, C]);
+    let answer = link.inject("<message from='alice@a.example' to='dave@d.example'/>");
+    assert_eq!(stream_error(&answer).as_deref(), Some("host-unknown"));
+}
+
+#[test]
+fn hub_refuses_a_sender_it_does_not_relay_for() {
+    // A authenticated, but the hub relays only for C and another domain.
+    let mut link = link_to_hub(&[C, "d.example"]);
+    let answer = link.inject("<message from='alice@a.example' to='carol@c.example'/>");
+    assert_eq!(stream_error(&answer).as_deref(), Some("host-unknown"));
+}
+
+#[test]
+fn hub_relaying_does_not_let_a_peer_spoof_another_sender() {
+    // A may relay, but only as A: a `from` at C is not authenticated on this stream.
+    let mut link = link_to_hub(&[A, C, "d.example"]);
+    let answer = link.inject("<message from='carol@c.example' to='dave@d.example'/>");
+    assert_eq!(stream_error(&answer).as_deref(), Some("host-unknown"));
+    assert!(stanzas(&link.inc_events).is_empty());
+}
+
+/// The hub's stream to site C, C trusting the hub.
+fn hub_to_site(trusted: &[&str]) -> Link {
+    let mut out_config = config();
+    out_config.relay.outgoing = true;
+    let mut site_config = config();
+    site_config.relay.trusted_hubs = trusted.iter().map(|d| (*d).to_owned()).collect();
+    let mut link = Link::new(
+        S2sOutgoing::new(out_config, HUB, C),
+        S2sIncoming::new(site_config, vec![C.to_owned()], "c-1".to_owned()),
+        SECRET_B,
+    );
+    link.pump();
+    assert_eq!(ready_events(&link.out_events), vec![true]);
+    link
+}
+
+#[test]
+fn site_accepts_relayed_stanzas_from_its_trusted_hub() {
+    let mut link = hub_to_site(&[HUB]);
+    link.out
+        .send_stanza(&message("alice@a.example/pc", "carol@c.example", "relayed"))
+        .expect("the hub's stream carries other senders");
+    link.pump();
+    let got = stanzas(&link.inc_events);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].attr("from"), Some("alice@a.example/pc"));
+    assert_eq!(closed(&link.inc_events), None);
+}
+
+#[test]
+fn site_refuses_relayed_stanzas_from_an_untrusted_peer() {
+    let mut link = hub_to_site(&[]);
+    let answer = link.inject("<message from='alice@a.example' to='carol@c.example'/>");
+    assert_eq!(stream_error(&answer).as_deref(), Some("invalid-from"));
+}
+
+#[test]
+fn trusted_hub_cannot_speak_for_the_sites_own_domain() {
+    let mut link = hub_to_site(&[HUB]);
+    let answer = link.inject("<message from='eve@c.example' to='carol@c.example'/>");
+    assert_eq!(stream_error(&answer).as_deref(), Some("invalid-from"));
+}
+
+#[test]
+fn outgoing_without_relay_refuses_other_addresses() {
+    let mut link = dialback_link();
+    assert_eq!(
+        link.out
+            .send_stanza(&message("alice@a.example", "carol@c.example", "x")),
+        Err(SendError::WrongAddress)
+    );
 }
 
 #[test]

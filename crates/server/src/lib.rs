@@ -140,8 +140,8 @@ impl ServerHandle {
     ) -> Result<ServerHandle, ServerError> {
         let tls_starttls = identity.server_config(&[])?;
         let tls_direct = identity.server_config(&[b"xmpp-client"])?;
-        let tls_s2s = identity.server_config(&[])?;
-        let tls_s2s_direct = identity.server_config(&[b"xmpp-server"])?;
+        let tls_s2s = identity.s2s_server_config(&[])?;
+        let tls_s2s_direct = identity.s2s_server_config(&[b"xmpp-server"])?;
         let mut listeners = Vec::new();
         let (s2s, s2s_tls): (&[SocketAddr], &[SocketAddr]) = if config.federation.enabled {
             (&config.listen.s2s, &config.listen.s2s_tls)
@@ -183,10 +183,14 @@ impl ServerHandle {
         );
         let connections = Arc::new(Semaphore::new(limits.max_connections));
         let tracker = TaskTracker::new();
-        let federation = config
-            .federation
-            .enabled
-            .then(|| s2s::Federation::new(&config.federation, tracker.clone()));
+        let federation = match config.federation.enabled {
+            true => Some(s2s::Federation::new(
+                &config,
+                Some(&identity),
+                tracker.clone(),
+            )?),
+            false => None,
+        };
         let shared = Arc::new(Shared {
             config,
             store,

@@ -48,6 +48,9 @@ pub(crate) enum ToSession {
     Replaced,
     /// The account was removed: close the stream.
     AccountRemoved,
+    /// The link to another domain came (back) up: send current presence to subscribers
+    /// there, and (`probe`, for one resource per user) probe the contacts there.
+    LinkRestored { domain: Arc<str>, probe: bool },
 }
 
 /// Why [`Router::send_to_full`] could not deliver; the message comes back.
@@ -245,6 +248,35 @@ impl Router {
             .filter(|r| r.available && r.priority >= 0 && (all_nonnegative || r.priority == best))
             .map(|r| (r.jid.clone(), r.tx.clone()))
             .collect()
+    }
+
+    /// Tells every available session of a user at `domain` what `msg` makes, which gets
+    /// `true` for the first resource of each user. Returns how many were told. Each shard
+    /// is locked only while its channels are collected.
+    pub(crate) fn each_available(&self, domain: &str, msg: impl Fn(bool) -> ToSession) -> usize {
+        let mut told = 0;
+        for shard in &self.shards {
+            let targets: Vec<(bool, SessionTx)> = {
+                let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+                shard
+                    .users
+                    .iter()
+                    .filter(|(bare, _)| bare.domain().as_str() == domain)
+                    .flat_map(|(_, list)| {
+                        list.iter()
+                            .filter(|r| r.available)
+                            .enumerate()
+                            .map(|(i, r)| (i == 0, r.tx.clone()))
+                    })
+                    .collect()
+            };
+            for (first, tx) in targets {
+                if deliver(&tx, msg(first)).is_ok() {
+                    told += 1;
+                }
+            }
+        }
+        told
     }
 
     /// Number of bound sessions (for metrics and tests).

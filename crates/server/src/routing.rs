@@ -453,6 +453,50 @@ impl Session {
                 self.proto
                     .close(Some("not-authorized"), Some("account removed"));
             }
+            ToSession::LinkRestored { domain, probe } => self.link_restored(&domain, probe),
+        }
+    }
+
+    /// A link to `domain` came (back) up: what either side believes of the other's
+    /// presence may be stale, so tell subscribers there ours again and, once per user,
+    /// probe the contacts there (RFC 6121 §4.2.2, §4.3).
+    fn link_restored(&mut self, domain: &str, probe: bool) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        if !self.available {
+            return;
+        }
+        let at_domain = |jid: &str| {
+            BareJid::new(jid)
+                .ok()
+                .filter(|b| b.domain().as_str() == domain)
+        };
+        if let Some(presence) = self.current_presence() {
+            let subscribers: Vec<BareJid> = self
+                .subscribers()
+                .into_iter()
+                .filter(|b| b.domain().as_str() == domain)
+                .collect();
+            for contact in subscribers {
+                self.send_presence_to_bare(&presence, &contact);
+            }
+        }
+        if probe {
+            let contacts: Vec<BareJid> = self
+                .roster
+                .values()
+                .filter(|i| matches!(i.subscription, Subscription::To | Subscription::Both))
+                .filter_map(|i| at_domain(&i.jid))
+                .collect();
+            for contact in contacts {
+                let mut probe = Element::builder("presence", ns::CLIENT)
+                    .attr(stanza::name("type"), "probe")
+                    .build();
+                stanza::set_attr(&mut probe, "from", user.as_str());
+                stanza::set_attr(&mut probe, "to", contact.as_str());
+                send_remote(&self.shared, probe);
+            }
         }
     }
 

@@ -38,9 +38,10 @@ impl TlsIdentity {
         })
     }
 
-    /// A rustls configuration for this identity. `alpn` lists the protocols offered
-    /// (XEP-0368 asks direct-TLS clients to use `xmpp-client`).
-    pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, ServerError> {
+    /// The certificate chain and key, parsed.
+    pub(crate) fn parts(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ServerError> {
         let certs = CertificateDer::pem_slice_iter(self.cert_chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ServerError::Tls(format!("bad certificate PEM: {e}")))?;
@@ -49,11 +50,41 @@ impl TlsIdentity {
         }
         let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
             .map_err(|e| ServerError::Tls(format!("bad private key PEM: {e}")))?;
+        Ok((certs, key))
+    }
+
+    /// A rustls configuration for this identity. `alpn` lists the protocols offered
+    /// (XEP-0368 asks direct-TLS clients to use `xmpp-client`).
+    pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, ServerError> {
+        self.build(alpn, None)
+    }
+
+    /// The same for server-to-server listeners: peers are asked for a client certificate,
+    /// which is checked later against `federation.pinned` / `trust_self_signed` (see
+    /// `s2s::trust`) for SASL EXTERNAL; peers without one still connect.
+    pub(crate) fn s2s_server_config(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, ServerError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        self.build(alpn, Some(Arc::new(crate::s2s::AnyClientCert(provider))))
+    }
+
+    fn build(
+        &self,
+        alpn: &[&[u8]],
+        client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<Arc<ServerConfig>, ServerError> {
+        let (certs, key) = self.parts()?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| ServerError::Tls(e.to_string()))?
-            .with_no_client_auth()
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        let builder = match client_auth {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
             .with_single_cert(certs, key)
             .map_err(|e| ServerError::Tls(format!("certificate and key do not match: {e}")))?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

@@ -718,12 +718,25 @@ impl S2sIncoming {
             return;
         };
         if !self.domains.contains(&to_domain) {
-            self.close(Some("host-unknown"), None);
-            return;
-        }
-        if !self.is_authenticated(&from_domain, &to_domain) {
-            self.close(Some("invalid-from"), None);
-            return;
+            // A hub forwards between the domains it relays for (see "Relaying").
+            let relay = &self.config.relay.relay_for;
+            let relayed = relay.contains(&from_domain)
+                && relay.contains(&to_domain)
+                && from_domain != to_domain
+                && self.authenticated.iter().any(|(p, _)| *p == from_domain);
+            if !relayed {
+                self.close(Some("host-unknown"), None);
+                return;
+            }
+        } else if !self.is_authenticated(&from_domain, &to_domain) {
+            // A trusted hub speaks for other domains, never for ours.
+            let via_hub = !self.domains.contains(&from_domain)
+                && (self.config.relay.trusted_hubs.iter())
+                    .any(|hub| self.is_authenticated(hub, &to_domain));
+            if !via_hub {
+                self.close(Some("invalid-from"), None);
+                return;
+            }
         }
         if self.sm.enabled {
             self.sm.inbound = self.sm.inbound.wrapping_add(1);

@@ -61,6 +61,21 @@
 //! stanza library bound to `jabber:client`) sees the difference. A stanza that arrives in
 //! `jabber:client` on a server stream is `invalid-namespace`.
 //!
+//! # Relaying
+//!
+//! Outpost sites that cannot reach each other directly may go through a hub: another
+//! Outpost server both trust. Authentication stays per pair (site ↔ hub); what changes is
+//! addressing, under [`RelayPolicy`]:
+//! - a site's [`S2sOutgoing`] to its hub (`relay.outgoing`) writes stanzas addressed to
+//!   other domains; the hub's [`S2sIncoming`] accepts a stanza whose `to` is not a domain
+//!   it hosts only when both the sender's authenticated domain and the `to` domain are in
+//!   `relay.relay_for` (else `host-unknown`, as without relaying);
+//! - the hub's [`S2sOutgoing`] to the destination site (`relay.outgoing`) writes stanzas
+//!   whose `from` is the original sender's domain; the site's [`S2sIncoming`] accepts a
+//!   `from` outside the authenticated pair only on a stream where a domain in
+//!   `relay.trusted_hubs` authenticated for the `to` domain, and never a `from` at one of
+//!   its own domains (`invalid-from`).
+//!
 //! # Dialback (XEP-0220)
 //!
 //! The three roles map onto the two machines:
@@ -141,6 +156,23 @@ pub struct S2sConfig {
     pub stream_management: bool,
     /// Stanza size and depth limits for what the peer sends.
     pub limits: Limits,
+    /// Relaying through a hub (see "Relaying" above). Empty or off by default.
+    pub relay: RelayPolicy,
+}
+
+/// Who may carry stanzas for domains other than the stream's authenticated pair.
+#[derive(Clone, Debug, Default)]
+pub struct RelayPolicy {
+    /// Incoming, on a hub: domains that may send stanzas addressed to one another through
+    /// us. A stanza from an authenticated peer in this list, addressed to another domain in
+    /// it that we do not host, is yielded like any other; the server forwards it.
+    pub relay_for: Vec<String>,
+    /// Incoming, on a site: hubs trusted to relay for other domains. A stanza on a pair
+    /// authenticated for one of these hubs may carry any `from` domain but our own.
+    pub trusted_hubs: Vec<String>,
+    /// Outgoing: this stream goes to a hub (or is a hub's stream to a site), so stanzas
+    /// need not be addressed from our local to its remote domain.
+    pub outgoing: bool,
 }
 
 impl Default for S2sConfig {
@@ -158,6 +190,7 @@ impl Default for S2sConfig {
                 max_stanza_bytes: 512 * 1024,
                 max_depth: 64,
             },
+            relay: RelayPolicy::default(),
         }
     }
 }

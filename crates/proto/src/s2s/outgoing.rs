@@ -210,7 +210,13 @@ impl S2sOutgoing {
         }
         let from = el.attr("from").and_then(common::jid_domain);
         let to = el.attr("to").and_then(common::jid_domain);
-        if from.as_deref() != Some(self.local.as_str()) || to.as_deref() != Some(&self.remote) {
+        let addressed = if self.config.relay.outgoing {
+            // Through a hub: any sender and destination, as long as both are there.
+            from.is_some() && to.is_some()
+        } else {
+            from.as_deref() == Some(self.local.as_str()) && to.as_deref() == Some(&self.remote)
+        };
+        if !addressed {
             return Err(SendError::WrongAddress);
         }
         let wire = common::renamespace(el.clone(), ns::CLIENT, ns::SERVER);

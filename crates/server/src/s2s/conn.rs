@@ -104,6 +104,18 @@ impl Conn {
         }
     }
 
+    /// The certificate the peer presented in the TLS handshake (its leaf), if any.
+    pub(super) fn peer_certificate(&self) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        let certs = match self {
+            Conn::Server(s) => s.get_ref().1.peer_certificates(),
+            Conn::Client(s) => s.get_ref().1.peer_certificates(),
+            Conn::Plain(_) | Conn::Detached => None,
+        };
+        certs
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned())
+    }
+
     pub(super) async fn shutdown(&mut self) {
         let shut = async {
             let _ = match self {

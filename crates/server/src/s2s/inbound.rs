@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use jid::Jid;
 use minidom::Element;
-use outpost_proto::s2s::{DialbackVerdict, Event, S2sConfig, S2sIncoming, Transport, dialback_key};
+use outpost_proto::s2s::{DialbackVerdict, Event, S2sIncoming, Transport, dialback_key};
 use outpost_proto::stanza::{self, ns};
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -61,14 +61,7 @@ pub(crate) async fn serve_conn(
         let Some(fed) = shared.federation.as_ref() else {
             return;
         };
-        let config = S2sConfig {
-            transport,
-            allow_plaintext: !fed.config.require_tls,
-            dialback: true,
-            sasl_external: false,
-            stream_management: true,
-            ..S2sConfig::default()
-        };
+        let config = fed.incoming_config(transport);
         // Unpredictable, because dialback keys are bound to it (RFC 6120 §4.7.3).
         let stream_id: String = rand::rng()
             .sample_iter(Alphanumeric)
@@ -94,8 +87,15 @@ pub(crate) async fn serve_conn(
                         }
                         proto.tls_established();
                     }
-                    // SASL EXTERNAL is not offered yet: dialback authenticates.
-                    Event::CheckCertificate { .. } => proto.certificate_checked(false),
+                    // XEP-0178: EXTERNAL only for a certificate our policy accepts for the
+                    // domain the peer claims (see `trust`); otherwise dialback.
+                    Event::CheckCertificate { domain } => {
+                        let ok = conn
+                            .peer_certificate()
+                            .is_some_and(|cert| fed.trust.accepts(&domain, &cert));
+                        debug!(%domain, ok, "peer certificate checked");
+                        proto.certificate_checked(ok);
+                    }
                     Event::DialbackRequest {
                         from,
                         to,
@@ -131,7 +131,31 @@ pub(crate) async fn serve_conn(
                         // The peer reached us, so our way to it may work again too.
                         fed.wake_existing(&local, &peer);
                     }
-                    Event::Stanza(el) => Box::pin(deliver_inbound(&shared, el)).await,
+                    Event::Stanza(el) => {
+                        let relay_to = el
+                            .attr("to")
+                            .and_then(|t| Jid::new(t).ok())
+                            .map(|t| t.domain().as_str().to_owned())
+                            .filter(|d| !shared.config.serves_domain(d));
+                        match relay_to {
+                            // S2sIncoming let it through: we are the hub between the two.
+                            Some(to_domain) => {
+                                let from_domain = el
+                                    .attr("from")
+                                    .and_then(|f| Jid::new(f).ok())
+                                    .map(|f| f.domain().as_str().to_owned());
+                                let local = proto
+                                    .authenticated()
+                                    .iter()
+                                    .find(|(p, _)| Some(p) == from_domain.as_ref())
+                                    .map(|(_, l)| l.clone());
+                                if let Some(local) = local {
+                                    Box::pin(super::relay(&shared, el, &local, &to_domain)).await;
+                                }
+                            }
+                            None => Box::pin(deliver_inbound(&shared, el)).await,
+                        }
+                    }
                     Event::PeerStreamError { condition, .. } => {
                         debug!(condition, "peer sent a stream error");
                     }

@@ -13,11 +13,14 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use outpost_proto::s2s::{Event, S2sConfig, S2sOutgoing, SendError, dialback_key};
-use tokio::sync::{Notify, mpsc, oneshot};
+use outpost_proto::s2s::{
+    Event, RelayPolicy, S2sConfig, S2sOutgoing, SendError, Transport, dialback_key,
+};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
+use super::conn::Conn;
 use super::{Federation, LinkCmd, LinkState, now_ms, parse_stanza};
 use crate::Shared;
 use crate::config::AckWithoutSm;
@@ -29,6 +32,11 @@ const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// A peer that acknowledges nothing for this long while stanzas are outstanding is treated
 /// as broken: the stream is closed and the stanzas are sent again on a new one.
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Acknowledgements this late make the link ask again and try a fresh connection on the
+/// side: if that one gets through while the stream stays silent, the stream died without
+/// a sound (a partition that dropped packets instead of refusing them) and is replaced at
+/// once, instead of waiting for TCP's retransmission back-off or for [`ACK_TIMEOUT`].
+const ACK_SUSPECT: Duration = Duration::from_secs(5);
 /// A stream with nothing to carry for this long is closed politely.
 const IDLE_CLOSE: Duration = Duration::from_secs(600);
 const READ_CHUNK: usize = 16 * 1024;
@@ -37,11 +45,124 @@ const READ_CHUNK: usize = 16 * 1024;
 enum Outcome {
     Shutdown,
     /// The stream ended; `healthy` when it became ready and was not closed for failing to
-    /// acknowledge.
+    /// acknowledge. `recheck` when it ended because better paths may work again.
     Ended {
         healthy: bool,
         reason: String,
+        recheck: bool,
     },
+}
+
+/// One way to reach the peer, in order of preference (see the module docs of `s2s`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// A TCP connection to the peer's server.
+    Direct,
+    /// WebSocket inside HTTPS to the peer's server (`federation.websocket_peers`).
+    WebSocket,
+    /// A TCP connection to our hub, which relays (`federation.hub`).
+    Hub,
+    /// WebSocket inside HTTPS to our hub.
+    HubWebSocket,
+}
+
+impl Path {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::WebSocket => "websocket",
+            Path::Hub => "hub",
+            Path::HubWebSocket => "hub-websocket",
+        }
+    }
+
+    fn via_hub(self) -> bool {
+        matches!(self, Path::Hub | Path::HubWebSocket)
+    }
+
+    /// The paths configured for `remote`, best first: the peer itself before the hub,
+    /// plain TCP before WebSocket (cheaper, and what every XMPP server speaks).
+    fn candidates(fed: &Federation, remote: &str) -> Vec<Path> {
+        let mut paths = vec![Path::Direct];
+        if fed.config.websocket_peers.contains_key(remote) {
+            paths.push(Path::WebSocket);
+        }
+        if let Some(hub) = fed.config.hub.as_deref()
+            && hub != remote
+        {
+            paths.push(Path::Hub);
+            if fed.config.websocket_peers.contains_key(hub) {
+                paths.push(Path::HubWebSocket);
+            }
+        }
+        paths
+    }
+
+    /// The domain the stream on this path is opened to.
+    fn peer<'a>(self, fed: &'a Federation, remote: &'a str) -> &'a str {
+        match (self.via_hub(), fed.config.hub.as_deref()) {
+            (true, Some(hub)) => hub,
+            _ => remote,
+        }
+    }
+
+    /// Opens a connection on this path.
+    async fn open(self, fed: &Federation, remote: &str) -> Result<(Conn, Transport), String> {
+        let peer = self.peer(fed, remote);
+        match self {
+            Path::Direct | Path::Hub => super::direct::connect(fed, peer).await,
+            Path::WebSocket | Path::HubWebSocket => super::websocket_connect(fed, peer).await,
+        }
+    }
+
+    /// Whether the path accepts connections again (a TCP connect, no stream).
+    async fn probe(self, fed: &Federation, remote: &str) -> bool {
+        let peer = self.peer(fed, remote);
+        match self {
+            Path::Direct | Path::Hub => super::direct::probe(fed, peer).await,
+            Path::WebSocket | Path::HubWebSocket => super::websocket_probe(fed, peer).await,
+        }
+    }
+}
+
+/// What the link knows of one path: failures back it off on their own, so a broken direct
+/// path does not delay the hub, and a path that works is tried first again.
+struct PathHealth {
+    path: Path,
+    failures: u32,
+    /// Not before this; `None` when the path has not failed since it last worked.
+    retry_at: Option<Instant>,
+    /// The failure last logged for this path: a repeat is not logged again.
+    logged: Option<String>,
+}
+
+impl PathHealth {
+    fn new(path: Path) -> PathHealth {
+        PathHealth {
+            path,
+            failures: 0,
+            retry_at: None,
+            logged: None,
+        }
+    }
+
+    fn eligible(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|t| t <= now)
+    }
+
+    fn worked(&mut self) {
+        self.failures = 0;
+        self.retry_at = None;
+        self.logged = None;
+    }
+
+    /// Records a failure; returns the wait before this path is tried again.
+    fn failed(&mut self, initial: Duration, max: Duration) -> Duration {
+        let wait = initial.saturating_mul(1 << self.failures.min(20)).min(max);
+        self.failures = self.failures.saturating_add(1);
+        self.retry_at = Some(Instant::now() + wait);
+        wait
+    }
 }
 
 pub(super) async fn run(
@@ -59,12 +180,13 @@ pub(super) async fn run(
         let initial = Duration::from_secs(fed.config.retry_initial_secs);
         let max = Duration::from_secs(fed.config.retry_max_secs);
         let probe_every = Duration::from_secs(fed.config.probe_interval_secs);
-        let mut backoff = initial;
+        let mut health: Vec<PathHealth> = Path::candidates(fed, &remote)
+            .into_iter()
+            .map(PathHealth::new)
+            .collect();
         let mut held: VecDeque<LinkCmd> = VecDeque::new();
         // The last state logged: a link's ups and downs are logged once each, not per retry.
         let mut logged_up: Option<bool> = None;
-        // Why the link was last logged as failing: a new reason is logged, a repeat is not.
-        let mut logged_reason: Option<String> = None;
         loop {
             // Wait for something to send.
             loop {
@@ -84,74 +206,131 @@ pub(super) async fn run(
                     () = wake.work.notified() => {}
                 }
             }
-            let outcome = Box::pin(attempt(
-                &shared,
-                fed,
-                &local,
-                &remote,
-                &mut rx,
-                &wake.work,
-                &mut held,
-                &mut logged_up,
-            ))
-            .await;
-            let (healthy, reason) = match outcome {
-                Outcome::Shutdown => return,
-                Outcome::Ended { healthy, reason } => (healthy, reason),
-            };
-            // What waited for this attempt is not carried over: best-effort stanzas are
-            // answered, verifications fail (their requester sees the dropped reply).
-            for cmd in held.drain(..) {
-                if let LinkCmd::Stanza(el) = cmd {
-                    crate::delivery::bounce(&shared, &el, "cancel", "remote-server-not-found");
+
+            // Each path whose back-off is over, best first, until one carries a stream.
+            let mut worked = false;
+            let mut failures: Vec<String> = Vec::new();
+            for i in 0..health.len() {
+                if !health[i].eligible(Instant::now()) {
+                    continue;
+                }
+                let path = health[i].path;
+                // On a fallback path, look again at better ones once their back-off ends.
+                let recheck_at = health[..i].iter().filter_map(|h| h.retry_at).min();
+                let outcome = Box::pin(attempt(
+                    &shared,
+                    fed,
+                    &local,
+                    &remote,
+                    path,
+                    recheck_at,
+                    &mut rx,
+                    &wake,
+                    &mut held,
+                    &mut logged_up,
+                ))
+                .await;
+                // What waited for this attempt is not carried over: best-effort stanzas are
+                // answered, verifications fail (their requester sees the dropped reply).
+                for cmd in held.drain(..) {
+                    if let LinkCmd::Stanza(el) = cmd {
+                        crate::delivery::bounce(&shared, &el, "cancel", "remote-server-not-found");
+                    }
+                }
+                match outcome {
+                    Outcome::Shutdown => return,
+                    Outcome::Ended { healthy: true, reason, recheck } => {
+                        debug!(path = path.as_str(), reason, "stream ended");
+                        health[i].worked();
+                        if recheck {
+                            // The peer reached us directly: better paths may work again.
+                            for h in &mut health[..i] {
+                                h.retry_at = None;
+                            }
+                        }
+                        worked = true;
+                        break;
+                    }
+                    Outcome::Ended { healthy: false, reason, .. } => {
+                        let wait = health[i].failed(initial, max);
+                        if health[i].logged.as_deref() != Some(reason.as_str()) {
+                            // Once per path and reason, not once per retry.
+                            warn!(path = path.as_str(), reason, retry_in = ?wait, "path failed");
+                            health[i].logged = Some(reason.clone());
+                        } else {
+                            debug!(path = path.as_str(), reason, retry_in = ?wait, "path still failing");
+                        }
+                        failures.push(format!("{}: {reason}", path.as_str()));
+                    }
                 }
             }
-            if healthy {
-                backoff = initial;
-                debug!(reason, "stream ended");
+            if worked {
                 if !queue_nonempty(&shared, &local, &remote).await {
                     continue;
                 }
-            } else if logged_up != Some(false) || logged_reason.as_deref() != Some(&reason) {
-                // Once when the link goes down, and again only if the reason changes.
-                warn!(reason, retry_in = ?backoff, "link down; will retry");
-                logged_up = Some(false);
-                logged_reason = Some(reason.clone());
-            } else {
-                debug!(reason, retry_in = ?backoff, "link still down");
+                // Stanzas are waiting: reconnect, but never in a tight loop.
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(initial.min(Duration::from_secs(1))) => {}
+                }
+                continue;
             }
-            fed.board
-                .set(&local, &remote, LinkState::Backoff, Some(reason));
-            // Back off, but probe the peer meanwhile and come back at once when it
-            // connects to us (proactive recovery).
-            let deadline = Instant::now() + backoff;
+            if !failures.is_empty() && logged_up != Some(false) {
+                warn!(reasons = failures.join("; "), "link down; will retry");
+                logged_up = Some(false);
+            }
+            let reason = if failures.is_empty() { None } else { Some(failures.join("; ")) };
+            fed.board.set(&local, &remote, LinkState::Backoff, reason);
+            // Back off until the first path may be tried again, but probe the paths
+            // meanwhile and come back at once when the peer connects to us (proactive
+            // recovery).
+            let Some(deadline) = health.iter().filter_map(|h| h.retry_at).min() else {
+                continue;
+            };
             let mut probe = tokio::time::interval_at(Instant::now() + probe_every, probe_every);
             loop {
                 tokio::select! {
                     () = shared.shutdown.cancelled() => return,
                     () = tokio::time::sleep_until(deadline) => break,
-                    () = wake.reachable.notified() => break,
+                    () = wake.reachable.notified() => {
+                        for h in &mut health {
+                            if !h.path.via_hub() {
+                                h.retry_at = None;
+                            }
+                        }
+                        break;
+                    }
                     cmd = rx.recv() => match cmd {
                         Some(cmd @ LinkCmd::Verify { .. }) => {
                             // The peer is asking for dialback, so it is up.
                             held.push_back(cmd);
+                            for h in &mut health {
+                                if !h.path.via_hub() {
+                                    h.retry_at = None;
+                                }
+                            }
                             break;
                         }
                         Some(cmd) => held.push_back(cmd),
                         None => return,
                     },
                     _ = probe.tick() => {
-                        if queue_nonempty(&shared, &local, &remote).await
-                            && super::direct::probe(fed, &remote).await
-                        {
-                            debug!("probe connected; retrying now");
+                        if !queue_nonempty(&shared, &local, &remote).await {
+                            continue;
+                        }
+                        let mut any = false;
+                        for h in &mut health {
+                            if h.retry_at.is_some() && h.path.probe(fed, &remote).await {
+                                debug!(path = h.path.as_str(), "probe connected; retrying now");
+                                h.retry_at = None;
+                                any = true;
+                            }
+                        }
+                        if any {
                             break;
                         }
                     }
                 }
-            }
-            if !healthy {
-                backoff = (backoff * 2).min(max);
             }
         }
     }
@@ -216,23 +395,31 @@ impl Stream {
     }
 }
 
+/// One stream on one path: connects, negotiates, and carries the queue until the stream
+/// fails, idles out, or (on a fallback path, at `recheck_at`) makes way for a better path.
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     shared: &Arc<Shared>,
     fed: &Federation,
     local: &str,
     remote: &str,
+    path: Path,
+    recheck_at: Option<Instant>,
     rx: &mut mpsc::Receiver<LinkCmd>,
-    wake: &Notify,
+    wakers: &super::Wakers,
     held: &mut VecDeque<LinkCmd>,
     logged_up: &mut Option<bool>,
 ) -> Outcome {
     let failed = |reason: String| Outcome::Ended {
         healthy: false,
         reason,
+        recheck: false,
     };
+    let wake = &wakers.work;
     fed.board.set(local, remote, LinkState::Connecting, None);
-    let (mut conn, transport) = match super::direct::connect(fed, remote).await {
+    fed.board.set_path(local, remote, path.as_str());
+    let peer = path.peer(fed, remote);
+    let (mut conn, transport) = match path.open(fed, remote).await {
         Ok(c) => c,
         Err(e) => return failed(e),
     };
@@ -240,14 +427,17 @@ async fn attempt(
         transport,
         allow_plaintext: !fed.config.require_tls,
         dialback: true,
-        // Not yet: we present a certificate, but nothing decides which peers verify it.
-        sasl_external: false,
+        sasl_external: fed.trust.external_with(peer),
         stream_management: true,
+        relay: RelayPolicy {
+            outgoing: path.via_hub() || !fed.config.relay_for.is_empty(),
+            ..RelayPolicy::default()
+        },
         ..S2sConfig::default()
     };
     let now = Instant::now();
     let mut st = Stream {
-        proto: S2sOutgoing::new(config, local, remote),
+        proto: S2sOutgoing::new(config, local, peer),
         ready: false,
         sm: false,
         in_flight: VecDeque::new(),
@@ -268,6 +458,12 @@ async fn attempt(
     let outcome_reason;
     // A cause found before the stream closed, better than how it closed.
     let mut failure: Option<String> = None;
+    // Set when the stream makes way for a better path.
+    let mut recheck = false;
+    // A fresh connection tried while acknowledgements are overdue (see ACK_SUSPECT).
+    let mut liveness: Option<tokio::task::JoinHandle<bool>> = None;
+    // Not another one before this (one every ACK_SUSPECT at most).
+    let mut next_liveness = Instant::now();
     let mut buf = vec![0u8; READ_CHUNK];
     'stream: loop {
         while let Some(event) = st.proto.poll_event() {
@@ -279,7 +475,7 @@ async fn attempt(
                         ended_healthy = false;
                         break 'stream;
                     }
-                    if !conn.connect_tls(&fed.tls_client, remote).await {
+                    if !conn.connect_tls(&fed.tls_client_for(peer), peer).await {
                         outcome_reason = "TLS handshake failed".to_owned();
                         ended_healthy = false;
                         break 'stream;
@@ -300,8 +496,10 @@ async fn attempt(
                     st.sm = stream_management;
                     fed.board.set(local, remote, LinkState::Up, None);
                     if *logged_up != Some(true) {
-                        info!(stream_management, "link up");
+                        info!(stream_management, path = path.as_str(), "link up");
                         *logged_up = Some(true);
+                        // Presence seen across the link may be stale (RFC 6121 §4.3).
+                        super::reprobe(shared, local, remote);
                     }
                     if !st.sm && policy == AckWithoutSm::Hold {
                         warn!("peer offers no stream management; queued stanzas are held");
@@ -338,8 +536,15 @@ async fn attempt(
                     debug!(reason, "authentication failed");
                     failure = Some(format!("dialback failed: {reason}"));
                 }
-                Event::PeerStreamError { condition, .. } => {
-                    debug!(condition, "peer sent a stream error");
+                Event::PeerStreamError { condition, text } => {
+                    // The peer refused something on this stream: a failure of the path
+                    // (backed off), not a clean end.
+                    debug!(condition, ?text, "peer sent a stream error");
+                    failure = Some(match text {
+                        Some(t) => format!("peer closed the stream with {condition} ({t})"),
+                        None => format!("peer closed the stream with {condition}"),
+                    });
+                    ended_healthy = false;
                 }
                 Event::Closed { error } => {
                     let out = st.proto.take_output();
@@ -437,9 +642,23 @@ async fn attempt(
         let timer = if !st.ready {
             negotiation_deadline
         } else if !st.in_flight.is_empty() {
-            st.last_progress + ACK_TIMEOUT
+            let give_up = st.last_progress + ACK_TIMEOUT;
+            if liveness.is_none() {
+                (st.last_progress + ACK_SUSPECT)
+                    .max(next_liveness)
+                    .min(give_up)
+            } else {
+                give_up
+            }
         } else {
-            st.last_activity + IDLE_CLOSE
+            let idle = st.last_activity + IDLE_CLOSE;
+            recheck_at.map_or(idle, |r| r.min(idle))
+        };
+        let probed = async {
+            match liveness.as_mut() {
+                Some(task) => task.await.unwrap_or(false),
+                None => std::future::pending().await,
+            }
         };
         tokio::select! {
             () = shared.shutdown.cancelled() => {
@@ -473,11 +692,45 @@ async fn attempt(
                 None => return Outcome::Shutdown,
             },
             () = wake.notified() => {}
+            () = wakers.reachable.notified(), if recheck_at.is_some() || path != Path::Direct => {
+                // The peer reached us itself: a better path than this one may work now.
+                if path != Path::Direct && st.in_flight.is_empty() {
+                    st.proto.close(None, None);
+                    recheck = true;
+                }
+            }
+            works = probed => {
+                liveness = None;
+                next_liveness = Instant::now() + ACK_SUSPECT;
+                if works && !st.in_flight.is_empty() && st.last_progress.elapsed() >= ACK_SUSPECT {
+                    // The peer accepts new connections but this stream has gone quiet: it
+                    // died without a sound (a silent partition). Start again on a fresh
+                    // one rather than wait for TCP to give up on this one.
+                    debug!(outstanding = st.in_flight.len(), "stream silent, peer reachable; reconnecting");
+                    st.proto.close(Some("connection-timeout"), Some("no acknowledgement"));
+                    failure = Some("stream went silent; reconnected".to_owned());
+                    recheck = true;
+                }
+            }
             () = tokio::time::sleep_until(timer) => {
                 if !st.ready {
                     st.proto.close(Some("connection-timeout"), Some("negotiation took too long"));
                     failure = Some("negotiation timed out".to_owned());
                     ended_healthy = false;
+                } else if !st.in_flight.is_empty() && st.last_progress.elapsed() < ACK_TIMEOUT {
+                    // Acknowledgements are overdue: ask again, and see whether a fresh
+                    // connection gets through while this stream stays silent.
+                    st.proto.request_ack();
+                    if liveness.is_none() && Instant::now() >= next_liveness {
+                        let peer = peer.to_owned();
+                        let shared = shared.clone();
+                        liveness = Some(tokio::spawn(async move {
+                            match shared.federation.as_ref() {
+                                Some(fed) => path.probe(fed, &peer).await,
+                                None => false,
+                            }
+                        }));
+                    }
                 } else if !st.in_flight.is_empty() {
                     debug!(outstanding = st.in_flight.len(), "peer does not acknowledge; reconnecting");
                     st.proto.close(Some("connection-timeout"), Some("no acknowledgement"));
@@ -488,15 +741,24 @@ async fn attempt(
                     ended_healthy = false;
                 } else if Instant::now() >= st.last_activity + IDLE_CLOSE {
                     st.proto.close(None, None);
+                } else if recheck_at.is_some_and(|r| Instant::now() >= r) {
+                    // Between bursts on a fallback path: make way for a better one.
+                    debug!("closing the fallback stream to try a better path");
+                    st.proto.close(None, None);
+                    recheck = true;
                 }
             }
         }
     }
     // Best-effort stanzas that never went out are answered by the caller.
     held.extend(st.pending.drain(..).map(LinkCmd::Stanza));
+    if let Some(task) = liveness {
+        task.abort();
+    }
     conn.shutdown().await;
     Outcome::Ended {
-        healthy: ended_healthy,
+        healthy: ended_healthy || (recheck && st.ready),
         reason: failure.unwrap_or(outcome_reason),
+        recheck,
     }
 }

@@ -32,27 +32,30 @@ mod direct;
 mod inbound;
 mod link;
 mod status;
+mod trust;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use minidom::Element;
-use outpost_proto::s2s::DialbackVerdict;
+use outpost_proto::s2s::{DialbackVerdict, RelayPolicy, S2sConfig, Transport};
 use outpost_proto::stanza::{self, ns};
 use outpost_store::StoreError;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::Shared;
-use crate::config::{FederationConfig, split_host_port};
+use crate::config::{Config, FederationConfig, split_host_port};
+use crate::tls::TlsIdentity;
+use crate::{ServerError, Shared};
 
 pub(crate) use inbound::{serve as serve_inbound, serve_tls as serve_inbound_tls};
 pub(crate) use status::LinkBoard;
 pub use status::{LinkState, LinkStatus};
+pub(crate) use trust::AnyClientCert;
 
 /// Best-effort stanzas and dialback verifications a link holds while it connects.
 const LINK_CHANNEL: usize = 256;
@@ -99,7 +102,8 @@ pub(crate) struct Federation {
     /// `federation.peers`, changeable at run time (tests bind port 0).
     peers: RwLock<HashMap<String, String>>,
     links: Mutex<HashMap<(String, String), LinkHandle>>,
-    tls_client: Arc<rustls::ClientConfig>,
+    /// Which peer certificates are checked, and our TLS client configurations.
+    pub(crate) trust: trust::Trust,
     tracker: TaskTracker,
     /// Each link's state, for operators.
     pub(crate) board: status::LinkBoard,
@@ -114,7 +118,12 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Federation {
-    pub(crate) fn new(config: &FederationConfig, tracker: TaskTracker) -> Federation {
+    pub(crate) fn new(
+        server: &Config,
+        identity: Option<&TlsIdentity>,
+        tracker: TaskTracker,
+    ) -> Result<Federation, ServerError> {
+        let config = &server.federation;
         // Without a configured secret (tests, embedders) a random one serves this run:
         // dialback keys only need to be stable while a verification is in flight.
         let secret = config.dialback_secret.clone().unwrap_or_else(|| {
@@ -124,14 +133,37 @@ impl Federation {
                 .map(char::from)
                 .collect()
         });
-        Federation {
+        Ok(Federation {
             config: config.clone(),
             secret,
             peers: RwLock::new(config.peers.clone().into_iter().collect()),
             links: Mutex::new(HashMap::new()),
-            tls_client: no_verify_client_config(),
+            trust: trust::Trust::new(config, identity)?,
             tracker,
             board: status::LinkBoard::new(),
+        })
+    }
+
+    /// The TLS client configuration for a stream to `domain` (see `trust`).
+    pub(crate) fn tls_client_for(&self, domain: &str) -> Arc<rustls::ClientConfig> {
+        self.trust.client_config(domain)
+    }
+
+    /// The policy of incoming streams: SASL EXTERNAL when a peer's certificate passes,
+    /// and relaying (see `outpost_proto::s2s`, "Relaying").
+    pub(crate) fn incoming_config(&self, transport: Transport) -> S2sConfig {
+        S2sConfig {
+            transport,
+            allow_plaintext: !self.config.require_tls,
+            dialback: true,
+            sasl_external: true,
+            stream_management: true,
+            relay: RelayPolicy {
+                relay_for: self.config.relay_for.clone(),
+                trusted_hubs: self.config.hub.iter().cloned().collect(),
+                outgoing: false,
+            },
+            ..S2sConfig::default()
         }
     }
 
@@ -377,78 +409,62 @@ pub(crate) fn ensure_origin_id(el: &mut Element) {
     );
 }
 
-/// A rustls client configuration that accepts any certificate: on server-to-server streams
-/// dialback (XEP-0220) proves the peer's domain, TLS only encrypts.
-fn no_verify_client_config() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(AnyCertificate(provider.clone()));
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
-        });
-    match config {
-        Ok(c) => Arc::new(c),
-        // The ring provider supports the default versions; this cannot fail.
-        Err(_) => Arc::new(
-            rustls::ClientConfig::builder()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))))
-                .with_no_client_auth(),
-        ),
+/// Opens a WebSocket connection to `domain`'s server-to-server endpoint
+/// (`federation.websocket_peers`).
+async fn websocket_connect(
+    _fed: &Federation,
+    domain: &str,
+) -> Result<(conn::Conn, Transport), String> {
+    Err(format!("no WebSocket transport for {domain}"))
+}
+
+/// Whether `domain`'s WebSocket endpoint accepts TCP connections.
+async fn websocket_probe(_fed: &Federation, _domain: &str) -> bool {
+    false
+}
+
+/// After a link to `remote` came (back) up: every available local user asks for the
+/// presence of their contacts there again and tells subscribers there theirs, since what
+/// each side believes of the other may be stale (RFC 6121 §4.3; nothing told either side
+/// while the link was down).
+pub(crate) fn reprobe(shared: &Arc<Shared>, local: &str, remote: &str) {
+    let domain: Arc<str> = Arc::from(remote);
+    let n = shared.router.each_available(local, |first_of_user| {
+        crate::router::ToSession::LinkRestored {
+            domain: domain.clone(),
+            probe: first_of_user,
+        }
+    });
+    if n > 0 {
+        debug!(sessions = n, %remote, "presence re-probed after the link came up");
     }
 }
 
-/// Accepts the peer's certificate whatever it is, but still checks that the handshake is
-/// signed by its key (otherwise TLS would not even bind the session to that certificate).
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
+/// A stanza from one relayed domain to another, arrived at this hub: stored and forwarded
+/// like our own (messages and subscriptions durably, the rest best-effort), from the
+/// domain the peers authenticated us as.
+pub(crate) async fn relay(shared: &Arc<Shared>, el: Element, from_local: &str, to_domain: &str) {
+    let Some(fed) = shared.federation.as_ref() else {
+        return;
+    };
+    if durable(&el) {
+        if let Err((error_type, condition)) = fed.queue(shared, from_local, to_domain, &el).await {
+            crate::delivery::bounce(shared, &el, error_type, condition);
+        }
+    } else {
+        fed.send(shared, from_local, to_domain, el);
     }
+}
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+/// Whether a stanza for another domain goes through the durable queue: messages and
+/// presence subscription stanzas (RFC 6121 §3).
+pub(crate) fn durable(el: &Element) -> bool {
+    match el.name() {
+        "message" => true,
+        "presence" => matches!(
+            el.attr("type"),
+            Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")
+        ),
+        _ => false,
     }
 }

@@ -48,8 +48,8 @@ pub struct LinkStatus {
     pub local: String,
     pub remote: String,
     pub state: LinkState,
-    /// How the peer is reached: `direct` (a TCP connection to its address) is the only
-    /// path so far.
+    /// How the peer is reached, or was last tried: `direct` (TCP to its server),
+    /// `websocket` (HTTPS to its server), `hub` or `hub-websocket` (relayed by our hub).
     pub path: String,
     /// When the link entered this state; retries (connecting ↔ backoff) keep the start
     /// of the failing period. `None` for a pair with no link task in this process.
@@ -63,11 +63,12 @@ pub struct LinkStatus {
     pub last_delivery_ms: Option<i64>,
 }
 
-/// The only path today.
+/// The path of a link with no task in this process.
 pub(crate) const PATH_DIRECT: &str = "direct";
 
 #[derive(Clone, Debug)]
 struct Live {
+    path: &'static str,
     state: LinkState,
     since_ms: i64,
     last_error: Option<String>,
@@ -123,6 +124,7 @@ impl LinkBoard {
                     links.insert(
                         key,
                         Live {
+                            path: PATH_DIRECT,
                             state,
                             since_ms: now,
                             last_error: error,
@@ -138,6 +140,23 @@ impl LinkBoard {
         changed
     }
 
+    /// Records the path a link uses or is trying.
+    pub(crate) fn set_path(&self, local: &str, remote: &str, path: &'static str) {
+        let changed = {
+            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+            match links.get_mut(&(local.to_owned(), remote.to_owned())) {
+                Some(live) if live.path != path => {
+                    live.path = path;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.changed.send_replace(());
+        }
+    }
+
     pub(crate) fn subscribe(&self) -> watch::Receiver<()> {
         self.changed.subscribe()
     }
@@ -151,7 +170,7 @@ impl LinkBoard {
                 let l = live.remove(&(s.local_domain.clone(), s.remote_domain.clone()));
                 LinkStatus {
                     state: l.as_ref().map_or(LinkState::Idle, |l| l.state),
-                    path: PATH_DIRECT.to_owned(),
+                    path: l.as_ref().map_or(PATH_DIRECT, |l| l.path).to_owned(),
                     since_ms: l.as_ref().map(|l| l.since_ms),
                     last_error: l.and_then(|l| l.last_error),
                     local: s.local_domain,
@@ -166,7 +185,7 @@ impl LinkBoard {
             local,
             remote,
             state: l.state,
-            path: PATH_DIRECT.to_owned(),
+            path: l.path.to_owned(),
             since_ms: Some(l.since_ms),
             last_error: l.last_error,
             queued: 0,

@@ -1,0 +1,346 @@
+//! How links reach their peers: through a hub when sites cannot reach each other, with
+//! pinned or self-signed certificates and SASL EXTERNAL, and what a link does when it
+//! comes back (presence re-probed). Three servers in one process on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use outpost_proto::minidom::Element;
+use outpost_proto::xml::XmlEvent;
+use outpost_server::config::Config;
+use outpost_server::{LinkState, LinkStatus};
+use outpost_store::{RosterItem, Subscription};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use sha2::Digest as _;
+
+const HUB: &str = "h.test";
+
+fn site(domain: &'static str, hub: Option<&'static str>) -> impl FnOnce(&mut Config) {
+    move |c: &mut Config| {
+        c.domains = vec![domain.to_owned()];
+        c.listen.s2s = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.federation.enabled = true;
+        c.federation.srv_lookup = false;
+        c.federation.retry_initial_secs = 1;
+        c.federation.retry_max_secs = 2;
+        c.federation.probe_interval_secs = 1;
+        c.federation.hub = hub.map(str::to_owned);
+    }
+}
+
+fn s2s(server: &TestServer) -> String {
+    server.s2s.expect("s2s listener").to_string()
+}
+
+fn handle(server: &TestServer) -> &outpost_server::ServerHandle {
+    server.handle.as_ref().expect("running")
+}
+
+/// An address where nothing listens: connections are refused.
+async fn closed_port() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    drop(l);
+    addr
+}
+
+fn chat(to: &str, text: &str) -> String {
+    format!("<message to='{to}' type='chat'><body>{text}</body></message>")
+}
+
+fn is_chat_from(el: &Element, from: &str) -> bool {
+    el.name() == "message" && el.attr("from") == Some(from) && body(el).is_some()
+}
+
+/// Waits until `server`'s link to `remote` satisfies `pred`, and returns it.
+async fn wait_link(
+    server: &TestServer,
+    remote: &str,
+    pred: impl Fn(&LinkStatus) -> bool,
+) -> LinkStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let links = handle(server).link_statuses().await.expect("statuses");
+        if let Some(l) = links.iter().find(|l| l.remote == remote && pred(l)) {
+            return l.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "link to {remote} never got there: {links:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Sites a.test and c.test that cannot reach each other, and the hub h.test that relays
+/// between them and reaches both.
+async fn hub_and_sites(relay_for: &[&str]) -> (TestServer, TestServer, TestServer) {
+    let relay_for: Vec<String> = relay_for.iter().map(|d| (*d).to_owned()).collect();
+    let hub = TestServer::start_with(move |c| {
+        site(HUB, None)(c);
+        c.federation.relay_for = relay_for;
+    })
+    .await;
+    let a = TestServer::start_with(site("a.test", Some(HUB))).await;
+    let c = TestServer::start_with(site("c.test", Some(HUB))).await;
+    let refused = closed_port().await;
+    handle(&a).set_peer_address("c.test", &refused);
+    handle(&c).set_peer_address("a.test", &refused);
+    for site in [&a, &c] {
+        handle(site).set_peer_address(HUB, &s2s(&hub));
+    }
+    handle(&hub).set_peer_address("a.test", &s2s(&a));
+    handle(&hub).set_peer_address("c.test", &s2s(&c));
+    a.add_user("alice", "wonderland").await;
+    c.add_user("carol", "christmas").await;
+    (hub, a, c)
+}
+
+#[tokio::test]
+async fn the_hub_relays_chat_between_sites_that_cannot_reach_each_other() {
+    let (_hub, a, c) = hub_and_sites(&["a.test", "c.test"]).await;
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    let mut carol = c.login("carol", "christmas", "pc").await;
+    alice.available().await;
+    carol.available().await;
+
+    for i in 0..20 {
+        alice
+            .send(&chat("carol@c.test", &format!("via hub {i}")))
+            .await;
+    }
+    for i in 0..20 {
+        let got = carol
+            .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
+            .await;
+        assert_eq!(body(&got), Some(format!("via hub {i}")));
+    }
+    carol
+        .assert_none_before_ping(|el| el.name() == "message", "a duplicate")
+        .await;
+
+    carol.send(&chat("alice@a.test/phone", "and back")).await;
+    let got = alice
+        .recv_where(|el| is_chat_from(el, "carol@c.test/pc"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("and back"));
+
+    // Operators see which path each link took, and why direct did not work.
+    let link = wait_link(&a, "c.test", |l| l.state == LinkState::Up).await;
+    assert_eq!(link.path, "hub");
+    let link = wait_link(&c, "a.test", |l| l.queued == 0).await;
+    assert_eq!(link.path, "hub");
+}
+
+#[tokio::test]
+async fn subscriptions_and_presence_cross_the_hub() {
+    let (_hub, a, c) = hub_and_sites(&["a.test", "c.test"]).await;
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    let mut carol = c.login("carol", "christmas", "pc").await;
+    alice.roster_get().await;
+    carol.roster_get().await;
+    alice.available().await;
+    carol.available().await;
+
+    alice
+        .send("<presence to='carol@c.test' type='subscribe'/>")
+        .await;
+    let request = carol
+        .recv_where(|el| el.name() == "presence" && el.attr("type") == Some("subscribe"))
+        .await;
+    assert_eq!(request.attr("from"), Some("alice@a.test"));
+    carol
+        .send("<presence to='alice@a.test' type='subscribed'/>")
+        .await;
+    let item = alice
+        .recv_stashing(|el| {
+            el.name() == "iq"
+                && el
+                    .get_child("query", NS_ROSTER)
+                    .and_then(|q| q.get_child("item", NS_ROSTER))
+                    .is_some_and(|i| i.attr("subscription") == Some("to"))
+        })
+        .await;
+    assert_eq!(item.attr("type"), Some("set"));
+    alice.recv_presence_from("carol@c.test/pc").await;
+}
+
+#[tokio::test]
+async fn a_hub_refuses_domains_it_does_not_relay_for() {
+    // The hub relays for a.test only: c.test is not on its list.
+    let (_hub, a, c) = hub_and_sites(&["a.test"]).await;
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    let mut carol = c.login("carol", "christmas", "pc").await;
+    carol.available().await;
+    alice.send(&chat("carol@c.test", "not relayed")).await;
+
+    // The hub ends that stream; the message stays queued, and the link says why.
+    let link = wait_link(&a, "c.test", |l| {
+        l.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("host-unknown"))
+    })
+    .await;
+    assert_eq!(link.queued, 1);
+    carol
+        .assert_none_before_ping(|el| el.name() == "message", "a message")
+        .await;
+}
+
+fn fingerprint(identity: &outpost_server::TlsIdentity) -> String {
+    let cert = CertificateDer::pem_slice_iter(identity.cert_chain_pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    sha2::Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// B pinned by A, A trusted self-signed by B; B cannot connect back to A, so dialback
+/// could not work: only the certificates can authenticate the link.
+async fn pinned_pair(pin: Option<String>) -> (TestServer, TestServer) {
+    let b = TestServer::start_with(|c| {
+        site("b.test", None)(c);
+        c.federation.trust_self_signed = vec!["a.test".to_owned()];
+    })
+    .await;
+    let pin = pin.unwrap_or_else(|| fingerprint(&b.identity));
+    let a = TestServer::start_with(move |c| {
+        site("a.test", None)(c);
+        c.federation.pinned.insert("b.test".to_owned(), pin);
+    })
+    .await;
+    handle(&a).set_peer_address("b.test", &s2s(&b));
+    handle(&b).set_peer_address("a.test", &closed_port().await);
+    a.add_user("alice", "wonderland").await;
+    b.add_user("bob", "builder").await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_pinned_peer_authenticates_with_certificates_alone() {
+    let (a, b) = pinned_pair(None).await;
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    let mut bob = b.login("bob", "builder", "pc").await;
+    bob.available().await;
+    alice.send(&chat("bob@b.test", "pinned")).await;
+    let got = bob
+        .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("pinned"));
+    wait_link(&a, "b.test", |l| l.queued == 0 && l.state == LinkState::Up).await;
+}
+
+#[tokio::test]
+async fn a_wrong_pin_fails_the_link_and_says_why() {
+    let (a, b) = pinned_pair(Some("00".repeat(32))).await;
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    let mut bob = b.login("bob", "builder", "pc").await;
+    bob.available().await;
+    alice.send(&chat("bob@b.test", "must not pass")).await;
+    let link = wait_link(&a, "b.test", |l| {
+        l.last_error.as_deref().is_some_and(|e| e.contains("TLS"))
+    })
+    .await;
+    assert_eq!(link.queued, 1);
+    bob.assert_none_before_ping(|el| el.name() == "message", "a message")
+        .await;
+}
+
+/// Plays b.test's server for one incoming stream from a.test, without TLS: answers the
+/// header, accepts the dialback key, and returns the stream for the test to read.
+async fn fake_b(listener: &tokio::net::TcpListener) -> Client {
+    let mut peer = loop {
+        let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("a.test connects in time")
+            .expect("accept");
+        let mut peer = Client::new(Box::new(tcp));
+        match peer.next_event().await {
+            Some(XmlEvent::StreamOpen(h)) => {
+                assert_eq!(h.to.as_deref(), Some("b.test"));
+                break peer;
+            }
+            // A probe: the link checking that the address accepts connections.
+            None => continue,
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+    };
+    peer.send(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' \
+         version='1.0' from='b.test' to='a.test' id='fake-b-1'>\
+         <stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+    )
+    .await;
+    let result = peer.recv().await;
+    assert_eq!(result.name(), "result");
+    peer.send("<db:result from='b.test' to='a.test' type='valid'/>")
+        .await;
+    peer
+}
+
+#[tokio::test]
+async fn presence_is_probed_again_when_a_link_comes_back() {
+    let a = TestServer::start_with(|c| {
+        site("a.test", None)(c);
+        c.federation.require_tls = false;
+    })
+    .await;
+    a.add_user("alice", "wonderland").await;
+    a.store
+        .put_roster_item(
+            "alice@a.test",
+            &RosterItem {
+                jid: "bob@b.test".to_owned(),
+                name: None,
+                subscription: Subscription::Both,
+                ask: false,
+                approved: false,
+                groups: Vec::new(),
+            },
+        )
+        .await
+        .expect("roster");
+
+    // b.test is unreachable while alice comes online: her presence and her probe of bob
+    // are dropped with the failed attempt.
+    handle(&a).set_peer_address("b.test", &closed_port().await);
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    alice.available().await;
+    wait_link(&a, "b.test", |l| l.state == LinkState::Backoff).await;
+
+    // b.test is back; a message brings the link up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    handle(&a).set_peer_address("b.test", &listener.local_addr().expect("addr").to_string());
+    alice.send(&chat("bob@b.test", "are you there?")).await;
+    let mut b = fake_b(&listener).await;
+
+    let (mut probed, mut announced, mut message) = (false, false, false);
+    while !(probed && announced && message) {
+        let el = b.recv().await;
+        match (el.name(), el.attr("type")) {
+            ("presence", Some("probe")) => {
+                assert_eq!(el.attr("from"), Some("alice@a.test"));
+                assert_eq!(el.attr("to"), Some("bob@b.test"));
+                probed = true;
+            }
+            ("presence", None) => {
+                assert_eq!(el.attr("from"), Some("alice@a.test/phone"));
+                announced = true;
+            }
+            ("message", _) => message = true,
+            _ => {}
+        }
+    }
+}
