@@ -50,6 +50,22 @@ if ! command -v prosody >/dev/null 2>&1 || ! command -v prosodyctl >/dev/null 2>
     fi
 fi
 
+# 2c. ejabberd, the peer of test_federation_ejabberd.py (Debian's package). The test runs
+# its own node with its own configuration, never the system service, which the package
+# starts on install and would hold the ports the test uses.
+if ! command -v ejabberdctl >/dev/null 2>&1; then
+    echo "interop: installing ejabberd" >&2
+    if [[ $(id -u) -eq 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q ejabberd >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ejabberd >/dev/null; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q ejabberd >/dev/null
+    fi
+    if command -v service >/dev/null 2>&1; then
+        service ejabberd stop >/dev/null 2>&1 || true
+    fi
+fi
+
 # 3. The server binary.
 if [[ -z "${OUTPOST_BIN:-}" ]]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
