@@ -702,7 +702,8 @@ async fn attempt(
             works = probed => {
                 liveness = None;
                 next_liveness = Instant::now() + ACK_SUSPECT;
-                if works && !st.in_flight.is_empty() && st.last_progress.elapsed() >= ACK_SUSPECT {
+                let silent = !st.in_flight.is_empty() && st.last_progress.elapsed() >= ACK_SUSPECT;
+                if silent && works {
                     // The peer accepts new connections but this stream has gone quiet: it
                     // died without a sound (a silent partition). Start again on a fresh
                     // one rather than wait for TCP to give up on this one.
@@ -710,6 +711,13 @@ async fn attempt(
                     st.proto.close(Some("connection-timeout"), Some("no acknowledgement"));
                     failure = Some("stream went silent; reconnected".to_owned());
                     recheck = true;
+                } else if silent {
+                    // Silent, and the path takes no new connection either: it is cut. Let
+                    // the link fail over to its next path now.
+                    debug!(outstanding = st.in_flight.len(), "stream silent, path unreachable");
+                    st.proto.close(Some("connection-timeout"), Some("no acknowledgement"));
+                    failure = Some("stream went silent and the path is unreachable".to_owned());
+                    ended_healthy = false;
                 }
             }
             () = tokio::time::sleep_until(timer) => {
@@ -725,10 +733,14 @@ async fn attempt(
                         let peer = peer.to_owned();
                         let shared = shared.clone();
                         liveness = Some(tokio::spawn(async move {
-                            match shared.federation.as_ref() {
-                                Some(fed) => path.probe(fed, &peer).await,
-                                None => false,
-                            }
+                            let probe = async {
+                                match shared.federation.as_ref() {
+                                    Some(fed) => path.probe(fed, &peer).await,
+                                    None => false,
+                                }
+                            };
+                            // A connection that takes this long counts as not getting through.
+                            tokio::time::timeout(ACK_SUSPECT, probe).await.unwrap_or(false)
                         }));
                     }
                 } else if !st.in_flight.is_empty() {
