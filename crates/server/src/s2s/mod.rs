@@ -3,8 +3,9 @@
 //!
 //! - [`Federation`] is the registry in `Shared`: one link task per (local domain, remote
 //!   domain) pair, created on demand and kept for the life of the server.
-//! - `link` is that task: it connects (a `federation.peers` override, else the domain on
-//!   port 5269; no DNS SRV yet), negotiates STARTTLS and dialback through `S2sOutgoing`,
+//! - `link` is that task: it connects (`direct`: a `federation.peers` override, else the
+//!   domain's SRV records, XEP-0368 direct TLS included, else the domain on port 5269),
+//!   negotiates STARTTLS when needed and dialback through `S2sOutgoing`,
 //!   and sends the link's outbox in id order, removing stanzas only when the peer
 //!   acknowledged them (XEP-0198) or, for peers without stream management, as
 //!   `federation.ack_without_sm` says. It backs off exponentially after failures, probes a
@@ -100,6 +101,8 @@ pub(crate) struct Federation {
     peers: RwLock<HashMap<String, String>>,
     links: Mutex<HashMap<(String, String), LinkHandle>>,
     tls_client: Arc<rustls::ClientConfig>,
+    /// How peers are found and reached directly: the DNS resolver and direct TLS.
+    dialer: direct::Dialer,
     tracker: TaskTracker,
     /// Each link's state, for operators.
     pub(crate) board: status::LinkBoard,
@@ -124,12 +127,14 @@ impl Federation {
                 .map(char::from)
                 .collect()
         });
+        let tls_client = no_verify_client_config();
         Federation {
+            dialer: direct::Dialer::new(config, &tls_client),
             config: config.clone(),
             secret,
             peers: RwLock::new(config.peers.clone().into_iter().collect()),
             links: Mutex::new(HashMap::new()),
-            tls_client: no_verify_client_config(),
+            tls_client,
             tracker,
             board: status::LinkBoard::new(),
         }
