@@ -155,6 +155,8 @@ require_tls = true
 retry_initial_secs = 1
 retry_max_secs = 5
 probe_interval_secs = 2
+# The other site is listed below; DNS is never asked.
+srv_lookup = false
 
 [federation.peers]
 "site$other.test" = "${ADDR[$other]}:5269"

@@ -258,8 +258,8 @@ impl Default for LogConfig {
 pub struct FederationConfig {
     /// Whether to accept and open server-to-server connections. Default: `false`.
     pub enabled: bool,
-    /// Where to reach a peer domain's server, as `"host:port"`, instead of the DNS name of
-    /// the domain on port 5269. Default: none.
+    /// Where to reach a peer domain's server, as `"host:port"` with STARTTLS, instead of
+    /// what DNS says (SRV records, else the domain on port 5269). Default: none.
     pub peers: BTreeMap<String, String>,
     /// The secret dialback keys are derived from (XEP-0185). Default: unset, meaning the
     /// `outpost` binary generates one on first start and keeps it in

@@ -13,9 +13,17 @@ use outpost_server::config::Config;
 
 const SECRET_A: &str = "a-test-dialback-secret";
 
-fn federated(domain: &'static str, require_tls: bool) -> impl FnOnce(&mut Config) {
+/// A federated server for `domain`. Peers are introduced by address; DNS is asked nothing
+/// but `dns`, a loopback server that knows no names, so no test reaches a real one.
+fn federated(
+    domain: &'static str,
+    require_tls: bool,
+    dns: std::net::SocketAddr,
+) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
         c.domains = vec![domain.to_owned()];
+        c.federation.srv_lookup = false;
+        c.federation.dns_server = Some(dns.to_string());
         c.listen.s2s = vec!["127.0.0.1:0".parse().expect("addr")];
         c.federation.enabled = true;
         c.federation.require_tls = require_tls;
@@ -42,8 +50,9 @@ fn introduce(a: &TestServer, b: &TestServer) {
 }
 
 async fn pair(require_tls: bool) -> (TestServer, TestServer) {
-    let a = TestServer::start_with(federated("a.test", require_tls)).await;
-    let b = TestServer::start_with(federated("b.test", require_tls)).await;
+    let dns = dns::DnsServer::start().await;
+    let a = TestServer::start_with(federated("a.test", require_tls, dns.addr)).await;
+    let b = TestServer::start_with(federated("b.test", require_tls, dns.addr)).await;
     introduce(&a, &b);
     a.add_user("alice", "wonderland").await;
     b.add_user("bob", "builder").await;

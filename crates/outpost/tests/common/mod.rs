@@ -4,11 +4,47 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A DNS server on loopback that answers every question with NXDOMAIN, shared by the
+/// servers of this test process. Peers are named in `federation.peers` and SRV lookups are
+/// off; should a server still look a name up, it asks this one, never a real DNS server.
+fn loopback_dns() -> SocketAddr {
+    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind DNS");
+        let addr = socket.local_addr().expect("DNS address");
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                if let Some(reply) = nxdomain(&buf[..n]) {
+                    let _ = socket.send_to(&reply, from);
+                }
+            }
+        });
+        addr
+    })
+}
+
+/// The NXDOMAIN answer to a query (RFC 1035 §4.1): its header with QR, RA and RCODE 3 and
+/// only its first question.
+fn nxdomain(query: &[u8]) -> Option<Vec<u8>> {
+    let mut end = 12;
+    while *query.get(end)? != 0 {
+        end += 1 + usize::from(query[end]);
+    }
+    end += 1 + 4; // the root label, QTYPE and QCLASS
+    let mut reply = query.get(..end)?.to_vec();
+    reply[2] = 0x80 | (reply[2] & 0x79); // QR; keep OPCODE and RD
+    reply[3] = 0x83; // RA, NXDOMAIN
+    reply[4..12].copy_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    Some(reply)
+}
 
 /// One `outpost serve` process serving one domain, with federation on.
 pub struct Server {
@@ -47,8 +83,11 @@ impl Server {
              [auth]\nallow_plaintext_without_tls = true\nscram_iterations = 4096\n\
              [log]\nlevel = {level:?}\n\
              [federation]\nenabled = true\nrequire_tls = true\nretry_initial_secs = 1\n\
-             retry_max_secs = 1\nprobe_interval_secs = 1\n[federation.peers]\n",
+             retry_max_secs = 1\nprobe_interval_secs = 1\n\
+             srv_lookup = false\ndns_server = \"{}\"\n\
+             [federation.peers]\n",
             dir.join(format!("{domain}-data")),
+            loopback_dns(),
         );
         for (peer, addr) in peers {
             toml.push_str(&format!("{peer:?} = \"{addr}\"\n"));

@@ -3,8 +3,9 @@
 //!
 //! - [`Federation`] is the registry in `Shared`: one link task per (local domain, remote
 //!   domain) pair, created on demand and kept for the life of the server.
-//! - `link` is that task: it connects (a `federation.peers` override, else the domain on
-//!   port 5269; no DNS SRV yet), negotiates STARTTLS and dialback through `S2sOutgoing`,
+//! - `link` is that task: it connects (`direct`: a `federation.peers` override, else the
+//!   domain's SRV records, XEP-0368 direct TLS included, else the domain on port 5269),
+//!   negotiates STARTTLS when needed and dialback through `S2sOutgoing`,
 //!   and sends the link's outbox in id order, removing stanzas only when the peer
 //!   acknowledged them (XEP-0198) or, for peers without stream management, as
 //!   `federation.ack_without_sm` says. It backs off exponentially after failures, probes a
@@ -104,6 +105,8 @@ pub(crate) struct Federation {
     links: Mutex<HashMap<(String, String), LinkHandle>>,
     /// Which peer certificates are checked, and our TLS client configurations.
     pub(crate) trust: trust::Trust,
+    /// How peers are found and reached directly: the DNS resolver.
+    dialer: direct::Dialer,
     tracker: TaskTracker,
     /// Each link's state, for operators.
     pub(crate) board: status::LinkBoard,
@@ -134,6 +137,7 @@ impl Federation {
                 .collect()
         });
         Ok(Federation {
+            dialer: direct::Dialer::new(config),
             config: config.clone(),
             secret,
             peers: RwLock::new(config.peers.clone().into_iter().collect()),

@@ -12,6 +12,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod dns;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
