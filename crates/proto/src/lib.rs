@@ -11,6 +11,7 @@
 //! Not here: storage, routing, presence logic (the server's), and connections.
 
 pub mod c2s;
+pub mod framing;
 pub mod s2s;
 pub mod sasl;
 pub mod stanza;
