@@ -340,6 +340,14 @@ fn open_element(header: &StreamHeader) -> String {
 }
 
 /// `<close/>` (RFC 7395 §3.6).
-fn close_element() -> String {
+pub fn close_element() -> String {
     format!("<close xmlns='{NS_FRAMING}'/>")
+}
+
+/// A `<stream:error/>` as one self-contained message (RFC 7395 §3.6.1), for a connection
+/// that ends the stream itself because the peer broke the framing.
+pub fn stream_error_message(condition: &str) -> String {
+    let error = crate::xml::stream_error(condition, None);
+    let body = error.strip_prefix("<stream:error>").unwrap_or(&error);
+    format!("<stream:error xmlns:stream='{NS_STREAMS}'>{body}")
 }

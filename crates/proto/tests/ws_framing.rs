@@ -6,7 +6,9 @@
 //! over HTTPS. Every message is checked to be exactly one element. Then the framer alone:
 //! headers, restarts, partial writes, and what a peer may not send.
 
-use outpost_proto::framing::{FramingError, NS_FRAMING, WsFraming};
+use outpost_proto::framing::{
+    FramingError, NS_FRAMING, WsFraming, close_element, stream_error_message,
+};
 use outpost_proto::minidom::Element;
 use outpost_proto::s2s::{
     AuthMethod, DialbackVerdict, Event, S2sConfig, S2sIncoming, S2sOutgoing, Transport,
@@ -452,4 +454,12 @@ fn a_restart_open_is_accepted_after_the_first() {
         ))
         .expect("restart");
     assert!(again.starts_with(b"<stream:stream "));
+}
+
+#[test]
+fn the_messages_a_connection_ends_with_are_one_element_each() {
+    let error = parse_message(&stream_error_message("bad-format"));
+    assert!(error.is("error", "http://etherx.jabber.org/streams"));
+    assert!(error.has_child("bad-format", "urn:ietf:params:xml:ns:xmpp-streams"));
+    assert!(parse_message(&close_element()).is("close", NS_FRAMING));
 }

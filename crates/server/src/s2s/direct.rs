@@ -37,7 +37,7 @@ pub(super) async fn probe(fed: &Federation, domain: &str) -> bool {
     tcp_connect(&host, port).await.is_ok()
 }
 
-async fn tcp_connect(host: &str, port: u16) -> std::io::Result<TcpStream> {
+pub(super) async fn tcp_connect(host: &str, port: u16) -> std::io::Result<TcpStream> {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(

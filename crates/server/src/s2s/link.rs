@@ -234,7 +234,12 @@ async fn attempt(
     fed.board.set(local, remote, LinkState::Connecting, None);
     let (mut conn, transport) = match super::direct::connect(fed, remote).await {
         Ok(c) => c,
-        Err(e) => return failed(e),
+        // Where direct TCP does not pass, a configured WebSocket endpoint may.
+        Err(e) => match super::ws::connect(fed, remote).await {
+            Some(Ok(c)) => c,
+            Some(Err(ws)) => return failed(format!("{e}; {ws}")),
+            None => return failed(e),
+        },
     };
     let config = S2sConfig {
         transport,
