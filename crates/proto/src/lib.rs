@@ -1,7 +1,8 @@
 //! Sans-IO XMPP for Outpost: the XML stream reader with its limits, stanza helpers, SASL
 //! (SCRAM-SHA-1, SCRAM-SHA-256, PLAIN), the client-to-server negotiation state machine,
 //! and the server-to-server state machines (STARTTLS, XEP-0220 dialback, SASL EXTERNAL,
-//! XEP-0198 acknowledgements) that the federation layer will drive.
+//! XEP-0198 acknowledgements) that the federation layer will drive, and the RFC 7395
+//! WebSocket framing that carries those streams in messages.
 //!
 //! Nothing here does I/O, reads a clock or the environment, or draws random numbers: the
 //! caller feeds bytes in, takes bytes and events out, and supplies nonces and stream ids.
@@ -11,6 +12,7 @@
 //! Not here: storage, routing, presence logic (the server's), and connections.
 
 pub mod c2s;
+pub mod framing;
 pub mod s2s;
 pub mod sasl;
 pub mod stanza;

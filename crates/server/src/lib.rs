@@ -9,7 +9,8 @@
 //! connection share.
 //!
 //! Not here: reading files, arguments or the environment (the `outpost` binary does that
-//! and hands over a [`config::Config`]), and HTTP.
+//! and hands over a [`config::Config`]), and HTTP beyond the WebSocket upgrade of the
+//! server-to-server WebSocket listener.
 
 pub mod accounts;
 pub mod config;
@@ -56,6 +57,9 @@ pub enum ListenerKind {
     S2s,
     /// Server-to-server connections with TLS from the first byte (XEP-0368), usually 5270.
     S2sDirectTls,
+    /// Server-to-server streams over WebSocket inside HTTPS (RFC 7395 framing), Outpost
+    /// peers only.
+    S2sWebSocket,
 }
 
 impl ListenerKind {
@@ -65,6 +69,7 @@ impl ListenerKind {
             ListenerKind::C2sDirectTls => "c2s-tls",
             ListenerKind::S2s => "s2s",
             ListenerKind::S2sDirectTls => "s2s-tls",
+            ListenerKind::S2sWebSocket => "s2s-websocket",
         }
     }
 }
@@ -143,11 +148,16 @@ impl ServerHandle {
         let tls_s2s = identity.s2s_server_config(&[])?;
         let tls_s2s_direct = identity.s2s_server_config(&[b"xmpp-server"])?;
         let mut listeners = Vec::new();
-        let (s2s, s2s_tls): (&[SocketAddr], &[SocketAddr]) = if config.federation.enabled {
-            (&config.listen.s2s, &config.listen.s2s_tls)
-        } else {
-            (&[], &[])
-        };
+        let (s2s, s2s_tls, s2s_ws): (&[SocketAddr], &[SocketAddr], &[SocketAddr]) =
+            if config.federation.enabled {
+                (
+                    &config.listen.s2s,
+                    &config.listen.s2s_tls,
+                    &config.listen.s2s_websocket,
+                )
+            } else {
+                (&[], &[], &[])
+            };
         let specs = config
             .listen
             .c2s
@@ -161,7 +171,8 @@ impl ServerHandle {
                     .map(|a| (ListenerKind::C2sDirectTls, *a)),
             )
             .chain(s2s.iter().map(|a| (ListenerKind::S2s, *a)))
-            .chain(s2s_tls.iter().map(|a| (ListenerKind::S2sDirectTls, *a)));
+            .chain(s2s_tls.iter().map(|a| (ListenerKind::S2sDirectTls, *a)))
+            .chain(s2s_ws.iter().map(|a| (ListenerKind::S2sWebSocket, *a)));
         for (kind, addr) in specs {
             let listener = TcpListener::bind(addr)
                 .await
@@ -242,6 +253,15 @@ impl ServerHandle {
         }
     }
 
+    /// Sets the `wss://` URL of a remote `domain`'s WebSocket endpoint, as a
+    /// `federation.websocket_peers` entry would, for links that connect from now on. Does
+    /// nothing when federation is off.
+    pub fn set_websocket_peer(&self, domain: &str, url: &str) {
+        if let Some(fed) = &self.shared.federation {
+            fed.set_websocket_peer(domain, url);
+        }
+    }
+
     /// The state of every server-to-server link this process runs or the store has
     /// figures for, with its queue (from the store). Empty when federation is off and
     /// nothing was ever queued.
@@ -290,7 +310,9 @@ async fn accept_loop(
 ) {
     let transport = match kind {
         ListenerKind::C2sStartTls | ListenerKind::S2s => Transport::StartTls,
-        ListenerKind::C2sDirectTls | ListenerKind::S2sDirectTls => Transport::DirectTls,
+        ListenerKind::C2sDirectTls | ListenerKind::S2sDirectTls | ListenerKind::S2sWebSocket => {
+            Transport::DirectTls
+        }
     };
     loop {
         let accepted = tokio::select! {
@@ -317,6 +339,7 @@ async fn accept_loop(
             match kind {
                 ListenerKind::S2s => s2s::serve_inbound(shared, tcp, peer).await,
                 ListenerKind::S2sDirectTls => s2s::serve_inbound_tls(shared, tcp, peer).await,
+                ListenerKind::S2sWebSocket => s2s::serve_websocket(shared, tcp, peer).await,
                 ListenerKind::C2sStartTls | ListenerKind::C2sDirectTls => {
                     session::serve(shared, tcp, peer, transport).await;
                 }

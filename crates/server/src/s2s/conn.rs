@@ -1,5 +1,6 @@
 //! The socket under a server-to-server stream: plain TCP until STARTTLS, then TLS as the
-//! server (incoming streams) or as the client (our links).
+//! server (incoming streams) or as the client (our links); or a WebSocket inside TLS
+//! (`ws`), which frames the same stream in messages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
+use super::ws::WsConn;
+
 /// A TLS handshake that takes longer than this fails.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(super) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// A write that makes no progress for this long means the peer is gone or stuck.
 pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -18,6 +21,8 @@ pub(super) enum Conn {
     Plain(TcpStream),
     Server(Box<server::TlsStream<TcpStream>>),
     Client(Box<client::TlsStream<TcpStream>>),
+    /// A WebSocket over TLS, either side (RFC 7395).
+    Ws(Box<WsConn>),
     /// Only while the TCP stream is handed to a TLS handshake.
     Detached,
 }
@@ -34,6 +39,7 @@ impl Conn {
             Conn::Plain(s) => s.read(buf).await,
             Conn::Server(s) => s.read(buf).await,
             Conn::Client(s) => s.read(buf).await,
+            Conn::Ws(s) => s.read(buf).await,
             Conn::Detached => Err(detached()),
         }
     }
@@ -54,6 +60,7 @@ impl Conn {
                     s.write_all(data).await?;
                     s.flush().await
                 }
+                Conn::Ws(s) => s.write_all(data).await,
                 Conn::Detached => Err(detached()),
             }
         };
@@ -109,6 +116,7 @@ impl Conn {
         let certs = match self {
             Conn::Server(s) => s.get_ref().1.peer_certificates(),
             Conn::Client(s) => s.get_ref().1.peer_certificates(),
+            Conn::Ws(ws) => return ws.peer_certificate(),
             Conn::Plain(_) | Conn::Detached => None,
         };
         certs
@@ -122,6 +130,10 @@ impl Conn {
                 Conn::Plain(s) => s.shutdown().await,
                 Conn::Server(s) => s.shutdown().await,
                 Conn::Client(s) => s.shutdown().await,
+                Conn::Ws(s) => {
+                    s.shutdown().await;
+                    Ok(())
+                }
                 Conn::Detached => Ok(()),
             };
         };

@@ -414,7 +414,19 @@ pub(super) async fn probe(fed: &Federation, domain: &str) -> bool {
 }
 
 async fn tcp_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+    with_timeout(TcpStream::connect(addr)).await
+}
+
+/// A TCP connection to `host` (a name the system resolves, or an address) on `port`, for
+/// endpoints given as URLs (`federation.websocket_peers`).
+pub(super) async fn tcp_connect_host(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    with_timeout(TcpStream::connect((host, port))).await
+}
+
+async fn with_timeout(
+    connect: impl Future<Output = std::io::Result<TcpStream>>,
+) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,

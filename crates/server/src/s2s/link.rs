@@ -84,14 +84,14 @@ impl Path {
     /// plain TCP before WebSocket (cheaper, and what every XMPP server speaks).
     fn candidates(fed: &Federation, remote: &str) -> Vec<Path> {
         let mut paths = vec![Path::Direct];
-        if fed.config.websocket_peers.contains_key(remote) {
+        if fed.websocket_peer(remote).is_some() {
             paths.push(Path::WebSocket);
         }
         if let Some(hub) = fed.config.hub.as_deref()
             && hub != remote
         {
             paths.push(Path::Hub);
-            if fed.config.websocket_peers.contains_key(hub) {
+            if fed.websocket_peer(hub).is_some() {
                 paths.push(Path::HubWebSocket);
             }
         }
@@ -216,27 +216,20 @@ pub(super) async fn run(
                 }
                 let path = health[i].path;
                 // On a fallback path, look again at better ones once their back-off ends.
-                let recheck_at = health[..i].iter().filter_map(|h| h.retry_at).min();
+                let better: Vec<Path> = health[..i].iter().map(|h| h.path).collect();
                 let outcome = Box::pin(attempt(
                     &shared,
                     fed,
                     &local,
                     &remote,
                     path,
-                    recheck_at,
+                    &better,
                     &mut rx,
                     &wake,
                     &mut held,
                     &mut logged_up,
                 ))
                 .await;
-                // What waited for this attempt is not carried over: best-effort stanzas are
-                // answered, verifications fail (their requester sees the dropped reply).
-                for cmd in held.drain(..) {
-                    if let LinkCmd::Stanza(el) = cmd {
-                        crate::delivery::bounce(&shared, &el, "cancel", "remote-server-not-found");
-                    }
-                }
                 match outcome {
                     Outcome::Shutdown => return,
                     Outcome::Ended { healthy: true, reason, recheck } => {
@@ -262,6 +255,14 @@ pub(super) async fn run(
                         }
                         failures.push(format!("{}: {reason}", path.as_str()));
                     }
+                }
+            }
+            // What waited for this round (the next path tries them too) is not carried
+            // over: best-effort stanzas are answered, verifications fail (their requester
+            // sees the dropped reply).
+            for cmd in held.drain(..) {
+                if let LinkCmd::Stanza(el) = cmd {
+                    crate::delivery::bounce(&shared, &el, "cancel", "remote-server-not-found");
                 }
             }
             if worked {
@@ -396,7 +397,8 @@ impl Stream {
 }
 
 /// One stream on one path: connects, negotiates, and carries the queue until the stream
-/// fails, idles out, or (on a fallback path, at `recheck_at`) makes way for a better path.
+/// fails, idles out, or (on a fallback path) makes way for a `better` path that a probe
+/// found working again.
 #[allow(clippy::too_many_arguments)]
 async fn attempt(
     shared: &Arc<Shared>,
@@ -404,7 +406,7 @@ async fn attempt(
     local: &str,
     remote: &str,
     path: Path,
-    recheck_at: Option<Instant>,
+    better: &[Path],
     rx: &mut mpsc::Receiver<LinkCmd>,
     wakers: &super::Wakers,
     held: &mut VecDeque<LinkCmd>,
@@ -460,6 +462,12 @@ async fn attempt(
     let mut failure: Option<String> = None;
     // Set when the stream makes way for a better path.
     let mut recheck = false;
+    // On a fallback path: probes of the better paths, every probe interval.
+    let recheck_every = Duration::from_secs(fed.config.probe_interval_secs);
+    let mut next_recheck = Instant::now() + recheck_every;
+    let mut rechecking: Option<tokio::task::JoinHandle<bool>> = None;
+    // A better path works: switch once nothing is in flight.
+    let mut better_works = false;
     // A fresh connection tried while acknowledgements are overdue (see ACK_SUSPECT).
     let mut liveness: Option<tokio::task::JoinHandle<bool>> = None;
     // Not another one before this (one every ACK_SUSPECT at most).
@@ -635,6 +643,13 @@ async fn attempt(
                 st.in_flight.clear();
             }
         }
+        if better_works && st.ready && st.in_flight.is_empty() && !st.proto.is_closed() {
+            // Between bursts: make way for the better path.
+            debug!("a better path works again; closing this one");
+            st.proto.close(None, None);
+            recheck = true;
+            continue;
+        }
         if st.more {
             continue;
         }
@@ -652,7 +667,11 @@ async fn attempt(
             }
         } else {
             let idle = st.last_activity + IDLE_CLOSE;
-            recheck_at.map_or(idle, |r| r.min(idle))
+            if better.is_empty() || rechecking.is_some() {
+                idle
+            } else {
+                next_recheck.min(idle)
+            }
         };
         let probed = async {
             match liveness.as_mut() {
@@ -692,12 +711,15 @@ async fn attempt(
                 None => return Outcome::Shutdown,
             },
             () = wake.notified() => {}
-            () = wakers.reachable.notified(), if recheck_at.is_some() || path != Path::Direct => {
-                // The peer reached us itself: a better path than this one may work now.
-                if path != Path::Direct && st.in_flight.is_empty() {
-                    st.proto.close(None, None);
-                    recheck = true;
+            works = async {
+                match rechecking.as_mut() {
+                    Some(task) => task.await.unwrap_or(false),
+                    None => std::future::pending().await,
                 }
+            } => {
+                rechecking = None;
+                next_recheck = Instant::now() + recheck_every;
+                better_works |= works;
             }
             works = probed => {
                 liveness = None;
@@ -753,18 +775,26 @@ async fn attempt(
                     ended_healthy = false;
                 } else if Instant::now() >= st.last_activity + IDLE_CLOSE {
                     st.proto.close(None, None);
-                } else if recheck_at.is_some_and(|r| Instant::now() >= r) {
-                    // Between bursts on a fallback path: make way for a better one.
-                    debug!("closing the fallback stream to try a better path");
-                    st.proto.close(None, None);
-                    recheck = true;
+                } else if !better.is_empty() && rechecking.is_none() && Instant::now() >= next_recheck {
+                    let (paths, remote, shared) = (better.to_vec(), remote.to_owned(), shared.clone());
+                    rechecking = Some(tokio::spawn(async move {
+                        let Some(fed) = shared.federation.as_ref() else {
+                            return false;
+                        };
+                        for p in paths {
+                            if p.probe(fed, &remote).await {
+                                return true;
+                            }
+                        }
+                        false
+                    }));
                 }
             }
         }
     }
     // Best-effort stanzas that never went out are answered by the caller.
     held.extend(st.pending.drain(..).map(LinkCmd::Stanza));
-    if let Some(task) = liveness {
+    for task in [liveness, rechecking].into_iter().flatten() {
         task.abort();
     }
     conn.shutdown().await;

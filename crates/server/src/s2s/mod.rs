@@ -15,6 +15,9 @@
 //!   failure) as the link task reports it; [`crate::ServerHandle::link_statuses`] joins it
 //!   with the store's queue figures. A link logs a failure when it goes down or the reason
 //!   changes, not on every retry.
+//! - `ws` carries streams over WebSocket inside HTTPS (RFC 7395 framing) between Outpost
+//!   servers: the `s2s-websocket` listener, and the path a link takes to a peer with a
+//!   `federation.websocket_peers` URL when the direct connection fails.
 //! - `inbound` accepts peers' streams (`S2sIncoming`), verifies their dialback keys over our
 //!   own link to the claimed domain, answers `db:verify` for ours, deduplicates messages by
 //!   XEP-0359 origin-id and delivers what arrives through the same code as client stanzas.
@@ -34,6 +37,7 @@ mod inbound;
 mod link;
 mod status;
 mod trust;
+mod ws;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -57,6 +61,7 @@ pub(crate) use inbound::{serve as serve_inbound, serve_tls as serve_inbound_tls}
 pub(crate) use status::LinkBoard;
 pub use status::{LinkState, LinkStatus};
 pub(crate) use trust::AnyClientCert;
+pub(crate) use ws::serve_websocket;
 
 /// Best-effort stanzas and dialback verifications a link holds while it connects.
 const LINK_CHANNEL: usize = 256;
@@ -102,6 +107,8 @@ pub(crate) struct Federation {
     secret: String,
     /// `federation.peers`, changeable at run time (tests bind port 0).
     peers: RwLock<HashMap<String, String>>,
+    /// `federation.websocket_peers`, changeable at run time like `peers`.
+    websocket_peers: RwLock<HashMap<String, String>>,
     links: Mutex<HashMap<(String, String), LinkHandle>>,
     /// Which peer certificates are checked, and our TLS client configurations.
     pub(crate) trust: trust::Trust,
@@ -141,6 +148,7 @@ impl Federation {
             config: config.clone(),
             secret,
             peers: RwLock::new(config.peers.clone().into_iter().collect()),
+            websocket_peers: RwLock::new(config.websocket_peers.clone().into_iter().collect()),
             links: Mutex::new(HashMap::new()),
             trust: trust::Trust::new(config, identity)?,
             tracker,
@@ -188,6 +196,23 @@ impl Federation {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(domain.to_owned(), addr.to_owned());
+    }
+
+    /// `domain`'s entry in `federation.websocket_peers`: the `wss://` URL of its endpoint.
+    pub(super) fn websocket_peer(&self, domain: &str) -> Option<String> {
+        let peers = self
+            .websocket_peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        peers.get(domain).cloned()
+    }
+
+    /// Sets or replaces the `wss://` URL of `domain`'s WebSocket endpoint.
+    pub(crate) fn set_websocket_peer(&self, domain: &str, url: &str) {
+        self.websocket_peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(domain.to_owned(), url.to_owned());
     }
 
     /// The link for a pair, started if it does not run yet.
@@ -416,15 +441,18 @@ pub(crate) fn ensure_origin_id(el: &mut Element) {
 /// Opens a WebSocket connection to `domain`'s server-to-server endpoint
 /// (`federation.websocket_peers`).
 async fn websocket_connect(
-    _fed: &Federation,
+    fed: &Federation,
     domain: &str,
 ) -> Result<(conn::Conn, Transport), String> {
-    Err(format!("no WebSocket transport for {domain}"))
+    match ws::connect(fed, domain).await {
+        Some(r) => r,
+        None => Err(format!("no WebSocket endpoint for {domain}")),
+    }
 }
 
 /// Whether `domain`'s WebSocket endpoint accepts TCP connections.
-async fn websocket_probe(_fed: &Federation, _domain: &str) -> bool {
-    false
+async fn websocket_probe(fed: &Federation, domain: &str) -> bool {
+    ws::probe(fed, domain).await
 }
 
 /// After a link to `remote` came (back) up: every available local user asks for the
