@@ -7,14 +7,18 @@
 #   eth0 10.201.1.2/24 ========== s1 10.201.1.1 | s2 10.201.2.1 ========== eth0 10.201.2.2/24
 #   outpost serve, clients                ip_forward=1                    outpost serve, clients
 #
-# The hub host runs no Outpost yet (the hub relay is not built); it only routes, so the
-# sites federate directly. PARTITION_CUT picks how site 1's link is cut:
+# The hub host routes between the sites, which federate directly. PARTITION_CUT picks how
+# site 1's link is cut:
 #   link       `ip link set s1 down` on the hub's end of site 1's link: a cable pull. Site 1
 #              loses carrier (its routes survive; the hub's connected route comes back by
 #              itself on `up`), so its kernel sees its own sends fail.
 #   blackhole  `ip rule … blackhole` on the hub for everything between site 1 and the rest:
 #              the WAN fails beyond the first hop. Carrier stays up, packets vanish without
 #              an error or ICMP, so TCP backs off exponentially: the harder case for recovery.
+#   direct     the hub host also runs an Outpost hub (hub.test, relaying between the two
+#              sites), and only traffic *between* the sites is blackholed: each site still
+#              reaches the hub. Messages must then arrive during the cut, through the hub,
+#              once and in order, and the link must go back to the direct path after it.
 #
 # The namespaces, their veth pairs and every process in them are created by this script and
 # removed on any exit, success or failure. The addresses exist only inside them: none is
@@ -44,7 +48,8 @@ die() { say "FAIL: $*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || { say "needs root (network namespaces)"; exit 2; }
 command -v ip >/dev/null || { say "needs iproute2 (ip)"; exit 2; }
-[[ $CUT == link || $CUT == blackhole ]] || { say "PARTITION_CUT must be link or blackhole"; exit 2; }
+[[ $CUT == link || $CUT == blackhole || $CUT == direct ]] ||
+    { say "PARTITION_CUT must be link, blackhole or direct"; exit 2; }
 [[ -x "$BIN" ]] || { say "no outpost binary at $BIN (set OUTPOST_BIN)"; exit 2; }
 PY="$(python3 -c 'import sys; print(sys.executable)')"
 CLIENT="$here/xmpp_client.py"
@@ -64,7 +69,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     if [[ $rc -ne 0 ]]; then
-        for f in "$WORK"/site*/outpost.log; do
+        for f in "$WORK"/site*/outpost.log "$WORK"/hub/outpost.log; do
             [[ -f $f ]] && { say "---- last lines of $f ----"; tail -n 40 "$f"; }
         done
         [[ -f $WORK/jerry.log ]] && { say "---- jerry received ----"; cat "$WORK/jerry.log"; }
@@ -129,7 +134,11 @@ done
 
 # ---------------------------------------------------------------- servers
 start_site() { # start_site N: site<N>.test in op-s<N>-PID, peer site<3-N>.test
-    local n=$1 other=$((3 - $1)) dir="$WORK/site$1"
+    local n=$1 other=$((3 - $1)) dir="$WORK/site$1" hub_line="" hub_peer=""
+    if [[ $CUT == direct ]]; then
+        hub_line='hub = "hub.test"'
+        hub_peer="\"hub.test\" = \"10.201.$n.1:5269\""
+    fi
     mkdir -p "$dir"
     cat >"$dir/outpost.toml" <<EOF
 domains = ["site$n.test"]
@@ -147,7 +156,7 @@ enabled = false
 allow_plaintext_without_tls = true
 
 [log]
-level = "info"
+level = "info,outpost_server::s2s=debug"
 
 [federation]
 enabled = true
@@ -158,8 +167,11 @@ probe_interval_secs = 2
 # The other site is listed below; DNS is never asked.
 srv_lookup = false
 
+$hub_line
+
 [federation.peers]
 "site$other.test" = "${ADDR[$other]}:5269"
+$hub_peer
 EOF
     "$BIN" config check --config "$dir/outpost.toml" >/dev/null
     local user
@@ -173,6 +185,60 @@ EOF
     eval "SERVER$n=$!"
 }
 listening() { grep -q "^listening s2s" "$1" && grep -q "^listening c2s-starttls" "$1"; }
+
+start_hub() { # hub.test on the router host, relaying between the sites
+    local dir="$WORK/hub"
+    mkdir -p "$dir"
+    cat >"$dir/outpost.toml" <<EOF
+domains = ["hub.test"]
+data_dir = "$dir/data"
+
+[listen]
+c2s = ["127.0.0.1:5222"]
+c2s_tls = []
+s2s = ["10.201.1.1:5269", "10.201.2.1:5269"]
+
+[registration]
+enabled = false
+
+[log]
+level = "info,outpost_server::s2s=debug"
+
+[federation]
+enabled = true
+require_tls = true
+retry_initial_secs = 1
+retry_max_secs = 5
+probe_interval_secs = 2
+srv_lookup = false
+relay_for = ["site1.test", "site2.test"]
+
+[federation.peers]
+"site1.test" = "${ADDR[1]}:5269"
+"site2.test" = "${ADDR[2]}:5269"
+EOF
+    "$BIN" config check --config "$dir/outpost.toml" >/dev/null
+    ip netns exec "$HUB" "$BIN" serve --config "$dir/outpost.toml" \
+        >"$dir/stdout" 2>"$dir/outpost.log" </dev/null &
+    PIDS+=($!)
+}
+
+# The path and state of a site's link to the other site, from `outpost admin links --json`.
+link_path() { # link_path N: prints "<path> <state>"
+    local other=$((3 - $1))
+    "$BIN" admin links --json --config "$WORK/site$1/outpost.toml" 2>/dev/null |
+        "$PY" -c 'import json, sys
+for l in json.load(sys.stdin):
+    if l["remote"] == sys.argv[1]:
+        print(l["path"], l["state"])' "site$other.test"
+}
+path_is() { [[ $(link_path "$1") == "$2 up" ]]; }
+
+if [[ $CUT == direct ]]; then
+    start_hub
+    wait_until 60 "hub.test to listen" listening "$WORK/hub/stdout"
+    say "hub.test is up on the router host"
+fi
 
 start_site 1 tom alice
 start_site 2 jerry bob
@@ -201,9 +267,13 @@ client 1 ping --user tom --resource ping --peer jerry@site2.test ||
 if [[ $CUT == link ]]; then
     say "cutting site 1's link (ip link set s1 down on the hub)"
     ip -n "$HUB" link set s1 down
-else
+elif [[ $CUT == blackhole ]]; then
     say "cutting site 1 off (blackhole rules on the hub)"
     ip -n "$HUB" rule add priority 100 iif s1 blackhole
+    ip -n "$HUB" rule add priority 101 iif s2 to 10.201.1.0/24 blackhole
+else
+    say "cutting the sites off from each other, not from the hub (blackhole rules)"
+    ip -n "$HUB" rule add priority 100 iif s1 to 10.201.2.0/24 blackhole
     ip -n "$HUB" rule add priority 101 iif s2 to 10.201.1.0/24 blackhole
 fi
 T_CUT=$(now)
@@ -224,7 +294,17 @@ wait "$LOCAL1" || { cat "$WORK/local1.out"; die "chat inside site 1 stopped duri
 wait "$LOCAL2" || { cat "$WORK/local2.out"; die "chat inside site 2 stopped during the cut"; }
 cat "$WORK/local1.out" "$WORK/local2.out"
 kill -0 "$JERRY" 2>/dev/null || die "jerry's session ended during the cut"
-if [[ -s $WORK/jerry.log ]]; then
+has_all() {
+    kill -0 "$JERRY" 2>/dev/null || die "jerry's session ended"
+    [[ -f $WORK/jerry.log && $(wc -l <"$WORK/jerry.log") -ge $COUNT ]]
+}
+if [[ $CUT == direct ]]; then
+    # The hub still reaches both sites: the messages go through it, during the cut.
+    wait_until "$RECOVERY_LIMIT" "all $COUNT messages at jerry through the hub" has_all
+    T_HUB=$(awk -v n="$COUNT" 'NR == n { print $1 }' "$WORK/jerry.log")
+    say "all $COUNT messages at jerry $(elapsed "$T_CUT" "$T_HUB") s after the cut, link still cut"
+    path_is 1 hub || die "site1's link to site2 is '$(link_path 1)', not up through the hub"
+elif [[ -s $WORK/jerry.log ]]; then
     die "jerry received messages while the link was down: the cut did not cut"
 fi
 
@@ -237,15 +317,13 @@ else
 fi
 T_UP=$(now)
 say "link restored after $(elapsed "$T_CUT" "$T_UP") s; waiting for jerry to have all $COUNT"
-has_all() {
-    kill -0 "$JERRY" 2>/dev/null || die "jerry's session ended"
-    [[ -f $WORK/jerry.log && $(wc -l <"$WORK/jerry.log") -ge $COUNT ]]
-}
 wait_until "$RECOVERY_LIMIT" "all $COUNT messages at jerry" has_all
 T_LAST=$(awk -v n="$COUNT" 'NR == n { print $1 }' "$WORK/jerry.log")
 T_FIRST=$(awk 'NR == 1 { print $1 }' "$WORK/jerry.log")
 RECOVERY=$(elapsed "$T_UP" "$T_LAST")
-say "recovery: first message $(elapsed "$T_UP" "$T_FIRST") s, all $COUNT messages $RECOVERY s after the link came back"
+if [[ $CUT != direct ]]; then
+    say "recovery: first message $(elapsed "$T_UP" "$T_FIRST") s, all $COUNT messages $RECOVERY s after the link came back"
+fi
 
 # Chat across the sites works again (jerry's inbox answers the ping).
 client 1 ping --user tom --resource ping --peer jerry@site2.test || die "tom <-> jerry after the cut"
@@ -263,7 +341,18 @@ if [[ $got != "$expected" ]]; then
 fi
 say "jerry received all $COUNT messages exactly once, in order"
 kill -0 "$SERVER1" && kill -0 "$SERVER2" || die "a server exited"
+if [[ $CUT == direct ]]; then
+    # Once the direct path takes connections again, the link leaves the hub.
+    wait_until 30 "site1's link up on the direct path again" path_is 1 direct
+    say "site1's link to site2 is up on the direct path again"
+fi
 
+if [[ $CUT == direct ]]; then
+    say "RESULT (direct cut): $COUNT messages sent while the sites could not reach each other," \
+        "all delivered once and in order through the hub $(elapsed "$T_CUT" "$T_HUB") s after the" \
+        "cut began; back on the direct path after it; chat inside both sites went on"
+    exit 0
+fi
 awk -v r="$RECOVERY" -v lim="$RECOVERY_LIMIT" 'BEGIN { exit !(r <= lim) }' ||
     die "recovery took $RECOVERY s, more than $RECOVERY_LIMIT s"
 say "RESULT ($CUT cut): $COUNT messages sent during a ${CUT_SECS}s cut, all delivered once and in order" \

@@ -187,9 +187,12 @@ pub(super) async fn run(
         let mut held: VecDeque<LinkCmd> = VecDeque::new();
         // The last state logged: a link's ups and downs are logged once each, not per retry.
         let mut logged_up: Option<bool> = None;
+        // A fallback stream made way for a better path: take it at once, queue or not, so
+        // the link is on its best path before the next message needs it.
+        let mut switch_now = false;
         loop {
             // Wait for something to send.
-            loop {
+            while !std::mem::take(&mut switch_now) {
                 if shared.shutdown.is_cancelled() {
                     return;
                 }
@@ -236,10 +239,11 @@ pub(super) async fn run(
                         debug!(path = path.as_str(), reason, "stream ended");
                         health[i].worked();
                         if recheck {
-                            // The peer reached us directly: better paths may work again.
+                            // A better path works again (a probe connected).
                             for h in &mut health[..i] {
                                 h.retry_at = None;
                             }
+                            switch_now = true;
                         }
                         worked = true;
                         break;
@@ -266,7 +270,7 @@ pub(super) async fn run(
                 }
             }
             if worked {
-                if !queue_nonempty(&shared, &local, &remote).await {
+                if switch_now || !queue_nonempty(&shared, &local, &remote).await {
                     continue;
                 }
                 // Stanzas are waiting: reconnect, but never in a tight loop.
@@ -362,6 +366,10 @@ struct Stream {
     last_seq: u32,
     /// When the peer last acknowledged something, or when stanzas started waiting.
     last_progress: Instant,
+    /// Best-effort stanzas written and not yet acknowledged (sequence number, when): a
+    /// stream that carries only presence and IQs must not die unnoticed either, and what
+    /// it lost is tried again on the next stream.
+    best_effort: VecDeque<(u32, Instant, minidom::Element)>,
     last_activity: Instant,
     /// Best-effort stanzas waiting for the stream to be ready.
     pending: VecDeque<minidom::Element>,
@@ -390,8 +398,27 @@ impl Stream {
 
     fn send_best_effort(&mut self, el: &minidom::Element) {
         match self.proto.send_stanza(el) {
-            Ok(seq) => self.last_seq = seq,
+            Ok(seq) => {
+                self.last_seq = seq;
+                if self.sm {
+                    if self.best_effort.len() >= super::LINK_CHANNEL {
+                        self.best_effort.pop_front();
+                    }
+                    self.best_effort
+                        .push_back((seq, Instant::now(), el.clone()));
+                    self.proto.request_ack();
+                }
+            }
             Err(e) => debug!(error = %e, "best-effort stanza not sent"),
+        }
+    }
+
+    /// Since when the peer owes an acknowledgement, if it does.
+    fn waiting_since(&self) -> Option<Instant> {
+        let queued = (!self.in_flight.is_empty()).then_some(self.last_progress);
+        match (queued, self.best_effort.front().map(|(_, t, _)| *t)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 }
@@ -446,6 +473,7 @@ async fn attempt(
         last_sent: None,
         last_seq: 0,
         last_progress: now,
+        best_effort: VecDeque::new(),
         last_activity: now,
         pending: VecDeque::new(),
         verifies: HashMap::new(),
@@ -528,6 +556,13 @@ async fn attempt(
                         }
                     }
                     st.last_progress = Instant::now();
+                    while st
+                        .best_effort
+                        .front()
+                        .is_some_and(|(seq, _, _)| h.wrapping_sub(*seq) < 1 << 31)
+                    {
+                        st.best_effort.pop_front();
+                    }
                     if let Some(id) = up_to
                         && let Err(e) = shared.store.outbox_ack(local, remote, id, now_ms()).await
                     {
@@ -645,7 +680,10 @@ async fn attempt(
         }
         if better_works && st.ready && st.in_flight.is_empty() && !st.proto.is_closed() {
             // Between bursts: make way for the better path.
-            debug!("a better path works again; closing this one");
+            info!(
+                path = path.as_str(),
+                "a better path works again; leaving this one"
+            );
             st.proto.close(None, None);
             recheck = true;
             continue;
@@ -656,12 +694,10 @@ async fn attempt(
 
         let timer = if !st.ready {
             negotiation_deadline
-        } else if !st.in_flight.is_empty() {
-            let give_up = st.last_progress + ACK_TIMEOUT;
+        } else if let Some(since) = st.waiting_since() {
+            let give_up = since + ACK_TIMEOUT;
             if liveness.is_none() {
-                (st.last_progress + ACK_SUSPECT)
-                    .max(next_liveness)
-                    .min(give_up)
+                (since + ACK_SUSPECT).max(next_liveness).min(give_up)
             } else {
                 give_up
             }
@@ -724,7 +760,7 @@ async fn attempt(
             works = probed => {
                 liveness = None;
                 next_liveness = Instant::now() + ACK_SUSPECT;
-                let silent = !st.in_flight.is_empty() && st.last_progress.elapsed() >= ACK_SUSPECT;
+                let silent = st.waiting_since().is_some_and(|t| t.elapsed() >= ACK_SUSPECT);
                 if silent && works {
                     // The peer accepts new connections but this stream has gone quiet: it
                     // died without a sound (a silent partition). Start again on a fresh
@@ -747,7 +783,7 @@ async fn attempt(
                     st.proto.close(Some("connection-timeout"), Some("negotiation took too long"));
                     failure = Some("negotiation timed out".to_owned());
                     ended_healthy = false;
-                } else if !st.in_flight.is_empty() && st.last_progress.elapsed() < ACK_TIMEOUT {
+                } else if st.waiting_since().is_some_and(|t| t.elapsed() < ACK_TIMEOUT) {
                     // Acknowledgements are overdue: ask again, and see whether a fresh
                     // connection gets through while this stream stays silent.
                     st.proto.request_ack();
@@ -765,7 +801,7 @@ async fn attempt(
                             tokio::time::timeout(ACK_SUSPECT, probe).await.unwrap_or(false)
                         }));
                     }
-                } else if !st.in_flight.is_empty() {
+                } else if st.waiting_since().is_some() {
                     debug!(outstanding = st.in_flight.len(), "peer does not acknowledge; reconnecting");
                     st.proto.close(Some("connection-timeout"), Some("no acknowledgement"));
                     failure = Some(format!(
@@ -793,6 +829,12 @@ async fn attempt(
         }
     }
     // Best-effort stanzas that never went out are answered by the caller.
+    // What the peer never acknowledged goes first on the next stream.
+    held.extend(
+        st.best_effort
+            .drain(..)
+            .map(|(_, _, el)| LinkCmd::Stanza(el)),
+    );
     held.extend(st.pending.drain(..).map(LinkCmd::Stanza));
     for task in [liveness, rechecking].into_iter().flatten() {
         task.abort();
