@@ -347,3 +347,126 @@ async fn presence_is_probed_again_when_a_link_comes_back() {
         }
     }
 }
+
+#[tokio::test]
+async fn queued_messages_bounce_when_their_lifetime_ends() {
+    let a = TestServer::start_with(|c| {
+        site("a.test", None)(c);
+        c.federation.queue_lifetime_secs = 1;
+    })
+    .await;
+    a.add_user("alice", "wonderland").await;
+    handle(&a).set_peer_address("b.test", &closed_port().await);
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    alice.available().await;
+    alice
+        .send("<message to='bob@b.test' type='chat' id='late'><body>lost cause</body></message>")
+        .await;
+    // RFC 6120 §8.3.3.17: the sender learns that the remote server never answered.
+    let error = alice
+        .recv_where(|el| el.name() == "message" && el.attr("type") == Some("error"))
+        .await;
+    assert_eq!(error.attr("id"), Some("late"));
+    assert_eq!(error.attr("from"), Some("bob@b.test"));
+    assert_eq!(stanza_error(&error).0, "remote-server-timeout");
+    let queued = a
+        .store
+        .outbox_peek("a.test", "b.test", None, 10)
+        .await
+        .expect("peek");
+    assert!(queued.is_empty(), "expired entries leave the queue");
+}
+
+/// Plays a b.test that authenticates a.test and enables stream management, then reads
+/// what it is sent and never acknowledges any of it.
+async fn silent_b(listener: &tokio::net::TcpListener) -> Client {
+    let mut peer = loop {
+        let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+            .await
+            .expect("a.test connects in time")
+            .expect("accept");
+        let mut peer = Client::new(Box::new(tcp));
+        match peer.next_event().await {
+            Some(XmlEvent::StreamOpen(_)) => break peer,
+            None => continue,
+            other => panic!("expected a stream header, got {other:?}"),
+        }
+    };
+    peer.send(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' \
+         version='1.0' from='b.test' to='a.test' id='silent-b'>\
+         <stream:features><dialback xmlns='urn:xmpp:features:dialback'/>\
+         <sm xmlns='urn:xmpp:sm:3'/></stream:features>",
+    )
+    .await;
+    assert_eq!(peer.recv().await.name(), "result");
+    peer.send("<db:result from='b.test' to='a.test' type='valid'/>")
+        .await;
+    assert_eq!(peer.recv().await.name(), "enable");
+    peer.send("<enabled xmlns='urn:xmpp:sm:3'/>").await;
+    peer
+}
+
+#[tokio::test]
+async fn a_peer_that_never_acknowledges_keeps_its_queue_and_harms_no_other_link() {
+    let plain = |domain: &'static str| {
+        move |c: &mut Config| {
+            site(domain, None)(c);
+            c.federation.require_tls = false;
+        }
+    };
+    let a = TestServer::start_with(plain("a.test")).await;
+    let c = TestServer::start_with(plain("c.test")).await;
+    a.add_user("alice", "wonderland").await;
+    c.add_user("carol", "christmas").await;
+    handle(&a).set_peer_address("c.test", &s2s(&c));
+    handle(&c).set_peer_address("a.test", &s2s(&a));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    handle(&a).set_peer_address("b.test", &listener.local_addr().expect("addr").to_string());
+
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    let mut carol = c.login("carol", "christmas", "pc").await;
+    carol.available().await;
+    for i in 0..5 {
+        alice
+            .send(&chat("bob@b.test", &format!("unacknowledged {i}")))
+            .await;
+    }
+    let mut b = silent_b(&listener).await;
+    let mut seen = 0;
+    while seen < 5 {
+        if b.recv().await.name() == "message" {
+            seen += 1;
+        }
+    }
+
+    // The other link carries on.
+    alice.send(&chat("carol@c.test", "unaffected")).await;
+    let got = carol
+        .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("unaffected"));
+
+    // The silent peer's messages stay queued, and the link says why it backs off.
+    let deadline = tokio::time::Instant::now() + 3 * WAIT;
+    let link = loop {
+        let links = handle(&a).link_statuses().await.expect("statuses");
+        if let Some(l) = links.iter().find(|l| {
+            l.remote == "b.test"
+                && l.last_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("acknowledges nothing"))
+        }) {
+            break l.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{links:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(link.queued, 5);
+    alice
+        .assert_none_before_ping(|el| el.attr("type") == Some("error"), "a bounce")
+        .await;
+}

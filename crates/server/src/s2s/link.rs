@@ -370,6 +370,8 @@ struct Stream {
     /// stream that carries only presence and IQs must not die unnoticed either, and what
     /// it lost is tried again on the next stream.
     best_effort: VecDeque<(u32, Instant, minidom::Element)>,
+    /// Whether the peer acknowledged anything on this stream.
+    acked_any: bool,
     last_activity: Instant,
     /// Best-effort stanzas waiting for the stream to be ready.
     pending: VecDeque<minidom::Element>,
@@ -474,6 +476,7 @@ async fn attempt(
         last_seq: 0,
         last_progress: now,
         best_effort: VecDeque::new(),
+        acked_any: false,
         last_activity: now,
         pending: VecDeque::new(),
         verifies: HashMap::new(),
@@ -556,6 +559,7 @@ async fn attempt(
                         }
                     }
                     st.last_progress = Instant::now();
+                    st.acked_any = true;
                     while st
                         .best_effort
                         .front()
@@ -761,7 +765,7 @@ async fn attempt(
                 liveness = None;
                 next_liveness = Instant::now() + ACK_SUSPECT;
                 let silent = st.waiting_since().is_some_and(|t| t.elapsed() >= ACK_SUSPECT);
-                if silent && works {
+                if silent && works && st.acked_any {
                     // The peer accepts new connections but this stream has gone quiet: it
                     // died without a sound (a silent partition). Start again on a fresh
                     // one rather than wait for TCP to give up on this one.
@@ -769,6 +773,13 @@ async fn attempt(
                     st.proto.close(Some("connection-timeout"), Some("no acknowledgement"));
                     failure = Some("stream went silent; reconnected".to_owned());
                     recheck = true;
+                } else if silent && works {
+                    // A peer that takes connections but has acknowledged nothing on this
+                    // stream is broken, not cut off: back off (the queue stays) instead
+                    // of reconnecting in a loop.
+                    st.proto.close(Some("connection-timeout"), Some("no acknowledgement"));
+                    failure = Some("peer acknowledges nothing".to_owned());
+                    ended_healthy = false;
                 } else if silent {
                     // Silent, and the path takes no new connection either: it is cut. Let
                     // the link fail over to its next path now.

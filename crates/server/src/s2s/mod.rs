@@ -67,7 +67,8 @@ pub(crate) use ws::serve_websocket;
 const LINK_CHANNEL: usize = 256;
 /// How long a peer's dialback key may wait for the verdict of its authoritative server.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often expired queue entries are bounced and old stanza ids forgotten.
+/// How often expired queue entries are bounced and old stanza ids forgotten, at most: a
+/// short `queue_lifetime_secs` is checked four times per lifetime.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// Entries expired per store call.
 const EXPIRE_BATCH: u32 = 500;
@@ -365,6 +366,8 @@ async fn maintenance(shared: Arc<Shared>) {
     }
     let lifetime_ms =
         i64::try_from(fed.config.queue_lifetime_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let maintenance_every = (Duration::from_secs(fed.config.queue_lifetime_secs) / 4)
+        .clamp(Duration::from_millis(250), MAINTENANCE_INTERVAL);
     loop {
         expire(&shared, lifetime_ms).await;
         // Ids are remembered a day longer than any peer retries (XEP-0359 dedup window).
@@ -378,7 +381,7 @@ async fn maintenance(shared: Arc<Shared>) {
         }
         tokio::select! {
             () = shared.shutdown.cancelled() => return,
-            () = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+            () = tokio::time::sleep(maintenance_every) => {}
         }
     }
 }
