@@ -3,33 +3,40 @@
 //!
 //! - [`Federation`] is the registry in `Shared`: one link task per (local domain, remote
 //!   domain) pair, created on demand and kept for the life of the server.
-//! - `link` is that task: it connects (`direct`: a `federation.peers` override, else the
-//!   domain's SRV records, XEP-0368 direct TLS included, else the domain on port 5269),
-//!   negotiates STARTTLS when needed and dialback through `S2sOutgoing`,
-//!   and sends the link's outbox in id order, removing stanzas only when the peer
-//!   acknowledged them (XEP-0198) or, for peers without stream management, as
-//!   `federation.ack_without_sm` says. It backs off exponentially after failures, probes a
-//!   down peer with TCP connects while its queue is not empty, and is woken at once when
-//!   the peer connects to us.
-//! - `status` holds each link's state (up, connecting, backoff, idle, with the last
-//!   failure) as the link task reports it; [`crate::ServerHandle::link_statuses`] joins it
-//!   with the store's queue figures. A link logs a failure when it goes down or the reason
-//!   changes, not on every retry.
-//! - `ws` carries streams over WebSocket inside HTTPS (RFC 7395 framing) between Outpost
-//!   servers: the `s2s-websocket` listener, and the path a link takes to a peer with a
-//!   `federation.websocket_peers` URL when the direct connection fails.
-//! - `inbound` accepts peers' streams (`S2sIncoming`), verifies their dialback keys over our
-//!   own link to the claimed domain, answers `db:verify` for ours, deduplicates messages by
-//!   XEP-0359 origin-id and delivers what arrives through the same code as client stanzas.
+//! - `link` is that task. It reaches the peer by one of up to four paths, best first:
+//!   `direct` (TCP: a `federation.peers` override, else the domain's SRV records, XEP-0368
+//!   direct TLS included, else the domain on port 5269), `websocket` (HTTPS to the peer's
+//!   `federation.websocket_peers` URL), `hub` (TCP to `federation.hub`, which relays) and
+//!   `hub-websocket`. Each path backs off on its own after failures; a stream on a fallback
+//!   path probes the better ones and makes way once one accepts connections. On the stream
+//!   it negotiates TLS, SASL EXTERNAL or dialback through `S2sOutgoing`, and sends the
+//!   link's outbox in id order, removing stanzas only when the peer acknowledged them
+//!   (XEP-0198) or, for peers without stream management, as `federation.ack_without_sm`
+//!   says. While a queue is not empty it probes a down peer's paths, and it is woken at
+//!   once when the peer connects to us. A stream whose acknowledgements are late is
+//!   replaced at once when a fresh connection gets through (a silent partition), and
+//!   abandoned for the next path when none does. When a link comes up after being down,
+//!   local users' presence is sent and probed again across it.
+//! - `direct` resolves and dials a peer directly (hickory-resolver for SRV); `ws` carries
+//!   streams over WebSocket inside HTTPS (RFC 7395 framing) between Outpost servers: the
+//!   `s2s-websocket` listener and the client side.
+//! - `status` holds each link's state and path as the link task reports it;
+//!   [`crate::ServerHandle::link_statuses`] joins it with the store's queue figures. A link
+//!   logs a failure once per path and reason, and "link down" once, not on every retry.
+//! - `inbound` accepts peers' streams (`S2sIncoming`), checks client certificates for SASL
+//!   EXTERNAL, verifies dialback keys over our own link to the claimed domain, answers
+//!   `db:verify` for ours, deduplicates messages by XEP-0359 origin-id and delivers what
+//!   arrives through the same code as client stanzas; on a hub, stanzas between two
+//!   relayed domains go into the hub's own durable queue for the destination.
+//! - `trust` decides which peer certificates are checked (`federation.pinned`,
+//!   `trust_self_signed`); for other peers TLS encrypts and dialback proves the domain,
+//!   as most deployed servers accept.
 //!
 //! What goes through the durable queue: messages and presence subscription stanzas (RFC
 //! 6121 §3 asks for subscription requests to survive). Other presence and IQs are sent
-//! best-effort when a link is up or comes up within one attempt; an IQ request that cannot
-//! be sent is answered with `remote-server-not-found`.
-//!
-//! TLS: the peer's certificate is not verified. Dialback (XEP-0220) proves the domain on
-//! top of the encrypted stream, as most deployed servers accept; SASL EXTERNAL with
-//! certificates (XEP-0178) is not offered or used yet.
+//! best-effort: held while a link connects, acknowledged like queued stanzas and written
+//! again on the next stream if the one they went out on dies, and answered with
+//! `remote-server-not-found` (IQ requests) when every path of a round fails.
 
 mod conn;
 mod direct;
