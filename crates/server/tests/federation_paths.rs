@@ -470,3 +470,52 @@ async fn a_peer_that_never_acknowledges_keeps_its_queue_and_harms_no_other_link(
         .assert_none_before_ping(|el| el.attr("type") == Some("error"), "a bounce")
         .await;
 }
+
+#[tokio::test]
+async fn sites_reach_their_hub_over_websocket_when_only_https_passes() {
+    let hub = TestServer::start_with(|c| {
+        site(HUB, None)(c);
+        c.listen.s2s_websocket = vec!["127.0.0.1:0".parse().expect("addr")];
+        c.federation.relay_for = vec!["a.test".to_owned(), "c.test".to_owned()];
+    })
+    .await;
+    let ws = handle(&hub)
+        .local_addrs()
+        .into_iter()
+        .find(|(k, _)| *k == outpost_server::ListenerKind::S2sWebSocket)
+        .map(|(_, a)| a)
+        .expect("the hub's WebSocket listener");
+    let a = TestServer::start_with(site("a.test", Some(HUB))).await;
+    let c = TestServer::start_with(site("c.test", Some(HUB))).await;
+    let refused = closed_port().await;
+    for (site, other) in [(&a, "c.test"), (&c, "a.test")] {
+        // Neither the other site nor the hub's TCP port passes; HTTPS to the hub does.
+        handle(site).set_peer_address(other, &refused);
+        handle(site).set_peer_address(HUB, &refused);
+        handle(site).set_websocket_peer(HUB, &format!("wss://{ws}/xmpp-websocket"));
+    }
+    handle(&hub).set_peer_address("a.test", &s2s(&a));
+    handle(&hub).set_peer_address("c.test", &s2s(&c));
+    a.add_user("alice", "wonderland").await;
+    c.add_user("carol", "christmas").await;
+
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    let mut carol = c.login("carol", "christmas", "pc").await;
+    carol.available().await;
+    for i in 0..5 {
+        alice
+            .send(&chat("carol@c.test", &format!("over https {i}")))
+            .await;
+    }
+    for i in 0..5 {
+        let got = carol
+            .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
+            .await;
+        assert_eq!(body(&got), Some(format!("over https {i}")));
+    }
+    carol
+        .assert_none_before_ping(|el| el.name() == "message", "a duplicate")
+        .await;
+    let link = wait_link(&a, "c.test", |l| l.queued == 0).await;
+    assert_eq!(link.path, "hub-websocket");
+}
