@@ -117,11 +117,11 @@ def federation(out):
     for r in errors:
         print(f"- error: {r.get('error', '')[:200]}")
     print()
-    print("CPU in % of one core during the measurement, generator / servers / everything else: "
+    print("CPU in % of one core during the measurement, generator / both servers / everything else: "
           + "; ".join(f"{name} {fmt(med(rows_, path + '.generator_cpu_pct'), 0)} / "
                       f"{fmt(med(rows_, path + '.server_cpu_pct'), 0)} / {fmt(med(rows_, path + '.other_cpu_pct'), 0)}"
                       for name, rows_, path in [("local", local, "usage"), ("federated", fed, "usage"),
-                                                ("backlog delivery (B only)", backlog, "usage")]))
+                                                ("backlog delivery (A + B; the queue polls count as everything else)", backlog, "usage")]))
     print()
     print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if k != "params"))
     if "params" in machine:
