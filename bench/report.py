@@ -3,6 +3,7 @@
 
     report.py OUT_DIR SERVER...                    # the table, on stdout
     report.py --slowest-rate FRACTION OUT_DIR SERVER...   # FRACTION x the slowest msgs/s
+    report.py --federation OUT_DIR                 # the table of a bench/federation.sh run
 
 Reads OUT_DIR/<server>.jsonl (one JSON object per outpost-bench run) and OUT_DIR/machine.txt.
 Where a scenario ran several times the table shows the median, and the number of runs.
@@ -63,7 +64,79 @@ def ratio(a, b):
     return f"{a / b:.2f}×"
 
 
+def federation(out):
+    """Local vs federated throughput and the backlog drain, from federation.sh's files."""
+    local = load(out, "local").get("throughput", [])
+    fed = load(out, "federation").get("federation-throughput", [])
+    backlog = load(out, "backlog").get("federation-backlog", [])
+    errors = [r for f in ("local", "federation", "backlog") for r in load(out, f).get("error", [])]
+    machine = {}
+    mpath = Path(out) / "machine.txt"
+    if mpath.exists():
+        for line in mpath.read_text().splitlines():
+            k, _, v = line.partition("=")
+            machine[k] = v
+    lo, fe = med(local, "msgs_per_s"), med(fed, "msgs_per_s")
+    pairs = first_of(fed or local, "pairs")
+    window = first_of(fed or local, "window")
+    count = first_of(backlog, "count")
+    n = lambda rows: f"{len(rows)} run{'s' if len(rows) != 1 else ''}"  # noqa: E731
+    print(f"| Measurement ({pairs} pairs × {window} in flight; {fmt(count)} queued) | median | runs |")
+    print("|---|---|---|")
+    print(f"| local throughput, one server: delivered msgs/s | {fmt(lo, 0)} | {n(local)} |")
+    print(f"| federated throughput, A → B: delivered msgs/s | {fmt(fe, 0)} | {n(fed)} |")
+    small = f"{fe / lo:.4f}× (1/{lo / fe:,.0f})" if fe and lo else "–"
+    print(f"| federated ÷ local | {small} | |")
+    print(f"| local latency at saturation, p99 (ms) | {fmt(med(local, 'latency_at_saturation.p99_ms'), 2)} | |")
+    print(f"| federated latency at saturation, p99 (ms) | {fmt(med(fed, 'latency_at_saturation.p99_ms'), 2)} | |")
+    print(f"| server CPU per delivered message, local (µs) | {fmt(med(local, 'server_us_per_msg'), 2)} | |")
+    print(f"| server CPU per delivered message, A + B (µs) | {fmt(med(fed, 'server_us_per_msg'), 2)} | |")
+    rows = [
+        ("backlog: A accepts (queues) them while B is down: msgs/s", "fill.accept_msgs_per_s", 0),
+        ("backlog: receiver online at B (s after B's s2s listener is up)", "receiver_online_s", 3),
+        ("backlog: first message at the receiver (s)", "first_message_s", 3),
+        ("backlog: last message at the receiver = delivery time (s)", "delivery_s", 3),
+        ("backlog: first → last message (s)", "first_to_last_s", 3),
+        ("backlog: transfer rate first → last (msgs/s)", "transfer_msgs_per_s", 0),
+        ("backlog: A's queue empty = drain time (s)", "queue_empty_s", 3),
+    ]
+    for label, path, digits in rows:
+        print(f"| {label} | {fmt(med(backlog, path), digits)} | {n(backlog)} |")
+    print()
+    print("Checks: throughput undelivered / out of order / error replies; backlog received / "
+          "missing / duplicates / in order / failures.")
+    print()
+    for r in local:
+        print(f"- local: {r.get('undelivered_after_drain')} / {r.get('out_of_order')} / {r.get('error_replies')} {r.get('failures') or ''}")
+    for r in fed:
+        print(f"- federated: {r.get('undelivered_after_drain')} / {r.get('out_of_order')} / {r.get('error_replies')} {r.get('failures') or ''}")
+    for r in backlog:
+        print(f"- backlog {r.get('recipient')}: {r.get('received')} / {r.get('missing')} / "
+              f"{r.get('duplicates')} / {'yes' if r.get('in_order') else 'NO'} / "
+              f"{r.get('failures') or 'none'}{' gaps ' + str(r.get('gaps_sample')) if r.get('gaps_sample') else ''}")
+    for r in errors:
+        print(f"- error: {r.get('error', '')[:200]}")
+    print()
+    print("CPU in % of one core during the measurement, generator / both servers / everything else: "
+          + "; ".join(f"{name} {fmt(med(rows_, path + '.generator_cpu_pct'), 0)} / "
+                      f"{fmt(med(rows_, path + '.server_cpu_pct'), 0)} / {fmt(med(rows_, path + '.other_cpu_pct'), 0)}"
+                      for name, rows_, path in [("local", local, "usage"), ("federated", fed, "usage"),
+                                                ("backlog delivery (A + B; the queue polls count as everything else)", backlog, "usage")]))
+    print()
+    print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if k != "params"))
+    if "params" in machine:
+        print()
+        print(f"Parameters: `{machine['params']}`")
+
+
+def first_of(rows, path):
+    return next((get(r, path) for r in rows if get(r, path) is not None), None)
+
+
 def main(argv):
+    if argv and argv[0] == "--federation":
+        federation(argv[1])
+        return
     if argv and argv[0] == "--slowest-rate":
         print(slowest_rate(argv[1], argv[2], argv[3:]))
         return

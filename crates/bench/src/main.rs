@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use outpost_bench::scenarios::{self, users};
+use outpost_bench::scenarios::{self, QueueProbe, users};
 use outpost_bench::{Mech, Target, metrics};
 use serde_json::{Value, json};
 
@@ -51,6 +51,18 @@ struct Cli {
     /// Hard limit on the whole scenario, in seconds.
     #[arg(long, default_value_t = 600.0)]
     max_seconds: f64,
+    /// Server B of the federation scenarios (server A is --host/--port/--domain): its
+    /// client port.
+    #[arg(long, default_value_t = 0)]
+    peer_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    peer_host: String,
+    /// Server B's XMPP domain.
+    #[arg(long, default_value = "")]
+    peer_domain: String,
+    /// A file holding server B's pid (sampled with server A's).
+    #[arg(long)]
+    peer_pidfile: Option<PathBuf>,
     /// Free text copied into the result (server name and version).
     #[arg(long, default_value = "")]
     label: String,
@@ -158,6 +170,50 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         count: u64,
     },
+    /// Federation: senders on server A, receivers on server B (--peer-*), W messages in
+    /// flight per pair; delivered messages per second across the server-to-server link.
+    FederationThroughput {
+        #[arg(long, default_value = "u")]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        start: usize,
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        #[arg(long, default_value_t = 20)]
+        window: usize,
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 50)]
+        lat_sample: u64,
+    },
+    /// Federation: with server B down, queue COUNT messages on A for a user on B; then
+    /// (after touching --ready-file) wait for B's s2s listener, log the user in on B and
+    /// time the backlog's delivery and A's queue draining.
+    FederationBacklog {
+        #[arg(long, default_value = "bs1")]
+        sender: String,
+        #[arg(long, default_value = "br1")]
+        recipient: String,
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Server B's server-to-server port (on --peer-host).
+        #[arg(long)]
+        peer_s2s_port: u16,
+        /// Created once A accepted every message: the driver then starts B.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+        /// Longest wait for B's listener after the messages were queued, in seconds.
+        #[arg(long, default_value_t = 120.0)]
+        wait_peer: f64,
+        /// The outpost binary and server A's configuration: `outpost admin links --json`
+        /// is polled for A's queue to B.
+        #[arg(long)]
+        outpost: Option<PathBuf>,
+        #[arg(long)]
+        a_config: Option<PathBuf>,
+    },
     /// f. A user with many contacts, some online, logs in; time until all presences.
     Roster {
         #[arg(long, default_value = "ro1")]
@@ -184,6 +240,11 @@ fn secs(x: f64) -> Duration {
     Duration::from_secs_f64(x.max(0.0))
 }
 
+fn read_pid(f: &std::path::Path) -> anyhow::Result<u32> {
+    let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+    text.trim().parse().context("pidfile holds no pid")
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let addr: SocketAddr = (cli.host.as_str(), cli.port)
@@ -197,10 +258,31 @@ fn main() -> anyhow::Result<()> {
     }
     let mut pids = cli.pids.clone();
     if let Some(f) = &cli.pidfile {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        pids.push(text.trim().parse().context("pidfile holds no pid")?);
+        pids.push(read_pid(f)?);
     }
+    // Server B may be down when the run starts (the backlog scenario): read again later.
+    let peer_pid = cli.peer_pidfile.as_deref().and_then(|f| read_pid(f).ok());
+    pids.extend(peer_pid);
+    let peer = if cli.peer_port != 0 {
+        let peer_addr: SocketAddr = (cli.peer_host.as_str(), cli.peer_port)
+            .to_socket_addrs()
+            .with_context(|| format!("resolving {}", cli.peer_host))?
+            .next()
+            .context("no address")?;
+        require_loopback("peer", peer_addr.ip())?;
+        if cli.peer_domain.is_empty() {
+            bail!("--peer-port needs --peer-domain");
+        }
+        let mut tb = Target::new(peer_addr, &cli.peer_domain, &cli.password);
+        tb.tls = cli.tls;
+        tb.src_ips = cli.src_ips.clone();
+        tb.server_pids = peer_pid.into_iter().collect();
+        tb.step_timeout = secs(cli.timeout);
+        tb.login_mech = cli.login_mech;
+        Some(Arc::new(tb))
+    } else {
+        None
+    };
     let mut target = Target::new(addr, &cli.domain, &cli.password);
     target.tls = cli.tls;
     target.src_ips = cli.src_ips.clone();
@@ -224,11 +306,12 @@ fn main() -> anyhow::Result<()> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let result = rt.block_on(async {
-        tokio::time::timeout(secs(cli.max_seconds), run(&t, &cli.scenario))
-            .await
-            .unwrap_or_else(|_| {
-                Ok(json!({"error": format!("hit --max-seconds={}", cli.max_seconds)}))
-            })
+        tokio::time::timeout(
+            secs(cli.max_seconds),
+            run(&t, peer.as_ref(), &cli, &cli.scenario),
+        )
+        .await
+        .unwrap_or_else(|_| Ok(json!({"error": format!("hit --max-seconds={}", cli.max_seconds)})))
     });
     let mut v = match result {
         Ok(v) => v,
@@ -262,8 +345,103 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(t: &Arc<Target>, s: &Scenario) -> anyhow::Result<Value> {
+/// `queued` of A's link to `peer_domain` in `outpost admin links --json`.
+fn admin_queue_probe(outpost: PathBuf, config: PathBuf, peer_domain: String) -> QueueProbe {
+    Box::new(move || {
+        let out = std::process::Command::new(&outpost)
+            .args(["admin", "links", "--json", "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let rows: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let mut queued = 0;
+        for row in rows.as_array()? {
+            if row.get("remote").and_then(Value::as_str) == Some(peer_domain.as_str()) {
+                queued += row.get("queued").and_then(Value::as_u64)?;
+            }
+        }
+        Some(queued)
+    })
+}
+
+async fn run(
+    t: &Arc<Target>,
+    peer: Option<&Arc<Target>>,
+    cli: &Cli,
+    s: &Scenario,
+) -> anyhow::Result<Value> {
+    let need_peer = || peer.context("this scenario needs --peer-port and --peer-domain");
     Ok(match s {
+        Scenario::FederationThroughput {
+            prefix,
+            start,
+            pairs,
+            window,
+            warmup,
+            duration,
+            lat_sample,
+        } => serde_json::to_value(
+            scenarios::federation_throughput(
+                t,
+                need_peer()?,
+                prefix,
+                *start,
+                *pairs,
+                *window,
+                secs(*warmup),
+                secs(*duration),
+                (*lat_sample).max(1),
+            )
+            .await?,
+        )?,
+        Scenario::FederationBacklog {
+            sender,
+            recipient,
+            count,
+            peer_s2s_port,
+            ready_file,
+            wait_peer,
+            outpost,
+            a_config,
+        } => {
+            let tb = need_peer()?;
+            let max = Duration::from_secs(300);
+            let fill =
+                scenarios::federation_backlog_fill(t, sender, &tb.jid(recipient), *count, max)
+                    .await?;
+            if let Some(f) = ready_file {
+                std::fs::write(f, "queued\n")
+                    .with_context(|| format!("writing {}", f.display()))?;
+            }
+            let probe = match (outpost, a_config) {
+                (Some(o), Some(c)) => {
+                    Some(admin_queue_probe(o.clone(), c.clone(), tb.domain.clone()))
+                }
+                _ => None,
+            };
+            let s2s = SocketAddr::new(tb.addr.ip(), *peer_s2s_port);
+            // Both servers' CPU while the backlog crosses: B's pid is the new one.
+            let pids = || {
+                let mut p = t.server_pids.clone();
+                p.retain(|x| !tb.server_pids.contains(x));
+                p.extend(cli.peer_pidfile.as_deref().and_then(|f| read_pid(f).ok()));
+                p
+            };
+            let mut report = scenarios::federation_backlog_drain(
+                tb,
+                s2s,
+                recipient,
+                *count,
+                probe,
+                &pids,
+                secs(*wait_peer),
+                max,
+            )
+            .await?;
+            report.fill = Some(fill);
+            serde_json::to_value(report)?
+        }
         Scenario::Register {
             prefix,
             start,

@@ -447,10 +447,23 @@ async fn setup_pairs(
     pairs: usize,
     concurrency: usize,
 ) -> Result<Vec<Pair>> {
+    setup_pairs_between(t, t, prefix, start, pairs, concurrency).await
+}
+
+/// Senders `<prefix><start>..` on `ts`, receivers `<prefix><start + pairs>..` on `tr` (the
+/// same server, or another one reached by federation).
+async fn setup_pairs_between(
+    ts: &Arc<Target>,
+    tr: &Arc<Target>,
+    prefix: &str,
+    start: usize,
+    pairs: usize,
+    concurrency: usize,
+) -> Result<Vec<Pair>> {
     let send_u = users(prefix, start, pairs);
     let recv_u = users(prefix, start + pairs, pairs);
-    let (senders, e1) = login_many(t, &send_u, concurrency, t.login_mech, true).await;
-    let (receivers, e2) = login_many(t, &recv_u, concurrency, t.login_mech, true).await;
+    let (senders, e1) = login_many(ts, &send_u, concurrency, ts.login_mech, true).await;
+    let (receivers, e2) = login_many(tr, &recv_u, concurrency, tr.login_mech, true).await;
     if !e1.is_empty() || !e2.is_empty() {
         let all: Vec<String> = e1.into_iter().chain(e2).collect();
         return Err(XmppError(format!(
@@ -470,7 +483,7 @@ async fn setup_pairs(
             Pair {
                 sender,
                 receiver,
-                prefix: format!("<message to='{}' type='chat'><body>", t.jid(&ru)).into_bytes(),
+                prefix: format!("<message to='{}' type='chat'><body>", tr.jid(&ru)).into_bytes(),
             }
         })
         .collect())
@@ -594,6 +607,47 @@ pub async fn throughput(
     lat_sample: u64,
 ) -> Result<ThroughputReport> {
     let set_up = setup_pairs(t, prefix, start, pairs, 50).await?;
+    let mut r = run_pairs(t, set_up, window, warmup, duration, lat_sample, 10).await;
+    r.pairs = pairs;
+    Ok(r)
+}
+
+/// The throughput scenario across two federated servers: senders on `ts` (server A),
+/// receivers on `tr` (server B), every message crossing the server-to-server link. The
+/// server CPU is that of every pid in `ts.server_pids` (both servers, when given).
+#[allow(clippy::too_many_arguments)]
+pub async fn federation_throughput(
+    ts: &Arc<Target>,
+    tr: &Arc<Target>,
+    prefix: &str,
+    start: usize,
+    pairs: usize,
+    window: usize,
+    warmup: Duration,
+    duration: Duration,
+    lat_sample: u64,
+) -> Result<ThroughputReport> {
+    let set_up = setup_pairs_between(ts, tr, prefix, start, pairs, 50).await?;
+    // Queued stanzas are committed one by one on the sending server: the drain can take
+    // longer than on one server.
+    let mut r = run_pairs(ts, set_up, window, warmup, duration, lat_sample, 60).await;
+    r.scenario = "federation-throughput";
+    r.pairs = pairs;
+    Ok(r)
+}
+
+/// Drives set-up pairs for `warmup` + `duration`, then lets every pair drain for at most
+/// `drain_secs`.
+async fn run_pairs(
+    t: &Arc<Target>,
+    set_up: Vec<Pair>,
+    window: usize,
+    warmup: Duration,
+    duration: Duration,
+    lat_sample: u64,
+    drain_secs: u64,
+) -> ThroughputReport {
+    let pairs = set_up.len();
     let delivered = Arc::new(AtomicU64::new(0));
     let measuring = Arc::new(AtomicBool::new(false));
     let stopping = Arc::new(AtomicBool::new(false));
@@ -672,7 +726,7 @@ pub async fn throughput(
     let usage = meter.finish();
     measuring.store(false, Ordering::Relaxed);
     stopping.store(true, Ordering::Relaxed);
-    let stats = collect(tasks, Duration::from_secs(10)).await;
+    let stats = collect(tasks, Duration::from_secs(drain_secs)).await;
     let measured = d1 - d0;
     let mut lat: Vec<u64> = stats
         .iter()
@@ -680,7 +734,7 @@ pub async fn throughput(
         .collect();
     let sent: u64 = stats.iter().map(|s| s.sent).sum();
     let recv_total = delivered.load(Ordering::Relaxed);
-    Ok(ThroughputReport {
+    ThroughputReport {
         scenario: "throughput",
         pairs,
         window,
@@ -699,7 +753,7 @@ pub async fn throughput(
             .server_cpu_pct
             .map(|p| us_per_msg(p, usage.wall_s, measured)),
         usage,
-    })
+    }
 }
 
 fn us_per_msg(cpu_pct: f64, wall: f64, msgs: u64) -> f64 {
@@ -1238,6 +1292,264 @@ pub async fn roster_login(
         median_all_presences_s: metrics::median(&mut all),
         runs: results,
         errors_sample: first_errors(&errors),
+        usage,
+    })
+}
+
+// ---------------------------------------------------------------- federation backlog
+
+#[derive(Debug, Serialize)]
+pub struct BacklogFill {
+    pub count: u64,
+    /// Until the sending server answered a ping sent after the last message: every
+    /// message was accepted (queued durably for the unreachable peer).
+    pub accept_s: f64,
+    pub accept_msgs_per_s: f64,
+    pub error_replies: u64,
+    pub usage: Usage,
+}
+
+/// Sends `count` messages from `sender` on `ta` to `recipient_jid` (on a server that is
+/// down), in batches of 100, and waits for the sending server to have handled them all.
+pub async fn federation_backlog_fill(
+    ta: &Arc<Target>,
+    sender: &str,
+    recipient_jid: &str,
+    count: u64,
+    max: Duration,
+) -> Result<BacklogFill> {
+    let mut s = Conn::login(ta, sender, ta.login_mech, true).await?;
+    let prefix = format!("<message to='{recipient_jid}' type='chat'><body>").into_bytes();
+    let meter = Meter::start(&ta.server_pids);
+    let ts = now_ns();
+    let mut out = Vec::with_capacity(100 * 96);
+    let mut seq = 0;
+    while seq < count {
+        out.clear();
+        for _ in 0..100.min(count - seq) {
+            push_message(&mut out, &prefix, seq, ts);
+            seq += 1;
+        }
+        tokio::time::timeout(max, s.send(&out))
+            .await
+            .map_err(|_| XmppError("timed out sending".into()))??;
+    }
+    tokio::time::timeout(max, s.barrier(ta))
+        .await
+        .map_err(|_| XmppError("timed out waiting for the server to queue".into()))??;
+    let usage = meter.finish();
+    // A bounce (e.g. the queue's quota) would be an error reply before the ping's answer.
+    let mut seqs = Vec::new();
+    let mut errors = 0;
+    count_messages(&mut s, &mut seqs, &mut errors)?;
+    s.close().await;
+    Ok(BacklogFill {
+        count,
+        accept_s: round3(usage.wall_s),
+        accept_msgs_per_s: per_sec(count, usage.wall_s),
+        error_replies: errors,
+        usage,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct BacklogReport {
+    pub scenario: &'static str,
+    pub count: u64,
+    pub recipient: String,
+    pub fill: Option<BacklogFill>,
+    /// Every time below is from the moment the peer's server-to-server listener first
+    /// accepted a TCP connection.
+    pub receiver_online_s: Option<f64>,
+    pub first_message_s: Option<f64>,
+    /// The `count`-th message at the receiver.
+    pub delivery_s: Option<f64>,
+    /// From the first message to the last: the backlog's transfer once the link is up.
+    pub first_to_last_s: Option<f64>,
+    /// `count` ÷ first_to_last_s.
+    pub transfer_msgs_per_s: Option<f64>,
+    /// The sending server's queue for the peer empty (`None` without a queue probe). The
+    /// queue is polled every 250 ms until the last message arrived, then every 10 ms.
+    pub queue_empty_s: Option<f64>,
+    pub queue_polls: u64,
+    pub received: u64,
+    pub unique: u64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub in_order: bool,
+    /// Positions where a message was not the one after its predecessor (first few).
+    pub gaps_sample: Vec<String>,
+    pub error_replies: u64,
+    pub failures: Vec<String>,
+    pub usage: Usage,
+}
+
+/// How many messages a server still has queued for the peer (e.g. from `outpost admin
+/// links --json`); `None` when it cannot tell.
+pub type QueueProbe = Box<dyn FnMut() -> Option<u64> + Send>;
+
+/// The second half of the backlog scenario: waits (at most `max_wait`) for the peer's
+/// server-to-server listener at `peer_s2s`, logs `recipient` in on `tb` as soon as it
+/// accepts logins, and times the arrival of the `count` queued messages, checking that
+/// they come once each and in order. With `queue`, polls the sending server's queue until
+/// it is empty, concurrently. `server_pids` gives the processes to sample once the peer is
+/// up (it may have a new pid).
+#[allow(clippy::too_many_arguments)]
+pub async fn federation_backlog_drain(
+    tb: &Arc<Target>,
+    peer_s2s: std::net::SocketAddr,
+    recipient: &str,
+    count: u64,
+    queue: Option<QueueProbe>,
+    server_pids: &dyn Fn() -> Vec<u32>,
+    max_wait: Duration,
+    max: Duration,
+) -> Result<BacklogReport> {
+    let waited = Instant::now();
+    let t0 = loop {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(peer_s2s),
+        )
+        .await
+        {
+            drop(c);
+            break Instant::now();
+        }
+        if waited.elapsed() > max_wait {
+            return Err(XmppError(format!(
+                "nothing listened on {peer_s2s} within {max_wait:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let meter = Meter::start(&server_pids());
+    let stop_polling = Arc::new(AtomicBool::new(false));
+    let delivered = Arc::new(AtomicBool::new(false));
+    let poller = queue.map(|mut probe| {
+        let (stop, delivered) = (stop_polling.clone(), delivered.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut polls = 0u64;
+            while !stop.load(Ordering::Relaxed) && t0.elapsed() < max {
+                polls += 1;
+                if probe() == Some(0) {
+                    return (Some(t0.elapsed()), polls);
+                }
+                // A probe may be a process of its own: seldom while the backlog crosses
+                // (it would take CPU from the servers), often once it has arrived.
+                let pause = if delivered.load(Ordering::Relaxed) {
+                    10
+                } else {
+                    250
+                };
+                std::thread::sleep(Duration::from_millis(pause));
+            }
+            (None, polls)
+        })
+    });
+    let mut failures = Vec::new();
+    // The c2s listener comes up with the s2s one; retry until a login passes.
+    let mut r = loop {
+        match Conn::login(tb, recipient, tb.login_mech, false).await {
+            Ok(c) => break Some(c),
+            Err(e) if t0.elapsed() > Duration::from_secs(30) => {
+                failures.push(format!("receiver login: {e}"));
+                break None;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let mut seqs: Vec<u64> = Vec::with_capacity(count as usize);
+    let mut errors = 0;
+    let (mut online, mut first, mut last) = (None, None, None);
+    if let Some(c) = r.as_mut() {
+        c.send(b"<presence/>").await?;
+        online = Some(t0.elapsed());
+        let deadline = t0 + max;
+        // The first message, then the rest.
+        match read_messages(c, 1, max, deadline, &mut seqs, &mut errors).await {
+            Ok(Some(_)) => {
+                first = Some(t0.elapsed());
+                match read_messages(c, count, max, deadline, &mut seqs, &mut errors).await {
+                    Ok(Some(_)) => {
+                        last = Some(t0.elapsed());
+                        delivered.store(true, Ordering::Relaxed);
+                    }
+                    Ok(None) => failures.push(format!("only {} arrived in time", seqs.len())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            Ok(None) => failures.push("no message arrived in time".into()),
+            Err(e) => failures.push(e.to_string()),
+        }
+        // Anything more is a duplicate.
+        if let Err(e) = read_messages(
+            c,
+            u64::MAX,
+            Duration::from_secs(1),
+            Instant::now() + Duration::from_secs(2),
+            &mut seqs,
+            &mut errors,
+        )
+        .await
+        {
+            failures.push(e.to_string());
+        }
+    }
+    let (queue_empty, queue_polls) = match poller {
+        Some(h) => {
+            // The queue empties once the peer acknowledged the last message; give it a
+            // bounded while after delivery.
+            let h = tokio::time::timeout(Duration::from_secs(30), h).await;
+            stop_polling.store(true, Ordering::Relaxed);
+            match h {
+                Ok(Ok(x)) => x,
+                _ => {
+                    failures.push("the queue probe did not finish".into());
+                    (None, 0)
+                }
+            }
+        }
+        None => (None, 0),
+    };
+    let usage = meter.finish();
+    if let Some(c) = r.as_mut() {
+        c.close().await;
+    }
+    let unique: HashSet<u64> = seqs.iter().copied().collect();
+    let expected_found = unique.iter().filter(|&&s| s < count).count() as u64;
+    let gaps_sample: Vec<String> = seqs
+        .windows(2)
+        .enumerate()
+        .filter(|(_, w)| w[1] != w[0] + 1)
+        .take(5)
+        .map(|(i, w)| format!("at {}: {} after {}", i + 1, w[1], w[0]))
+        .collect();
+    let secs = |d: Option<Duration>| d.map(|d| round3(d.as_secs_f64()));
+    let first_to_last = match (first, last) {
+        (Some(f), Some(l)) => Some(l.saturating_sub(f)),
+        _ => None,
+    };
+    Ok(BacklogReport {
+        scenario: "federation-backlog",
+        count,
+        recipient: tb.jid(recipient),
+        fill: None,
+        receiver_online_s: secs(online),
+        first_message_s: secs(first),
+        delivery_s: secs(last),
+        first_to_last_s: secs(first_to_last),
+        transfer_msgs_per_s: first_to_last.map(|d| per_sec(count, d.as_secs_f64())),
+        queue_empty_s: secs(queue_empty),
+        queue_polls,
+        received: seqs.len() as u64,
+        unique: unique.len() as u64,
+        missing: count - expected_found,
+        duplicates: (seqs.len() - unique.len()) as u64,
+        in_order: seqs.first() == Some(&0) && seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        gaps_sample,
+        error_replies: errors,
+        failures,
         usage,
     })
 }
