@@ -128,6 +128,14 @@ pub struct OfflineMessage {
     pub stanza: String,
 }
 
+/// A stanza to queue on a link (see [`Store::outbox_push_batch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxPush {
+    pub local: String,
+    pub remote: String,
+    pub stanza: String,
+}
+
 /// A stanza queued for a remote domain (see [`Store::outbox_push`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEntry {
@@ -259,6 +267,32 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         quota: u32,
     ) -> Result<i64>;
+    /// Appends several stanzas, each to its own link, as [`Store::outbox_push`] would one
+    /// after the other, but committed together: one durable write for the lot (group
+    /// commit). Returns one result per entry, in order; an entry over its link's quota gets
+    /// `QuotaExceeded` and the others are still queued. An `Err` for the whole call means
+    /// none was queued.
+    async fn outbox_push_batch(
+        &self,
+        entries: &[OutboxPush],
+        now_ms: i64,
+        quota: u32,
+    ) -> Result<Vec<Result<i64>>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            match self
+                .outbox_push(&e.local, &e.remote, &e.stanza, now_ms, quota)
+                .await
+            {
+                Err(StoreError::QuotaExceeded { quota }) => {
+                    out.push(Err(StoreError::QuotaExceeded { quota }))
+                }
+                Err(other) => return Err(other),
+                Ok(id) => out.push(Ok(id)),
+            }
+        }
+        Ok(out)
+    }
     /// Up to `limit` stanzas queued on the link, oldest (lowest id) first, starting after
     /// `after_id` if given: a stream resumes with the stanzas after the last one it wrote.
     /// Reading does not consume.

@@ -14,6 +14,7 @@
 //! table records which have run. Roster groups are rows of their own (`roster_groups`),
 //! one per item and group, rather than an encoded column.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,8 +25,8 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::{
-    BareJid, Credentials, OfflineMessage, OutboxEntry, OutboxStats, Result, Roster, RosterItem,
-    ScramKeys, Store, StoreError, Subscription, SubscriptionRequest,
+    BareJid, Credentials, OfflineMessage, OutboxEntry, OutboxPush, OutboxStats, Result, Roster,
+    RosterItem, ScramKeys, Store, StoreError, Subscription, SubscriptionRequest,
 };
 
 /// Schema migrations, applied in order; a version once released is never edited.
@@ -664,6 +665,56 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(done.last_insert_rowid())
+    }
+
+    async fn outbox_push_batch(
+        &self,
+        entries: &[OutboxPush],
+        now_ms: i64,
+        quota: u32,
+    ) -> Result<Vec<Result<i64>>> {
+        // One transaction, one fsync, for the lot. Each link's count is read once and kept
+        // up to date here, under the write lock, so the quota holds as with single pushes.
+        let mut tx = self.write().await?;
+        let mut counts: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let key = (e.local.as_str(), e.remote.as_str());
+            let count = match counts.get(&key) {
+                Some(c) => *c,
+                None => {
+                    let (c,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM outbox WHERE remote_domain = ? AND local_domain = ?",
+                    )
+                    .bind(&e.remote)
+                    .bind(&e.local)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    c
+                }
+            };
+            if count >= i64::from(quota) {
+                counts.insert(key, count);
+                out.push(Err(StoreError::QuotaExceeded { quota }));
+                continue;
+            }
+            let done = sqlx::query(
+                "INSERT INTO outbox (local_domain, remote_domain, stanza, queued_at_ms) \
+                 VALUES (?, ?, ?, ?)",
+            )
+            .bind(&e.local)
+            .bind(&e.remote)
+            .bind(&e.stanza)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            counts.insert(key, count + 1);
+            out.push(Ok(done.last_insert_rowid()));
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(out)
     }
 
     async fn outbox_peek(

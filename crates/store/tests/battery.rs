@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use outpost_store::{
-    Credentials, MemoryStore, OfflineMessage, OutboxEntry, OutboxStats, RosterItem, ScramKeys,
-    SqliteStore, Store, StoreError, Subscription, SubscriptionRequest,
+    Credentials, MemoryStore, OfflineMessage, OutboxEntry, OutboxPush, OutboxStats, RosterItem,
+    ScramKeys, SqliteStore, Store, StoreError, Subscription, SubscriptionRequest,
 };
 use tempfile::TempDir;
 
@@ -62,6 +62,7 @@ battery! {
     outbox_expire_returns_exactly_the_old_entries,
     outbox_stats_report_every_link,
     seen_stanza_ids_detect_duplicates,
+    outbox_batch_queues_in_order_within_quota,
     prune_seen_forgets_only_old_ids,
 }
 
@@ -1312,6 +1313,50 @@ async fn seen_stanza_ids_detect_duplicates(store: &dyn Store) {
     assert!(!store.seen_stanza_id(ORIGIN, "id-1 ", T0).await.unwrap());
     assert!(!store.seen_stanza_id(ORIGIN, "", T0).await.unwrap());
     assert!(store.seen_stanza_id(ORIGIN, "", T0).await.unwrap());
+}
+
+async fn outbox_batch_queues_in_order_within_quota(store: &dyn Store) {
+    store
+        .outbox_push(LOCAL, REMOTE, "<m0/>", T0, 3)
+        .await
+        .unwrap();
+    let push = |local: &str, remote: &str, stanza: &str| OutboxPush {
+        local: local.to_owned(),
+        remote: remote.to_owned(),
+        stanza: stanza.to_owned(),
+    };
+    let batch = [
+        push(LOCAL, REMOTE, "<m1/>"),
+        push(LOCAL, REMOTE2, "<n1/>"),
+        push(LOCAL, REMOTE, "<m2/>"),
+        // REMOTE holds three now: this one is over the quota, the next link is not.
+        push(LOCAL, REMOTE, "<m3/>"),
+        push(LOCAL, REMOTE2, "<n2/>"),
+    ];
+    let results = store.outbox_push_batch(&batch, T0 + 1, 3).await.unwrap();
+    assert_eq!(results.len(), 5);
+    assert!(matches!(
+        results[3],
+        Err(StoreError::QuotaExceeded { quota: 3 })
+    ));
+    let ids: Vec<i64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let queued = store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap();
+    assert_eq!(outbox_stanzas(&queued), ["<m0/>", "<m1/>", "<m2/>"]);
+    let queued = store.outbox_peek(LOCAL, REMOTE2, None, 10).await.unwrap();
+    assert_eq!(outbox_stanzas(&queued), ["<n1/>", "<n2/>"]);
+    assert!(queued.iter().all(|e| e.queued_at_ms == T0 + 1));
+    assert!(
+        store
+            .outbox_push_batch(&[], T0, 3)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn prune_seen_forgets_only_old_ids(store: &dyn Store) {

@@ -53,7 +53,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use minidom::Element;
 use outpost_proto::s2s::{DialbackVerdict, RelayPolicy, S2sConfig, Transport};
 use outpost_proto::stanza::{self, ns};
-use outpost_store::StoreError;
+use outpost_store::{OutboxPush, StoreError};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -79,6 +79,15 @@ const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// Entries expired per store call.
 const EXPIRE_BATCH: u32 = 500;
+/// Stanzas waiting to be committed to the outbox, and the most committed in one write.
+const PUSH_QUEUE: usize = 4096;
+const PUSH_BATCH: usize = 512;
+
+/// A stanza on its way into the outbox, and who waits for the outcome.
+struct PushRequest {
+    entry: OutboxPush,
+    reply: oneshot::Sender<Result<i64, StoreError>>,
+}
 
 /// What a link is asked to do besides draining its queue.
 pub(crate) enum LinkCmd {
@@ -125,6 +134,9 @@ pub(crate) struct Federation {
     tracker: TaskTracker,
     /// Each link's state, for operators.
     pub(crate) board: status::LinkBoard,
+    /// Into the group commit of the outbox (see [`Federation::queue`]).
+    pushes: mpsc::Sender<PushRequest>,
+    pushes_rx: Mutex<Option<mpsc::Receiver<PushRequest>>>,
 }
 
 /// Unix time in milliseconds, the store's clock.
@@ -151,7 +163,10 @@ impl Federation {
                 .map(char::from)
                 .collect()
         });
+        let (pushes, pushes_rx) = mpsc::channel(PUSH_QUEUE);
         Ok(Federation {
+            pushes,
+            pushes_rx: Mutex::new(Some(pushes_rx)),
             dialer: direct::Dialer::new(config),
             config: config.clone(),
             secret,
@@ -274,6 +289,10 @@ impl Federation {
 
     /// Commits a stanza to the link's durable queue; it counts as accepted once this
     /// returns `Ok`. The error is the stanza error condition for the sender.
+    ///
+    /// Stanzas from every session go through one task that commits whatever has gathered
+    /// in one write (group commit): each caller still waits for its own stanza to be
+    /// durable, but a hundred senders cost one fsync, not a hundred.
     pub(crate) async fn queue(
         &self,
         shared: &Arc<Shared>,
@@ -285,21 +304,30 @@ impl Federation {
         if outpost_proto::xml::write_stanza(el, &mut text).is_err() {
             return Err(("modify", "not-acceptable"));
         }
-        let text = String::from_utf8_lossy(&text);
-        match shared
-            .store
-            .outbox_push(local, remote, &text, now_ms(), self.config.outbox_quota)
-            .await
-        {
-            Ok(_) => {
+        let (reply, outcome) = oneshot::channel();
+        let request = PushRequest {
+            entry: OutboxPush {
+                local: local.to_owned(),
+                remote: remote.to_owned(),
+                stanza: String::from_utf8_lossy(&text).into_owned(),
+            },
+            reply,
+        };
+        if self.pushes.send(request).await.is_err() {
+            return Err(("wait", "internal-server-error"));
+        }
+        match outcome.await {
+            Ok(Ok(_)) => {
                 self.wake(shared, local, remote);
                 Ok(())
             }
-            Err(StoreError::QuotaExceeded { .. }) => Err(("wait", "resource-constraint")),
-            Err(e) => {
+            Ok(Err(StoreError::QuotaExceeded { .. })) => Err(("wait", "resource-constraint")),
+            Ok(Err(e)) => {
                 warn!(error = %e, "cannot queue stanza for a remote domain");
                 Err(("wait", "internal-server-error"))
             }
+            // The server is stopping: not committed, so not accepted.
+            Err(_) => Err(("wait", "internal-server-error")),
         }
     }
 
@@ -353,6 +381,60 @@ impl Federation {
 /// queues from before a restart, and the periodic expiry of queued stanzas.
 pub(crate) fn start(shared: &Arc<Shared>, tracker: &TaskTracker) {
     tracker.spawn(maintenance(shared.clone()));
+    let pushes = shared.federation.as_ref().and_then(|fed| {
+        fed.pushes_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    });
+    if let Some(rx) = pushes {
+        tracker.spawn(group_commit(shared.clone(), rx));
+    }
+}
+
+/// Commits queued stanzas in batches: waits for one, takes whatever else is waiting (up
+/// to [`PUSH_BATCH`]), writes them in one transaction and answers each. At shutdown it
+/// answers what is already waiting before it stops.
+async fn group_commit(shared: Arc<Shared>, mut rx: mpsc::Receiver<PushRequest>) {
+    let Some(fed) = shared.federation.as_ref() else {
+        return;
+    };
+    let quota = fed.config.outbox_quota;
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            () = shared.shutdown.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(first) = first else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < PUSH_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let (entries, replies): (Vec<OutboxPush>, Vec<_>) =
+            batch.into_iter().map(|r| (r.entry, r.reply)).unzip();
+        match shared
+            .store
+            .outbox_push_batch(&entries, now_ms(), quota)
+            .await
+        {
+            Ok(results) => {
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(why.clone().into())));
+                }
+            }
+        }
+    }
 }
 
 async fn maintenance(shared: Arc<Shared>) {
