@@ -345,6 +345,14 @@ pub trait Store: Send + Sync + 'static {
     /// between, the peer's retry counts as a duplicate, so the caller must not let such a
     /// window open where a loss would be worse than a duplicate.
     async fn seen_stanza_id(&self, origin: &str, id: &str, now_ms: i64) -> Result<bool>;
+    /// Records several `(origin, id)` pairs as [`Store::seen_stanza_id`] would, committed
+    /// together (one durable write for a batch of received stanzas).
+    async fn seen_stanza_ids(&self, ids: &[(String, String)], now_ms: i64) -> Result<()> {
+        for (origin, id) in ids {
+            self.seen_stanza_id(origin, id, now_ms).await?;
+        }
+        Ok(())
+    }
     /// Whether `id` from `origin` was recorded, without recording it. A receiver that checks
     /// with this, delivers, and only then records with [`Store::seen_stanza_id`] never loses
     /// a stanza to a crash between the two steps; it may deliver a duplicate instead.

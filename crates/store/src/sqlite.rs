@@ -856,6 +856,28 @@ impl Store for SqliteStore {
         Ok(duplicate)
     }
 
+    async fn seen_stanza_ids(&self, ids: &[(String, String)], now_ms: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        for (origin, id) in ids {
+            sqlx::query(
+                "INSERT INTO seen_stanza_ids (origin, stanza_id, seen_at_ms) VALUES (?, ?, ?) \
+                 ON CONFLICT (origin, stanza_id) DO UPDATE \
+                 SET seen_at_ms = MAX(seen_at_ms, excluded.seen_at_ms)",
+            )
+            .bind(origin)
+            .bind(id)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
     async fn stanza_id_seen(&self, origin: &str, id: &str) -> Result<bool> {
         let row: Option<(i64,)> =
             sqlx::query_as("SELECT 1 FROM seen_stanza_ids WHERE origin = ? AND stanza_id = ?")

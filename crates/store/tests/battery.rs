@@ -63,6 +63,7 @@ battery! {
     outbox_stats_report_every_link,
     seen_stanza_ids_detect_duplicates,
     outbox_batch_queues_in_order_within_quota,
+    seen_stanza_ids_batch_records_every_pair,
     prune_seen_forgets_only_old_ids,
 }
 
@@ -1357,6 +1358,30 @@ async fn outbox_batch_queues_in_order_within_quota(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn seen_stanza_ids_batch_records_every_pair(store: &dyn Store) {
+    assert!(!store.seen_stanza_id(REMOTE, "old", T0).await.unwrap());
+    let pairs: Vec<(String, String)> = [
+        (REMOTE, "old"),
+        (REMOTE, "a"),
+        (REMOTE2, "a"),
+        (REMOTE, "b"),
+    ]
+    .iter()
+    .map(|(o, i)| ((*o).to_owned(), (*i).to_owned()))
+    .collect();
+    store.seen_stanza_ids(&pairs, T0 + 10).await.unwrap();
+    for (origin, id) in &pairs {
+        assert!(
+            store.stanza_id_seen(origin, id).await.unwrap(),
+            "{origin} {id}"
+        );
+    }
+    assert!(!store.stanza_id_seen(REMOTE2, "b").await.unwrap());
+    // The batch refreshed the old record: pruning before T0 + 10 keeps it.
+    assert_eq!(store.prune_seen(T0 + 5).await.unwrap(), 0);
+    store.seen_stanza_ids(&[], T0).await.unwrap();
 }
 
 async fn prune_seen_forgets_only_old_ids(store: &dyn Store) {

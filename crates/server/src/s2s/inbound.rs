@@ -74,6 +74,8 @@ pub(crate) async fn serve_conn(
         let mut last_read = started;
         let idle = Duration::from_secs(shared.config.limits.idle_timeout_secs);
         let mut buf = vec![0u8; READ_CHUNK];
+        // XEP-0359 ids delivered and not yet recorded.
+        let mut seen: Vec<(String, String)> = Vec::new();
         loop {
             while let Some(event) = proto.poll_event() {
                 match event {
@@ -153,7 +155,9 @@ pub(crate) async fn serve_conn(
                                     Box::pin(super::relay(&shared, el, &local, &to_domain)).await;
                                 }
                             }
-                            None => Box::pin(deliver_inbound(&shared, el)).await,
+                            None => {
+                                Box::pin(deliver_inbound(&shared, el, &mut seen)).await;
+                            }
                         }
                     }
                     Event::PeerStreamError { condition, .. } => {
@@ -163,6 +167,7 @@ pub(crate) async fn serve_conn(
                         if let Some(condition) = error {
                             info!(condition, "stream closed with error");
                         }
+                        record_seen(&shared, &mut seen).await;
                         let out = proto.take_output();
                         let _ = conn.write_all(&out).await;
                         conn.shutdown().await;
@@ -171,6 +176,9 @@ pub(crate) async fn serve_conn(
                     _ => {}
                 }
             }
+            // The ids of what was just delivered, recorded in one write before the
+            // acknowledgement that may follow them goes out.
+            record_seen(&shared, &mut seen).await;
             if proto.has_output() {
                 let out = proto.take_output();
                 if conn.write_all(&out).await.is_err() {
@@ -210,6 +218,17 @@ pub(crate) async fn serve_conn(
     .await
 }
 
+/// Records the ids of delivered messages (see [`deliver_inbound`]) in one write.
+async fn record_seen(shared: &Shared, seen: &mut Vec<(String, String)>) {
+    if seen.is_empty() {
+        return;
+    }
+    if let Err(e) = shared.store.seen_stanza_ids(seen, now_ms()).await {
+        warn!(error = %e, "cannot record stanza ids");
+    }
+    seen.clear();
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -221,8 +240,14 @@ fn origin_id(el: &Element) -> Option<&str> {
 }
 
 /// Delivers a stanza from an authenticated peer (its `from` and `to` domains were checked
-/// by `S2sIncoming`) to local users, as if a local session had sent it.
-pub(super) async fn deliver_inbound(shared: &Arc<Shared>, el: Element) {
+/// by `S2sIncoming`) to local users, as if a local session had sent it. The origin-id of a
+/// delivered message joins `seen`, which the caller records in the store (in one write
+/// for all the stanzas of a read) before it acknowledges them.
+pub(super) async fn deliver_inbound(
+    shared: &Arc<Shared>,
+    el: Element,
+    seen: &mut Vec<(String, String)>,
+) {
     let (Some(from), Some(to)) = (
         el.attr("from").and_then(|f| Jid::new(f).ok()),
         el.attr("to").and_then(|t| Jid::new(t).ok()),
@@ -236,6 +261,10 @@ pub(super) async fn deliver_inbound(shared: &Arc<Shared>, el: Element) {
             let scope = from.to_bare().to_string();
             let id = origin_id(&el).map(str::to_owned);
             if let Some(id) = &id {
+                if seen.iter().any(|(s, i)| *s == scope && i == id) {
+                    debug!("duplicate message dropped");
+                    return;
+                }
                 match shared.store.stanza_id_seen(&scope, id).await {
                     Ok(true) => {
                         debug!("duplicate message dropped");
@@ -245,15 +274,27 @@ pub(super) async fn deliver_inbound(shared: &Arc<Shared>, el: Element) {
                     Err(e) => warn!(error = %e, "cannot check stanza id"),
                 }
             }
+            let online = !shared
+                .router
+                .message_targets(&to.to_bare(), false)
+                .is_empty();
             if to.node().is_none() {
                 delivery::bounce(shared, &el, "cancel", "service-unavailable");
             } else if let Some(b) = delivery::route_message(shared, el, to).await {
                 delivery::bounce(shared, &b.el, b.error_type, b.condition);
             }
-            if let Some(id) = id
-                && let Err(e) = shared.store.seen_stanza_id(&scope, &id, now_ms()).await
-            {
-                warn!(error = %e, "cannot record stanza id");
+            match id {
+                // Handed to a session: recorded with the rest of this read, in one write
+                // before the acknowledgement. A crash before that write repeats these
+                // messages (clients that know XEP-0359 drop the repeat by origin-id).
+                Some(id) if online => seen.push((scope, id)),
+                // Stored offline: recorded at once, so a crash repeats at most this one.
+                Some(id) => {
+                    if let Err(e) = shared.store.seen_stanza_id(&scope, &id, now_ms()).await {
+                        warn!(error = %e, "cannot record stanza id");
+                    }
+                }
+                None => {}
             }
         }
         "presence" => Box::pin(delivery::inbound_presence(shared, el, from, to)).await,
