@@ -353,6 +353,15 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(())
     }
+    /// For each `(origin, id)` pair, whether it was recorded, without recording anything
+    /// (one look-up for a batch of received stanzas).
+    async fn stanza_ids_seen(&self, ids: &[(String, String)]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for (origin, id) in ids {
+            out.push(self.stanza_id_seen(origin, id).await?);
+        }
+        Ok(out)
+    }
     /// Whether `id` from `origin` was recorded, without recording it. A receiver that checks
     /// with this, delivers, and only then records with [`Store::seen_stanza_id`] never loses
     /// a stanza to a crash between the two steps; it may deliver a duplicate instead.

@@ -29,6 +29,10 @@ use crate::{
     RosterItem, ScramKeys, Store, StoreError, Subscription, SubscriptionRequest,
 };
 
+/// Rows written or looked up by one statement in the batch operations (four parameters a
+/// row at most, well under SQLite's limit on bound parameters).
+const ROWS_PER_STATEMENT: usize = 250;
+
 /// Schema migrations, applied in order; a version once released is never edited.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
@@ -673,12 +677,13 @@ impl Store for SqliteStore {
         now_ms: i64,
         quota: u32,
     ) -> Result<Vec<Result<i64>>> {
-        // One transaction, one fsync, for the lot. Each link's count is read once and kept
-        // up to date here, under the write lock, so the quota holds as with single pushes.
+        // One transaction, one fsync, and one INSERT per slice of rows, for the lot. Each
+        // link's count is read once and kept up to date here, under the write lock, so the
+        // quota holds as with single pushes.
         let mut tx = self.write().await?;
         let mut counts: HashMap<(&str, &str), i64> = HashMap::new();
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
+        let mut admitted = Vec::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
             let key = (e.local.as_str(), e.remote.as_str());
             let count = match counts.get(&key) {
                 Some(c) => *c,
@@ -694,27 +699,54 @@ impl Store for SqliteStore {
                     c
                 }
             };
-            if count >= i64::from(quota) {
+            if count < i64::from(quota) {
+                admitted.push(i);
+                counts.insert(key, count + 1);
+            } else {
                 counts.insert(key, count);
-                out.push(Err(StoreError::QuotaExceeded { quota }));
-                continue;
             }
-            let done = sqlx::query(
-                "INSERT INTO outbox (local_domain, remote_domain, stanza, queued_at_ms) \
-                 VALUES (?, ?, ?, ?)",
-            )
-            .bind(&e.local)
-            .bind(&e.remote)
-            .bind(&e.stanza)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            counts.insert(key, count + 1);
-            out.push(Ok(done.last_insert_rowid()));
+        }
+        let mut ids: Vec<i64> = Vec::with_capacity(admitted.len());
+        for slice in admitted.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO outbox (local_domain, remote_domain, stanza, queued_at_ms) VALUES ",
+            );
+            sql.push_str(&vec!["(?, ?, ?, ?)"; slice.len()].join(", "));
+            sql.push_str(" RETURNING id");
+            let mut query = sqlx::query_as::<_, (i64,)>(&sql);
+            for &i in slice {
+                let e = &entries[i];
+                query = query
+                    .bind(&e.local)
+                    .bind(&e.remote)
+                    .bind(&e.stanza)
+                    .bind(now_ms);
+            }
+            let mut got: Vec<i64> = query
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect();
+            // RETURNING gives no order; AUTOINCREMENT ids grow in the order of the rows.
+            got.sort_unstable();
+            ids.extend(got);
         }
         tx.commit().await.map_err(db)?;
-        Ok(out)
+        let mut ids = ids.into_iter();
+        let mut admitted = admitted.into_iter().peekable();
+        Ok((0..entries.len())
+            .map(|i| {
+                if admitted.peek() == Some(&i) {
+                    admitted.next();
+                    ids.next()
+                        .ok_or_else(|| StoreError::Backend("an inserted row returned no id".into()))
+                } else {
+                    Err(StoreError::QuotaExceeded { quota })
+                }
+            })
+            .collect())
     }
 
     async fn outbox_peek(
@@ -861,21 +893,40 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let mut tx = self.write().await?;
-        for (origin, id) in ids {
-            sqlx::query(
-                "INSERT INTO seen_stanza_ids (origin, stanza_id, seen_at_ms) VALUES (?, ?, ?) \
-                 ON CONFLICT (origin, stanza_id) DO UPDATE \
+        for slice in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut sql =
+                String::from("INSERT INTO seen_stanza_ids (origin, stanza_id, seen_at_ms) VALUES ");
+            sql.push_str(&vec!["(?, ?, ?)"; slice.len()].join(", "));
+            sql.push_str(
+                " ON CONFLICT (origin, stanza_id) DO UPDATE \
                  SET seen_at_ms = MAX(seen_at_ms, excluded.seen_at_ms)",
-            )
-            .bind(origin)
-            .bind(id)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            );
+            let mut query = sqlx::query(&sql);
+            for (origin, id) in slice {
+                query = query.bind(origin).bind(id).bind(now_ms);
+            }
+            query.execute(&mut *tx).await.map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
         Ok(())
+    }
+
+    async fn stanza_ids_seen(&self, ids: &[(String, String)]) -> Result<Vec<bool>> {
+        let mut known: std::collections::HashSet<(String, String)> =
+            std::collections::HashSet::new();
+        for slice in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "SELECT origin, stanza_id FROM seen_stanza_ids WHERE (origin, stanza_id) IN (VALUES ",
+            );
+            sql.push_str(&vec!["(?, ?)"; slice.len()].join(", "));
+            sql.push(')');
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+            for (origin, id) in slice {
+                query = query.bind(origin).bind(id);
+            }
+            known.extend(query.fetch_all(&self.readers).await.map_err(db)?);
+        }
+        Ok(ids.iter().map(|pair| known.contains(pair)).collect())
     }
 
     async fn stanza_id_seen(&self, origin: &str, id: &str) -> Result<bool> {

@@ -1358,6 +1358,17 @@ async fn outbox_batch_queues_in_order_within_quota(store: &dyn Store) {
             .unwrap()
             .is_empty()
     );
+
+    // More rows than one statement takes keep their order and ids.
+    let many: Vec<OutboxPush> = (0..600)
+        .map(|i| push(LOCAL2, REMOTE, &format!("<b{i}/>")))
+        .collect();
+    let results = store.outbox_push_batch(&many, T0 + 2, 1000).await.unwrap();
+    let ids: Vec<i64> = results.into_iter().map(|r| r.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let queued = store.outbox_peek(LOCAL2, REMOTE, None, 1000).await.unwrap();
+    assert_eq!(outbox_ids(&queued), ids);
+    assert_eq!(queued[599].stanza, "<b599/>");
 }
 
 async fn seen_stanza_ids_batch_records_every_pair(store: &dyn Store) {
@@ -1379,6 +1390,23 @@ async fn seen_stanza_ids_batch_records_every_pair(store: &dyn Store) {
         );
     }
     assert!(!store.stanza_id_seen(REMOTE2, "b").await.unwrap());
+    let asked: Vec<(String, String)> =
+        [(REMOTE, "a"), (REMOTE2, "b"), (REMOTE2, "a"), (ALICE, "a")]
+            .iter()
+            .map(|(o, i)| ((*o).to_owned(), (*i).to_owned()))
+            .collect();
+    assert_eq!(
+        store.stanza_ids_seen(&asked).await.unwrap(),
+        [true, false, true, false]
+    );
+    assert!(store.stanza_ids_seen(&[]).await.unwrap().is_empty());
+    // More pairs than one statement takes.
+    let many: Vec<(String, String)> = (0..600)
+        .map(|i| (REMOTE.to_owned(), format!("m{i}")))
+        .collect();
+    store.seen_stanza_ids(&many[..300], T0 + 10).await.unwrap();
+    let seen = store.stanza_ids_seen(&many).await.unwrap();
+    assert!(seen[..300].iter().all(|s| *s) && seen[300..].iter().all(|s| !*s));
     // The batch refreshed the old record: pruning before T0 + 10 keeps it.
     assert_eq!(store.prune_seen(T0 + 5).await.unwrap(), 0);
     store.seen_stanza_ids(&[], T0).await.unwrap();

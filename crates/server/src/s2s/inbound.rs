@@ -7,6 +7,7 @@
 //! a stanza that a crash could still lose. Handing a message to an online session's
 //! channel counts as delivered, as it does for local messages (ARCHITECTURE.md).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,106 +75,115 @@ pub(crate) async fn serve_conn(
         let mut last_read = started;
         let idle = Duration::from_secs(shared.config.limits.idle_timeout_secs);
         let mut buf = vec![0u8; READ_CHUNK];
-        // XEP-0359 ids delivered and not yet recorded.
-        let mut seen: Vec<(String, String)> = Vec::new();
+        // XEP-0359 ids: what the store knew, what was delivered, what is to be recorded.
+        let mut seen = SeenIds::default();
         loop {
-            while let Some(event) = proto.poll_event() {
-                match event {
-                    Event::StartTls => {
-                        let out = proto.take_output();
-                        if conn.write_all(&out).await.is_err()
-                            || !conn.accept_tls(&shared.tls_s2s).await
-                        {
-                            debug!("TLS handshake failed");
-                            return;
-                        }
-                        proto.tls_established();
-                    }
-                    // XEP-0178: EXTERNAL only for a certificate our policy accepts for the
-                    // domain the peer claims (see `trust`); otherwise dialback.
-                    Event::CheckCertificate { domain } => {
-                        let ok = conn
-                            .peer_certificate()
-                            .is_some_and(|cert| fed.trust.accepts(&domain, &cert));
-                        debug!(%domain, ok, "peer certificate checked");
-                        proto.certificate_checked(ok);
-                    }
-                    Event::DialbackRequest {
-                        from,
-                        to,
-                        key,
-                        stream_id,
-                    } => {
-                        if shared.config.serves_domain(&from) {
-                            // Nobody else speaks for our own domains.
-                            proto.dialback_result(&from, &to, DialbackVerdict::Invalid);
-                            continue;
-                        }
-                        let shared = shared.clone();
-                        let tx = verdict_tx.clone();
-                        tokio::spawn(async move {
-                            let Some(fed) = shared.federation.as_ref() else {
+            loop {
+                let events: Vec<Event> = std::iter::from_fn(|| proto.poll_event()).collect();
+                if events.is_empty() {
+                    break;
+                }
+                seen.look_up(&shared, &events).await;
+                for event in events {
+                    match event {
+                        Event::StartTls => {
+                            let out = proto.take_output();
+                            if conn.write_all(&out).await.is_err()
+                                || !conn.accept_tls(&shared.tls_s2s).await
+                            {
+                                debug!("TLS handshake failed");
                                 return;
-                            };
-                            // XEP-0220 §2.1.2: ask the authoritative server for `from`,
-                            // over our own link to it.
-                            let verdict = fed.verify(&shared, &to, &from, &stream_id, &key).await;
-                            let _ = tx.send((from, to, verdict)).await;
-                        });
-                    }
-                    Event::VerifyRequest { from, to, id, key } => {
-                        // XEP-0220 §2.1.3: we are the authoritative server for `to`; the
-                        // key is ours if we compute the same one (XEP-0185 §2).
-                        let expected = dialback_key(fed.secret(), &from, &to, &id);
-                        let valid = constant_time_eq(expected.as_bytes(), key.as_bytes());
-                        proto.verify_result(&from, &to, &id, valid);
-                    }
-                    Event::Authenticated { peer, local, .. } => {
-                        info!(%peer, %local, "peer authenticated");
-                        // The peer reached us, so our way to it may work again too.
-                        fed.wake_existing(&local, &peer);
-                    }
-                    Event::Stanza(el) => {
-                        let relay_to = el
-                            .attr("to")
-                            .and_then(|t| Jid::new(t).ok())
-                            .map(|t| t.domain().as_str().to_owned())
-                            .filter(|d| !shared.config.serves_domain(d));
-                        match relay_to {
-                            // S2sIncoming let it through: we are the hub between the two.
-                            Some(to_domain) => {
-                                let from_domain = el
-                                    .attr("from")
-                                    .and_then(|f| Jid::new(f).ok())
-                                    .map(|f| f.domain().as_str().to_owned());
-                                let local = proto
-                                    .authenticated()
-                                    .iter()
-                                    .find(|(p, _)| Some(p) == from_domain.as_ref())
-                                    .map(|(_, l)| l.clone());
-                                if let Some(local) = local {
-                                    Box::pin(super::relay(&shared, el, &local, &to_domain)).await;
+                            }
+                            proto.tls_established();
+                        }
+                        // XEP-0178: EXTERNAL only for a certificate our policy accepts for the
+                        // domain the peer claims (see `trust`); otherwise dialback.
+                        Event::CheckCertificate { domain } => {
+                            let ok = conn
+                                .peer_certificate()
+                                .is_some_and(|cert| fed.trust.accepts(&domain, &cert));
+                            debug!(%domain, ok, "peer certificate checked");
+                            proto.certificate_checked(ok);
+                        }
+                        Event::DialbackRequest {
+                            from,
+                            to,
+                            key,
+                            stream_id,
+                        } => {
+                            if shared.config.serves_domain(&from) {
+                                // Nobody else speaks for our own domains.
+                                proto.dialback_result(&from, &to, DialbackVerdict::Invalid);
+                                continue;
+                            }
+                            let shared = shared.clone();
+                            let tx = verdict_tx.clone();
+                            tokio::spawn(async move {
+                                let Some(fed) = shared.federation.as_ref() else {
+                                    return;
+                                };
+                                // XEP-0220 §2.1.2: ask the authoritative server for `from`,
+                                // over our own link to it.
+                                let verdict =
+                                    fed.verify(&shared, &to, &from, &stream_id, &key).await;
+                                let _ = tx.send((from, to, verdict)).await;
+                            });
+                        }
+                        Event::VerifyRequest { from, to, id, key } => {
+                            // XEP-0220 §2.1.3: we are the authoritative server for `to`; the
+                            // key is ours if we compute the same one (XEP-0185 §2).
+                            let expected = dialback_key(fed.secret(), &from, &to, &id);
+                            let valid = constant_time_eq(expected.as_bytes(), key.as_bytes());
+                            proto.verify_result(&from, &to, &id, valid);
+                        }
+                        Event::Authenticated { peer, local, .. } => {
+                            info!(%peer, %local, "peer authenticated");
+                            // The peer reached us, so our way to it may work again too.
+                            fed.wake_existing(&local, &peer);
+                        }
+                        Event::Stanza(el) => {
+                            let relay_to = el
+                                .attr("to")
+                                .and_then(|t| Jid::new(t).ok())
+                                .map(|t| t.domain().as_str().to_owned())
+                                .filter(|d| !shared.config.serves_domain(d));
+                            match relay_to {
+                                // S2sIncoming let it through: we are the hub between the two.
+                                Some(to_domain) => {
+                                    let from_domain = el
+                                        .attr("from")
+                                        .and_then(|f| Jid::new(f).ok())
+                                        .map(|f| f.domain().as_str().to_owned());
+                                    let local = proto
+                                        .authenticated()
+                                        .iter()
+                                        .find(|(p, _)| Some(p) == from_domain.as_ref())
+                                        .map(|(_, l)| l.clone());
+                                    if let Some(local) = local {
+                                        Box::pin(super::relay(&shared, el, &local, &to_domain))
+                                            .await;
+                                    }
+                                }
+                                None => {
+                                    Box::pin(deliver_inbound(&shared, el, &mut seen)).await;
                                 }
                             }
-                            None => {
-                                Box::pin(deliver_inbound(&shared, el, &mut seen)).await;
+                        }
+                        Event::PeerStreamError { condition, .. } => {
+                            debug!(condition, "peer sent a stream error");
+                        }
+                        Event::Closed { error } => {
+                            if let Some(condition) = error {
+                                info!(condition, "stream closed with error");
                             }
+                            record_seen(&shared, &mut seen).await;
+                            let out = proto.take_output();
+                            let _ = conn.write_all(&out).await;
+                            conn.shutdown().await;
+                            return;
                         }
+                        _ => {}
                     }
-                    Event::PeerStreamError { condition, .. } => {
-                        debug!(condition, "peer sent a stream error");
-                    }
-                    Event::Closed { error } => {
-                        if let Some(condition) = error {
-                            info!(condition, "stream closed with error");
-                        }
-                        record_seen(&shared, &mut seen).await;
-                        let out = proto.take_output();
-                        let _ = conn.write_all(&out).await;
-                        conn.shutdown().await;
-                        return;
-                    }
-                    _ => {}
                 }
             }
             // The ids of what was just delivered, recorded in one write before the
@@ -219,14 +229,57 @@ pub(crate) async fn serve_conn(
 }
 
 /// Records the ids of delivered messages (see [`deliver_inbound`]) in one write.
-async fn record_seen(shared: &Shared, seen: &mut Vec<(String, String)>) {
-    if seen.is_empty() {
-        return;
-    }
-    if let Err(e) = shared.store.seen_stanza_ids(seen, now_ms()).await {
+async fn record_seen(shared: &Shared, seen: &mut SeenIds) {
+    if !seen.to_record.is_empty()
+        && let Err(e) = shared
+            .store
+            .seen_stanza_ids(&seen.to_record, now_ms())
+            .await
+    {
         warn!(error = %e, "cannot record stanza ids");
     }
-    seen.clear();
+    seen.to_record.clear();
+    seen.delivered.clear();
+    seen.known.clear();
+}
+
+/// The XEP-0359 origin-ids of one batch of incoming events (one read's worth).
+#[derive(Default)]
+struct SeenIds {
+    /// Ids of messages in the batch that the store had already recorded: duplicates.
+    known: HashSet<(String, String)>,
+    /// Ids delivered in this batch, so that a repeat within it is dropped too.
+    delivered: HashSet<(String, String)>,
+    /// Ids delivered to online sessions, to record in one write before the acknowledgement.
+    to_record: Vec<(String, String)>,
+}
+
+impl SeenIds {
+    /// Asks the store, in one query, which of the batch's messages it has seen.
+    async fn look_up(&mut self, shared: &Shared, events: &[Event]) {
+        let pairs: Vec<(String, String)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Stanza(el) if el.name() == "message" => {
+                    let scope = el.attr("from").and_then(|f| Jid::new(f).ok())?.to_bare();
+                    Some((scope.to_string(), origin_id(el)?.to_owned()))
+                }
+                _ => None,
+            })
+            .collect();
+        if pairs.is_empty() {
+            return;
+        }
+        match shared.store.stanza_ids_seen(&pairs).await {
+            Ok(found) => self.known.extend(
+                pairs
+                    .into_iter()
+                    .zip(found)
+                    .filter_map(|(pair, seen)| seen.then_some(pair)),
+            ),
+            Err(e) => warn!(error = %e, "cannot check stanza ids"),
+        }
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -243,11 +296,7 @@ fn origin_id(el: &Element) -> Option<&str> {
 /// by `S2sIncoming`) to local users, as if a local session had sent it. The origin-id of a
 /// delivered message joins `seen`, which the caller records in the store (in one write
 /// for all the stanzas of a read) before it acknowledges them.
-pub(super) async fn deliver_inbound(
-    shared: &Arc<Shared>,
-    el: Element,
-    seen: &mut Vec<(String, String)>,
-) {
+async fn deliver_inbound(shared: &Arc<Shared>, el: Element, seen: &mut SeenIds) {
     let (Some(from), Some(to)) = (
         el.attr("from").and_then(|f| Jid::new(f).ok()),
         el.attr("to").and_then(|t| Jid::new(t).ok()),
@@ -261,17 +310,10 @@ pub(super) async fn deliver_inbound(
             let scope = from.to_bare().to_string();
             let id = origin_id(&el).map(str::to_owned);
             if let Some(id) = &id {
-                if seen.iter().any(|(s, i)| *s == scope && i == id) {
+                let pair = (scope.clone(), id.clone());
+                if seen.known.contains(&pair) || !seen.delivered.insert(pair) {
                     debug!("duplicate message dropped");
                     return;
-                }
-                match shared.store.stanza_id_seen(&scope, id).await {
-                    Ok(true) => {
-                        debug!("duplicate message dropped");
-                        return;
-                    }
-                    Ok(false) => {}
-                    Err(e) => warn!(error = %e, "cannot check stanza id"),
                 }
             }
             let online = !shared
@@ -287,7 +329,7 @@ pub(super) async fn deliver_inbound(
                 // Handed to a session: recorded with the rest of this read, in one write
                 // before the acknowledgement. A crash before that write repeats these
                 // messages (clients that know XEP-0359 drop the repeat by origin-id).
-                Some(id) if online => seen.push((scope, id)),
+                Some(id) if online => seen.to_record.push((scope, id)),
                 // Stored offline: recorded at once, so a crash repeats at most this one.
                 Some(id) => {
                     if let Err(e) = shared.store.seen_stanza_id(&scope, &id, now_ms()).await {
