@@ -34,9 +34,10 @@ else
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null \
             || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 >/dev/null; }
     fi
-    # A cable pull (site 1 loses carrier), a silent WAN failure beyond the first hop, and a
-    # cut between the sites that leaves the hub reachable (messages go through the hub).
-    for cut in link blackhole direct; do
+    # A cable pull (site 1 loses carrier), a silent WAN failure beyond the first hop, a cut
+    # between the sites that leaves the hub reachable (messages go through the hub), and a
+    # firewall that passes only HTTPS (messages go over WebSocket).
+    for cut in link blackhole direct https; do
         PARTITION_CUT=$cut OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/partition.sh
     done
 fi

@@ -19,6 +19,10 @@
 #              sites), and only traffic *between* the sites is blackholed: each site still
 #              reaches the hub. Messages must then arrive during the cut, through the hub,
 #              once and in order, and the link must go back to the direct path after it.
+#   https      only HTTPS passes between the sites: the hub drops forwarded TCP to port 5269
+#              (`ip rule … ipproto tcp dport 5269 blackhole`), so the sites' links must move
+#              to their WebSocket path (port 5281) during the cut, deliver there, and come back
+#              to the direct path after it.
 #
 # The namespaces, their veth pairs and every process in them are created by this script and
 # removed on any exit, success or failure. The addresses exist only inside them: none is
@@ -48,8 +52,10 @@ die() { say "FAIL: $*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || { say "needs root (network namespaces)"; exit 2; }
 command -v ip >/dev/null || { say "needs iproute2 (ip)"; exit 2; }
-[[ $CUT == link || $CUT == blackhole || $CUT == direct ]] ||
-    { say "PARTITION_CUT must be link, blackhole or direct"; exit 2; }
+[[ $CUT == link || $CUT == blackhole || $CUT == direct || $CUT == https ]] ||
+    { say "PARTITION_CUT must be link, blackhole, direct or https"; exit 2; }
+# The path the link must take during a cut that leaves one open.
+declare -A FALLBACK=([direct]=hub [https]=websocket)
 [[ -x "$BIN" ]] || { say "no outpost binary at $BIN (set OUTPOST_BIN)"; exit 2; }
 PY="$(python3 -c 'import sys; print(sys.executable)')"
 CLIENT="$here/xmpp_client.py"
@@ -139,6 +145,12 @@ start_site() { # start_site N: site<N>.test in op-s<N>-PID, peer site<3-N>.test
         hub_line='hub = "hub.test"'
         hub_peer="\"hub.test\" = \"10.201.$n.1:5269\""
     fi
+    local ws_listen="" ws_peer=""
+    if [[ $CUT == https ]]; then
+        ws_listen="s2s_websocket = [\"${ADDR[$n]}:5281\"]"
+        ws_peer="[federation.websocket_peers]
+\"site$other.test\" = \"wss://${ADDR[$other]}:5281/xmpp-websocket\""
+    fi
     mkdir -p "$dir"
     cat >"$dir/outpost.toml" <<EOF
 domains = ["site$n.test"]
@@ -148,6 +160,7 @@ data_dir = "$dir/data"
 c2s = ["${ADDR[$n]}:5222"]
 c2s_tls = []
 s2s = ["${ADDR[$n]}:5269"]
+$ws_listen
 
 [registration]
 enabled = false
@@ -172,6 +185,8 @@ $hub_line
 [federation.peers]
 "site$other.test" = "${ADDR[$other]}:5269"
 $hub_peer
+
+$ws_peer
 EOF
     "$BIN" config check --config "$dir/outpost.toml" >/dev/null
     local user
@@ -271,10 +286,14 @@ elif [[ $CUT == blackhole ]]; then
     say "cutting site 1 off (blackhole rules on the hub)"
     ip -n "$HUB" rule add priority 100 iif s1 blackhole
     ip -n "$HUB" rule add priority 101 iif s2 to 10.201.1.0/24 blackhole
-else
+elif [[ $CUT == direct ]]; then
     say "cutting the sites off from each other, not from the hub (blackhole rules)"
     ip -n "$HUB" rule add priority 100 iif s1 to 10.201.2.0/24 blackhole
     ip -n "$HUB" rule add priority 101 iif s2 to 10.201.1.0/24 blackhole
+else
+    say "letting only HTTPS pass between the sites (TCP to port 5269 blackholed)"
+    ip -n "$HUB" rule add priority 100 iif s1 ipproto tcp dport 5269 blackhole
+    ip -n "$HUB" rule add priority 101 iif s2 ipproto tcp dport 5269 blackhole
 fi
 T_CUT=$(now)
 
@@ -298,12 +317,13 @@ has_all() {
     kill -0 "$JERRY" 2>/dev/null || die "jerry's session ended"
     [[ -f $WORK/jerry.log && $(wc -l <"$WORK/jerry.log") -ge $COUNT ]]
 }
-if [[ $CUT == direct ]]; then
-    # The hub still reaches both sites: the messages go through it, during the cut.
-    wait_until "$RECOVERY_LIMIT" "all $COUNT messages at jerry through the hub" has_all
+if [[ -n ${FALLBACK[$CUT]:-} ]]; then
+    # Another path still passes: the messages take it, during the cut.
+    wait_until "$RECOVERY_LIMIT" "all $COUNT messages at jerry over ${FALLBACK[$CUT]}" has_all
     T_HUB=$(awk -v n="$COUNT" 'NR == n { print $1 }' "$WORK/jerry.log")
     say "all $COUNT messages at jerry $(elapsed "$T_CUT" "$T_HUB") s after the cut, link still cut"
-    path_is 1 hub || die "site1's link to site2 is '$(link_path 1)', not up through the hub"
+    path_is 1 "${FALLBACK[$CUT]}" ||
+        die "site1's link to site2 is '$(link_path 1)', not up over ${FALLBACK[$CUT]}"
 elif [[ -s $WORK/jerry.log ]]; then
     die "jerry received messages while the link was down: the cut did not cut"
 fi
@@ -321,7 +341,7 @@ wait_until "$RECOVERY_LIMIT" "all $COUNT messages at jerry" has_all
 T_LAST=$(awk -v n="$COUNT" 'NR == n { print $1 }' "$WORK/jerry.log")
 T_FIRST=$(awk 'NR == 1 { print $1 }' "$WORK/jerry.log")
 RECOVERY=$(elapsed "$T_UP" "$T_LAST")
-if [[ $CUT != direct ]]; then
+if [[ -z ${FALLBACK[$CUT]:-} ]]; then
     say "recovery: first message $(elapsed "$T_UP" "$T_FIRST") s, all $COUNT messages $RECOVERY s after the link came back"
 fi
 
@@ -341,16 +361,13 @@ if [[ $got != "$expected" ]]; then
 fi
 say "jerry received all $COUNT messages exactly once, in order"
 kill -0 "$SERVER1" && kill -0 "$SERVER2" || die "a server exited"
-if [[ $CUT == direct ]]; then
-    # Once the direct path takes connections again, the link leaves the hub.
+if [[ -n ${FALLBACK[$CUT]:-} ]]; then
+    # Once the direct path takes connections again, the link leaves the fallback.
     wait_until 30 "site1's link up on the direct path again" path_is 1 direct
     say "site1's link to site2 is up on the direct path again"
-fi
-
-if [[ $CUT == direct ]]; then
-    say "RESULT (direct cut): $COUNT messages sent while the sites could not reach each other," \
-        "all delivered once and in order through the hub $(elapsed "$T_CUT" "$T_HUB") s after the" \
-        "cut began; back on the direct path after it; chat inside both sites went on"
+    say "RESULT ($CUT cut): $COUNT messages sent while the direct path was cut, all delivered" \
+        "once and in order over ${FALLBACK[$CUT]} $(elapsed "$T_CUT" "$T_HUB") s after the cut" \
+        "began; back on the direct path after it; chat inside both sites went on"
     exit 0
 fi
 awk -v r="$RECOVERY" -v lim="$RECOVERY_LIMIT" 'BEGIN { exit !(r <= lim) }' ||

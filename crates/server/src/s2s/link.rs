@@ -376,7 +376,10 @@ struct Stream {
     /// Best-effort stanzas waiting for the stream to be ready.
     pending: VecDeque<minidom::Element>,
     /// `db:verify` requests sent, by stream id.
-    verifies: HashMap<String, oneshot::Sender<bool>>,
+    verifies: HashMap<String, (String, oneshot::Sender<bool>)>,
+    /// Since when the oldest unanswered `db:verify` has waited (a stream that carries only
+    /// verifications must not die unnoticed either: a peer's dialback waits on it).
+    verify_since: Option<Instant>,
     /// Sending stopped because the queue holds more than was read: read on.
     more: bool,
 }
@@ -393,7 +396,8 @@ impl Stream {
             }
             LinkCmd::Verify { id, key, reply } => {
                 self.proto.send_dialback_verify(&id, &key);
-                self.verifies.insert(id, reply);
+                self.verify_since.get_or_insert_with(Instant::now);
+                self.verifies.insert(id, (key, reply));
             }
         }
     }
@@ -418,10 +422,14 @@ impl Stream {
     /// Since when the peer owes an acknowledgement, if it does.
     fn waiting_since(&self) -> Option<Instant> {
         let queued = (!self.in_flight.is_empty()).then_some(self.last_progress);
-        match (queued, self.best_effort.front().map(|(_, t, _)| *t)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            queued,
+            self.best_effort.front().map(|(_, t, _)| *t),
+            self.verify_since,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
@@ -480,6 +488,7 @@ async fn attempt(
         last_activity: now,
         pending: VecDeque::new(),
         verifies: HashMap::new(),
+        verify_since: None,
         more: false,
     };
     for cmd in held.drain(..) {
@@ -574,7 +583,11 @@ async fn attempt(
                     }
                 }
                 Event::VerifyResult { id, valid, .. } => {
-                    if let Some(reply) = st.verifies.remove(&id) {
+                    let answered = st.verifies.remove(&id);
+                    if st.verifies.is_empty() {
+                        st.verify_since = None;
+                    }
+                    if let Some((_, reply)) = answered {
                         let _ = reply.send(valid);
                     }
                 }
@@ -840,7 +853,13 @@ async fn attempt(
         }
     }
     // Best-effort stanzas that never went out are answered by the caller.
-    // What the peer never acknowledged goes first on the next stream.
+    // Verifications left unanswered are asked again on the next stream, and what the peer
+    // never acknowledged goes first on it.
+    held.extend(
+        st.verifies
+            .drain()
+            .map(|(id, (key, reply))| LinkCmd::Verify { id, key, reply }),
+    );
     held.extend(
         st.best_effort
             .drain(..)
