@@ -518,4 +518,20 @@ async fn sites_reach_their_hub_over_websocket_when_only_https_passes() {
         .await;
     let link = wait_link(&a, "c.test", |l| l.queued == 0).await;
     assert_eq!(link.path, "hub-websocket");
+
+    // Subscriptions and presence take the same path.
+    alice.roster_get().await;
+    carol.roster_get().await;
+    alice.available().await;
+    alice
+        .send("<presence to='carol@c.test' type='subscribe'/>")
+        .await;
+    let request = carol
+        .recv_where(|el| el.name() == "presence" && el.attr("type") == Some("subscribe"))
+        .await;
+    assert_eq!(request.attr("from"), Some("alice@a.test"));
+    carol
+        .send("<presence to='alice@a.test' type='subscribed'/>")
+        .await;
+    alice.recv_presence_from("carol@c.test/pc").await;
 }
