@@ -261,16 +261,10 @@ pub(super) async fn run(
                     }
                 }
             }
-            // What waited for this round (the next path tries them too) is not carried
-            // over: best-effort stanzas are answered, verifications fail (their requester
-            // sees the dropped reply).
-            for cmd in held.drain(..) {
-                if let LinkCmd::Stanza(el) = cmd {
-                    crate::delivery::bounce(&shared, &el, "cancel", "remote-server-not-found");
-                }
-            }
             if worked {
-                if switch_now || !queue_nonempty(&shared, &local, &remote).await {
+                if switch_now
+                    || (held.is_empty() && !queue_nonempty(&shared, &local, &remote).await)
+                {
                     continue;
                 }
                 // Stanzas are waiting: reconnect, but never in a tight loop.
@@ -279,6 +273,15 @@ pub(super) async fn run(
                     () = tokio::time::sleep(initial.min(Duration::from_secs(1))) => {}
                 }
                 continue;
+            }
+            // What waited for a round in which every path failed (each tried it) is not
+            // carried over: best-effort stanzas are answered, verifications fail (their
+            // requester sees the dropped reply). After a stream that worked, they go on the
+            // next one.
+            for cmd in held.drain(..) {
+                if let LinkCmd::Stanza(el) = cmd {
+                    crate::delivery::bounce(&shared, &el, "cancel", "remote-server-not-found");
+                }
             }
             if !failures.is_empty() && logged_up != Some(false) {
                 warn!(reasons = failures.join("; "), "link down; will retry");
