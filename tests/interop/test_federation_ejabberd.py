@@ -43,8 +43,8 @@ import pytest
 
 from outpost_harness import OutpostServer, server_env
 from test_roster_presence import push_for
-from xmpp_helpers import (Client, is_available_from, is_unavailable_from, login, stop_all,
-                          uname)
+from xmpp_helpers import (Client, is_available_from, is_unavailable_from, login,
+                          message_and_reply, stop_all, uname)
 
 O_DOMAIN = "o.test"
 E_DOMAIN = "e.test"
@@ -331,10 +331,6 @@ def diagnostics(outpost: OutpostServer, ejabberd: EjabberdServer) -> str:
     return f"\n--- outpost stderr ---\n{outpost.log_tail(60)}\n{ejabberd.log_tail(60)}"
 
 
-def chat_from(jid: str, body: str):
-    return lambda m: m["from"].bare == jid and m["type"] == "chat" and m["body"] == body
-
-
 async def pair(outpost: OutpostServer, ejabberd: EjabberdServer) -> tuple[Client, Client]:
     """A fresh user on each side, logged in (roster fetched, initial presence sent)."""
     on, en = uname("olga"), uname("emil")
@@ -350,16 +346,8 @@ async def test_outpost_to_ejabberd_message_and_reply(federation):
     outpost, ejabberd = federation
     o, e = await pair(outpost, ejabberd)
     try:
-        o.send_message(mto=e.bare, mbody="hello from outpost", mtype="chat")
-        got = await e.messages.wait_for(chat_from(o.bare, "hello from outpost"), timeout=60,
-                                        what="o.test's message at e.test")
-        assert str(got["from"]) == o.full, got
-        # The reply goes to the full JID it came from, over ejabberd's own stream to us.
-        e.send_message(mto=got["from"], mbody="hello from ejabberd", mtype="chat")
-        back = await o.messages.wait_for(chat_from(e.bare, "hello from ejabberd"), timeout=60,
-                                         what="e.test's reply at o.test")
-        assert str(back["from"]) == e.full, back
-        assert str(back["to"]) == o.full, back
+        await message_and_reply(o, e, "o.test", "e.test", "hello from outpost",
+                                "hello from ejabberd")
     except AssertionError as exc:
         raise AssertionError(f"{exc}{diagnostics(outpost, ejabberd)}") from None
     finally:
@@ -371,15 +359,8 @@ async def test_ejabberd_to_outpost_message_and_reply(federation):
     outpost, ejabberd = federation
     o, e = await pair(outpost, ejabberd)
     try:
-        e.send_message(mto=o.bare, mbody="first from ejabberd", mtype="chat")
-        got = await o.messages.wait_for(chat_from(e.bare, "first from ejabberd"), timeout=60,
-                                        what="e.test's message at o.test")
-        assert str(got["from"]) == e.full, got
-        o.send_message(mto=got["from"], mbody="answer from outpost", mtype="chat")
-        back = await e.messages.wait_for(chat_from(o.bare, "answer from outpost"), timeout=60,
-                                         what="o.test's answer at e.test")
-        assert str(back["from"]) == o.full, back
-        assert str(back["to"]) == e.full, back
+        await message_and_reply(e, o, "e.test", "o.test", "first from ejabberd",
+                                "answer from outpost")
     except AssertionError as exc:
         raise AssertionError(f"{exc}{diagnostics(outpost, ejabberd)}") from None
     finally:

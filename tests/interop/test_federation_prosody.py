@@ -31,7 +31,7 @@ import pytest
 
 from outpost_harness import OutpostServer
 from test_roster_presence import push_for
-from xmpp_helpers import Client, is_available_from, login, stop_all, uname
+from xmpp_helpers import Client, is_available_from, login, message_and_reply, stop_all, uname
 
 O_DOMAIN = "o.test"
 P_DOMAIN = "p.test"
@@ -249,10 +249,6 @@ def diagnostics(outpost: OutpostServer, prosody: ProsodyServer) -> str:
     return f"\n--- outpost stderr ---\n{outpost.log_tail(60)}\n{prosody.log_tail(60)}"
 
 
-def chat_from(jid: str, body: str):
-    return lambda m: m["from"].bare == jid and m["type"] == "chat" and m["body"] == body
-
-
 async def pair(outpost: OutpostServer, prosody: ProsodyServer) -> tuple[Client, Client]:
     """A fresh user on each side, logged in (roster fetched, initial presence sent)."""
     on, pn = uname("olga"), uname("paul")
@@ -268,16 +264,8 @@ async def test_outpost_to_prosody_message_and_reply(federation):
     outpost, prosody = federation
     o, p = await pair(outpost, prosody)
     try:
-        o.send_message(mto=p.bare, mbody="hello from outpost", mtype="chat")
-        got = await p.messages.wait_for(chat_from(o.bare, "hello from outpost"), timeout=60,
-                                        what="o.test's message at p.test")
-        assert str(got["from"]) == o.full, got
-        # The reply goes to the full JID it came from, over Prosody's own stream to us.
-        p.send_message(mto=got["from"], mbody="hello from prosody", mtype="chat")
-        back = await o.messages.wait_for(chat_from(p.bare, "hello from prosody"), timeout=60,
-                                         what="p.test's reply at o.test")
-        assert str(back["from"]) == p.full, back
-        assert str(back["to"]) == o.full, back
+        await message_and_reply(o, p, "o.test", "p.test", "hello from outpost",
+                                "hello from prosody")
     except AssertionError as e:
         raise AssertionError(f"{e}{diagnostics(outpost, prosody)}") from None
     finally:
@@ -289,14 +277,8 @@ async def test_prosody_to_outpost_message_and_reply(federation):
     outpost, prosody = federation
     o, p = await pair(outpost, prosody)
     try:
-        p.send_message(mto=o.bare, mbody="first from prosody", mtype="chat")
-        got = await o.messages.wait_for(chat_from(p.bare, "first from prosody"), timeout=60,
-                                        what="p.test's message at o.test")
-        assert str(got["from"]) == p.full, got
-        o.send_message(mto=got["from"], mbody="answer from outpost", mtype="chat")
-        back = await p.messages.wait_for(chat_from(o.bare, "answer from outpost"), timeout=60,
-                                         what="o.test's answer at p.test")
-        assert str(back["from"]) == o.full, back
+        await message_and_reply(p, o, "p.test", "o.test", "first from prosody",
+                                "answer from outpost")
     except AssertionError as e:
         raise AssertionError(f"{e}{diagnostics(outpost, prosody)}") from None
     finally:

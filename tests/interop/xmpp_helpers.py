@@ -355,6 +355,27 @@ def is_unavailable_from(jid: str):
     return lambda p: str(p["from"]) == jid and p["type"] == "unavailable"
 
 
+def chat_from(jid: str, body: str):
+    """A chat message from the bare JID `jid` with exactly this body."""
+    return lambda m: m["from"].bare == jid and m["type"] == "chat" and m["body"] == body
+
+
+async def message_and_reply(first: Client, second: Client, first_domain: str,
+                            second_domain: str, text: str, answer: str) -> None:
+    """`first` writes to `second`'s bare JID; `second` answers the full JID it came from.
+    Both messages must arrive from the sender's full JID, the answer at `first`'s."""
+    first.send_message(mto=second.bare, mbody=text, mtype="chat")
+    got = await second.messages.wait_for(chat_from(first.bare, text), timeout=60,
+                                         what=f"{first_domain}'s message at {second_domain}")
+    assert str(got["from"]) == first.full, got
+    # The answer travels on the other server's own stream to the first one.
+    second.send_message(mto=got["from"], mbody=answer, mtype="chat")
+    back = await first.messages.wait_for(chat_from(second.bare, answer), timeout=60,
+                                         what=f"{second_domain}'s answer at {first_domain}")
+    assert str(back["from"]) == second.full, back
+    assert str(back["to"]) == first.full, back
+
+
 async def login(server: OutpostServer, localpart: str, password: str, **kw) -> Client:
     timeout = kw.pop("timeout", DEFAULT_TIMEOUT)
     c = Client(server, localpart, password, **kw)

@@ -489,6 +489,36 @@ async fn setup_pairs_between(
         .collect())
 }
 
+/// Sends `count` numbered messages starting with `prefix`, in batches of 100, then waits
+/// for the server to answer a ping: every message has been handled (`what`: stored,
+/// queued).
+async fn send_numbered(
+    s: &mut Conn,
+    t: &Target,
+    prefix: &[u8],
+    count: u64,
+    max: Duration,
+    what: &str,
+) -> Result<()> {
+    let ts = now_ns();
+    let mut out = Vec::with_capacity(100 * 96);
+    let mut seq = 0;
+    while seq < count {
+        out.clear();
+        for _ in 0..100.min(count - seq) {
+            push_message(&mut out, prefix, seq, ts);
+            seq += 1;
+        }
+        tokio::time::timeout(max, s.send(&out))
+            .await
+            .map_err(|_| XmppError("timed out sending".into()))??;
+    }
+    tokio::time::timeout(max, s.barrier(t))
+        .await
+        .map_err(|_| XmppError(format!("timed out waiting for the server to {what}")))??;
+    Ok(())
+}
+
 fn push_message(out: &mut Vec<u8>, prefix: &[u8], seq: u64, ts: u64) {
     use std::io::Write as _;
     out.extend_from_slice(prefix);
@@ -1120,22 +1150,7 @@ pub async fn offline(
     let mut s = Conn::login(t, sender, t.login_mech, true).await?;
     let prefix = format!("<message to='{}' type='chat'><body>", t.jid(recipient)).into_bytes();
     let meter = Meter::start(&t.server_pids);
-    let ts = now_ns();
-    let mut out = Vec::with_capacity(100 * 96);
-    let mut seq = 0;
-    while seq < count {
-        out.clear();
-        for _ in 0..100.min(count - seq) {
-            push_message(&mut out, &prefix, seq, ts);
-            seq += 1;
-        }
-        tokio::time::timeout(max, s.send(&out))
-            .await
-            .map_err(|_| XmppError("timed out sending".into()))??;
-    }
-    tokio::time::timeout(max, s.barrier(t))
-        .await
-        .map_err(|_| XmppError("timed out waiting for the server to store".into()))??;
+    send_numbered(&mut s, t, &prefix, count, max, "store").await?;
     let store_phase = meter.finish();
     s.close().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1321,22 +1336,7 @@ pub async fn federation_backlog_fill(
     let mut s = Conn::login(ta, sender, ta.login_mech, true).await?;
     let prefix = format!("<message to='{recipient_jid}' type='chat'><body>").into_bytes();
     let meter = Meter::start(&ta.server_pids);
-    let ts = now_ns();
-    let mut out = Vec::with_capacity(100 * 96);
-    let mut seq = 0;
-    while seq < count {
-        out.clear();
-        for _ in 0..100.min(count - seq) {
-            push_message(&mut out, &prefix, seq, ts);
-            seq += 1;
-        }
-        tokio::time::timeout(max, s.send(&out))
-            .await
-            .map_err(|_| XmppError("timed out sending".into()))??;
-    }
-    tokio::time::timeout(max, s.barrier(ta))
-        .await
-        .map_err(|_| XmppError("timed out waiting for the server to queue".into()))??;
+    send_numbered(&mut s, ta, &prefix, count, max, "queue").await?;
     let usage = meter.finish();
     // A bounce (e.g. the queue's quota) would be an error reply before the ping's answer.
     let mut seqs = Vec::new();

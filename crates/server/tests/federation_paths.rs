@@ -60,6 +60,30 @@ fn is_chat_from(el: &Element, from: &str) -> bool {
     el.name() == "message" && el.attr("from") == Some(from) && body(el).is_some()
 }
 
+/// alice@a.test sends `n` numbered messages to carol@c.test, who must get each once, in
+/// order.
+async fn alice_to_carol_once_in_order(
+    alice: &mut Client,
+    carol: &mut Client,
+    text: &str,
+    n: usize,
+) {
+    for i in 0..n {
+        alice
+            .send(&chat("carol@c.test", &format!("{text} {i}")))
+            .await;
+    }
+    for i in 0..n {
+        let got = carol
+            .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
+            .await;
+        assert_eq!(body(&got), Some(format!("{text} {i}")));
+    }
+    carol
+        .assert_none_before_ping(|el| el.name() == "message", "a duplicate")
+        .await;
+}
+
 /// Waits until `server`'s link to `remote` satisfies `pred`, and returns it.
 async fn wait_link(
     server: &TestServer,
@@ -112,20 +136,7 @@ async fn the_hub_relays_chat_between_sites_that_cannot_reach_each_other() {
     alice.available().await;
     carol.available().await;
 
-    for i in 0..20 {
-        alice
-            .send(&chat("carol@c.test", &format!("via hub {i}")))
-            .await;
-    }
-    for i in 0..20 {
-        let got = carol
-            .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
-            .await;
-        assert_eq!(body(&got), Some(format!("via hub {i}")));
-    }
-    carol
-        .assert_none_before_ping(|el| el.name() == "message", "a duplicate")
-        .await;
+    alice_to_carol_once_in_order(&mut alice, &mut carol, "via hub", 20).await;
 
     carol.send(&chat("alice@a.test/phone", "and back")).await;
     let got = alice
@@ -258,10 +269,10 @@ async fn a_wrong_pin_fails_the_link_and_says_why() {
         .await;
 }
 
-/// Plays b.test's server for one incoming stream from a.test, without TLS: answers the
-/// header, accepts the dialback key, and returns the stream for the test to read.
-async fn fake_b(listener: &tokio::net::TcpListener) -> Client {
-    let mut peer = loop {
+/// Accepts a.test's next stream to b.test's address, skipping probes (connections the
+/// link opens only to see that the address takes them).
+async fn accept_stream(listener: &tokio::net::TcpListener) -> Client {
+    loop {
         let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
             .await
             .expect("a.test connects in time")
@@ -270,13 +281,18 @@ async fn fake_b(listener: &tokio::net::TcpListener) -> Client {
         match peer.next_event().await {
             Some(XmlEvent::StreamOpen(h)) => {
                 assert_eq!(h.to.as_deref(), Some("b.test"));
-                break peer;
+                return peer;
             }
-            // A probe: the link checking that the address accepts connections.
             None => continue,
             other => panic!("expected a stream header, got {other:?}"),
         }
-    };
+    }
+}
+
+/// Plays b.test's server for one incoming stream from a.test, without TLS: answers the
+/// header, accepts the dialback key, and returns the stream for the test to read.
+async fn fake_b(listener: &tokio::net::TcpListener) -> Client {
+    let mut peer = accept_stream(listener).await;
     peer.send(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
          xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' \
@@ -380,18 +396,7 @@ async fn queued_messages_bounce_when_their_lifetime_ends() {
 /// Plays a b.test that authenticates a.test and enables stream management, then reads
 /// what it is sent and never acknowledges any of it.
 async fn silent_b(listener: &tokio::net::TcpListener) -> Client {
-    let mut peer = loop {
-        let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
-            .await
-            .expect("a.test connects in time")
-            .expect("accept");
-        let mut peer = Client::new(Box::new(tcp));
-        match peer.next_event().await {
-            Some(XmlEvent::StreamOpen(_)) => break peer,
-            None => continue,
-            other => panic!("expected a stream header, got {other:?}"),
-        }
-    };
+    let mut peer = accept_stream(listener).await;
     peer.send(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
          xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' \
@@ -502,20 +507,7 @@ async fn sites_reach_their_hub_over_websocket_when_only_https_passes() {
     let mut alice = a.login("alice", "wonderland", "phone").await;
     let mut carol = c.login("carol", "christmas", "pc").await;
     carol.available().await;
-    for i in 0..5 {
-        alice
-            .send(&chat("carol@c.test", &format!("over https {i}")))
-            .await;
-    }
-    for i in 0..5 {
-        let got = carol
-            .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
-            .await;
-        assert_eq!(body(&got), Some(format!("over https {i}")));
-    }
-    carol
-        .assert_none_before_ping(|el| el.name() == "message", "a duplicate")
-        .await;
+    alice_to_carol_once_in_order(&mut alice, &mut carol, "over https", 5).await;
     let link = wait_link(&a, "c.test", |l| l.queued == 0).await;
     assert_eq!(link.path, "hub-websocket");
 

@@ -111,7 +111,9 @@ impl Path {
         let peer = self.peer(fed, remote);
         match self {
             Path::Direct | Path::Hub => super::direct::connect(fed, peer).await,
-            Path::WebSocket | Path::HubWebSocket => super::websocket_connect(fed, peer).await,
+            Path::WebSocket | Path::HubWebSocket => super::ws::connect(fed, peer)
+                .await
+                .unwrap_or_else(|| Err(format!("no WebSocket endpoint for {peer}"))),
         }
     }
 
@@ -120,7 +122,7 @@ impl Path {
         let peer = self.peer(fed, remote);
         match self {
             Path::Direct | Path::Hub => super::direct::probe(fed, peer).await,
-            Path::WebSocket | Path::HubWebSocket => super::websocket_probe(fed, peer).await,
+            Path::WebSocket | Path::HubWebSocket => super::ws::probe(fed, peer).await,
         }
     }
 }
@@ -375,6 +377,8 @@ struct Stream {
     best_effort: VecDeque<(u32, Instant, minidom::Element)>,
     /// Whether the peer acknowledged anything on this stream.
     acked_any: bool,
+    /// Stanzas were written since the last `<r/>`.
+    ack_wanted: bool,
     last_activity: Instant,
     /// Best-effort stanzas waiting for the stream to be ready.
     pending: VecDeque<minidom::Element>,
@@ -415,7 +419,7 @@ impl Stream {
                     }
                     self.best_effort
                         .push_back((seq, Instant::now(), el.clone()));
-                    self.proto.request_ack();
+                    self.ack_wanted = true;
                 }
             }
             Err(e) => debug!(error = %e, "best-effort stanza not sent"),
@@ -488,6 +492,7 @@ async fn attempt(
         last_progress: now,
         best_effort: VecDeque::new(),
         acked_any: false,
+        ack_wanted: false,
         last_activity: now,
         pending: VecDeque::new(),
         verifies: HashMap::new(),
@@ -675,11 +680,13 @@ async fn attempt(
             }
             // Without acknowledgements the window empties once written: go on reading.
             st.more = !st.sm && st.in_flight.len() >= WINDOW;
-            if sent && st.sm {
-                st.proto.request_ack();
-            }
+            st.ack_wanted |= sent && st.sm;
         }
 
+        // One `<r/>` after whatever was written since the last one.
+        if std::mem::take(&mut st.ack_wanted) {
+            st.proto.request_ack();
+        }
         if st.proto.has_output() {
             let out = st.proto.take_output();
             if let Err(e) = conn.write_all(&out).await {

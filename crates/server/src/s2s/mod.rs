@@ -530,23 +530,6 @@ pub(crate) fn ensure_origin_id(el: &mut Element) {
     );
 }
 
-/// Opens a WebSocket connection to `domain`'s server-to-server endpoint
-/// (`federation.websocket_peers`).
-async fn websocket_connect(
-    fed: &Federation,
-    domain: &str,
-) -> Result<(conn::Conn, Transport), String> {
-    match ws::connect(fed, domain).await {
-        Some(r) => r,
-        None => Err(format!("no WebSocket endpoint for {domain}")),
-    }
-}
-
-/// Whether `domain`'s WebSocket endpoint accepts TCP connections.
-async fn websocket_probe(fed: &Federation, domain: &str) -> bool {
-    ws::probe(fed, domain).await
-}
-
 /// After a link to `remote` came (back) up: every available local user asks for the
 /// presence of their contacts there again and tells subscribers there theirs, since what
 /// each side believes of the other may be stale (RFC 6121 §4.3; nothing told either side
