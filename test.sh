@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every Outpost test: formatting and lints, unit tests, the store battery, integration
-# tests on real sockets, and the slixmpp interop suite against a real `outpost serve`.
-# Installs what the interop suite needs (slixmpp from PyPI) when it is missing. Ends with the
-# partition test in network namespaces (tests/netns/partition.sh), which needs root and
-# iproute2 (installed with apt-get when `ip` is missing).
+# Runs every Outpost test: formatting, lints and docs, the dependency policy (cargo-deny,
+# deny.toml) and the check that outpost-proto depends on no runtime, unit tests, the store
+# battery, integration tests on real sockets, and the interop suites against a real
+# `outpost serve`. Installs what it needs when missing (cargo-deny from crates.io, slixmpp
+# from PyPI, Debian packages). Ends with the partition test in network namespaces
+# (tests/netns/partition.sh), which needs root and iproute2 (installed with apt-get when `ip`
+# is missing).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,6 +19,31 @@ cargo fmt --all -- --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
+
+step "cargo deny (licences, duplicates, sources; deny.toml)"
+if ! cargo deny --version >/dev/null 2>&1; then
+    cargo install cargo-deny --locked --version 0.20.2
+fi
+# The advisory database is on GitHub, which CI's network does not reach (see deny.toml).
+checks="licenses bans sources"
+[[ "${OUTPOST_DENY_ADVISORIES:-0}" == 1 ]] && checks="$checks advisories"
+# shellcheck disable=SC2086
+cargo deny --locked check $checks
+
+step "outpost-proto depends on no runtime"
+# proto is sans IO (ARCHITECTURE.md): no async runtime, executor, network, TLS or clock
+# crate may enter its normal dependencies. (futures-core, trait definitions only, comes
+# with rxml's `std` feature and runs nothing.)
+runtime=$(cargo tree -p outpost-proto -e normal --prefix none --locked \
+    | grep -E '^(tokio[a-z-]*|async-std|async-io|smol|mio|futures|futures-util|futures-executor|hyper|socket2|rustls|chrono|time) ' \
+    || true)
+if [[ -n "$runtime" ]]; then
+    echo "outpost-proto must not depend on: $runtime" >&2
+    exit 1
+fi
 
 step "cargo test"
 cargo test --workspace --locked

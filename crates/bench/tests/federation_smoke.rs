@@ -34,7 +34,7 @@ async fn start(domain: &str, dir: &tempfile::TempDir, store: Arc<MemoryStore>) -
     config.federation.require_tls = true;
     config.federation.srv_lookup = false;
     // Nothing answers there: no name is ever looked up in a real DNS server.
-    config.federation.dns_server = Some("127.0.0.1:9".to_owned());
+    config.federation.dns_server = Some("127.0.0.1:9".parse().expect("addr"));
     config.federation.dialback_secret = Some(format!("{domain}-smoke-dialback-secret"));
     config.federation.retry_initial_secs = 1;
     config.federation.retry_max_secs = 2;
@@ -63,8 +63,10 @@ fn target(addr: SocketAddr, domain: &str) -> Arc<Target> {
 }
 
 fn introduce(a: &Server, b: &Server) {
-    a.handle.set_peer_address("b.bench", &b.s2s.to_string());
-    b.handle.set_peer_address("a.bench", &a.s2s.to_string());
+    a.handle
+        .set_peer_address("b.bench", host_port(&b.s2s.to_string()));
+    b.handle
+        .set_peer_address("a.bench", host_port(&a.s2s.to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,4 +137,8 @@ async fn federation_scenarios_run_across_two_outposts() {
 
     b.handle.shutdown().await;
     a.handle.shutdown().await;
+}
+
+fn host_port(s: &str) -> outpost_server::config::HostPort {
+    s.parse().expect("host:port")
 }

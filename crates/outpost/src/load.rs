@@ -35,30 +35,30 @@ pub(crate) struct ConfigArgs {
 }
 
 /// A configuration that cannot be used. The binary exits with status 2 for it.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum LoadError {
     /// The file named by `--config` cannot be read.
+    #[error("cannot read config file {}: {source}", path.display())]
     File {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     /// A value does not fit its key, a key is unknown, the TOML is malformed, or a log
     /// filter does not parse.
+    #[error("{}", Problems(.0))]
     Parse(Vec<String>),
     /// Values of the right types that do not make sense together.
-    Invalid(outpost_server::config::ConfigError),
+    #[error("{}", Problems(.0.problems()))]
+    Invalid(#[source] outpost_server::config::ConfigError),
 }
 
-impl fmt::Display for LoadError {
+/// Problems as the binary prints them: one on the line, several below it.
+struct Problems<'a>(&'a [String]);
+
+impl fmt::Display for Problems<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let problems = match self {
-            LoadError::File { path, source } => {
-                return write!(f, "cannot read config file {}: {source}", path.display());
-            }
-            LoadError::Parse(problems) => problems.as_slice(),
-            LoadError::Invalid(e) => e.problems(),
-        };
-        match problems {
+        match self.0 {
             [one] => write!(f, "invalid configuration: {one}"),
             many => {
                 write!(f, "invalid configuration:")?;
@@ -70,8 +70,6 @@ impl fmt::Display for LoadError {
         }
     }
 }
-
-impl std::error::Error for LoadError {}
 
 /// Loads and validates the configuration from the file, the process environment and the
 /// flags.

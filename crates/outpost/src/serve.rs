@@ -94,7 +94,6 @@ async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
 /// The dialback secret kept in the data directory, generated on first start (XEP-0185 §3:
 /// the secret must be stable, or keys sent before a restart stop verifying).
 fn dialback_secret(config: &Config) -> anyhow::Result<String> {
-    use rand::Rng as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = config.dialback_secret_path();
     match std::fs::read_to_string(&path) {
@@ -107,11 +106,7 @@ fn dialback_secret(config: &Config) -> anyhow::Result<String> {
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
     create_private_dir(&config.data_dir)?;
-    let secret: String = rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(40)
-        .map(char::from)
-        .collect();
+    let secret = outpost_server::ids::random_id(40);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -12,16 +12,15 @@
 //! the exception: plaintext that arrives before the handshake is dropped with the old
 //! stream, never read as if it came over TLS (RFC 6120 §5.4.3.3).
 
-use std::collections::VecDeque;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use jid::{BareJid, FullJid};
 use minidom::Element;
 
+use crate::machine::{StreamMachine, Wire};
 use crate::sasl::{self, ScramHash, ScramKeys, ScramServer};
-use crate::stanza::{self, ns};
-use crate::xml::{self, Limits, StreamReader, XmlEvent};
+use crate::stanza::{self, Condition, StanzaError, ns};
+use crate::xml::{self, Limits, XmlEvent};
 
 /// Failed resource binds allowed on one stream (RFC 6120 §7.7.3 suggests 5 to 10).
 const MAX_BIND_ATTEMPTS: u32 = 5;
@@ -107,9 +106,7 @@ enum Sasl {
 
 pub struct C2sStream {
     config: C2sConfig,
-    reader: StreamReader,
-    out: Vec<u8>,
-    events: VecDeque<Event>,
+    wire: Wire<Event>,
     phase: Phase,
     stream_id_seed: String,
     restarts: u32,
@@ -132,10 +129,8 @@ impl C2sStream {
         let secure = config.transport == Transport::DirectTls;
         let domain = config.domains.first().cloned().unwrap_or_default();
         C2sStream {
-            reader: StreamReader::new(config.limits),
+            wire: Wire::new(config.limits),
             config,
-            out: Vec::new(),
-            events: VecDeque::new(),
             phase: Phase::AwaitHeader,
             stream_id_seed: stream_id,
             restarts: 0,
@@ -150,42 +145,6 @@ impl C2sStream {
             bind_id: None,
             bind_failures: 0,
         }
-    }
-
-    /// Feeds bytes from the client and processes as much as the current phase allows.
-    pub fn handle_input(&mut self, data: &[u8]) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        self.reader.feed(data);
-        self.process();
-    }
-
-    /// Bytes to write to the client, in order. Empty when there is nothing to send.
-    pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
-    }
-
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        let event = self.events.pop_front();
-        if event.is_none() && self.events.capacity() > 0 {
-            // Drained: an idle session keeps no event queue.
-            self.events = VecDeque::new();
-        }
-        event
-    }
-
-    /// Whether [`C2sStream::poll_event`] would return an event, without taking it.
-    pub fn has_event(&self) -> bool {
-        !self.events.is_empty()
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
     }
 
     pub fn is_secure(&self) -> bool {
@@ -272,8 +231,9 @@ impl C2sStream {
     }
 
     /// Answers [`Event::BindRequest`]: the resource the server chose, or a stanza error
-    /// condition (`conflict`, `not-allowed`, `resource-constraint`, `bad-request`).
-    pub fn bind_result(&mut self, result: Result<FullJid, &'static str>) {
+    /// (RFC 6120 §7.6.2.1: `resource-constraint` to wait; §7.7.2.1: `bad-request` to modify;
+    /// `conflict` or `not-allowed` to cancel).
+    pub fn bind_result(&mut self, result: Result<FullJid, StanzaError>) {
         if self.phase != Phase::Blocked {
             return;
         }
@@ -294,17 +254,10 @@ impl C2sStream {
                 self.send(&reply);
                 self.jid = Some(jid.clone());
                 self.phase = Phase::Session;
-                self.events.push_back(Event::Bound { jid });
+                self.wire.events.push_back(Event::Bound { jid });
             }
-            Err(condition) => {
-                // RFC 6120 §7.6.2.1: too many resources is a wait (retry later);
-                // §7.7.2.1: a bad resource is for the client to modify; the rest cancel.
-                let error_type = match condition {
-                    "resource-constraint" => "wait",
-                    "bad-request" => "modify",
-                    _ => "cancel",
-                };
-                let err = stanza::iq_error_reply(&id, None, error_type, condition);
+            Err(error) => {
+                let err = stanza::iq_error_reply(&id, None, &error);
                 self.send(&err);
                 self.phase = Phase::Negotiating;
                 // RFC 6120 §7.7.3: a client may retry, but not forever.
@@ -322,12 +275,12 @@ impl C2sStream {
         // Elements parsed from a peer or built by the server serialise; a failure would be
         // a bug in the element, and dropping that one element (nothing is appended) is the
         // least harmful answer.
-        let _ = xml::write_stanza(el, &mut self.out);
+        let _ = xml::write_stanza(el, &mut self.wire.out);
     }
 
     /// Queues raw, already serialised XML for the client.
     pub fn send_raw(&mut self, xml: &str) {
-        self.out.extend_from_slice(xml.as_bytes());
+        self.wire.out.extend_from_slice(xml.as_bytes());
     }
 
     /// Closes the stream, with a stream error condition (RFC 6120 §4.9.3) or cleanly.
@@ -340,17 +293,20 @@ impl C2sStream {
             if !self.header_sent {
                 self.send_header();
             }
-            self.out
+            self.wire
+                .out
                 .extend_from_slice(xml::stream_error(condition, text).as_bytes());
         }
-        self.out.extend_from_slice(xml::STREAM_CLOSE.as_bytes());
+        self.wire
+            .out
+            .extend_from_slice(xml::STREAM_CLOSE.as_bytes());
         self.phase = Phase::Closed;
-        self.events.push_back(Event::Closed { error });
+        self.wire.events.push_back(Event::Closed { error });
     }
 
     fn process(&mut self) {
         while !matches!(self.phase, Phase::Blocked | Phase::Closed) {
-            match self.reader.next() {
+            match self.wire.reader.next() {
                 Ok(None) => break,
                 Ok(Some(event)) => self.on_xml(event),
                 Err(e) => {
@@ -366,9 +322,11 @@ impl C2sStream {
             XmlEvent::StreamOpen(header) => self.on_header(header),
             XmlEvent::StreamClose => {
                 // The client closed its stream (RFC 6120 §4.4): close ours too.
-                self.out.extend_from_slice(xml::STREAM_CLOSE.as_bytes());
+                self.wire
+                    .out
+                    .extend_from_slice(xml::STREAM_CLOSE.as_bytes());
                 self.phase = Phase::Closed;
-                self.events.push_back(Event::Closed { error: None });
+                self.wire.events.push_back(Event::Closed { error: None });
             }
             XmlEvent::Stanza(el) => {
                 if self.phase == Phase::AwaitHeader {
@@ -414,7 +372,7 @@ impl C2sStream {
         self.restarts += 1;
         let id = format!("{}-{}", self.stream_id_seed, self.restarts);
         let header = xml::stream_header(ns::CLIENT, &self.domain, None, &id, Some("en"));
-        self.out.extend_from_slice(header.as_bytes());
+        self.wire.out.extend_from_slice(header.as_bytes());
         self.header_sent = true;
     }
 
@@ -455,15 +413,15 @@ impl C2sStream {
         }
         // Written with the `stream:` prefix declared on the header, as every server does:
         // namespace-aware clients accept either form, but some only match the prefix.
-        self.out.extend_from_slice(b"<stream:features>");
+        self.wire.out.extend_from_slice(b"<stream:features>");
         for child in features.children() {
             self.send(child);
         }
-        self.out.extend_from_slice(b"</stream:features>");
+        self.wire.out.extend_from_slice(b"</stream:features>");
     }
 
     fn restart_stream(&mut self) {
-        self.reader.reset();
+        self.wire.reader.reset();
         self.header_sent = false;
         self.phase = Phase::AwaitHeader;
     }
@@ -478,13 +436,13 @@ impl C2sStream {
             }
             // CVE-2011-0411: plaintext sent after <starttls/> must not leak into the TLS
             // stream.
-            if !self.reader.buffered_is_whitespace() {
+            if !self.wire.reader.buffered_is_whitespace() {
                 self.close(Some("policy-violation"), Some("data after starttls"));
                 return;
             }
             self.send(&Element::builder("proceed", ns::TLS).build());
             self.phase = Phase::Blocked;
-            self.events.push_back(Event::StartTls);
+            self.wire.events.push_back(Event::StartTls);
             return;
         }
         if el_ns == ns::SASL && self.user.is_none() {
@@ -497,7 +455,7 @@ impl C2sStream {
                     self.close(Some("policy-violation"), Some("TLS is required"));
                     return;
                 }
-                self.events.push_back(Event::PreAuthIq(el));
+                self.wire.events.push_back(Event::PreAuthIq(el));
                 return;
             }
             self.on_bind(el);
@@ -616,7 +574,7 @@ impl C2sStream {
     fn request_credentials(&mut self, username: String) {
         self.sasl_user = Some(username.clone());
         self.phase = Phase::Blocked;
-        self.events.push_back(Event::NeedCredentials {
+        self.wire.events.push_back(Event::NeedCredentials {
             username,
             domain: self.domain.clone(),
         });
@@ -646,7 +604,7 @@ impl C2sStream {
             None => self.send(&Element::builder("success", ns::SASL).build()),
         }
         self.user = Some(user.clone());
-        self.events.push_back(Event::Authenticated { user });
+        self.wire.events.push_back(Event::Authenticated { user });
         // RFC 6120 §6.4.6: the client opens a new stream after success.
         self.restart_stream();
     }
@@ -655,7 +613,7 @@ impl C2sStream {
         self.sasl = Sasl::None;
         let username = self.sasl_user.take();
         self.send(&sasl_failure_el(condition));
-        self.events.push_back(Event::AuthFailed {
+        self.wire.events.push_back(Event::AuthFailed {
             username,
             condition,
         });
@@ -680,11 +638,11 @@ impl C2sStream {
                 .filter(|r| !r.trim().is_empty());
             self.bind_id = Some(id);
             self.phase = Phase::Blocked;
-            self.events.push_back(Event::BindRequest { resource });
+            self.wire.events.push_back(Event::BindRequest { resource });
             return;
         }
         if ty == "get" || ty == "set" {
-            let err = stanza::iq_error_reply(&id, None, "cancel", "not-allowed");
+            let err = stanza::iq_error_reply(&id, None, &Condition::NotAllowed.into());
             self.send(&err);
         }
     }
@@ -713,7 +671,7 @@ impl C2sStream {
             self.send(&reply);
             return;
         }
-        self.events.push_back(Event::Stanza(el));
+        self.wire.events.push_back(Event::Stanza(el));
     }
 }
 
@@ -744,4 +702,24 @@ fn decode_sasl(text: &str) -> Option<Vec<u8>> {
         return Some(Vec::new());
     }
     B64.decode(text).ok()
+}
+
+impl StreamMachine for C2sStream {
+    type Event = Event;
+
+    fn wire(&self) -> &Wire<Event> {
+        &self.wire
+    }
+
+    fn wire_mut(&mut self) -> &mut Wire<Event> {
+        &mut self.wire
+    }
+
+    fn process(&mut self) {
+        C2sStream::process(self);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
 }

@@ -13,10 +13,13 @@
 
 pub mod c2s;
 pub mod framing;
+pub mod machine;
 pub mod s2s;
 pub mod sasl;
 pub mod stanza;
 pub mod xml;
+
+pub use machine::StreamMachine;
 
 pub use jid;
 pub use minidom;

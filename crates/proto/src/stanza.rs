@@ -54,20 +54,12 @@ pub fn remove_attr(el: &mut Element, attr: &str) {
     el.attrs_mut().remove(Namespace::none(), attr);
 }
 
-/// The `<error/>` child for a stanza error (RFC 6120 §8.3).
-pub fn error_element(error_type: &str, condition: &str) -> Element {
-    Element::builder("error", ns::CLIENT)
-        .attr(name("type"), error_type)
-        .append(Element::builder(condition, ns::STANZAS).build())
-        .build()
-}
-
 /// An IQ error reply (RFC 6120 §8.3.1) from `from` (the server or the addressee).
-pub fn iq_error_reply(id: &str, from: Option<&str>, error_type: &str, condition: &str) -> Element {
+pub fn iq_error_reply(id: &str, from: Option<&str>, error: &StanzaError) -> Element {
     let mut iq = Element::builder("iq", ns::CLIENT)
         .attr(name("type"), "error")
         .attr(name("id"), id)
-        .append(error_element(error_type, condition))
+        .append(error.to_element())
         .build();
     if let Some(from) = from {
         set_attr(&mut iq, "from", from);
@@ -77,10 +69,10 @@ pub fn iq_error_reply(id: &str, from: Option<&str>, error_type: &str, condition:
 
 /// The error reply to any stanza: addresses swapped, `type='error'`, the original id and
 /// the error child. The original payload is not echoed back (RFC 6120 §8.3.1 allows either).
-pub fn error_reply(original: &Element, error_type: &str, condition: &str) -> Element {
+pub fn error_reply(original: &Element, error: &StanzaError) -> Element {
     let mut reply = Element::builder(original.name(), ns::CLIENT)
         .attr(name("type"), "error")
-        .append(error_element(error_type, condition))
+        .append(error.to_element())
         .build();
     if let Some(id) = original.attr("id") {
         set_attr(&mut reply, "id", id);
@@ -92,6 +84,26 @@ pub fn error_reply(original: &Element, error_type: &str, condition: &str) -> Ele
         set_attr(&mut reply, "to", from);
     }
     reply
+}
+
+/// Whether a stanza may be answered with an error: never an error or a result (RFC 6120
+/// §8.3.1), and never presence, whose errors nobody waits for.
+pub fn may_answer_with_error(el: &Element) -> bool {
+    !matches!(el.attr("type"), Some("error" | "result")) && el.name() != "presence"
+}
+
+/// A presence stanza of type `ty` (`None`: available) from `from` to `to`, with nothing
+/// inside: probes (RFC 6121 §4.3), unavailable presence (§4.5) and subscription stanzas (§3).
+pub fn presence(ty: Option<&str>, from: &str, to: Option<&str>) -> Element {
+    let mut el = Element::builder("presence", ns::CLIENT).build();
+    if let Some(ty) = ty {
+        set_attr(&mut el, "type", ty);
+    }
+    set_attr(&mut el, "from", from);
+    if let Some(to) = to {
+        set_attr(&mut el, "to", to);
+    }
+    el
 }
 
 /// An empty IQ result answering `request`, sent by `from`.
@@ -127,6 +139,253 @@ pub fn iq_payload(el: &Element) -> Option<&Element> {
     el.children().next()
 }
 
+/// The type of a stanza error: what the sender may do about it (RFC 6120 §8.3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorType {
+    /// Retry after providing credentials.
+    Auth,
+    /// Do not retry: the error cannot be remedied.
+    Cancel,
+    /// Proceed: the condition was only a warning.
+    Continue,
+    /// Retry after changing the data sent.
+    Modify,
+    /// Retry after waiting: the error is temporary.
+    Wait,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Auth => "auth",
+            ErrorType::Cancel => "cancel",
+            ErrorType::Continue => "continue",
+            ErrorType::Modify => "modify",
+            ErrorType::Wait => "wait",
+        }
+    }
+}
+
+/// The defined conditions of stanza errors (RFC 6120 §8.3.3), each with the type the RFC
+/// gives it in its examples ([`Condition::default_type`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Condition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    Forbidden,
+    Gone,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RecipientUnavailable,
+    Redirect,
+    RegistrationRequired,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    SubscriptionRequired,
+    UndefinedCondition,
+    UnexpectedRequest,
+}
+
+impl Condition {
+    /// Every condition, in the RFC's order.
+    pub const ALL: [Condition; 22] = [
+        Condition::BadRequest,
+        Condition::Conflict,
+        Condition::FeatureNotImplemented,
+        Condition::Forbidden,
+        Condition::Gone,
+        Condition::InternalServerError,
+        Condition::ItemNotFound,
+        Condition::JidMalformed,
+        Condition::NotAcceptable,
+        Condition::NotAllowed,
+        Condition::NotAuthorized,
+        Condition::PolicyViolation,
+        Condition::RecipientUnavailable,
+        Condition::Redirect,
+        Condition::RegistrationRequired,
+        Condition::RemoteServerNotFound,
+        Condition::RemoteServerTimeout,
+        Condition::ResourceConstraint,
+        Condition::ServiceUnavailable,
+        Condition::SubscriptionRequired,
+        Condition::UndefinedCondition,
+        Condition::UnexpectedRequest,
+    ];
+
+    /// The element name of the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::BadRequest => "bad-request",
+            Condition::Conflict => "conflict",
+            Condition::FeatureNotImplemented => "feature-not-implemented",
+            Condition::Forbidden => "forbidden",
+            Condition::Gone => "gone",
+            Condition::InternalServerError => "internal-server-error",
+            Condition::ItemNotFound => "item-not-found",
+            Condition::JidMalformed => "jid-malformed",
+            Condition::NotAcceptable => "not-acceptable",
+            Condition::NotAllowed => "not-allowed",
+            Condition::NotAuthorized => "not-authorized",
+            Condition::PolicyViolation => "policy-violation",
+            Condition::RecipientUnavailable => "recipient-unavailable",
+            Condition::Redirect => "redirect",
+            Condition::RegistrationRequired => "registration-required",
+            Condition::RemoteServerNotFound => "remote-server-not-found",
+            Condition::RemoteServerTimeout => "remote-server-timeout",
+            Condition::ResourceConstraint => "resource-constraint",
+            Condition::ServiceUnavailable => "service-unavailable",
+            Condition::SubscriptionRequired => "subscription-required",
+            Condition::UndefinedCondition => "undefined-condition",
+            Condition::UnexpectedRequest => "unexpected-request",
+        }
+    }
+
+    /// The condition named `name`, if it is one of the defined ones.
+    pub fn from_name(name: &str) -> Option<Condition> {
+        Condition::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// The error type RFC 6120 §8.3.3 shows with the condition: what a sender usually
+    /// can do about it.
+    pub fn default_type(self) -> ErrorType {
+        match self {
+            Condition::BadRequest
+            | Condition::JidMalformed
+            | Condition::NotAcceptable
+            | Condition::PolicyViolation
+            | Condition::Redirect => ErrorType::Modify,
+            Condition::Forbidden
+            | Condition::NotAuthorized
+            | Condition::RegistrationRequired
+            | Condition::SubscriptionRequired => ErrorType::Auth,
+            Condition::InternalServerError
+            | Condition::RecipientUnavailable
+            | Condition::RemoteServerTimeout
+            | Condition::ResourceConstraint
+            | Condition::UnexpectedRequest => ErrorType::Wait,
+            Condition::Conflict
+            | Condition::FeatureNotImplemented
+            | Condition::Gone
+            | Condition::ItemNotFound
+            | Condition::NotAllowed
+            | Condition::RemoteServerNotFound
+            | Condition::ServiceUnavailable
+            | Condition::UndefinedCondition => ErrorType::Cancel,
+        }
+    }
+}
+
+impl std::fmt::Display for Condition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stanza error (RFC 6120 §8.3): its type, its defined condition, optional human-readable
+/// text and an optional application-specific condition element (such as XEP-0191's
+/// `<blocked/>`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{condition} ({})", kind.as_str())]
+pub struct StanzaError {
+    pub kind: ErrorType,
+    pub condition: Condition,
+    pub text: Option<String>,
+    pub application: Option<Box<Element>>,
+}
+
+impl StanzaError {
+    /// The condition with the type RFC 6120 shows for it.
+    pub fn new(condition: Condition) -> StanzaError {
+        StanzaError::with_type(condition.default_type(), condition)
+    }
+
+    /// The condition with another type than its usual one (RFC 6120 §8.3.3 lets the
+    /// server choose, e.g. `wait` for a resource constraint that will pass, `cancel` for one
+    /// that will not).
+    pub fn with_type(kind: ErrorType, condition: Condition) -> StanzaError {
+        StanzaError {
+            kind,
+            condition,
+            text: None,
+            application: None,
+        }
+    }
+
+    /// Adds a human-readable explanation (RFC 6120 §8.3.2: for the user, not for code).
+    pub fn text(mut self, text: impl Into<String>) -> StanzaError {
+        self.text = Some(text.into());
+        self
+    }
+
+    /// Adds an application-specific condition element.
+    pub fn application(mut self, el: Element) -> StanzaError {
+        self.application = Some(Box::new(el));
+        self
+    }
+
+    /// The `<error/>` child of an error stanza.
+    pub fn to_element(&self) -> Element {
+        let mut error = Element::builder("error", ns::CLIENT)
+            .attr(name("type"), self.kind.as_str())
+            .append(Element::builder(self.condition.as_str(), ns::STANZAS).build())
+            .build();
+        if let Some(text) = &self.text {
+            error.append_child(
+                Element::builder("text", ns::STANZAS)
+                    .append(text.as_str())
+                    .build(),
+            );
+        }
+        if let Some(app) = &self.application {
+            error.append_child(Element::clone(app));
+        }
+        error
+    }
+
+    /// The error an error stanza carries, if it carries a defined condition.
+    pub fn from_stanza(el: &Element) -> Option<StanzaError> {
+        let error = el.get_child("error", ns::CLIENT)?;
+        let kind = match error.attr("type")? {
+            "auth" => ErrorType::Auth,
+            "cancel" => ErrorType::Cancel,
+            "continue" => ErrorType::Continue,
+            "modify" => ErrorType::Modify,
+            "wait" => ErrorType::Wait,
+            _ => return None,
+        };
+        let condition = error
+            .children()
+            .filter(|c| c.ns() == ns::STANZAS)
+            .find_map(|c| Condition::from_name(c.name()))?;
+        let text = error.get_child("text", ns::STANZAS).map(|t| t.text());
+        let application = error
+            .children()
+            .find(|c| c.ns() != ns::STANZAS)
+            .map(|c| Box::new(c.clone()));
+        Some(StanzaError {
+            kind,
+            condition,
+            text,
+            application,
+        })
+    }
+}
+
+impl From<Condition> for StanzaError {
+    fn from(condition: Condition) -> StanzaError {
+        StanzaError::new(condition)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,7 +396,7 @@ mod tests {
         set_attr(&mut msg, "from", "a@x/r");
         set_attr(&mut msg, "to", "b@x");
         set_attr(&mut msg, "id", "m1");
-        let reply = error_reply(&msg, "cancel", "service-unavailable");
+        let reply = error_reply(&msg, &Condition::ServiceUnavailable.into());
         assert_eq!(reply.attr("to"), Some("a@x/r"));
         assert_eq!(reply.attr("from"), Some("b@x"));
         assert_eq!(reply.attr("id"), Some("m1"));
@@ -145,6 +404,25 @@ mod tests {
         let err = reply.get_child("error", ns::CLIENT).expect("error child");
         assert_eq!(err.attr("type"), Some("cancel"));
         assert!(err.has_child("service-unavailable", ns::STANZAS));
+    }
+
+    #[test]
+    fn errors_carry_their_type_text_and_application_condition() {
+        let err = StanzaError::with_type(ErrorType::Wait, Condition::ResourceConstraint)
+            .text("queue full")
+            .application(Element::builder("blocked", ns::BLOCKING_ERRORS).build());
+        let mut iq = Element::builder("iq", ns::CLIENT).build();
+        set_attr(&mut iq, "type", "error");
+        iq.append_child(err.to_element());
+        assert_eq!(StanzaError::from_stanza(&iq), Some(err));
+        assert_eq!(
+            StanzaError::new(Condition::ServiceUnavailable).kind,
+            ErrorType::Cancel
+        );
+        for c in Condition::ALL {
+            assert_eq!(Condition::from_name(c.as_str()), Some(c));
+        }
+        assert_eq!(Condition::from_name("text"), None);
     }
 
     #[test]

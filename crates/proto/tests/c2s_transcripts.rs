@@ -10,6 +10,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
+use outpost_proto::StreamMachine;
 use outpost_proto::c2s::{C2sConfig, C2sStream, Event, Transport};
 use outpost_proto::jid::FullJid;
 use outpost_proto::minidom::Element;
@@ -886,7 +887,10 @@ fn bind_with_and_without_resource() {
     // Without a resource, or with an empty one, the server chooses (§7.6).
     assert!(s.send(&bind_iq("b1", None)).is_empty());
     assert_eq!(s.events(), [Ev::BindRequest(None)]);
-    s.c2s.bind_result(Err("conflict"));
+    s.c2s
+        .bind_result(Err(outpost_proto::stanza::StanzaError::new(
+            outpost_proto::stanza::Condition::from_name("conflict").expect("condition"),
+        )));
     s.output();
     assert!(s.send(&bind_iq("b2", Some("  "))).is_empty());
     assert_eq!(s.events(), [Ev::BindRequest(None)]);
@@ -926,7 +930,10 @@ fn bind_errors_carry_rfc_error_types() {
         let id = format!("bind{i}");
         assert!(s.send(&bind_iq(&id, Some("balcony"))).is_empty());
         assert_eq!(s.events(), [Ev::BindRequest(Some("balcony".to_owned()))]);
-        s.c2s.bind_result(Err(condition));
+        s.c2s
+            .bind_result(Err(outpost_proto::stanza::StanzaError::new(
+                outpost_proto::stanza::Condition::from_name(condition).expect("condition"),
+            )));
         let out = s.output();
         assert_eq!(out.len(), 1);
         let reply = stanza(&out[0]);
@@ -956,7 +963,10 @@ fn endless_failed_binds_close_the_stream() {
     for i in 0..5 {
         s.send(&bind_iq(&format!("b{i}"), Some("balcony")));
         assert_eq!(s.events(), [Ev::BindRequest(Some("balcony".to_owned()))]);
-        s.c2s.bind_result(Err("conflict"));
+        s.c2s
+            .bind_result(Err(outpost_proto::stanza::StanzaError::new(
+                outpost_proto::stanza::Condition::from_name("conflict").expect("condition"),
+            )));
         s.output();
         if i < 4 {
             assert!(s.events().is_empty());

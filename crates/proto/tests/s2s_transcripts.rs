@@ -11,6 +11,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use outpost_proto::StreamMachine;
 use outpost_proto::minidom::Element;
 use outpost_proto::s2s::{
     AuthMethod, DialbackVerdict, Event, RelayPolicy, S2sConfig, S2sIncoming, S2sOutgoing,

@@ -6,6 +6,7 @@
 //! over HTTPS. Every message is checked to be exactly one element. Then the framer alone:
 //! headers, restarts, partial writes, and what a peer may not send.
 
+use outpost_proto::StreamMachine;
 use outpost_proto::framing::{
     FramingError, NS_FRAMING, WsFraming, close_element, stream_error_message,
 };

@@ -10,8 +10,14 @@ const SALT_LEN: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AccountError {
-    #[error("invalid JID: {0}")]
-    InvalidJid(String),
+    #[error("invalid JID `{jid}`")]
+    InvalidJid {
+        jid: String,
+        #[source]
+        source: jid::Error,
+    },
+    #[error("`{0}` has no user part")]
+    NoUserPart(String),
     #[error("password not allowed: {0}")]
     BadPassword(&'static str),
     #[error(transparent)]
@@ -44,9 +50,12 @@ pub fn make_credentials(password: &str, iterations: u32) -> Result<Credentials, 
 
 /// Normalises `jid` (nodeprep/nameprep) and checks it is a bare JID with a local part.
 pub fn normalize_user_jid(jid: &str) -> Result<String, AccountError> {
-    let parsed = BareJid::new(jid).map_err(|e| AccountError::InvalidJid(format!("{jid}: {e}")))?;
+    let parsed = BareJid::new(jid).map_err(|source| AccountError::InvalidJid {
+        jid: jid.to_owned(),
+        source,
+    })?;
     if parsed.node().is_none() {
-        return Err(AccountError::InvalidJid(format!("{jid}: no user part")));
+        return Err(AccountError::NoUserPart(jid.to_owned()));
     }
     Ok(parsed.to_string())
 }
@@ -105,11 +114,11 @@ mod tests {
         );
         assert!(matches!(
             normalize_user_jid("localhost"),
-            Err(AccountError::InvalidJid(_))
+            Err(AccountError::NoUserPart(_))
         ));
         assert!(matches!(
             normalize_user_jid("a@b/c"),
-            Err(AccountError::InvalidJid(_))
+            Err(AccountError::InvalidJid { .. })
         ));
     }
 

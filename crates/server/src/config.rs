@@ -13,8 +13,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+use crate::tls::Fingerprint;
 
 /// The whole configuration. `Config::default()` is a working single-host setup for
 /// `localhost` on the loopback interface.
@@ -260,7 +263,7 @@ pub struct FederationConfig {
     pub enabled: bool,
     /// Where to reach a peer domain's server, as `"host:port"` with STARTTLS, instead of
     /// what DNS says (SRV records, else the domain on port 5269). Default: none.
-    pub peers: BTreeMap<String, String>,
+    pub peers: BTreeMap<String, HostPort>,
     /// The secret dialback keys are derived from (XEP-0185). Default: unset, meaning the
     /// `outpost` binary generates one on first start and keeps it in
     /// `<data_dir>/dialback-secret` (see [`Config::dialback_secret_path`]).
@@ -291,10 +294,10 @@ pub struct FederationConfig {
     pub srv_lookup: bool,
     /// The DNS server to ask, as `"host:port"`, instead of the system's resolver
     /// configuration. Default: none (the system's).
-    pub dns_server: Option<String>,
+    pub dns_server: Option<SocketAddr>,
     /// Where to reach a peer's server-to-server WebSocket endpoint, as a `wss://` URL: the
     /// path used when direct TCP does not pass. Outpost peers only. Default: none.
-    pub websocket_peers: BTreeMap<String, String>,
+    pub websocket_peers: BTreeMap<String, WssUrl>,
     /// This server's hub: another Outpost server (its domain, reached like any peer) that
     /// relays stanzas to domains this server cannot reach directly. Default: none.
     pub hub: Option<String>,
@@ -305,7 +308,7 @@ pub struct FederationConfig {
     /// Peer certificates pinned by domain, as the SHA-256 of the certificate (hex, colons
     /// allowed). A pinned peer must present exactly that certificate on every stream, and
     /// may then authenticate with SASL EXTERNAL (XEP-0178). Default: none.
-    pub pinned: BTreeMap<String, String>,
+    pub pinned: BTreeMap<String, Fingerprint>,
     /// Domains whose self-signed certificates are accepted when they name the domain: such
     /// peers authenticate with SASL EXTERNAL, and our links to them check that the
     /// certificate names them. Default: none.
@@ -334,20 +337,6 @@ impl Default for FederationConfig {
             trust_self_signed: Vec::new(),
         }
     }
-}
-
-/// A SHA-256 certificate fingerprint as operators write it: 64 hex digits, optionally in
-/// pairs separated by colons (the form `openssl x509 -fingerprint -sha256` prints).
-pub fn parse_fingerprint(text: &str) -> Option<[u8; 32]> {
-    let hex: String = text.chars().filter(|c| *c != ':').collect();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// How to treat a peer that offers no XEP-0198 acknowledgements.
@@ -395,7 +384,24 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         let mut problem = |msg: String| problems.push(msg);
+        self.check_domains(&mut problem);
+        self.check_listeners(&mut problem);
+        self.check_files(&mut problem);
+        self.check_limits(&mut problem);
+        self.check_federation(&mut problem);
+        if self.log.level.trim().is_empty() {
+            problem("log.level must not be empty".to_owned());
+        }
 
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// `domains` and `data_dir`.
+    fn check_domains(&self, problem: &mut impl FnMut(String)) {
         if self.domains.is_empty() {
             problem("domains must list at least one domain".to_owned());
         }
@@ -419,7 +425,10 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             problem("data_dir must not be empty".to_owned());
         }
+    }
 
+    /// `listen`: at least one client listener, no two on one port.
+    fn check_listeners(&self, problem: &mut impl FnMut(String)) {
         let s2s: Vec<(&str, SocketAddr)> = if self.federation.enabled {
             (self.listen.s2s.iter().map(|a| ("listen.s2s", *a)))
                 .chain(self.listen.s2s_tls.iter().map(|a| ("listen.s2s_tls", *a)))
@@ -443,7 +452,10 @@ impl Config {
                 }
             }
         }
+    }
 
+    /// `tls`, `storage` and `auth`.
+    fn check_files(&self, problem: &mut impl FnMut(String)) {
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => problem("tls.key must be set when tls.cert is".to_owned()),
             (None, Some(_)) => problem("tls.cert must be set when tls.key is".to_owned()),
@@ -465,7 +477,10 @@ impl Config {
         if self.auth.scram_iterations < 1 {
             problem("auth.scram_iterations must be at least 1".to_owned());
         }
+    }
 
+    /// `limits`.
+    fn check_limits(&self, problem: &mut impl FnMut(String)) {
         let l = &self.limits;
         if l.max_stanza_bytes < MIN_STANZA_BYTES {
             problem(format!(
@@ -506,12 +521,15 @@ impl Config {
                 l.ping_interval_secs, l.idle_timeout_secs
             ));
         }
+    }
 
+    /// `federation`.
+    fn check_federation(&self, problem: &mut impl FnMut(String)) {
         let f = &self.federation;
         if f.enabled && self.listen.s2s.is_empty() {
             problem("listen.s2s must list at least one address when federation is enabled".into());
         }
-        for (domain, addr) in &f.peers {
+        for domain in f.peers.keys() {
             if jid::DomainPart::new(domain).map_or(true, |d| d.as_str() != domain) {
                 problem(format!(
                     "federation.peers: `{domain}` is not a domain in canonical form"
@@ -520,11 +538,6 @@ impl Config {
             if self.serves_domain(domain) {
                 problem(format!(
                     "federation.peers: `{domain}` is one of our own domains"
-                ));
-            }
-            if split_host_port(addr).is_none() {
-                problem(format!(
-                    "federation.peers.\"{domain}\": `{addr}` is not of the form host:port"
                 ));
             }
         }
@@ -537,16 +550,11 @@ impl Config {
                 problem(format!("{key}: `{domain}` is one of our own domains"));
             }
         };
-        for (domain, url) in &f.websocket_peers {
-            canonical_peer("federation.websocket_peers", domain, &mut problem);
-            if !url.starts_with("wss://") {
-                problem(format!(
-                    "federation.websocket_peers.\"{domain}\": `{url}` is not a wss:// URL"
-                ));
-            }
+        for domain in f.websocket_peers.keys() {
+            canonical_peer("federation.websocket_peers", domain, problem);
         }
         if let Some(hub) = &f.hub {
-            canonical_peer("federation.hub", hub, &mut problem);
+            canonical_peer("federation.hub", hub, problem);
         }
         for domain in &f.relay_for {
             if jid::DomainPart::new(domain).map_or(true, |d| d.as_str() != domain) {
@@ -555,23 +563,11 @@ impl Config {
                 ));
             }
         }
-        for (domain, pin) in &f.pinned {
-            canonical_peer("federation.pinned", domain, &mut problem);
-            if parse_fingerprint(pin).is_none() {
-                problem(format!(
-                    "federation.pinned.\"{domain}\": not a SHA-256 fingerprint (64 hex digits)"
-                ));
-            }
+        for domain in f.pinned.keys() {
+            canonical_peer("federation.pinned", domain, problem);
         }
         for domain in &f.trust_self_signed {
-            canonical_peer("federation.trust_self_signed", domain, &mut problem);
-        }
-        if let Some(dns) = &f.dns_server
-            && dns.parse::<SocketAddr>().is_err()
-        {
-            problem(format!(
-                "federation.dns_server: `{dns}` is not an IP address and port"
-            ));
+            canonical_peer("federation.trust_self_signed", domain, problem);
         }
         if f.dialback_secret.as_ref().is_some_and(|s| s.len() < 16) {
             problem("federation.dialback_secret must be at least 16 characters".to_owned());
@@ -593,16 +589,6 @@ impl Config {
                 "federation.retry_initial_secs ({}) must not exceed federation.retry_max_secs ({})",
                 f.retry_initial_secs, f.retry_max_secs
             ));
-        }
-
-        if self.log.level.trim().is_empty() {
-            problem("log.level must not be empty".to_owned());
-        }
-
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems })
         }
     }
 
@@ -647,22 +633,198 @@ impl Config {
 
     /// Whether `domain` (already normalised) is one of ours.
     pub fn serves_domain(&self, domain: &str) -> bool {
-        self.domains.iter().any(|d| d == domain)
+        is_one_of(&self.domains, domain)
     }
 }
 
-/// Splits `"host:port"` (with `[v6]:port` for IPv6 literals) into its parts, or `None`.
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return None;
+/// Whether `domain` is in `domains`: the one answer to "is this domain ours?", used by the
+/// configuration and, at run time, by `delivery`. Domains are compared as strings, so both
+/// must be in canonical form (see [`Config::validate`]).
+pub(crate) fn is_one_of(domains: &[String], domain: &str) -> bool {
+    domains.iter().any(|d| d == domain)
+}
+
+/// A host (a name or an IP address) and a port, written `host:port` (`[v6]:port` for IPv6
+/// literals), as in `federation.peers`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPort {
+    host: String,
+    port: u16,
+}
+
+impl HostPort {
+    pub fn host(&self) -> &str {
+        &self.host
     }
-    Some((host, port))
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// Why a configuration value does not parse; figment names the key it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{value}` {expected}")]
+pub struct ValueError {
+    value: String,
+    expected: &'static str,
+}
+
+impl ValueError {
+    pub(crate) fn new(value: &str, expected: &'static str) -> ValueError {
+        ValueError {
+            value: value.to_owned(),
+            expected,
+        }
+    }
+}
+
+impl FromStr for HostPort {
+    type Err = ValueError;
+
+    fn from_str(s: &str) -> Result<HostPort, ValueError> {
+        let bad = || ValueError::new(s, "is not of the form host:port");
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(bad)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        Ok(HostPort {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(addr: SocketAddr) -> HostPort {
+        HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = ValueError;
+
+    fn try_from(s: String) -> Result<HostPort, ValueError> {
+        s.parse()
+    }
+}
+
+impl From<HostPort> for String {
+    fn from(h: HostPort) -> String {
+        h.to_string()
+    }
+}
+
+/// A `wss://host[:port][/path]` URL, as in `federation.websocket_peers`: port 443 and path
+/// `/` when left out. No user information, no `ws://`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct WssUrl {
+    host: String,
+    port: u16,
+    path: String,
+}
+
+impl WssUrl {
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// `host:port`, bracketing an IPv6 literal, for the HTTP request.
+    pub fn authority(&self) -> String {
+        HostPort {
+            host: self.host.clone(),
+            port: self.port,
+        }
+        .to_string()
+    }
+}
+
+impl FromStr for WssUrl {
+    type Err = ValueError;
+
+    fn from_str(url: &str) -> Result<WssUrl, ValueError> {
+        let bad = || ValueError::new(url, "is not a wss://host[:port]/path URL");
+        let rest = url.strip_prefix("wss://").ok_or_else(bad)?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, "/"),
+        };
+        if authority.contains('@') || path.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        let (host, port) = match authority.parse::<HostPort>() {
+            Ok(hp) => (hp.host, hp.port),
+            // No port: the last colon, if any, belongs to an IPv6 literal in brackets.
+            Err(_) if authority.starts_with('[') || !authority.contains(':') => {
+                let host = authority
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(authority);
+                if host.is_empty() || host.contains(' ') {
+                    return Err(bad());
+                }
+                (host.to_owned(), 443)
+            }
+            Err(_) => return Err(bad()),
+        };
+        Ok(WssUrl {
+            host,
+            port,
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for WssUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "wss://{}{}", self.authority(), self.path)
+    }
+}
+
+impl TryFrom<String> for WssUrl {
+    type Error = ValueError;
+
+    fn try_from(s: String) -> Result<WssUrl, ValueError> {
+        s.parse()
+    }
+}
+
+impl From<WssUrl> for String {
+    fn from(u: WssUrl) -> String {
+        u.to_string()
+    }
 }
 
 /// Whether two listeners would fight over the same port. Port 0 never clashes: each bind
@@ -815,18 +977,19 @@ mod tests {
             ["listen.s2s: 127.0.0.1:5222 clashes with 127.0.0.1:5222 in listen.c2s"]
         );
         config.listen.s2s.clear();
+        let addr = |s: &str| s.parse::<HostPort>().expect("host:port");
         config
             .federation
             .peers
-            .insert("B.example".into(), "b:5269".into());
+            .insert("B.example".into(), addr("b:5269"));
         config
             .federation
             .peers
-            .insert("c.example".into(), "nope".into());
+            .insert("c.example".into(), addr("c:5269"));
         config
             .federation
             .peers
-            .insert("localhost".into(), "[::1]:5269".into());
+            .insert("localhost".into(), addr("[::1]:5269"));
         config.federation.retry_initial_secs = 600;
         config.federation.outbox_quota = 0;
         config.federation.dialback_secret = Some("short".into());
@@ -835,15 +998,56 @@ mod tests {
             [
                 "listen.s2s must list at least one address when federation is enabled",
                 "federation.peers: `B.example` is not a domain in canonical form",
-                "federation.peers.\"c.example\": `nope` is not of the form host:port",
                 "federation.peers: `localhost` is one of our own domains",
                 "federation.dialback_secret must be at least 16 characters",
                 "federation.outbox_quota must be at least 1",
                 "federation.retry_initial_secs (600) must not exceed federation.retry_max_secs (300)",
             ]
         );
-        assert_eq!(split_host_port("[::1]:5269"), Some(("::1", 5269)));
-        assert_eq!(split_host_port("b.example:0"), None);
+    }
+
+    #[test]
+    fn host_ports_parse_and_print() {
+        let hp: HostPort = "[::1]:5269".parse().expect("v6");
+        assert_eq!((hp.host(), hp.port()), ("::1", 5269));
+        assert_eq!(hp.to_string(), "[::1]:5269");
+        assert_eq!(
+            "b.example:0".parse::<HostPort>().unwrap_err().to_string(),
+            "`b.example:0` is not of the form host:port"
+        );
+        assert!("nope".parse::<HostPort>().is_err());
+        assert!(" :5269".parse::<HostPort>().is_err());
+    }
+
+    #[test]
+    fn wss_urls() {
+        let parse = |u: &str| {
+            u.parse::<WssUrl>()
+                .ok()
+                .map(|w| (w.host().to_owned(), w.port(), w.path().to_owned()))
+        };
+        assert_eq!(
+            parse("wss://b.example:8443/xmpp-websocket"),
+            Some(("b.example".into(), 8443, "/xmpp-websocket".into()))
+        );
+        assert_eq!(
+            parse("wss://b.example"),
+            Some(("b.example".into(), 443, "/".into()))
+        );
+        assert_eq!(
+            parse("wss://[::1]:9000/x"),
+            Some(("::1".into(), 9000, "/x".into()))
+        );
+        assert_eq!(
+            parse("wss://[::1]/x"),
+            Some(("::1".into(), 443, "/x".into()))
+        );
+        assert_eq!(parse("ws://b.example/"), None);
+        assert_eq!(parse("wss:///x"), None);
+        assert_eq!(parse("wss://user@b.example/"), None);
+        assert_eq!(parse("wss://b.example:0/"), None);
+        let url: WssUrl = "wss://[::1]:9000/x".parse().expect("url");
+        assert_eq!(url.to_string(), "wss://[::1]:9000/x");
     }
 
     #[test]

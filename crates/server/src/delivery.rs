@@ -1,102 +1,377 @@
-//! Delivery to local users, shared by client sessions and server-to-server links: message
-//! routing (RFC 6121 §8.5), the offline store (XEP-0160), and error replies to senders
-//! wherever they are.
+//! Where a stanza goes: the one place that decides between a local user and another
+//! server, and the local end of it (RFC 6121 §8.5 message routing, the XEP-0160 offline
+//! store, error replies to senders wherever they are).
 //!
-//! Nothing here needs a client session: a function that cannot deliver hands back a
-//! [`Bounce`] and the caller decides how its sender hears of it (a session answers its own
-//! client directly; everyone else goes through [`bounce`]).
+//! [`Delivery`] owns the router, the store and the list of our domains, and reaches other
+//! domains through a [`Remote`], a handle this module defines and federation fills in
+//! ([`NoRemote`] when federation is off), so nothing here knows how server-to-server
+//! links work, and nothing above asks whether federation is on.
+//!
+//! Nothing here needs a client session: a function that cannot deliver hands back an
+//! [`Undeliverable`] and the caller decides how its sender hears of it (a session answers
+//! its own client directly; everyone else goes through [`Delivery::bounce`]).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
-use outpost_proto::stanza::{self, ns};
-use outpost_store::StoreError;
+use outpost_proto::stanza::{self, Condition, StanzaError, ns};
+use outpost_store::{Store, StoreError};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::Shared;
-use crate::router::{ToSession, Undelivered, deliver};
+use crate::config::{self, Config};
+use crate::router::{Router, ToSession, Undelivered, deliver};
 
-/// A stanza that could not be delivered, and the error its sender should get.
-pub(crate) struct Bounce {
-    pub(crate) el: Element,
-    pub(crate) error_type: &'static str,
-    pub(crate) condition: &'static str,
+/// A future that a [`Remote`] returns.
+pub(crate) type RemoteFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<(), StanzaError>> + Send + 'a>>;
+
+/// How stanzas reach other domains. Federation implements it; [`NoRemote`] stands in when
+/// federation is off.
+pub(crate) trait Remote: Send + Sync {
+    /// Whether other domains can be reached at all.
+    fn enabled(&self) -> bool;
+
+    /// Sends a stanza from our domain `local` to `remote` best-effort (presence, IQs,
+    /// errors). Gives the stanza back when it cannot even be taken on.
+    fn send(&self, local: &str, remote: &str, el: Element) -> Result<(), Element>;
+
+    /// Commits a stanza to the durable queue for `remote`; it counts as accepted once this
+    /// returns `Ok`.
+    fn queue<'a>(&'a self, local: &'a str, remote: &'a str, el: &'a Element) -> RemoteFuture<'a>;
 }
 
-fn bounced(el: Element, error_type: &'static str, condition: &'static str) -> Option<Bounce> {
-    Some(Bounce {
-        el,
-        error_type,
-        condition,
-    })
-}
+/// No other domain is reachable: stanzas for one are refused with
+/// `remote-server-not-found` (RFC 6120 §8.3.3.16).
+pub(crate) struct NoRemote;
 
-/// Delivers a message to a local address: to the full JID if bound, else by the bare JID
-/// rules, else to the offline store. Online delivery touches no storage.
-pub(crate) async fn route_message(shared: &Arc<Shared>, el: Element, to: Jid) -> Option<Bounce> {
-    let ty = stanza::stanza_type(&el).to_owned();
-    let bare = to.to_bare();
-    let el = match to.try_as_full() {
-        Ok(full) => match shared.router.send_to_full(full, ToSession::Stanza(el)) {
-            Ok(()) => return None,
-            Err(Undelivered::Full(ToSession::Stanza(el))) => {
-                // The resource is bound but not reading: keep the message for later.
-                return store_offline(shared, el, &bare).await;
-            }
-            Err(Undelivered::NotBound(ToSession::Stanza(el))) => match ty.as_str() {
-                // RFC 6121 §8.5.3.2.1: no such resource.
-                "groupchat" => return bounced(el, "cancel", "service-unavailable"),
-                "headline" | "error" => return None,
-                // chat and normal go on as if sent to the bare JID.
-                _ => el,
-            },
-            Err(_) => return None,
-        },
-        Err(_) => el,
-    };
-    route_to_bare(shared, el, bare, &ty).await
-}
-
-async fn route_to_bare(
-    shared: &Arc<Shared>,
-    el: Element,
-    bare: BareJid,
-    ty: &str,
-) -> Option<Bounce> {
-    if ty == "groupchat" {
-        return bounced(el, "cancel", "service-unavailable");
+impl Remote for NoRemote {
+    fn enabled(&self) -> bool {
+        false
     }
-    let targets = shared.router.message_targets(&bare, ty == "headline");
-    let mut rest = Some(el);
-    let mut delivered = false;
-    for (i, (_, tx)) in targets.iter().enumerate() {
-        let Some(el) = rest.take() else { break };
-        // The last target takes the element itself; the others get copies.
-        let (copy, keep) = if i + 1 == targets.len() {
-            (el, None)
-        } else {
-            (el.clone(), Some(el))
-        };
-        match deliver(tx, ToSession::Stanza(copy)) {
-            Ok(()) => {
-                delivered = true;
-                rest = keep;
-            }
-            Err(ToSession::Stanza(back)) => rest = keep.or(Some(back)),
-            Err(_) => rest = keep,
+
+    fn send(&self, _local: &str, _remote: &str, el: Element) -> Result<(), Element> {
+        Err(el)
+    }
+
+    fn queue<'a>(&'a self, _: &'a str, _: &'a str, _: &'a Element) -> RemoteFuture<'a> {
+        Box::pin(async { Err(StanzaError::new(Condition::RemoteServerNotFound)) })
+    }
+}
+
+/// A stanza that could not be delivered, and the error its sender should get. Boxed in
+/// results: delivery succeeds far more often than not.
+#[derive(Debug)]
+pub(crate) struct Undeliverable {
+    pub(crate) stanza: Element,
+    pub(crate) error: StanzaError,
+}
+
+fn refused(stanza: Element, condition: Condition) -> Result<(), Box<Undeliverable>> {
+    Err(Box::new(Undeliverable {
+        stanza,
+        error: condition.into(),
+    }))
+}
+
+pub(crate) struct Delivery {
+    domains: Vec<String>,
+    router: Router,
+    store: Arc<dyn Store>,
+    offline_quota: u32,
+    remote: Arc<dyn Remote>,
+}
+
+impl Delivery {
+    pub(crate) fn new(config: &Config, store: Arc<dyn Store>, remote: Arc<dyn Remote>) -> Self {
+        Delivery {
+            domains: config.domains.clone(),
+            router: Router::new(),
+            store,
+            offline_quota: config.limits.offline_quota,
+            remote,
         }
     }
-    if delivered {
-        return None;
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
     }
-    let el = rest?;
-    match ty {
-        "headline" | "error" => None,
-        _ => store_offline(shared, el, &bare).await,
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
+
+    /// Whether `domain` is one of ours.
+    pub(crate) fn is_local(&self, domain: &str) -> bool {
+        config::is_one_of(&self.domains, domain)
+    }
+
+    /// Whether stanzas for `domain` can go anywhere: it is ours, or other domains are
+    /// reachable.
+    pub(crate) fn reaches(&self, domain: &str) -> bool {
+        self.is_local(domain) || self.remote.enabled()
+    }
+
+    /// A message for `to`, wherever it is: a local user's resources or offline store (see
+    /// [`Delivery::route_local_message`]), or the durable queue for another domain (with an
+    /// XEP-0359 origin-id, so retries can be recognised).
+    pub(crate) async fn message(&self, mut el: Element, to: Jid) -> Result<(), Box<Undeliverable>> {
+        let domain = to.domain().as_str();
+        if self.is_local(domain) {
+            return self.route_local_message(el, to).await;
+        }
+        let Some(local) = sender_domain(&el).filter(|d| self.is_local(d)) else {
+            return refused(el, Condition::NotAllowed);
+        };
+        ensure_origin_id(&mut el);
+        match self.remote.queue(&local, domain, &el).await {
+            Ok(()) => Ok(()),
+            Err(error) => Err(Box::new(Undeliverable { stanza: el, error })),
+        }
+    }
+
+    /// Commits a stanza from our domain `local` to the durable queue for `remote`.
+    pub(crate) async fn queue_remote(
+        &self,
+        local: &str,
+        remote: &str,
+        el: &Element,
+    ) -> Result<(), StanzaError> {
+        self.remote.queue(local, remote, el).await
+    }
+
+    /// Delivers a message to a local address: to the full JID if bound, else by the bare JID
+    /// rules, else to the offline store. Online delivery touches no storage.
+    async fn route_local_message(&self, el: Element, to: Jid) -> Result<(), Box<Undeliverable>> {
+        let ty = stanza::stanza_type(&el).to_owned();
+        let bare = to.to_bare();
+        if bare.node().is_none() {
+            // Messages to the server itself: no service answers them.
+            return refused(el, Condition::ServiceUnavailable);
+        }
+        let el = match to.try_as_full() {
+            Ok(full) => match self.router.send_to_full(full, ToSession::Stanza(el)) {
+                Ok(()) => return Ok(()),
+                Err(Undelivered::Full(ToSession::Stanza(el))) => {
+                    // The resource is bound but not reading: keep the message for later.
+                    return self.store_offline(el, &bare).await;
+                }
+                Err(Undelivered::NotBound(ToSession::Stanza(el))) => match ty.as_str() {
+                    // RFC 6121 §8.5.3.2.1: no such resource.
+                    "groupchat" => return refused(el, Condition::ServiceUnavailable),
+                    "headline" | "error" => return Ok(()),
+                    // chat and normal go on as if sent to the bare JID.
+                    _ => el,
+                },
+                Err(_) => return Ok(()),
+            },
+            Err(_) => el,
+        };
+        self.route_to_bare(el, bare, &ty).await
+    }
+
+    async fn route_to_bare(
+        &self,
+        el: Element,
+        bare: BareJid,
+        ty: &str,
+    ) -> Result<(), Box<Undeliverable>> {
+        if ty == "groupchat" {
+            return refused(el, Condition::ServiceUnavailable);
+        }
+        let targets = self.router.message_targets(&bare, ty == "headline");
+        let mut rest = Some(el);
+        let mut delivered = false;
+        for (i, (_, tx)) in targets.iter().enumerate() {
+            let Some(el) = rest.take() else { break };
+            // The last target takes the element itself; the others get copies.
+            let (copy, keep) = if i + 1 == targets.len() {
+                (el, None)
+            } else {
+                (el.clone(), Some(el))
+            };
+            match deliver(tx, ToSession::Stanza(copy)) {
+                Ok(()) => {
+                    delivered = true;
+                    rest = keep;
+                }
+                Err(ToSession::Stanza(back)) => rest = keep.or(Some(back)),
+                Err(_) => rest = keep,
+            }
+        }
+        match rest {
+            Some(el) if !delivered && !matches!(ty, "headline" | "error") => {
+                self.store_offline(el, &bare).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps a message for a local user who cannot take it now, or says why not.
+    pub(crate) async fn store_offline(
+        &self,
+        mut el: Element,
+        user: &BareJid,
+    ) -> Result<(), Box<Undeliverable>> {
+        match self.store.account_exists(user.as_str()).await {
+            Ok(true) => {}
+            // RFC 6121 §8.5.2.2.1: no such account.
+            Ok(false) => return refused(el, Condition::ServiceUnavailable),
+            Err(e) => {
+                warn!(error = %e, "cannot check account");
+                return refused(el, Condition::InternalServerError);
+            }
+        }
+        if let Some(from) = el.attr("from") {
+            match self.store.blocklist(user.as_str()).await {
+                Ok(list) if crate::blocking::matches(&list, from) => {
+                    return refused(el, Condition::ServiceUnavailable);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "cannot read block list"),
+            }
+        }
+        if !worth_storing(&el) {
+            return Ok(());
+        }
+        el.append_child(delay_stamp(user.domain().as_str(), "Offline storage"));
+        let mut text = Vec::new();
+        if outpost_proto::xml::write_stanza(&el, &mut text).is_err() {
+            return refused(el, Condition::NotAcceptable);
+        }
+        let text = String::from_utf8_lossy(&text);
+        match self
+            .store
+            .push_offline(user.as_str(), &text, self.offline_quota)
+            .await
+        {
+            Ok(_) => {
+                // The user may have come online while we were storing: make sure the
+                // message does not wait for the next login.
+                if let Some((_, tx)) = self.router.message_targets(user, false).first() {
+                    let _ = deliver(tx, ToSession::FlushOffline);
+                }
+                Ok(())
+            }
+            Err(StoreError::QuotaExceeded { .. }) => refused(el, Condition::ResourceConstraint),
+            Err(e) => {
+                warn!(error = %e, "cannot store offline message");
+                refused(el, Condition::InternalServerError)
+            }
+        }
+    }
+
+    /// Sends a stanza best-effort to its `to`: a bound local resource through the router,
+    /// or a remote address, from our domain in its `from`. Nothing is stored: for
+    /// presence, IQs and the server's replies.
+    pub(crate) fn send(&self, el: Element) {
+        let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok()) else {
+            return;
+        };
+        if self.is_local(to.domain().as_str()) {
+            if let Ok(full) = FullJid::try_from(to) {
+                let _ = self.router.send_to_full(&full, ToSession::Stanza(el));
+            }
+            return;
+        }
+        let Some(local) = sender_domain(&el).filter(|d| self.is_local(d)) else {
+            debug!("not sending a stanza for another domain from a domain not ours");
+            return;
+        };
+        if let Err(el) = self.remote.send(&local, to.domain().as_str(), el)
+            && self.remote.enabled()
+        {
+            // The link is backed up: best-effort means this one is dropped, and a request
+            // is answered.
+            self.bounce(&el, Condition::RemoteServerTimeout.into());
+        }
+    }
+
+    /// Sends a presence to every available resource of a bare JID: local resources through
+    /// the router, a remote contact's server best-effort (RFC 6121 §4.2.2).
+    pub(crate) fn presence_to_bare(&self, el: &Element, to: &BareJid) {
+        if !self.is_local(to.domain().as_str()) {
+            let mut copy = el.clone();
+            stanza::set_attr(&mut copy, "to", to.as_str());
+            self.send(copy);
+            return;
+        }
+        for (full, tx) in self.router.available(to) {
+            let mut copy = el.clone();
+            stanza::set_attr(&mut copy, "to", full.as_str());
+            let _ = deliver(&tx, ToSession::Stanza(copy));
+        }
+    }
+
+    /// Sends a presence to a JID: a full JID directly, a bare one to each available
+    /// resource.
+    pub(crate) fn presence_to(&self, el: &Element, to: &Jid) {
+        match to.try_as_full() {
+            Ok(full) => {
+                let mut copy = el.clone();
+                stanza::set_attr(&mut copy, "to", full.as_str());
+                self.send(copy);
+            }
+            Err(bare) => self.presence_to_bare(el, bare),
+        }
+    }
+
+    /// Sends an error reply for `el` to its sender, wherever it is: a local full JID through
+    /// the router, a remote one over federation. Errors, results and presence are never
+    /// answered with an error (RFC 6120 §8.3.1).
+    pub(crate) fn bounce(&self, el: &Element, error: StanzaError) {
+        if stanza::may_answer_with_error(el) {
+            self.send(stanza::error_reply(el, &error));
+        }
+    }
+
+    /// Tells a local sender that a message it sent will never arrive, keeping the error in
+    /// its offline store if it is not online: used when a queued stanza's lifetime ends,
+    /// days after it was sent. The error carries the original body (RFC 6120 §8.3.1 allows
+    /// it), so the user knows which message failed.
+    pub(crate) async fn bounce_durably(&self, el: &Element, error: StanzaError) {
+        if matches!(el.attr("type"), Some("error" | "result")) {
+            return;
+        }
+        let mut reply = stanza::error_reply(el, &error);
+        if el.name() != "message" {
+            self.send(reply);
+            return;
+        }
+        for body in el.children().filter(|c| c.is("body", ns::CLIENT)) {
+            reply.append_child(body.clone());
+        }
+        let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
+            return;
+        };
+        if !self.is_local(to.domain().as_str()) {
+            return;
+        }
+        let bare = to.to_bare();
+        let reply = match to.try_as_full() {
+            Ok(full) => match self.router.send_to_full(full, ToSession::Stanza(reply)) {
+                Ok(()) => return,
+                Err(
+                    Undelivered::NotBound(ToSession::Stanza(r))
+                    | Undelivered::Full(ToSession::Stanza(r)),
+                ) => r,
+                Err(_) => return,
+            },
+            Err(_) => reply,
+        };
+        let _ = self.store_offline(reply, &bare).await;
+    }
+}
+
+/// The domain of a stanza's `from`.
+fn sender_domain(el: &Element) -> Option<String> {
+    el.attr("from")
+        .and_then(|f| Jid::new(f).ok())
+        .map(|f| f.domain().as_str().to_owned())
 }
 
 /// Whether a message is worth keeping: XEP-0160 §3 and XEP-0085 say not to store
@@ -106,34 +381,8 @@ fn worth_storing(el: &Element) -> bool {
         .any(|c| c.is("body", ns::CLIENT) || c.is("subject", ns::CLIENT))
 }
 
-/// Keeps a message for a local user who cannot take it now, or says why not.
-pub(crate) async fn store_offline(
-    shared: &Arc<Shared>,
-    mut el: Element,
-    user: &BareJid,
-) -> Option<Bounce> {
-    let store = shared.store.clone();
-    match store.account_exists(user.as_str()).await {
-        Ok(true) => {}
-        // RFC 6121 §8.5.2.2.1: no such account.
-        Ok(false) => return bounced(el, "cancel", "service-unavailable"),
-        Err(e) => {
-            warn!(error = %e, "cannot check account");
-            return bounced(el, "wait", "internal-server-error");
-        }
-    }
-    if let Some(from) = el.attr("from") {
-        match store.blocklist(user.as_str()).await {
-            Ok(list) if crate::routing::blocked(&list, from) => {
-                return bounced(el, "cancel", "service-unavailable");
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = %e, "cannot read block list"),
-        }
-    }
-    if !worth_storing(&el) {
-        return None;
-    }
+/// An XEP-0203 delay stamp for now, from `domain`.
+fn delay_stamp(domain: &str, reason: &str) -> Element {
     // XEP-0082 allows any precision, but common clients parse at most microseconds;
     // milliseconds are plenty for ordering a human's messages.
     let now = OffsetDateTime::now_utc();
@@ -142,150 +391,22 @@ pub(crate) async fn store_offline(
         .unwrap_or(now)
         .format(&Rfc3339)
         .unwrap_or_default();
+    Element::builder("delay", ns::DELAY)
+        .attr(stanza::name("from"), domain)
+        .attr(stanza::name("stamp"), stamp)
+        .append(reason)
+        .build()
+}
+
+/// Gives a message an XEP-0359 origin-id if it has none, so that every retry of it carries
+/// the same id and the receiving server can drop duplicates.
+pub(crate) fn ensure_origin_id(el: &mut Element) {
+    if el.name() != "message" || el.has_child("origin-id", ns::SID) {
+        return;
+    }
     el.append_child(
-        Element::builder("delay", ns::DELAY)
-            .attr(stanza::name("from"), user.domain().as_str())
-            .attr(stanza::name("stamp"), stamp)
-            .append("Offline storage")
+        Element::builder("origin-id", ns::SID)
+            .attr(stanza::name("id"), crate::ids::random_id(20))
             .build(),
     );
-    let mut text = Vec::new();
-    if outpost_proto::xml::write_stanza(&el, &mut text).is_err() {
-        return bounced(el, "modify", "not-acceptable");
-    }
-    let text = String::from_utf8_lossy(&text);
-    let quota = shared.config.limits.offline_quota;
-    match store.push_offline(user.as_str(), &text, quota).await {
-        Ok(_) => {
-            // The user may have come online while we were storing: make sure the
-            // message does not wait for the next login.
-            if let Some((_, tx)) = shared.router.message_targets(user, false).first() {
-                let _ = deliver(tx, ToSession::FlushOffline);
-            }
-            None
-        }
-        Err(StoreError::QuotaExceeded { .. }) => bounced(el, "wait", "resource-constraint"),
-        Err(e) => {
-            warn!(error = %e, "cannot store offline message");
-            bounced(el, "wait", "internal-server-error")
-        }
-    }
-}
-
-/// Sends an error reply for `el` to its sender, wherever it is: a local full JID through
-/// the router, a remote one over federation. Errors, results and presence are never
-/// answered with an error (RFC 6120 §8.3.1).
-pub(crate) fn bounce(shared: &Arc<Shared>, el: &Element, error_type: &str, condition: &str) {
-    if matches!(el.attr("type"), Some("error") | Some("result")) || el.name() == "presence" {
-        return;
-    }
-    send_to(shared, stanza::error_reply(el, error_type, condition));
-}
-
-/// Sends a stanza the server made (a reply) to its `to`: a bound local resource, or a
-/// remote address over federation. Nothing is stored.
-pub(crate) fn bounce_reply(shared: &Arc<Shared>, reply: Element) {
-    send_to(shared, reply);
-}
-
-fn send_to(shared: &Arc<Shared>, reply: Element) {
-    let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
-        return;
-    };
-    if shared.config.serves_domain(to.domain().as_str()) {
-        if let Ok(full) = FullJid::try_from(to) {
-            let _ = shared.router.send_to_full(&full, ToSession::Stanza(reply));
-        }
-        return;
-    }
-    let Some(fed) = shared.federation.as_ref() else {
-        return;
-    };
-    let Some(local) = reply
-        .attr("from")
-        .and_then(|f| Jid::new(f).ok())
-        .map(|f| f.domain().as_str().to_owned())
-        .filter(|d| shared.config.serves_domain(d))
-    else {
-        return;
-    };
-    fed.send(shared, &local, to.domain().as_str(), reply);
-}
-
-/// Tells a local sender that a message it sent will never arrive, keeping the error in its
-/// offline store if it is not online: used when a queued stanza's lifetime ends, days
-/// after it was sent. The error carries the original body (RFC 6120 §8.3.1 allows it), so
-/// the user knows which message failed.
-pub(crate) async fn bounce_durably(
-    shared: &Arc<Shared>,
-    el: &Element,
-    error_type: &str,
-    condition: &str,
-) {
-    if matches!(el.attr("type"), Some("error") | Some("result")) {
-        return;
-    }
-    let mut reply = stanza::error_reply(el, error_type, condition);
-    if el.name() != "message" {
-        send_to(shared, reply);
-        return;
-    }
-    for body in el.children().filter(|c| c.is("body", ns::CLIENT)) {
-        reply.append_child(body.clone());
-    }
-    let Some(to) = reply.attr("to").and_then(|t| Jid::new(t).ok()) else {
-        return;
-    };
-    if !shared.config.serves_domain(to.domain().as_str()) {
-        return;
-    }
-    let bare = to.to_bare();
-    let reply = match to.try_as_full() {
-        Ok(full) => match shared.router.send_to_full(full, ToSession::Stanza(reply)) {
-            Ok(()) => return,
-            Err(
-                Undelivered::NotBound(ToSession::Stanza(r))
-                | Undelivered::Full(ToSession::Stanza(r)),
-            ) => r,
-            Err(_) => return,
-        },
-        Err(_) => reply,
-    };
-    let _ = store_offline(shared, reply, &bare).await;
-}
-
-/// Presence from another server for a local user (RFC 6121 §4): probes go to the user's
-/// available resources to answer, directed and broadcast presence to the addressed
-/// resources, subscription stanzas through the roster rules.
-pub(crate) async fn inbound_presence(shared: &Arc<Shared>, el: Element, from: Jid, to: Jid) {
-    let ty = el.attr("type").unwrap_or("").to_owned();
-    match ty.as_str() {
-        "probe" => {
-            for (_, tx) in shared.router.available(&to.to_bare()) {
-                let _ = deliver(&tx, ToSession::Probe { from: from.clone() });
-            }
-        }
-        "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" => {
-            let (owner, contact) = (to.to_bare(), from.to_bare());
-            let mut el = el;
-            // RFC 6121 §3.1.3: subscription stanzas are between bare JIDs.
-            stanza::set_attr(&mut el, "from", contact.as_str());
-            stanza::set_attr(&mut el, "to", owner.as_str());
-            crate::roster::apply_inbound(shared, &owner, &contact, &ty, el).await;
-        }
-        "" | "unavailable" | "error" => match to.try_as_full() {
-            Ok(full) => {
-                let _ = shared.router.send_to_full(full, ToSession::Stanza(el));
-            }
-            Err(bare) if ty != "error" => {
-                for (full, tx) in shared.router.available(bare) {
-                    let mut copy = el.clone();
-                    stanza::set_attr(&mut copy, "to", full.as_str());
-                    let _ = deliver(&tx, ToSession::Stanza(copy));
-                }
-            }
-            Err(_) => {}
-        },
-        _ => {}
-    }
 }

@@ -1,47 +1,56 @@
-//! Outpost's XMPP server: listeners, client sessions, the router and presence.
+//! Outpost's XMPP server: listeners, client sessions, the router, presence and
+//! federation.
 //!
-//! One tokio task per connection drives the sans-IO state machine of `outpost-proto`; the
+//! One tokio task per connection drives a sans-IO state machine of `outpost-proto`; the
 //! router maps bare JIDs to the live sessions' bounded channels; the store is reached only
-//! through `outpost-store`'s domain trait.
+//! through `outpost-store`'s domain trait. The modules are layered, each using only those
+//! below it:
 //!
-//! Server-to-server links (`s2s`, when `federation.enabled`) reach other domains through a
-//! durable queue per domain pair; `delivery` is the local delivery both kinds of
-//! connection share.
+//! - leaves: `config`, `tls`, `throttle`, `accounts`, `ids`, `tasks`, `router`;
+//! - `delivery`: the one owner of "where does this stanza go" (a local user or another
+//!   server), with the offline store and error replies;
+//! - `blocking`, `roster`, `services` and `presence`: what the server does for users
+//!   whatever connection they use;
+//! - `session`: one client connection, its state private;
+//! - `s2s`: federation, on top, which fills in `delivery`'s handle for other domains.
 //!
 //! Not here: reading files, arguments or the environment (the `outpost` binary does that
 //! and hands over a [`config::Config`]), and HTTP beyond the WebSocket upgrade of the
 //! server-to-server WebSocket listener.
 
 pub mod accounts;
+mod blocking;
 pub mod config;
 mod delivery;
-mod offline;
+pub mod ids;
+mod presence;
 mod roster;
 mod router;
-mod routing;
 mod s2s;
 mod services;
 mod session;
+mod tasks;
 mod throttle;
 mod tls;
 
 pub use s2s::{LinkState, LinkStatus};
-pub use tls::TlsIdentity;
+pub use tls::{Fingerprint, TlsError, TlsIdentity};
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use jid::BareJid;
 use outpost_proto::c2s::Transport;
 use outpost_store::Store;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+
+use crate::config::{Config, HostPort, WssUrl};
+use crate::delivery::{Delivery, NoRemote, Remote};
+use crate::s2s::Federation;
+use crate::tasks::Tasks;
 
 /// How long shutdown waits for sessions to close their streams before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -82,160 +91,100 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS setup failed: {0}")]
-    Tls(String),
+    #[error("TLS setup failed")]
+    Tls(#[from] TlsError),
     #[error("storage failed")]
     Store(#[from] outpost_store::StoreError),
 }
 
-/// State every session shares.
-pub(crate) struct Shared {
-    pub(crate) config: config::Config,
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) router: router::Router,
-    pub(crate) throttle: throttle::LoginThrottle,
-    pub(crate) registrations: throttle::RegistrationThrottle,
-    pub(crate) tls_starttls: Arc<rustls::ServerConfig>,
-    pub(crate) tls_direct: Arc<rustls::ServerConfig>,
-    /// TLS for server-to-server streams: STARTTLS, and direct TLS with ALPN `xmpp-server`.
-    pub(crate) tls_s2s: Arc<rustls::ServerConfig>,
-    pub(crate) tls_s2s_direct: Arc<rustls::ServerConfig>,
-    pub(crate) shutdown: CancellationToken,
-    /// Server-to-server links, when `federation.enabled`.
-    pub(crate) federation: Option<s2s::Federation>,
-    next_session: AtomicU64,
-    /// Users whose offline queue a session is writing right now.
-    offline_claims: Mutex<HashSet<BareJid>>,
-}
-
-impl Shared {
-    pub(crate) fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub(crate) fn claim_offline(&self, user: &BareJid) -> bool {
-        self.offline_claims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(user.clone())
-    }
-
-    pub(crate) fn release_offline(&self, user: &BareJid) {
-        self.offline_claims
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(user);
-    }
-}
-
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
-    shared: Arc<Shared>,
+    delivery: Arc<Delivery>,
+    federation: Option<Arc<Federation>>,
     addrs: Vec<(ListenerKind, SocketAddr)>,
-    tracker: TaskTracker,
+    tasks: Tasks,
+    shutdown: CancellationToken,
+}
+
+/// What an accepted connection is served by.
+#[derive(Clone)]
+struct Services {
+    sessions: Arc<session::Env>,
+    federation: Option<Arc<Federation>>,
 }
 
 impl ServerHandle {
     /// Binds every listener in the config, then starts serving. Returns once all sockets
     /// are bound, so callers can read [`ServerHandle::local_addrs`] (port 0 works).
     pub async fn start(
-        config: config::Config,
+        config: Config,
         store: Arc<dyn Store>,
         identity: TlsIdentity,
     ) -> Result<ServerHandle, ServerError> {
-        let tls_starttls = identity.server_config(&[])?;
-        let tls_direct = identity.server_config(&[b"xmpp-client"])?;
-        let tls_s2s = identity.s2s_server_config(&[])?;
-        let tls_s2s_direct = identity.s2s_server_config(&[b"xmpp-server"])?;
-        let mut listeners = Vec::new();
-        let (s2s, s2s_tls, s2s_ws): (&[SocketAddr], &[SocketAddr], &[SocketAddr]) =
-            if config.federation.enabled {
-                (
-                    &config.listen.s2s,
-                    &config.listen.s2s_tls,
-                    &config.listen.s2s_websocket,
-                )
-            } else {
-                (&[], &[], &[])
-            };
-        let specs = config
-            .listen
-            .c2s
-            .iter()
-            .map(|a| (ListenerKind::C2sStartTls, *a))
-            .chain(
-                config
-                    .listen
-                    .c2s_tls
-                    .iter()
-                    .map(|a| (ListenerKind::C2sDirectTls, *a)),
-            )
-            .chain(s2s.iter().map(|a| (ListenerKind::S2s, *a)))
-            .chain(s2s_tls.iter().map(|a| (ListenerKind::S2sDirectTls, *a)))
-            .chain(s2s_ws.iter().map(|a| (ListenerKind::S2sWebSocket, *a)));
-        for (kind, addr) in specs {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| ServerError::Bind { addr, source })?;
-            listeners.push((kind, local, listener));
-        }
-        let limits = &config.limits;
-        let throttle = throttle::LoginThrottle::new(
-            limits.login_failures_per_ip,
-            limits.login_failures_per_account,
-            Duration::from_secs(limits.login_failure_window_secs),
-        );
-        let registrations = throttle::RegistrationThrottle::new(
-            limits.registrations_per_ip,
-            Duration::from_secs(limits.registration_window_secs),
-        );
-        let connections = Arc::new(Semaphore::new(limits.max_connections));
-        let tracker = TaskTracker::new();
-        let federation = match config.federation.enabled {
-            true => Some(s2s::Federation::new(
-                &config,
-                Some(&identity),
-                tracker.clone(),
-            )?),
+        let tls = session::ClientTls {
+            starttls: identity.server_config(&[])?,
+            direct: identity.server_config(&[b"xmpp-client"])?,
+        };
+        let prepared = match config.federation.enabled {
+            true => Some(s2s::Prepared::new(&config, &identity)?),
             false => None,
         };
-        let shared = Arc::new(Shared {
-            config,
-            store,
-            router: router::Router::new(),
-            throttle,
-            registrations,
-            tls_starttls,
-            tls_direct,
-            tls_s2s,
-            tls_s2s_direct,
-            shutdown: CancellationToken::new(),
-            federation,
-            next_session: AtomicU64::new(1),
-            offline_claims: Mutex::new(HashSet::new()),
+        let listeners = bind_all(&config).await?;
+        let tasks = Tasks::default();
+        let shutdown = CancellationToken::new();
+        // Delivery reaches other domains through federation, whose links bounce through
+        // delivery: federation holds it weakly, so nothing is kept alive by a cycle.
+        let mut federation = None;
+        let delivery = Arc::new_cyclic(|weak| {
+            let remote: Arc<dyn Remote> = match prepared {
+                Some(p) => {
+                    let fed = Arc::new(Federation::new(
+                        p,
+                        store.clone(),
+                        weak.clone(),
+                        tasks.clone(),
+                        shutdown.clone(),
+                    ));
+                    federation = Some(fed.clone());
+                    fed
+                }
+                None => Arc::new(NoRemote),
+            };
+            Delivery::new(&config, store, remote)
         });
-        if shared.federation.is_some() {
-            s2s::start(&shared, &tracker);
+        if let Some(fed) = &federation {
+            fed.start();
         }
+        let max_connections = config.limits.max_connections;
+        let services = Services {
+            sessions: Arc::new(session::Env::new(
+                delivery.clone(),
+                config,
+                tls,
+                shutdown.clone(),
+            )),
+            federation: federation.clone(),
+        };
+        let connections = Arc::new(Semaphore::new(max_connections));
         let mut addrs = Vec::new();
         for (kind, local, listener) in listeners {
             info!(kind = kind.as_str(), addr = %local, "listening");
             addrs.push((kind, local));
-            tracker.spawn(accept_loop(
-                shared.clone(),
+            tasks.spawn(accept_loop(
+                services.clone(),
                 listener,
                 kind,
                 connections.clone(),
-                tracker.clone(),
+                tasks.clone(),
+                shutdown.clone(),
             ));
         }
         Ok(ServerHandle {
-            shared,
+            delivery,
+            federation,
             addrs,
-            tracker,
+            tasks,
+            shutdown,
         })
     }
 
@@ -244,11 +193,11 @@ impl ServerHandle {
         self.addrs.clone()
     }
 
-    /// Sets where the server for a remote `domain` is reached (`host:port`), as a
-    /// `federation.peers` entry would, for links that connect from now on. Does nothing when
-    /// federation is off.
-    pub fn set_peer_address(&self, domain: &str, addr: &str) {
-        if let Some(fed) = &self.shared.federation {
+    /// Sets where the server for a remote `domain` is reached, as a `federation.peers`
+    /// entry would, for links that connect from now on. Does nothing when federation is
+    /// off.
+    pub fn set_peer_address(&self, domain: &str, addr: HostPort) {
+        if let Some(fed) = &self.federation {
             fed.set_peer_address(domain, addr);
         }
     }
@@ -256,8 +205,8 @@ impl ServerHandle {
     /// Sets the `wss://` URL of a remote `domain`'s WebSocket endpoint, as a
     /// `federation.websocket_peers` entry would, for links that connect from now on. Does
     /// nothing when federation is off.
-    pub fn set_websocket_peer(&self, domain: &str, url: &str) {
-        if let Some(fed) = &self.shared.federation {
+    pub fn set_websocket_peer(&self, domain: &str, url: WssUrl) {
+        if let Some(fed) = &self.federation {
             fed.set_websocket_peer(domain, url);
         }
     }
@@ -266,9 +215,9 @@ impl ServerHandle {
     /// figures for, with its queue (from the store). Empty when federation is off and
     /// nothing was ever queued.
     pub async fn link_statuses(&self) -> Result<Vec<LinkStatus>, ServerError> {
-        let stats = self.shared.store.outbox_stats().await?;
-        Ok(match &self.shared.federation {
-            Some(fed) => fed.board.snapshot(stats),
+        let stats = self.delivery.store().outbox_stats().await?;
+        Ok(match &self.federation {
+            Some(fed) => fed.board().snapshot(stats),
             None => s2s::LinkBoard::new().snapshot(stats),
         })
     }
@@ -276,47 +225,91 @@ impl ServerHandle {
     /// Marked changed whenever a link changes state (not when its queue does). `None`
     /// when federation is off.
     pub fn link_changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
-        self.shared.federation.as_ref().map(|f| f.board.subscribe())
+        self.federation.as_ref().map(|f| f.board().subscribe())
     }
 
     /// Number of bound client sessions.
     pub fn session_count(&self) -> usize {
-        self.shared.router.session_count()
+        self.delivery.router().session_count()
     }
 
     /// Stops accepting, closes every stream with a `system-shutdown` stream error and
-    /// `</stream:stream>`, waits for sessions to end (up to a deadline), then closes the
-    /// store.
+    /// `</stream:stream>`, waits for sessions and links to end, aborts what has not ended
+    /// by the deadline, then closes the store.
     pub async fn shutdown(self) {
-        self.shared.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+        self.shutdown.cancel();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
             .await
             .is_err()
         {
-            warn!("sessions did not close in time");
+            warn!(
+                tasks = self.tasks.len(),
+                "connections did not close in time; aborting them"
+            );
+            self.tasks.abort();
+            self.tasks.wait().await;
         }
-        self.shared.store.close().await;
+        self.delivery.store().close().await;
         info!("stopped");
     }
 }
 
+/// Binds every listener of the configuration (the server-to-server ones only with
+/// federation), in config order.
+async fn bind_all(
+    config: &Config,
+) -> Result<Vec<(ListenerKind, SocketAddr, TcpListener)>, ServerError> {
+    let listen = &config.listen;
+    let federation = config.federation.enabled;
+    let s2s = |list: &[SocketAddr]| {
+        if federation {
+            list.to_vec()
+        } else {
+            Vec::new()
+        }
+    };
+    let specs = (listen.c2s.iter().map(|a| (ListenerKind::C2sStartTls, *a)))
+        .chain(
+            listen
+                .c2s_tls
+                .iter()
+                .map(|a| (ListenerKind::C2sDirectTls, *a)),
+        )
+        .chain(s2s(&listen.s2s).into_iter().map(|a| (ListenerKind::S2s, a)))
+        .chain(
+            s2s(&listen.s2s_tls)
+                .into_iter()
+                .map(|a| (ListenerKind::S2sDirectTls, a)),
+        )
+        .chain(
+            s2s(&listen.s2s_websocket)
+                .into_iter()
+                .map(|a| (ListenerKind::S2sWebSocket, a)),
+        );
+    let mut listeners = Vec::new();
+    for (kind, addr) in specs {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        listeners.push((kind, local, listener));
+    }
+    Ok(listeners)
+}
+
 async fn accept_loop(
-    shared: Arc<Shared>,
+    services: Services,
     listener: TcpListener,
     kind: ListenerKind,
     connections: Arc<Semaphore>,
-    tracker: TaskTracker,
+    tasks: Tasks,
+    shutdown: CancellationToken,
 ) {
-    let transport = match kind {
-        ListenerKind::C2sStartTls | ListenerKind::S2s => Transport::StartTls,
-        ListenerKind::C2sDirectTls | ListenerKind::S2sDirectTls | ListenerKind::S2sWebSocket => {
-            Transport::DirectTls
-        }
-    };
     loop {
         let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
         let (tcp, peer): (TcpStream, SocketAddr) = match accepted {
@@ -334,17 +327,28 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
-        let shared = shared.clone();
-        tracker.spawn(async move {
-            match kind {
-                ListenerKind::S2s => s2s::serve_inbound(shared, tcp, peer).await,
-                ListenerKind::S2sDirectTls => s2s::serve_inbound_tls(shared, tcp, peer).await,
-                ListenerKind::S2sWebSocket => s2s::serve_websocket(shared, tcp, peer).await,
-                ListenerKind::C2sStartTls | ListenerKind::C2sDirectTls => {
-                    session::serve(shared, tcp, peer, transport).await;
-                }
-            }
+        let services = services.clone();
+        tasks.spawn(async move {
+            services.serve(kind, tcp, peer).await;
             drop(permit);
         });
+    }
+}
+
+impl Services {
+    async fn serve(self, kind: ListenerKind, tcp: TcpStream, peer: SocketAddr) {
+        match (kind, self.federation) {
+            (ListenerKind::C2sStartTls, _) => {
+                session::serve(self.sessions, tcp, peer, Transport::StartTls).await;
+            }
+            (ListenerKind::C2sDirectTls, _) => {
+                session::serve(self.sessions, tcp, peer, Transport::DirectTls).await;
+            }
+            (ListenerKind::S2s, Some(fed)) => s2s::serve_inbound(fed, tcp, peer).await,
+            (ListenerKind::S2sDirectTls, Some(fed)) => s2s::serve_inbound_tls(fed, tcp, peer).await,
+            (ListenerKind::S2sWebSocket, Some(fed)) => s2s::serve_websocket(fed, tcp, peer).await,
+            // Server-to-server listeners are bound only with federation.
+            (_, None) => {}
+        }
     }
 }

@@ -1,28 +1,38 @@
 //! Rosters (RFC 6121 §2) and the presence subscription state machine (§3, Appendix A).
 //!
-//! For a local contact, the session that sends a subscription stanza also runs the
-//! receiving side's rules against the contact's stored roster, then tells the contact's
-//! sessions through the router; for a contact at another server the stanza is queued for
-//! that server, and stanzas from other servers run the same receiving-side rules
-//! ([`apply_inbound`]). Every roster change is stored first, then pushed.
-
-use std::sync::Arc;
+//! For a local contact, the side that sends a subscription stanza also runs the receiving
+//! side's rules against the contact's stored roster ([`apply_inbound`]), then tells the
+//! contact's sessions through the router; for a contact at another server the stanza is
+//! queued for that server, and stanzas from other servers run the same receiving-side
+//! rules. Every roster change is stored first, then pushed to every session of its owner,
+//! and returned as an [`Update`] so the session that caused it sees it at once.
+//!
+//! Nothing here needs a session: sessions and server-to-server links call the same
+//! functions.
 
 use jid::{BareJid, Jid};
 use minidom::Element;
-use outpost_proto::stanza::{self, ns};
+use outpost_proto::stanza::{self, Condition, StanzaError, ns};
 use outpost_store::{RosterItem, Subscription, SubscriptionRequest};
 use tracing::warn;
 
-use crate::Shared;
+use crate::delivery::Delivery;
 use crate::router::{ToSession, deliver};
-use crate::routing::presence_to_bare;
-use crate::session::Session;
 
 /// Longest roster item name or group name we keep.
 const MAX_NAME: usize = 1024;
 /// Most groups one item may be in.
 const MAX_GROUPS: usize = 64;
+
+/// A change to one roster item, as pushed to its owner's sessions. `item: None` means the
+/// contact was removed.
+#[derive(Clone, Debug)]
+pub(crate) struct Update {
+    pub(crate) owner: BareJid,
+    pub(crate) version: u64,
+    pub(crate) jid: String,
+    pub(crate) item: Option<RosterItem>,
+}
 
 /// The `<item/>` of a roster result or push.
 pub(crate) fn item_element(jid: &str, item: Option<&RosterItem>) -> Element {
@@ -49,6 +59,24 @@ pub(crate) fn item_element(jid: &str, item: Option<&RosterItem>) -> Element {
         }
     }
     el
+}
+
+/// The roster push of an update (RFC 6121 §2.1.6), addressed to `to`.
+pub(crate) fn push_element(update: &Update, to: Option<&str>) -> Element {
+    let mut push = Element::builder("iq", ns::CLIENT)
+        .attr(stanza::name("type"), "set")
+        .attr(stanza::name("id"), format!("push-{}", update.version))
+        .append(
+            Element::builder("query", ns::ROSTER)
+                .attr(stanza::name("ver"), update.version.to_string())
+                .append(item_element(&update.jid, update.item.as_ref()))
+                .build(),
+        )
+        .build();
+    if let Some(to) = to {
+        stanza::set_attr(&mut push, "to", to);
+    }
+    push
 }
 
 fn adds_to(s: Subscription) -> Subscription {
@@ -83,445 +111,339 @@ fn drops_from(s: Subscription) -> Subscription {
     }
 }
 
-impl Session {
-    pub(crate) async fn roster_iq(&mut self, el: Element) {
-        let Some(user) = self.user.clone() else {
-            return;
-        };
-        let Some(query) = el.get_child("query", ns::ROSTER) else {
-            self.reply_error(&el, "modify", "bad-request");
-            return;
-        };
-        if el.attr("type") == Some("get") {
-            let roster = match self.shared.store.roster(user.as_str()).await {
-                Ok(r) => r,
-                Err(e) => {
-                    warn!(error = %e, "cannot read roster");
-                    self.reply_error(&el, "wait", "internal-server-error");
-                    return;
-                }
-            };
-            self.roster_interested = true;
-            let version = roster.version.to_string();
-            let mut reply = stanza::iq_result(&el, None);
-            // XEP-0237 §2.3: an unchanged roster is answered with an empty result.
-            if query.attr("ver") != Some(version.as_str()) {
-                let mut q = Element::builder("query", ns::ROSTER)
-                    .attr(stanza::name("ver"), version)
-                    .build();
-                for item in &roster.items {
-                    q.append_child(item_element(&item.jid, Some(item)));
-                }
-                reply.append_child(q);
-            }
-            self.roster = roster
-                .items
-                .into_iter()
-                .map(|i| (i.jid.clone(), i))
-                .collect();
-            self.proto.send(&reply);
-            return;
-        }
+fn internal(what: &str, e: impl std::fmt::Display) -> StanzaError {
+    warn!(error = %e, "{what}");
+    StanzaError::new(Condition::InternalServerError)
+}
 
-        // A set: exactly one item (RFC 6121 §2.3.3).
-        let items: Vec<&Element> = query
-            .children()
-            .filter(|c| c.is("item", ns::ROSTER))
-            .collect();
-        let [item] = items.as_slice() else {
-            self.reply_error(&el, "modify", "bad-request");
-            return;
-        };
-        let Some(contact) = item.attr("jid").and_then(|j| BareJid::new(j).ok()) else {
-            self.reply_error(&el, "modify", "bad-request");
-            return;
-        };
-        if contact == user {
-            self.reply_error(&el, "cancel", "not-allowed");
-            return;
-        }
-        if item.attr("subscription") == Some("remove") {
-            match self.remove_contact(&user, &contact).await {
-                Ok(true) => self.proto.send(&stanza::iq_result(&el, None)),
-                Ok(false) => self.reply_error(&el, "cancel", "item-not-found"),
-                Err(()) => self.reply_error(&el, "wait", "internal-server-error"),
-            }
-            return;
-        }
-        let name = item
-            .attr("name")
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned);
-        let mut groups: Vec<String> = item
-            .children()
-            .filter(|c| c.is("group", ns::ROSTER))
-            .map(|g| g.text())
-            .collect();
-        groups.sort();
-        groups.dedup();
-        // RFC 6121 §2.3.3: empty or over-long group names are not acceptable.
-        if groups.iter().any(|g| g.is_empty() || g.len() > MAX_NAME)
-            || groups.len() > MAX_GROUPS
-            || name.as_ref().is_some_and(|n| n.len() > MAX_NAME)
-        {
-            self.reply_error(&el, "modify", "not-acceptable");
-            return;
-        }
-        let existing = match self
-            .shared
-            .store
-            .roster_item(user.as_str(), contact.as_str())
-            .await
-        {
-            Ok(i) => i,
-            Err(e) => {
-                warn!(error = %e, "cannot read roster item");
-                self.reply_error(&el, "wait", "internal-server-error");
-                return;
-            }
-        };
-        let mut new = existing.unwrap_or_else(|| RosterItem::new(contact.as_str()));
-        new.name = name;
-        new.groups = groups;
-        if self.save_item(&user, new).await.is_ok() {
-            self.proto.send(&stanza::iq_result(&el, None));
-        } else {
-            self.reply_error(&el, "wait", "internal-server-error");
-        }
-    }
+/// Stores an item, pushes it to all of the owner's sessions and records the update.
+async fn save(
+    d: &Delivery,
+    owner: &BareJid,
+    item: RosterItem,
+    updates: &mut Vec<Update>,
+) -> Result<(), StanzaError> {
+    let version = d
+        .store()
+        .put_roster_item(owner.as_str(), &item)
+        .await
+        .map_err(|e| internal("cannot store roster item", e))?;
+    let update = Update {
+        owner: owner.clone(),
+        version,
+        jid: item.jid.clone(),
+        item: Some(item),
+    };
+    push(d, &update);
+    updates.push(update);
+    Ok(())
+}
 
-    /// Stores an item and pushes it to all of the owner's sessions.
-    async fn save_item(&mut self, owner: &BareJid, item: RosterItem) -> Result<(), ()> {
-        match self
-            .shared
-            .store
-            .put_roster_item(owner.as_str(), &item)
-            .await
-        {
-            Ok(version) => {
-                self.push_roster(owner, version, item.jid.clone(), Some(item));
-                Ok(())
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot store roster item");
-                Err(())
-            }
-        }
-    }
+fn push(d: &Delivery, update: &Update) {
+    d.router()
+        .tell_all(&update.owner, || ToSession::RosterPush {
+            version: update.version,
+            jid: update.jid.clone(),
+            item: update.item.clone(),
+        });
+}
 
-    fn push_roster(
-        &mut self,
-        owner: &BareJid,
-        version: u64,
-        jid: String,
-        item: Option<RosterItem>,
-    ) {
-        // Our own cache first, so the rest of this stanza's handling sees the change.
-        if Some(owner) == self.user.as_ref() {
-            match &item {
-                Some(i) => {
-                    self.roster.insert(jid.clone(), i.clone());
-                }
-                None => {
-                    self.roster.remove(&jid);
-                }
-            }
-        }
-        for (_, tx) in self.shared.router.all_sessions(owner) {
-            let _ = deliver(
-                &tx,
-                ToSession::RosterPush {
-                    version,
-                    jid: jid.clone(),
-                    item: item.clone(),
-                },
-            );
-        }
-    }
-
-    /// A roster push arrived: update the cache and tell an interested client.
-    pub(crate) fn apply_roster_push(
-        &mut self,
-        version: u64,
-        jid: String,
-        item: Option<RosterItem>,
-    ) {
-        let el = item_element(&jid, item.as_ref());
-        match item {
-            Some(i) => {
-                self.roster.insert(jid, i);
-            }
-            None => {
-                self.roster.remove(&jid);
-            }
-        }
-        if !self.roster_interested {
-            return;
-        }
-        let mut push = Element::builder("iq", ns::CLIENT)
-            .attr(stanza::name("type"), "set")
-            .attr(stanza::name("id"), format!("push-{version}"))
-            .append(
-                Element::builder("query", ns::ROSTER)
-                    .attr(stanza::name("ver"), version.to_string())
-                    .append(el)
-                    .build(),
-            )
+/// A roster get (RFC 6121 §2.1.3): the reply (empty when the client's version is current,
+/// XEP-0237 §2.3) and the whole roster for the session's cache.
+pub(crate) async fn get(
+    d: &Delivery,
+    user: &BareJid,
+    el: &Element,
+) -> Result<(Element, Vec<RosterItem>), StanzaError> {
+    let query = el
+        .get_child("query", ns::ROSTER)
+        .ok_or(Condition::BadRequest)?;
+    let roster = d
+        .store()
+        .roster(user.as_str())
+        .await
+        .map_err(|e| internal("cannot read roster", e))?;
+    let version = roster.version.to_string();
+    let mut reply = stanza::iq_result(el, None);
+    if query.attr("ver") != Some(version.as_str()) {
+        let mut q = Element::builder("query", ns::ROSTER)
+            .attr(stanza::name("ver"), version)
             .build();
-        if let Some(jid) = &self.jid {
-            stanza::set_attr(&mut push, "to", jid.as_str());
+        for item in &roster.items {
+            q.append_child(item_element(&item.jid, Some(item)));
         }
-        self.proto.send(&push);
+        reply.append_child(q);
     }
+    Ok((reply, roster.items))
+}
 
-    /// Removes a contact (RFC 6121 §2.5.2): cancels both directions of the subscription,
-    /// then deletes the item. `Ok(false)` if there was no such item.
-    async fn remove_contact(&mut self, user: &BareJid, contact: &BareJid) -> Result<bool, ()> {
-        let store = self.shared.store.clone();
-        let item = store
-            .roster_item(user.as_str(), contact.as_str())
-            .await
-            .map_err(|e| warn!(error = %e, "cannot read roster item"))?;
-        let Some(item) = item else {
-            return Ok(false);
-        };
-        let local = self.may_reach(contact.domain().as_str());
-        if local && (item.ask || matches!(item.subscription, Subscription::To | Subscription::Both))
-        {
-            let stanza = self.subscription_stanza("unsubscribe", user, contact);
-            self.apply_inbound(contact, user, "unsubscribe", stanza)
+/// A roster set (RFC 6121 §2.3, §2.5): adds, changes or removes exactly one item.
+pub(crate) async fn set(
+    d: &Delivery,
+    user: &BareJid,
+    el: &Element,
+) -> Result<Vec<Update>, StanzaError> {
+    let query = el
+        .get_child("query", ns::ROSTER)
+        .ok_or(Condition::BadRequest)?;
+    let items: Vec<&Element> = query
+        .children()
+        .filter(|c| c.is("item", ns::ROSTER))
+        .collect();
+    let [item] = items.as_slice() else {
+        return Err(Condition::BadRequest.into());
+    };
+    let contact = item
+        .attr("jid")
+        .and_then(|j| BareJid::new(j).ok())
+        .ok_or(Condition::BadRequest)?;
+    if contact == *user {
+        return Err(Condition::NotAllowed.into());
+    }
+    let mut updates = Vec::new();
+    if item.attr("subscription") == Some("remove") {
+        remove_contact(d, user, &contact, &mut updates).await?;
+        return Ok(updates);
+    }
+    let name = item
+        .attr("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
+    let mut groups: Vec<String> = item
+        .children()
+        .filter(|c| c.is("group", ns::ROSTER))
+        .map(|g| g.text())
+        .collect();
+    groups.sort();
+    groups.dedup();
+    // RFC 6121 §2.3.3: empty or over-long group names are not acceptable.
+    if groups.iter().any(|g| g.is_empty() || g.len() > MAX_NAME)
+        || groups.len() > MAX_GROUPS
+        || name.as_ref().is_some_and(|n| n.len() > MAX_NAME)
+    {
+        return Err(Condition::NotAcceptable.into());
+    }
+    let existing = d
+        .store()
+        .roster_item(user.as_str(), contact.as_str())
+        .await
+        .map_err(|e| internal("cannot read roster item", e))?;
+    let mut new = existing.unwrap_or_else(|| RosterItem::new(contact.as_str()));
+    new.name = name;
+    new.groups = groups;
+    save(d, user, new, &mut updates).await?;
+    Ok(updates)
+}
+
+/// Removes a contact (RFC 6121 §2.5.2): cancels both directions of the subscription, then
+/// deletes the item; `item-not-found` if there was none.
+async fn remove_contact(
+    d: &Delivery,
+    user: &BareJid,
+    contact: &BareJid,
+    updates: &mut Vec<Update>,
+) -> Result<(), StanzaError> {
+    let store = d.store();
+    let item = store
+        .roster_item(user.as_str(), contact.as_str())
+        .await
+        .map_err(|e| internal("cannot read roster item", e))?
+        .ok_or(Condition::ItemNotFound)?;
+    let reachable = d.reaches(contact.domain().as_str());
+    if reachable && (item.ask || matches!(item.subscription, Subscription::To | Subscription::Both))
+    {
+        let stanza = subscription_stanza("unsubscribe", user, contact);
+        updates.extend(apply_inbound(d, contact, user, "unsubscribe", stanza).await);
+    }
+    if reachable && matches!(item.subscription, Subscription::From | Subscription::Both) {
+        let stanza = subscription_stanza("unsubscribed", user, contact);
+        updates.extend(apply_inbound(d, contact, user, "unsubscribed", stanza).await);
+        resources_unavailable_to(d, user, contact);
+    }
+    let _ = store
+        .remove_subscription_request(user.as_str(), contact.as_str())
+        .await;
+    match store
+        .remove_roster_item(user.as_str(), contact.as_str())
+        .await
+    {
+        Ok(Some(version)) => {
+            let update = Update {
+                owner: user.clone(),
+                version,
+                jid: contact.to_string(),
+                item: None,
+            };
+            push(d, &update);
+            updates.push(update);
+            Ok(())
+        }
+        Ok(None) => Err(Condition::ItemNotFound.into()),
+        Err(e) => Err(internal("cannot remove roster item", e)),
+    }
+}
+
+/// The subscription stanza `ty` between two bare JIDs (RFC 6121 §3.1.3).
+fn subscription_stanza(ty: &str, from: &BareJid, to: &BareJid) -> Element {
+    stanza::presence(Some(ty), from.as_str(), Some(to.as_str()))
+}
+
+/// Unavailable presence from each of `owner`'s available resources to a contact who just
+/// lost the subscription (RFC 6121 §3.2.2, §3.3.3).
+fn resources_unavailable_to(d: &Delivery, owner: &BareJid, contact: &BareJid) {
+    for (full, _) in d.router().available(owner) {
+        let el = stanza::presence(Some("unavailable"), full.as_str(), None);
+        d.presence_to_bare(&el, contact);
+    }
+}
+
+/// Every available resource of `owner` tells `to` its presence (after a subscription is
+/// approved, RFC 6121 §3.1.5): each is asked as if `to` had probed it.
+fn resources_announce_to(d: &Delivery, owner: &BareJid, to: &BareJid) {
+    for (_, tx) in d.router().available(owner) {
+        let _ = deliver(
+            &tx,
+            ToSession::Probe {
+                from: Jid::from(to.clone()),
+            },
+        );
+    }
+}
+
+/// The user sent subscribe, subscribed, unsubscribe or unsubscribed to `contact` (RFC 6121
+/// §3). `el` is the client's stanza; the server stamps the bare JIDs (§3.1.2).
+pub(crate) async fn outbound_subscription(
+    d: &Delivery,
+    user: &BareJid,
+    contact: &BareJid,
+    ty: &str,
+    mut el: Element,
+) -> Vec<Update> {
+    stanza::set_attr(&mut el, "from", user.as_str());
+    stanza::set_attr(&mut el, "to", contact.as_str());
+    let store = d.store();
+    let item = match store.roster_item(user.as_str(), contact.as_str()).await {
+        Ok(i) => i,
+        Err(e) => {
+            warn!(error = %e, "cannot read roster item");
+            return Vec::new();
+        }
+    };
+    let mut updates = Vec::new();
+    match ty {
+        "subscribe" => {
+            let mut item = item.unwrap_or_else(|| RosterItem::new(contact.as_str()));
+            if matches!(item.subscription, Subscription::None | Subscription::From) && !item.ask {
+                item.ask = true;
+                if save(d, user, item, &mut updates).await.is_err() {
+                    return updates;
+                }
+            }
+            updates.extend(apply_inbound(d, contact, user, "subscribe", el).await);
+        }
+        "subscribed" => {
+            let pending = store
+                .subscription_requests(user.as_str())
+                .await
+                .map(|reqs| reqs.iter().any(|r| r.from == contact.as_str()))
+                .unwrap_or(false);
+            let mut item = item.unwrap_or_else(|| RosterItem::new(contact.as_str()));
+            if matches!(item.subscription, Subscription::From | Subscription::Both) {
+                // §3.1.5: already approved; nothing to route.
+                return updates;
+            }
+            if !pending {
+                // §3.4: approving in advance.
+                item.approved = true;
+                let _ = save(d, user, item, &mut updates).await;
+                return updates;
+            }
+            item.subscription = adds_from(item.subscription);
+            item.approved = false;
+            let _ = store
+                .remove_subscription_request(user.as_str(), contact.as_str())
                 .await;
+            if save(d, user, item, &mut updates).await.is_err() {
+                return updates;
+            }
+            updates.extend(apply_inbound(d, contact, user, "subscribed", el).await);
+            resources_announce_to(d, user, contact);
         }
-        if local && matches!(item.subscription, Subscription::From | Subscription::Both) {
-            let stanza = self.subscription_stanza("unsubscribed", user, contact);
-            self.apply_inbound(contact, user, "unsubscribed", stanza)
+        "unsubscribe" => {
+            if let Some(mut item) = item {
+                let before = (item.subscription, item.ask);
+                item.subscription = drops_to(item.subscription);
+                item.ask = false;
+                if before != (item.subscription, item.ask) {
+                    let _ = save(d, user, item, &mut updates).await;
+                }
+            }
+            updates.extend(apply_inbound(d, contact, user, "unsubscribe", el).await);
+        }
+        "unsubscribed" => {
+            let _ = store
+                .remove_subscription_request(user.as_str(), contact.as_str())
                 .await;
-            self.own_resources_unavailable_to(contact);
-        }
-        let _ = store
-            .remove_subscription_request(user.as_str(), contact.as_str())
-            .await;
-        match store
-            .remove_roster_item(user.as_str(), contact.as_str())
-            .await
-        {
-            Ok(Some(version)) => {
-                self.push_roster(user, version, contact.to_string(), None);
-                Ok(true)
-            }
-            Ok(None) => Ok(false),
-            Err(e) => {
-                warn!(error = %e, "cannot remove roster item");
-                Err(())
-            }
-        }
-    }
-
-    fn subscription_stanza(&self, ty: &str, from: &BareJid, to: &BareJid) -> Element {
-        subscription_stanza(ty, from, to)
-    }
-
-    /// Unavailable presence from each of the user's available resources to a contact who
-    /// just lost the subscription (RFC 6121 §3.2.2).
-    fn own_resources_unavailable_to(&self, contact: &BareJid) {
-        let Some(user) = &self.user else { return };
-        for (full, _) in self.shared.router.available(user) {
-            let mut el = Element::builder("presence", ns::CLIENT)
-                .attr(stanza::name("type"), "unavailable")
-                .build();
-            stanza::set_attr(&mut el, "from", full.as_str());
-            self.send_presence_to_bare(&el, contact);
-        }
-    }
-
-    /// Every available resource of `owner` tells `to` its presence (after a subscription
-    /// is approved, RFC 6121 §3.1.5).
-    fn resources_announce_to(&self, owner: &BareJid, to: &BareJid) {
-        resources_announce_to(&self.shared, owner, to);
-    }
-
-    /// The user sent subscribe, subscribed, unsubscribe or unsubscribed (RFC 6121 §3).
-    pub(crate) async fn outbound_subscription(&mut self, el: Element, ty: &str, to: Jid) {
-        let Some(user) = self.user.clone() else {
-            return;
-        };
-        let contact = to.to_bare();
-        if contact == user || contact.node().is_none() {
-            return;
-        }
-        if self.blocks(contact.as_str()) || !self.may_reach(contact.domain().as_str()) {
-            return;
-        }
-        // §3.1.2: the server stamps the bare JID on subscription stanzas.
-        let mut out = el;
-        stanza::set_attr(&mut out, "from", user.as_str());
-        stanza::set_attr(&mut out, "to", contact.as_str());
-        let store = self.shared.store.clone();
-        let item = match store.roster_item(user.as_str(), contact.as_str()).await {
-            Ok(i) => i,
-            Err(e) => {
-                warn!(error = %e, "cannot read roster item");
-                return;
-            }
-        };
-        match ty {
-            "subscribe" => {
-                let mut item = item.unwrap_or_else(|| RosterItem::new(contact.as_str()));
-                if matches!(item.subscription, Subscription::None | Subscription::From) && !item.ask
-                {
-                    item.ask = true;
-                    if self.save_item(&user, item).await.is_err() {
-                        return;
-                    }
-                }
-                self.apply_inbound(&contact, &user, "subscribe", out).await;
-            }
-            "subscribed" => {
-                let pending = store
-                    .subscription_requests(user.as_str())
-                    .await
-                    .map(|reqs| reqs.iter().any(|r| r.from == contact.as_str()))
-                    .unwrap_or(false);
-                let mut item = item.unwrap_or_else(|| RosterItem::new(contact.as_str()));
-                if matches!(item.subscription, Subscription::From | Subscription::Both) {
-                    // §3.1.5: already approved; nothing to route.
-                    return;
-                }
-                if !pending {
-                    // §3.4: approving in advance.
-                    item.approved = true;
-                    let _ = self.save_item(&user, item).await;
-                    return;
-                }
-                item.subscription = adds_from(item.subscription);
+            if let Some(mut item) = item {
+                let before = (item.subscription, item.approved);
+                item.subscription = drops_from(item.subscription);
                 item.approved = false;
-                let _ = store
-                    .remove_subscription_request(user.as_str(), contact.as_str())
-                    .await;
-                if self.save_item(&user, item).await.is_err() {
-                    return;
+                if before != (item.subscription, item.approved) {
+                    let _ = save(d, user, item, &mut updates).await;
                 }
-                self.apply_inbound(&contact, &user, "subscribed", out).await;
-                self.resources_announce_to(&user, &contact);
             }
-            "unsubscribe" => {
-                if let Some(mut item) = item {
-                    let before = (item.subscription, item.ask);
-                    item.subscription = drops_to(item.subscription);
-                    item.ask = false;
-                    if before != (item.subscription, item.ask) {
-                        let _ = self.save_item(&user, item).await;
-                    }
-                }
-                self.apply_inbound(&contact, &user, "unsubscribe", out)
-                    .await;
-            }
-            "unsubscribed" => {
-                let _ = store
-                    .remove_subscription_request(user.as_str(), contact.as_str())
-                    .await;
-                if let Some(mut item) = item {
-                    let before = (item.subscription, item.approved);
-                    item.subscription = drops_from(item.subscription);
-                    item.approved = false;
-                    if before != (item.subscription, item.approved) {
-                        let _ = self.save_item(&user, item).await;
-                    }
-                }
-                self.apply_inbound(&contact, &user, "unsubscribed", out)
-                    .await;
-                self.own_resources_unavailable_to(&contact);
-            }
-            _ => {}
+            updates.extend(apply_inbound(d, contact, user, "unsubscribed", el).await);
+            resources_unavailable_to(d, user, contact);
         }
+        _ => {}
     }
-
-    /// The receiving side of a subscription stanza (see [`apply_inbound`]), keeping this
-    /// session's roster cache current for the rest of the stanza's handling.
-    pub(crate) async fn apply_inbound(
-        &mut self,
-        owner: &BareJid,
-        from: &BareJid,
-        ty: &str,
-        stanza: Element,
-    ) {
-        apply_inbound(&self.shared, owner, from, ty, stanza).await;
-        let Some(user) = self.user.clone() else {
-            return;
-        };
-        let other = if *owner == user {
-            from
-        } else if *from == user {
-            owner
-        } else {
-            return;
-        };
-        match self
-            .shared
-            .store
-            .roster_item(user.as_str(), other.as_str())
-            .await
-        {
-            Ok(Some(item)) => {
-                self.roster.insert(other.to_string(), item);
-            }
-            Ok(None) => {
-                self.roster.remove(other.as_str());
-            }
-            Err(e) => warn!(error = %e, "cannot read roster item"),
-        }
-    }
-
-    /// Re-sends subscription requests still waiting for an answer (RFC 6121 §3.1.3).
-    pub(crate) async fn deliver_subscription_requests(&mut self) {
-        let Some(user) = self.user.clone() else {
-            return;
-        };
-        match self.shared.store.subscription_requests(user.as_str()).await {
-            Ok(reqs) => {
-                for r in reqs {
-                    if !self.blocks(&r.from) {
-                        self.proto.send_raw(&r.stanza);
-                    }
-                }
-            }
-            Err(e) => warn!(error = %e, "cannot read subscription requests"),
-        }
-    }
+    updates
 }
 
 /// The receiving side of a subscription stanza from `from` to account `owner` (RFC 6121
 /// §3.1.3, §3.1.6, §3.2.3, §3.3.3). For an owner at another server the stanza is queued
-/// for it instead. Needs no session: server-to-server links call it too.
+/// for it instead. Returns the roster changes made, for both parties.
 pub(crate) async fn apply_inbound(
-    shared: &Arc<Shared>,
+    d: &Delivery,
     owner: &BareJid,
     from: &BareJid,
     ty: &str,
     stanza: Element,
+) -> Vec<Update> {
+    let mut updates = Vec::new();
+    Box::pin(receive(d, owner, from, ty, stanza, &mut updates)).await;
+    updates
+}
+
+async fn receive(
+    d: &Delivery,
+    owner: &BareJid,
+    from: &BareJid,
+    ty: &str,
+    stanza: Element,
+    updates: &mut Vec<Update>,
 ) {
-    if !shared.config.serves_domain(owner.domain().as_str()) {
+    let owner_domain = owner.domain().as_str();
+    if !d.is_local(owner_domain) {
         // The owner is at another server: its rules run there. Subscription stanzas go
         // through the durable queue (RFC 6121 §3.1.3 asks for requests to survive).
         let local = from.domain().as_str();
-        if let Some(fed) = shared.federation.as_ref()
-            && shared.config.serves_domain(local)
-            && let Err((_, condition)) = fed
-                .queue(shared, local, owner.domain().as_str(), &stanza)
-                .await
+        if d.is_local(local)
+            && let Err(e) = d.queue_remote(local, owner_domain, &stanza).await
+            && d.reaches(owner_domain)
         {
-            warn!(condition, "cannot queue subscription stanza");
+            warn!(condition = %e.condition, "cannot queue subscription stanza");
         }
         return;
     }
-    let store = shared.store.clone();
+    let store = d.store();
     match store.account_exists(owner.as_str()).await {
         Ok(true) => {}
         Ok(false) => {
             if ty == "subscribe" {
                 // §3.1.3: no such contact; the request is refused.
                 let refusal = subscription_stanza("unsubscribed", owner, from);
-                Box::pin(apply_inbound(shared, from, owner, "unsubscribed", refusal)).await;
+                Box::pin(receive(d, from, owner, "unsubscribed", refusal, updates)).await;
             }
             return;
         }
@@ -538,39 +460,7 @@ pub(crate) async fn apply_inbound(
         }
     };
     match ty {
-        "subscribe" => {
-            if let Some(mut item) = item {
-                if matches!(item.subscription, Subscription::From | Subscription::Both) {
-                    // Already subscribed: answer for the contact.
-                    let reply = subscription_stanza("subscribed", owner, from);
-                    Box::pin(apply_inbound(shared, from, owner, "subscribed", reply)).await;
-                    return;
-                }
-                if item.approved {
-                    item.subscription = adds_from(item.subscription);
-                    item.approved = false;
-                    if save_item(shared, owner, item).await.is_ok() {
-                        let reply = subscription_stanza("subscribed", owner, from);
-                        Box::pin(apply_inbound(shared, from, owner, "subscribed", reply)).await;
-                        resources_announce_to(shared, owner, from);
-                    }
-                    return;
-                }
-            }
-            let mut text = Vec::new();
-            if outpost_proto::xml::write_stanza(&stanza, &mut text).is_err() {
-                return;
-            }
-            let req = SubscriptionRequest {
-                from: from.to_string(),
-                stanza: String::from_utf8_lossy(&text).into_owned(),
-            };
-            if let Err(e) = store.put_subscription_request(owner.as_str(), &req).await {
-                warn!(error = %e, "cannot store subscription request");
-                return;
-            }
-            presence_to_bare(shared, &stanza, owner);
-        }
+        "subscribe" => receive_subscribe(d, owner, from, item, stanza, updates).await,
         "subscribed" => {
             // §3.1.6: an approval nobody asked for is ignored.
             let Some(mut item) = item.filter(|i| i.ask) else {
@@ -578,44 +468,11 @@ pub(crate) async fn apply_inbound(
             };
             item.subscription = adds_to(item.subscription);
             item.ask = false;
-            if save_item(shared, owner, item).await.is_ok() {
-                presence_to_bare(shared, &stanza, owner);
+            if save(d, owner, item, updates).await.is_ok() {
+                d.presence_to_bare(&stanza, owner);
             }
         }
-        "unsubscribe" => {
-            let had_request = store
-                .subscription_requests(owner.as_str())
-                .await
-                .map(|r| r.iter().any(|r| r.from == from.as_str()))
-                .unwrap_or(false);
-            if had_request {
-                let _ = store
-                    .remove_subscription_request(owner.as_str(), from.as_str())
-                    .await;
-            }
-            let changed = match item {
-                Some(mut item)
-                    if matches!(item.subscription, Subscription::From | Subscription::Both) =>
-                {
-                    item.subscription = drops_from(item.subscription);
-                    save_item(shared, owner, item).await.is_ok()
-                }
-                _ => false,
-            };
-            if changed || had_request {
-                presence_to_bare(shared, &stanza, owner);
-            }
-            if changed {
-                // §3.3.3: the contact's resources go unavailable for the user.
-                for (full, _) in shared.router.available(owner) {
-                    let mut el = Element::builder("presence", ns::CLIENT)
-                        .attr(stanza::name("type"), "unavailable")
-                        .build();
-                    stanza::set_attr(&mut el, "from", full.as_str());
-                    presence_to_bare(shared, &el, from);
-                }
-            }
-        }
+        "unsubscribe" => receive_unsubscribe(d, owner, from, item, stanza, updates).await,
         "unsubscribed" => {
             let Some(mut item) = item else { return };
             if !item.ask && !matches!(item.subscription, Subscription::To | Subscription::Both) {
@@ -623,56 +480,94 @@ pub(crate) async fn apply_inbound(
             }
             item.subscription = drops_to(item.subscription);
             item.ask = false;
-            if save_item(shared, owner, item).await.is_ok() {
-                presence_to_bare(shared, &stanza, owner);
+            if save(d, owner, item, updates).await.is_ok() {
+                d.presence_to_bare(&stanza, owner);
             }
         }
         _ => {}
     }
 }
 
-fn subscription_stanza(ty: &str, from: &BareJid, to: &BareJid) -> Element {
-    let mut el = Element::builder("presence", ns::CLIENT)
-        .attr(stanza::name("type"), ty)
-        .build();
-    stanza::set_attr(&mut el, "from", from.as_str());
-    stanza::set_attr(&mut el, "to", to.as_str());
-    el
-}
-
-/// Stores an item and pushes it to all of the owner's sessions.
-async fn save_item(shared: &Arc<Shared>, owner: &BareJid, item: RosterItem) -> Result<(), ()> {
-    match shared.store.put_roster_item(owner.as_str(), &item).await {
-        Ok(version) => {
-            for (_, tx) in shared.router.all_sessions(owner) {
-                let _ = deliver(
-                    &tx,
-                    ToSession::RosterPush {
-                        version,
-                        jid: item.jid.clone(),
-                        item: Some(item.clone()),
-                    },
-                );
-            }
-            Ok(())
+/// §3.1.3: a subscription request for `owner`, answered at once if already approved
+/// (§3.4 pre-approval), else stored and shown to the owner's resources.
+async fn receive_subscribe(
+    d: &Delivery,
+    owner: &BareJid,
+    from: &BareJid,
+    item: Option<RosterItem>,
+    stanza: Element,
+    updates: &mut Vec<Update>,
+) {
+    if let Some(mut item) = item {
+        if matches!(item.subscription, Subscription::From | Subscription::Both) {
+            // Already subscribed: answer for the contact.
+            let reply = subscription_stanza("subscribed", owner, from);
+            Box::pin(receive(d, from, owner, "subscribed", reply, updates)).await;
+            return;
         }
-        Err(e) => {
-            warn!(error = %e, "cannot store roster item");
-            Err(())
+        if item.approved {
+            item.subscription = adds_from(item.subscription);
+            item.approved = false;
+            if save(d, owner, item, updates).await.is_ok() {
+                let reply = subscription_stanza("subscribed", owner, from);
+                Box::pin(receive(d, from, owner, "subscribed", reply, updates)).await;
+                resources_announce_to(d, owner, from);
+            }
+            return;
         }
     }
+    let mut text = Vec::new();
+    if outpost_proto::xml::write_stanza(&stanza, &mut text).is_err() {
+        return;
+    }
+    let req = SubscriptionRequest {
+        from: from.to_string(),
+        stanza: String::from_utf8_lossy(&text).into_owned(),
+    };
+    if let Err(e) = d
+        .store()
+        .put_subscription_request(owner.as_str(), &req)
+        .await
+    {
+        warn!(error = %e, "cannot store subscription request");
+        return;
+    }
+    d.presence_to_bare(&stanza, owner);
 }
 
-/// Every available resource of `owner` tells `to` its presence (after a subscription
-/// is approved, RFC 6121 §3.1.5).
-fn resources_announce_to(shared: &Arc<Shared>, owner: &BareJid, to: &BareJid) {
-    for (_, tx) in shared.router.available(owner) {
-        let _ = deliver(
-            &tx,
-            ToSession::Probe {
-                from: Jid::from(to.clone()),
-            },
-        );
+/// §3.3.3: `from` cancels its subscription to `owner`'s presence (or withdraws its request).
+async fn receive_unsubscribe(
+    d: &Delivery,
+    owner: &BareJid,
+    from: &BareJid,
+    item: Option<RosterItem>,
+    stanza: Element,
+    updates: &mut Vec<Update>,
+) {
+    let store = d.store();
+    let had_request = store
+        .subscription_requests(owner.as_str())
+        .await
+        .map(|r| r.iter().any(|r| r.from == from.as_str()))
+        .unwrap_or(false);
+    if had_request {
+        let _ = store
+            .remove_subscription_request(owner.as_str(), from.as_str())
+            .await;
+    }
+    let changed = match item {
+        Some(mut item) if matches!(item.subscription, Subscription::From | Subscription::Both) => {
+            item.subscription = drops_from(item.subscription);
+            save(d, owner, item, updates).await.is_ok()
+        }
+        _ => false,
+    };
+    if changed || had_request {
+        d.presence_to_bare(&stanza, owner);
+    }
+    if changed {
+        // The contact's resources go unavailable for the user.
+        resources_unavailable_to(d, owner, from);
     }
 }
 

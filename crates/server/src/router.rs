@@ -5,7 +5,7 @@
 //! message takes one shard's read lock for the time it takes to clone a channel sender.
 //!
 //! Each session has a bounded channel. A send never waits: if a session's channel is full
-//! its client is not reading, and the router reports [`Delivery::Full`] so the caller can
+//! its client is not reading, and the router reports [`Undelivered::Full`] so the caller can
 //! keep the stanza (messages go to the offline store); the slow session itself ends when its
 //! socket write times out.
 
@@ -214,9 +214,13 @@ impl Router {
         }
     }
 
-    /// Every bound session of a user, available or not (roster and block list pushes).
-    pub(crate) fn all_sessions(&self, bare: &BareJid) -> Vec<(FullJid, SessionTx)> {
-        self.senders(bare, |_| true)
+    /// Tells every bound session of a user what `msg` makes (roster and block list pushes,
+    /// account removal). A session whose channel is full misses it; it is not reading and
+    /// will end when its socket write times out.
+    pub(crate) fn tell_all(&self, bare: &BareJid, msg: impl Fn() -> ToSession) {
+        for (_, tx) in self.senders(bare, |_| true) {
+            let _ = deliver(&tx, msg());
+        }
     }
 
     /// The user's available resources (presence broadcasts, RFC 6121 §4.4.2).

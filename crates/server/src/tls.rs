@@ -1,16 +1,37 @@
-//! TLS identity and rustls configuration for client listeners.
+//! TLS identity, certificate fingerprints and the rustls configuration of our listeners.
 //!
 //! The server never reads key files itself: the binary loads them (or asks
 //! [`TlsIdentity::self_signed`] for a new pair on first start and keeps it in the data
 //! directory) and hands over PEM text.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use crate::ServerError;
+use crate::config::ValueError;
+
+/// What is wrong with a TLS identity or its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("bad certificate PEM")]
+    CertificatePem(#[source] rustls::pki_types::pem::Error),
+    #[error("no certificate in the PEM text")]
+    NoCertificate,
+    #[error("bad private key PEM")]
+    KeyPem(#[source] rustls::pki_types::pem::Error),
+    #[error("certificate and key do not match")]
+    Mismatch(#[source] rustls::Error),
+    #[error("cannot set up TLS")]
+    Config(#[source] rustls::Error),
+    #[error("cannot generate a certificate")]
+    Generate(#[source] rcgen::Error),
+}
 
 /// A certificate chain and its private key, PEM-encoded.
 #[derive(Clone)]
@@ -19,8 +40,8 @@ pub struct TlsIdentity {
     pub key_pem: String,
 }
 
-impl std::fmt::Debug for TlsIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the key.
         f.debug_struct("TlsIdentity").finish_non_exhaustive()
     }
@@ -29,9 +50,9 @@ impl std::fmt::Debug for TlsIdentity {
 impl TlsIdentity {
     /// A new self-signed certificate for `domains` (ECDSA P-256). Clients must be told to
     /// trust it; it is meant for a first start and for tests.
-    pub fn self_signed(domains: &[String]) -> Result<TlsIdentity, ServerError> {
-        let certified = rcgen::generate_simple_self_signed(domains.to_vec())
-            .map_err(|e| ServerError::Tls(format!("cannot generate a certificate: {e}")))?;
+    pub fn self_signed(domains: &[String]) -> Result<TlsIdentity, TlsError> {
+        let certified =
+            rcgen::generate_simple_self_signed(domains.to_vec()).map_err(TlsError::Generate)?;
         Ok(TlsIdentity {
             cert_chain_pem: certified.cert.pem(),
             key_pem: certified.signing_key.serialize_pem(),
@@ -41,31 +62,35 @@ impl TlsIdentity {
     /// The certificate chain and key, parsed.
     pub(crate) fn parts(
         &self,
-    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), ServerError> {
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
         let certs = CertificateDer::pem_slice_iter(self.cert_chain_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ServerError::Tls(format!("bad certificate PEM: {e}")))?;
+            .map_err(TlsError::CertificatePem)?;
         if certs.is_empty() {
-            return Err(ServerError::Tls("no certificate in PEM".into()));
+            return Err(TlsError::NoCertificate);
         }
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| ServerError::Tls(format!("bad private key PEM: {e}")))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(TlsError::KeyPem)?;
         Ok((certs, key))
+    }
+
+    /// The SHA-256 fingerprint of the leaf certificate, what clients show when they ask a
+    /// user to trust it.
+    pub fn fingerprint(&self) -> Result<Fingerprint, TlsError> {
+        let (certs, _) = self.parts()?;
+        Ok(Fingerprint::of(&certs[0]))
     }
 
     /// A rustls configuration for this identity. `alpn` lists the protocols offered
     /// (XEP-0368 asks direct-TLS clients to use `xmpp-client`).
-    pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, ServerError> {
+    pub(crate) fn server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
         self.build(alpn, None)
     }
 
     /// The same for server-to-server listeners: peers are asked for a client certificate,
     /// which is checked later against `federation.pinned` / `trust_self_signed` (see
     /// `s2s::trust`) for SASL EXTERNAL; peers without one still connect.
-    pub(crate) fn s2s_server_config(
-        &self,
-        alpn: &[&[u8]],
-    ) -> Result<Arc<ServerConfig>, ServerError> {
+    pub(crate) fn s2s_server_config(&self, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         self.build(alpn, Some(Arc::new(crate::s2s::AnyClientCert(provider))))
     }
@@ -74,20 +99,120 @@ impl TlsIdentity {
         &self,
         alpn: &[&[u8]],
         client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
-    ) -> Result<Arc<ServerConfig>, ServerError> {
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let (certs, key) = self.parts()?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| ServerError::Tls(e.to_string()))?;
+            .map_err(TlsError::Config)?;
         let builder = match client_auth {
             Some(verifier) => builder.with_client_cert_verifier(verifier),
             None => builder.with_no_client_auth(),
         };
         let mut config = builder
             .with_single_cert(certs, key)
-            .map_err(|e| ServerError::Tls(format!("certificate and key do not match: {e}")))?;
+            .map_err(TlsError::Mismatch)?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
+    }
+}
+
+/// The SHA-256 of a DER certificate. Written as 64 hex digits, in pairs separated by colons
+/// or not (the form `openssl x509 -fingerprint -sha256` prints), and printed that way.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    pub fn of(cert_der: &[u8]) -> Fingerprint {
+        Fingerprint(Sha256::digest(cert_der).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl FromStr for Fingerprint {
+    type Err = ValueError;
+
+    fn from_str(text: &str) -> Result<Fingerprint, ValueError> {
+        let bad = || ValueError::new(text, "is not a SHA-256 fingerprint (64 hex digits)");
+        let hex: String = text.chars().filter(|c| *c != ':').collect();
+        if hex.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let pair = hex.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(Fingerprint(out))
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(":")?;
+            }
+            write!(f, "{b:02X}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl TryFrom<String> for Fingerprint {
+    type Error = ValueError;
+
+    fn try_from(s: String) -> Result<Fingerprint, ValueError> {
+        s.parse()
+    }
+}
+
+impl From<Fingerprint> for String {
+    fn from(f: Fingerprint) -> String {
+        f.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_with_or_without_colons_and_print_like_openssl() {
+        let plain = "ab".repeat(32);
+        let f: Fingerprint = plain.parse().expect("hex");
+        assert_eq!(f.as_bytes(), &[0xab; 32]);
+        let printed = f.to_string();
+        assert_eq!(printed.len(), 32 * 3 - 1);
+        assert!(printed.starts_with("AB:AB:"));
+        assert_eq!(printed.parse::<Fingerprint>().expect("round trip"), f);
+        assert!("ab".repeat(31).parse::<Fingerprint>().is_err());
+        assert!("zz".repeat(32).parse::<Fingerprint>().is_err());
+        // A multi-byte character must not split a hex pair.
+        assert!(
+            format!("é{}", "a".repeat(62))
+                .parse::<Fingerprint>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_identity_knows_its_fingerprint() {
+        let id = TlsIdentity::self_signed(&["a.test".to_owned()]).expect("cert");
+        let (certs, _) = id.parts().expect("parts");
+        assert_eq!(
+            id.fingerprint().expect("fingerprint"),
+            Fingerprint::of(&certs[0])
+        );
     }
 }

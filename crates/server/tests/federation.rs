@@ -23,7 +23,7 @@ fn federated(
     move |c: &mut Config| {
         c.domains = vec![domain.to_owned()];
         c.federation.srv_lookup = false;
-        c.federation.dns_server = Some(dns.to_string());
+        c.federation.dns_server = Some(dns);
         c.listen.s2s = vec!["127.0.0.1:0".parse().expect("addr")];
         c.federation.enabled = true;
         c.federation.require_tls = require_tls;
@@ -42,11 +42,11 @@ fn introduce(a: &TestServer, b: &TestServer) {
     a.handle
         .as_ref()
         .expect("a")
-        .set_peer_address("b.test", &addr(b));
+        .set_peer_address("b.test", host_port(&addr(b)));
     b.handle
         .as_ref()
         .expect("b")
-        .set_peer_address("a.test", &addr(a));
+        .set_peer_address("a.test", host_port(&addr(a)));
 }
 
 async fn pair(require_tls: bool) -> (TestServer, TestServer) {

@@ -26,7 +26,7 @@ fn site(domain: &'static str, hub: Option<&'static str>) -> impl FnOnce(&mut Con
         // Every peer has an address; should a name still be looked up, the question goes
         // to a loopback port where nothing answers, never to a real DNS server.
         c.federation.srv_lookup = false;
-        c.federation.dns_server = Some("127.0.0.1:9".to_owned());
+        c.federation.dns_server = Some("127.0.0.1:9".parse().expect("addr"));
         c.federation.retry_initial_secs = 1;
         c.federation.retry_max_secs = 2;
         c.federation.probe_interval_secs = 1;
@@ -116,13 +116,13 @@ async fn hub_and_sites(relay_for: &[&str]) -> (TestServer, TestServer, TestServe
     let a = TestServer::start_with(site("a.test", Some(HUB))).await;
     let c = TestServer::start_with(site("c.test", Some(HUB))).await;
     let refused = closed_port().await;
-    handle(&a).set_peer_address("c.test", &refused);
-    handle(&c).set_peer_address("a.test", &refused);
+    handle(&a).set_peer_address("c.test", host_port(&refused));
+    handle(&c).set_peer_address("a.test", host_port(&refused));
     for site in [&a, &c] {
-        handle(site).set_peer_address(HUB, &s2s(&hub));
+        handle(site).set_peer_address(HUB, host_port(&s2s(&hub)));
     }
-    handle(&hub).set_peer_address("a.test", &s2s(&a));
-    handle(&hub).set_peer_address("c.test", &s2s(&c));
+    handle(&hub).set_peer_address("a.test", host_port(&s2s(&a)));
+    handle(&hub).set_peer_address("c.test", host_port(&s2s(&c)));
     a.add_user("alice", "wonderland").await;
     c.add_user("carol", "christmas").await;
     (hub, a, c)
@@ -229,11 +229,13 @@ async fn pinned_pair(pin: Option<String>) -> (TestServer, TestServer) {
     let pin = pin.unwrap_or_else(|| fingerprint(&b.identity));
     let a = TestServer::start_with(move |c| {
         site("a.test", None)(c);
-        c.federation.pinned.insert("b.test".to_owned(), pin);
+        c.federation
+            .pinned
+            .insert("b.test".to_owned(), pin.parse().expect("fingerprint"));
     })
     .await;
-    handle(&a).set_peer_address("b.test", &s2s(&b));
-    handle(&b).set_peer_address("a.test", &closed_port().await);
+    handle(&a).set_peer_address("b.test", host_port(&s2s(&b)));
+    handle(&b).set_peer_address("a.test", host_port(&closed_port().await));
     a.add_user("alice", "wonderland").await;
     b.add_user("bob", "builder").await;
     (a, b)
@@ -332,7 +334,7 @@ async fn presence_is_probed_again_when_a_link_comes_back() {
 
     // b.test is unreachable while alice comes online: her presence and her probe of bob
     // are dropped with the failed attempt.
-    handle(&a).set_peer_address("b.test", &closed_port().await);
+    handle(&a).set_peer_address("b.test", host_port(&closed_port().await));
     let mut alice = a.login("alice", "wonderland", "phone").await;
     alice.available().await;
     wait_link(&a, "b.test", |l| l.state == LinkState::Backoff).await;
@@ -341,7 +343,10 @@ async fn presence_is_probed_again_when_a_link_comes_back() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    handle(&a).set_peer_address("b.test", &listener.local_addr().expect("addr").to_string());
+    handle(&a).set_peer_address(
+        "b.test",
+        host_port(&listener.local_addr().expect("addr").to_string()),
+    );
     alice.send(&chat("bob@b.test", "are you there?")).await;
     let mut b = fake_b(&listener).await;
 
@@ -372,7 +377,7 @@ async fn queued_messages_bounce_when_their_lifetime_ends() {
     })
     .await;
     a.add_user("alice", "wonderland").await;
-    handle(&a).set_peer_address("b.test", &closed_port().await);
+    handle(&a).set_peer_address("b.test", host_port(&closed_port().await));
     let mut alice = a.login("alice", "wonderland", "phone").await;
     alice.available().await;
     alice
@@ -425,12 +430,15 @@ async fn a_peer_that_never_acknowledges_keeps_its_queue_and_harms_no_other_link(
     let c = TestServer::start_with(plain("c.test")).await;
     a.add_user("alice", "wonderland").await;
     c.add_user("carol", "christmas").await;
-    handle(&a).set_peer_address("c.test", &s2s(&c));
-    handle(&c).set_peer_address("a.test", &s2s(&a));
+    handle(&a).set_peer_address("c.test", host_port(&s2s(&c)));
+    handle(&c).set_peer_address("a.test", host_port(&s2s(&a)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    handle(&a).set_peer_address("b.test", &listener.local_addr().expect("addr").to_string());
+    handle(&a).set_peer_address(
+        "b.test",
+        host_port(&listener.local_addr().expect("addr").to_string()),
+    );
 
     let mut alice = a.login("alice", "wonderland", "phone").await;
     let mut carol = c.login("carol", "christmas", "pc").await;
@@ -495,12 +503,12 @@ async fn sites_reach_their_hub_over_websocket_when_only_https_passes() {
     let refused = closed_port().await;
     for (site, other) in [(&a, "c.test"), (&c, "a.test")] {
         // Neither the other site nor the hub's TCP port passes; HTTPS to the hub does.
-        handle(site).set_peer_address(other, &refused);
-        handle(site).set_peer_address(HUB, &refused);
-        handle(site).set_websocket_peer(HUB, &format!("wss://{ws}/xmpp-websocket"));
+        handle(site).set_peer_address(other, host_port(&refused));
+        handle(site).set_peer_address(HUB, host_port(&refused));
+        handle(site).set_websocket_peer(HUB, wss_url(&format!("wss://{ws}/xmpp-websocket")));
     }
-    handle(&hub).set_peer_address("a.test", &s2s(&a));
-    handle(&hub).set_peer_address("c.test", &s2s(&c));
+    handle(&hub).set_peer_address("a.test", host_port(&s2s(&a)));
+    handle(&hub).set_peer_address("c.test", host_port(&s2s(&c)));
     a.add_user("alice", "wonderland").await;
     c.add_user("carol", "christmas").await;
 

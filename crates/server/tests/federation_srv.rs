@@ -26,7 +26,7 @@ fn federated(domain: &'static str, dns: SocketAddr, srv_lookup: bool) -> impl Fn
         c.federation.retry_max_secs = 2;
         c.federation.probe_interval_secs = 1;
         c.federation.srv_lookup = srv_lookup;
-        c.federation.dns_server = Some(dns.to_string());
+        c.federation.dns_server = Some(dns);
     }
 }
 
@@ -50,7 +50,10 @@ async fn start_a(dns: &DnsServer, b: Option<&TestServer>) -> TestServer {
     let a = TestServer::start_with(federated("a.test", dns.addr, true)).await;
     a.add_user("alice", "wonderland").await;
     if let Some(b) = b {
-        handle(b).set_peer_address("a.test", &listener(&a, ListenerKind::S2s).to_string());
+        handle(b).set_peer_address(
+            "a.test",
+            host_port(&listener(&a, ListenerKind::S2s).to_string()),
+        );
     }
     a
 }
@@ -205,7 +208,10 @@ async fn a_peers_entry_beats_srv_records() {
     dns.add_srv("_xmpp-server._tcp.b.test", 0, 0, dead, "dead.b.test");
     dns.add_a("dead.b.test", Ipv4Addr::LOCALHOST);
     let a = start_a(&dns, Some(&b)).await;
-    handle(&a).set_peer_address("b.test", &listener(&b, ListenerKind::S2s).to_string());
+    handle(&a).set_peer_address(
+        "b.test",
+        host_port(&listener(&b, ListenerKind::S2s).to_string()),
+    );
 
     exchange(&a, &b).await;
     let asked = dns.asked();

@@ -45,9 +45,7 @@ fn over_websocket(domain: &'static str, dead: SocketAddr) -> impl FnOnce(&mut Co
         } else {
             "a.test"
         };
-        c.federation
-            .peers
-            .insert(other.to_owned(), dead.to_string());
+        c.federation.peers.insert(other.to_owned(), dead.into());
     }
 }
 
@@ -73,11 +71,11 @@ async fn pair() -> (TestServer, TestServer) {
     a.handle
         .as_ref()
         .expect("a")
-        .set_websocket_peer("b.test", &url(&b));
+        .set_websocket_peer("b.test", wss_url(&url(&b)));
     b.handle
         .as_ref()
         .expect("b")
-        .set_websocket_peer("a.test", &url(&a));
+        .set_websocket_peer("a.test", wss_url(&url(&a)));
     a.add_user("alice", "wonderland").await;
     b.add_user("bob", "builder").await;
     (a, b)

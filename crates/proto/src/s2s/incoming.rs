@@ -1,15 +1,14 @@
 //! The receiving entity of a server-to-server stream: a peer server connected to us.
 
-use std::collections::VecDeque;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use minidom::Element;
 
 use super::common::{self, AckOutcome, DbElement, MAX_DOMAIN_PAIRS, Sm};
 use super::{AuthMethod, DialbackVerdict, Event, S2sConfig, Transport};
+use crate::machine::{StreamMachine, Wire};
 use crate::stanza::ns;
-use crate::xml::{self, StreamReader, XmlEvent};
+use crate::xml::{self, XmlEvent};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Phase {
@@ -30,9 +29,7 @@ pub struct S2sIncoming {
     config: S2sConfig,
     /// The domains we host, normalised.
     domains: Vec<String>,
-    reader: StreamReader,
-    out: Vec<u8>,
-    events: VecDeque<Event>,
+    wire: Wire<Event>,
     phase: Phase,
     stream_id_seed: String,
     restarts: u32,
@@ -71,12 +68,10 @@ impl S2sIncoming {
             .collect();
         let secure = config.transport == Transport::DirectTls;
         S2sIncoming {
-            reader: StreamReader::new(config.limits),
+            wire: Wire::new(config.limits),
             config,
             local: domains.first().cloned().unwrap_or_default(),
             domains,
-            out: Vec::new(),
-            events: VecDeque::new(),
             phase: Phase::AwaitHeader,
             stream_id_seed: stream_id,
             restarts: 0,
@@ -93,32 +88,6 @@ impl S2sIncoming {
             pending_verifies: Vec::new(),
             sm: Sm::default(),
         }
-    }
-
-    /// Feeds bytes from the peer and processes as much as the current phase allows.
-    pub fn handle_input(&mut self, data: &[u8]) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        self.reader.feed(data);
-        self.process();
-    }
-
-    /// Bytes to write to the peer, in order. Empty when there is nothing to send.
-    pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
-    }
-
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
     }
 
     pub fn is_secure(&self) -> bool {
@@ -191,12 +160,12 @@ impl S2sIncoming {
             key: None,
             error,
         }
-        .write(&mut self.out);
+        .write(&mut self.wire.out);
         if verdict == DialbackVerdict::Valid {
             if !self.is_authenticated(&peer, &local) {
                 self.authenticated.push((peer.clone(), local.clone()));
             }
-            self.events.push_back(Event::Authenticated {
+            self.wire.events.push_back(Event::Authenticated {
                 peer,
                 local,
                 method: AuthMethod::Dialback,
@@ -233,7 +202,7 @@ impl S2sIncoming {
             key: None,
             error: None,
         }
-        .write(&mut self.out);
+        .write(&mut self.wire.out);
     }
 
     /// Closes the stream, with a stream error condition (RFC 6120 §4.9.3) or cleanly.
@@ -252,7 +221,7 @@ impl S2sIncoming {
         if !self.header_sent {
             self.send_header();
         }
-        self.out.extend_from_slice(stream_error.as_bytes());
+        self.wire.out.extend_from_slice(stream_error.as_bytes());
         self.finish(Some(condition));
     }
 
@@ -261,15 +230,17 @@ impl S2sIncoming {
             return;
         }
         if self.header_sent {
-            self.out.extend_from_slice(xml::STREAM_CLOSE.as_bytes());
+            self.wire
+                .out
+                .extend_from_slice(xml::STREAM_CLOSE.as_bytes());
         }
         self.phase = Phase::Closed;
-        self.events.push_back(Event::Closed { error });
+        self.wire.events.push_back(Event::Closed { error });
     }
 
     fn process(&mut self) {
         while self.phase == Phase::AwaitHeader || self.phase == Phase::Open {
-            match self.reader.next() {
+            match self.wire.reader.next() {
                 Ok(None) => break,
                 Ok(Some(event)) => self.on_xml(event),
                 Err(e) => self.close(Some(e.condition()), None),
@@ -333,7 +304,8 @@ impl S2sIncoming {
             && let Some(peer) = self.peer.clone()
         {
             self.phase = Phase::AwaitCertificate;
-            self.events
+            self.wire
+                .events
                 .push_back(Event::CheckCertificate { domain: peer });
             return;
         }
@@ -346,7 +318,7 @@ impl S2sIncoming {
         self.stream_id = format!("{}-{}", self.stream_id_seed, self.restarts);
         let header =
             common::stream_header(&self.local, self.peer.as_deref(), Some(&self.stream_id));
-        self.out.extend_from_slice(header.as_bytes());
+        self.wire.out.extend_from_slice(header.as_bytes());
         self.header_sent = true;
     }
 
@@ -399,15 +371,15 @@ impl S2sIncoming {
             }
         }
         // Written with the `stream:` prefix the header declares, as c2s does.
-        self.out.extend_from_slice(b"<stream:features>");
+        self.wire.out.extend_from_slice(b"<stream:features>");
         for child in &children {
-            let _ = xml::write_stanza(child, &mut self.out);
+            let _ = xml::write_stanza(child, &mut self.wire.out);
         }
-        self.out.extend_from_slice(b"</stream:features>");
+        self.wire.out.extend_from_slice(b"</stream:features>");
     }
 
     fn restart_stream(&mut self) {
-        self.reader.reset();
+        self.wire.reader.reset();
         self.header_sent = false;
         self.phase = Phase::AwaitHeader;
     }
@@ -423,7 +395,8 @@ impl S2sIncoming {
         let name = el.name();
         if el_ns == xml::NS_STREAMS && name == "error" {
             let (condition, text) = common::peer_stream_error(&el);
-            self.events
+            self.wire
+                .events
                 .push_back(Event::PeerStreamError { condition, text });
             self.finish(None);
             return;
@@ -457,13 +430,16 @@ impl S2sIncoming {
             return;
         }
         // CVE-2011-0411: plaintext sent after <starttls/> must not leak into the TLS stream.
-        if !self.reader.buffered_is_whitespace() {
+        if !self.wire.reader.buffered_is_whitespace() {
             self.close(Some("policy-violation"), Some("data after starttls"));
             return;
         }
-        let _ = xml::write_stanza(&Element::builder("proceed", ns::TLS).build(), &mut self.out);
+        let _ = xml::write_stanza(
+            &Element::builder("proceed", ns::TLS).build(),
+            &mut self.wire.out,
+        );
         self.phase = Phase::AwaitTls;
-        self.events.push_back(Event::StartTls);
+        self.wire.events.push_back(Event::StartTls);
     }
 
     fn on_sasl(&mut self, el: &Element) {
@@ -525,14 +501,14 @@ impl S2sIncoming {
         }
         let _ = xml::write_stanza(
             &Element::builder("success", ns::SASL).build(),
-            &mut self.out,
+            &mut self.wire.out,
         );
         self.sasl_done = true;
         let local = self.local.clone();
         if !self.is_authenticated(&peer, &local) {
             self.authenticated.push((peer.clone(), local.clone()));
         }
-        self.events.push_back(Event::Authenticated {
+        self.wire.events.push_back(Event::Authenticated {
             peer,
             local,
             method: AuthMethod::SaslExternal,
@@ -543,14 +519,14 @@ impl S2sIncoming {
 
     fn send_sasl(&mut self, name: &str, text: &str) {
         let el = Element::builder(name, ns::SASL).append(text).build();
-        let _ = xml::write_stanza(&el, &mut self.out);
+        let _ = xml::write_stanza(&el, &mut self.wire.out);
     }
 
     fn sasl_failure(&mut self, condition: &str) {
         let el = Element::builder("failure", ns::SASL)
             .append(Element::builder(condition, ns::SASL).build())
             .build();
-        let _ = xml::write_stanza(&el, &mut self.out);
+        let _ = xml::write_stanza(&el, &mut self.wire.out);
     }
 
     /// Reads `from` and `to` of a dialback element: `from` a bare domain, `to` as given.
@@ -591,7 +567,7 @@ impl S2sIncoming {
                 key: None,
                 error: Some("item-not-found"),
             }
-            .write(&mut self.out);
+            .write(&mut self.wire.out);
             return;
         }
         if self
@@ -612,7 +588,7 @@ impl S2sIncoming {
             self.dialback_result(&from, &to, DialbackVerdict::Invalid);
             return;
         }
-        self.events.push_back(Event::DialbackRequest {
+        self.wire.events.push_back(Event::DialbackRequest {
             from,
             to,
             key,
@@ -644,7 +620,7 @@ impl S2sIncoming {
                 key: None,
                 error: Some("item-not-found"),
             }
-            .write(&mut self.out);
+            .write(&mut self.wire.out);
             return;
         }
         if self.pending_verifies.len() >= MAX_DOMAIN_PAIRS {
@@ -654,7 +630,8 @@ impl S2sIncoming {
         let key = el.text().trim().to_owned();
         self.pending_verifies
             .push((from.clone(), to.clone(), id.clone()));
-        self.events
+        self.wire
+            .events
             .push_back(Event::VerifyRequest { from, to, id, key });
     }
 
@@ -670,12 +647,14 @@ impl S2sIncoming {
                     let failed = Element::builder("failed", ns::SM)
                         .append(Element::builder("unexpected-request", ns::STANZAS).build())
                         .build();
-                    let _ = xml::write_stanza(&failed, &mut self.out);
+                    let _ = xml::write_stanza(&failed, &mut self.wire.out);
                     return;
                 }
                 // No `id` or `resume`: resumption is not offered (XEP-0198 §5).
-                let _ =
-                    xml::write_stanza(&Element::builder("enabled", ns::SM).build(), &mut self.out);
+                let _ = xml::write_stanza(
+                    &Element::builder("enabled", ns::SM).build(),
+                    &mut self.wire.out,
+                );
                 self.sm = Sm {
                     enabled: true,
                     ..Sm::default()
@@ -683,7 +662,7 @@ impl S2sIncoming {
             }
             "r" if self.sm.enabled => {
                 let answer = self.sm.answer();
-                self.out.extend_from_slice(answer.as_bytes());
+                self.wire.out.extend_from_slice(answer.as_bytes());
             }
             "a" if self.sm.enabled => match self.sm.on_ack(el) {
                 AckOutcome::Nothing | AckOutcome::Acked(_) => {}
@@ -742,6 +721,26 @@ impl S2sIncoming {
             self.sm.inbound = self.sm.inbound.wrapping_add(1);
         }
         let el = common::renamespace(el, ns::SERVER, ns::CLIENT);
-        self.events.push_back(Event::Stanza(el));
+        self.wire.events.push_back(Event::Stanza(el));
+    }
+}
+
+impl StreamMachine for S2sIncoming {
+    type Event = Event;
+
+    fn wire(&self) -> &Wire<Event> {
+        &self.wire
+    }
+
+    fn wire_mut(&mut self) -> &mut Wire<Event> {
+        &mut self.wire
+    }
+
+    fn process(&mut self) {
+        S2sIncoming::process(self);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
     }
 }

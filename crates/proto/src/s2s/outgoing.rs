@@ -1,15 +1,14 @@
 //! The initiating entity of a server-to-server stream: we connected to a peer.
 
-use std::collections::VecDeque;
-
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use minidom::Element;
 
 use super::common::{self, AckOutcome, DbElement, Sm};
 use super::{AuthMethod, Event, S2sConfig, SendError, Transport};
+use crate::machine::{StreamMachine, Wire};
 use crate::stanza::ns;
-use crate::xml::{self, StreamReader, XmlEvent};
+use crate::xml::{self, XmlEvent};
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Phase {
@@ -48,9 +47,7 @@ pub struct S2sOutgoing {
     config: S2sConfig,
     local: String,
     remote: String,
-    reader: StreamReader,
-    out: Vec<u8>,
-    events: VecDeque<Event>,
+    wire: Wire<Event>,
     phase: Phase,
     secure: bool,
     /// The id of the peer's current stream, which dialback keys are bound to.
@@ -74,12 +71,10 @@ impl S2sOutgoing {
         let remote = common::parse_domain(remote).unwrap_or_else(|| remote.to_ascii_lowercase());
         let secure = config.transport == Transport::DirectTls;
         let mut s = S2sOutgoing {
-            reader: StreamReader::new(config.limits),
+            wire: Wire::new(config.limits),
             config,
             local,
             remote,
-            out: Vec::new(),
-            events: VecDeque::new(),
             phase: Phase::AwaitHeader,
             secure,
             stream_id: None,
@@ -92,32 +87,6 @@ impl S2sOutgoing {
         };
         s.send_header();
         s
-    }
-
-    /// Feeds bytes from the peer and processes as much as the current phase allows.
-    pub fn handle_input(&mut self, data: &[u8]) {
-        if self.phase == Phase::Closed {
-            return;
-        }
-        self.reader.feed(data);
-        self.process();
-    }
-
-    /// Bytes to write to the peer, in order. Empty when there is nothing to send.
-    pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
-    }
-
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
-    }
-
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
     }
 
     pub fn is_secure(&self) -> bool {
@@ -178,7 +147,7 @@ impl S2sOutgoing {
             key: Some(key),
             error: None,
         }
-        .write(&mut self.out);
+        .write(&mut self.wire.out);
         self.phase = Phase::AwaitDialback;
         self.flush_verifies();
         self.process();
@@ -220,7 +189,7 @@ impl S2sOutgoing {
             return Err(SendError::WrongAddress);
         }
         let wire = common::renamespace(el.clone(), ns::CLIENT, ns::SERVER);
-        xml::write_stanza(&wire, &mut self.out).map_err(SendError::Unserialisable)?;
+        xml::write_stanza(&wire, &mut self.wire.out).map_err(SendError::Unserialisable)?;
         self.sm.outbound = self.sm.outbound.wrapping_add(1);
         Ok(self.sm.outbound)
     }
@@ -231,7 +200,8 @@ impl S2sOutgoing {
         if !self.sm.enabled || self.phase == Phase::Closed {
             return false;
         }
-        self.out
+        self.wire
+            .out
             .extend_from_slice(format!("<r xmlns='{}'/>", ns::SM).as_bytes());
         true
     }
@@ -242,7 +212,8 @@ impl S2sOutgoing {
             return;
         }
         if let Some(condition) = error {
-            self.out
+            self.wire
+                .out
                 .extend_from_slice(xml::stream_error(condition, text).as_bytes());
         }
         self.finish(error);
@@ -252,14 +223,16 @@ impl S2sOutgoing {
         if self.phase == Phase::Closed {
             return;
         }
-        self.out.extend_from_slice(xml::STREAM_CLOSE.as_bytes());
+        self.wire
+            .out
+            .extend_from_slice(xml::STREAM_CLOSE.as_bytes());
         self.phase = Phase::Closed;
-        self.events.push_back(Event::Closed { error });
+        self.wire.events.push_back(Event::Closed { error });
     }
 
     /// Authentication failed: report why and close.
     fn fail(&mut self, reason: &str, error: Option<&'static str>) {
-        self.events.push_back(Event::AuthFailed {
+        self.wire.events.push_back(Event::AuthFailed {
             reason: reason.to_owned(),
         });
         self.close(error, Some(reason).filter(|_| error.is_some()));
@@ -267,11 +240,11 @@ impl S2sOutgoing {
 
     fn send_header(&mut self) {
         let header = common::stream_header(&self.local, Some(&self.remote), None);
-        self.out.extend_from_slice(header.as_bytes());
+        self.wire.out.extend_from_slice(header.as_bytes());
     }
 
     fn restart_stream(&mut self) {
-        self.reader.reset();
+        self.wire.reader.reset();
         self.stream_id = None;
         self.offered = Offered::default();
         self.phase = Phase::AwaitHeader;
@@ -283,7 +256,7 @@ impl S2sOutgoing {
             self.phase,
             Phase::AwaitTls | Phase::AwaitKey | Phase::Closed
         ) {
-            match self.reader.next() {
+            match self.wire.reader.next() {
                 Ok(None) => break,
                 Ok(Some(event)) => self.on_xml(event),
                 Err(e) => self.close(Some(e.condition()), None),
@@ -296,7 +269,7 @@ impl S2sOutgoing {
             XmlEvent::StreamOpen(header) => self.on_header(header),
             XmlEvent::StreamClose => {
                 if self.phase != Phase::Ready && self.authenticated.is_none() {
-                    self.events.push_back(Event::AuthFailed {
+                    self.wire.events.push_back(Event::AuthFailed {
                         reason: "the peer closed the stream".to_owned(),
                     });
                 }
@@ -338,11 +311,12 @@ impl S2sOutgoing {
             (xml::NS_STREAMS, "error", _) => {
                 let (condition, text) = common::peer_stream_error(&el);
                 if self.authenticated.is_none() {
-                    self.events.push_back(Event::AuthFailed {
+                    self.wire.events.push_back(Event::AuthFailed {
                         reason: format!("stream error: {condition}"),
                     });
                 }
-                self.events
+                self.wire
+                    .events
                     .push_back(Event::PeerStreamError { condition, text });
                 self.finish(None);
             }
@@ -350,12 +324,12 @@ impl S2sOutgoing {
             (ns::TLS, "proceed", Phase::AwaitProceed) => {
                 // CVE-2011-0411, the other way round: plaintext the peer (or someone in
                 // the path) sent after <proceed/> must not pass for data received over TLS.
-                if !self.reader.buffered_is_whitespace() {
+                if !self.wire.reader.buffered_is_whitespace() {
                     self.close(Some("policy-violation"), Some("data after proceed"));
                     return;
                 }
                 self.phase = Phase::AwaitTls;
-                self.events.push_back(Event::StartTls);
+                self.wire.events.push_back(Event::StartTls);
             }
             (ns::TLS, "failure", Phase::AwaitProceed) => {
                 // RFC 6120 §5.4.2.2: the receiving entity closes the stream after this.
@@ -363,7 +337,7 @@ impl S2sOutgoing {
             }
             (ns::SASL, "success", Phase::AwaitSasl) => {
                 self.authenticated = Some(AuthMethod::SaslExternal);
-                self.events.push_back(Event::Authenticated {
+                self.wire.events.push_back(Event::Authenticated {
                     peer: self.remote.clone(),
                     local: self.local.clone(),
                     method: AuthMethod::SaslExternal,
@@ -374,7 +348,7 @@ impl S2sOutgoing {
             (ns::SASL, "challenge", Phase::AwaitSasl) => {
                 // EXTERNAL has nothing more to say than the (empty) response.
                 let el = Element::builder("response", ns::SASL).append("=").build();
-                let _ = xml::write_stanza(&el, &mut self.out);
+                let _ = xml::write_stanza(&el, &mut self.wire.out);
             }
             (ns::SASL, "failure", Phase::AwaitSasl) => {
                 // XEP-0178 §3: when EXTERNAL fails, fall back to dialback if offered.
@@ -397,10 +371,10 @@ impl S2sOutgoing {
             (ns::SM, "failed", Phase::AwaitEnabled) => self.ready(),
             (ns::SM, "a", _) if self.sm.enabled => match self.sm.on_ack(&el) {
                 AckOutcome::Nothing => {}
-                AckOutcome::Acked(h) => self.events.push_back(Event::Acked { h }),
+                AckOutcome::Acked(h) => self.wire.events.push_back(Event::Acked { h }),
                 AckOutcome::Malformed => self.close(Some("bad-format"), Some("bad h")),
                 AckOutcome::TooHigh { h, sent } => {
-                    self.out.extend_from_slice(
+                    self.wire.out.extend_from_slice(
                         common::stream_error_with(
                             "undefined-condition",
                             &common::handled_count_too_high(h, sent),
@@ -412,7 +386,7 @@ impl S2sOutgoing {
             },
             (ns::SM, "r", _) if self.sm.enabled => {
                 let answer = self.sm.answer();
-                self.out.extend_from_slice(answer.as_bytes());
+                self.wire.out.extend_from_slice(answer.as_bytes());
             }
             // RFC 6120 §4.9.3.22. This includes stanzas: without XEP-0288 a stream carries
             // stanzas only from the initiating entity.
@@ -433,7 +407,7 @@ impl S2sOutgoing {
         if !self.secure {
             if self.offered.starttls && self.config.transport == Transport::StartTls {
                 let el = Element::builder("starttls", ns::TLS).build();
-                let _ = xml::write_stanza(&el, &mut self.out);
+                let _ = xml::write_stanza(&el, &mut self.wire.out);
                 self.phase = Phase::AwaitProceed;
                 return;
             }
@@ -454,7 +428,7 @@ impl S2sOutgoing {
                 .attr(crate::stanza::name("mechanism"), "EXTERNAL")
                 .append(B64.encode(self.local.as_bytes()))
                 .build();
-            let _ = xml::write_stanza(&el, &mut self.out);
+            let _ = xml::write_stanza(&el, &mut self.wire.out);
             self.phase = Phase::AwaitSasl;
             return;
         }
@@ -472,7 +446,7 @@ impl S2sOutgoing {
             return;
         };
         self.phase = Phase::AwaitKey;
-        self.events.push_back(Event::NeedDialbackKey {
+        self.wire.events.push_back(Event::NeedDialbackKey {
             local: self.local.clone(),
             remote: self.remote.clone(),
             stream_id,
@@ -494,7 +468,7 @@ impl S2sOutgoing {
         match el.attr("type") {
             Some("valid") => {
                 self.authenticated = Some(AuthMethod::Dialback);
-                self.events.push_back(Event::Authenticated {
+                self.wire.events.push_back(Event::Authenticated {
                     peer: self.remote.clone(),
                     local: self.local.clone(),
                     method: AuthMethod::Dialback,
@@ -532,7 +506,7 @@ impl S2sOutgoing {
             .unwrap_or_default();
         // Only the peer's own verdict about a key we showed it counts.
         let valid = el.attr("type") == Some("valid") && from == self.remote && to == self.local;
-        self.events.push_back(Event::VerifyResult {
+        self.wire.events.push_back(Event::VerifyResult {
             from,
             to,
             id,
@@ -544,7 +518,7 @@ impl S2sOutgoing {
         self.flush_verifies();
         if self.offered.sm && self.config.stream_management {
             let el = Element::builder("enable", ns::SM).build();
-            let _ = xml::write_stanza(&el, &mut self.out);
+            let _ = xml::write_stanza(&el, &mut self.wire.out);
             self.phase = Phase::AwaitEnabled;
         } else {
             self.ready();
@@ -553,7 +527,7 @@ impl S2sOutgoing {
 
     fn ready(&mut self) {
         self.phase = Phase::Ready;
-        self.events.push_back(Event::Ready {
+        self.wire.events.push_back(Event::Ready {
             stream_management: self.sm.enabled,
         });
         self.flush_verifies();
@@ -578,7 +552,7 @@ impl S2sOutgoing {
                 key: Some(&key),
                 error: None,
             }
-            .write(&mut self.out);
+            .write(&mut self.wire.out);
             self.verifies_sent.push(id);
         }
     }
@@ -592,4 +566,24 @@ fn dialback_error(el: &Element) -> String {
         .find(|c| c.ns() == ns::STANZAS && c.name() != "text")
         .map(|c| c.name().to_owned())
         .unwrap_or_else(|| "undefined-condition".to_owned())
+}
+
+impl StreamMachine for S2sOutgoing {
+    type Event = Event;
+
+    fn wire(&self) -> &Wire<Event> {
+        &self.wire
+    }
+
+    fn wire_mut(&mut self) -> &mut Wire<Event> {
+        &mut self.wire
+    }
+
+    fn process(&mut self) {
+        S2sOutgoing::process(self);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
 }

@@ -18,7 +18,7 @@
 //!    `federation.srv_lookup` off: the domain's own addresses on port 5269, with STARTTLS
 //!    (RFC 6120 §3.2.2).
 //!
-//! Names are resolved by one hickory resolver per [`Federation`], which caches answers for
+//! Names are resolved by one hickory resolver per federation ([`Dialer`]), which caches answers for
 //! their TTL. It asks `federation.dns_server` (UDP, and TCP for truncated answers) when
 //! that is set, else the servers of the system's resolver configuration.
 //!
@@ -42,7 +42,7 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::Federation;
+use super::LinkEnv;
 use super::conn::Conn;
 use crate::config::FederationConfig;
 
@@ -163,7 +163,23 @@ struct Route {
     note: Option<String>,
 }
 
-/// Resolution of peers' addresses, built once per [`Federation`].
+/// Why no stream could be opened on the direct path.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum DialError {
+    /// The domain's SRV records decline the service (RFC 2782 target `.`).
+    #[error("{domain} offers no server-to-server service (its SRV target is \".\")")]
+    NoService { domain: String },
+    /// Every target failed; `failures` says how, one per target.
+    #[error("cannot connect to {domain}: {}{}", failures.join("; "), srv_note.as_ref().map(|n| format!(" (SRV records unused: {n})")).unwrap_or_default())]
+    Unreachable {
+        domain: String,
+        failures: Vec<String>,
+        /// Why SRV records were not used although they were asked for.
+        srv_note: Option<String>,
+    },
+}
+
+/// Resolution of peers' addresses, built once per federation.
 pub(crate) struct Dialer {
     /// `Err` when the system's resolver configuration cannot be read: then every lookup
     /// fails with that reason.
@@ -185,12 +201,12 @@ impl Dialer {
 
     /// The targets for `domain`, in the order to try them; `Err` when there is nothing to
     /// try.
-    async fn route(&self, fed: &Federation, domain: &str) -> Result<Route, String> {
-        if let Some((host, port)) = fed.peer_override(domain) {
+    async fn route(&self, env: &LinkEnv, domain: &str) -> Result<Route, DialError> {
+        if let Some(peer) = env.peer_override(domain) {
             return Ok(Route {
                 targets: vec![Target {
-                    host,
-                    port,
+                    host: peer.host().to_owned(),
+                    port: peer.port(),
                     security: Security::StartTls,
                 }],
                 note: None,
@@ -204,7 +220,7 @@ impl Dialer {
             }],
             note,
         };
-        if !fed.config.srv_lookup {
+        if !env.config.srv_lookup {
             return Ok(fallback(None));
         }
         let (xmpps, xmpp) = tokio::join!(
@@ -232,9 +248,9 @@ impl Dialer {
                     .collect(),
                 note: None,
             }),
-            SrvPlan::Unavailable => Err(format!(
-                "{domain} offers no server-to-server service (its SRV target is \".\")"
-            )),
+            SrvPlan::Unavailable => Err(DialError::NoService {
+                domain: domain.to_owned(),
+            }),
             SrvPlan::Absent if failures.is_empty() => Ok(fallback(None)),
             SrvPlan::Absent => Ok(fallback(Some(failures.join("; ")))),
         }
@@ -297,7 +313,7 @@ impl Dialer {
     /// direct TLS, completes the handshake naming `domain`).
     async fn dial(
         &self,
-        fed: &Federation,
+        env: &LinkEnv,
         target: &Target,
         domain: &str,
     ) -> Result<(Conn, Transport), String> {
@@ -318,7 +334,7 @@ impl Dialer {
                 Security::DirectTls => {
                     // The links' own configuration for the domain (see `trust`), with
                     // ALPN `xmpp-server`.
-                    let mut tls = (*fed.tls_client_for(domain)).clone();
+                    let mut tls = (*env.tls_client_for(domain)).clone();
                     tls.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
                     if conn.connect_tls(&Arc::new(tls), domain).await {
                         return Ok((conn, Transport::DirectTls));
@@ -334,11 +350,8 @@ impl Dialer {
 /// A resolver asking `federation.dns_server`, or the system's configured servers.
 fn build_resolver(config: &FederationConfig) -> Result<TokioResolver, String> {
     let provider = TokioRuntimeProvider::default();
-    let mut builder = match &config.dns_server {
-        Some(server) => {
-            let addr: SocketAddr = server
-                .parse()
-                .map_err(|_| format!("federation.dns_server `{server}` is not ip:port"))?;
+    let mut builder = match config.dns_server {
+        Some(addr) => {
             let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
             for connection in &mut ns.connections {
                 connection.port = addr.port();
@@ -372,12 +385,12 @@ fn brief(e: &NetError) -> String {
 
 /// Connects to `domain`'s server. Returns the socket and how TLS is to be negotiated on it,
 /// or why no connection could be made, naming every target tried.
-pub(super) async fn connect(fed: &Federation, domain: &str) -> Result<(Conn, Transport), String> {
-    let dialer = &fed.dialer;
-    let route = dialer.route(fed, domain).await?;
+pub(super) async fn connect(env: &LinkEnv, domain: &str) -> Result<(Conn, Transport), DialError> {
+    let dialer = &env.dialer;
+    let route = dialer.route(env, domain).await?;
     let mut failures = Vec::with_capacity(route.targets.len());
     for target in &route.targets {
-        match dialer.dial(fed, target, domain).await {
+        match dialer.dial(env, target, domain).await {
             Ok(c) => {
                 debug!(%target, "connected");
                 return Ok(c);
@@ -385,19 +398,19 @@ pub(super) async fn connect(fed: &Federation, domain: &str) -> Result<(Conn, Tra
             Err(e) => failures.push(format!("{target}: {e}")),
         }
     }
-    let mut reason = format!("cannot connect to {domain}: {}", failures.join("; "));
-    if let Some(note) = route.note {
-        reason.push_str(&format!(" (SRV records unused: {note})"));
-    }
-    Err(reason)
+    Err(DialError::Unreachable {
+        domain: domain.to_owned(),
+        failures,
+        srv_note: route.note,
+    })
 }
 
 /// Whether `domain`'s server accepts TCP connections again: a cheap probe while its link
 /// waits out a back-off. Finds the server exactly as [`connect`] does; any target that
 /// accepts a connection counts.
-pub(super) async fn probe(fed: &Federation, domain: &str) -> bool {
-    let dialer = &fed.dialer;
-    let Ok(route) = dialer.route(fed, domain).await else {
+pub(super) async fn probe(env: &LinkEnv, domain: &str) -> bool {
+    let dialer = &env.dialer;
+    let Ok(route) = dialer.route(env, domain).await else {
         return false;
     };
     for target in &route.targets {

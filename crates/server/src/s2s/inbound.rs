@@ -14,233 +14,247 @@ use std::time::Duration;
 
 use jid::Jid;
 use minidom::Element;
+use outpost_proto::StreamMachine;
 use outpost_proto::s2s::{DialbackVerdict, Event, S2sIncoming, Transport, dialback_key};
-use outpost_proto::stanza::{self, ns};
-use rand::Rng;
-use rand::distr::Alphanumeric;
+use outpost_proto::stanza::{self, Condition, ns};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
 use super::conn::Conn;
-use super::now_ms;
-use crate::Shared;
-use crate::delivery;
+use super::{Federation, now_ms};
+use crate::delivery::Delivery;
+use crate::router::{ToSession, Undelivered};
 
 /// A peer has this long to authenticate at least one domain pair.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
 const READ_CHUNK: usize = 16 * 1024;
 
 /// A peer's connection to the STARTTLS listener.
-pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve(fed: Arc<Federation>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    serve_conn(shared, Conn::Plain(tcp), peer, Transport::StartTls).await;
+    serve_conn(fed, Conn::Plain(tcp), peer, Transport::StartTls).await;
 }
 
 /// A peer's connection to the direct TLS listener (XEP-0368): TLS first, then the stream.
-pub(crate) async fn serve_tls(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve_tls(fed: Arc<Federation>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let mut conn = Conn::Plain(tcp);
-    if !conn.accept_tls(&shared.tls_s2s_direct).await {
+    if !conn.accept_tls(&fed.tls_direct).await {
         debug!(%peer, "direct TLS handshake failed");
         return;
     }
-    serve_conn(shared, conn, peer, Transport::DirectTls).await;
+    serve_conn(fed, conn, peer, Transport::DirectTls).await;
+}
+
+/// One incoming stream and what it is waiting for.
+struct Inbound {
+    fed: Arc<Federation>,
+    d: Arc<Delivery>,
+    proto: S2sIncoming,
+    /// Dialback verifications asked of the claimed domains' servers, with their verdicts.
+    verifications: JoinSet<(String, String, DialbackVerdict)>,
+    /// XEP-0359 ids: what the store knew, what was delivered, what is to be recorded.
+    seen: SeenIds,
 }
 
 /// Runs an incoming stream on `conn`, whatever carries it; `transport` says whether TLS is
 /// still to be negotiated (STARTTLS) or already in place.
 pub(crate) async fn serve_conn(
-    shared: Arc<Shared>,
+    fed: Arc<Federation>,
     mut conn: Conn,
     peer: SocketAddr,
     transport: Transport,
 ) {
     let span = tracing::info_span!("s2s_in", %peer);
     async move {
-        let Some(fed) = shared.federation.as_ref() else {
+        let Some(d) = fed.env.delivery() else {
             return;
         };
-        let config = fed.incoming_config(transport);
         // Unpredictable, because dialback keys are bound to it (RFC 6120 §4.7.3).
-        let stream_id: String = rand::rng()
-            .sample_iter(Alphanumeric)
-            .take(20)
-            .map(char::from)
-            .collect();
-        let mut proto = S2sIncoming::new(config, shared.config.domains.clone(), stream_id);
-        let (verdict_tx, mut verdicts) = mpsc::channel::<(String, String, DialbackVerdict)>(64);
-        let started = Instant::now();
-        let mut last_read = started;
-        let idle = Duration::from_secs(shared.config.limits.idle_timeout_secs);
-        let mut buf = vec![0u8; READ_CHUNK];
-        // XEP-0359 ids: what the store knew, what was delivered, what is to be recorded.
-        let mut seen = SeenIds::default();
-        loop {
-            loop {
-                let events: Vec<Event> = std::iter::from_fn(|| proto.poll_event()).collect();
-                if events.is_empty() {
-                    break;
-                }
-                seen.look_up(&shared, &events).await;
-                for event in events {
-                    match event {
-                        Event::StartTls => {
-                            let out = proto.take_output();
-                            if conn.write_all(&out).await.is_err()
-                                || !conn.accept_tls(&shared.tls_s2s).await
-                            {
-                                debug!("TLS handshake failed");
-                                return;
-                            }
-                            proto.tls_established();
-                        }
-                        // XEP-0178: EXTERNAL only for a certificate our policy accepts for the
-                        // domain the peer claims (see `trust`); otherwise dialback.
-                        Event::CheckCertificate { domain } => {
-                            let ok = conn
-                                .peer_certificate()
-                                .is_some_and(|cert| fed.trust.accepts(&domain, &cert));
-                            debug!(%domain, ok, "peer certificate checked");
-                            proto.certificate_checked(ok);
-                        }
-                        Event::DialbackRequest {
-                            from,
-                            to,
-                            key,
-                            stream_id,
-                        } => {
-                            if shared.config.serves_domain(&from) {
-                                // Nobody else speaks for our own domains.
-                                proto.dialback_result(&from, &to, DialbackVerdict::Invalid);
-                                continue;
-                            }
-                            let shared = shared.clone();
-                            let tx = verdict_tx.clone();
-                            tokio::spawn(async move {
-                                let Some(fed) = shared.federation.as_ref() else {
-                                    return;
-                                };
-                                // XEP-0220 §2.1.2: ask the authoritative server for `from`,
-                                // over our own link to it.
-                                let verdict =
-                                    fed.verify(&shared, &to, &from, &stream_id, &key).await;
-                                let _ = tx.send((from, to, verdict)).await;
-                            });
-                        }
-                        Event::VerifyRequest { from, to, id, key } => {
-                            // XEP-0220 §2.1.3: we are the authoritative server for `to`; the
-                            // key is ours if we compute the same one (XEP-0185 §2).
-                            let expected = dialback_key(fed.secret(), &from, &to, &id);
-                            let valid = constant_time_eq(expected.as_bytes(), key.as_bytes());
-                            proto.verify_result(&from, &to, &id, valid);
-                        }
-                        Event::Authenticated { peer, local, .. } => {
-                            info!(%peer, %local, "peer authenticated");
-                            // The peer reached us, so our way to it may work again too.
-                            fed.wake_existing(&local, &peer);
-                        }
-                        Event::Stanza(el) => {
-                            let relay_to = el
-                                .attr("to")
-                                .and_then(|t| Jid::new(t).ok())
-                                .map(|t| t.domain().as_str().to_owned())
-                                .filter(|d| !shared.config.serves_domain(d));
-                            match relay_to {
-                                // S2sIncoming let it through: we are the hub between the two.
-                                Some(to_domain) => {
-                                    let from_domain = el
-                                        .attr("from")
-                                        .and_then(|f| Jid::new(f).ok())
-                                        .map(|f| f.domain().as_str().to_owned());
-                                    let local = proto
-                                        .authenticated()
-                                        .iter()
-                                        .find(|(p, _)| Some(p) == from_domain.as_ref())
-                                        .map(|(_, l)| l.clone());
-                                    if let Some(local) = local {
-                                        Box::pin(super::relay(&shared, el, &local, &to_domain))
-                                            .await;
-                                    }
-                                }
-                                None => {
-                                    Box::pin(deliver_inbound(&shared, el, &mut seen)).await;
-                                }
-                            }
-                        }
-                        Event::PeerStreamError { condition, .. } => {
-                            debug!(condition, "peer sent a stream error");
-                        }
-                        Event::Closed { error } => {
-                            if let Some(condition) = error {
-                                info!(condition, "stream closed with error");
-                            }
-                            record_seen(&shared, &mut seen).await;
-                            let out = proto.take_output();
-                            let _ = conn.write_all(&out).await;
-                            conn.shutdown().await;
-                            return;
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            // The ids of what was just delivered, recorded in one write before the
-            // acknowledgement that may follow them goes out.
-            record_seen(&shared, &mut seen).await;
-            if proto.has_output() {
-                let out = proto.take_output();
-                if conn.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
-            let deadline = if proto.authenticated().is_empty() {
-                (started + AUTH_TIMEOUT).min(last_read + idle)
-            } else {
-                last_read + idle
-            };
-            tokio::select! {
-                () = shared.shutdown.cancelled() => proto.close(Some("system-shutdown"), None),
-                read = conn.read(&mut buf) => match read {
-                    Ok(0) | Err(_) => {
-                        conn.shutdown().await;
-                        return;
-                    }
-                    Ok(n) => {
-                        last_read = Instant::now();
-                        proto.handle_input(&buf[..n]);
-                    }
-                },
-                Some((from, to, verdict)) = verdicts.recv() => {
-                    if verdict != DialbackVerdict::Valid {
-                        info!(%from, ?verdict, "dialback verification failed");
-                    }
-                    proto.dialback_result(&from, &to, verdict);
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    proto.close(Some("connection-timeout"), None);
-                }
-            }
-        }
+        let proto = S2sIncoming::new(
+            fed.incoming_config(transport),
+            fed.domains.clone(),
+            crate::ids::random_id(20),
+        );
+        let mut s = Inbound {
+            fed,
+            d,
+            proto,
+            verifications: JoinSet::new(),
+            seen: SeenIds::default(),
+        };
+        s.run(&mut conn).await;
+        s.verifications.abort_all();
+        conn.shutdown().await;
     }
     .instrument(span)
     .await
 }
 
-/// Records the ids of delivered messages (see [`deliver_inbound`]) in one write.
-async fn record_seen(shared: &Shared, seen: &mut SeenIds) {
-    if !seen.to_record.is_empty()
-        && let Err(e) = shared
-            .store
-            .seen_stanza_ids(&seen.to_record, now_ms())
-            .await
-    {
-        warn!(error = %e, "cannot record stanza ids");
+impl Inbound {
+    async fn run(&mut self, conn: &mut Conn) {
+        let started = Instant::now();
+        let mut last_read = started;
+        let idle = self.fed.idle_timeout;
+        let shutdown = self.fed.env.shutdown.clone();
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            if !self.handle_events(conn).await {
+                return;
+            }
+            if self.proto.has_output() {
+                let out = self.proto.take_output();
+                if conn.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+            let deadline = if self.proto.authenticated().is_empty() {
+                (started + AUTH_TIMEOUT).min(last_read + idle)
+            } else {
+                last_read + idle
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => self.proto.close(Some("system-shutdown"), None),
+                read = conn.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        last_read = Instant::now();
+                        self.proto.handle_input(&buf[..n]);
+                    }
+                },
+                Some(Ok((from, to, verdict))) = self.verifications.join_next() => {
+                    if verdict != DialbackVerdict::Valid {
+                        info!(%from, ?verdict, "dialback verification failed");
+                    }
+                    self.proto.dialback_result(&from, &to, verdict);
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    self.proto.close(Some("connection-timeout"), None);
+                }
+            }
+        }
     }
-    seen.to_record.clear();
-    seen.delivered.clear();
-    seen.known.clear();
+
+    /// Handles every event the machine has, a read's worth at a time, recording the ids of
+    /// what was delivered before the acknowledgement that may follow them goes out.
+    /// `false` when the stream is over.
+    async fn handle_events(&mut self, conn: &mut Conn) -> bool {
+        loop {
+            let events: Vec<Event> = std::iter::from_fn(|| self.proto.poll_event()).collect();
+            if events.is_empty() {
+                break;
+            }
+            self.seen.look_up(&self.d, &events).await;
+            for event in events {
+                if !Box::pin(self.on_event(event, conn)).await {
+                    return false;
+                }
+            }
+        }
+        self.seen.record(&self.d).await;
+        true
+    }
+
+    async fn on_event(&mut self, event: Event, conn: &mut Conn) -> bool {
+        match event {
+            Event::StartTls => {
+                let out = self.proto.take_output();
+                if conn.write_all(&out).await.is_err()
+                    || !conn.accept_tls(&self.fed.tls_starttls).await
+                {
+                    debug!("TLS handshake failed");
+                    return false;
+                }
+                self.proto.tls_established();
+            }
+            // XEP-0178: EXTERNAL only for a certificate our policy accepts for the domain
+            // the peer claims (see `trust`); otherwise dialback.
+            Event::CheckCertificate { domain } => {
+                let ok = conn
+                    .peer_certificate()
+                    .is_some_and(|cert| self.fed.env.trust.accepts(&domain, &cert));
+                debug!(%domain, ok, "peer certificate checked");
+                self.proto.certificate_checked(ok);
+            }
+            Event::DialbackRequest {
+                from,
+                to,
+                key,
+                stream_id,
+            } => self.dialback_request(from, to, key, stream_id),
+            Event::VerifyRequest { from, to, id, key } => {
+                // XEP-0220 §2.1.3: we are the authoritative server for `to`; the key is
+                // ours if we compute the same one (XEP-0185 §2).
+                let expected = dialback_key(&self.fed.env.secret, &from, &to, &id);
+                let valid = constant_time_eq(expected.as_bytes(), key.as_bytes());
+                self.proto.verify_result(&from, &to, &id, valid);
+            }
+            Event::Authenticated { peer, local, .. } => {
+                info!(%peer, %local, "peer authenticated");
+                // The peer reached us, so our way to it may work again too.
+                self.fed.wake_existing(&local, &peer);
+            }
+            Event::Stanza(el) => self.on_stanza(el).await,
+            Event::PeerStreamError { condition, .. } => {
+                debug!(condition, "peer sent a stream error");
+            }
+            Event::Closed { error } => {
+                if let Some(condition) = error {
+                    info!(condition, "stream closed with error");
+                }
+                self.seen.record(&self.d).await;
+                let out = self.proto.take_output();
+                let _ = conn.write_all(&out).await;
+                return false;
+            }
+            _ => {}
+        }
+        true
+    }
+
+    /// XEP-0220 §2.1.2: the peer claims `from`; ask the authoritative server for it, over
+    /// our own link to it. Nobody else speaks for our own domains.
+    fn dialback_request(&mut self, from: String, to: String, key: String, stream_id: String) {
+        if self.d.is_local(&from) {
+            self.proto
+                .dialback_result(&from, &to, DialbackVerdict::Invalid);
+            return;
+        }
+        let fed = self.fed.clone();
+        self.verifications.spawn(async move {
+            let verdict = fed.verify(&to, &from, &stream_id, &key).await;
+            (from, to, verdict)
+        });
+    }
+
+    /// A stanza from an authenticated peer: for us, or (on a hub) for another relayed
+    /// domain, which `S2sIncoming` let through.
+    async fn on_stanza(&mut self, el: Element) {
+        let relay_to = el
+            .attr("to")
+            .and_then(|t| Jid::new(t).ok())
+            .map(|t| t.domain().as_str().to_owned())
+            .filter(|d| !self.d.is_local(d));
+        let Some(to_domain) = relay_to else {
+            deliver(&self.d, el, &mut self.seen).await;
+            return;
+        };
+        let from_domain = el
+            .attr("from")
+            .and_then(|f| Jid::new(f).ok())
+            .map(|f| f.domain().as_str().to_owned());
+        let local = self
+            .proto
+            .authenticated()
+            .iter()
+            .find(|(p, _)| Some(p) == from_domain.as_ref())
+            .map(|(_, l)| l.clone());
+        if let Some(local) = local {
+            self.fed.relay(&self.d, el, &local, &to_domain).await;
+        }
+    }
 }
 
 /// The XEP-0359 origin-ids of one batch of incoming events (one read's worth).
@@ -256,7 +270,7 @@ struct SeenIds {
 
 impl SeenIds {
     /// Asks the store, in one query, which of the batch's messages it has seen.
-    async fn look_up(&mut self, shared: &Shared, events: &[Event]) {
+    async fn look_up(&mut self, d: &Delivery, events: &[Event]) {
         let pairs: Vec<(String, String)> = events
             .iter()
             .filter_map(|e| match e {
@@ -270,7 +284,7 @@ impl SeenIds {
         if pairs.is_empty() {
             return;
         }
-        match shared.store.stanza_ids_seen(&pairs).await {
+        match d.store().stanza_ids_seen(&pairs).await {
             Ok(found) => self.known.extend(
                 pairs
                     .into_iter()
@@ -279,6 +293,18 @@ impl SeenIds {
             ),
             Err(e) => warn!(error = %e, "cannot check stanza ids"),
         }
+    }
+
+    /// Records the ids of delivered messages (see [`deliver`]) in one write.
+    async fn record(&mut self, d: &Delivery) {
+        if !self.to_record.is_empty()
+            && let Err(e) = d.store().seen_stanza_ids(&self.to_record, now_ms()).await
+        {
+            warn!(error = %e, "cannot record stanza ids");
+        }
+        self.to_record.clear();
+        self.delivered.clear();
+        self.known.clear();
     }
 }
 
@@ -296,7 +322,7 @@ fn origin_id(el: &Element) -> Option<&str> {
 /// by `S2sIncoming`) to local users, as if a local session had sent it. The origin-id of a
 /// delivered message joins `seen`, which the caller records in the store (in one write
 /// for all the stanzas of a read) before it acknowledges them.
-async fn deliver_inbound(shared: &Arc<Shared>, el: Element, seen: &mut SeenIds) {
+async fn deliver(d: &Delivery, el: Element, seen: &mut SeenIds) {
     let (Some(from), Some(to)) = (
         el.attr("from").and_then(|f| Jid::new(f).ok()),
         el.attr("to").and_then(|t| Jid::new(t).ok()),
@@ -304,58 +330,54 @@ async fn deliver_inbound(shared: &Arc<Shared>, el: Element, seen: &mut SeenIds) 
         return;
     };
     match el.name() {
-        "message" => {
-            // XEP-0359 §3: the sender's server keeps the origin-id on every retry. Check,
-            // deliver, then record: a crash in between means a duplicate, never a loss.
-            let scope = from.to_bare().to_string();
-            let id = origin_id(&el).map(str::to_owned);
-            if let Some(id) = &id {
-                let pair = (scope.clone(), id.clone());
-                if seen.known.contains(&pair) || !seen.delivered.insert(pair) {
-                    debug!("duplicate message dropped");
-                    return;
-                }
-            }
-            let online = !shared
-                .router
-                .message_targets(&to.to_bare(), false)
-                .is_empty();
-            if to.node().is_none() {
-                delivery::bounce(shared, &el, "cancel", "service-unavailable");
-            } else if let Some(b) = delivery::route_message(shared, el, to).await {
-                delivery::bounce(shared, &b.el, b.error_type, b.condition);
-            }
-            match id {
-                // Handed to a session: recorded with the rest of this read, in one write
-                // before the acknowledgement. A crash before that write repeats these
-                // messages (clients that know XEP-0359 drop the repeat by origin-id).
-                Some(id) if online => seen.to_record.push((scope, id)),
-                // Stored offline: recorded at once, so a crash repeats at most this one.
-                Some(id) => {
-                    if let Err(e) = shared.store.seen_stanza_id(&scope, &id, now_ms()).await {
-                        warn!(error = %e, "cannot record stanza id");
-                    }
-                }
-                None => {}
+        "message" => deliver_message(d, el, from, to, seen).await,
+        "presence" => Box::pin(crate::presence::inbound(d, el, from, to)).await,
+        _ => inbound_iq(d, el, to),
+    }
+}
+
+/// XEP-0359 §3: the sender's server keeps the origin-id on every retry. Check, deliver,
+/// then record: a crash in between means a duplicate, never a loss.
+async fn deliver_message(d: &Delivery, el: Element, from: Jid, to: Jid, seen: &mut SeenIds) {
+    let scope = from.to_bare().to_string();
+    let id = origin_id(&el).map(str::to_owned);
+    if let Some(id) = &id {
+        let pair = (scope.clone(), id.clone());
+        if seen.known.contains(&pair) || !seen.delivered.insert(pair) {
+            debug!("duplicate message dropped");
+            return;
+        }
+    }
+    let online = !d.router().message_targets(&to.to_bare(), false).is_empty();
+    if let Err(u) = d.message(el, to).await {
+        d.bounce(&u.stanza, u.error);
+    }
+    match id {
+        // Handed to a session: recorded with the rest of this read, in one write before
+        // the acknowledgement. A crash before that write repeats these messages (clients
+        // that know XEP-0359 drop the repeat by origin-id).
+        Some(id) if online => seen.to_record.push((scope, id)),
+        // Stored offline: recorded at once, so a crash repeats at most this one.
+        Some(id) => {
+            if let Err(e) = d.store().seen_stanza_id(&scope, &id, now_ms()).await {
+                warn!(error = %e, "cannot record stanza id");
             }
         }
-        "presence" => Box::pin(delivery::inbound_presence(shared, el, from, to)).await,
-        _ => inbound_iq(shared, el, to),
+        None => {}
     }
 }
 
 /// An IQ from another server: results and errors go to the full JID they answer; requests
 /// to a bound resource are forwarded; the server itself answers pings (XEP-0199) and refuses
 /// the rest with `service-unavailable` (RFC 6120 §8.3.3.19).
-fn inbound_iq(shared: &Arc<Shared>, el: Element, to: Jid) {
-    use crate::router::{ToSession, Undelivered};
+fn inbound_iq(d: &Delivery, el: Element, to: Jid) {
     let ty = el.attr("type").unwrap_or("");
     if let Ok(full) = to.try_as_full() {
-        match shared.router.send_to_full(full, ToSession::Stanza(el)) {
+        match d.router().send_to_full(full, ToSession::Stanza(el)) {
             Ok(()) => {}
             Err(Undelivered::NotBound(ToSession::Stanza(el)))
             | Err(Undelivered::Full(ToSession::Stanza(el))) => {
-                delivery::bounce(shared, &el, "cancel", "service-unavailable");
+                d.bounce(&el, Condition::ServiceUnavailable.into());
             }
             Err(_) => {}
         }
@@ -365,9 +387,8 @@ fn inbound_iq(shared: &Arc<Shared>, el: Element, to: Jid) {
         return;
     }
     if to.node().is_none() && el.get_child("ping", ns::PING).is_some() && ty == "get" {
-        let reply = stanza::iq_result(&el, Some(to.as_str()));
-        delivery::bounce_reply(shared, reply);
+        d.send(stanza::iq_result(&el, Some(to.as_str())));
         return;
     }
-    delivery::bounce(shared, &el, "cancel", "service-unavailable");
+    d.bounce(&el, Condition::ServiceUnavailable.into());
 }

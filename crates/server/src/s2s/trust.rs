@@ -22,11 +22,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use sha2::{Digest, Sha256};
 
-use crate::ServerError;
-use crate::config::{FederationConfig, parse_fingerprint};
-use crate::tls::TlsIdentity;
+use crate::config::FederationConfig;
+use crate::tls::{Fingerprint, TlsError, TlsIdentity};
 
 /// The certificate policy and the rustls client configurations that follow from it.
 pub(crate) struct Trust {
@@ -41,7 +39,7 @@ pub(crate) struct Trust {
 
 #[derive(Debug, Default)]
 struct Policy {
-    pinned: HashMap<String, [u8; 32]>,
+    pinned: HashMap<String, Fingerprint>,
     self_signed: HashSet<String>,
 }
 
@@ -53,7 +51,7 @@ impl Policy {
     /// Whether `cert` is good for `domain`. A domain without a policy accepts nothing.
     fn accepts(&self, domain: &str, cert: &CertificateDer<'_>) -> bool {
         if let Some(pin) = self.pinned.get(domain) {
-            return Sha256::digest(cert.as_ref()).as_slice() == pin;
+            return Fingerprint::of(cert.as_ref()) == *pin;
         }
         if !self.self_signed.contains(domain) {
             return false;
@@ -72,11 +70,9 @@ impl Trust {
     pub(crate) fn new(
         config: &FederationConfig,
         identity: Option<&TlsIdentity>,
-    ) -> Result<Trust, ServerError> {
+    ) -> Result<Trust, TlsError> {
         let policy = Arc::new(Policy {
-            pinned: (config.pinned.iter())
-                .filter_map(|(d, pin)| Some((d.clone(), parse_fingerprint(pin)?)))
-                .collect(),
+            pinned: config.pinned.clone().into_iter().collect(),
             self_signed: config.trust_self_signed.iter().cloned().collect(),
         });
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -103,16 +99,16 @@ impl Trust {
     fn client_config_with(
         &self,
         verifier: Arc<PeerVerifier>,
-    ) -> Result<Arc<ClientConfig>, ServerError> {
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         let builder = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| ServerError::Tls(e.to_string()))?
+            .map_err(TlsError::Config)?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let config = match &self.identity {
             Some((certs, key)) => builder
                 .with_client_auth_cert(certs.clone(), key.clone_key())
-                .map_err(|e| ServerError::Tls(format!("client certificate: {e}")))?,
+                .map_err(TlsError::Mismatch)?,
             None => builder.with_no_client_auth(),
         };
         Ok(Arc::new(config))
@@ -281,11 +277,7 @@ mod tests {
         Policy {
             pinned: pinned
                 .iter()
-                .map(|(d, c)| {
-                    let mut pin = [0u8; 32];
-                    pin.copy_from_slice(&Sha256::digest(c.as_ref()));
-                    ((*d).to_owned(), pin)
-                })
+                .map(|(d, c)| ((*d).to_owned(), Fingerprint::of(c.as_ref())))
                 .collect(),
             self_signed: self_signed.iter().map(|d| (*d).to_owned()).collect(),
         }

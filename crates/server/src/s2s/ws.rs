@@ -34,12 +34,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as TungsteniteError, Message};
 use tracing::debug;
 
-use super::Federation;
 use super::conn::{Conn, TLS_HANDSHAKE_TIMEOUT};
-use crate::Shared;
+use super::{Federation, LinkEnv};
 
 /// The path of the endpoint, as RFC 7395 §4 suggests for discovery.
 pub(crate) const PATH: &str = "/xmpp-websocket";
@@ -72,9 +71,9 @@ fn ws_config(limits: Limits) -> WebSocketConfig {
 }
 
 /// A peer's connection to the `s2s-websocket` listener.
-pub(crate) async fn serve_websocket(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn serve_websocket(fed: Arc<Federation>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let acceptor = TlsAcceptor::from(shared.tls_s2s.clone());
+    let acceptor = TlsAcceptor::from(fed.tls_starttls.clone());
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         _ => {
@@ -82,7 +81,7 @@ pub(crate) async fn serve_websocket(shared: Arc<Shared>, tcp: TcpStream, peer: S
             return;
         }
     };
-    let limits = limits(shared.config.limits.max_stanza_bytes);
+    let limits = limits(fed.max_stanza_bytes);
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
         TlsStream::Server(tls),
         check_upgrade,
@@ -100,7 +99,7 @@ pub(crate) async fn serve_websocket(shared: Arc<Shared>, tcp: TcpStream, peer: S
         }
     };
     let conn = Conn::Ws(Box::new(WsConn::new(ws, limits)));
-    super::inbound::serve_conn(shared, conn, peer, Transport::DirectTls).await;
+    super::inbound::serve_conn(fed, conn, peer, Transport::DirectTls).await;
 }
 
 /// Accepts the upgrade only on [`PATH`] and only for the `xmpp` subprotocol, which it
@@ -137,54 +136,52 @@ fn check_upgrade(request: &Request, mut response: Response) -> Result<Response, 
     Ok(response)
 }
 
-/// Connects to `domain`'s WebSocket endpoint: `None` when `federation.websocket_peers` has
-/// none for it, else the connection, ready for a stream with TLS in place, or why it could
-/// not be made.
-pub(super) async fn connect(
-    fed: &Federation,
-    domain: &str,
-) -> Option<Result<(Conn, Transport), String>> {
-    let url = fed.websocket_peer(domain)?;
-    Some(connect_url(fed, domain, &url).await)
+/// Why no stream could be opened on a WebSocket path.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WsError {
+    #[error("no WebSocket endpoint for {0}")]
+    NoEndpoint(String),
+    #[error("cannot connect to {0} for WebSocket")]
+    Connect(String, #[source] std::io::Error),
+    #[error("`{0}` cannot be named in TLS")]
+    BadName(String),
+    #[error("WebSocket TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    #[error("WebSocket TLS handshake timed out")]
+    TlsTimeout,
+    #[error("bad WebSocket URL `{0}`")]
+    BadUrl(String, #[source] Box<TungsteniteError>),
+    #[error("WebSocket upgrade failed")]
+    Upgrade(#[source] Box<TungsteniteError>),
+    #[error("WebSocket upgrade timed out")]
+    UpgradeTimeout,
+    #[error("the WebSocket server did not select the xmpp subprotocol")]
+    NoSubprotocol,
 }
 
-/// Whether `domain`'s WebSocket endpoint accepts TCP connections (a probe while its link
-/// backs off). False without an endpoint.
-pub(super) async fn probe(fed: &Federation, domain: &str) -> bool {
-    let Some((host, port, _)) = fed.websocket_peer(domain).and_then(|url| parse_wss(&url)) else {
-        return false;
-    };
-    super::direct::tcp_connect_host(&host, port).await.is_ok()
-}
-
-async fn connect_url(
-    fed: &Federation,
-    domain: &str,
-    url: &str,
-) -> Result<(Conn, Transport), String> {
-    let (host, port, path) =
-        parse_wss(url).ok_or_else(|| format!("`{url}` is not a wss://host[:port]/path URL"))?;
-    let tcp = super::direct::tcp_connect_host(&host, port)
+/// Connects to `domain`'s WebSocket endpoint (its `federation.websocket_peers` URL): the
+/// connection, ready for a stream with TLS in place, or why it could not be made.
+pub(super) async fn connect(env: &LinkEnv, domain: &str) -> Result<(Conn, Transport), WsError> {
+    let url = env
+        .websocket_peer(domain)
+        .ok_or_else(|| WsError::NoEndpoint(domain.to_owned()))?;
+    let authority = url.authority();
+    let tcp = super::direct::tcp_connect_host(url.host(), url.port())
         .await
-        .map_err(|e| format!("cannot connect to {host}:{port} for WebSocket: {e}"))?;
+        .map_err(|e| WsError::Connect(authority.clone(), e))?;
     let _ = tcp.set_nodelay(true);
-    let name = ServerName::try_from(domain.to_owned())
-        .map_err(|_| format!("`{domain}` cannot be named in TLS"))?;
-    let connector = TlsConnector::from(fed.tls_client_for(domain));
+    let name =
+        ServerName::try_from(domain.to_owned()).map_err(|_| WsError::BadName(domain.to_owned()))?;
+    let connector = TlsConnector::from(env.tls_client_for(domain));
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await
     {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(format!("WebSocket TLS handshake failed: {e}")),
-        Err(_) => return Err("WebSocket TLS handshake timed out".to_owned()),
+        Ok(Err(e)) => return Err(WsError::Tls(e)),
+        Err(_) => return Err(WsError::TlsTimeout),
     };
-    let authority = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    let mut request = format!("wss://{authority}{path}")
+    let mut request = format!("wss://{authority}{}", url.path())
         .into_client_request()
-        .map_err(|e| format!("bad WebSocket URL `{url}`: {e}"))?;
+        .map_err(|e| WsError::BadUrl(url.to_string(), Box::new(e)))?;
     request
         .headers_mut()
         .insert(HEADER_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
@@ -196,15 +193,15 @@ async fn connect_url(
     );
     let (ws, response) = match tokio::time::timeout(UPGRADE_TIMEOUT, upgrade).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(format!("WebSocket upgrade failed: {e}")),
-        Err(_) => return Err("WebSocket upgrade timed out".to_owned()),
+        Ok(Err(e)) => return Err(WsError::Upgrade(Box::new(e))),
+        Err(_) => return Err(WsError::UpgradeTimeout),
     };
     let selected = response
         .headers()
         .get(HEADER_PROTOCOL)
         .and_then(|v| v.to_str().ok());
     if selected != Some(SUBPROTOCOL) {
-        return Err("the WebSocket server did not select the xmpp subprotocol".to_owned());
+        return Err(WsError::NoSubprotocol);
     }
     Ok((
         Conn::Ws(Box::new(WsConn::new(ws, limits))),
@@ -212,30 +209,15 @@ async fn connect_url(
     ))
 }
 
-/// `wss://host[:port][/path]` as (host, port, path); port 443 and path `/` by default.
-fn parse_wss(url: &str) -> Option<(String, u16, String)> {
-    let rest = url.strip_prefix("wss://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, "/"),
+/// Whether `domain`'s WebSocket endpoint accepts TCP connections (a probe while its link
+/// backs off). False without an endpoint.
+pub(super) async fn probe(env: &LinkEnv, domain: &str) -> bool {
+    let Some(url) = env.websocket_peer(domain) else {
+        return false;
     };
-    if authority.contains('@') || path.contains(char::is_whitespace) {
-        return None;
-    }
-    let (host, port) = match crate::config::split_host_port(authority) {
-        Some((host, port)) => (host.to_owned(), port),
-        None => {
-            let host = authority
-                .strip_prefix('[')
-                .and_then(|h| h.strip_suffix(']'))
-                .unwrap_or(authority);
-            if host.is_empty() || (host.contains([':', ' ']) && !authority.starts_with('[')) {
-                return None;
-            }
-            (host.to_owned(), 443)
-        }
-    };
-    Some((host, port, path.to_owned()))
+    super::direct::tcp_connect_host(url.host(), url.port())
+        .await
+        .is_ok()
 }
 
 /// A WebSocket connection carrying one XMPP stream: what the stream machine reads and
@@ -300,10 +282,12 @@ impl WsConn {
                 return Err(invalid(format!("stream ended with {condition}")));
             }
             let message = match self.ws.next().await {
-                None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => {
+                None
+                | Some(Err(TungsteniteError::ConnectionClosed | TungsteniteError::AlreadyClosed)) =>
+                {
                     return Ok(0);
                 }
-                Some(Err(WsError::Capacity(e))) => {
+                Some(Err(TungsteniteError::Capacity(e))) => {
                     debug!(error = %e, "WebSocket message too large");
                     self.error = Some("policy-violation");
                     return Err(invalid(e.to_string()));
@@ -363,35 +347,5 @@ impl WsConn {
         }
         let _ = self.ws.close(None).await;
         let _ = self.ws.get_mut().shutdown().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wss_urls() {
-        let parse = |u: &str| parse_wss(u);
-        assert_eq!(
-            parse("wss://b.example:8443/xmpp-websocket"),
-            Some(("b.example".into(), 8443, "/xmpp-websocket".into()))
-        );
-        assert_eq!(
-            parse("wss://b.example"),
-            Some(("b.example".into(), 443, "/".into()))
-        );
-        assert_eq!(
-            parse("wss://[::1]:9000/x"),
-            Some(("::1".into(), 9000, "/x".into()))
-        );
-        assert_eq!(
-            parse("wss://[::1]/x"),
-            Some(("::1".into(), 443, "/x".into()))
-        );
-        assert_eq!(parse("ws://b.example/"), None);
-        assert_eq!(parse("wss:///x"), None);
-        assert_eq!(parse("wss://user@b.example/"), None);
-        assert_eq!(parse("wss://b.example:0/"), None);
     }
 }

@@ -799,3 +799,13 @@ pub fn roster_items(iq: &Element) -> Vec<&Element> {
 pub fn is_message(el: &Element, from: &str, text: &str) -> bool {
     el.name() == "message" && el.attr("from") == Some(from) && body(el).as_deref() == Some(text)
 }
+
+/// A `host:port` for `ServerHandle::set_peer_address`.
+pub fn host_port(s: &str) -> outpost_server::config::HostPort {
+    s.parse().expect("host:port")
+}
+
+/// A `wss://` URL for `ServerHandle::set_websocket_peer`.
+pub fn wss_url(s: &str) -> outpost_server::config::WssUrl {
+    s.parse().expect("wss:// URL")
+}

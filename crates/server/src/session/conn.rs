@@ -1,0 +1,108 @@
+//! The client's socket, before or after TLS.
+//!
+//! An idle session holds no read buffer: the task waits for readability
+//! ([`Conn::readable`]) and then reads without waiting ([`Conn::try_read`]) into a buffer
+//! that lives only while it reads.
+
+use std::future::Future as _;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tracing::debug;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub(super) enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the TCP stream is handed to the TLS handshake.
+    Detached,
+}
+
+fn detached() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "socket detached")
+}
+
+impl Conn {
+    /// Waits until the socket has something to read.
+    pub(super) async fn readable(&self) -> std::io::Result<()> {
+        match self {
+            Conn::Plain(s) => s.readable().await,
+            Conn::Tls(s) => s.get_ref().0.readable().await,
+            Conn::Detached => Err(detached()),
+        }
+    }
+
+    /// Reads without waiting: `Ok(None)` when nothing is available now, `Ok(Some(0))` at
+    /// the end of the stream.
+    pub(super) fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        let result = match self {
+            Conn::Plain(s) => s.try_read(buf),
+            // One poll with a no-op waker: rustls hands out buffered plaintext first, and
+            // reports `Pending` only once the socket has nothing more, which is exactly
+            // when waiting on `readable` is right.
+            Conn::Tls(s) => {
+                let mut read = std::pin::pin!(s.read(buf));
+                let mut cx = Context::from_waker(Waker::noop());
+                match read.as_mut().poll(&mut cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => return Ok(None),
+                }
+            }
+            Conn::Detached => Err(detached()),
+        };
+        match result {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        async fn write<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
+            s.write_all(data).await?;
+            s.flush().await
+        }
+        match self {
+            Conn::Plain(s) => write(s, data).await,
+            Conn::Tls(s) => write(s.as_mut(), data).await,
+            Conn::Detached => Err(detached()),
+        }
+    }
+
+    pub(super) async fn shutdown(&mut self) {
+        async fn shut<S: AsyncWrite + AsyncRead + Unpin>(s: &mut S) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
+        }
+        match self {
+            Conn::Plain(s) => shut(s).await,
+            Conn::Tls(s) => shut(s.as_mut()).await,
+            Conn::Detached => {}
+        }
+    }
+
+    /// Runs the server side of a TLS handshake on the plain socket, with a deadline: as
+    /// the first thing on a direct TLS listener, or after `<proceed/>` (STARTTLS).
+    pub(super) async fn accept_tls(self, config: &Arc<rustls::ServerConfig>) -> Option<Conn> {
+        let Conn::Plain(tcp) = self else {
+            return None;
+        };
+        let acceptor = TlsAcceptor::from(config.clone());
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => Some(Conn::Tls(Box::new(s))),
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                debug!("TLS handshake timed out");
+                None
+            }
+        }
+    }
+}

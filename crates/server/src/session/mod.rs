@@ -1,0 +1,560 @@
+//! One client connection: the task that owns the socket, drives the sans-IO
+//! [`C2sStream`], and carries the session's state (presence, roster cache, block list),
+//! which no other module sees.
+//!
+//! The task waits on three things at once: bytes from the client, messages from other
+//! sessions (its bounded channel), and its timers. It never waits on another session:
+//! deliveries use `try_send` (see `router`), so no cycle of sessions can deadlock.
+//!
+//! - `login`: SASL credentials and resource binding;
+//! - `stanzas`: what the client sends (messages, IQs) and the answers it gets;
+//! - `presence`: the user's presence: broadcasts, probes, directed presence;
+//! - `inbox`: what other sessions and the server send this one;
+//! - `offline`: writing the user's offline messages to this session.
+
+mod conn;
+mod inbox;
+mod login;
+mod offline;
+mod presence;
+mod stanzas;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use outpost_proto::StreamMachine;
+use outpost_proto::c2s::{C2sConfig, C2sStream, Event, Transport};
+use outpost_proto::stanza::{self, StanzaError, ns};
+use outpost_store::RosterItem;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info};
+
+use self::conn::Conn;
+use crate::config::Config;
+use crate::delivery::{Delivery, Undeliverable};
+use crate::router::{SessionRx, SessionTx, ToSession};
+use crate::throttle::{LoginThrottle, ReadBudget, RegistrationThrottle};
+
+/// Capacity of a session's inbound channel. A client that lets this many stanzas pile up
+/// is not reading; its socket write times out and the session ends.
+const CHANNEL_CAPACITY: usize = 1024;
+/// An unauthenticated connection has this long to log in (slow-loris protection).
+const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// A write that makes no progress for this long means the client is gone or stuck.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Size of the read buffer; stanzas larger than this arrive over several reads.
+const READ_CHUNK: usize = 8192;
+/// Most bytes read in one turn before timers and the channel get a look in.
+const MAX_READ_PER_TURN: usize = 64 * 1024;
+/// Messages from other sessions handled in one turn before the output is written.
+const INBOX_BATCH: usize = 64;
+
+/// What every client session shares.
+pub(crate) struct Env {
+    delivery: Arc<Delivery>,
+    config: Config,
+    throttle: LoginThrottle,
+    registrations: RegistrationThrottle,
+    tls_starttls: Arc<rustls::ServerConfig>,
+    tls_direct: Arc<rustls::ServerConfig>,
+    shutdown: CancellationToken,
+    next_session: AtomicU64,
+    /// Users whose offline queue a session is writing right now.
+    offline_claims: Mutex<HashSet<BareJid>>,
+}
+
+/// The TLS configurations of the client listeners.
+pub(crate) struct ClientTls {
+    pub(crate) starttls: Arc<rustls::ServerConfig>,
+    pub(crate) direct: Arc<rustls::ServerConfig>,
+}
+
+impl Env {
+    pub(crate) fn new(
+        delivery: Arc<Delivery>,
+        config: Config,
+        tls: ClientTls,
+        shutdown: CancellationToken,
+    ) -> Env {
+        let limits = &config.limits;
+        let throttle = LoginThrottle::new(
+            limits.login_failures_per_ip,
+            limits.login_failures_per_account,
+            Duration::from_secs(limits.login_failure_window_secs),
+        );
+        let registrations = RegistrationThrottle::new(
+            limits.registrations_per_ip,
+            Duration::from_secs(limits.registration_window_secs),
+        );
+        Env {
+            delivery,
+            throttle,
+            registrations,
+            tls_starttls: tls.starttls,
+            tls_direct: tls.direct,
+            config,
+            shutdown,
+            next_session: AtomicU64::new(1),
+            offline_claims: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn claim_offline(&self, user: &BareJid) -> bool {
+        self.offline_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.clone())
+    }
+
+    fn release_offline(&self, user: &BareJid) {
+        self.offline_claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(user);
+    }
+}
+
+/// Serves one client connection until it ends.
+pub(crate) async fn serve(env: Arc<Env>, tcp: TcpStream, peer: SocketAddr, transport: Transport) {
+    let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let conn = match transport {
+            Transport::StartTls => Conn::Plain(tcp),
+            Transport::DirectTls => {
+                match Box::pin(Conn::Plain(tcp).accept_tls(&env.tls_direct)).await {
+                    Some(tls) => tls,
+                    None => return,
+                }
+            }
+        };
+        // Boxed, like the handshake above: a task's memory is the largest state its future
+        // can be in, and only the session's should count for an idle connection.
+        Box::pin(start(env, conn, peer, transport)).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Builds the session for an established connection and runs it.
+async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let id = env.next_session.fetch_add(1, Ordering::Relaxed);
+    let config = C2sConfig {
+        domains: env.config.domains.clone(),
+        transport,
+        allow_plaintext_auth: env.config.auth.allow_plaintext_without_tls,
+        registration: env.config.registration_enabled(),
+        limits: outpost_proto::xml::Limits {
+            max_stanza_bytes: env.config.limits.max_stanza_bytes,
+            max_depth: env.config.limits.max_depth,
+        },
+        max_auth_attempts: 3,
+    };
+    // The session lives in its own allocation; the task holds only the loop's state.
+    let session = Box::new(Session {
+        proto: C2sStream::new(config, crate::ids::random_id(16)),
+        env,
+        id,
+        peer,
+        tx,
+        user: None,
+        jid: None,
+        available: false,
+        priority: 0,
+        presence: None,
+        directed: HashSet::new(),
+        roster: HashMap::new(),
+        roster_interested: false,
+        blocklist: Arc::new(Vec::new()),
+        blocklist_interested: false,
+        offline_pending: None,
+        offline_claimed: false,
+        ping_outstanding: false,
+    });
+    session.run(conn, rx).await;
+}
+
+struct Session {
+    env: Arc<Env>,
+    id: u64,
+    peer: SocketAddr,
+    proto: C2sStream,
+    tx: SessionTx,
+    /// Set after SASL.
+    user: Option<BareJid>,
+    /// Set after resource binding.
+    jid: Option<FullJid>,
+    /// Whether the client has sent available presence (RFC 6121 §4.2).
+    available: bool,
+    priority: i8,
+    /// The last available presence broadcast, as sent (answers probes).
+    /// Kept serialised: an element costs about ten times its text, for every idle session,
+    /// and is needed only to answer probes.
+    presence: Option<Box<str>>,
+    /// Entities that got directed presence and must hear of unavailability (RFC 6121 §4.6).
+    directed: HashSet<Jid>,
+    /// The user's roster by contact bare JID, loaded at bind and kept current by pushes.
+    roster: HashMap<String, RosterItem>,
+    /// The client asked for the roster, so it gets roster pushes (RFC 6121 §2.1.6).
+    roster_interested: bool,
+    blocklist: Arc<Vec<String>>,
+    blocklist_interested: bool,
+    /// Id of the last offline message in the output not yet written to the socket.
+    offline_pending: Option<i64>,
+    /// This session holds the user's offline-delivery claim.
+    offline_claimed: bool,
+    ping_outstanding: bool,
+}
+
+/// Why the loop stopped.
+enum End {
+    /// The stream is closed on the protocol level (output already queued).
+    Closed,
+    /// The socket failed or hit EOF.
+    Io,
+}
+
+/// The session's one timer and what it measures (see [`Session::next_deadline`]).
+struct Clock {
+    started: Instant,
+    last_read: Instant,
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    /// When the timer is set to fire. Re-armed only when it fires or must move earlier:
+    /// messages and reads do not touch the timer wheel.
+    armed: Instant,
+}
+
+impl Session {
+    fn delivery(&self) -> &Delivery {
+        &self.env.delivery
+    }
+
+    async fn run(mut self: Box<Self>, mut conn: Conn, mut rx: SessionRx) {
+        let limits = &self.env.config.limits;
+        let now = Instant::now();
+        let mut clock = Clock {
+            started: now,
+            last_read: now,
+            ping_interval: Duration::from_secs(limits.ping_interval_secs),
+            idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
+            armed: now + AUTH_TIMEOUT,
+        };
+        let mut budget = ReadBudget::new(
+            limits.read_rate_bytes_per_sec,
+            limits.read_burst_bytes,
+            std::time::Instant::now(),
+        );
+        let shutdown = self.env.shutdown.clone();
+        // Bytes may already be waiting in the TLS layer after a handshake, so the first
+        // turn reads without waiting for the socket.
+        let mut drain_now = true;
+        let sleep = tokio::time::sleep_until(clock.armed);
+        tokio::pin!(sleep);
+
+        let end = loop {
+            let due = self.next_deadline(&clock);
+            if due < clock.armed {
+                clock.armed = due;
+                sleep.as_mut().reset(due);
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.proto.close(Some("system-shutdown"), None);
+                    break End::Closed;
+                }
+                ready = conn.readable(), if !drain_now => {
+                    if let Err(e) = ready {
+                        debug!(error = %e, "socket failed");
+                        break End::Io;
+                    }
+                    drain_now = true;
+                }
+                () = std::future::ready(()), if drain_now => {
+                    let (n, more) = match self.drain(&mut conn).await {
+                        Ok(r) => r,
+                        Err(end) => break end,
+                    };
+                    // A STARTTLS handshake happens inside `drain`, which then goes on
+                    // reading the TLS stream until it is empty, so nothing waits unseen.
+                    drain_now = more;
+                    if n > 0 {
+                        clock.last_read = Instant::now();
+                        self.ping_outstanding = false;
+                    }
+                    if let Some(wait) = budget.spend(n, std::time::Instant::now()) {
+                        // Over the read budget: stop reading for a while (RFC 6120 §13.12).
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break End::Io };
+                    if let Some(end) = self.inbox(*msg, &mut rx, &mut conn).await {
+                        break end;
+                    }
+                }
+                () = &mut sleep => {
+                    if let Some(end) = self.on_timer(&mut clock, &mut conn).await {
+                        break end;
+                    }
+                    sleep.as_mut().reset(clock.armed);
+                }
+            }
+        };
+        if matches!(end, End::Closed) {
+            let _ = self.flush(&mut conn).await;
+        }
+        Box::pin(self.finish()).await;
+        // Messages still queued for this session must not be lost: keep the chat ones.
+        rx.close();
+        while let Ok(msg) = rx.try_recv() {
+            if let ToSession::Stanza(el) = *msg {
+                Box::pin(self.rescue(el)).await;
+            }
+        }
+        conn.shutdown().await;
+    }
+
+    /// Handles a message from another session and whatever else is queued, so one write
+    /// carries a batch.
+    async fn inbox(
+        &mut self,
+        first: ToSession,
+        rx: &mut SessionRx,
+        conn: &mut Conn,
+    ) -> Option<End> {
+        Box::pin(self.on_message_from_router(first)).await;
+        for _ in 0..INBOX_BATCH {
+            match rx.try_recv() {
+                Ok(msg) => Box::pin(self.on_message_from_router(*msg)).await,
+                Err(_) => break,
+            }
+        }
+        self.drive(conn).await
+    }
+
+    /// The timer fired: the login deadline, a ping to a silent client, or the idle timeout.
+    /// Leaves `clock.armed` at the next deadline.
+    async fn on_timer(&mut self, clock: &mut Clock, conn: &mut Conn) -> Option<End> {
+        let now = Instant::now();
+        let deadline = self.next_deadline(clock);
+        if now < deadline {
+            clock.armed = deadline;
+            return None;
+        }
+        if self.user.is_none() {
+            self.proto.close(
+                Some("connection-timeout"),
+                Some("authentication took too long"),
+            );
+            return Some(End::Closed);
+        }
+        if !self.ping_outstanding && clock.ping_interval < clock.idle_timeout {
+            self.send_ping();
+            self.ping_outstanding = true;
+            clock.armed = clock.last_read + clock.idle_timeout;
+            return self.flush(conn).await;
+        }
+        self.proto.close(Some("connection-timeout"), None);
+        Some(End::Closed)
+    }
+
+    /// When the timer must next act: before authentication, the login deadline;
+    /// afterwards a ping when the client has been silent, then the idle timeout.
+    fn next_deadline(&self, clock: &Clock) -> Instant {
+        if self.user.is_none() {
+            clock.started + AUTH_TIMEOUT
+        } else if self.ping_outstanding {
+            clock.last_read + clock.idle_timeout
+        } else {
+            clock.last_read + clock.ping_interval.min(clock.idle_timeout)
+        }
+    }
+
+    /// Reads what the socket (and the TLS layer) has now, without waiting, and processes
+    /// it. Returns the bytes read and whether more may be waiting. The buffer exists only
+    /// while reading, so an idle session holds none.
+    async fn drain(&mut self, conn: &mut Conn) -> Result<(usize, bool), End> {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut total = 0;
+        while total < MAX_READ_PER_TURN {
+            match conn.try_read(&mut buf) {
+                Ok(None) => return Ok((total, false)),
+                Ok(Some(0)) => return Err(End::Io),
+                Ok(Some(n)) => {
+                    total += n;
+                    self.proto.handle_input(&buf[..n]);
+                    if let Some(end) = self.drive(conn).await {
+                        return Err(end);
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "read failed");
+                    return Err(End::Io);
+                }
+            }
+        }
+        Ok((total, true))
+    }
+
+    /// Processes protocol events and writes output; `Some` when the session must end.
+    ///
+    /// Handlers are awaited boxed: their state exists only while a stanza is handled,
+    /// instead of being part of every idle session's task.
+    async fn drive(&mut self, conn: &mut Conn) -> Option<End> {
+        loop {
+            while let Some(event) = self.proto.poll_event() {
+                if let Some(end) = Box::pin(self.on_event(event, conn)).await {
+                    return Some(end);
+                }
+            }
+            if let Some(end) = self.flush(conn).await {
+                return Some(end);
+            }
+            // Peek, not poll: a polled event would be lost.
+            if !self.proto.has_event() {
+                return None;
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: Event, conn: &mut Conn) -> Option<End> {
+        match event {
+            Event::StartTls => {
+                if let Some(end) = self.flush(conn).await {
+                    return Some(end);
+                }
+                let plain = std::mem::replace(conn, Conn::Detached);
+                match Box::pin(plain.accept_tls(&self.env.tls_starttls)).await {
+                    Some(tls) => *conn = tls,
+                    None => return Some(End::Io),
+                }
+                self.proto.tls_established();
+            }
+            Event::NeedCredentials { username, domain } => {
+                self.provide_credentials(&username, &domain).await;
+            }
+            Event::Authenticated { user } => self.authenticated(user),
+            Event::AuthFailed {
+                username,
+                condition,
+            } => self.auth_failed(username, condition),
+            Event::PreAuthIq(iq) => self.on_pre_auth_iq(iq).await,
+            Event::BindRequest { resource } => self.bind(resource).await,
+            Event::Bound { jid } => {
+                tracing::Span::current().record("jid", jid.as_str());
+                self.jid = Some(jid);
+            }
+            Event::Stanza(el) => self.on_client_stanza(el).await,
+            Event::Closed { error } => {
+                if let Some(condition) = error {
+                    info!(condition, "stream closed with error");
+                }
+                let _ = self.flush(conn).await;
+                return Some(End::Closed);
+            }
+        }
+        None
+    }
+
+    /// Writes all pending output. After each successful write, a delivered offline batch
+    /// is deleted and the next one queued, so this loops until the queue is drained.
+    async fn flush(&mut self, conn: &mut Conn) -> Option<End> {
+        while self.proto.has_output() {
+            let out = self.proto.take_output();
+            match tokio::time::timeout(WRITE_TIMEOUT, conn.write_all(&out)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(error = %e, "write failed");
+                    return Some(End::Io);
+                }
+                Err(_) => {
+                    info!("write timed out; closing a client that does not read");
+                    return Some(End::Io);
+                }
+            }
+            if self.offline_pending.is_some() && !self.proto.is_closed() {
+                Box::pin(self.offline_written()).await;
+            }
+        }
+        None
+    }
+
+    /// Answers a stanza from our own client with an error, unless it is itself an error or
+    /// a result (RFC 6120 §8.3.1: never answer an error with an error).
+    fn reply_error(&mut self, el: &Element, error: &StanzaError) {
+        if matches!(el.attr("type"), Some("error") | Some("result")) {
+            return;
+        }
+        let mut reply = stanza::error_reply(el, error);
+        if el.attr("to").is_none() {
+            let domain = self.proto.domain().to_owned();
+            stanza::set_attr(&mut reply, "from", &domain);
+        }
+        self.proto.send(&reply);
+    }
+
+    /// Sends an error to whoever sent `el`: our own client, or anyone else wherever they
+    /// are.
+    fn error_to_sender(&mut self, el: &Element, error: StanzaError) {
+        let from = el.attr("from");
+        if from.is_some() && from == self.jid.as_ref().map(|j| j.as_str()) {
+            self.reply_error(el, &error);
+        } else {
+            self.delivery().bounce(el, error);
+        }
+    }
+
+    /// Tells the sender of what could not be delivered.
+    fn undeliverable(&mut self, result: Result<(), Box<Undeliverable>>) {
+        if let Err(u) = result {
+            self.error_to_sender(&u.stanza, u.error);
+        }
+    }
+
+    /// Whether the user blocks `jid` (XEP-0191).
+    fn blocks(&self, jid: &str) -> bool {
+        crate::blocking::matches(&self.blocklist, jid)
+    }
+
+    /// The last available presence broadcast, for answering probes.
+    fn current_presence(&self) -> Option<Element> {
+        self.presence.as_deref().and_then(|p| p.parse().ok())
+    }
+
+    fn send_ping(&mut self) {
+        let mut iq = Element::builder("iq", ns::CLIENT)
+            .attr(stanza::name("type"), "get")
+            .attr(stanza::name("id"), format!("ping-{}", self.id))
+            .append(Element::builder("ping", ns::PING).build())
+            .build();
+        stanza::set_attr(&mut iq, "from", self.proto.domain());
+        if let Some(jid) = &self.jid {
+            stanza::set_attr(&mut iq, "to", jid.as_str());
+        }
+        self.proto.send(&iq);
+    }
+
+    /// Ends the session: unavailable presence to everyone who had presence (on clean and
+    /// abrupt disconnects alike, RFC 6121 §4.5.2), and the router entry removed.
+    async fn finish(&mut self) {
+        self.release_offline();
+        if let Some(jid) = self.jid.clone() {
+            if self.available || !self.directed.is_empty() {
+                let unavailable = stanza::presence(Some("unavailable"), jid.as_str(), None);
+                self.broadcast_unavailable(unavailable);
+            }
+            self.delivery().router().unbind(&jid, self.id);
+            info!("session ended");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! What the client sends once bound: messages (RFC 6121 §8), IQs (RFC 6120 §8.2.3) and
+//! their dispatch to the services; presence is in `presence`.
+
+use jid::{BareJid, Jid};
+use minidom::Element;
+use outpost_proto::stanza::{self, Condition, ns};
+
+use super::Session;
+use crate::router::{ToSession, Undelivered};
+use crate::services::{self, IqAnswer};
+use crate::{blocking, roster};
+
+impl Session {
+    pub(super) async fn on_client_stanza(&mut self, el: Element) {
+        let to = match el.attr("to") {
+            None => None,
+            Some(to) => match Jid::new(to) {
+                Ok(j) => Some(j),
+                Err(_) => {
+                    // RFC 6120 §8.3.3.8: an address that does not parse.
+                    self.reply_error(&el, &Condition::JidMalformed.into());
+                    return;
+                }
+            },
+        };
+        match el.name() {
+            "message" => self.on_outbound_message(el, to).await,
+            "presence" => self.on_outbound_presence(el, to).await,
+            _ => self.on_outbound_iq(el, to).await,
+        }
+    }
+
+    /// Sends the answer to a request from our client.
+    pub(super) fn answer(&mut self, request: &Element, answer: IqAnswer) {
+        match answer {
+            Ok(reply) => self.proto.send(&reply),
+            Err(error) => self.reply_error(request, &error),
+        }
+    }
+
+    /// A stanza to an entity the user blocks (XEP-0191 §3.5).
+    fn reply_blocked(&mut self, el: &Element) {
+        if stanza::may_answer_with_error(el) {
+            self.proto
+                .send(&stanza::error_reply(el, &blocking::blocked_error()));
+        }
+    }
+
+    async fn on_outbound_message(&mut self, el: Element, to: Option<Jid>) {
+        let to = match to {
+            Some(to) => to,
+            // A message without `to` is for the user's own bare JID (RFC 6120 §10.3.1).
+            None => match &self.user {
+                Some(user) => Jid::from(user.clone()),
+                None => return,
+            },
+        };
+        if self.blocks(to.as_str()) {
+            self.reply_blocked(&el);
+            return;
+        }
+        let env = self.env.clone();
+        let result = env.delivery.message(el, to).await;
+        self.undeliverable(result);
+    }
+
+    async fn on_outbound_iq(&mut self, el: Element, to: Option<Jid>) {
+        match el.attr("type").unwrap_or("") {
+            "result" | "error" => {
+                if let Some(Ok(full)) = to.as_ref().map(|t| t.try_as_full())
+                    && !self.blocks(full.as_str())
+                {
+                    self.delivery().send(el);
+                }
+                return;
+            }
+            "get" | "set" => {}
+            _ => {
+                self.reply_error(&el, &Condition::BadRequest.into());
+                return;
+            }
+        }
+        if el.attr("id").is_none() || el.children().count() != 1 {
+            // RFC 6120 §8.2.3: an id and exactly one payload.
+            self.reply_error(&el, &Condition::BadRequest.into());
+            return;
+        }
+        let Some(to) = to else {
+            self.own_iq(el).await;
+            return;
+        };
+        if self.blocks(to.as_str()) {
+            self.reply_blocked(&el);
+            return;
+        }
+        if !self.delivery().is_local(to.domain().as_str()) {
+            if self.delivery().reaches(to.domain().as_str()) {
+                // Best-effort: an IQ that cannot be sent soon is answered with an error.
+                self.delivery().send(el);
+            } else {
+                self.reply_error(&el, &Condition::RemoteServerNotFound.into());
+            }
+            return;
+        }
+        match to.try_as_full() {
+            Ok(full) => self.iq_to_resource(el, full),
+            Err(bare) if bare.node().is_none() => self.server_iq(el).await,
+            Err(bare) if Some(bare) == self.user.as_ref() => self.own_iq(el).await,
+            Err(bare) => {
+                let env = self.env.clone();
+                let answer = services::account_iq(&env.delivery, &el, bare).await;
+                self.answer(&el, answer);
+            }
+        }
+    }
+
+    /// An IQ request for another local resource, forwarded to it.
+    fn iq_to_resource(&mut self, el: Element, full: &jid::FullJid) {
+        match self
+            .delivery()
+            .router()
+            .send_to_full(full, ToSession::Stanza(el))
+        {
+            Ok(()) => {}
+            // RFC 6121 §8.5.3.1: no such resource.
+            Err(Undelivered::NotBound(ToSession::Stanza(el))) => {
+                self.reply_error(&el, &Condition::ServiceUnavailable.into());
+            }
+            Err(Undelivered::Full(ToSession::Stanza(el))) => {
+                self.reply_error(&el, &Condition::ResourceConstraint.into());
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// An IQ without `to`, or to the user's own bare JID: handled for the account
+    /// (RFC 6120 §10.3.3).
+    async fn own_iq(&mut self, el: Element) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        let env = self.env.clone();
+        let d = &env.delivery;
+        let (name, payload_ns) = services::payload_key(&el);
+        let get = el.attr("type") == Some("get");
+        let answer = match (name.as_str(), payload_ns.as_str()) {
+            ("query", ns::ROSTER) => return self.roster_iq(el, &user).await,
+            ("vCard", ns::VCARD) if get => services::vcard_get(d, &el, &user).await,
+            ("vCard", ns::VCARD) => services::vcard_set(d, &el, &user).await,
+            ("blocklist", ns::BLOCKING) if get => {
+                self.blocklist_interested = true;
+                Ok(blocking::list_reply(&el, &self.blocklist))
+            }
+            ("block" | "unblock", ns::BLOCKING) => {
+                let push_id = format!("block-push-{}", self.id);
+                blocking::change(d, &user, &el, &push_id).await
+            }
+            ("blocklist", ns::BLOCKING) => Err(Condition::BadRequest.into()),
+            ("query", ns::REGISTER) => services::register_account(d, &env.config, &user, &el).await,
+            ("query", ns::DISCO_INFO) if el.attr("to").is_some() => {
+                Ok(services::account_disco(&el))
+            }
+            // Without `to`, discovery and the rest address the server.
+            _ => return self.server_iq(el).await,
+        };
+        self.answer(&el, answer);
+    }
+
+    /// An IQ to the server's domain.
+    async fn server_iq(&mut self, el: Element) {
+        if services::payload_key(&el) == ("query".to_owned(), ns::REGISTER.to_owned()) {
+            let (Some(user), env) = (self.user.clone(), self.env.clone()) else {
+                return;
+            };
+            let answer = services::register_account(&env.delivery, &env.config, &user, &el).await;
+            self.answer(&el, answer);
+            return;
+        }
+        let answer = services::server_iq(&el, self.env.config.registration_enabled());
+        self.answer(&el, answer);
+    }
+
+    /// A roster get or set (RFC 6121 §2); a get makes this an interested resource.
+    async fn roster_iq(&mut self, el: Element, user: &BareJid) {
+        let env = self.env.clone();
+        if el.attr("type") == Some("get") {
+            match roster::get(&env.delivery, user, &el).await {
+                Ok((reply, items)) => {
+                    self.roster_interested = true;
+                    self.roster = items.into_iter().map(|i| (i.jid.clone(), i)).collect();
+                    self.proto.send(&reply);
+                }
+                Err(e) => self.reply_error(&el, &e),
+            }
+            return;
+        }
+        match roster::set(&env.delivery, user, &el).await {
+            Ok(updates) => {
+                self.apply_updates(&updates);
+                self.proto.send(&stanza::iq_result(&el, None));
+            }
+            Err(e) => self.reply_error(&el, &e),
+        }
+    }
+
+    /// A roster change this session made: its own cache first, so the rest of the
+    /// stanza's handling sees it (its push comes through the channel too).
+    pub(super) fn apply_updates(&mut self, updates: &[roster::Update]) {
+        for u in updates {
+            if Some(&u.owner) != self.user.as_ref() {
+                continue;
+            }
+            match &u.item {
+                Some(i) => {
+                    self.roster.insert(u.jid.clone(), i.clone());
+                }
+                None => {
+                    self.roster.remove(&u.jid);
+                }
+            }
+        }
+    }
+}
