@@ -1,5 +1,6 @@
-//! The client side of SCRAM-SHA-1 without channel binding (RFC 5802 §3, §5), as every
-//! server compared here offers it.
+//! SCRAM-SHA-1 without channel binding (RFC 5802 §3, §5), as every server compared here
+//! offers it, on [`outpost_testkit::scram`]; this module adds the base64 of XMPP's SASL
+//! elements and the salted-password cache.
 //!
 //! The salted password is cached per (salt, iteration count), which RFC 5802 §5.1 allows a
 //! client to do: the login-storm scenario then measures the server's work, not the
@@ -10,21 +11,17 @@ use std::sync::Mutex;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
-use sha1::{Digest as _, Sha1};
+use outpost_testkit::scram::{self, Scram};
 
-type SaltedPassword = [u8; 20];
 /// (salt, iteration count, password).
 type SaltKey = (Vec<u8>, u32, String);
 
 /// What the client remembers between its first and final message.
-pub struct ScramClient {
-    client_first_bare: String,
-    nonce: String,
-}
+pub struct ScramClient(scram::ScramClient);
 
 /// The client-final message and the server signature the server must answer with.
 pub struct ScramFinal {
+    /// Base64, as it goes into `<response/>`.
     pub client_final: String,
     pub expected_server_final: String,
     pub iterations: u32,
@@ -33,49 +30,31 @@ pub struct ScramFinal {
 /// Salted passwords already computed, shared by all connections of one run.
 #[derive(Default)]
 pub struct SaltCache {
-    map: Mutex<HashMap<SaltKey, SaltedPassword>>,
+    map: Mutex<HashMap<SaltKey, Vec<u8>>>,
 }
 
 impl SaltCache {
-    fn salted(&self, password: &str, salt: &[u8], iterations: u32) -> SaltedPassword {
+    fn salted(&self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
         let key = (salt.to_vec(), iterations, password.to_owned());
         if let Some(s) = self.lock().get(&key) {
-            return *s;
+            return s.clone();
         }
-        let mut out = [0u8; 20];
-        pbkdf2::pbkdf2_hmac::<Sha1>(password.as_bytes(), salt, iterations, &mut out);
-        self.lock().insert(key, out);
-        out
+        let salted = Scram::Sha1.salted_password(password, salt, iterations);
+        self.lock().insert(key, salted.clone());
+        salted
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SaltKey, SaltedPassword>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SaltKey, Vec<u8>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 20] {
-    let mut m = Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(data);
-    m.finalize().into_bytes().into()
-}
-
-/// `saslname` escaping of the user name (RFC 5802 §5.1).
-fn escape_name(user: &str) -> String {
-    user.replace('=', "=3D").replace(',', "=2C")
 }
 
 impl ScramClient {
     /// Starts an exchange; returns the state and the base64 client-first message.
     pub fn start(user: &str, client_nonce: &str) -> (ScramClient, String) {
-        let client_first_bare = format!("n={},r={client_nonce}", escape_name(user));
-        let msg = B64.encode(format!("n,,{client_first_bare}"));
-        (
-            ScramClient {
-                client_first_bare,
-                nonce: client_nonce.to_owned(),
-            },
-            msg,
-        )
+        let client = scram::ScramClient::new(Scram::Sha1, user, client_nonce);
+        let msg = B64.encode(client.client_first());
+        (ScramClient(client), msg)
     }
 
     /// Answers the server-first message (base64 as received).
@@ -90,39 +69,16 @@ impl ScramClient {
             .map_err(|e| format!("server-first is not base64: {e}"))?;
         let server_first =
             String::from_utf8(raw).map_err(|_| "server-first is not UTF-8".to_owned())?;
-        let attr = |key: &str| {
-            server_first
-                .split(',')
-                .find_map(|a| a.strip_prefix(key))
-                .ok_or_else(|| format!("no {key} in server-first"))
-        };
-        let nonce = attr("r=")?;
-        if !nonce.starts_with(&self.nonce) || nonce.len() <= self.nonce.len() {
-            return Err("server nonce does not extend ours".to_owned());
-        }
-        let salt = B64
-            .decode(attr("s=")?)
-            .map_err(|e| format!("salt is not base64: {e}"))?;
-        let iterations: u32 = attr("i=")?
-            .parse()
-            .map_err(|_| "bad iteration count".to_owned())?;
-        let salted = cache.salted(password, &salt, iterations);
-        let client_key = hmac(&salted, b"Client Key");
-        let stored_key: [u8; 20] = Sha1::digest(client_key).into();
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
-        let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
-        let server_key = hmac(&salted, b"Server Key");
-        let server_signature = hmac(&server_key, auth_message.as_bytes());
+        let parsed = self
+            .0
+            .parse_server_first(&server_first)
+            .map_err(|e| e.to_string())?;
+        let salted = cache.salted(password, &parsed.salt, parsed.iterations);
+        let fin = self.0.finish(&parsed, &salted);
         Ok(ScramFinal {
-            client_final: B64.encode(format!("{without_proof},p={}", B64.encode(proof))),
-            expected_server_final: format!("v={}", B64.encode(server_signature)),
-            iterations,
+            client_final: B64.encode(fin.message),
+            expected_server_final: fin.expected_server_final,
+            iterations: fin.iterations,
         })
     }
 }

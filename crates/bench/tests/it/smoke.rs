@@ -8,36 +8,18 @@ use std::time::Duration;
 
 use outpost_bench::scenarios::{self, users};
 use outpost_bench::{Mech, Target};
-use outpost_server::config::Config;
-use outpost_server::{ListenerKind, ServerHandle, TlsIdentity};
-use outpost_store::MemoryStore;
+use outpost_testkit::TestServer;
 
 const DOMAIN: &str = "bench.local";
 
-async fn start_server(dir: &tempfile::TempDir) -> (ServerHandle, SocketAddr) {
-    let mut config = Config {
-        domains: vec![DOMAIN.to_owned()],
-        data_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    config.listen.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
-    config.listen.c2s_tls = vec![];
-    config.registration.enabled = Some(true);
-    config.auth.allow_plaintext_without_tls = true;
-    // Fast hashing: timings are not the point here.
-    config.auth.scram_iterations = 16;
-    config.validate().expect("valid config");
-    let identity = TlsIdentity::self_signed(&config.domains).expect("certificate");
-    let handle = ServerHandle::start(config, Arc::new(MemoryStore::new()), identity)
-        .await
-        .expect("server starts");
-    let addr = handle
-        .local_addrs()
-        .into_iter()
-        .find(|(k, _)| *k == ListenerKind::C2sStartTls)
-        .map(|(_, a)| a)
-        .expect("listener");
-    (handle, addr)
+async fn start_server() -> TestServer {
+    TestServer::start_in_memory_with(|config| {
+        config.domains = vec![DOMAIN.to_owned()];
+        config.auth.allow_plaintext_without_tls = true;
+        // Fast hashing: timings are not the point here.
+        config.auth.scram_iterations = 16;
+    })
+    .await
 }
 
 fn target(addr: SocketAddr, tls: bool) -> Arc<Target> {
@@ -50,8 +32,8 @@ fn target(addr: SocketAddr, tls: bool) -> Arc<Target> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_against_outpost() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (server, addr) = start_server(&dir).await;
+    let mut server = start_server().await;
+    let addr = server.starttls;
     let t = target(addr, false);
 
     let reg = scenarios::register(&t, "u", 1, 8, 4).await;
@@ -148,13 +130,13 @@ async fn every_scenario_runs_against_outpost() {
         assert!(run.all_presences_s.is_some(), "{roster:?}");
     }
 
-    server.shutdown().await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starttls_logins_work() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (server, addr) = start_server(&dir).await;
+    let mut server = start_server().await;
+    let addr = server.starttls;
     let t = target(addr, true);
     let reg = scenarios::register(&t, "t", 1, 3, 3).await;
     assert_eq!(reg.created, 3, "{reg:?}");
@@ -171,5 +153,5 @@ async fn starttls_logins_work() {
     )
     .await;
     assert_eq!((idle.connected, idle.alive_at_end), (3, 3), "{idle:?}");
-    server.shutdown().await;
+    server.stop().await;
 }

@@ -3,16 +3,13 @@
 //! (`federation.peers`) is a closed port, so every stream, dialback verifications included,
 //! goes through the `s2s-websocket` listeners.
 
-mod common;
-
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use outpost_proto::minidom::Element;
 use outpost_server::ListenerKind;
 use outpost_server::config::Config;
+use outpost_testkit::*;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,14 +19,6 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
 const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
 const NS_XMPP_STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
-
-/// A loopback port nobody listens on: bound, then released.
-async fn closed_port() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr")
-}
 
 fn over_websocket(domain: &'static str, dead: SocketAddr) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
@@ -81,36 +70,6 @@ async fn pair() -> (TestServer, TestServer) {
     (a, b)
 }
 
-fn chat(to: &str, text: &str) -> String {
-    format!("<message to='{to}' type='chat'><body>{text}</body></message>")
-}
-
-fn is_chat_from(el: &Element, from: &str) -> bool {
-    el.name() == "message" && el.attr("from") == Some(from) && body(el).is_some()
-}
-
-/// Waits, within a bound, until the store's outbox figures show nothing queued from
-/// `local` to `remote`: the peer acknowledged every stanza (XEP-0198).
-async fn wait_for_empty_outbox(server: &TestServer, local: &str, remote: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let stats = server.store.outbox_stats().await.expect("stats");
-        let queued: u64 = stats
-            .iter()
-            .filter(|s| s.local_domain == local && s.remote_domain == remote)
-            .map(|s| s.queued)
-            .sum();
-        if queued == 0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{queued} stanzas from {local} to {remote} still queued"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn chat_both_ways_over_websocket_arrives_once_in_order() {
     let (a, b) = pair().await;
@@ -140,8 +99,8 @@ async fn chat_both_ways_over_websocket_arrives_once_in_order() {
         assert_eq!(body(&got), Some(format!("b{i}")));
     }
 
-    wait_for_empty_outbox(&a, "a.test", "b.test").await;
-    wait_for_empty_outbox(&b, "b.test", "a.test").await;
+    a.wait_for_empty_outbox("b.test").await;
+    b.wait_for_empty_outbox("a.test").await;
     // Exactly once: nothing more after the last one.
     bob.assert_none_before_ping(|el| el.name() == "message", "a duplicate")
         .await;
@@ -329,7 +288,7 @@ async fn bad_messages_end_only_their_own_stream() {
         .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
         .await;
     assert_eq!(body(&got).as_deref(), Some("after"));
-    wait_for_empty_outbox(&a, "a.test", "b.test").await;
+    a.wait_for_empty_outbox("b.test").await;
 }
 
 #[tokio::test]

@@ -6,15 +6,12 @@
 //! (except where the override is the subject); `b.test` reaches `a.test` through a
 //! `federation.peers` entry, so only the A → B direction depends on DNS.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddr};
 
-use common::dns::DnsServer;
-use common::*;
-use hickory_proto::rr::RecordType;
 use outpost_server::config::Config;
-use outpost_server::{LinkState, LinkStatus, ListenerKind};
+use outpost_server::{LinkState, ListenerKind};
+use outpost_testkit::dns::{DnsServer, RecordType};
+use outpost_testkit::*;
 
 fn federated(domain: &'static str, dns: SocketAddr, srv_lookup: bool) -> impl FnOnce(&mut Config) {
     move |c: &mut Config| {
@@ -50,10 +47,7 @@ async fn start_a(dns: &DnsServer, b: Option<&TestServer>) -> TestServer {
     let a = TestServer::start_with(federated("a.test", dns.addr, true)).await;
     a.add_user("alice", "wonderland").await;
     if let Some(b) = b {
-        handle(b).set_peer_address(
-            "a.test",
-            host_port(&listener(&a, ListenerKind::S2s).to_string()),
-        );
+        handle(b).set_peer_address("a.test", listener(&a, ListenerKind::S2s).into());
     }
     a
 }
@@ -69,18 +63,6 @@ fn listener(server: &TestServer, kind: ListenerKind) -> SocketAddr {
         .find(|(k, _)| *k == kind)
         .map(|(_, a)| a)
         .expect("listener")
-}
-
-/// A loopback port nothing listens on: bound by the OS, then released.
-async fn closed_port() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn chat(to: &str, text: &str) -> String {
-    format!("<message to='{to}' type='chat'><body>{text}</body></message>")
 }
 
 /// Alice (on A) writes to Bob (on B) and Bob answers: both directions carry a message.
@@ -102,27 +84,6 @@ async fn exchange(a: &TestServer, b: &TestServer) {
         .await;
 }
 
-/// Waits, on the link board's change signal, until A's link to B satisfies `pred`.
-async fn wait_for_link(a: &TestServer, pred: impl Fn(&LinkStatus) -> bool) -> LinkStatus {
-    let h = handle(a);
-    let mut changes = h.link_changes().expect("federation is on");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let statuses = h.link_statuses().await.expect("link statuses");
-        if let Some(s) = statuses
-            .into_iter()
-            .find(|s| s.local == "a.test" && s.remote == "b.test")
-            .filter(|s| pred(s))
-        {
-            return s;
-        }
-        tokio::time::timeout_at(deadline, changes.changed())
-            .await
-            .expect("the link reached the expected state in time")
-            .expect("the link board is alive");
-    }
-}
-
 #[tokio::test]
 async fn an_xmpps_server_record_leads_to_direct_tls() {
     let dns = DnsServer::start().await;
@@ -136,7 +97,7 @@ async fn an_xmpps_server_record_leads_to_direct_tls() {
     exchange(&a, &b).await;
     assert!(dns.was_asked("_xmpps-server._tcp.b.test", RecordType::SRV));
     assert!(dns.was_asked("tls.b.test", RecordType::A));
-    let status = wait_for_link(&a, |s| s.state == LinkState::Up).await;
+    let status = a.wait_link("b.test", |s| s.state == LinkState::Up).await;
     assert_eq!(status.last_error, None);
 }
 
@@ -161,7 +122,7 @@ async fn an_xmpp_server_record_leads_to_starttls() {
 async fn a_dead_better_target_fails_over_to_the_next() {
     let dns = DnsServer::start().await;
     let b = start_b(&dns, true).await;
-    let dead = closed_port().await;
+    let dead = closed_port().await.port();
     // The preferred record (lower priority value) points at a closed port.
     dns.add_srv("_xmpps-server._tcp.b.test", 0, 0, dead, "dead.b.test");
     dns.add_a("dead.b.test", Ipv4Addr::LOCALHOST);
@@ -181,7 +142,7 @@ async fn a_dead_better_target_fails_over_to_the_next() {
 #[tokio::test]
 async fn when_every_target_fails_the_link_names_each() {
     let dns = DnsServer::start().await;
-    let (first, second) = (closed_port().await, closed_port().await);
+    let (first, second) = (closed_port().await.port(), closed_port().await.port());
     dns.add_srv("_xmpps-server._tcp.b.test", 0, 0, first, "one.b.test");
     dns.add_srv("_xmpp-server._tcp.b.test", 1, 0, second, "two.b.test");
     dns.add_a("one.b.test", Ipv4Addr::LOCALHOST);
@@ -190,7 +151,7 @@ async fn when_every_target_fails_the_link_names_each() {
     let mut alice = a.login("alice", "wonderland", "phone").await;
     alice.send(&chat("bob@b.test", "anyone?")).await;
 
-    let status = wait_for_link(&a, |s| s.last_error.is_some()).await;
+    let status = a.wait_link("b.test", |s| s.last_error.is_some()).await;
     let error = status.last_error.expect("an error");
     assert!(
         error.contains(&format!("xmpps one.b.test:{first}"))
@@ -204,14 +165,11 @@ async fn a_peers_entry_beats_srv_records() {
     let dns = DnsServer::start().await;
     let b = start_b(&dns, false).await;
     // DNS points at a closed port; the override points at B.
-    let dead = closed_port().await;
+    let dead = closed_port().await.port();
     dns.add_srv("_xmpp-server._tcp.b.test", 0, 0, dead, "dead.b.test");
     dns.add_a("dead.b.test", Ipv4Addr::LOCALHOST);
     let a = start_a(&dns, Some(&b)).await;
-    handle(&a).set_peer_address(
-        "b.test",
-        host_port(&listener(&b, ListenerKind::S2s).to_string()),
-    );
+    handle(&a).set_peer_address("b.test", listener(&b, ListenerKind::S2s).into());
 
     exchange(&a, &b).await;
     let asked = dns.asked();
@@ -232,12 +190,13 @@ async fn a_root_target_means_no_service_and_no_fallback() {
     alice.available().await;
     alice.send(&chat("bob@b.test", "is anyone there?")).await;
 
-    let status = wait_for_link(&a, |s| {
-        s.last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("offers no server-to-server service"))
-    })
-    .await;
+    let status = a
+        .wait_link("b.test", |s| {
+            s.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("offers no server-to-server service"))
+        })
+        .await;
     assert_ne!(status.state, LinkState::Up);
     assert!(dns.was_asked("_xmpp-server._tcp.b.test", RecordType::SRV));
     assert!(!dns.was_asked("b.test", RecordType::A));

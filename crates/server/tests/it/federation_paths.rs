@@ -2,16 +2,11 @@
 //! pinned or self-signed certificates and SASL EXTERNAL, and what a link does when it
 //! comes back (presence re-probed). Three servers in one process on loopback.
 
-mod common;
-
-use std::time::Duration;
-
-use common::*;
-use outpost_proto::minidom::Element;
 use outpost_proto::xml::XmlEvent;
-use outpost_server::config::Config;
-use outpost_server::{LinkState, LinkStatus};
+use outpost_server::LinkState;
+use outpost_server::config::{Config, HostPort};
 use outpost_store::{RosterItem, Subscription};
+use outpost_testkit::*;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use sha2::Digest as _;
@@ -34,30 +29,12 @@ fn site(domain: &'static str, hub: Option<&'static str>) -> impl FnOnce(&mut Con
     }
 }
 
-fn s2s(server: &TestServer) -> String {
-    server.s2s.expect("s2s listener").to_string()
+fn s2s(server: &TestServer) -> HostPort {
+    server.s2s.expect("s2s listener").into()
 }
 
 fn handle(server: &TestServer) -> &outpost_server::ServerHandle {
     server.handle.as_ref().expect("running")
-}
-
-/// An address where nothing listens: connections are refused.
-async fn closed_port() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr").to_string();
-    drop(l);
-    addr
-}
-
-fn chat(to: &str, text: &str) -> String {
-    format!("<message to='{to}' type='chat'><body>{text}</body></message>")
-}
-
-fn is_chat_from(el: &Element, from: &str) -> bool {
-    el.name() == "message" && el.attr("from") == Some(from) && body(el).is_some()
 }
 
 /// alice@a.test sends `n` numbered messages to carol@c.test, who must get each once, in
@@ -84,26 +61,6 @@ async fn alice_to_carol_once_in_order(
         .await;
 }
 
-/// Waits until `server`'s link to `remote` satisfies `pred`, and returns it.
-async fn wait_link(
-    server: &TestServer,
-    remote: &str,
-    pred: impl Fn(&LinkStatus) -> bool,
-) -> LinkStatus {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let links = handle(server).link_statuses().await.expect("statuses");
-        if let Some(l) = links.iter().find(|l| l.remote == remote && pred(l)) {
-            return l.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "link to {remote} never got there: {links:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Sites a.test and c.test that cannot reach each other, and the hub h.test that relays
 /// between them and reaches both.
 async fn hub_and_sites(relay_for: &[&str]) -> (TestServer, TestServer, TestServer) {
@@ -116,13 +73,13 @@ async fn hub_and_sites(relay_for: &[&str]) -> (TestServer, TestServer, TestServe
     let a = TestServer::start_with(site("a.test", Some(HUB))).await;
     let c = TestServer::start_with(site("c.test", Some(HUB))).await;
     let refused = closed_port().await;
-    handle(&a).set_peer_address("c.test", host_port(&refused));
-    handle(&c).set_peer_address("a.test", host_port(&refused));
+    handle(&a).set_peer_address("c.test", refused.into());
+    handle(&c).set_peer_address("a.test", refused.into());
     for site in [&a, &c] {
-        handle(site).set_peer_address(HUB, host_port(&s2s(&hub)));
+        handle(site).set_peer_address(HUB, s2s(&hub));
     }
-    handle(&hub).set_peer_address("a.test", host_port(&s2s(&a)));
-    handle(&hub).set_peer_address("c.test", host_port(&s2s(&c)));
+    handle(&hub).set_peer_address("a.test", s2s(&a));
+    handle(&hub).set_peer_address("c.test", s2s(&c));
     a.add_user("alice", "wonderland").await;
     c.add_user("carol", "christmas").await;
     (hub, a, c)
@@ -145,9 +102,10 @@ async fn the_hub_relays_chat_between_sites_that_cannot_reach_each_other() {
     assert_eq!(body(&got).as_deref(), Some("and back"));
 
     // Operators see which path each link took, and why direct did not work.
-    let link = wait_link(&a, "c.test", |l| l.state == LinkState::Up).await;
+    let link = a.wait_link("c.test", |l| l.state == LinkState::Up).await;
     assert_eq!(link.path, "hub");
-    let link = wait_link(&c, "a.test", |l| l.queued == 0).await;
+    c.wait_for_empty_outbox("a.test").await;
+    let link = c.wait_link("a.test", |l| l.queued == 0).await;
     assert_eq!(link.path, "hub");
 }
 
@@ -194,12 +152,13 @@ async fn a_hub_refuses_domains_it_does_not_relay_for() {
     alice.send(&chat("carol@c.test", "not relayed")).await;
 
     // The hub ends that stream; the message stays queued, and the link says why.
-    let link = wait_link(&a, "c.test", |l| {
-        l.last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("host-unknown"))
-    })
-    .await;
+    let link = a
+        .wait_link("c.test", |l| {
+            l.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("host-unknown"))
+        })
+        .await;
     assert_eq!(link.queued, 1);
     carol
         .assert_none_before_ping(|el| el.name() == "message", "a message")
@@ -234,8 +193,8 @@ async fn pinned_pair(pin: Option<String>) -> (TestServer, TestServer) {
             .insert("b.test".to_owned(), pin.parse().expect("fingerprint"));
     })
     .await;
-    handle(&a).set_peer_address("b.test", host_port(&s2s(&b)));
-    handle(&b).set_peer_address("a.test", host_port(&closed_port().await));
+    handle(&a).set_peer_address("b.test", s2s(&b));
+    handle(&b).set_peer_address("a.test", closed_port().await.into());
     a.add_user("alice", "wonderland").await;
     b.add_user("bob", "builder").await;
     (a, b)
@@ -252,7 +211,9 @@ async fn a_pinned_peer_authenticates_with_certificates_alone() {
         .recv_where(|el| is_chat_from(el, "alice@a.test/phone"))
         .await;
     assert_eq!(body(&got).as_deref(), Some("pinned"));
-    wait_link(&a, "b.test", |l| l.queued == 0 && l.state == LinkState::Up).await;
+    a.wait_for_empty_outbox("b.test").await;
+    a.wait_link("b.test", |l| l.queued == 0 && l.state == LinkState::Up)
+        .await;
 }
 
 #[tokio::test]
@@ -262,10 +223,11 @@ async fn a_wrong_pin_fails_the_link_and_says_why() {
     let mut bob = b.login("bob", "builder", "pc").await;
     bob.available().await;
     alice.send(&chat("bob@b.test", "must not pass")).await;
-    let link = wait_link(&a, "b.test", |l| {
-        l.last_error.as_deref().is_some_and(|e| e.contains("TLS"))
-    })
-    .await;
+    let link = a
+        .wait_link("b.test", |l| {
+            l.last_error.as_deref().is_some_and(|e| e.contains("TLS"))
+        })
+        .await;
     assert_eq!(link.queued, 1);
     bob.assert_none_before_ping(|el| el.name() == "message", "a message")
         .await;
@@ -334,19 +296,17 @@ async fn presence_is_probed_again_when_a_link_comes_back() {
 
     // b.test is unreachable while alice comes online: her presence and her probe of bob
     // are dropped with the failed attempt.
-    handle(&a).set_peer_address("b.test", host_port(&closed_port().await));
+    handle(&a).set_peer_address("b.test", closed_port().await.into());
     let mut alice = a.login("alice", "wonderland", "phone").await;
     alice.available().await;
-    wait_link(&a, "b.test", |l| l.state == LinkState::Backoff).await;
+    a.wait_link("b.test", |l| l.state == LinkState::Backoff)
+        .await;
 
     // b.test is back; a message brings the link up.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    handle(&a).set_peer_address(
-        "b.test",
-        host_port(&listener.local_addr().expect("addr").to_string()),
-    );
+    handle(&a).set_peer_address("b.test", listener.local_addr().expect("addr").into());
     alice.send(&chat("bob@b.test", "are you there?")).await;
     let mut b = fake_b(&listener).await;
 
@@ -377,7 +337,7 @@ async fn queued_messages_bounce_when_their_lifetime_ends() {
     })
     .await;
     a.add_user("alice", "wonderland").await;
-    handle(&a).set_peer_address("b.test", host_port(&closed_port().await));
+    handle(&a).set_peer_address("b.test", closed_port().await.into());
     let mut alice = a.login("alice", "wonderland", "phone").await;
     alice.available().await;
     alice
@@ -430,15 +390,12 @@ async fn a_peer_that_never_acknowledges_keeps_its_queue_and_harms_no_other_link(
     let c = TestServer::start_with(plain("c.test")).await;
     a.add_user("alice", "wonderland").await;
     c.add_user("carol", "christmas").await;
-    handle(&a).set_peer_address("c.test", host_port(&s2s(&c)));
-    handle(&c).set_peer_address("a.test", host_port(&s2s(&a)));
+    handle(&a).set_peer_address("c.test", s2s(&c));
+    handle(&c).set_peer_address("a.test", s2s(&a));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    handle(&a).set_peer_address(
-        "b.test",
-        host_port(&listener.local_addr().expect("addr").to_string()),
-    );
+    handle(&a).set_peer_address("b.test", listener.local_addr().expect("addr").into());
 
     let mut alice = a.login("alice", "wonderland", "phone").await;
     let mut carol = c.login("carol", "christmas", "pc").await;
@@ -464,20 +421,15 @@ async fn a_peer_that_never_acknowledges_keeps_its_queue_and_harms_no_other_link(
     assert_eq!(body(&got).as_deref(), Some("unaffected"));
 
     // The silent peer's messages stay queued, and the link says why it backs off.
-    let deadline = tokio::time::Instant::now() + 3 * WAIT;
-    let link = loop {
-        let links = handle(&a).link_statuses().await.expect("statuses");
-        if let Some(l) = links.iter().find(|l| {
-            l.remote == "b.test"
-                && l.last_error
-                    .as_deref()
-                    .is_some_and(|e| e.contains("acknowledges nothing"))
-        }) {
-            break l.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{links:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // Noticing a silent peer takes the acknowledgement timeout and more: a longer bound
+    // than usual.
+    let link = a
+        .wait_link_within(3 * WAIT, "b.test", |l| {
+            l.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("acknowledges nothing"))
+        })
+        .await;
     assert_eq!(link.queued, 5);
     alice
         .assert_none_before_ping(|el| el.attr("type") == Some("error"), "a bounce")
@@ -503,12 +455,12 @@ async fn sites_reach_their_hub_over_websocket_when_only_https_passes() {
     let refused = closed_port().await;
     for (site, other) in [(&a, "c.test"), (&c, "a.test")] {
         // Neither the other site nor the hub's TCP port passes; HTTPS to the hub does.
-        handle(site).set_peer_address(other, host_port(&refused));
-        handle(site).set_peer_address(HUB, host_port(&refused));
+        handle(site).set_peer_address(other, refused.into());
+        handle(site).set_peer_address(HUB, refused.into());
         handle(site).set_websocket_peer(HUB, wss_url(&format!("wss://{ws}/xmpp-websocket")));
     }
-    handle(&hub).set_peer_address("a.test", host_port(&s2s(&a)));
-    handle(&hub).set_peer_address("c.test", host_port(&s2s(&c)));
+    handle(&hub).set_peer_address("a.test", s2s(&a));
+    handle(&hub).set_peer_address("c.test", s2s(&c));
     a.add_user("alice", "wonderland").await;
     c.add_user("carol", "christmas").await;
 
@@ -516,7 +468,8 @@ async fn sites_reach_their_hub_over_websocket_when_only_https_passes() {
     let mut carol = c.login("carol", "christmas", "pc").await;
     carol.available().await;
     alice_to_carol_once_in_order(&mut alice, &mut carol, "over https", 5).await;
-    let link = wait_link(&a, "c.test", |l| l.queued == 0).await;
+    a.wait_for_empty_outbox("c.test").await;
+    let link = a.wait_link("c.test", |l| l.queued == 0).await;
     assert_eq!(link.path, "hub-websocket");
 
     // Subscriptions and presence take the same path.

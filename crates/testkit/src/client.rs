@@ -1,8 +1,8 @@
-//! A real server on 127.0.0.1:0 and a small raw XMPP client for integration tests.
+//! A small raw XMPP client for driving a server over real sockets.
 //!
-//! The client speaks just enough XMPP (STARTTLS or direct TLS, SASL PLAIN and SCRAM, bind)
-//! to drive the server over real sockets; everything after login is raw XML strings in and
-//! parsed elements out, so tests see exactly what a client would.
+//! It speaks just enough XMPP (STARTTLS or direct TLS, SASL PLAIN and SCRAM, bind) to log
+//! in; everything after that is raw XML strings in and parsed elements out, so tests see
+//! exactly what a client would.
 //!
 //! Tests never sleep to wait for the server. They wait for the stanza they expect, and to
 //! show that something did *not* arrive they ping the server and check that the answer
@@ -10,33 +10,22 @@
 //! the server handles one connection's input in order, so anything routed to the client
 //! before the ping would be written before the ping's answer.
 
-#![allow(dead_code, unreachable_pub)]
-
-pub mod dns;
-
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
 use outpost_proto::minidom::Element;
 use outpost_proto::xml::{Limits, StreamHeader, StreamReader, XmlEvent};
-use outpost_server::config::Config;
-use outpost_server::{ListenerKind, ServerHandle, TlsIdentity};
-use outpost_store::{MemoryStore, SqliteStore, Store};
 use rustls::pki_types::ServerName;
-use rustls::pki_types::pem::PemObject;
-use sha2::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-/// How long a test waits for something it expects before failing.
-pub const WAIT: Duration = Duration::from_secs(10);
+use crate::scram::{Scram, ScramClient};
+use crate::wait::WAIT;
 
 pub const NS_CLIENT: &str = "jabber:client";
 pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
@@ -61,282 +50,14 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-pub struct TestServer {
-    pub handle: Option<ServerHandle>,
-    pub starttls: SocketAddr,
-    pub direct_tls: SocketAddr,
-    pub identity: TlsIdentity,
-    /// The server-to-server listener, when federation is on.
-    pub s2s: Option<SocketAddr>,
-    pub store: Arc<dyn Store>,
-    /// The configuration the server runs with (after the test's tweaks).
-    pub config: Config,
-    pub dir: tempfile::TempDir,
-}
-
-impl TestServer {
-    pub async fn start() -> TestServer {
-        Self::start_with(|_| {}).await
-    }
-
-    /// A server on a fresh SQLite file, with `tweak` applied to a loopback config.
-    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = open_sqlite(&dir).await;
-        Self::start_on(store, dir, tweak).await
-    }
-
-    pub async fn start_in_memory() -> TestServer {
-        let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_on(Arc::new(MemoryStore::new()), dir, |_| {}).await
-    }
-
-    async fn start_on(
-        store: Arc<dyn Store>,
-        dir: tempfile::TempDir,
-        tweak: impl FnOnce(&mut Config),
-    ) -> TestServer {
-        let mut config = Config {
-            data_dir: dir.path().to_owned(),
-            ..Config::default()
-        };
-        config.listen.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
-        config.listen.c2s_tls = vec!["127.0.0.1:0".parse().expect("addr")];
-        config.registration.enabled = Some(true);
-        tweak(&mut config);
-        config.validate().expect("valid test config");
-        let identity = TlsIdentity::self_signed(&config.domains).expect("certificate");
-        let handle = ServerHandle::start(config.clone(), store.clone(), identity.clone())
-            .await
-            .expect("server starts");
-        let (starttls, direct_tls) = listener_addrs(&handle);
-        TestServer {
-            s2s: s2s_addr(&handle),
-            handle: Some(handle),
-            starttls,
-            direct_tls,
-            identity,
-            store,
-            config,
-            dir,
-        }
-    }
-
-    /// Stops the server and starts a new one with the same configuration on the same
-    /// SQLite file, as after a process restart. Listeners get new ports.
-    pub async fn restart(&mut self) {
-        self.stop().await;
-        self.store = open_sqlite(&self.dir).await;
-        let handle = ServerHandle::start(
-            self.config.clone(),
-            self.store.clone(),
-            self.identity.clone(),
-        )
-        .await
-        .expect("server restarts");
-        (self.starttls, self.direct_tls) = listener_addrs(&handle);
-        self.s2s = s2s_addr(&handle);
-        self.handle = Some(handle);
-    }
-
-    /// The first domain the server serves: `localhost` unless the test changed it.
-    pub fn domain(&self) -> &str {
-        &self.config.domains[0]
-    }
-
-    pub async fn add_user(&self, user: &str, password: &str) {
-        outpost_server::accounts::add_user(
-            self.store.as_ref(),
-            &format!("{user}@{}", self.domain()),
-            password,
-            4096,
-        )
-        .await
-        .expect("add user");
-    }
-
-    pub fn tls_connector(&self) -> TlsConnector {
-        self.tls_connector_with_alpn(Vec::new())
-    }
-
-    fn tls_connector_with_alpn(&self, alpn: Vec<Vec<u8>>) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(
-            self.identity.cert_chain_pem.as_bytes(),
-        ) {
-            roots.add(cert.expect("pem")).expect("root");
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = alpn;
-        TlsConnector::from(Arc::new(config))
-    }
-
-    /// Connects, upgrades with STARTTLS, logs in with PLAIN and binds `resource`.
-    pub async fn login(&self, user: &str, password: &str, resource: &str) -> Client {
-        let mut c = self.connect_starttls().await;
-        c.auth_plain(user, password)
-            .await
-            .unwrap_or_else(|e| panic!("login {user}: {e}"));
-        c.bind(resource).await;
-        c
-    }
-
-    /// A plain TCP connection to the STARTTLS listener, with nothing sent yet.
-    pub async fn connect_tcp(&self) -> Client {
-        let tcp = TcpStream::connect(self.starttls).await.expect("connect");
-        let mut c = Client::new(Box::new(tcp));
-        c.domain = self.domain().to_owned();
-        c
-    }
-
-    /// A plain TCP client with the stream opened and the (pre-TLS) features read.
-    pub async fn connect_plain(&self) -> Client {
-        let mut c = self.connect_tcp().await;
-        c.open().await;
-        c.features = Some(c.recv().await);
-        c
-    }
-
-    /// A TLS client past STARTTLS, with the post-TLS features read.
-    pub async fn connect_starttls(&self) -> Client {
-        let mut c = self.connect_plain().await;
-        let features = c.features.take().expect("features");
-        assert!(features.has_child("starttls", NS_TLS));
-        c.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-            .await;
-        let proceed = c.recv().await;
-        assert_eq!(proceed.name(), "proceed");
-        let Transport::Raw(tcp) = std::mem::replace(&mut c.io, Transport::Gone) else {
-            panic!("not raw")
-        };
-        let tls = self
-            .tls_connector()
-            .connect(ServerName::try_from(c.domain.clone()).expect("name"), tcp)
-            .await
-            .expect("TLS handshake");
-        c.io = Transport::Raw(Box::new(tls));
-        c.reader.reset();
-        c.open().await;
-        c.features = Some(c.recv().await);
-        c
-    }
-
-    /// A client on the direct TLS listener (XEP-0368), with the features read.
-    pub async fn connect_direct_tls(&self) -> Client {
-        let tcp = TcpStream::connect(self.direct_tls).await.expect("connect");
-        let tls = self
-            .tls_connector_with_alpn(vec![b"xmpp-client".to_vec()])
-            .connect(ServerName::try_from("localhost").expect("name"), tcp)
-            .await
-            .expect("TLS handshake");
-        let mut c = Client::new(Box::new(tls));
-        c.open().await;
-        c.features = Some(c.recv().await);
-        c
-    }
-
-    pub async fn stop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.shutdown().await;
-        }
-    }
-}
-
-async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    Arc::new(
-        SqliteStore::open(&dir.path().join("outpost.db"))
-            .await
-            .expect("open store"),
-    )
-}
-
-fn s2s_addr(handle: &ServerHandle) -> Option<SocketAddr> {
-    handle
-        .local_addrs()
-        .into_iter()
-        .find(|(k, _)| *k == ListenerKind::S2s)
-        .map(|(_, a)| a)
-}
-
-fn listener_addrs(handle: &ServerHandle) -> (SocketAddr, SocketAddr) {
-    let addr = |kind| {
-        handle
-            .local_addrs()
-            .into_iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, a)| a)
-            .expect("listener")
-    };
-    (
-        addr(ListenerKind::C2sStartTls),
-        addr(ListenerKind::C2sDirectTls),
-    )
-}
-
+/// A byte stream the client can run over: TCP, or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub enum Transport {
     Raw(Box<dyn Io>),
+    /// Taken for a TLS upgrade.
     Gone,
-}
-
-/// The two SCRAM mechanisms, for the client side of the exchange (RFC 5802 §3).
-#[derive(Clone, Copy, Debug)]
-pub enum Scram {
-    Sha1,
-    Sha256,
-}
-
-impl Scram {
-    pub fn mechanism(self) -> &'static str {
-        match self {
-            Scram::Sha1 => "SCRAM-SHA-1",
-            Scram::Sha256 => "SCRAM-SHA-256",
-        }
-    }
-
-    fn hi(self, password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
-        match self {
-            Scram::Sha1 => {
-                let mut out = [0u8; 20];
-                pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, &mut out);
-                out.to_vec()
-            }
-            Scram::Sha256 => {
-                let mut out = [0u8; 32];
-                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, &mut out);
-                out.to_vec()
-            }
-        }
-    }
-
-    fn hmac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
-        match self {
-            Scram::Sha1 => {
-                let mut m = Hmac::<sha1::Sha1>::new_from_slice(key).expect("any key length");
-                m.update(data);
-                m.finalize().into_bytes().to_vec()
-            }
-            Scram::Sha256 => {
-                let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
-                m.update(data);
-                m.finalize().into_bytes().to_vec()
-            }
-        }
-    }
-
-    fn h(self, data: &[u8]) -> Vec<u8> {
-        match self {
-            Scram::Sha1 => sha1::Sha1::digest(data).to_vec(),
-            Scram::Sha256 => sha2::Sha256::digest(data).to_vec(),
-        }
-    }
 }
 
 pub struct Client {
@@ -355,6 +76,9 @@ pub struct Client {
     /// Stanzas read while waiting for something else (see [`Client::recv_stashing`]),
     /// handed out first by [`Client::recv`].
     pub stash: VecDeque<Element>,
+    /// How long one read, or one search for a stanza, may take before the test fails:
+    /// [`WAIT`] unless the test needs longer (servers in other processes that restart).
+    pub wait: Duration,
 }
 
 impl Client {
@@ -372,7 +96,24 @@ impl Client {
             closed: false,
             saw_stream_close: false,
             stash: VecDeque::new(),
+            wait: WAIT,
         }
+    }
+
+    /// A plain TCP connection to `addr` for streams to `domain`, with nothing sent yet.
+    pub async fn connect(addr: SocketAddr, domain: &str) -> Client {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut c = Client::new(Box::new(tcp));
+        c.domain = domain.to_owned();
+        c
+    }
+
+    /// A plain TCP connection with the stream opened and the (pre-TLS) features read.
+    pub async fn connect_open(addr: SocketAddr, domain: &str) -> Client {
+        let mut c = Client::connect(addr, domain).await;
+        c.open().await;
+        c.features = Some(c.recv().await);
+        c
     }
 
     fn io(&mut self) -> &mut Box<dyn Io> {
@@ -409,6 +150,31 @@ impl Client {
         }
     }
 
+    /// STARTTLS (RFC 6120 §5.4) on a stream whose features were read, then the new stream
+    /// and its features.
+    pub async fn starttls(&mut self, connector: &TlsConnector) {
+        let features = self.features.take().expect("features");
+        assert!(features.has_child("starttls", NS_TLS));
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await;
+        let proceed = self.recv().await;
+        assert_eq!(proceed.name(), "proceed");
+        let Transport::Raw(tcp) = std::mem::replace(&mut self.io, Transport::Gone) else {
+            panic!("not raw")
+        };
+        let tls = connector
+            .connect(
+                ServerName::try_from(self.domain.clone()).expect("name"),
+                tcp,
+            )
+            .await
+            .expect("TLS handshake");
+        self.io = Transport::Raw(Box::new(tls));
+        self.reader.reset();
+        self.open().await;
+        self.features = Some(self.recv().await);
+    }
+
     /// The next event from the server, or `None` at EOF.
     pub async fn next_event(&mut self) -> Option<XmlEvent> {
         let mut buf = vec![0u8; 8192];
@@ -426,7 +192,8 @@ impl Client {
             if self.closed {
                 return None;
             }
-            let n = tokio::time::timeout(WAIT, self.io().read(&mut buf))
+            let wait = self.wait;
+            let n = tokio::time::timeout(wait, self.io().read(&mut buf))
                 .await
                 .expect("timed out waiting for the server")
                 // A reset after the server closed counts as the end of the stream.
@@ -452,12 +219,31 @@ impl Client {
 
     /// The next stanza for which `pred` holds, skipping others.
     pub async fn recv_where(&mut self, pred: impl Fn(&Element) -> bool) -> Element {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             assert!(tokio::time::Instant::now() < deadline, "no matching stanza");
             let el = self.recv().await;
             if pred(&el) {
                 return el;
+            }
+        }
+    }
+
+    /// Every stanza up to and including the first for which `pred` holds.
+    pub async fn recv_until(&mut self, pred: impl Fn(&Element) -> bool) -> Vec<Element> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let mut seen = Vec::new();
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no matching stanza in {seen:?}",
+                self.jid
+            );
+            let el = self.recv().await;
+            let done = pred(&el);
+            seen.push(el);
+            if done {
+                return seen;
             }
         }
     }
@@ -569,12 +355,11 @@ impl Client {
         user: &str,
         password: &str,
     ) -> Result<(), String> {
-        let client_nonce = unique("fyko+d2lbbFgONRv9qkxdawL");
-        let client_first_bare = format!("n={user},r={client_nonce}");
+        let scram = ScramClient::new(mech, user, &unique("fyko+d2lbbFgONRv9qkxdawL"));
         self.send(&format!(
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
             mech.mechanism(),
-            B64.encode(format!("n,,{client_first_bare}"))
+            B64.encode(scram.client_first())
         ))
         .await;
         let challenge = self.recv().await;
@@ -583,49 +368,24 @@ impl Client {
         }
         let server_first =
             String::from_utf8(B64.decode(challenge.text().trim()).expect("base64")).expect("utf8");
-        let attr = |key: &str| {
-            server_first
-                .split(',')
-                .find_map(|a| a.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {server_first}"))
-                .to_owned()
-        };
-        let nonce = attr("r=");
-        assert!(
-            nonce.starts_with(&client_nonce) && nonce.len() > client_nonce.len(),
-            "server nonce must extend ours"
-        );
-        let salt = B64.decode(attr("s=")).expect("salt");
-        let iterations: u32 = attr("i=").parse().expect("iterations");
-
-        let salted = mech.hi(password.as_bytes(), &salt, iterations);
-        let client_key = mech.hmac(&salted, b"Client Key");
-        let stored_key = mech.h(&client_key);
-        let without_proof = format!("c=biws,r={nonce}");
-        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
-        let signature = mech.hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
+        let fin = scram
+            .respond(&server_first, password)
+            .unwrap_or_else(|e| panic!("{e}: {server_first}"));
         self.send(&format!(
             "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-            B64.encode(format!("{without_proof},p={}", B64.encode(proof)))
+            B64.encode(&fin.message)
         ))
         .await;
         let answer = self.recv().await;
         if answer.name() != "success" {
             return Err(sasl_condition(&answer));
         }
-        let server_key = mech.hmac(&salted, b"Server Key");
-        let expected = format!(
-            "v={}",
-            B64.encode(mech.hmac(&server_key, auth_message.as_bytes()))
-        );
         let server_final =
             String::from_utf8(B64.decode(answer.text().trim()).expect("base64")).expect("utf8");
-        assert_eq!(server_final, expected, "the server proves it knows the key");
+        assert_eq!(
+            server_final, fin.expected_server_final,
+            "the server proves it knows the key"
+        );
         self.after_auth(user).await;
         Ok(())
     }
@@ -635,7 +395,7 @@ impl Client {
         self.reader.reset();
         self.open().await;
         self.features = Some(self.recv().await);
-        self.jid = format!("{user}@localhost");
+        self.jid = format!("{user}@{}", self.domain);
     }
 
     /// Binds a resource (`None`: the server picks one); the bound JID or the error reply.
@@ -668,6 +428,28 @@ impl Client {
         if let Err(e) = self.try_bind(Some(resource)).await {
             panic!("bind failed: {e:?}");
         }
+    }
+
+    /// SASL PLAIN and resource binding on a stream whose features were read (over TLS, or
+    /// where the server allows plaintext authentication).
+    pub async fn login_plain(&mut self, user: &str, password: &str, resource: &str) {
+        self.auth_plain(user, password)
+            .await
+            .unwrap_or_else(|e| panic!("login {user}: {e}"));
+        self.bind(resource).await;
+    }
+
+    /// In-band registration (XEP-0077 §3.1) on this stream; the server's answer.
+    pub async fn register(&mut self, user: &str, password: &str) -> Element {
+        self.query(
+            "set",
+            None,
+            &format!(
+                "<query xmlns='jabber:iq:register'><username>{user}</username>\
+                 <password>{password}</password></query>"
+            ),
+        )
+        .await
     }
 
     /// Sends initial presence and waits for its reflection.
@@ -720,6 +502,26 @@ impl Client {
         reply
     }
 
+    /// Pings the server (XEP-0199) and returns every stanza that came before its answer.
+    /// The server handles one stream's input in order, so once the answer is here,
+    /// everything this client sent before has been handled.
+    pub async fn barrier(&mut self) -> Vec<Element> {
+        let id = unique("barrier");
+        self.send(&format!(
+            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+        let mut before = Vec::new();
+        loop {
+            let el = self.recv().await;
+            if el.name() == "iq" && el.attr("id") == Some(id.as_str()) {
+                assert_eq!(el.attr("type"), Some("result"));
+                return before;
+            }
+            before.push(el);
+        }
+    }
+
     /// Sends a ping to the server and checks that its answer is the very next stanza:
     /// nothing else was on its way to this client.
     pub async fn assert_quiet(&mut self) {
@@ -733,17 +535,7 @@ impl Client {
         unwanted: impl Fn(&Element) -> bool,
         what: &str,
     ) {
-        let id = unique("quiet");
-        self.send(&format!(
-            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-        ))
-        .await;
-        loop {
-            let el = self.recv().await;
-            if el.name() == "iq" && el.attr("id") == Some(id.as_str()) {
-                assert_eq!(el.attr("type"), Some("result"));
-                return;
-            }
+        for el in self.barrier().await {
             assert!(!unwanted(&el), "{}: unexpected {what}: {el:?}", self.jid);
         }
     }
@@ -783,6 +575,11 @@ pub fn stanza_error(el: &Element) -> (String, String) {
     (condition, error.attr("type").unwrap_or_default().to_owned())
 }
 
+/// A chat message to `to` with body `text` (not escaped).
+pub fn chat(to: &str, text: &str) -> String {
+    format!("<message to='{to}' type='chat'><body>{text}</body></message>")
+}
+
 /// The text of a message's `<body/>`.
 pub fn body(el: &Element) -> Option<String> {
     el.get_child("body", NS_CLIENT).map(|b| b.text())
@@ -800,12 +597,16 @@ pub fn is_message(el: &Element, from: &str, text: &str) -> bool {
     el.name() == "message" && el.attr("from") == Some(from) && body(el).as_deref() == Some(text)
 }
 
-/// A `host:port` for `ServerHandle::set_peer_address`.
-pub fn host_port(s: &str) -> outpost_server::config::HostPort {
-    s.parse().expect("host:port")
+/// Whether `el` is a message from `from` with any body.
+pub fn is_chat_from(el: &Element, from: &str) -> bool {
+    el.name() == "message" && el.attr("from") == Some(from) && body(el).is_some()
 }
 
-/// A `wss://` URL for `ServerHandle::set_websocket_peer`.
-pub fn wss_url(s: &str) -> outpost_server::config::WssUrl {
-    s.parse().expect("wss:// URL")
+/// A loopback address where nothing listens, so connections are refused: bound by the OS,
+/// then released.
+pub async fn closed_port() -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    l.local_addr().expect("addr")
 }

@@ -1,10 +1,8 @@
 //! IQ services of the server over real sockets: discovery (XEP-0030), version (XEP-0092),
 //! ping (XEP-0199), vCards (XEP-0054), blocking (XEP-0191) and registration (XEP-0077).
 
-mod common;
-
-use common::*;
 use outpost_proto::minidom::Element;
+use outpost_testkit::*;
 
 async fn alice_and_bob(server: &TestServer) -> (Client, Client) {
     server.add_user("alice", "wonderland").await;

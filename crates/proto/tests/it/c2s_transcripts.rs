@@ -4,12 +4,11 @@
 //! server would, and checks the exact events and what the server wrote back. There are no
 //! sockets and no clock. The server's bytes are parsed back with the crate's own
 //! [`StreamReader`], so the assertions are about elements, not about how they are formatted.
-//! The client side of SCRAM is computed here from RFC 5802 with the RustCrypto primitives,
-//! independently of the server's code.
+//! The client side of SCRAM comes from [`outpost_testkit::scram`], written from RFC 5802
+//! with the RustCrypto primitives independently of the server's code.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
 use outpost_proto::StreamMachine;
 use outpost_proto::c2s::{C2sConfig, C2sStream, Event, Transport};
 use outpost_proto::jid::FullJid;
@@ -17,8 +16,7 @@ use outpost_proto::minidom::Element;
 use outpost_proto::sasl::{self, ScramHash, ScramKeys};
 use outpost_proto::stanza::ns;
 use outpost_proto::xml::{Limits, NS_XMPP_STREAMS, StreamHeader, StreamReader, XmlEvent};
-use sha1::Sha1;
-use sha2::{Digest, Sha256};
+use outpost_testkit::scram::{self, Scram};
 
 const DOMAIN: &str = "example.com";
 const PASSWORD: &str = "r0m30myr0m30";
@@ -597,101 +595,47 @@ fn credentials_lookup_refused_is_temporary_auth_failure() {
 
 // --- SASL SCRAM (RFC 5802, RFC 7677) ---
 
-fn hmac(hash: ScramHash, key: &[u8], data: &[u8]) -> Vec<u8> {
-    match hash {
-        ScramHash::Sha1 => {
-            let mut mac = Hmac::<Sha1>::new_from_slice(key).unwrap();
-            mac.update(data);
-            mac.finalize().into_bytes().to_vec()
-        }
-        ScramHash::Sha256 => {
-            let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-            mac.update(data);
-            mac.finalize().into_bytes().to_vec()
-        }
-    }
-}
-
-fn digest(hash: ScramHash, data: &[u8]) -> Vec<u8> {
-    match hash {
-        ScramHash::Sha1 => Sha1::digest(data).to_vec(),
-        ScramHash::Sha256 => Sha256::digest(data).to_vec(),
-    }
-}
-
-fn salted_password(hash: ScramHash, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
-    let mut out = vec![0; hash.output_len()];
-    match hash {
-        ScramHash::Sha1 => {
-            pbkdf2::pbkdf2_hmac::<Sha1>(password.as_bytes(), salt, iterations, &mut out)
-        }
-        ScramHash::Sha256 => {
-            pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, iterations, &mut out);
-        }
-    }
-    out
-}
-
-/// The client side of SCRAM without channel binding (RFC 5802 §3, §7).
+/// The client side of SCRAM without channel binding (RFC 5802 §3, §7), from
+/// [`outpost_testkit::scram`], in the `<auth/>` and `<response/>` elements that carry it.
 struct ScramClient {
-    hash: ScramHash,
+    scram: scram::ScramClient,
     password: String,
-    gs2_header: String,
-    first_bare: String,
-    nonce: String,
 }
 
 impl ScramClient {
     fn new(hash: ScramHash, authzid: Option<&str>, user: &str, password: &str) -> Self {
-        let nonce = "fyko+d2lbbFgONRv9qkxdawL".to_owned();
+        let mech = match hash {
+            ScramHash::Sha1 => Scram::Sha1,
+            ScramHash::Sha256 => Scram::Sha256,
+        };
+        let scram = scram::ScramClient::new(mech, user, "fyko+d2lbbFgONRv9qkxdawL");
         ScramClient {
-            hash,
+            scram: match authzid {
+                Some(a) => scram.with_authzid(a),
+                None => scram,
+            },
             password: password.to_owned(),
-            gs2_header: format!("n,{},", authzid.map_or(String::new(), |a| format!("a={a}"))),
-            first_bare: format!("n={user},r={nonce}"),
-            nonce,
         }
     }
 
     fn auth(&self) -> String {
-        let first = format!("{}{}", self.gs2_header, self.first_bare);
-        auth(self.hash.mechanism(), &B64.encode(first))
+        auth(
+            self.scram.mech().mechanism(),
+            &B64.encode(self.scram.client_first()),
+        )
     }
 
     /// The `<response/>` to the server-first-message, and the `v=` the server must answer.
     fn response(&self, server_first: &str) -> (String, Vec<u8>) {
-        let attr = |key: &str| {
-            server_first
-                .split(',')
-                .find_map(|a| a.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in {server_first}"))
-        };
-        let nonce = attr("r=");
-        assert!(
-            nonce.starts_with(&self.nonce) && nonce.len() > self.nonce.len(),
-            "the server extends the client's nonce: {nonce}"
-        );
-        let salt = B64.decode(attr("s=")).expect("salt is base64");
-        let iterations = attr("i=").parse().expect("iteration count");
-        let salted = salted_password(self.hash, &self.password, &salt, iterations);
-        let client_key = hmac(self.hash, &salted, b"Client Key");
-        let stored_key = digest(self.hash, &client_key);
-        let without_proof = format!("c={},r={nonce}", B64.encode(&self.gs2_header));
-        let auth_message = format!("{},{server_first},{without_proof}", self.first_bare);
-        let signature = hmac(self.hash, &stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key
-            .iter()
-            .zip(&signature)
-            .map(|(k, s)| k ^ s)
-            .collect();
-        let server_key = hmac(self.hash, &salted, b"Server Key");
-        let server_signature = hmac(self.hash, &server_key, auth_message.as_bytes());
+        let fin = self
+            .scram
+            .respond(server_first, &self.password)
+            .unwrap_or_else(|e| panic!("{e}: {server_first}"));
         let response = format!(
             "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
-            B64.encode(format!("{without_proof},p={}", B64.encode(proof)))
+            B64.encode(fin.message)
         );
-        let verifier = format!("v={}", B64.encode(server_signature)).into_bytes();
-        (response, verifier)
+        (response, fin.expected_server_final.into_bytes())
     }
 }
 

@@ -1,17 +1,11 @@
 //! Message routing (RFC 6121 §8) and offline storage (XEP-0160) over real sockets.
 
-mod common;
-
-use common::*;
 use outpost_proto::minidom::Element;
+use outpost_testkit::*;
 
 async fn users(server: &TestServer) {
     server.add_user("alice", "wonderland").await;
     server.add_user("bob", "builder").await;
-}
-
-fn chat(to: &str, text: &str) -> String {
-    format!("<message to='{to}' type='chat'><body>{text}</body></message>")
 }
 
 fn is_message_from_alice(el: &Element) -> bool {

@@ -1,17 +1,22 @@
-//! A small authoritative DNS server on loopback for federation tests: it answers from a
-//! zone the test fills (SRV and A records), says NXDOMAIN for every other name, and keeps
-//! a log of the questions it was asked. Servers under test point `federation.dns_server`
-//! at it, so no test asks a real DNS server anything.
+//! A small authoritative DNS server on loopback: it answers from a zone the test fills
+//! (SRV and A records), says NXDOMAIN for every other name, and keeps a log of the
+//! questions it was asked. Servers under test point `federation.dns_server` at it, so no
+//! test asks a real DNS server anything.
+//!
+//! It runs as a task on the test's runtime ([`DnsServer::start`]) or, for tests that start
+//! server processes and have no runtime, on a thread of its own ([`nxdomain_server`]).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, SRV};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record};
 use tokio::net::UdpSocket;
+
+pub use hickory_proto::rr::RecordType;
 
 /// The zone and the log, shared with the serving task.
 #[derive(Default)]
@@ -22,8 +27,8 @@ struct State {
     asked: Vec<(String, RecordType)>,
 }
 
-/// The server's task runs until the test's runtime ends, whether or not this handle is
-/// kept.
+/// The server's task runs until the test's runtime ends (its thread, until the process
+/// ends), whether or not this handle is kept.
 pub struct DnsServer {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
@@ -39,12 +44,29 @@ fn fqdn(name: &str) -> String {
 }
 
 impl DnsServer {
-    /// Binds UDP on 127.0.0.1:0 and serves an empty zone.
+    /// Binds UDP on 127.0.0.1:0 and serves an empty zone from a task.
     pub async fn start() -> DnsServer {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind DNS");
         let addr = socket.local_addr().expect("DNS address");
         let state = Arc::new(Mutex::new(State::default()));
         tokio::spawn(serve(socket, state.clone()));
+        DnsServer { addr, state }
+    }
+
+    /// Binds UDP on 127.0.0.1:0 and serves an empty zone from a thread.
+    pub fn start_on_thread() -> DnsServer {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind DNS");
+        let addr = socket.local_addr().expect("DNS address");
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = socket.recv_from(&mut buf) {
+                if let Some(reply) = reply(&buf[..n], &shared) {
+                    let _ = socket.send_to(&reply, from);
+                }
+            }
+        });
         DnsServer { addr, state }
     }
 
@@ -77,20 +99,30 @@ impl DnsServer {
     }
 }
 
+/// A DNS server on loopback that answers every question with NXDOMAIN, shared by
+/// everything in this test process. For servers whose peers are all named by address: should
+/// one still look a name up, it asks this one, never a real DNS server.
+pub fn nxdomain_server() -> SocketAddr {
+    static SERVER: OnceLock<DnsServer> = OnceLock::new();
+    SERVER.get_or_init(DnsServer::start_on_thread).addr
+}
+
 async fn serve(socket: UdpSocket, state: Arc<Mutex<State>>) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             return;
         };
-        let Ok(request) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        let reply = answer(&request, &state);
-        if let Ok(bytes) = reply.to_vec() {
-            let _ = socket.send_to(&bytes, from).await;
+        if let Some(reply) = reply(&buf[..n], &state) {
+            let _ = socket.send_to(&reply, from).await;
         }
     }
+}
+
+/// The answer to one datagram, or nothing for what is not a DNS message.
+fn reply(datagram: &[u8], state: &Mutex<State>) -> Option<Vec<u8>> {
+    let request = Message::from_vec(datagram).ok()?;
+    answer(&request, state).to_vec().ok()
 }
 
 fn answer(request: &Message, state: &Mutex<State>) -> Message {

@@ -1810,12 +1810,11 @@ async fn sqlite_committed_writes_survive_kill() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("outpost.db");
+    // The test's name in this binary: its module path without the crate's name.
+    let (_crate, module) = module_path!().split_once("::").unwrap();
+    let name = format!("{module}::sqlite_committed_writes_survive_kill");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sqlite_committed_writes_survive_kill",
-            "--nocapture",
-        ])
+        .args(["--exact", &name, "--nocapture"])
         .env(CRASH_CHILD_DB, &path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -1,15 +1,10 @@
 //! Federation (RFC 6120 server-to-server, XEP-0220 dialback, XEP-0198 acknowledgements)
 //! between two servers in one process, `a.test` and `b.test`, on loopback.
 
-mod common;
-
-use std::time::Duration;
-
-use common::*;
-use outpost_proto::minidom::Element;
 use outpost_proto::s2s::dialback_key;
 use outpost_proto::xml::XmlEvent;
 use outpost_server::config::Config;
+use outpost_testkit::*;
 
 const SECRET_A: &str = "a-test-dialback-secret";
 
@@ -38,15 +33,17 @@ fn federated(
 
 /// Tells each server where the other one listens now.
 fn introduce(a: &TestServer, b: &TestServer) {
-    let addr = |s: &TestServer| s.s2s.expect("s2s listener").to_string();
+    let addr = |s: &TestServer| -> outpost_server::config::HostPort {
+        s.s2s.expect("s2s listener").into()
+    };
     a.handle
         .as_ref()
         .expect("a")
-        .set_peer_address("b.test", host_port(&addr(b)));
+        .set_peer_address("b.test", addr(b));
     b.handle
         .as_ref()
         .expect("b")
-        .set_peer_address("a.test", host_port(&addr(a)));
+        .set_peer_address("a.test", addr(a));
 }
 
 async fn pair(require_tls: bool) -> (TestServer, TestServer) {
@@ -57,14 +54,6 @@ async fn pair(require_tls: bool) -> (TestServer, TestServer) {
     a.add_user("alice", "wonderland").await;
     b.add_user("bob", "builder").await;
     (a, b)
-}
-
-fn chat(to: &str, text: &str) -> String {
-    format!("<message to='{to}' type='chat'><body>{text}</body></message>")
-}
-
-fn is_chat_from(el: &Element, from: &str) -> bool {
-    el.name() == "message" && el.attr("from") == Some(from) && body(el).is_some()
 }
 
 #[tokio::test]
@@ -91,23 +80,8 @@ async fn chat_crosses_servers_both_ways_over_tls() {
     assert_eq!(body(&got).as_deref(), Some("hello back"));
 
     // Acknowledged stanzas leave the queue (XEP-0198 between Outpost servers).
-    wait_for_empty_outbox(&a, "a.test", "b.test").await;
-    wait_for_empty_outbox(&b, "b.test", "a.test").await;
-}
-
-async fn wait_for_empty_outbox(server: &TestServer, local: &str, remote: &str) {
-    for _ in 0..100 {
-        let queued = server
-            .store
-            .outbox_peek(local, remote, None, 10)
-            .await
-            .expect("peek");
-        if queued.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the outbox from {local} to {remote} did not empty");
+    a.wait_for_empty_outbox("b.test").await;
+    b.wait_for_empty_outbox("a.test").await;
 }
 
 #[tokio::test]
@@ -136,7 +110,7 @@ async fn messages_for_a_down_peer_arrive_once_in_order_after_it_restarts() {
     // B comes back on the same database, at a new address.
     b.restart().await;
     introduce(&a, &b);
-    wait_for_empty_outbox(&a, "a.test", "b.test").await;
+    a.wait_for_empty_outbox("b.test").await;
 
     let mut bob = b.login("bob", "builder", "pc").await;
     bob.available().await;

@@ -1,10 +1,8 @@
 //! Client streams over real sockets: TLS, authentication, binding, limits, shutdown and
 //! hostile input.
 
-mod common;
-
-use common::*;
 use outpost_proto::xml::XmlEvent;
+use outpost_testkit::*;
 
 #[tokio::test]
 async fn two_users_chat_online() {
@@ -319,11 +317,13 @@ async fn shutdown_closes_streams_politely() {
     );
 }
 
-#[tokio::test]
+// Paused time (tokio's test clock, which jumps to the next timer whenever every task
+// waits): the server's ping and idle timers run in virtual seconds, while the bytes still
+// cross real loopback sockets. The memory store keeps the server off blocking threads.
+#[tokio::test(start_paused = true)]
 async fn idle_client_is_pinged_then_disconnected() {
-    let server = TestServer::start_with(|c| {
-        // Real time, kept small: a ping after 1 s of silence, the close 3 s after the
-        // last read (2 s to answer, ample on a busy machine).
+    let server = TestServer::start_in_memory_with(|c| {
+        // A ping after 1 s of silence, the close 3 s after the last read.
         c.limits.ping_interval_secs = 1;
         c.limits.idle_timeout_secs = 3;
     })

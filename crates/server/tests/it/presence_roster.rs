@@ -1,9 +1,7 @@
 //! Rosters (RFC 6121 §2), subscriptions (§3) and presence (§4) over real sockets.
 
-mod common;
-
-use common::*;
 use outpost_proto::minidom::Element;
+use outpost_testkit::*;
 
 const ALICE: &str = "alice@localhost";
 const BOB: &str = "bob@localhost";

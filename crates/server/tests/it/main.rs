@@ -1,0 +1,12 @@
+//! Integration tests of the server on real sockets at 127.0.0.1:0, driven by
+//! [`outpost_testkit`]'s raw client against [`outpost_testkit::TestServer`]s in this
+//! process. One binary, one module per area.
+
+mod c2s;
+mod federation;
+mod federation_paths;
+mod federation_srv;
+mod federation_websocket;
+mod messages_offline;
+mod presence_roster;
+mod services;
