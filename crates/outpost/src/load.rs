@@ -12,7 +12,6 @@ use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
 use outpost_server::config::Config;
-use tracing_subscriber::EnvFilter;
 
 /// Prefix of the environment variables that override configuration keys.
 const ENV_PREFIX: &str = "OUTPOST_";
@@ -102,6 +101,9 @@ fn load_from(
     }
 
     let mut config: Config = figment.extract().map_err(|e| describe(&figment, e))?;
+    if let Some(file) = &args.config {
+        relative_to_file(&mut config, file);
+    }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
@@ -111,13 +113,43 @@ fn load_from(
         config.registration.enabled.get_or_insert(true);
     }
     config.validate().map_err(LoadError::Invalid)?;
-    if let Err(e) = EnvFilter::try_new(&config.log.level) {
+    if let Err(e) = crate::logs::parse_filter(&config.log.level) {
         return Err(LoadError::Parse(vec![format!(
             "log.level: `{}` is not a valid filter ({e})",
             config.log.level
         )]));
     }
     Ok(config)
+}
+
+/// With a configuration file, relative paths in it (the data directory, the certificate,
+/// the database) are relative to the file's directory, not to wherever the server was
+/// started from: a service manager's working directory is nobody's choice.
+fn relative_to_file(config: &mut Config, file: &std::path::Path) {
+    let Some(base) = file.parent() else {
+        return;
+    };
+    let base = if base.as_os_str().is_empty() {
+        std::path::Path::new(".")
+    } else {
+        base
+    };
+    let anchor = |p: &mut PathBuf| {
+        if p.is_relative() && !p.as_os_str().is_empty() {
+            *p = base.join(&*p);
+        }
+    };
+    anchor(&mut config.data_dir);
+    for path in [
+        &mut config.tls.cert,
+        &mut config.tls.key,
+        &mut config.storage.path,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        anchor(path);
+    }
 }
 
 /// One `OUTPOST_…` variable, as its own provider so that errors can name the variable.
@@ -273,11 +305,12 @@ mod tests {
 
     #[test]
     fn example_file_shows_the_defaults() {
-        let (_dir, loaded) = with_file(EXAMPLE, &EnvList::new());
+        let (dir, loaded) = with_file(EXAMPLE, &EnvList::new());
         let mut expected = Config::default();
         // A config file is present, so registration is not resolved to the zero-config
-        // default; the example leaves it unset.
+        // default; the example leaves it unset. Its relative data directory is the file's.
         expected.registration.enabled = None;
+        expected.data_dir = dir.path().join(&expected.data_dir);
         assert_eq!(loaded.unwrap(), expected);
     }
 
@@ -423,6 +456,43 @@ mod tests {
 
         let (_dir, result) = with_file("[log]\nlevel = \"info,=[\"\n", &EnvList::new());
         assert!(parse_problems(result)[0].starts_with("log.level: "));
+    }
+
+    #[test]
+    fn relative_paths_in_a_file_are_relative_to_the_file() {
+        let (dir, config) = with_file(
+            "data_dir = \"state\"\n[tls]\ncert = \"c.pem\"\nkey = \"/etc/k.pem\"\n",
+            &EnvList::new(),
+        );
+        let config = config.unwrap();
+        assert_eq!(config.data_dir, dir.path().join("state"));
+        assert_eq!(config.tls.cert, Some(dir.path().join("c.pem")));
+        assert_eq!(config.tls.key, Some(PathBuf::from("/etc/k.pem")));
+        // Without a file, relative paths stay relative to the working directory.
+        let config = load_from(&ConfigArgs::default(), []).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("./outpost-data"));
+    }
+
+    #[test]
+    fn listen_addresses_must_be_ip_addresses() {
+        let (_dir, result) = with_file("[listen]\nc2s = [\"localhost:5222\"]\n", &EnvList::new());
+        let problems = parse_problems(result);
+        assert!(
+            problems[0].starts_with(
+                "listen.c2s: `localhost:5222` is not an IP address and port: write 127.0.0.1:5222"
+            ),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_log_level_is_refused() {
+        let (_dir, result) = with_file("[log]\nlevel = \"inf\"\n", &EnvList::new());
+        let problems = parse_problems(result);
+        assert!(
+            problems[0].starts_with("log.level: `inf` is not a valid filter (`inf` is not a level"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! been bound or written then), 1 for any other failure.
 
 mod admin;
+mod control;
 mod load;
+mod logs;
 mod serve;
 mod tls;
 mod user;
@@ -42,7 +44,8 @@ enum Command {
     /// Manage accounts in the server's store (works while the server runs).
     #[command(subcommand)]
     User(user::UserCommand),
-    /// Inspect the server: `admin links` shows the health of server-to-server links.
+    /// Inspect and manage the server: status, sessions, kick, reload, unblock, backup,
+    /// restore, cert, links.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
     /// Check or print the configuration.
@@ -52,7 +55,8 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
-    /// Load and validate the configuration, then print "configuration OK".
+    /// Load and validate the configuration and the certificate, then print
+    /// "configuration OK" and what the certificate is.
     Check {
         #[command(flatten)]
         config: ConfigArgs,
@@ -92,8 +96,11 @@ fn main() -> ExitCode {
 fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
     match command {
         ConfigCommand::Check { config } => {
-            load::load(&config)?;
+            let config = load::load(&config)?;
+            // What `serve` checks before it binds anything: the certificate too.
+            let certificate = crate::tls::check_identity(&config)?;
             println!("configuration OK");
+            println!("{certificate}");
         }
         ConfigCommand::Show { config } => print_toml(&load::load(&config)?)?,
         ConfigCommand::Default => print_toml(&Config::default())?,

@@ -1,7 +1,7 @@
 //! `outpost serve`: load the configuration and the TLS identity, open the store, start the
 //! server, report the bound addresses and run until SIGTERM or SIGINT.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,32 +10,86 @@ use outpost_server::ServerHandle;
 use outpost_server::config::Config;
 use outpost_store::{SqliteStore, Store};
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
-use crate::load::{self, ConfigArgs, LoadError};
+use crate::load::{self, ConfigArgs};
 
 pub(crate) fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     // Everything that can be wrong with the configuration is found here, before the
     // runtime starts and before any port is bound.
     let config = load::load(args)?;
-    install_tracing(&config.log.level)?;
+    let logs = crate::logs::install(&config.log)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(serve(config, args.config.is_some()))
+    runtime.block_on(serve(config, args.clone(), logs))
 }
 
-async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
+async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> anyhow::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         domains = ?config.domains,
         data_dir = %config.data_dir.display(),
         "starting outpost"
     );
-    if !has_file {
+    if args.config.is_none() {
         tracing::info!(
             registration = config.registration_enabled(),
             "no config file: running zero-config"
         );
     }
+    warn_about(&config);
+    let config = prepare(config)?;
+    let signals = Signals::watch()?;
+    // The control socket first: it tells whether another server uses this data directory,
+    // before this one touches the store.
+    create_private_dir(&config.data_dir)?;
+    let socket = crate::control::socket_path(&config);
+    let control = crate::control::bind(&socket).await?;
+    // The identity before the store: a bad certificate path should fail fast, before the
+    // database is created.
+    let identity = crate::tls::load_identity(&config)?;
+    log_certificate(&identity);
+    let store = open_store(&config).await?;
+    let links_path = config.links_status_path();
+    let federation = config.federation.enabled;
+    let handle = Arc::new(
+        ServerHandle::start(config, store, identity)
+            .await
+            .context("cannot start the server")?,
+    );
+    print_listeners(&handle)?;
+
+    let reloader: Arc<dyn crate::control::Reloader> = Arc::new(ConfigReloader { args, logs });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let control = tokio::spawn(crate::control::serve(
+        control,
+        socket,
+        handle.clone(),
+        reloader.clone(),
+        stop.clone(),
+    ));
+    let links = async {
+        // The links' state for `outpost admin links`. Without federation there are no
+        // links, and nothing to keep writing.
+        match federation {
+            true => crate::admin::publish_links(&handle, &links_path).await,
+            false => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = signals.run(&handle, reloader.as_ref()) => {}
+        () = links => {}
+    }
+    if federation {
+        crate::admin::remove_links_file(&links_path);
+    }
+    tracing::info!("shutting down");
+    stop.cancel();
+    let _ = control.await;
+    handle.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn warn_about(config: &Config) {
     if config.auth.allow_plaintext_without_tls {
         tracing::warn!(
             "auth.allow_plaintext_without_tls is on: passwords may cross the network in the clear"
@@ -48,47 +102,62 @@ async fn serve(config: Config, has_file: bool) -> anyhow::Result<()> {
             "auth.scram_iterations is below 4096, fine for tests only"
         );
     }
+}
 
-    let mut config = config;
+/// Fills in what the configuration leaves to the data directory: the dialback secret.
+fn prepare(mut config: Config) -> anyhow::Result<Config> {
     if config.federation.enabled && config.federation.dialback_secret.is_none() {
         config.federation.dialback_secret = Some(dialback_secret(&config)?);
     }
+    Ok(config)
+}
 
-    let termination = Termination::watch()?;
-    // The identity before the store: a bad certificate path should fail fast, before the
-    // database is created.
-    let identity = crate::tls::load_identity(&config)?;
-    let store = open_store(&config).await?;
-    let links_path = config.links_status_path();
-    let federation = config.federation.enabled;
-    let handle = ServerHandle::start(config, store, identity)
-        .await
-        .context("cannot start the server")?;
+/// The certificate's fingerprint at start, so a user can compare it with what a client
+/// shows when it asks to trust it.
+fn log_certificate(identity: &outpost_server::TlsIdentity) {
+    match identity.certificate_info() {
+        Ok(info) => tracing::info!(
+            subject = %info.subject,
+            names = ?info.names,
+            not_after = %crate::tls::rfc3339(info.not_after),
+            sha256 = %info.fingerprint,
+            "certificate"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read the certificate's details"),
+    }
+}
 
-    // Test harnesses and scripts read these lines to find ports chosen by the kernel (port
-    // 0), so they go to stdout in a fixed shape and are flushed at once.
+/// Test harnesses and scripts read these lines to find ports chosen by the kernel (port 0),
+/// so they go to stdout in a fixed shape and are flushed at once.
+fn print_listeners(handle: &ServerHandle) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     for (kind, addr) in handle.local_addrs() {
         writeln!(out, "listening {} {addr}", kind.as_str())?;
     }
     out.flush()?;
-    drop(out);
-
-    // The links' state for `outpost admin links`, until termination. Without federation
-    // there are no links, and nothing to keep writing.
-    if federation {
-        tokio::select! {
-            () = termination.wait() => {}
-            () = crate::admin::publish_links(&handle, &links_path) => {}
-        }
-        crate::admin::remove_links_file(&links_path);
-    } else {
-        termination.wait().await;
-    }
-    tracing::info!("shutting down");
-    handle.shutdown().await;
-    tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads from the file (and environment) the server was started with: SIGHUP and
+/// `outpost admin reload`.
+struct ConfigReloader {
+    args: ConfigArgs,
+    logs: crate::logs::Logs,
+}
+
+impl crate::control::Reloader for ConfigReloader {
+    fn reload(&self, handle: &ServerHandle) -> anyhow::Result<serde_json::Value> {
+        let config = prepare(load::load(&self.args)?)?;
+        let identity = crate::tls::load_identity(&config)?;
+        log_certificate(&identity);
+        let restart_log = self.logs.reload(&config.log)?;
+        let mut report = handle.reload(config, &identity)?;
+        report.needs_restart.extend(restart_log.map(str::to_owned));
+        if !report.needs_restart.is_empty() {
+            tracing::warn!(sections = ?report.needs_restart, "these changes take a restart");
+        }
+        Ok(serde_json::to_value(report)?)
+    }
 }
 
 /// The dialback secret kept in the data directory, generated on first start (XEP-0185 §3:
@@ -145,48 +214,41 @@ pub(crate) fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create directory {}", dir.display()))
 }
 
-/// Logs go to stderr, so stdout carries only what a command prints. `RUST_LOG`, when set,
-/// wins over `default_filter` (normally `log.level`, which `load` has checked), the usual
-/// way to debug one run without editing files.
-pub(crate) fn install_tracing(default_filter: &str) -> Result<(), LoadError> {
-    let (source, spec) = match std::env::var("RUST_LOG") {
-        Ok(spec) if !spec.trim().is_empty() => ("RUST_LOG", spec),
-        _ => ("log.level", default_filter.to_owned()),
-    };
-    let filter = EnvFilter::try_new(&spec).map_err(|e| {
-        LoadError::Parse(vec![format!(
-            "{source}: `{spec}` is not a valid filter ({e})"
-        )])
-    })?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    Ok(())
-}
-
-/// SIGTERM (service managers, containers) and SIGINT (Ctrl-C), watched from before the
-/// server reports itself ready: a signal sent right after the `listening` lines must stop
-/// the server politely, not kill it with the default action.
-struct Termination {
+/// SIGTERM (service managers, containers) and SIGINT (Ctrl-C) stop the server; SIGHUP
+/// reloads it (`systemctl reload`). Watched from before the server reports itself ready: a
+/// signal sent right after the `listening` lines must act, not kill it with the default
+/// action.
+struct Signals {
     term: Signal,
     int: Signal,
+    hup: Signal,
 }
 
-impl Termination {
-    fn watch() -> anyhow::Result<Termination> {
-        Ok(Termination {
+impl Signals {
+    fn watch() -> anyhow::Result<Signals> {
+        Ok(Signals {
             term: signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?,
             int: signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot watch for SIGHUP")?,
         })
     }
 
-    async fn wait(mut self) {
-        let name = tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        };
-        tracing::info!(signal = name, "termination requested");
+    /// Reloads on every SIGHUP until termination is asked for.
+    async fn run(mut self, handle: &ServerHandle, reloader: &dyn crate::control::Reloader) {
+        loop {
+            let name = tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+                _ = self.hup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "reloading the configuration");
+                    if let Err(e) = reloader.reload(handle) {
+                        tracing::error!(error = %format!("{e:#}"), "reload failed; the old configuration stays");
+                    }
+                    continue;
+                }
+            };
+            tracing::info!(signal = name, "termination requested");
+            return;
+        }
     }
 }

@@ -12,8 +12,9 @@ use clap::Subcommand;
 use outpost_server::accounts;
 use outpost_server::config::Config;
 
+use crate::control::{self, Request};
 use crate::load::{self, ConfigArgs};
-use crate::serve::{install_tracing, open_store};
+use crate::serve::open_store;
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum UserCommand {
@@ -52,8 +53,8 @@ pub(crate) enum UserCommand {
 #[derive(clap::Args, Debug)]
 pub(crate) struct PasswordArgs {
     /// Read the password as one line from standard input without prompting, even on a
-    /// terminal. Without it, a terminal gets a prompt (the typed password is echoed) and a
-    /// confirmation; a pipe is read the same way as with it.
+    /// terminal. Without it, a terminal gets a prompt that does not echo what is typed, and
+    /// a confirmation; a pipe is read the same way as with it.
     #[arg(long)]
     password_stdin: bool,
 }
@@ -68,7 +69,7 @@ pub(crate) fn run(command: UserCommand) -> anyhow::Result<()> {
     let config = load::load(config_args)?;
     // Only warnings by default: an administrative command should print its result, not the
     // store's start-up chatter.
-    install_tracing("warn")?;
+    crate::logs::install_for_commands()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -105,6 +106,7 @@ async fn run_with(command: UserCommand, config: Config) -> anyhow::Result<()> {
             store.close().await;
             result.with_context(|| format!("cannot change the password of {user}"))?;
             eprintln!("password of {user} changed");
+            end_sessions(&config, &user, false).await?;
         }
         UserCommand::Remove { jid, .. } => {
             let user = normalize(&jid)?;
@@ -113,6 +115,7 @@ async fn run_with(command: UserCommand, config: Config) -> anyhow::Result<()> {
             store.close().await;
             result.with_context(|| format!("cannot remove {user}"))?;
             eprintln!("removed {user}");
+            end_sessions(&config, &user, true).await?;
         }
         UserCommand::List { .. } => {
             let store = open_store(&config).await?;
@@ -125,6 +128,29 @@ async fn run_with(command: UserCommand, config: Config) -> anyhow::Result<()> {
             }
             out.flush()?;
         }
+    }
+    Ok(())
+}
+
+/// Tells a running server that `user`'s account changed in the store, so that it ends the
+/// account's sessions (RFC 6120 §4.9.3.12: they authenticated with what no longer holds).
+async fn end_sessions(config: &Config, user: &str, removed: bool) -> anyhow::Result<()> {
+    let request = Request::AccountChanged {
+        jid: user.to_owned(),
+        removed,
+    };
+    match control::request(config, &request).await? {
+        None => {}
+        Some(r) if r.ok => {
+            let n = r.result.as_u64().unwrap_or(0);
+            if n > 0 {
+                eprintln!("ended {n} session(s) of {user}");
+            }
+        }
+        Some(r) => bail!(
+            "the account changed, but the running server could not end its sessions: {}",
+            r.error.unwrap_or_default()
+        ),
     }
     Ok(())
 }
@@ -151,20 +177,24 @@ fn checked_new_user(config: &Config, jid: &str) -> anyhow::Result<String> {
     Ok(user)
 }
 
-/// Reads a password as one line from stdin, without its line ending. On a terminal (and
-/// unless `no_prompt`), prompts on stderr and asks for it twice; the input is echoed, since
-/// hiding it would take a terminal-handling dependency for a rarely typed secret.
+/// Reads a password. On a terminal (and unless `no_prompt`), prompts on the terminal and
+/// reads without echoing what is typed (rpassword), twice; otherwise one line from standard
+/// input, without its line ending.
 fn read_password(user: &str, no_prompt: bool) -> anyhow::Result<String> {
-    let stdin = std::io::stdin();
-    let interactive = !no_prompt && stdin.is_terminal();
-    let mut lines = stdin.lock();
-    let mut read = |prompt: &str| -> anyhow::Result<String> {
-        if interactive {
-            eprint!("{prompt}");
-            std::io::stderr().flush()?;
+    let interactive = !no_prompt && std::io::stdin().is_terminal();
+    let password = if interactive {
+        let first = rpassword::prompt_password(format!("password for {user}: "))
+            .context("cannot read the password from the terminal")?;
+        let again = rpassword::prompt_password("repeat the password: ")
+            .context("cannot read the password from the terminal")?;
+        if first != again {
+            bail!("the passwords do not match");
         }
+        first
+    } else {
         let mut line = String::new();
-        if lines
+        if std::io::stdin()
+            .lock()
             .read_line(&mut line)
             .context("cannot read the password from standard input")?
             == 0
@@ -174,15 +204,10 @@ fn read_password(user: &str, no_prompt: bool) -> anyhow::Result<String> {
             );
         }
         let trimmed = line.strip_suffix('\n').unwrap_or(&line);
-        Ok(trimmed.strip_suffix('\r').unwrap_or(trimmed).to_owned())
+        trimmed.strip_suffix('\r').unwrap_or(trimmed).to_owned()
     };
-
-    let password = read(&format!("password for {user}: "))?;
     if password.is_empty() {
         bail!("the password is empty");
-    }
-    if interactive && read("repeat the password: ")? != password {
-        bail!("the passwords do not match");
     }
     Ok(password)
 }

@@ -77,7 +77,12 @@ pub enum Event {
     Stanza(Element),
     /// The stream ended: the client closed it, or an error closed it (the stream error is
     /// already in the output). No more input will be processed.
-    Closed { error: Option<&'static str> },
+    Closed {
+        error: Option<&'static str>,
+        /// Why, in words (the stream error's `<text/>`): what the limit was, what did not
+        /// parse.
+        text: Option<String>,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -301,7 +306,10 @@ impl C2sStream {
             .out
             .extend_from_slice(xml::STREAM_CLOSE.as_bytes());
         self.phase = Phase::Closed;
-        self.wire.events.push_back(Event::Closed { error });
+        self.wire.events.push_back(Event::Closed {
+            error,
+            text: text.map(str::to_owned),
+        });
     }
 
     fn process(&mut self) {
@@ -310,8 +318,9 @@ impl C2sStream {
                 Ok(None) => break,
                 Ok(Some(event)) => self.on_xml(event),
                 Err(e) => {
-                    let condition = e.condition();
-                    self.close(Some(condition), None);
+                    // The text tells the client (and the log) which limit or rule it broke.
+                    let text = e.to_string();
+                    self.close(Some(e.condition()), Some(&text));
                 }
             }
         }
@@ -326,7 +335,10 @@ impl C2sStream {
                     .out
                     .extend_from_slice(xml::STREAM_CLOSE.as_bytes());
                 self.phase = Phase::Closed;
-                self.wire.events.push_back(Event::Closed { error: None });
+                self.wire.events.push_back(Event::Closed {
+                    error: None,
+                    text: None,
+                });
             }
             XmlEvent::Stanza(el) => {
                 if self.phase == Phase::AwaitHeader {

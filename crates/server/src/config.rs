@@ -71,20 +71,44 @@ impl Default for Config {
 pub struct ListenConfig {
     /// Client-to-server listeners that offer STARTTLS (RFC 6120 §5).
     /// Default: `["127.0.0.1:5222"]`.
+    #[serde(deserialize_with = "listen_addrs")]
     pub c2s: Vec<SocketAddr>,
     /// Client-to-server listeners with TLS from the first byte (XEP-0368).
     /// Default: `["127.0.0.1:5223"]`.
+    #[serde(deserialize_with = "listen_addrs")]
     pub c2s_tls: Vec<SocketAddr>,
     /// Server-to-server listeners offering STARTTLS (RFC 6120 §5), bound only when
     /// `federation.enabled` is set. Default: `["127.0.0.1:5269"]`.
+    #[serde(deserialize_with = "listen_addrs")]
     pub s2s: Vec<SocketAddr>,
     /// Server-to-server listeners with TLS from the first byte (XEP-0368, ALPN
     /// `xmpp-server`), bound only when `federation.enabled` is set. Default: none.
+    #[serde(deserialize_with = "listen_addrs")]
     pub s2s_tls: Vec<SocketAddr>,
     /// Server-to-server streams over WebSocket (RFC 7395 framing) inside HTTPS, for networks
     /// where only HTTP(S) passes; Outpost peers only. Bound only when `federation.enabled`
     /// is set. Default: none.
+    #[serde(deserialize_with = "listen_addrs")]
     pub s2s_websocket: Vec<SocketAddr>,
+}
+
+/// Listen addresses are IP addresses: a name could resolve to several, or to different
+/// ones over time, and which interfaces a server listens on must not depend on DNS.
+fn listen_addrs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<SocketAddr>().map_err(|_| {
+                let port = t.rsplit_once(':').map_or("5222", |(_, p)| p);
+                serde::de::Error::custom(format!(
+                    "`{t}` is not an IP address and port: write 127.0.0.1:{port} for the \
+                     loopback interface, 0.0.0.0:{port} for every IPv4 interface, or \
+                     [::]:{port} for IPv6"
+                ))
+            })
+        })
+        .collect()
 }
 
 impl Default for ListenConfig {
@@ -194,13 +218,20 @@ pub struct LimitsConfig {
     /// Seconds of silence from a client after which the server sends it an XEP-0199 ping,
     /// so live connections generate traffic and dead ones are found. Default: `300`.
     pub ping_interval_secs: u64,
-    /// Failed logins allowed from one IP address within `login_failure_window_secs`;
-    /// further attempts are refused until the window passes. Default: `10`.
-    pub login_failures_per_ip: u32,
-    /// Failed logins allowed for one account within `login_failure_window_secs`, from any
-    /// address. Default: `10`.
+    /// Failed logins allowed for one account from one IP address; after that, the account
+    /// waits before it may try again from there: 15 s, doubling with each further failure,
+    /// never longer than `login_failure_window_secs`. Other accounts behind the same
+    /// address (an office NAT) are not affected. Default: `5`.
+    pub login_failures_per_address_account: u32,
+    /// Failed logins allowed for one account from all addresses together before it waits
+    /// the same way wherever it logs in from. Default: `20`.
     pub login_failures_per_account: u32,
-    /// Length of the window in which failed logins are counted, in seconds. Default: `300`.
+    /// Failed logins allowed from one IP address for all accounts together within
+    /// `login_failure_window_secs`; further attempts from it are refused until the window
+    /// passes. Default: `100`.
+    pub login_failures_per_ip: u32,
+    /// A failure count is forgotten after this many seconds without a new failure, and the
+    /// longest wait. `outpost admin unblock` forgets counts at once. Default: `300`.
     pub login_failure_window_secs: u64,
     /// Most sessions (resources) bound at once for one account. Default: `10`.
     pub max_resources_per_account: usize,
@@ -223,8 +254,9 @@ impl Default for LimitsConfig {
             offline_quota: 10_000,
             idle_timeout_secs: 600,
             ping_interval_secs: 300,
-            login_failures_per_ip: 10,
-            login_failures_per_account: 10,
+            login_failures_per_address_account: 5,
+            login_failures_per_account: 20,
+            login_failures_per_ip: 100,
             login_failure_window_secs: 300,
             max_resources_per_account: 10,
             registrations_per_ip: 5,
@@ -237,17 +269,31 @@ impl Default for LimitsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` filter, e.g. `"info"` or `"info,outpost_server=debug"`. The `RUST_LOG`
-    /// environment variable, when set, takes precedence. Default: `"info"`.
+    /// A `tracing` filter: a level (`trace`, `debug`, `info`, `warn`, `error`, `off`),
+    /// optionally followed by `target=level` pairs, e.g. `"info,outpost_server=debug"`. The
+    /// `RUST_LOG` environment variable, when set, takes precedence. Default: `"info"`.
     pub level: String,
+    /// `"text"`, one line per event for people, or `"json"`, one JSON object per line for
+    /// log collectors. Default: `"text"`.
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            format: LogFormat::Text,
         }
     }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[federation]`: server-to-server links (RFC 6120 §4–§6) and the durable outbound queue.
@@ -490,13 +536,17 @@ impl Config {
         if !(8..=1024).contains(&l.max_depth) {
             problem("limits.max_depth must be between 8 and 1024".to_owned());
         }
-        let positive: [(&str, u64); 12] = [
+        let positive: [(&str, u64); 13] = [
             ("read_rate_bytes_per_sec", l.read_rate_bytes_per_sec.into()),
             ("read_burst_bytes", l.read_burst_bytes.into()),
             ("max_connections", l.max_connections as u64),
             ("offline_quota", l.offline_quota.into()),
             ("idle_timeout_secs", l.idle_timeout_secs),
             ("ping_interval_secs", l.ping_interval_secs),
+            (
+                "login_failures_per_address_account",
+                l.login_failures_per_address_account.into(),
+            ),
             ("login_failures_per_ip", l.login_failures_per_ip.into()),
             (
                 "login_failures_per_account",

@@ -13,7 +13,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
@@ -79,22 +80,30 @@ fn refused(stanza: Element, condition: Condition) -> Result<(), Box<Undeliverabl
 }
 
 pub(crate) struct Delivery {
-    domains: Vec<String>,
+    /// Our domains; replaced by a reload.
+    domains: RwLock<Arc<[String]>>,
     router: Router,
     store: Arc<dyn Store>,
-    offline_quota: u32,
+    offline_quota: AtomicU32,
     remote: Arc<dyn Remote>,
 }
 
 impl Delivery {
     pub(crate) fn new(config: &Config, store: Arc<dyn Store>, remote: Arc<dyn Remote>) -> Self {
         Delivery {
-            domains: config.domains.clone(),
+            domains: RwLock::new(config.domains.clone().into()),
             router: Router::new(),
             store,
-            offline_quota: config.limits.offline_quota,
+            offline_quota: AtomicU32::new(config.limits.offline_quota),
             remote,
         }
+    }
+
+    /// A reload: the domains served and the offline quota from now on.
+    pub(crate) fn reload(&self, config: &Config) {
+        *self.domains.write().unwrap_or_else(|p| p.into_inner()) = config.domains.clone().into();
+        self.offline_quota
+            .store(config.limits.offline_quota, Ordering::Relaxed);
     }
 
     pub(crate) fn router(&self) -> &Router {
@@ -107,7 +116,8 @@ impl Delivery {
 
     /// Whether `domain` is one of ours.
     pub(crate) fn is_local(&self, domain: &str) -> bool {
-        config::is_one_of(&self.domains, domain)
+        let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
+        config::is_one_of(&domains, domain)
     }
 
     /// Whether stanzas for `domain` can go anywhere: it is ours, or other domains are
@@ -246,7 +256,11 @@ impl Delivery {
         let text = String::from_utf8_lossy(&text);
         match self
             .store
-            .push_offline(user.as_str(), &text, self.offline_quota)
+            .push_offline(
+                user.as_str(),
+                &text,
+                self.offline_quota.load(Ordering::Relaxed),
+            )
             .await
         {
             Ok(_) => {

@@ -20,6 +20,7 @@
 
 pub mod accounts;
 mod blocking;
+mod clock;
 pub mod config;
 mod delivery;
 pub mod ids;
@@ -33,8 +34,9 @@ mod tasks;
 mod throttle;
 mod tls;
 
+pub use router::SessionInfo;
 pub use s2s::{LinkState, LinkStatus};
-pub use tls::{Fingerprint, TlsError, TlsIdentity};
+pub use tls::{CertificateInfo, Fingerprint, SELF_SIGNED_VALIDITY, TlsError, TlsIdentity};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,12 +97,48 @@ pub enum ServerError {
     Tls(#[from] TlsError),
     #[error("storage failed")]
     Store(#[from] outpost_store::StoreError),
+    #[error("`{0}` is not a JID")]
+    InvalidJid(String),
+}
+
+/// What happened to an account whose sessions must end ([`ServerHandle::account_changed`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccountChange {
+    /// The account is gone.
+    Removed,
+    /// Its password changed: sessions logged in with the old one must log in again.
+    PasswordChanged,
+}
+
+/// A running server at a glance (`outpost admin status`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerStatus {
+    pub version: String,
+    pub started_at_ms: i64,
+    pub domains: Vec<String>,
+    /// Bound client sessions, and the accounts they belong to.
+    pub sessions: usize,
+    pub users_online: usize,
+    pub federation: bool,
+    pub links: Vec<LinkStatus>,
+}
+
+/// What a reload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reloaded {
+    /// Sections whose changes take a restart (they were not applied).
+    pub needs_restart: Vec<String>,
+    /// Domains no longer served, and the sessions on them that were ended (`host-gone`).
+    pub domains_removed: Vec<String>,
+    pub sessions_ended: usize,
 }
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     delivery: Arc<Delivery>,
+    sessions: Arc<session::Env>,
     federation: Option<Arc<Federation>>,
+    started_at_ms: i64,
     addrs: Vec<(ListenerKind, SocketAddr)>,
     tasks: Tasks,
     shutdown: CancellationToken,
@@ -156,13 +194,14 @@ impl ServerHandle {
             fed.start();
         }
         let max_connections = config.limits.max_connections;
+        let sessions = Arc::new(session::Env::new(
+            delivery.clone(),
+            config,
+            tls,
+            shutdown.clone(),
+        ));
         let services = Services {
-            sessions: Arc::new(session::Env::new(
-                delivery.clone(),
-                config,
-                tls,
-                shutdown.clone(),
-            )),
+            sessions: sessions.clone(),
             federation: federation.clone(),
         };
         let connections = Arc::new(Semaphore::new(max_connections));
@@ -181,7 +220,9 @@ impl ServerHandle {
         }
         Ok(ServerHandle {
             delivery,
+            sessions,
             federation,
+            started_at_ms: clock::now_ms(),
             addrs,
             tasks,
             shutdown,
@@ -233,10 +274,129 @@ impl ServerHandle {
         self.delivery.router().session_count()
     }
 
+    /// Every bound client session, sorted by JID.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.delivery.router().sessions()
+    }
+
+    /// Ends the session of a full JID, or every session of a bare JID, with a
+    /// `policy-violation` stream error. Returns how many sessions were told.
+    pub fn kick(&self, jid: &str) -> Result<usize, ServerError> {
+        let jid = jid::Jid::new(jid).map_err(|_| ServerError::InvalidJid(jid.to_owned()))?;
+        Ok(self
+            .delivery
+            .router()
+            .tell(&jid, || router::ToSession::End {
+                condition: "policy-violation",
+                text: "disconnected by the operator",
+            }))
+    }
+
+    /// Ends every session of `user` after a change made to its account elsewhere (the
+    /// `outpost user` commands), with `not-authorized` (RFC 6120 §4.9.3.12).
+    pub fn account_changed(&self, user: &str, change: AccountChange) -> Result<usize, ServerError> {
+        let bare = jid::BareJid::new(user).map_err(|_| ServerError::InvalidJid(user.to_owned()))?;
+        let text = match change {
+            AccountChange::Removed => "account removed",
+            AccountChange::PasswordChanged => "password changed",
+        };
+        Ok(self
+            .delivery
+            .router()
+            .end_sessions(&bare, None, "not-authorized", text))
+    }
+
+    /// Forgets failed-login counts: of `account`, of `address`, of both together, or all of
+    /// them. Returns how many counts were forgotten.
+    pub fn unblock(&self, account: Option<&str>, address: Option<std::net::IpAddr>) -> usize {
+        self.sessions.unblock(account, address)
+    }
+
+    /// Uptime, sessions and links.
+    pub async fn status(&self) -> Result<ServerStatus, ServerError> {
+        let sessions = self.sessions();
+        let mut users: Vec<&str> = sessions
+            .iter()
+            .map(|s| s.jid.split('/').next().unwrap_or_default())
+            .collect();
+        users.dedup();
+        Ok(ServerStatus {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at_ms: self.started_at_ms,
+            domains: self.sessions.domains(),
+            sessions: sessions.len(),
+            users_online: users.len(),
+            federation: self.federation.is_some(),
+            links: self.link_statuses().await?,
+        })
+    }
+
+    /// Writes a consistent copy of the store to `to` while the server runs.
+    pub async fn backup(&self, to: &std::path::Path) -> Result<(), ServerError> {
+        Ok(self.delivery.store().backup(to).await?)
+    }
+
+    /// Applies a new configuration and certificate without dropping sessions: domains,
+    /// limits, registration, authentication settings and certificates (for connections
+    /// from now on; login limits at once). Sessions on domains no longer served end with
+    /// `host-gone`. Listeners, storage, the data directory and federation settings take a
+    /// restart: they are named in [`Reloaded::needs_restart`] and left as they were.
+    pub fn reload(
+        &self,
+        mut config: Config,
+        identity: &TlsIdentity,
+    ) -> Result<Reloaded, ServerError> {
+        let old = self.sessions.config();
+        let mut report = Reloaded::default();
+        let mut keep = |name: &str, same: bool| {
+            if !same {
+                report.needs_restart.push(name.to_owned());
+            }
+        };
+        keep("listen", config.listen == old.listen);
+        keep("storage", config.storage == old.storage);
+        keep("data_dir", config.data_dir == old.data_dir);
+        keep("federation", config.federation == old.federation);
+        config.listen = old.listen.clone();
+        config.storage = old.storage.clone();
+        config.data_dir = old.data_dir.clone();
+        config.federation = old.federation.clone();
+        let tls = session::ClientTls {
+            starttls: identity.server_config(&[])?,
+            direct: identity.server_config(&[b"xmpp-client"])?,
+        };
+        if let Some(fed) = &self.federation {
+            fed.reload(&config, identity)?;
+        }
+        report.domains_removed = old
+            .domains
+            .iter()
+            .filter(|d| !config.serves_domain(d))
+            .cloned()
+            .collect();
+        self.delivery.reload(&config);
+        self.sessions.reload(config, tls);
+        let router = self.delivery.router();
+        for s in router.sessions() {
+            let bare = jid::BareJid::new(s.jid.split('/').next().unwrap_or_default());
+            if let Ok(bare) = bare
+                && report
+                    .domains_removed
+                    .iter()
+                    .any(|d| d == bare.domain().as_str())
+            {
+                report.sessions_ended +=
+                    router.end_sessions(&bare, None, "host-gone", "domain no longer served");
+            }
+        }
+        info!(?report, "configuration reloaded");
+        Ok(report)
+    }
+
     /// Stops accepting, closes every stream with a `system-shutdown` stream error and
     /// `</stream:stream>`, waits for sessions and links to end, aborts what has not ended
     /// by the deadline, then closes the store.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.shutdown.cancel();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
             .await

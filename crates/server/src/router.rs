@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 
 use jid::{BareJid, FullJid, Jid};
@@ -46,8 +47,13 @@ pub(crate) enum ToSession {
     /// Another connection bound the same full JID (RFC 6120 §7.7.2.2): close with
     /// `conflict`.
     Replaced,
-    /// The account was removed: close the stream.
-    AccountRemoved,
+    /// Close the stream with this stream error (the account was removed or its password
+    /// changed: `not-authorized`, RFC 6120 §4.9.3.12; an operator kicked it: `policy-violation`;
+    /// its domain is no longer served: `host-gone`).
+    End {
+        condition: &'static str,
+        text: &'static str,
+    },
     /// The link to another domain came (back) up: send current presence to subscribers
     /// there, and (`probe`, for one resource per user) probe the contacts there.
     LinkRestored { domain: Arc<str>, probe: bool },
@@ -71,6 +77,9 @@ struct Resource {
     jid: FullJid,
     session_id: u64,
     tx: SessionTx,
+    /// Where the client connects from, and since when (Unix milliseconds), for operators.
+    peer: SocketAddr,
+    since_ms: i64,
     /// Set by initial presence, cleared by unavailable presence (RFC 6121 §4.2).
     available: bool,
     priority: i8,
@@ -84,6 +93,27 @@ struct Shard {
 pub(crate) struct Router {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
+}
+
+/// A bound session, as operators see it (`outpost admin sessions`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    pub jid: String,
+    pub peer: SocketAddr,
+    /// When the resource was bound, in Unix milliseconds.
+    pub since_ms: i64,
+    /// Whether it has sent available presence, and its priority.
+    pub available: bool,
+    pub priority: i8,
+}
+
+/// Who a session is: its resource, its id, its channel, and where it connects from.
+pub(crate) struct Binding {
+    pub(crate) jid: FullJid,
+    pub(crate) session_id: u64,
+    pub(crate) tx: SessionTx,
+    pub(crate) peer: SocketAddr,
+    pub(crate) since_ms: i64,
 }
 
 pub(crate) enum BindOutcome {
@@ -121,17 +151,11 @@ impl Router {
 
     /// Registers a bound resource. A session already bound to the same full JID is told
     /// to leave ([`ToSession::Replaced`]) and loses its place.
-    pub(crate) fn bind(
-        &self,
-        jid: &FullJid,
-        session_id: u64,
-        tx: SessionTx,
-        max_resources: usize,
-    ) -> BindOutcome {
-        let bare = jid.to_bare();
+    pub(crate) fn bind(&self, b: Binding, max_resources: usize) -> BindOutcome {
+        let bare = b.jid.to_bare();
         let mut shard = self.write(&bare);
         let list = shard.users.entry(bare).or_default();
-        if let Some(pos) = list.iter().position(|r| r.jid == *jid) {
+        if let Some(pos) = list.iter().position(|r| r.jid == b.jid) {
             let old = list.swap_remove(pos);
             // If the old session's channel is full it is stuck anyway; it will end when
             // its socket does.
@@ -140,9 +164,11 @@ impl Router {
             return BindOutcome::TooMany;
         }
         list.push(Resource {
-            jid: jid.clone(),
-            session_id,
-            tx,
+            jid: b.jid,
+            session_id: b.session_id,
+            tx: b.tx,
+            peer: b.peer,
+            since_ms: b.since_ms,
             available: false,
             priority: 0,
         });
@@ -281,6 +307,58 @@ impl Router {
             }
         }
         told
+    }
+
+    /// Tells the sessions of `jid` (a full JID: that one; a bare JID: all of the account's)
+    /// what `msg` makes. Returns how many were told.
+    pub(crate) fn tell(&self, jid: &Jid, msg: impl Fn() -> ToSession) -> usize {
+        let full = jid.try_as_full().ok();
+        let targets = self.senders(&jid.to_bare(), |r| full.is_none_or(|f| r.jid == *f));
+        targets
+            .iter()
+            .filter(|(_, tx)| deliver(tx, msg()).is_ok())
+            .count()
+    }
+
+    /// Ends every session of `user` but `except` with a stream error (see
+    /// [`ToSession::End`]). Returns how many were told.
+    pub(crate) fn end_sessions(
+        &self,
+        user: &BareJid,
+        except: Option<&FullJid>,
+        condition: &'static str,
+        text: &'static str,
+    ) -> usize {
+        let targets = self.senders(user, |r| except.is_none_or(|e| r.jid != *e));
+        targets
+            .iter()
+            .filter(|(_, tx)| deliver(tx, ToSession::End { condition, text }).is_ok())
+            .count()
+    }
+
+    /// Every bound session, sorted by JID.
+    pub(crate) fn sessions(&self) -> Vec<SessionInfo> {
+        let mut out: Vec<SessionInfo> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+                shard
+                    .users
+                    .values()
+                    .flatten()
+                    .map(|r| SessionInfo {
+                        jid: r.jid.to_string(),
+                        peer: r.peer,
+                        since_ms: r.since_ms,
+                        available: r.available,
+                        priority: r.priority,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.sort_by(|a, b| a.jid.cmp(&b.jid));
+        out
     }
 
     /// Number of bound sessions (for metrics and tests).

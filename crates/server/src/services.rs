@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use jid::BareJid;
+use jid::{BareJid, FullJid};
 use minidom::Element;
 use outpost_proto::stanza::{self, Condition, StanzaError, ns};
 use outpost_store::StoreError;
@@ -15,7 +15,6 @@ use tracing::{info, warn};
 use crate::accounts::{self, AccountError};
 use crate::config::Config;
 use crate::delivery::Delivery;
-use crate::router::ToSession;
 use crate::throttle::RegistrationThrottle;
 
 /// Longest password accepted at registration or change.
@@ -225,9 +224,10 @@ pub(crate) async fn register_new(
 pub(crate) async fn register_account(
     d: &Delivery,
     config: &Config,
-    user: &BareJid,
+    requester: &FullJid,
     request: &Element,
 ) -> IqAnswer {
+    let user = &requester.to_bare();
     let q = request
         .get_child("query", ns::REGISTER)
         .ok_or(Condition::BadRequest)?;
@@ -249,7 +249,8 @@ pub(crate) async fn register_account(
             .await
             .map_err(|e| internal("cannot remove account", e))?;
         info!("account removed by its owner");
-        d.router().tell_all(user, || ToSession::AccountRemoved);
+        d.router()
+            .end_sessions(user, None, "not-authorized", "account removed");
         return Ok(stanza::iq_result(request, None));
     }
     let (username, password) = register_fields(request).ok_or(Condition::BadRequest)?;
@@ -260,6 +261,9 @@ pub(crate) async fn register_account(
     match accounts::set_password(store.as_ref(), user.as_str(), &password, iterations).await {
         Ok(()) => {
             info!("password changed");
+            // The user's other sessions logged in with the old password (RFC 6120 §4.9.3.12).
+            d.router()
+                .end_sessions(user, Some(requester), "not-authorized", "password changed");
             Ok(stanza::iq_result(request, None))
         }
         Err(AccountError::BadPassword(_)) => Err(Condition::NotAcceptable.into()),

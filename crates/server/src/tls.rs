@@ -31,6 +31,23 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
     #[error("cannot generate a certificate")]
     Generate(#[source] rcgen::Error),
+    #[error("cannot read the certificate: {0}")]
+    Unreadable(String),
+}
+
+/// How long a generated self-signed certificate is valid.
+pub const SELF_SIGNED_VALIDITY: time::Duration = time::Duration::days(365);
+
+/// A certificate as operators see it. Times are Unix seconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateInfo {
+    pub subject: String,
+    pub issuer: String,
+    /// The DNS names it is valid for.
+    pub names: Vec<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub fingerprint: Fingerprint,
 }
 
 /// A certificate chain and its private key, PEM-encoded.
@@ -48,14 +65,59 @@ impl fmt::Debug for TlsIdentity {
 }
 
 impl TlsIdentity {
-    /// A new self-signed certificate for `domains` (ECDSA P-256). Clients must be told to
-    /// trust it; it is meant for a first start and for tests.
+    /// A new self-signed certificate for `domains` (ECDSA P-256), named after the first
+    /// domain (what clients show when they ask the user to trust it), valid from an hour ago
+    /// for [`SELF_SIGNED_VALIDITY`]. Meant for a first start and for tests; the binary
+    /// renews it before it ends.
     pub fn self_signed(domains: &[String]) -> Result<TlsIdentity, TlsError> {
-        let certified =
-            rcgen::generate_simple_self_signed(domains.to_vec()).map_err(TlsError::Generate)?;
+        let mut params =
+            rcgen::CertificateParams::new(domains.to_vec()).map_err(TlsError::Generate)?;
+        let mut name = rcgen::DistinguishedName::new();
+        if let Some(first) = domains.first() {
+            name.push(rcgen::DnType::CommonName, first.as_str());
+        }
+        name.push(rcgen::DnType::OrganizationName, "Outpost (self-signed)");
+        params.distinguished_name = name;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        params.not_after = now + SELF_SIGNED_VALIDITY;
+        let key = rcgen::KeyPair::generate().map_err(TlsError::Generate)?;
+        let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
         Ok(TlsIdentity {
-            cert_chain_pem: certified.cert.pem(),
-            key_pem: certified.signing_key.serialize_pem(),
+            cert_chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// What the leaf certificate says of itself, for operators (`outpost admin cert`) and
+    /// for renewing a generated one.
+    pub fn certificate_info(&self) -> Result<CertificateInfo, TlsError> {
+        let (certs, _) = self.parts()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
+            .map_err(|e| TlsError::Unreadable(e.to_string()))?;
+        let names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|ext| {
+                ext.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let validity = cert.validity();
+        Ok(CertificateInfo {
+            subject: cert.subject().to_string(),
+            issuer: cert.issuer().to_string(),
+            names,
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+            fingerprint: Fingerprint::of(&certs[0]),
         })
     }
 
@@ -79,6 +141,12 @@ impl TlsIdentity {
     pub fn fingerprint(&self) -> Result<Fingerprint, TlsError> {
         let (certs, _) = self.parts()?;
         Ok(Fingerprint::of(&certs[0]))
+    }
+
+    /// Whether the chain and key parse and belong together: what starting a server with them
+    /// checks (`outpost config check`).
+    pub fn check(&self) -> Result<(), TlsError> {
+        self.server_config(&[]).map(|_| ())
     }
 
     /// A rustls configuration for this identity. `alpn` lists the protocols offered
@@ -207,12 +275,21 @@ mod tests {
     }
 
     #[test]
-    fn an_identity_knows_its_fingerprint() {
-        let id = TlsIdentity::self_signed(&["a.test".to_owned()]).expect("cert");
+    fn a_generated_certificate_names_its_domains_and_lasts_a_year() {
+        let domains = ["a.test".to_owned(), "b.test".to_owned()];
+        let id = TlsIdentity::self_signed(&domains).expect("cert");
         let (certs, _) = id.parts().expect("parts");
-        assert_eq!(
-            id.fingerprint().expect("fingerprint"),
-            Fingerprint::of(&certs[0])
+        let info = id.certificate_info().expect("info");
+        assert_eq!(info.fingerprint, id.fingerprint().expect("fingerprint"));
+        assert_eq!(info.fingerprint, Fingerprint::of(&certs[0]));
+        assert!(info.subject.contains("CN=a.test"), "{}", info.subject);
+        assert_eq!(info.names, domains);
+        let lifetime = info.not_after - info.not_before;
+        assert!(
+            (365 * 86_400..=366 * 86_400).contains(&lifetime),
+            "{lifetime}"
         );
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(info.not_before <= now && now < info.not_after);
     }
 }

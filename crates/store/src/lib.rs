@@ -175,6 +175,10 @@ pub enum StoreError {
     QuotaExceeded { quota: u32 },
     #[error("storage backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0} is not supported by this storage backend")]
+    Unsupported(&'static str),
+    #[error("{path} exists already")]
+    Exists { path: std::path::PathBuf },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -369,6 +373,13 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets the ids last seen before `older_than_ms`; returns how many. Keep them longer
     /// than the peers' retry lifetime, or a late retry is delivered again.
     async fn prune_seen(&self, older_than_ms: i64) -> Result<u64>;
+
+    // ---- operations ----
+
+    /// Writes a consistent copy of everything to a new file at `to` while the store stays
+    /// in use (`outpost admin backup`). Fails if `to` exists. Backends that keep nothing on
+    /// disk return `Unsupported`.
+    async fn backup(&self, to: &std::path::Path) -> Result<()>;
 
     /// Flushes whatever the backend buffers and closes it; called at shutdown.
     async fn close(&self);

@@ -437,5 +437,9 @@ impl Store for MemoryStore {
         Ok((before - inner.seen.len()) as u64)
     }
 
+    async fn backup(&self, _to: &std::path::Path) -> Result<()> {
+        Err(StoreError::Unsupported("backup"))
+    }
+
     async fn close(&self) {}
 }

@@ -40,6 +40,18 @@ impl Client {
         Client { inner, rt }
     }
 
+    /// A plaintext connection to `addr` with nothing sent yet.
+    pub fn connect_raw(addr: SocketAddr, wait: Duration) -> Client {
+        let rt = runtime();
+        let inner = rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let mut c = crate::Client::new(Box::new(tcp));
+            c.wait = wait;
+            c
+        });
+        Client { inner, rt }
+    }
+
     /// Registers `user` in band (XEP-0077) on a fresh connection, and checks the server
     /// created the account.
     pub fn register(addr: SocketAddr, domain: &str, user: &str, password: &str, wait: Duration) {

@@ -166,7 +166,11 @@ fn default_config_is_accepted_as_a_file() {
         .args(["config", "check", "--config"])
         .arg(&config));
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "configuration OK\n");
+    assert!(
+        stdout(&out).starts_with("configuration OK\nno certificate yet: a self-signed one"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = run(outpost(dir.path()).arg("--version"));
     assert!(stdout(&out).starts_with("outpost "), "{}", stdout(&out));
@@ -357,6 +361,73 @@ fn serve_fails_clearly_on_a_missing_certificate() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("tls.key must be set when tls.cert is"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_check_checks_the_certificate_serve_would_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = outpost_server::TlsIdentity::self_signed(&["localhost".to_owned()]).unwrap();
+    let b = outpost_server::TlsIdentity::self_signed(&["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &a.cert_chain_pem).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &a.key_pem).unwrap();
+    std::fs::write(dir.path().join("other-key.pem"), &b.key_pem).unwrap();
+    let check = |cert: &str, key: &str| {
+        let config = write_config(
+            &dir,
+            &format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n"),
+        );
+        run(outpost(dir.path())
+            .args(["config", "check", "--config"])
+            .arg(&config))
+    };
+
+    // Relative paths are relative to the configuration file.
+    let out = check("cert.pem", "key.pem");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("SHA-256 "), "{}", stdout(&out));
+
+    let out = check("missing.pem", "key.pem");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot read the TLS certificate"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = check("cert.pem", "other-key.pem");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("certificate and key do not match"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn config_check_refuses_a_misspelt_log_level_and_a_host_name_to_listen_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, "[log]\nlevel = \"inf\"\n");
+    let out = run(outpost(dir.path())
+        .args(["config", "check", "--config"])
+        .arg(&config));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("`inf` is not a level"),
+        "{}",
+        stderr(&out)
+    );
+
+    let config = write_config(&dir, "[listen]\nc2s = [\"localhost:5222\"]\n");
+    let out = run(outpost(dir.path())
+        .args(["config", "check", "--config"])
+        .arg(&config));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out)
+            .contains("`localhost:5222` is not an IP address and port: write 127.0.0.1:5222"),
         "{}",
         stderr(&out)
     );

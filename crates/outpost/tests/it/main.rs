@@ -7,3 +7,4 @@ mod cli;
 mod common;
 mod durability;
 mod federation_durability;
+mod operator;

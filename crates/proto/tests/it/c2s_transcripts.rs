@@ -119,7 +119,7 @@ impl From<Event> for Ev {
             Event::BindRequest { resource } => Ev::BindRequest(resource),
             Event::Bound { jid } => Ev::Bound(jid.to_string()),
             Event::Stanza(el) => Ev::Stanza(el),
-            Event::Closed { error } => Ev::Closed(error),
+            Event::Closed { error, .. } => Ev::Closed(error),
         }
     }
 }

@@ -41,7 +41,7 @@ pub(crate) async fn serve(fed: Arc<Federation>, tcp: TcpStream, peer: SocketAddr
 pub(crate) async fn serve_tls(fed: Arc<Federation>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
     let mut conn = Conn::Plain(tcp);
-    if !conn.accept_tls(&fed.tls_direct).await {
+    if !conn.accept_tls(&fed.listening().tls_direct).await {
         debug!(%peer, "direct TLS handshake failed");
         return;
     }
@@ -73,9 +73,10 @@ pub(crate) async fn serve_conn(
             return;
         };
         // Unpredictable, because dialback keys are bound to it (RFC 6120 §4.7.3).
+        let listening = fed.listening();
         let proto = S2sIncoming::new(
             fed.incoming_config(transport),
-            fed.domains.clone(),
+            listening.domains.clone(),
             crate::ids::random_id(20),
         );
         let mut s = Inbound {
@@ -162,7 +163,7 @@ impl Inbound {
             Event::StartTls => {
                 let out = self.proto.take_output();
                 if conn.write_all(&out).await.is_err()
-                    || !conn.accept_tls(&self.fed.tls_starttls).await
+                    || !conn.accept_tls(&self.fed.listening().tls_starttls).await
                 {
                     debug!("TLS handshake failed");
                     return false;
@@ -174,7 +175,7 @@ impl Inbound {
             Event::CheckCertificate { domain } => {
                 let ok = conn
                     .peer_certificate()
-                    .is_some_and(|cert| self.fed.env.trust.accepts(&domain, &cert));
+                    .is_some_and(|cert| self.fed.env.trust().accepts(&domain, &cert));
                 debug!(%domain, ok, "peer certificate checked");
                 self.proto.certificate_checked(ok);
             }

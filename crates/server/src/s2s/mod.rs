@@ -45,7 +45,7 @@ mod ws;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use minidom::Element;
 use outpost_proto::s2s::{DialbackVerdict, RelayPolicy, S2sConfig, Transport};
@@ -55,6 +55,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+pub(crate) use crate::clock::now_ms;
 use crate::config::{Config, FederationConfig, HostPort, WssUrl};
 use crate::delivery::{Delivery, Remote, RemoteFuture};
 use crate::tasks::Tasks;
@@ -98,7 +99,8 @@ pub(crate) struct LinkEnv {
     peers: RwLock<HashMap<String, HostPort>>,
     /// `federation.websocket_peers`, changeable at run time like `peers`.
     websocket_peers: RwLock<HashMap<String, WssUrl>>,
-    pub(crate) trust: trust::Trust,
+    /// Replaced by a reload (new certificates).
+    trust: RwLock<Arc<trust::Trust>>,
     /// How peers are found and reached directly: the DNS resolver.
     dialer: direct::Dialer,
     /// Each link's state, for operators.
@@ -112,7 +114,12 @@ pub(crate) struct LinkEnv {
 impl LinkEnv {
     /// The TLS client configuration for a stream to `domain` (see `trust`).
     pub(crate) fn tls_client_for(&self, domain: &str) -> Arc<rustls::ClientConfig> {
-        self.trust.client_config(domain)
+        self.trust().client_config(domain)
+    }
+
+    /// The certificate policy now.
+    pub(crate) fn trust(&self) -> Arc<trust::Trust> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// `domain`'s entry in `federation.peers`.
@@ -141,11 +148,27 @@ pub(crate) struct Prepared {
     secret: String,
     trust: trust::Trust,
     dialer: direct::Dialer,
-    tls_starttls: Arc<rustls::ServerConfig>,
-    tls_direct: Arc<rustls::ServerConfig>,
+    listening: Listening,
     idle_timeout: Duration,
     max_stanza_bytes: usize,
+}
+
+/// What incoming streams are accepted with: the listeners' TLS and our domains. Replaced by
+/// a reload; a stream keeps what it started with.
+pub(crate) struct Listening {
+    tls_starttls: Arc<rustls::ServerConfig>,
+    tls_direct: Arc<rustls::ServerConfig>,
     domains: Vec<String>,
+}
+
+impl Listening {
+    fn new(server: &Config, identity: &TlsIdentity) -> Result<Listening, TlsError> {
+        Ok(Listening {
+            tls_starttls: identity.s2s_server_config(&[])?,
+            tls_direct: identity.s2s_server_config(&[b"xmpp-server"])?,
+            domains: server.domains.clone(),
+        })
+    }
 }
 
 impl Prepared {
@@ -160,11 +183,9 @@ impl Prepared {
                 .unwrap_or_else(|| crate::ids::random_id(32)),
             trust: trust::Trust::new(config, Some(identity))?,
             dialer: direct::Dialer::new(config),
-            tls_starttls: identity.s2s_server_config(&[])?,
-            tls_direct: identity.s2s_server_config(&[b"xmpp-server"])?,
+            listening: Listening::new(server, identity)?,
             idle_timeout: Duration::from_secs(server.limits.idle_timeout_secs),
             max_stanza_bytes: server.limits.max_stanza_bytes,
-            domains: server.domains.clone(),
             config: config.clone(),
         })
     }
@@ -178,20 +199,10 @@ pub(crate) struct Federation {
     /// Into the group commit of the outbox (see [`Remote::queue`]).
     pushes: mpsc::Sender<queue::PushRequest>,
     pushes_rx: Mutex<Option<mpsc::Receiver<queue::PushRequest>>>,
-    /// The incoming side: TLS of the listeners, limits, our domains.
-    tls_starttls: Arc<rustls::ServerConfig>,
-    tls_direct: Arc<rustls::ServerConfig>,
+    /// The incoming side: TLS of the listeners and our domains, limits.
+    listening: RwLock<Arc<Listening>>,
     idle_timeout: Duration,
     max_stanza_bytes: usize,
-    domains: Vec<String>,
-}
-
-/// Unix time in milliseconds, the store's clock.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl Federation {
@@ -208,7 +219,7 @@ impl Federation {
             websocket_peers: RwLock::new(p.config.websocket_peers.clone().into_iter().collect()),
             config: p.config,
             secret: p.secret,
-            trust: p.trust,
+            trust: RwLock::new(Arc::new(p.trust)),
             dialer: p.dialer,
             board: LinkBoard::new(),
             store,
@@ -221,16 +232,31 @@ impl Federation {
             tasks,
             pushes,
             pushes_rx: Mutex::new(Some(pushes_rx)),
-            tls_starttls: p.tls_starttls,
-            tls_direct: p.tls_direct,
+            listening: RwLock::new(Arc::new(p.listening)),
             idle_timeout: p.idle_timeout,
             max_stanza_bytes: p.max_stanza_bytes,
-            domains: p.domains,
         }
     }
 
     pub(crate) fn board(&self) -> &LinkBoard {
         &self.env.board
+    }
+
+    fn listening(&self) -> Arc<Listening> {
+        self.listening
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A reload: new certificates for listeners and links, and the domains served. Peers,
+    /// paths and the rest of `[federation]` take a restart.
+    pub(crate) fn reload(&self, server: &Config, identity: &TlsIdentity) -> Result<(), TlsError> {
+        let listening = Listening::new(server, identity)?;
+        let trust = trust::Trust::new(&self.env.config, Some(identity))?;
+        *self.listening.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(listening);
+        *self.env.trust.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(trust);
+        Ok(())
     }
 
     /// Starts what federation needs besides listeners: the group commit of the outbox, the

@@ -109,7 +109,7 @@ pub(super) async fn maintenance(fed: Arc<Federation>) {
     match env.store.outbox_stats().await {
         Ok(stats) => {
             for s in stats.iter().filter(|s| s.queued > 0) {
-                if crate::config::is_one_of(&fed.domains, &s.local_domain) {
+                if crate::config::is_one_of(&fed.listening().domains, &s.local_domain) {
                     info!(local = %s.local_domain, remote = %s.remote_domain, queued = s.queued, "resuming queued link");
                     fed.wake(&s.local_domain, &s.remote_domain);
                 }

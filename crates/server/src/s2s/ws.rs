@@ -73,7 +73,7 @@ fn ws_config(limits: Limits) -> WebSocketConfig {
 /// A peer's connection to the `s2s-websocket` listener.
 pub(crate) async fn serve_websocket(fed: Arc<Federation>, tcp: TcpStream, peer: SocketAddr) {
     let _ = tcp.set_nodelay(true);
-    let acceptor = TlsAcceptor::from(fed.tls_starttls.clone());
+    let acceptor = TlsAcceptor::from(fed.listening().tls_starttls.clone());
     let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         _ => {

@@ -13,9 +13,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tracing::debug;
+use tracing::info;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The longest lingering close, the most it discards, and the silence that ends it early.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_QUIET: Duration = Duration::from_millis(250);
 
 pub(super) enum Conn {
     Plain(TcpStream),
@@ -86,6 +90,30 @@ impl Conn {
         }
     }
 
+    /// A lingering close, after our side of the stream is shut down: reads and discards
+    /// what the client still sends, until it stops, closes or [`LINGER`] passes. Closing a
+    /// socket with unread bytes makes the kernel answer with a reset, and a reset discards
+    /// what the client has not read yet: the stream error that explains the close.
+    pub(super) async fn linger(&mut self) {
+        let tcp = match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => &mut s.get_mut().0,
+            Conn::Detached => return,
+        };
+        let deadline = tokio::time::Instant::now() + LINGER;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut discarded = 0usize;
+        while discarded < LINGER_BYTES {
+            let quiet = tokio::time::Instant::now() + LINGER_QUIET;
+            let read = tokio::time::timeout_at(quiet.min(deadline), tcp.read(&mut buf));
+            match read.await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                // End of stream, an error, quiet for a while, or out of time.
+                _ => break,
+            }
+        }
+    }
+
     /// Runs the server side of a TLS handshake on the plain socket, with a deadline: as
     /// the first thing on a direct TLS listener, or after `<proceed/>` (STARTTLS).
     pub(super) async fn accept_tls(self, config: &Arc<rustls::ServerConfig>) -> Option<Conn> {
@@ -96,11 +124,11 @@ impl Conn {
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => Some(Conn::Tls(Box::new(s))),
             Ok(Err(e)) => {
-                debug!(error = %e, "TLS handshake failed");
+                info!(error = %e, "TLS handshake failed");
                 None
             }
             Err(_) => {
-                debug!("TLS handshake timed out");
+                info!("TLS handshake timed out");
                 None
             }
         }

@@ -3,6 +3,7 @@
 use minidom::Element;
 use outpost_proto::stanza::{self, Condition};
 use outpost_store::RosterItem;
+use tracing::info;
 
 use super::Session;
 use crate::roster;
@@ -41,9 +42,9 @@ impl Session {
                 self.proto
                     .close(Some("conflict"), Some("replaced by a new connection"));
             }
-            ToSession::AccountRemoved => {
-                self.proto
-                    .close(Some("not-authorized"), Some("account removed"));
+            ToSession::End { condition, text } => {
+                info!(condition, text, "session ended by the server");
+                self.proto.close(Some(condition), Some(text));
             }
             ToSession::LinkRestored { domain, probe } => self.link_restored(&domain, probe),
         }

@@ -10,7 +10,7 @@ use outpost_proto::stanza::{Condition, ErrorType, StanzaError};
 use tracing::{info, warn};
 
 use super::Session;
-use crate::router::BindOutcome;
+use crate::router::{BindOutcome, Binding};
 
 fn scram_keys(k: &outpost_store::ScramKeys) -> ScramKeys {
     ScramKeys {
@@ -26,11 +26,15 @@ impl Session {
     /// address is throttled.
     pub(super) async fn provide_credentials(&mut self, username: &str, domain: &str) {
         let account = format!("{username}@{domain}");
-        if self
-            .env
-            .throttle
-            .is_blocked(std::time::Instant::now(), self.peer.ip(), &account)
-        {
+        let now = std::time::Instant::now();
+        if let Err(t) = self.env.throttle.check(now, self.peer.ip(), &account) {
+            // RFC 6120 §6.5.11: not about the password, so whatever the password was.
+            info!(
+                account,
+                throttled_by = t.scope.as_str(),
+                retry_in_secs = t.retry_in.as_secs(),
+                "login refused: too many failed logins"
+            );
             self.proto.auth_rejected("temporary-auth-failure");
             return;
         }
@@ -55,7 +59,9 @@ impl Session {
     }
 
     pub(super) fn authenticated(&mut self, user: BareJid) {
-        self.env.throttle.record_success(user.as_str());
+        self.env
+            .throttle
+            .record_success(self.peer.ip(), user.as_str());
         // The span's `jid` is recorded once, with the resource, at bind.
         info!(user = %user, "authenticated");
         self.user = Some(user);
@@ -80,7 +86,7 @@ impl Session {
         let domain = self.proto.domain().to_owned();
         let answer = crate::services::register_new(
             &env.delivery,
-            &env.config,
+            &env.config(),
             &env.registrations,
             self.peer.ip(),
             &domain,
@@ -133,12 +139,15 @@ impl Session {
             .map(|i| (i.jid.clone(), i))
             .collect();
         self.blocklist = Arc::new(blocklist);
-        let max = self.env.config.limits.max_resources_per_account;
-        let outcome = self
-            .delivery()
-            .router()
-            .bind(&jid, self.id, self.tx.clone(), max);
-        match outcome {
+        let max = self.env.config().limits.max_resources_per_account;
+        let binding = Binding {
+            jid: jid.clone(),
+            session_id: self.id,
+            tx: self.tx.clone(),
+            peer: self.peer,
+            since_ms: crate::clock::now_ms(),
+        };
+        match self.delivery().router().bind(binding, max) {
             BindOutcome::Bound => self.proto.bind_result(Ok(jid)),
             BindOutcome::TooMany => self
                 .proto

@@ -22,7 +22,7 @@ mod stanzas;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use jid::{BareJid, FullJid, Jid};
@@ -41,7 +41,7 @@ use self::conn::Conn;
 use crate::config::Config;
 use crate::delivery::{Delivery, Undeliverable};
 use crate::router::{SessionRx, SessionTx, ToSession};
-use crate::throttle::{LoginThrottle, ReadBudget, RegistrationThrottle};
+use crate::throttle::{LoginLimits, LoginThrottle, ReadBudget, RegistrationThrottle};
 
 /// Capacity of a session's inbound channel. A client that lets this many stanzas pile up
 /// is not reading; its socket write times out and the session ends.
@@ -60,11 +60,12 @@ const INBOX_BATCH: usize = 64;
 /// What every client session shares.
 pub(crate) struct Env {
     delivery: Arc<Delivery>,
-    config: Config,
+    /// Replaced as a whole by a reload; a session reads it when it needs it, and the limits
+    /// of a connection are those of the moment it was accepted.
+    config: RwLock<Arc<Config>>,
     throttle: LoginThrottle,
     registrations: RegistrationThrottle,
-    tls_starttls: Arc<rustls::ServerConfig>,
-    tls_direct: Arc<rustls::ServerConfig>,
+    tls: RwLock<Arc<ClientTls>>,
     shutdown: CancellationToken,
     next_session: AtomicU64,
     /// Users whose offline queue a session is writing right now.
@@ -72,6 +73,7 @@ pub(crate) struct Env {
 }
 
 /// The TLS configurations of the client listeners.
+#[derive(Clone)]
 pub(crate) struct ClientTls {
     pub(crate) starttls: Arc<rustls::ServerConfig>,
     pub(crate) direct: Arc<rustls::ServerConfig>,
@@ -85,11 +87,7 @@ impl Env {
         shutdown: CancellationToken,
     ) -> Env {
         let limits = &config.limits;
-        let throttle = LoginThrottle::new(
-            limits.login_failures_per_ip,
-            limits.login_failures_per_account,
-            Duration::from_secs(limits.login_failure_window_secs),
-        );
+        let throttle = LoginThrottle::new(login_limits(&config));
         let registrations = RegistrationThrottle::new(
             limits.registrations_per_ip,
             Duration::from_secs(limits.registration_window_secs),
@@ -98,13 +96,46 @@ impl Env {
             delivery,
             throttle,
             registrations,
-            tls_starttls: tls.starttls,
-            tls_direct: tls.direct,
-            config,
+            tls: RwLock::new(Arc::new(tls)),
+            config: RwLock::new(Arc::new(config)),
             shutdown,
             next_session: AtomicU64::new(1),
             offline_claims: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// The configuration now.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The domains served now.
+    pub(crate) fn domains(&self) -> Vec<String> {
+        self.config().domains.clone()
+    }
+
+    fn tls(&self) -> Arc<ClientTls> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A reload: new connections get the new configuration and certificates, login limits
+    /// apply at once; sessions go on.
+    pub(crate) fn reload(&self, config: Config, tls: ClientTls) {
+        self.throttle.set_limits(login_limits(&config));
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tls);
+    }
+
+    /// Forgets failed-login counts (see [`LoginThrottle::unblock`]).
+    pub(crate) fn unblock(
+        &self,
+        account: Option<&str>,
+        address: Option<std::net::IpAddr>,
+    ) -> usize {
+        self.throttle.unblock(account, address)
     }
 
     fn claim_offline(&self, user: &BareJid) -> bool {
@@ -122,6 +153,16 @@ impl Env {
     }
 }
 
+fn login_limits(config: &Config) -> LoginLimits {
+    let l = &config.limits;
+    LoginLimits {
+        per_ip: l.login_failures_per_ip,
+        per_account: l.login_failures_per_account,
+        per_pair: l.login_failures_per_address_account,
+        window: Duration::from_secs(l.login_failure_window_secs),
+    }
+}
+
 /// Serves one client connection until it ends.
 pub(crate) async fn serve(env: Arc<Env>, tcp: TcpStream, peer: SocketAddr, transport: Transport) {
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
@@ -130,7 +171,7 @@ pub(crate) async fn serve(env: Arc<Env>, tcp: TcpStream, peer: SocketAddr, trans
         let conn = match transport {
             Transport::StartTls => Conn::Plain(tcp),
             Transport::DirectTls => {
-                match Box::pin(Conn::Plain(tcp).accept_tls(&env.tls_direct)).await {
+                match Box::pin(Conn::Plain(tcp).accept_tls(&env.tls().direct)).await {
                     Some(tls) => tls,
                     None => return,
                 }
@@ -148,14 +189,15 @@ pub(crate) async fn serve(env: Arc<Env>, tcp: TcpStream, peer: SocketAddr, trans
 async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let id = env.next_session.fetch_add(1, Ordering::Relaxed);
+    let now = env.config();
     let config = C2sConfig {
-        domains: env.config.domains.clone(),
+        domains: now.domains.clone(),
         transport,
-        allow_plaintext_auth: env.config.auth.allow_plaintext_without_tls,
-        registration: env.config.registration_enabled(),
+        allow_plaintext_auth: now.auth.allow_plaintext_without_tls,
+        registration: now.registration_enabled(),
         limits: outpost_proto::xml::Limits {
-            max_stanza_bytes: env.config.limits.max_stanza_bytes,
-            max_depth: env.config.limits.max_depth,
+            max_stanza_bytes: now.limits.max_stanza_bytes,
+            max_depth: now.limits.max_depth,
         },
         max_auth_attempts: 3,
     };
@@ -240,7 +282,8 @@ impl Session {
     }
 
     async fn run(mut self: Box<Self>, mut conn: Conn, mut rx: SessionRx) {
-        let limits = &self.env.config.limits;
+        let config = self.env.config();
+        let limits = &config.limits;
         let now = Instant::now();
         let mut clock = Clock {
             started: now,
@@ -322,6 +365,9 @@ impl Session {
             }
         }
         conn.shutdown().await;
+        if matches!(end, End::Closed) {
+            conn.linger().await;
+        }
     }
 
     /// Handles a message from another session and whatever else is queued, so one write
@@ -434,7 +480,7 @@ impl Session {
                     return Some(end);
                 }
                 let plain = std::mem::replace(conn, Conn::Detached);
-                match Box::pin(plain.accept_tls(&self.env.tls_starttls)).await {
+                match Box::pin(plain.accept_tls(&self.env.tls().starttls)).await {
                     Some(tls) => *conn = tls,
                     None => return Some(End::Io),
                 }
@@ -455,9 +501,14 @@ impl Session {
                 self.jid = Some(jid);
             }
             Event::Stanza(el) => self.on_client_stanza(el).await,
-            Event::Closed { error } => {
+            Event::Closed { error, text } => {
                 if let Some(condition) = error {
-                    info!(condition, "stream closed with error");
+                    // Once per connection, with the peer in the span and the cause.
+                    info!(
+                        condition,
+                        reason = text.as_deref().unwrap_or(""),
+                        "stream closed with error"
+                    );
                 }
                 let _ = self.flush(conn).await;
                 return Some(End::Closed);

@@ -136,7 +136,7 @@ impl Session {
     /// An IQ without `to`, or to the user's own bare JID: handled for the account
     /// (RFC 6120 §10.3.3).
     async fn own_iq(&mut self, el: Element) {
-        let Some(user) = self.user.clone() else {
+        let (Some(user), Some(jid)) = (self.user.clone(), self.jid.clone()) else {
             return;
         };
         let env = self.env.clone();
@@ -156,7 +156,9 @@ impl Session {
                 blocking::change(d, &user, &el, &push_id).await
             }
             ("blocklist", ns::BLOCKING) => Err(Condition::BadRequest.into()),
-            ("query", ns::REGISTER) => services::register_account(d, &env.config, &user, &el).await,
+            ("query", ns::REGISTER) => {
+                services::register_account(d, &env.config(), &jid, &el).await
+            }
             ("query", ns::DISCO_INFO) if el.attr("to").is_some() => {
                 Ok(services::account_disco(&el))
             }
@@ -169,14 +171,14 @@ impl Session {
     /// An IQ to the server's domain.
     async fn server_iq(&mut self, el: Element) {
         if services::payload_key(&el) == ("query".to_owned(), ns::REGISTER.to_owned()) {
-            let (Some(user), env) = (self.user.clone(), self.env.clone()) else {
+            let (Some(jid), env) = (self.jid.clone(), self.env.clone()) else {
                 return;
             };
-            let answer = services::register_account(&env.delivery, &env.config, &user, &el).await;
+            let answer = services::register_account(&env.delivery, &env.config(), &jid, &el).await;
             self.answer(&el, answer);
             return;
         }
-        let answer = services::server_iq(&el, self.env.config.registration_enabled());
+        let answer = services::server_iq(&el, self.env.config().registration_enabled());
         self.answer(&el, answer);
     }
 

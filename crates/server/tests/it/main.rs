@@ -8,5 +8,6 @@ mod federation_paths;
 mod federation_srv;
 mod federation_websocket;
 mod messages_offline;
+mod operations;
 mod presence_roster;
 mod services;

@@ -26,10 +26,11 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The paths configured for `remote`, best first: the peer itself before the hub, plain
 /// TCP before WebSocket (cheaper, and what every XMPP server speaks).
 fn paths(env: &LinkEnv, remote: &str) -> Vec<PathSpec> {
+    let trust = env.trust();
     let spec = |path: Path, peer: &str| PathSpec {
         path,
         peer: peer.to_owned(),
-        external: env.trust.external_with(peer),
+        external: trust.external_with(peer),
     };
     let mut paths = vec![spec(Path::Direct, remote)];
     if env.websocket_peer(remote).is_some() {

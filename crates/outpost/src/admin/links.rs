@@ -1,5 +1,4 @@
-//! `outpost admin …`: inspecting the server from outside. `admin links` shows each
-//! server-to-server link's health.
+//! `outpost admin links`: each server-to-server link's health.
 //!
 //! The queue figures come from the store itself, so they are right whether or not the
 //! server runs. The live part (state, since when, why the last attempt failed) comes from
@@ -8,19 +7,16 @@
 //! [`STALE_AFTER`], or written by a process that no longer exists, means the server is not
 //! running.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use clap::Subcommand;
 use outpost_server::config::Config;
 use outpost_server::{LinkStatus, ServerHandle};
 use outpost_store::OutboxStats;
 use serde::{Deserialize, Serialize};
 
-use crate::load::{self, ConfigArgs};
-use crate::serve::{install_tracing, open_store};
+use crate::serve::open_store;
 
 /// How often `serve` rewrites `links.json` when nothing changes.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(2);
@@ -28,20 +24,6 @@ const PUBLISH_INTERVAL: Duration = Duration::from_secs(2);
 const STALE_AFTER: Duration = Duration::from_secs(10);
 /// The state shown for every link when the server does not run.
 const NOT_RUNNING: &str = "server not running";
-
-#[derive(Subcommand, Debug)]
-pub(crate) enum AdminCommand {
-    /// Show each server-to-server link: its state, the path in use, the queued messages,
-    /// the age of the oldest one, the last successful delivery and the last error. Works
-    /// while the server is stopped (the queue is read from the store).
-    Links {
-        /// Print a JSON array instead of a table (ages in seconds, times in RFC 3339).
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        config: ConfigArgs,
-    },
-}
 
 /// What `serve` writes to `links.json`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,26 +33,31 @@ struct LinksFile {
     links: Vec<LinkStatus>,
 }
 
-pub(crate) fn run(command: AdminCommand) -> anyhow::Result<()> {
-    let AdminCommand::Links { json, config } = command;
-    let config = load::load(&config)?;
-    install_tracing("warn")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let rows = runtime.block_on(link_rows(&config))?;
-    let text = if json {
+/// `outpost admin links`.
+pub(super) async fn show(config: &Config, json: bool) -> anyhow::Result<String> {
+    if !config.federation.enabled {
+        let mut text = "federation is off (federation.enabled = false): this server has no \
+                        links to other servers\n"
+            .to_owned();
+        // Stanzas queued while it was on are still in the store; say so.
+        if !config.storage_path().exists() {
+            return Ok(text);
+        }
+        let rows = link_rows(config).await?;
+        if rows.iter().any(|r| r.queued > 0) {
+            text.push_str("stanzas queued while it was on:\n");
+            text.push_str(&table(&rows, now_ms()));
+        }
+        return Ok(text);
+    }
+    let rows = link_rows(config).await?;
+    Ok(if json {
         let mut text = serde_json::to_string_pretty(&json_rows(&rows, now_ms()))?;
         text.push('\n');
         text
     } else {
         table(&rows, now_ms())
-    };
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()?;
-    Ok(())
+    })
 }
 
 async fn link_rows(config: &Config) -> anyhow::Result<Vec<Row>> {
@@ -286,7 +273,7 @@ fn rfc3339(ms: i64) -> Option<String> {
         .ok()
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
