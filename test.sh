@@ -48,6 +48,17 @@ fi
 step "cargo test"
 cargo test --workspace --locked
 
+step "systemd unit (contrib/outpost.service)"
+if command -v systemd-analyze >/dev/null 2>&1; then
+    unit_dir=$(mktemp -d)
+    sed "s#/usr/local/bin/outpost#$CARGO_TARGET_DIR/debug/outpost#" contrib/outpost.service \
+        > "$unit_dir/outpost.service"
+    systemd-analyze verify "$unit_dir/outpost.service"
+    rm -rf "$unit_dir"
+else
+    echo "systemd-analyze not installed: unit not verified"
+fi
+
 step "interop suite (slixmpp)"
 cargo build -p outpost --locked
 OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/interop/run.sh

@@ -82,6 +82,7 @@ offline_quota = 10000
 # The suite deliberately fails logins and opens many sessions from 127.0.0.1.
 login_failures_per_ip = 100000
 login_failures_per_account = 100000
+login_failures_per_address_account = 100000
 max_resources_per_account = 100
 {overrides}"""
 

@@ -34,6 +34,17 @@ if ! command -v go-sendxmpp >/dev/null 2>&1; then
     fi
 fi
 
+# 2a. Profanity and tmux, for the README's Profanity recipe (test_profanity.py).
+if ! command -v profanity >/dev/null 2>&1 || ! command -v tmux >/dev/null 2>&1; then
+    echo "interop: installing profanity and tmux" >&2
+    if [[ $(id -u) -eq 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q profanity tmux >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q profanity tmux >/dev/null; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q profanity tmux >/dev/null
+    fi
+fi
+
 # 2b. Prosody, the peer of the federation tests (Debian's package). The tests run it as
 # their own process with their own configuration, never the system service.
 if ! command -v prosody >/dev/null 2>&1 || ! command -v prosodyctl >/dev/null 2>&1; then

@@ -432,3 +432,18 @@ fn config_check_refuses_a_misspelt_log_level_and_a_host_name_to_listen_on() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_service_configuration_in_contrib_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/outpost.toml");
+    let out = run(outpost(dir.path())
+        .args(["config", "check", "--config"])
+        .arg(config));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("/var/lib/outpost/tls"),
+        "{}",
+        stdout(&out)
+    );
+}
