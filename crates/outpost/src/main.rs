@@ -108,6 +108,15 @@ fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The runtime of the administrative commands: one thread is plenty.
+fn command_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 fn print_toml(config: &Config) -> anyhow::Result<()> {
     let text = toml::to_string_pretty(config)?;
     let mut out = std::io::stdout().lock();

@@ -70,10 +70,7 @@ pub(crate) fn run(command: UserCommand) -> anyhow::Result<()> {
     // Only warnings by default: an administrative command should print its result, not the
     // store's start-up chatter.
     crate::logs::install_for_commands()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::command_runtime()?;
     runtime.block_on(run_with(command, config))
 }
 

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use jid::{BareJid, FullJid};
 use minidom::Element;
 
-use crate::machine::{StreamMachine, Wire};
+use crate::machine::{Wire, stream_machine};
 use crate::sasl::{self, ScramHash, ScramKeys, ScramServer};
 use crate::stanza::{self, Condition, StanzaError, ns};
 use crate::xml::{self, Limits, XmlEvent};
@@ -716,22 +716,4 @@ fn decode_sasl(text: &str) -> Option<Vec<u8>> {
     B64.decode(text).ok()
 }
 
-impl StreamMachine for C2sStream {
-    type Event = Event;
-
-    fn wire(&self) -> &Wire<Event> {
-        &self.wire
-    }
-
-    fn wire_mut(&mut self) -> &mut Wire<Event> {
-        &mut self.wire
-    }
-
-    fn process(&mut self) {
-        C2sStream::process(self);
-    }
-
-    fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
-    }
-}
+stream_machine!(C2sStream, Event);

@@ -81,3 +81,31 @@ pub trait StreamMachine {
         !self.wire().events.is_empty()
     }
 }
+
+/// Implements [`StreamMachine`] for a machine whose buffers are its `wire` field, whose
+/// inherent `process` method consumes input, and which is closed in `Phase::Closed` (each
+/// machine's own `Phase`, resolved where the macro is used).
+macro_rules! stream_machine {
+    ($machine:ty, $event:ty) => {
+        impl $crate::machine::StreamMachine for $machine {
+            type Event = $event;
+
+            fn wire(&self) -> &$crate::machine::Wire<$event> {
+                &self.wire
+            }
+
+            fn wire_mut(&mut self) -> &mut $crate::machine::Wire<$event> {
+                &mut self.wire
+            }
+
+            fn process(&mut self) {
+                <$machine>::process(self);
+            }
+
+            fn is_closed(&self) -> bool {
+                self.phase == Phase::Closed
+            }
+        }
+    };
+}
+pub(crate) use stream_machine;

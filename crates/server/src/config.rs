@@ -694,6 +694,27 @@ pub(crate) fn is_one_of(domains: &[String], domain: &str) -> bool {
     domains.iter().any(|d| d == domain)
 }
 
+/// Lets a value that parses from a string and prints back to one be a configuration value
+/// (`#[serde(try_from = "String", into = "String")]`), its parse error naming the value.
+macro_rules! string_value {
+    ($t:ty) => {
+        impl TryFrom<String> for $t {
+            type Error = ValueError;
+
+            fn try_from(s: String) -> Result<$t, ValueError> {
+                s.parse()
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.to_string()
+            }
+        }
+    };
+}
+pub(crate) use string_value;
+
 /// A host (a name or an IP address) and a port, written `host:port` (`[v6]:port` for IPv6
 /// literals), as in `federation.peers`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -774,19 +795,7 @@ impl fmt::Display for HostPort {
     }
 }
 
-impl TryFrom<String> for HostPort {
-    type Error = ValueError;
-
-    fn try_from(s: String) -> Result<HostPort, ValueError> {
-        s.parse()
-    }
-}
-
-impl From<HostPort> for String {
-    fn from(h: HostPort) -> String {
-        h.to_string()
-    }
-}
+string_value!(HostPort);
 
 /// A `wss://host[:port][/path]` URL, as in `federation.websocket_peers`: port 443 and path
 /// `/` when left out. No user information, no `ws://`.
@@ -863,19 +872,7 @@ impl fmt::Display for WssUrl {
     }
 }
 
-impl TryFrom<String> for WssUrl {
-    type Error = ValueError;
-
-    fn try_from(s: String) -> Result<WssUrl, ValueError> {
-        s.parse()
-    }
-}
-
-impl From<WssUrl> for String {
-    fn from(u: WssUrl) -> String {
-        u.to_string()
-    }
-}
+string_value!(WssUrl);
 
 /// Whether two listeners would fight over the same port. Port 0 never clashes: each bind
 /// gets its own free port. An unspecified address (`0.0.0.0`, `::`) takes the port on every

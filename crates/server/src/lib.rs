@@ -504,9 +504,15 @@ impl Services {
             (ListenerKind::C2sDirectTls, _) => {
                 session::serve(self.sessions, tcp, peer, Transport::DirectTls).await;
             }
-            (ListenerKind::S2s, Some(fed)) => s2s::serve_inbound(fed, tcp, peer).await,
-            (ListenerKind::S2sDirectTls, Some(fed)) => s2s::serve_inbound_tls(fed, tcp, peer).await,
-            (ListenerKind::S2sWebSocket, Some(fed)) => s2s::serve_websocket(fed, tcp, peer).await,
+            // Boxed: a connection task is as large as its largest kind, and the WebSocket
+            // handshake alone is kilobytes that every client connection would carry.
+            (ListenerKind::S2s, Some(fed)) => Box::pin(s2s::serve_inbound(fed, tcp, peer)).await,
+            (ListenerKind::S2sDirectTls, Some(fed)) => {
+                Box::pin(s2s::serve_inbound_tls(fed, tcp, peer)).await;
+            }
+            (ListenerKind::S2sWebSocket, Some(fed)) => {
+                Box::pin(s2s::serve_websocket(fed, tcp, peer)).await;
+            }
             // Server-to-server listeners are bound only with federation.
             (_, None) => {}
         }

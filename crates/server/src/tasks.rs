@@ -6,8 +6,10 @@
 //! `JoinHandle::abort` would do, without keeping a handle per connection.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Default)]
@@ -21,13 +23,9 @@ impl Tasks {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let abort = self.abort.clone();
-        self.tracker.spawn(async move {
-            tokio::select! {
-                biased;
-                () = abort.cancelled() => {}
-                () = task => {}
-            }
+        self.tracker.spawn(UntilAborted {
+            abort: self.abort.clone().cancelled_owned(),
+            task,
         });
     }
 
@@ -45,6 +43,30 @@ impl Tasks {
     /// Number of tasks running.
     pub(crate) fn len(&self) -> usize {
         self.tracker.len()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A task that ends when it finishes or when the abort token is cancelled. A struct and
+    /// not an `async` block: a block that took the task by value and then awaited it would
+    /// hold it twice, and a connection task's size is what every idle connection costs.
+    struct UntilAborted<F> {
+        #[pin]
+        abort: WaitForCancellationFutureOwned,
+        #[pin]
+        task: F,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for UntilAborted<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.abort.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.task.poll(cx)
     }
 }
 

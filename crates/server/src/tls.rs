@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::ValueError;
+use crate::config::{ValueError, string_value};
 
 /// What is wrong with a TLS identity or its configuration.
 #[derive(Debug, thiserror::Error)]
@@ -237,19 +237,7 @@ impl fmt::Debug for Fingerprint {
     }
 }
 
-impl TryFrom<String> for Fingerprint {
-    type Error = ValueError;
-
-    fn try_from(s: String) -> Result<Fingerprint, ValueError> {
-        s.parse()
-    }
-}
-
-impl From<Fingerprint> for String {
-    fn from(f: Fingerprint) -> String {
-        f.to_string()
-    }
-}
+string_value!(Fingerprint);
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,6 @@ use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Subcommand;
 
 pub(crate) use links::{publish_links, remove_links_file};
@@ -103,10 +102,7 @@ pub(crate) fn run(command: AdminCommand) -> anyhow::Result<()> {
     };
     let config = load::load(config_args)?;
     crate::logs::install_for_commands()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::command_runtime()?;
     let text = runtime.block_on(async {
         match command {
             AdminCommand::Links { json, .. } => links::show(&config, json).await,

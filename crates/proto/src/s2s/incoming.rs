@@ -6,7 +6,7 @@ use minidom::Element;
 
 use super::common::{self, AckOutcome, DbElement, MAX_DOMAIN_PAIRS, Sm};
 use super::{AuthMethod, DialbackVerdict, Event, S2sConfig, Transport};
-use crate::machine::{StreamMachine, Wire};
+use crate::machine::{Wire, stream_machine};
 use crate::stanza::ns;
 use crate::xml::{self, XmlEvent};
 
@@ -725,22 +725,4 @@ impl S2sIncoming {
     }
 }
 
-impl StreamMachine for S2sIncoming {
-    type Event = Event;
-
-    fn wire(&self) -> &Wire<Event> {
-        &self.wire
-    }
-
-    fn wire_mut(&mut self) -> &mut Wire<Event> {
-        &mut self.wire
-    }
-
-    fn process(&mut self) {
-        S2sIncoming::process(self);
-    }
-
-    fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
-    }
-}
+stream_machine!(S2sIncoming, Event);

@@ -6,7 +6,7 @@ use minidom::Element;
 
 use super::common::{self, AckOutcome, DbElement, Sm};
 use super::{AuthMethod, Event, S2sConfig, SendError, Transport};
-use crate::machine::{StreamMachine, Wire};
+use crate::machine::{Wire, stream_machine};
 use crate::stanza::ns;
 use crate::xml::{self, XmlEvent};
 
@@ -568,22 +568,4 @@ fn dialback_error(el: &Element) -> String {
         .unwrap_or_else(|| "undefined-condition".to_owned())
 }
 
-impl StreamMachine for S2sOutgoing {
-    type Event = Event;
-
-    fn wire(&self) -> &Wire<Event> {
-        &self.wire
-    }
-
-    fn wire_mut(&mut self) -> &mut Wire<Event> {
-        &mut self.wire
-    }
-
-    fn process(&mut self) {
-        S2sOutgoing::process(self);
-    }
-
-    fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
-    }
-}
+stream_machine!(S2sOutgoing, Event);
