@@ -1,7 +1,8 @@
 //! The client-to-server stream state machine (RFC 6120 §4–§7), sans IO.
 //!
-//! [`C2sStream`] takes the bytes a client sends ([`C2sStream::handle_input`]) and produces
-//! the bytes to send back ([`C2sStream::take_output`]) and [`Event`]s for the server: the
+//! [`C2sStream`] takes the bytes a client sends
+//! ([`handle_input`](crate::StreamMachine::handle_input)) and produces the bytes to send back
+//! ([`take_output`](crate::StreamMachine::take_output)) and [`Event`]s for the server: the
 //! moments it must act (run the TLS handshake, fetch a user's SCRAM keys, approve a
 //! resource) and, once a resource is bound, every stanza the client sends, with `from`
 //! stamped.
