@@ -36,6 +36,37 @@ pub mod ns {
     pub const SM: &str = "urn:xmpp:sm:3";
     /// Unique and stable stanza ids, `origin-id` and `stanza-id` (XEP-0359).
     pub const SID: &str = "urn:xmpp:sid:0";
+    /// Message archive management (XEP-0313).
+    pub const MAM: &str = "urn:xmpp:mam:2";
+    /// The archive's extended queries: ids, metadata (XEP-0313 §6.1.1).
+    pub const MAM_EXTENDED: &str = "urn:xmpp:mam:2#extended";
+    /// Result set management, for paging (XEP-0059).
+    pub const RSM: &str = "http://jabber.org/protocol/rsm";
+    /// Stanza forwarding (XEP-0297).
+    pub const FORWARD: &str = "urn:xmpp:forward:0";
+    /// Data forms (XEP-0004).
+    pub const DATA_FORMS: &str = "jabber:x:data";
+    /// Message processing hints (XEP-0334).
+    pub const HINTS: &str = "urn:xmpp:hints";
+    /// Message carbons (XEP-0280).
+    pub const CARBONS: &str = "urn:xmpp:carbons:2";
+    /// Client state indication (XEP-0352).
+    pub const CSI: &str = "urn:xmpp:csi:0";
+    /// Delivery receipts (XEP-0184).
+    pub const RECEIPTS: &str = "urn:xmpp:receipts";
+    /// Chat markers (XEP-0333).
+    pub const MARKERS: &str = "urn:xmpp:chat-markers:0";
+    /// Chat state notifications (XEP-0085).
+    pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+    /// OMEMO as deployed (XEP-0384 v0.3) and OMEMO 2.
+    pub const OMEMO_LEGACY: &str = "eu.siacs.conversations.axolotl";
+    pub const OMEMO: &str = "urn:xmpp:omemo:2";
+    /// Explicit message encryption (XEP-0380).
+    pub const EME: &str = "urn:xmpp:eme:0";
+    /// Direct group chat invitations (XEP-0249).
+    pub const CONFERENCE: &str = "jabber:x:conference";
+    /// Jingle message initiation (XEP-0353).
+    pub const JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
 }
 
 /// An attribute name. Only for names written in our own code, which are valid NCNames.

@@ -10,26 +10,34 @@
 //! Nothing here needs a client session: a function that cannot deliver hands back an
 //! [`Undeliverable`] and the caller decides how its sender hears of it (a session answers
 //! its own client directly; everyone else goes through [`Delivery::bounce`]).
+//!
+//! Messages are archived here, at routing time, for whichever of their ends is a local
+//! user who keeps them (see `archive`), and the recipient's copy carries its XEP-0359
+//! stanza-id. What must be durable (the archive row, the offline copy, the outbox entry)
+//! is submitted to the `journal` and comes back as [`Accepted`]: the caller waits for it
+//! before it acknowledges the stanza in any way, so that "accepted" always means "on
+//! disk", at the cost of one group commit per read rather than one fsync per message.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use outpost_proto::stanza::{self, Condition, StanzaError, ns};
-use outpost_store::{Store, StoreError};
+use outpost_store::{ArchiveEntry, BatchWrite, Store, StoreError};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, warn};
 
+use crate::archive::{self, Archive};
 use crate::config::{self, Config};
+use crate::journal::{Journal, Pending};
 use crate::router::{Router, ToSession, Undelivered, deliver};
 
-/// A future that a [`Remote`] returns.
+/// A future that a [`Remote`] returns: the durable write it submitted, or why it could not.
 pub(crate) type RemoteFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<(), StanzaError>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Pending, StanzaError>> + Send + 'a>>;
 
 /// How stanzas reach other domains. Federation implements it; [`NoRemote`] stands in when
 /// federation is off.
@@ -41,8 +49,8 @@ pub(crate) trait Remote: Send + Sync {
     /// errors). Gives the stanza back when it cannot even be taken on.
     fn send(&self, local: &str, remote: &str, el: Element) -> Result<(), Element>;
 
-    /// Commits a stanza to the durable queue for `remote`; it counts as accepted once this
-    /// returns `Ok`.
+    /// Submits a stanza to the durable queue for `remote`; it counts as accepted once the
+    /// returned write is committed.
     fn queue<'a>(&'a self, local: &'a str, remote: &'a str, el: &'a Element) -> RemoteFuture<'a>;
 }
 
@@ -72,38 +80,111 @@ pub(crate) struct Undeliverable {
     pub(crate) error: StanzaError,
 }
 
-fn refused(stanza: Element, condition: Condition) -> Result<(), Box<Undeliverable>> {
+fn refused<T>(stanza: Element, condition: Condition) -> Result<T, Box<Undeliverable>> {
     Err(Box::new(Undeliverable {
         stanza,
         error: condition.into(),
     }))
 }
 
+/// The writes a routed stanza left to be committed. Whoever routed it waits for them
+/// ([`Accepted::settle`]) before acknowledging it to anyone.
+#[derive(Default)]
+#[must_use = "a stanza is accepted only once its writes are settled"]
+pub(crate) struct Accepted(Vec<Commit>);
+
+struct Commit {
+    pending: Pending,
+    /// The stanza whose sender is told if the write fails (offline and outbox writes); an
+    /// archive write that fails is only logged: the message itself went on.
+    on_failure: Option<Element>,
+}
+
+impl Accepted {
+    fn one(pending: Pending, on_failure: Option<Element>) -> Accepted {
+        Accepted(vec![Commit {
+            pending,
+            on_failure,
+        }])
+    }
+
+    /// A write whose failure is only logged: the stanza it belongs to went on regardless.
+    pub(crate) fn logged(pending: Pending) -> Accepted {
+        Accepted::one(pending, None)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds another stanza's writes to these.
+    pub(crate) fn join(&mut self, other: Accepted) {
+        self.0.extend(other.0);
+    }
+
+    /// Waits until every write is committed or failed. The stanzas whose write failed come
+    /// back with the error their senders get.
+    pub(crate) async fn settle(self) -> Vec<Undeliverable> {
+        let mut failed = Vec::new();
+        for c in self.0 {
+            match (c.pending.await, c.on_failure) {
+                (Ok(_), _) => {}
+                (Err(e), None) => warn!(error = %e, "cannot archive a message"),
+                (Err(e), Some(stanza)) => {
+                    let condition = match e {
+                        StoreError::QuotaExceeded { .. } => Condition::ResourceConstraint,
+                        // RFC 6121 §8.5.2.2.1: no such account.
+                        StoreError::NoSuchAccount => Condition::ServiceUnavailable,
+                        e => {
+                            warn!(error = %e, "cannot store a message");
+                            Condition::InternalServerError
+                        }
+                    };
+                    failed.push(Undeliverable {
+                        stanza,
+                        error: condition.into(),
+                    });
+                }
+            }
+        }
+        failed
+    }
+}
+
 pub(crate) struct Delivery {
     /// Our domains; replaced by a reload.
     domains: RwLock<Arc<[String]>>,
-    router: Router,
+    router: Arc<Router>,
     store: Arc<dyn Store>,
-    offline_quota: AtomicU32,
+    journal: Journal,
+    archive: Archive,
     remote: Arc<dyn Remote>,
 }
 
 impl Delivery {
-    pub(crate) fn new(config: &Config, store: Arc<dyn Store>, remote: Arc<dyn Remote>) -> Self {
+    pub(crate) fn new(
+        config: &Config,
+        store: Arc<dyn Store>,
+        journal: Journal,
+        archive: Archive,
+        remote: Arc<dyn Remote>,
+    ) -> Self {
         Delivery {
             domains: RwLock::new(config.domains.clone().into()),
-            router: Router::new(),
+            router: Arc::new(Router::new()),
             store,
-            offline_quota: AtomicU32::new(config.limits.offline_quota),
+            journal,
+            archive,
             remote,
         }
     }
 
-    /// A reload: the domains served and the offline quota from now on.
+    /// A reload: the domains served, the offline quota and whether messages are archived,
+    /// from now on.
     pub(crate) fn reload(&self, config: &Config) {
         *self.domains.write().unwrap_or_else(|p| p.into_inner()) = config.domains.clone().into();
-        self.offline_quota
-            .store(config.limits.offline_quota, Ordering::Relaxed);
+        self.journal.set_offline_quota(config.limits.offline_quota);
+        self.archive.reload(&config.archive);
     }
 
     pub(crate) fn router(&self) -> &Router {
@@ -112,6 +193,14 @@ impl Delivery {
 
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub(crate) fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub(crate) fn archive(&self) -> &Archive {
+        &self.archive
     }
 
     /// Whether `domain` is one of ours.
@@ -128,35 +217,101 @@ impl Delivery {
 
     /// A message for `to`, wherever it is: a local user's resources or offline store (see
     /// [`Delivery::route_local_message`]), or the durable queue for another domain (with an
-    /// XEP-0359 origin-id, so retries can be recognised).
-    pub(crate) async fn message(&self, mut el: Element, to: Jid) -> Result<(), Box<Undeliverable>> {
+    /// XEP-0359 origin-id, so retries can be recognised); archived for its local ends.
+    pub(crate) async fn message(
+        &self,
+        mut el: Element,
+        to: Jid,
+    ) -> Result<Accepted, Box<Undeliverable>> {
+        strip_our_stanza_ids(&mut el, |d| self.is_local(d));
         let domain = to.domain().as_str();
-        if self.is_local(domain) {
-            return self.route_local_message(el, to).await;
-        }
-        let Some(local) = sender_domain(&el).filter(|d| self.is_local(d)) else {
-            return refused(el, Condition::NotAllowed);
+        let local_recipient = self.is_local(domain);
+        let local = match local_recipient {
+            true => None,
+            false => match sender_domain(&el).filter(|d| self.is_local(d)) {
+                Some(local) => {
+                    ensure_origin_id(&mut el);
+                    Some(local)
+                }
+                None => return refused(el, Condition::NotAllowed),
+            },
         };
-        ensure_origin_id(&mut el);
-        match self.remote.queue(&local, domain, &el).await {
-            Ok(()) => Ok(()),
-            Err(error) => Err(Box::new(Undeliverable { stanza: el, error })),
+        let entry = self.archive_entry(&el, &to).await;
+        if let Some(e) = entry.as_ref().filter(|e| e.in_recipient) {
+            el.append_child(stanza_id(&e.recipient, e.id));
+        }
+        let mut accepted = match local {
+            None => self.route_local_message(el, to).await?,
+            Some(local) => match self.remote.queue(&local, domain, &el).await {
+                Ok(pending) => Accepted::one(pending, Some(el)),
+                Err(error) => return Err(Box::new(Undeliverable { stanza: el, error })),
+            },
+        };
+        if let Some(entry) = entry {
+            let pending = self.journal.submit(BatchWrite::Archive(entry)).await;
+            accepted.join(Accepted::one(pending, None));
+        }
+        Ok(accepted)
+    }
+
+    /// The archive row for a message, if one of its ends is a local user who keeps it.
+    async fn archive_entry(&self, el: &Element, to: &Jid) -> Option<ArchiveEntry> {
+        if !self.archive.enabled() || !archive::worth_archiving(el) {
+            return None;
+        }
+        let from = el.attr("from").and_then(|f| Jid::new(f).ok())?.to_bare();
+        let to = to.to_bare();
+        let in_sender = self.archives(&from, &to).await;
+        let in_recipient = self.archives(&to, &from).await;
+        if !in_sender && !in_recipient {
+            return None;
+        }
+        let mut text = Vec::new();
+        outpost_proto::xml::write_stanza(el, &mut text).ok()?;
+        Some(ArchiveEntry {
+            id: self.archive.next_id(crate::clock::now_ms()),
+            sender: from.to_string(),
+            recipient: to.to_string(),
+            in_sender,
+            in_recipient,
+            stanza: String::from_utf8(text).ok()?,
+        })
+    }
+
+    /// Whether `owner` is a local user whose archive keeps what is exchanged with `with`.
+    async fn archives(&self, owner: &BareJid, with: &BareJid) -> bool {
+        if owner.node().is_none() || !self.is_local(owner.domain().as_str()) {
+            return false;
+        }
+        let prefs = self.archive.prefs(owner.as_str());
+        match archive::decision(prefs.as_deref(), with.as_str()) {
+            Some(keep) => keep,
+            // "roster": only with contacts, which takes a look at the roster.
+            None => matches!(
+                self.store.roster_item(owner.as_str(), with.as_str()).await,
+                Ok(Some(_))
+            ),
         }
     }
 
-    /// Commits a stanza from our domain `local` to the durable queue for `remote`.
+    /// Submits a stanza from our domain `local` to the durable queue for `remote`.
     pub(crate) async fn queue_remote(
         &self,
         local: &str,
         remote: &str,
         el: &Element,
-    ) -> Result<(), StanzaError> {
-        self.remote.queue(local, remote, el).await
+    ) -> Result<Accepted, StanzaError> {
+        let pending = self.remote.queue(local, remote, el).await?;
+        Ok(Accepted::one(pending, Some(el.clone())))
     }
 
     /// Delivers a message to a local address: to the full JID if bound, else by the bare JID
     /// rules, else to the offline store. Online delivery touches no storage.
-    async fn route_local_message(&self, el: Element, to: Jid) -> Result<(), Box<Undeliverable>> {
+    async fn route_local_message(
+        &self,
+        el: Element,
+        to: Jid,
+    ) -> Result<Accepted, Box<Undeliverable>> {
         let ty = stanza::stanza_type(&el).to_owned();
         let bare = to.to_bare();
         if bare.node().is_none() {
@@ -165,7 +320,7 @@ impl Delivery {
         }
         let el = match to.try_as_full() {
             Ok(full) => match self.router.send_to_full(full, ToSession::Stanza(el)) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Accepted::default()),
                 Err(Undelivered::Full(ToSession::Stanza(el))) => {
                     // The resource is bound but not reading: keep the message for later.
                     return self.store_offline(el, &bare).await;
@@ -173,11 +328,11 @@ impl Delivery {
                 Err(Undelivered::NotBound(ToSession::Stanza(el))) => match ty.as_str() {
                     // RFC 6121 §8.5.3.2.1: no such resource.
                     "groupchat" => return refused(el, Condition::ServiceUnavailable),
-                    "headline" | "error" => return Ok(()),
+                    "headline" | "error" => return Ok(Accepted::default()),
                     // chat and normal go on as if sent to the bare JID.
                     _ => el,
                 },
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(Accepted::default()),
             },
             Err(_) => el,
         };
@@ -189,7 +344,7 @@ impl Delivery {
         el: Element,
         bare: BareJid,
         ty: &str,
-    ) -> Result<(), Box<Undeliverable>> {
+    ) -> Result<Accepted, Box<Undeliverable>> {
         if ty == "groupchat" {
             return refused(el, Condition::ServiceUnavailable);
         }
@@ -217,16 +372,17 @@ impl Delivery {
             Some(el) if !delivered && !matches!(ty, "headline" | "error") => {
                 self.store_offline(el, &bare).await
             }
-            _ => Ok(()),
+            _ => Ok(Accepted::default()),
         }
     }
 
-    /// Keeps a message for a local user who cannot take it now, or says why not.
+    /// Keeps a message for a local user who cannot take it now, or says why not. The
+    /// offline copy is submitted to the journal; it is kept once that write settles.
     pub(crate) async fn store_offline(
         &self,
         mut el: Element,
         user: &BareJid,
-    ) -> Result<(), Box<Undeliverable>> {
+    ) -> Result<Accepted, Box<Undeliverable>> {
         match self.store.account_exists(user.as_str()).await {
             Ok(true) => {}
             // RFC 6121 §8.5.2.2.1: no such account.
@@ -245,38 +401,35 @@ impl Delivery {
                 Err(e) => warn!(error = %e, "cannot read block list"),
             }
         }
-        if !worth_storing(&el) {
-            return Ok(());
+        if archive::forbids_storing(&el) && el.attr("type") != Some("error") {
+            // XEP-0334: the sender asked that it be stored nowhere; it cannot be delivered.
+            return refused(el, Condition::ServiceUnavailable);
+        }
+        if !archive::worth_keeping(&el, false) && el.attr("type") != Some("error") {
+            return Ok(Accepted::default());
         }
         el.append_child(delay_stamp(user.domain().as_str(), "Offline storage"));
         let mut text = Vec::new();
         if outpost_proto::xml::write_stanza(&el, &mut text).is_err() {
             return refused(el, Condition::NotAcceptable);
         }
-        let text = String::from_utf8_lossy(&text);
-        match self
-            .store
-            .push_offline(
-                user.as_str(),
-                &text,
-                self.offline_quota.load(Ordering::Relaxed),
-            )
-            .await
-        {
-            Ok(_) => {
-                // The user may have come online while we were storing: make sure the
-                // message does not wait for the next login.
-                if let Some((_, tx)) = self.router.message_targets(user, false).first() {
-                    let _ = deliver(tx, ToSession::FlushOffline);
-                }
-                Ok(())
+        let write = BatchWrite::Offline {
+            user: user.to_string(),
+            stanza: String::from_utf8_lossy(&text).into_owned(),
+        };
+        // The user may have come online while we were storing: make sure the message
+        // does not wait for the next login.
+        let router = self.router.clone();
+        let owner = user.clone();
+        let hook: crate::journal::Hook = Box::new(move |outcome| {
+            if outcome.is_ok()
+                && let Some((_, tx)) = router.message_targets(&owner, false).first()
+            {
+                let _ = deliver(tx, ToSession::FlushOffline);
             }
-            Err(StoreError::QuotaExceeded { .. }) => refused(el, Condition::ResourceConstraint),
-            Err(e) => {
-                warn!(error = %e, "cannot store offline message");
-                refused(el, Condition::InternalServerError)
-            }
-        }
+        });
+        let pending = self.journal.submit_with(write, Some(hook)).await;
+        Ok(Accepted::one(pending, Some(el)))
     }
 
     /// Sends a stanza best-effort to its `to`: a bound local resource through the router,
@@ -377,7 +530,9 @@ impl Delivery {
             },
             Err(_) => reply,
         };
-        let _ = self.store_offline(reply, &bare).await;
+        if let Ok(accepted) = self.store_offline(reply, &bare).await {
+            let _ = accepted.settle().await;
+        }
     }
 }
 
@@ -388,11 +543,31 @@ fn sender_domain(el: &Element) -> Option<String> {
         .map(|f| f.domain().as_str().to_owned())
 }
 
-/// Whether a message is worth keeping: XEP-0160 §3 and XEP-0085 say not to store
-/// messages that carry only chat states or other transient notices.
-fn worth_storing(el: &Element) -> bool {
-    el.children()
-        .any(|c| c.is("body", ns::CLIENT) || c.is("subject", ns::CLIENT))
+/// An XEP-0359 stanza-id given by `by`, the archive that keeps the message.
+fn stanza_id(by: &str, id: i64) -> Element {
+    Element::builder("stanza-id", ns::SID)
+        .attr(stanza::name("by"), by)
+        .attr(stanza::name("id"), archive::encode_id(id))
+        .build()
+}
+
+/// Removes the stanza-ids that claim to come from one of our entities: only we give those,
+/// and a client could forge one to confuse the recipient's deduplication (XEP-0359 §5).
+fn strip_our_stanza_ids(el: &mut Element, ours: impl Fn(&str) -> bool) {
+    let forged = |c: &Element| {
+        c.is("stanza-id", ns::SID)
+            && c.attr("by")
+                .and_then(|b| Jid::new(b).ok())
+                .is_none_or(|b| ours(b.domain().as_str()))
+    };
+    if el.children().any(forged) {
+        // minidom has no `retain` for children; rebuilding the list is rare.
+        let kept: Vec<Element> = el.children().filter(|c| !forged(c)).cloned().collect();
+        while el.remove_child("stanza-id", ns::SID).is_some() {}
+        for c in kept.into_iter().filter(|c| c.is("stanza-id", ns::SID)) {
+            el.append_child(c);
+        }
+    }
 }
 
 /// An XEP-0203 delay stamp for now, from `domain`.

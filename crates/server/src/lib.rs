@@ -19,11 +19,14 @@
 //! server-to-server WebSocket listener.
 
 pub mod accounts;
+mod archive;
 mod blocking;
 mod clock;
 pub mod config;
 mod delivery;
 pub mod ids;
+mod journal;
+mod mam;
 mod presence;
 mod roster;
 mod router;
@@ -167,9 +170,15 @@ impl ServerHandle {
             true => Some(s2s::Prepared::new(&config, &identity)?),
             false => None,
         };
+        let archive = archive::Archive::load(store.as_ref(), &config.archive).await?;
         let listeners = bind_all(&config).await?;
         let tasks = Tasks::default();
         let shutdown = CancellationToken::new();
+        let journal = journal::Journal::start(
+            store.clone(),
+            config.limits.offline_quota,
+            config.federation.outbox_quota,
+        );
         // Delivery reaches other domains through federation, whose links bounce through
         // delivery: federation holds it weakly, so nothing is kept alive by a cycle.
         let mut federation = None;
@@ -179,6 +188,7 @@ impl ServerHandle {
                     let fed = Arc::new(Federation::new(
                         p,
                         store.clone(),
+                        journal.clone(),
                         weak.clone(),
                         tasks.clone(),
                         shutdown.clone(),
@@ -188,8 +198,9 @@ impl ServerHandle {
                 }
                 None => Arc::new(NoRemote),
             };
-            Delivery::new(&config, store, remote)
+            Delivery::new(&config, store, journal, archive, remote)
         });
+        tasks.spawn(mam::expire_old(delivery.clone(), shutdown.clone()));
         if let Some(fed) = &federation {
             fed.start();
         }
@@ -395,7 +406,7 @@ impl ServerHandle {
 
     /// Stops accepting, closes every stream with a `system-shutdown` stream error and
     /// `</stream:stream>`, waits for sessions and links to end, aborts what has not ended
-    /// by the deadline, then closes the store.
+    /// by the deadline, commits what they left in the journal, then closes the store.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
@@ -409,6 +420,7 @@ impl ServerHandle {
             self.tasks.abort();
             self.tasks.wait().await;
         }
+        self.delivery.journal().close().await;
         self.delivery.store().close().await;
         info!("stopped");
     }

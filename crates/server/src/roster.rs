@@ -428,10 +428,21 @@ async fn receive(
         // The owner is at another server: its rules run there. Subscription stanzas go
         // through the durable queue (RFC 6121 §3.1.3 asks for requests to survive).
         let local = from.domain().as_str();
-        if d.is_local(local)
-            && let Err(e) = d.queue_remote(local, owner_domain, &stanza).await
-            && d.reaches(owner_domain)
-        {
+        if !d.is_local(local) {
+            return;
+        }
+        // Subscriptions are rare: their commit is waited for here.
+        let failed = match d.queue_remote(local, owner_domain, &stanza).await {
+            Ok(accepted) => accepted
+                .settle()
+                .await
+                .into_iter()
+                .map(|u| u.error)
+                .collect(),
+            Err(e) if d.reaches(owner_domain) => vec![e],
+            Err(_) => Vec::new(),
+        };
+        for e in failed {
             warn!(condition = %e.condition, "cannot queue subscription stanza");
         }
         return;

@@ -119,14 +119,16 @@ pub(crate) async fn account_iq(d: &Delivery, request: &Element, to: &BareJid) ->
     let get = request.attr("type") == Some("get");
     match (name.as_str(), payload_ns.as_str(), get) {
         ("vCard", ns::VCARD, true) => vcard_get(d, request, to).await,
-        ("query", ns::DISCO_INFO, true) => Ok(account_disco(request)),
+        ("query", ns::DISCO_INFO, true) => Ok(account_disco(d, request)),
         ("ping", ns::PING, true) => Ok(stanza::iq_result(request, Some(to.as_str()))),
         _ => Err(Condition::ServiceUnavailable.into()),
     }
 }
 
-/// Discovery on an account's bare JID (XEP-0030 §3.1).
-pub(crate) fn account_disco(request: &Element) -> Element {
+/// Discovery on an account's bare JID (XEP-0030 §3.1): its identity and what the
+/// server does for the account (the archive, XEP-0313 §7, when on; stanza-ids, XEP-0359
+/// §6).
+pub(crate) fn account_disco(d: &Delivery, request: &Element) -> Element {
     let mut q = query(ns::DISCO_INFO);
     q.append_child(
         Element::builder("identity", ns::DISCO_INFO)
@@ -134,8 +136,19 @@ pub(crate) fn account_disco(request: &Element) -> Element {
             .attr(stanza::name("type"), "registered")
             .build(),
     );
-    q.append_child(feature(ns::DISCO_INFO));
+    let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS];
+    if d.archive().enabled() {
+        features.extend([ns::MAM, ns::MAM_EXTENDED, ns::SID]);
+    }
+    for f in features {
+        q.append_child(feature(f));
+    }
     result_with(request, q)
+}
+
+/// The items of an account's bare JID (XEP-0030 §4): none so far.
+pub(crate) fn account_items(request: &Element) -> Element {
+    result_with(request, query(ns::DISCO_ITEMS))
 }
 
 /// A vCard of `owner` (XEP-0054 §3.1: no vCard is an empty one).

@@ -1,7 +1,7 @@
 //! Outpost's storage, at the level of the messaging domain: accounts and their SCRAM
 //! verifiers, rosters with versions, pending subscription requests, the offline queue,
-//! vCards and block lists, the server-to-server outbox, and the stanza ids already
-//! received from other servers.
+//! vCards and block lists, the message archive and its preferences, the server-to-server
+//! outbox, and the stanza ids already received from other servers.
 //!
 //! The crate knows nothing of XML: stanzas and vCards are opaque strings the server hands
 //! in and gets back. Addresses are bare JIDs as normalised strings (`user@domain`), and
@@ -11,10 +11,13 @@
 //! Backends: [`MemoryStore`] (tests, ephemeral runs) and [`SqliteStore`] (the default,
 //! durable). Every backend passes the same battery in `tests/battery.rs`.
 //!
-//! What is deliberately not here: PostgreSQL (a later backend behind the same trait), the
-//! message archive (a later capability), and the state of server-to-server links (up,
-//! retrying, the path in use), which the server keeps in memory and rebuilds after a
-//! restart from what the outbox holds.
+//! The writes on the message path (archive rows, offline messages, outbox entries) can be
+//! committed many at a time ([`Store::write_batch`]): the server gathers what all its
+//! sessions have to store and makes it durable with one transaction (group commit).
+//!
+//! What is deliberately not here: PostgreSQL (a later backend behind the same trait), and
+//! the state of server-to-server links (up, retrying, the path in use), which the server
+//! keeps in memory and rebuilds after a restart from what the outbox holds.
 
 mod memory;
 mod sqlite;
@@ -128,7 +131,7 @@ pub struct OfflineMessage {
     pub stanza: String,
 }
 
-/// A stanza to queue on a link (see [`Store::outbox_push_batch`]).
+/// A stanza to queue on a link (see [`BatchWrite::Outbox`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxPush {
     pub local: String,
@@ -162,6 +165,114 @@ pub struct OutboxStats {
     pub oldest_queued_at_ms: Option<i64>,
     /// When the peer last acknowledged a queued stanza; `None` if it never did.
     pub last_delivery_ms: Option<i64>,
+}
+
+/// A message for the archive (XEP-0313). One entry serves the archives of both ends: a
+/// message between two local users is stored once and appears in both. For a group chat
+/// message, `recipient` is the room and `sender` the occupant JID (`room@service/nick`), and
+/// only the room's archive holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveEntry {
+    /// Chosen by the server, unique, and growing in the order messages were received; the
+    /// store orders archives by it. It is the message's XEP-0359 stanza-id in both archives.
+    pub id: i64,
+    pub sender: String,
+    pub recipient: String,
+    /// Whether the sender's archive holds it (the sender is a local user who archives it).
+    pub in_sender: bool,
+    /// Whether the recipient's archive holds it.
+    pub in_recipient: bool,
+    /// The serialised stanza as it was routed.
+    pub stanza: String,
+}
+
+/// A message read back from an archive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    pub id: i64,
+    pub sender: String,
+    pub recipient: String,
+    pub stanza: String,
+}
+
+/// Which messages of one archive to read (see [`Store::archive_page`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArchiveQuery<'a> {
+    /// Whose archive: a user's bare JID or a room's.
+    pub owner: &'a str,
+    /// Only messages exchanged with this address (the other end's bare JID, or an occupant
+    /// JID in a room's archive).
+    pub with: Option<&'a str>,
+    /// Only ids above this one.
+    pub after: Option<i64>,
+    /// Only ids below this one.
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+    /// Take the newest of the range first (paging backwards from `before`); otherwise the
+    /// oldest first.
+    pub newest_first: bool,
+}
+
+/// Whose messages a user archives by default (XEP-0441 §2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveDefault {
+    Always,
+    Never,
+    /// Only those exchanged with contacts in the user's roster.
+    Roster,
+}
+
+impl ArchiveDefault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ArchiveDefault::Always => "always",
+            ArchiveDefault::Never => "never",
+            ArchiveDefault::Roster => "roster",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "always" => ArchiveDefault::Always,
+            "never" => ArchiveDefault::Never,
+            "roster" => ArchiveDefault::Roster,
+            _ => return None,
+        })
+    }
+}
+
+/// A user's archiving preferences (XEP-0441): the default, and the bare JIDs always or
+/// never archived whatever the default says. Lists are sorted and without duplicates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivePrefs {
+    pub default: ArchiveDefault,
+    pub always: Vec<String>,
+    pub never: Vec<String>,
+}
+
+/// One durable write on the message path, for [`Store::write_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchWrite {
+    /// A message into the archive; its result is its id.
+    Archive(ArchiveEntry),
+    /// A message into a user's offline queue, as [`Store::push_offline`] would.
+    Offline { user: String, stanza: String },
+    /// A stanza into a link's outbox, as [`Store::outbox_push`] would.
+    Outbox(OutboxPush),
+    /// A received stanza id, as [`Store::seen_stanza_id`] records it; its result is 0.
+    /// Written with the message it came on, so that the two become durable together (or
+    /// the id in a later commit, which can only make a retry a duplicate).
+    Seen { origin: String, id: String },
+}
+
+/// The queue limits [`Store::write_batch`] enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Messages in one user's offline queue.
+    pub offline: u32,
+    /// Stanzas queued on one link.
+    pub outbox: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +310,9 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the verifiers (password change). `NoSuchAccount` if absent.
     async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()>;
     /// Removes the account and everything it owns: roster, requests it received, offline
-    /// messages, vCard and block list. `NoSuchAccount` if absent.
+    /// messages, vCard, block list, archive preferences and its side of the archive
+    /// (messages it exchanged with a local user stay in that user's archive).
+    /// `NoSuchAccount` if absent.
     async fn remove_account(&self, user: &BareJid) -> Result<()>;
     /// All account JIDs, sorted.
     async fn list_accounts(&self) -> Result<Vec<String>>;
@@ -237,6 +350,43 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_offline(&self, user: &BareJid, up_to: i64) -> Result<()>;
     async fn count_offline(&self, user: &BareJid) -> Result<u64>;
 
+    // ---- the message archive (XEP-0313, XEP-0441) ----
+
+    /// Up to `q.limit` messages of `q.owner`'s archive within the range, oldest first, or
+    /// newest first with `q.newest_first`.
+    async fn archive_page(&self, q: &ArchiveQuery<'_>) -> Result<Vec<ArchivedMessage>>;
+    /// Whether `owner`'s archive holds the message `id` (a paging cursor must name one).
+    async fn archive_has(&self, owner: &str, id: i64) -> Result<bool>;
+    /// The ids of the oldest and the newest message of `owner`'s archive.
+    async fn archive_bounds(&self, owner: &str) -> Result<Option<(i64, i64)>>;
+    /// The highest id ever archived, or 0: the server's ids go on from there.
+    async fn archive_last_id(&self) -> Result<i64>;
+    /// Empties `owner`'s archive (a room's, or a user's without removing the account);
+    /// returns how many messages left it.
+    async fn archive_clear(&self, owner: &str) -> Result<u64>;
+    /// Removes up to `limit` messages, from every archive, with ids below `before_id` (the
+    /// retention period ended); returns how many. Call it until it returns fewer.
+    async fn archive_expire(&self, before_id: i64, limit: u32) -> Result<u64>;
+    /// The user's archiving preferences; `None` when never set.
+    async fn archive_prefs(&self, user: &BareJid) -> Result<Option<ArchivePrefs>>;
+    async fn set_archive_prefs(&self, user: &BareJid, prefs: &ArchivePrefs) -> Result<()>;
+    /// Every user's preferences that were ever set, so that the server can keep them at hand.
+    async fn all_archive_prefs(&self) -> Result<Vec<(String, ArchivePrefs)>>;
+
+    // ---- group commit ----
+
+    /// Performs several writes of the message path, each as its own method would, but in
+    /// one transaction: one durable write for the lot. Returns one result per write, in
+    /// order; a write over its queue's quota (`QuotaExceeded`) or for an offline queue of an
+    /// account that does not exist (`NoSuchAccount`) fails alone and the others are still
+    /// made. An `Err` for the whole call means none was.
+    async fn write_batch(
+        &self,
+        writes: &[BatchWrite],
+        now_ms: i64,
+        quotas: Quotas,
+    ) -> Result<Vec<Result<i64>>>;
+
     // ---- vCard (XEP-0054) ----
 
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>>;
@@ -271,32 +421,6 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         quota: u32,
     ) -> Result<i64>;
-    /// Appends several stanzas, each to its own link, as [`Store::outbox_push`] would one
-    /// after the other, but committed together: one durable write for the lot (group
-    /// commit). Returns one result per entry, in order; an entry over its link's quota gets
-    /// `QuotaExceeded` and the others are still queued. An `Err` for the whole call means
-    /// none was queued.
-    async fn outbox_push_batch(
-        &self,
-        entries: &[OutboxPush],
-        now_ms: i64,
-        quota: u32,
-    ) -> Result<Vec<Result<i64>>> {
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            match self
-                .outbox_push(&e.local, &e.remote, &e.stanza, now_ms, quota)
-                .await
-            {
-                Err(StoreError::QuotaExceeded { quota }) => {
-                    out.push(Err(StoreError::QuotaExceeded { quota }))
-                }
-                Err(other) => return Err(other),
-                Ok(id) => out.push(Ok(id)),
-            }
-        }
-        Ok(out)
-    }
     /// Up to `limit` stanzas queued on the link, oldest (lowest id) first, starting after
     /// `after_id` if given: a stream resumes with the stanzas after the last one it wrote.
     /// Reading does not consume.
@@ -349,14 +473,6 @@ pub trait Store: Send + Sync + 'static {
     /// between, the peer's retry counts as a duplicate, so the caller must not let such a
     /// window open where a loss would be worse than a duplicate.
     async fn seen_stanza_id(&self, origin: &str, id: &str, now_ms: i64) -> Result<bool>;
-    /// Records several `(origin, id)` pairs as [`Store::seen_stanza_id`] would, committed
-    /// together (one durable write for a batch of received stanzas).
-    async fn seen_stanza_ids(&self, ids: &[(String, String)], now_ms: i64) -> Result<()> {
-        for (origin, id) in ids {
-            self.seen_stanza_id(origin, id, now_ms).await?;
-        }
-        Ok(())
-    }
     /// For each `(origin, id)` pair, whether it was recorded, without recording anything
     /// (one look-up for a batch of received stanzas).
     async fn stanza_ids_seen(&self, ids: &[(String, String)]) -> Result<Vec<bool>> {

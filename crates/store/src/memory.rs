@@ -8,8 +8,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use crate::{
-    BareJid, Credentials, OfflineMessage, OutboxEntry, OutboxStats, Result, Roster, RosterItem,
-    Store, StoreError, SubscriptionRequest,
+    ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
+    OfflineMessage, OutboxEntry, OutboxStats, Quotas, Result, Roster, RosterItem, Store,
+    StoreError, SubscriptionRequest,
 };
 
 /// A [`Store`] that keeps everything in memory.
@@ -31,6 +32,81 @@ struct Inner {
     last_outbox_id: i64,
     /// When each (origin, stanza id) pair was last seen.
     seen: BTreeMap<(String, String), i64>,
+    /// The archive, by id: one entry per message, shared by both ends' archives.
+    archive: BTreeMap<i64, ArchiveEntry>,
+}
+
+impl Inner {
+    fn push_offline(&mut self, user: &BareJid, stanza: &str, quota: u32) -> Result<i64> {
+        let next_id = self.last_offline_id + 1;
+        let account = self
+            .accounts
+            .get_mut(user)
+            .ok_or(StoreError::NoSuchAccount)?;
+        if account.offline.len() >= quota as usize {
+            return Err(StoreError::QuotaExceeded { quota });
+        }
+        account.offline.push_back(OfflineMessage {
+            id: next_id,
+            stanza: stanza.to_owned(),
+        });
+        self.last_offline_id = next_id;
+        Ok(next_id)
+    }
+
+    fn outbox_push(
+        &mut self,
+        local: &str,
+        remote: &str,
+        stanza: &str,
+        now_ms: i64,
+        quota: u32,
+    ) -> Result<i64> {
+        let key = Link::new(local, remote);
+        let queued = self.outbox.get(&key).map_or(0, |link| link.queue.len());
+        if queued >= quota as usize {
+            return Err(StoreError::QuotaExceeded { quota });
+        }
+        let id = self.last_outbox_id + 1;
+        self.outbox
+            .entry(key)
+            .or_default()
+            .queue
+            .push_back(OutboxEntry {
+                id,
+                local_domain: local.to_owned(),
+                remote_domain: remote.to_owned(),
+                stanza: stanza.to_owned(),
+                queued_at_ms: now_ms,
+            });
+        self.last_outbox_id = id;
+        Ok(id)
+    }
+
+    /// Takes `owner`'s end out of every message it archived (see
+    /// [`Store::archive_clear`]).
+    fn archive_clear(&mut self, owner: &str) -> u64 {
+        let mut removed = 0;
+        self.archive.retain(|_, e| {
+            let mine_s = e.in_sender && e.sender == owner;
+            let mine_r = e.in_recipient && e.recipient == owner;
+            if !mine_s && !mine_r {
+                return true;
+            }
+            removed += 1;
+            e.in_sender &= !mine_s;
+            e.in_recipient &= !mine_r;
+            e.in_sender || e.in_recipient
+        });
+        removed
+    }
+}
+
+/// Whether `e` is in `owner`'s archive, exchanged with `with` if given.
+fn in_archive(e: &ArchiveEntry, owner: &str, with: Option<&str>) -> bool {
+    let as_sender = e.in_sender && e.sender == owner && with.is_none_or(|w| e.recipient == w);
+    let as_recipient = e.in_recipient && e.recipient == owner && with.is_none_or(|w| e.sender == w);
+    as_sender || as_recipient
 }
 
 /// The two ends of a server-to-server stream. Remote first, so that iterating the map
@@ -73,6 +149,7 @@ struct Account {
     offline: VecDeque<OfflineMessage>,
     vcard: Option<String>,
     blocklist: BTreeSet<String>,
+    archive_prefs: Option<ArchivePrefs>,
 }
 
 impl Account {
@@ -85,6 +162,7 @@ impl Account {
             offline: VecDeque::new(),
             vcard: None,
             blocklist: BTreeSet::new(),
+            archive_prefs: None,
         }
     }
 }
@@ -147,8 +225,12 @@ impl Store for MemoryStore {
     }
 
     async fn remove_account(&self, user: &BareJid) -> Result<()> {
-        match self.lock().accounts.remove(user) {
-            Some(_) => Ok(()),
+        let mut inner = self.lock();
+        match inner.accounts.remove(user) {
+            Some(_) => {
+                inner.archive_clear(user);
+                Ok(())
+            }
             None => Err(StoreError::NoSuchAccount),
         }
     }
@@ -215,21 +297,7 @@ impl Store for MemoryStore {
     }
 
     async fn push_offline(&self, user: &BareJid, stanza: &str, quota: u32) -> Result<i64> {
-        let mut inner = self.lock();
-        let next_id = inner.last_offline_id + 1;
-        let account = inner
-            .accounts
-            .get_mut(user)
-            .ok_or(StoreError::NoSuchAccount)?;
-        if account.offline.len() >= quota as usize {
-            return Err(StoreError::QuotaExceeded { quota });
-        }
-        account.offline.push_back(OfflineMessage {
-            id: next_id,
-            stanza: stanza.to_owned(),
-        });
-        inner.last_offline_id = next_id;
-        Ok(next_id)
+        self.lock().push_offline(user, stanza, quota)
     }
 
     async fn offline(&self, user: &BareJid, limit: u32) -> Result<Vec<OfflineMessage>> {
@@ -250,6 +318,135 @@ impl Store for MemoryStore {
 
     async fn count_offline(&self, user: &BareJid) -> Result<u64> {
         Ok(self.read(user, |a| a.offline.len() as u64))
+    }
+
+    async fn archive_page(&self, q: &ArchiveQuery<'_>) -> Result<Vec<ArchivedMessage>> {
+        let inner = self.lock();
+        let lo = q
+            .after
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let hi = q
+            .before
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        let range = inner
+            .archive
+            .range((lo, hi))
+            .map(|(_, e)| e)
+            .filter(|e| in_archive(e, q.owner, q.with));
+        let found: Box<dyn Iterator<Item = &ArchiveEntry>> = if q.newest_first {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        Ok(found
+            .take(q.limit as usize)
+            .map(|e| ArchivedMessage {
+                id: e.id,
+                sender: e.sender.clone(),
+                recipient: e.recipient.clone(),
+                stanza: e.stanza.clone(),
+            })
+            .collect())
+    }
+
+    async fn archive_has(&self, owner: &str, id: i64) -> Result<bool> {
+        Ok(self
+            .lock()
+            .archive
+            .get(&id)
+            .is_some_and(|e| in_archive(e, owner, None)))
+    }
+
+    async fn archive_bounds(&self, owner: &str) -> Result<Option<(i64, i64)>> {
+        let inner = self.lock();
+        let mut ids = inner
+            .archive
+            .values()
+            .filter(|e| in_archive(e, owner, None))
+            .map(|e| e.id);
+        let first = ids.next();
+        Ok(first.map(|f| (f, ids.next_back().unwrap_or(f))))
+    }
+
+    async fn archive_last_id(&self) -> Result<i64> {
+        Ok(self.lock().archive.keys().next_back().copied().unwrap_or(0))
+    }
+
+    async fn archive_clear(&self, owner: &str) -> Result<u64> {
+        Ok(self.lock().archive_clear(owner))
+    }
+
+    async fn archive_expire(&self, before_id: i64, limit: u32) -> Result<u64> {
+        let mut inner = self.lock();
+        let old: Vec<i64> = inner
+            .archive
+            .range(..before_id)
+            .take(limit as usize)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &old {
+            inner.archive.remove(id);
+        }
+        Ok(old.len() as u64)
+    }
+
+    async fn archive_prefs(&self, user: &BareJid) -> Result<Option<ArchivePrefs>> {
+        Ok(self.read(user, |a| a.archive_prefs.clone()))
+    }
+
+    async fn set_archive_prefs(&self, user: &BareJid, prefs: &ArchivePrefs) -> Result<()> {
+        self.write(user, |a| {
+            let mut prefs = prefs.clone();
+            // A JID in both lists is never archived, as in the SQLite backend.
+            prefs.always.retain(|j| !prefs.never.contains(j));
+            for list in [&mut prefs.always, &mut prefs.never] {
+                list.sort();
+                list.dedup();
+            }
+            a.archive_prefs = Some(prefs);
+            Ok(())
+        })
+    }
+
+    async fn all_archive_prefs(&self) -> Result<Vec<(String, ArchivePrefs)>> {
+        Ok(self
+            .lock()
+            .accounts
+            .iter()
+            .filter_map(|(jid, a)| Some((jid.clone(), a.archive_prefs.clone()?)))
+            .collect())
+    }
+
+    async fn write_batch(
+        &self,
+        writes: &[BatchWrite],
+        now_ms: i64,
+        quotas: Quotas,
+    ) -> Result<Vec<Result<i64>>> {
+        let mut inner = self.lock();
+        Ok(writes
+            .iter()
+            .map(|w| match w {
+                BatchWrite::Archive(e) => {
+                    inner.archive.insert(e.id, e.clone());
+                    Ok(e.id)
+                }
+                BatchWrite::Offline { user, stanza } => {
+                    inner.push_offline(user, stanza, quotas.offline)
+                }
+                BatchWrite::Outbox(e) => {
+                    inner.outbox_push(&e.local, &e.remote, &e.stanza, now_ms, quotas.outbox)
+                }
+                BatchWrite::Seen { origin, id } => {
+                    let at = inner
+                        .seen
+                        .entry((origin.clone(), id.clone()))
+                        .or_insert(now_ms);
+                    *at = (*at).max(now_ms);
+                    Ok(0)
+                }
+            })
+            .collect())
     }
 
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {
@@ -295,27 +492,8 @@ impl Store for MemoryStore {
         now_ms: i64,
         quota: u32,
     ) -> Result<i64> {
-        let mut inner = self.lock();
-        let key = Link::new(local, remote);
-        let queued = inner.outbox.get(&key).map_or(0, |link| link.queue.len());
-        if queued >= quota as usize {
-            return Err(StoreError::QuotaExceeded { quota });
-        }
-        let id = inner.last_outbox_id + 1;
-        inner
-            .outbox
-            .entry(key)
-            .or_default()
-            .queue
-            .push_back(OutboxEntry {
-                id,
-                local_domain: local.to_owned(),
-                remote_domain: remote.to_owned(),
-                stanza: stanza.to_owned(),
-                queued_at_ms: now_ms,
-            });
-        inner.last_outbox_id = id;
-        Ok(id)
+        self.lock()
+            .outbox_push(local, remote, stanza, now_ms, quota)
     }
 
     async fn outbox_peek(

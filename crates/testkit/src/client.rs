@@ -43,6 +43,10 @@ pub const NS_VCARD: &str = "vcard-temp";
 pub const NS_BLOCKING: &str = "urn:xmpp:blocking";
 pub const NS_BLOCKING_ERRORS: &str = "urn:xmpp:blocking:errors";
 pub const NS_DELAY: &str = "urn:xmpp:delay";
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+pub const NS_SID: &str = "urn:xmpp:sid:0";
 
 /// A process-wide counter for stanza ids and nonces.
 pub fn unique(prefix: &str) -> String {
@@ -490,6 +494,44 @@ impl Client {
             &format!("<iq type='{ty}' id='{id}'{to}>{payload}</iq>"),
         )
         .await
+    }
+
+    /// Queries an archive (XEP-0313): the user's own with `to` = `None`, a room's
+    /// otherwise; `inner` goes inside `<query/>` (a form, an RSM `<set/>`). Returns the
+    /// results in the order they came, as (archive id, forwarded message), and the final
+    /// IQ (a result with `<fin/>`, or an error).
+    pub async fn mam(
+        &mut self,
+        to: Option<&str>,
+        inner: &str,
+    ) -> (Vec<(String, Element)>, Element) {
+        let id = unique("mam");
+        let qid = unique("qid");
+        let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
+        self.send(&format!(
+            "<iq type='set' id='{id}'{to}><query xmlns='{NS_MAM}' queryid='{qid}'>{inner}</query></iq>"
+        ))
+        .await;
+        let mut results = Vec::new();
+        loop {
+            let el = self
+                .recv_stashing(|el| {
+                    (el.name() == "iq" && el.attr("id") == Some(id.as_str()))
+                        || el
+                            .get_child("result", NS_MAM)
+                            .is_some_and(|r| r.attr("queryid") == Some(qid.as_str()))
+                })
+                .await;
+            let Some(result) = el.get_child("result", NS_MAM) else {
+                return (results, el);
+            };
+            let message = result
+                .get_child("forwarded", NS_FORWARD)
+                .and_then(|f| f.get_child("message", NS_CLIENT))
+                .expect("a forwarded message in the result")
+                .clone();
+            results.push((result.attr("id").unwrap_or_default().to_owned(), message));
+        }
     }
 
     /// The roster result (RFC 6121 §2.1.3), which also makes this resource an

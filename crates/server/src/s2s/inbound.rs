@@ -2,10 +2,9 @@
 //! dialback keys, answers verifications of ours, and delivers what the peer sends.
 //!
 //! Durability (see `outpost_proto::s2s`, "Contract for durability"): every event polled
-//! from the machine is handled, delivered to a session's channel or committed to the
-//! store, before the output that follows it is written, so an `<a h/>` never acknowledges
-//! a stanza that a crash could still lose. Handing a message to an online session's
-//! channel counts as delivered, as it does for local messages (ARCHITECTURE.md).
+//! from the machine is handled, and what it wrote to the store (archive, offline queue,
+//! a hub's outbox) is committed, before the output that follows it is written, so an
+//! `<a h/>` never acknowledges a stanza that a crash could still lose.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -22,10 +21,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, warn};
 
+use super::Federation;
 use super::conn::Conn;
-use super::{Federation, now_ms};
-use crate::delivery::Delivery;
+use crate::delivery::{Accepted, Delivery};
 use crate::router::{ToSession, Undelivered};
+use outpost_store::BatchWrite;
 
 /// A peer has this long to authenticate at least one domain pair.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,6 +57,8 @@ struct Inbound {
     verifications: JoinSet<(String, String, DialbackVerdict)>,
     /// XEP-0359 ids: what the store knew, what was delivered, what is to be recorded.
     seen: SeenIds,
+    /// The writes of what this read delivered, settled before the acknowledgement.
+    accepted: Accepted,
 }
 
 /// Runs an incoming stream on `conn`, whatever carries it; `transport` says whether TLS is
@@ -85,6 +87,7 @@ pub(crate) async fn serve_conn(
             proto,
             verifications: JoinSet::new(),
             seen: SeenIds::default(),
+            accepted: Accepted::default(),
         };
         s.run(&mut conn).await;
         s.verifications.abort_all();
@@ -154,8 +157,17 @@ impl Inbound {
                 }
             }
         }
-        self.seen.record(&self.d).await;
+        self.settle().await;
         true
+    }
+
+    /// Waits for what this read wrote (its messages and their ids), bounces what could
+    /// not be stored, and forgets the read's ids.
+    async fn settle(&mut self) {
+        for u in std::mem::take(&mut self.accepted).settle().await {
+            self.d.bounce(&u.stanza, u.error);
+        }
+        self.seen.clear();
     }
 
     async fn on_event(&mut self, event: Event, conn: &mut Conn) -> bool {
@@ -205,7 +217,7 @@ impl Inbound {
                 if let Some(condition) = error {
                     info!(condition, "stream closed with error");
                 }
-                self.seen.record(&self.d).await;
+                self.settle().await;
                 let out = self.proto.take_output();
                 let _ = conn.write_all(&out).await;
                 return false;
@@ -239,7 +251,8 @@ impl Inbound {
             .map(|t| t.domain().as_str().to_owned())
             .filter(|d| !self.d.is_local(d));
         let Some(to_domain) = relay_to else {
-            deliver(&self.d, el, &mut self.seen).await;
+            let accepted = deliver(&self.d, el, &mut self.seen).await;
+            self.accepted.join(accepted);
             return;
         };
         let from_domain = el
@@ -253,7 +266,8 @@ impl Inbound {
             .find(|(p, _)| Some(p) == from_domain.as_ref())
             .map(|(_, l)| l.clone());
         if let Some(local) = local {
-            self.fed.relay(&self.d, el, &local, &to_domain).await;
+            let accepted = self.fed.relay(&self.d, el, &local, &to_domain).await;
+            self.accepted.join(accepted);
         }
     }
 }
@@ -265,8 +279,6 @@ struct SeenIds {
     known: HashSet<(String, String)>,
     /// Ids delivered in this batch, so that a repeat within it is dropped too.
     delivered: HashSet<(String, String)>,
-    /// Ids delivered to online sessions, to record in one write before the acknowledgement.
-    to_record: Vec<(String, String)>,
 }
 
 impl SeenIds {
@@ -296,14 +308,7 @@ impl SeenIds {
         }
     }
 
-    /// Records the ids of delivered messages (see [`deliver`]) in one write.
-    async fn record(&mut self, d: &Delivery) {
-        if !self.to_record.is_empty()
-            && let Err(e) = d.store().seen_stanza_ids(&self.to_record, now_ms()).await
-        {
-            warn!(error = %e, "cannot record stanza ids");
-        }
-        self.to_record.clear();
+    fn clear(&mut self) {
         self.delivered.clear();
         self.known.clear();
     }
@@ -320,52 +325,56 @@ fn origin_id(el: &Element) -> Option<&str> {
 }
 
 /// Delivers a stanza from an authenticated peer (its `from` and `to` domains were checked
-/// by `S2sIncoming`) to local users, as if a local session had sent it. The origin-id of a
-/// delivered message joins `seen`, which the caller records in the store (in one write
-/// for all the stanzas of a read) before it acknowledges them.
-async fn deliver(d: &Delivery, el: Element, seen: &mut SeenIds) {
+/// by `S2sIncoming`) to local users, as if a local session had sent it. The writes it
+/// leaves (a message's archive row, offline copy and origin-id record) are settled by the
+/// caller before it acknowledges the stanza.
+async fn deliver(d: &Delivery, el: Element, seen: &mut SeenIds) -> Accepted {
     let (Some(from), Some(to)) = (
         el.attr("from").and_then(|f| Jid::new(f).ok()),
         el.attr("to").and_then(|t| Jid::new(t).ok()),
     ) else {
-        return;
+        return Accepted::default();
     };
     match el.name() {
-        "message" => deliver_message(d, el, from, to, seen).await,
+        "message" => return deliver_message(d, el, from, to, seen).await,
         "presence" => Box::pin(crate::presence::inbound(d, el, from, to)).await,
         _ => inbound_iq(d, el, to),
     }
+    Accepted::default()
 }
 
 /// XEP-0359 §3: the sender's server keeps the origin-id on every retry. Check, deliver,
 /// then record: a crash in between means a duplicate, never a loss.
-async fn deliver_message(d: &Delivery, el: Element, from: Jid, to: Jid, seen: &mut SeenIds) {
+async fn deliver_message(
+    d: &Delivery,
+    el: Element,
+    from: Jid,
+    to: Jid,
+    seen: &mut SeenIds,
+) -> Accepted {
     let scope = from.to_bare().to_string();
     let id = origin_id(&el).map(str::to_owned);
     if let Some(id) = &id {
         let pair = (scope.clone(), id.clone());
         if seen.known.contains(&pair) || !seen.delivered.insert(pair) {
             debug!("duplicate message dropped");
-            return;
+            return Accepted::default();
         }
     }
-    let online = !d.router().message_targets(&to.to_bare(), false).is_empty();
-    if let Err(u) = d.message(el, to).await {
-        d.bounce(&u.stanza, u.error);
-    }
-    match id {
-        // Handed to a session: recorded with the rest of this read, in one write before
-        // the acknowledgement. A crash before that write repeats these messages (clients
-        // that know XEP-0359 drop the repeat by origin-id).
-        Some(id) if online => seen.to_record.push((scope, id)),
-        // Stored offline: recorded at once, so a crash repeats at most this one.
-        Some(id) => {
-            if let Err(e) = d.store().seen_stanza_id(&scope, &id, now_ms()).await {
-                warn!(error = %e, "cannot record stanza id");
-            }
+    let mut accepted = match d.message(el, to).await {
+        Ok(accepted) => accepted,
+        Err(u) => {
+            d.bounce(&u.stanza, u.error);
+            Accepted::default()
         }
-        None => {}
+    };
+    // Recorded through the journal right after the message's own writes, so in the same
+    // commit or the next: a crash in between repeats the message, never loses it.
+    if let Some(id) = id {
+        let seen = BatchWrite::Seen { origin: scope, id };
+        accepted.join(Accepted::logged(d.journal().submit(seen).await));
     }
+    accepted
 }
 
 /// An IQ from another server: results and errors go to the full JID they answer; requests

@@ -4,8 +4,9 @@
 //! send through `delivery`, `presence` and `roster` like any local stanza.
 //!
 //! - [`Federation`] is the registry: one link task per (local domain, remote domain)
-//!   pair, created on demand and kept for the life of the server, and the group commit of
-//!   the outbox (`queue`).
+//!   pair, created on demand and kept for the life of the server; `queue` resumes links
+//!   with stanzas left from before a restart and expires old ones (new entries are
+//!   committed through the server's `journal`, with everything else on the message path).
 //! - `link` is that task: a thin driver around `link::machine::Link`, the sans-IO state of
 //!   the link (which path, the stream, the ack window, owed verifications, timers). It
 //!   reaches the peer by one of up to four paths, best first: `direct` (TCP: a
@@ -57,7 +58,8 @@ use tracing::debug;
 
 pub(crate) use crate::clock::now_ms;
 use crate::config::{Config, FederationConfig, HostPort, WssUrl};
-use crate::delivery::{Delivery, Remote, RemoteFuture};
+use crate::delivery::{Accepted, Delivery, Remote, RemoteFuture};
+use crate::journal::Journal;
 use crate::tasks::Tasks;
 use crate::tls::{TlsError, TlsIdentity};
 
@@ -196,9 +198,8 @@ pub(crate) struct Federation {
     env: Arc<LinkEnv>,
     links: Mutex<HashMap<(String, String), LinkHandle>>,
     tasks: Tasks,
-    /// Into the group commit of the outbox (see [`Remote::queue`]).
-    pushes: mpsc::Sender<queue::PushRequest>,
-    pushes_rx: Mutex<Option<mpsc::Receiver<queue::PushRequest>>>,
+    /// Where outbox entries are committed (see [`Remote::queue`]).
+    journal: Journal,
     /// The incoming side: TLS of the listeners and our domains, limits.
     listening: RwLock<Arc<Listening>>,
     idle_timeout: Duration,
@@ -209,11 +210,11 @@ impl Federation {
     pub(crate) fn new(
         p: Prepared,
         store: Arc<dyn Store>,
+        journal: Journal,
         delivery: Weak<Delivery>,
         tasks: Tasks,
         shutdown: CancellationToken,
     ) -> Federation {
-        let (pushes, pushes_rx) = mpsc::channel(queue::PUSH_QUEUE);
         let env = LinkEnv {
             peers: RwLock::new(p.config.peers.clone().into_iter().collect()),
             websocket_peers: RwLock::new(p.config.websocket_peers.clone().into_iter().collect()),
@@ -230,8 +231,7 @@ impl Federation {
             env: Arc::new(env),
             links: Mutex::new(HashMap::new()),
             tasks,
-            pushes,
-            pushes_rx: Mutex::new(Some(pushes_rx)),
+            journal,
             listening: RwLock::new(Arc::new(p.listening)),
             idle_timeout: p.idle_timeout,
             max_stanza_bytes: p.max_stanza_bytes,
@@ -259,18 +259,9 @@ impl Federation {
         Ok(())
     }
 
-    /// Starts what federation needs besides listeners: the group commit of the outbox, the
-    /// links with stanzas left in their queues from before a restart, and the periodic
-    /// expiry of queued stanzas.
+    /// Starts what federation needs besides listeners: the links with stanzas left in
+    /// their queues from before a restart, and the periodic expiry of queued stanzas.
     pub(crate) fn start(self: &Arc<Self>) {
-        let pushes = self
-            .pushes_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(rx) = pushes {
-            self.tasks.spawn(queue::group_commit(self.env.clone(), rx));
-        }
         self.tasks.spawn(queue::maintenance(self.clone()));
     }
 
@@ -376,14 +367,22 @@ impl Federation {
     /// A stanza from one relayed domain to another, arrived at this hub: stored and
     /// forwarded like our own (messages and subscriptions durably, the rest best-effort),
     /// from the domain the peers authenticated us as.
-    async fn relay(&self, d: &Delivery, el: Element, from_local: &str, to_domain: &str) {
+    async fn relay(
+        &self,
+        d: &Delivery,
+        el: Element,
+        from_local: &str,
+        to_domain: &str,
+    ) -> Accepted {
         if durable(&el) {
-            if let Err(error) = self.queue(from_local, to_domain, &el).await {
-                d.bounce(&el, error);
+            match d.queue_remote(from_local, to_domain, &el).await {
+                Ok(accepted) => return accepted,
+                Err(error) => d.bounce(&el, error),
             }
         } else if let Err(el) = self.send(from_local, to_domain, el) {
             d.bounce(&el, Condition::RemoteServerTimeout.into());
         }
+        Accepted::default()
     }
 }
 
@@ -409,15 +408,27 @@ impl Remote for Federation {
         }
     }
 
-    /// Commits a stanza to the link's durable queue. Stanzas from every session go through
-    /// one task that commits whatever has gathered in one write (group commit): each
-    /// caller still waits for its own stanza to be durable, but a hundred senders cost one
-    /// fsync, not a hundred.
+    /// Submits a stanza to the link's durable queue through the journal's group commit;
+    /// the link is woken once it is committed, so it never reads the queue before the
+    /// entry is there.
     fn queue<'a>(&'a self, local: &'a str, remote: &'a str, el: &'a Element) -> RemoteFuture<'a> {
         Box::pin(async move {
-            queue::push(&self.pushes, local, remote, el).await?;
-            self.wake(local, remote);
-            Ok(())
+            let mut text = Vec::new();
+            if outpost_proto::xml::write_stanza(el, &mut text).is_err() {
+                return Err(Condition::NotAcceptable.into());
+            }
+            let write = outpost_store::BatchWrite::Outbox(outpost_store::OutboxPush {
+                local: local.to_owned(),
+                remote: remote.to_owned(),
+                stanza: String::from_utf8_lossy(&text).into_owned(),
+            });
+            let (_, wake) = self.link(local, remote);
+            let hook: crate::journal::Hook = Box::new(move |outcome| {
+                if outcome.is_ok() {
+                    wake.work.notify_one();
+                }
+            });
+            Ok(self.journal.submit_with(write, Some(hook)).await)
         })
     }
 }

@@ -1,105 +1,19 @@
-//! The durable outbound queue's upkeep: group commit of new stanzas, links resumed after
-//! a restart, and the expiry of stanzas whose lifetime ended.
+//! The durable outbound queue's upkeep: links resumed after a restart, and the expiry of
+//! stanzas whose lifetime ended. (New stanzas are committed through the server's journal.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use minidom::Element;
-use outpost_proto::stanza::{Condition, StanzaError};
-use outpost_store::{OutboxPush, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use outpost_proto::stanza::Condition;
 use tracing::{info, warn};
 
 use super::{Federation, LinkEnv, now_ms, parse_stanza};
 
-/// Stanzas waiting to be committed to the outbox, and the most committed in one write.
-pub(super) const PUSH_QUEUE: usize = 4096;
-const PUSH_BATCH: usize = 512;
 /// How often expired queue entries are bounced and old stanza ids forgotten, at most: a
 /// short `queue_lifetime_secs` is checked four times per lifetime.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// Entries expired per store call.
 const EXPIRE_BATCH: u32 = 500;
-
-/// A stanza on its way into the outbox, and who waits for the outcome.
-pub(super) struct PushRequest {
-    entry: OutboxPush,
-    reply: oneshot::Sender<Result<i64, StoreError>>,
-}
-
-/// Commits a stanza to the queue from `local` to `remote` through the group commit, and
-/// waits until it is durable. The error is the one its sender gets.
-pub(super) async fn push(
-    pushes: &mpsc::Sender<PushRequest>,
-    local: &str,
-    remote: &str,
-    el: &Element,
-) -> Result<(), StanzaError> {
-    let mut text = Vec::new();
-    if outpost_proto::xml::write_stanza(el, &mut text).is_err() {
-        return Err(Condition::NotAcceptable.into());
-    }
-    let (reply, outcome) = oneshot::channel();
-    let request = PushRequest {
-        entry: OutboxPush {
-            local: local.to_owned(),
-            remote: remote.to_owned(),
-            stanza: String::from_utf8_lossy(&text).into_owned(),
-        },
-        reply,
-    };
-    if pushes.send(request).await.is_err() {
-        return Err(Condition::InternalServerError.into());
-    }
-    match outcome.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(StoreError::QuotaExceeded { .. })) => Err(Condition::ResourceConstraint.into()),
-        Ok(Err(e)) => {
-            warn!(error = %e, "cannot queue stanza for a remote domain");
-            Err(Condition::InternalServerError.into())
-        }
-        // The server is stopping: not committed, so not accepted.
-        Err(_) => Err(Condition::InternalServerError.into()),
-    }
-}
-
-/// Commits queued stanzas in batches: waits for one, takes whatever else is waiting (up
-/// to [`PUSH_BATCH`]), writes them in one transaction and answers each. At shutdown it
-/// answers what is already waiting before it stops.
-pub(super) async fn group_commit(env: Arc<LinkEnv>, mut rx: mpsc::Receiver<PushRequest>) {
-    let quota = env.config.outbox_quota;
-    loop {
-        let first = tokio::select! {
-            r = rx.recv() => r,
-            () = env.shutdown.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(first) = first else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < PUSH_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let (entries, replies): (Vec<OutboxPush>, Vec<_>) =
-            batch.into_iter().map(|r| (r.entry, r.reply)).unzip();
-        match env.store.outbox_push_batch(&entries, now_ms(), quota).await {
-            Ok(results) => {
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                let why = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Backend(why.clone().into())));
-                }
-            }
-        }
-    }
-}
 
 /// Resumes the links with stanzas left from before a restart, then expires old queue
 /// entries and forgets old stanza ids, periodically, until shutdown.

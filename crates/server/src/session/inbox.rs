@@ -79,6 +79,7 @@ impl Session {
                     let env = self.env.clone();
                     let result = env.delivery.store_offline(el, &user).await;
                     self.undeliverable(result);
+                    self.settle().await;
                 }
             }
             ("iq", "get" | "set") => {

@@ -39,7 +39,7 @@ use tracing::{Instrument, debug, info};
 
 use self::conn::Conn;
 use crate::config::Config;
-use crate::delivery::{Delivery, Undeliverable};
+use crate::delivery::{Accepted, Delivery, Undeliverable};
 use crate::router::{SessionRx, SessionTx, ToSession};
 use crate::throttle::{LoginLimits, LoginThrottle, ReadBudget, RegistrationThrottle};
 
@@ -221,6 +221,7 @@ async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport
         offline_pending: None,
         offline_claimed: false,
         ping_outstanding: false,
+        accepted: Accepted::default(),
     });
     session.run(conn, rx).await;
 }
@@ -255,6 +256,9 @@ struct Session {
     /// This session holds the user's offline-delivery claim.
     offline_claimed: bool,
     ping_outstanding: bool,
+    /// What the client's stanzas wrote that is not yet known to be durable: settled
+    /// before anything more is written to the client (see `delivery`).
+    accepted: Accepted,
 }
 
 /// Why the loop stopped.
@@ -356,6 +360,7 @@ impl Session {
         if matches!(end, End::Closed) {
             let _ = self.flush(&mut conn).await;
         }
+        self.settle().await;
         Box::pin(self.finish()).await;
         // Messages still queued for this session must not be lost: keep the chat ones.
         rx.close();
@@ -517,9 +522,12 @@ impl Session {
         None
     }
 
-    /// Writes all pending output. After each successful write, a delivered offline batch
-    /// is deleted and the next one queued, so this loops until the queue is drained.
+    /// Writes all pending output. The client's accepted stanzas are durable first: what
+    /// follows them on the wire (a reply, an acknowledgement) says they were accepted.
+    /// After each successful write, a delivered offline batch is deleted and the next one
+    /// queued, so this loops until the queue is drained.
     async fn flush(&mut self, conn: &mut Conn) -> Option<End> {
+        self.settle().await;
         while self.proto.has_output() {
             let out = self.proto.take_output();
             match tokio::time::timeout(WRITE_TIMEOUT, conn.write_all(&out)).await {
@@ -565,9 +573,22 @@ impl Session {
         }
     }
 
-    /// Tells the sender of what could not be delivered.
-    fn undeliverable(&mut self, result: Result<(), Box<Undeliverable>>) {
-        if let Err(u) = result {
+    /// Keeps what routing a stanza left to commit, or tells its sender why it was not
+    /// delivered.
+    fn undeliverable(&mut self, result: Result<Accepted, Box<Undeliverable>>) {
+        match result {
+            Ok(accepted) => self.accepted.join(accepted),
+            Err(u) => self.error_to_sender(&u.stanza, u.error),
+        }
+    }
+
+    /// Waits until what the client's stanzas wrote is durable; the senders of what could
+    /// not be stored hear why.
+    async fn settle(&mut self) {
+        if self.accepted.is_empty() {
+            return;
+        }
+        for u in std::mem::take(&mut self.accepted).settle().await {
             self.error_to_sender(&u.stanza, u.error);
         }
     }

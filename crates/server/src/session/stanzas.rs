@@ -8,7 +8,7 @@ use outpost_proto::stanza::{self, Condition, ns};
 use super::Session;
 use crate::router::{ToSession, Undelivered};
 use crate::services::{self, IqAnswer};
-use crate::{blocking, roster};
+use crate::{blocking, mam, roster};
 
 impl Session {
     pub(super) async fn on_client_stanza(&mut self, el: Element) {
@@ -159,13 +159,36 @@ impl Session {
             ("query", ns::REGISTER) => {
                 services::register_account(d, &env.config(), &jid, &el).await
             }
-            ("query", ns::DISCO_INFO) if el.attr("to").is_some() => {
-                Ok(services::account_disco(&el))
+            ("query" | "prefs" | "metadata", ns::MAM) if !d.archive().enabled() => {
+                Err(Condition::ServiceUnavailable.into())
             }
-            // Without `to`, discovery and the rest address the server.
+            ("query", ns::MAM) if get => Ok(mam::form_reply(&el)),
+            ("query", ns::MAM) => return self.archive_query(el, &user, &jid).await,
+            ("prefs", ns::MAM) => mam::prefs(d, &user, &el).await,
+            ("metadata", ns::MAM) if get => mam::metadata(d, user.as_str(), &el).await,
+            ("query", ns::DISCO_INFO) if get => Ok(services::account_disco(d, &el)),
+            ("query", ns::DISCO_ITEMS) if get => Ok(services::account_items(&el)),
+            // What the account does not answer, the server does for it: ping, version.
             _ => return self.server_iq(el).await,
         };
         self.answer(&el, answer);
+    }
+
+    /// A query of the user's own archive: the result messages, then the IQ result. What
+    /// this session sent before is committed first, so the user reads their own writes.
+    async fn archive_query(&mut self, el: Element, user: &BareJid, jid: &jid::FullJid) {
+        self.settle().await;
+        let env = self.env.clone();
+        let requester = Jid::from(jid.clone());
+        match mam::query(&env.delivery, user.as_str(), &requester, &el, false).await {
+            Ok(answer) => {
+                for result in &answer.results {
+                    self.proto.send(result);
+                }
+                self.proto.send(&answer.fin);
+            }
+            Err(e) => self.reply_error(&el, &e),
+        }
     }
 
     /// An IQ to the server's domain.

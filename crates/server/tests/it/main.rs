@@ -2,6 +2,7 @@
 //! [`outpost_testkit`]'s raw client against [`outpost_testkit::TestServer`]s in this
 //! process. One binary, one module per area.
 
+mod archive;
 mod c2s;
 mod federation;
 mod federation_paths;

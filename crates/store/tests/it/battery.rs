@@ -7,12 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use outpost_store::{
-    Credentials, MemoryStore, OfflineMessage, OutboxEntry, OutboxPush, OutboxStats, RosterItem,
-    ScramKeys, SqliteStore, Store, StoreError, Subscription, SubscriptionRequest,
+    ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery, BatchWrite, Credentials, MemoryStore,
+    OfflineMessage, OutboxEntry, OutboxPush, OutboxStats, Quotas, RosterItem, ScramKeys,
+    SqliteStore, Store, StoreError, Subscription, SubscriptionRequest,
 };
 use tempfile::TempDir;
 
 /// Runs each listed case against a fresh `MemoryStore` and a fresh SQLite file.
+#[macro_export]
 macro_rules! battery {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -30,7 +32,7 @@ macro_rules! battery {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let (_dir, store) = super::sqlite_store().await;
+                    let (_dir, store) = $crate::battery::sqlite_store().await;
                     super::$case(&store).await;
                     outpost_store::Store::close(&store).await;
                 }
@@ -62,12 +64,12 @@ battery! {
     outbox_expire_returns_exactly_the_old_entries,
     outbox_stats_report_every_link,
     seen_stanza_ids_detect_duplicates,
-    outbox_batch_queues_in_order_within_quota,
+    batch_writes_in_order_within_quotas,
     seen_stanza_ids_batch_records_every_pair,
     prune_seen_forgets_only_old_ids,
 }
 
-async fn sqlite_store() -> (TempDir, SqliteStore) {
+pub(crate) async fn sqlite_store() -> (TempDir, SqliteStore) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let store = SqliteStore::open(&dir.path().join("outpost.db"))
         .await
@@ -84,7 +86,7 @@ fn keys(seed: u8, iterations: u32) -> ScramKeys {
     }
 }
 
-fn creds(seed: u8) -> Credentials {
+pub(crate) fn creds(seed: u8) -> Credentials {
     Credentials {
         sha1: keys(seed, 4096),
         sha256: keys(seed.wrapping_add(100), 10_000),
@@ -98,7 +100,7 @@ fn request(from: &str, stanza: &str) -> SubscriptionRequest {
     }
 }
 
-fn strings(items: &[&str]) -> Vec<String> {
+pub(crate) fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
 
@@ -131,10 +133,10 @@ fn link_stats(
     }
 }
 
-const ALICE: &str = "alice@example.org";
-const BOB: &str = "bob@example.org";
-const CAROL: &str = "carol@example.org";
-const NOBODY: &str = "nobody@example.org";
+pub(crate) const ALICE: &str = "alice@example.org";
+pub(crate) const BOB: &str = "bob@example.org";
+pub(crate) const CAROL: &str = "carol@example.org";
+pub(crate) const NOBODY: &str = "nobody@example.org";
 
 /// Our two domains and two peers, for the outbox: four possible links. The second of
 /// each sorts first, so that the order of `outbox_stats` is not the order of pushes.
@@ -1316,59 +1318,113 @@ async fn seen_stanza_ids_detect_duplicates(store: &dyn Store) {
     assert!(store.seen_stanza_id(ORIGIN, "", T0).await.unwrap());
 }
 
-async fn outbox_batch_queues_in_order_within_quota(store: &dyn Store) {
+async fn batch_writes_in_order_within_quotas(store: &dyn Store) {
+    const QUOTAS: Quotas = Quotas {
+        offline: 2,
+        outbox: 3,
+    };
+    store.create_account(ALICE, &creds(1)).await.unwrap();
     store
         .outbox_push(LOCAL, REMOTE, "<m0/>", T0, 3)
         .await
         .unwrap();
-    let push = |local: &str, remote: &str, stanza: &str| OutboxPush {
-        local: local.to_owned(),
-        remote: remote.to_owned(),
+    store.push_offline(ALICE, "<o0/>", 2).await.unwrap();
+    let push = |local: &str, remote: &str, stanza: &str| {
+        BatchWrite::Outbox(OutboxPush {
+            local: local.to_owned(),
+            remote: remote.to_owned(),
+            stanza: stanza.to_owned(),
+        })
+    };
+    let offline = |user: &str, stanza: &str| BatchWrite::Offline {
+        user: user.to_owned(),
         stanza: stanza.to_owned(),
     };
     let batch = [
         push(LOCAL, REMOTE, "<m1/>"),
+        offline(ALICE, "<o1/>"),
+        BatchWrite::Archive(archived(T0 + 5, ALICE, BOB, "<a1/>")),
         push(LOCAL, REMOTE2, "<n1/>"),
         push(LOCAL, REMOTE, "<m2/>"),
         // REMOTE holds three now: this one is over the quota, the next link is not.
         push(LOCAL, REMOTE, "<m3/>"),
+        // ALICE's queue is full, and NOBODY has no account: both fail alone.
+        offline(ALICE, "<o2/>"),
+        offline(NOBODY, "<x/>"),
         push(LOCAL, REMOTE2, "<n2/>"),
     ];
-    let results = store.outbox_push_batch(&batch, T0 + 1, 3).await.unwrap();
-    assert_eq!(results.len(), 5);
+    let results = store.write_batch(&batch, T0 + 1, QUOTAS).await.unwrap();
+    assert_eq!(results.len(), batch.len());
     assert!(matches!(
-        results[3],
+        results[5],
         Err(StoreError::QuotaExceeded { quota: 3 })
     ));
-    let ids: Vec<i64> = results
+    assert!(matches!(
+        results[6],
+        Err(StoreError::QuotaExceeded { quota: 2 })
+    ));
+    assert!(matches!(results[7], Err(StoreError::NoSuchAccount)));
+    assert_eq!(*results[2].as_ref().unwrap(), T0 + 5);
+    let outbox: Vec<i64> = [0, 3, 4, 8]
         .iter()
-        .filter_map(|r| r.as_ref().ok().copied())
+        .map(|&i| *results[i].as_ref().unwrap())
         .collect();
-    assert_eq!(ids.len(), 4);
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(outbox.windows(2).all(|w| w[0] < w[1]), "{outbox:?}");
     let queued = store.outbox_peek(LOCAL, REMOTE, None, 10).await.unwrap();
     assert_eq!(outbox_stanzas(&queued), ["<m0/>", "<m1/>", "<m2/>"]);
     let queued = store.outbox_peek(LOCAL, REMOTE2, None, 10).await.unwrap();
     assert_eq!(outbox_stanzas(&queued), ["<n1/>", "<n2/>"]);
     assert!(queued.iter().all(|e| e.queued_at_ms == T0 + 1));
-    assert!(
-        store
-            .outbox_push_batch(&[], T0, 3)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let held = store.offline(ALICE, 10).await.unwrap();
+    assert_eq!(stanzas(&held), ["<o0/>", "<o1/>"]);
+    assert_eq!(held[1].id, *results[1].as_ref().unwrap());
+    assert!(store.archive_has(ALICE, T0 + 5).await.unwrap());
+    assert!(store.write_batch(&[], T0, QUOTAS).await.unwrap().is_empty());
 
     // More rows than one statement takes keep their order and ids.
-    let many: Vec<OutboxPush> = (0..600)
+    let many: Vec<BatchWrite> = (0..600)
         .map(|i| push(LOCAL2, REMOTE, &format!("<b{i}/>")))
         .collect();
-    let results = store.outbox_push_batch(&many, T0 + 2, 1000).await.unwrap();
+    let quotas = Quotas {
+        offline: 10,
+        outbox: 1000,
+    };
+    let results = store.write_batch(&many, T0 + 2, quotas).await.unwrap();
     let ids: Vec<i64> = results.into_iter().map(|r| r.unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
     let queued = store.outbox_peek(LOCAL2, REMOTE, None, 1000).await.unwrap();
     assert_eq!(outbox_ids(&queued), ids);
     assert_eq!(queued[599].stanza, "<b599/>");
+}
+
+/// A message between two local users, in both archives.
+pub(crate) fn archived(id: i64, sender: &str, recipient: &str, stanza: &str) -> ArchiveEntry {
+    ArchiveEntry {
+        id,
+        sender: sender.to_owned(),
+        recipient: recipient.to_owned(),
+        in_sender: true,
+        in_recipient: true,
+        stanza: stanza.to_owned(),
+    }
+}
+
+/// Records `(origin, id)` pairs through the group commit, as the server does.
+async fn record_seen(store: &dyn Store, pairs: &[(String, String)], now_ms: i64) {
+    let writes: Vec<BatchWrite> = pairs
+        .iter()
+        .map(|(origin, id)| BatchWrite::Seen {
+            origin: origin.clone(),
+            id: id.clone(),
+        })
+        .collect();
+    let quotas = Quotas {
+        offline: 1,
+        outbox: 1,
+    };
+    for r in store.write_batch(&writes, now_ms, quotas).await.unwrap() {
+        assert_eq!(r.unwrap(), 0);
+    }
 }
 
 async fn seen_stanza_ids_batch_records_every_pair(store: &dyn Store) {
@@ -1382,7 +1438,7 @@ async fn seen_stanza_ids_batch_records_every_pair(store: &dyn Store) {
     .iter()
     .map(|(o, i)| ((*o).to_owned(), (*i).to_owned()))
     .collect();
-    store.seen_stanza_ids(&pairs, T0 + 10).await.unwrap();
+    record_seen(store, &pairs, T0 + 10).await;
     for (origin, id) in &pairs {
         assert!(
             store.stanza_id_seen(origin, id).await.unwrap(),
@@ -1404,12 +1460,12 @@ async fn seen_stanza_ids_batch_records_every_pair(store: &dyn Store) {
     let many: Vec<(String, String)> = (0..600)
         .map(|i| (REMOTE.to_owned(), format!("m{i}")))
         .collect();
-    store.seen_stanza_ids(&many[..300], T0 + 10).await.unwrap();
+    record_seen(store, &many[..300], T0 + 10).await;
     let seen = store.stanza_ids_seen(&many).await.unwrap();
     assert!(seen[..300].iter().all(|s| *s) && seen[300..].iter().all(|s| !*s));
     // The batch refreshed the old record: pruning before T0 + 10 keeps it.
     assert_eq!(store.prune_seen(T0 + 5).await.unwrap(), 0);
-    store.seen_stanza_ids(&[], T0).await.unwrap();
+    record_seen(store, &[], T0).await;
 }
 
 async fn prune_seen_forgets_only_old_ids(store: &dyn Store) {
@@ -1661,6 +1717,22 @@ async fn write_everything(store: &dyn Store) -> Written {
         1
     );
     assert!(!store.seen_stanza_id(REMOTE, "seen-1", T0).await.unwrap());
+    let quotas = Quotas {
+        offline: 10,
+        outbox: 10,
+    };
+    store
+        .write_batch(
+            &[BatchWrite::Archive(archived(T0, ALICE, BOB, "<hi/>"))],
+            T0,
+            quotas,
+        )
+        .await
+        .unwrap();
+    store
+        .set_archive_prefs(ALICE, &prefs(ArchiveDefault::Roster, &[BOB], &[CAROL]))
+        .await
+        .unwrap();
     Written { offline, outbox }
 }
 
@@ -1726,6 +1798,32 @@ async fn check_everything(store: &dyn Store, written: &Written) {
         ]
     );
     assert!(store.seen_stanza_id(REMOTE, "seen-1", T0).await.unwrap());
+    let page = store
+        .archive_page(&ArchiveQuery {
+            owner: BOB,
+            with: None,
+            after: None,
+            before: None,
+            limit: 10,
+            newest_first: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!((page[0].id, page[0].stanza.as_str()), (T0, "<hi/>"));
+    assert_eq!(store.archive_last_id().await.unwrap(), T0);
+    assert_eq!(
+        store.archive_prefs(ALICE).await.unwrap(),
+        Some(prefs(ArchiveDefault::Roster, &[BOB], &[CAROL]))
+    );
+}
+
+pub(crate) fn prefs(default: ArchiveDefault, always: &[&str], never: &[&str]) -> ArchivePrefs {
+    ArchivePrefs {
+        default,
+        always: strings(always),
+        never: strings(never),
+    }
 }
 
 async fn reopen(path: &Path) -> SqliteStore {

@@ -1,4 +1,5 @@
-//! Integration tests of the store through its public API. One binary; the battery is its
-//! one module so far.
+//! Integration tests of the store through its public API, in one binary: the battery that
+//! every backend passes, one module per area.
 
+mod archive;
 mod battery;

@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::tls::Fingerprint;
 
+mod messaging;
+
+pub use messaging::ArchiveConfig;
+
 /// The whole configuration. `Config::default()` is a working single-host setup for
 /// `localhost` on the loopback interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Server-to-server links to other XMPP domains (RFC 6120), off by default.
     pub federation: FederationConfig,
+    /// The message archive (XEP-0313).
+    pub archive: ArchiveConfig,
 }
 
 impl Default for Config {
@@ -60,6 +66,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             log: LogConfig::default(),
             federation: FederationConfig::default(),
+            archive: ArchiveConfig::default(),
         }
     }
 }

@@ -14,7 +14,6 @@
 //! table records which have run. Roster groups are rows of their own (`roster_groups`),
 //! one per item and group, rather than an encoded column.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,18 +24,23 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::{
-    BareJid, Credentials, OfflineMessage, OutboxEntry, OutboxPush, OutboxStats, Result, Roster,
-    RosterItem, ScramKeys, Store, StoreError, Subscription, SubscriptionRequest,
+    ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials, OfflineMessage,
+    OutboxEntry, OutboxStats, Quotas, Result, Roster, RosterItem, ScramKeys, Store, StoreError,
+    Subscription, SubscriptionRequest,
 };
 
-/// Rows written or looked up by one statement in the batch operations (four parameters a
-/// row at most, well under SQLite's limit on bound parameters).
+mod archive;
+mod batch;
+
+/// Rows written or looked up by one statement in the batch operations (six parameters a
+/// row at most, well under SQLite's limit of 32,766 bound parameters).
 const ROWS_PER_STATEMENT: usize = 250;
 
 /// Schema migrations, applied in order; a version once released is never edited.
 const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../migrations/0001_initial.sql")),
-    (2, include_str!("../migrations/0002_outbox.sql")),
+    (1, include_str!("../../migrations/0001_initial.sql")),
+    (2, include_str!("../../migrations/0002_outbox.sql")),
+    (3, include_str!("../../migrations/0003_archive.sql")),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -152,6 +156,26 @@ async fn migrate(pool: &SqlitePool, migrations: &[(i64, &str)]) -> Result<()> {
             .map_err(db)?;
     }
     tx.commit().await.map_err(db)
+}
+
+/// Records received stanza ids (see [`Store::seen_stanza_id`]) inside a transaction, one
+/// statement per slice; a duplicate keeps the later time.
+async fn record_seen(conn: &mut SqliteConnection, ids: &[(&str, &str)], now_ms: i64) -> Result<()> {
+    for slice in ids.chunks(ROWS_PER_STATEMENT) {
+        let mut sql =
+            String::from("INSERT INTO seen_stanza_ids (origin, stanza_id, seen_at_ms) VALUES ");
+        sql.push_str(&vec!["(?, ?, ?)"; slice.len()].join(", "));
+        sql.push_str(
+            " ON CONFLICT (origin, stanza_id) DO UPDATE \
+             SET seen_at_ms = MAX(seen_at_ms, excluded.seen_at_ms)",
+        );
+        let mut query = sqlx::query(&sql);
+        for (origin, id) in slice {
+            query = query.bind(*origin).bind(*id).bind(now_ms);
+        }
+        query.execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(())
 }
 
 /// Fails with `NoSuchAccount` unless `user` has an account: the rule for writes.
@@ -341,6 +365,8 @@ impl Store for SqliteStore {
             "DELETE FROM offline WHERE owner = ?",
             "DELETE FROM vcards WHERE owner = ?",
             "DELETE FROM blocklist WHERE owner = ?",
+            "DELETE FROM archive_prefs_jids WHERE owner = ?",
+            "DELETE FROM archive_prefs WHERE owner = ?",
             "DELETE FROM accounts WHERE jid = ?",
         ] {
             sqlx::query(statement)
@@ -349,6 +375,7 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db)?;
         }
+        archive::clear_in(&mut tx, user).await?;
         tx.commit().await.map_err(db)
     }
 
@@ -574,6 +601,51 @@ impl Store for SqliteStore {
         to_u64("COUNT(*)", count)
     }
 
+    async fn archive_page(&self, q: &ArchiveQuery<'_>) -> Result<Vec<ArchivedMessage>> {
+        archive::page(self, q).await
+    }
+
+    async fn archive_has(&self, owner: &str, id: i64) -> Result<bool> {
+        archive::has(self, owner, id).await
+    }
+
+    async fn archive_bounds(&self, owner: &str) -> Result<Option<(i64, i64)>> {
+        archive::bounds(self, owner).await
+    }
+
+    async fn archive_last_id(&self) -> Result<i64> {
+        archive::last_id(self).await
+    }
+
+    async fn archive_clear(&self, owner: &str) -> Result<u64> {
+        archive::clear(self, owner).await
+    }
+
+    async fn archive_expire(&self, before_id: i64, limit: u32) -> Result<u64> {
+        archive::expire(self, before_id, limit).await
+    }
+
+    async fn archive_prefs(&self, user: &BareJid) -> Result<Option<ArchivePrefs>> {
+        archive::prefs(self, user).await
+    }
+
+    async fn set_archive_prefs(&self, user: &BareJid, prefs: &ArchivePrefs) -> Result<()> {
+        archive::set_prefs(self, user, prefs).await
+    }
+
+    async fn all_archive_prefs(&self) -> Result<Vec<(String, ArchivePrefs)>> {
+        archive::all_prefs(self).await
+    }
+
+    async fn write_batch(
+        &self,
+        writes: &[BatchWrite],
+        now_ms: i64,
+        quotas: Quotas,
+    ) -> Result<Vec<Result<i64>>> {
+        batch::write(self, writes, now_ms, quotas).await
+    }
+
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {
         sqlx::query_scalar("SELECT vcard FROM vcards WHERE owner = ?")
             .bind(user)
@@ -669,84 +741,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(done.last_insert_rowid())
-    }
-
-    async fn outbox_push_batch(
-        &self,
-        entries: &[OutboxPush],
-        now_ms: i64,
-        quota: u32,
-    ) -> Result<Vec<Result<i64>>> {
-        // One transaction, one fsync, and one INSERT per slice of rows, for the lot. Each
-        // link's count is read once and kept up to date here, under the write lock, so the
-        // quota holds as with single pushes.
-        let mut tx = self.write().await?;
-        let mut counts: HashMap<(&str, &str), i64> = HashMap::new();
-        let mut admitted = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            let key = (e.local.as_str(), e.remote.as_str());
-            let count = match counts.get(&key) {
-                Some(c) => *c,
-                None => {
-                    let (c,): (i64,) = sqlx::query_as(
-                        "SELECT COUNT(*) FROM outbox WHERE remote_domain = ? AND local_domain = ?",
-                    )
-                    .bind(&e.remote)
-                    .bind(&e.local)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                    c
-                }
-            };
-            if count < i64::from(quota) {
-                admitted.push(i);
-                counts.insert(key, count + 1);
-            } else {
-                counts.insert(key, count);
-            }
-        }
-        let mut ids: Vec<i64> = Vec::with_capacity(admitted.len());
-        for slice in admitted.chunks(ROWS_PER_STATEMENT) {
-            let mut sql = String::from(
-                "INSERT INTO outbox (local_domain, remote_domain, stanza, queued_at_ms) VALUES ",
-            );
-            sql.push_str(&vec!["(?, ?, ?, ?)"; slice.len()].join(", "));
-            sql.push_str(" RETURNING id");
-            let mut query = sqlx::query_as::<_, (i64,)>(&sql);
-            for &i in slice {
-                let e = &entries[i];
-                query = query
-                    .bind(&e.local)
-                    .bind(&e.remote)
-                    .bind(&e.stanza)
-                    .bind(now_ms);
-            }
-            let mut got: Vec<i64> = query
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db)?
-                .into_iter()
-                .map(|(id,)| id)
-                .collect();
-            // RETURNING gives no order; AUTOINCREMENT ids grow in the order of the rows.
-            got.sort_unstable();
-            ids.extend(got);
-        }
-        tx.commit().await.map_err(db)?;
-        let mut ids = ids.into_iter();
-        let mut admitted = admitted.into_iter().peekable();
-        Ok((0..entries.len())
-            .map(|i| {
-                if admitted.peek() == Some(&i) {
-                    admitted.next();
-                    ids.next()
-                        .ok_or_else(|| StoreError::Backend("an inserted row returned no id".into()))
-                } else {
-                    Err(StoreError::QuotaExceeded { quota })
-                }
-            })
-            .collect())
     }
 
     async fn outbox_peek(
@@ -886,29 +880,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await.map_err(db)?;
         Ok(duplicate)
-    }
-
-    async fn seen_stanza_ids(&self, ids: &[(String, String)], now_ms: i64) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.write().await?;
-        for slice in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut sql =
-                String::from("INSERT INTO seen_stanza_ids (origin, stanza_id, seen_at_ms) VALUES ");
-            sql.push_str(&vec!["(?, ?, ?)"; slice.len()].join(", "));
-            sql.push_str(
-                " ON CONFLICT (origin, stanza_id) DO UPDATE \
-                 SET seen_at_ms = MAX(seen_at_ms, excluded.seen_at_ms)",
-            );
-            let mut query = sqlx::query(&sql);
-            for (origin, id) in slice {
-                query = query.bind(origin).bind(id).bind(now_ms);
-            }
-            query.execute(&mut *tx).await.map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
-        Ok(())
     }
 
     async fn stanza_ids_seen(&self, ids: &[(String, String)]) -> Result<Vec<bool>> {
@@ -1130,7 +1101,7 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2]);
+        assert_eq!(versions, [1, 2, 3]);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),
