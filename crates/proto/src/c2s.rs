@@ -20,6 +20,7 @@ use minidom::Element;
 
 use crate::machine::{Wire, stream_machine};
 use crate::sasl::{self, ScramHash, ScramKeys, ScramServer};
+use crate::sm::{AckError, StreamManagement};
 use crate::stanza::{self, Condition, StanzaError, ns};
 use crate::xml::{self, Limits, XmlEvent};
 
@@ -48,6 +49,8 @@ pub struct C2sConfig {
     pub limits: Limits,
     /// Failed SASL attempts allowed on one stream before it is closed.
     pub max_auth_attempts: u32,
+    /// Offer stream management (XEP-0198) and client state indication (XEP-0352).
+    pub stream_management: bool,
 }
 
 /// Something the server must know or do.
@@ -76,6 +79,15 @@ pub enum Event {
     Bound { jid: FullJid },
     /// A stanza from the bound client, with `from` set to its full JID.
     Stanza(Element),
+    /// The client asks for stream management (XEP-0198 §3), with resumption if `resume`;
+    /// answer with [`C2sStream::sm_enabled`].
+    SmEnable { resume: bool, max: Option<u32> },
+    /// The client, authenticated but not bound, asks to resume the managed stream
+    /// `previd`, having received `h` stanzas on it (XEP-0198 §5); answer with
+    /// [`C2sStream::sm_resumed`] or [`C2sStream::sm_resume_failed`].
+    SmResume { previd: String, h: u32 },
+    /// The client says it is active (`true`) or inactive (XEP-0352 §3).
+    ClientState { active: bool },
     /// The stream ended: the client closed it, or an error closed it (the stream error is
     /// already in the output). No more input will be processed.
     Closed {
@@ -127,6 +139,10 @@ pub struct C2sStream {
     jid: Option<FullJid>,
     bind_id: Option<String>,
     bind_failures: u32,
+    /// Stream management, once the client enabled it (or resumed).
+    sm: Option<Box<StreamManagement>>,
+    /// The server's clock as it last said, for the time unacknowledged stanzas were queued.
+    now_ms: i64,
 }
 
 impl C2sStream {
@@ -150,7 +166,105 @@ impl C2sStream {
             jid: None,
             bind_id: None,
             bind_failures: 0,
+            sm: None,
+            now_ms: 0,
         }
+    }
+
+    /// The server's clock, in Unix milliseconds: stanzas queued for acknowledgement from now
+    /// on are stamped with it.
+    pub fn set_time(&mut self, now_ms: i64) {
+        self.now_ms = now_ms;
+    }
+
+    /// The stream management state, once enabled.
+    pub fn sm(&self) -> Option<&StreamManagement> {
+        self.sm.as_deref()
+    }
+
+    /// Takes the stream management state of a stream whose connection is gone, for a
+    /// stream that resumes it or to hand its unacknowledged stanzas on.
+    pub fn take_sm(&mut self) -> Option<Box<StreamManagement>> {
+        self.sm.take()
+    }
+
+    /// Answers [`Event::SmEnable`]: `resumption` is the id and the seconds within which
+    /// the stream may be resumed, `None` to manage it without resumption.
+    pub fn sm_enabled(&mut self, resumption: Option<(String, u32)>) {
+        let mut enabled = Element::builder("enabled", ns::SM).build();
+        let (id, max) = match resumption {
+            Some((id, max)) => {
+                stanza::set_attr(&mut enabled, "id", &id);
+                stanza::set_attr(&mut enabled, "resume", "true");
+                stanza::set_attr(&mut enabled, "max", &max.to_string());
+                (Some(id), max)
+            }
+            None => (None, 0),
+        };
+        self.write_nonza(&enabled);
+        self.sm = Some(Box::new(StreamManagement::new(id, max)));
+    }
+
+    /// Answers [`Event::SmResume`] with the state of the stream being resumed: the client
+    /// is bound as `jid` again, the stanzas its `h` covers leave the queue, and the rest
+    /// are written again after `<resumed/>` (XEP-0198 §5).
+    pub fn sm_resumed(&mut self, jid: FullJid, mut state: Box<StreamManagement>, h: u32) {
+        if self.phase != Phase::Blocked {
+            return;
+        }
+        if let Err(AckError::TooHigh { h, sent }) = state.ack(h) {
+            self.close_too_high(h, sent);
+            return;
+        }
+        let previd = state.id().unwrap_or_default().to_owned();
+        let resumed = Element::builder("resumed", ns::SM)
+            .attr(stanza::name("previd"), previd)
+            .attr(stanza::name("h"), state.inbound().to_string())
+            .build();
+        self.write_nonza(&resumed);
+        let queued: Vec<_> = state.take_unacked();
+        for u in &queued {
+            self.wire.out.extend_from_slice(u.xml.as_bytes());
+        }
+        state.requeue(queued);
+        self.sm = Some(state);
+        self.jid = Some(jid.clone());
+        self.phase = Phase::Session;
+        self.wire.events.push_back(Event::Bound { jid });
+        self.request_ack();
+        self.process();
+    }
+
+    /// Answers [`Event::SmResume`] with a refusal: no such stream, or it expired. `h`, when
+    /// known, tells the client which of its stanzas the old stream handled (XEP-0198 §5).
+    pub fn sm_resume_failed(&mut self, h: Option<u32>) {
+        if self.phase != Phase::Blocked {
+            return;
+        }
+        self.phase = Phase::Negotiating;
+        self.sm_failed("item-not-found", h);
+        self.process();
+    }
+
+    /// Asks the client to acknowledge what it got (`<r/>`), unless a request is already out
+    /// or nothing is unacknowledged.
+    pub fn request_ack(&mut self) {
+        let Some(sm) = self.sm.as_mut() else {
+            return;
+        };
+        if sm.unacked_len() == 0 || sm.ack_requested() || self.phase == Phase::Closed {
+            return;
+        }
+        sm.set_requested();
+        self.wire
+            .out
+            .extend_from_slice(format!("<r xmlns='{}'/>", ns::SM).as_bytes());
+    }
+
+    /// Drops whatever is waiting to be written: the connection is gone, and what matters of
+    /// it is in the stream management queue.
+    pub fn discard_output(&mut self) {
+        self.wire.out = Vec::new();
     }
 
     pub fn is_secure(&self) -> bool {
@@ -276,17 +390,35 @@ impl C2sStream {
         self.process();
     }
 
-    /// Queues a stanza (or any top-level element) for the client.
+    /// Queues a stanza (or any top-level element) for the client. On a managed stream, a
+    /// stanza counts and waits in the queue until the client acknowledges it.
     pub fn send(&mut self, el: &Element) {
+        let start = self.wire.out.len();
         // Elements parsed from a peer or built by the server serialise; a failure would be
         // a bug in the element, and dropping that one element (nothing is appended) is the
         // least harmful answer.
-        let _ = xml::write_stanza(el, &mut self.wire.out);
+        if xml::write_stanza(el, &mut self.wire.out).is_err() {
+            self.wire.out.truncate(start);
+            return;
+        }
+        let is_stanza = el.ns() == ns::CLIENT && matches!(el.name(), "message" | "presence" | "iq");
+        if is_stanza && let Some(sm) = self.sm.as_mut() {
+            sm.sent(&self.wire.out[start..], self.now_ms);
+        }
     }
 
-    /// Queues raw, already serialised XML for the client.
+    /// Queues a raw, already serialised stanza for the client, counted on a managed stream
+    /// like [`C2sStream::send`].
     pub fn send_raw(&mut self, xml: &str) {
         self.wire.out.extend_from_slice(xml.as_bytes());
+        if let Some(sm) = self.sm.as_mut() {
+            sm.sent(xml.as_bytes(), self.now_ms);
+        }
+    }
+
+    /// Writes a stream-level element that is not a stanza (never counted).
+    fn write_nonza(&mut self, el: &Element) {
+        let _ = xml::write_stanza(el, &mut self.wire.out);
     }
 
     /// Closes the stream, with a stream error condition (RFC 6120 §4.9.3) or cleanly.
@@ -344,6 +476,8 @@ impl C2sStream {
             XmlEvent::Stanza(el) => {
                 if self.phase == Phase::AwaitHeader {
                     self.close(Some("not-well-formed"), None);
+                } else if el.ns() == ns::SM && self.user.is_some() {
+                    self.on_sm(el);
                 } else if self.phase == Phase::Session {
                     self.on_session_stanza(el);
                 } else {
@@ -423,6 +557,10 @@ impl C2sStream {
                     .build(),
             );
             features.append_child(Element::builder("ver", ns::ROSTERVER).build());
+            if self.config.stream_management {
+                features.append_child(Element::builder("sm", ns::SM).build());
+                features.append_child(Element::builder("csi", ns::CSI).build());
+            }
         }
         // Written with the `stream:` prefix declared on the header, as every server does:
         // namespace-aware clients accept either form, but some only match the prefix.
@@ -660,11 +798,85 @@ impl C2sStream {
         }
     }
 
+    /// Stream management elements (XEP-0198), once authenticated.
+    fn on_sm(&mut self, el: Element) {
+        if !self.config.stream_management {
+            self.close(Some("unsupported-stanza-type"), None);
+            return;
+        }
+        match el.name() {
+            "enable" if self.phase == Phase::Session && self.sm.is_none() => {
+                let resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let max = el.attr("max").and_then(|m| m.parse().ok());
+                self.wire.events.push_back(Event::SmEnable { resume, max });
+            }
+            "resume" if self.phase == Phase::Negotiating && self.jid.is_none() => {
+                let (Some(previd), Some(h)) = (
+                    el.attr("previd").map(str::to_owned),
+                    el.attr("h").and_then(|h| h.parse::<u32>().ok()),
+                ) else {
+                    self.sm_failed("bad-request", None);
+                    return;
+                };
+                self.phase = Phase::Blocked;
+                self.wire.events.push_back(Event::SmResume { previd, h });
+            }
+            "enable" | "resume" => self.sm_failed("unexpected-request", None),
+            "r" if self.sm.is_some() => {
+                let h = self.sm.as_ref().map_or(0, |sm| sm.inbound());
+                let a = format!("<a xmlns='{}' h='{h}'/>", ns::SM);
+                self.wire.out.extend_from_slice(a.as_bytes());
+            }
+            "a" if self.sm.is_some() => {
+                let Some(h) = el.attr("h").and_then(|h| h.parse::<u32>().ok()) else {
+                    self.close(Some("invalid-xml"), Some("<a/> without a valid h"));
+                    return;
+                };
+                if let Some(Err(AckError::TooHigh { h, sent })) =
+                    self.sm.as_mut().map(|sm| sm.ack(h))
+                {
+                    self.close_too_high(h, sent);
+                }
+            }
+            // XEP-0198 §3: before <enable/>, there is nothing to acknowledge or ask.
+            _ => self.close(Some("unsupported-stanza-type"), None),
+        }
+    }
+
+    fn sm_failed(&mut self, condition: &str, h: Option<u32>) {
+        let mut failed = Element::builder("failed", ns::SM)
+            .append(Element::builder(condition, ns::STANZAS).build())
+            .build();
+        if let Some(h) = h {
+            stanza::set_attr(&mut failed, "h", &h.to_string());
+        }
+        self.write_nonza(&failed);
+    }
+
+    /// XEP-0198 §4: the client acknowledged stanzas it was never sent.
+    fn close_too_high(&mut self, h: u32, sent: u32) {
+        let text = format!("the client acknowledged {h} stanzas; {sent} were sent");
+        self.close(Some("undefined-condition"), Some(&text));
+    }
+
     fn on_session_stanza(&mut self, mut el: Element) {
+        if el.ns() == ns::CSI && self.config.stream_management {
+            match el.name() {
+                "active" | "inactive" => {
+                    let active = el.name() == "active";
+                    self.wire.events.push_back(Event::ClientState { active });
+                }
+                _ => self.close(Some("unsupported-stanza-type"), None),
+            }
+            return;
+        }
         if el.ns() != ns::CLIENT || !matches!(el.name(), "message" | "presence" | "iq") {
             // RFC 6120 §4.9.3.22: an unknown first-level element is unsupported-stanza-type.
             self.close(Some("unsupported-stanza-type"), None);
             return;
+        }
+        if let Some(sm) = self.sm.as_mut() {
+            sm.handled();
         }
         // RFC 6120 §8.1.2.1: the server stamps the sender's full JID; nobody speaks for
         // someone else.

@@ -17,6 +17,7 @@ pub mod framing;
 pub mod machine;
 pub mod s2s;
 pub mod sasl;
+pub mod sm;
 pub mod stanza;
 pub mod xml;
 

@@ -26,8 +26,6 @@ use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use outpost_proto::stanza::{self, Condition, StanzaError, ns};
 use outpost_store::{ArchiveEntry, BatchWrite, Store, StoreError};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tracing::{debug, warn};
 
 use crate::archive::{self, Archive};
@@ -408,7 +406,13 @@ impl Delivery {
         if !archive::worth_keeping(&el, false) && el.attr("type") != Some("error") {
             return Ok(Accepted::default());
         }
-        el.append_child(delay_stamp(user.domain().as_str(), "Offline storage"));
+        let domain = user.domain().as_str();
+        let stamped = el
+            .children()
+            .any(|c| c.is("delay", ns::DELAY) && c.attr("from") == Some(domain));
+        if !stamped {
+            el.append_child(delay_stamp(domain, "Offline storage"));
+        }
         let mut text = Vec::new();
         if outpost_proto::xml::write_stanza(&el, &mut text).is_err() {
             return refused(el, Condition::NotAcceptable);
@@ -572,17 +576,14 @@ fn strip_our_stanza_ids(el: &mut Element, ours: impl Fn(&str) -> bool) {
 
 /// An XEP-0203 delay stamp for now, from `domain`.
 fn delay_stamp(domain: &str, reason: &str) -> Element {
-    // XEP-0082 allows any precision, but common clients parse at most microseconds;
-    // milliseconds are plenty for ordering a human's messages.
-    let now = OffsetDateTime::now_utc();
-    let stamp = now
-        .replace_millisecond(now.millisecond())
-        .unwrap_or(now)
-        .format(&Rfc3339)
-        .unwrap_or_default();
+    delay_at(domain, crate::clock::now_ms(), reason)
+}
+
+/// An XEP-0203 delay stamp for the time `ms` (Unix milliseconds), from `domain`.
+pub(crate) fn delay_at(domain: &str, ms: i64, reason: &str) -> Element {
     Element::builder("delay", ns::DELAY)
         .attr(stanza::name("from"), domain)
-        .attr(stanza::name("stamp"), stamp)
+        .attr(stanza::name("stamp"), crate::clock::format_ms(ms))
         .append(reason)
         .build()
 }

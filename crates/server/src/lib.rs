@@ -21,6 +21,7 @@
 pub mod accounts;
 mod archive;
 mod blocking;
+mod c2s_conn;
 mod clock;
 pub mod config;
 mod delivery;

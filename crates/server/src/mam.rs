@@ -253,13 +253,6 @@ fn parse_time(text: &str) -> Result<i64, String> {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).map_err(|_| "time out of range".into())
 }
 
-/// A time as XEP-0082 wants it: UTC, with milliseconds.
-pub(crate) fn format_time(ms: i64) -> String {
-    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    t.format(&Rfc3339).unwrap_or_default()
-}
-
 /// One `<result/>` message carrying an archived message (XEP-0313 §4.2).
 fn result_message(
     m: &ArchivedMessage,
@@ -269,7 +262,10 @@ fn result_message(
 ) -> Option<Element> {
     let original: Element = m.stanza.parse().ok()?;
     let delay = Element::builder("delay", ns::DELAY)
-        .attr(stanza::name("stamp"), format_time(archive::time_of(m.id)))
+        .attr(
+            stanza::name("stamp"),
+            crate::clock::format_ms(archive::time_of(m.id)),
+        )
         .build();
     let forwarded = Element::builder("forwarded", ns::FORWARD)
         .append(delay)
@@ -347,7 +343,10 @@ pub(crate) async fn metadata(d: &Delivery, owner: &str, request: &Element) -> Iq
             meta.append_child(
                 Element::builder(name, ns::MAM)
                     .attr(stanza::name("id"), archive::encode_id(id))
-                    .attr(stanza::name("timestamp"), format_time(archive::time_of(id)))
+                    .attr(
+                        stanza::name("timestamp"),
+                        crate::clock::format_ms(archive::time_of(id)),
+                    )
                     .build(),
             );
         }
@@ -551,7 +550,7 @@ mod tests {
     #[test]
     fn times_round_trip_to_the_millisecond() {
         let ms = 1_700_000_000_123;
-        assert_eq!(parse_time(&format_time(ms)), Ok(ms));
-        assert_eq!(format_time(ms), "2023-11-14T22:13:20.123Z");
+        assert_eq!(parse_time(&crate::clock::format_ms(ms)), Ok(ms));
+        assert_eq!(crate::clock::format_ms(ms), "2023-11-14T22:13:20.123Z");
     }
 }

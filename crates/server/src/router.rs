@@ -57,6 +57,8 @@ pub(crate) enum ToSession {
     /// The link to another domain came (back) up: send current presence to subscribers
     /// there, and (`probe`, for one resource per user) probe the contacts there.
     LinkRestored { domain: Arc<str>, probe: bool },
+    /// A new connection resumes this session's managed stream (XEP-0198 §5).
+    Resume(Box<crate::c2s_conn::Resumption>),
 }
 
 /// Why [`Router::send_to_full`] could not deliver; the message comes back.

@@ -47,6 +47,8 @@ pub const NS_MAM: &str = "urn:xmpp:mam:2";
 pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
 pub const NS_SID: &str = "urn:xmpp:sid:0";
+pub const NS_SM: &str = "urn:xmpp:sm:3";
+pub const NS_CSI: &str = "urn:xmpp:csi:0";
 
 /// A process-wide counter for stanza ids and nonces.
 pub fn unique(prefix: &str) -> String {
@@ -83,6 +85,16 @@ pub struct Client {
     /// How long one read, or one search for a stanza, may take before the test fails:
     /// [`WAIT`] unless the test needs longer (servers in other processes that restart).
     pub wait: Duration,
+    /// Stream management (XEP-0198), once enabled or resumed.
+    pub sm: Option<Sm>,
+}
+
+/// The client's side of stream management: stanzas received, and whether the server's
+/// `<r/>` is answered at once (the test may want to hold acknowledgements back).
+#[derive(Clone, Copy, Debug)]
+pub struct Sm {
+    pub h: u32,
+    pub auto_ack: bool,
 }
 
 impl Client {
@@ -101,6 +113,7 @@ impl Client {
             saw_stream_close: false,
             stash: VecDeque::new(),
             wait: WAIT,
+            sm: None,
         }
     }
 
@@ -184,6 +197,18 @@ impl Client {
         let mut buf = vec![0u8; 8192];
         loop {
             match self.reader.next() {
+                Ok(Some(XmlEvent::Stanza(el))) if self.sm.is_some() => {
+                    if el.is("r", NS_SM) {
+                        self.answer_ack_request().await;
+                        continue;
+                    }
+                    if el.ns() == NS_CLIENT && matches!(el.name(), "message" | "presence" | "iq")
+                        && let Some(sm) = self.sm.as_mut()
+                    {
+                        sm.h = sm.h.wrapping_add(1);
+                    }
+                    return Some(XmlEvent::Stanza(el));
+                }
                 Ok(Some(ev)) => {
                     if ev == XmlEvent::StreamClose {
                         self.saw_stream_close = true;
@@ -208,6 +233,47 @@ impl Client {
             }
             self.reader.feed(&buf[..n]);
         }
+    }
+
+    /// Answers the server's `<r/>` with the count so far, unless acknowledgements are held.
+    async fn answer_ack_request(&mut self) {
+        if let Some(sm) = self.sm.filter(|sm| sm.auto_ack) {
+            let _ = self
+                .try_send(format!("<a xmlns='{NS_SM}' h='{}'/>", sm.h).as_bytes())
+                .await;
+        }
+    }
+
+    /// Enables stream management with resumption (XEP-0198 §3) and returns the server's
+    /// answer (`<enabled/>` or `<failed/>`). From then on the client counts stanzas and
+    /// answers `<r/>`.
+    pub async fn enable_sm(&mut self) -> Element {
+        self.send(&format!("<enable xmlns='{NS_SM}' resume='true'/>"))
+            .await;
+        let answer = self.recv_stashing(|el| el.ns() == NS_SM).await;
+        if answer.name() == "enabled" {
+            self.sm = Some(Sm {
+                h: 0,
+                auto_ack: true,
+            });
+        }
+        answer
+    }
+
+    /// On an authenticated stream, asks to resume `previd` having received `h` stanzas on
+    /// it (XEP-0198 §5); returns `<resumed/>` or `<failed/>`. Resumed, the stream counts
+    /// on from `h` as `jid`.
+    pub async fn resume(&mut self, previd: &str, h: u32, jid: &str) -> Element {
+        self.send(&format!(
+            "<resume xmlns='{NS_SM}' previd='{previd}' h='{h}'/>"
+        ))
+        .await;
+        let answer = self.recv_stashing(|el| el.ns() == NS_SM).await;
+        if answer.name() == "resumed" {
+            self.sm = Some(Sm { h, auto_ack: true });
+            self.jid = jid.to_owned();
+        }
+        answer
     }
 
     /// The next stanza; panics on close or timeout.

@@ -24,7 +24,7 @@ const PASSWORD: &str = "r0m30myr0m30";
 const ITERATIONS: u32 = 64;
 const SERVER_NONCE: &str = "3rfcNHYJY1ZVvWVs7j";
 
-fn config(transport: Transport) -> C2sConfig {
+pub(crate) fn config(transport: Transport) -> C2sConfig {
     C2sConfig {
         domains: vec![DOMAIN.to_owned(), "other.example".to_owned()],
         transport,
@@ -32,6 +32,7 @@ fn config(transport: Transport) -> C2sConfig {
         registration: false,
         limits: Limits::default(),
         max_auth_attempts: 3,
+        stream_management: false,
     }
 }
 
@@ -93,7 +94,7 @@ fn jid(s: &str) -> FullJid {
 
 /// [`Event`] with the JIDs as text, so whole event lists compare with `assert_eq!`.
 #[derive(Debug, PartialEq)]
-enum Ev {
+pub(crate) enum Ev {
     StartTls,
     NeedCredentials(String, String),
     Authenticated(String),
@@ -102,6 +103,9 @@ enum Ev {
     BindRequest(Option<String>),
     Bound(String),
     Stanza(Element),
+    SmEnable(bool, Option<u32>),
+    SmResume(String, u32),
+    ClientState(bool),
     Closed(Option<&'static str>),
 }
 
@@ -119,6 +123,9 @@ impl From<Event> for Ev {
             Event::BindRequest { resource } => Ev::BindRequest(resource),
             Event::Bound { jid } => Ev::Bound(jid.to_string()),
             Event::Stanza(el) => Ev::Stanza(el),
+            Event::SmEnable { resume, max } => Ev::SmEnable(resume, max),
+            Event::SmResume { previd, h } => Ev::SmResume(previd, h),
+            Event::ClientState { active } => Ev::ClientState(active),
             Event::Closed { error, .. } => Ev::Closed(error),
         }
     }
@@ -133,13 +140,13 @@ fn failed(user: Option<&str>, condition: &'static str) -> Ev {
 }
 
 /// One client connection: the state machine and a reader for what it writes.
-struct Session {
-    c2s: C2sStream,
+pub(crate) struct Session {
+    pub(crate) c2s: C2sStream,
     wire: StreamReader,
 }
 
 impl Session {
-    fn new(config: C2sConfig) -> Self {
+    pub(crate) fn new(config: C2sConfig) -> Self {
         Session {
             c2s: C2sStream::new(config, "sid".to_owned()),
             wire: StreamReader::new(Limits::default()),
@@ -147,28 +154,28 @@ impl Session {
     }
 
     /// Feeds client bytes and returns what the server wrote in answer.
-    fn send(&mut self, xml: &str) -> Vec<XmlEvent> {
+    pub(crate) fn send(&mut self, xml: &str) -> Vec<XmlEvent> {
         self.c2s.handle_input(xml.as_bytes());
         self.output()
     }
 
-    fn output(&mut self) -> Vec<XmlEvent> {
+    pub(crate) fn output(&mut self) -> Vec<XmlEvent> {
         parse_wire(&mut self.wire, &self.c2s.take_output())
     }
 
-    fn events(&mut self) -> Vec<Ev> {
+    pub(crate) fn events(&mut self) -> Vec<Ev> {
         std::iter::from_fn(|| self.c2s.poll_event())
             .map(Ev::from)
             .collect()
     }
 
-    fn provide(&mut self, password: Option<&str>) -> Vec<XmlEvent> {
+    pub(crate) fn provide(&mut self, password: Option<&str>) -> Vec<XmlEvent> {
         provide(&mut self.c2s, password);
         self.output()
     }
 
     /// Sends the stream header and returns the features, checking the header on the way.
-    fn open(&mut self) -> Element {
+    pub(crate) fn open(&mut self) -> Element {
         let out = self.send(&header());
         assert_eq!(out.len(), 2, "{out:?}");
         let ours = opened(&out[0]);
@@ -218,7 +225,7 @@ fn opened(event: &XmlEvent) -> &StreamHeader {
     }
 }
 
-fn stanza(event: &XmlEvent) -> &Element {
+pub(crate) fn stanza(event: &XmlEvent) -> &Element {
     match event {
         XmlEvent::Stanza(el) => el,
         other => panic!("expected an element, got {other:?}"),
@@ -232,14 +239,14 @@ fn features_of(event: &XmlEvent) -> &Element {
 }
 
 /// Each feature as `{namespace}name`, in order.
-fn feature_names(features: &Element) -> Vec<String> {
+pub(crate) fn feature_names(features: &Element) -> Vec<String> {
     features
         .children()
         .map(|f| clark(&f.ns(), f.name()))
         .collect()
 }
 
-fn clark(ns: &str, name: &str) -> String {
+pub(crate) fn clark(ns: &str, name: &str) -> String {
     format!("{{{ns}}}{name}")
 }
 
@@ -252,7 +259,7 @@ fn mechanisms(features: &Element) -> Vec<String> {
 
 /// The output ends with a `<stream:error/>` carrying `condition`, then the stream's end.
 #[track_caller]
-fn assert_stream_error(out: &[XmlEvent], condition: &str) {
+pub(crate) fn assert_stream_error(out: &[XmlEvent], condition: &str) {
     let [.., XmlEvent::Stanza(error), XmlEvent::StreamClose] = out else {
         panic!("expected a stream error and the close, got {out:?}");
     };
@@ -283,13 +290,23 @@ fn sasl_success(out: &[XmlEvent]) -> Vec<u8> {
     B64.decode(success.text().trim()).expect("base64")
 }
 
-fn is_iq(el: &Element, ty: &str, id: &str) -> bool {
+pub(crate) fn is_iq(el: &Element, ty: &str, id: &str) -> bool {
     el.is("iq", ns::CLIENT) && el.attr("type") == Some(ty) && el.attr("id") == Some(id)
 }
 
 /// A stream over direct TLS, authenticated as juliet with PLAIN, with the new stream open.
 fn authenticated() -> Session {
-    let mut s = Session::new(config(Transport::DirectTls));
+    authenticated_with(config(Transport::DirectTls))
+}
+
+/// [`authenticated`] with another configuration (still direct TLS).
+pub(crate) fn authenticated_with(config: C2sConfig) -> Session {
+    authenticated_with_features(config).0
+}
+
+/// [`authenticated_with`], and the stream features offered after authentication.
+pub(crate) fn authenticated_with_features(config: C2sConfig) -> (Session, Element) {
+    let mut s = Session::new(config);
     s.open();
     assert!(s.send(&plain("", "juliet", PASSWORD)).is_empty());
     assert_eq!(s.events(), [need("juliet")]);
@@ -298,13 +315,17 @@ fn authenticated() -> Session {
         s.events(),
         [Ev::Authenticated("juliet@example.com".to_owned())]
     );
-    s.open();
-    s
+    let features = s.open();
+    (s, features)
 }
 
 /// An authenticated stream bound as juliet@example.com/balcony.
 fn bound() -> Session {
-    let mut s = authenticated();
+    bind(authenticated())
+}
+
+/// Binds an authenticated stream as juliet@example.com/balcony.
+pub(crate) fn bind(mut s: Session) -> Session {
     assert!(s.send(&bind_iq("b1", Some("balcony"))).is_empty());
     assert_eq!(s.events(), [Ev::BindRequest(Some("balcony".to_owned()))]);
     s.c2s.bind_result(Ok(jid("juliet@example.com/balcony")));

@@ -3,4 +3,5 @@
 
 mod c2s_transcripts;
 mod s2s_transcripts;
+mod sm_transcripts;
 mod ws_framing;

@@ -26,3 +26,31 @@ impl Default for ArchiveConfig {
         }
     }
 }
+
+/// `[stream_management]`: acknowledgements and resumption for client streams (XEP-0198),
+/// with client state indication (XEP-0352).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamManagementConfig {
+    /// Whether clients may enable stream management. Default: `true`.
+    pub enabled: bool,
+    /// Seconds a session whose connection died waits to be resumed, with its presence and
+    /// the stanzas its client had not acknowledged; `0` offers acknowledgements without
+    /// resumption. After it, the unacknowledged messages go to the offline store.
+    /// Default: `300`.
+    pub resume_timeout_secs: u32,
+    /// Stanzas a session sends without its client acknowledging them before it waits for an
+    /// acknowledgement; meanwhile what arrives for it waits in its channel, then in the
+    /// offline store. Default: `1000`.
+    pub max_unacked: usize,
+}
+
+impl Default for StreamManagementConfig {
+    fn default() -> Self {
+        StreamManagementConfig {
+            enabled: true,
+            resume_timeout_secs: 300,
+            max_unacked: 1000,
+        }
+    }
+}

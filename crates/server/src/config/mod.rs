@@ -21,7 +21,7 @@ use crate::tls::Fingerprint;
 
 mod messaging;
 
-pub use messaging::ArchiveConfig;
+pub use messaging::{ArchiveConfig, StreamManagementConfig};
 
 /// The whole configuration. `Config::default()` is a working single-host setup for
 /// `localhost` on the loopback interface.
@@ -51,6 +51,8 @@ pub struct Config {
     pub federation: FederationConfig,
     /// The message archive (XEP-0313).
     pub archive: ArchiveConfig,
+    /// Stream management for clients (XEP-0198).
+    pub stream_management: StreamManagementConfig,
 }
 
 impl Default for Config {
@@ -67,6 +69,7 @@ impl Default for Config {
             log: LogConfig::default(),
             federation: FederationConfig::default(),
             archive: ArchiveConfig::default(),
+            stream_management: StreamManagementConfig::default(),
         }
     }
 }
@@ -577,6 +580,9 @@ impl Config {
                 "limits.ping_interval_secs ({}) must be less than limits.idle_timeout_secs ({})",
                 l.ping_interval_secs, l.idle_timeout_secs
             ));
+        }
+        if self.stream_management.max_unacked == 0 {
+            problem("stream_management.max_unacked must be at least 1".to_owned());
         }
     }
 

@@ -1,7 +1,7 @@
 //! What other sessions and the server send this session through its channel.
 
 use minidom::Element;
-use outpost_proto::stanza::{self, Condition};
+use outpost_proto::stanza::{self, Condition, ns};
 use outpost_store::RosterItem;
 use tracing::info;
 
@@ -11,6 +11,9 @@ use crate::router::ToSession;
 
 impl Session {
     pub(super) async fn on_message_from_router(&mut self, msg: ToSession) {
+        // Pushes, offline messages and the end of the stream go out at once, even to an
+        // inactive client; stanzas are weighed one by one.
+        self.csi.urgent |= !matches!(msg, ToSession::Stanza(_) | ToSession::Probe { .. });
         match msg {
             ToSession::Stanza(el) => {
                 if let Some(from) = el.attr("from")
@@ -22,6 +25,8 @@ impl Session {
                     }
                     return;
                 }
+                self.csi.urgent |= important(&el);
+                self.csi.held += 1;
                 self.proto.send(&el);
             }
             ToSession::Probe { from } => self.answer_probe(&from),
@@ -30,7 +35,8 @@ impl Session {
             }
             ToSession::Blocklist { list, push } => self.apply_blocklist(list, push),
             ToSession::FlushOffline => {
-                if self.available && self.priority >= 0 {
+                // A detached session would only queue them again; they wait for a client.
+                if self.available && self.priority >= 0 && !self.detached {
                     self.start_offline_delivery().await;
                 }
             }
@@ -47,7 +53,17 @@ impl Session {
                 self.proto.close(Some(condition), Some(text));
             }
             ToSession::LinkRestored { domain, probe } => self.link_restored(&domain, probe),
+            // Taken by the session loop before it gets here; a stray one (the session is
+            // ending) drops the connection, whose client will try again.
+            ToSession::Resume(_) => {}
         }
+    }
+
+    /// The client says it is active or inactive (XEP-0352): an inactive client gets
+    /// only what is important at once.
+    pub(super) fn client_state(&mut self, active: bool) {
+        self.csi.inactive = !active;
+        self.csi.urgent |= active;
     }
 
     /// A roster push arrived: update the cache and tell an interested client.
@@ -87,5 +103,23 @@ impl Session {
             }
             _ => {}
         }
+    }
+}
+
+/// Whether a stanza for an inactive client must go out at once (XEP-0352 §3): messages
+/// with content, message errors, every IQ, subscription requests and answers. Presence
+/// updates, chat states and headlines (PEP events) wait.
+fn important(el: &Element) -> bool {
+    match el.name() {
+        "iq" => true,
+        "presence" => !matches!(el.attr("type"), None | Some("unavailable")),
+        "message" => {
+            el.attr("type") == Some("error")
+                || (el.attr("type") != Some("headline")
+                    && (crate::archive::worth_keeping(el, false)
+                        || el.has_child("sent", ns::CARBONS)
+                        || el.has_child("x", ns::CONFERENCE)))
+        }
+        _ => true,
     }
 }

@@ -10,13 +10,15 @@
 //! - `stanzas`: what the client sends (messages, IQs) and the answers it gets;
 //! - `presence`: the user's presence: broadcasts, probes, directed presence;
 //! - `inbox`: what other sessions and the server send this one;
-//! - `offline`: writing the user's offline messages to this session.
+//! - `offline`: writing the user's offline messages to this session;
+//! - `resume`: stream management (XEP-0198): resumption, hibernation, and what becomes of
+//!   unacknowledged stanzas.
 
-mod conn;
 mod inbox;
 mod login;
 mod offline;
 mod presence;
+mod resume;
 mod stanzas;
 
 use std::collections::{HashMap, HashSet};
@@ -37,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info};
 
-use self::conn::Conn;
+use crate::c2s_conn::Conn;
 use crate::config::Config;
 use crate::delivery::{Accepted, Delivery, Undeliverable};
 use crate::router::{SessionRx, SessionTx, ToSession};
@@ -56,6 +58,8 @@ const READ_CHUNK: usize = 8192;
 const MAX_READ_PER_TURN: usize = 64 * 1024;
 /// Messages from other sessions handled in one turn before the output is written.
 const INBOX_BATCH: usize = 64;
+/// Stanzas held for an inactive client (XEP-0352) before they are written anyway.
+const CSI_MAX_HELD: usize = 256;
 
 /// What every client session shares.
 pub(crate) struct Env {
@@ -70,6 +74,8 @@ pub(crate) struct Env {
     next_session: AtomicU64,
     /// Users whose offline queue a session is writing right now.
     offline_claims: Mutex<HashSet<BareJid>>,
+    /// Managed streams that may be resumed (XEP-0198).
+    resumable: resume::Registry,
 }
 
 /// The TLS configurations of the client listeners.
@@ -101,6 +107,7 @@ impl Env {
             shutdown,
             next_session: AtomicU64::new(1),
             offline_claims: Mutex::new(HashSet::new()),
+            resumable: resume::Registry::default(),
         }
     }
 
@@ -200,6 +207,7 @@ async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport
             max_depth: now.limits.max_depth,
         },
         max_auth_attempts: 3,
+        stream_management: now.stream_management.enabled,
     };
     // The session lives in its own allocation; the task holds only the loop's state.
     let session = Box::new(Session {
@@ -222,6 +230,8 @@ async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport
         offline_claimed: false,
         ping_outstanding: false,
         accepted: Accepted::default(),
+        detached: false,
+        csi: Csi::default(),
     });
     session.run(conn, rx).await;
 }
@@ -259,6 +269,23 @@ struct Session {
     /// What the client's stanzas wrote that is not yet known to be durable: settled
     /// before anything more is written to the client (see `delivery`).
     accepted: Accepted,
+    /// The connection is gone and the session waits to be resumed (see `resume`).
+    detached: bool,
+    /// Client state indication (XEP-0352): what the client asked for and what is held.
+    csi: Csi,
+}
+
+/// While the client says it is inactive (XEP-0352), output waits until something important
+/// is in it, the client speaks, or [`CSI_MAX_HELD`] stanzas are held. Held stanzas are in
+/// the output buffer already, in order and counted for stream management, so nothing is
+/// reordered or dropped; they are only written later.
+#[derive(Default)]
+struct Csi {
+    inactive: bool,
+    /// Stanzas written to the output buffer since the last write.
+    held: usize,
+    /// Something important is in the output buffer, or the client spoke: write now.
+    urgent: bool,
 }
 
 /// Why the loop stopped.
@@ -267,6 +294,11 @@ enum End {
     Closed,
     /// The socket failed or hit EOF.
     Io,
+    /// A new connection resumes this session (XEP-0198): the current one, if it is still
+    /// open, is abandoned.
+    Resume(Box<crate::c2s_conn::Resumption>),
+    /// This connection resumed another session, which took the socket.
+    HandedOff,
 }
 
 /// The session's one timer and what it measures (see [`Session::next_deadline`]).
@@ -286,77 +318,27 @@ impl Session {
     }
 
     async fn run(mut self: Box<Self>, mut conn: Conn, mut rx: SessionRx) {
-        let config = self.env.config();
-        let limits = &config.limits;
-        let now = Instant::now();
-        let mut clock = Clock {
-            started: now,
-            last_read: now,
-            ping_interval: Duration::from_secs(limits.ping_interval_secs),
-            idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
-            armed: now + AUTH_TIMEOUT,
-        };
-        let mut budget = ReadBudget::new(
-            limits.read_rate_bytes_per_sec,
-            limits.read_burst_bytes,
-            std::time::Instant::now(),
-        );
-        let shutdown = self.env.shutdown.clone();
-        // Bytes may already be waiting in the TLS layer after a handshake, so the first
-        // turn reads without waiting for the socket.
-        let mut drain_now = true;
-        let sleep = tokio::time::sleep_until(clock.armed);
-        tokio::pin!(sleep);
-
         let end = loop {
-            let due = self.next_deadline(&clock);
-            if due < clock.armed {
-                clock.armed = due;
-                sleep.as_mut().reset(due);
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    self.proto.close(Some("system-shutdown"), None);
-                    break End::Closed;
+            let resumed = match self.serve(&mut conn, &mut rx).await {
+                End::Resume(r) => {
+                    // XEP-0198 §5: the old connection, if still open, is told why it ends.
+                    conn.abandon("resumed by a new connection").await;
+                    Some(r)
                 }
-                ready = conn.readable(), if !drain_now => {
-                    if let Err(e) = ready {
-                        debug!(error = %e, "socket failed");
-                        break End::Io;
-                    }
-                    drain_now = true;
+                End::Io if self.resumable() => {
+                    conn.shutdown().await;
+                    self.hibernate(&mut rx).await
                 }
-                () = std::future::ready(()), if drain_now => {
-                    let (n, more) = match self.drain(&mut conn).await {
-                        Ok(r) => r,
-                        Err(end) => break end,
-                    };
-                    // A STARTTLS handshake happens inside `drain`, which then goes on
-                    // reading the TLS stream until it is empty, so nothing waits unseen.
-                    drain_now = more;
-                    if n > 0 {
-                        clock.last_read = Instant::now();
-                        self.ping_outstanding = false;
-                    }
-                    if let Some(wait) = budget.spend(n, std::time::Instant::now()) {
-                        // Over the read budget: stop reading for a while (RFC 6120 §13.12).
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { break End::Io };
-                    if let Some(end) = self.inbox(*msg, &mut rx, &mut conn).await {
-                        break end;
-                    }
-                }
-                () = &mut sleep => {
-                    if let Some(end) = self.on_timer(&mut clock, &mut conn).await {
-                        break end;
-                    }
-                    sleep.as_mut().reset(clock.armed);
-                }
+                end => break end,
+            };
+            match resumed {
+                Some(r) => conn = self.adopt(*r),
+                None => break End::Io,
             }
         };
+        if matches!(end, End::HandedOff) {
+            return;
+        }
         if matches!(end, End::Closed) {
             let _ = self.flush(&mut conn).await;
         }
@@ -375,6 +357,91 @@ impl Session {
         }
     }
 
+    /// Serves the connection until it ends: reads the client, takes what others send,
+    /// keeps the timers. Stops taking from the channel while the client has as many
+    /// stanzas unacknowledged as allowed.
+    async fn serve(&mut self, conn: &mut Conn, rx: &mut SessionRx) -> End {
+        let config = self.env.config();
+        let limits = &config.limits;
+        let max_unacked = config.stream_management.max_unacked;
+        let now = Instant::now();
+        let mut clock = Clock {
+            started: now,
+            last_read: now,
+            ping_interval: Duration::from_secs(limits.ping_interval_secs),
+            idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
+            armed: now + AUTH_TIMEOUT,
+        };
+        let mut budget = ReadBudget::new(
+            limits.read_rate_bytes_per_sec,
+            limits.read_burst_bytes,
+            std::time::Instant::now(),
+        );
+        let shutdown = self.env.shutdown.clone();
+        // Bytes may already be waiting in the TLS layer after a handshake (or be queued
+        // for the client after a resumption), so the first turn reads without waiting.
+        let mut drain_now = true;
+        if let Some(end) = self.flush(conn).await {
+            return end;
+        }
+        let sleep = tokio::time::sleep_until(clock.armed);
+        tokio::pin!(sleep);
+
+        loop {
+            let due = self.next_deadline(&clock);
+            if due < clock.armed {
+                clock.armed = due;
+                sleep.as_mut().reset(due);
+            }
+            let window_open = self
+                .proto
+                .sm()
+                .is_none_or(|sm| sm.unacked_len() < max_unacked);
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.proto.close(Some("system-shutdown"), None);
+                    return End::Closed;
+                }
+                ready = conn.readable(), if !drain_now => {
+                    if let Err(e) = ready {
+                        debug!(error = %e, "socket failed");
+                        return End::Io;
+                    }
+                    drain_now = true;
+                }
+                () = std::future::ready(()), if drain_now => {
+                    let (n, more) = match self.drain(conn).await {
+                        Ok(r) => r,
+                        Err(end) => return end,
+                    };
+                    // A STARTTLS handshake happens inside `drain`, which then goes on
+                    // reading the TLS stream until it is empty, so nothing waits unseen.
+                    drain_now = more;
+                    if n > 0 {
+                        clock.last_read = Instant::now();
+                        self.ping_outstanding = false;
+                    }
+                    if let Some(wait) = budget.spend(n, std::time::Instant::now()) {
+                        // Over the read budget: stop reading for a while (RFC 6120 §13.12).
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+                msg = rx.recv(), if window_open => {
+                    let Some(msg) = msg else { return End::Io };
+                    if let Some(end) = self.inbox(*msg, rx, conn).await {
+                        return end;
+                    }
+                }
+                () = &mut sleep => {
+                    if let Some(end) = self.on_timer(&mut clock, conn).await {
+                        return end;
+                    }
+                    sleep.as_mut().reset(clock.armed);
+                }
+            }
+        }
+    }
+
     /// Handles a message from another session and whatever else is queued, so one write
     /// carries a batch.
     async fn inbox(
@@ -383,10 +450,22 @@ impl Session {
         rx: &mut SessionRx,
         conn: &mut Conn,
     ) -> Option<End> {
-        Box::pin(self.on_message_from_router(first)).await;
-        for _ in 0..INBOX_BATCH {
+        self.proto.set_time(crate::clock::now_ms());
+        let mut msg = first;
+        let mut handled = 0;
+        loop {
+            if let ToSession::Resume(r) = msg {
+                // What came before goes out on the old connection, if it still takes it.
+                let _ = self.drive(conn).await;
+                return Some(End::Resume(r));
+            }
+            Box::pin(self.on_message_from_router(msg)).await;
+            handled += 1;
+            if handled > INBOX_BATCH {
+                break;
+            }
             match rx.try_recv() {
-                Ok(msg) => Box::pin(self.on_message_from_router(*msg)).await,
+                Ok(next) => msg = *next,
                 Err(_) => break,
             }
         }
@@ -435,6 +514,7 @@ impl Session {
     /// it. Returns the bytes read and whether more may be waiting. The buffer exists only
     /// while reading, so an idle session holds none.
     async fn drain(&mut self, conn: &mut Conn) -> Result<(usize, bool), End> {
+        self.proto.set_time(crate::clock::now_ms());
         let mut buf = vec![0u8; READ_CHUNK];
         let mut total = 0;
         while total < MAX_READ_PER_TURN {
@@ -505,7 +585,15 @@ impl Session {
                 tracing::Span::current().record("jid", jid.as_str());
                 self.jid = Some(jid);
             }
-            Event::Stanza(el) => self.on_client_stanza(el).await,
+            Event::Stanza(el) => {
+                // A client that sends a stanza is awake: what was held goes out with the
+                // answer (XEP-0352 §2). Acknowledgements alone do not wake it.
+                self.csi.urgent = true;
+                self.on_client_stanza(el).await;
+            }
+            Event::SmEnable { resume, max } => self.enable_sm(resume, max),
+            Event::SmResume { previd, h } => return self.hand_off(previd, h, conn).await,
+            Event::ClientState { active } => self.client_state(active),
             Event::Closed { error, text } => {
                 if let Some(condition) = error {
                     // Once per connection, with the peer in the span and the cause.
@@ -528,6 +616,13 @@ impl Session {
     /// queued, so this loops until the queue is drained.
     async fn flush(&mut self, conn: &mut Conn) -> Option<End> {
         self.settle().await;
+        if self.csi.inactive && !self.csi.urgent && self.csi.held < CSI_MAX_HELD {
+            return None;
+        }
+        self.csi.held = 0;
+        self.csi.urgent = false;
+        // On a managed stream, what goes out now is acknowledged as one batch.
+        self.proto.request_ack();
         while self.proto.has_output() {
             let out = self.proto.take_output();
             match tokio::time::timeout(WRITE_TIMEOUT, conn.write_all(&out)).await {
@@ -617,7 +712,8 @@ impl Session {
     }
 
     /// Ends the session: unavailable presence to everyone who had presence (on clean and
-    /// abrupt disconnects alike, RFC 6121 §4.5.2), and the router entry removed.
+    /// abrupt disconnects alike, RFC 6121 §4.5.2), the router entry removed, and what the
+    /// client never acknowledged handed on.
     async fn finish(&mut self) {
         self.release_offline();
         if let Some(jid) = self.jid.clone() {
@@ -628,5 +724,8 @@ impl Session {
             self.delivery().router().unbind(&jid, self.id);
             info!("session ended");
         }
+        // Unbound first, so that what goes back to the offline store may go straight to
+        // another of the user's sessions.
+        self.hand_on_unacked().await;
     }
 }

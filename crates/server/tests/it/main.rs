@@ -12,3 +12,4 @@ mod messages_offline;
 mod operations;
 mod presence_roster;
 mod services;
+mod stream_management;

@@ -1,4 +1,5 @@
-//! The client's socket, before or after TLS.
+//! A client's socket, before or after TLS, and what a resuming connection hands to the
+//! session it resumes ([`Resumption`]).
 //!
 //! An idle session holds no read buffer: the task waits for readability
 //! ([`Conn::readable`]) and then reads without waiting ([`Conn::try_read`]) into a buffer
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use outpost_proto::c2s::C2sStream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -21,7 +23,26 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 16 << 20;
 const LINGER_QUIET: Duration = Duration::from_millis(250);
 
-pub(super) enum Conn {
+/// A new connection that asked to resume a managed stream (XEP-0198 §5), handed to the
+/// session that owns that stream: its socket, its stream (authenticated, not bound), and
+/// the client's count of stanzas received.
+pub(crate) struct Resumption {
+    pub(crate) conn: Conn,
+    pub(crate) proto: Box<C2sStream>,
+    pub(crate) h: u32,
+    pub(crate) peer: std::net::SocketAddr,
+}
+
+impl std::fmt::Debug for Resumption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resumption")
+            .field("peer", &self.peer)
+            .field("h", &self.h)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) enum Conn {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
     /// Only while the TCP stream is handed to the TLS handshake.
@@ -34,7 +55,7 @@ fn detached() -> std::io::Error {
 
 impl Conn {
     /// Waits until the socket has something to read.
-    pub(super) async fn readable(&self) -> std::io::Result<()> {
+    pub(crate) async fn readable(&self) -> std::io::Result<()> {
         match self {
             Conn::Plain(s) => s.readable().await,
             Conn::Tls(s) => s.get_ref().0.readable().await,
@@ -44,7 +65,7 @@ impl Conn {
 
     /// Reads without waiting: `Ok(None)` when nothing is available now, `Ok(Some(0))` at
     /// the end of the stream.
-    pub(super) fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    pub(crate) fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         let result = match self {
             Conn::Plain(s) => s.try_read(buf),
             // One poll with a no-op waker: rustls hands out buffered plaintext first, and
@@ -67,7 +88,7 @@ impl Conn {
         }
     }
 
-    pub(super) async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         async fn write<S: AsyncWrite + Unpin>(s: &mut S, data: &[u8]) -> std::io::Result<()> {
             s.write_all(data).await?;
             s.flush().await
@@ -79,7 +100,16 @@ impl Conn {
         }
     }
 
-    pub(super) async fn shutdown(&mut self) {
+    /// Tells a client whose stream was taken over why it ends (a stream error, then the
+    /// stream's end), as far as the socket still takes it, and shuts it.
+    pub(crate) async fn abandon(&mut self, why: &str) {
+        let mut bytes = outpost_proto::xml::stream_error("conflict", Some(why)).into_bytes();
+        bytes.extend_from_slice(outpost_proto::xml::STREAM_CLOSE.as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.write_all(&bytes)).await;
+        self.shutdown().await;
+    }
+
+    pub(crate) async fn shutdown(&mut self) {
         async fn shut<S: AsyncWrite + AsyncRead + Unpin>(s: &mut S) {
             let _ = tokio::time::timeout(Duration::from_secs(2), s.shutdown()).await;
         }
@@ -94,7 +124,7 @@ impl Conn {
     /// what the client still sends, until it stops, closes or [`LINGER`] passes. Closing a
     /// socket with unread bytes makes the kernel answer with a reset, and a reset discards
     /// what the client has not read yet: the stream error that explains the close.
-    pub(super) async fn linger(&mut self) {
+    pub(crate) async fn linger(&mut self) {
         let tcp = match self {
             Conn::Plain(s) => s,
             Conn::Tls(s) => &mut s.get_mut().0,
@@ -116,7 +146,7 @@ impl Conn {
 
     /// Runs the server side of a TLS handshake on the plain socket, with a deadline: as
     /// the first thing on a direct TLS listener, or after `<proceed/>` (STARTTLS).
-    pub(super) async fn accept_tls(self, config: &Arc<rustls::ServerConfig>) -> Option<Conn> {
+    pub(crate) async fn accept_tls(self, config: &Arc<rustls::ServerConfig>) -> Option<Conn> {
         let Conn::Plain(tcp) = self else {
             return None;
         };
