@@ -118,9 +118,14 @@ pub fn error_reply(original: &Element, error: &StanzaError) -> Element {
 }
 
 /// Whether a stanza may be answered with an error: never an error or a result (RFC 6120
-/// §8.3.1), and never presence, whose errors nobody waits for.
+/// §8.3.1). Of presence, only available presence is: a client joining a room or sending
+/// directed presence to a server that cannot be reached waits for an answer, while nobody
+/// waits for one to unavailable presence, probes or subscription stanzas.
 pub fn may_answer_with_error(el: &Element) -> bool {
-    !matches!(el.attr("type"), Some("error" | "result")) && el.name() != "presence"
+    match el.name() {
+        "presence" => el.attr("type").is_none(),
+        _ => !matches!(el.attr("type"), Some("error" | "result")),
+    }
 }
 
 /// A presence stanza of type `ty` (`None`: available) from `from` to `to`, with nothing

@@ -29,6 +29,7 @@ use outpost_store::{ArchiveEntry, BatchWrite, Store, StoreError};
 use tracing::{debug, warn};
 
 use crate::archive::{self, Archive};
+use crate::carbons;
 use crate::config::{self, Config};
 use crate::journal::{Journal, Pending};
 use crate::router::{Router, ToSession, Undelivered, deliver};
@@ -222,6 +223,8 @@ impl Delivery {
         to: Jid,
     ) -> Result<Accepted, Box<Undeliverable>> {
         strip_our_stanza_ids(&mut el, |d| self.is_local(d));
+        let copies = carbons::eligible(&el);
+        carbons::strip_private(&mut el);
         let domain = to.domain().as_str();
         let local_recipient = self.is_local(domain);
         let local = match local_recipient {
@@ -235,11 +238,14 @@ impl Delivery {
             },
         };
         let entry = self.archive_entry(&el, &to).await;
+        if copies {
+            self.sent_carbons(&el);
+        }
         if let Some(e) = entry.as_ref().filter(|e| e.in_recipient) {
             el.append_child(stanza_id(&e.recipient, e.id));
         }
         let mut accepted = match local {
-            None => self.route_local_message(el, to).await?,
+            None => self.route_local_message(el, to, copies).await?,
             Some(local) => match self.remote.queue(&local, domain, &el).await {
                 Ok(pending) => Accepted::one(pending, Some(el)),
                 Err(error) => return Err(Box::new(Undeliverable { stanza: el, error })),
@@ -303,12 +309,45 @@ impl Delivery {
         Ok(Accepted::one(pending, Some(el.clone())))
     }
 
+    /// The sender's other clients that asked for carbons get a `sent` copy (XEP-0280).
+    fn sent_carbons(&self, el: &Element) {
+        let Some(from) = el.attr("from").and_then(|f| FullJid::new(f).ok()) else {
+            return;
+        };
+        if !self.is_local(from.domain().as_str()) {
+            return;
+        }
+        let bare = from.to_bare();
+        for (jid, tx) in self
+            .router
+            .carbon_targets(&bare, std::slice::from_ref(&from))
+        {
+            let _ = deliver(
+                &tx,
+                ToSession::Stanza(carbons::copy("sent", &bare, &jid, el)),
+            );
+        }
+    }
+
+    /// The recipient's clients that asked for carbons and did not get the message itself
+    /// (`got_it`) get a `received` copy (XEP-0280).
+    fn received_carbons(&self, el: &Element, bare: &BareJid, got_it: &[FullJid]) {
+        for (jid, tx) in self.router.carbon_targets(bare, got_it) {
+            let _ = deliver(
+                &tx,
+                ToSession::Stanza(carbons::copy("received", bare, &jid, el)),
+            );
+        }
+    }
+
     /// Delivers a message to a local address: to the full JID if bound, else by the bare JID
-    /// rules, else to the offline store. Online delivery touches no storage.
+    /// rules, else to the offline store. Online delivery touches no storage. `copies`: the
+    /// user's other clients get carbons of it.
     async fn route_local_message(
         &self,
         el: Element,
         to: Jid,
+        copies: bool,
     ) -> Result<Accepted, Box<Undeliverable>> {
         let ty = stanza::stanza_type(&el).to_owned();
         let bare = to.to_bare();
@@ -317,24 +356,42 @@ impl Delivery {
             return refused(el, Condition::ServiceUnavailable);
         }
         let el = match to.try_as_full() {
-            Ok(full) => match self.router.send_to_full(full, ToSession::Stanza(el)) {
-                Ok(()) => return Ok(Accepted::default()),
-                Err(Undelivered::Full(ToSession::Stanza(el))) => {
-                    // The resource is bound but not reading: keep the message for later.
-                    return self.store_offline(el, &bare).await;
+            Ok(full) => {
+                // Copies are made only for a user with other clients that want them.
+                let carbon = match copies {
+                    true => self
+                        .router
+                        .carbon_targets(&bare, std::slice::from_ref(full)),
+                    false => Vec::new(),
+                };
+                let original = (!carbon.is_empty()).then(|| el.clone());
+                match self.router.send_to_full(full, ToSession::Stanza(el)) {
+                    Ok(()) => {
+                        for (jid, tx) in &carbon {
+                            if let Some(el) = &original {
+                                let copy = carbons::copy("received", &bare, jid, el);
+                                let _ = deliver(tx, ToSession::Stanza(copy));
+                            }
+                        }
+                        return Ok(Accepted::default());
+                    }
+                    Err(Undelivered::Full(ToSession::Stanza(el))) => {
+                        // The resource is bound but not reading: keep the message for later.
+                        return self.store_offline(el, &bare).await;
+                    }
+                    Err(Undelivered::NotBound(ToSession::Stanza(el))) => match ty.as_str() {
+                        // RFC 6121 §8.5.3.2.1: no such resource.
+                        "groupchat" => return refused(el, Condition::ServiceUnavailable),
+                        "headline" | "error" => return Ok(Accepted::default()),
+                        // chat and normal go on as if sent to the bare JID.
+                        _ => el,
+                    },
+                    Err(_) => return Ok(Accepted::default()),
                 }
-                Err(Undelivered::NotBound(ToSession::Stanza(el))) => match ty.as_str() {
-                    // RFC 6121 §8.5.3.2.1: no such resource.
-                    "groupchat" => return refused(el, Condition::ServiceUnavailable),
-                    "headline" | "error" => return Ok(Accepted::default()),
-                    // chat and normal go on as if sent to the bare JID.
-                    _ => el,
-                },
-                Err(_) => return Ok(Accepted::default()),
-            },
+            }
             Err(_) => el,
         };
-        self.route_to_bare(el, bare, &ty).await
+        self.route_to_bare(el, bare, &ty, copies).await
     }
 
     async fn route_to_bare(
@@ -342,11 +399,16 @@ impl Delivery {
         el: Element,
         bare: BareJid,
         ty: &str,
+        copies: bool,
     ) -> Result<Accepted, Box<Undeliverable>> {
         if ty == "groupchat" {
             return refused(el, Condition::ServiceUnavailable);
         }
         let targets = self.router.message_targets(&bare, ty == "headline");
+        if copies && !targets.is_empty() {
+            let got_it: Vec<FullJid> = targets.iter().map(|(j, _)| j.clone()).collect();
+            self.received_carbons(&el, &bare, &got_it);
+        }
         let mut rest = Some(el);
         let mut delivered = false;
         for (i, (_, tx)) in targets.iter().enumerate() {
@@ -438,7 +500,8 @@ impl Delivery {
 
     /// Sends a stanza best-effort to its `to`: a bound local resource through the router,
     /// or a remote address, from our domain in its `from`. Nothing is stored: for
-    /// presence, IQs and the server's replies.
+    /// presence, IQs and the server's replies. What cannot reach another domain is
+    /// answered, when it may be (RFC 6120 §8.3.3.16, §8.3.3.17).
     pub(crate) fn send(&self, el: Element) {
         let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok()) else {
             return;
@@ -453,28 +516,28 @@ impl Delivery {
             debug!("not sending a stanza for another domain from a domain not ours");
             return;
         };
-        if let Err(el) = self.remote.send(&local, to.domain().as_str(), el)
-            && self.remote.enabled()
-        {
-            // The link is backed up: best-effort means this one is dropped, and a request
-            // is answered.
-            self.bounce(&el, Condition::RemoteServerTimeout.into());
+        if let Err(el) = self.remote.send(&local, to.domain().as_str(), el) {
+            let condition = match self.remote.enabled() {
+                // The link is backed up: best-effort means this one is dropped.
+                true => Condition::RemoteServerTimeout,
+                false => Condition::RemoteServerNotFound,
+            };
+            self.bounce(&el, condition.into());
         }
     }
 
     /// Sends a presence to every available resource of a bare JID: local resources through
-    /// the router, a remote contact's server best-effort (RFC 6121 §4.2.2).
+    /// the router, a remote contact's server best-effort (RFC 6121 §4.2.2). The `to` stays
+    /// the bare JID, as it does for messages (§8.5.2.1.1).
     pub(crate) fn presence_to_bare(&self, el: &Element, to: &BareJid) {
+        let mut addressed = el.clone();
+        stanza::set_attr(&mut addressed, "to", to.as_str());
         if !self.is_local(to.domain().as_str()) {
-            let mut copy = el.clone();
-            stanza::set_attr(&mut copy, "to", to.as_str());
-            self.send(copy);
+            self.send(addressed);
             return;
         }
-        for (full, tx) in self.router.available(to) {
-            let mut copy = el.clone();
-            stanza::set_attr(&mut copy, "to", full.as_str());
-            let _ = deliver(&tx, ToSession::Stanza(copy));
+        for (_, tx) in self.router.available(to) {
+            let _ = deliver(&tx, ToSession::Stanza(addressed.clone()));
         }
     }
 

@@ -22,6 +22,7 @@ pub mod accounts;
 mod archive;
 mod blocking;
 mod c2s_conn;
+mod carbons;
 mod clock;
 pub mod config;
 mod delivery;

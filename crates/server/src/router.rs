@@ -85,6 +85,8 @@ struct Resource {
     /// Set by initial presence, cleared by unavailable presence (RFC 6121 §4.2).
     available: bool,
     priority: i8,
+    /// The client asked for copies of its user's other conversations (XEP-0280).
+    carbons: bool,
 }
 
 #[derive(Default)]
@@ -173,6 +175,7 @@ impl Router {
             since_ms: b.since_ms,
             available: false,
             priority: 0,
+            carbons: false,
         });
         BindOutcome::Bound
     }
@@ -206,6 +209,29 @@ impl Router {
             r.available = available;
             r.priority = priority;
         }
+    }
+
+    /// Turns message carbons (XEP-0280) on or off for a session.
+    pub(crate) fn set_carbons(&self, jid: &FullJid, session_id: u64, on: bool) {
+        let bare = jid.to_bare();
+        let mut shard = self.write(&bare);
+        if let Some(r) = shard
+            .users
+            .get_mut(&bare)
+            .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
+        {
+            r.carbons = on;
+        }
+    }
+
+    /// The user's sessions that want carbons, but for those in `except` (which have the
+    /// message itself).
+    pub(crate) fn carbon_targets(
+        &self,
+        bare: &BareJid,
+        except: &[FullJid],
+    ) -> Vec<(FullJid, SessionTx)> {
+        self.senders(bare, |r| r.carbons && !except.contains(&r.jid))
     }
 
     /// Sends to one full JID, or gives the message back saying why not.

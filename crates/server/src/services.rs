@@ -20,6 +20,11 @@ use crate::throttle::RegistrationThrottle;
 /// Longest password accepted at registration or change.
 const MAX_PASSWORD: usize = 1024;
 
+/// Whether a discovery request names a node (XEP-0030 §3.2).
+fn has_node(request: &Element) -> bool {
+    stanza::iq_payload(request).is_some_and(|p| p.attr("node").is_some())
+}
+
 /// The answer to an IQ: a result stanza, or the error to reply with.
 pub(crate) type IqAnswer = Result<Element, StanzaError>;
 
@@ -62,10 +67,9 @@ fn internal(what: &str, e: impl std::fmt::Display) -> StanzaError {
 pub(crate) fn server_iq(request: &Element, registration: bool) -> IqAnswer {
     let (name, payload_ns) = payload_key(request);
     let get = request.attr("type") == Some("get");
-    let has_node = stanza::iq_payload(request).is_some_and(|p| p.attr("node").is_some());
     match (name.as_str(), payload_ns.as_str(), get) {
         // XEP-0030 §7: the server publishes no nodes.
-        ("query", ns::DISCO_INFO | ns::DISCO_ITEMS, true) if has_node => {
+        ("query", ns::DISCO_INFO | ns::DISCO_ITEMS, true) if has_node(request) => {
             Err(Condition::ItemNotFound.into())
         }
         ("query", ns::DISCO_INFO, true) => {
@@ -86,6 +90,7 @@ pub(crate) fn server_iq(request: &Element, registration: bool) -> IqAnswer {
                 ns::BLOCKING,
                 ns::OFFLINE,
                 ns::ROSTER,
+                ns::CARBONS,
             ];
             if registration {
                 features.push(ns::REGISTER);
@@ -107,6 +112,22 @@ pub(crate) fn server_iq(request: &Element, registration: bool) -> IqAnswer {
     }
 }
 
+/// An IQ request for one of our domains or one of our users' bare JIDs from anyone, a
+/// client on this server or a user of another (RFC 6120 §8.5.3, RFC 6121 §8.5.1): the
+/// server answers alike. `registration`: the requester could register here (XEP-0077 is
+/// for clients of this server only).
+pub(crate) async fn answer(
+    d: &Delivery,
+    request: &Element,
+    to: &jid::Jid,
+    registration: bool,
+) -> IqAnswer {
+    match to.node() {
+        None => server_iq(request, registration),
+        Some(_) => account_iq(d, request, &to.to_bare()).await,
+    }
+}
+
 /// An IQ to another local account's bare JID, answered by the server on its behalf
 /// (RFC 6121 §8.5.1): its vCard, discovery and ping.
 pub(crate) async fn account_iq(d: &Delivery, request: &Element, to: &BareJid) -> IqAnswer {
@@ -119,7 +140,9 @@ pub(crate) async fn account_iq(d: &Delivery, request: &Element, to: &BareJid) ->
     let get = request.attr("type") == Some("get");
     match (name.as_str(), payload_ns.as_str(), get) {
         ("vCard", ns::VCARD, true) => vcard_get(d, request, to).await,
-        ("query", ns::DISCO_INFO, true) => Ok(account_disco(d, request)),
+        ("query", ns::DISCO_INFO, true) if !has_node(request) => Ok(account_disco(d, request)),
+        ("query", ns::DISCO_ITEMS, true) if !has_node(request) => Ok(account_items(request)),
+        ("query", ns::DISCO_INFO | ns::DISCO_ITEMS, true) => Err(Condition::ItemNotFound.into()),
         ("ping", ns::PING, true) => Ok(stanza::iq_result(request, Some(to.as_str()))),
         _ => Err(Condition::ServiceUnavailable.into()),
     }

@@ -202,7 +202,8 @@ impl Client {
                         self.answer_ack_request().await;
                         continue;
                     }
-                    if el.ns() == NS_CLIENT && matches!(el.name(), "message" | "presence" | "iq")
+                    if el.ns() == NS_CLIENT
+                        && matches!(el.name(), "message" | "presence" | "iq")
                         && let Some(sm) = self.sm.as_mut()
                     {
                         sm.h = sm.h.wrapping_add(1);

@@ -15,7 +15,7 @@ use jid::Jid;
 use minidom::Element;
 use outpost_proto::StreamMachine;
 use outpost_proto::s2s::{DialbackVerdict, Event, S2sIncoming, Transport, dialback_key};
-use outpost_proto::stanza::{self, Condition, ns};
+use outpost_proto::stanza::{Condition, ns};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -338,7 +338,7 @@ async fn deliver(d: &Delivery, el: Element, seen: &mut SeenIds) -> Accepted {
     match el.name() {
         "message" => return deliver_message(d, el, from, to, seen).await,
         "presence" => Box::pin(crate::presence::inbound(d, el, from, to)).await,
-        _ => inbound_iq(d, el, to),
+        _ => Box::pin(inbound_iq(d, el, to)).await,
     }
     Accepted::default()
 }
@@ -378,9 +378,9 @@ async fn deliver_message(
 }
 
 /// An IQ from another server: results and errors go to the full JID they answer; requests
-/// to a bound resource are forwarded; the server itself answers pings (XEP-0199) and refuses
-/// the rest with `service-unavailable` (RFC 6120 §8.3.3.19).
-fn inbound_iq(d: &Delivery, el: Element, to: Jid) {
+/// to a bound resource are forwarded; those for our domains and our users' bare JIDs are
+/// answered as for a local client (`services::answer`).
+async fn inbound_iq(d: &Delivery, el: Element, to: Jid) {
     let ty = el.attr("type").unwrap_or("");
     if let Ok(full) = to.try_as_full() {
         match d.router().send_to_full(full, ToSession::Stanza(el)) {
@@ -396,9 +396,8 @@ fn inbound_iq(d: &Delivery, el: Element, to: Jid) {
     if !matches!(ty, "get" | "set") {
         return;
     }
-    if to.node().is_none() && el.get_child("ping", ns::PING).is_some() && ty == "get" {
-        d.send(stanza::iq_result(&el, Some(to.as_str())));
-        return;
+    match crate::services::answer(d, &el, &to, false).await {
+        Ok(reply) => d.send(reply),
+        Err(error) => d.bounce(&el, error),
     }
-    d.bounce(&el, Condition::ServiceUnavailable.into());
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use jid::{BareJid, Jid};
 use minidom::Element;
-use outpost_proto::stanza::{self, ns};
+use outpost_proto::stanza::{self, Condition, ns};
 use outpost_store::Subscription;
 
 use super::Session;
@@ -145,7 +145,14 @@ impl Session {
     }
 
     fn directed_presence(&mut self, el: Element, to: Jid, available: bool) {
-        if self.blocks(to.as_str()) || !self.delivery().reaches(to.domain().as_str()) {
+        if self.blocks(to.as_str()) {
+            return;
+        }
+        if !self.delivery().reaches(to.domain().as_str()) {
+            // A client joining a room there would wait for an answer for ever.
+            if stanza::may_answer_with_error(&el) {
+                self.reply_error(&el, &Condition::RemoteServerNotFound.into());
+            }
             return;
         }
         self.delivery().presence_to(&el, &to);

@@ -106,9 +106,9 @@ impl Session {
             Ok(full) => self.iq_to_resource(el, full),
             Err(bare) if bare.node().is_none() => self.server_iq(el).await,
             Err(bare) if Some(bare) == self.user.as_ref() => self.own_iq(el).await,
-            Err(bare) => {
+            Err(_) => {
                 let env = self.env.clone();
-                let answer = services::account_iq(&env.delivery, &el, bare).await;
+                let answer = services::answer(&env.delivery, &el, &to, false).await;
                 self.answer(&el, answer);
             }
         }
@@ -158,6 +158,11 @@ impl Session {
             ("blocklist", ns::BLOCKING) => Err(Condition::BadRequest.into()),
             ("query", ns::REGISTER) => {
                 services::register_account(d, &env.config(), &jid, &el).await
+            }
+            ("enable" | "disable", ns::CARBONS) if !get => {
+                let on = name == "enable";
+                d.router().set_carbons(&jid, self.id, on);
+                Ok(stanza::iq_result(&el, None))
             }
             ("query" | "prefs" | "metadata", ns::MAM) if !d.archive().enabled() => {
                 Err(Condition::ServiceUnavailable.into())

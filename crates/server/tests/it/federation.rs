@@ -241,3 +241,93 @@ async fn subscription_and_presence_cross_servers() {
     // §3.1.5).
     alice.recv_presence_from("bob@b.test/pc").await;
 }
+
+#[tokio::test]
+async fn users_of_other_servers_get_the_answers_local_users_get() {
+    let (a, b) = pair(true).await;
+    let mut bob = b.login("bob", "builder", "pc").await;
+    let features = |reply: &outpost_proto::minidom::Element| -> Vec<String> {
+        reply
+            .get_child("query", NS_DISCO_INFO)
+            .map(|q| {
+                q.children()
+                    .filter_map(|f| f.attr("var").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // The server: discovery, version, ping.
+    let disco = bob
+        .query(
+            "get",
+            Some("a.test"),
+            &format!("<query xmlns='{NS_DISCO_INFO}'/>"),
+        )
+        .await;
+    assert_eq!(disco.attr("type"), Some("result"), "{disco:?}");
+    assert_eq!(disco.attr("from"), Some("a.test"));
+    assert!(features(&disco).contains(&NS_PING.to_owned()), "{disco:?}");
+    let items = bob
+        .query(
+            "get",
+            Some("a.test"),
+            &format!("<query xmlns='{NS_DISCO_ITEMS}'/>"),
+        )
+        .await;
+    assert_eq!(items.attr("type"), Some("result"), "{items:?}");
+    let version = bob
+        .query(
+            "get",
+            Some("a.test"),
+            &format!("<query xmlns='{NS_VERSION}'/>"),
+        )
+        .await;
+    assert!(
+        version.get_child("query", NS_VERSION).is_some(),
+        "{version:?}"
+    );
+    // A user's bare JID: discovery, vCard, ping.
+    let alice = a.login("alice", "wonderland", "phone").await;
+    let mut card_setter = alice;
+    card_setter
+        .query(
+            "set",
+            None,
+            "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>",
+        )
+        .await;
+    let disco = bob
+        .query(
+            "get",
+            Some("alice@a.test"),
+            &format!("<query xmlns='{NS_DISCO_INFO}'/>"),
+        )
+        .await;
+    assert_eq!(disco.attr("from"), Some("alice@a.test"));
+    let identity = disco
+        .get_child("query", NS_DISCO_INFO)
+        .and_then(|q| q.get_child("identity", NS_DISCO_INFO))
+        .expect("an identity");
+    assert_eq!(identity.attr("category"), Some("account"));
+    let card = bob
+        .query("get", Some("alice@a.test"), "<vCard xmlns='vcard-temp'/>")
+        .await;
+    let fn_ = card
+        .get_child("vCard", NS_VCARD)
+        .and_then(|v| v.get_child("FN", NS_VCARD))
+        .map(|f| f.text());
+    assert_eq!(fn_.as_deref(), Some("Alice"));
+    let ping = bob
+        .query(
+            "get",
+            Some("alice@a.test"),
+            &format!("<ping xmlns='{NS_PING}'/>"),
+        )
+        .await;
+    assert_eq!(ping.attr("type"), Some("result"), "{ping:?}");
+    // Nobody answers for an account that does not exist.
+    let nobody = bob
+        .query("get", Some("nobody@a.test"), "<vCard xmlns='vcard-temp'/>")
+        .await;
+    assert_eq!(stanza_error(&nobody).0, "service-unavailable");
+}

@@ -4,6 +4,7 @@
 
 mod archive;
 mod c2s;
+mod carbons;
 mod federation;
 mod federation_paths;
 mod federation_srv;

@@ -450,3 +450,22 @@ async fn directed_presence_and_its_unavailable_on_disconnect() {
     drop(alice);
     expect_presence(&mut carol, ALICE_PHONE, Some("unavailable")).await;
 }
+
+#[tokio::test]
+async fn directed_presence_to_a_bare_jid_keeps_the_bare_to() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "wonderland").await;
+    server.add_user("bob", "builder").await;
+    let mut alice = server.login("alice", "wonderland", "phone").await;
+    let mut bob_pc = server.login("bob", "builder", "pc").await;
+    let mut bob_phone = server.login("bob", "builder", "phone").await;
+    bob_pc.available().await;
+    bob_phone.available().await;
+    alice.send("<presence to='bob@localhost'/>").await;
+    // Each resource gets it, addressed as it was sent, like a message to the bare JID
+    // (RFC 6121 §8.5.2.1.1).
+    for bob in [&mut bob_pc, &mut bob_phone] {
+        let got = bob.recv_presence_from("alice@localhost/phone").await;
+        assert_eq!(got.attr("to"), Some("bob@localhost"), "{got:?}");
+    }
+}

@@ -514,3 +514,54 @@ async fn account_removal_ends_sessions_and_logins() {
     assert_eq!(err.attr("id"), Some("gone"));
     assert_eq!(stanza_error(&err).0, "service-unavailable");
 }
+
+#[tokio::test]
+async fn an_iq_without_to_is_answered_for_the_account() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "wonderland").await;
+    let mut alice = server.login("alice", "wonderland", "phone").await;
+    // RFC 6120 §10.3.3: no `to` means the user's own account, not the server.
+    let disco = alice
+        .query("get", None, &format!("<query xmlns='{NS_DISCO_INFO}'/>"))
+        .await;
+    let identity = disco
+        .get_child("query", NS_DISCO_INFO)
+        .and_then(|q| q.get_child("identity", NS_DISCO_INFO))
+        .expect("an identity");
+    assert_eq!(identity.attr("category"), Some("account"), "{disco:?}");
+    // What the account does not answer itself, the server does for it.
+    let ping = alice
+        .query("get", None, &format!("<ping xmlns='{NS_PING}'/>"))
+        .await;
+    assert_eq!(ping.attr("type"), Some("result"), "{ping:?}");
+    let version = alice
+        .query("get", None, &format!("<query xmlns='{NS_VERSION}'/>"))
+        .await;
+    assert!(
+        version.get_child("query", NS_VERSION).is_some(),
+        "{version:?}"
+    );
+}
+
+#[tokio::test]
+async fn presence_to_a_domain_nobody_can_reach_is_answered() {
+    let server = TestServer::start().await;
+    server.add_user("alice", "wonderland").await;
+    let mut alice = server.login("alice", "wonderland", "phone").await;
+    // Joining a room on a server this one cannot reach (federation is off): the client
+    // must not wait forever.
+    alice
+        .send("<presence to='room@conference.elsewhere.example/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    let error = alice.recv_where(|el| el.name() == "presence").await;
+    assert_eq!(
+        error.attr("from"),
+        Some("room@conference.elsewhere.example/alice")
+    );
+    assert_eq!(stanza_error(&error).0, "remote-server-not-found");
+    // Unavailable presence is not answered.
+    alice
+        .send("<presence to='room@conference.elsewhere.example/alice' type='unavailable'/>")
+        .await;
+    alice.assert_quiet().await;
+}

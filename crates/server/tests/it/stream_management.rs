@@ -65,7 +65,9 @@ fn number(el: &Element) -> Option<usize> {
 
 async fn send_numbered(alice: &mut Client, range: std::ops::Range<usize>) {
     for i in range {
-        alice.send(&chat("bob@localhost/pc", &format!("m{i}"))).await;
+        alice
+            .send(&chat("bob@localhost/pc", &format!("m{i}")))
+            .await;
     }
     assert!(alice.barrier().await.is_empty());
 }
@@ -95,10 +97,14 @@ async fn acknowledgements_flow_both_ways() {
     // server holds nothing unacknowledged, which a stream that ends now shows: nothing
     // goes to the offline store.
     bob.barrier().await;
-    bob.send("<presence type='unavailable'/></stream:stream>").await;
+    bob.send("<presence type='unavailable'/></stream:stream>")
+        .await;
     bob.expect_close().await;
     sessions_left(&server, 1).await;
-    assert_eq!(server.store.count_offline("bob@localhost").await.unwrap(), 0);
+    assert_eq!(
+        server.store.count_offline("bob@localhost").await.unwrap(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -127,7 +133,11 @@ async fn a_client_cut_mid_burst_resumes_and_gets_every_message_once() {
     let got = bob.recv_until(|el| number(el) == Some(59)).await;
     let rest: Vec<usize> = got.iter().filter_map(number).collect();
     let all: Vec<usize> = first.iter().chain(&rest).copied().collect();
-    assert_eq!(all, (0..60).collect::<Vec<_>>(), "every message once, in order");
+    assert_eq!(
+        all,
+        (0..60).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
     // The resumed stream is the old session: still bound, still available.
     send_numbered(&mut alice, 60..61).await;
     assert_eq!(number(&bob.recv_message().await), Some(60));
@@ -183,7 +193,10 @@ async fn unacknowledged_messages_go_offline_when_nobody_resumes() {
             .to_owned();
         got.push((number(&el).expect("numbered"), stamp));
     }
-    assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [0, 1, 2, 3, 4]);
+    assert_eq!(
+        got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
     // One stamp each, from when the server first had them: not all the same second as
     // the hand-on a second later, and in order.
     assert!(got.windows(2).all(|w| w[0].1 <= w[1].1));
@@ -205,7 +218,11 @@ async fn a_resumption_id_is_good_only_for_its_owner_and_its_window() {
     let failed = carol.resume(&previd, 0, "carol@localhost/x").await;
     assert_eq!(failed.name(), "failed", "{failed:?}");
     assert!(failed.has_child("item-not-found", NS_STANZAS));
-    assert_eq!(failed.attr("h"), None, "carol learns nothing of bob's stream");
+    assert_eq!(
+        failed.attr("h"),
+        None,
+        "carol learns nothing of bob's stream"
+    );
     // The refused stream may still bind.
     carol.bind("x").await;
 
@@ -214,7 +231,11 @@ async fn a_resumption_id_is_good_only_for_its_owner_and_its_window() {
     let mut bob = bob_again(&server).await;
     let failed = bob.resume(&previd, 0, "bob@localhost/pc").await;
     assert_eq!(failed.name(), "failed", "{failed:?}");
-    assert_eq!(failed.attr("h"), Some("1"), "the presence bob sent was handled");
+    assert_eq!(
+        failed.attr("h"),
+        Some("1"),
+        "the presence bob sent was handled"
+    );
 }
 
 #[tokio::test]
@@ -252,12 +273,16 @@ async fn an_inactive_client_gets_presence_late_and_messages_at_once() {
     assert!(quiet.is_err(), "an inactive client was woken: {quiet:?}");
     // A message with a body is: it comes with what was held, in order.
     alice.send(&chat("bob@localhost/pc", "wake up")).await;
-    let got = bob.recv_until(|el| body(el).as_deref() == Some("wake up")).await;
+    let got = bob
+        .recv_until(|el| body(el).as_deref() == Some("wake up"))
+        .await;
     let kinds: Vec<&str> = got.iter().map(|el| el.name()).collect();
     assert_eq!(kinds, ["presence", "message", "message"], "{got:?}");
     // Active again: everything at once.
     bob.send("<active xmlns='urn:xmpp:csi:0'/>").await;
-    alice.send("<presence to='bob@localhost/pc' type='unavailable'/>").await;
+    alice
+        .send("<presence to='bob@localhost/pc' type='unavailable'/>")
+        .await;
     let presence = bob.recv_where(|el| el.name() == "presence").await;
     assert_eq!(presence.attr("type"), Some("unavailable"));
 }
