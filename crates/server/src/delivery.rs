@@ -29,6 +29,7 @@ use outpost_store::{ArchiveEntry, BatchWrite, Store, StoreError};
 use tracing::{debug, warn};
 
 use crate::archive::{self, Archive};
+use crate::caps::Caps;
 use crate::carbons;
 use crate::config::{self, Config};
 use crate::journal::{Journal, Pending};
@@ -157,6 +158,8 @@ pub(crate) struct Delivery {
     store: Arc<dyn Store>,
     journal: Journal,
     archive: Archive,
+    /// The clients seen available and their capabilities (XEP-0115).
+    caps: Caps,
     remote: Arc<dyn Remote>,
 }
 
@@ -174,6 +177,7 @@ impl Delivery {
             store,
             journal,
             archive,
+            caps: Caps::default(),
             remote,
         }
     }
@@ -200,6 +204,10 @@ impl Delivery {
 
     pub(crate) fn archive(&self) -> &Archive {
         &self.archive
+    }
+
+    pub(crate) fn caps(&self) -> &Caps {
+        &self.caps
     }
 
     /// Whether `domain` is one of ours.

@@ -20,8 +20,10 @@
 
 pub mod accounts;
 mod archive;
+mod avatar;
 mod blocking;
 mod c2s_conn;
+mod caps;
 mod carbons;
 mod clock;
 pub mod config;
@@ -29,7 +31,9 @@ mod delivery;
 pub mod ids;
 mod journal;
 mod mam;
+mod pep;
 mod presence;
+mod private;
 mod roster;
 mod router;
 mod s2s;

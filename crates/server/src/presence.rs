@@ -29,7 +29,19 @@ pub(crate) async fn inbound(d: &Delivery, el: Element, from: Jid, to: Jid) {
             stanza::set_attr(&mut el, "to", owner.as_str());
             roster::apply_inbound(d, &owner, &contact, &ty, el).await;
         }
-        "" | "unavailable" => d.presence_to(&el, &to),
+        "" | "unavailable" => {
+            // A contact's client: personal eventing learns what it wants (XEP-0163 §4.3).
+            if let Ok(full) = from.try_as_full() {
+                if ty.is_empty() {
+                    let owner = to.to_bare();
+                    let server = owner.domain().as_str().to_owned();
+                    crate::pep::available(d, full, &el, vec![owner], &server).await;
+                } else {
+                    d.caps().unavailable(full);
+                }
+            }
+            d.presence_to(&el, &to);
+        }
         // Errors only to the full JID they answer.
         "error" if to.is_full() => d.presence_to(&el, &to),
         _ => {}

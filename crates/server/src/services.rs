@@ -138,40 +138,70 @@ pub(crate) async fn account_iq(d: &Delivery, request: &Element, to: &BareJid) ->
     }
     let (name, payload_ns) = payload_key(request);
     let get = request.attr("type") == Some("get");
+    let requester = request.attr("from").and_then(|f| jid::Jid::new(f).ok());
+    if crate::pep::is_pubsub(request)
+        && let Some(requester) = &requester
+    {
+        return crate::pep::iq(d, to, requester, request).await;
+    }
     match (name.as_str(), payload_ns.as_str(), get) {
         ("vCard", ns::VCARD, true) => vcard_get(d, request, to).await,
         ("query", ns::DISCO_INFO, true) if !has_node(request) => Ok(account_disco(d, request)),
-        ("query", ns::DISCO_ITEMS, true) if !has_node(request) => Ok(account_items(request)),
+        ("query", ns::DISCO_ITEMS, true) if !has_node(request) => {
+            let reader = requester.map_or_else(|| to.clone(), |r| r.to_bare());
+            Ok(account_items(d, request, to, &reader).await)
+        }
         ("query", ns::DISCO_INFO | ns::DISCO_ITEMS, true) => Err(Condition::ItemNotFound.into()),
         ("ping", ns::PING, true) => Ok(stanza::iq_result(request, Some(to.as_str()))),
         _ => Err(Condition::ServiceUnavailable.into()),
     }
 }
 
-/// Discovery on an account's bare JID (XEP-0030 §3.1): its identity and what the
-/// server does for the account (the archive, XEP-0313 §7, when on; stanza-ids, XEP-0359
-/// §6).
+/// Discovery on an account's bare JID (XEP-0030 §3.1): its identities and what the
+/// server does for the account: personal eventing (XEP-0163 §6) with bookmark conversion
+/// (XEP-0402) and vCard avatar conversion (XEP-0398), the archive (XEP-0313 §7, when on),
+/// stanza-ids (XEP-0359 §6).
 pub(crate) fn account_disco(d: &Delivery, request: &Element) -> Element {
     let mut q = query(ns::DISCO_INFO);
-    q.append_child(
-        Element::builder("identity", ns::DISCO_INFO)
-            .attr(stanza::name("category"), "account")
-            .attr(stanza::name("type"), "registered")
-            .build(),
-    );
-    let mut features = vec![ns::DISCO_INFO, ns::DISCO_ITEMS];
+    for (category, kind) in [("account", "registered"), ("pubsub", "pep")] {
+        q.append_child(
+            Element::builder("identity", ns::DISCO_INFO)
+                .attr(stanza::name("category"), category)
+                .attr(stanza::name("type"), kind)
+                .build(),
+        );
+    }
+    let mut features = vec![
+        ns::DISCO_INFO,
+        ns::DISCO_ITEMS,
+        crate::pep::NS_PUBSUB,
+        "urn:xmpp:bookmarks:1#compat",
+        "urn:xmpp:pep-vcard-conversion:0",
+    ];
+    features.extend(crate::pep::FEATURES);
     if d.archive().enabled() {
         features.extend([ns::MAM, ns::MAM_EXTENDED, ns::SID]);
     }
+    features.sort_unstable();
     for f in features {
         q.append_child(feature(f));
     }
     result_with(request, q)
 }
 
-/// The items of an account's bare JID (XEP-0030 §4): none so far.
-pub(crate) fn account_items(request: &Element) -> Element {
-    result_with(request, query(ns::DISCO_ITEMS))
+/// The items of an account's bare JID (XEP-0030 §4): the personal eventing nodes `reader`
+/// may read.
+pub(crate) async fn account_items(
+    d: &Delivery,
+    request: &Element,
+    owner: &BareJid,
+    reader: &BareJid,
+) -> Element {
+    let mut q = query(ns::DISCO_ITEMS);
+    for item in crate::pep::node_items(d, owner, reader).await {
+        q.append_child(item);
+    }
+    result_with(request, q)
 }
 
 /// A vCard of `owner` (XEP-0054 §3.1: no vCard is an empty one).
@@ -200,6 +230,7 @@ pub(crate) async fn vcard_set(d: &Delivery, request: &Element, user: &BareJid) -
         .set_vcard(user.as_str(), &text)
         .await
         .map_err(|e| internal("cannot store vCard", e))?;
+    crate::avatar::from_vcard(d, user, card).await;
     Ok(stanza::iq_result(request, None))
 }
 

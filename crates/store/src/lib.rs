@@ -251,6 +251,88 @@ pub struct ArchivePrefs {
     pub never: Vec<String>,
 }
 
+/// Who may read a personal eventing node's items and hear of new ones (XEP-0060 §4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessModel {
+    /// Contacts subscribed to the owner's presence (the PEP default, XEP-0163 §3).
+    Presence,
+    /// Anyone.
+    Open,
+    /// Contacts in the owner's roster.
+    Roster,
+    /// The owner only.
+    Whitelist,
+}
+
+impl AccessModel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessModel::Presence => "presence",
+            AccessModel::Open => "open",
+            AccessModel::Roster => "roster",
+            AccessModel::Whitelist => "whitelist",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "presence" => AccessModel::Presence,
+            "open" => AccessModel::Open,
+            "roster" => AccessModel::Roster,
+            "whitelist" => AccessModel::Whitelist,
+            _ => return None,
+        })
+    }
+}
+
+/// When a node's last item is sent unasked (XEP-0060 `pubsub#send_last_published_item`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendLast {
+    OnSubAndPresence,
+    OnSub,
+    Never,
+}
+
+impl SendLast {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendLast::OnSubAndPresence => "on_sub_and_presence",
+            SendLast::OnSub => "on_sub",
+            SendLast::Never => "never",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "on_sub_and_presence" => SendLast::OnSubAndPresence,
+            "on_sub" => SendLast::OnSub,
+            "never" => SendLast::Never,
+            _ => return None,
+        })
+    }
+}
+
+/// The configuration of a personal eventing node (XEP-0163, XEP-0060 §16.4.3), as far as
+/// it changes what the server does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub access: AccessModel,
+    /// Items kept; publishing more removes the oldest. At least 1.
+    pub max_items: u32,
+    pub send_last: SendLast,
+    /// Whether subscribers hear of retracted items.
+    pub notify_retract: bool,
+    pub title: Option<String>,
+}
+
+/// An item of a personal eventing node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PepItem {
+    pub id: String,
+    /// The payload element, serialised.
+    pub payload: String,
+}
+
 /// One durable write on the message path, for [`Store::write_batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchWrite {
@@ -290,6 +372,9 @@ pub enum StoreError {
     Unsupported(&'static str),
     #[error("{path} exists already")]
     Exists { path: std::path::PathBuf },
+    /// A personal eventing node that does not exist.
+    #[error("no such node")]
+    NoSuchNode,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -310,7 +395,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the verifiers (password change). `NoSuchAccount` if absent.
     async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()>;
     /// Removes the account and everything it owns: roster, requests it received, offline
-    /// messages, vCard, block list, archive preferences and its side of the archive
+    /// messages, vCard, block list, personal eventing nodes, private XML, archive
+    /// preferences and its side of the archive
     /// (messages it exchanged with a local user stay in that user's archive).
     /// `NoSuchAccount` if absent.
     async fn remove_account(&self, user: &BareJid) -> Result<()>;
@@ -386,6 +472,38 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
         quotas: Quotas,
     ) -> Result<Vec<Result<i64>>>;
+
+    // ---- personal eventing (XEP-0163) and private storage (XEP-0049) ----
+    //
+    // A node belongs to an account; items keep the order they were last published in.
+    // Writes are single transactions outside the group commit: publishing is rare.
+
+    async fn pep_node(&self, owner: &BareJid, node: &str) -> Result<Option<NodeConfig>>;
+    /// Every node of the account, sorted by name.
+    async fn pep_nodes(&self, owner: &BareJid) -> Result<Vec<(String, NodeConfig)>>;
+    /// Creates the node, or replaces its configuration; items beyond the new `max_items`
+    /// go, oldest first. `NoSuchAccount` if absent.
+    async fn pep_configure(&self, owner: &BareJid, node: &str, config: &NodeConfig) -> Result<()>;
+    /// Removes the node and its items; whether it existed.
+    async fn pep_delete_node(&self, owner: &BareJid, node: &str) -> Result<bool>;
+    /// Stores an item as the newest of the node, replacing one with the same id, and drops
+    /// the oldest beyond `max_items`. `NoSuchNode` if the node does not exist.
+    async fn pep_publish(&self, owner: &BareJid, node: &str, item: &PepItem) -> Result<()>;
+    /// Up to `limit` items, newest first (all without a limit).
+    async fn pep_items(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<PepItem>>;
+    async fn pep_item(&self, owner: &BareJid, node: &str, id: &str) -> Result<Option<PepItem>>;
+    /// Removes an item; whether it was there.
+    async fn pep_retract(&self, owner: &BareJid, node: &str, id: &str) -> Result<bool>;
+    /// Removes every item of the node, keeping the node.
+    async fn pep_purge(&self, owner: &BareJid, node: &str) -> Result<()>;
+    /// The account's private XML stored under a namespace (XEP-0049).
+    async fn private_xml(&self, owner: &BareJid, ns: &str) -> Result<Option<String>>;
+    async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()>;
 
     // ---- vCard (XEP-0054) ----
 

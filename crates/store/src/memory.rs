@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use crate::{
     ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
-    OfflineMessage, OutboxEntry, OutboxStats, Quotas, Result, Roster, RosterItem, Store,
-    StoreError, SubscriptionRequest,
+    NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, Quotas, Result, Roster,
+    RosterItem, Store, StoreError, SubscriptionRequest,
 };
 
 /// A [`Store`] that keeps everything in memory.
@@ -150,6 +150,9 @@ struct Account {
     vcard: Option<String>,
     blocklist: BTreeSet<String>,
     archive_prefs: Option<ArchivePrefs>,
+    /// Personal eventing nodes by name; items oldest first.
+    pep: BTreeMap<String, (NodeConfig, VecDeque<PepItem>)>,
+    private_xml: BTreeMap<String, String>,
 }
 
 impl Account {
@@ -163,6 +166,8 @@ impl Account {
             vcard: None,
             blocklist: BTreeSet::new(),
             archive_prefs: None,
+            pep: BTreeMap::new(),
+            private_xml: BTreeMap::new(),
         }
     }
 }
@@ -447,6 +452,124 @@ impl Store for MemoryStore {
                 }
             })
             .collect())
+    }
+
+    async fn pep_node(&self, owner: &BareJid, node: &str) -> Result<Option<NodeConfig>> {
+        Ok(self.read(owner, |a| a.pep.get(node).map(|(c, _)| c.clone())))
+    }
+
+    async fn pep_nodes(&self, owner: &BareJid) -> Result<Vec<(String, NodeConfig)>> {
+        Ok(self.read(owner, |a| {
+            a.pep
+                .iter()
+                .map(|(n, (c, _))| (n.clone(), c.clone()))
+                .collect()
+        }))
+    }
+
+    async fn pep_configure(&self, owner: &BareJid, node: &str, config: &NodeConfig) -> Result<()> {
+        self.write(owner, |a| {
+            let mut config = config.clone();
+            config.max_items = config.max_items.max(1);
+            let entry = a
+                .pep
+                .entry(node.to_owned())
+                .or_insert_with(|| (config.clone(), VecDeque::new()));
+            entry.0 = config;
+            while entry.1.len() > entry.0.max_items as usize {
+                entry.1.pop_front();
+            }
+            Ok(())
+        })
+    }
+
+    async fn pep_delete_node(&self, owner: &BareJid, node: &str) -> Result<bool> {
+        Ok(self
+            .lock()
+            .accounts
+            .get_mut(owner)
+            .is_some_and(|a| a.pep.remove(node).is_some()))
+    }
+
+    async fn pep_publish(&self, owner: &BareJid, node: &str, item: &PepItem) -> Result<()> {
+        let mut inner = self.lock();
+        let (config, items) = inner
+            .accounts
+            .get_mut(owner)
+            .and_then(|a| a.pep.get_mut(node))
+            .ok_or(StoreError::NoSuchNode)?;
+        items.retain(|i| i.id != item.id);
+        items.push_back(item.clone());
+        while items.len() > config.max_items as usize {
+            items.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn pep_items(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<PepItem>> {
+        Ok(self.read(owner, |a| {
+            a.pep
+                .get(node)
+                .map(|(_, items)| {
+                    items
+                        .iter()
+                        .rev()
+                        .take(limit.map_or(usize::MAX, |l| l as usize))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        }))
+    }
+
+    async fn pep_item(&self, owner: &BareJid, node: &str, id: &str) -> Result<Option<PepItem>> {
+        Ok(self.read(owner, |a| {
+            a.pep
+                .get(node)
+                .and_then(|(_, items)| items.iter().find(|i| i.id == id).cloned())
+        }))
+    }
+
+    async fn pep_retract(&self, owner: &BareJid, node: &str, id: &str) -> Result<bool> {
+        let mut inner = self.lock();
+        let Some((_, items)) = inner
+            .accounts
+            .get_mut(owner)
+            .and_then(|a| a.pep.get_mut(node))
+        else {
+            return Ok(false);
+        };
+        let before = items.len();
+        items.retain(|i| i.id != id);
+        Ok(items.len() < before)
+    }
+
+    async fn pep_purge(&self, owner: &BareJid, node: &str) -> Result<()> {
+        if let Some((_, items)) = self
+            .lock()
+            .accounts
+            .get_mut(owner)
+            .and_then(|a| a.pep.get_mut(node))
+        {
+            items.clear();
+        }
+        Ok(())
+    }
+
+    async fn private_xml(&self, owner: &BareJid, ns: &str) -> Result<Option<String>> {
+        Ok(self.read(owner, |a| a.private_xml.get(ns).cloned()))
+    }
+
+    async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()> {
+        self.write(owner, |a| {
+            a.private_xml.insert(ns.to_owned(), xml.to_owned());
+            Ok(())
+        })
     }
 
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {

@@ -601,6 +601,43 @@ impl Client {
         }
     }
 
+    /// Sends available presence announcing entity capabilities (XEP-0115) for `features`,
+    /// and answers the server's question about them if it asks (it does the first time it
+    /// sees the hash). Returns what the server sent meanwhile, the question excepted.
+    pub async fn announce_caps(&mut self, features: &[&str]) -> Vec<Element> {
+        let ver = caps_ver(features);
+        self.send(&format!(
+            "<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' \
+             node='https://outpost.test/client' ver='{ver}'/></presence>"
+        ))
+        .await;
+        let mut seen = Vec::new();
+        for el in self.barrier().await {
+            let question = el.name() == "iq"
+                && el.attr("type") == Some("get")
+                && el
+                    .get_child("query", NS_DISCO_INFO)
+                    .is_some_and(|q| q.attr("node").is_some_and(|n| n.ends_with(&ver)));
+            if !question {
+                seen.push(el);
+                continue;
+            }
+            let items: String = features
+                .iter()
+                .map(|f| format!("<feature var='{f}'/>"))
+                .collect();
+            self.send(&format!(
+                "<iq type='result' id='{}' to='{}'><query xmlns='{NS_DISCO_INFO}' \
+                 node='https://outpost.test/client#{ver}'>\
+                 <identity category='client' type='pc' name='testkit'/>{items}</query></iq>",
+                el.attr("id").unwrap_or(""),
+                el.attr("from").unwrap_or(""),
+            ))
+            .await;
+        }
+        seen
+    }
+
     /// The roster result (RFC 6121 §2.1.3), which also makes this resource an
     /// "interested resource" that gets roster pushes.
     pub async fn roster_get(&mut self) -> Element {
@@ -648,6 +685,21 @@ impl Client {
             assert!(!unwanted(&el), "{}: unexpected {what}: {el:?}", self.jid);
         }
     }
+}
+
+/// The XEP-0115 verification hash of a client with identity `client/pc/testkit` and
+/// `features` (§5.1).
+pub fn caps_ver(features: &[&str]) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut sorted = features.to_vec();
+    sorted.sort_unstable();
+    let mut s = String::from("client/pc//testkit<");
+    for f in sorted {
+        s.push_str(f);
+        s.push('<');
+    }
+    base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()))
 }
 
 /// A client's stream header to `host` (RFC 6120 §4.7).

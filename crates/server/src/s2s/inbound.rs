@@ -382,6 +382,11 @@ async fn deliver_message(
 /// answered as for a local client (`services::answer`).
 async fn inbound_iq(d: &Delivery, el: Element, to: Jid) {
     let ty = el.attr("type").unwrap_or("");
+    if matches!(ty, "result" | "error") && to.node().is_none() {
+        // An answer to the server's own question (entity capabilities).
+        crate::pep::answer(d, &el).await;
+        return;
+    }
     if let Ok(full) = to.try_as_full() {
         match d.router().send_to_full(full, ToSession::Stanza(el)) {
             Ok(()) => {}

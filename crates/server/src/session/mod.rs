@@ -232,6 +232,7 @@ async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport
         accepted: Accepted::default(),
         detached: false,
         csi: Csi::default(),
+        avatar_hash: None,
     });
     session.run(conn, rx).await;
 }
@@ -273,6 +274,9 @@ struct Session {
     detached: bool,
     /// Client state indication (XEP-0352): what the client asked for and what is held.
     csi: Csi,
+    /// The hash of the user's avatar, put into its presence (XEP-0398); read again after
+    /// this client changes the avatar.
+    avatar_hash: Option<String>,
 }
 
 /// While the client says it is inactive (XEP-0352), output waits until something important
@@ -722,6 +726,7 @@ impl Session {
                 self.broadcast_unavailable(unavailable);
             }
             self.delivery().router().unbind(&jid, self.id);
+            self.delivery().caps().unavailable(&jid);
             info!("session ended");
         }
         // Unbound first, so that what goes back to the offline store may go straight to

@@ -55,10 +55,16 @@ impl Session {
         self.apply_updates(&updates);
     }
 
-    async fn presence_available(&mut self, el: Element) {
+    async fn presence_available(&mut self, mut el: Element) {
         let (Some(jid), Some(user)) = (self.jid.clone(), self.user.clone()) else {
             return;
         };
+        // XEP-0398 §4: the avatar's hash, for clients that look for it in presence.
+        if self.avatar_hash.is_none() {
+            let env = self.env.clone();
+            self.avatar_hash = Some(crate::avatar::current_hash(&env.delivery, &user).await);
+        }
+        crate::avatar::stamp_presence(&mut el, self.avatar_hash.as_deref().unwrap_or(""));
         let priority = el
             .get_child("priority", ns::CLIENT)
             .and_then(|p| p.text().trim().parse::<i8>().ok())
@@ -88,6 +94,7 @@ impl Session {
             self.probe_contacts(&user);
             self.deliver_subscription_requests().await;
         }
+        self.pep_interest(&jid, &user, &el).await;
         // XEP-0160 §3: stored messages go to a resource when it sends available presence
         // with a non-negative priority. Not only at login: while this resource was
         // unavailable or negative, messages to the bare JID were stored (RFC 6121
@@ -95,6 +102,27 @@ impl Session {
         if priority >= 0 && !was_receiving {
             self.start_offline_delivery().await;
         }
+    }
+
+    /// What this client's capabilities say it wants of personal eventing (XEP-0163 §4.3):
+    /// the last items of its own account's nodes and of the local contacts it follows,
+    /// once per set of capabilities.
+    async fn pep_interest(&mut self, jid: &jid::FullJid, user: &BareJid, el: &Element) {
+        let caps = crate::caps::Announced::of(el);
+        if caps.is_none() {
+            return;
+        }
+        let mut owners = vec![user.clone()];
+        owners.extend(
+            self.roster
+                .values()
+                .filter(|i| subscribed_to(i.subscription))
+                .filter_map(|i| BareJid::new(&i.jid).ok())
+                .filter(|c| self.delivery().is_local(c.domain().as_str())),
+        );
+        let env = self.env.clone();
+        let server = user.domain().as_str().to_owned();
+        crate::pep::available(&env.delivery, jid, el, owners, &server).await;
     }
 
     /// At initial presence: probes the contacts the user is subscribed to, and the user's
@@ -174,6 +202,7 @@ impl Session {
         let was_available = self.available;
         self.available = false;
         self.presence = None;
+        self.delivery().caps().unavailable(&jid);
         self.delivery()
             .router()
             .set_presence(&jid, self.id, false, 0);

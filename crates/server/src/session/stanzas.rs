@@ -8,7 +8,7 @@ use outpost_proto::stanza::{self, Condition, ns};
 use super::Session;
 use crate::router::{ToSession, Undelivered};
 use crate::services::{self, IqAnswer};
-use crate::{blocking, mam, roster};
+use crate::{avatar, blocking, mam, pep, private, roster};
 
 impl Session {
     pub(super) async fn on_client_stanza(&mut self, el: Element) {
@@ -67,10 +67,14 @@ impl Session {
     async fn on_outbound_iq(&mut self, el: Element, to: Option<Jid>) {
         match el.attr("type").unwrap_or("") {
             "result" | "error" => {
-                if let Some(Ok(full)) = to.as_ref().map(|t| t.try_as_full())
-                    && !self.blocks(full.as_str())
-                {
-                    self.delivery().send(el);
+                match to.as_ref().map(|t| t.try_as_full()) {
+                    Some(Ok(full)) if !self.blocks(full.as_str()) => self.delivery().send(el),
+                    // An answer to the server's own question (entity capabilities).
+                    Some(Err(bare)) if bare.node().is_none() => {
+                        let env = self.env.clone();
+                        pep::answer(&env.delivery, &el).await;
+                    }
+                    _ => {}
                 }
                 return;
             }
@@ -146,7 +150,10 @@ impl Session {
         let answer = match (name.as_str(), payload_ns.as_str()) {
             ("query", ns::ROSTER) => return self.roster_iq(el, &user).await,
             ("vCard", ns::VCARD) if get => services::vcard_get(d, &el, &user).await,
-            ("vCard", ns::VCARD) => services::vcard_set(d, &el, &user).await,
+            ("vCard", ns::VCARD) => {
+                self.avatar_hash = None;
+                services::vcard_set(d, &el, &user).await
+            }
             ("blocklist", ns::BLOCKING) if get => {
                 self.blocklist_interested = true;
                 Ok(blocking::list_reply(&el, &self.blocklist))
@@ -172,7 +179,21 @@ impl Session {
             ("prefs", ns::MAM) => mam::prefs(d, &user, &el).await,
             ("metadata", ns::MAM) if get => mam::metadata(d, user.as_str(), &el).await,
             ("query", ns::DISCO_INFO) if get => Ok(services::account_disco(d, &el)),
-            ("query", ns::DISCO_ITEMS) if get => Ok(services::account_items(&el)),
+            ("query", ns::DISCO_ITEMS) if get => {
+                Ok(services::account_items(d, &el, &user, &user).await)
+            }
+            ("pubsub", pep::NS_PUBSUB | pep::NS_OWNER) => {
+                let answer = pep::iq(d, &user, &Jid::from(jid.clone()), &el).await;
+                if answer.is_ok()
+                    && let Some(metadata) = published(&el, avatar::NS_METADATA)
+                {
+                    // XEP-0398 §3.1: the new avatar goes into the vCard too.
+                    self.avatar_hash = None;
+                    avatar::to_vcard(d, &user, metadata).await;
+                }
+                answer
+            }
+            ("query", private::NS_PRIVATE) => private::iq(d, &user, &el).await,
             // What the account does not answer, the server does for it: ping, version.
             _ => return self.server_iq(el).await,
         };
@@ -250,4 +271,15 @@ impl Session {
             }
         }
     }
+}
+
+/// The payload a pubsub request publishes to `node`, if it is such a request.
+fn published<'a>(request: &'a Element, node: &str) -> Option<&'a Element> {
+    let publish = request
+        .get_child("pubsub", pep::NS_PUBSUB)?
+        .get_child("publish", pep::NS_PUBSUB)?;
+    if publish.attr("node") != Some(node) {
+        return None;
+    }
+    publish.get_child("item", pep::NS_PUBSUB)?.children().next()
 }

@@ -11,6 +11,7 @@ mod federation_srv;
 mod federation_websocket;
 mod messages_offline;
 mod operations;
+mod pep;
 mod presence_roster;
 mod services;
 mod stream_management;

@@ -24,13 +24,14 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::{
-    ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials, OfflineMessage,
-    OutboxEntry, OutboxStats, Quotas, Result, Roster, RosterItem, ScramKeys, Store, StoreError,
-    Subscription, SubscriptionRequest,
+    ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials, NodeConfig,
+    OfflineMessage, OutboxEntry, OutboxStats, PepItem, Quotas, Result, Roster, RosterItem,
+    ScramKeys, Store, StoreError, Subscription, SubscriptionRequest,
 };
 
 mod archive;
 mod batch;
+mod pep;
 
 /// Rows written or looked up by one statement in the batch operations (six parameters a
 /// row at most, well under SQLite's limit of 32,766 bound parameters).
@@ -41,6 +42,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/0001_initial.sql")),
     (2, include_str!("../../migrations/0002_outbox.sql")),
     (3, include_str!("../../migrations/0003_archive.sql")),
+    (4, include_str!("../../migrations/0004_pep.sql")),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -365,6 +367,9 @@ impl Store for SqliteStore {
             "DELETE FROM offline WHERE owner = ?",
             "DELETE FROM vcards WHERE owner = ?",
             "DELETE FROM blocklist WHERE owner = ?",
+            "DELETE FROM pep_items WHERE owner = ?",
+            "DELETE FROM pep_nodes WHERE owner = ?",
+            "DELETE FROM private_xml WHERE owner = ?",
             "DELETE FROM archive_prefs_jids WHERE owner = ?",
             "DELETE FROM archive_prefs WHERE owner = ?",
             "DELETE FROM accounts WHERE jid = ?",
@@ -644,6 +649,55 @@ impl Store for SqliteStore {
         quotas: Quotas,
     ) -> Result<Vec<Result<i64>>> {
         batch::write(self, writes, now_ms, quotas).await
+    }
+
+    async fn pep_node(&self, owner: &BareJid, node: &str) -> Result<Option<NodeConfig>> {
+        pep::node(self, owner, node).await
+    }
+
+    async fn pep_nodes(&self, owner: &BareJid) -> Result<Vec<(String, NodeConfig)>> {
+        pep::nodes(self, owner).await
+    }
+
+    async fn pep_configure(&self, owner: &BareJid, node: &str, config: &NodeConfig) -> Result<()> {
+        pep::configure(self, owner, node, config).await
+    }
+
+    async fn pep_delete_node(&self, owner: &BareJid, node: &str) -> Result<bool> {
+        pep::delete_node(self, owner, node).await
+    }
+
+    async fn pep_publish(&self, owner: &BareJid, node: &str, item: &PepItem) -> Result<()> {
+        pep::publish(self, owner, node, item).await
+    }
+
+    async fn pep_items(
+        &self,
+        owner: &BareJid,
+        node: &str,
+        limit: Option<u32>,
+    ) -> Result<Vec<PepItem>> {
+        pep::items(self, owner, node, limit).await
+    }
+
+    async fn pep_item(&self, owner: &BareJid, node: &str, id: &str) -> Result<Option<PepItem>> {
+        pep::item(self, owner, node, id).await
+    }
+
+    async fn pep_retract(&self, owner: &BareJid, node: &str, id: &str) -> Result<bool> {
+        pep::retract(self, owner, node, id).await
+    }
+
+    async fn pep_purge(&self, owner: &BareJid, node: &str) -> Result<()> {
+        pep::purge(self, owner, node).await
+    }
+
+    async fn private_xml(&self, owner: &BareJid, ns: &str) -> Result<Option<String>> {
+        pep::private_xml(self, owner, ns).await
+    }
+
+    async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()> {
+        pep::set_private_xml(self, owner, ns, xml).await
     }
 
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {
@@ -1101,7 +1155,7 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3]);
+        assert_eq!(versions, [1, 2, 3, 4]);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),

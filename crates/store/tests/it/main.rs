@@ -3,3 +3,4 @@
 
 mod archive;
 mod battery;
+mod pep;
