@@ -148,11 +148,13 @@ class Client(ClientXMPP):
                  resource: str | None = None, tls: str = "starttls",
                  mech: str | None = None, register: bool = False,
                  plugins: Iterable[str] = (), initial_presence: bool = True,
-                 request_roster: bool = True):
+                 request_roster: bool = True,
+                 address: tuple[str, int] | None = None,
+                 plugin_config: dict[str, dict] | None = None):
         # Any server object with cert_path, starttls_addr (and domain) will do.
         domain = getattr(server, "domain", DOMAIN)
         jid = f"{localpart}@{domain}" + (f"/{resource}" if resource else "")
-        plugin_config: dict[str, dict] = {}
+        plugin_config = dict(plugin_config or {})
         if mech:
             plugin_config["feature_mechanisms"] = {"use_mech": mech}
         super().__init__(jid, password, plugin_config=plugin_config,
@@ -160,6 +162,8 @@ class Client(ClientXMPP):
         self.outpost = server
         self.localpart = localpart
         self.tls_mode = tls
+        # Where to connect instead of the server's listener (e.g. a TcpRelay).
+        self.address = address
         self.initial_presence = initial_presence
         self.request_roster = request_roster
         if tls == "starttls":
@@ -264,8 +268,9 @@ class Client(ClientXMPP):
         for name, h in handlers:
             self.add_event_handler(name, h)
         try:
-            host, port = (self.outpost.starttls_addr if self.tls_mode == "starttls"
-                          else self.outpost.tls_addr)
+            host, port = self.address or (
+                self.outpost.starttls_addr if self.tls_mode == "starttls"
+                else self.outpost.tls_addr)
             self.connect(host, port)
             try:
                 await asyncio.wait_for(asyncio.shield(started), timeout)
@@ -336,6 +341,12 @@ class Client(ClientXMPP):
         """An XEP-0199 round trip to the server; also a barrier: everything
         this client sent before has been read and processed by its session."""
         await self["xep_0199"].send_ping(self.boundjid.domain, timeout=timeout)
+
+    def record(self, event: str) -> Recorder:
+        """A Recorder of every later occurrence of a slixmpp event."""
+        rec = Recorder(f"{self.localpart} {event}")
+        self.add_event_handler(event, rec.add)
+        return rec
 
 
 def _condition(data: Any) -> str | None:
@@ -473,3 +484,138 @@ class RawConn:
             self.writer.transport.abort()
         except Exception:
             pass
+
+
+# ------------------------------------------------------------- TCP relay
+class RelayLink:
+    """One client connection through a TcpRelay and its server-side twin."""
+
+    def __init__(self, relay: "TcpRelay", client_w: asyncio.StreamWriter,
+                 server_w: asyncio.StreamWriter):
+        self.relay = relay
+        self.client_w = client_w
+        self.server_w = server_w
+        # Forwarding switches: when off, bytes are read and dropped (counted).
+        self.forward_down = True  # server -> client
+        self.forward_up = True    # client -> server
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self.dropped_down = 0
+        self.dropped_up = 0
+        self.tasks: list[asyncio.Task] = []
+        self.closed = False
+
+    def blackhole(self, down: bool = True, up: bool = False) -> None:
+        """Stop forwarding (drop whatever arrives) in the given directions; the
+        sockets stay open, so neither end notices anything yet."""
+        if down:
+            self.forward_down = False
+        if up:
+            self.forward_up = False
+
+    def cut(self) -> None:
+        """Abort both sockets (RST), as a network failure would."""
+        self.closed = True
+        for w in (self.client_w, self.server_w):
+            try:
+                w.transport.abort()
+            except Exception:
+                pass
+        for t in self.tasks:
+            t.cancel()
+
+
+class TcpRelay:
+    """A plain TCP relay on 127.0.0.1 in front of a server address.
+
+    Clients connect to ``relay.addr``; every accepted connection gets its own
+    connection to the target and two pumps. A test can stop forwarding in
+    one direction (``blackhole``) and cut the sockets (``cut``) at a point it
+    chooses, which makes link failures deterministic. TLS passes through
+    untouched (the relay sees only ciphertext)."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.links: list[RelayLink] = []
+        self.addr: tuple[str, int] | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> "TcpRelay":
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.addr = self._server.sockets[0].getsockname()[:2]
+        return self
+
+    async def _accept(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        try:
+            sr, sw = await asyncio.wait_for(asyncio.open_connection(*self.target), DEFAULT_TIMEOUT)
+        except Exception:
+            cw.transport.abort()
+            return
+        link = RelayLink(self, cw, sw)
+        self.links.append(link)
+        link.tasks = [asyncio.ensure_future(self._pump(link, cr, sw, downstream=False)),
+                      asyncio.ensure_future(self._pump(link, sr, cw, downstream=True))]
+        self._notify()
+
+    async def _pump(self, link: RelayLink, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter, downstream: bool) -> None:
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                if downstream:
+                    if link.forward_down:
+                        link.bytes_down += len(data)
+                        writer.write(data)
+                        await writer.drain()
+                    else:
+                        link.dropped_down += len(data)
+                else:
+                    if link.forward_up:
+                        link.bytes_up += len(data)
+                        writer.write(data)
+                        await writer.drain()
+                    else:
+                        link.dropped_up += len(data)
+                self._notify()
+            # A clean end on one side: pass it on (unless forwarding is off).
+            if (link.forward_down if downstream else link.forward_up) and writer.can_write_eof():
+                writer.write_eof()
+        except (ConnectionError, OSError, asyncio.CancelledError):
+            pass
+        finally:
+            self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_until(self, cond: Callable[[], bool], what: str,
+                         timeout: float = DEFAULT_TIMEOUT) -> None:
+        """Wait (bounded) until cond() holds; re-checked whenever a link moves data."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not cond():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"relay: timed out after {timeout}s waiting for {what}; "
+                                     f"links: {[vars_of(l) for l in self.links]}")
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        for link in self.links:
+            link.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def vars_of(link: RelayLink) -> dict[str, Any]:
+    return {k: getattr(link, k) for k in (
+        "forward_down", "forward_up", "bytes_down", "bytes_up", "dropped_down",
+        "dropped_up", "closed")}

@@ -15,6 +15,7 @@ pub mod c2s;
 pub mod forms;
 pub mod framing;
 pub mod machine;
+pub mod muc;
 pub mod s2s;
 pub mod sasl;
 pub mod sm;

@@ -18,13 +18,14 @@
 //! before it acknowledges the stanza in any way, so that "accepted" always means "on
 //! disk", at the cost of one group commit per read rather than one fsync per message.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
-use outpost_proto::stanza::{self, Condition, StanzaError, ns};
+use outpost_proto::stanza::{self, Condition, ErrorType, StanzaError, ns};
 use outpost_store::{ArchiveEntry, BatchWrite, Store, StoreError};
 use tracing::{debug, warn};
 
@@ -53,6 +54,18 @@ pub(crate) trait Remote: Send + Sync {
     /// returned write is committed.
     fn queue<'a>(&'a self, local: &'a str, remote: &'a str, el: &'a Element) -> RemoteFuture<'a>;
 }
+
+/// A service of ours with a domain of its own (multi-user chat on `conference.<domain>`):
+/// every stanza for that domain goes to it, whoever sends it.
+pub(crate) trait Component: Send + Sync {
+    /// Takes a stanza without waiting. For a message, the outcome of what it wrote (a
+    /// room's archive row), which its sender's acknowledgement waits for. Gives the stanza
+    /// back when the service cannot take it now.
+    fn take(&self, el: Element) -> Result<Option<Pending>, Element>;
+}
+
+/// A registered service: the domain whose users it serves, and the service.
+type Service = (String, Arc<dyn Component>);
 
 /// No other domain is reachable: stanzas for one are refused with
 /// `remote-server-not-found` (RFC 6120 §8.3.3.16).
@@ -160,6 +173,8 @@ pub(crate) struct Delivery {
     archive: Archive,
     /// The clients seen available and their capabilities (XEP-0115).
     caps: Caps,
+    /// Our services with domains of their own, by domain.
+    components: RwLock<HashMap<String, Service>>,
     remote: Arc<dyn Remote>,
 }
 
@@ -178,8 +193,39 @@ impl Delivery {
             journal,
             archive,
             caps: Caps::default(),
+            components: RwLock::new(HashMap::new()),
             remote,
         }
+    }
+
+    /// Sends what is addressed to `domain` to a service of ours, for the users of `of`,
+    /// from now on.
+    pub(crate) fn register(&self, domain: &str, of: &str, component: Arc<dyn Component>) {
+        let mut components = self.components.write().unwrap_or_else(|p| p.into_inner());
+        components.insert(domain.to_owned(), (of.to_owned(), component));
+    }
+
+    fn component(&self, domain: &str) -> Option<Arc<dyn Component>> {
+        let components = self.components.read().unwrap_or_else(|p| p.into_inner());
+        components.get(domain).map(|(_, c)| c.clone())
+    }
+
+    /// The domains of the services for the users of `domain`, sorted (disco#items on the
+    /// server, XEP-0030 §4).
+    pub(crate) fn services_of(&self, domain: &str) -> Vec<String> {
+        let components = self.components.read().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<String> = components
+            .iter()
+            .filter(|(_, (of, _))| of == domain)
+            .map(|(service, _)| service.clone())
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Whether `domain` is one of ours: a domain of our users, or of one of our services.
+    pub(crate) fn is_ours(&self, domain: &str) -> bool {
+        self.is_local(domain) || self.component(domain).is_some()
     }
 
     /// A reload: the domains served, the offline quota and whether messages are archived,
@@ -219,7 +265,7 @@ impl Delivery {
     /// Whether stanzas for `domain` can go anywhere: it is ours, or other domains are
     /// reachable.
     pub(crate) fn reaches(&self, domain: &str) -> bool {
-        self.is_local(domain) || self.remote.enabled()
+        self.is_ours(domain) || self.remote.enabled()
     }
 
     /// A message for `to`, wherever it is: a local user's resources or offline store (see
@@ -230,14 +276,25 @@ impl Delivery {
         mut el: Element,
         to: Jid,
     ) -> Result<Accepted, Box<Undeliverable>> {
-        strip_our_stanza_ids(&mut el, |d| self.is_local(d));
+        // Our services (a room) give their own stanza-ids; anyone else's claiming to be
+        // ours are forged.
+        let from_service = sender_domain(&el).is_some_and(|d| self.component(&d).is_some());
+        if !from_service {
+            strip_our_stanza_ids(&mut el, |d| self.is_ours(d));
+        }
         let copies = carbons::eligible(&el);
         carbons::strip_private(&mut el);
         let domain = to.domain().as_str();
+        if let Some(service) = self.component(domain) {
+            return self.to_component(&*service, el);
+        }
+        // A room's private message already reached every client in the room (XEP-0280
+        // §6.1): no received copies, but the sender's other clients still see it went.
+        let received_copies = copies && !el.has_child("x", outpost_proto::muc::NS_USER);
         let local_recipient = self.is_local(domain);
         let local = match local_recipient {
             true => None,
-            false => match sender_domain(&el).filter(|d| self.is_local(d)) {
+            false => match sender_domain(&el).filter(|d| self.is_ours(d)) {
                 Some(local) => {
                     ensure_origin_id(&mut el);
                     Some(local)
@@ -253,7 +310,7 @@ impl Delivery {
             el.append_child(stanza_id(&e.recipient, e.id));
         }
         let mut accepted = match local {
-            None => self.route_local_message(el, to, copies).await?,
+            None => self.route_local_message(el, to, received_copies).await?,
             Some(local) => match self.remote.queue(&local, domain, &el).await {
                 Ok(pending) => Accepted::one(pending, Some(el)),
                 Err(error) => return Err(Box::new(Undeliverable { stanza: el, error })),
@@ -264,6 +321,22 @@ impl Delivery {
             accepted.join(Accepted::one(pending, None));
         }
         Ok(accepted)
+    }
+
+    /// A message for one of our services: taken, or refused when the service is busy.
+    fn to_component(
+        &self,
+        service: &dyn Component,
+        el: Element,
+    ) -> Result<Accepted, Box<Undeliverable>> {
+        match service.take(el) {
+            Ok(Some(pending)) => Ok(Accepted::logged(pending)),
+            Ok(None) => Ok(Accepted::default()),
+            Err(el) => Err(Box::new(Undeliverable {
+                stanza: el,
+                error: StanzaError::with_type(ErrorType::Wait, Condition::ResourceConstraint),
+            })),
+        }
     }
 
     /// The archive row for a message, if one of its ends is a local user who keeps it.
@@ -514,13 +587,20 @@ impl Delivery {
         let Some(to) = el.attr("to").and_then(|t| Jid::new(t).ok()) else {
             return;
         };
+        if let Some(service) = self.component(to.domain().as_str()) {
+            if let Err(el) = service.take(el) {
+                let busy = StanzaError::with_type(ErrorType::Wait, Condition::ResourceConstraint);
+                self.bounce(&el, busy);
+            }
+            return;
+        }
         if self.is_local(to.domain().as_str()) {
             if let Ok(full) = FullJid::try_from(to) {
                 let _ = self.router.send_to_full(&full, ToSession::Stanza(el));
             }
             return;
         }
-        let Some(local) = sender_domain(&el).filter(|d| self.is_local(d)) else {
+        let Some(local) = sender_domain(&el).filter(|d| self.is_ours(d)) else {
             debug!("not sending a stanza for another domain from a domain not ours");
             return;
         };
@@ -541,6 +621,7 @@ impl Delivery {
         let mut addressed = el.clone();
         stanza::set_attr(&mut addressed, "to", to.as_str());
         if !self.is_local(to.domain().as_str()) {
+            // Another server, or a service of ours.
             self.send(addressed);
             return;
         }

@@ -71,6 +71,15 @@ impl Future for Pending {
     }
 }
 
+impl Pending {
+    /// A pending outcome that someone other than the journal settles: the multi-user chat
+    /// service answers with it once a room message's archive row is committed.
+    pub(crate) fn channel() -> (oneshot::Sender<Result<i64, StoreError>>, Pending) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Pending(rx))
+    }
+}
+
 impl Journal {
     /// Starts the commit task. `outbox_quota` is fixed for the life of the server (the
     /// federation settings take a restart); the offline quota follows reloads.

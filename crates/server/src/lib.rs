@@ -31,6 +31,7 @@ mod delivery;
 pub mod ids;
 mod journal;
 mod mam;
+mod muc;
 mod pep;
 mod presence;
 mod private;
@@ -207,6 +208,11 @@ impl ServerHandle {
             Delivery::new(&config, store, journal, archive, remote)
         });
         tasks.spawn(mam::expire_old(delivery.clone(), shutdown.clone()));
+        for (service, domain) in config.muc_domains() {
+            let muc = config.muc.clone();
+            let task = muc::start(delivery.clone(), service, domain, muc, shutdown.clone()).await;
+            tasks.spawn(task);
+        }
         if let Some(fed) = &federation {
             fed.start();
         }

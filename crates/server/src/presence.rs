@@ -31,7 +31,9 @@ pub(crate) async fn inbound(d: &Delivery, el: Element, from: Jid, to: Jid) {
         }
         "" | "unavailable" => {
             // A contact's client: personal eventing learns what it wants (XEP-0163 §4.3).
-            if let Ok(full) = from.try_as_full() {
+            if let Ok(full) = from.try_as_full()
+                && d.is_local(to.domain().as_str())
+            {
                 if ty.is_empty() {
                     let owner = to.to_bare();
                     let server = owner.domain().as_str().to_owned();

@@ -64,7 +64,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> StanzaError {
 
 /// An IQ to the server's domain: discovery, version and ping. Registration is the
 /// caller's (it needs the account).
-pub(crate) fn server_iq(request: &Element, registration: bool) -> IqAnswer {
+pub(crate) fn server_iq(d: &Delivery, request: &Element, registration: bool) -> IqAnswer {
     let (name, payload_ns) = payload_key(request);
     let get = request.attr("type") == Some("get");
     match (name.as_str(), payload_ns.as_str(), get) {
@@ -100,7 +100,19 @@ pub(crate) fn server_iq(request: &Element, registration: bool) -> IqAnswer {
             }
             Ok(result_with(request, q))
         }
-        ("query", ns::DISCO_ITEMS, true) => Ok(result_with(request, query(ns::DISCO_ITEMS))),
+        ("query", ns::DISCO_ITEMS, true) => {
+            // The server's services (XEP-0030 §4): multi-user chat and the like.
+            let mut q = query(ns::DISCO_ITEMS);
+            let domain = request.attr("to").unwrap_or_default();
+            for service in d.services_of(domain) {
+                q.append_child(
+                    Element::builder("item", ns::DISCO_ITEMS)
+                        .attr(stanza::name("jid"), service)
+                        .build(),
+                );
+            }
+            Ok(result_with(request, q))
+        }
         ("query", ns::VERSION, true) => {
             let mut q = query(ns::VERSION);
             q.append_child(text_el("name", ns::VERSION, "Outpost"));
@@ -123,7 +135,7 @@ pub(crate) async fn answer(
     registration: bool,
 ) -> IqAnswer {
     match to.node() {
-        None => server_iq(request, registration),
+        None => server_iq(d, request, registration),
         Some(_) => account_iq(d, request, &to.to_bare()).await,
     }
 }

@@ -333,6 +333,15 @@ pub struct PepItem {
     pub payload: String,
 }
 
+/// A multi-user chat room as stored (XEP-0045): its configuration as key-value pairs and
+/// its users' affiliations (`owner`, `admin`, `member`, `outcast`), both sorted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRoom {
+    pub jid: String,
+    pub config: Vec<(String, String)>,
+    pub affiliations: Vec<(String, String)>,
+}
+
 /// One durable write on the message path, for [`Store::write_batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchWrite {
@@ -504,6 +513,29 @@ pub trait Store: Send + Sync + 'static {
     /// The account's private XML stored under a namespace (XEP-0049).
     async fn private_xml(&self, owner: &BareJid, ns: &str) -> Result<Option<String>>;
     async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()>;
+
+    // ---- multi-user chat rooms (XEP-0045) ----
+
+    /// Every stored room, sorted by JID.
+    async fn muc_rooms(&self) -> Result<Vec<StoredRoom>>;
+    /// Stores a room's configuration, creating the room if needed (`now_ms` is when).
+    async fn muc_save_room(
+        &self,
+        room: &str,
+        config: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<()>;
+    /// Forgets a room and its affiliations (its archive is the caller's to clear).
+    async fn muc_delete_room(&self, room: &str) -> Result<()>;
+    /// Sets (or with `None` removes) a user's affiliation with a room, creating the room's
+    /// record if needed.
+    async fn muc_set_affiliation(
+        &self,
+        room: &str,
+        jid: &str,
+        affiliation: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()>;
 
     // ---- vCard (XEP-0054) ----
 

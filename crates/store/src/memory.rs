@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use crate::{
     ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
     NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, Quotas, Result, Roster,
-    RosterItem, Store, StoreError, SubscriptionRequest,
+    RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest,
 };
 
 /// A [`Store`] that keeps everything in memory.
@@ -34,6 +34,8 @@ struct Inner {
     seen: BTreeMap<(String, String), i64>,
     /// The archive, by id: one entry per message, shared by both ends' archives.
     archive: BTreeMap<i64, ArchiveEntry>,
+    /// Rooms by JID: configuration and affiliations, each by key.
+    rooms: BTreeMap<String, (Pairs, Pairs)>,
 }
 
 impl Inner {
@@ -108,6 +110,9 @@ fn in_archive(e: &ArchiveEntry, owner: &str, with: Option<&str>) -> bool {
     let as_recipient = e.in_recipient && e.recipient == owner && with.is_none_or(|w| e.sender == w);
     as_sender || as_recipient
 }
+
+/// Key-value pairs, sorted by key.
+type Pairs = BTreeMap<String, String>;
 
 /// The two ends of a server-to-server stream. Remote first, so that iterating the map
 /// gives the order [`Store::outbox_stats`] promises.
@@ -570,6 +575,52 @@ impl Store for MemoryStore {
             a.private_xml.insert(ns.to_owned(), xml.to_owned());
             Ok(())
         })
+    }
+
+    async fn muc_rooms(&self) -> Result<Vec<StoredRoom>> {
+        Ok(self
+            .lock()
+            .rooms
+            .iter()
+            .map(|(jid, (config, affiliations))| StoredRoom {
+                jid: jid.clone(),
+                config: config.clone().into_iter().collect(),
+                affiliations: affiliations.clone().into_iter().collect(),
+            })
+            .collect())
+    }
+
+    async fn muc_save_room(
+        &self,
+        room: &str,
+        config: &[(String, String)],
+        _now_ms: i64,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        let entry = inner.rooms.entry(room.to_owned()).or_default();
+        entry.0 = config.iter().cloned().collect();
+        Ok(())
+    }
+
+    async fn muc_delete_room(&self, room: &str) -> Result<()> {
+        self.lock().rooms.remove(room);
+        Ok(())
+    }
+
+    async fn muc_set_affiliation(
+        &self,
+        room: &str,
+        jid: &str,
+        affiliation: Option<&str>,
+        _now_ms: i64,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        let entry = inner.rooms.entry(room.to_owned()).or_default();
+        match affiliation {
+            Some(a) => entry.1.insert(jid.to_owned(), a.to_owned()),
+            None => entry.1.remove(jid),
+        };
+        Ok(())
     }
 
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {

@@ -22,6 +22,8 @@
 //!   `std::process` and file polling anyway.
 //! - `dns`: a loopback DNS server with a zone the test fills, or answering NXDOMAIN to
 //!   everything, so that no test asks a real DNS server.
+//! - `relay::Relay`: a TCP relay to cut and heal, a WAN link between servers in one
+//!   process.
 //! - `poll_until` and `WAIT`: how long tests wait, and the one bounded poll, for what
 //!   only the store shows.
 //!
@@ -46,6 +48,8 @@ pub mod blocking;
 mod client;
 #[cfg(feature = "client")]
 pub mod dns;
+#[cfg(feature = "client")]
+pub mod relay;
 #[cfg(feature = "server")]
 mod server;
 #[cfg(feature = "client")]

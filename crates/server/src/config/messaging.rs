@@ -54,3 +54,39 @@ impl Default for StreamManagementConfig {
         }
     }
 }
+
+/// `[muc]`: multi-user chat (XEP-0045), one service per served domain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucConfig {
+    /// Whether the service runs. Default: `true`.
+    pub enabled: bool,
+    /// The service of each domain `d` is at `<subdomain>.d`. Default: `"conference"`.
+    pub subdomain: String,
+    /// Who may create rooms: `"local"` (users of this server) or `"anyone"` (users of
+    /// other servers too). Default: `"local"`.
+    pub create_rooms: RoomCreation,
+    /// Messages a room keeps at hand for those who join (they get up to 20 unless they ask
+    /// for fewer or more); older ones are in the room's archive. Default: `50`.
+    pub history_messages: usize,
+}
+
+/// Who may create rooms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomCreation {
+    #[default]
+    Local,
+    Anyone,
+}
+
+impl Default for MucConfig {
+    fn default() -> Self {
+        MucConfig {
+            enabled: true,
+            subdomain: "conference".to_owned(),
+            create_rooms: RoomCreation::Local,
+            history_messages: 50,
+        }
+    }
+}

@@ -21,7 +21,7 @@ use crate::tls::Fingerprint;
 
 mod messaging;
 
-pub use messaging::{ArchiveConfig, StreamManagementConfig};
+pub use messaging::{ArchiveConfig, MucConfig, RoomCreation, StreamManagementConfig};
 
 /// The whole configuration. `Config::default()` is a working single-host setup for
 /// `localhost` on the loopback interface.
@@ -53,6 +53,8 @@ pub struct Config {
     pub archive: ArchiveConfig,
     /// Stream management for clients (XEP-0198).
     pub stream_management: StreamManagementConfig,
+    /// Multi-user chat (XEP-0045).
+    pub muc: MucConfig,
 }
 
 impl Default for Config {
@@ -70,6 +72,7 @@ impl Default for Config {
             federation: FederationConfig::default(),
             archive: ArchiveConfig::default(),
             stream_management: StreamManagementConfig::default(),
+            muc: MucConfig::default(),
         }
     }
 }
@@ -581,6 +584,15 @@ impl Config {
                 l.ping_interval_secs, l.idle_timeout_secs
             ));
         }
+        for (service, _) in self.muc_domains() {
+            if jid::DomainPart::new(&service).map_or(true, |d| d.as_str() != service)
+                || self.serves_domain(&service)
+            {
+                problem(format!(
+                    "muc.subdomain: `{service}` is not a service domain of its own"
+                ));
+            }
+        }
         if self.stream_management.max_unacked == 0 {
             problem("stream_management.max_unacked must be at least 1".to_owned());
         }
@@ -697,6 +709,25 @@ impl Config {
     /// Whether `domain` (already normalised) is one of ours.
     pub fn serves_domain(&self, domain: &str) -> bool {
         is_one_of(&self.domains, domain)
+    }
+
+    /// The multi-user chat service of each served domain, as (service, domain), when on.
+    pub fn muc_domains(&self) -> Vec<(String, String)> {
+        if !self.muc.enabled {
+            return Vec::new();
+        }
+        self.domains
+            .iter()
+            .map(|d| (format!("{}.{d}", self.muc.subdomain), d.clone()))
+            .collect()
+    }
+
+    /// Every domain this server answers for: its users' and its services'. Servers that
+    /// federate with it may address any of them.
+    pub fn all_domains(&self) -> Vec<String> {
+        let mut all = self.domains.clone();
+        all.extend(self.muc_domains().into_iter().map(|(service, _)| service));
+        all
     }
 }
 

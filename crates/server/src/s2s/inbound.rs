@@ -249,7 +249,7 @@ impl Inbound {
             .attr("to")
             .and_then(|t| Jid::new(t).ok())
             .map(|t| t.domain().as_str().to_owned())
-            .filter(|d| !self.d.is_local(d));
+            .filter(|d| !self.d.is_ours(d));
         let Some(to_domain) = relay_to else {
             let accepted = deliver(&self.d, el, &mut self.seen).await;
             self.accepted.join(accepted);

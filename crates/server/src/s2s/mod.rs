@@ -168,7 +168,7 @@ impl Listening {
         Ok(Listening {
             tls_starttls: identity.s2s_server_config(&[])?,
             tls_direct: identity.s2s_server_config(&[b"xmpp-server"])?,
-            domains: server.domains.clone(),
+            domains: server.all_domains(),
         })
     }
 }

@@ -227,7 +227,8 @@ impl Session {
             self.answer(&el, answer);
             return;
         }
-        let answer = services::server_iq(&el, self.env.config().registration_enabled());
+        let env = self.env.clone();
+        let answer = services::server_iq(&env.delivery, &el, env.config().registration_enabled());
         self.answer(&el, answer);
     }
 

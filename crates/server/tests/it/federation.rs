@@ -331,3 +331,72 @@ async fn users_of_other_servers_get_the_answers_local_users_get() {
         .await;
     assert_eq!(stanza_error(&nobody).0, "service-unavailable");
 }
+
+/// A room on a.test with an occupant on b.test: they talk across; when b.test cannot reach
+/// the room, a.test's occupants go on talking, and what bob said meanwhile reaches the
+/// room once the link is back, once and in order.
+#[tokio::test]
+async fn a_room_with_an_occupant_on_another_server_survives_a_cut() {
+    const ROOM: &str = "lobby@conference.a.test";
+    let (a, b) = pair(true).await;
+    // b.test reaches the room's service through a link the test can cut.
+    let wan = relay::Relay::start(a.s2s.expect("s2s")).await;
+    let b_handle = b.handle.as_ref().expect("b");
+    b_handle.set_peer_address("conference.a.test", wan.addr.into());
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    let mut bob = b.login("bob", "builder", "pc").await;
+    let join = |nick: &str| {
+        format!(
+            "<presence to='{ROOM}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        )
+    };
+    let until_subject = |el: &outpost_proto::minidom::Element| el.has_child("subject", NS_CLIENT);
+    alice.send(&join("alice")).await;
+    alice.recv_until(until_subject).await;
+    let instant = "<query xmlns='http://jabber.org/protocol/muc#owner'>\
+                   <x xmlns='jabber:x:data' type='submit'/></query>";
+    assert_eq!(
+        alice.query("set", Some(ROOM), instant).await.attr("type"),
+        Some("result")
+    );
+    bob.send(&join("bob")).await;
+    let got = bob.recv_until(until_subject).await;
+    assert!(
+        got.iter()
+            .any(|p| p.attr("from") == Some("lobby@conference.a.test/alice")),
+        "{got:?}"
+    );
+    let said = |text: String| {
+        move |el: &outpost_proto::minidom::Element| {
+            el.attr("type") == Some("groupchat") && body(el).as_deref() == Some(text.as_str())
+        }
+    };
+    let groupchat =
+        |text: &str| format!("<message to='{ROOM}' type='groupchat'><body>{text}</body></message>");
+    bob.send(&groupchat("hello from b")).await;
+    alice.recv_where(said("hello from b".into())).await;
+
+    // b.test loses its way to the room.
+    wan.cut();
+    for i in 0..3 {
+        bob.send(&groupchat(&format!("cut {i}"))).await;
+    }
+    assert!(
+        bob.barrier()
+            .await
+            .iter()
+            .all(|el| el.attr("type") != Some("error"))
+    );
+    // Alice's side goes on, and bob still hears it (the room reaches b.test).
+    alice.send(&groupchat("still here")).await;
+    alice.recv_where(said("still here".into())).await;
+    bob.recv_where(said("still here".into())).await;
+
+    wan.heal();
+    let got = alice.recv_until(said("cut 2".into())).await;
+    let cut: Vec<String> = got
+        .iter()
+        .filter_map(|el| body(el).filter(|b| b.starts_with("cut ")))
+        .collect();
+    assert_eq!(cut, ["cut 0", "cut 1", "cut 2"], "once, in order");
+}

@@ -10,6 +10,7 @@ mod federation_paths;
 mod federation_srv;
 mod federation_websocket;
 mod messages_offline;
+mod muc;
 mod operations;
 mod pep;
 mod presence_roster;

@@ -26,11 +26,12 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use crate::{
     ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials, NodeConfig,
     OfflineMessage, OutboxEntry, OutboxStats, PepItem, Quotas, Result, Roster, RosterItem,
-    ScramKeys, Store, StoreError, Subscription, SubscriptionRequest,
+    ScramKeys, Store, StoreError, StoredRoom, Subscription, SubscriptionRequest,
 };
 
 mod archive;
 mod batch;
+mod muc;
 mod pep;
 
 /// Rows written or looked up by one statement in the batch operations (six parameters a
@@ -43,6 +44,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("../../migrations/0002_outbox.sql")),
     (3, include_str!("../../migrations/0003_archive.sql")),
     (4, include_str!("../../migrations/0004_pep.sql")),
+    (5, include_str!("../../migrations/0005_muc.sql")),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -700,6 +702,33 @@ impl Store for SqliteStore {
         pep::set_private_xml(self, owner, ns, xml).await
     }
 
+    async fn muc_rooms(&self) -> Result<Vec<StoredRoom>> {
+        muc::rooms(self).await
+    }
+
+    async fn muc_save_room(
+        &self,
+        room: &str,
+        config: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<()> {
+        muc::save_room(self, room, config, now_ms).await
+    }
+
+    async fn muc_delete_room(&self, room: &str) -> Result<()> {
+        muc::delete_room(self, room).await
+    }
+
+    async fn muc_set_affiliation(
+        &self,
+        room: &str,
+        jid: &str,
+        affiliation: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()> {
+        muc::set_affiliation(self, room, jid, affiliation, now_ms).await
+    }
+
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {
         sqlx::query_scalar("SELECT vcard FROM vcards WHERE owner = ?")
             .bind(user)
@@ -1155,7 +1184,7 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4]);
+        assert_eq!(versions, [1, 2, 3, 4, 5]);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),

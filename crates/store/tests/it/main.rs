@@ -3,4 +3,5 @@
 
 mod archive;
 mod battery;
+mod muc;
 mod pep;

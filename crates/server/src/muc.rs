@@ -1,0 +1,502 @@
+//! The multi-user chat service (XEP-0045) of one domain, at `conference.<domain>`: a task
+//! that owns the rooms (`outpost_proto::muc::Room`, sans IO) and carries out what they say,
+//! so each room handles one stanza at a time and its occupants see everything in the same
+//! order.
+//!
+//! Rooms reach their occupants through `delivery`, wherever they are: a room's messages to
+//! an occupant on another server go through the durable queue of the federation link, so
+//! during a WAN cut the site's own occupants go on talking and the remote ones get what was
+//! said once the link is back; what they said reaches the room the same way. A message is
+//! archived under the room's JID (XEP-0313 on the room) before its sender's acknowledgement.
+//!
+//! Stored: each room's configuration, subject and affiliations. Persistent rooms come
+//! back after a restart with their recent history read from the archive; temporary rooms
+//! are forgotten when their last occupant leaves.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use outpost_proto::muc::{Affiliation, Context, Effect, NS_MUC, Room, RoomConfig, Said};
+use outpost_proto::stanza::{self, Condition, StanzaError, ns};
+use outpost_store::{ArchiveEntry, ArchiveQuery, BatchWrite, StoreError, StoredRoom};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::archive;
+use crate::config::{MucConfig, RoomCreation};
+use crate::delivery::{Component, Delivery};
+use crate::journal::Pending;
+
+/// Stanzas waiting for the service; a full queue answers `resource-constraint`.
+const QUEUE: usize = 4096;
+
+type Done = oneshot::Sender<Result<i64, StoreError>>;
+
+struct Request {
+    el: Element,
+    /// For a message: settled once what the room wrote is committed.
+    done: Option<Done>,
+}
+
+/// The handle delivery holds: a queue into the service's task.
+pub(crate) struct MucService {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Component for MucService {
+    fn take(&self, el: Element) -> Result<Option<Pending>, Element> {
+        let (done, pending) = match el.name() {
+            "message" => {
+                let (tx, pending) = Pending::channel();
+                (Some(tx), Some(pending))
+            }
+            _ => (None, None),
+        };
+        match self.tx.try_send(Request { el, done }) {
+            Ok(()) => Ok(pending),
+            Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
+                Err(r.el)
+            }
+        }
+    }
+}
+
+/// Starts the service at `service` for users of `domain`, registers it with delivery,
+/// and returns its task.
+pub(crate) async fn start(
+    d: Arc<Delivery>,
+    service: String,
+    domain: String,
+    config: MucConfig,
+    shutdown: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    d.register(&service, &domain, Arc::new(MucService { tx }));
+    let stored = match d.store().muc_rooms().await {
+        Ok(rooms) => rooms
+            .into_iter()
+            .filter(|r| r.jid.ends_with(&format!("@{service}")))
+            .map(|r| (r.jid.clone(), r))
+            .collect(),
+        Err(e) => {
+            warn!(error = %e, "cannot read rooms");
+            HashMap::new()
+        }
+    };
+    let state = Service {
+        d,
+        service,
+        domain,
+        config,
+        stored,
+        rooms: HashMap::new(),
+    };
+    state.run(rx, shutdown)
+}
+
+struct Service {
+    d: Arc<Delivery>,
+    service: String,
+    /// The domain whose users are local here.
+    domain: String,
+    config: MucConfig,
+    /// Rooms in the store not loaded yet (loaded on first use).
+    stored: HashMap<String, StoredRoom>,
+    rooms: HashMap<BareJid, Room>,
+}
+
+impl Service {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+        info!(service = %self.service, rooms = self.stored.len(), "multi-user chat service ready");
+        loop {
+            let request = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = rx.recv() => r,
+            };
+            let Some(request) = request else { return };
+            Box::pin(self.on_request(request)).await;
+        }
+    }
+
+    async fn on_request(&mut self, request: Request) {
+        let Request { el, done } = request;
+        let from = el.attr("from").and_then(|f| FullJid::new(f).ok());
+        let to = el.attr("to").and_then(|t| Jid::new(t).ok());
+        let (Some(from), Some(to)) = (from, to) else {
+            settle(done, Ok(0));
+            return;
+        };
+        if to.node().is_none() {
+            self.service_iq(&from, &el);
+            settle(done, Ok(0));
+            return;
+        }
+        let room_jid = to.to_bare();
+        if el.name() == "iq" && to.resource().is_none() && el.has_child("query", ns::MAM) {
+            self.archive_query(&room_jid, &from, &el).await;
+            return;
+        }
+        if !self.room_ready(&room_jid, &from, &el).await {
+            settle(done, Ok(0));
+            return;
+        }
+        let cx = self.context();
+        let effects = match self.rooms.get_mut(&room_jid) {
+            Some(room) => room.handle(&from, &el, &cx),
+            None => Vec::new(),
+        };
+        let written = self.carry_out(&room_jid, effects).await;
+        settle(done, written);
+    }
+
+    fn context(&self) -> Context {
+        let now = crate::clock::now_ms();
+        let id = self.d.archive().next_id(now);
+        Context {
+            now_ms: now,
+            id,
+            stanza_id: archive::encode_id(id),
+            stamp: crate::clock::format_ms(now),
+        }
+    }
+
+    /// Whether the room exists (loaded from the store, or created by this join); refuses
+    /// what is for a room that does not.
+    async fn room_ready(&mut self, jid: &BareJid, from: &FullJid, el: &Element) -> bool {
+        if self.rooms.contains_key(jid) {
+            return true;
+        }
+        if let Some(stored) = self.stored.remove(jid.as_str()) {
+            let room = self.restore(jid.clone(), &stored).await;
+            self.rooms.insert(jid.clone(), room);
+            return true;
+        }
+        let joining = el.name() == "presence"
+            && el.attr("type").is_none()
+            && el.has_child("x", NS_MUC)
+            && el
+                .attr("to")
+                .and_then(|t| Jid::new(t).ok())
+                .is_some_and(|t| t.resource().is_some());
+        let allowed = match self.config.create_rooms {
+            RoomCreation::Anyone => true,
+            RoomCreation::Local => from.domain().as_str() == self.domain,
+        };
+        if joining && allowed {
+            let room = Room::new(
+                jid.clone(),
+                RoomConfig::default(),
+                BTreeMap::new(),
+                self.config.history_messages,
+            );
+            self.rooms.insert(jid.clone(), room);
+            return true;
+        }
+        let error = match joining {
+            // XEP-0045 §10.1.1: creating rooms is for some users only.
+            true => StanzaError::new(Condition::NotAllowed),
+            false => StanzaError::new(Condition::ItemNotFound),
+        };
+        if stanza::may_answer_with_error(el) {
+            self.d.send(stanza::error_reply(el, &error));
+        }
+        false
+    }
+
+    /// A stored room, with the recent history its archive holds.
+    async fn restore(&self, jid: BareJid, stored: &StoredRoom) -> Room {
+        let config = RoomConfig::from_pairs(&stored.config);
+        let affiliations = stored
+            .affiliations
+            .iter()
+            .filter_map(|(j, a)| Some((BareJid::new(j).ok()?, Affiliation::parse(a)?)))
+            .collect();
+        let mut room = Room::new(
+            jid.clone(),
+            config,
+            affiliations,
+            self.config.history_messages,
+        );
+        let value = |key: &str| {
+            stored
+                .config
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        if let (Some(subject), Some(by)) = (value("subject"), value("subject_by")) {
+            room.set_subject(subject, by);
+        }
+        let q = ArchiveQuery {
+            owner: jid.as_str(),
+            with: None,
+            after: None,
+            before: None,
+            limit: u32::try_from(self.config.history_messages).unwrap_or(u32::MAX),
+            newest_first: true,
+        };
+        let mut said: Vec<Said> = match self.d.store().archive_page(&q).await {
+            Ok(page) => page
+                .into_iter()
+                .filter_map(|m| {
+                    let mut message: Element = m.stanza.parse().ok()?;
+                    stanza::remove_attr(&mut message, "to");
+                    let at_ms = archive::time_of(m.id);
+                    Some(Said {
+                        at_ms,
+                        stamp: crate::clock::format_ms(at_ms),
+                        message,
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot read a room's history");
+                Vec::new()
+            }
+        };
+        said.reverse();
+        room.restore_history(said);
+        room
+    }
+
+    /// Carries out what a room said, in order: sends, the archive row, stored state. A
+    /// message that cannot reach a local occupant's session drops that client from the
+    /// room (XEP-0045 status 333), which the room answers with more to carry out. Returns
+    /// the outcome of the archive write, if any.
+    async fn carry_out(
+        &mut self,
+        room_jid: &BareJid,
+        effects: Vec<Effect>,
+    ) -> Result<i64, StoreError> {
+        let mut queue: std::collections::VecDeque<Effect> = effects.into();
+        let mut archived: Option<Pending> = None;
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Send(el) => {
+                    if let Some(gone) = self.send(el).await
+                        && let Some(room) = self.rooms.get_mut(room_jid)
+                    {
+                        queue.extend(room.drop_client(&gone));
+                    }
+                }
+                Effect::Archive { id, from, message } => {
+                    archived = Some(self.archive(room_jid, id, from, &message).await);
+                }
+                Effect::SaveRoom => self.save_room(room_jid).await,
+                Effect::SaveAffiliation { jid, affiliation } => {
+                    let value = (affiliation != Affiliation::None).then(|| affiliation.as_str());
+                    if let Err(e) = self
+                        .d
+                        .store()
+                        .muc_set_affiliation(
+                            room_jid.as_str(),
+                            jid.as_str(),
+                            value,
+                            crate::clock::now_ms(),
+                        )
+                        .await
+                    {
+                        warn!(error = %e, "cannot store an affiliation");
+                    }
+                }
+                Effect::Destroyed => self.forget(room_jid).await,
+            }
+        }
+        match archived {
+            Some(pending) => pending.await,
+            None => Ok(0),
+        }
+    }
+
+    /// Sends a room's stanza. Messages go through delivery like any message (to a remote
+    /// occupant: the durable queue); the rest best-effort. Returns the occupant whose
+    /// session is gone, if that is why a message could not be delivered.
+    async fn send(&self, el: Element) -> Option<FullJid> {
+        let to = el.attr("to").and_then(|t| Jid::new(t).ok())?;
+        if el.name() != "message" {
+            self.d.send(el);
+            return None;
+        }
+        match self.d.message(el, to.clone()).await {
+            Ok(accepted) => {
+                // Room traffic is not acknowledged to anyone: its writes settle in the
+                // background of the journal.
+                drop(accepted);
+                None
+            }
+            Err(u) if self.d.is_local(to.domain().as_str()) => {
+                let gone = matches!(u.error.condition, Condition::ServiceUnavailable);
+                gone.then(|| to.try_into_full().ok()).flatten()
+            }
+            Err(_) => None,
+        }
+    }
+
+    async fn archive(&self, room: &BareJid, id: i64, from: String, message: &Element) -> Pending {
+        let mut text = Vec::new();
+        let _ = outpost_proto::xml::write_stanza(message, &mut text);
+        let entry = ArchiveEntry {
+            id,
+            sender: from,
+            recipient: room.to_string(),
+            in_sender: false,
+            in_recipient: true,
+            stanza: String::from_utf8_lossy(&text).into_owned(),
+        };
+        self.d.journal().submit(BatchWrite::Archive(entry)).await
+    }
+
+    async fn save_room(&self, jid: &BareJid) {
+        let Some(room) = self.rooms.get(jid) else {
+            return;
+        };
+        let mut pairs = room.config().to_pairs();
+        if let Some((subject, by)) = room.subject() {
+            pairs.push(("subject".to_owned(), subject.to_owned()));
+            pairs.push(("subject_by".to_owned(), by.to_owned()));
+        }
+        if let Err(e) = self
+            .d
+            .store()
+            .muc_save_room(jid.as_str(), &pairs, crate::clock::now_ms())
+            .await
+        {
+            warn!(error = %e, "cannot store a room");
+        }
+    }
+
+    /// A room is gone: its state and its archive.
+    async fn forget(&mut self, jid: &BareJid) {
+        self.rooms.remove(jid);
+        let store = self.d.store();
+        if let Err(e) = store.muc_delete_room(jid.as_str()).await {
+            warn!(error = %e, "cannot forget a room");
+        }
+        if let Err(e) = store.archive_clear(jid.as_str()).await {
+            warn!(error = %e, "cannot clear a room's archive");
+        }
+    }
+
+    /// A query of a room's archive (XEP-0313 on rooms): for its occupants, and for the
+    /// members of a members-only room.
+    async fn archive_query(&mut self, room_jid: &BareJid, from: &FullJid, el: &Element) {
+        let allowed = match self.rooms.get(room_jid) {
+            Some(room) => room.may_read_archive(from),
+            None => match self.stored.remove(room_jid.as_str()) {
+                Some(stored) => {
+                    let room = self.restore(room_jid.clone(), &stored).await;
+                    let allowed = room.may_read_archive(from);
+                    self.rooms.insert(room_jid.clone(), room);
+                    allowed
+                }
+                None => false,
+            },
+        };
+        if !allowed {
+            self.d
+                .send(stanza::error_reply(el, &Condition::Forbidden.into()));
+            return;
+        }
+        if el.attr("type") == Some("get") {
+            self.d.send(crate::mam::form_reply(el));
+            return;
+        }
+        let requester = Jid::from(from.clone());
+        match crate::mam::query(&self.d, room_jid.as_str(), &requester, el, true).await {
+            Ok(answer) => {
+                for result in answer.results {
+                    self.d.send(result);
+                }
+                self.d.send(answer.fin);
+            }
+            Err(e) => self.d.send(stanza::error_reply(el, &e)),
+        }
+    }
+
+    /// An IQ to the service itself: discovery (XEP-0045 §6.1, §6.3) and ping.
+    fn service_iq(&self, from: &FullJid, el: &Element) {
+        if !matches!(el.attr("type"), Some("get" | "set")) {
+            return;
+        }
+        let reply = match crate::services::payload_key(el) {
+            (name, n) if name == "query" && n == ns::DISCO_INFO => {
+                let q = Element::builder("query", ns::DISCO_INFO)
+                    .append(
+                        Element::builder("identity", ns::DISCO_INFO)
+                            .attr(stanza::name("category"), "conference")
+                            .attr(stanza::name("type"), "text")
+                            .attr(stanza::name("name"), "Chatrooms")
+                            .build(),
+                    )
+                    .append(feature(NS_MUC))
+                    .append(feature(ns::DISCO_INFO))
+                    .append(feature(ns::DISCO_ITEMS))
+                    .append(feature(ns::PING))
+                    .build();
+                Ok(Some(q))
+            }
+            (name, n) if name == "query" && n == ns::DISCO_ITEMS => Ok(Some(self.room_list())),
+            (name, n) if name == "ping" && n == ns::PING => Ok(None),
+            _ => Err(StanzaError::new(Condition::ServiceUnavailable)),
+        };
+        let reply = match reply {
+            Ok(payload) => {
+                let mut r = stanza::iq_result(el, Some(&self.service));
+                stanza::set_attr(&mut r, "to", from.as_str());
+                if let Some(p) = payload {
+                    r.append_child(p);
+                }
+                r
+            }
+            Err(e) => stanza::error_reply(el, &e),
+        };
+        self.d.send(reply);
+    }
+
+    /// Public rooms, loaded or stored (XEP-0045 §6.3).
+    fn room_list(&self) -> Element {
+        let mut q = Element::builder("query", ns::DISCO_ITEMS).build();
+        let mut listed: Vec<(String, String)> = self
+            .rooms
+            .values()
+            .filter(|r| r.config().public)
+            .map(|r| (r.jid().to_string(), r.display_name()))
+            .collect();
+        for (jid, stored) in &self.stored {
+            let config = RoomConfig::from_pairs(&stored.config);
+            if config.public {
+                let name = if config.name.is_empty() {
+                    jid.split('@').next().unwrap_or_default().to_owned()
+                } else {
+                    config.name
+                };
+                listed.push((jid.clone(), name));
+            }
+        }
+        listed.sort();
+        for (jid, name) in listed {
+            q.append_child(
+                Element::builder("item", ns::DISCO_ITEMS)
+                    .attr(stanza::name("jid"), jid)
+                    .attr(stanza::name("name"), name)
+                    .build(),
+            );
+        }
+        q
+    }
+}
+
+fn feature(var: &str) -> Element {
+    Element::builder("feature", ns::DISCO_INFO)
+        .attr(stanza::name("var"), var)
+        .build()
+}
+
+fn settle(done: Option<Done>, outcome: Result<i64, StoreError>) {
+    if let Some(done) = done {
+        let _ = done.send(outcome);
+    }
+}
