@@ -240,3 +240,38 @@ class OutpostServer:
         except OSError:
             return "(no stderr log)"
         return "\n".join(text.splitlines()[-n:])
+
+
+def federated_outposts(base: Path, domains: tuple[str, ...] = ("a.test", "b.test"),
+                       hosts: tuple[str, ...] = ("127.0.0.4", "127.0.0.5"),
+                       port: int = 5269, extra: str = "") -> list[OutpostServer]:
+    """Outpost servers (not started) that federate with each other on loopback only.
+
+    Each serves one domain and listens for server-to-server streams on its own loopback
+    address with the same fixed port, so every server's address is known before any of
+    them starts; each lists all the others in ``[federation.peers]`` (no DNS, no SRV).
+    TLS is required on every s2s stream; the generated certificates are self-signed, so
+    the servers authenticate each other with dialback (a fixed secret per server).
+    Client listeners stay on 127.0.0.1 with kernel-chosen ports, as for OutpostServer.
+    ``extra`` is appended to every configuration."""
+    servers = []
+    for domain, host in zip(domains, hosts):
+        peers = "\n".join(f'"{d}" = "{h}:{port}"'
+                          for d, h in zip(domains, hosts) if d != domain)
+        overrides = f"""
+[federation]
+enabled = true
+require_tls = true
+dialback_secret = "interop-dialback-{domain}-0123456789abcdef"
+retry_initial_secs = 1
+retry_max_secs = 2
+probe_interval_secs = 1
+# Every peer is listed below; DNS is never asked.
+srv_lookup = false
+
+[federation.peers]
+{peers}
+{extra}"""
+        servers.append(OutpostServer(Path(base) / domain, domain=domain,
+                                     s2s_listen=f"{host}:{port}", config_overrides=overrides))
+    return servers

@@ -11,16 +11,27 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 
-# 1. Python dependencies (pinned in requirements.txt).
-if ! "$PYTHON" - <<'PY' 2>/dev/null
-import importlib.metadata as m, sys
-want = {"slixmpp": "1.17.0", "pytest": "9.2.0"}
+# 1. Python dependencies (pinned in requirements.txt): installed unless every pin is met.
+pins_met() {
+    "$PYTHON" - "$here/requirements.txt" <<'PY' 2>/dev/null
+import importlib.metadata as m, re, sys
+want = {}
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if line:
+        name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==(\S+)", line).groups()
+        want[name] = version
 sys.exit(0 if all(m.version(k) == v for k, v in want.items()) else 1)
 PY
-then
+}
+if ! pins_met; then
     echo "interop: installing Python dependencies" >&2
     "$PYTHON" -m pip install --quiet --disable-pip-version-check \
         -r "$here/requirements.txt"
+    if ! pins_met; then
+        echo "interop: installed Python packages do not match requirements.txt" >&2
+        exit 2
+    fi
 fi
 
 # 2. go-sendxmpp, a second third-party client (Debian's package).

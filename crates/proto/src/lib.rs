@@ -12,6 +12,7 @@
 //! Not here: storage, routing, presence logic (the server's), and connections.
 
 pub mod c2s;
+pub mod component;
 pub mod forms;
 pub mod framing;
 pub mod machine;

@@ -67,6 +67,8 @@ pub mod ns {
     pub const CONFERENCE: &str = "jabber:x:conference";
     /// Jingle message initiation (XEP-0353).
     pub const JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
+    /// Publish-subscribe (XEP-0060).
+    pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 }
 
 /// An attribute name. Only for names written in our own code, which are valid NCNames.

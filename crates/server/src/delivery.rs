@@ -34,6 +34,7 @@ use crate::caps::Caps;
 use crate::carbons;
 use crate::config::{self, Config};
 use crate::journal::{Journal, Pending};
+use crate::push::Pushes;
 use crate::router::{Router, ToSession, Undelivered, deliver};
 
 /// A future that a [`Remote`] returns: the durable write it submitted, or why it could not.
@@ -173,6 +174,8 @@ pub(crate) struct Delivery {
     archive: Archive,
     /// The clients seen available and their capabilities (XEP-0115).
     caps: Caps,
+    /// Push registrations (XEP-0357).
+    pushes: Pushes,
     /// Our services with domains of their own, by domain.
     components: RwLock<HashMap<String, Service>>,
     remote: Arc<dyn Remote>,
@@ -184,6 +187,7 @@ impl Delivery {
         store: Arc<dyn Store>,
         journal: Journal,
         archive: Archive,
+        pushes: Pushes,
         remote: Arc<dyn Remote>,
     ) -> Self {
         Delivery {
@@ -193,6 +197,7 @@ impl Delivery {
             journal,
             archive,
             caps: Caps::default(),
+            pushes,
             components: RwLock::new(HashMap::new()),
             remote,
         }
@@ -203,6 +208,12 @@ impl Delivery {
     pub(crate) fn register(&self, domain: &str, of: &str, component: Arc<dyn Component>) {
         let mut components = self.components.write().unwrap_or_else(|p| p.into_inner());
         components.insert(domain.to_owned(), (of.to_owned(), component));
+    }
+
+    /// Stops sending `domain`'s stanzas to a service (an external component left).
+    pub(crate) fn unregister(&self, domain: &str) {
+        let mut components = self.components.write().unwrap_or_else(|p| p.into_inner());
+        components.remove(domain);
     }
 
     fn component(&self, domain: &str) -> Option<Arc<dyn Component>> {
@@ -234,6 +245,7 @@ impl Delivery {
         *self.domains.write().unwrap_or_else(|p| p.into_inner()) = config.domains.clone().into();
         self.journal.set_offline_quota(config.limits.offline_quota);
         self.archive.reload(&config.archive);
+        self.pushes.reload(&config.push);
     }
 
     pub(crate) fn router(&self) -> &Router {
@@ -254,6 +266,40 @@ impl Delivery {
 
     pub(crate) fn caps(&self) -> &Caps {
         &self.caps
+    }
+
+    pub(crate) fn pushes(&self) -> &Pushes {
+        &self.pushes
+    }
+
+    /// Wakes the user's devices through their app servers: a message waits (XEP-0357 §7).
+    pub(crate) fn wake(&self, user: &BareJid, message: &Element) {
+        for notification in self.pushes.notifications(user, message) {
+            self.send(notification);
+        }
+    }
+
+    /// An answer addressed to a user's bare JID, if it is an app server's answer to a
+    /// notification: a registration refused for good is forgotten. Returns whether it was.
+    pub(crate) async fn push_answer(&self, iq: &Element) -> bool {
+        let Some(outcome) = self.pushes.answer(iq) else {
+            return false;
+        };
+        if let Some((user, reg)) = outcome {
+            tracing::info!(%user, service = %reg.service, "app server refused a notification; registration removed");
+            let _ = self
+                .store
+                .remove_push(&user, &reg.service, Some(&reg.node))
+                .await;
+            let left = self
+                .pushes
+                .of(&user)
+                .into_iter()
+                .filter(|r| *r != reg)
+                .collect();
+            self.pushes.set(&user, left);
+        }
+        true
     }
 
     /// Whether `domain` is one of ours.
@@ -576,6 +622,9 @@ impl Delivery {
             }
         });
         let pending = self.journal.submit_with(write, Some(hook)).await;
+        if el.attr("type") != Some("error") {
+            self.wake(user, &el);
+        }
         Ok(Accepted::one(pending, Some(el)))
     }
 

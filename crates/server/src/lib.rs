@@ -26,6 +26,7 @@ mod c2s_conn;
 mod caps;
 mod carbons;
 mod clock;
+mod component;
 pub mod config;
 mod delivery;
 pub mod ids;
@@ -35,6 +36,7 @@ mod muc;
 mod pep;
 mod presence;
 mod private;
+mod push;
 mod roster;
 mod router;
 mod s2s;
@@ -81,6 +83,8 @@ pub enum ListenerKind {
     /// Server-to-server streams over WebSocket inside HTTPS (RFC 7395 framing), Outpost
     /// peers only.
     S2sWebSocket,
+    /// External components (XEP-0114), usually port 5275.
+    Component,
 }
 
 impl ListenerKind {
@@ -91,6 +95,7 @@ impl ListenerKind {
             ListenerKind::S2s => "s2s",
             ListenerKind::S2sDirectTls => "s2s-tls",
             ListenerKind::S2sWebSocket => "s2s-websocket",
+            ListenerKind::Component => "component",
         }
     }
 }
@@ -159,6 +164,7 @@ pub struct ServerHandle {
 struct Services {
     sessions: Arc<session::Env>,
     federation: Option<Arc<Federation>>,
+    components: Arc<component::ComponentEnv>,
 }
 
 impl ServerHandle {
@@ -178,6 +184,7 @@ impl ServerHandle {
             false => None,
         };
         let archive = archive::Archive::load(store.as_ref(), &config.archive).await?;
+        let pushes = push::Pushes::load(store.as_ref(), &config.push).await?;
         let listeners = bind_all(&config).await?;
         let tasks = Tasks::default();
         let shutdown = CancellationToken::new();
@@ -205,7 +212,7 @@ impl ServerHandle {
                 }
                 None => Arc::new(NoRemote),
             };
-            Delivery::new(&config, store, journal, archive, remote)
+            Delivery::new(&config, store, journal, archive, pushes, remote)
         });
         tasks.spawn(mam::expire_old(delivery.clone(), shutdown.clone()));
         for (service, domain) in config.muc_domains() {
@@ -226,6 +233,15 @@ impl ServerHandle {
         let services = Services {
             sessions: sessions.clone(),
             federation: federation.clone(),
+            components: Arc::new(component::ComponentEnv {
+                delivery: delivery.clone(),
+                secrets: sessions.config().components.clone(),
+                limits: outpost_proto::xml::Limits {
+                    max_stanza_bytes: sessions.config().limits.max_stanza_bytes,
+                    max_depth: sessions.config().limits.max_depth,
+                },
+                shutdown: shutdown.clone(),
+            }),
         };
         let connections = Arc::new(Semaphore::new(max_connections));
         let mut addrs = Vec::new();
@@ -469,6 +485,11 @@ async fn bind_all(
             s2s(&listen.s2s_websocket)
                 .into_iter()
                 .map(|a| (ListenerKind::S2sWebSocket, a)),
+        )
+        .chain(
+            (listen.component.iter())
+                .filter(|_| !config.components.is_empty())
+                .map(|a| (ListenerKind::Component, *a)),
         );
     let mut listeners = Vec::new();
     for (kind, addr) in specs {
@@ -522,6 +543,9 @@ async fn accept_loop(
 impl Services {
     async fn serve(self, kind: ListenerKind, tcp: TcpStream, peer: SocketAddr) {
         match (kind, self.federation) {
+            (ListenerKind::Component, _) => {
+                Box::pin(component::serve(self.components, tcp, peer)).await;
+            }
             (ListenerKind::C2sStartTls, _) => {
                 session::serve(self.sessions, tcp, peer, Transport::StartTls).await;
             }

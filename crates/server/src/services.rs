@@ -186,13 +186,16 @@ pub(crate) fn account_disco(d: &Delivery, request: &Element) -> Element {
     let mut features = vec![
         ns::DISCO_INFO,
         ns::DISCO_ITEMS,
-        crate::pep::NS_PUBSUB,
+        ns::PUBSUB,
         "urn:xmpp:bookmarks:1#compat",
         "urn:xmpp:pep-vcard-conversion:0",
     ];
     features.extend(crate::pep::FEATURES);
     if d.archive().enabled() {
         features.extend([ns::MAM, ns::MAM_EXTENDED, ns::SID]);
+    }
+    if d.pushes().enabled() {
+        features.push(crate::push::NS_PUSH);
     }
     features.sort_unstable();
     for f in features {
@@ -360,4 +363,67 @@ fn register_fields(el: &Element) -> Option<(String, String)> {
         return None;
     }
     Some((username, password))
+}
+
+/// A client registers its app server, or drops one (XEP-0357 §5, §6).
+pub(crate) async fn push_registration(
+    d: &Delivery,
+    client: &FullJid,
+    request: &Element,
+) -> IqAnswer {
+    use outpost_store::PushRegistration;
+    if !d.pushes().enabled() {
+        return Err(Condition::ServiceUnavailable.into());
+    }
+    let user = client.to_bare();
+    let payload = stanza::iq_payload(request).ok_or(Condition::BadRequest)?;
+    let service = payload
+        .attr("jid")
+        .and_then(|j| jid::Jid::new(j).ok())
+        .ok_or(Condition::BadRequest)?;
+    // §5: a client may not name itself or its own account as the app server.
+    if service.to_bare() == user {
+        return Err(Condition::NotAcceptable.into());
+    }
+    let node = payload.attr("node").filter(|n| !n.is_empty());
+    let store = d.store();
+    if payload.name() == "disable" {
+        store
+            .remove_push(user.as_str(), service.as_str(), node)
+            .await
+            .map_err(|e| internal("cannot remove a push registration", e))?;
+    } else {
+        let node = node.ok_or(Condition::BadRequest)?;
+        let mut current = d.pushes().of(user.as_str());
+        current.retain(|r| !(r.service == service.as_str() && r.node == node));
+        if current.len() >= crate::push::MAX_PER_USER {
+            return Err(Condition::ResourceConstraint.into());
+        }
+        let mut options = String::new();
+        if let Some(form) = payload.get_child("x", ns::DATA_FORMS) {
+            let mut text = Vec::new();
+            outpost_proto::xml::write_stanza(form, &mut text)
+                .map_err(|_| Condition::NotAcceptable)?;
+            options = String::from_utf8_lossy(&text).into_owned();
+        }
+        let reg = PushRegistration {
+            service: service.to_string(),
+            node: node.to_owned(),
+            options,
+        };
+        store
+            .add_push(user.as_str(), &reg)
+            .await
+            .map_err(|e| internal("cannot store a push registration", e))?;
+    }
+    let regs = store
+        .push_registrations()
+        .await
+        .map_err(|e| internal("cannot read push registrations", e))?
+        .into_iter()
+        .filter(|(u, _)| u == user.as_str())
+        .map(|(_, r)| r)
+        .collect();
+    d.pushes().set(user.as_str(), regs);
+    Ok(stanza::iq_result(request, None))
 }

@@ -342,6 +342,15 @@ pub struct StoredRoom {
     pub affiliations: Vec<(String, String)>,
 }
 
+/// Where a user's clients want to be woken (XEP-0357): an app server's JID and node, and
+/// the publish options (serialised) to send along.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushRegistration {
+    pub service: String,
+    pub node: String,
+    pub options: String,
+}
+
 /// One durable write on the message path, for [`Store::write_batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchWrite {
@@ -404,7 +413,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the verifiers (password change). `NoSuchAccount` if absent.
     async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()>;
     /// Removes the account and everything it owns: roster, requests it received, offline
-    /// messages, vCard, block list, personal eventing nodes, private XML, archive
+    /// messages, vCard, block list, personal eventing nodes, private XML, push
+    /// registrations, archive
     /// preferences and its side of the archive
     /// (messages it exchanged with a local user stay in that user's archive).
     /// `NoSuchAccount` if absent.
@@ -536,6 +546,16 @@ pub trait Store: Send + Sync + 'static {
         affiliation: Option<&str>,
         now_ms: i64,
     ) -> Result<()>;
+
+    // ---- push notifications (XEP-0357) ----
+
+    /// Every user's registrations, sorted by user, service and node.
+    async fn push_registrations(&self) -> Result<Vec<(String, PushRegistration)>>;
+    /// Adds or replaces (same service and node) a registration. `NoSuchAccount` if absent.
+    async fn add_push(&self, user: &BareJid, reg: &PushRegistration) -> Result<()>;
+    /// Removes the user's registrations with this service (one node, or all of them);
+    /// returns how many went.
+    async fn remove_push(&self, user: &BareJid, service: &str, node: Option<&str>) -> Result<u64>;
 
     // ---- vCard (XEP-0054) ----
 

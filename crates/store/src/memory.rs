@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use crate::{
     ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
-    NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, Quotas, Result, Roster,
-    RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest,
+    NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas,
+    Result, Roster, RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest,
 };
 
 /// A [`Store`] that keeps everything in memory.
@@ -158,6 +158,8 @@ struct Account {
     /// Personal eventing nodes by name; items oldest first.
     pep: BTreeMap<String, (NodeConfig, VecDeque<PepItem>)>,
     private_xml: BTreeMap<String, String>,
+    /// Push registrations by (service, node).
+    pushes: BTreeMap<(String, String), String>,
 }
 
 impl Account {
@@ -173,6 +175,7 @@ impl Account {
             archive_prefs: None,
             pep: BTreeMap::new(),
             private_xml: BTreeMap::new(),
+            pushes: BTreeMap::new(),
         }
     }
 }
@@ -621,6 +624,43 @@ impl Store for MemoryStore {
             None => entry.1.remove(jid),
         };
         Ok(())
+    }
+
+    async fn push_registrations(&self) -> Result<Vec<(String, PushRegistration)>> {
+        Ok(self
+            .lock()
+            .accounts
+            .iter()
+            .flat_map(|(owner, a)| {
+                a.pushes.iter().map(|((service, node), options)| {
+                    let reg = PushRegistration {
+                        service: service.clone(),
+                        node: node.clone(),
+                        options: options.clone(),
+                    };
+                    (owner.clone(), reg)
+                })
+            })
+            .collect())
+    }
+
+    async fn add_push(&self, user: &BareJid, reg: &PushRegistration) -> Result<()> {
+        self.write(user, |a| {
+            a.pushes
+                .insert((reg.service.clone(), reg.node.clone()), reg.options.clone());
+            Ok(())
+        })
+    }
+
+    async fn remove_push(&self, user: &BareJid, service: &str, node: Option<&str>) -> Result<u64> {
+        let mut inner = self.lock();
+        let Some(a) = inner.accounts.get_mut(user) else {
+            return Ok(0);
+        };
+        let before = a.pushes.len();
+        a.pushes
+            .retain(|(s, n), _| s != service || node.is_some_and(|node| node != n));
+        Ok((before - a.pushes.len()) as u64)
     }
 
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {

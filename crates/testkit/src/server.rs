@@ -64,6 +64,7 @@ impl TestServer {
         };
         config.listen.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listen.c2s_tls = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.listen.component = vec!["127.0.0.1:0".parse().expect("addr")];
         config.registration.enabled = Some(true);
         tweak(&mut config);
         config.validate().expect("valid test config");
@@ -83,6 +84,16 @@ impl TestServer {
             dir,
             in_memory,
         }
+    }
+
+    /// The listener of one kind, if the server has one.
+    pub fn listener(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        let handle = self.handle.as_ref()?;
+        handle
+            .local_addrs()
+            .into_iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, a)| a)
     }
 
     /// Stops the server and starts a new one with the same configuration on the same

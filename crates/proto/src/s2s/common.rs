@@ -120,7 +120,7 @@ pub(super) fn stream_error_with(condition: &str, extra: &str) -> String {
 /// Copies `root` with every element in namespace `from` moved to `to`, keeping attributes,
 /// text and order. Iterative, so a deep stanza cannot exhaust the stack; depth is already
 /// bounded by the reader's limits.
-pub(super) fn renamespace(mut root: Element, from: &str, to: &str) -> Element {
+pub(crate) fn renamespace(mut root: Element, from: &str, to: &str) -> Element {
     struct Frame {
         el: Element,
         rest: std::vec::IntoIter<Node>,

@@ -125,7 +125,7 @@
 //! [`Event::Closed`]; nothing the peer sends can panic. A `<stream:error/>` from the peer is
 //! reported as [`Event::PeerStreamError`] before [`Event::Closed`].
 
-mod common;
+pub(crate) mod common;
 mod incoming;
 mod outgoing;
 

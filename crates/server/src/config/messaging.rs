@@ -90,3 +90,32 @@ impl Default for MucConfig {
         }
     }
 }
+
+/// `[push]`: push notifications (XEP-0357) to the app servers clients register, which
+/// wake their devices when a message waits for them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// Whether clients may register for push. Default: `true`.
+    pub enabled: bool,
+    /// Seconds a session with push registered waits to be resumed after its connection
+    /// died (a phone asleep), instead of `stream_management.resume_timeout_secs`.
+    /// Default: `259200` (72 hours).
+    pub hibernate_secs: u32,
+    /// Tell the app server who sent the last message. Default: `false`.
+    pub include_sender: bool,
+    /// Tell the app server the last message's text. Default: `false` (it may be read by
+    /// whoever runs the app server).
+    pub include_body: bool,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            hibernate_secs: 72 * 3600,
+            include_sender: false,
+            include_body: false,
+        }
+    }
+}

@@ -21,7 +21,7 @@ use crate::tls::Fingerprint;
 
 mod messaging;
 
-pub use messaging::{ArchiveConfig, MucConfig, RoomCreation, StreamManagementConfig};
+pub use messaging::{ArchiveConfig, MucConfig, PushConfig, RoomCreation, StreamManagementConfig};
 
 /// The whole configuration. `Config::default()` is a working single-host setup for
 /// `localhost` on the loopback interface.
@@ -55,6 +55,11 @@ pub struct Config {
     pub stream_management: StreamManagementConfig,
     /// Multi-user chat (XEP-0045).
     pub muc: MucConfig,
+    /// Push notifications (XEP-0357).
+    pub push: PushConfig,
+    /// External components (XEP-0114): each domain a component may connect as, with the
+    /// secret it proves it knows. Default: none.
+    pub components: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -73,6 +78,8 @@ impl Default for Config {
             archive: ArchiveConfig::default(),
             stream_management: StreamManagementConfig::default(),
             muc: MucConfig::default(),
+            push: PushConfig::default(),
+            components: BTreeMap::new(),
         }
     }
 }
@@ -103,6 +110,10 @@ pub struct ListenConfig {
     /// is set. Default: none.
     #[serde(deserialize_with = "listen_addrs")]
     pub s2s_websocket: Vec<SocketAddr>,
+    /// External components (XEP-0114), such as a push app server, bound only when
+    /// `[components]` names any. Default: `["127.0.0.1:5275"]`.
+    #[serde(deserialize_with = "listen_addrs")]
+    pub component: Vec<SocketAddr>,
 }
 
 /// Listen addresses are IP addresses: a name could resolve to several, or to different
@@ -133,6 +144,7 @@ impl Default for ListenConfig {
             s2s: vec![SocketAddr::new(loopback, 5269)],
             s2s_tls: Vec::new(),
             s2s_websocket: Vec::new(),
+            component: vec![SocketAddr::new(loopback, 5275)],
         }
     }
 }
@@ -496,12 +508,19 @@ impl Config {
         } else {
             Vec::new()
         };
+        let components: Vec<(&str, SocketAddr)> = match self.components.is_empty() {
+            true => Vec::new(),
+            false => (self.listen.component.iter())
+                .map(|a| ("listen.component", *a))
+                .collect(),
+        };
         let listeners: Vec<(&str, SocketAddr)> = (self.listen.c2s.iter())
             .map(|a| ("listen.c2s", *a))
             .chain(self.listen.c2s_tls.iter().map(|a| ("listen.c2s_tls", *a)))
             .chain(s2s.iter().copied())
+            .chain(components.iter().copied())
             .collect();
-        if listeners.len() == s2s.len() {
+        if listeners.len() == s2s.len() + components.len() {
             problem("listen: at least one of listen.c2s and listen.c2s_tls must be set".to_owned());
         }
         for (i, (key_a, a)) in listeners.iter().enumerate() {
@@ -583,6 +602,22 @@ impl Config {
                 "limits.ping_interval_secs ({}) must be less than limits.idle_timeout_secs ({})",
                 l.ping_interval_secs, l.idle_timeout_secs
             ));
+        }
+        let services: Vec<String> = self.muc_domains().into_iter().map(|(s, _)| s).collect();
+        for (domain, secret) in &self.components {
+            if jid::DomainPart::new(domain).map_or(true, |d| d.as_str() != domain)
+                || self.serves_domain(domain)
+                || services.contains(domain)
+            {
+                problem(format!(
+                    "components: `{domain}` is not a domain of its own in canonical form"
+                ));
+            }
+            if secret.len() < 16 {
+                problem(format!(
+                    "components: the secret of `{domain}` needs 16 characters or more"
+                ));
+            }
         }
         for (service, _) in self.muc_domains() {
             if jid::DomainPart::new(&service).map_or(true, |d| d.as_str() != service)
@@ -727,6 +762,7 @@ impl Config {
     pub fn all_domains(&self) -> Vec<String> {
         let mut all = self.domains.clone();
         all.extend(self.muc_domains().into_iter().map(|(service, _)| service));
+        all.extend(self.components.keys().cloned());
         all
     }
 }

@@ -272,6 +272,12 @@ impl Inbound {
     }
 }
 
+/// Delivers a stanza from a peer that is not a server (an external component, XEP-0114)
+/// as a server's would be, without deduplication across reads.
+pub(crate) async fn deliver_one(d: &Delivery, el: Element) -> Accepted {
+    deliver(d, el, &mut SeenIds::default()).await
+}
+
 /// The XEP-0359 origin-ids of one batch of incoming events (one read's worth).
 #[derive(Default)]
 struct SeenIds {
@@ -385,6 +391,11 @@ async fn inbound_iq(d: &Delivery, el: Element, to: Jid) {
     if matches!(ty, "result" | "error") && to.node().is_none() {
         // An answer to the server's own question (entity capabilities).
         crate::pep::answer(d, &el).await;
+        return;
+    }
+    if matches!(ty, "result" | "error") && to.is_bare() {
+        // To an account: an app server's answer to a notification.
+        d.push_answer(&el).await;
         return;
     }
     if let Ok(full) = to.try_as_full() {

@@ -63,7 +63,7 @@ use crate::journal::Journal;
 use crate::tasks::Tasks;
 use crate::tls::{TlsError, TlsIdentity};
 
-pub(crate) use inbound::{serve as serve_inbound, serve_tls as serve_inbound_tls};
+pub(crate) use inbound::{deliver_one, serve as serve_inbound, serve_tls as serve_inbound_tls};
 pub(crate) use status::LinkBoard;
 pub use status::{LinkState, LinkStatus};
 pub(crate) use trust::AnyClientCert;

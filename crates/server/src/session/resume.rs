@@ -164,7 +164,15 @@ impl Session {
     /// ends. Stanzas for the session keep arriving meanwhile and wait, unacknowledged, in
     /// its queue; presence stays as it was.
     pub(super) async fn hibernate(&mut self, rx: &mut SessionRx) -> Option<Box<Resumption>> {
-        let window = self.proto.sm().map_or(0, |sm| sm.max_resume_secs());
+        let mut window = self.proto.sm().map_or(0, |sm| sm.max_resume_secs());
+        let pushes = self.delivery().pushes();
+        let user = self.user.clone();
+        let pushed = user.as_ref().is_some_and(|u| pushes.has(u.as_str()));
+        if pushed {
+            // A phone asleep with push: it is woken when something comes, and resumes
+            // (XEP-0357 §2; Prosody and ejabberd keep such sessions for days too).
+            window = window.max(pushes.config().hibernate_secs);
+        }
         let deadline = Instant::now() + Duration::from_secs(window.into());
         let max_unacked = self.env.config().stream_management.max_unacked;
         let shutdown = self.env.shutdown.clone();
@@ -193,6 +201,12 @@ impl Session {
                 ToSession::Resume(r) => return Some(r),
                 other => {
                     self.proto.set_time(crate::clock::now_ms());
+                    if let (ToSession::Stanza(el), Some(user)) = (&other, &user)
+                        && pushed
+                        && crate::archive::worth_keeping(el, false)
+                    {
+                        self.delivery().wake(user, el);
+                    }
                     Box::pin(self.on_message_from_router(other)).await;
                     self.settle().await;
                     // Written again from the queue if the client comes back.

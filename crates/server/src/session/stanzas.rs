@@ -74,6 +74,11 @@ impl Session {
                         let env = self.env.clone();
                         pep::answer(&env.delivery, &el).await;
                     }
+                    // To an account: an app server's answer to a notification.
+                    Some(Err(_)) => {
+                        let env = self.env.clone();
+                        env.delivery.push_answer(&el).await;
+                    }
                     _ => {}
                 }
                 return;
@@ -194,6 +199,9 @@ impl Session {
                 answer
             }
             ("query", private::NS_PRIVATE) => private::iq(d, &user, &el).await,
+            ("enable" | "disable", crate::push::NS_PUSH) if !get => {
+                services::push_registration(d, &jid, &el).await
+            }
             // What the account does not answer, the server does for it: ping, version.
             _ => return self.server_iq(el).await,
         };

@@ -14,5 +14,6 @@ mod muc;
 mod operations;
 mod pep;
 mod presence_roster;
+mod push;
 mod services;
 mod stream_management;

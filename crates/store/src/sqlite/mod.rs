@@ -25,8 +25,8 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::{
     ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials, NodeConfig,
-    OfflineMessage, OutboxEntry, OutboxStats, PepItem, Quotas, Result, Roster, RosterItem,
-    ScramKeys, Store, StoreError, StoredRoom, Subscription, SubscriptionRequest,
+    OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas, Result, Roster,
+    RosterItem, ScramKeys, Store, StoreError, StoredRoom, Subscription, SubscriptionRequest,
 };
 
 mod archive;
@@ -45,6 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("../../migrations/0003_archive.sql")),
     (4, include_str!("../../migrations/0004_pep.sql")),
     (5, include_str!("../../migrations/0005_muc.sql")),
+    (6, include_str!("../../migrations/0006_push.sql")),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -372,6 +373,7 @@ impl Store for SqliteStore {
             "DELETE FROM pep_items WHERE owner = ?",
             "DELETE FROM pep_nodes WHERE owner = ?",
             "DELETE FROM private_xml WHERE owner = ?",
+            "DELETE FROM push_registrations WHERE owner = ?",
             "DELETE FROM archive_prefs_jids WHERE owner = ?",
             "DELETE FROM archive_prefs WHERE owner = ?",
             "DELETE FROM accounts WHERE jid = ?",
@@ -727,6 +729,61 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<()> {
         muc::set_affiliation(self, room, jid, affiliation, now_ms).await
+    }
+
+    async fn push_registrations(&self) -> Result<Vec<(String, PushRegistration)>> {
+        let rows: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT owner, service, node, options FROM push_registrations \
+             ORDER BY owner, service, node",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(owner, service, node, options)| {
+                let reg = PushRegistration {
+                    service,
+                    node,
+                    options,
+                };
+                (owner, reg)
+            })
+            .collect())
+    }
+
+    async fn add_push(&self, user: &BareJid, reg: &PushRegistration) -> Result<()> {
+        let mut tx = self.write().await?;
+        require_account(&mut tx, user).await?;
+        sqlx::query(
+            "INSERT INTO push_registrations (owner, service, node, options) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (owner, service, node) DO UPDATE SET options = excluded.options",
+        )
+        .bind(user)
+        .bind(&reg.service)
+        .bind(&reg.node)
+        .bind(&reg.options)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn remove_push(&self, user: &BareJid, service: &str, node: Option<&str>) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let done = sqlx::query(
+            "DELETE FROM push_registrations WHERE owner = ? AND service = ? \
+             AND (? IS NULL OR node = ?)",
+        )
+        .bind(user)
+        .bind(service)
+        .bind(node)
+        .bind(node)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected())
     }
 
     async fn vcard(&self, user: &BareJid) -> Result<Option<String>> {
@@ -1184,7 +1241,7 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4, 5]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),

@@ -5,3 +5,4 @@ mod archive;
 mod battery;
 mod muc;
 mod pep;
+mod push;
