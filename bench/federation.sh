@@ -67,6 +67,7 @@ data_dir = "$dir/data"
 [listen]
 c2s = ["127.0.0.1:${C2S[$s]}"]
 c2s_tls = []
+proxy65 = []
 s2s = ["127.0.0.1:${S2S[$s]}"]
 
 [registration]

@@ -19,6 +19,7 @@ data_dir = "$dir/data"
 [listen]
 c2s = ["127.0.0.1:${PORT[outpost]}"]
 c2s_tls = ["127.0.0.1:$(( PORT[outpost] + 1 ))"]
+proxy65 = []
 
 [registration]
 enabled = true

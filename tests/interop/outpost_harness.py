@@ -69,6 +69,7 @@ data_dir = "{data_dir}"
 [listen]
 c2s = ["127.0.0.1:0"]
 c2s_tls = ["127.0.0.1:0"]
+proxy65 = ["127.0.0.1:0"]
 {f's2s = ["{s2s_listen}"]' if s2s_listen else ""}
 
 [registration]

@@ -159,6 +159,7 @@ data_dir = "$dir/data"
 [listen]
 c2s = ["${ADDR[$n]}:5222"]
 c2s_tls = []
+proxy65 = ["${ADDR[$n]}:7777"]
 s2s = ["${ADDR[$n]}:5269"]
 $ws_listen
 

@@ -55,7 +55,7 @@ async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> any
             .await
             .context("cannot start the server")?,
     );
-    print_listeners(&handle)?;
+    print_listeners(&handle);
 
     let reloader: Arc<dyn crate::control::Reloader> = Arc::new(ConfigReloader { args, logs });
     let stop = tokio_util::sync::CancellationToken::new();
@@ -128,14 +128,18 @@ fn log_certificate(identity: &outpost_server::TlsIdentity) {
 }
 
 /// Test harnesses and scripts read these lines to find ports chosen by the kernel (port 0),
-/// so they go to stdout in a fixed shape and are flushed at once.
-fn print_listeners(handle: &ServerHandle) -> anyhow::Result<()> {
+/// so they go to stdout in a fixed shape and are flushed at once. A reader that goes away
+/// (`outpost serve | head -1`) must not stop the server, so a failed write is only logged.
+fn print_listeners(handle: &ServerHandle) {
     let mut out = std::io::stdout().lock();
-    for (kind, addr) in handle.local_addrs() {
-        writeln!(out, "listening {} {addr}", kind.as_str())?;
+    let written = handle
+        .local_addrs()
+        .into_iter()
+        .try_for_each(|(kind, addr)| writeln!(out, "listening {} {addr}", kind.as_str()))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        tracing::warn!(error = %e, "cannot print the listening addresses on standard output");
     }
-    out.flush()?;
-    Ok(())
 }
 
 /// Reloads from the file (and environment) the server was started with: SIGHUP and

@@ -20,6 +20,7 @@ pub mod muc;
 pub mod s2s;
 pub mod sasl;
 pub mod sm;
+pub mod socks5;
 pub mod stanza;
 pub mod xml;
 

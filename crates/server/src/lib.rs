@@ -36,6 +36,7 @@ mod muc;
 mod pep;
 mod presence;
 mod private;
+mod proxy65;
 mod push;
 mod roster;
 mod router;
@@ -85,6 +86,8 @@ pub enum ListenerKind {
     S2sWebSocket,
     /// External components (XEP-0114), usually port 5275.
     Component,
+    /// The SOCKS5 bytestream proxy (XEP-0065).
+    Proxy65,
 }
 
 impl ListenerKind {
@@ -96,6 +99,7 @@ impl ListenerKind {
             ListenerKind::S2sDirectTls => "s2s-tls",
             ListenerKind::S2sWebSocket => "s2s-websocket",
             ListenerKind::Component => "component",
+            ListenerKind::Proxy65 => "proxy65",
         }
     }
 }
@@ -165,6 +169,7 @@ struct Services {
     sessions: Arc<session::Env>,
     federation: Option<Arc<Federation>>,
     components: Arc<component::ComponentEnv>,
+    proxied: Arc<proxy65::Waiting>,
 }
 
 impl ServerHandle {
@@ -242,7 +247,9 @@ impl ServerHandle {
                 },
                 shutdown: shutdown.clone(),
             }),
+            proxied: Arc::new(proxy65::Waiting::default()),
         };
+        register_proxies(&delivery, &services, &listeners, &tasks);
         let connections = Arc::new(Semaphore::new(max_connections));
         let mut addrs = Vec::new();
         for (kind, local, listener) in listeners {
@@ -454,6 +461,39 @@ impl ServerHandle {
     }
 }
 
+/// Registers the bytestream proxy of each domain, telling clients to connect to the first
+/// proxy listener (XEP-0065).
+fn register_proxies(
+    delivery: &Arc<Delivery>,
+    services: &Services,
+    listeners: &[(ListenerKind, SocketAddr, TcpListener)],
+    tasks: &Tasks,
+) {
+    let config = services.sessions.config();
+    let Some((_, addr, _)) = listeners
+        .iter()
+        .find(|(k, _, _)| *k == ListenerKind::Proxy65)
+    else {
+        return;
+    };
+    for (service, domain) in config.proxy65_domains() {
+        let host = match (&config.proxy65.host, addr.ip().is_unspecified()) {
+            (Some(host), _) => host.clone(),
+            (None, true) => domain.clone(),
+            (None, false) => addr.ip().to_string(),
+        };
+        let proxy = proxy65::Proxy {
+            service: service.clone(),
+            host,
+            port: addr.port(),
+            waiting: services.proxied.clone(),
+            delivery: Arc::downgrade(delivery),
+            tasks: tasks.clone(),
+        };
+        delivery.register(&service, &domain, Arc::new(proxy));
+    }
+}
+
 /// Binds every listener of the configuration (the server-to-server ones only with
 /// federation), in config order.
 async fn bind_all(
@@ -490,6 +530,11 @@ async fn bind_all(
             (listen.component.iter())
                 .filter(|_| !config.components.is_empty())
                 .map(|a| (ListenerKind::Component, *a)),
+        )
+        .chain(
+            (listen.proxy65.iter())
+                .filter(|_| config.proxy65.enabled)
+                .map(|a| (ListenerKind::Proxy65, *a)),
         );
     let mut listeners = Vec::new();
     for (kind, addr) in specs {
@@ -546,6 +591,7 @@ impl Services {
             (ListenerKind::Component, _) => {
                 Box::pin(component::serve(self.components, tcp, peer)).await;
             }
+            (ListenerKind::Proxy65, _) => proxy65::serve(self.proxied, tcp, peer).await,
             (ListenerKind::C2sStartTls, _) => {
                 session::serve(self.sessions, tcp, peer, Transport::StartTls).await;
             }

@@ -65,6 +65,7 @@ impl TestServer {
         config.listen.c2s = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listen.c2s_tls = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listen.component = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.listen.proxy65 = vec!["127.0.0.1:0".parse().expect("addr")];
         config.registration.enabled = Some(true);
         tweak(&mut config);
         config.validate().expect("valid test config");

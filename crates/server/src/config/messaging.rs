@@ -119,3 +119,29 @@ impl Default for PushConfig {
         }
     }
 }
+
+/// `[proxy65]`: a SOCKS5 bytestream proxy (XEP-0065) at `<subdomain>.<domain>`, through
+/// which two clients that cannot reach each other still send files (Jingle file transfer
+/// falls back to it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy65Config {
+    /// Whether the proxy runs (on `listen.proxy65`). Default: `true`.
+    pub enabled: bool,
+    /// The proxy of each domain `d` is at `<subdomain>.d`. Default: `"proxy"`.
+    pub subdomain: String,
+    /// The host clients are told to connect to; by default the listener's IP address, or
+    /// the domain when the listener takes every address. Set it to the address clients on
+    /// the LAN (and at the hub) reach this server at.
+    pub host: Option<String>,
+}
+
+impl Default for Proxy65Config {
+    fn default() -> Self {
+        Proxy65Config {
+            enabled: true,
+            subdomain: "proxy".to_owned(),
+            host: None,
+        }
+    }
+}

@@ -21,7 +21,9 @@ use crate::tls::Fingerprint;
 
 mod messaging;
 
-pub use messaging::{ArchiveConfig, MucConfig, PushConfig, RoomCreation, StreamManagementConfig};
+pub use messaging::{
+    ArchiveConfig, MucConfig, Proxy65Config, PushConfig, RoomCreation, StreamManagementConfig,
+};
 
 /// The whole configuration. `Config::default()` is a working single-host setup for
 /// `localhost` on the loopback interface.
@@ -57,6 +59,8 @@ pub struct Config {
     pub muc: MucConfig,
     /// Push notifications (XEP-0357).
     pub push: PushConfig,
+    /// The SOCKS5 bytestream proxy (XEP-0065).
+    pub proxy65: Proxy65Config,
     /// External components (XEP-0114): each domain a component may connect as, with the
     /// secret it proves it knows. Default: none.
     pub components: BTreeMap<String, String>,
@@ -79,6 +83,7 @@ impl Default for Config {
             stream_management: StreamManagementConfig::default(),
             muc: MucConfig::default(),
             push: PushConfig::default(),
+            proxy65: Proxy65Config::default(),
             components: BTreeMap::new(),
         }
     }
@@ -114,6 +119,10 @@ pub struct ListenConfig {
     /// `[components]` names any. Default: `["127.0.0.1:5275"]`.
     #[serde(deserialize_with = "listen_addrs")]
     pub component: Vec<SocketAddr>,
+    /// The SOCKS5 bytestream proxy (XEP-0065), bound when `proxy65.enabled`.
+    /// Default: `["127.0.0.1:7777"]`.
+    #[serde(deserialize_with = "listen_addrs")]
+    pub proxy65: Vec<SocketAddr>,
 }
 
 /// Listen addresses are IP addresses: a name could resolve to several, or to different
@@ -145,6 +154,7 @@ impl Default for ListenConfig {
             s2s_tls: Vec::new(),
             s2s_websocket: Vec::new(),
             component: vec![SocketAddr::new(loopback, 5275)],
+            proxy65: vec![SocketAddr::new(loopback, 7777)],
         }
     }
 }
@@ -514,13 +524,20 @@ impl Config {
                 .map(|a| ("listen.component", *a))
                 .collect(),
         };
+        let proxy: Vec<(&str, SocketAddr)> = match self.proxy65.enabled {
+            true => (self.listen.proxy65.iter())
+                .map(|a| ("listen.proxy65", *a))
+                .collect(),
+            false => Vec::new(),
+        };
         let listeners: Vec<(&str, SocketAddr)> = (self.listen.c2s.iter())
             .map(|a| ("listen.c2s", *a))
             .chain(self.listen.c2s_tls.iter().map(|a| ("listen.c2s_tls", *a)))
             .chain(s2s.iter().copied())
             .chain(components.iter().copied())
+            .chain(proxy.iter().copied())
             .collect();
-        if listeners.len() == s2s.len() + components.len() {
+        if listeners.len() == s2s.len() + components.len() + proxy.len() {
             problem("listen: at least one of listen.c2s and listen.c2s_tls must be set".to_owned());
         }
         for (i, (key_a, a)) in listeners.iter().enumerate() {
@@ -603,7 +620,10 @@ impl Config {
                 l.ping_interval_secs, l.idle_timeout_secs
             ));
         }
-        let services: Vec<String> = self.muc_domains().into_iter().map(|(s, _)| s).collect();
+        let services: Vec<String> = (self.muc_domains().into_iter())
+            .chain(self.proxy65_domains())
+            .map(|(s, _)| s)
+            .collect();
         for (domain, secret) in &self.components {
             if jid::DomainPart::new(domain).map_or(true, |d| d.as_str() != domain)
                 || self.serves_domain(domain)
@@ -619,14 +639,16 @@ impl Config {
                 ));
             }
         }
-        for (service, _) in self.muc_domains() {
+        for (service, _) in self.muc_domains().into_iter().chain(self.proxy65_domains()) {
             if jid::DomainPart::new(&service).map_or(true, |d| d.as_str() != service)
                 || self.serves_domain(&service)
             {
-                problem(format!(
-                    "muc.subdomain: `{service}` is not a service domain of its own"
-                ));
+                problem(format!("`{service}` is not a service domain of its own"));
             }
+        }
+        if self.muc.enabled && self.proxy65.enabled && self.muc.subdomain == self.proxy65.subdomain
+        {
+            problem("muc.subdomain and proxy65.subdomain must differ".to_owned());
         }
         if self.stream_management.max_unacked == 0 {
             problem("stream_management.max_unacked must be at least 1".to_owned());
@@ -757,11 +779,27 @@ impl Config {
             .collect()
     }
 
+    /// The bytestream proxy of each served domain, as (service, domain), when on.
+    pub fn proxy65_domains(&self) -> Vec<(String, String)> {
+        if !self.proxy65.enabled {
+            return Vec::new();
+        }
+        self.domains
+            .iter()
+            .map(|d| (format!("{}.{d}", self.proxy65.subdomain), d.clone()))
+            .collect()
+    }
+
     /// Every domain this server answers for: its users' and its services'. Servers that
     /// federate with it may address any of them.
     pub fn all_domains(&self) -> Vec<String> {
         let mut all = self.domains.clone();
         all.extend(self.muc_domains().into_iter().map(|(service, _)| service));
+        all.extend(
+            self.proxy65_domains()
+                .into_iter()
+                .map(|(service, _)| service),
+        );
         all.extend(self.components.keys().cloned());
         all
     }

@@ -14,6 +14,7 @@ mod muc;
 mod operations;
 mod pep;
 mod presence_roster;
+mod proxy65;
 mod push;
 mod services;
 mod stream_management;

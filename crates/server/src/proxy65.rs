@@ -1,0 +1,214 @@
+//! The SOCKS5 bytestream proxy (XEP-0065) of each domain, at `proxy.<domain>`: clients
+//! that cannot connect to each other both connect here, with the same address (the hash
+//! of the stream id and their JIDs, `proto::socks5`), and once the initiator asks the
+//! service to activate the stream, the proxy relays the bytes between the two.
+//!
+//! Not an open relay: only streams with a user of this server at one end are activated,
+//! connections that are not activated within a minute are dropped, and each hash pairs
+//! exactly two connections.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jid::{FullJid, Jid};
+use minidom::Element;
+use outpost_proto::socks5::{Handshake, Progress, stream_hash};
+use outpost_proto::stanza::{self, Condition, StanzaError, ns};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional};
+use tokio::net::TcpStream;
+use tracing::{debug, info};
+
+use crate::delivery::{Component, Delivery};
+use crate::journal::Pending;
+use crate::tasks::Tasks;
+
+pub(crate) const NS_BYTESTREAMS: &str = "http://jabber.org/protocol/bytestreams";
+/// A connection waits this long for its stream to be activated.
+const ACTIVATION_WAIT: Duration = Duration::from_secs(60);
+/// The handshake must be over by then.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections waiting at once, over all streams.
+const MAX_WAITING: usize = 1000;
+
+/// The connections waiting for activation, by hash, oldest first.
+#[derive(Default)]
+pub(crate) struct Waiting {
+    by_hash: Mutex<HashMap<String, Vec<(TcpStream, Instant)>>>,
+}
+
+impl Waiting {
+    fn add(&self, hash: String, tcp: TcpStream) -> bool {
+        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, conns| {
+            conns.retain(|(_, at)| now.duration_since(*at) < ACTIVATION_WAIT);
+            !conns.is_empty()
+        });
+        let total: usize = map.values().map(Vec::len).sum();
+        let conns = map.entry(hash).or_default();
+        if total >= MAX_WAITING || conns.len() >= 2 {
+            return false;
+        }
+        conns.push((tcp, now));
+        true
+    }
+
+    /// Both connections of a stream, if both are here.
+    fn pair(&self, hash: &str) -> Option<(TcpStream, TcpStream)> {
+        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = map.get_mut(hash)?;
+        let fresh = conns.iter().all(|(_, at)| at.elapsed() < ACTIVATION_WAIT);
+        if conns.len() != 2 || !fresh {
+            return None;
+        }
+        let mut both = map.remove(hash)?.into_iter().map(|(t, _)| t);
+        Some((both.next()?, both.next()?))
+    }
+}
+
+/// The proxy: what it tells clients and the connections it holds.
+pub(crate) struct Proxy {
+    pub(crate) service: String,
+    /// Where clients connect.
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) waiting: Arc<Waiting>,
+    pub(crate) delivery: std::sync::Weak<Delivery>,
+    pub(crate) tasks: Tasks,
+}
+
+impl Component for Proxy {
+    fn take(&self, el: Element) -> Result<Option<Pending>, Element> {
+        if el.name() == "iq"
+            && matches!(el.attr("type"), Some("get" | "set"))
+            && let Some(d) = self.delivery.upgrade()
+        {
+            let reply = match self.answer(&d, &el) {
+                Ok(payload) => {
+                    let mut r = stanza::iq_result(&el, Some(&self.service));
+                    if let Some(p) = payload {
+                        r.append_child(p);
+                    }
+                    r
+                }
+                Err(e) => stanza::error_reply(&el, &e),
+            };
+            d.send(reply);
+        }
+        Ok(None)
+    }
+}
+
+impl Proxy {
+    fn answer(&self, d: &Delivery, el: &Element) -> Result<Option<Element>, StanzaError> {
+        let get = el.attr("type") == Some("get");
+        match crate::services::payload_key(el) {
+            (name, n) if name == "query" && n == ns::DISCO_INFO && get => Ok(Some(self.disco())),
+            (name, n) if name == "query" && n == ns::DISCO_ITEMS && get => {
+                Ok(Some(Element::builder("query", ns::DISCO_ITEMS).build()))
+            }
+            (name, n) if name == "query" && n == NS_BYTESTREAMS && get => {
+                Ok(Some(self.streamhost()))
+            }
+            (name, n) if name == "query" && n == NS_BYTESTREAMS => {
+                self.activate(d, el).map(|()| None)
+            }
+            _ => Err(StanzaError::new(Condition::ServiceUnavailable)),
+        }
+    }
+
+    fn disco(&self) -> Element {
+        Element::builder("query", ns::DISCO_INFO)
+            .append(
+                Element::builder("identity", ns::DISCO_INFO)
+                    .attr(stanza::name("category"), "proxy")
+                    .attr(stanza::name("type"), "bytestreams")
+                    .attr(stanza::name("name"), "SOCKS5 bytestreams")
+                    .build(),
+            )
+            .append(
+                Element::builder("feature", ns::DISCO_INFO)
+                    .attr(stanza::name("var"), NS_BYTESTREAMS)
+                    .build(),
+            )
+            .build()
+    }
+
+    /// Where to connect (XEP-0065 §4).
+    fn streamhost(&self) -> Element {
+        Element::builder("query", NS_BYTESTREAMS)
+            .append(
+                Element::builder("streamhost", NS_BYTESTREAMS)
+                    .attr(stanza::name("jid"), self.service.as_str())
+                    .attr(stanza::name("host"), self.host.as_str())
+                    .attr(stanza::name("port"), self.port.to_string())
+                    .build(),
+            )
+            .build()
+    }
+
+    /// The initiator asks for its stream to `<activate/>` (XEP-0065 §6.3): both ends must
+    /// be connected, and one of them must be a user of this server.
+    fn activate(&self, d: &Delivery, el: &Element) -> Result<(), StanzaError> {
+        let q = el
+            .get_child("query", NS_BYTESTREAMS)
+            .ok_or(Condition::BadRequest)?;
+        let sid = q.attr("sid").ok_or(Condition::BadRequest)?;
+        let initiator = el
+            .attr("from")
+            .and_then(|f| FullJid::new(f).ok())
+            .ok_or(Condition::BadRequest)?;
+        let target = q
+            .get_child("activate", NS_BYTESTREAMS)
+            .map(|a| a.text())
+            .and_then(|t| Jid::new(t.trim()).ok())
+            .ok_or(Condition::BadRequest)?;
+        let ours = d.is_local(initiator.domain().as_str()) || d.is_local(target.domain().as_str());
+        if !ours {
+            return Err(StanzaError::new(Condition::Forbidden));
+        }
+        let hash = stream_hash(sid, initiator.as_str(), target.as_str());
+        let (a, b) = self.waiting.pair(&hash).ok_or(Condition::ItemNotFound)?;
+        info!(%initiator, %target, "bytestream activated");
+        self.tasks.spawn(relay(a, b));
+        Ok(())
+    }
+}
+
+async fn relay(mut a: TcpStream, mut b: TcpStream) {
+    match copy_bidirectional(&mut a, &mut b).await {
+        Ok((ab, ba)) => debug!(bytes = ab + ba, "bytestream done"),
+        Err(e) => debug!(error = %e, "bytestream ended"),
+    }
+}
+
+/// Serves one connection to the proxy: the SOCKS5 handshake, then it waits for its stream
+/// to be activated.
+pub(crate) async fn serve(waiting: Arc<Waiting>, mut tcp: TcpStream, peer: SocketAddr) {
+    let mut handshake = Handshake::default();
+    let mut buf = [0u8; 512];
+    let hash = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            let n = tcp.read(&mut buf).await.ok().filter(|n| *n > 0)?;
+            let progress = handshake.handle_input(&buf[..n]);
+            tcp.write_all(&handshake.take_output()).await.ok()?;
+            match progress {
+                Progress::NeedMore => {}
+                Progress::Connect(hash) => return Some(hash),
+                Progress::Refused => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(hash) = hash else {
+        debug!(%peer, "bytestream handshake refused");
+        return;
+    };
+    if !waiting.add(hash, tcp) {
+        debug!(%peer, "bytestream refused: too many waiting");
+    }
+}
