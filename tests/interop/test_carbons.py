@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from slixmpp import JID
 
-from xmpp_helpers import Client, create_user, login, stop_all, uname
+from xmpp_helpers import create_user, login, stop_all, uname
 
 PASSWORD = "carbons-secret"
 CARBONS_NS = "urn:xmpp:carbons:2"

@@ -21,7 +21,7 @@ from slixmpp.plugins import register_plugin
 from slixmpp_omemo import TrustLevel, XEP_0384
 
 from outpost_harness import federated_outposts
-from xmpp_helpers import Client, create_user, stop_all, uname
+from xmpp_helpers import Client, stop_all, uname
 
 PASSWORD = "omemo-secret"
 OLD_DEVICES = "eu.siacs.conversations.axolotl.devicelist"

@@ -16,6 +16,7 @@ import pytest
 from slixmpp import JID
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0004 import Form
+from slixmpp.plugins.xep_0402.stanza import Conference
 
 from test_roster_presence import subscribe_both_ways
 from xmpp_helpers import Client, Recorder, create_user, login, stop_all, uname
@@ -244,16 +245,14 @@ async def test_avatar_pep_and_vcard_both_ways(server):
         b, b_events = await pep_client(server, bn, extra=["xep_0084", "xep_0054"])
         clients.append(b)
 
-        # 1. vCard -> PEP.
+        # 1. vCard -> PEP: a second, vCard-only client of alice's sets the photo with
+        # slixmpp's XEP-0153 plugin (vCard get, PHOTO set, vCard publish).
         first = tiny_png(1)
         first_id = hashlib.sha1(first).hexdigest()
-        iq = a.make_iq_set()
-        vcard = ET.SubElement(iq.xml, f"{{{VCARD_NS}}}vCard")
-        ET.SubElement(vcard, f"{{{VCARD_NS}}}FN").text = "Alice Avatar"
-        photo = ET.SubElement(vcard, f"{{{VCARD_NS}}}PHOTO")
-        ET.SubElement(photo, f"{{{VCARD_NS}}}TYPE").text = "image/png"
-        ET.SubElement(photo, f"{{{VCARD_NS}}}BINVAL").text = base64.b64encode(first).decode()
-        assert (await iq.send(timeout=20))["type"] == "result"
+        legacy = await login(server, an, PASSWORD, resource="legacy",
+                             plugins=["xep_0054", "xep_0153"])
+        clients.append(legacy)
+        await legacy["xep_0153"].set_avatar(avatar=first, mtype="image/png", timeout=20)
 
         data = await a["xep_0060"].get_item(JID(a.bare), AVATAR_DATA, first_id, timeout=20)
         items = list(data["pubsub"]["items"])
@@ -349,10 +348,12 @@ async def test_bookmarks_pep_and_private_storage_are_one_list(server):
     room1, room2 = f"{uname('r')}@conference.example", f"{uname('r')}@conference.example"
     try:
         # A XEP-0402 client adds room1, with the publish-options §3 asks for.
-        conf = payload(BOOKMARKS, "conference", name="Room One", autojoin="true")
-        ET.SubElement(conf, f"{{{BOOKMARKS}}}nick").text = "ali"
+        conf = Conference()
+        conf["name"] = "Room One"
+        conf["autojoin"] = True
+        conf["nick"] = "ali"
         await a["xep_0060"].publish(
-            None, BOOKMARKS, id=room1, payload=conf,
+            None, BOOKMARKS, id=room1, payload=conf.xml,
             options=publish_options(persist_items="true", max_items="max",
                                     send_last_published_item="never", access_model="whitelist"),
             timeout=20)

@@ -191,6 +191,9 @@ impl C2sStream {
     /// Answers [`Event::SmEnable`]: `resumption` is the id and the seconds within which
     /// the stream may be resumed, `None` to manage it without resumption.
     pub fn sm_enabled(&mut self, resumption: Option<(String, u32)>) {
+        if self.phase != Phase::Blocked {
+            return;
+        }
         let mut enabled = Element::builder("enabled", ns::SM).build();
         let (id, max) = match resumption {
             Some((id, max)) => {
@@ -203,6 +206,8 @@ impl C2sStream {
         };
         self.write_nonza(&enabled);
         self.sm = Some(Box::new(StreamManagement::new(id, max)));
+        self.phase = Phase::Session;
+        self.process();
     }
 
     /// Answers [`Event::SmResume`] with the state of the stream being resumed: the client
@@ -808,6 +813,9 @@ impl C2sStream {
             "enable" if self.phase == Phase::Session && self.sm.is_none() => {
                 let resume = matches!(el.attr("resume"), Some("true" | "1"));
                 let max = el.attr("max").and_then(|m| m.parse().ok());
+                // Stanzas after `<enable/>` count from zero once it is answered, so the
+                // stream waits for the answer before it reads them.
+                self.phase = Phase::Blocked;
                 self.wire.events.push_back(Event::SmEnable { resume, max });
             }
             "resume" if self.phase == Phase::Negotiating && self.jid.is_none() => {

@@ -663,6 +663,21 @@ impl Delivery {
         }
     }
 
+    /// Sends a headline best-effort, like [`Delivery::send`], except that one to a local bare
+    /// JID goes to each of its available resources with a non-negative priority (RFC 6121
+    /// §8.5.2.1.1) instead of nowhere: pubsub events to a subscriber's bare JID.
+    pub(crate) fn headline(&self, el: Element) {
+        let to = el.attr("to").and_then(|t| BareJid::new(t).ok());
+        match to.filter(|b| self.is_local(b.domain().as_str())) {
+            Some(bare) => {
+                for (_, tx) in self.router.message_targets(&bare, true) {
+                    let _ = deliver(&tx, ToSession::Stanza(el.clone()));
+                }
+            }
+            None => self.send(el),
+        }
+    }
+
     /// Sends a presence to every available resource of a bare JID: local resources through
     /// the router, a remote contact's server best-effort (RFC 6121 §4.2.2). The `to` stays
     /// the bare JID, as it does for messages (§8.5.2.1.1).

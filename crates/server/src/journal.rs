@@ -43,6 +43,8 @@ struct Request {
 
 enum Msg {
     Write(Request),
+    /// Answered once everything queued before it is committed.
+    Barrier(oneshot::Sender<()>),
     /// Commit what came before and stop.
     Stop,
 }
@@ -114,6 +116,15 @@ impl Journal {
         Pending(outcome)
     }
 
+    /// Waits until every write submitted before this call has been committed (or has
+    /// failed): an archive query sees what was routed before it.
+    pub(crate) async fn barrier(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Barrier(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Commits what is queued and stops the task; later writes fail. Called once the
     /// sessions have ended, before the store closes.
     pub(crate) async fn close(&self) {
@@ -128,7 +139,8 @@ impl Journal {
 }
 
 /// Commits queued writes in batches: waits for one, takes whatever else is waiting (up to
-/// [`BATCH`]), writes them in one transaction and answers each.
+/// [`BATCH`]), writes them in one transaction and answers each, then the barriers that
+/// came with them.
 async fn commit(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Msg>,
@@ -137,14 +149,16 @@ async fn commit(
 ) {
     let mut stop = false;
     while !stop {
-        let mut batch = Vec::new();
+        let (mut batch, mut barriers) = (Vec::new(), Vec::new());
         match rx.recv().await {
             Some(Msg::Write(r)) => batch.push(r),
+            Some(Msg::Barrier(b)) => barriers.push(b),
             Some(Msg::Stop) | None => return,
         }
         while batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(Msg::Write(r)) => batch.push(r),
+                Ok(Msg::Barrier(b)) => barriers.push(b),
                 Ok(Msg::Stop) => {
                     stop = true;
                     break;
@@ -156,29 +170,40 @@ async fn commit(
             offline: offline_quota.load(Ordering::Relaxed),
             outbox: outbox_quota,
         };
-        let (writes, answers): (Vec<BatchWrite>, Vec<_>) = batch
-            .into_iter()
-            .map(|r| (r.write, (r.reply, r.hook)))
-            .unzip();
-        let outcomes = match store
-            .write_batch(&writes, crate::clock::now_ms(), quotas)
-            .await
-        {
-            Ok(outcomes) => outcomes,
-            Err(e) => {
-                warn!(error = %e, writes = writes.len(), "cannot commit writes");
-                let why = e.to_string();
-                writes
-                    .iter()
-                    .map(|_| Err(StoreError::Backend(why.clone().into())))
-                    .collect()
-            }
-        };
-        for ((reply, hook), outcome) in answers.into_iter().zip(outcomes) {
-            if let Some(hook) = hook {
-                hook(&outcome);
-            }
-            let _ = reply.send(outcome);
+        write(store.as_ref(), batch, quotas).await;
+        for b in barriers {
+            let _ = b.send(());
         }
+    }
+}
+
+/// Writes one batch in one transaction and answers each request.
+async fn write(store: &dyn Store, batch: Vec<Request>, quotas: Quotas) {
+    if batch.is_empty() {
+        return;
+    }
+    let (writes, answers): (Vec<BatchWrite>, Vec<_>) = batch
+        .into_iter()
+        .map(|r| (r.write, (r.reply, r.hook)))
+        .unzip();
+    let outcomes = match store
+        .write_batch(&writes, crate::clock::now_ms(), quotas)
+        .await
+    {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            warn!(error = %e, writes = writes.len(), "cannot commit writes");
+            let why = e.to_string();
+            writes
+                .iter()
+                .map(|_| Err(StoreError::Backend(why.clone().into())))
+                .collect()
+        }
+    };
+    for ((reply, hook), outcome) in answers.into_iter().zip(outcomes) {
+        if let Some(hook) = hook {
+            hook(&outcome);
+        }
+        let _ = reply.send(outcome);
     }
 }

@@ -69,6 +69,11 @@ pub(crate) async fn query(
         .get_child("query", ns::MAM)
         .ok_or(Condition::BadRequest)?;
     let wanted = wanted(q, with_as_given)?;
+    // A message routed before this query may still be on its way to the disk; the
+    // client that saw its stanza-id must find it. (Delivery queues the row right after
+    // handing the message to the recipient's session, without waiting in between, so a
+    // query a network round trip behind the message comes after the row in the journal.)
+    d.journal().barrier().await;
     let store = d.store();
     for cursor in [wanted.after, wanted.before].into_iter().flatten() {
         // Cursors from `start`/`end` need not name a message; the others must.

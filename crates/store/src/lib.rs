@@ -413,7 +413,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the verifiers (password change). `NoSuchAccount` if absent.
     async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()>;
     /// Removes the account and everything it owns: roster, requests it received, offline
-    /// messages, vCard, block list, personal eventing nodes, private XML, push
+    /// messages, vCard, block list, personal eventing nodes and their subscriptions,
+    /// private XML, push
     /// registrations, archive
     /// preferences and its side of the archive
     /// (messages it exchanged with a local user stay in that user's archive).
@@ -520,6 +521,13 @@ pub trait Store: Send + Sync + 'static {
     async fn pep_retract(&self, owner: &BareJid, node: &str, id: &str) -> Result<bool>;
     /// Removes every item of the node, keeping the node.
     async fn pep_purge(&self, owner: &BareJid, node: &str) -> Result<()>;
+    /// Subscribes `jid` to the node (again: no change). `NoSuchNode` if absent. Deleting
+    /// the node ends its subscriptions.
+    async fn pep_subscribe(&self, owner: &BareJid, node: &str, jid: &str) -> Result<()>;
+    /// Ends a subscription; whether there was one.
+    async fn pep_unsubscribe(&self, owner: &BareJid, node: &str, jid: &str) -> Result<bool>;
+    /// Every (node, subscriber) of the account's nodes, sorted.
+    async fn pep_subscriptions(&self, owner: &BareJid) -> Result<Vec<(String, String)>>;
     /// The account's private XML stored under a namespace (XEP-0049).
     async fn private_xml(&self, owner: &BareJid, ns: &str) -> Result<Option<String>>;
     async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()>;

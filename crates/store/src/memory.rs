@@ -157,6 +157,8 @@ struct Account {
     archive_prefs: Option<ArchivePrefs>,
     /// Personal eventing nodes by name; items oldest first.
     pep: BTreeMap<String, (NodeConfig, VecDeque<PepItem>)>,
+    /// Explicit subscriptions as (node, subscriber).
+    pep_subscriptions: BTreeSet<(String, String)>,
     private_xml: BTreeMap<String, String>,
     /// Push registrations by (service, node).
     pushes: BTreeMap<(String, String), String>,
@@ -174,6 +176,7 @@ impl Account {
             blocklist: BTreeSet::new(),
             archive_prefs: None,
             pep: BTreeMap::new(),
+            pep_subscriptions: BTreeSet::new(),
             private_xml: BTreeMap::new(),
             pushes: BTreeMap::new(),
         }
@@ -492,11 +495,10 @@ impl Store for MemoryStore {
     }
 
     async fn pep_delete_node(&self, owner: &BareJid, node: &str) -> Result<bool> {
-        Ok(self
-            .lock()
-            .accounts
-            .get_mut(owner)
-            .is_some_and(|a| a.pep.remove(node).is_some()))
+        Ok(self.lock().accounts.get_mut(owner).is_some_and(|a| {
+            a.pep_subscriptions.retain(|(n, _)| n != node);
+            a.pep.remove(node).is_some()
+        }))
     }
 
     async fn pep_publish(&self, owner: &BareJid, node: &str, item: &PepItem) -> Result<()> {
@@ -567,6 +569,26 @@ impl Store for MemoryStore {
             items.clear();
         }
         Ok(())
+    }
+
+    async fn pep_subscribe(&self, owner: &BareJid, node: &str, jid: &str) -> Result<()> {
+        let mut inner = self.lock();
+        let account = (inner.accounts.get_mut(owner))
+            .filter(|a| a.pep.contains_key(node))
+            .ok_or(StoreError::NoSuchNode)?;
+        account
+            .pep_subscriptions
+            .insert((node.to_owned(), jid.to_owned()));
+        Ok(())
+    }
+
+    async fn pep_unsubscribe(&self, owner: &BareJid, node: &str, jid: &str) -> Result<bool> {
+        let key = (node.to_owned(), jid.to_owned());
+        Ok((self.lock().accounts.get_mut(owner)).is_some_and(|a| a.pep_subscriptions.remove(&key)))
+    }
+
+    async fn pep_subscriptions(&self, owner: &BareJid) -> Result<Vec<(String, String)>> {
+        Ok(self.read(owner, |a| a.pep_subscriptions.iter().cloned().collect()))
     }
 
     async fn private_xml(&self, owner: &BareJid, ns: &str) -> Result<Option<String>> {

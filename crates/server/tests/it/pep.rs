@@ -191,6 +191,160 @@ async fn presence_nodes_need_a_subscription() {
     assert_eq!(stanza_error(&denied).0, "forbidden");
 }
 
+fn subscription(node: &str, jid: &str, op: &str) -> String {
+    format!("<pubsub xmlns='{NS_PUBSUB}'><{op} node='{node}' jid='{jid}'/></pubsub>")
+}
+
+/// The ids of a pubsub event about `node`, if `el` is one.
+fn event_ids(el: &Element, node: &str) -> Option<Vec<String>> {
+    event_items(el)
+        .filter(|(n, _)| n == node)
+        .map(|(_, ids)| ids)
+}
+
+/// XEP-0163 §8: a stranger follows an open node by subscribing, without presence or caps.
+#[tokio::test]
+async fn explicit_subscribers_hear_of_open_nodes_until_they_leave() {
+    let server = TestServer::start().await;
+    users(&server).await;
+    let mut alice = server.login("alice", "wonderland", "phone").await;
+    let open = [("pubsub#access_model", "open")];
+    let publish_v = |v: &str| {
+        publish(
+            DEVICELIST,
+            v,
+            "<list xmlns='eu.siacs.conversations.axolotl'/>",
+            &open,
+        )
+    };
+    assert_eq!(
+        alice
+            .query("set", None, &publish_v("v1"))
+            .await
+            .attr("type"),
+        Some("result")
+    );
+    // Events to a bare JID reach its available clients (RFC 6121 §8.5.2.1.1).
+    let mut carol = server.login("carol", "singer", "tab").await;
+    carol.available().await;
+    let mut bob = server.login("bob", "builder", "pc").await;
+    let alice_jid = Some("alice@localhost");
+
+    // Only for oneself.
+    let forged = bob
+        .query(
+            "set",
+            alice_jid,
+            &subscription(DEVICELIST, "carol@localhost", "subscribe"),
+        )
+        .await;
+    assert_eq!(
+        app_condition(&forged).as_deref(),
+        Some("invalid-jid"),
+        "{forged:?}"
+    );
+    let reply = carol
+        .query(
+            "set",
+            alice_jid,
+            &subscription(DEVICELIST, "carol@localhost", "subscribe"),
+        )
+        .await;
+    let sub = reply
+        .get_child("pubsub", NS_PUBSUB)
+        .and_then(|p| p.get_child("subscription", NS_PUBSUB))
+        .unwrap_or_else(|| panic!("{reply:?}"));
+    assert_eq!(sub.attr("subscription"), Some("subscribed"));
+    // The last item at once, then each new one.
+    let last = carol
+        .recv_stashing(|el| event_ids(el, DEVICELIST).is_some())
+        .await;
+    assert_eq!(event_ids(&last, DEVICELIST).unwrap(), ["v1"]);
+    alice.query("set", None, &publish_v("v2")).await;
+    let next = carol
+        .recv_stashing(|el| event_ids(el, DEVICELIST).is_some())
+        .await;
+    assert_eq!(event_ids(&next, DEVICELIST).unwrap(), ["v2"]);
+    let listed = carol
+        .query(
+            "get",
+            alice_jid,
+            &format!("<pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub>"),
+        )
+        .await;
+    let nodes: Vec<&str> = listed
+        .get_child("pubsub", NS_PUBSUB)
+        .and_then(|p| p.get_child("subscriptions", NS_PUBSUB))
+        .map(|l| l.children().filter_map(|s| s.attr("node")).collect())
+        .unwrap_or_default();
+    assert_eq!(nodes, [DEVICELIST], "{listed:?}");
+
+    let left = carol
+        .query(
+            "set",
+            alice_jid,
+            &subscription(DEVICELIST, "carol@localhost", "unsubscribe"),
+        )
+        .await;
+    assert_eq!(left.attr("type"), Some("result"), "{left:?}");
+    let again = carol
+        .query(
+            "set",
+            alice_jid,
+            &subscription(DEVICELIST, "carol@localhost", "unsubscribe"),
+        )
+        .await;
+    assert_eq!(
+        app_condition(&again).as_deref(),
+        Some("not-subscribed"),
+        "{again:?}"
+    );
+    alice.query("set", None, &publish_v("v3")).await;
+    carol.assert_quiet().await;
+
+    // A presence-only node turns strangers away; a deleted node tells its subscribers.
+    let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Ally</nick>";
+    alice
+        .query("set", None, &publish(NICK, "current", nick, &[]))
+        .await;
+    let refused = carol
+        .query(
+            "set",
+            alice_jid,
+            &subscription(NICK, "carol@localhost", "subscribe"),
+        )
+        .await;
+    assert_eq!(
+        app_condition(&refused).as_deref(),
+        Some("presence-subscription-required")
+    );
+    let full = "carol@localhost/tab";
+    carol
+        .query(
+            "set",
+            alice_jid,
+            &subscription(DEVICELIST, full, "subscribe"),
+        )
+        .await;
+    carol
+        .recv_stashing(|el| event_ids(el, DEVICELIST).is_some())
+        .await;
+    let delete =
+        format!("<pubsub xmlns='{NS_PUBSUB}#owner'><delete node='{DEVICELIST}'/></pubsub>");
+    assert_eq!(
+        alice.query("set", None, &delete).await.attr("type"),
+        Some("result")
+    );
+    let deleted = carol
+        .recv_stashing(|el| {
+            el.get_child("event", NS_EVENT)
+                .and_then(|e| e.get_child("delete", NS_EVENT))
+                .is_some()
+        })
+        .await;
+    assert_eq!(deleted.attr("to"), Some(full));
+}
+
 #[tokio::test]
 async fn events_go_to_interested_clients_and_last_items_come_with_presence() {
     let server = TestServer::start().await;

@@ -107,6 +107,20 @@ async fn acknowledgements_flow_both_ways() {
     );
 }
 
+/// A client may pipeline its first stanzas behind `<enable/>`: they count, and only they.
+#[tokio::test]
+async fn stanzas_written_with_enable_are_counted() {
+    let server = TestServer::start().await;
+    users(&server).await;
+    let mut bob = server.login("bob", "builder", "pc").await;
+    bob.send("<enable xmlns='urn:xmpp:sm:3'/><presence/><r xmlns='urn:xmpp:sm:3'/>")
+        .await;
+    let enabled = bob.recv_stashing(|el| el.is("enabled", NS_SM)).await;
+    assert_eq!(enabled.attr("resume"), None, "{enabled:?}");
+    let a = bob.recv_stashing(|el| el.is("a", NS_SM)).await;
+    assert_eq!(a.attr("h"), Some("1"), "{a:?}");
+}
+
 #[tokio::test]
 async fn a_client_cut_mid_burst_resumes_and_gets_every_message_once() {
     let server = TestServer::start().await;

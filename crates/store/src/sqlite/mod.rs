@@ -46,6 +46,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../../migrations/0004_pep.sql")),
     (5, include_str!("../../migrations/0005_muc.sql")),
     (6, include_str!("../../migrations/0006_push.sql")),
+    (
+        7,
+        include_str!("../../migrations/0007_pep_subscriptions.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -370,6 +374,7 @@ impl Store for SqliteStore {
             "DELETE FROM offline WHERE owner = ?",
             "DELETE FROM vcards WHERE owner = ?",
             "DELETE FROM blocklist WHERE owner = ?",
+            "DELETE FROM pep_subscriptions WHERE owner = ?",
             "DELETE FROM pep_items WHERE owner = ?",
             "DELETE FROM pep_nodes WHERE owner = ?",
             "DELETE FROM private_xml WHERE owner = ?",
@@ -694,6 +699,18 @@ impl Store for SqliteStore {
 
     async fn pep_purge(&self, owner: &BareJid, node: &str) -> Result<()> {
         pep::purge(self, owner, node).await
+    }
+
+    async fn pep_subscribe(&self, owner: &BareJid, node: &str, jid: &str) -> Result<()> {
+        pep::subscribe(self, owner, node, jid).await
+    }
+
+    async fn pep_unsubscribe(&self, owner: &BareJid, node: &str, jid: &str) -> Result<bool> {
+        pep::unsubscribe(self, owner, node, jid).await
+    }
+
+    async fn pep_subscriptions(&self, owner: &BareJid) -> Result<Vec<(String, String)>> {
+        pep::subscriptions(self, owner).await
     }
 
     async fn private_xml(&self, owner: &BareJid, ns: &str) -> Result<Option<String>> {
@@ -1241,7 +1258,7 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),

@@ -99,12 +99,17 @@ pub(super) async fn configure(
 
 pub(super) async fn delete_node(s: &SqliteStore, owner: &BareJid, node: &str) -> Result<bool> {
     let mut tx = s.write().await?;
-    sqlx::query("DELETE FROM pep_items WHERE owner = ? AND node = ?")
-        .bind(owner)
-        .bind(node)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
+    for statement in [
+        "DELETE FROM pep_subscriptions WHERE owner = ? AND node = ?",
+        "DELETE FROM pep_items WHERE owner = ? AND node = ?",
+    ] {
+        sqlx::query(statement)
+            .bind(owner)
+            .bind(node)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
     let done = sqlx::query("DELETE FROM pep_nodes WHERE owner = ? AND node = ?")
         .bind(owner)
         .bind(node)
@@ -222,6 +227,63 @@ pub(super) async fn purge(s: &SqliteStore, owner: &BareJid, node: &str) -> Resul
         .await
         .map_err(db)?;
     tx.commit().await.map_err(db)
+}
+
+pub(super) async fn subscribe(
+    s: &SqliteStore,
+    owner: &BareJid,
+    node: &str,
+    jid: &str,
+) -> Result<()> {
+    let mut tx = s.write().await?;
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM pep_nodes WHERE owner = ? AND node = ?")
+            .bind(owner)
+            .bind(node)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+    if exists.is_none() {
+        return Err(StoreError::NoSuchNode);
+    }
+    sqlx::query("INSERT OR IGNORE INTO pep_subscriptions (owner, node, jid) VALUES (?, ?, ?)")
+        .bind(owner)
+        .bind(node)
+        .bind(jid)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+pub(super) async fn unsubscribe(
+    s: &SqliteStore,
+    owner: &BareJid,
+    node: &str,
+    jid: &str,
+) -> Result<bool> {
+    let mut tx = s.write().await?;
+    let done =
+        sqlx::query("DELETE FROM pep_subscriptions WHERE owner = ? AND node = ? AND jid = ?")
+            .bind(owner)
+            .bind(node)
+            .bind(jid)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub(super) async fn subscriptions(
+    s: &SqliteStore,
+    owner: &BareJid,
+) -> Result<Vec<(String, String)>> {
+    sqlx::query_as("SELECT node, jid FROM pep_subscriptions WHERE owner = ? ORDER BY node, jid")
+        .bind(owner)
+        .fetch_all(&s.readers)
+        .await
+        .map_err(db)
 }
 
 pub(super) async fn private_xml(

@@ -9,6 +9,7 @@ crate::battery! {
     pep_nodes_are_created_configured_and_deleted,
     pep_items_keep_publish_order_and_max_items,
     pep_retract_and_purge,
+    pep_subscriptions_follow_the_node,
     pep_and_private_xml_go_with_the_account,
     private_xml_roundtrip,
 }
@@ -180,6 +181,63 @@ async fn pep_retract_and_purge(store: &dyn Store) {
     store.pep_purge(ALICE, "n").await.unwrap();
     assert!(ids(store, ALICE, "n", None).await.is_empty());
     assert!(store.pep_node(ALICE, "n").await.unwrap().is_some());
+}
+
+async fn pep_subscriptions_follow_the_node(store: &dyn Store) {
+    store.create_account(ALICE, &creds(1)).await.unwrap();
+    assert!(matches!(
+        store.pep_subscribe(ALICE, "n", "bob@example.org").await,
+        Err(StoreError::NoSuchNode)
+    ));
+    for node in ["m", "n"] {
+        store
+            .pep_configure(ALICE, node, &config(AccessModel::Open, 1))
+            .await
+            .unwrap();
+    }
+    for (node, jid) in [
+        ("n", "bob@example.org"),
+        ("n", "carol@elsewhere.example/phone"),
+        ("m", "bob@example.org"),
+        ("n", "bob@example.org"),
+    ] {
+        store.pep_subscribe(ALICE, node, jid).await.unwrap();
+    }
+    let pair = |n: &str, j: &str| (n.to_owned(), j.to_owned());
+    assert_eq!(
+        store.pep_subscriptions(ALICE).await.unwrap(),
+        [
+            pair("m", "bob@example.org"),
+            pair("n", "bob@example.org"),
+            pair("n", "carol@elsewhere.example/phone"),
+        ]
+    );
+    assert!(
+        store
+            .pep_unsubscribe(ALICE, "m", "bob@example.org")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .pep_unsubscribe(ALICE, "m", "bob@example.org")
+            .await
+            .unwrap()
+    );
+    // A node deleted and made again starts without subscribers.
+    assert!(store.pep_delete_node(ALICE, "n").await.unwrap());
+    store
+        .pep_configure(ALICE, "n", &config(AccessModel::Open, 1))
+        .await
+        .unwrap();
+    assert!(store.pep_subscriptions(ALICE).await.unwrap().is_empty());
+    store
+        .pep_subscribe(ALICE, "n", "bob@example.org")
+        .await
+        .unwrap();
+    store.remove_account(ALICE).await.unwrap();
+    store.create_account(ALICE, &creds(2)).await.unwrap();
+    assert!(store.pep_subscriptions(ALICE).await.unwrap().is_empty());
 }
 
 async fn pep_and_private_xml_go_with_the_account(store: &dyn Store) {

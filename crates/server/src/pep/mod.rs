@@ -9,7 +9,11 @@
 //! in. Publish options are preconditions (XEP-0060 §7.1.5): they configure a node the
 //! publish creates, and must match the configuration of one that exists.
 //!
-//! Not here: explicit subscriptions to personal nodes, collections, and item expiry.
+//! Anyone a node's access model lets read it may also subscribe to it explicitly
+//! (XEP-0163 §8, [`subscriptions`]): how an OMEMO correspondent without a presence
+//! subscription follows a device list. Subscribers hear of events whatever they announced.
+//!
+//! Not here: subscription options, collections, and item expiry.
 
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
@@ -21,6 +25,8 @@ use tracing::warn;
 use crate::caps::{Announced, Learnt};
 use crate::delivery::Delivery;
 use crate::services::IqAnswer;
+
+mod subscriptions;
 
 pub(crate) const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub(crate) const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
@@ -59,6 +65,8 @@ pub(crate) const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#purge-nodes",
     "http://jabber.org/protocol/pubsub#retract-items",
     "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
+    "http://jabber.org/protocol/pubsub#subscribe",
 ];
 
 /// A node's configuration before anyone set one (what Prosody and ejabberd default to).
@@ -79,6 +87,22 @@ fn error(condition: Condition, app: Option<&str>) -> StanzaError {
         Some(name) => e.application(Element::builder(name, NS_ERRORS).build()),
         None => e,
     }
+}
+
+/// A request for what the service does not do: `<unsupported feature='…'/>` names the
+/// XEP-0060 feature (an operation's name is mostly its feature's).
+fn unsupported(operation: &str) -> StanzaError {
+    let feature = match operation {
+        "options" => "subscription-options",
+        "affiliations" => "retrieve-affiliations",
+        "default" => "retrieve-default",
+        other => other,
+    };
+    StanzaError::with_type(ErrorType::Cancel, Condition::FeatureNotImplemented).application(
+        Element::builder("unsupported", NS_ERRORS)
+            .attr(stanza::name("feature"), feature)
+            .build(),
+    )
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> StanzaError {
@@ -111,7 +135,10 @@ pub(crate) async fn iq(d: &Delivery, owner: &BareJid, requester: &Jid, el: &Elem
             ("publish" | "retract" | "create", true) => {
                 return Err(error(Condition::Forbidden, None));
             }
-            _ => return Err(error(Condition::FeatureNotImplemented, Some("unsupported"))),
+            ("subscribe", true) => subscriptions::subscribe(d, owner, requester, op).await?,
+            ("unsubscribe", true) => subscriptions::unsubscribe(d, owner, requester, op).await?,
+            ("subscriptions", false) => subscriptions::list(d, owner, requester, op).await?,
+            (name, _) => return Err(unsupported(name)),
         };
         return Ok(reply(el, payload));
     }
@@ -128,7 +155,9 @@ pub(crate) async fn iq(d: &Delivery, owner: &BareJid, requester: &Jid, el: &Elem
         ("delete", true) => delete(d, owner, node_of(op)?).await?,
         ("purge", true) => purge(d, owner, node_of(op)?).await?,
         ("default", false) => Some(default_form()),
-        _ => return Err(error(Condition::FeatureNotImplemented, Some("unsupported"))),
+        ("affiliations", _) => return Err(unsupported("modify-affiliations")),
+        ("subscriptions", _) => return Err(unsupported("manage-subscriptions")),
+        (name, _) => return Err(unsupported(name)),
     };
     Ok(reply(el, payload))
 }
@@ -583,6 +612,8 @@ async fn delete(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Elem
         .await
         .map_err(|e| internal("cannot read a node", e))?
         .ok_or(Condition::ItemNotFound)?;
+    // Its subscriptions go with it: who hears of the deletion is known before.
+    let to = listeners(d, owner, node, &config).await;
     store
         .pep_delete_node(owner.as_str(), node)
         .await
@@ -590,7 +621,9 @@ async fn delete(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Elem
     let event = Element::builder("delete", NS_EVENT)
         .attr(stanza::name("node"), node)
         .build();
-    notify(d, owner, node, &config, event).await;
+    for to in to {
+        d.headline(event_message(owner, &to, event.clone()));
+    }
     Ok(None)
 }
 
@@ -613,10 +646,12 @@ async fn purge(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Eleme
     Ok(None)
 }
 
-/// The clients that hear of events on `owner`'s node: the owner's own and, unless the node
-/// is the owner's alone, the contacts its access model lets in, each only if it announced
-/// `node+notify`.
-async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig) -> Vec<FullJid> {
+/// Who hears of events on `owner`'s node: its explicit subscribers that may still read it,
+/// and the clients that announced `node+notify`: the owner's own and, unless the node is
+/// the owner's alone, the contacts its access model lets in. A client reached through a
+/// subscription of its bare JID is not sent the event a second time.
+async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig) -> Vec<Jid> {
+    let mut to = subscriptions::subscribers(d, owner, node, config).await;
     let mut accounts = vec![owner.clone()];
     if config.access != AccessModel::Whitelist {
         match d.store().roster(owner.as_str()).await {
@@ -634,22 +669,25 @@ async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfi
         }
     }
     let interest = format!("{node}+notify");
-    accounts
+    let interested: Vec<Jid> = accounts
         .iter()
         .flat_map(|a| d.caps().clients(a))
         .filter(|(_, features)| features.as_ref().is_some_and(|f| f.contains(&interest)))
-        .map(|(jid, _)| jid)
-        .collect()
+        .map(|(jid, _)| Jid::from(jid))
+        .filter(|jid| !to.contains(jid) && !to.contains(&Jid::from(jid.to_bare())))
+        .collect();
+    to.extend(interested);
+    to
 }
 
 /// Sends an event (`<items/>`, `<delete/>`, `<purge/>`) to everyone who hears of the node.
 async fn notify(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig, event: Element) {
     for to in listeners(d, owner, node, config).await {
-        d.send(event_message(owner, &to, event.clone()));
+        d.headline(event_message(owner, &to, event.clone()));
     }
 }
 
-fn event_message(owner: &BareJid, to: &FullJid, event: Element) -> Element {
+fn event_message(owner: &BareJid, to: &Jid, event: Element) -> Element {
     Element::builder("message", ns::CLIENT)
         .attr(stanza::name("from"), owner.as_str())
         .attr(stanza::name("to"), to.as_str())
@@ -657,6 +695,22 @@ fn event_message(owner: &BareJid, to: &FullJid, event: Element) -> Element {
         .attr(stanza::name("id"), crate::ids::random_id(12))
         .append(Element::builder("event", NS_EVENT).append(event).build())
         .build()
+}
+
+/// The last item of `owner`'s node as an event, if it has one.
+async fn last_item_event(d: &Delivery, owner: &BareJid, node: &str) -> Option<Element> {
+    let mut items = d
+        .store()
+        .pep_items(owner.as_str(), node, Some(1))
+        .await
+        .ok()?;
+    let item = items.pop()?;
+    Some(
+        Element::builder("items", NS_EVENT)
+            .attr(stanza::name("node"), node)
+            .append(item_element(NS_EVENT, &item))
+            .build(),
+    )
 }
 
 /// Sends `to`, a client that announced `features`, the last item of each of `owner`'s nodes
@@ -679,15 +733,8 @@ async fn send_last_items(d: &Delivery, owner: &BareJid, to: &FullJid, features: 
         if may_read(d, owner, &reader, config.access).await.is_err() {
             continue;
         }
-        let Ok(mut items) = store.pep_items(owner.as_str(), &node, Some(1)).await else {
-            continue;
-        };
-        if let Some(item) = items.pop() {
-            let event = Element::builder("items", NS_EVENT)
-                .attr(stanza::name("node"), node.as_str())
-                .append(item_element(NS_EVENT, &item))
-                .build();
-            d.send(event_message(owner, to, event));
+        if let Some(event) = last_item_event(d, owner, &node).await {
+            d.headline(event_message(owner, &Jid::from(to.clone()), event));
         }
     }
 }
