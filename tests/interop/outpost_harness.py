@@ -70,6 +70,7 @@ data_dir = "{data_dir}"
 c2s = ["127.0.0.1:0"]
 c2s_tls = ["127.0.0.1:0"]
 proxy65 = ["127.0.0.1:0"]
+https = ["127.0.0.1:0"]
 {f's2s = ["{s2s_listen}"]' if s2s_listen else ""}
 
 [registration]

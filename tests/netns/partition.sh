@@ -160,6 +160,7 @@ data_dir = "$dir/data"
 c2s = ["${ADDR[$n]}:5222"]
 c2s_tls = []
 proxy65 = ["${ADDR[$n]}:7777"]
+https = ["${ADDR[$n]}:5443"]
 s2s = ["${ADDR[$n]}:5269"]
 $ws_listen
 

@@ -50,8 +50,9 @@ async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> any
     let store = open_store(&config).await?;
     let links_path = config.links_status_path();
     let federation = config.federation.enabled;
+    let web: Arc<dyn outpost_server::HttpService> = Arc::new(outpost_web::Web::new());
     let handle = Arc::new(
-        ServerHandle::start(config, store, identity)
+        ServerHandle::start_with_http(config, store, identity, Some(web))
             .await
             .context("cannot start the server")?,
     );

@@ -16,7 +16,8 @@
 //!
 //! Not here: reading files, arguments or the environment (the `outpost` binary does that
 //! and hands over a [`config::Config`]), and HTTP beyond the WebSocket upgrade of the
-//! server-to-server WebSocket listener.
+//! server-to-server WebSocket listener: the HTTPS listener's connections go to an
+//! [`HttpService`] the caller provides.
 
 pub mod accounts;
 mod archive;
@@ -29,6 +30,7 @@ mod clock;
 mod component;
 pub mod config;
 mod delivery;
+mod http;
 pub mod ids;
 mod journal;
 mod mam;
@@ -46,10 +48,13 @@ mod session;
 mod tasks;
 mod throttle;
 mod tls;
+mod upload;
 
+pub use http::{HttpEnv, HttpService};
 pub use router::SessionInfo;
 pub use s2s::{LinkState, LinkStatus};
 pub use tls::{CertificateInfo, Fingerprint, SELF_SIGNED_VALIDITY, TlsError, TlsIdentity};
+pub use upload::{PATH as UPLOAD_PATH, PutRefused, StoredFile, Uploads};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,6 +93,8 @@ pub enum ListenerKind {
     Component,
     /// The SOCKS5 bytestream proxy (XEP-0065).
     Proxy65,
+    /// HTTPS, served by the [`HttpService`].
+    Https,
 }
 
 impl ListenerKind {
@@ -100,6 +107,7 @@ impl ListenerKind {
             ListenerKind::S2sWebSocket => "s2s-websocket",
             ListenerKind::Component => "component",
             ListenerKind::Proxy65 => "proxy65",
+            ListenerKind::Https => "https",
         }
     }
 }
@@ -170,27 +178,37 @@ struct Services {
     federation: Option<Arc<Federation>>,
     components: Arc<component::ComponentEnv>,
     proxied: Arc<proxy65::Waiting>,
+    http: Option<Arc<dyn HttpService>>,
 }
 
 impl ServerHandle {
     /// Binds every listener in the config, then starts serving. Returns once all sockets
     /// are bound, so callers can read [`ServerHandle::local_addrs`] (port 0 works).
+    /// Without HTTP: no HTTPS listener, and so no file upload.
     pub async fn start(
         config: Config,
         store: Arc<dyn Store>,
         identity: TlsIdentity,
     ) -> Result<ServerHandle, ServerError> {
-        let tls = session::ClientTls {
-            starttls: identity.server_config(&[])?,
-            direct: identity.server_config(&[b"xmpp-client"])?,
-        };
+        ServerHandle::start_with_http(config, store, identity, None).await
+    }
+
+    /// [`ServerHandle::start`], with `http` serving `listen.https` (when file upload is on).
+    pub async fn start_with_http(
+        config: Config,
+        store: Arc<dyn Store>,
+        identity: TlsIdentity,
+        http: Option<Arc<dyn HttpService>>,
+    ) -> Result<ServerHandle, ServerError> {
+        let http = http.filter(|_| config.upload.enabled);
+        let tls = session::ClientTls::new(&identity)?;
         let prepared = match config.federation.enabled {
             true => Some(s2s::Prepared::new(&config, &identity)?),
             false => None,
         };
         let archive = archive::Archive::load(store.as_ref(), &config.archive).await?;
         let pushes = push::Pushes::load(store.as_ref(), &config.push).await?;
-        let listeners = bind_all(&config).await?;
+        let listeners = bind_all(&config, http.is_some()).await?;
         let tasks = Tasks::default();
         let shutdown = CancellationToken::new();
         let journal = journal::Journal::start(
@@ -248,8 +266,18 @@ impl ServerHandle {
                 shutdown: shutdown.clone(),
             }),
             proxied: Arc::new(proxy65::Waiting::default()),
+            http,
         };
-        register_proxies(&delivery, &services, &listeners, &tasks);
+        let config = sessions.config();
+        proxy65::register(&config, &delivery, &services.proxied, &listeners, &tasks);
+        if let Some(http) = &services.http {
+            let uploads = upload::register(&config, &delivery, &listeners, &tasks);
+            http.start(HttpEnv {
+                uploads,
+                shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
+            });
+        }
         let connections = Arc::new(Semaphore::new(max_connections));
         let mut addrs = Vec::new();
         for (kind, local, listener) in listeners {
@@ -407,10 +435,7 @@ impl ServerHandle {
         config.storage = old.storage.clone();
         config.data_dir = old.data_dir.clone();
         config.federation = old.federation.clone();
-        let tls = session::ClientTls {
-            starttls: identity.server_config(&[])?,
-            direct: identity.server_config(&[b"xmpp-client"])?,
-        };
+        let tls = session::ClientTls::new(identity)?;
         if let Some(fed) = &self.federation {
             fed.reload(&config, identity)?;
         }
@@ -461,43 +486,11 @@ impl ServerHandle {
     }
 }
 
-/// Registers the bytestream proxy of each domain, telling clients to connect to the first
-/// proxy listener (XEP-0065).
-fn register_proxies(
-    delivery: &Arc<Delivery>,
-    services: &Services,
-    listeners: &[(ListenerKind, SocketAddr, TcpListener)],
-    tasks: &Tasks,
-) {
-    let config = services.sessions.config();
-    let Some((_, addr, _)) = listeners
-        .iter()
-        .find(|(k, _, _)| *k == ListenerKind::Proxy65)
-    else {
-        return;
-    };
-    for (service, domain) in config.proxy65_domains() {
-        let host = match (&config.proxy65.host, addr.ip().is_unspecified()) {
-            (Some(host), _) => host.clone(),
-            (None, true) => domain.clone(),
-            (None, false) => addr.ip().to_string(),
-        };
-        let proxy = proxy65::Proxy {
-            service: service.clone(),
-            host,
-            port: addr.port(),
-            waiting: services.proxied.clone(),
-            delivery: Arc::downgrade(delivery),
-            tasks: tasks.clone(),
-        };
-        delivery.register(&service, &domain, Arc::new(proxy));
-    }
-}
-
 /// Binds every listener of the configuration (the server-to-server ones only with
 /// federation), in config order.
 async fn bind_all(
     config: &Config,
+    http: bool,
 ) -> Result<Vec<(ListenerKind, SocketAddr, TcpListener)>, ServerError> {
     let listen = &config.listen;
     let federation = config.federation.enabled;
@@ -535,6 +528,11 @@ async fn bind_all(
             (listen.proxy65.iter())
                 .filter(|_| config.proxy65.enabled)
                 .map(|a| (ListenerKind::Proxy65, *a)),
+        )
+        .chain(
+            (listen.https.iter())
+                .filter(|_| http)
+                .map(|a| (ListenerKind::Https, *a)),
         );
     let mut listeners = Vec::new();
     for (kind, addr) in specs {
@@ -592,6 +590,11 @@ impl Services {
                 Box::pin(component::serve(self.components, tcp, peer)).await;
             }
             (ListenerKind::Proxy65, _) => proxy65::serve(self.proxied, tcp, peer).await,
+            (ListenerKind::Https, _) => {
+                if let Some(http) = self.http {
+                    Box::pin(http::serve(http, self.sessions, tcp, peer)).await;
+                }
+            }
             (ListenerKind::C2sStartTls, _) => {
                 session::serve(self.sessions, tcp, peer, Transport::StartTls).await;
             }

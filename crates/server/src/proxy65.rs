@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, copy_bidirectional};
 use tokio::net::TcpStream;
 use tracing::{debug, info};
 
+use crate::ListenerKind;
 use crate::delivery::{Component, Delivery};
 use crate::journal::Pending;
 use crate::tasks::Tasks;
@@ -174,6 +175,45 @@ impl Proxy {
         info!(%initiator, %target, "bytestream activated");
         self.tasks.spawn(relay(a, b));
         Ok(())
+    }
+}
+
+/// Registers the bytestream proxy of each domain with delivery, telling clients to connect
+/// to the first proxy listener.
+pub(crate) fn register(
+    config: &crate::config::Config,
+    delivery: &Arc<Delivery>,
+    waiting: &Arc<Waiting>,
+    listeners: &[(ListenerKind, SocketAddr, tokio::net::TcpListener)],
+    tasks: &Tasks,
+) {
+    let Some((_, addr, _)) = listeners.iter().find(|(k, ..)| *k == ListenerKind::Proxy65) else {
+        return;
+    };
+    for (service, domain) in config.proxy65_domains() {
+        let proxy = Proxy {
+            service: service.clone(),
+            host: advertised_host(config.proxy65.host.as_deref(), *addr, &domain),
+            port: addr.port(),
+            waiting: waiting.clone(),
+            delivery: Arc::downgrade(delivery),
+            tasks: tasks.clone(),
+        };
+        delivery.register(&service, &domain, Arc::new(proxy));
+    }
+}
+
+/// The host clients are told to connect to: the configured one, else the listener's IP
+/// address, or the domain when the listener takes every address.
+pub(crate) fn advertised_host(
+    configured: Option<&str>,
+    listener: SocketAddr,
+    domain: &str,
+) -> String {
+    match (configured, listener.ip()) {
+        (Some(host), _) => host.to_owned(),
+        (None, ip) if ip.is_unspecified() => domain.to_owned(),
+        (None, ip) => ip.to_string(),
     }
 }
 

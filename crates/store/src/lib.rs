@@ -351,6 +351,25 @@ pub struct PushRegistration {
     pub options: String,
 }
 
+/// An HTTP upload slot (XEP-0363): a file a user's client may PUT once, and anyone with
+/// the URL may then GET.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadSlot {
+    /// Unguessable: the GET URL's secret.
+    pub slot: String,
+    /// The account that asked for it (bare JID).
+    pub owner: String,
+    pub filename: String,
+    /// Announced size in bytes; the PUT must send exactly this many.
+    pub size: u64,
+    pub content_type: Option<String>,
+    /// SHA-256 of the secret the PUT must carry.
+    pub put_token: Vec<u8>,
+    pub created_ms: i64,
+    /// When the whole file was stored; `None` while the slot waits for its PUT.
+    pub completed_ms: Option<i64>,
+}
+
 /// One durable write on the message path, for [`Store::write_batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchWrite {
@@ -393,6 +412,9 @@ pub enum StoreError {
     /// A personal eventing node that does not exist.
     #[error("no such node")]
     NoSuchNode,
+    /// The user's uploads already take (or with this one would take) more than `quota`.
+    #[error("upload quota of {quota} bytes reached")]
+    UploadQuotaExceeded { quota: u64 },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -564,6 +586,25 @@ pub trait Store: Send + Sync + 'static {
     /// Removes the user's registrations with this service (one node, or all of them);
     /// returns how many went.
     async fn remove_push(&self, user: &BareJid, service: &str, node: Option<&str>) -> Result<u64>;
+
+    // ---- HTTP upload slots (XEP-0363) ----
+
+    /// Stores a new slot if the owner's slots (pending and completed) and this one stay
+    /// within `quota` bytes; `UploadQuotaExceeded` otherwise.
+    async fn upload_reserve(&self, slot: &UploadSlot, quota: u64) -> Result<()>;
+    async fn upload_slot(&self, slot: &str) -> Result<Option<UploadSlot>>;
+    /// Marks a pending slot's file stored; false if there is no such pending slot.
+    async fn upload_complete(&self, slot: &str, now_ms: i64) -> Result<bool>;
+    /// Up to `limit` slots that have had their time, oldest first: pending ones created
+    /// before `pending_before_ms`, completed ones created before `completed_before_ms`.
+    async fn uploads_expired(
+        &self,
+        pending_before_ms: i64,
+        completed_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<UploadSlot>>;
+    /// Forgets a slot; whether it existed.
+    async fn upload_remove(&self, slot: &str) -> Result<bool>;
 
     // ---- vCard (XEP-0054) ----
 

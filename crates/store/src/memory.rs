@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use crate::{
     ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
     NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas,
-    Result, Roster, RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest,
+    Result, Roster, RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest, UploadSlot,
 };
 
 /// A [`Store`] that keeps everything in memory.
@@ -36,6 +36,8 @@ struct Inner {
     archive: BTreeMap<i64, ArchiveEntry>,
     /// Rooms by JID: configuration and affiliations, each by key.
     rooms: BTreeMap<String, (Pairs, Pairs)>,
+    /// HTTP upload slots by slot id (not the account's: they outlive it).
+    uploads: BTreeMap<String, UploadSlot>,
 }
 
 impl Inner {
@@ -646,6 +648,56 @@ impl Store for MemoryStore {
             None => entry.1.remove(jid),
         };
         Ok(())
+    }
+
+    async fn upload_reserve(&self, slot: &UploadSlot, quota: u64) -> Result<()> {
+        let mut inner = self.lock();
+        let used: u64 = (inner.uploads.values())
+            .filter(|u| u.owner == slot.owner)
+            .map(|u| u.size)
+            .sum();
+        if used.saturating_add(slot.size) > quota {
+            return Err(StoreError::UploadQuotaExceeded { quota });
+        }
+        inner.uploads.insert(slot.slot.clone(), slot.clone());
+        Ok(())
+    }
+
+    async fn upload_slot(&self, slot: &str) -> Result<Option<UploadSlot>> {
+        Ok(self.lock().uploads.get(slot).cloned())
+    }
+
+    async fn upload_complete(&self, slot: &str, now_ms: i64) -> Result<bool> {
+        let mut inner = self.lock();
+        match inner.uploads.get_mut(slot) {
+            Some(u) if u.completed_ms.is_none() => {
+                u.completed_ms = Some(now_ms);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn uploads_expired(
+        &self,
+        pending_before_ms: i64,
+        completed_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<UploadSlot>> {
+        let mut due: Vec<UploadSlot> = (self.lock().uploads.values())
+            .filter(|u| match u.completed_ms {
+                None => u.created_ms < pending_before_ms,
+                Some(_) => u.created_ms < completed_before_ms,
+            })
+            .cloned()
+            .collect();
+        due.sort_by_key(|u| u.created_ms);
+        due.truncate(limit as usize);
+        Ok(due)
+    }
+
+    async fn upload_remove(&self, slot: &str) -> Result<bool> {
+        Ok(self.lock().uploads.remove(slot).is_some())
     }
 
     async fn push_registrations(&self) -> Result<Vec<(String, PushRegistration)>> {

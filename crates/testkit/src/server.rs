@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_server::config::Config;
-use outpost_server::{LinkStatus, ListenerKind, ServerHandle, TlsIdentity};
+use outpost_server::{HttpService, LinkStatus, ListenerKind, ServerHandle, TlsIdentity};
 use outpost_store::{MemoryStore, SqliteStore, Store};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -27,6 +27,8 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     /// The store is a [`MemoryStore`], which a restart keeps rather than reopens.
     in_memory: bool,
+    /// What serves `listen.https`, if anything.
+    http: Option<Arc<dyn HttpService>>,
 }
 
 impl TestServer {
@@ -38,7 +40,17 @@ impl TestServer {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open_sqlite(&dir).await;
-        Self::start_on(store, false, dir, tweak).await
+        Self::start_on(store, false, dir, tweak, None).await
+    }
+
+    /// [`TestServer::start_with`], with `http` serving the HTTPS listener.
+    pub async fn start_with_http(
+        tweak: impl FnOnce(&mut Config),
+        http: Arc<dyn HttpService>,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_sqlite(&dir).await;
+        Self::start_on(store, false, dir, tweak, Some(http)).await
     }
 
     pub async fn start_in_memory() -> TestServer {
@@ -49,7 +61,7 @@ impl TestServer {
     /// Nothing in it waits on a blocking thread, which paused-clock tests need.
     pub async fn start_in_memory_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_on(Arc::new(MemoryStore::new()), true, dir, tweak).await
+        Self::start_on(Arc::new(MemoryStore::new()), true, dir, tweak, None).await
     }
 
     async fn start_on(
@@ -57,6 +69,7 @@ impl TestServer {
         in_memory: bool,
         dir: tempfile::TempDir,
         tweak: impl FnOnce(&mut Config),
+        http: Option<Arc<dyn HttpService>>,
     ) -> TestServer {
         let mut config = Config {
             data_dir: dir.path().to_owned(),
@@ -66,13 +79,19 @@ impl TestServer {
         config.listen.c2s_tls = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listen.component = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listen.proxy65 = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.listen.https = vec!["127.0.0.1:0".parse().expect("addr")];
         config.registration.enabled = Some(true);
         tweak(&mut config);
         config.validate().expect("valid test config");
         let identity = TlsIdentity::self_signed(&config.domains).expect("certificate");
-        let handle = ServerHandle::start(config.clone(), store.clone(), identity.clone())
-            .await
-            .expect("server starts");
+        let handle = ServerHandle::start_with_http(
+            config.clone(),
+            store.clone(),
+            identity.clone(),
+            http.clone(),
+        )
+        .await
+        .expect("server starts");
         let (starttls, direct_tls) = listener_addrs(&handle);
         TestServer {
             s2s: s2s_addr(&handle),
@@ -84,6 +103,7 @@ impl TestServer {
             config,
             dir,
             in_memory,
+            http,
         }
     }
 
@@ -105,10 +125,11 @@ impl TestServer {
         if !self.in_memory {
             self.store = open_sqlite(&self.dir).await;
         }
-        let handle = ServerHandle::start(
+        let handle = ServerHandle::start_with_http(
             self.config.clone(),
             self.store.clone(),
             self.identity.clone(),
+            self.http.clone(),
         )
         .await
         .expect("server restarts");

@@ -145,3 +145,39 @@ impl Default for Proxy65Config {
         }
     }
 }
+
+/// `[upload]`: HTTP file upload (XEP-0363) at `<subdomain>.<domain>`: clients ask it for a
+/// slot, PUT the file to this server's HTTPS listener (`listen.https`) and share the GET
+/// URL in a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Whether the service runs. It needs an HTTPS listener. Default: `true`.
+    pub enabled: bool,
+    /// The service of each domain `d` is at `<subdomain>.d`. Default: `"upload"`.
+    pub subdomain: String,
+    /// The largest file accepted, in bytes. Default: 104857600 (100 MiB).
+    pub max_file_bytes: u64,
+    /// What one user's files may take together, in bytes, until they expire. Default:
+    /// 1073741824 (1 GiB).
+    pub quota_bytes: u64,
+    /// Files are deleted this many days after their upload; 0 keeps them. Default: 30.
+    pub expire_days: u32,
+    /// The start of the URLs handed to clients (scheme, host and port), for when they reach
+    /// this server under another name or through a proxy, e.g.
+    /// `"https://files.example.org"`. Default: `https://<domain>:<port of listen.https>`.
+    pub url: Option<String>,
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        UploadConfig {
+            enabled: true,
+            subdomain: "upload".to_owned(),
+            max_file_bytes: 100 * 1024 * 1024,
+            quota_bytes: 1024 * 1024 * 1024,
+            expire_days: 30,
+            url: None,
+        }
+    }
+}

@@ -23,6 +23,7 @@ mod messaging;
 
 pub use messaging::{
     ArchiveConfig, MucConfig, Proxy65Config, PushConfig, RoomCreation, StreamManagementConfig,
+    UploadConfig,
 };
 
 /// The whole configuration. `Config::default()` is a working single-host setup for
@@ -61,6 +62,8 @@ pub struct Config {
     pub push: PushConfig,
     /// The SOCKS5 bytestream proxy (XEP-0065).
     pub proxy65: Proxy65Config,
+    /// HTTP file upload (XEP-0363).
+    pub upload: UploadConfig,
     /// External components (XEP-0114): each domain a component may connect as, with the
     /// secret it proves it knows. Default: none.
     pub components: BTreeMap<String, String>,
@@ -84,6 +87,7 @@ impl Default for Config {
             muc: MucConfig::default(),
             push: PushConfig::default(),
             proxy65: Proxy65Config::default(),
+            upload: UploadConfig::default(),
             components: BTreeMap::new(),
         }
     }
@@ -123,6 +127,10 @@ pub struct ListenConfig {
     /// Default: `["127.0.0.1:7777"]`.
     #[serde(deserialize_with = "listen_addrs")]
     pub proxy65: Vec<SocketAddr>,
+    /// HTTPS: file upload (XEP-0363), bound when the server has an HTTP service and
+    /// `upload.enabled`. Default: `["127.0.0.1:5443"]`.
+    #[serde(deserialize_with = "listen_addrs")]
+    pub https: Vec<SocketAddr>,
 }
 
 /// Listen addresses are IP addresses: a name could resolve to several, or to different
@@ -155,6 +163,7 @@ impl Default for ListenConfig {
             s2s_websocket: Vec::new(),
             component: vec![SocketAddr::new(loopback, 5275)],
             proxy65: vec![SocketAddr::new(loopback, 7777)],
+            https: vec![SocketAddr::new(loopback, 5443)],
         }
     }
 }
@@ -530,14 +539,22 @@ impl Config {
                 .collect(),
             false => Vec::new(),
         };
+        let https: Vec<(&str, SocketAddr)> = match self.upload.enabled {
+            true => (self.listen.https.iter())
+                .map(|a| ("listen.https", *a))
+                .collect(),
+            false => Vec::new(),
+        };
+        let clients = self.listen.c2s.len() + self.listen.c2s_tls.len();
         let listeners: Vec<(&str, SocketAddr)> = (self.listen.c2s.iter())
             .map(|a| ("listen.c2s", *a))
             .chain(self.listen.c2s_tls.iter().map(|a| ("listen.c2s_tls", *a)))
             .chain(s2s.iter().copied())
             .chain(components.iter().copied())
             .chain(proxy.iter().copied())
+            .chain(https.iter().copied())
             .collect();
-        if listeners.len() == s2s.len() + components.len() + proxy.len() {
+        if clients == 0 {
             problem("listen: at least one of listen.c2s and listen.c2s_tls must be set".to_owned());
         }
         for (i, (key_a, a)) in listeners.iter().enumerate() {
@@ -620,8 +637,7 @@ impl Config {
                 l.ping_interval_secs, l.idle_timeout_secs
             ));
         }
-        let services: Vec<String> = (self.muc_domains().into_iter())
-            .chain(self.proxy65_domains())
+        let services: Vec<String> = (self.service_domains().into_iter())
             .map(|(s, _)| s)
             .collect();
         for (domain, secret) in &self.components {
@@ -639,19 +655,48 @@ impl Config {
                 ));
             }
         }
-        for (service, _) in self.muc_domains().into_iter().chain(self.proxy65_domains()) {
+        for (service, _) in self.service_domains() {
             if jid::DomainPart::new(&service).map_or(true, |d| d.as_str() != service)
                 || self.serves_domain(&service)
             {
                 problem(format!("`{service}` is not a service domain of its own"));
             }
         }
-        if self.muc.enabled && self.proxy65.enabled && self.muc.subdomain == self.proxy65.subdomain
-        {
-            problem("muc.subdomain and proxy65.subdomain must differ".to_owned());
+        let subdomains = [
+            (self.muc.enabled, "muc", &self.muc.subdomain),
+            (self.proxy65.enabled, "proxy65", &self.proxy65.subdomain),
+            (self.upload.enabled, "upload", &self.upload.subdomain),
+        ];
+        let on: Vec<_> = subdomains.iter().filter(|(enabled, ..)| *enabled).collect();
+        for (i, (_, a, sub)) in on.iter().enumerate() {
+            if let Some((_, b, _)) = on[..i].iter().find(|(_, _, other)| other == sub) {
+                problem(format!("{b}.subdomain and {a}.subdomain must differ"));
+            }
         }
+        self.check_upload(problem);
         if self.stream_management.max_unacked == 0 {
             problem("stream_management.max_unacked must be at least 1".to_owned());
+        }
+    }
+
+    /// `upload`.
+    fn check_upload(&self, problem: &mut impl FnMut(String)) {
+        let u = &self.upload;
+        if u.max_file_bytes == 0 || u.quota_bytes < u.max_file_bytes {
+            problem(format!(
+                "upload.max_file_bytes ({}) must be at least 1 and at most upload.quota_bytes ({})",
+                u.max_file_bytes, u.quota_bytes
+            ));
+        }
+        if let Some(url) = &u.url {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(['?', '#', ' '])) {
+                problem(format!(
+                    "upload.url: `{url}` is not an http:// or https:// URL without query"
+                ));
+            }
         }
     }
 
@@ -790,13 +835,31 @@ impl Config {
             .collect()
     }
 
+    /// The file upload service of each served domain, as (service, domain), when on.
+    pub fn upload_domains(&self) -> Vec<(String, String)> {
+        if !self.upload.enabled {
+            return Vec::new();
+        }
+        self.domains
+            .iter()
+            .map(|d| (format!("{}.{d}", self.upload.subdomain), d.clone()))
+            .collect()
+    }
+
+    /// Every service of every served domain (rooms, proxy, upload), as (service, domain).
+    pub fn service_domains(&self) -> Vec<(String, String)> {
+        let mut all = self.muc_domains();
+        all.extend(self.proxy65_domains());
+        all.extend(self.upload_domains());
+        all
+    }
+
     /// Every domain this server answers for: its users' and its services'. Servers that
     /// federate with it may address any of them.
     pub fn all_domains(&self) -> Vec<String> {
         let mut all = self.domains.clone();
-        all.extend(self.muc_domains().into_iter().map(|(service, _)| service));
         all.extend(
-            self.proxy65_domains()
+            self.service_domains()
                 .into_iter()
                 .map(|(service, _)| service),
         );

@@ -78,11 +78,24 @@ pub(crate) struct Env {
     resumable: resume::Registry,
 }
 
-/// The TLS configurations of the client listeners.
+/// The TLS configurations of the client listeners (and of HTTPS, which clients use too).
 #[derive(Clone)]
 pub(crate) struct ClientTls {
     pub(crate) starttls: Arc<rustls::ServerConfig>,
     pub(crate) direct: Arc<rustls::ServerConfig>,
+    pub(crate) https: Arc<rustls::ServerConfig>,
+}
+
+impl ClientTls {
+    pub(crate) fn new(
+        identity: &crate::tls::TlsIdentity,
+    ) -> Result<ClientTls, crate::tls::TlsError> {
+        Ok(ClientTls {
+            starttls: identity.server_config(&[])?,
+            direct: identity.server_config(&[b"xmpp-client"])?,
+            https: identity.server_config(&[b"http/1.1"])?,
+        })
+    }
 }
 
 impl Env {
@@ -126,6 +139,11 @@ impl Env {
 
     fn tls(&self) -> Arc<ClientTls> {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The TLS configuration of `listen.https` now.
+    pub(crate) fn https_tls(&self) -> Arc<rustls::ServerConfig> {
+        self.tls().https.clone()
     }
 
     /// A reload: new connections get the new configuration and certificates, login limits

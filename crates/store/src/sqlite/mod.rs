@@ -27,12 +27,14 @@ use crate::{
     ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials, NodeConfig,
     OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas, Result, Roster,
     RosterItem, ScramKeys, Store, StoreError, StoredRoom, Subscription, SubscriptionRequest,
+    UploadSlot,
 };
 
 mod archive;
 mod batch;
 mod muc;
 mod pep;
+mod upload;
 
 /// Rows written or looked up by one statement in the batch operations (six parameters a
 /// row at most, well under SQLite's limit of 32,766 bound parameters).
@@ -50,6 +52,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/0007_pep_subscriptions.sql"),
     ),
+    (8, include_str!("../../migrations/0008_uploads.sql")),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -748,6 +751,31 @@ impl Store for SqliteStore {
         muc::set_affiliation(self, room, jid, affiliation, now_ms).await
     }
 
+    async fn upload_reserve(&self, slot: &UploadSlot, quota: u64) -> Result<()> {
+        upload::reserve(self, slot, quota).await
+    }
+
+    async fn upload_slot(&self, slot: &str) -> Result<Option<UploadSlot>> {
+        upload::get(self, slot).await
+    }
+
+    async fn upload_complete(&self, slot: &str, now_ms: i64) -> Result<bool> {
+        upload::complete(self, slot, now_ms).await
+    }
+
+    async fn uploads_expired(
+        &self,
+        pending_before_ms: i64,
+        completed_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<UploadSlot>> {
+        upload::expired(self, pending_before_ms, completed_before_ms, limit).await
+    }
+
+    async fn upload_remove(&self, slot: &str) -> Result<bool> {
+        upload::remove(self, slot).await
+    }
+
     async fn push_registrations(&self) -> Result<Vec<(String, PushRegistration)>> {
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(
             "SELECT owner, service, node, options FROM push_registrations \
@@ -1258,7 +1286,7 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),

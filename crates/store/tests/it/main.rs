@@ -6,3 +6,4 @@ mod battery;
 mod muc;
 mod pep;
 mod push;
+mod upload;

@@ -1,0 +1,105 @@
+//! Outpost's HTTP side: what the HTTPS listener (`listen.https`) serves. The server
+//! accepts the connections and does TLS; [`Web`] is the [`HttpService`] it hands them to,
+//! with HTTP/1.1 from hyper and routes from axum.
+//!
+//! Routes: `/upload/<slot>/<filename>` (file upload, XEP-0363: `PUT` once with the slot's
+//! secret, then `GET`/`HEAD` by anyone with the URL). Everything else is 404.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use outpost_server::{HttpEnv, HttpService};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+mod upload;
+
+/// A request's headers must arrive within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP service of a running server. One value serves every start of a server (a
+/// test restarts it): each start replaces the routes.
+#[derive(Default)]
+pub struct Web {
+    running: RwLock<Option<Running>>,
+}
+
+#[derive(Clone)]
+struct Running {
+    router: Router,
+    shutdown: CancellationToken,
+}
+
+impl Web {
+    pub fn new() -> Web {
+        Web::default()
+    }
+}
+
+impl HttpService for Web {
+    fn start(&self, env: HttpEnv) {
+        let mut router = Router::new();
+        if let Some(uploads) = &env.uploads {
+            router = router.merge(upload::routes(uploads.clone()));
+            env.spawn(upload::sweep(uploads.clone(), env.shutdown.clone()));
+        }
+        let running = Running {
+            router,
+            shutdown: env.shutdown.clone(),
+        };
+        *self.running.write().unwrap_or_else(|p| p.into_inner()) = Some(running);
+    }
+
+    fn serve(
+        &self,
+        tls: TlsStream<TcpStream>,
+        peer: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let running = self
+            .running
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Box::pin(async move {
+            if let Some(running) = running {
+                serve_connection(running, tls, peer).await;
+            }
+        })
+    }
+}
+
+/// HTTP/1.1 on one connection until the client goes, or the server stops (then the
+/// request in progress is finished and the connection closed).
+async fn serve_connection(running: Running, tls: TlsStream<TcpStream>, peer: SocketAddr) {
+    let service = TowerToHyperService::new(running.router);
+    let mut conn = pin!(
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(TokioIo::new(tls), service)
+    );
+    let mut stop = pin!(running.shutdown.cancelled_owned());
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            done = conn.as_mut() => {
+                if let Err(e) = done {
+                    debug!(%peer, error = %e, "HTTP connection ended");
+                }
+                return;
+            }
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

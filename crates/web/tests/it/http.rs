@@ -1,0 +1,77 @@
+//! A small HTTPS client for the tests: one request per connection, hyper's HTTP/1.1 over
+//! the test kit's TLS connector (which trusts the test server's certificate).
+
+use std::net::SocketAddr;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use outpost_server::ListenerKind;
+use outpost_testkit::TestServer;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Reply {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub(crate) fn https_addr(server: &TestServer) -> SocketAddr {
+    server
+        .listener(ListenerKind::Https)
+        .expect("an HTTPS listener")
+}
+
+/// Sends one request to the server's HTTPS listener. `path` is the URL's path.
+pub(crate) async fn request(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
+    let tcp = TcpStream::connect(https_addr(server))
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls = server
+        .tls_connector()
+        .connect(name, tcp)
+        .await
+        .expect("TLS");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP handshake");
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(Bytes::from(body))).expect("request");
+    let response = sender.send_request(req).await.expect("response");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
