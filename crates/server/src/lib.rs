@@ -253,31 +253,8 @@ impl ServerHandle {
             tls,
             shutdown.clone(),
         ));
-        let services = Services {
-            sessions: sessions.clone(),
-            federation: federation.clone(),
-            components: Arc::new(component::ComponentEnv {
-                delivery: delivery.clone(),
-                secrets: sessions.config().components.clone(),
-                limits: outpost_proto::xml::Limits {
-                    max_stanza_bytes: sessions.config().limits.max_stanza_bytes,
-                    max_depth: sessions.config().limits.max_depth,
-                },
-                shutdown: shutdown.clone(),
-            }),
-            proxied: Arc::new(proxy65::Waiting::default()),
-            http,
-        };
-        let config = sessions.config();
-        proxy65::register(&config, &delivery, &services.proxied, &listeners, &tasks);
-        if let Some(http) = &services.http {
-            let uploads = upload::register(&config, &delivery, &listeners, &tasks);
-            http.start(HttpEnv {
-                uploads,
-                shutdown: shutdown.clone(),
-                tasks: tasks.clone(),
-            });
-        }
+        let services = Services::new(&sessions, federation.clone(), &delivery, http, &shutdown);
+        services.register(&delivery, &listeners, &tasks, &shutdown);
         let connections = Arc::new(Semaphore::new(max_connections));
         let mut addrs = Vec::new();
         for (kind, local, listener) in listeners {
@@ -584,6 +561,52 @@ async fn accept_loop(
 }
 
 impl Services {
+    fn new(
+        sessions: &Arc<session::Env>,
+        federation: Option<Arc<Federation>>,
+        delivery: &Arc<Delivery>,
+        http: Option<Arc<dyn HttpService>>,
+        shutdown: &CancellationToken,
+    ) -> Services {
+        let config = sessions.config();
+        Services {
+            sessions: sessions.clone(),
+            federation,
+            components: Arc::new(component::ComponentEnv {
+                delivery: delivery.clone(),
+                secrets: config.components.clone(),
+                limits: outpost_proto::xml::Limits {
+                    max_stanza_bytes: config.limits.max_stanza_bytes,
+                    max_depth: config.limits.max_depth,
+                },
+                shutdown: shutdown.clone(),
+            }),
+            proxied: Arc::new(proxy65::Waiting::default()),
+            http,
+        }
+    }
+
+    /// Registers the services that answer on listeners of their own (the proxy, upload)
+    /// and starts the HTTP service.
+    fn register(
+        &self,
+        delivery: &Arc<Delivery>,
+        listeners: &[(ListenerKind, SocketAddr, TcpListener)],
+        tasks: &Tasks,
+        shutdown: &CancellationToken,
+    ) {
+        let config = self.sessions.config();
+        proxy65::register(&config, delivery, &self.proxied, listeners, tasks);
+        if let Some(http) = &self.http {
+            let uploads = upload::register(&config, delivery, listeners, tasks);
+            http.start(HttpEnv {
+                uploads,
+                shutdown: shutdown.clone(),
+                tasks: tasks.clone(),
+            });
+        }
+    }
+
     async fn serve(self, kind: ListenerKind, tcp: TcpStream, peer: SocketAddr) {
         match (kind, self.federation) {
             (ListenerKind::Component, _) => {

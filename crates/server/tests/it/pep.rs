@@ -202,73 +202,59 @@ fn event_ids(el: &Element, node: &str) -> Option<Vec<String>> {
         .map(|(_, ids)| ids)
 }
 
+/// An open device list of alice's with one item, `v1`; carol, a stranger, logged in and
+/// available (events to a bare JID reach available clients, RFC 6121 §8.5.2.1.1).
+async fn open_node_and_stranger(server: &TestServer) -> (Client, Client) {
+    users(server).await;
+    let mut alice = server.login("alice", "wonderland", "phone").await;
+    let reply = alice.query("set", None, &publish_devices("v1")).await;
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    let mut carol = server.login("carol", "singer", "tab").await;
+    carol.available().await;
+    (alice, carol)
+}
+
+fn publish_devices(id: &str) -> String {
+    let list = "<list xmlns='eu.siacs.conversations.axolotl'/>";
+    publish(DEVICELIST, id, list, &[("pubsub#access_model", "open")])
+}
+
+/// Sends a subscribe or unsubscribe to alice's `node` for `jid`.
+async fn subscribing(who: &mut Client, node: &str, jid: &str, op: &str) -> Element {
+    who.query("set", Some("alice@localhost"), &subscription(node, jid, op))
+        .await
+}
+
+async fn next_device_event(carol: &mut Client) -> Vec<String> {
+    let event = carol
+        .recv_stashing(|el| event_ids(el, DEVICELIST).is_some())
+        .await;
+    event_ids(&event, DEVICELIST).unwrap_or_default()
+}
+
 /// XEP-0163 §8: a stranger follows an open node by subscribing, without presence or caps.
 #[tokio::test]
 async fn explicit_subscribers_hear_of_open_nodes_until_they_leave() {
     let server = TestServer::start().await;
-    users(&server).await;
-    let mut alice = server.login("alice", "wonderland", "phone").await;
-    let open = [("pubsub#access_model", "open")];
-    let publish_v = |v: &str| {
-        publish(
-            DEVICELIST,
-            v,
-            "<list xmlns='eu.siacs.conversations.axolotl'/>",
-            &open,
-        )
-    };
-    assert_eq!(
-        alice
-            .query("set", None, &publish_v("v1"))
-            .await
-            .attr("type"),
-        Some("result")
-    );
-    // Events to a bare JID reach its available clients (RFC 6121 §8.5.2.1.1).
-    let mut carol = server.login("carol", "singer", "tab").await;
-    carol.available().await;
+    let (mut alice, mut carol) = open_node_and_stranger(&server).await;
     let mut bob = server.login("bob", "builder", "pc").await;
-    let alice_jid = Some("alice@localhost");
-
     // Only for oneself.
-    let forged = bob
-        .query(
-            "set",
-            alice_jid,
-            &subscription(DEVICELIST, "carol@localhost", "subscribe"),
-        )
-        .await;
-    assert_eq!(
-        app_condition(&forged).as_deref(),
-        Some("invalid-jid"),
-        "{forged:?}"
-    );
-    let reply = carol
-        .query(
-            "set",
-            alice_jid,
-            &subscription(DEVICELIST, "carol@localhost", "subscribe"),
-        )
-        .await;
+    let forged = subscribing(&mut bob, DEVICELIST, "carol@localhost", "subscribe").await;
+    assert_eq!(app_condition(&forged).as_deref(), Some("invalid-jid"));
+    let reply = subscribing(&mut carol, DEVICELIST, "carol@localhost", "subscribe").await;
     let sub = reply
         .get_child("pubsub", NS_PUBSUB)
         .and_then(|p| p.get_child("subscription", NS_PUBSUB))
         .unwrap_or_else(|| panic!("{reply:?}"));
     assert_eq!(sub.attr("subscription"), Some("subscribed"));
     // The last item at once, then each new one.
-    let last = carol
-        .recv_stashing(|el| event_ids(el, DEVICELIST).is_some())
-        .await;
-    assert_eq!(event_ids(&last, DEVICELIST).unwrap(), ["v1"]);
-    alice.query("set", None, &publish_v("v2")).await;
-    let next = carol
-        .recv_stashing(|el| event_ids(el, DEVICELIST).is_some())
-        .await;
-    assert_eq!(event_ids(&next, DEVICELIST).unwrap(), ["v2"]);
+    assert_eq!(next_device_event(&mut carol).await, ["v1"]);
+    alice.query("set", None, &publish_devices("v2")).await;
+    assert_eq!(next_device_event(&mut carol).await, ["v2"]);
     let listed = carol
         .query(
             "get",
-            alice_jid,
+            Some("alice@localhost"),
             &format!("<pubsub xmlns='{NS_PUBSUB}'><subscriptions/></pubsub>"),
         )
         .await;
@@ -279,70 +265,47 @@ async fn explicit_subscribers_hear_of_open_nodes_until_they_leave() {
         .unwrap_or_default();
     assert_eq!(nodes, [DEVICELIST], "{listed:?}");
 
-    let left = carol
-        .query(
-            "set",
-            alice_jid,
-            &subscription(DEVICELIST, "carol@localhost", "unsubscribe"),
-        )
-        .await;
+    let left = subscribing(&mut carol, DEVICELIST, "carol@localhost", "unsubscribe").await;
     assert_eq!(left.attr("type"), Some("result"), "{left:?}");
-    let again = carol
-        .query(
-            "set",
-            alice_jid,
-            &subscription(DEVICELIST, "carol@localhost", "unsubscribe"),
-        )
-        .await;
-    assert_eq!(
-        app_condition(&again).as_deref(),
-        Some("not-subscribed"),
-        "{again:?}"
-    );
-    alice.query("set", None, &publish_v("v3")).await;
+    let again = subscribing(&mut carol, DEVICELIST, "carol@localhost", "unsubscribe").await;
+    assert_eq!(app_condition(&again).as_deref(), Some("not-subscribed"));
+    alice.query("set", None, &publish_devices("v3")).await;
     carol.assert_quiet().await;
+}
 
-    // A presence-only node turns strangers away; a deleted node tells its subscribers.
+/// A presence-only node turns strangers away; a deleted node tells its subscribers.
+#[tokio::test]
+async fn subscriptions_need_access_and_end_with_the_node() {
+    let server = TestServer::start().await;
+    let (mut alice, mut carol) = open_node_and_stranger(&server).await;
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Ally</nick>";
     alice
         .query("set", None, &publish(NICK, "current", nick, &[]))
         .await;
-    let refused = carol
-        .query(
-            "set",
-            alice_jid,
-            &subscription(NICK, "carol@localhost", "subscribe"),
-        )
-        .await;
+    let refused = subscribing(&mut carol, NICK, "carol@localhost", "subscribe").await;
     assert_eq!(
         app_condition(&refused).as_deref(),
         Some("presence-subscription-required")
     );
+    // A full JID subscribes that one client.
     let full = "carol@localhost/tab";
-    carol
-        .query(
-            "set",
-            alice_jid,
-            &subscription(DEVICELIST, full, "subscribe"),
-        )
-        .await;
-    carol
-        .recv_stashing(|el| event_ids(el, DEVICELIST).is_some())
-        .await;
+    subscribing(&mut carol, DEVICELIST, full, "subscribe").await;
+    assert_eq!(next_device_event(&mut carol).await, ["v1"]);
     let delete =
         format!("<pubsub xmlns='{NS_PUBSUB}#owner'><delete node='{DEVICELIST}'/></pubsub>");
-    assert_eq!(
-        alice.query("set", None, &delete).await.attr("type"),
-        Some("result")
-    );
-    let deleted = carol
+    let deleted = alice.query("set", None, &delete).await;
+    assert_eq!(deleted.attr("type"), Some("result"));
+    let event = carol
         .recv_stashing(|el| {
             el.get_child("event", NS_EVENT)
                 .and_then(|e| e.get_child("delete", NS_EVENT))
                 .is_some()
         })
         .await;
-    assert_eq!(deleted.attr("to"), Some(full));
+    assert_eq!(event.attr("to"), Some(full));
+    // A node made again under the same name starts without them.
+    alice.query("set", None, &publish_devices("v4")).await;
+    carol.assert_quiet().await;
 }
 
 #[tokio::test]
