@@ -388,10 +388,12 @@ impl ServerHandle {
     }
 
     /// Applies a new configuration and certificate without dropping sessions: domains,
-    /// limits, registration, authentication settings and certificates (for connections
-    /// from now on; login limits at once). Sessions on domains no longer served end with
-    /// `host-gone`. Listeners, storage, the data directory and federation settings take a
-    /// restart: they are named in [`Reloaded::needs_restart`] and left as they were.
+    /// limits, registration, authentication, archive and push settings and certificates
+    /// (for connections from now on; login limits at once). Sessions on domains no longer
+    /// served end with `host-gone`. Listeners, storage, the data directory, federation, the
+    /// services (rooms, proxy, upload, components; a new domain gets its services at the
+    /// next start) take a restart: they are named in [`Reloaded::needs_restart`] and left
+    /// as they were.
     pub fn reload(
         &self,
         mut config: Config,
@@ -408,10 +410,19 @@ impl ServerHandle {
         keep("storage", config.storage == old.storage);
         keep("data_dir", config.data_dir == old.data_dir);
         keep("federation", config.federation == old.federation);
+        // Services run as tasks and components set up at start.
+        keep("muc", config.muc == old.muc);
+        keep("proxy65", config.proxy65 == old.proxy65);
+        keep("upload", config.upload == old.upload);
+        keep("components", config.components == old.components);
         config.listen = old.listen.clone();
         config.storage = old.storage.clone();
         config.data_dir = old.data_dir.clone();
         config.federation = old.federation.clone();
+        config.muc = old.muc.clone();
+        config.proxy65 = old.proxy65.clone();
+        config.upload = old.upload.clone();
+        config.components = old.components.clone();
         let tls = session::ClientTls::new(identity)?;
         if let Some(fed) = &self.federation {
             fed.reload(&config, identity)?;

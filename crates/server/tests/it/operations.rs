@@ -232,15 +232,16 @@ async fn a_reload_keeps_sessions_and_applies_domains() {
         .expect_err("one resource");
     assert_eq!(stanza_error(&error).0, "resource-constraint");
 
-    // Listener changes are reported, not applied.
+    // Listener and service changes are reported, not applied.
     config.listen.c2s = vec!["127.0.0.1:1".parse().expect("addr")];
+    config.upload.max_file_bytes = 1;
     let report = server
         .handle
         .as_ref()
         .expect("running")
         .reload(config, &identity)
         .expect("reload");
-    assert_eq!(report.needs_restart, ["listen"]);
+    assert_eq!(report.needs_restart, ["listen", "upload"]);
     alice.assert_quiet().await;
     server.stop().await;
 }
