@@ -28,7 +28,7 @@ DEFAULT_BIN = os.path.join(
 )
 DOMAIN = "localhost"
 
-LISTEN_RE = re.compile(r"^listening\s+(c2s-starttls|c2s-tls|s2s)\s+(\S+)\s*$")
+LISTEN_RE = re.compile(r"^listening\s+(c2s-starttls|c2s-tls|s2s|proxy65)\s+(\S+)\s*$")
 
 START_TIMEOUT = float(os.environ.get("OUTPOST_START_TIMEOUT", "30"))
 STOP_TIMEOUT = float(os.environ.get("OUTPOST_STOP_TIMEOUT", "10"))
@@ -130,6 +130,11 @@ class OutpostServer:
     def s2s_addr(self) -> tuple[str, int]:
         return self.listeners["s2s"]
 
+    @property
+    def proxy65_addr(self) -> tuple[str, int]:
+        """The SOCKS5 bytestream proxy's listener (XEP-0065), as the server printed it."""
+        return self.listeners["proxy65"]
+
     # ------------------------------------------------------------ lifecycle
     def add_user_cli(self, localpart: str, password: str, timeout: float = 30) -> None:
         """``outpost user add`` (password on stdin)."""
@@ -177,7 +182,8 @@ class OutpostServer:
         self._pump.start()
 
         deadline = time.monotonic() + timeout
-        wanted = {"c2s-starttls", "c2s-tls"}
+        # render_config always binds the bytestream proxy (enabled by default).
+        wanted = {"c2s-starttls", "c2s-tls", "proxy65"}
         if self.s2s_listen:
             wanted.add("s2s")
         while not wanted <= self.listeners.keys():
@@ -246,7 +252,9 @@ class OutpostServer:
 
 def federated_outposts(base: Path, domains: tuple[str, ...] = ("a.test", "b.test"),
                        hosts: tuple[str, ...] = ("127.0.0.4", "127.0.0.5"),
-                       port: int = 5269, extra: str = "") -> list[OutpostServer]:
+                       port: int = 5269, extra: str = "",
+                       services: tuple[str, ...] = (),
+                       peers: dict[str, str] | None = None) -> list[OutpostServer]:
     """Outpost servers (not started) that federate with each other on loopback only.
 
     Each serves one domain and listens for server-to-server streams on its own loopback
@@ -255,11 +263,18 @@ def federated_outposts(base: Path, domains: tuple[str, ...] = ("a.test", "b.test
     TLS is required on every s2s stream; the generated certificates are self-signed, so
     the servers authenticate each other with dialback (a fixed secret per server).
     Client listeners stay on 127.0.0.1 with kernel-chosen ports, as for OutpostServer.
+    ``services`` names subdomain services (e.g. ``"conference"``): each server also lists
+    ``<service>.<domain>`` of every other server at that server's address. ``peers``
+    (domain -> "host:port") are listed by every server they are not of, after those: a
+    third party such as Prosody, or another address (a relay) for one of the servers.
     ``extra`` is appended to every configuration."""
     servers = []
     for domain, host in zip(domains, hosts):
-        peers = "\n".join(f'"{d}" = "{h}:{port}"'
-                          for d, h in zip(domains, hosts) if d != domain)
+        listed = {f"{svc}{d}": f"{h}:{port}" for d, h in zip(domains, hosts) if d != domain
+                  for svc in ("", *(f"{s}." for s in services))}
+        listed.update({d: addr for d, addr in (peers or {}).items()
+                       if d != domain and not d.endswith("." + domain)})
+        peers_toml = "\n".join(f'"{d}" = "{addr}"' for d, addr in listed.items())
         overrides = f"""
 [federation]
 enabled = true
@@ -272,7 +287,7 @@ probe_interval_secs = 1
 srv_lookup = false
 
 [federation.peers]
-{peers}
+{peers_toml}
 {extra}"""
         servers.append(OutpostServer(Path(base) / domain, domain=domain,
                                      s2s_listen=f"{host}:{port}", config_overrides=overrides))

@@ -540,13 +540,23 @@ class TcpRelay:
         self.addr: tuple[str, int] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._changed = asyncio.Event()
+        # While set, new connections are aborted on arrival (see refuse()).
+        self.refusing = False
 
     async def start(self) -> "TcpRelay":
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.addr = self._server.sockets[0].getsockname()[:2]
         return self
 
+    def refuse(self, on: bool = True) -> None:
+        """While on, every new connection is aborted as soon as it is accepted, so a peer
+        that redials finds the path down; existing links are untouched (cut them)."""
+        self.refusing = on
+
     async def _accept(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            cw.transport.abort()
+            return
         try:
             sr, sw = await asyncio.wait_for(asyncio.open_connection(*self.target), DEFAULT_TIMEOUT)
         except Exception:

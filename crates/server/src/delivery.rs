@@ -221,6 +221,12 @@ impl Delivery {
         components.get(domain).map(|(_, c)| c.clone())
     }
 
+    /// Whether `domain` is one of our services (a room service, the proxy, upload, an
+    /// external component), which answers its stanzas itself.
+    pub(crate) fn is_service(&self, domain: &str) -> bool {
+        self.component(domain).is_some()
+    }
+
     /// The domains of the services for the users of `domain`, sorted (disco#items on the
     /// server, XEP-0030 §4).
     pub(crate) fn services_of(&self, domain: &str) -> Vec<String> {

@@ -243,6 +243,10 @@ impl Service {
                 .into_iter()
                 .filter_map(|m| {
                     let mut message: Element = m.stanza.parse().ok()?;
+                    // History is what was said; the subject is kept with the room.
+                    if !message.has_child("body", ns::CLIENT) {
+                        return None;
+                    }
                     stanza::remove_attr(&mut message, "to");
                     let at_ms = archive::time_of(m.id);
                     Some(Said {

@@ -475,8 +475,10 @@ impl Room {
         } else {
             vec![real.clone()]
         };
-        let occupant = self.occupants[i].clone();
+        let mut occupant = self.occupants[i].clone();
         let last_client = occupant.jids.len() == leaving.len();
+        // An occupant that is gone has no role (§7.14, §8.2).
+        occupant.role = Role::None;
         for (to, _) in self.recipients(i) {
             let gone = leaving.contains(&to);
             if !last_client && !gone {
@@ -585,6 +587,10 @@ impl Room {
             }
             ("error", _, _) => {}
             ("groupchat", None, Some(i)) => self.groupchat(i, from, el, cx, out),
+            ("groupchat", Some(_), Some(_)) => {
+                // §7.5: a private message must not be of type groupchat.
+                self.error_to(el, from, StanzaError::new(Condition::BadRequest), out);
+            }
             ("groupchat", _, _) => {
                 self.error_to(el, from, StanzaError::new(Condition::NotAcceptable), out);
             }
@@ -636,8 +642,8 @@ impl Room {
         }) {
             reflected.append_child(child.clone());
         }
-        let keep = el.has_child("body", ns::CLIENT) || el.has_child("subject", ns::CLIENT);
-        if keep {
+        // Only what was said is history and archive (§7.2.15): the subject is sent apart.
+        if el.has_child("body", ns::CLIENT) {
             reflected.append_child(
                 Element::builder("stanza-id", ns::SID)
                     .attr(stanza::name("by"), room.as_str())
@@ -787,6 +793,11 @@ impl Room {
             ("query", NS_OWNER, "set") => self.owner_set(from, payload, &mut then),
             _ => Err(StanzaError::new(Condition::ServiceUnavailable)),
         };
+        // What it stores comes first: the answer says the change is durable.
+        let (stored, told): (Vec<Effect>, Vec<Effect>) = then
+            .into_iter()
+            .partition(|e| !matches!(e, Effect::Send(_)));
+        out.extend(stored);
         match answer {
             Ok(payload) => {
                 let mut reply = stanza::iq_result(el, Some(self.jid.as_str()));
@@ -798,7 +809,7 @@ impl Room {
             }
             Err(e) => self.error_to(el, from, e, out),
         }
-        out.extend(then);
+        out.extend(told);
     }
 
     /// An IQ to `room/nick`: a self-ping is answered by the room (XEP-0410); other requests
@@ -1065,6 +1076,8 @@ impl Room {
                     };
                     match kicked {
                         Some(code) => {
+                            // §9.1: the banned occupant leaves as an outcast.
+                            self.occupants[t].affiliation = affiliation;
                             let real = self.occupants[t].jids[0].clone();
                             self.leave(t, &real, &[code], reason.as_deref(), out);
                         }

@@ -429,3 +429,82 @@ fn delivery_failures_remove_a_client_but_wan_outages_do_not() {
     let out = r.drop_client(&jid("alice@example.org/phone"));
     assert!(out.contains(&Effect::Destroyed) || r.config().persistent);
 }
+
+/// §7.2.15: history is what was said; a subject change is not, and a newcomer gets the
+/// history, then the subject once.
+#[test]
+fn subject_changes_are_not_history() {
+    let mut r = room_with_alice_and_bob();
+    let alice = jid("alice@example.org/phone");
+    let subject = el(&format!(
+        "<message xmlns='jabber:client' type='groupchat' to='{ROOM}'><subject>Today</subject></message>"
+    ));
+    let out = r.handle(&alice, &subject, &cx(50));
+    assert!(out.contains(&Effect::SaveRoom));
+    assert!(!out.iter().any(|e| matches!(e, Effect::Archive { .. })));
+    let said = el(&format!(
+        "<message xmlns='jabber:client' type='groupchat' to='{ROOM}'><body>hello</body></message>"
+    ));
+    r.handle(&alice, &said, &cx(51));
+    let carol = jid("carol@example.org/tab");
+    let out = r.handle(&carol, &el(&join_xml("carol")), &cx(52));
+    let messages: Vec<&Element> = to(&sent(&out), "carol@example.org/tab")
+        .into_iter()
+        .filter(|s| s.name() == "message")
+        .collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    assert!(messages[0].has_child("body", ns::CLIENT));
+    assert_eq!(
+        messages[1]
+            .get_child("subject", ns::CLIENT)
+            .map(Element::text),
+        Some("Today".to_owned())
+    );
+}
+
+/// §7.5: a private message of type groupchat is refused with bad-request.
+#[test]
+fn a_groupchat_private_message_is_a_bad_request() {
+    let mut r = room_with_alice_and_bob();
+    let pm = el(&format!(
+        "<message xmlns='jabber:client' type='groupchat' to='{ROOM}/bob'><body>psst</body></message>"
+    ));
+    let out = r.handle(&jid("alice@example.org/phone"), &pm, &cx(60));
+    let s = sent(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(error_condition(s[0]).as_deref(), Some("bad-request"));
+}
+
+/// A kicked occupant leaves with role none (§8.2), a banned one as an outcast (§9.1), and
+/// the change is stored before the admin hears it was made.
+#[test]
+fn who_leaves_by_force_leaves_without_a_role() {
+    let mut r = room_with_alice_and_bob();
+    let alice = jid("alice@example.org/phone");
+    let admin = |item: &str| {
+        el(&format!(
+            "<iq xmlns='jabber:client' type='set' id='a' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
+        ))
+    };
+    let out = r.handle(&alice, &admin("<item nick='bob' role='none'/>"), &cx(70));
+    let gone = to(&sent(&out), "bob@example.net/pc");
+    assert_eq!(item_attr(gone[0], "role"), Some("none"));
+    r.handle(&jid("bob@example.net/pc"), &el(&join_xml("bob")), &cx(71));
+    let out = r.handle(
+        &alice,
+        &admin("<item jid='bob@example.net' affiliation='outcast'/>"),
+        &cx(72),
+    );
+    let gone = to(&sent(&out), "bob@example.net/pc");
+    assert!(codes(gone[0]).contains(&"301".to_owned()));
+    assert_eq!(item_attr(gone[0], "affiliation"), Some("outcast"));
+    assert_eq!(item_attr(gone[0], "role"), Some("none"));
+    let saved = out
+        .iter()
+        .position(|e| matches!(e, Effect::SaveAffiliation { .. }));
+    let answered = out.iter().position(|e| match e {
+        Effect::Send(s) => s.name() == "iq" && s.attr("type") == Some("result"),
+        _ => false,
+    });
+    assert!(saved.is_some() && saved < answered, "{out:?}");
+}

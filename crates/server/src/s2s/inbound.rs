@@ -387,6 +387,11 @@ async fn deliver_message(
 /// to a bound resource are forwarded; those for our domains and our users' bare JIDs are
 /// answered as for a local client (`services::answer`).
 async fn inbound_iq(d: &Delivery, el: Element, to: Jid) {
+    if d.is_service(to.domain().as_str()) {
+        // A room, an occupant, the proxy: the service answers, as for local users.
+        d.send(el);
+        return;
+    }
     let ty = el.attr("type").unwrap_or("");
     if matches!(ty, "result" | "error") && to.node().is_none() {
         // An answer to the server's own question (entity capabilities).
