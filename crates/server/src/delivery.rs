@@ -109,6 +109,8 @@ pub(crate) struct Accepted(Vec<Commit>);
 
 struct Commit {
     pending: Pending,
+    /// Its outcome, once [`Accepted::oldest_done`] has seen it.
+    outcome: Option<Result<i64, StoreError>>,
     /// The stanza whose sender is told if the write fails (offline and outbox writes); an
     /// archive write that fails is only logged: the message itself went on.
     on_failure: Option<Element>,
@@ -118,6 +120,7 @@ impl Accepted {
     fn one(pending: Pending, on_failure: Option<Element>) -> Accepted {
         Accepted(vec![Commit {
             pending,
+            outcome: None,
             on_failure,
         }])
     }
@@ -136,32 +139,75 @@ impl Accepted {
         self.0.extend(other.0);
     }
 
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Waits until every write is committed or failed. The stanzas whose write failed come
     /// back with the error their senders get.
     pub(crate) async fn settle(self) -> Vec<Undeliverable> {
         let mut failed = Vec::new();
         for c in self.0 {
-            match (c.pending.await, c.on_failure) {
-                (Ok(_), _) => {}
-                (Err(e), None) => warn!(error = %e, "cannot archive a message"),
-                (Err(e), Some(stanza)) => {
-                    let condition = match e {
-                        StoreError::QuotaExceeded { .. } => Condition::ResourceConstraint,
-                        // RFC 6121 §8.5.2.2.1: no such account.
-                        StoreError::NoSuchAccount => Condition::ServiceUnavailable,
-                        e => {
-                            warn!(error = %e, "cannot store a message");
-                            Condition::InternalServerError
-                        }
-                    };
-                    failed.push(Undeliverable {
-                        stanza,
-                        error: condition.into(),
-                    });
-                }
-            }
+            let outcome = match c.outcome {
+                Some(outcome) => outcome,
+                None => c.pending.await,
+            };
+            failed.extend(failure(outcome, c.on_failure));
         }
         failed
+    }
+
+    /// Waits until the oldest write has its outcome (the journal commits in order, so
+    /// then some writes are done). Cancel-safe.
+    pub(crate) async fn oldest_done(&mut self) {
+        if let Some(c) = self.0.first_mut()
+            && c.outcome.is_none()
+        {
+            c.outcome = Some((&mut c.pending).await);
+        }
+    }
+
+    /// Forgets the writes already committed, without waiting for the others; the stanzas
+    /// whose write failed come back as from [`Accepted::settle`].
+    pub(crate) fn settled_so_far(&mut self) -> Vec<Undeliverable> {
+        let mut failed = Vec::new();
+        self.0.retain_mut(|c| match c.outcome.take().or_else(|| c.pending.ready()) {
+            None => true,
+            Some(outcome) => {
+                failed.extend(failure(outcome, c.on_failure.take()));
+                false
+            }
+        });
+        failed
+    }
+}
+
+/// What a write's outcome means for its stanza's sender.
+fn failure(
+    outcome: Result<i64, StoreError>,
+    on_failure: Option<Element>,
+) -> Option<Undeliverable> {
+    match (outcome, on_failure) {
+        (Ok(_), _) => None,
+        (Err(e), None) => {
+            warn!(error = %e, "cannot archive a message");
+            None
+        }
+        (Err(e), Some(stanza)) => {
+            let condition = match e {
+                StoreError::QuotaExceeded { .. } => Condition::ResourceConstraint,
+                // RFC 6121 §8.5.2.2.1: no such account.
+                StoreError::NoSuchAccount => Condition::ServiceUnavailable,
+                e => {
+                    warn!(error = %e, "cannot store a message");
+                    Condition::InternalServerError
+                }
+            };
+            Some(Undeliverable {
+                stanza,
+                error: condition.into(),
+            })
+        }
     }
 }
 

@@ -74,6 +74,17 @@ impl Future for Pending {
 }
 
 impl Pending {
+    /// The outcome, if it is known already (without waiting).
+    pub(crate) fn ready(&mut self) -> Option<Result<i64, StoreError>> {
+        match self.0.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                Some(Err(StoreError::Backend("the server is stopping".into())))
+            }
+        }
+    }
+
     /// A pending outcome that someone other than the journal settles: the multi-user chat
     /// service answers with it once a room message's archive row is committed.
     pub(crate) fn channel() -> (oneshot::Sender<Result<i64, StoreError>>, Pending) {

@@ -58,6 +58,9 @@ const READ_CHUNK: usize = 8192;
 const MAX_READ_PER_TURN: usize = 64 * 1024;
 /// Messages from other sessions handled in one turn before the output is written.
 const INBOX_BATCH: usize = 64;
+/// Writes a session lets wait for their commit while it has nothing to write; more, and it
+/// waits for them (which bounds what a sender that never reads an answer keeps pending).
+const MAX_UNSETTLED: usize = 4096;
 /// Stanzas held for an inactive client (XEP-0352) before they are written anyway.
 const CSI_MAX_HELD: usize = 256;
 
@@ -448,6 +451,12 @@ impl Session {
                         tokio::time::sleep(wait).await;
                     }
                 }
+                // What the client wrote is committed: a failure is told at once.
+                () = self.accepted.oldest_done(), if !self.accepted.is_empty() => {
+                    if let Some(end) = self.flush(conn).await {
+                        return end;
+                    }
+                }
                 msg = rx.recv(), if window_open => {
                     let Some(msg) = msg else { return End::Io };
                     if let Some(end) = self.inbox(*msg, rx, conn).await {
@@ -637,6 +646,15 @@ impl Session {
     /// After each successful write, a delivered offline batch is deleted and the next one
     /// queued, so this loops until the queue is drained.
     async fn flush(&mut self, conn: &mut Conn) -> Option<End> {
+        // Nothing to write acknowledges nothing: the client's writes may still be on their
+        // way to the disk, and the session goes on reading meanwhile (a sender streaming
+        // messages is not held to one commit per read).
+        for u in self.accepted.settled_so_far() {
+            self.error_to_sender(&u.stanza, u.error);
+        }
+        if !self.proto.has_output() && self.accepted.len() < MAX_UNSETTLED {
+            return None;
+        }
         self.settle().await;
         if self.csi.inactive && !self.csi.urgent && self.csi.held < CSI_MAX_HELD {
             return None;
