@@ -5,17 +5,23 @@
 #
 #   bench/compare.sh                       # defaults below
 #   IDLE_N=19000 RUNS=5 bench/compare.sh   # any parameter by environment
-#   TLS=1 bench/compare.sh                 # STARTTLS on every connection, for every server
+#   TLS=0 bench/compare.sh                 # plaintext (STARTTLS on every connection is the default)
 #
 # Installs Prosody and ejabberd from Debian's packages when missing. Each server runs as its
 # own process with its own configuration and data under $OUT/<server>/ (never the system
 # service), and is stopped by its own pid (Outpost, Prosody) or `ejabberdctl stop`.
 #
+# Every server archives every message (XEP-0313) and every room, has stream management
+# (XEP-0198) and multi-user chat (XEP-0045) on; see bench/servers.sh.
+#
 # Phases: for each server, provision users (in-band registration, XEP-0077) and a roster
-# (RFC 6121 subscriptions), then throughput, login storm, offline flush and roster login
-# (RUNS times), then idle, from a fresh start on the provisioned data; once every server's
-# saturation is known, the latency scenario runs against each at LAT_FRACTION of the
-# slowest server's throughput.
+# (RFC 6121 subscriptions), then throughput (with a check of the first receiver's archive),
+# login storm, offline flush and roster login (RUNS times), then the MUC room (RUNS times),
+# then idle (with stream management enabled on every connection when SM=1), from a fresh
+# start on the provisioned data. Then the ceiling: outpost-bench's relay (no XMPP, the same
+# stanza bytes over the same TLS) under the throughput scenario, RUNS times. Once every
+# server's saturation is known, the latency scenario runs against each at LAT_FRACTION of
+# the slowest server's throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,9 +38,16 @@ ROOT=$PWD
 : "${OFFLINE_COUNT:=10000}"   # e. offline messages
 : "${CONTACTS:=1000}"         # f. roster size
 : "${ONLINE:=500}"            # f. contacts online
-: "${RUNS:=3}"                # repetitions of b–f (the table shows medians)
+: "${MUC_N:=100}"             # g. occupants of the room
+: "${MUC_SENDERS:=0}"         # g. occupants that send (0: all)
+: "${MUC_WINDOW:=2}"          # g. messages per sender not yet at every occupant
+: "${RUNS:=3}"                # repetitions of b–g (the table shows medians)
 : "${ITERATIONS:=4096}"       # SCRAM iteration count, every server
-: "${TLS:=0}"                 # 1: STARTTLS on every connection
+: "${TLS:=1}"                 # 1: STARTTLS on every connection (0: plaintext)
+: "${SM:=1}"                  # a. 1: stream management enabled on every idle connection
+: "${CEILING:=1}"             # 1: run the relay (the ceiling) under the throughput scenario
+# The archives' backends (bench/servers.sh): EJ_MAM_DB=sql|mnesia (sql: SQLite, the
+# default), PROSODY_MAM_STORAGE=internal|sql (internal: files, the default).
 : "${THREADS:=1}"             # generator runtime threads
 : "${SERVERS:=outpost prosody ejabberd}"
 : "${PROFILE:=release}"       # cargo profile of the binaries
@@ -46,6 +59,9 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
 source "$ROOT/bench/servers.sh"
 USERS_N=$(( IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS ))
 USERS_N=$(( USERS_N > LOGIN_N ? USERS_N : LOGIN_N ))
+USERS_N=$(( USERS_N > MUC_N ? USERS_N : MUC_N ))
+IDLE_SM=()
+[[ $SM == 1 ]] && IDLE_SM=(--sm)
 
 
 mkdir -p "$OUT"
@@ -53,10 +69,17 @@ OUT=$(cd "$OUT" && pwd)
 
 # ------------------------------------------------------------------ prerequisites
 
-if ! command -v prosody >/dev/null || ! command -v ejabberdctl >/dev/null; then
-    log "installing prosody and ejabberd from Debian's packages"
+# ejabberd's archive in SQLite needs its SQLite driver; Prosody's, if asked for, LuaDBI's.
+PACKAGES=(prosody ejabberd erlang-p1-sqlite3)
+[[ $PROSODY_MAM_STORAGE == sql ]] && PACKAGES+=(lua-dbi-sqlite3)
+MISSING=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || MISSING+=("$p")
+done
+if (( ${#MISSING[@]} )); then
+    log "installing ${MISSING[*]} from Debian's packages"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prosody ejabberd >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${MISSING[@]}" >/dev/null
 fi
 
 if [[ $SKIP_BUILD != 1 ]]; then
@@ -80,7 +103,8 @@ if (( IDLE_N > 25000 )); then
     SRC_IPS="127.0.0.2,127.0.0.3,127.0.0.4"
 fi
 
-# A certificate for Prosody and ejabberd (Outpost makes its own); used only with TLS=1.
+# A certificate for Prosody and ejabberd (Outpost and the relay make their own); used only
+# with TLS=1.
 CERT_DIR=$OUT/cert
 mkdir -p "$CERT_DIR"
 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$DOMAIN" \
@@ -105,18 +129,33 @@ for s in $SERVERS; do
     start_server "$s"
     for r in $(seq 1 "$RUNS"); do
         log "$s: run $r/$RUNS: b. throughput, d. login, e. offline, f. roster"
-        bench "$s" throughput --pairs "$PAIRS" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION"
+        bench "$s" throughput --pairs "$PAIRS" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION" --mam-check
         bench "$s" login -n "$LOGIN_N" --concurrency "$LOGIN_CONC" --mech SCRAM-SHA-1
         bench "$s" offline --count "$OFFLINE_COUNT"
         bench "$s" roster --owner ro1 --contact-prefix rc --contacts "$CONTACTS" --online "$ONLINE" --runs 1
     done
+    for r in $(seq 1 "$RUNS"); do
+        log "$s: run $r/$RUNS: g. MUC, one new room, $MUC_N occupants"
+        bench "$s" muc --occupants "$MUC_N" --senders "$MUC_SENDERS" --window "$MUC_WINDOW" \
+            --warmup "$WARMUP" --duration "$DURATION" --service "$MUC_SERVICE" --mam-check
+    done
     # Last: holding many sessions leaves some servers with a larger heap afterwards
     # (Prosody's Lua GC then costs more per message), which would skew what follows.
-    log "$s: a. idle, $IDLE_N connections"
-    bench "$s" idle -n "$IDLE_N" --concurrency 200
+    log "$s: a. idle, $IDLE_N connections${IDLE_SM:+, stream management on}"
+    bench "$s" idle -n "$IDLE_N" --concurrency 200 "${IDLE_SM[@]}"
     log "$s: stopping"
     "stop_$s"
 done
+
+if [[ $CEILING == 1 ]]; then
+    # A new relay for each run: it pairs connections by accept order.
+    for r in $(seq 1 "$RUNS"); do
+        log "ceiling: run $r/$RUNS: b. throughput against the relay"
+        start_server relay
+        bench relay throughput --pairs "$PAIRS" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION"
+        stop_relay
+    done
+fi
 
 if [[ -z $LAT_RATE ]]; then
     LAT_RATE=$(python3 "$ROOT/bench/report.py" --slowest-rate "$LAT_FRACTION" "$OUT" $SERVERS)
@@ -142,8 +181,10 @@ done
     echo "ejabberd=$(dpkg-query -W -f '${Version}' ejabberd) (Erlang/OTP $(dpkg-query -W -f '${Version}' erlang-base))"
     echo "rustc=$(rustc --version | awk '{print $2}')"
     echo "tls=$TLS"
+    echo "sm=$SM"
+    echo "archive=1 (outpost sqlite, prosody $PROSODY_MAM_STORAGE, ejabberd $EJ_MAM_DB)"
     echo "iterations=$ITERATIONS"
-    echo "params=IDLE_N=$IDLE_N PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION LAT_RATE=$LAT_RATE LOGIN_N=$LOGIN_N LOGIN_CONC=$LOGIN_CONC OFFLINE_COUNT=$OFFLINE_COUNT CONTACTS=$CONTACTS ONLINE=$ONLINE RUNS=$RUNS THREADS=$THREADS"
+    echo "params=IDLE_N=$IDLE_N PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION LAT_RATE=$LAT_RATE LOGIN_N=$LOGIN_N LOGIN_CONC=$LOGIN_CONC OFFLINE_COUNT=$OFFLINE_COUNT CONTACTS=$CONTACTS ONLINE=$ONLINE MUC_N=$MUC_N MUC_SENDERS=$MUC_SENDERS MUC_WINDOW=$MUC_WINDOW RUNS=$RUNS THREADS=$THREADS TLS=$TLS SM=$SM CEILING=$CEILING"
 } >"$OUT/machine.txt"
 
 python3 "$ROOT/bench/report.py" "$OUT" $SERVERS >"$OUT/table.md"

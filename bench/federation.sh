@@ -68,6 +68,7 @@ data_dir = "$dir/data"
 c2s = ["127.0.0.1:${C2S[$s]}"]
 c2s_tls = []
 proxy65 = []
+https = []
 s2s = ["127.0.0.1:${S2S[$s]}"]
 
 [registration]

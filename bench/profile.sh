@@ -21,7 +21,7 @@ scenario=$2
 shift 2
 OUT=$(cd "$OUT" && pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
-: "${ITERATIONS:=4096}" "${TLS:=0}" "${THREADS:=1}" "${SRC_IPS:=}"
+: "${ITERATIONS:=4096}" "${TLS:=1}" "${THREADS:=1}" "${SRC_IPS:=}"   # as compare.sh
 CERT_DIR=$OUT/cert
 OUTPOST=$CARGO_TARGET_DIR/release/outpost
 BENCH=$CARGO_TARGET_DIR/release/outpost-bench

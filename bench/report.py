@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Builds the Markdown comparison table from a compare.sh run.
 
-    report.py OUT_DIR SERVER...                    # the table, on stdout
+    report.py OUT_DIR SERVER...                    # the table, on stdout (with OUT_DIR/relay.jsonl
+                                                   # as the ceiling column, when present)
     report.py --slowest-rate FRACTION OUT_DIR SERVER...   # FRACTION x the slowest msgs/s
     report.py --federation OUT_DIR                 # the table of a bench/federation.sh run
 
@@ -133,6 +134,173 @@ def first_of(rows, path):
     return next((get(r, path) for r in rows if get(r, path) is not None), None)
 
 
+def read_machine(out):
+    machine = {}
+    mpath = Path(out) / "machine.txt"
+    if mpath.exists():
+        for line in mpath.read_text().splitlines():
+            k, _, v = line.partition("=")
+            machine[k] = v
+    return machine
+
+
+def features(machine, data, servers):
+    """What was on, from machine.txt and the results themselves."""
+    tls = machine.get("tls", "?") == "1"
+    sm = any(r.get("sm") for s in servers for r in data[s].get("idle", []))
+    sm_text = "on every idle connection (a.)" if sm else "off on the idle connections"
+    backends = machine.get("archive", "").partition(" ")[2].strip("()")
+    backends = f"; {backends}" if backends else ""
+    return (f"Features on every server: message archive (XEP-0313, every one-to-one message and every "
+            f"room{backends}), stream management (XEP-0198; enabled by the client {sm_text}), multi-user chat "
+            f"(XEP-0045), offline storage. Transport: "
+            f"{'STARTTLS on every connection' if tls else 'plaintext (TLS=0)'}.")
+
+
+# (label, scenario, json path, unit scale, digits, "lower"/"higher" is better)
+ROWS = [
+    ("a. idle: server memory per connection (KiB)", "idle", "server_bytes_per_conn", 1 / 1024, 1, "lower"),
+    ("b. throughput: delivered msgs/s", "throughput", "msgs_per_s", 1, 0, "higher"),
+    ("b. latency at saturation, p99 (ms)", "throughput", "latency_at_saturation.p99_ms", 1, 2, "lower"),
+    ("c. latency p50 (ms)", "latency", "latency.p50_ms", 1, 3, "lower"),
+    ("c. latency p99 (ms)", "latency", "latency.p99_ms", 1, 3, "lower"),
+    ("c. latency p99.9 (ms)", "latency", "latency.p999_ms", 1, 3, "lower"),
+    ("d. login storm, SCRAM-SHA-1: logins/s", "login", "logins_per_s", 1, 0, "higher"),
+    ("e. offline flush of {count} messages (s)", "offline", "flush_from_connect_s", 1, 3, "lower"),
+    ("e. storing them while offline: msgs/s", "offline", "store_msgs_per_s", 1, 0, "higher"),
+    ("f. roster login: all {online} presences (s)", "roster", "median_all_presences_s", 1, 3, "lower"),
+    ("g. MUC, 1 room × {occupants} occupants: msgs/s delivered to all", "muc", "msgs_per_s", 1, 0, "higher"),
+    ("g. MUC: deliveries/s (one per occupant per message)", "muc", "deliveries_per_s", 1, 0, "higher"),
+    ("g. MUC: to the last occupant, p99 (ms)", "muc", "full_delivery_latency.p99_ms", 1, 2, "lower"),
+]
+
+# The rows the relay (the ceiling) has a figure for.
+CEILING_ROWS = {("throughput", "msgs_per_s"), ("throughput", "latency_at_saturation.p99_ms")}
+
+
+def main_table(data, servers, relay, tls):
+    first = lambda sc, path: next((get(r, path) for s in servers for r in data[s].get(sc, []) if get(r, path) is not None), None)  # noqa: E731
+    count = first("offline", "count")
+    online = first("roster", "online")
+    occupants = first("muc", "joined")
+    peers = [s for s in servers if s != "outpost"]
+    ceiling = []
+    if relay:
+        ceiling = ["ceiling (TLS relay)" if tls else "ceiling (relay)"]
+    head = ["Scenario"] + servers + ceiling + ["outpost ÷ " + p for p in peers]
+    print(f"| {' | '.join(head)} |")
+    print("|---" * len(head) + "|")
+    for label, sc, path, scale, digits, better in ROWS:
+        label = label.format(count=f"{count:,}" if count else "N", online=online or "N",
+                             occupants=occupants or "N")
+        vals = {}
+        for s in servers:
+            v = med(data[s].get(sc, []), path)
+            vals[s] = v * scale if v is not None else None
+        cells = [fmt(vals[s], digits) for s in servers]
+        if ceiling:
+            v = med(relay.get(sc, []), path) if (sc, path) in CEILING_ROWS else None
+            cells.append(fmt(v, digits))
+        ratios = [ratio(vals.get("outpost"), vals[p]) for p in peers]
+        print(f"| {' | '.join([f'{label} ({better} is better)'] + cells + ratios)} |")
+    if relay and "outpost" in servers:
+        o = med(data["outpost"].get("throughput", []), "msgs_per_s")
+        c = med(relay.get("throughput", []), "msgs_per_s")
+        if o and c:
+            print()
+            print(f"Outpost delivers {100 * o / c:.0f} % of the ceiling's msgs/s: the relay forwards the "
+                  "same stanza bytes between the same pairs, with the same windows, over the same "
+                  f"{'TLS' if tls else 'TCP'} connections, with no XMPP at all.")
+
+
+def archive_check(r):
+    m = r.get("mam_check") or r.get("room_archive")
+    if not m:
+        return "not checked"
+    last = (m.get("last") or {}).get("seq")
+    want = (m.get("expected_last") or {}).get("seq")
+    count = m.get("count")
+    return (f"{'ok' if m.get('ok') else 'NO'} (last {last}, sent {want}"
+            f"{', ' + format(count, ',') + ' in archive' if count is not None else ''})")
+
+
+CHECKS = [
+    ("idle: connected / alive at end / N (stream management)", lambda d: "; ".join(
+        f"{r.get('connected')}/{r.get('alive_at_end')}/{r.get('n')}{' (SM)' if r.get('sm') else ''}"
+        for r in d.get("idle", []))),
+    ("offline: missing, duplicates, in order", lambda d: "; ".join(
+        f"{r.get('missing')}, {r.get('duplicates')}, {'yes' if r.get('in_order') else 'NO'}"
+        for r in d.get("offline", []))),
+    ("throughput: undelivered, out of order", lambda d: "; ".join(
+        f"{r.get('undelivered_after_drain')}, {r.get('out_of_order')}" for r in d.get("throughput", []))),
+    ("archive: first receiver's last archived message = last sent", lambda d: "; ".join(
+        archive_check(r) for r in d.get("throughput", []) if not r.get("raw"))),
+    ("latency: undelivered, out of order, rate", lambda d: "; ".join(
+        f"{r.get('undelivered_after_drain')}, {r.get('out_of_order')}, {r.get('achieved_rate')}/s"
+        for r in d.get("latency", []))),
+    ("login: errors (pass 2), SCRAM iterations", lambda d: "; ".join(
+        f"{get(r, 'pass2.errors')}, {r.get('scram_iterations_seen')}" for r in d.get("login", []))),
+    ("roster: items, presences", lambda d: "; ".join(
+        f"{x.get('roster_items')}, {x.get('presences')}" for r in d.get("roster", []) for x in r.get("runs", []))),
+    ("MUC: joined, undelivered, out of order, errors", lambda d: "; ".join(
+        f"{r.get('joined')}/{r.get('occupants')}, {r.get('undelivered_after_drain')}, "
+        f"{r.get('out_of_order')}, {r.get('error_replies')}" for r in d.get("muc", []))),
+    ("MUC: room archive's last message = last sent", lambda d: "; ".join(
+        archive_check(r) for r in d.get("muc", []))),
+    ("errors reported", lambda d: "; ".join(
+        (r.get("error", "")[:80] for r in d.get("error", []))) or "none"),
+]
+
+
+def checks_table(data, servers, relay):
+    print("Checks (every run): offline messages missing / duplicated / out of order, "
+          "throughput, latency and MUC messages undelivered or out of order, the archives' last "
+          "messages, login and idle errors.")
+    print()
+    names = servers + (["ceiling"] if relay else [])
+    cols = {**data, "ceiling": relay}
+    print(f"| Check | {' | '.join(names)} |")
+    print("|---" * (1 + len(names)) + "|")
+    for label, f in CHECKS:
+        print(f"| {label} | {' | '.join(f(cols[s]) or '–' for s in names)} |")
+
+
+PHASES = [
+    ("a. idle logins", "idle", "login_phase"),
+    ("b. throughput", "throughput", "usage"),
+    ("c. latency", "latency", "usage"),
+    ("d. login storm (pass 2)", "login", "pass2.usage"),
+    ("e. offline flush", "offline", "flush_phase"),
+    ("f. roster login", "roster", "usage"),
+    ("g. MUC", "muc", "usage"),
+]
+
+
+def cpu_table(data, servers, relay, machine):
+    print("CPU during each measurement, in % of one core (the machine has "
+          f"{machine.get('cores', '?')}): generator / server / everything else. "
+          "Generator µs of CPU per delivered message (MUC: per delivery) in brackets. The "
+          "ceiling's \"server\" is the relay.")
+    print()
+    names = servers + (["ceiling"] if relay else [])
+    cols = {**data, "ceiling": relay}
+    print(f"| Phase | {' | '.join(names)} |")
+    print("|---" * (1 + len(names)) + "|")
+    for label, sc, path in PHASES:
+        cells = []
+        for s in names:
+            rows_ = cols[s].get(sc, [])
+            g = med(rows_, path + ".generator_cpu_pct")
+            sv = med(rows_, path + ".server_cpu_pct")
+            o = med(rows_, path + ".other_cpu_pct")
+            cell = f"{fmt(g, 0)} / {fmt(sv, 0)} / {fmt(o, 0)}" if rows_ else "–"
+            per = {"throughput": "generator_us_per_msg", "muc": "generator_us_per_delivery"}.get(sc)
+            if per and rows_:
+                cell += f" [{fmt(med(rows_, per), 2)} µs]"
+            cells.append(cell)
+        print(f"| {label} | {' | '.join(cells)} |")
+
+
 def main(argv):
     if argv and argv[0] == "--federation":
         federation(argv[1])
@@ -142,101 +310,21 @@ def main(argv):
         return
     out, servers = argv[0], argv[1:]
     data = {s: load(out, s) for s in servers}
-    machine = {}
-    mpath = Path(out) / "machine.txt"
-    if mpath.exists():
-        for line in mpath.read_text().splitlines():
-            k, _, v = line.partition("=")
-            machine[k] = v
-
-    # (label, scenario, json path, unit scale, digits, "lower"/"higher" is better)
-    rows = [
-        ("a. idle: server memory per connection (KiB)", "idle", "server_bytes_per_conn", 1 / 1024, 1, "lower"),
-        ("b. throughput: delivered msgs/s", "throughput", "msgs_per_s", 1, 0, "higher"),
-        ("b. latency at saturation, p99 (ms)", "throughput", "latency_at_saturation.p99_ms", 1, 2, "lower"),
-        ("c. latency p50 (ms)", "latency", "latency.p50_ms", 1, 3, "lower"),
-        ("c. latency p99 (ms)", "latency", "latency.p99_ms", 1, 3, "lower"),
-        ("c. latency p99.9 (ms)", "latency", "latency.p999_ms", 1, 3, "lower"),
-        ("d. login storm, SCRAM-SHA-1: logins/s", "login", "logins_per_s", 1, 0, "higher"),
-        ("e. offline flush of {count} messages (s)", "offline", "flush_from_connect_s", 1, 3, "lower"),
-        ("e. storing them while offline: msgs/s", "offline", "store_msgs_per_s", 1, 0, "higher"),
-        ("f. roster login: all {online} presences (s)", "roster", "median_all_presences_s", 1, 3, "lower"),
-    ]
-    first = lambda sc, path: next((get(r, path) for s in servers for r in data[s].get(sc, []) if get(r, path) is not None), None)  # noqa: E731
-    count = first("offline", "count")
-    online = first("roster", "online")
-    peers = [s for s in servers if s != "outpost"]
-
-    print(f"| Scenario | {' | '.join(servers)} | {' | '.join('outpost ÷ ' + p for p in peers)} |")
-    print("|---" * (1 + len(servers) + len(peers)) + "|")
-    for label, sc, path, scale, digits, better in rows:
-        label = label.format(count=f"{count:,}" if count else "N", online=online or "N")
-        vals = {}
-        for s in servers:
-            v = med(data[s].get(sc, []), path)
-            vals[s] = v * scale if v is not None else None
-        cells = [fmt(vals[s], digits) for s in servers]
-        ratios = [ratio(vals.get("outpost"), vals[p]) for p in peers]
-        print(f"| {label} ({better} is better) | {' | '.join(cells)} | {' | '.join(ratios)} |")
-
+    relay = load(out, "relay")
+    machine = read_machine(out)
+    print(features(machine, data, servers))
     print()
-    print("Checks (every run): offline messages missing / duplicated / out of order, "
-          "throughput and latency messages undelivered or out of order, login and idle errors.")
+    main_table(data, servers, relay, machine.get("tls") == "1")
     print()
-    print(f"| Check | {' | '.join(servers)} |")
-    print("|---" * (1 + len(servers)) + "|")
-    checks = [
-        ("idle: connected / alive at end / N", lambda d: "; ".join(
-            f"{r.get('connected')}/{r.get('alive_at_end')}/{r.get('n')}" for r in d.get("idle", []))),
-        ("offline: missing, duplicates, in order", lambda d: "; ".join(
-            f"{r.get('missing')}, {r.get('duplicates')}, {'yes' if r.get('in_order') else 'NO'}"
-            for r in d.get("offline", []))),
-        ("throughput: undelivered, out of order", lambda d: "; ".join(
-            f"{r.get('undelivered_after_drain')}, {r.get('out_of_order')}" for r in d.get("throughput", []))),
-        ("latency: undelivered, out of order, rate", lambda d: "; ".join(
-            f"{r.get('undelivered_after_drain')}, {r.get('out_of_order')}, {r.get('achieved_rate')}/s"
-            for r in d.get("latency", []))),
-        ("login: errors (pass 2), SCRAM iterations", lambda d: "; ".join(
-            f"{get(r, 'pass2.errors')}, {r.get('scram_iterations_seen')}" for r in d.get("login", []))),
-        ("roster: items, presences", lambda d: "; ".join(
-            f"{x.get('roster_items')}, {x.get('presences')}" for r in d.get("roster", []) for x in r.get("runs", []))),
-        ("errors reported", lambda d: "; ".join(r.get("error", "")[:80] for r in d.get("error", [])) or "none"),
-    ]
-    for label, f in checks:
-        print(f"| {label} | {' | '.join(f(data[s]) or '–' for s in servers)} |")
-
+    checks_table(data, servers, relay)
     print()
-    print("CPU during each measurement, in % of one core (the machine has "
-          f"{machine.get('cores', '?')}): generator / server / everything else. "
-          "Generator µs of CPU per delivered message in brackets.")
-    print()
-    print(f"| Phase | {' | '.join(servers)} |")
-    print("|---" * (1 + len(servers)) + "|")
-    phases = [
-        ("a. idle logins", "idle", "login_phase"),
-        ("b. throughput", "throughput", "usage"),
-        ("c. latency", "latency", "usage"),
-        ("d. login storm (pass 2)", "login", "pass2.usage"),
-        ("e. offline flush", "offline", "flush_phase"),
-        ("f. roster login", "roster", "usage"),
-    ]
-    for label, sc, path in phases:
-        cells = []
-        for s in servers:
-            rows_ = data[s].get(sc, [])
-            g = med(rows_, path + ".generator_cpu_pct")
-            sv = med(rows_, path + ".server_cpu_pct")
-            o = med(rows_, path + ".other_cpu_pct")
-            cell = f"{fmt(g, 0)} / {fmt(sv, 0)} / {fmt(o, 0)}"
-            if sc == "throughput":
-                cell += f" [{fmt(med(rows_, 'generator_us_per_msg'), 2)} µs]"
-            cells.append(cell)
-        print(f"| {label} | {' | '.join(cells)} |")
-
+    cpu_table(data, servers, relay, machine)
     print()
     runs = {s: {sc: len(v) for sc, v in data[s].items()} for s in servers}
+    if relay:
+        runs["ceiling"] = {sc: len(v) for sc, v in relay.items()}
     print("Runs per scenario: " + "; ".join(
-        f"{s}: " + ", ".join(f"{sc} {n}" for sc, n in sorted(runs[s].items())) for s in servers))
+        f"{s}: " + ", ".join(f"{sc} {n}" for sc, n in sorted(r.items())) for s, r in runs.items()))
     print()
     print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if k != "params"))
     if "params" in machine:

@@ -1,10 +1,18 @@
 # Shared by compare.sh and profile.sh: start and stop each server as its own process, with
 # its own configuration and data under $OUT/<server>/, and run outpost-bench against it.
 # The caller sets OUT, ITERATIONS, TLS, THREADS, SRC_IPS, CERT_DIR, OUTPOST and BENCH.
+#
+# Every server runs with the same features on: message archiving (XEP-0313) of every
+# one-to-one message and of every room, stream management (XEP-0198), multi-user chat
+# (XEP-0045) at conference.$DOMAIN, offline storage. The relay (the ceiling) has no XMPP.
+
+: "${EJ_MAM_DB:=sql}"                  # ejabberd's archive: sql (SQLite) or mnesia
+: "${PROSODY_MAM_STORAGE:=internal}"    # Prosody's archive: internal (files) or sql (SQLite)
 
 DOMAIN=bench.local
+MUC_SERVICE=conference.$DOMAIN
 PASSWORD=benchpass
-declare -A PORT=([outpost]=15222 [prosody]=15322 [ejabberd]=15422)
+declare -A PORT=([outpost]=15222 [prosody]=15322 [ejabberd]=15422 [relay]=15522)
 
 log() { printf '\n[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -20,6 +28,7 @@ data_dir = "$dir/data"
 c2s = ["127.0.0.1:${PORT[outpost]}"]
 c2s_tls = ["127.0.0.1:$(( PORT[outpost] + 1 ))"]
 proxy65 = []
+https = []
 
 [registration]
 enabled = true
@@ -38,6 +47,19 @@ ping_interval_secs = 7000
 login_failures_per_ip = 1000000
 login_failures_per_account = 1000000
 
+# On by default; written out so the configuration says what was measured.
+[archive]
+enabled = true
+retention_days = 365
+
+[stream_management]
+enabled = true
+
+[muc]
+enabled = true
+subdomain = "conference"
+create_rooms = "local"
+
 [log]
 level = "warn"
 EOF
@@ -55,8 +77,17 @@ stop_outpost() {
 start_prosody() {
     local dir=$OUT/prosody
     mkdir -p "$dir/data"
+    # The archives (users' and rooms') on Prosody's internal file storage, like everything
+    # else, or (PROSODY_MAM_STORAGE=sql) in SQLite through LuaDBI (lua-dbi-sqlite3).
+    local storage='storage = "internal"'
+    if [[ $PROSODY_MAM_STORAGE == sql ]]; then
+        storage='default_storage = "internal"
+storage = { archive = "sql"; muc_log = "sql" }
+sql = { driver = "SQLite3"; database = "prosody.sqlite" }'
+    fi
     cat >"$dir/prosody.cfg.lua" <<EOF
--- Prosody for outpost-bench: loopback only, no rate limits, offline storage on.
+-- Prosody for outpost-bench: loopback only, no rate limits, offline storage, message
+-- archive (mod_mam, every message), stream management (mod_smacks) and MUC on.
 pidfile = "$dir/prosody.pid"
 data_path = "$dir/data"
 plugin_paths = {}
@@ -73,11 +104,18 @@ http_ports = {}
 https_ports = {}
 modules_enabled = {
     "roster"; "saslauth"; "tls"; "disco"; "ping"; "register"; "offline";
+    "mam"; "smacks";
 }
 modules_disabled = { "s2s"; "limits"; "c2s_limits"; "http"; "admin_telnet"; }
 authentication = "internal_hashed"
 default_iteration_count = $ITERATIONS
-storage = "internal"
+$storage
+-- Archive every message (XEP-0313), kept a year as Outpost's retention_days = 365. Room
+-- for a million archived messages per user (at the default, 10,000, Prosody would drop the
+-- oldest 1 % and rewrite the user's archive file every 100 messages).
+default_archive_policy = true
+archive_expires_after = "1y"
+storage_archive_item_limit = 1000000
 allow_registration = true
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
@@ -85,6 +123,14 @@ allow_unencrypted_plain_auth = true
 ssl = { certificate = "$CERT_DIR/cert.pem"; key = "$CERT_DIR/key.pem"; }
 
 VirtualHost "$DOMAIN"
+
+-- Rooms: anyone local may create them, every room archived (mod_muc_mam), no limits.
+Component "$MUC_SERVICE" "muc"
+    modules_enabled = { "muc_mam" }
+    muc_log_all_rooms = true
+    muc_log_by_default = true
+    muc_log_expires_after = "1y"
+    restrict_room_creation = false
 EOF
     chown -R prosody:prosody "$dir"
     setpriv --reuid prosody --regid prosody --init-groups \
@@ -110,6 +156,17 @@ ejctl() {
 start_ejabberd() {
     local dir=$OUT/ejabberd
     mkdir -p "$dir/spool" "$dir/logs"
+    # The archive's backend: SQLite (EJ_MAM_DB=sql), which ejabberd's own warning
+    # recommends for mod_mam on small servers, or mnesia. mod_mam's mnesia table is a
+    # disc-only bag keyed by user: each message costs O(messages the user has archived),
+    # so storing slows down as archives grow (see BENCHMARKS.md). Everything else stays in
+    # mnesia.
+    local EJ_SQL_CONFIG=""
+    if [[ $EJ_MAM_DB == sql ]]; then
+        EJ_SQL_CONFIG="sql_type: sqlite
+sql_database: $dir/ejabberd.sqlite
+"
+    fi
     cat >"$dir/ejabberdctl.cfg" <<EOF
 ERLANG_NODE=outpostbench@localhost
 EJABBERD_PID_PATH=$dir/ejabberd.pid
@@ -120,7 +177,9 @@ EJABBERD_BYPASS_WARNINGS=true
 EOF
     : >"$dir/inetrc"
     cat >"$dir/ejabberd.yml" <<EOF
-# ejabberd for outpost-bench: loopback only, no shapers, offline storage on.
+# ejabberd for outpost-bench: loopback only, no shapers, offline storage, message archive
+# (mod_mam, every message; in $EJ_MAM_DB, everything else in mnesia), stream management
+# and MUC on.
 hosts:
   - $DOMAIN
 loglevel: warning
@@ -136,7 +195,7 @@ listen:
     access: c2s
     starttls: true
     starttls_required: false
-auth_method: internal
+${EJ_SQL_CONFIG}auth_method: internal
 auth_password_format: scram
 auth_scram_hash: sha
 default_db: mnesia
@@ -169,6 +228,26 @@ modules:
       subject: ""
       body: ""
   mod_roster: {}
+  mod_mam:
+    db_type: $EJ_MAM_DB
+    default: always
+  mod_stream_mgmt: {}
+  mod_muc:
+    hosts:
+      - $MUC_SERVICE
+    access: all
+    access_create: all
+    access_persistent: all
+    access_mam: all
+    history_size: 20
+    max_users: 1000
+    max_users_presence: 1000
+    max_user_conferences: 1000
+    min_message_interval: 0
+    min_presence_interval: 0
+    default_room_options:
+      mam: true
+      max_users: 1000
 EOF
     chown -R ejabberd:ejabberd "$dir"
     EJ_ARGS=(--config-dir "$dir" --config "$dir/ejabberd.yml" --ctl-config "$dir/ejabberdctl.cfg"
@@ -193,6 +272,25 @@ stop_ejabberd() {
     wait_gone "$pid"
 }
 
+# The ceiling: outpost-bench's relay (no XMPP), TLS from the first byte when TLS=1.
+start_relay() {
+    local dir=$OUT/relay
+    mkdir -p "$dir"
+    : >"$dir/relay.log"
+    local tls=()
+    [[ $TLS == 1 ]] && tls=(--tls)
+    "$BENCH" --domain "$DOMAIN" "${tls[@]}" relay --listen "127.0.0.1:${PORT[relay]}" \
+        >>"$dir/relay.log" 2>&1 &
+    echo $! >"$dir/pid"
+}
+
+stop_relay() {
+    local pid
+    pid=$(cat "$OUT/relay/pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_gone "$pid"
+}
+
 wait_gone() {
     local pid=$1
     for _ in $(seq 1 200); do
@@ -212,7 +310,22 @@ wait_port() {
     die "nothing listens on 127.0.0.1:$port after 30 s"
 }
 
+# The relay pairs connections in accept order, so a probe connection would take a place:
+# wait for the line it prints once it listens instead.
+wait_relay() {
+    for _ in $(seq 1 300); do
+        grep -q '"relay":"listening"' "$OUT/relay/relay.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "the relay did not start in 30 s (see $OUT/relay/relay.log)"
+}
+
 start_server() {
+    if [[ $1 == relay ]]; then
+        start_relay
+        wait_relay
+        return
+    fi
     "start_$1"
     wait_port "${PORT[$1]}"
     sleep 1
@@ -222,6 +335,7 @@ bench() {
     local server=$1; shift
     local tls=()
     [[ $TLS == 1 ]] && tls=(--tls)
+    [[ $server == relay ]] && tls+=(--raw)
     local src=()
     [[ -n $SRC_IPS ]] && src=(--src-ips "$SRC_IPS")
     "$BENCH" --port "${PORT[$server]}" --domain "$DOMAIN" --password "$PASSWORD" \

@@ -39,6 +39,9 @@ pub struct Target {
     pub password: String,
     /// Negotiate STARTTLS (RFC 6120 §5) on every connection.
     pub tls: bool,
+    /// No XMPP at all (`--raw`, against the relay): connections are TCP, or TLS from the
+    /// first byte with `tls`, and carry bare stanzas.
+    pub raw: bool,
     /// Loopback source addresses to spread connections over (more than ~28,000
     /// connections to one port need more than one).
     pub src_ips: Vec<IpAddr>,
@@ -67,6 +70,7 @@ impl Target {
             domain: domain.to_owned(),
             password: password.to_owned(),
             tls: false,
+            raw: false,
             src_ips: Vec::new(),
             server_pids: Vec::new(),
             step_timeout: Duration::from_secs(60),
@@ -189,7 +193,30 @@ pub struct Conn {
     pub features: Vec<u8>,
     /// The server closed the stream or the socket.
     pub closed: bool,
+    /// Stanzas received since stream management was enabled (XEP-0198 §4, the client's
+    /// `h`); `None` while it is not.
+    pub sm_h: Option<u32>,
 }
+
+/// What a frame means to stream management.
+enum SmFrame {
+    /// `<r/>`: the server asks for our count.
+    Request,
+    /// A stanza (message, presence, iq): counted.
+    Stanza,
+    Other,
+}
+
+fn sm_frame(el: &[u8]) -> SmFrame {
+    match frame::name(el) {
+        b"r" if frame::attr(el, "xmlns") == Some(SM_NS.as_bytes()) => SmFrame::Request,
+        b"message" | b"presence" | b"iq" => SmFrame::Stanza,
+        _ => SmFrame::Other,
+    }
+}
+
+/// Stream management, version 3 (XEP-0198).
+pub const SM_NS: &str = "urn:xmpp:sm:3";
 
 impl Conn {
     /// Opens a TCP connection from the next source address, if any were given.
@@ -221,7 +248,19 @@ impl Conn {
             jid: String::new(),
             features: Vec::new(),
             closed: false,
+            sm_h: None,
         })
+    }
+
+    /// A connection for `--raw`: TCP, then TLS from the first byte if `t.tls`, no stream
+    /// header; the framer takes every top-level element as a stanza.
+    pub async fn connect_raw(t: &Target) -> Result<Conn> {
+        let mut c = Conn::connect(t).await?;
+        if t.tls {
+            c.tls_handshake(t).await?;
+        }
+        c.framer = Framer::in_stream();
+        Ok(c)
     }
 
     pub async fn send(&mut self, data: &[u8]) -> Result<()> {
@@ -267,7 +306,17 @@ impl Conn {
                         if frame::qname(bytes) == b"stream:error" {
                             return err(format!("stream error: {}", show(bytes)));
                         }
-                        return Ok(bytes.to_vec());
+                        if self.sm_h.is_none() {
+                            return Ok(bytes.to_vec());
+                        }
+                        match sm_frame(bytes) {
+                            SmFrame::Request => self.sm_ack().await?,
+                            SmFrame::Stanza => {
+                                self.sm_h = self.sm_h.map(|h| h.wrapping_add(1));
+                                return Ok(bytes.to_vec());
+                            }
+                            SmFrame::Other => return Ok(bytes.to_vec()),
+                        }
                     }
                 }
             }
@@ -315,6 +364,13 @@ impl Conn {
         if frame::name(&answer) != b"proceed" {
             return err(format!("STARTTLS refused: {}", show(&answer)));
         }
+        self.tls_handshake(t).await?;
+        self.framer = Framer::new();
+        self.open(t).await
+    }
+
+    /// The TLS handshake on the TCP connection (any certificate is accepted).
+    async fn tls_handshake(&mut self, t: &Target) -> Result<()> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.io, Stream::Gone) else {
             return err("TLS twice");
         };
@@ -325,8 +381,7 @@ impl Conn {
             .await
             .map_err(|e| XmppError(format!("TLS handshake: {e}")))?;
         self.io = Stream::Tls(Box::new(tls));
-        self.framer = Framer::new();
-        self.open(t).await
+        Ok(())
     }
 
     /// Connects, opens the stream and negotiates TLS if asked: ready for SASL or
@@ -444,14 +499,62 @@ impl Conn {
     /// Connect, authenticate and bind; optionally send initial presence and wait for a ping
     /// answer, so that everything the server does for the presence is done.
     pub async fn login(t: &Target, user: &str, mech: Mech, presence: bool) -> Result<Conn> {
+        Conn::login_sm(t, user, mech, presence, false).await
+    }
+
+    /// [`Conn::login`], with stream management enabled after binding (as clients do, before
+    /// the initial presence) if `sm`; everything received is then acknowledged.
+    pub async fn login_sm(
+        t: &Target,
+        user: &str,
+        mech: Mech,
+        presence: bool,
+        sm: bool,
+    ) -> Result<Conn> {
         let mut c = Conn::connect_open(t).await?;
         c.authenticate(t, user, mech).await?;
         c.bind(t).await?;
+        if sm {
+            c.enable_sm(t).await?;
+        }
         if presence {
             c.send(b"<presence/>").await?;
             c.barrier(t).await?;
         }
+        if sm {
+            c.sm_ack().await?;
+        }
         Ok(c)
+    }
+
+    /// Enables stream management with resumption (XEP-0198 §3, §5); from here on every
+    /// `<r/>` read through [`Conn::next_stanza`] is answered.
+    pub async fn enable_sm(&mut self, t: &Target) -> Result<()> {
+        if !frame::contains(&self.features, SM_NS.as_bytes()) {
+            return err("--sm: the server offers no stream management (urn:xmpp:sm:3)");
+        }
+        self.send(format!("<enable xmlns='{SM_NS}' resume='true'/>").as_bytes())
+            .await?;
+        let answer = self
+            .expect(t.step_timeout, |s| {
+                matches!(frame::name(s), b"enabled" | b"failed")
+            })
+            .await?;
+        if frame::name(&answer) != b"enabled" {
+            return err(format!("stream management refused: {}", show(&answer)));
+        }
+        self.sm_h = Some(0);
+        Ok(())
+    }
+
+    /// Acknowledges every stanza received so far (XEP-0198 §4: an `<a/>` may be sent
+    /// unasked), so the server's queue of unacknowledged stanzas is empty.
+    pub async fn sm_ack(&mut self) -> Result<()> {
+        if let Some(h) = self.sm_h {
+            self.send(format!("<a xmlns='{SM_NS}' h='{h}'/>").as_bytes())
+                .await?;
+        }
+        Ok(())
     }
 
     /// A ping to the server (XEP-0199) and its answer: the server has handled everything

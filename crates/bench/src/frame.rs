@@ -51,6 +51,15 @@ impl Framer {
         Framer::default()
     }
 
+    /// A framer for bytes that carry bare stanzas with no stream header before them (the
+    /// relay and the generator's `--raw` mode): every top-level element is a frame.
+    pub fn in_stream() -> Framer {
+        Framer {
+            in_stream: true,
+            ..Framer::default()
+        }
+    }
+
     /// Forgets the stream state for a stream restart (after SASL or STARTTLS, RFC 6120
     /// §4.3.3), keeping bytes not yet handed out.
     pub fn restart(&mut self) {
@@ -329,6 +338,22 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = stream.chunks(1).collect();
         assert_eq!(frames(&bytes), whole);
+    }
+
+    #[test]
+    fn frames_bare_stanzas_without_a_stream_header() {
+        let mut f = Framer::in_stream();
+        f.buffer_mut()
+            .extend_from_slice(b"<message to='a'><body>1 2</body></message><r/></stream:stream>");
+        let kinds: Vec<_> = std::iter::from_fn(|| f.next_frame().map(|fr| fr.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                FrameKind::Element,
+                FrameKind::Element,
+                FrameKind::StreamClose
+            ]
+        );
     }
 
     #[test]

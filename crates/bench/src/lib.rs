@@ -9,12 +9,19 @@
 //! ([`frame`]) instead of an XML parser, keeps no task per idle connection, and reports its
 //! own CPU next to every figure so that a reader can check it was not the bottleneck.
 //!
+//! Beyond the scenarios of issue 3: a multi-user chat room ([`muc`]), a check that servers
+//! archive ([`mam`]), and the ceiling ([`relay`]): a relay with no XMPP that the generator's
+//! `--raw` mode drives with the same stanza bytes over the same TLS.
+//!
 //! Not here: correctness testing of servers (the integration and interop suites do that)
 //! and any target other than loopback.
 
 pub mod conn;
 pub mod frame;
+pub mod mam;
 pub mod metrics;
+pub mod muc;
+pub mod relay;
 pub mod scenarios;
 pub mod scram;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use outpost_bench::scenarios::{self, QueueProbe, users};
-use outpost_bench::{Mech, Target, metrics};
+use outpost_bench::{Mech, Target, mam, metrics, muc};
 use serde_json::{Value, json};
 
 /// A lean XMPP c2s load generator. Every target must be on loopback.
@@ -27,9 +27,14 @@ struct Cli {
     /// Every user's password.
     #[arg(long, default_value = "benchpass")]
     password: String,
-    /// STARTTLS on every connection (certificates are not checked).
+    /// STARTTLS on every connection (certificates are not checked). With --raw and for the
+    /// relay: TLS from the first byte.
     #[arg(long)]
     tls: bool,
+    /// No XMPP: against the relay (the `relay` sub-command), the throughput scenario sends
+    /// the same stanza bytes with no stream, login or binding.
+    #[arg(long)]
+    raw: bool,
     /// Comma-separated loopback source addresses to spread connections over.
     #[arg(long, value_delimiter = ',')]
     src_ips: Vec<IpAddr>,
@@ -113,6 +118,10 @@ enum Scenario {
         /// Seconds of memory sampling with all connections held.
         #[arg(long, default_value_t = 3.0)]
         hold: f64,
+        /// Enable stream management (XEP-0198, with resumption) on every connection, after
+        /// binding, and acknowledge what the server sent.
+        #[arg(long)]
+        sm: bool,
     },
     /// b. K pairs, W messages in flight per pair; delivered messages per second.
     Throughput {
@@ -131,6 +140,31 @@ enum Scenario {
         /// Keep one latency sample per this many deliveries.
         #[arg(long, default_value_t = 50)]
         lat_sample: u64,
+        /// Afterwards, check the first receiver's archive (XEP-0313) ends with the first
+        /// sender's last message.
+        #[arg(long)]
+        mam_check: bool,
+    },
+    /// g. One room (XEP-0045), N occupants, K senders with W messages each not yet
+    /// delivered to every occupant; room messages and deliveries per second.
+    Muc(MucArgs),
+    /// The last page of one archive (XEP-0313): its last message and, where the server
+    /// tells, its size.
+    MamCheck {
+        #[arg(long, default_value = "u1")]
+        user: String,
+        /// Another archive than the user's own (a room's JID).
+        #[arg(long)]
+        archive: Option<String>,
+    },
+    /// The ceiling: relay whole stanzas between connection 2i and 2i+1, with no XMPP, over
+    /// TLS with --tls (run `throughput --raw` against it). Runs until killed.
+    Relay {
+        #[arg(long, default_value = "127.0.0.1:15522")]
+        listen: SocketAddr,
+        /// Runtime worker threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        workers: usize,
     },
     /// c. The same pairs at a fixed aggregate rate; p50/p99/p99.9 latency.
     Latency {
@@ -229,6 +263,62 @@ enum Scenario {
     },
 }
 
+/// The MUC scenario's options (see [`muc::MucOpts`]).
+#[derive(clap::Args)]
+struct MucArgs {
+    #[arg(long, default_value = "u")]
+    prefix: String,
+    #[arg(long, default_value_t = 1)]
+    start: usize,
+    #[arg(long, default_value_t = 100)]
+    occupants: usize,
+    /// Occupants that send (the first ones); 0: every occupant.
+    #[arg(long, default_value_t = 0)]
+    senders: usize,
+    #[arg(long, default_value_t = 2)]
+    window: usize,
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Keep one latency sample per this many deliveries at each occupant.
+    #[arg(long, default_value_t = 10)]
+    lat_sample: u64,
+    /// The room's local part (default: a new room, bench-<unix ms>).
+    #[arg(long)]
+    room: Option<String>,
+    /// The MUC service (default: conference.<domain>).
+    #[arg(long)]
+    service: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// Afterwards, check the room's archive (XEP-0313) ends with the last message.
+    #[arg(long)]
+    mam_check: bool,
+}
+
+impl MucArgs {
+    fn opts(&self, domain: &str) -> muc::MucOpts {
+        muc::MucOpts {
+            prefix: self.prefix.clone(),
+            start: self.start,
+            occupants: self.occupants,
+            senders: self.senders,
+            window: self.window,
+            warmup: secs(self.warmup),
+            duration: secs(self.duration),
+            lat_sample: self.lat_sample,
+            room: self.room.clone().unwrap_or_else(new_room_name),
+            service: self
+                .service
+                .clone()
+                .unwrap_or_else(|| format!("conference.{domain}")),
+            concurrency: self.concurrency,
+            mam_check: self.mam_check,
+        }
+    }
+}
+
 fn require_loopback(what: &str, ip: IpAddr) -> anyhow::Result<()> {
     if !ip.is_loopback() {
         bail!("refusing {what} {ip}: load may only go to 127.0.0.0/8 or ::1");
@@ -245,8 +335,46 @@ fn read_pid(f: &std::path::Path) -> anyhow::Result<u32> {
     text.trim().parse().context("pidfile holds no pid")
 }
 
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+/// The `relay` sub-command: prints one JSON line once it listens, then relays until killed.
+fn serve_relay(cli: &Cli, listen: SocketAddr, workers: usize) -> anyhow::Result<()> {
+    require_loopback("relay address", listen.ip())?;
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let tls = if cli.tls {
+        Some(outpost_bench::relay::tls_acceptor(&cli.domain)?)
+    } else {
+        None
+    };
+    runtime(workers.max(2))?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let line = json!({"relay": "listening", "addr": listen.to_string(), "tls": cli.tls, "workers": workers});
+        println!("{line}");
+        std::io::stdout().flush()?;
+        outpost_bench::relay::serve(listener, tls).await?;
+        Ok(())
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Scenario::Relay { listen, workers } = &cli.scenario {
+        return serve_relay(&cli, *listen, *workers);
+    }
     let addr: SocketAddr = (cli.host.as_str(), cli.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving {}", cli.host))?
@@ -285,22 +413,14 @@ fn main() -> anyhow::Result<()> {
     };
     let mut target = Target::new(addr, &cli.domain, &cli.password);
     target.tls = cli.tls;
+    target.raw = cli.raw;
     target.src_ips = cli.src_ips.clone();
     target.server_pids = pids;
     target.step_timeout = secs(cli.timeout);
     target.login_mech = cli.login_mech;
     let t = Arc::new(target);
 
-    let rt = if cli.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cli.threads)
-            .enable_all()
-            .build()?
-    };
+    let rt = runtime(cli.threads)?;
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -322,6 +442,7 @@ fn main() -> anyhow::Result<()> {
         m.insert("target".into(), json!(addr.to_string()));
         m.insert("domain".into(), json!(cli.domain));
         m.insert("tls".into(), json!(cli.tls));
+        m.insert("raw".into(), json!(cli.raw));
         m.insert("generator_threads".into(), json!(cli.threads.max(1)));
         m.insert(
             "generator_peak_rss_kib".into(),
@@ -343,6 +464,14 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// A room name no earlier run used.
+fn new_room_name() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("bench-{ms}")
 }
 
 /// `queued` of A's link to `peer_domain` in `outpost admin links --json`.
@@ -464,18 +593,16 @@ async fn run(
             concurrency,
             settle,
             hold,
-        } => serde_json::to_value(
-            scenarios::idle(
-                t,
-                prefix,
-                *start,
-                *n,
-                *concurrency,
-                secs(*settle),
-                secs(*hold),
-            )
-            .await,
-        )?,
+            sm,
+        } => {
+            let opts = scenarios::IdleOpts {
+                concurrency: *concurrency,
+                settle: secs(*settle),
+                hold: secs(*hold),
+                sm: *sm,
+            };
+            serde_json::to_value(scenarios::idle_with(t, prefix, *start, *n, opts).await)?
+        }
         Scenario::Throughput {
             prefix,
             start,
@@ -484,8 +611,9 @@ async fn run(
             warmup,
             duration,
             lat_sample,
-        } => serde_json::to_value(
-            scenarios::throughput(
+            mam_check,
+        } => {
+            let mut r = scenarios::throughput(
                 t,
                 prefix,
                 *start,
@@ -495,8 +623,23 @@ async fn run(
                 secs(*duration),
                 (*lat_sample).max(1),
             )
-            .await?,
-        )?,
+            .await?;
+            if *mam_check && !t.raw && *pairs > 0 {
+                let sent = r.sent_per_pair.first().copied().unwrap_or(0);
+                let c = mam::check_first_pair(t, prefix, *start, *pairs, sent).await;
+                r.mam_check = Some(c);
+            }
+            serde_json::to_value(r)?
+        }
+        Scenario::Muc(a) => serde_json::to_value(muc::muc(t, &a.opts(&t.domain)).await?)?,
+        Scenario::MamCheck { user, archive } => {
+            let mut r = serde_json::to_value(mam::check(t, user, archive.as_deref(), None).await)?;
+            if let Value::Object(m) = &mut r {
+                m.insert("scenario".into(), json!("mam-check"));
+            }
+            r
+        }
+        Scenario::Relay { .. } => bail!("the relay runs from main"),
         Scenario::Latency {
             prefix,
             start,

@@ -30,11 +30,11 @@ pub fn users(prefix: &str, start: usize, n: usize) -> Vec<String> {
     (start..start + n).map(|i| format!("{prefix}{i}")).collect()
 }
 
-fn first_errors(errors: &[String]) -> Vec<String> {
+pub(crate) fn first_errors(errors: &[String]) -> Vec<String> {
     errors.iter().take(3).cloned().collect()
 }
 
-fn per_sec(n: u64, wall: f64) -> f64 {
+pub(crate) fn per_sec(n: u64, wall: f64) -> f64 {
     round1(n as f64 / wall.max(1e-9))
 }
 
@@ -47,13 +47,25 @@ pub async fn login_many(
     mech: Mech,
     presence: bool,
 ) -> (Vec<Option<Conn>>, Vec<String>) {
+    login_many_sm(t, users, concurrency, mech, presence, false).await
+}
+
+/// [`login_many`], with stream management enabled on every connection if `sm`.
+pub async fn login_many_sm(
+    t: &Arc<Target>,
+    users: &[String],
+    concurrency: usize,
+    mech: Mech,
+    presence: bool,
+    sm: bool,
+) -> (Vec<Option<Conn>>, Vec<String>) {
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut set = JoinSet::new();
     for (i, u) in users.iter().enumerate() {
         let (t, u, sem) = (t.clone(), u.clone(), sem.clone());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
-            let r = Conn::login(&t, &u, mech, presence).await;
+            let r = Conn::login_sm(&t, &u, mech, presence, sm).await;
             (i, r.map_err(|e| format!("{u}: {e}")))
         });
     }
@@ -334,6 +346,8 @@ pub async fn roster_setup(
 pub struct IdleReport {
     pub scenario: &'static str,
     pub n: usize,
+    /// Stream management (XEP-0198, with resumption) enabled on every connection.
+    pub sm: bool,
     pub connected: usize,
     pub alive_at_end: usize,
     pub errors: usize,
@@ -349,6 +363,16 @@ pub struct IdleReport {
     pub generator_peak_rss_kib: u64,
 }
 
+/// How the idle scenario runs.
+#[derive(Clone, Copy, Debug)]
+pub struct IdleOpts {
+    pub concurrency: usize,
+    pub settle: Duration,
+    pub hold: Duration,
+    /// Enable stream management on every connection.
+    pub sm: bool,
+}
+
 /// N authenticated, available connections held open; the server's RSS growth per
 /// connection.
 pub async fn idle(
@@ -360,10 +384,33 @@ pub async fn idle(
     settle: Duration,
     hold: Duration,
 ) -> IdleReport {
+    let opts = IdleOpts {
+        concurrency,
+        settle,
+        hold,
+        sm: false,
+    };
+    idle_with(t, prefix, start, n, opts).await
+}
+
+/// [`idle`] with every option.
+pub async fn idle_with(
+    t: &Arc<Target>,
+    prefix: &str,
+    start: usize,
+    n: usize,
+    opts: IdleOpts,
+) -> IdleReport {
+    let IdleOpts {
+        concurrency,
+        settle,
+        hold,
+        sm,
+    } = opts;
     // A few logins first, so that lazily allocated server state is not counted per
     // connection.
     let warm = users(prefix, start, n.min(20));
-    let (conns, _) = login_many(t, &warm, 10, t.login_mech, true).await;
+    let (conns, _) = login_many_sm(t, &warm, 10, t.login_mech, true, sm).await;
     for mut c in conns.into_iter().flatten() {
         c.close().await;
     }
@@ -372,7 +419,7 @@ pub async fn idle(
 
     let meter = Meter::start(&t.server_pids);
     let names = users(prefix, start, n);
-    let (conns, errors) = login_many(t, &names, concurrency, t.login_mech, true).await;
+    let (conns, errors) = login_many_sm(t, &names, concurrency, t.login_mech, true, sm).await;
     let login_phase = meter.finish();
     let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
     for c in &mut conns {
@@ -414,6 +461,7 @@ pub async fn idle(
     IdleReport {
         scenario: "idle",
         n,
+        sm,
         connected,
         alive_at_end: alive.load(Ordering::Relaxed) as usize,
         errors: errors.len(),
@@ -519,14 +567,14 @@ async fn send_numbered(
     Ok(())
 }
 
-fn push_message(out: &mut Vec<u8>, prefix: &[u8], seq: u64, ts: u64) {
+pub(crate) fn push_message(out: &mut Vec<u8>, prefix: &[u8], seq: u64, ts: u64) {
     use std::io::Write as _;
     out.extend_from_slice(prefix);
     let _ = write!(out, "{seq} {ts}</body></message>");
 }
 
 /// `seq ts` from a message body.
-fn parse_body(stanza: &[u8]) -> Option<(u64, u64)> {
+pub(crate) fn parse_body(stanza: &[u8]) -> Option<(u64, u64)> {
     let body = frame::child_text(stanza, "body")?;
     let sp = memchr::memchr(b' ', body)?;
     let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse().ok();
@@ -536,6 +584,8 @@ fn parse_body(stanza: &[u8]) -> Option<(u64, u64)> {
 /// What one pair saw.
 #[derive(Default)]
 struct PairStats {
+    /// The pair's place in the set-up order.
+    index: usize,
     sent: u64,
     received: u64,
     out_of_order: u64,
@@ -620,6 +670,13 @@ pub struct ThroughputReport {
     /// The generator's CPU per delivered message, in microseconds.
     pub generator_us_per_msg: f64,
     pub server_us_per_msg: Option<f64>,
+    /// Against the relay (`--raw`): no XMPP, the same stanza bytes forwarded over TLS.
+    pub raw: bool,
+    /// The last page of the first receiver's archive (`--mam-check`).
+    pub mam_check: Option<crate::mam::MamCheck>,
+    /// Messages each pair sent, in set-up order (for the archive check).
+    #[serde(skip)]
+    pub sent_per_pair: Vec<u64>,
 }
 
 /// K pairs; each sender keeps `window` messages in flight to its receiver and sends one
@@ -636,10 +693,37 @@ pub async fn throughput(
     duration: Duration,
     lat_sample: u64,
 ) -> Result<ThroughputReport> {
-    let set_up = setup_pairs(t, prefix, start, pairs, 50).await?;
+    let set_up = if t.raw {
+        setup_raw_pairs(t, prefix, start, pairs).await?
+    } else {
+        setup_pairs(t, prefix, start, pairs, 50).await?
+    };
     let mut r = run_pairs(t, set_up, window, warmup, duration, lat_sample, 10).await;
     r.pairs = pairs;
+    r.raw = t.raw;
     Ok(r)
+}
+
+/// The pairs for `--raw` (the relay): sender and receiver of each pair connect one after
+/// the other, sequentially, so the relay, which pairs its (2i)th accepted connection with
+/// the (2i+1)th, pairs them as here. The messages are addressed as in the XMPP runs.
+async fn setup_raw_pairs(
+    t: &Arc<Target>,
+    prefix: &str,
+    start: usize,
+    pairs: usize,
+) -> Result<Vec<Pair>> {
+    let mut out = Vec::with_capacity(pairs);
+    for ru in users(prefix, start + pairs, pairs) {
+        let sender = Conn::connect_raw(t).await?;
+        let receiver = Conn::connect_raw(t).await?;
+        out.push(Pair {
+            sender,
+            receiver,
+            prefix: format!("<message to='{}' type='chat'><body>", t.jid(&ru)).into_bytes(),
+        });
+    }
+    Ok(out)
 }
 
 /// The throughput scenario across two federated servers: senders on `ts` (server A),
@@ -682,11 +766,14 @@ async fn run_pairs(
     let measuring = Arc::new(AtomicBool::new(false));
     let stopping = Arc::new(AtomicBool::new(false));
     let mut tasks = JoinSet::new();
-    for mut p in set_up {
+    for (index, mut p) in set_up.into_iter().enumerate() {
         let (delivered, measuring, stopping) =
             (delivered.clone(), measuring.clone(), stopping.clone());
         tasks.spawn(async move {
-            let mut st = PairStats::default();
+            let mut st = PairStats {
+                index,
+                ..PairStats::default()
+            };
             let mut out = Vec::with_capacity(window * 96);
             let ts = now_ns();
             for _ in 0..window {
@@ -695,7 +782,9 @@ async fn run_pairs(
             }
             let r: Result<()> = async {
                 p.sender.send(&out).await?;
-                let mut since_sample = 0u64;
+                // Staggered, so that pairs with few deliveries in the window (a slow
+                // server) still give samples.
+                let mut since_sample = index as u64 % lat_sample;
                 loop {
                     let stop = stopping.load(Ordering::Relaxed);
                     if stop && st.received >= st.sent {
@@ -764,6 +853,10 @@ async fn run_pairs(
         .collect();
     let sent: u64 = stats.iter().map(|s| s.sent).sum();
     let recv_total = delivered.load(Ordering::Relaxed);
+    let mut sent_per_pair = vec![0; pairs];
+    for s in &stats {
+        sent_per_pair[s.index] = s.sent;
+    }
     ThroughputReport {
         scenario: "throughput",
         pairs,
@@ -783,18 +876,21 @@ async fn run_pairs(
             .server_cpu_pct
             .map(|p| us_per_msg(p, usage.wall_s, measured)),
         usage,
+        raw: false,
+        mam_check: None,
+        sent_per_pair,
     }
 }
 
-fn us_per_msg(cpu_pct: f64, wall: f64, msgs: u64) -> f64 {
+pub(crate) fn us_per_msg(cpu_pct: f64, wall: f64, msgs: u64) -> f64 {
     if msgs == 0 {
         return 0.0;
     }
     round3(cpu_pct / 100.0 * wall * 1e6 / msgs as f64)
 }
 
-/// Joins the pair tasks, aborting those still running at the deadline.
-async fn collect(mut tasks: JoinSet<PairStats>, deadline: Duration) -> Vec<PairStats> {
+/// Joins the tasks, aborting those still running at the deadline.
+pub(crate) async fn collect<T: 'static>(mut tasks: JoinSet<T>, deadline: Duration) -> Vec<T> {
     let mut out = Vec::new();
     let end = tokio::time::Instant::now() + deadline;
     loop {

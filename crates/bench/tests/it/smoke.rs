@@ -1,5 +1,5 @@
-//! A small run of every scenario against a real Outpost on 127.0.0.1:0, so that the
-//! benchmark code cannot rot. Only correctness is asserted (logins succeed, every message
+//! A small run of every scenario against a real Outpost on 127.0.0.1:0 (and the relay), so
+//! that the benchmark code cannot rot. Only correctness is asserted (logins succeed, every message
 //! arrives once and in order, counts match), never a timing.
 
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_bench::scenarios::{self, users};
-use outpost_bench::{Mech, Target};
+use outpost_bench::{Mech, Target, mam, muc, relay};
 use outpost_testkit::TestServer;
 
 const DOMAIN: &str = "bench.local";
@@ -154,4 +154,100 @@ async fn starttls_logins_work() {
     .await;
     assert_eq!((idle.connected, idle.alive_at_end), (3, 3), "{idle:?}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muc_archive_and_stream_management_work() {
+    let mut server = start_server().await;
+    let t = target(server.starttls, true);
+    let reg = scenarios::register(&t, "m", 1, 6, 3).await;
+    assert_eq!((reg.created, reg.errors), (6, 0), "{reg:?}");
+
+    let opts = scenarios::IdleOpts {
+        concurrency: 3,
+        settle: Duration::from_millis(50),
+        hold: Duration::from_millis(50),
+        sm: true,
+    };
+    let idle = scenarios::idle_with(&t, "m", 1, 3, opts).await;
+    assert_eq!(
+        (idle.connected, idle.alive_at_end, idle.sm),
+        (3, 3, true),
+        "{idle:?}"
+    );
+
+    let tp = scenarios::throughput(
+        &t,
+        "m",
+        1,
+        2,
+        4,
+        Duration::from_millis(300),
+        Duration::from_millis(700),
+        1,
+    )
+    .await
+    .expect("throughput");
+    assert_eq!(tp.total_sent, tp.total_delivered, "{tp:?}");
+    let check = mam::check_first_pair(&t, "m", 1, 2, tp.sent_per_pair[0]).await;
+    assert!(check.ok, "{check:?}");
+
+    let o = muc::MucOpts {
+        prefix: "m".into(),
+        start: 1,
+        occupants: 6,
+        senders: 0,
+        window: 2,
+        warmup: Duration::from_millis(300),
+        duration: Duration::from_millis(700),
+        lat_sample: 1,
+        room: "smoke".into(),
+        service: format!("conference.{DOMAIN}"),
+        concurrency: 3,
+        mam_check: true,
+    };
+    let r = muc::muc(&t, &o).await.expect("muc");
+    assert_eq!((r.joined, r.senders), (6, 6), "{r:?}");
+    assert!(r.msgs_in_window > 0, "{r:?}");
+    assert_eq!(r.total_sent, r.total_fully_delivered, "{r:?}");
+    assert_eq!(
+        (r.undelivered_after_drain, r.out_of_order, r.error_replies),
+        (0, 0, 0),
+        "{r:?}"
+    );
+    assert!(r.failures.is_empty(), "{r:?}");
+    assert!(r.room_archive.as_ref().is_some_and(|a| a.ok), "{r:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_runs_raw_against_the_relay() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let tls = relay::tls_acceptor(DOMAIN).expect("certificate");
+    let relay = tokio::spawn(relay::serve(listener, Some(tls)));
+    let mut t = Target::new(addr, DOMAIN, "unused");
+    t.tls = true;
+    t.raw = true;
+    t.step_timeout = Duration::from_secs(20);
+    let t = Arc::new(t);
+    let tp = scenarios::throughput(
+        &t,
+        "u",
+        1,
+        3,
+        4,
+        Duration::from_millis(200),
+        Duration::from_millis(500),
+        1,
+    )
+    .await
+    .expect("throughput");
+    assert!(tp.raw && tp.delivered_in_window > 0, "{tp:?}");
+    assert_eq!(tp.total_sent, tp.total_delivered, "{tp:?}");
+    assert_eq!((tp.out_of_order, tp.error_replies), (0, 0), "{tp:?}");
+    assert!(tp.failures.is_empty(), "{tp:?}");
+    relay.abort();
 }
