@@ -28,7 +28,8 @@ DEFAULT_BIN = os.path.join(
 )
 DOMAIN = "localhost"
 
-LISTEN_RE = re.compile(r"^listening\s+(c2s-starttls|c2s-tls|s2s|proxy65)\s+(\S+)\s*$")
+LISTEN_RE = re.compile(
+    r"^listening\s+(c2s-starttls|c2s-tls|s2s|proxy65|https|component)\s+(\S+)\s*$")
 
 START_TIMEOUT = float(os.environ.get("OUTPOST_START_TIMEOUT", "30"))
 STOP_TIMEOUT = float(os.environ.get("OUTPOST_STOP_TIMEOUT", "10"))
@@ -71,6 +72,8 @@ c2s = ["127.0.0.1:0"]
 c2s_tls = ["127.0.0.1:0"]
 proxy65 = ["127.0.0.1:0"]
 https = ["127.0.0.1:0"]
+# Bound only when [components] names one (test_push.py).
+component = ["127.0.0.1:0"]
 {f's2s = ["{s2s_listen}"]' if s2s_listen else ""}
 
 [registration]
@@ -129,6 +132,11 @@ class OutpostServer:
     @property
     def s2s_addr(self) -> tuple[str, int]:
         return self.listeners["s2s"]
+
+    @property
+    def component_addr(self) -> tuple[str, int]:
+        """The external components' listener (XEP-0114), when [components] names any."""
+        return self.listeners["component"]
 
     @property
     def proxy65_addr(self) -> tuple[str, int]:

@@ -7,7 +7,8 @@
 //! [`Pending`] and goes on (routing the message to an online recipient, handling the next
 //! stanza of the same read) and waits for the outcome only before it tells anyone the
 //! stanza was accepted (an XEP-0198 `<a/>`, any later reply on the same stream). That is
-//! what makes "durable before acknowledged" cheap: one wait per read, not per message.
+//! what makes "durable before acknowledged" cheap: a wait only before a session writes to
+//! its client, not per message, and none while a sender only streams messages.
 //!
 //! The task outlives the sessions: [`Journal::close`] is called after they have ended, so
 //! what they write while ending (unacknowledged messages going to the offline store) is
