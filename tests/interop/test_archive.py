@@ -268,3 +268,41 @@ async def test_live_stanza_id_is_in_the_archive_at_once(server):
         assert not problems, "\n".join(problems)
     finally:
         await stop_all([a, b])
+
+
+async def test_hints_keep_messages_out_of_the_archive_and_carbons(server):
+    """XEP-0334 with slixmpp's xep_0334: `<no-store/>` and `<no-permanent-store/>` keep a
+    message out of both archives (it is still delivered), `<no-copy/>` out of carbons."""
+    an, bn = uname("hinta"), uname("hintb")
+    await create_user(server, an, PASSWORD)
+    await create_user(server, bn, PASSWORD)
+    plugins = [*ARCHIVE_PLUGINS, "xep_0334", "xep_0280"]
+    a = await login(server, an, PASSWORD, plugins=plugins)
+    b = await login(server, bn, PASSWORD, plugins=plugins, resource="desk")
+    b2 = await login(server, bn, PASSWORD, plugins=plugins, resource="phone")
+    try:
+        assert (await b2["xep_0280"].enable(timeout=20))["type"] == "result"
+        copies = b2.record("carbon_received")
+        await b.ping_server()
+        sent = []
+        for hint in ("no-store", "no-permanent-store", "no-copy", None):
+            body = f"hint {hint} " + uname("h")
+            m = a.make_message(mto=b.full, mbody=body, mtype="chat")
+            if hint:
+                m.enable(hint)
+            m.send()
+            sent.append((hint, body))
+            await b.messages.wait_for(lambda x, body=body: x["body"] == body, what=body)
+        await a.ping_server()
+        archived = (await mam_query(b, with_jid=a.bare)).bodies
+        mine = (await mam_query(a, with_jid=b.bare)).bodies
+        expected = [body for hint, body in sent if hint in ("no-copy", None)]
+        assert archived == expected, archived
+        assert mine == expected, mine
+        # The carbon-enabled resource got copies of what it was not sent, except no-copy.
+        await copies.wait_count(lambda c: True, 3, what="three carbons")
+        await b2.ping_server()
+        got = [c["carbon_received"]["body"] for c in copies.items]
+        assert got == [body for hint, body in sent if hint != "no-copy"], got
+    finally:
+        await stop_all([a, b, b2])
