@@ -171,22 +171,20 @@ impl Accepted {
     /// whose write failed come back as from [`Accepted::settle`].
     pub(crate) fn settled_so_far(&mut self) -> Vec<Undeliverable> {
         let mut failed = Vec::new();
-        self.0.retain_mut(|c| match c.outcome.take().or_else(|| c.pending.ready()) {
-            None => true,
-            Some(outcome) => {
-                failed.extend(failure(outcome, c.on_failure.take()));
-                false
-            }
-        });
+        self.0
+            .retain_mut(|c| match c.outcome.take().or_else(|| c.pending.ready()) {
+                None => true,
+                Some(outcome) => {
+                    failed.extend(failure(outcome, c.on_failure.take()));
+                    false
+                }
+            });
         failed
     }
 }
 
 /// What a write's outcome means for its stanza's sender.
-fn failure(
-    outcome: Result<i64, StoreError>,
-    on_failure: Option<Element>,
-) -> Option<Undeliverable> {
+fn failure(outcome: Result<i64, StoreError>, on_failure: Option<Element>) -> Option<Undeliverable> {
     match (outcome, on_failure) {
         (Ok(_), _) => None,
         (Err(e), None) => {
