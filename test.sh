@@ -75,7 +75,7 @@ else
     # A cable pull (site 1 loses carrier), a silent WAN failure beyond the first hop, a cut
     # between the sites that leaves the hub reachable (messages go through the hub), and a
     # firewall that passes only HTTPS (messages go over WebSocket).
-    for cut in link blackhole direct https; do
+    for cut in link blackhole reset direct https; do
         PARTITION_CUT=$cut OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/partition.sh
     done
 fi

@@ -15,6 +15,9 @@
 #   blackhole  `ip rule … blackhole` on the hub for everything between site 1 and the rest:
 #              the WAN fails beyond the first hop. Carrier stays up, packets vanish without
 #              an error or ICMP, so TCP backs off exponentially: the harder case for recovery.
+#   reset      the blackhole, and the sites' server-to-server connections are torn down as it
+#              starts (`ss -K`, as a firewall or NAT that forgets them would): new connection
+#              attempts then sit in SYN back-off while the path is dead.
 #   direct     the hub host also runs an Outpost hub (hub.test, relaying between the two
 #              sites), and only traffic *between* the sites is blackholed: each site still
 #              reaches the hub. Messages must then arrive during the cut, through the hub,
@@ -30,18 +33,21 @@
 #
 # Needs root, iproute2 and python3 (standard library only).
 # Env: OUTPOST_BIN             the outpost binary (default $CARGO_TARGET_DIR/debug/outpost)
-#      PARTITION_CUT           link (default) or blackhole, see above
+#      PARTITION_CUT           link (default), blackhole, reset, direct or https, see above
 #      PARTITION_MESSAGES      messages sent during the cut (50)
-#      PARTITION_CUT_SECS      how long the link stays down (10)
+#      PARTITION_CUT_SECS      how long the link stays down (20)
 #      PARTITION_RECOVERY_SECS longest accepted time from restore to full delivery (30)
+#      PARTITION_FIRST_SECS    longest accepted time from restore to the first message, where
+#                              nothing passes during the cut (1)
 #      PARTITION_KEEP=1        keep the work directory (configs, logs) after the run
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN="${OUTPOST_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}/debug/outpost}"
 COUNT="${PARTITION_MESSAGES:-50}"
-CUT_SECS="${PARTITION_CUT_SECS:-10}"
+CUT_SECS="${PARTITION_CUT_SECS:-20}"
 RECOVERY_LIMIT="${PARTITION_RECOVERY_SECS:-30}"
+FIRST_LIMIT="${PARTITION_FIRST_SECS:-1}"
 KEEP="${PARTITION_KEEP:-0}"
 CUT="${PARTITION_CUT:-link}"
 # Outpost reads OUTPOST_* variables as configuration: start it with none of them.
@@ -52,8 +58,8 @@ die() { say "FAIL: $*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || { say "needs root (network namespaces)"; exit 2; }
 command -v ip >/dev/null || { say "needs iproute2 (ip)"; exit 2; }
-[[ $CUT == link || $CUT == blackhole || $CUT == direct || $CUT == https ]] ||
-    { say "PARTITION_CUT must be link, blackhole, direct or https"; exit 2; }
+[[ $CUT == link || $CUT == blackhole || $CUT == reset || $CUT == direct || $CUT == https ]] ||
+    { say "PARTITION_CUT must be link, blackhole, reset, direct or https"; exit 2; }
 # The path the link must take during a cut that leaves one open.
 declare -A FALLBACK=([direct]=hub [https]=websocket)
 [[ -x "$BIN" ]] || { say "no outpost binary at $BIN (set OUTPOST_BIN)"; exit 2; }
@@ -176,8 +182,9 @@ level = "info,outpost_server::s2s=debug"
 [federation]
 enabled = true
 require_tls = true
-retry_initial_secs = 1
-retry_max_secs = 5
+# The default back-off (1 s doubling to 300 s): a path that comes back is found by the
+# probes of a link with messages waiting (every 0.5 s), not by a short back-off. A short
+# probe interval only makes a link on a fallback path go back to the direct one soon.
 probe_interval_secs = 2
 # The other site is listed below; DNS is never asked.
 srv_lookup = false
@@ -224,8 +231,6 @@ level = "info,outpost_server::s2s=debug"
 [federation]
 enabled = true
 require_tls = true
-retry_initial_secs = 1
-retry_max_secs = 5
 probe_interval_secs = 2
 srv_lookup = false
 relay_for = ["site1.test", "site2.test"]
@@ -284,10 +289,16 @@ client 1 ping --user tom --resource ping --peer jerry@site2.test ||
 if [[ $CUT == link ]]; then
     say "cutting site 1's link (ip link set s1 down on the hub)"
     ip -n "$HUB" link set s1 down
-elif [[ $CUT == blackhole ]]; then
+elif [[ $CUT == blackhole || $CUT == reset ]]; then
     say "cutting site 1 off (blackhole rules on the hub)"
     ip -n "$HUB" rule add priority 100 iif s1 blackhole
     ip -n "$HUB" rule add priority 101 iif s2 to 10.201.1.0/24 blackhole
+    if [[ $CUT == reset ]]; then
+        say "tearing down the sites' server-to-server connections"
+        for n in 1 2; do
+            ip netns exec "op-s$n-$$" ss -K '( sport = :5269 or dport = :5269 )' >/dev/null 2>&1 || true
+        done
+    fi
 elif [[ $CUT == direct ]]; then
     say "cutting the sites off from each other, not from the hub (blackhole rules)"
     ip -n "$HUB" rule add priority 100 iif s1 to 10.201.2.0/24 blackhole
@@ -344,7 +355,10 @@ T_LAST=$(awk -v n="$COUNT" 'NR == n { print $1 }' "$WORK/jerry.log")
 T_FIRST=$(awk 'NR == 1 { print $1 }' "$WORK/jerry.log")
 RECOVERY=$(elapsed "$T_UP" "$T_LAST")
 if [[ -z ${FALLBACK[$CUT]:-} ]]; then
-    say "recovery: first message $(elapsed "$T_UP" "$T_FIRST") s, all $COUNT messages $RECOVERY s after the link came back"
+    FIRST=$(elapsed "$T_UP" "$T_FIRST")
+    say "recovery: first message $FIRST s, all $COUNT messages $RECOVERY s after the link came back"
+    awk -v f="$FIRST" -v l="$FIRST_LIMIT" 'BEGIN { exit !(f <= l) }' ||
+        die "the first message came $FIRST s after the link's return, more than $FIRST_LIMIT s"
 fi
 
 # Chat across the sites works again (jerry's inbox answers the ping).

@@ -32,6 +32,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -48,6 +50,11 @@ use crate::config::FederationConfig;
 
 /// A TCP connect that takes longer than this fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// While a connect gets no answer, a fresh attempt starts this often (see
+/// `connect_staggered`).
+const RESTART_EVERY: Duration = Duration::from_millis(500);
+/// Attempts of one connect waiting at once.
+const MAX_ATTEMPTS: usize = 20;
 /// The port of `xmpp-server` when DNS names none (RFC 6120 §3.2.2).
 const DEFAULT_PORT: u16 = 5269;
 /// The ALPN protocol of server-to-server streams over direct TLS (XEP-0368 §4).
@@ -427,13 +434,47 @@ pub(super) async fn probe(env: &LinkEnv, domain: &str) -> bool {
 }
 
 async fn tcp_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    with_timeout(TcpStream::connect(addr)).await
+    with_timeout(connect_staggered(addr)).await
 }
 
 /// A TCP connection to `host` (a name the system resolves, or an address) on `port`, for
 /// endpoints given as URLs (`federation.websocket_peers`).
 pub(super) async fn tcp_connect_host(host: &str, port: u16) -> std::io::Result<TcpStream> {
-    with_timeout(TcpStream::connect((host, port))).await
+    with_timeout(async {
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        for addr in tokio::net::lookup_host((host, port)).await? {
+            match connect_staggered(addr).await {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    })
+    .await
+}
+
+/// Connects to `addr`, starting a fresh attempt every [`RESTART_EVERY`] while the earlier
+/// ones get no answer, and keeping the first that connects. On a dead path the kernel
+/// resends a SYN after 1, 3, 7 s…: a path that comes back in between is found by the next
+/// fresh SYN, within half a second, not at the next resend. An attempt that fails outright
+/// (refused, unreachable) fails the connect once none is left waiting.
+async fn connect_staggered(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let mut attempts = FuturesUnordered::new();
+    attempts.push(TcpStream::connect(addr));
+    let mut restart = tokio::time::interval(RESTART_EVERY);
+    restart.tick().await;
+    loop {
+        tokio::select! {
+            done = attempts.next() => match done {
+                Some(Ok(tcp)) => return Ok(tcp),
+                Some(Err(e)) if attempts.is_empty() => return Err(e),
+                Some(Err(_)) | None => {}
+            },
+            _ = restart.tick(), if attempts.len() < MAX_ATTEMPTS => {
+                attempts.push(TcpStream::connect(addr));
+            }
+        }
+    }
 }
 
 async fn with_timeout(

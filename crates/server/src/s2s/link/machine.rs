@@ -13,8 +13,10 @@
 //! starts the next round from the best path; a path that fails backs off on its own
 //! (doubling from `retry_initial` up to `retry_max`). When every path of a round failed,
 //! best-effort stanzas are answered with `remote-server-not-found`, and the link waits for
-//! the first back-off to end, probing the paths every `probe_every` while the queue is
-//! not empty, and starting again at once when the peer reaches us.
+//! the first back-off to end, probing the paths every [`PROBE_TICK`] while stanzas wait
+//! (a TCP connection attempt each, overlapping: one that hangs in SYN back-off on a dead
+//! path does not delay the next, so the backlog flows within a second of a path's return),
+//! and starting again at once when a probe connects or the peer reaches us.
 //!
 //! The stream. Queued stanzas go out in id order, at most [`WINDOW`] unacknowledged; an
 //! acknowledgement removes them from the store; a new stream resends from the last
@@ -57,6 +59,12 @@ pub(crate) const ACK_SUSPECT: Duration = Duration::from_secs(5);
 const IDLE_CLOSE: Duration = Duration::from_secs(600);
 /// Longest pause between two streams while stanzas wait: never a tight reconnect loop.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+/// While every path is down and stanzas wait, a probe of the failed paths starts this
+/// often (one TCP connection attempt per path; without waiting stanzas, `probe_every`).
+pub(crate) const PROBE_TICK: Duration = Duration::from_millis(500);
+/// Probes of a backing-off link outstanding at once (each ends with its connection
+/// timeout at the latest).
+const MAX_PROBES: usize = 32;
 
 /// One way to reach the peer, in order of preference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -184,6 +192,11 @@ struct PathHealth {
     retry_at: Option<Instant>,
     /// The failure last logged for this path: a repeat is not logged again.
     logged: Option<String>,
+    /// It last failed because nothing answered there (no connection, or a stream gone
+    /// silent on a path that took no new one): probed every [`PROBE_TICK`], since it may
+    /// come back at any moment. Other failures (a peer that refuses the stream, or
+    /// acknowledges nothing) only wait out their back-off.
+    unreachable: bool,
 }
 
 impl PathHealth {
@@ -195,13 +208,17 @@ impl PathHealth {
         self.failures = 0;
         self.retry_at = None;
         self.logged = None;
+        self.unreachable = false;
     }
 
     /// Records a failure; returns the wait before this path is tried again.
-    fn failed(&mut self, initial: Duration, max: Duration, now: Instant) -> Duration {
-        let wait = initial.saturating_mul(1 << self.failures.min(20)).min(max);
+    fn failed(&mut self, s: &Settings, unreachable: bool, now: Instant) -> Duration {
+        let wait = (s.retry_initial)
+            .saturating_mul(1 << self.failures.min(20))
+            .min(s.retry_max);
         self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(now + wait);
+        self.unreachable = unreachable;
         wait
     }
 }
@@ -230,8 +247,12 @@ enum Phase<R> {
     /// Every path of the last round failed.
     Backoff {
         until: Instant,
+        /// The next probe of the unreachable paths ([`PROBE_TICK`]).
         next_probe: Instant,
-        probing: Option<u64>,
+        /// The next probe of every failed path (`probe_every`).
+        next_full: Instant,
+        /// The probes not yet answered, by token.
+        probing: Vec<u64>,
     },
     Done,
 }
@@ -267,6 +288,7 @@ impl<R> Link<R> {
                 failures: 0,
                 retry_at: None,
                 logged: None,
+                unreachable: false,
             })
             .collect();
         let mut link = Link {
@@ -303,12 +325,18 @@ impl<R> Link<R> {
             Phase::Backoff {
                 until,
                 next_probe,
+                next_full,
                 probing,
-            } => Some(if self.check.is_none() && probing.is_none() {
-                (*until).min(*next_probe)
-            } else {
-                *until
-            }),
+            } => {
+                let mut due = *until;
+                if self.check.is_none() && probing.len() < MAX_PROBES {
+                    due = due.min(*next_full);
+                    if (self.health.iter()).any(|h| h.unreachable && h.retry_at.is_some()) {
+                        due = due.min(*next_probe);
+                    }
+                }
+                Some(due)
+            }
             Phase::Idle | Phase::Connecting(_) | Phase::Done => None,
         }
     }
@@ -390,19 +418,43 @@ impl<R> Link<R> {
                 state: LinkState::Idle,
                 error: None,
             }),
-            (Phase::Backoff { next_probe, .. }, Check::Probe) if !nonempty => {
+            (
+                Phase::Backoff {
+                    next_probe,
+                    next_full,
+                    ..
+                },
+                Check::Probe,
+            ) if !nonempty => {
                 *next_probe = now + self.s.probe_every;
+                *next_full = now + self.s.probe_every;
             }
-            (Phase::Backoff { probing, .. }, Check::Probe) => {
-                self.next_token += 1;
-                let token = self.next_token;
-                *probing = Some(token);
-                let targets = self
+            (
+                Phase::Backoff {
+                    probing,
+                    next_probe,
+                    next_full,
+                    ..
+                },
+                Check::Probe,
+            ) => {
+                let full = now >= *next_full;
+                if full {
+                    *next_full = now + self.s.probe_every;
+                }
+                *next_probe = now + PROBE_TICK;
+                let targets: Vec<(Path, String)> = self
                     .health
                     .iter()
-                    .filter(|h| h.retry_at.is_some())
+                    .filter(|h| h.retry_at.is_some() && (full || h.unreachable))
                     .map(|h| (h.spec.path, h.spec.peer.clone()))
                     .collect();
+                if targets.is_empty() {
+                    return;
+                }
+                self.next_token += 1;
+                let token = self.next_token;
+                probing.push(token);
                 self.push(Action::Probe {
                     token,
                     targets,
@@ -446,7 +498,7 @@ impl<R> Link<R> {
     /// The connection could not be opened.
     pub(crate) fn connect_failed(&mut self, reason: String, now: Instant) {
         if let Phase::Connecting(index) = self.phase {
-            self.attempt_failed(index, reason, now);
+            self.attempt_failed(index, reason, true, now);
         }
     }
 
@@ -528,13 +580,8 @@ impl<R> Link<R> {
     /// The answer to [`Action::Probe`]: whether each path tried connected.
     pub(crate) fn probe_result(&mut self, token: u64, results: Vec<(Path, bool)>, now: Instant) {
         match &mut self.phase {
-            Phase::Backoff {
-                probing,
-                next_probe,
-                ..
-            } if *probing == Some(token) => {
-                *probing = None;
-                *next_probe = now + self.s.probe_every;
+            Phase::Backoff { probing, .. } if probing.contains(&token) => {
+                probing.retain(|t| *t != token);
                 let mut any = false;
                 for (path, ok) in results {
                     if let (true, Some(h)) =
@@ -546,6 +593,8 @@ impl<R> Link<R> {
                     }
                 }
                 if any {
+                    // The other probes still out have nothing more to say.
+                    self.push(Action::CancelProbes);
                     self.start_round(now);
                 }
             }
@@ -596,8 +645,13 @@ impl<R> Link<R> {
                 self.phase = Phase::Idle;
                 self.enter_idle(now);
             }
-            Phase::Backoff { until, .. } if now >= *until => self.start_round(now),
-            Phase::Backoff { probing: None, .. } if self.check.is_none() => {
+            Phase::Backoff { until, .. } if now >= *until => {
+                self.push(Action::CancelProbes);
+                self.start_round(now);
+            }
+            Phase::Backoff { probing, .. }
+                if self.check.is_none() && probing.len() < MAX_PROBES =>
+            {
                 self.ask_queue(Check::Probe);
             }
             Phase::Backoff { .. } => {}
@@ -643,10 +697,9 @@ impl<R> Link<R> {
         });
     }
 
-    fn attempt_failed(&mut self, index: usize, reason: String, now: Instant) {
-        let (initial, max) = (self.s.retry_initial, self.s.retry_max);
+    fn attempt_failed(&mut self, index: usize, reason: String, unreachable: bool, now: Instant) {
         let h = &mut self.health[index];
-        let wait = h.failed(initial, max, now);
+        let wait = h.failed(&self.s, unreachable, now);
         let path = h.spec.path.as_str();
         if h.logged.as_deref() != Some(reason.as_str()) {
             // Once per path and reason, not once per retry.
@@ -711,8 +764,9 @@ impl<R> Link<R> {
             .unwrap_or(now + self.s.retry_initial);
         self.phase = Phase::Backoff {
             until,
-            next_probe: now + self.s.probe_every,
-            probing: None,
+            next_probe: now + PROBE_TICK,
+            next_full: now + self.s.probe_every,
+            probing: Vec::new(),
         };
     }
 
@@ -747,7 +801,7 @@ impl<R> Link<R> {
         self.push(Action::Disconnect);
         let healthy = st.healthy || (st.recheck && st.ready);
         let reason = st.failure.clone().unwrap_or_else(|| st.reason.clone());
-        let (index, recheck) = (st.index, st.recheck);
+        let (index, recheck, cut) = (st.index, st.recheck, st.cut);
         // Verifications left unanswered are asked again on the next stream, and what the
         // peer never acknowledged goes first on it.
         self.held.extend(st.leftovers());
@@ -758,7 +812,7 @@ impl<R> Link<R> {
             );
             self.attempt_worked(index, recheck, now);
         } else {
-            self.attempt_failed(index, reason, now);
+            self.attempt_failed(index, reason, cut, now);
         }
     }
 }
@@ -821,6 +875,8 @@ struct Stream<R> {
     /// How it ended: `healthy` unless it failed; `reason` how it closed; `failure` a cause
     /// found before that, better than how it closed; `recheck` when it made way.
     healthy: bool,
+    /// The path took no new connection while this stream was silent.
+    cut: bool,
     reason: String,
     failure: Option<String>,
     recheck: bool,
@@ -863,6 +919,7 @@ impl<R> Stream<R> {
             next_recheck: now + probe_every,
             better_works: false,
             healthy: true,
+            cut: false,
             reason: String::new(),
             failure: None,
             recheck: false,
@@ -1245,6 +1302,7 @@ impl<R> Stream<R> {
             );
             self.failure = Some("stream went silent and the path is unreachable".to_owned());
             self.healthy = false;
+            self.cut = true;
         }
     }
 

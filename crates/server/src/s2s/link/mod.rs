@@ -285,20 +285,34 @@ impl Io {
     ) {
         let env = self.env.clone();
         self.probes.spawn(async move {
-            let mut results = Vec::with_capacity(targets.len());
-            for (path, peer) in targets {
-                let attempt = probe(&env, path, &peer);
-                // A connection that takes longer than `timeout` counts as not getting
-                // through.
-                let ok = match timeout {
-                    Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or(false),
-                    None => attempt.await,
-                };
-                results.push((path, ok));
-                if ok && first_success {
-                    break;
+            // A connection that takes longer than `timeout` counts as not getting through.
+            let attempt = |path: Path, peer: String| {
+                let env = env.clone();
+                async move {
+                    let attempt = probe(&env, path, &peer);
+                    let ok = match timeout {
+                        Some(t) => tokio::time::timeout(t, attempt).await.unwrap_or(false),
+                        None => attempt.await,
+                    };
+                    (path, ok)
                 }
-            }
+            };
+            let results = if first_success {
+                // Best first, and the first that connects ends it.
+                let mut results = Vec::with_capacity(targets.len());
+                for (path, peer) in targets {
+                    let (path, ok) = attempt(path, peer).await;
+                    results.push((path, ok));
+                    if ok {
+                        break;
+                    }
+                }
+                results
+            } else {
+                // Every path at once: a dead one does not delay the others' answers.
+                let attempts = targets.into_iter().map(|(path, peer)| attempt(path, peer));
+                futures_util::future::join_all(attempts).await
+            };
             (token, results)
         });
     }

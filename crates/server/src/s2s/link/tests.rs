@@ -11,7 +11,7 @@ use outpost_proto::s2s::{DialbackVerdict, Event, RelayPolicy, S2sConfig, S2sInco
 use outpost_proto::stanza::{Condition, StanzaError};
 use outpost_store::OutboxEntry;
 
-use super::machine::{ACK_SUSPECT, Action, Command, Link, Path, PathSpec, Settings};
+use super::machine::{ACK_SUSPECT, Action, Command, Link, PROBE_TICK, Path, PathSpec, Settings};
 use crate::config::AckWithoutSm;
 use crate::s2s::LinkState;
 
@@ -99,6 +99,8 @@ struct Sim {
     peers_ack: bool,
     peer: Option<Peer>,
     probes: Vec<Probe>,
+    /// Probes asked for, in all.
+    probed: usize,
     connects: Vec<(Instant, Path)>,
     /// Message ids delivered, with the path they came by.
     delivered: Vec<(Path, i64)>,
@@ -122,6 +124,7 @@ impl Sim {
             peers_ack: true,
             peer: None,
             probes: Vec::new(),
+            probed: 0,
             connects: Vec::new(),
             delivered: Vec::new(),
             acks: Vec::new(),
@@ -227,7 +230,10 @@ impl Sim {
                 targets,
                 first_success,
                 ..
-            } => self.probes.push((token, targets, first_success)),
+            } => {
+                self.probed += 1;
+                self.probes.push((token, targets, first_success));
+            }
             Action::CancelProbes => self.probes.clear(),
             Action::State { state, error } => self.states.push((state, error)),
             Action::Path(_) => {}
@@ -474,4 +480,39 @@ fn verifications_are_answered_and_a_peer_asking_for_one_ends_the_back_off() {
         "no waiting out the back-off"
     );
     assert!(sim.outbox.is_empty());
+}
+
+/// However long a path was down, what waits flows within a second of its return, and the
+/// link looks for it no more often than every [`PROBE_TICK`] meanwhile.
+#[test]
+fn a_backlog_flows_within_a_second_of_its_paths_return() {
+    let mut sim = Sim::new(&[Path::Direct], 0);
+    sim.reachable.insert(Path::Direct, false);
+    sim.queue(1..=5);
+    let mut expected = 0;
+    for (cut, more) in [(20, 6..=10), (200, 11..=15)] {
+        let probed = sim.probed;
+        sim.advance(Duration::from_secs(cut));
+        let looks = sim.probed - probed;
+        assert!(
+            looks as u128 <= cut as u128 * 1000 / PROBE_TICK.as_millis() + 1,
+            "{looks} probes in {cut} s"
+        );
+        assert_eq!(
+            sim.ids_on(Path::Direct).len(),
+            expected,
+            "nothing while cut"
+        );
+        sim.reachable.insert(Path::Direct, true);
+        sim.advance(Duration::from_secs(1));
+        expected += 5;
+        let ids = sim.ids_on(Path::Direct);
+        assert_eq!(ids.len(), expected, "after a {cut} s cut: {ids:?}");
+        assert!(sim.outbox.is_empty());
+        // Down again, with more waiting.
+        sim.peer = None;
+        sim.link.connection_lost("cable pulled".to_owned(), sim.now);
+        sim.reachable.insert(Path::Direct, false);
+        sim.queue(more);
+    }
 }
