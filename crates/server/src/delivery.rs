@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
@@ -35,6 +36,7 @@ use crate::carbons;
 use crate::config::{self, Config};
 use crate::journal::{Journal, Pending};
 use crate::push::Pushes;
+use crate::requests::Requests;
 use crate::router::{Router, ToSession, Undelivered, deliver};
 
 /// A future that a [`Remote`] returns: the durable write it submitted, or why it could not.
@@ -223,6 +225,8 @@ pub(crate) struct Delivery {
     /// Our services with domains of their own, by domain.
     components: RwLock<HashMap<String, Service>>,
     remote: Arc<dyn Remote>,
+    /// The server's own IQs to other servers, waiting for their answers.
+    requests: Requests,
 }
 
 impl Delivery {
@@ -244,7 +248,31 @@ impl Delivery {
             pushes,
             components: RwLock::new(HashMap::new()),
             remote,
+            requests: Requests::default(),
         }
+    }
+
+    /// Sends an IQ get or set from our `from` domain to another server's domain `to`, and
+    /// waits at most `timeout` for its answer: the peer's result or error, or the error
+    /// our side makes when it cannot be sent. `None` when nothing came.
+    pub(crate) async fn request(
+        &self,
+        mut iq: Element,
+        from: &str,
+        to: &str,
+        timeout: Duration,
+    ) -> Option<Element> {
+        stanza::set_attr(&mut iq, "from", from);
+        stanza::set_attr(&mut iq, "to", to);
+        let pending = self.requests.register(&mut iq, to);
+        self.send(iq);
+        pending.answer(&self.requests, timeout).await
+    }
+
+    /// An IQ result or error addressed to one of our domains: whether it answered one of
+    /// [`Delivery::request`]'s.
+    pub(crate) fn request_answered(&self, iq: &Element) -> bool {
+        self.requests.answer(iq, |d| self.is_ours(d))
     }
 
     /// Sends what is addressed to `domain` to a service of ours, for the users of `of`,
@@ -694,6 +722,11 @@ impl Delivery {
             return;
         }
         if self.is_local(to.domain().as_str()) {
+            if to.node().is_none() && matches!(el.attr("type"), Some("result" | "error")) {
+                // Our own error about a request of ours that could not leave.
+                self.request_answered(&el);
+                return;
+            }
             if let Ok(full) = FullJid::try_from(to) {
                 let _ = self.router.send_to_full(&full, ToSession::Stanza(el));
             }

@@ -40,6 +40,8 @@ mod presence;
 mod private;
 mod proxy65;
 mod push;
+mod replication;
+mod requests;
 mod roster;
 mod router;
 mod s2s;
@@ -51,6 +53,7 @@ mod tls;
 mod upload;
 
 pub use http::{HttpEnv, HttpService};
+pub use replication::ReplicationStatus;
 pub use router::SessionInfo;
 pub use s2s::{LinkState, LinkStatus};
 pub use tls::{CertificateInfo, Fingerprint, SELF_SIGNED_VALIDITY, TlsError, TlsIdentity};
@@ -169,6 +172,8 @@ pub struct ServerHandle {
     addrs: Vec<(ListenerKind, SocketAddr)>,
     tasks: Tasks,
     shutdown: CancellationToken,
+    /// A site's replication to its hub, when it replicates.
+    replication: Option<replication::SharedStatus>,
 }
 
 /// What an accepted connection is served by.
@@ -246,6 +251,7 @@ impl ServerHandle {
         if let Some(fed) = &federation {
             fed.start();
         }
+        let replication = start_replication(&config, &delivery, &tasks, &shutdown).await;
         let max_connections = config.limits.max_connections;
         let sessions = Arc::new(session::Env::new(
             delivery.clone(),
@@ -277,7 +283,15 @@ impl ServerHandle {
             addrs,
             tasks,
             shutdown,
+            replication,
         })
+    }
+
+    /// How the replication of this site's directory to its hub goes (`None` when it does
+    /// not replicate).
+    pub fn replication(&self) -> Option<ReplicationStatus> {
+        let status = self.replication.as_ref()?;
+        Some(status.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// The bound address of each listener, in config order.
@@ -476,6 +490,39 @@ impl ServerHandle {
 
 /// Binds every listener of the configuration (the server-to-server ones only with
 /// federation), in config order.
+/// A site with a hub replicates its directory there; otherwise its store keeps no
+/// replication log (and drops one it kept before).
+async fn start_replication(
+    config: &Config,
+    delivery: &Arc<Delivery>,
+    tasks: &Tasks,
+    shutdown: &CancellationToken,
+) -> Option<replication::SharedStatus> {
+    let f = &config.federation;
+    let hub = f
+        .hub
+        .as_ref()
+        .filter(|_| config.role == config::Role::Site && f.enabled && f.replicate);
+    if let (Some(hub), Some(local)) = (hub, config.domains.first()) {
+        let status = replication::SharedStatus::default();
+        status.lock().unwrap_or_else(|p| p.into_inner()).hub = hub.clone();
+        tasks.spawn(replication::ship(
+            delivery.clone(),
+            local.clone(),
+            hub.clone(),
+            config.limits.max_stanza_bytes,
+            status.clone(),
+            shutdown.clone(),
+        ));
+        return Some(status);
+    }
+    match delivery.store().repl_activate(false).await {
+        Ok(_) | Err(outpost_store::StoreError::Unsupported(_)) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot turn the replication log off"),
+    }
+    None
+}
+
 async fn bind_all(
     config: &Config,
     http: bool,

@@ -20,9 +20,11 @@
 //! keeps in memory and rebuilds after a restart from what the outbox holds.
 
 mod memory;
+mod replication;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use replication::{ReplBatch, ReplKind, ReplLog, ReplOrigin, ReplRecord};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -415,6 +417,9 @@ pub enum StoreError {
     /// The user's uploads already take (or with this one would take) more than `quota`.
     #[error("upload quota of {quota} bytes reached")]
     UploadQuotaExceeded { quota: u64 },
+    /// Data from elsewhere (a replication record) that cannot be stored as it is.
+    #[error("refused: {0}")]
+    Rejected(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -708,6 +713,47 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets the ids last seen before `older_than_ms`; returns how many. Keep them longer
     /// than the peers' retry lifetime, or a late retry is delivered again.
     async fn prune_seen(&self, older_than_ms: i64) -> Result<u64>;
+
+    // ---- replication (a site's directory to its hub) ----
+
+    /// Turns the site's replication log on or off. Turning it on starts a new log (a new
+    /// epoch: the hub then needs a snapshot); turning it off drops the log.
+    async fn repl_activate(&self, _on: bool) -> Result<ReplLog> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// The site's log: its epoch, extent and what the hub acknowledged.
+    async fn repl_log(&self) -> Result<ReplLog> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// Up to `limit` records after position `after`, each with its key's current value;
+    /// a key logged several times in the range comes once, at its first position. Also
+    /// returns the last position read, which the records may not reach.
+    async fn repl_read(&self, _after: i64, _limit: u32) -> Result<(Vec<ReplRecord>, i64)> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// Logs every key the directory holds (a snapshot for a hub that has nothing, or a
+    /// log it has fallen behind); returns the position before them.
+    async fn repl_reseed(&self) -> Result<i64> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// The hub acknowledged everything up to `position`: the log drops it.
+    async fn repl_acked(&self, _position: i64, _now_ms: i64) -> Result<()> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// On a hub: applies a batch in one transaction if it follows what the replica holds
+    /// (its epoch and position match, or it starts a snapshot). Returns where the replica
+    /// stands afterwards, applied or not.
+    async fn repl_apply(&self, _batch: &ReplBatch<'_>) -> Result<(bool, ReplOrigin)> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// On a hub: where its replica of `domain` stands (a default, position 0, if none).
+    async fn repl_origin(&self, _domain: &str) -> Result<ReplOrigin> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// On a hub: every site it holds a replica of.
+    async fn repl_origins(&self) -> Result<Vec<ReplOrigin>> {
+        Err(StoreError::Unsupported("replication"))
+    }
 
     // ---- operations ----
 

@@ -31,6 +31,11 @@ pub use messaging::{
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// What this server is in a network of sites: `"site"`, the home of its domains, or
+    /// `"hub"`, which relays between the sites in `federation.relay_for` and keeps a
+    /// replica of each one's directory (see ARCHITECTURE.md, "Sites and hub").
+    /// Default: `"site"`.
+    pub role: Role,
     /// The XMPP domains served, in canonical (lower-case, ASCII) form. Default: `["localhost"]`.
     pub domains: Vec<String>,
     /// Where the server keeps its state: the database and the generated TLS certificate.
@@ -72,6 +77,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            role: Role::Site,
             domains: vec!["localhost".to_owned()],
             data_dir: PathBuf::from("./outpost-data"),
             listen: ListenConfig::default(),
@@ -91,6 +97,17 @@ impl Default for Config {
             components: BTreeMap::new(),
         }
     }
+}
+
+/// A server's part in a network of sites (`role`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The home of its domains; with a `federation.hub`, it replicates its directory there.
+    #[default]
+    Site,
+    /// Relays between its sites and holds a replica of each one's directory.
+    Hub,
 }
 
 /// `[listen]`: the sockets to accept client connections on. Port 0 picks a free port;
@@ -395,6 +412,10 @@ pub struct FederationConfig {
     /// another is stored and forwarded; a stanza to any other domain is refused. Default:
     /// none (this server relays nothing).
     pub relay_for: Vec<String>,
+    /// On a site with a `hub`: replicate the directory (accounts' SCRAM verifiers, rosters,
+    /// vCards, block lists, PEP, private data, archive preferences, rooms) to the hub, so
+    /// that its users can log in there when this server is down or cut off. Default: `true`.
+    pub replicate: bool,
     /// Peer certificates pinned by domain, as the SHA-256 of the certificate (hex, colons
     /// allowed). A pinned peer must present exactly that certificate on every stream, and
     /// may then authenticate with SASL EXTERNAL (XEP-0178). Default: none.
@@ -423,6 +444,7 @@ impl Default for FederationConfig {
             websocket_peers: BTreeMap::new(),
             hub: None,
             relay_for: Vec::new(),
+            replicate: true,
             pinned: BTreeMap::new(),
             trust_self_signed: Vec::new(),
         }
@@ -732,6 +754,12 @@ impl Config {
         }
         if let Some(hub) = &f.hub {
             canonical_peer("federation.hub", hub, problem);
+        }
+        if self.role == Role::Hub && (!f.enabled || f.relay_for.is_empty()) {
+            problem(
+                "role = \"hub\" needs federation.enabled and the sites in federation.relay_for"
+                    .to_owned(),
+            );
         }
         for domain in &f.relay_for {
             if jid::DomainPart::new(domain).map_or(true, |d| d.as_str() != domain) {

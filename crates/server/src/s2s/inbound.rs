@@ -251,6 +251,15 @@ impl Inbound {
             .map(|t| t.domain().as_str().to_owned())
             .filter(|d| !self.d.is_ours(d));
         let Some(to_domain) = relay_to else {
+            if crate::replication::is_sync(&el) {
+                // A site's directory, for this hub's replica.
+                let sites = self.fed.replica_sites();
+                match crate::replication::answer(&self.d, &el, sites).await {
+                    Ok(reply) => self.d.send(reply),
+                    Err(error) => self.d.bounce(&el, error),
+                }
+                return;
+            }
             let accepted = deliver(&self.d, el, &mut self.seen).await;
             self.accepted.join(accepted);
             return;
@@ -394,8 +403,10 @@ async fn inbound_iq(d: &Delivery, el: Element, to: Jid) {
     }
     let ty = el.attr("type").unwrap_or("");
     if matches!(ty, "result" | "error") && to.node().is_none() {
-        // An answer to the server's own question (entity capabilities).
-        crate::pep::answer(d, &el).await;
+        // An answer to the server's own question (replication, entity capabilities).
+        if !d.request_answered(&el) {
+            crate::pep::answer(d, &el).await;
+        }
         return;
     }
     if matches!(ty, "result" | "error") && to.is_bare() {

@@ -153,6 +153,8 @@ pub(crate) struct Prepared {
     listening: Listening,
     idle_timeout: Duration,
     max_stanza_bytes: usize,
+    /// On a hub: the sites whose directories it keeps a replica of.
+    replica_sites: Option<Vec<String>>,
 }
 
 /// What incoming streams are accepted with: the listeners' TLS and our domains. Replaced by
@@ -188,6 +190,8 @@ impl Prepared {
             listening: Listening::new(server, identity)?,
             idle_timeout: Duration::from_secs(server.limits.idle_timeout_secs),
             max_stanza_bytes: server.limits.max_stanza_bytes,
+            replica_sites: (server.role == crate::config::Role::Hub)
+                .then(|| config.relay_for.clone()),
             config: config.clone(),
         })
     }
@@ -204,6 +208,7 @@ pub(crate) struct Federation {
     listening: RwLock<Arc<Listening>>,
     idle_timeout: Duration,
     max_stanza_bytes: usize,
+    replica_sites: Option<Vec<String>>,
 }
 
 impl Federation {
@@ -235,7 +240,13 @@ impl Federation {
             listening: RwLock::new(Arc::new(p.listening)),
             idle_timeout: p.idle_timeout,
             max_stanza_bytes: p.max_stanza_bytes,
+            replica_sites: p.replica_sites,
         }
+    }
+
+    /// On a hub: the sites it keeps a replica of (`None` on a site).
+    pub(crate) fn replica_sites(&self) -> Option<&[String]> {
+        self.replica_sites.as_deref()
     }
 
     pub(crate) fn board(&self) -> &LinkBoard {

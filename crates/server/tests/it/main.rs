@@ -16,5 +16,6 @@ mod pep;
 mod presence_roster;
 mod proxy65;
 mod push;
+mod replication;
 mod services;
 mod stream_management;

@@ -34,6 +34,7 @@ mod archive;
 mod batch;
 mod muc;
 mod pep;
+mod replication;
 mod upload;
 
 /// Rows written or looked up by one statement in the batch operations (six parameters a
@@ -53,6 +54,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/0007_pep_subscriptions.sql"),
     ),
     (8, include_str!("../../migrations/0008_uploads.sql")),
+    (9, include_str!("../../migrations/0009_replication.sql")),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -1128,6 +1130,38 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn repl_activate(&self, on: bool) -> Result<crate::ReplLog> {
+        replication::activate(self, on).await
+    }
+
+    async fn repl_log(&self) -> Result<crate::ReplLog> {
+        replication::log(self).await
+    }
+
+    async fn repl_read(&self, after: i64, limit: u32) -> Result<(Vec<crate::ReplRecord>, i64)> {
+        replication::read(self, after, limit).await
+    }
+
+    async fn repl_reseed(&self) -> Result<i64> {
+        replication::reseed(self).await
+    }
+
+    async fn repl_acked(&self, position: i64, now_ms: i64) -> Result<()> {
+        replication::acked(self, position, now_ms).await
+    }
+
+    async fn repl_apply(&self, batch: &crate::ReplBatch<'_>) -> Result<(bool, crate::ReplOrigin)> {
+        replication::apply(self, batch).await
+    }
+
+    async fn repl_origin(&self, domain: &str) -> Result<crate::ReplOrigin> {
+        replication::origin(self, domain).await
+    }
+
+    async fn repl_origins(&self) -> Result<Vec<crate::ReplOrigin>> {
+        replication::origins(self).await
+    }
+
     async fn close(&self) {
         // Readers first: the last connection to close checkpoints the WAL into the database
         // file and removes it, and that should be the writer.
@@ -1286,7 +1320,7 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),

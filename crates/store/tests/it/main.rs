@@ -6,4 +6,5 @@ mod battery;
 mod muc;
 mod pep;
 mod push;
+mod replication;
 mod upload;

@@ -1,0 +1,383 @@
+//! Directory replication from a site to its hub (ARCHITECTURE.md, "Sites and hub").
+//!
+//! The site's store logs every change of its directory (accounts' SCRAM verifiers,
+//! rosters, subscription requests, vCards, block lists, private XML, archive preferences,
+//! PEP nodes, items and subscriptions, rooms) in the same transaction as the change. The
+//! shipper here reads that log in order and sends it to the hub in batches, each record
+//! carrying its key's current value, over the server-to-server link to the hub (whatever
+//! path it takes). The hub applies a batch in one transaction together with its new
+//! position, and only if it follows the position it holds: a batch is applied once, in
+//! order, and after any outage the shipper asks the hub where it stands and goes on from
+//! there. A hub with nothing (new, wiped, or behind what the log still holds) gets a
+//! snapshot: every key the site holds, logged again, then the tail.
+//!
+//! The log is the durable queue of replication (the outbox would store each record a
+//! second time); it keeps each entry until the hub has acknowledged it.
+
+mod wire;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jid::{BareJid, Jid};
+use minidom::Element;
+use outpost_proto::stanza::{self, Condition, StanzaError};
+use outpost_store::{ReplBatch, ReplRecord, StoreError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::delivery::Delivery;
+
+/// Log entries read for one batch at most.
+const BATCH_ENTRIES: u32 = 2_000;
+/// Bytes of records in one batch at most, well under any peer's stanza limit (RFC 6120
+/// §13.12 guarantees only 10,000 bytes; Outpost's default is 256 KiB).
+const BATCH_BYTES: usize = 96 * 1024;
+/// How often an idle shipper looks for new entries.
+const POLL: Duration = Duration::from_millis(100);
+/// How long the hub may take to answer a batch.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waits after a failure: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_LAST: Duration = Duration::from_secs(10);
+
+/// How a site's replication to its hub goes, as the shipper last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationStatus {
+    pub hub: String,
+    /// The position the hub acknowledged (0 before it did).
+    pub acked: i64,
+    /// Records sent and applied since the server started.
+    pub records: u64,
+    /// Snapshots the hub needed since the server started.
+    pub snapshots: u64,
+    /// Why replication waits, while it does.
+    pub error: Option<String>,
+}
+
+/// The shipper's status, shared with the server's handle.
+pub(crate) type SharedStatus = Arc<Mutex<ReplicationStatus>>;
+
+/// Whether an IQ carries replication.
+pub(crate) fn is_sync(el: &Element) -> bool {
+    el.name() == "iq" && stanza::iq_payload(el).is_some_and(|p| p.is("sync", wire::NS))
+}
+
+/// Runs a site's shipper until shutdown: replicates the directory of `local` to `hub`.
+pub(crate) async fn ship(
+    d: Arc<Delivery>,
+    local: String,
+    hub: String,
+    max_stanza_bytes: usize,
+    status: SharedStatus,
+    shutdown: CancellationToken,
+) {
+    let epoch = match d.store().repl_activate(true).await {
+        Ok(log) => log.epoch,
+        Err(e) => {
+            warn!(error = %e, %hub, "cannot replicate to the hub");
+            lock(&status).error = Some(format!("cannot replicate: {e}"));
+            return;
+        }
+    };
+    info!(%hub, %epoch, "replicating the directory to the hub");
+    let mut shipper = Shipper {
+        d,
+        local,
+        hub,
+        epoch,
+        at: None,
+        max_record: max_stanza_bytes.saturating_sub(4096).max(BATCH_BYTES),
+        failing: None,
+        status,
+    };
+    let mut retry = RETRY_FIRST;
+    loop {
+        let step = tokio::select! {
+            () = shutdown.cancelled() => return,
+            step = shipper.step() => step,
+        };
+        let wait = match step {
+            Step::Sent => {
+                retry = RETRY_FIRST;
+                continue;
+            }
+            Step::Idle => POLL,
+            Step::Failed(reason) => {
+                shipper.failed(reason);
+                retry = (retry * 2).min(RETRY_LAST);
+                retry / 2
+            }
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Where the shipper is in the log: the hub holds everything up to `after`.
+#[derive(Clone, Copy, Debug)]
+struct At {
+    after: i64,
+    /// The next batch starts a snapshot.
+    snapshot: bool,
+}
+
+struct Shipper {
+    d: Arc<Delivery>,
+    local: String,
+    hub: String,
+    epoch: String,
+    /// `None` until the hub has said where it stands (and after any failure).
+    at: Option<At>,
+    /// A record bigger than this cannot travel: it is left out, and said so.
+    max_record: usize,
+    /// The failure last logged, so a repeat is not logged again.
+    failing: Option<String>,
+    status: SharedStatus,
+}
+
+fn lock(status: &SharedStatus) -> std::sync::MutexGuard<'_, ReplicationStatus> {
+    status.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+enum Step {
+    /// A batch went and was applied.
+    Sent,
+    /// Nothing to send.
+    Idle,
+    Failed(String),
+}
+
+impl Shipper {
+    async fn step(&mut self) -> Step {
+        let Some(at) = self.at else {
+            return match self.locate().await {
+                Ok(()) => Step::Sent,
+                Err(reason) => Step::Failed(reason),
+            };
+        };
+        let store = self.d.store().clone();
+        let (records, upto) = match store.repl_read(at.after, BATCH_ENTRIES).await {
+            Ok(read) => read,
+            Err(e) => return Step::Failed(format!("cannot read the replication log: {e}")),
+        };
+        if upto == at.after {
+            return Step::Idle;
+        }
+        let (records, upto) = self.fit(records, upto);
+        let head = store.repl_log().await.map_or(upto, |l| l.last);
+        let sync = wire::Sync {
+            epoch: self.epoch.clone(),
+            after: at.after,
+            upto,
+            head,
+            snapshot: at.snapshot,
+            records,
+        };
+        match self.send(wire::sync_request(&sync)).await {
+            Ok(p) if p.applied => {
+                if let Err(e) = store.repl_acked(p.position, crate::clock::now_ms()).await {
+                    warn!(error = %e, "cannot record the hub's acknowledgement");
+                }
+                self.at = Some(At {
+                    after: p.position,
+                    snapshot: false,
+                });
+                let mut status = lock(&self.status);
+                status.acked = p.position;
+                status.records += sync.records.len() as u64;
+                status.snapshots += u64::from(at.snapshot);
+                status.error = None;
+                drop(status);
+                if self.failing.take().is_some() {
+                    info!(hub = %self.hub, position = p.position, "replication to the hub goes on");
+                }
+                Step::Sent
+            }
+            Ok(p) => match self.resume_from(&p).await {
+                Ok(()) => Step::Sent,
+                Err(reason) => Step::Failed(reason),
+            },
+            Err(reason) => Step::Failed(reason),
+        }
+    }
+
+    /// Cuts a batch to [`BATCH_BYTES`], leaving out (and logging) a record too big to
+    /// travel at all; returns the records and the position they reach.
+    fn fit(&self, records: Vec<ReplRecord>, upto: i64) -> (Vec<ReplRecord>, i64) {
+        let mut size = 0;
+        let mut kept = Vec::with_capacity(records.len());
+        for r in records {
+            let len = wire::record_size(&r);
+            if len > self.max_record {
+                warn!(owner = %r.owner, kind = r.kind.as_str(), bytes = len,
+                    "a directory record is too big to replicate; the hub keeps its older value");
+                continue;
+            }
+            if size + len > BATCH_BYTES && !kept.is_empty() {
+                // The entries before this record's are all in the batch (a repeat of a
+                // key comes once, at its first position).
+                return (kept, r.seq - 1);
+            }
+            size += len;
+            kept.push(r);
+        }
+        (kept, upto)
+    }
+
+    /// Asks the hub where it stands and picks up from there.
+    async fn locate(&mut self) -> Result<(), String> {
+        let p = self.send(wire::status_request()).await?;
+        self.resume_from(&p).await
+    }
+
+    /// Goes on from the hub's position when the log still holds what follows it;
+    /// otherwise starts a snapshot.
+    async fn resume_from(&mut self, p: &wire::Position) -> Result<(), String> {
+        let store = self.d.store().clone();
+        let log = store
+            .repl_log()
+            .await
+            .map_err(|e| format!("cannot read the replication log: {e}"))?;
+        if p.epoch == self.epoch && p.position >= log.first - 1 && p.position <= log.last {
+            debug!(hub = %self.hub, position = p.position, "replication resumes");
+            self.at = Some(At {
+                after: p.position,
+                snapshot: false,
+            });
+            return Ok(());
+        }
+        let before = store
+            .repl_reseed()
+            .await
+            .map_err(|e| format!("cannot take a snapshot: {e}"))?;
+        info!(hub = %self.hub, hub_position = p.position, "the hub needs a snapshot of the directory");
+        self.at = Some(At {
+            after: before,
+            snapshot: true,
+        });
+        Ok(())
+    }
+
+    /// Sends a replication IQ to the hub and reads its answer.
+    async fn send(&self, iq: Element) -> Result<wire::Position, String> {
+        let answer = self
+            .d
+            .request(iq, &self.local, &self.hub, ANSWER_TIMEOUT)
+            .await
+            .ok_or("the hub did not answer")?;
+        if answer.attr("type") == Some("error") {
+            let error = StanzaError::from_stanza(&answer);
+            return Err(match error {
+                Some(e) => format!(
+                    "the hub refused: {}",
+                    e.text.as_deref().unwrap_or(e.condition.as_str())
+                ),
+                None => "the hub refused".to_owned(),
+            });
+        }
+        wire::parse_position(&answer).ok_or_else(|| "the hub's answer has no position".to_owned())
+    }
+
+    fn failed(&mut self, reason: String) {
+        self.at = None;
+        lock(&self.status).error = Some(reason.clone());
+        if self.failing.as_deref() != Some(reason.as_str()) {
+            warn!(hub = %self.hub, %reason, "replication to the hub waits");
+            self.failing = Some(reason);
+        }
+    }
+}
+
+/// On a hub: answers a site's replication IQ (`sites` are those it replicates, `None` on
+/// a server that is no hub). The sender's domain was authenticated by its stream.
+pub(crate) async fn answer(
+    d: &Delivery,
+    el: &Element,
+    sites: Option<&[String]>,
+) -> Result<Element, StanzaError> {
+    let from = el
+        .attr("from")
+        .and_then(|f| Jid::new(f).ok())
+        .map(|f| f.domain().as_str().to_owned())
+        .unwrap_or_default();
+    let Some(sites) = sites else {
+        return Err(StanzaError::new(Condition::ServiceUnavailable).text("this server is no hub"));
+    };
+    if !sites.contains(&from) {
+        warn!(%from, "replication refused: not a site of this hub (federation.relay_for)");
+        return Err(StanzaError::new(Condition::Forbidden).text("not a site of this hub"));
+    }
+    let payload = stanza::iq_payload(el).ok_or(Condition::BadRequest)?;
+    let store = d.store();
+    let internal = |e: StoreError| {
+        warn!(error = %e, site = %from, "cannot apply replication");
+        StanzaError::new(Condition::InternalServerError)
+    };
+    if el.attr("type") == Some("get") {
+        let origin = store.repl_origin(&from).await.map_err(internal)?;
+        return Ok(result(el, wire::position(&origin, false)));
+    }
+    let sync = wire::parse_sync(payload)
+        .map_err(|reason| StanzaError::new(Condition::BadRequest).text(reason))?;
+    if let Some(r) = sync.records.iter().find(|r| !homes(&from, &r.owner)) {
+        warn!(site = %from, owner = %r.owner, "replication refused: a record for another domain");
+        return Err(StanzaError::new(Condition::Forbidden)
+            .text(format!("{from} does not home {}", r.owner)));
+    }
+    let batch = ReplBatch {
+        domain: &from,
+        epoch: &sync.epoch,
+        after: sync.after,
+        upto: sync.upto,
+        head: sync.head,
+        snapshot: sync.snapshot,
+        records: &sync.records,
+        now_ms: crate::clock::now_ms(),
+    };
+    match store.repl_apply(&batch).await {
+        Ok((applied, origin)) => {
+            debug!(site = %from, applied, position = origin.position, records = sync.records.len(), "replication batch");
+            Ok(result(el, wire::position(&origin, applied)))
+        }
+        Err(StoreError::Rejected(reason)) => {
+            warn!(site = %from, %reason, "replication batch refused");
+            Err(StanzaError::new(Condition::BadRequest).text(reason))
+        }
+        Err(e) => Err(internal(e)),
+    }
+}
+
+fn result(request: &Element, payload: Element) -> Element {
+    let mut reply = stanza::iq_result(request, request.attr("to"));
+    reply.append_child(payload);
+    reply
+}
+
+/// Whether the site `domain` homes `owner`: an account of the domain, or a room of one of
+/// its services (`room@conference.domain`).
+fn homes(domain: &str, owner: &str) -> bool {
+    let Ok(jid) = BareJid::new(owner) else {
+        return false;
+    };
+    let of = jid.domain().as_str();
+    jid.node().is_some()
+        && (of == domain || of.strip_suffix(domain).is_some_and(|s| s.ends_with('.')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::homes;
+
+    #[test]
+    fn a_site_homes_its_accounts_and_its_services_rooms_only() {
+        assert!(homes("site1.test", "alice@site1.test"));
+        assert!(homes("site1.test", "lounge@conference.site1.test"));
+        assert!(!homes("site1.test", "alice@site2.test"));
+        assert!(!homes("site1.test", "alice@evilsite1.test"));
+        assert!(!homes("site1.test", "site1.test"));
+        assert!(!homes("site1.test", "not a jid@@"));
+    }
+}

@@ -1,0 +1,235 @@
+//! The replication protocol between a site and its hub, an Outpost extension carried in
+//! IQs over the authenticated server-to-server link:
+//!
+//! ```xml
+//! <!-- Where does the hub's replica of my domain stand? -->
+//! <iq type='get' from='site1.example' to='hub.example' id='…'>
+//!   <sync xmlns='urn:xmpp:outpost:replication:0'/>
+//! </iq>
+//! <!-- A batch: the records after position `after`, up to `upto`. -->
+//! <iq type='set' from='site1.example' to='hub.example' id='…'>
+//!   <sync xmlns='urn:xmpp:outpost:replication:0' epoch='…' after='40' upto='52' head='60'>
+//!     <r seq='41' stamp='…' kind='roster' owner='alice@site1.example' key='bob@…'>{json}</r>
+//!     <r seq='44' stamp='…' kind='block' owner='alice@site1.example' key='…' gone='true'/>
+//!   </sync>
+//! </iq>
+//! <!-- Either answer: where the replica stands, and whether the batch was applied. -->
+//! <iq type='result' …><position xmlns='…' epoch='…' position='52' applied='true'/></iq>
+//! ```
+//!
+//! A `snapshot='true'` batch tells the hub to drop what it holds for the domain first.
+
+use minidom::Element;
+use outpost_proto::stanza::{self, name, ns};
+use outpost_store::{ReplKind, ReplOrigin, ReplRecord};
+
+pub(crate) const NS: &str = "urn:xmpp:outpost:replication:0";
+
+/// A batch as it travels.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Sync {
+    pub(crate) epoch: String,
+    pub(crate) after: i64,
+    pub(crate) upto: i64,
+    pub(crate) head: i64,
+    pub(crate) snapshot: bool,
+    pub(crate) records: Vec<ReplRecord>,
+}
+
+/// The hub's answer.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Position {
+    pub(crate) epoch: String,
+    pub(crate) position: i64,
+    pub(crate) applied: bool,
+}
+
+fn iq(kind: &str, payload: Element) -> Element {
+    Element::builder("iq", ns::CLIENT)
+        .attr(name("type"), kind)
+        .append(payload)
+        .build()
+}
+
+/// The question where the replica stands.
+pub(crate) fn status_request() -> Element {
+    iq("get", Element::builder("sync", NS).build())
+}
+
+/// The IQ carrying a batch.
+pub(crate) fn sync_request(sync: &Sync) -> Element {
+    let mut el = Element::builder("sync", NS)
+        .attr(name("epoch"), sync.epoch.as_str())
+        .attr(name("after"), sync.after.to_string())
+        .attr(name("upto"), sync.upto.to_string())
+        .attr(name("head"), sync.head.to_string())
+        .build();
+    if sync.snapshot {
+        stanza::set_attr(&mut el, "snapshot", "true");
+    }
+    for r in &sync.records {
+        el.append_child(record(r));
+    }
+    iq("set", el)
+}
+
+fn record(r: &ReplRecord) -> Element {
+    let mut el = Element::builder("r", NS)
+        .attr(name("seq"), r.seq.to_string())
+        .attr(name("stamp"), r.stamp.to_string())
+        .attr(name("kind"), r.kind.as_str())
+        .attr(name("owner"), r.owner.as_str())
+        .build();
+    if !r.key.is_empty() {
+        stanza::set_attr(&mut el, "key", &r.key);
+    }
+    if !r.sub.is_empty() {
+        stanza::set_attr(&mut el, "sub", &r.sub);
+    }
+    match &r.value {
+        Some(value) => el.append_text_node(value.as_str()),
+        None => stanza::set_attr(&mut el, "gone", "true"),
+    }
+    el
+}
+
+/// About how many bytes a record takes on the wire (its value escaped at worst twice over).
+pub(crate) fn record_size(r: &ReplRecord) -> usize {
+    let value = r.value.as_ref().map_or(0, |v| v.len() * 2);
+    120 + r.owner.len() + r.key.len() + r.sub.len() + value
+}
+
+fn number(el: &Element, attr: &str) -> Result<i64, String> {
+    el.attr(attr)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("<{}/> needs a number in '{attr}'", el.name()))
+}
+
+/// Reads a batch (the payload of an IQ set).
+pub(crate) fn parse_sync(el: &Element) -> Result<Sync, String> {
+    let records = el
+        .children()
+        .filter(|c| c.is("r", NS))
+        .map(parse_record)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Sync {
+        epoch: el
+            .attr("epoch")
+            .ok_or("<sync/> needs an 'epoch'")?
+            .to_owned(),
+        after: number(el, "after")?,
+        upto: number(el, "upto")?,
+        head: number(el, "head")?,
+        snapshot: el.attr("snapshot") == Some("true"),
+        records,
+    })
+}
+
+fn parse_record(el: &Element) -> Result<ReplRecord, String> {
+    let kind = el.attr("kind").unwrap_or("");
+    let kind = ReplKind::parse(kind).ok_or_else(|| format!("unknown record kind '{kind}'"))?;
+    let gone = el.attr("gone") == Some("true");
+    Ok(ReplRecord {
+        seq: number(el, "seq")?,
+        stamp: number(el, "stamp")?,
+        kind,
+        owner: el.attr("owner").ok_or("<r/> needs an 'owner'")?.to_owned(),
+        key: el.attr("key").unwrap_or("").to_owned(),
+        sub: el.attr("sub").unwrap_or("").to_owned(),
+        value: (!gone).then(|| el.text()),
+    })
+}
+
+/// The hub's answer: where its replica stands.
+pub(crate) fn position(origin: &ReplOrigin, applied: bool) -> Element {
+    Element::builder("position", NS)
+        .attr(name("epoch"), origin.epoch.as_str())
+        .attr(name("position"), origin.position.to_string())
+        .attr(name("applied"), if applied { "true" } else { "false" })
+        .build()
+}
+
+/// Reads the hub's answer (an IQ result).
+pub(crate) fn parse_position(iq: &Element) -> Option<Position> {
+    let p = iq.get_child("position", NS)?;
+    Some(Position {
+        epoch: p.attr("epoch")?.to_owned(),
+        position: p.attr("position")?.parse().ok()?,
+        applied: p.attr("applied") == Some("true"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Sync {
+        Sync {
+            epoch: "e1".to_owned(),
+            after: 3,
+            upto: 9,
+            head: 12,
+            snapshot: true,
+            records: vec![
+                ReplRecord {
+                    seq: 4,
+                    stamp: 77,
+                    kind: ReplKind::Vcard,
+                    owner: "alice@site1.test".to_owned(),
+                    key: String::new(),
+                    sub: String::new(),
+                    value: Some(r#"{"vcard":"<vCard xmlns='vcard-temp'>&amp;</vCard>"}"#.into()),
+                },
+                ReplRecord {
+                    seq: 9,
+                    stamp: 78,
+                    kind: ReplKind::PepItem,
+                    owner: "alice@site1.test".to_owned(),
+                    key: "urn:xmpp:omemo:2:bundles".to_owned(),
+                    sub: "31415".to_owned(),
+                    value: None,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_batch_reads_back_as_it_was_written_through_xml() {
+        let sync = sample();
+        let iq = sync_request(&sync);
+        let text = String::from(&iq);
+        let parsed: Element = text.parse().expect("well-formed");
+        let payload = stanza::iq_payload(&parsed).expect("payload");
+        assert_eq!(parse_sync(payload).unwrap(), sync);
+    }
+
+    #[test]
+    fn a_malformed_batch_is_refused_with_a_reason() {
+        let mut iq = sync_request(&sample());
+        let payload = iq.children_mut().next().unwrap();
+        stanza::remove_attr(payload, "upto");
+        assert!(parse_sync(payload).unwrap_err().contains("upto"));
+        let bad: Element = format!("<sync xmlns='{NS}' epoch='e' after='0' upto='1' head='1'><r seq='1' stamp='1' kind='password' owner='a@b'/></sync>")
+            .parse()
+            .unwrap();
+        assert!(parse_sync(&bad).unwrap_err().contains("password"));
+    }
+
+    #[test]
+    fn the_position_answer_round_trips() {
+        let origin = ReplOrigin {
+            epoch: "e".to_owned(),
+            position: 42,
+            ..ReplOrigin::default()
+        };
+        let answer = iq("result", position(&origin, true));
+        assert_eq!(
+            parse_position(&answer),
+            Some(Position {
+                epoch: "e".to_owned(),
+                position: 42,
+                applied: true
+            })
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! A site replicates its directory to its hub over the server-to-server link: what its
+//! users change arrives at the hub, a hub that lost its replica gets a snapshot, and a hub
+//! takes replication only from its own sites. Servers in one process on loopback.
+
+use outpost_server::config::{Config, HostPort, Role};
+use outpost_store::Store;
+use outpost_testkit::*;
+
+const HUB: &str = "h.test";
+const OMEMO_DEVICES: &str = "urn:xmpp:omemo:2:devices";
+
+fn federated(c: &mut Config, domain: &str) {
+    c.domains = vec![domain.to_owned()];
+    c.listen.s2s = vec!["127.0.0.1:0".parse().expect("addr")];
+    c.federation.enabled = true;
+    // Every peer has an address: no DNS is asked.
+    c.federation.srv_lookup = false;
+    c.federation.dns_server = Some("127.0.0.1:9".parse().expect("addr"));
+    c.federation.retry_initial_secs = 1;
+    c.federation.retry_max_secs = 2;
+}
+
+async fn hub(relay_for: &[&str]) -> TestServer {
+    let relay_for: Vec<String> = relay_for.iter().map(|d| (*d).to_owned()).collect();
+    TestServer::start_with(move |c| {
+        federated(c, HUB);
+        c.role = Role::Hub;
+        c.federation.relay_for = relay_for;
+    })
+    .await
+}
+
+async fn site(domain: &'static str, hub: &TestServer) -> TestServer {
+    let site = TestServer::start_with(move |c| {
+        federated(c, domain);
+        c.federation.hub = Some(HUB.to_owned());
+    })
+    .await;
+    point(&site, hub);
+    site
+}
+
+fn handle(server: &TestServer) -> &outpost_server::ServerHandle {
+    server.handle.as_ref().expect("running")
+}
+
+fn s2s(server: &TestServer) -> HostPort {
+    server.s2s.expect("s2s listener").into()
+}
+
+/// Makes `site` and `hub` reach each other.
+fn point(site: &TestServer, hub: &TestServer) {
+    handle(site).set_peer_address(HUB, s2s(hub));
+    handle(hub).set_peer_address(site.domain(), s2s(site));
+}
+
+/// What a user's directory holds, as the store answers for it.
+async fn directory(store: &dyn Store, user: &str) -> String {
+    format!(
+        "credentials {:?}\nroster {:?}\nvcard {:?}\nblocked {:?}\nnodes {:?}\nitems {:?}",
+        store.credentials(user).await.expect("credentials"),
+        store.roster(user).await.expect("roster").items,
+        store.vcard(user).await.expect("vcard"),
+        store.blocklist(user).await.expect("blocklist"),
+        store.pep_nodes(user).await.expect("nodes"),
+        store
+            .pep_items(user, OMEMO_DEVICES, None)
+            .await
+            .expect("items"),
+    )
+}
+
+/// Waits until the hub's copy of `user`'s directory is the site's.
+async fn hub_has_the_sites(site: &TestServer, hub: &TestServer, user: &str) {
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let want = directory(site.store.as_ref(), user).await;
+        let got = directory(hub.store.as_ref(), user).await;
+        if want == got {
+            Ok(())
+        } else {
+            Err(format!("the hub has\n{got}\nthe site\n{want}"))
+        }
+    })
+    .await;
+}
+
+/// alice changes each part of her directory through her client.
+async fn alice_edits_everything(alice: &mut Client, contact: &str) {
+    let answers = [
+        alice
+            .query(
+                "set",
+                None,
+                &format!(
+                    "<query xmlns='jabber:iq:roster'><item jid='{contact}' name='Carol'>\
+                     <group>Friends</group></item></query>"
+                ),
+            )
+            .await,
+        alice
+            .query(
+                "set",
+                None,
+                "<vCard xmlns='vcard-temp'><FN>Alice Liddell</FN></vCard>",
+            )
+            .await,
+        alice
+            .query(
+                "set",
+                None,
+                "<block xmlns='urn:xmpp:blocking'><item jid='spam@example.org'/></block>",
+            )
+            .await,
+        alice
+            .query(
+                "set",
+                None,
+                &format!(
+                    "<pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+                     <publish node='{OMEMO_DEVICES}'><item id='current'>\
+                     <devices xmlns='urn:xmpp:omemo:2'><device id='4711'/></devices>\
+                     </item></publish></pubsub>"
+                ),
+            )
+            .await,
+    ];
+    for answer in answers {
+        assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    }
+}
+
+#[tokio::test]
+async fn what_a_user_changes_at_the_site_reaches_the_hub() {
+    let hub = hub(&["a.test"]).await;
+    let a = site("a.test", &hub).await;
+    a.add_user("alice", "wonderland").await;
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    alice_edits_everything(&mut alice, "carol@c.test").await;
+    let site_view = directory(a.store.as_ref(), "alice@a.test").await;
+    assert!(
+        site_view.contains("Alice Liddell") && site_view.contains("4711"),
+        "{site_view}"
+    );
+    hub_has_the_sites(&a, &hub, "alice@a.test").await;
+
+    // Removals travel too.
+    let answer = alice
+        .query(
+            "set",
+            None,
+            "<query xmlns='jabber:iq:roster'><item jid='carol@c.test' subscription='remove'/></query>",
+        )
+        .await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    hub_has_the_sites(&a, &hub, "alice@a.test").await;
+    assert!(
+        hub.store
+            .roster("alice@a.test")
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // A new password replaces the verifiers at the hub; the password itself never leaves.
+    let answer = alice
+        .query(
+            "set",
+            None,
+            "<query xmlns='jabber:iq:register'><username>alice</username>\
+             <password>looking-glass</password></query>",
+        )
+        .await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    hub_has_the_sites(&a, &hub, "alice@a.test").await;
+
+    // So does a removed account, with all it owned.
+    let mut again = a.login("alice", "looking-glass", "laptop").await;
+    let answer = again
+        .query(
+            "set",
+            None,
+            "<query xmlns='jabber:iq:register'><remove/></query>",
+        )
+        .await;
+    assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        match hub
+            .store
+            .account_exists("alice@a.test")
+            .await
+            .expect("store")
+        {
+            false => Ok(()),
+            true => Err("alice is still at the hub".to_owned()),
+        }
+    })
+    .await;
+    assert!(
+        hub.store
+            .pep_nodes("alice@a.test")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The site's log keeps nothing the hub acknowledged.
+    let status = handle(&a)
+        .replication()
+        .expect("a site with a hub replicates");
+    assert_eq!(status.error, None);
+    let log = a.store.repl_log().await.unwrap();
+    assert!(log.acked > 0 && log.first > log.acked, "{log:?}");
+}
+
+#[tokio::test]
+async fn a_hub_that_lost_its_replica_gets_all_of_it_again() {
+    let mut first = hub(&["a.test"]).await;
+    let a = site("a.test", &first).await;
+    a.add_user("alice", "wonderland").await;
+    let mut alice = a.login("alice", "wonderland", "phone").await;
+    alice_edits_everything(&mut alice, "carol@c.test").await;
+    hub_has_the_sites(&a, &first, "alice@a.test").await;
+    first.stop().await;
+
+    // A new hub with an empty store takes over the hub's domain; the site's log no longer
+    // holds what the first hub acknowledged, so only a snapshot can bring it all.
+    let second = hub(&["a.test"]).await;
+    point(&a, &second);
+    a.add_user("bob", "builder").await;
+    hub_has_the_sites(&a, &second, "alice@a.test").await;
+    hub_has_the_sites(&a, &second, "bob@a.test").await;
+    let origin = second.store.repl_origin("a.test").await.unwrap();
+    assert_eq!(origin.snapshots, 1, "{origin:?}");
+    let status = handle(&a).replication().expect("replicates");
+    assert!(status.snapshots >= 2, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_hub_takes_replication_only_from_its_own_sites() {
+    // The hub relays for c.test only: b.test may talk to it but not replicate to it.
+    let hub = hub(&["c.test"]).await;
+    let b = site("b.test", &hub).await;
+    b.add_user("mallory", "secret").await;
+    let status = poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let status = handle(&b).replication().expect("replicates");
+        match &status.error {
+            Some(e) if e.contains("not a site of this hub") => Ok(status),
+            _ => Err(format!("{status:?}")),
+        }
+    })
+    .await;
+    assert_eq!(status.acked, 0);
+    assert!(!hub.store.account_exists("mallory@b.test").await.unwrap());
+    assert!(hub.store.repl_origins().await.unwrap().is_empty());
+}

@@ -1,0 +1,521 @@
+//! Directory replication in SQLite (see `migrations/0009_replication.sql`): the site reads
+//! its trigger-written log joined with each key's current value as JSON, built by SQLite
+//! itself; the hub applies records with one statement list per kind, reading the same JSON.
+//! Values never pass through Rust types, so a record is applied exactly as it was read.
+
+use std::collections::HashMap;
+
+use sqlx::SqliteConnection;
+
+use super::{SqliteStore, db};
+use crate::{ReplBatch, ReplKind, ReplLog, ReplOrigin, ReplRecord, Result, StoreError};
+
+/// Each kind's current value for a log entry `l`, as a JSON object; NULL once the key is
+/// gone. Blobs (the SCRAM salts and keys) travel as hex.
+const VALUE: &str = "CASE l.kind \
+    WHEN 'account' THEN (SELECT json_object( \
+        'sha1_salt', hex(sha1_salt), 'sha1_iterations', sha1_iterations, \
+        'sha1_stored_key', hex(sha1_stored_key), 'sha1_server_key', hex(sha1_server_key), \
+        'sha256_salt', hex(sha256_salt), 'sha256_iterations', sha256_iterations, \
+        'sha256_stored_key', hex(sha256_stored_key), 'sha256_server_key', hex(sha256_server_key)) \
+        FROM accounts WHERE jid = l.owner) \
+    WHEN 'roster' THEN (SELECT json_object('name', name, 'subscription', subscription, \
+        'ask', ask, 'approved', approved, 'groups', (SELECT json_group_array(g.name) \
+        FROM roster_groups g WHERE g.owner = r.owner AND g.contact = r.contact)) \
+        FROM roster_items r WHERE owner = l.owner AND contact = l.key) \
+    WHEN 'subreq' THEN (SELECT json_object('stanza', stanza) FROM subscription_requests \
+        WHERE owner = l.owner AND from_jid = l.key) \
+    WHEN 'vcard' THEN (SELECT json_object('vcard', vcard) FROM vcards WHERE owner = l.owner) \
+    WHEN 'block' THEN (SELECT '{}' FROM blocklist WHERE owner = l.owner AND jid = l.key) \
+    WHEN 'private' THEN (SELECT json_object('xml', xml) FROM private_xml \
+        WHERE owner = l.owner AND ns = l.key) \
+    WHEN 'mam_prefs' THEN (SELECT json_object('default', default_mode, 'jids', \
+        (SELECT json_group_array(json_array(j.jid, j.always)) FROM archive_prefs_jids j \
+        WHERE j.owner = p.owner)) FROM archive_prefs p WHERE owner = l.owner) \
+    WHEN 'pep_node' THEN (SELECT json_object('access_model', access_model, \
+        'max_items', max_items, 'send_last', send_last, 'notify_retract', notify_retract, \
+        'title', title) FROM pep_nodes WHERE owner = l.owner AND node = l.key) \
+    WHEN 'pep_item' THEN (SELECT json_object('payload', payload) FROM pep_items \
+        WHERE owner = l.owner AND node = l.key AND item_id = l.sub) \
+    WHEN 'pep_sub' THEN (SELECT '{}' FROM pep_subscriptions \
+        WHERE owner = l.owner AND node = l.key AND jid = l.sub) \
+    WHEN 'muc_room' THEN (SELECT json_object('created_ms', created_ms, \
+        'config', (SELECT json_group_object(c.key, c.value) FROM muc_room_config c \
+        WHERE c.room = m.jid), \
+        'affiliations', (SELECT json_group_object(a.jid, a.affiliation) \
+        FROM muc_affiliations a WHERE a.room = m.jid)) FROM muc_rooms m WHERE jid = l.owner) \
+    END";
+
+/// Every key the directory holds, as log entries (`repl_reseed`), all with stamp `?1`.
+const RESEED: &[&str] = &[
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'account', jid, '', '', ?1 FROM accounts",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'roster', owner, contact, '', ?1 FROM roster_items",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'subreq', owner, from_jid, '', ?1 FROM subscription_requests",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'vcard', owner, '', '', ?1 FROM vcards",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'block', owner, jid, '', ?1 FROM blocklist",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'private', owner, ns, '', ?1 FROM private_xml",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'mam_prefs', owner, '', '', ?1 FROM archive_prefs",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'pep_node', owner, node, '', ?1 FROM pep_nodes",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'pep_item', owner, node, item_id, ?1 FROM pep_items ORDER BY seq",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'pep_sub', owner, node, jid, ?1 FROM pep_subscriptions",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'muc_room', jid, '', '', ?1 FROM muc_rooms",
+];
+
+/// A statement parameter: the record's owner, key, sub-key or JSON value.
+#[derive(Clone, Copy)]
+enum P {
+    Owner,
+    Key,
+    Sub,
+    Value,
+}
+
+/// The statements that write a record's value (`?` in the order of the parameters).
+fn upsert(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
+    use P::*;
+    match kind {
+        ReplKind::Account => &[(
+            "INSERT INTO accounts (jid, sha1_salt, sha1_iterations, sha1_stored_key, \
+             sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key, \
+             sha256_server_key) \
+             SELECT ?, unhex(j->>'sha1_salt'), j->>'sha1_iterations', \
+             unhex(j->>'sha1_stored_key'), unhex(j->>'sha1_server_key'), \
+             unhex(j->>'sha256_salt'), j->>'sha256_iterations', \
+             unhex(j->>'sha256_stored_key'), unhex(j->>'sha256_server_key') \
+             FROM (SELECT json(?) AS j) WHERE true \
+             ON CONFLICT (jid) DO UPDATE SET sha1_salt = excluded.sha1_salt, \
+             sha1_iterations = excluded.sha1_iterations, \
+             sha1_stored_key = excluded.sha1_stored_key, \
+             sha1_server_key = excluded.sha1_server_key, sha256_salt = excluded.sha256_salt, \
+             sha256_iterations = excluded.sha256_iterations, \
+             sha256_stored_key = excluded.sha256_stored_key, \
+             sha256_server_key = excluded.sha256_server_key",
+            &[Owner, Value],
+        )],
+        ReplKind::Roster => &[
+            (
+                "INSERT INTO roster_items (owner, contact, name, subscription, ask, approved) \
+                 SELECT ?, ?, j->>'name', j->>'subscription', j->>'ask', j->>'approved' \
+                 FROM (SELECT json(?) AS j) WHERE true \
+                 ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, \
+                 subscription = excluded.subscription, ask = excluded.ask, \
+                 approved = excluded.approved",
+                &[Owner, Key, Value],
+            ),
+            (
+                "DELETE FROM roster_groups WHERE owner = ? AND contact = ?",
+                &[Owner, Key],
+            ),
+            (
+                "INSERT OR IGNORE INTO roster_groups (owner, contact, name) \
+                 SELECT ?, ?, value FROM json_each(?, '$.groups')",
+                &[Owner, Key, Value],
+            ),
+            (BUMP_ROSTER, &[Owner]),
+        ],
+        ReplKind::SubscriptionRequest => &[(
+            "INSERT INTO subscription_requests (owner, from_jid, stanza) \
+             SELECT ?, ?, json(?)->>'stanza' WHERE true \
+             ON CONFLICT (owner, from_jid) DO UPDATE SET stanza = excluded.stanza",
+            &[Owner, Key, Value],
+        )],
+        ReplKind::Vcard => &[(
+            "INSERT INTO vcards (owner, vcard) SELECT ?, json(?)->>'vcard' WHERE true \
+             ON CONFLICT (owner) DO UPDATE SET vcard = excluded.vcard",
+            &[Owner, Value],
+        )],
+        ReplKind::Block => &[(
+            "INSERT OR IGNORE INTO blocklist (owner, jid) VALUES (?, ?)",
+            &[Owner, Key],
+        )],
+        ReplKind::Private => &[(
+            "INSERT INTO private_xml (owner, ns, xml) SELECT ?, ?, json(?)->>'xml' WHERE true \
+             ON CONFLICT (owner, ns) DO UPDATE SET xml = excluded.xml",
+            &[Owner, Key, Value],
+        )],
+        ReplKind::ArchivePrefs => &[
+            (
+                "INSERT INTO archive_prefs (owner, default_mode) \
+                 SELECT ?, json(?)->>'default' WHERE true \
+                 ON CONFLICT (owner) DO UPDATE SET default_mode = excluded.default_mode",
+                &[Owner, Value],
+            ),
+            ("DELETE FROM archive_prefs_jids WHERE owner = ?", &[Owner]),
+            (
+                "INSERT OR IGNORE INTO archive_prefs_jids (owner, jid, always) \
+                 SELECT ?, value->>0, value->>1 FROM json_each(?, '$.jids')",
+                &[Owner, Value],
+            ),
+        ],
+        ReplKind::PepNode => &[(
+            "INSERT INTO pep_nodes (owner, node, access_model, max_items, send_last, \
+             notify_retract, title) \
+             SELECT ?, ?, j->>'access_model', j->>'max_items', j->>'send_last', \
+             j->>'notify_retract', j->>'title' FROM (SELECT json(?) AS j) WHERE true \
+             ON CONFLICT (owner, node) DO UPDATE SET access_model = excluded.access_model, \
+             max_items = excluded.max_items, send_last = excluded.send_last, \
+             notify_retract = excluded.notify_retract, title = excluded.title",
+            &[Owner, Key, Value],
+        )],
+        // As at the site: a replaced item becomes the newest.
+        ReplKind::PepItem => &[
+            (
+                "DELETE FROM pep_items WHERE owner = ? AND node = ? AND item_id = ?",
+                &[Owner, Key, Sub],
+            ),
+            (
+                "INSERT INTO pep_items (owner, node, item_id, payload) \
+                 SELECT ?, ?, ?, json(?)->>'payload'",
+                &[Owner, Key, Sub, Value],
+            ),
+        ],
+        ReplKind::PepSubscription => &[(
+            "INSERT OR IGNORE INTO pep_subscriptions (owner, node, jid) VALUES (?, ?, ?)",
+            &[Owner, Key, Sub],
+        )],
+        ReplKind::MucRoom => &[
+            (
+                "INSERT INTO muc_rooms (jid, created_ms) SELECT ?, json(?)->>'created_ms' \
+                 WHERE true ON CONFLICT (jid) DO UPDATE SET created_ms = excluded.created_ms",
+                &[Owner, Value],
+            ),
+            ("DELETE FROM muc_room_config WHERE room = ?", &[Owner]),
+            (
+                "INSERT INTO muc_room_config (room, key, value) \
+                 SELECT ?, key, value FROM json_each(?, '$.config')",
+                &[Owner, Value],
+            ),
+            ("DELETE FROM muc_affiliations WHERE room = ?", &[Owner]),
+            (
+                "INSERT INTO muc_affiliations (room, jid, affiliation) \
+                 SELECT ?, key, value FROM json_each(?, '$.affiliations')",
+                &[Owner, Value],
+            ),
+        ],
+    }
+}
+
+const BUMP_ROSTER: &str = "INSERT INTO roster_versions (owner, version) VALUES (?, 1) \
+    ON CONFLICT (owner) DO UPDATE SET version = version + 1";
+
+/// The statements that remove a record's key.
+fn remove(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
+    use P::*;
+    match kind {
+        ReplKind::Account => &[("DELETE FROM accounts WHERE jid = ?", &[Owner])],
+        ReplKind::Roster => &[
+            (
+                "DELETE FROM roster_items WHERE owner = ? AND contact = ?",
+                &[Owner, Key],
+            ),
+            (BUMP_ROSTER, &[Owner]),
+        ],
+        ReplKind::SubscriptionRequest => &[(
+            "DELETE FROM subscription_requests WHERE owner = ? AND from_jid = ?",
+            &[Owner, Key],
+        )],
+        ReplKind::Vcard => &[("DELETE FROM vcards WHERE owner = ?", &[Owner])],
+        ReplKind::Block => &[(
+            "DELETE FROM blocklist WHERE owner = ? AND jid = ?",
+            &[Owner, Key],
+        )],
+        ReplKind::Private => &[(
+            "DELETE FROM private_xml WHERE owner = ? AND ns = ?",
+            &[Owner, Key],
+        )],
+        ReplKind::ArchivePrefs => &[("DELETE FROM archive_prefs WHERE owner = ?", &[Owner])],
+        ReplKind::PepNode => &[(
+            "DELETE FROM pep_nodes WHERE owner = ? AND node = ?",
+            &[Owner, Key],
+        )],
+        ReplKind::PepItem => &[(
+            "DELETE FROM pep_items WHERE owner = ? AND node = ? AND item_id = ?",
+            &[Owner, Key, Sub],
+        )],
+        ReplKind::PepSubscription => &[(
+            "DELETE FROM pep_subscriptions WHERE owner = ? AND node = ? AND jid = ?",
+            &[Owner, Key, Sub],
+        )],
+        ReplKind::MucRoom => &[("DELETE FROM muc_rooms WHERE jid = ?", &[Owner])],
+    }
+}
+
+pub(super) async fn activate(s: &SqliteStore, on: bool) -> Result<ReplLog> {
+    let mut tx = s.write().await?;
+    let active: i64 = sqlx::query_scalar("SELECT active FROM repl_settings")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    if (active == 1) != on {
+        // A new epoch: the clock in nanoseconds names it, unique on this store.
+        let epoch = format!("{:x}", now_nanos());
+        sqlx::query("DELETE FROM repl_log")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        sqlx::query("UPDATE repl_settings SET active = ?, epoch = ?, acked = 0, synced_ms = 0")
+            .bind(i64::from(on))
+            .bind(if on { epoch } else { String::new() })
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
+    let log = read_log(&mut tx).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(log)
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+async fn read_log(conn: &mut SqliteConnection) -> Result<ReplLog> {
+    let (active, epoch, acked, synced_ms): (i64, String, i64, i64) =
+        sqlx::query_as("SELECT active, epoch, acked, synced_ms FROM repl_settings")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+    let (first, last): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM repl_log")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db)?;
+    // An empty log: everything up to what was acknowledged is gone from it.
+    let last = last.unwrap_or(acked);
+    Ok(ReplLog {
+        active: active == 1,
+        epoch,
+        first: first.unwrap_or(last + 1),
+        last,
+        acked,
+        synced_ms,
+    })
+}
+
+pub(super) async fn log(s: &SqliteStore) -> Result<ReplLog> {
+    let mut conn = s.readers.acquire().await.map_err(db)?;
+    read_log(&mut conn).await
+}
+
+type LogRow = (i64, i64, String, String, String, String, Option<String>);
+
+pub(super) async fn read(
+    s: &SqliteStore,
+    after: i64,
+    limit: u32,
+) -> Result<(Vec<ReplRecord>, i64)> {
+    let rows: Vec<LogRow> = sqlx::query_as(&format!(
+        "SELECT l.seq, l.stamp, l.kind, l.owner, l.key, l.sub, {VALUE} \
+         FROM repl_log l WHERE l.seq > ? ORDER BY l.seq LIMIT ?"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&s.readers)
+    .await
+    .map_err(db)?;
+    let upto = rows.last().map_or(after, |r| r.0);
+    let mut records: Vec<ReplRecord> = Vec::with_capacity(rows.len());
+    let mut seen: HashMap<(String, String, String, String), usize> = HashMap::new();
+    for (seq, stamp, kind, owner, key, sub, value) in rows {
+        let Some(kind_) = ReplKind::parse(&kind) else {
+            continue;
+        };
+        // Keep the first position (the value is the current one anyway): every account's
+        // record then comes before the records of what it owns.
+        match seen.entry((kind, owner.clone(), key.clone(), sub.clone())) {
+            std::collections::hash_map::Entry::Occupied(at) => {
+                let r = &mut records[*at.get()];
+                r.stamp = r.stamp.max(stamp);
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(records.len());
+                records.push(ReplRecord {
+                    seq,
+                    stamp,
+                    kind: kind_,
+                    owner,
+                    key,
+                    sub,
+                    value,
+                });
+            }
+        }
+    }
+    Ok((records, upto))
+}
+
+pub(super) async fn reseed(s: &SqliteStore) -> Result<i64> {
+    let mut tx = s.write().await?;
+    let before = read_log(&mut tx).await?.last;
+    let stamp: i64 = sqlx::query_scalar(
+        "UPDATE repl_settings \
+         SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16) \
+         RETURNING clock",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?;
+    for sql in RESEED {
+        sqlx::query(sql)
+            .bind(stamp)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(before)
+}
+
+pub(super) async fn acked(s: &SqliteStore, position: i64, now_ms: i64) -> Result<()> {
+    let mut tx = s.write().await?;
+    sqlx::query("DELETE FROM repl_log WHERE seq <= ?")
+        .bind(position)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    sqlx::query("UPDATE repl_settings SET acked = MAX(acked, ?), synced_ms = ?")
+        .bind(position)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    tx.commit().await.map_err(db)
+}
+
+type OriginRow = (String, String, i64, i64, i64, i64, i64);
+
+fn origin_from(r: OriginRow) -> ReplOrigin {
+    ReplOrigin {
+        domain: r.0,
+        epoch: r.1,
+        position: r.2,
+        head: r.3,
+        records: r.4,
+        snapshots: r.5,
+        synced_ms: r.6,
+    }
+}
+
+const ORIGIN_COLUMNS: &str = "domain, epoch, position, head, records, snapshots, synced_ms";
+
+async fn read_origin(conn: &mut SqliteConnection, domain: &str) -> Result<ReplOrigin> {
+    let row: Option<OriginRow> = sqlx::query_as(&format!(
+        "SELECT {ORIGIN_COLUMNS} FROM repl_origins WHERE domain = ?"
+    ))
+    .bind(domain)
+    .fetch_optional(conn)
+    .await
+    .map_err(db)?;
+    Ok(row.map(origin_from).unwrap_or_else(|| ReplOrigin {
+        domain: domain.to_owned(),
+        ..ReplOrigin::default()
+    }))
+}
+
+pub(super) async fn origin(s: &SqliteStore, domain: &str) -> Result<ReplOrigin> {
+    let mut conn = s.readers.acquire().await.map_err(db)?;
+    read_origin(&mut conn, domain).await
+}
+
+pub(super) async fn origins(s: &SqliteStore) -> Result<Vec<ReplOrigin>> {
+    let rows: Vec<OriginRow> = sqlx::query_as(&format!(
+        "SELECT {ORIGIN_COLUMNS} FROM repl_origins ORDER BY domain"
+    ))
+    .fetch_all(&s.readers)
+    .await
+    .map_err(db)?;
+    Ok(rows.into_iter().map(origin_from).collect())
+}
+
+pub(super) async fn apply(s: &SqliteStore, batch: &ReplBatch<'_>) -> Result<(bool, ReplOrigin)> {
+    let mut tx = s.write().await?;
+    // Records of one batch may name an account after what it owns (an account removed and
+    // made again): the foreign keys are checked once, at commit.
+    sqlx::query("PRAGMA defer_foreign_keys = ON")
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let mut origin = read_origin(&mut tx, batch.domain).await?;
+    if batch.snapshot {
+        purge(&mut tx, batch.domain).await?;
+        origin.epoch = batch.epoch.to_owned();
+        origin.snapshots += 1;
+    } else if origin.epoch != batch.epoch || origin.position != batch.after {
+        return Ok((false, origin));
+    }
+    for record in batch.records {
+        apply_record(&mut tx, record).await?;
+    }
+    origin.position = batch.upto;
+    origin.head = batch.head.max(batch.upto);
+    origin.records += i64::try_from(batch.records.len()).unwrap_or(i64::MAX);
+    origin.synced_ms = batch.now_ms;
+    sqlx::query(&format!(
+        "INSERT OR REPLACE INTO repl_origins ({ORIGIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    ))
+    .bind(&origin.domain)
+    .bind(&origin.epoch)
+    .bind(origin.position)
+    .bind(origin.head)
+    .bind(origin.records)
+    .bind(origin.snapshots)
+    .bind(origin.synced_ms)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok((true, origin))
+}
+
+async fn apply_record(conn: &mut SqliteConnection, r: &ReplRecord) -> Result<()> {
+    let statements = match r.value {
+        Some(_) => upsert(r.kind),
+        None => remove(r.kind),
+    };
+    for (sql, params) in statements {
+        let mut q = sqlx::query(sql);
+        for p in *params {
+            q = match p {
+                P::Owner => q.bind(&r.owner),
+                P::Key => q.bind(&r.key),
+                P::Sub => q.bind(&r.sub),
+                P::Value => q.bind(r.value.as_deref()),
+            };
+        }
+        q.execute(&mut *conn).await.map_err(|e| match e {
+            // A value that is not the JSON this kind needs, or breaks a constraint: the
+            // sender's fault, said as such.
+            sqlx::Error::Database(d) => StoreError::Rejected(format!(
+                "{} record for {}: {}",
+                r.kind.as_str(),
+                r.owner,
+                d.message()
+            )),
+            e => db(e),
+        })?;
+    }
+    Ok(())
+}
+
+/// Drops everything the hub holds for `domain`'s accounts and rooms (a snapshot follows).
+async fn purge(conn: &mut SqliteConnection, domain: &str) -> Result<()> {
+    let at = format!("@{domain}");
+    let sub = format!(".{domain}");
+    sqlx::query("DELETE FROM accounts WHERE substr(jid, -length(?1)) = ?1")
+        .bind(&at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "DELETE FROM muc_rooms WHERE substr(jid, -length(?1)) = ?1 \
+         OR substr(jid, -length(?2)) = ?2",
+    )
+    .bind(&at)
+    .bind(&sub)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}

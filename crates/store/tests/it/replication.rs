@@ -1,0 +1,323 @@
+//! Directory replication from a site's store to a hub's (SQLite only: the log is written
+//! by triggers in the same transaction as each change).
+
+use outpost_store::{
+    AccessModel, ArchiveDefault, ArchivePrefs, NodeConfig, PepItem, ReplBatch, ReplKind,
+    ReplRecord, RosterItem, SendLast, SqliteStore, Store, StoreError, Subscription,
+    SubscriptionRequest,
+};
+
+use crate::battery::{creds, sqlite_store};
+
+const ALICE: &str = "alice@site1.test";
+const BOB: &str = "bob@site1.test";
+const ROOM: &str = "lounge@conference.site1.test";
+
+fn roster_item(jid: &str, groups: &[&str]) -> RosterItem {
+    RosterItem {
+        jid: jid.to_owned(),
+        name: Some("Carol".to_owned()),
+        subscription: Subscription::Both,
+        ask: false,
+        approved: true,
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+    }
+}
+
+fn node() -> NodeConfig {
+    NodeConfig {
+        access: AccessModel::Open,
+        max_items: 5,
+        send_last: SendLast::OnSub,
+        notify_retract: true,
+        title: Some("keys".to_owned()),
+    }
+}
+
+/// Writes one of everything the directory holds for alice (and a room).
+async fn populate(s: &dyn Store) {
+    s.create_account(ALICE, &creds(1)).await.unwrap();
+    s.create_account(BOB, &creds(2)).await.unwrap();
+    s.put_roster_item(
+        ALICE,
+        &roster_item("carol@site2.test", &["Friends", "Work"]),
+    )
+    .await
+    .unwrap();
+    s.put_roster_item(ALICE, &roster_item(BOB, &[]))
+        .await
+        .unwrap();
+    let req = SubscriptionRequest {
+        from: "dave@site2.test".to_owned(),
+        stanza: "<presence type='subscribe'/>".to_owned(),
+    };
+    s.put_subscription_request(ALICE, &req).await.unwrap();
+    s.set_vcard(ALICE, "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>")
+        .await
+        .unwrap();
+    s.block(
+        ALICE,
+        &[
+            "spam@example.org".to_owned(),
+            "troll@example.org".to_owned(),
+        ],
+    )
+    .await
+    .unwrap();
+    s.set_private_xml(
+        ALICE,
+        "storage:bookmarks",
+        "<storage xmlns='storage:bookmarks'/>",
+    )
+    .await
+    .unwrap();
+    let prefs = ArchivePrefs {
+        default: ArchiveDefault::Roster,
+        always: vec![BOB.to_owned()],
+        never: vec!["spam@example.org".to_owned()],
+    };
+    s.set_archive_prefs(ALICE, &prefs).await.unwrap();
+    s.pep_configure(ALICE, "urn:xmpp:omemo:2:bundles", &node())
+        .await
+        .unwrap();
+    for (id, payload) in [("1", "<bundle n='1'/>"), ("2", "<bundle n='2'/>")] {
+        let item = PepItem {
+            id: id.to_owned(),
+            payload: payload.to_owned(),
+        };
+        s.pep_publish(ALICE, "urn:xmpp:omemo:2:bundles", &item)
+            .await
+            .unwrap();
+    }
+    s.pep_subscribe(ALICE, "urn:xmpp:omemo:2:bundles", BOB)
+        .await
+        .unwrap();
+    let config = [("name".to_owned(), "Lounge".to_owned())];
+    s.muc_save_room(ROOM, &config, 1_000).await.unwrap();
+    s.muc_set_affiliation(ROOM, ALICE, Some("owner"), 1_000)
+        .await
+        .unwrap();
+}
+
+/// Everything `populate` touches, as the store answers for it.
+async fn directory(s: &dyn Store) -> String {
+    let node = "urn:xmpp:omemo:2:bundles";
+    format!(
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        s.credentials(ALICE).await.unwrap(),
+        s.credentials(BOB).await.unwrap(),
+        s.roster(ALICE).await.unwrap().items,
+        s.subscription_requests(ALICE).await.unwrap(),
+        s.vcard(ALICE).await.unwrap(),
+        s.blocklist(ALICE).await.unwrap(),
+        s.private_xml(ALICE, "storage:bookmarks").await.unwrap(),
+        s.archive_prefs(ALICE).await.unwrap(),
+        s.pep_nodes(ALICE).await.unwrap(),
+        s.pep_items(ALICE, node, None).await.unwrap(),
+        s.pep_subscriptions(ALICE).await.unwrap(),
+        s.muc_rooms().await.unwrap(),
+    )
+}
+
+/// Ships everything the site logged after `after` to the hub; returns the new position.
+async fn ship(site: &SqliteStore, hub: &SqliteStore, after: i64, snapshot: bool) -> i64 {
+    let log = site.repl_log().await.unwrap();
+    let (records, upto) = site.repl_read(after, 10_000).await.unwrap();
+    let batch = ReplBatch {
+        domain: "site1.test",
+        epoch: &log.epoch,
+        after,
+        upto,
+        head: log.last,
+        snapshot,
+        records: &records,
+        now_ms: 5,
+    };
+    let (applied, origin) = hub.repl_apply(&batch).await.unwrap();
+    assert!(applied, "batch after {after} refused: hub at {origin:?}");
+    assert_eq!(origin.position, upto);
+    site.repl_acked(upto, 5).await.unwrap();
+    upto
+}
+
+#[tokio::test]
+async fn every_kind_of_record_reaches_the_hub_and_so_do_removals() {
+    let (_d1, site) = sqlite_store().await;
+    let (_d2, hub) = sqlite_store().await;
+    site.repl_activate(true).await.unwrap();
+    populate(&site).await;
+    // A hub that has nothing takes the first batch as a snapshot.
+    let position = ship(&site, &hub, 0, true).await;
+    let (_d3, empty) = sqlite_store().await;
+    assert_ne!(directory(&empty).await, directory(&site).await);
+    assert_eq!(directory(&hub).await, directory(&site).await);
+
+    // Changes and removals of each kind.
+    site.set_credentials(ALICE, &creds(9)).await.unwrap();
+    site.remove_roster_item(ALICE, BOB).await.unwrap();
+    site.put_roster_item(ALICE, &roster_item("carol@site2.test", &["Family"]))
+        .await
+        .unwrap();
+    site.remove_subscription_request(ALICE, "dave@site2.test")
+        .await
+        .unwrap();
+    site.unblock(ALICE, &["troll@example.org".to_owned()])
+        .await
+        .unwrap();
+    site.pep_retract(ALICE, "urn:xmpp:omemo:2:bundles", "1")
+        .await
+        .unwrap();
+    site.pep_unsubscribe(ALICE, "urn:xmpp:omemo:2:bundles", BOB)
+        .await
+        .unwrap();
+    site.muc_delete_room(ROOM).await.unwrap();
+    let position = ship(&site, &hub, position, false).await;
+    assert_eq!(directory(&hub).await, directory(&site).await);
+    assert_eq!(hub.credentials(ALICE).await.unwrap(), Some(creds(9)));
+
+    // The hub's roster version moved, so clients caching the roster see the change.
+    assert!(hub.roster(ALICE).await.unwrap().version > 0);
+
+    site.remove_account(ALICE).await.unwrap();
+    ship(&site, &hub, position, false).await;
+    assert!(!hub.account_exists(ALICE).await.unwrap());
+    assert!(hub.account_exists(BOB).await.unwrap());
+    assert_eq!(directory(&hub).await, directory(&site).await);
+}
+
+#[tokio::test]
+async fn the_log_names_each_change_once_per_batch_with_growing_stamps() {
+    let (_d, site) = sqlite_store().await;
+    site.repl_activate(true).await.unwrap();
+    site.create_account(ALICE, &creds(1)).await.unwrap();
+    for _ in 0..3 {
+        site.set_vcard(ALICE, "<vCard xmlns='vcard-temp'/>")
+            .await
+            .unwrap();
+    }
+    let log = site.repl_log().await.unwrap();
+    let (records, upto) = site.repl_read(0, 100).await.unwrap();
+    assert_eq!(upto, log.last);
+    let kinds: Vec<ReplKind> = records.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [ReplKind::Account, ReplKind::Vcard]);
+    // The vCard's record carries the stamp of its last write.
+    let (all, _) = site.repl_read(0, 2).await.unwrap();
+    assert!(records[1].stamp > all[1].stamp, "{records:?} {all:?}");
+    assert!(records[0].stamp < records[1].stamp);
+
+    // Acknowledged entries leave the log.
+    site.repl_acked(upto, 1).await.unwrap();
+    let log = site.repl_log().await.unwrap();
+    assert_eq!((log.acked, log.first), (upto, upto + 1));
+    assert!(site.repl_read(upto, 100).await.unwrap().0.is_empty());
+}
+
+#[tokio::test]
+async fn nothing_is_logged_while_replication_is_off() {
+    let (_d, site) = sqlite_store().await;
+    site.create_account(ALICE, &creds(1)).await.unwrap();
+    assert!(site.repl_read(0, 100).await.unwrap().0.is_empty());
+    let on = site.repl_activate(true).await.unwrap();
+    assert!(on.active && !on.epoch.is_empty());
+    // Turning it on again keeps the epoch; off and on makes a new one.
+    assert_eq!(site.repl_activate(true).await.unwrap().epoch, on.epoch);
+    site.repl_activate(false).await.unwrap();
+    let again = site.repl_activate(true).await.unwrap();
+    assert_ne!(again.epoch, on.epoch);
+}
+
+#[tokio::test]
+async fn a_snapshot_copies_everything_and_drops_what_the_site_no_longer_has() {
+    let (_d1, site) = sqlite_store().await;
+    let (_d2, hub) = sqlite_store().await;
+    // Written before replication was on: only a snapshot carries it.
+    populate(&site).await;
+    site.repl_activate(true).await.unwrap();
+    // The hub holds an account the site no longer has, and one of another domain.
+    hub.create_account("gone@site1.test", &creds(3))
+        .await
+        .unwrap();
+    hub.create_account("hubuser@hub.test", &creds(4))
+        .await
+        .unwrap();
+
+    let before = site.repl_reseed().await.unwrap();
+    ship(&site, &hub, before, true).await;
+    assert_eq!(directory(&hub).await, directory(&site).await);
+    assert!(!hub.account_exists("gone@site1.test").await.unwrap());
+    assert!(hub.account_exists("hubuser@hub.test").await.unwrap());
+    let origin = hub.repl_origin("site1.test").await.unwrap();
+    assert_eq!(origin.snapshots, 1);
+    assert_eq!(hub.repl_origins().await.unwrap(), vec![origin]);
+}
+
+#[tokio::test]
+async fn a_batch_that_does_not_follow_the_replica_is_not_applied() {
+    let (_d1, site) = sqlite_store().await;
+    let (_d2, hub) = sqlite_store().await;
+    site.repl_activate(true).await.unwrap();
+    site.create_account(ALICE, &creds(1)).await.unwrap();
+    let epoch = site.repl_log().await.unwrap().epoch;
+    let (records, upto) = site.repl_read(0, 100).await.unwrap();
+    let batch = |after, epoch| ReplBatch {
+        domain: "site1.test",
+        epoch,
+        after,
+        upto,
+        head: upto,
+        snapshot: false,
+        records: &records,
+        now_ms: 1,
+    };
+    // A gap, or another epoch: refused, and the hub says where it stands.
+    let (applied, origin) = hub.repl_apply(&batch(upto - 1 + 5, &epoch)).await.unwrap();
+    assert!(!applied);
+    assert_eq!(origin.position, 0);
+    assert!(!hub.account_exists(ALICE).await.unwrap());
+    // The hub starts from a snapshot of epoch ""; a batch of the site's epoch from 0 does
+    // not follow it either.
+    let (applied, _) = hub.repl_apply(&batch(0, &epoch)).await.unwrap();
+    assert!(!applied);
+    let (applied, _) = hub.repl_apply(&batch(0, "")).await.unwrap();
+    assert!(applied);
+    // The same batch again: already applied, so refused, and counted once.
+    let (applied, origin) = hub.repl_apply(&batch(0, "")).await.unwrap();
+    assert!(!applied);
+    assert_eq!((origin.position, origin.records), (upto, 1));
+}
+
+#[tokio::test]
+async fn a_record_the_hub_cannot_store_fails_the_whole_batch() {
+    let (_d, hub) = sqlite_store().await;
+    let good = ReplRecord {
+        seq: 1,
+        stamp: 1,
+        kind: ReplKind::MucRoom,
+        owner: ROOM.to_owned(),
+        key: String::new(),
+        sub: String::new(),
+        value: Some(r#"{"created_ms":1,"config":{},"affiliations":{}}"#.to_owned()),
+    };
+    let bad = ReplRecord {
+        seq: 2,
+        kind: ReplKind::Vcard,
+        owner: ALICE.to_owned(),
+        value: Some("not json".to_owned()),
+        ..good.clone()
+    };
+    let records = [good, bad];
+    let batch = ReplBatch {
+        domain: "site1.test",
+        epoch: "e",
+        after: 0,
+        upto: 2,
+        head: 2,
+        snapshot: true,
+        records: &records,
+        now_ms: 1,
+    };
+    let err = hub.repl_apply(&batch).await.unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
+    assert!(hub.muc_rooms().await.unwrap().is_empty());
+    assert_eq!(hub.repl_origin("site1.test").await.unwrap().position, 0);
+}
