@@ -40,7 +40,7 @@ pub(crate) fn load_identity(config: &Config) -> anyhow::Result<TlsIdentity> {
     }
 
     // First start, a half-written pair from an interrupted one, or a renewal.
-    let identity = TlsIdentity::self_signed(&config.domains)
+    let identity = TlsIdentity::self_signed(&config.certificate_names())
         .context("cannot generate a self-signed certificate")?;
     create_private_dir(&config.tls_dir())?;
     // The key first, created owner-only, so no reader ever sees a certificate without it.
@@ -48,7 +48,7 @@ pub(crate) fn load_identity(config: &Config) -> anyhow::Result<TlsIdentity> {
     write_file(&cert, &identity.cert_chain_pem, 0o644)?;
     tracing::warn!(
         cert = %cert.display(),
-        domains = ?config.domains,
+        names = ?config.certificate_names(),
         "generated a self-signed certificate: clients must be told to trust it; \
          set tls.cert and tls.key for a real one"
     );
@@ -65,7 +65,11 @@ fn renewal_reason(identity: &TlsIdentity, config: &Config) -> Option<&'static st
     if info.not_after - now < RENEW_BEFORE_SECS {
         return Some("it ends within 30 days");
     }
-    if config.domains.iter().any(|d| !info.names.contains(d)) {
+    if config
+        .certificate_names()
+        .iter()
+        .any(|d| !info.names.contains(d))
+    {
         return Some("it does not name every served domain");
     }
     None

@@ -450,6 +450,28 @@ impl C2sStream {
         });
     }
 
+    /// Closes the stream with `<see-other-host/>` naming `host` (RFC 6120 §4.9.3.19): this
+    /// server is not the account's home now.
+    pub fn redirect(&mut self, host: &str) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if !self.header_sent {
+            self.send_header();
+        }
+        self.wire
+            .out
+            .extend_from_slice(xml::see_other_host(host).as_bytes());
+        self.wire
+            .out
+            .extend_from_slice(xml::STREAM_CLOSE.as_bytes());
+        self.phase = Phase::Closed;
+        self.wire.events.push_back(Event::Closed {
+            error: Some("see-other-host"),
+            text: Some(host.to_owned()),
+        });
+    }
+
     fn process(&mut self) {
         while !matches!(self.phase, Phase::Blocked | Phase::Closed) {
             match self.wire.reader.next() {

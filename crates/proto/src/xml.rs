@@ -621,6 +621,15 @@ pub fn stream_error(condition: &str, text: Option<&str>) -> String {
     s
 }
 
+/// The `<see-other-host/>` stream error naming where the client should connect instead
+/// (RFC 6120 §4.9.3.19): a host name or address, with an optional port.
+pub fn see_other_host(host: &str) -> String {
+    format!(
+        "<stream:error><see-other-host xmlns='{NS_XMPP_STREAMS}'>{}</see-other-host></stream:error>",
+        escape(host)
+    )
+}
+
 /// Serialises `el` as one top-level element of a stream into `out`.
 ///
 /// The element always declares its namespace as the default (`xmlns='…'`), so the output is

@@ -38,6 +38,7 @@ use crate::journal::{Journal, Pending};
 use crate::push::Pushes;
 use crate::requests::Requests;
 use crate::router::{Router, ToSession, Undelivered, deliver};
+use crate::standby::Standby;
 
 /// A future that a [`Remote`] returns: the durable write it submitted, or why it could not.
 pub(crate) type RemoteFuture<'a> =
@@ -56,6 +57,14 @@ pub(crate) trait Remote: Send + Sync {
     /// Submits a stanza to the durable queue for `remote`; it counts as accepted once the
     /// returned write is committed.
     fn queue<'a>(&'a self, local: &'a str, remote: &'a str, el: &'a Element) -> RemoteFuture<'a>;
+
+    /// Whether `remote`'s server answers from here now (its link from `local` is up, or a
+    /// connection attempt gets through within a few seconds).
+    fn reachable<'a>(
+        &'a self,
+        local: &'a str,
+        remote: &'a str,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 }
 
 /// A service of ours with a domain of its own (multi-user chat on `conference.<domain>`):
@@ -85,6 +94,14 @@ impl Remote for NoRemote {
 
     fn queue<'a>(&'a self, _: &'a str, _: &'a str, _: &'a Element) -> RemoteFuture<'a> {
         Box::pin(async { Err(StanzaError::new(Condition::RemoteServerNotFound)) })
+    }
+
+    fn reachable<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async { false })
     }
 }
 
@@ -227,6 +244,8 @@ pub(crate) struct Delivery {
     remote: Arc<dyn Remote>,
     /// The server's own IQs to other servers, waiting for their answers.
     requests: Requests,
+    /// On a hub: the sites whose users it serves while their site is unreachable.
+    standby: Standby,
 }
 
 impl Delivery {
@@ -249,6 +268,63 @@ impl Delivery {
             components: RwLock::new(HashMap::new()),
             remote,
             requests: Requests::default(),
+            standby: match config.role {
+                config::Role::Hub => Standby::new(config.federation.relay_for.clone()),
+                config::Role::Site => Standby::default(),
+            },
+        }
+    }
+
+    pub(crate) fn standby(&self) -> &Standby {
+        &self.standby
+    }
+
+    /// Whether this server may serve a login to `domain` now; otherwise the host the
+    /// client should go to (`see-other-host`). On a hub, a site's user may log in only
+    /// while the site cannot be reached from here (see `standby`).
+    pub(crate) async fn may_serve(&self, domain: &str) -> Result<(), String> {
+        if !self.standby.is_site(domain) || self.standby.is_active(domain) {
+            return Ok(());
+        }
+        let home = self.home_domain();
+        if self.remote.reachable(&home, domain).await {
+            return Err(domain.to_owned());
+        }
+        if self.standby.start(domain) {
+            tracing::info!(site = domain, "the site is unreachable: standing in for it");
+        }
+        Ok(())
+    }
+
+    /// The site is back and has caught up: stop standing in for it and send its users'
+    /// sessions here home. Returns how many were.
+    pub(crate) fn end_standby(&self, domain: &str) -> usize {
+        if !self.standby.stop(domain) {
+            return 0;
+        }
+        let moved = self.router.tell_domain(domain, || ToSession::Redirect {
+            host: domain.to_owned(),
+        });
+        tracing::info!(
+            site = domain,
+            sessions = moved,
+            "the site is back: its users go home"
+        );
+        moved
+    }
+
+    /// Our first configured domain: the one our links to other servers speak for.
+    fn home_domain(&self) -> String {
+        let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
+        domains.first().cloned().unwrap_or_default()
+    }
+
+    /// The local end of the link that carries a stanza from our domain `domain`: a site
+    /// stood in for speaks through the hub's own domain, which its peers trust to relay.
+    fn link_local(&self, domain: String) -> String {
+        match self.standby.is_active(&domain) {
+            true => self.home_domain(),
+            false => domain,
         }
     }
 
@@ -380,8 +456,14 @@ impl Delivery {
         true
     }
 
-    /// Whether `domain` is one of ours.
+    /// Whether `domain`'s users are served here now: one of our domains, or on a hub, a
+    /// site it stands in for.
     pub(crate) fn is_local(&self, domain: &str) -> bool {
+        self.is_home(domain) || self.standby.is_active(domain)
+    }
+
+    /// Whether `domain` is one of our configured domains (not one stood in for).
+    pub(crate) fn is_home(&self, domain: &str) -> bool {
         let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
         config::is_one_of(&domains, domain)
     }
@@ -420,6 +502,7 @@ impl Delivery {
             true => None,
             false => match sender_domain(&el).filter(|d| self.is_ours(d)) {
                 Some(local) => {
+                    let local = self.link_local(local);
                     ensure_origin_id(&mut el);
                     Some(local)
                 }
@@ -736,6 +819,7 @@ impl Delivery {
             debug!("not sending a stanza for another domain from a domain not ours");
             return;
         };
+        let local = self.link_local(local);
         if let Err(el) = self.remote.send(&local, to.domain().as_str(), el) {
             let condition = match self.remote.enabled() {
                 // The link is backed up: best-effort means this one is dropped.

@@ -47,6 +47,7 @@ mod router;
 mod s2s;
 mod services;
 mod session;
+mod standby;
 mod tasks;
 mod throttle;
 mod tls;
@@ -292,6 +293,11 @@ impl ServerHandle {
     pub fn replication(&self) -> Option<ReplicationStatus> {
         let status = self.replication.as_ref()?;
         Some(status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// On a hub: the sites it stands in for now (their users may log in here), sorted.
+    pub fn standby(&self) -> Vec<String> {
+        self.delivery.standby().active()
     }
 
     /// The bound address of each listener, in config order.

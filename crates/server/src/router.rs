@@ -47,6 +47,9 @@ pub(crate) enum ToSession {
     /// Another connection bound the same full JID (RFC 6120 §7.7.2.2): close with
     /// `conflict`.
     Replaced,
+    /// Close the stream with `<see-other-host/>` naming `host`: the account's home is
+    /// elsewhere now (a hub that stood in for a site that is back).
+    Redirect { host: String },
     /// Close the stream with this stream error (the account was removed or its password
     /// changed: `not-authorized`, RFC 6120 §4.9.3.12; an operator kicked it: `policy-violation`;
     /// its domain is no longer served: `host-gone`).
@@ -333,6 +336,28 @@ impl Router {
                     told += 1;
                 }
             }
+        }
+        told
+    }
+
+    /// Tells every session of a user at `domain`, available or not, what `msg` makes.
+    /// Returns how many were told.
+    pub(crate) fn tell_domain(&self, domain: &str, msg: impl Fn() -> ToSession) -> usize {
+        let mut told = 0;
+        for shard in &self.shards {
+            let targets: Vec<SessionTx> = {
+                let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+                shard
+                    .users
+                    .iter()
+                    .filter(|(bare, _)| bare.domain().as_str() == domain)
+                    .flat_map(|(_, list)| list.iter().map(|r| r.tx.clone()))
+                    .collect()
+            };
+            told += targets
+                .iter()
+                .filter(|tx| deliver(tx, msg()).is_ok())
+                .count();
         }
         told
     }

@@ -261,7 +261,9 @@ pub(crate) async fn register_new(
     let (name, payload_ns) = payload_key(request);
     if (name.as_str(), payload_ns.as_str()) != ("query", ns::REGISTER)
         || !config.registration_enabled()
+        || !d.is_home(domain)
     {
+        // A hub standing in for a site makes no accounts for it: they are made at home.
         return Err(Condition::ServiceUnavailable.into());
     }
     if request.attr("type") == Some("get") {
@@ -325,6 +327,12 @@ pub(crate) async fn register_account(
         let mut reply = stanza::iq_result(request, None);
         reply.append_child(payload);
         return Ok(reply);
+    }
+    if !d.is_home(user.domain().as_str()) {
+        // The site owns its accounts: a password changed or an account removed here, at a
+        // hub standing in for it, would be undone when the site is back.
+        return Err(StanzaError::new(Condition::NotAllowed)
+            .text("change the password or remove the account at its own server"));
     }
     if q.has_child("remove", ns::REGISTER) {
         accounts::remove_user(store.as_ref(), user.as_str())

@@ -386,6 +386,21 @@ impl Client {
         }
     }
 
+    /// Reads until the stream ends; whether it ended with `<see-other-host/>` naming
+    /// `host` (RFC 6120 §4.9.3.19).
+    pub async fn saw_see_other_host(&mut self, host: &str) -> bool {
+        let mut seen = false;
+        loop {
+            match self.next_event().await {
+                Some(XmlEvent::Stanza(el)) if el.name() == "error" => {
+                    seen |= is_see_other_host(&el, host);
+                }
+                Some(XmlEvent::StreamClose) | None => return seen,
+                Some(_) => {}
+            }
+        }
+    }
+
     /// Like [`Client::expect_close`], and also requires the closing `</stream:stream>`
     /// (RFC 6120 §4.4) rather than a bare TCP close.
     pub async fn expect_stream_error(&mut self) -> String {
@@ -765,6 +780,12 @@ pub fn is_chat_from(el: &Element, from: &str) -> bool {
 
 /// A loopback address where nothing listens, so connections are refused: bound by the OS,
 /// then released.
+/// Whether `el` is a stream error `<see-other-host/>` naming `host`.
+pub fn is_see_other_host(el: &Element, host: &str) -> bool {
+    el.get_child("see-other-host", "urn:ietf:params:xml:ns:xmpp-streams")
+        .is_some_and(|s| s.text() == host)
+}
+
 pub async fn closed_port() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -83,7 +83,7 @@ impl TestServer {
         config.registration.enabled = Some(true);
         tweak(&mut config);
         config.validate().expect("valid test config");
-        let identity = TlsIdentity::self_signed(&config.domains).expect("certificate");
+        let identity = TlsIdentity::self_signed(&config.certificate_names()).expect("certificate");
         let handle = ServerHandle::start_with_http(
             config.clone(),
             store.clone(),

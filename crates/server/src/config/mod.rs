@@ -810,6 +810,16 @@ impl Config {
         self.data_dir.join("tls")
     }
 
+    /// The names the server's certificate must carry: its domains and, on a hub, the
+    /// domains of the sites whose users may log in there while their site is unreachable.
+    pub fn certificate_names(&self) -> Vec<String> {
+        let mut names = self.domains.clone();
+        if self.role == Role::Hub {
+            names.extend(self.federation.relay_for.iter().cloned());
+        }
+        names
+    }
+
     /// Where the self-signed certificate and its key live when `tls.cert` and `tls.key` are
     /// unset: `<data_dir>/tls/cert.pem` and `<data_dir>/tls/key.pem`.
     pub fn self_signed_paths(&self) -> (PathBuf, PathBuf) {

@@ -229,7 +229,14 @@ impl Shipper {
 
     /// Asks the hub where it stands and picks up from there.
     async fn locate(&mut self) -> Result<(), String> {
-        let p = self.send(wire::status_request()).await?;
+        let head = self
+            .d
+            .store()
+            .repl_log()
+            .await
+            .map_err(|e| format!("cannot read the replication log: {e}"))?
+            .last;
+        let p = self.send(wire::status_request(&self.epoch, head)).await?;
         self.resume_from(&p).await
     }
 
@@ -318,6 +325,11 @@ pub(crate) async fn answer(
     };
     if el.attr("type") == Some("get") {
         let origin = store.repl_origin(&from).await.map_err(internal)?;
+        if wire::parse_status(payload)
+            .is_some_and(|(epoch, head)| origin.epoch == epoch && origin.position >= head)
+        {
+            d.end_standby(&from);
+        }
         return Ok(result(el, wire::position(&origin, false)));
     }
     let sync = wire::parse_sync(payload)
@@ -340,6 +352,10 @@ pub(crate) async fn answer(
     match store.repl_apply(&batch).await {
         Ok((applied, origin)) => {
             debug!(site = %from, applied, position = origin.position, records = sync.records.len(), "replication batch");
+            if applied && origin.position >= sync.head {
+                // The site is back and the replica has all of its log.
+                d.end_standby(&from);
+            }
             Ok(result(el, wire::position(&origin, applied)))
         }
         Err(StoreError::Rejected(reason)) => {

@@ -2,9 +2,9 @@
 //! IQs over the authenticated server-to-server link:
 //!
 //! ```xml
-//! <!-- Where does the hub's replica of my domain stand? -->
+//! <!-- Where does the hub's replica of my domain stand? (My log is at `head`.) -->
 //! <iq type='get' from='site1.example' to='hub.example' id='…'>
-//!   <sync xmlns='urn:xmpp:outpost:replication:0'/>
+//!   <sync xmlns='urn:xmpp:outpost:replication:0' epoch='…' head='60'/>
 //! </iq>
 //! <!-- A batch: the records after position `after`, up to `upto`. -->
 //! <iq type='set' from='site1.example' to='hub.example' id='…'>
@@ -51,9 +51,18 @@ fn iq(kind: &str, payload: Element) -> Element {
         .build()
 }
 
-/// The question where the replica stands.
-pub(crate) fn status_request() -> Element {
-    iq("get", Element::builder("sync", NS).build())
+/// The question where the replica stands, from a site whose log `epoch` is at `head`.
+pub(crate) fn status_request(epoch: &str, head: i64) -> Element {
+    let sync = Element::builder("sync", NS)
+        .attr(name("epoch"), epoch)
+        .attr(name("head"), head.to_string())
+        .build();
+    iq("get", sync)
+}
+
+/// The site's epoch and head in a status request, if it says them.
+pub(crate) fn parse_status(el: &Element) -> Option<(&str, i64)> {
+    Some((el.attr("epoch")?, el.attr("head")?.parse().ok()?))
 }
 
 /// The IQ carrying a batch.

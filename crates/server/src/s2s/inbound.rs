@@ -230,7 +230,7 @@ impl Inbound {
     /// XEP-0220 §2.1.2: the peer claims `from`; ask the authoritative server for it, over
     /// our own link to it. Nobody else speaks for our own domains.
     fn dialback_request(&mut self, from: String, to: String, key: String, stream_id: String) {
-        if self.d.is_local(&from) {
+        if self.d.is_home(&from) {
             self.proto
                 .dialback_result(&from, &to, DialbackVerdict::Invalid);
             return;

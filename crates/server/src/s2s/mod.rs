@@ -45,6 +45,8 @@ mod trust;
 mod ws;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -73,6 +75,8 @@ pub(crate) use ws::serve_websocket;
 const LINK_CHANNEL: usize = 256;
 /// How long a peer's dialback key may wait for the verdict of its authoritative server.
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a hub tries to reach a site before it stands in for it (see `standby`).
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a link task is asked to do besides draining its queue.
 pub(crate) type LinkCmd = link::Command<oneshot::Sender<bool>>;
@@ -400,6 +404,31 @@ impl Federation {
 impl Remote for Federation {
     fn enabled(&self) -> bool {
         true
+    }
+
+    /// A TCP connection to its server (or its WebSocket endpoint) opens within
+    /// [`REACH_TIMEOUT`]. Not the link's state: a link stays up for seconds after a silent
+    /// cut, and a server that was killed refuses at once.
+    fn reachable<'a>(
+        &'a self,
+        _local: &'a str,
+        remote: &'a str,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        Box::pin(async move {
+            let env = &self.env;
+            let probes = async {
+                let websocket = env.websocket_peer(remote).is_some();
+                tokio::select! {
+                    biased;
+                    true = direct::probe(env, remote) => true,
+                    true = async { websocket && ws::probe(env, remote).await } => true,
+                    else => false,
+                }
+            };
+            tokio::time::timeout(REACH_TIMEOUT, probes)
+                .await
+                .unwrap_or(false)
+        })
     }
 
     /// Sends a stanza best-effort: on the link's current or next stream.

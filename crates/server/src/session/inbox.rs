@@ -48,6 +48,10 @@ impl Session {
                 self.proto
                     .close(Some("conflict"), Some("replaced by a new connection"));
             }
+            ToSession::Redirect { host } => {
+                info!(%host, "session sent home");
+                self.proto.redirect(&host);
+            }
             ToSession::End { condition, text } => {
                 info!(condition, text, "session ended by the server");
                 self.proto.close(Some(condition), Some(text));

@@ -25,6 +25,12 @@ impl Session {
     /// SASL needs the stored keys of `username@domain`: looked up unless the account or
     /// address is throttled.
     pub(super) async fn provide_credentials(&mut self, username: &str, domain: &str) {
+        if let Err(home) = self.delivery().may_serve(domain).await {
+            // A hub, for a site that is up: the user logs in there.
+            info!(domain, %home, "login sent home");
+            self.proto.redirect(&home);
+            return;
+        }
         let account = format!("{username}@{domain}");
         let now = std::time::Instant::now();
         if let Err(t) = self.env.throttle.check(now, self.peer.ip(), &account) {

@@ -218,8 +218,11 @@ async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let id = env.next_session.fetch_add(1, Ordering::Relaxed);
     let now = env.config();
+    // On a hub, its sites' domains too: whether it serves them is decided at login.
+    let mut domains = now.domains.clone();
+    domains.extend(env.delivery.standby().sites().iter().cloned());
     let config = C2sConfig {
-        domains: now.domains.clone(),
+        domains,
         transport,
         allow_plaintext_auth: now.auth.allow_plaintext_without_tls,
         registration: now.registration_enabled(),

@@ -2,6 +2,7 @@
 //! users change arrives at the hub, a hub that lost its replica gets a snapshot, and a hub
 //! takes replication only from its own sites. Servers in one process on loopback.
 
+use base64::Engine as _;
 use outpost_server::config::{Config, HostPort, Role};
 use outpost_store::Store;
 use outpost_testkit::*;
@@ -253,4 +254,160 @@ async fn a_hub_takes_replication_only_from_its_own_sites() {
     assert_eq!(status.acked, 0);
     assert!(!hub.store.account_exists("mallory@b.test").await.unwrap());
     assert!(hub.store.repl_origins().await.unwrap().is_empty());
+}
+
+/// The paper's Figure 2 in one process: sites a.test (alice, bob) and c.test (carol), and
+/// the hub that relays between them and keeps a replica of both.
+async fn figure_two() -> (TestServer, TestServer, TestServer) {
+    let hub = hub(&["a.test", "c.test"]).await;
+    let a = site("a.test", &hub).await;
+    let c = site("c.test", &hub).await;
+    meet(&a, &c);
+    a.add_user("alice", "wonderland").await;
+    a.add_user("bob", "builder").await;
+    c.add_user("carol", "christmas").await;
+    befriend(&a, "alice@a.test", "carol@c.test").await;
+    befriend(&c, "carol@c.test", "alice@a.test").await;
+    befriend(&a, "alice@a.test", "bob@a.test").await;
+    befriend(&a, "bob@a.test", "alice@a.test").await;
+    hub_has_the_sites(&a, &hub, "alice@a.test").await;
+    hub_has_the_sites(&a, &hub, "bob@a.test").await;
+    (hub, a, c)
+}
+
+/// Makes two sites reach each other directly.
+fn meet(a: &TestServer, c: &TestServer) {
+    handle(a).set_peer_address(c.domain(), s2s(c));
+    handle(c).set_peer_address(a.domain(), s2s(a));
+}
+
+async fn befriend(site: &TestServer, user: &str, contact: &str) {
+    let mut item = outpost_store::RosterItem::new(contact);
+    item.subscription = outpost_store::Subscription::Both;
+    site.store
+        .put_roster_item(user, &item)
+        .await
+        .expect("roster");
+}
+
+/// A client of `server` for an account of `domain` (the hub's certificate is the one the
+/// test trusts for it), past STARTTLS.
+async fn connect_for(server: &TestServer, domain: &str) -> Client {
+    let mut c = Client::connect_open(server.starttls, domain).await;
+    c.starttls(&server.tls_connector()).await;
+    c
+}
+
+async fn login_at(server: &TestServer, jid: (&str, &str), password: &str) -> Client {
+    let mut c = connect_for(server, jid.1).await;
+    c.login_plain(jid.0, password, "hub").await;
+    c
+}
+
+/// Logging in at `server` as `user@domain` ends with `<see-other-host/>` naming `home`.
+async fn sent_home(server: &TestServer, user: &str, domain: &str, password: &str, home: &str) {
+    let mut c = connect_for(server, domain).await;
+    let payload = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{payload}</auth>"
+    ))
+    .await;
+    let answer = c.recv().await;
+    assert!(
+        is_see_other_host(&answer, home),
+        "not sent home to {home}: {answer:?}"
+    );
+    assert_eq!(c.expect_close().await, None);
+}
+
+#[tokio::test]
+async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is_back() {
+    let (hub, mut a, c) = figure_two().await;
+
+    // The site is up: its users log in there, not at the hub.
+    sent_home(&hub, "alice", "a.test", "wonderland", "a.test").await;
+    assert!(handle(&hub).standby().is_empty());
+
+    a.stop().await;
+    // The same passwords work at the hub, and alice finds her roster there.
+    let mut alice = login_at(&hub, ("alice", "a.test"), "wonderland").await;
+    assert_eq!(handle(&hub).standby(), ["a.test"]);
+    let roster = alice.roster_get().await;
+    let roster = String::from(&roster);
+    assert!(
+        roster.contains("carol@c.test") && roster.contains("bob@a.test"),
+        "{roster}"
+    );
+    let mut bob = login_at(&hub, ("bob", "a.test"), "builder").await;
+    alice.available().await;
+    bob.available().await;
+
+    // alice and bob chat at the hub.
+    alice.send(&chat("bob@a.test", "the site is down")).await;
+    let got = bob
+        .recv_where(|el| is_chat_from(el, "alice@a.test/hub"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("the site is down"));
+
+    // carol, at the other site, reaches alice at the hub, and alice answers her.
+    let mut carol = c.login("carol", "christmas", "pc").await;
+    carol.available().await;
+    carol.send(&chat("alice@a.test", "are you there?")).await;
+    let got = alice
+        .recv_where(|el| is_chat_from(el, "carol@c.test/pc"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("are you there?"));
+    alice.send(&chat("carol@c.test/pc", "at the hub")).await;
+    let got = carol
+        .recv_where(|el| is_chat_from(el, "alice@a.test/hub"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("at the hub"));
+
+    // The site comes back and catches up: its users' sessions at the hub are sent home.
+    a.restart().await;
+    point(&a, &hub);
+    meet(&a, &c);
+    assert!(alice.saw_see_other_host("a.test").await);
+    assert!(bob.saw_see_other_host("a.test").await);
+    assert!(handle(&hub).standby().is_empty());
+    sent_home(&hub, "alice", "a.test", "wonderland", "a.test").await;
+}
+
+#[tokio::test]
+async fn accounts_are_changed_at_home_only() {
+    let (hub, mut a, _c) = figure_two().await;
+    a.stop().await;
+    let mut alice = login_at(&hub, ("alice", "a.test"), "wonderland").await;
+    let answer = alice
+        .query(
+            "set",
+            None,
+            "<query xmlns='jabber:iq:register'><username>alice</username>\
+             <password>changed-at-the-hub</password></query>",
+        )
+        .await;
+    assert_eq!(answer.attr("type"), Some("error"), "{answer:?}");
+    assert!(String::from(&answer).contains("not-allowed"), "{answer:?}");
+    let answer = alice
+        .query(
+            "set",
+            None,
+            "<query xmlns='jabber:iq:register'><remove/></query>",
+        )
+        .await;
+    assert_eq!(answer.attr("type"), Some("error"), "{answer:?}");
+    assert!(hub.store.account_exists("alice@a.test").await.unwrap());
+
+    // Nor are accounts made for the site at the hub.
+    let mut stranger = connect_for(&hub, "a.test").await;
+    let answer = stranger
+        .query(
+            "set",
+            None,
+            "<query xmlns='jabber:iq:register'><username>eve</username>\
+             <password>password-of-eve</password></query>",
+        )
+        .await;
+    assert_eq!(answer.attr("type"), Some("error"), "{answer:?}");
+    assert!(!hub.store.account_exists("eve@a.test").await.unwrap());
 }
