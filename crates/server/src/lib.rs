@@ -152,6 +152,12 @@ pub struct ServerStatus {
     pub users_online: usize,
     pub federation: bool,
     pub links: Vec<LinkStatus>,
+    /// On a hub: the sites it stands in for now, with their sessions here.
+    #[serde(default)]
+    pub standby: Vec<(String, usize)>,
+    /// On a site with a hub: how replication goes.
+    #[serde(default)]
+    pub replication: Option<ReplicationStatus>,
 }
 
 /// What a reload did.
@@ -399,6 +405,18 @@ impl ServerHandle {
             users_online: users.len(),
             federation: self.federation.is_some(),
             links: self.link_statuses().await?,
+            standby: self
+                .standby()
+                .into_iter()
+                .map(|site| {
+                    let here = sessions
+                        .iter()
+                        .filter(|s| s.jid.contains(&format!("@{site}/")));
+                    let count = here.count();
+                    (site, count)
+                })
+                .collect(),
+            replication: self.replication(),
         })
     }
 

@@ -7,6 +7,7 @@
 
 mod links;
 mod ops;
+mod replication;
 
 use std::io::Write as _;
 use std::net::IpAddr;
@@ -25,6 +26,18 @@ pub(crate) enum AdminCommand {
     /// while the server is stopped (the queue is read from the store).
     Links {
         /// Print a JSON array instead of a table (ages in seconds, times in RFC 3339).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Directory replication between a site and its hub. On a site: the position the hub
+    /// acknowledged, the entries waiting, the last sync and, while the server runs, why it
+    /// waits. On a hub: each site's replica (position, lag, records, snapshots, last sync)
+    /// and whether the hub stands in for it now, with how many of its sessions. Works while
+    /// the server is stopped (positions are read from the store).
+    Replication {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -91,6 +104,7 @@ pub(crate) enum AdminCommand {
 pub(crate) fn run(command: AdminCommand) -> anyhow::Result<()> {
     let config_args = match &command {
         AdminCommand::Links { config, .. }
+        | AdminCommand::Replication { config, .. }
         | AdminCommand::Status { config }
         | AdminCommand::Sessions { config, .. }
         | AdminCommand::Kick { config, .. }
@@ -106,6 +120,7 @@ pub(crate) fn run(command: AdminCommand) -> anyhow::Result<()> {
     let text = runtime.block_on(async {
         match command {
             AdminCommand::Links { json, .. } => links::show(&config, json).await,
+            AdminCommand::Replication { json, .. } => replication::show(&config, json).await,
             AdminCommand::Status { .. } => ops::status(&config).await,
             AdminCommand::Sessions { json, .. } => ops::sessions(&config, json).await,
             AdminCommand::Kick { jid, .. } => ops::kick(&config, &jid).await,

@@ -66,6 +66,20 @@ pub(super) async fn status(config: &Config) -> anyhow::Result<String> {
     } else {
         writeln!(text, "links: federation is off")?;
     }
+    for (site, sessions) in &status.standby {
+        writeln!(text, "standing in for {site}: {sessions} sessions here")?;
+    }
+    if let Some(r) = &status.replication {
+        let state = r
+            .error
+            .as_deref()
+            .map_or("in step".to_owned(), |e| format!("waiting: {e}"));
+        writeln!(
+            text,
+            "replication to {}: position {} acknowledged, {state}",
+            r.hub, r.acked
+        )?;
+    }
     match db {
         Some(bytes) => writeln!(
             text,

@@ -48,16 +48,30 @@ impl Server {
         peers: &[(&str, SocketAddr)],
         level: &str,
     ) -> Server {
+        Server::start_configured(dir, domain, s2s, peers, level, "", "")
+    }
+
+    /// `start_logging` with more configuration: `top` lines at the top level (such as
+    /// `role`), `federation` lines in `[federation]`.
+    pub(crate) fn start_configured(
+        dir: &Path,
+        domain: &str,
+        s2s: SocketAddr,
+        peers: &[(&str, SocketAddr)],
+        level: &str,
+        top: &str,
+        federation: &str,
+    ) -> Server {
         let config = dir.join(format!("{domain}.toml"));
         let mut toml = format!(
-            "domains = [{domain:?}]\ndata_dir = {:?}\n\
+            "{top}\ndomains = [{domain:?}]\ndata_dir = {:?}\n\
              [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\ns2s = [\"{s2s}\"]\nproxy65 = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\n\
              [registration]\nenabled = true\n\
              [auth]\nallow_plaintext_without_tls = true\nscram_iterations = 4096\n\
              [log]\nlevel = {level:?}\n\
              [federation]\nenabled = true\nrequire_tls = true\nretry_initial_secs = 1\n\
              retry_max_secs = 1\nprobe_interval_secs = 1\n\
-             srv_lookup = false\ndns_server = \"{}\"\n\
+             srv_lookup = false\ndns_server = \"{}\"\n{federation}\n\
              [federation.peers]\n",
             dir.join(format!("{domain}-data")),
             outpost_testkit::dns::nxdomain_server(),

@@ -3,6 +3,7 @@
 //! One binary, one module per area.
 
 mod admin_links;
+mod admin_replication;
 mod cli;
 mod common;
 mod durability;

@@ -42,7 +42,7 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_LAST: Duration = Duration::from_secs(10);
 
 /// How a site's replication to its hub goes, as the shipper last saw it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplicationStatus {
     pub hub: String,
     /// The position the hub acknowledged (0 before it did).
