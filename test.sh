@@ -78,6 +78,12 @@ else
     for cut in link blackhole reset direct https; do
         PARTITION_CUT=$cut OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/partition.sh
     done
+    # Sites and hub (the paper's Figure 2), with clients that find servers through DNS.
+    if ! command -v dnsmasq >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsmasq-base >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsmasq-base >/dev/null; }
+    fi
+    OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/figure2.sh
 fi
 
 step "all tests passed"

@@ -42,13 +42,15 @@ CREATE TABLE repl_origins (
     head      INTEGER NOT NULL,
     records   INTEGER NOT NULL,
     snapshots INTEGER NOT NULL,
-    synced_ms INTEGER NOT NULL
+    synced_ms INTEGER NOT NULL,
+    -- The newest stamp in the last batch applied: with synced_ms, how far behind it was.
+    stamp     INTEGER NOT NULL
 ) STRICT;
 
 CREATE TRIGGER repl_accounts_insert AFTER INSERT ON accounts
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('account', NEW.jid, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -56,7 +58,7 @@ END;
 CREATE TRIGGER repl_accounts_update AFTER UPDATE ON accounts
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('account', NEW.jid, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -64,7 +66,7 @@ END;
 CREATE TRIGGER repl_accounts_delete AFTER DELETE ON accounts
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('account', OLD.jid, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -72,7 +74,7 @@ END;
 CREATE TRIGGER repl_roster_items_insert AFTER INSERT ON roster_items
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('roster', NEW.owner, NEW.contact, '', (SELECT clock FROM repl_settings));
 END;
@@ -80,7 +82,7 @@ END;
 CREATE TRIGGER repl_roster_items_update AFTER UPDATE ON roster_items
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('roster', NEW.owner, NEW.contact, '', (SELECT clock FROM repl_settings));
 END;
@@ -88,7 +90,7 @@ END;
 CREATE TRIGGER repl_roster_items_delete AFTER DELETE ON roster_items
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('roster', OLD.owner, OLD.contact, '', (SELECT clock FROM repl_settings));
 END;
@@ -96,7 +98,7 @@ END;
 CREATE TRIGGER repl_roster_groups_insert AFTER INSERT ON roster_groups
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('roster', NEW.owner, NEW.contact, '', (SELECT clock FROM repl_settings));
 END;
@@ -104,7 +106,7 @@ END;
 CREATE TRIGGER repl_roster_groups_update AFTER UPDATE ON roster_groups
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('roster', NEW.owner, NEW.contact, '', (SELECT clock FROM repl_settings));
 END;
@@ -112,7 +114,7 @@ END;
 CREATE TRIGGER repl_roster_groups_delete AFTER DELETE ON roster_groups
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('roster', OLD.owner, OLD.contact, '', (SELECT clock FROM repl_settings));
 END;
@@ -120,7 +122,7 @@ END;
 CREATE TRIGGER repl_subscription_requests_insert AFTER INSERT ON subscription_requests
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('subreq', NEW.owner, NEW.from_jid, '', (SELECT clock FROM repl_settings));
 END;
@@ -128,7 +130,7 @@ END;
 CREATE TRIGGER repl_subscription_requests_update AFTER UPDATE ON subscription_requests
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('subreq', NEW.owner, NEW.from_jid, '', (SELECT clock FROM repl_settings));
 END;
@@ -136,7 +138,7 @@ END;
 CREATE TRIGGER repl_subscription_requests_delete AFTER DELETE ON subscription_requests
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('subreq', OLD.owner, OLD.from_jid, '', (SELECT clock FROM repl_settings));
 END;
@@ -144,7 +146,7 @@ END;
 CREATE TRIGGER repl_vcards_insert AFTER INSERT ON vcards
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('vcard', NEW.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -152,7 +154,7 @@ END;
 CREATE TRIGGER repl_vcards_update AFTER UPDATE ON vcards
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('vcard', NEW.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -160,7 +162,7 @@ END;
 CREATE TRIGGER repl_vcards_delete AFTER DELETE ON vcards
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('vcard', OLD.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -168,7 +170,7 @@ END;
 CREATE TRIGGER repl_blocklist_insert AFTER INSERT ON blocklist
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('block', NEW.owner, NEW.jid, '', (SELECT clock FROM repl_settings));
 END;
@@ -176,7 +178,7 @@ END;
 CREATE TRIGGER repl_blocklist_update AFTER UPDATE ON blocklist
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('block', NEW.owner, NEW.jid, '', (SELECT clock FROM repl_settings));
 END;
@@ -184,7 +186,7 @@ END;
 CREATE TRIGGER repl_blocklist_delete AFTER DELETE ON blocklist
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('block', OLD.owner, OLD.jid, '', (SELECT clock FROM repl_settings));
 END;
@@ -192,7 +194,7 @@ END;
 CREATE TRIGGER repl_private_xml_insert AFTER INSERT ON private_xml
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('private', NEW.owner, NEW.ns, '', (SELECT clock FROM repl_settings));
 END;
@@ -200,7 +202,7 @@ END;
 CREATE TRIGGER repl_private_xml_update AFTER UPDATE ON private_xml
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('private', NEW.owner, NEW.ns, '', (SELECT clock FROM repl_settings));
 END;
@@ -208,7 +210,7 @@ END;
 CREATE TRIGGER repl_private_xml_delete AFTER DELETE ON private_xml
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('private', OLD.owner, OLD.ns, '', (SELECT clock FROM repl_settings));
 END;
@@ -216,7 +218,7 @@ END;
 CREATE TRIGGER repl_archive_prefs_insert AFTER INSERT ON archive_prefs
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('mam_prefs', NEW.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -224,7 +226,7 @@ END;
 CREATE TRIGGER repl_archive_prefs_update AFTER UPDATE ON archive_prefs
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('mam_prefs', NEW.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -232,7 +234,7 @@ END;
 CREATE TRIGGER repl_archive_prefs_delete AFTER DELETE ON archive_prefs
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('mam_prefs', OLD.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -240,7 +242,7 @@ END;
 CREATE TRIGGER repl_archive_prefs_jids_insert AFTER INSERT ON archive_prefs_jids
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('mam_prefs', NEW.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -248,7 +250,7 @@ END;
 CREATE TRIGGER repl_archive_prefs_jids_update AFTER UPDATE ON archive_prefs_jids
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('mam_prefs', NEW.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -256,7 +258,7 @@ END;
 CREATE TRIGGER repl_archive_prefs_jids_delete AFTER DELETE ON archive_prefs_jids
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('mam_prefs', OLD.owner, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -264,7 +266,7 @@ END;
 CREATE TRIGGER repl_pep_nodes_insert AFTER INSERT ON pep_nodes
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_node', NEW.owner, NEW.node, '', (SELECT clock FROM repl_settings));
 END;
@@ -272,7 +274,7 @@ END;
 CREATE TRIGGER repl_pep_nodes_update AFTER UPDATE ON pep_nodes
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_node', NEW.owner, NEW.node, '', (SELECT clock FROM repl_settings));
 END;
@@ -280,7 +282,7 @@ END;
 CREATE TRIGGER repl_pep_nodes_delete AFTER DELETE ON pep_nodes
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_node', OLD.owner, OLD.node, '', (SELECT clock FROM repl_settings));
 END;
@@ -288,7 +290,7 @@ END;
 CREATE TRIGGER repl_pep_items_insert AFTER INSERT ON pep_items
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_item', NEW.owner, NEW.node, NEW.item_id, (SELECT clock FROM repl_settings));
 END;
@@ -296,7 +298,7 @@ END;
 CREATE TRIGGER repl_pep_items_update AFTER UPDATE ON pep_items
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_item', NEW.owner, NEW.node, NEW.item_id, (SELECT clock FROM repl_settings));
 END;
@@ -304,7 +306,7 @@ END;
 CREATE TRIGGER repl_pep_items_delete AFTER DELETE ON pep_items
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_item', OLD.owner, OLD.node, OLD.item_id, (SELECT clock FROM repl_settings));
 END;
@@ -312,7 +314,7 @@ END;
 CREATE TRIGGER repl_pep_subscriptions_insert AFTER INSERT ON pep_subscriptions
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_sub', NEW.owner, NEW.node, NEW.jid, (SELECT clock FROM repl_settings));
 END;
@@ -320,7 +322,7 @@ END;
 CREATE TRIGGER repl_pep_subscriptions_update AFTER UPDATE ON pep_subscriptions
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_sub', NEW.owner, NEW.node, NEW.jid, (SELECT clock FROM repl_settings));
 END;
@@ -328,7 +330,7 @@ END;
 CREATE TRIGGER repl_pep_subscriptions_delete AFTER DELETE ON pep_subscriptions
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('pep_sub', OLD.owner, OLD.node, OLD.jid, (SELECT clock FROM repl_settings));
 END;
@@ -336,7 +338,7 @@ END;
 CREATE TRIGGER repl_muc_rooms_insert AFTER INSERT ON muc_rooms
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', NEW.jid, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -344,7 +346,7 @@ END;
 CREATE TRIGGER repl_muc_rooms_update AFTER UPDATE ON muc_rooms
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', NEW.jid, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -352,7 +354,7 @@ END;
 CREATE TRIGGER repl_muc_rooms_delete AFTER DELETE ON muc_rooms
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', OLD.jid, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -360,7 +362,7 @@ END;
 CREATE TRIGGER repl_muc_room_config_insert AFTER INSERT ON muc_room_config
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', NEW.room, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -368,7 +370,7 @@ END;
 CREATE TRIGGER repl_muc_room_config_update AFTER UPDATE ON muc_room_config
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', NEW.room, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -376,7 +378,7 @@ END;
 CREATE TRIGGER repl_muc_room_config_delete AFTER DELETE ON muc_room_config
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', OLD.room, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -384,7 +386,7 @@ END;
 CREATE TRIGGER repl_muc_affiliations_insert AFTER INSERT ON muc_affiliations
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', NEW.room, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -392,7 +394,7 @@ END;
 CREATE TRIGGER repl_muc_affiliations_update AFTER UPDATE ON muc_affiliations
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', NEW.room, '', '', (SELECT clock FROM repl_settings));
 END;
@@ -400,7 +402,7 @@ END;
 CREATE TRIGGER repl_muc_affiliations_delete AFTER DELETE ON muc_affiliations
 WHEN (SELECT active FROM repl_settings) = 1 BEGIN
     UPDATE repl_settings
-        SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16);
+        SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16);
     INSERT INTO repl_log (kind, owner, key, sub, stamp)
         VALUES ('muc_room', OLD.room, '', '', (SELECT clock FROM repl_settings));
 END;

@@ -124,4 +124,13 @@ pub struct ReplOrigin {
     /// Snapshots taken.
     pub snapshots: i64,
     pub synced_ms: i64,
+    /// The newest stamp of the last batch applied (its milliseconds are `stamp >> 16`).
+    pub stamp: i64,
+}
+
+impl ReplOrigin {
+    /// How long after its newest change the last batch was applied, in milliseconds.
+    pub fn lag_ms(&self) -> Option<i64> {
+        (self.stamp > 0).then(|| (self.synced_ms - (self.stamp >> 16)).max(0))
+    }
 }

@@ -30,6 +30,8 @@ struct SiteView {
     /// Entries the hub has not acknowledged yet.
     lag: i64,
     last_sync: Option<String>,
+    /// The same, in milliseconds since the epoch (0: never).
+    last_sync_ms: i64,
     running: bool,
     error: Option<String>,
 }
@@ -44,6 +46,9 @@ struct SiteReplica {
     records: i64,
     snapshots: i64,
     last_sync: Option<String>,
+    last_sync_ms: i64,
+    /// How long after its newest change the last batch arrived, in milliseconds.
+    last_lag_ms: Option<i64>,
     standby: bool,
     standby_sessions: usize,
 }
@@ -119,6 +124,7 @@ fn site_view(config: &Config, log: ReplLog, live: Option<ServerStatus>) -> SiteV
         head: log.last,
         lag: (log.last - log.acked).max(0),
         last_sync: time(log.synced_ms),
+        last_sync_ms: log.synced_ms,
         running,
         error,
     }
@@ -178,6 +184,8 @@ fn hub_view(config: &Config, origins: Vec<ReplOrigin>, live: Option<ServerStatus
                 records: o.records,
                 snapshots: o.snapshots,
                 last_sync: time(o.synced_ms),
+                last_sync_ms: o.synced_ms,
+                last_lag_ms: o.lag_ms(),
                 standby: here.is_some(),
                 standby_sessions: here.map_or(0, |(_, n)| *n),
             }
@@ -193,8 +201,8 @@ fn hub_view(config: &Config, origins: Vec<ReplOrigin>, live: Option<ServerStatus
 
 fn hub_text(v: &HubView) -> String {
     let mut text = format!(
-        "{:<24} {:>10} {:>10} {:>8} {:>10} {:>9}  {:<20}  {}\n",
-        "SITE", "POSITION", "HEAD", "LAG", "RECORDS", "SNAPSHOTS", "LAST SYNC", "STANDBY"
+        "{:<24} {:>10} {:>10} {:>8} {:>10} {:>9}  {:<20} {:>9}  {}\n",
+        "SITE", "POSITION", "HEAD", "LAG", "RECORDS", "SNAPSHOTS", "LAST SYNC", "DELAY", "STANDBY"
     );
     for s in &v.sites {
         let standby = match (v.running, s.standby) {
@@ -202,9 +210,12 @@ fn hub_text(v: &HubView) -> String {
             (true, false) => "no".to_owned(),
             (true, true) => format!("yes, {} sessions here", s.standby_sessions),
         };
+        let delay = s
+            .last_lag_ms
+            .map_or("-".to_owned(), |ms| format!("{ms} ms"));
         let _ = writeln!(
             text,
-            "{:<24} {:>10} {:>10} {:>8} {:>10} {:>9}  {:<20}  {standby}",
+            "{:<24} {:>10} {:>10} {:>8} {:>10} {:>9}  {:<20} {delay:>9}  {standby}",
             s.domain,
             s.position,
             s.head,

@@ -28,11 +28,13 @@ use tracing::{debug, info, warn};
 
 use crate::delivery::Delivery;
 
-/// Log entries read for one batch at most.
-const BATCH_ENTRIES: u32 = 2_000;
-/// Bytes of records in one batch at most, well under any peer's stanza limit (RFC 6120
-/// §13.12 guarantees only 10,000 bytes; Outpost's default is 256 KiB).
-const BATCH_BYTES: usize = 96 * 1024;
+/// Log entries read for one batch: at first, and at most. After a batch the shipper reads
+/// a quarter more than it last sent, so that little is read only to be left for the next.
+const BATCH_ENTRIES: u32 = 500;
+const BATCH_ENTRIES_MAX: u32 = 4_000;
+/// Bytes of records in one batch at most: the hub is an Outpost, whose stanza limit is the
+/// site's own (`limits.max_stanza_bytes`, 256 KiB by default), less room for the rest.
+const BATCH_BYTES: usize = 192 * 1024;
 /// How often an idle shipper looks for new entries.
 const POLL: Duration = Duration::from_millis(100);
 /// How long the hub may take to answer a batch.
@@ -87,7 +89,12 @@ pub(crate) async fn ship(
         hub,
         epoch,
         at: None,
-        max_record: max_stanza_bytes.saturating_sub(4096).max(BATCH_BYTES),
+        batch_bytes: BATCH_BYTES
+            .min(max_stanza_bytes.saturating_sub(32 * 1024))
+            .max(4096),
+        read_limit: BATCH_ENTRIES,
+        prefetched: None,
+        max_record: max_stanza_bytes.saturating_sub(4096),
         failing: None,
         status,
     };
@@ -131,6 +138,12 @@ struct Shipper {
     epoch: String,
     /// `None` until the hub has said where it stands (and after any failure).
     at: Option<At>,
+    /// Bytes of records in one batch at most.
+    batch_bytes: usize,
+    /// Log entries to read for the next batch.
+    read_limit: u32,
+    /// The batch after the one in flight, read while the hub applied that one.
+    prefetched: Option<Read>,
     /// A record bigger than this cannot travel: it is left out, and said so.
     max_record: usize,
     /// The failure last logged, so a repeat is not logged again.
@@ -140,6 +153,17 @@ struct Shipper {
 
 fn lock(status: &SharedStatus) -> std::sync::MutexGuard<'_, ReplicationStatus> {
     status.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A batch read from the log, not sent yet.
+struct Read {
+    after: i64,
+    records: Vec<ReplRecord>,
+    upto: i64,
+    /// The log's last position when it was read.
+    head: i64,
+    /// Entries to read for the batch after it.
+    next_limit: u32,
 }
 
 enum Step {
@@ -158,42 +182,31 @@ impl Shipper {
                 Err(reason) => Step::Failed(reason),
             };
         };
-        let store = self.d.store().clone();
-        let (records, upto) = match store.repl_read(at.after, BATCH_ENTRIES).await {
-            Ok(read) => read,
-            Err(e) => return Step::Failed(format!("cannot read the replication log: {e}")),
+        let batch = match self.prefetched.take().filter(|b| b.after == at.after) {
+            Some(batch) => batch,
+            None => match self.read(at.after).await {
+                Ok(batch) => batch,
+                Err(reason) => return Step::Failed(reason),
+            },
         };
-        if upto == at.after {
+        if batch.upto == at.after {
             return Step::Idle;
         }
-        let (records, upto) = self.fit(records, upto);
-        let head = store.repl_log().await.map_or(upto, |l| l.last);
+        self.read_limit = batch.next_limit;
         let sync = wire::Sync {
             epoch: self.epoch.clone(),
             after: at.after,
-            upto,
-            head,
+            upto: batch.upto,
+            head: batch.head,
             snapshot: at.snapshot,
-            records,
+            records: batch.records,
         };
-        match self.send(wire::sync_request(&sync)).await {
+        // While the hub applies this batch, the next is read.
+        let (sent, next) = tokio::join!(self.send(wire::sync_request(&sync)), self.read(sync.upto));
+        self.prefetched = next.ok();
+        match sent {
             Ok(p) if p.applied => {
-                if let Err(e) = store.repl_acked(p.position, crate::clock::now_ms()).await {
-                    warn!(error = %e, "cannot record the hub's acknowledgement");
-                }
-                self.at = Some(At {
-                    after: p.position,
-                    snapshot: false,
-                });
-                let mut status = lock(&self.status);
-                status.acked = p.position;
-                status.records += sync.records.len() as u64;
-                status.snapshots += u64::from(at.snapshot);
-                status.error = None;
-                drop(status);
-                if self.failing.take().is_some() {
-                    info!(hub = %self.hub, position = p.position, "replication to the hub goes on");
-                }
+                self.applied(&sync, &p).await;
                 Step::Sent
             }
             Ok(p) => match self.resume_from(&p).await {
@@ -204,7 +217,57 @@ impl Shipper {
         }
     }
 
-    /// Cuts a batch to [`BATCH_BYTES`], leaving out (and logging) a record too big to
+    /// The next batch after `after`, cut to size.
+    async fn read(&self, after: i64) -> Result<Read, String> {
+        let store = self.d.store();
+        let (records, upto) = store
+            .repl_read(after, self.read_limit)
+            .await
+            .map_err(|e| format!("cannot read the replication log: {e}"))?;
+        let read = records.len();
+        let (records, upto) = self.fit(records, upto);
+        let next_limit = match records.len() < read {
+            // Cut by size: read about what fits.
+            true => (u32::try_from(records.len()).unwrap_or(u32::MAX) * 5 / 4)
+                .clamp(50, BATCH_ENTRIES_MAX),
+            false => (self.read_limit * 2).min(BATCH_ENTRIES_MAX),
+        };
+        let head = store.repl_log().await.map_or(upto, |l| l.last);
+        Ok(Read {
+            after,
+            records,
+            upto,
+            head,
+            next_limit,
+        })
+    }
+
+    /// The hub applied `sync`: the log drops it, and the status says so.
+    async fn applied(&mut self, sync: &wire::Sync, p: &wire::Position) {
+        if let Err(e) = self
+            .d
+            .store()
+            .repl_acked(p.position, crate::clock::now_ms())
+            .await
+        {
+            warn!(error = %e, "cannot record the hub's acknowledgement");
+        }
+        self.at = Some(At {
+            after: p.position,
+            snapshot: false,
+        });
+        let mut status = lock(&self.status);
+        status.acked = p.position;
+        status.records += sync.records.len() as u64;
+        status.snapshots += u64::from(sync.snapshot);
+        status.error = None;
+        drop(status);
+        if self.failing.take().is_some() {
+            info!(hub = %self.hub, position = p.position, "replication to the hub goes on");
+        }
+    }
+
+    /// Cuts a batch to `batch_bytes`, leaving out (and logging) a record too big to
     /// travel at all; returns the records and the position they reach.
     fn fit(&self, records: Vec<ReplRecord>, upto: i64) -> (Vec<ReplRecord>, i64) {
         let mut size = 0;
@@ -216,7 +279,7 @@ impl Shipper {
                     "a directory record is too big to replicate; the hub keeps its older value");
                 continue;
             }
-            if size + len > BATCH_BYTES && !kept.is_empty() {
+            if size + len > self.batch_bytes && !kept.is_empty() {
                 // The entries before this record's are all in the batch (a repeat of a
                 // key comes once, at its first position).
                 return (kept, r.seq - 1);

@@ -102,10 +102,14 @@ fn record(r: &ReplRecord) -> Element {
     el
 }
 
-/// About how many bytes a record takes on the wire (its value escaped at worst twice over).
+/// How many bytes a record takes on the wire, at most: each character that may be
+/// escaped counted as an entity (`<`, `>` and `&` in text; quotes too in attributes).
 pub(crate) fn record_size(r: &ReplRecord) -> usize {
-    let value = r.value.as_ref().map_or(0, |v| v.len() * 2);
-    120 + r.owner.len() + r.key.len() + r.sub.len() + value
+    let sized =
+        |s: &str, special: &[u8]| s.len() + 5 * s.bytes().filter(|b| special.contains(b)).count();
+    let attribute = |s: &str| sized(s, b"<>&'\"\t\n\r");
+    let value = r.value.as_deref().map_or(0, |v| sized(v, b"<>&\r"));
+    160 + attribute(&r.owner) + attribute(&r.key) + attribute(&r.sub) + value
 }
 
 fn number(el: &Element, attr: &str) -> Result<i64, String> {
@@ -222,6 +226,19 @@ mod tests {
             .parse()
             .unwrap();
         assert!(parse_sync(&bad).unwrap_err().contains("password"));
+    }
+
+    #[test]
+    fn a_records_size_bounds_what_it_takes_on_the_wire() {
+        for r in sample().records {
+            let text = String::from(&record(&r));
+            assert!(
+                text.len() <= record_size(&r),
+                "{} > {}: {text}",
+                text.len(),
+                record_size(&r)
+            );
+        }
     }
 
     #[test]

@@ -70,49 +70,13 @@ enum P {
     Value,
 }
 
-/// The statements that write a record's value (`?` in the order of the parameters).
+/// The statements that write a record's value (`?` in the order of the parameters), for
+/// the kinds written one record at a time.
 fn upsert(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
     use P::*;
     match kind {
-        ReplKind::Account => &[(
-            "INSERT INTO accounts (jid, sha1_salt, sha1_iterations, sha1_stored_key, \
-             sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key, \
-             sha256_server_key) \
-             SELECT ?, unhex(j->>'sha1_salt'), j->>'sha1_iterations', \
-             unhex(j->>'sha1_stored_key'), unhex(j->>'sha1_server_key'), \
-             unhex(j->>'sha256_salt'), j->>'sha256_iterations', \
-             unhex(j->>'sha256_stored_key'), unhex(j->>'sha256_server_key') \
-             FROM (SELECT json(?) AS j) WHERE true \
-             ON CONFLICT (jid) DO UPDATE SET sha1_salt = excluded.sha1_salt, \
-             sha1_iterations = excluded.sha1_iterations, \
-             sha1_stored_key = excluded.sha1_stored_key, \
-             sha1_server_key = excluded.sha1_server_key, sha256_salt = excluded.sha256_salt, \
-             sha256_iterations = excluded.sha256_iterations, \
-             sha256_stored_key = excluded.sha256_stored_key, \
-             sha256_server_key = excluded.sha256_server_key",
-            &[Owner, Value],
-        )],
-        ReplKind::Roster => &[
-            (
-                "INSERT INTO roster_items (owner, contact, name, subscription, ask, approved) \
-                 SELECT ?, ?, j->>'name', j->>'subscription', j->>'ask', j->>'approved' \
-                 FROM (SELECT json(?) AS j) WHERE true \
-                 ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, \
-                 subscription = excluded.subscription, ask = excluded.ask, \
-                 approved = excluded.approved",
-                &[Owner, Key, Value],
-            ),
-            (
-                "DELETE FROM roster_groups WHERE owner = ? AND contact = ?",
-                &[Owner, Key],
-            ),
-            (
-                "INSERT OR IGNORE INTO roster_groups (owner, contact, name) \
-                 SELECT ?, ?, value FROM json_each(?, '$.groups')",
-                &[Owner, Key, Value],
-            ),
-            (BUMP_ROSTER, &[Owner]),
-        ],
+        // Written in bulk (see `bulk_upsert`).
+        ReplKind::Account | ReplKind::Roster => &[],
         ReplKind::SubscriptionRequest => &[(
             "INSERT INTO subscription_requests (owner, from_jid, stanza) \
              SELECT ?, ?, json(?)->>'stanza' WHERE true \
@@ -278,7 +242,9 @@ async fn read_log(conn: &mut SqliteConnection) -> Result<ReplLog> {
             .await
             .map_err(db)?;
     let (first, last): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT MIN(seq), MAX(seq) FROM repl_log")
+        // Two subqueries: each is one step down the rowid index, where a single query
+        // asking for both reads the whole table.
+        sqlx::query_as("SELECT (SELECT MIN(seq) FROM repl_log), (SELECT MAX(seq) FROM repl_log)")
             .fetch_one(&mut *conn)
             .await
             .map_err(db)?;
@@ -351,7 +317,7 @@ pub(super) async fn reseed(s: &SqliteStore) -> Result<i64> {
     let before = read_log(&mut tx).await?.last;
     let stamp: i64 = sqlx::query_scalar(
         "UPDATE repl_settings \
-         SET clock = MAX(clock + 1, CAST(unixepoch('subsec') * 1000 AS INTEGER) << 16) \
+         SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16) \
          RETURNING clock",
     )
     .fetch_one(&mut *tx)
@@ -384,7 +350,7 @@ pub(super) async fn acked(s: &SqliteStore, position: i64, now_ms: i64) -> Result
     tx.commit().await.map_err(db)
 }
 
-type OriginRow = (String, String, i64, i64, i64, i64, i64);
+type OriginRow = (String, String, i64, i64, i64, i64, i64, i64);
 
 fn origin_from(r: OriginRow) -> ReplOrigin {
     ReplOrigin {
@@ -395,10 +361,11 @@ fn origin_from(r: OriginRow) -> ReplOrigin {
         records: r.4,
         snapshots: r.5,
         synced_ms: r.6,
+        stamp: r.7,
     }
 }
 
-const ORIGIN_COLUMNS: &str = "domain, epoch, position, head, records, snapshots, synced_ms";
+const ORIGIN_COLUMNS: &str = "domain, epoch, position, head, records, snapshots, synced_ms, stamp";
 
 async fn read_origin(conn: &mut SqliteConnection, domain: &str) -> Result<ReplOrigin> {
     let row: Option<OriginRow> = sqlx::query_as(&format!(
@@ -445,15 +412,29 @@ pub(super) async fn apply(s: &SqliteStore, batch: &ReplBatch<'_>) -> Result<(boo
     } else if origin.epoch != batch.epoch || origin.position != batch.after {
         return Ok((false, origin));
     }
-    for record in batch.records {
+    // The bulk of a directory, accounts and roster items, is written a batch at a time;
+    // every other record, and every removal, one at a time in log order first. Neither
+    // order can matter: a batch holds one record per key, each with its current value.
+    let (bulk, single): (Vec<&ReplRecord>, Vec<&ReplRecord>) = batch
+        .records
+        .iter()
+        .partition(|r| r.value.is_some() && matches!(r.kind, ReplKind::Account | ReplKind::Roster));
+    for record in single {
         apply_record(&mut tx, record).await?;
+    }
+    for kind in [ReplKind::Account, ReplKind::Roster] {
+        let of_kind: Vec<&ReplRecord> = bulk.iter().copied().filter(|r| r.kind == kind).collect();
+        apply_bulk(&mut tx, kind, &of_kind).await?;
     }
     origin.position = batch.upto;
     origin.head = batch.head.max(batch.upto);
     origin.records += i64::try_from(batch.records.len()).unwrap_or(i64::MAX);
     origin.synced_ms = batch.now_ms;
+    if let Some(newest) = batch.records.iter().map(|r| r.stamp).max() {
+        origin.stamp = newest;
+    }
     sqlx::query(&format!(
-        "INSERT OR REPLACE INTO repl_origins ({ORIGIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        "INSERT OR REPLACE INTO repl_origins ({ORIGIN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&origin.domain)
     .bind(&origin.epoch)
@@ -462,6 +443,7 @@ pub(super) async fn apply(s: &SqliteStore, batch: &ReplBatch<'_>) -> Result<(boo
     .bind(origin.records)
     .bind(origin.snapshots)
     .bind(origin.synced_ms)
+    .bind(origin.stamp)
     .execute(&mut *tx)
     .await
     .map_err(db)?;
@@ -484,19 +466,123 @@ async fn apply_record(conn: &mut SqliteConnection, r: &ReplRecord) -> Result<()>
                 P::Value => q.bind(r.value.as_deref()),
             };
         }
-        q.execute(&mut *conn).await.map_err(|e| match e {
-            // A value that is not the JSON this kind needs, or breaks a constraint: the
-            // sender's fault, said as such.
-            sqlx::Error::Database(d) => StoreError::Rejected(format!(
-                "{} record for {}: {}",
-                r.kind.as_str(),
-                r.owner,
-                d.message()
-            )),
-            e => db(e),
-        })?;
+        // A value that is not the JSON this kind needs, or breaks a constraint: the
+        // sender's fault, said as such.
+        q.execute(&mut *conn)
+            .await
+            .map_err(|e| rejected(r.kind, &r.owner, e))?;
     }
     Ok(())
+}
+
+/// The set-based form of [`upsert`] for the bulk kinds: each statement reads all the
+/// records, given as one JSON array of `{"o": owner, "k": key, "v": value}` (the value as a
+/// JSON string, parsed here, so a malformed one fails the statement and cannot reach into
+/// the array).
+const RECORDS: &str = "(SELECT e.value->>'o' AS o, e.value->>'k' AS k, json(e.value->>'v') AS v \
+    FROM json_each(?) e)";
+
+fn bulk_upsert(kind: ReplKind) -> Vec<String> {
+    match kind {
+        ReplKind::Account => vec![format!(
+            "INSERT INTO accounts (jid, sha1_salt, sha1_iterations, sha1_stored_key, \
+             sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key, \
+             sha256_server_key) \
+             SELECT o, unhex(v->>'sha1_salt'), v->>'sha1_iterations', \
+             unhex(v->>'sha1_stored_key'), unhex(v->>'sha1_server_key'), \
+             unhex(v->>'sha256_salt'), v->>'sha256_iterations', \
+             unhex(v->>'sha256_stored_key'), unhex(v->>'sha256_server_key') \
+             FROM {RECORDS} WHERE true \
+             ON CONFLICT (jid) DO UPDATE SET sha1_salt = excluded.sha1_salt, \
+             sha1_iterations = excluded.sha1_iterations, \
+             sha1_stored_key = excluded.sha1_stored_key, \
+             sha1_server_key = excluded.sha1_server_key, sha256_salt = excluded.sha256_salt, \
+             sha256_iterations = excluded.sha256_iterations, \
+             sha256_stored_key = excluded.sha256_stored_key, \
+             sha256_server_key = excluded.sha256_server_key"
+        )],
+        ReplKind::Roster => vec![
+            format!(
+                "INSERT INTO roster_items (owner, contact, name, subscription, ask, approved) \
+                 SELECT o, k, v->>'name', v->>'subscription', v->>'ask', v->>'approved' \
+                 FROM {RECORDS} WHERE true \
+                 ON CONFLICT (owner, contact) DO UPDATE SET name = excluded.name, \
+                 subscription = excluded.subscription, ask = excluded.ask, \
+                 approved = excluded.approved"
+            ),
+            format!(
+                "DELETE FROM roster_groups WHERE (owner, contact) IN (SELECT o, k FROM {RECORDS})"
+            ),
+            format!(
+                "INSERT OR IGNORE INTO roster_groups (owner, contact, name) \
+                 SELECT o, k, g.value FROM {RECORDS}, json_each(v, '$.groups') g"
+            ),
+            format!(
+                "INSERT INTO roster_versions (owner, version) \
+                 SELECT DISTINCT o, 1 FROM {RECORDS} WHERE true \
+                 ON CONFLICT (owner) DO UPDATE SET version = version + 1"
+            ),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+async fn apply_bulk(
+    conn: &mut SqliteConnection,
+    kind: ReplKind,
+    records: &[&ReplRecord],
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut array = String::from("[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            array.push(',');
+        }
+        array.push_str("{\"o\":");
+        json_string(&mut array, &r.owner);
+        array.push_str(",\"k\":");
+        json_string(&mut array, &r.key);
+        array.push_str(",\"v\":");
+        json_string(&mut array, r.value.as_deref().unwrap_or("null"));
+        array.push('}');
+    }
+    array.push(']');
+    for sql in bulk_upsert(kind) {
+        sqlx::query(&sql)
+            .bind(&array)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| rejected(kind, "a batch", e))?;
+    }
+    Ok(())
+}
+
+/// `s` as a JSON string literal (RFC 8259 §7).
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A statement the sender's data made fail: [`StoreError::Rejected`], saying why.
+fn rejected(kind: ReplKind, owner: &str, e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(d) => StoreError::Rejected(format!(
+            "{} record for {owner}: {}",
+            kind.as_str(),
+            d.message()
+        )),
+        e => db(e),
+    }
 }
 
 /// Drops everything the hub holds for `domain`'s accounts and rooms (a snapshot follows).

@@ -319,5 +319,37 @@ async fn a_record_the_hub_cannot_store_fails_the_whole_batch() {
     let err = hub.repl_apply(&batch).await.unwrap_err();
     assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
     assert!(hub.muc_rooms().await.unwrap().is_empty());
+
+    // Roster items go in bulk: a value that tries to close the array and add a record of
+    // its own is only a malformed value.
+    hub.create_account(ALICE, &creds(1)).await.unwrap();
+    let sneaky = ReplRecord {
+        seq: 1,
+        stamp: 1,
+        kind: ReplKind::Roster,
+        owner: ALICE.to_owned(),
+        key: "bob@site2.test".to_owned(),
+        sub: String::new(),
+        value: Some(
+            r#"{"subscription":"both"}"},{"o":"victim@elsewhere","k":"x","v":"{}"#.to_owned(),
+        ),
+    };
+    let records = [sneaky];
+    let err = hub
+        .repl_apply(&ReplBatch {
+            records: &records,
+            ..batch
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
+    assert!(hub.roster(ALICE).await.unwrap().items.is_empty());
+    assert!(
+        hub.roster("victim@elsewhere")
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     assert_eq!(hub.repl_origin("site1.test").await.unwrap().position, 0);
 }

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# The paper's Figure 2 in network namespaces: site 1 (site1.test: alice and bob on its LAN),
+# site 2 (site2.test: carol) and the hub (hub.test) on the WAN between them, which relays
+# between the sites and keeps a replica of each one's directory. Real slixmpp clients find
+# their server the way XMPP clients do, through DNS: dnsmasq in site 1's namespace serves
+# _xmpp-client._tcp.site1.test with the site first and the hub second, and slixmpp (with
+# aiodns) follows the records.
+#
+# Scenario (a): site 1's server is killed with SIGKILL. alice and bob log in at the hub
+# within 5 s with the same passwords, find their rosters, chat with each other and with
+# carol; what carol sent alice right after the kill arrives. Site 1 restarts and catches up,
+# the hub sends alice and bob home (<see-other-host/>), and nothing was lost or duplicated.
+#
+# Needs root, iproute2, dnsmasq and python3 with slixmpp and aiodns (tests/interop/run.sh
+# installs them). The namespaces and /etc/netns entries it makes are removed at the end.
+# Env: OUTPOST_BIN        the outpost binary (default $CARGO_TARGET_DIR/debug/outpost)
+#      FIGURE2_KEEP=1     keep the work directory (configs, logs) after the run
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BIN="${OUTPOST_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}/debug/outpost}"
+KEEP="${FIGURE2_KEEP:-0}"
+# Outpost reads OUTPOST_* variables as configuration: start it with none of them.
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^OUTPOST_' || true)
+
+say() { printf '[figure2 %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { say "FAIL: $*"; exit 1; }
+
+[[ $(id -u) -eq 0 ]] || { say "needs root (network namespaces)"; exit 2; }
+command -v ip >/dev/null || { say "needs iproute2 (ip)"; exit 2; }
+command -v dnsmasq >/dev/null || { say "needs dnsmasq"; exit 2; }
+[[ -x "$BIN" ]] || { say "no outpost binary at $BIN (set OUTPOST_BIN)"; exit 2; }
+PY="$(python3 -c 'import sys; print(sys.executable)')"
+"$PY" -c 'import slixmpp, aiodns' 2>/dev/null || { say "needs slixmpp and aiodns (python3)"; exit 2; }
+CLIENTS="$here/figure2_clients.py"
+
+S1="op-f1-$$"
+S2="op-f2-$$"
+HUB="op-fh-$$"
+NAMESPACES=("$S1" "$S2" "$HUB")
+SITE1=10.203.1.2
+SITE2=10.203.2.2
+HUB1=10.203.1.1 # the hub, as site 1 sees it
+HUB2=10.203.2.1 # the hub, as site 2 sees it
+PIDS=()
+WORK="$(mktemp -d /tmp/op-figure2.XXXXXX)"
+
+ns_exists() { ip netns list 2>/dev/null | awk '{ print $1 }' | grep -qx -- "$1"; }
+
+cleanup() {
+    local rc=$? pid ns deadline
+    set +e
+    trap - EXIT INT TERM
+    if [[ $rc -ne 0 ]]; then
+        for f in "$WORK"/*/outpost.log "$WORK"/*.out; do
+            [[ -f $f ]] && { say "---- last lines of $f ----"; tail -n 30 "$f"; }
+        done
+    fi
+    local victims=("${PIDS[@]}")
+    for ns in "${NAMESPACES[@]}"; do
+        ns_exists "$ns" && victims+=($(ip netns pids "$ns" 2>/dev/null))
+    done
+    for pid in "${victims[@]}"; do kill "$pid" 2>/dev/null; done
+    deadline=$((SECONDS + 5))
+    for pid in "${victims[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+    done
+    wait 2>/dev/null
+    for ns in "${NAMESPACES[@]}"; do
+        ns_exists "$ns" && ip netns del "$ns"
+        rm -rf "/etc/netns/$ns"
+    done
+    if [[ $KEEP == 1 ]]; then say "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+    [[ $rc -eq 0 ]] && say "PASS" || say "FAILED (exit $rc)"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# wait_until SECS DESCRIPTION CMD...: polls CMD until it succeeds or the deadline passes.
+wait_until() {
+    local secs=$1 what=$2
+    shift 2
+    local deadline=$(($(date +%s%N) + secs * 1000000000))
+    until "$@"; do
+        (($(date +%s%N) < deadline)) || die "timed out after ${secs}s waiting for $what"
+        sleep 0.1 # polling interval
+    done
+}
+
+# ---------------------------------------------------------------- topology
+say "building namespaces $S1, $HUB, $S2"
+for ns in "${NAMESPACES[@]}"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+done
+ip netns exec "$HUB" sysctl -qw net.ipv4.ip_forward=1
+for n in 1 2; do
+    site="op-f$n-$$"
+    ip link add eth0 netns "$site" type veth peer name "s$n" netns "$HUB"
+    ip -n "$HUB" addr add "10.203.$n.1/24" dev "s$n"
+    ip -n "$HUB" link set "s$n" up
+    ip -n "$site" addr add "10.203.$n.2/24" dev eth0
+    ip -n "$site" link set eth0 up
+    ip -n "$site" route add default via "10.203.$n.1"
+done
+
+# DNS for site 1's clients: the site first, the hub second (`ip netns exec` gives the
+# namespace /etc/netns/<ns>/resolv.conf as its /etc/resolv.conf).
+mkdir -p "/etc/netns/$S1"
+echo "nameserver 127.0.0.1" >"/etc/netns/$S1/resolv.conf"
+cat >"$WORK/dnsmasq.conf" <<EOF
+no-resolv
+no-hosts
+listen-address=127.0.0.1
+bind-interfaces
+srv-host=_xmpp-client._tcp.site1.test,site1.test,5222,10
+srv-host=_xmpp-client._tcp.site1.test,hub.test,5222,20
+host-record=site1.test,$SITE1
+host-record=hub.test,$HUB1
+host-record=site2.test,$SITE2
+EOF
+ip netns exec "$S1" dnsmasq --conf-file="$WORK/dnsmasq.conf" --pid-file="$WORK/dnsmasq.pid" \
+    --keep-in-foreground --log-queries --log-facility="$WORK/dnsmasq.log" &
+PIDS+=($!)
+
+# ---------------------------------------------------------------- servers
+write_config() { # write_config NAME ROLE DOMAIN C2S S2S EXTRA PEERS...
+    local name=$1 role=$2 domain=$3 c2s=$4 s2s=$5 extra=$6
+    shift 6
+    mkdir -p "$WORK/$name"
+    {
+        cat <<EOF
+role = "$role"
+domains = ["$domain"]
+data_dir = "$WORK/$name/data"
+
+[listen]
+c2s = ["$c2s:5222"]
+c2s_tls = []
+proxy65 = []
+https = []
+s2s = ["$s2s:5269"]
+
+[log]
+level = "info"
+
+[federation]
+enabled = true
+require_tls = true
+probe_interval_secs = 2
+srv_lookup = false
+$extra
+
+[federation.peers]
+EOF
+        printf '%s\n' "$@"
+    } >"$WORK/$name/outpost.toml"
+}
+write_config site1 site site1.test "$SITE1" "$SITE1" 'hub = "hub.test"' \
+    "\"hub.test\" = \"$HUB1:5269\"" "\"site2.test\" = \"$SITE2:5269\""
+write_config site2 site site2.test "$SITE2" "$SITE2" 'hub = "hub.test"' \
+    "\"hub.test\" = \"$HUB2:5269\"" "\"site1.test\" = \"$SITE1:5269\""
+write_config hub hub hub.test 0.0.0.0 0.0.0.0 'relay_for = ["site1.test", "site2.test"]' \
+    "\"site1.test\" = \"$SITE1:5269\"" "\"site2.test\" = \"$SITE2:5269\""
+
+declare -A NS_OF=([site1]="$S1" [site2]="$S2" [hub]="$HUB")
+declare -A PID_OF=()
+listening() { grep -c '^listening c2s' "$WORK/$1/outpost.stdout" 2>/dev/null || true; }
+listening_more() { [[ $(listening "$1") -gt $2 ]]; }
+start() { # start NAME: runs the server in its namespace and waits for its listeners
+    local name=$1 before
+    before=$(listening "$name")
+    ip netns exec "${NS_OF[$name]}" "$BIN" serve --config "$WORK/$name/outpost.toml" \
+        >>"$WORK/$name/outpost.stdout" 2>>"$WORK/$name/outpost.log" &
+    PID_OF[$name]=$!
+    PIDS+=($!)
+    wait_until 20 "$name listening" listening_more "$name" "${before:-0}"
+}
+
+for name in hub site1 site2; do start "$name"; done
+say "hub.test, site1.test and site2.test are up"
+
+add_user() { # add_user NAME JID PASSWORD
+    printf '%s\n' "$3" | "$BIN" user add "$2" --password-stdin \
+        --config "$WORK/$1/outpost.toml" >/dev/null
+}
+add_user site1 alice@site1.test alice-password
+add_user site1 bob@site1.test bob-password
+add_user site2 carol@site2.test carol-password
+
+# The clients trust each server's generated certificate; the hub's names both sites too.
+CAS=()
+for name in site1 site2 hub; do CAS+=(--cafile "$WORK/$name/data/tls/cert.pem"); done
+
+in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+in_ns "$S2" "$PY" "$CLIENTS" carol "${CAS[@]}" --host "$SITE2" --log "$WORK/carol.log" \
+    --send-when "$WORK/site1-killed" >"$WORK/carol.out" 2>&1 &
+PIDS+=($!)
+
+say "alice and bob, at site 1, befriend each other and carol"
+in_ns "$S1" "$PY" "$CLIENTS" setup "${CAS[@]}" >"$WORK/setup.out" 2>&1 ||
+    { cat "$WORK/setup.out"; die "setting up the rosters failed"; }
+
+caught_up() {
+    local head position
+    head=$("$BIN" admin replication --json --config "$WORK/site1/outpost.toml" |
+        "$PY" -c 'import json,sys; v=json.load(sys.stdin); print(v["head"] if v["lag"] == 0 else -1)')
+    position=$("$BIN" admin replication --json --config "$WORK/hub/outpost.toml" |
+        "$PY" -c 'import json,sys; print([s for s in json.load(sys.stdin)["sites"] if s["domain"] == "site1.test"][0]["position"])')
+    [[ $head -gt 0 && $position -ge $head ]]
+}
+wait_until 20 "the hub to hold site 1's directory" caught_up
+say "the hub holds site 1's directory"
+
+# ---------------------------------------------------------------- (a) kill -9 site 1
+kill -9 "${PID_OF[site1]}"
+wait "${PID_OF[site1]}" 2>/dev/null || true
+touch "$WORK/site1-killed"
+say "site 1's server killed (SIGKILL); carol writes to alice"
+
+in_ns "$S1" "$PY" "$CLIENTS" failover "${CAS[@]}" --hub "$HUB1" --site "$SITE1" \
+    --ready "$WORK/at-hub" --log "$WORK/received.json" >"$WORK/failover.out" 2>&1 &
+FAILOVER=$!
+PIDS+=($FAILOVER)
+at_hub() {
+    kill -0 "$FAILOVER" 2>/dev/null || { cat "$WORK/failover.out"; die "the clients gave up"; }
+    [[ -f $WORK/at-hub ]]
+}
+wait_until 60 "alice and bob at the hub" at_hub
+cat "$WORK/failover.out" >&2
+SHOWN=$(wc -l <"$WORK/failover.out")
+
+say "site 1 restarts"
+start site1
+wait "$FAILOVER" || { cat "$WORK/failover.out"; die "alice and bob were not brought home"; }
+tail -n +"$((SHOWN + 1))" "$WORK/failover.out" >&2
+grep -q '"body": "hello from the hub"' "$WORK/carol.log" ||
+    die "carol never got alice's message from the hub"
+grep -q 'query\[SRV\] _xmpp-client._tcp.site1.test' "$WORK/dnsmasq.log" ||
+    die "the clients never asked DNS for site 1's SRV records"
+say "RESULT: site 1 killed; alice and bob logged in at the hub through DNS, chatted with each other and with carol; site 1 came back, they were sent home and got carol's message from the outage, each message once"

@@ -1,0 +1,201 @@
+"""slixmpp clients for tests/netns/figure2.sh: real XMPP clients that find their server
+through DNS (SRV records served by dnsmasq in their namespace, resolved by slixmpp with
+aiodns), fail over to the next record when it does not answer, and follow
+<see-other-host/> home. Every wait has a deadline; nothing sleeps to let things settle.
+
+    figure2_clients.py carol    --jid J --password P --host IP --log FILE --send-when FILE
+    figure2_clients.py setup    --cafile PEM...
+    figure2_clients.py failover --cafile PEM... --ready FILE --log FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+import time
+
+import slixmpp
+
+ALICE, BOB, CAROL = "alice@site1.test", "bob@site1.test", "carol@site2.test"
+PASSWORDS = {ALICE: "alice-password", BOB: "bob-password", CAROL: "carol-password"}
+LOGIN_LIMIT = 5.0  # seconds from the site's death to a session at the hub
+WAIT = 30.0
+
+
+def say(*args) -> None:
+    print(f"[clients {time.strftime('%H:%M:%S')}]", *args, file=sys.stderr, flush=True)
+
+
+class Client(slixmpp.ClientXMPP):
+    """One account; records messages and which server it is connected to."""
+
+    def __init__(self, jid: str, cafiles: list[str]):
+        super().__init__(jid, PASSWORDS[jid])
+        self.register_plugin("xep_0030")
+        self.register_plugin("xep_0199")
+        self.roster.auto_authorize = True
+        self.roster.auto_subscribe = True
+        ctx = ssl.create_default_context()
+        for cafile in cafiles:
+            ctx.load_verify_locations(cafile)
+        self.ssl_context = ctx
+        self.messages: list[tuple[str, str]] = []
+        self.sessions: list[str] = []  # the server address of each session, in order
+        self.redirects: list[str] = []
+        self._changed = asyncio.Event()
+        self.add_event_handler("session_start", self._on_session)
+        self.add_event_handler("message", self._on_message)
+        self.add_event_handler("stream_error", self._on_stream_error)
+        self.add_event_handler("roster_update", lambda _: self._changed.set())
+        self.add_event_handler("changed_subscription", lambda _: self._changed.set())
+
+    async def _on_session(self, _event) -> None:
+        peer = self.transport.get_extra_info("peername")[0]
+        self.sessions.append(peer)
+        self.send_presence()
+        await self.get_roster()
+        self._changed.set()
+
+    def _on_message(self, msg) -> None:
+        if msg["type"] in ("chat", "normal") and msg["body"]:
+            self.messages.append((msg["from"].bare, msg["body"]))
+            self._changed.set()
+
+    def _on_stream_error(self, error) -> None:
+        if error["condition"] == "see-other-host":
+            self.redirects.append(error["see_other_host"])
+            self._changed.set()
+
+    async def until(self, what: str, cond, limit: float = WAIT) -> None:
+        deadline = time.monotonic() + limit
+        while not cond():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SystemExit(f"{self.boundjid.bare}: timed out waiting for {what}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+            except asyncio.TimeoutError:
+                pass  # look again: some changes (a subscription state) raise no event
+
+    def subscribed(self, contact: str) -> bool:
+        item = self.client_roster[contact] if contact in self.client_roster else None
+        return item is not None and item["subscription"] == "both"
+
+    def got(self, sender: str, body: str) -> int:
+        return self.messages.count((sender, body))
+
+
+async def start(client: Client, host: str | None = None) -> None:
+    """Connects (through DNS unless `host` is given) and waits for the session."""
+    if host:
+        client.connect(host=host, port=5222)
+    else:
+        client.connect()
+    await client.until("a session", lambda: client.sessions)
+
+
+async def carol(args) -> None:
+    """carol at site2: approves subscriptions, answers alice, and sends her a message while
+    her site is dead (when `--send-when` appears)."""
+    c = Client(CAROL, args.cafile)
+    answered: set[str] = set()
+    sent = False
+    await start(c, args.host)
+    with open(args.log, "a") as log:
+        while True:
+            for sender, body in c.messages:
+                if sender == ALICE and body not in answered:
+                    answered.add(body)
+                    log.write(json.dumps({"from": sender, "body": body}) + "\n")
+                    log.flush()
+                    c.send_message(mto=ALICE, mbody=f"re: {body}", mtype="chat")
+            if not sent and os.path.exists(args.send_when):
+                c.send_message(mto=ALICE, mbody="meanwhile, from carol", mtype="chat")
+                sent = True
+            c._changed.clear()
+            try:
+                await asyncio.wait_for(c._changed.wait(), 0.2)
+            except asyncio.TimeoutError:
+                pass
+
+
+async def setup(args) -> None:
+    """alice and bob log in at their site, befriend each other and carol."""
+    alice, bob = Client(ALICE, args.cafile), Client(BOB, args.cafile)
+    await asyncio.gather(start(alice), start(bob))
+    alice.send_presence(pto=BOB, ptype="subscribe")
+    alice.send_presence(pto=CAROL, ptype="subscribe")
+    await alice.until("bob and carol both ways", lambda: alice.subscribed(BOB) and alice.subscribed(CAROL))
+    await bob.until("alice both ways", lambda: bob.subscribed(ALICE))
+    say("alice's roster:", sorted(alice.client_roster.keys()))
+    for c in (alice, bob):
+        c.disconnect()
+
+
+async def failover(args) -> None:
+    """With site1 dead: alice and bob reach the hub through the next SRV record within
+    LOGIN_LIMIT, find their rosters, chat with each other and with carol; then, when site1
+    is back, are sent home and find what carol sent meanwhile, each message once."""
+    t0 = time.monotonic()
+    alice, bob = Client(ALICE, args.cafile), Client(BOB, args.cafile)
+    await asyncio.gather(start(alice), start(bob))
+    took = time.monotonic() - t0
+    say(f"at the hub after {took:.2f} s: alice on {alice.sessions[0]}, bob on {bob.sessions[0]}")
+    if took > LOGIN_LIMIT:
+        raise SystemExit(f"logging in at the hub took {took:.2f} s, more than {LOGIN_LIMIT}")
+    if alice.sessions[0] != args.hub or bob.sessions[0] != args.hub:
+        raise SystemExit(f"not at the hub ({args.hub}): {alice.sessions} {bob.sessions}")
+    for contact in (BOB, CAROL):
+        if not alice.subscribed(contact):
+            raise SystemExit(f"alice's roster at the hub lacks {contact}: {dict(alice.client_roster)}")
+
+    alice.send_message(mto=BOB, mbody="from alice at the hub", mtype="chat")
+    bob.send_message(mto=ALICE, mbody="from bob at the hub", mtype="chat")
+    alice.send_message(mto=CAROL, mbody="hello from the hub", mtype="chat")
+    await bob.until("alice's message", lambda: bob.got(ALICE, "from alice at the hub"))
+    await alice.until("bob's message", lambda: alice.got(BOB, "from bob at the hub"))
+    await alice.until("carol's answer", lambda: alice.got(CAROL, "re: hello from the hub"))
+    say("chat at the hub works: alice ↔ bob, alice ↔ carol")
+    open(args.ready, "w").close()
+
+    # The script restarts site1; the hub sends both home.
+    for c in (alice, bob):
+        await c.until("a new session at home", lambda c=c: len(c.sessions) >= 2, limit=90)
+    say(f"home again: alice on {alice.sessions[-1]} (sent to {alice.redirects}), bob on {bob.sessions[-1]}")
+    for c in (alice, bob):
+        if c.sessions[-1] != args.site or "site1.test" not in c.redirects:
+            raise SystemExit(f"{c.boundjid.bare} not sent home: {c.sessions} {c.redirects}")
+    await alice.until("carol's message from the outage", lambda: alice.got(CAROL, "meanwhile, from carol"))
+    with open(args.log, "w") as log:
+        json.dump({"alice": alice.messages, "bob": bob.messages}, log)
+    for c in (alice, bob):
+        dupes = [m for m in set(c.messages) if c.messages.count(m) > 1]
+        if dupes:
+            raise SystemExit(f"{c.boundjid.bare} got messages twice: {dupes}")
+    say("nothing lost, nothing twice")
+    for c in (alice, bob):
+        c.disconnect()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["carol", "setup", "failover"])
+    p.add_argument("--cafile", action="append", default=[])
+    p.add_argument("--host")
+    p.add_argument("--hub", default="")
+    p.add_argument("--site", default="")
+    p.add_argument("--log", default="/dev/null")
+    p.add_argument("--send-when", default="")
+    p.add_argument("--ready", default="")
+    args = p.parse_args()
+    run = {"carol": carol, "setup": setup, "failover": failover}[args.mode]
+    asyncio.run(asyncio.wait_for(run(args), None if args.mode == "carol" else 180))
+
+
+if __name__ == "__main__":
+    main()
