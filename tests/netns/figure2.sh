@@ -11,15 +11,23 @@
 # carol; what carol sent alice right after the kill arrives. Site 1 restarts and catches up,
 # the hub sends alice and bob home (<see-other-host/>), and nothing was lost or duplicated.
 #
+# Scenario (d): site 1 is stopped and DIRECTORY_ACCOUNTS accounts with DIRECTORY_CONTACTS
+# contacts each are written into its database (its triggers log them); it starts again and
+# ships them, and the hub is killed with SIGKILL half-way. Restarted, it must end with
+# exactly the site's directory.
+#
 # Needs root, iproute2, dnsmasq and python3 with slixmpp and aiodns (tests/interop/run.sh
 # installs them). The namespaces and /etc/netns entries it makes are removed at the end.
 # Env: OUTPOST_BIN        the outpost binary (default $CARGO_TARGET_DIR/debug/outpost)
+#      DIRECTORY_ACCOUNTS, DIRECTORY_CONTACTS   the directory of scenario (d) (1000 × 40)
 #      FIGURE2_KEEP=1     keep the work directory (configs, logs) after the run
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BIN="${OUTPOST_BIN:-${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}/debug/outpost}"
 KEEP="${FIGURE2_KEEP:-0}"
+ACCOUNTS="${DIRECTORY_ACCOUNTS:-1000}"
+CONTACTS="${DIRECTORY_CONTACTS:-40}"
 # Outpost reads OUTPOST_* variables as configuration: start it with none of them.
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^OUTPOST_' || true)
 
@@ -243,3 +251,51 @@ grep -q '"body": "hello from the hub"' "$WORK/carol.log" ||
 grep -q 'query\[SRV\] _xmpp-client._tcp.site1.test' "$WORK/dnsmasq.log" ||
     die "the clients never asked DNS for site 1's SRV records"
 say "RESULT: site 1 killed; alice and bob logged in at the hub through DNS, chatted with each other and with carol; site 1 came back, they were sent home and got carol's message from the outage, each message once"
+
+# ---------------------------------------------------------------- (d) kill -9 the hub mid-way
+say "site 1 stops; $ACCOUNTS accounts × $CONTACTS contacts are written into its database"
+kill "${PID_OF[site1]}"
+wait "${PID_OF[site1]}" 2>/dev/null || true
+"$PY" - "$WORK/site1/data/outpost.db" "$ACCOUNTS" "$CONTACTS" <<'PY'
+import os, sqlite3, sys
+path, accounts, contacts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+db = sqlite3.connect(path)
+jid = lambda i: f"user{i}@site1.test"
+with db:
+    db.executemany("INSERT INTO accounts VALUES (?, ?, 4096, ?, ?, ?, 4096, ?, ?)",
+                   ((jid(i), os.urandom(16), os.urandom(20), os.urandom(20), os.urandom(16),
+                     os.urandom(32), os.urandom(32)) for i in range(accounts)))
+    db.executemany("INSERT INTO roster_items (owner, contact, name, subscription, ask, approved) "
+                   "VALUES (?, ?, ?, 'both', 0, 0)",
+                   ((jid(i), jid((i + k) % accounts), f"c{k}") for i in range(accounts)
+                    for k in range(1, contacts + 1)))
+PY
+hub_position() {
+    "$BIN" admin replication --json --config "$WORK/hub/outpost.toml" |
+        "$PY" -c 'import json,sys; print([s for s in json.load(sys.stdin)["sites"] if s["domain"] == "site1.test"][0]["position"])'
+}
+BEFORE=$(hub_position)
+start site1
+moved() { [[ $(hub_position) -gt $BEFORE ]]; }
+wait_until 30 "the hub to take the first batch" moved
+kill -9 "${PID_OF[hub]}"
+wait "${PID_OF[hub]}" 2>/dev/null || true
+say "the hub killed (SIGKILL) at position $(hub_position), with $BEFORE before the new entries"
+caught_up && die "the hub had everything before it was killed: make the directory bigger"
+start hub
+wait_until 120 "the restarted hub to catch up" caught_up
+count() { # count DB SQL
+    "$PY" -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])' "$1" "$2"
+}
+for table in "accounts WHERE jid" "roster_items WHERE owner"; do
+    sql="SELECT COUNT(*) FROM $table LIKE '%@site1.test'"
+    at_site=$(count "$WORK/site1/data/outpost.db" "$sql")
+    at_hub=$(count "$WORK/hub/data/outpost.db" "$sql")
+    [[ $at_site == "$at_hub" ]] || die "$table: $at_site at the site, $at_hub at the hub"
+    say "${table%% *}: $at_site at the site and at the hub"
+done
+snapshots=$("$BIN" admin replication --json --config "$WORK/hub/outpost.toml" |
+    "$PY" -c 'import json,sys; print([s for s in json.load(sys.stdin)["sites"] if s["domain"] == "site1.test"][0]["snapshots"])')
+[[ $snapshots == 1 ]] || die "the hub took $snapshots snapshots: it should have resumed from its position"
+say "RESULT: the hub, killed half-way through $((ACCOUNTS * (CONTACTS + 1))) records, resumed and holds exactly the site's directory"
+
