@@ -11,6 +11,11 @@
 # carol; what carol sent alice right after the kill arrives. Site 1 restarts and catches up,
 # the hub sends alice and bob home (<see-other-host/>), and nothing was lost or duplicated.
 #
+# Scenario (c): site 1 is cut off from the WAN (its cable at the hub pulled) while its LAN
+# works. alice, away, logs in at the hub (which cannot reach the site) with her password;
+# on the LAN she changes it at the site. After the heal the hub catches up; cut off again,
+# the hub refuses the old password and takes the new one.
+#
 # Scenario (d): site 1 is stopped and DIRECTORY_ACCOUNTS accounts with DIRECTORY_CONTACTS
 # contacts each are written into its database (its triggers log them); it starts again and
 # ships them, and the hub is killed with SIGKILL half-way. Restarted, it must end with
@@ -251,6 +256,27 @@ grep -q '"body": "hello from the hub"' "$WORK/carol.log" ||
 grep -q 'query\[SRV\] _xmpp-client._tcp.site1.test' "$WORK/dnsmasq.log" ||
     die "the clients never asked DNS for site 1's SRV records"
 say "RESULT: site 1 killed; alice and bob logged in at the hub through DNS, chatted with each other and with carol; site 1 came back, they were sent home and got carol's message from the outage, each message once"
+
+# ---------------------------------------------------------------- (c) a new password during a partition
+# The cable between site 1 and the WAN (the hub's end of it): nothing passes, the hub's own
+# address included, while site 1's LAN (its namespace) works.
+cut_site1() { ip -n "$HUB" link set s1 down; }
+heal_site1() { ip -n "$HUB" link set s1 up; }
+away() { in_ns "$HUB" "$PY" "$CLIENTS" "$@" "${CAS[@]}" --jid alice@site1.test --host "$HUB1"; }
+cut_site1
+say "site 1 cut off from the WAN"
+away login --password alice-password --expect ok || die "alice could not log in at the hub"
+in_ns "$S1" "$PY" "$CLIENTS" passwd "${CAS[@]}" --jid alice@site1.test --host "$SITE1" \
+    --password alice-password --new alice-new-password || die "the password change at the site failed"
+heal_site1
+say "healed; waiting for the hub to catch up"
+wait_until 60 "the hub to catch up after the heal" caught_up
+cut_site1
+say "site 1 cut off again"
+away login --password alice-password --expect refused || die "the old password still works at the hub"
+away login --password alice-new-password --expect ok || die "the new password does not work at the hub"
+heal_site1
+say "RESULT: the password changed at the site during the partition is the only one the hub takes after it"
 
 # ---------------------------------------------------------------- (d) kill -9 the hub mid-way
 say "site 1 stops; $ACCOUNTS accounts × $CONTACTS contacts are written into its database"

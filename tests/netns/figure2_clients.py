@@ -6,6 +6,8 @@ aiodns), fail over to the next record when it does not answer, and follow
     figure2_clients.py carol    --jid J --password P --host IP --log FILE --send-when FILE
     figure2_clients.py setup    --cafile PEM...
     figure2_clients.py failover --cafile PEM... --ready FILE --log FILE
+    figure2_clients.py login    --cafile PEM... --jid J --password P --host IP --expect ok|refused
+    figure2_clients.py passwd   --cafile PEM... --jid J --password P --new P2 --host IP
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ def say(*args) -> None:
 class Client(slixmpp.ClientXMPP):
     """One account; records messages and which server it is connected to."""
 
-    def __init__(self, jid: str, cafiles: list[str]):
-        super().__init__(jid, PASSWORDS[jid])
+    def __init__(self, jid: str, cafiles: list[str], password: str | None = None):
+        super().__init__(jid, password or PASSWORDS[jid])
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0199")
         self.roster.auto_authorize = True
@@ -47,6 +49,8 @@ class Client(slixmpp.ClientXMPP):
         self.sessions: list[str] = []  # the server address of each session, in order
         self.redirects: list[str] = []
         self._changed = asyncio.Event()
+        self.refused: list[str] = []
+        self.add_event_handler("failed_auth", lambda _: self._refuse("failed_auth"))
         self.add_event_handler("session_start", self._on_session)
         self.add_event_handler("message", self._on_message)
         self.add_event_handler("stream_error", self._on_stream_error)
@@ -58,6 +62,10 @@ class Client(slixmpp.ClientXMPP):
         self.sessions.append(peer)
         self.send_presence()
         await self.get_roster()
+        self._changed.set()
+
+    def _refuse(self, why: str) -> None:
+        self.refused.append(why)
         self._changed.set()
 
     def _on_message(self, msg) -> None:
@@ -182,9 +190,36 @@ async def failover(args) -> None:
         c.disconnect()
 
 
+async def login(args) -> None:
+    """Logs in at `--host` with `--password`: it must succeed (`ok`) or be refused."""
+    c = Client(args.jid, args.cafile, args.password)
+    c.connect(host=args.host, port=5222)
+    await c.until("a session or a refusal", lambda: c.sessions or c.refused)
+    got = "ok" if c.sessions else "refused"
+    say(f"{args.jid} logging in at {args.host}: {got}")
+    if got != args.expect:
+        raise SystemExit(f"{args.jid} at {args.host}: {got}, expected {args.expect}")
+    c.disconnect()
+
+
+async def passwd(args) -> None:
+    """Changes the account's password (XEP-0077) at `--host`."""
+    c = Client(args.jid, args.cafile, args.password)
+    c.register_plugin("xep_0077")
+    c.connect(host=args.host, port=5222)
+    await c.until("a session", lambda: c.sessions)
+    await c["xep_0077"].change_password(args.new)
+    say(f"{args.jid} changed the password at {args.host}")
+    c.disconnect()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["carol", "setup", "failover"])
+    p.add_argument("mode", choices=["carol", "setup", "failover", "login", "passwd"])
+    p.add_argument("--jid")
+    p.add_argument("--password")
+    p.add_argument("--new")
+    p.add_argument("--expect", choices=["ok", "refused"], default="ok")
     p.add_argument("--cafile", action="append", default=[])
     p.add_argument("--host")
     p.add_argument("--hub", default="")
@@ -193,7 +228,8 @@ def main() -> None:
     p.add_argument("--send-when", default="")
     p.add_argument("--ready", default="")
     args = p.parse_args()
-    run = {"carol": carol, "setup": setup, "failover": failover}[args.mode]
+    run = {"carol": carol, "setup": setup, "failover": failover, "login": login,
+           "passwd": passwd}[args.mode]
     asyncio.run(asyncio.wait_for(run(args), None if args.mode == "carol" else 180))
 
 

@@ -804,7 +804,11 @@ impl Delivery {
             }
             return;
         }
-        if self.is_local(to.domain().as_str()) {
+        let domain = to.domain().as_str();
+        // A site stood in for is local for its users, but its server is still the site:
+        // what is addressed to the domain itself (replication answers) goes there.
+        let to_site_server = to.node().is_none() && !self.is_home(domain);
+        if self.is_local(domain) && !to_site_server {
             if to.node().is_none() && matches!(el.attr("type"), Some("result" | "error")) {
                 // Our own error about a request of ours that could not leave.
                 self.request_answered(&el);

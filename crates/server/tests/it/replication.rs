@@ -363,13 +363,23 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
         .await;
     assert_eq!(body(&got).as_deref(), Some("at the hub"));
 
-    // The site comes back and catches up: its users' sessions at the hub are sent home.
+    // While it was down, its operator made an account (straight into its store): the site
+    // comes back with more than the hub has, so the hub answers its replication while it
+    // still stands in for it, and sends the sessions home once it has caught up.
+    let offline = outpost_store::SqliteStore::open(&a.dir.path().join("outpost.db"))
+        .await
+        .expect("the site's store");
+    outpost_server::accounts::add_user(&offline, "dave@a.test", "password-of-dave", 4096)
+        .await
+        .expect("add dave");
+    outpost_store::Store::close(&offline).await;
     a.restart().await;
     point(&a, &hub);
     meet(&a, &c);
     assert!(alice.saw_see_other_host("a.test").await);
     assert!(bob.saw_see_other_host("a.test").await);
     assert!(handle(&hub).standby().is_empty());
+    assert!(hub.store.account_exists("dave@a.test").await.unwrap());
     sent_home(&hub, "alice", "a.test", "wonderland", "a.test").await;
 }
 
