@@ -314,7 +314,7 @@ impl Delivery {
     }
 
     /// Our first configured domain: the one our links to other servers speak for.
-    fn home_domain(&self) -> String {
+    pub(crate) fn home_domain(&self) -> String {
         let domains = self.domains.read().unwrap_or_else(|p| p.into_inner());
         domains.first().cloned().unwrap_or_default()
     }

@@ -527,6 +527,9 @@ async fn start_replication(
         .hub
         .as_ref()
         .filter(|_| config.role == config::Role::Site && f.enabled && f.replicate);
+    if config.role == config::Role::Hub {
+        replication::hand_back_to_sites(delivery, tasks, shutdown);
+    }
     if let (Some(hub), Some(local)) = (hub, config.domains.first()) {
         let status = replication::SharedStatus::default();
         status.lock().unwrap_or_else(|p| p.into_inner()).hub = hub.clone();

@@ -12,11 +12,15 @@
 use std::collections::HashSet;
 use std::sync::RwLock;
 
+use tokio::sync::Notify;
+
 /// The sites a hub can stand in for, and those it stands in for now.
 #[derive(Default)]
 pub(crate) struct Standby {
     sites: Vec<String>,
     active: RwLock<HashSet<String>>,
+    /// Told when a standby ends (what the hub stored meanwhile goes back to the site).
+    ended: Notify,
 }
 
 impl Standby {
@@ -24,6 +28,7 @@ impl Standby {
         Standby {
             sites,
             active: RwLock::default(),
+            ended: Notify::new(),
         }
     }
 
@@ -54,7 +59,16 @@ impl Standby {
 
     /// Stops standing in for `domain`; returns whether it had.
     pub(crate) fn stop(&self, domain: &str) -> bool {
-        self.write().remove(domain)
+        let stopped = self.write().remove(domain);
+        if stopped {
+            self.ended.notify_waiters();
+        }
+        stopped
+    }
+
+    /// What tells of a standby that ended.
+    pub(crate) fn ended(&self) -> &Notify {
+        &self.ended
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<String>> {

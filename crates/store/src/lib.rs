@@ -746,6 +746,18 @@ pub trait Store: Send + Sync + 'static {
     async fn repl_apply(&self, _batch: &ReplBatch<'_>) -> Result<(bool, ReplOrigin)> {
         Err(StoreError::Unsupported("replication"))
     }
+    /// The accounts of `domain` with messages in their offline queue, sorted (a hub hands
+    /// what it stored for a site's users during standby back to the site).
+    async fn offline_owners(&self, domain: &str) -> Result<Vec<String>> {
+        let mut owners = Vec::new();
+        for account in self.list_accounts().await? {
+            let of_domain = account.rsplit_once('@').is_some_and(|(_, d)| d == domain);
+            if of_domain && self.count_offline(&account).await? > 0 {
+                owners.push(account);
+            }
+        }
+        Ok(owners)
+    }
     /// On a hub: where its replica of `domain` stands (a default, position 0, if none).
     async fn repl_origin(&self, _domain: &str) -> Result<ReplOrigin> {
         Err(StoreError::Unsupported("replication"))

@@ -14,7 +14,10 @@
 //! The log is the durable queue of replication (the outbox would store each record a
 //! second time); it keeps each entry until the hub has acknowledged it.
 
+mod handback;
 mod wire;
+
+pub(crate) use handback::{is_handback, take_back};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,9 +63,23 @@ pub struct ReplicationStatus {
 /// The shipper's status, shared with the server's handle.
 pub(crate) type SharedStatus = Arc<Mutex<ReplicationStatus>>;
 
-/// Whether an IQ carries replication.
+/// On a hub: hands back to each site what was stored for its users while the hub stood in
+/// for it (see `handback`), until shutdown.
+pub(crate) fn hand_back_to_sites(
+    d: &Arc<Delivery>,
+    tasks: &crate::tasks::Tasks,
+    shutdown: &CancellationToken,
+) {
+    for site in d.standby().sites() {
+        tasks.spawn(handback::run(d.clone(), site.clone(), shutdown.clone()));
+    }
+}
+
+/// Whether an IQ carries replication (a get or set; answers go to their request).
 pub(crate) fn is_sync(el: &Element) -> bool {
-    el.name() == "iq" && stanza::iq_payload(el).is_some_and(|p| p.is("sync", wire::NS))
+    el.name() == "iq"
+        && matches!(el.attr("type"), Some("get" | "set"))
+        && stanza::iq_payload(el).is_some_and(|p| p.is("sync", wire::NS))
 }
 
 /// Runs a site's shipper until shutdown: replicates the directory of `local` to `hub`.

@@ -248,6 +248,11 @@ impl Federation {
         }
     }
 
+    /// This server's hub (`federation.hub`).
+    pub(crate) fn hub(&self) -> Option<&str> {
+        self.env.config.hub.as_deref()
+    }
+
     /// On a hub: the sites it keeps a replica of (`None` on a site).
     pub(crate) fn replica_sites(&self) -> Option<&[String]> {
         self.replica_sites.as_deref()

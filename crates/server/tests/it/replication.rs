@@ -363,6 +363,17 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
         .await;
     assert_eq!(body(&got).as_deref(), Some("at the hub"));
 
+    // bob leaves the hub; what carol sends him now waits there, in his offline queue.
+    bob.close().await;
+    carol.send(&chat("bob@a.test", "while you were away")).await;
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        match hub.store.count_offline("bob@a.test").await.expect("count") {
+            1 => Ok(()),
+            n => Err(format!("{n} messages for bob at the hub")),
+        }
+    })
+    .await;
+
     // While it was down, its operator made an account (straight into its store): the site
     // comes back with more than the hub has, so the hub answers its replication while it
     // still stands in for it, and sends the sessions home once it has caught up.
@@ -377,10 +388,30 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
     point(&a, &hub);
     meet(&a, &c);
     assert!(alice.saw_see_other_host("a.test").await);
-    assert!(bob.saw_see_other_host("a.test").await);
     assert!(handle(&hub).standby().is_empty());
     assert!(hub.store.account_exists("dave@a.test").await.unwrap());
     sent_home(&hub, "alice", "a.test", "wonderland", "a.test").await;
+
+    // The hub hands bob's message back to his site, where he finds it, once.
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let at_site = a.store.count_offline("bob@a.test").await.expect("count");
+        let at_hub = hub.store.count_offline("bob@a.test").await.expect("count");
+        match (at_site, at_hub) {
+            (1, 0) => Ok(()),
+            seen => Err(format!(
+                "messages for bob at his site and at the hub: {seen:?}"
+            )),
+        }
+    })
+    .await;
+    let mut bob = a.login("bob", "builder", "home").await;
+    bob.available().await;
+    let got = bob
+        .recv_where(|el| is_chat_from(el, "carol@c.test/pc"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("while you were away"));
+    bob.assert_none_before_ping(|el| el.name() == "message", "a second copy")
+        .await;
 }
 
 #[tokio::test]

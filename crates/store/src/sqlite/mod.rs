@@ -1130,6 +1130,16 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn offline_owners(&self, domain: &str) -> Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT owner FROM offline WHERE substr(owner, -length(?1)) = ?1 ORDER BY owner",
+        )
+        .bind(format!("@{domain}"))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)
+    }
+
     async fn repl_activate(&self, on: bool) -> Result<crate::ReplLog> {
         replication::activate(self, on).await
     }

@@ -67,6 +67,7 @@ battery! {
     batch_writes_in_order_within_quotas,
     seen_stanza_ids_batch_records_every_pair,
     prune_seen_forgets_only_old_ids,
+    offline_owners_are_those_of_the_domain_with_messages,
 }
 
 pub(crate) async fn sqlite_store() -> (TempDir, SqliteStore) {
@@ -1949,4 +1950,27 @@ async fn sqlite_open_creates_missing_directories() {
     let store = reopen(&path).await;
     assert!(store.account_exists(ALICE).await.unwrap());
     store.close().await;
+}
+
+async fn offline_owners_are_those_of_the_domain_with_messages(store: &dyn Store) {
+    for user in [ALICE, BOB, CAROL, "dave@example.net"] {
+        store.create_account(user, &creds(1)).await.unwrap();
+    }
+    store.push_offline(BOB, "<message/>", 10).await.unwrap();
+    store.push_offline(ALICE, "<message/>", 10).await.unwrap();
+    store
+        .push_offline("dave@example.net", "<message/>", 10)
+        .await
+        .unwrap();
+    assert_eq!(store.offline_owners(LOCAL).await.unwrap(), [ALICE, BOB]);
+    let up_to = store.offline(ALICE, 10).await.unwrap()[0].id;
+    store.delete_offline(ALICE, up_to).await.unwrap();
+    assert_eq!(store.offline_owners(LOCAL).await.unwrap(), [BOB]);
+    assert!(
+        store
+            .offline_owners("chat.example.org")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
