@@ -286,8 +286,13 @@ impl Delivery {
         if !self.standby.is_site(domain) || self.standby.is_active(domain) {
             return Ok(());
         }
+        let now = std::time::Instant::now();
+        if self.standby.recently_up(domain, now) {
+            return Err(domain.to_owned());
+        }
         let home = self.home_domain();
         if self.remote.reachable(&home, domain).await {
+            self.standby.saw_up(domain, now);
             return Err(domain.to_owned());
         }
         if self.standby.start(domain) {

@@ -9,8 +9,9 @@
 //! (whose links fail over to the hub) and offline storage. Standby ends when the site has
 //! caught up with its replication again; its users' sessions here are then sent home.
 
-use std::collections::HashSet;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -21,7 +22,15 @@ pub(crate) struct Standby {
     active: RwLock<HashSet<String>>,
     /// Told when a standby ends (what the hub stored meanwhile goes back to the site).
     ended: Notify,
+    /// When each site last answered a connection attempt: logins within `SEEN_UP_FOR`
+    /// are sent home without trying again, so a burst of logins is not a burst of
+    /// connection attempts.
+    seen_up: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a site that answered counts as up: a login flood makes at most one connection
+/// attempt a second, and a site that dies is stood in for at most a second later.
+const SEEN_UP_FOR: Duration = Duration::from_secs(1);
 
 impl Standby {
     pub(crate) fn new(sites: Vec<String>) -> Standby {
@@ -29,6 +38,7 @@ impl Standby {
             sites,
             active: RwLock::default(),
             ended: Notify::new(),
+            seen_up: Mutex::default(),
         }
     }
 
@@ -66,6 +76,19 @@ impl Standby {
         stopped
     }
 
+    /// Whether `domain` answered a connection attempt within the last few seconds.
+    pub(crate) fn recently_up(&self, domain: &str, now: Instant) -> bool {
+        let seen = self.seen_up.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(domain)
+            .is_some_and(|at| now.duration_since(*at) < SEEN_UP_FOR)
+    }
+
+    /// `domain` answered a connection attempt at `now`.
+    pub(crate) fn saw_up(&self, domain: &str, now: Instant) {
+        let mut seen = self.seen_up.lock().unwrap_or_else(|p| p.into_inner());
+        seen.insert(domain.to_owned(), now);
+    }
+
     /// What tells of a standby that ended.
     pub(crate) fn ended(&self) -> &Notify {
         &self.ended
@@ -95,5 +118,15 @@ mod tests {
         assert!(s.stop("a.test"));
         assert!(!s.stop("a.test"));
         assert!(!s.is_active("a.test"));
+    }
+
+    #[test]
+    fn a_site_seen_up_counts_as_up_for_a_few_seconds() {
+        let s = Standby::new(vec!["a.test".to_owned()]);
+        let t0 = std::time::Instant::now();
+        assert!(!s.recently_up("a.test", t0));
+        s.saw_up("a.test", t0);
+        assert!(s.recently_up("a.test", t0 + super::SEEN_UP_FOR / 2));
+        assert!(!s.recently_up("a.test", t0 + super::SEEN_UP_FOR));
     }
 }

@@ -725,8 +725,13 @@ pub fn stream_open(host: &str) -> String {
     )
 }
 
-/// The condition of a SASL `<failure/>`.
+/// The condition of a SASL `<failure/>`, or `stream error <condition>` when the server
+/// ended the stream instead (a hub sending the client home with `<see-other-host/>`).
 fn sasl_condition(failure: &Element) -> String {
+    if failure.name() == "error" {
+        let condition = failure.children().next().map_or("", |c| c.name());
+        return format!("stream error {condition}");
+    }
     assert_eq!(
         failure.name(),
         "failure",

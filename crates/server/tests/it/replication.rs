@@ -298,10 +298,21 @@ async fn connect_for(server: &TestServer, domain: &str) -> Client {
     c
 }
 
+/// Logs in at `server` (a hub) for an account of `jid.1`, going again while it sends the
+/// client home, as a client that finds its home dead does: a hub takes a site that answered
+/// within the last second for up.
 async fn login_at(server: &TestServer, jid: (&str, &str), password: &str) -> Client {
-    let mut c = connect_for(server, jid.1).await;
-    c.login_plain(jid.0, password, "hub").await;
-    c
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let mut c = connect_for(server, jid.1).await;
+        match c.auth_plain(jid.0, password).await {
+            Ok(()) => {
+                c.bind("hub").await;
+                Ok(c)
+            }
+            Err(e) => Err(format!("login at the hub: {e}")),
+        }
+    })
+    .await
 }
 
 /// Logging in at `server` as `user@domain` ends with `<see-other-host/>` naming `home`.
