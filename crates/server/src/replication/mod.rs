@@ -284,12 +284,18 @@ impl Shipper {
         }
     }
 
-    /// Cuts a batch to `batch_bytes`, leaving out (and logging) a record too big to
-    /// travel at all; returns the records and the position they reach.
+    /// Cuts a batch to `batch_bytes`, leaving out records of our other domains and (logging
+    /// it) a record too big to travel at all; returns the records and the position they
+    /// reach.
     fn fit(&self, records: Vec<ReplRecord>, upto: i64) -> (Vec<ReplRecord>, i64) {
         let mut size = 0;
         let mut kept = Vec::with_capacity(records.len());
         for r in records {
+            if !homes(&self.local, &r.owner) {
+                // Another domain of this server: its links speak for the first one only,
+                // and the hub takes records of the sender's domain only.
+                continue;
+            }
             let len = wire::record_size(&r);
             if len > self.max_record {
                 warn!(owner = %r.owner, kind = r.kind.as_str(), bytes = len,

@@ -463,3 +463,28 @@ async fn accounts_are_changed_at_home_only() {
     assert_eq!(answer.attr("type"), Some("error"), "{answer:?}");
     assert!(!hub.store.account_exists("eve@a.test").await.unwrap());
 }
+
+#[tokio::test]
+async fn a_site_with_two_domains_replicates_the_first() {
+    let hub = hub(&["a.test"]).await;
+    let a = TestServer::start_with(|c| {
+        federated(c, "a.test");
+        c.domains.push("second.test".to_owned());
+        c.federation.hub = Some(HUB.to_owned());
+    })
+    .await;
+    point(&a, &hub);
+    outpost_server::accounts::add_user(
+        a.store.as_ref(),
+        "zed@second.test",
+        "password-of-zed",
+        4096,
+    )
+    .await
+    .expect("add zed");
+    a.add_user("alice", "wonderland").await;
+    hub_has_the_sites(&a, &hub, "alice@a.test").await;
+    assert!(!hub.store.account_exists("zed@second.test").await.unwrap());
+    let status = handle(&a).replication().expect("replicates");
+    assert_eq!(status.error, None, "{status:?}");
+}
