@@ -286,19 +286,28 @@ impl Delivery {
         if !self.standby.is_site(domain) || self.standby.is_active(domain) {
             return Ok(());
         }
-        let now = std::time::Instant::now();
-        if self.standby.recently_up(domain, now) {
-            return Err(domain.to_owned());
-        }
-        let home = self.home_domain();
-        if self.remote.reachable(&home, domain).await {
-            self.standby.saw_up(domain, now);
+        if self.site_reachable(domain).await {
             return Err(domain.to_owned());
         }
         if self.standby.start(domain) {
             tracing::info!(site = domain, "the site is unreachable: standing in for it");
         }
         Ok(())
+    }
+
+    /// Whether a connection to the site's server opens from here (or did within the last
+    /// second).
+    pub(crate) async fn site_reachable(&self, domain: &str) -> bool {
+        let now = std::time::Instant::now();
+        if self.standby.recently_up(domain, now) {
+            return true;
+        }
+        let home = self.home_domain();
+        let up = self.remote.reachable(&home, domain).await;
+        if up {
+            self.standby.saw_up(domain, now);
+        }
+        up
     }
 
     /// The site is back and has caught up: stop standing in for it and send its users'

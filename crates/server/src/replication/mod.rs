@@ -387,7 +387,7 @@ impl Shipper {
 /// On a hub: answers a site's replication IQ (`sites` are those it replicates, `None` on
 /// a server that is no hub). The sender's domain was authenticated by its stream.
 pub(crate) async fn answer(
-    d: &Delivery,
+    d: &Arc<Delivery>,
     el: &Element,
     sites: Option<&[String]>,
 ) -> Result<Element, StanzaError> {
@@ -414,7 +414,7 @@ pub(crate) async fn answer(
         if wire::parse_status(payload)
             .is_some_and(|(epoch, head)| origin.epoch == epoch && origin.position >= head)
         {
-            d.end_standby(&from);
+            site_caught_up(d, &from);
         }
         return Ok(result(el, wire::position(&origin, false)));
     }
@@ -439,8 +439,7 @@ pub(crate) async fn answer(
         Ok((applied, origin)) => {
             debug!(site = %from, applied, position = origin.position, records = sync.records.len(), "replication batch");
             if applied && origin.position >= sync.head {
-                // The site is back and the replica has all of its log.
-                d.end_standby(&from);
+                site_caught_up(d, &from);
             }
             Ok(result(el, wire::position(&origin, applied)))
         }
@@ -450,6 +449,24 @@ pub(crate) async fn answer(
         }
         Err(e) => Err(internal(e)),
     }
+}
+
+/// The site is back and the replica has all of its log: if the hub stands in for it and
+/// can reach it too (a site behind a NAT reaches its hub, but not the other way round, and
+/// its users away from it cannot reach it either), the standby ends. Tried on the side: a
+/// connection attempt may take seconds, and the site's stream waits for this answer.
+fn site_caught_up(d: &Arc<Delivery>, site: &str) {
+    if !d.standby().is_active(site) {
+        return;
+    }
+    let (d, site) = (d.clone(), site.to_owned());
+    tokio::spawn(async move {
+        if d.site_reachable(&site).await {
+            d.end_standby(&site);
+        } else {
+            debug!(%site, "the site replicates but cannot be reached from here: standby goes on");
+        }
+    });
 }
 
 fn result(request: &Element, payload: Element) -> Element {

@@ -488,3 +488,26 @@ async fn a_site_with_two_domains_replicates_the_first() {
     let status = handle(&a).replication().expect("replicates");
     assert_eq!(status.error, None, "{status:?}");
 }
+
+#[tokio::test]
+async fn a_site_the_hub_cannot_reach_stays_stood_in_for_while_it_replicates() {
+    let (hub, a, _c) = figure_two().await;
+    // The hub cannot open a connection to the site (a site behind a NAT or a firewall that
+    // only lets it out): alice, away, logs in at the hub.
+    let refused = closed_port().await;
+    handle(&hub).set_peer_address("a.test", refused.into());
+    let mut alice = login_at(&hub, ("alice", "a.test"), "wonderland").await;
+    assert_eq!(handle(&hub).standby(), ["a.test"]);
+
+    // The site goes on replicating and catches up; the hub still cannot reach it, so alice
+    // stays where she can be.
+    a.add_user("erin", "password-of-erin").await;
+    hub_has_the_sites(&a, &hub, "erin@a.test").await;
+    let status = handle(&a).replication().expect("replicates");
+    assert_eq!(status.error, None, "{status:?}");
+    let pong = alice
+        .query("get", Some("a.test"), "<ping xmlns='urn:xmpp:ping'/>")
+        .await;
+    assert!(pong.attr("type").is_some(), "{pong:?}");
+    assert_eq!(handle(&hub).standby(), ["a.test"]);
+}
