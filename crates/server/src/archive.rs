@@ -96,6 +96,14 @@ impl Archive {
         self.retention_days.load(Ordering::Relaxed)
     }
 
+    /// `id` is taken by a row that came from elsewhere (a site's archive replicated to its
+    /// hub): ids handed out from now on are above it, so a message of ours never takes an
+    /// id a replicated row holds. A site whose clock runs ahead moves the hub's ids ahead
+    /// with it; they stay unique and growing.
+    pub(crate) fn observe(&self, id: i64) {
+        self.last_id.fetch_max(id, Ordering::Relaxed);
+    }
+
     /// A new id, above every id handed out before and at least the id of `now_ms`.
     pub(crate) fn next_id(&self, now_ms: i64) -> i64 {
         let floor = id_at(now_ms);

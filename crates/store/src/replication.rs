@@ -26,10 +26,12 @@ pub enum ReplKind {
     PepSubscription,
     /// A multi-user chat room, configuration and affiliations; the owner is the room's JID.
     MucRoom,
+    /// One archived message; key: its id (the stanza-id), the owner its local end.
+    Archive,
 }
 
 impl ReplKind {
-    pub const ALL: [ReplKind; 11] = [
+    pub const ALL: [ReplKind; 12] = [
         ReplKind::Account,
         ReplKind::Roster,
         ReplKind::SubscriptionRequest,
@@ -41,6 +43,7 @@ impl ReplKind {
         ReplKind::PepItem,
         ReplKind::PepSubscription,
         ReplKind::MucRoom,
+        ReplKind::Archive,
     ];
 
     /// The name in the log and on the wire.
@@ -57,6 +60,7 @@ impl ReplKind {
             ReplKind::PepItem => "pep_item",
             ReplKind::PepSubscription => "pep_sub",
             ReplKind::MucRoom => "muc_room",
+            ReplKind::Archive => "archive",
         }
     }
 

@@ -413,8 +413,9 @@ pub struct FederationConfig {
     /// none (this server relays nothing).
     pub relay_for: Vec<String>,
     /// On a site with a `hub`: replicate the directory (accounts' SCRAM verifiers, rosters,
-    /// vCards, block lists, PEP, private data, archive preferences, rooms) to the hub, so
-    /// that its users can log in there when this server is down or cut off. Default: `true`.
+    /// vCards, block lists, PEP, private data, archive preferences, rooms) and the message
+    /// archive to the hub, so that its users can log in there when this server is down or
+    /// cut off. Default: `true`.
     pub replicate: bool,
     /// Peer certificates pinned by domain, as the SHA-256 of the certificate (hex, colons
     /// allowed). A pinned peer must present exactly that certificate on every stream, and

@@ -25,7 +25,7 @@ use std::time::Duration;
 use jid::{BareJid, Jid};
 use minidom::Element;
 use outpost_proto::stanza::{self, Condition, StanzaError};
-use outpost_store::{ReplBatch, ReplRecord, StoreError};
+use outpost_store::{ReplBatch, ReplKind, ReplRecord, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -437,6 +437,10 @@ pub(crate) async fn answer(
     };
     match store.repl_apply(&batch).await {
         Ok((applied, origin)) => {
+            let archived = sync.records.iter().filter(|r| r.kind == ReplKind::Archive);
+            if let Some(newest) = archived.filter_map(|r| r.key.parse::<i64>().ok()).max() {
+                d.archive().observe(newest);
+            }
             debug!(site = %from, applied, position = origin.position, records = sync.records.len(), "replication batch");
             if applied && origin.position >= sync.head {
                 site_caught_up(d, &from);

@@ -339,6 +339,32 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
     sent_home(&hub, "alice", "a.test", "wonderland", "a.test").await;
     assert!(handle(&hub).standby().is_empty());
 
+    // alice writes to bob at home; the archive goes to the hub with the rest.
+    let mut at_home = a.login("alice", "wonderland", "phone").await;
+    at_home.send(&chat("bob@a.test", "before the outage")).await;
+    let (before, fin) = at_home.mam(None, "").await;
+    assert!(
+        fin.attr("type") == Some("result") && before.len() == 1,
+        "{fin:?}"
+    );
+    let stanza_id = before[0].0.clone();
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let q = outpost_store::ArchiveQuery {
+            owner: "alice@a.test",
+            with: None,
+            after: None,
+            before: None,
+            limit: 10,
+            newest_first: false,
+        };
+        match hub.store.archive_page(&q).await.expect("archive").len() {
+            1 => Ok(()),
+            n => Err(format!("{n} archived messages of alice at the hub")),
+        }
+    })
+    .await;
+    at_home.close().await;
+
     a.stop().await;
     // The same passwords work at the hub, and alice finds her roster there.
     let mut alice = login_at(&hub, ("alice", "a.test"), "wonderland").await;
@@ -349,6 +375,11 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
         roster.contains("carol@c.test") && roster.contains("bob@a.test"),
         "{roster}"
     );
+    // Her history is there too, under the same stanza-id, so her client catches up by id.
+    let (history, _) = alice.mam(None, "").await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].0, stanza_id);
+    assert_eq!(body(&history[0].1).as_deref(), Some("before the outage"));
     let mut bob = login_at(&hub, ("bob", "a.test"), "builder").await;
     alice.available().await;
     bob.available().await;
@@ -403,12 +434,13 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
     assert!(hub.store.account_exists("dave@a.test").await.unwrap());
     sent_home(&hub, "alice", "a.test", "wonderland", "a.test").await;
 
-    // The hub hands bob's message back to his site, where he finds it, once.
+    // The hub hands bob's message back to his site, where he finds it (after alice's from
+    // before the outage), once.
     poll_until(tokio::time::Instant::now() + WAIT, || async {
         let at_site = a.store.count_offline("bob@a.test").await.expect("count");
         let at_hub = hub.store.count_offline("bob@a.test").await.expect("count");
         match (at_site, at_hub) {
-            (1, 0) => Ok(()),
+            (2, 0) => Ok(()),
             seen => Err(format!(
                 "messages for bob at his site and at the hub: {seen:?}"
             )),

@@ -44,6 +44,9 @@ const VALUE: &str = "CASE l.kind \
         WHERE c.room = m.jid), \
         'affiliations', (SELECT json_group_object(a.jid, a.affiliation) \
         FROM muc_affiliations a WHERE a.room = m.jid)) FROM muc_rooms m WHERE jid = l.owner) \
+    WHEN 'archive' THEN (SELECT json_object('sender', sender, 'recipient', recipient, \
+        'in_sender', in_sender, 'in_recipient', in_recipient, 'stanza', stanza) \
+        FROM archive WHERE id = CAST(l.key AS INTEGER)) \
     END";
 
 /// Every key the directory holds, as log entries (`repl_reseed`), all with stamp `?1`.
@@ -59,6 +62,9 @@ const RESEED: &[&str] = &[
     "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'pep_item', owner, node, item_id, ?1 FROM pep_items ORDER BY seq",
     "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'pep_sub', owner, node, jid, ?1 FROM pep_subscriptions",
     "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'muc_room', jid, '', '', ?1 FROM muc_rooms",
+    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'archive', \
+     CASE WHEN in_sender = 1 THEN sender ELSE recipient END, CAST(id AS TEXT), '', ?1 \
+     FROM archive ORDER BY id",
 ];
 
 /// A statement parameter: the record's owner, key, sub-key or JSON value.
@@ -75,8 +81,8 @@ enum P {
 fn upsert(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
     use P::*;
     match kind {
-        // Written in bulk (see `bulk_upsert`).
-        ReplKind::Account | ReplKind::Roster => &[],
+        // Written in bulk (see `BULK`).
+        ReplKind::Account | ReplKind::Roster | ReplKind::Archive => &[],
         ReplKind::SubscriptionRequest => &[(
             "INSERT INTO subscription_requests (owner, from_jid, stanza) \
              SELECT ?, ?, json(?)->>'stanza' WHERE true \
@@ -201,11 +207,44 @@ fn remove(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
             &[Owner, Key, Sub],
         )],
         ReplKind::MucRoom => &[("DELETE FROM muc_rooms WHERE jid = ?", &[Owner])],
+        ReplKind::Archive => &[("DELETE FROM archive WHERE id = CAST(? AS INTEGER)", &[Key])],
     }
+}
+
+/// The archive's triggers, which exist only while replication is on: every message
+/// archived would otherwise pay for checking whether it is (a few percent of throughput,
+/// measured). Each row is a key of its own (its id, the message's stanza-id at both
+/// servers); the owner logged is its local end: the sender if its archive holds the row,
+/// the recipient otherwise (a room's archive row is its room's).
+fn archive_triggers() -> Vec<String> {
+    [("insert", "NEW"), ("update", "NEW"), ("delete", "OLD")]
+        .into_iter()
+        .map(|(op, row)| {
+            format!(
+                "CREATE TRIGGER IF NOT EXISTS repl_archive_{op} AFTER {} ON archive BEGIN \
+                 UPDATE repl_settings SET clock = MAX(clock + 1, \
+                 CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16); \
+                 INSERT INTO repl_log (kind, owner, key, sub, stamp) VALUES ('archive', \
+                 CASE WHEN {row}.in_sender = 1 THEN {row}.sender ELSE {row}.recipient END, \
+                 CAST({row}.id AS TEXT), '', (SELECT clock FROM repl_settings)); END",
+                op.to_uppercase()
+            )
+        })
+        .collect()
 }
 
 pub(super) async fn activate(s: &SqliteStore, on: bool) -> Result<ReplLog> {
     let mut tx = s.write().await?;
+    let archive: Vec<String> = match on {
+        true => archive_triggers(),
+        false => ["insert", "update", "delete"]
+            .iter()
+            .map(|op| format!("DROP TRIGGER IF EXISTS repl_archive_{op}"))
+            .collect(),
+    };
+    for sql in archive {
+        sqlx::query(&sql).execute(&mut *tx).await.map_err(db)?;
+    }
     let active: i64 = sqlx::query_scalar("SELECT active FROM repl_settings")
         .fetch_one(&mut *tx)
         .await
@@ -418,11 +457,11 @@ pub(super) async fn apply(s: &SqliteStore, batch: &ReplBatch<'_>) -> Result<(boo
     let (bulk, single): (Vec<&ReplRecord>, Vec<&ReplRecord>) = batch
         .records
         .iter()
-        .partition(|r| r.value.is_some() && matches!(r.kind, ReplKind::Account | ReplKind::Roster));
+        .partition(|r| r.value.is_some() && is_bulk(r.kind));
     for record in single {
         apply_record(&mut tx, record).await?;
     }
-    for kind in [ReplKind::Account, ReplKind::Roster] {
+    for kind in BULK {
         let of_kind: Vec<&ReplRecord> = bulk.iter().copied().filter(|r| r.kind == kind).collect();
         apply_bulk(&mut tx, kind, &of_kind).await?;
     }
@@ -475,6 +514,13 @@ async fn apply_record(conn: &mut SqliteConnection, r: &ReplRecord) -> Result<()>
     Ok(())
 }
 
+/// The kinds written a batch at a time: the bulk of what replicates.
+const BULK: [ReplKind; 3] = [ReplKind::Account, ReplKind::Roster, ReplKind::Archive];
+
+fn is_bulk(kind: ReplKind) -> bool {
+    BULK.contains(&kind)
+}
+
 /// The set-based form of [`upsert`] for the bulk kinds: each statement reads all the
 /// records, given as one JSON array of `{"o": owner, "k": key, "v": value}` (the value as a
 /// JSON string, parsed here, so a malformed one fails the statement and cannot reach into
@@ -523,6 +569,18 @@ fn bulk_upsert(kind: ReplKind) -> Vec<String> {
                  ON CONFLICT (owner) DO UPDATE SET version = version + 1"
             ),
         ],
+        // The id is the message's stanza-id at both servers. One the hub gave a message of
+        // its own already keeps that message: the hub's archive misses this one, the site's
+        // has it (see `Archive::observe`, which keeps the hub's ids above the site's).
+        ReplKind::Archive => vec![format!(
+            "INSERT INTO archive (id, sender, recipient, in_sender, in_recipient, stanza) \
+             SELECT CAST(k AS INTEGER), v->>'sender', v->>'recipient', v->>'in_sender', \
+             v->>'in_recipient', v->>'stanza' FROM {RECORDS} WHERE true \
+             ON CONFLICT (id) DO UPDATE SET in_sender = excluded.in_sender, \
+             in_recipient = excluded.in_recipient \
+             WHERE archive.sender = excluded.sender AND archive.recipient = excluded.recipient \
+             AND archive.stanza = excluded.stanza"
+        )],
         _ => Vec::new(),
     }
 }
@@ -594,6 +652,16 @@ async fn purge(conn: &mut SqliteConnection, domain: &str) -> Result<()> {
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    sqlx::query(
+        "DELETE FROM archive WHERE (in_sender = 1 AND substr(sender, -length(?1)) = ?1) \
+         OR (in_sender = 0 AND substr(recipient, -length(?1)) = ?1) \
+         OR (in_sender = 1 AND substr(sender, -length(?2)) = ?2)",
+    )
+    .bind(&at)
+    .bind(&sub)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
     sqlx::query(
         "DELETE FROM muc_rooms WHERE substr(jid, -length(?1)) = ?1 \
          OR substr(jid, -length(?2)) = ?2",

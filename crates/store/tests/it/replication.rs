@@ -2,9 +2,9 @@
 //! by triggers in the same transaction as each change).
 
 use outpost_store::{
-    AccessModel, ArchiveDefault, ArchivePrefs, NodeConfig, PepItem, ReplBatch, ReplKind,
-    ReplRecord, RosterItem, SendLast, SqliteStore, Store, StoreError, Subscription,
-    SubscriptionRequest,
+    AccessModel, ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery, BatchWrite, NodeConfig,
+    PepItem, Quotas, ReplBatch, ReplKind, ReplRecord, RosterItem, SendLast, SqliteStore, Store,
+    StoreError, Subscription, SubscriptionRequest,
 };
 
 use crate::battery::{creds, sqlite_store};
@@ -97,13 +97,50 @@ async fn populate(s: &dyn Store) {
     s.muc_set_affiliation(ROOM, ALICE, Some("owner"), 1_000)
         .await
         .unwrap();
+    populate_archive(s).await;
+}
+
+/// Two archived messages: alice to bob, carol (of another domain) to alice.
+async fn populate_archive(s: &dyn Store) {
+    let messages = [(ALICE, BOB, 7_000), ("carol@site2.test", ALICE, 7_001)];
+    let writes: Vec<BatchWrite> = messages
+        .iter()
+        .map(|(from, to, id)| {
+            BatchWrite::Archive(ArchiveEntry {
+                id: *id,
+                sender: (*from).to_owned(),
+                recipient: (*to).to_owned(),
+                in_sender: from.ends_with("@site1.test"),
+                in_recipient: true,
+                stanza: format!("<message from='{from}' to='{to}'><body>{id}</body></message>"),
+            })
+        })
+        .collect();
+    let quotas = Quotas {
+        offline: 10,
+        outbox: 10,
+    };
+    for r in s.write_batch(&writes, 0, quotas).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+fn archive_of(owner: &str) -> ArchiveQuery<'_> {
+    ArchiveQuery {
+        owner,
+        with: None,
+        after: None,
+        before: None,
+        limit: 100,
+        newest_first: false,
+    }
 }
 
 /// Everything `populate` touches, as the store answers for it.
 async fn directory(s: &dyn Store) -> String {
     let node = "urn:xmpp:omemo:2:bundles";
     format!(
-        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+        "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
         s.credentials(ALICE).await.unwrap(),
         s.credentials(BOB).await.unwrap(),
         s.roster(ALICE).await.unwrap().items,
@@ -116,6 +153,8 @@ async fn directory(s: &dyn Store) -> String {
         s.pep_items(ALICE, node, None).await.unwrap(),
         s.pep_subscriptions(ALICE).await.unwrap(),
         s.muc_rooms().await.unwrap(),
+        s.archive_page(&archive_of(ALICE)).await.unwrap(),
+        s.archive_page(&archive_of(BOB)).await.unwrap(),
     )
 }
 
@@ -171,6 +210,7 @@ async fn every_kind_of_record_reaches_the_hub_and_so_do_removals() {
         .await
         .unwrap();
     site.muc_delete_room(ROOM).await.unwrap();
+    site.archive_clear(BOB).await.unwrap();
     let position = ship(&site, &hub, position, false).await;
     assert_eq!(directory(&hub).await, directory(&site).await);
     assert_eq!(hub.credentials(ALICE).await.unwrap(), Some(creds(9)));
@@ -222,6 +262,9 @@ async fn nothing_is_logged_while_replication_is_off() {
     // Turning it on again keeps the epoch; off and on makes a new one.
     assert_eq!(site.repl_activate(true).await.unwrap().epoch, on.epoch);
     site.repl_activate(false).await.unwrap();
+    // Off, archived messages log nothing either (their triggers are gone).
+    populate_archive(&site).await;
+    assert!(site.repl_read(0, 100).await.unwrap().0.is_empty());
     let again = site.repl_activate(true).await.unwrap();
     assert_ne!(again.epoch, on.epoch);
 }
