@@ -607,7 +607,8 @@ impl Delivery {
         remote: &str,
         el: &Element,
     ) -> Result<Accepted, StanzaError> {
-        let pending = self.remote.queue(local, remote, el).await?;
+        let local = self.link_local(local.to_owned());
+        let pending = self.remote.queue(&local, remote, el).await?;
         Ok(Accepted::one(pending, Some(el.clone())))
     }
 

@@ -543,3 +543,22 @@ async fn a_site_the_hub_cannot_reach_stays_stood_in_for_while_it_replicates() {
     assert!(pong.attr("type").is_some(), "{pong:?}");
     assert_eq!(handle(&hub).standby(), ["a.test"]);
 }
+
+#[tokio::test]
+async fn at_the_hub_a_users_subscription_requests_reach_other_sites() {
+    let (hub, mut a, c) = figure_two().await;
+    a.stop().await;
+    c.add_user("dave", "password-of-dave").await;
+    let mut dave = c.login("dave", "password-of-dave", "pc").await;
+    dave.roster_get().await;
+    dave.available().await;
+    let mut alice = login_at(&hub, ("alice", "a.test"), "wonderland").await;
+    alice.roster_get().await;
+    alice
+        .send("<presence to='dave@c.test' type='subscribe'/>")
+        .await;
+    let request = dave
+        .recv_where(|el| el.name() == "presence" && el.attr("type") == Some("subscribe"))
+        .await;
+    assert_eq!(request.attr("from"), Some("alice@a.test"));
+}
