@@ -233,8 +233,15 @@ async fn a_hub_that_lost_its_replica_gets_all_of_it_again() {
     hub_has_the_sites(&a, &second, "bob@a.test").await;
     let origin = second.store.repl_origin("a.test").await.unwrap();
     assert_eq!(origin.snapshots, 1, "{origin:?}");
-    let status = handle(&a).replication().expect("replicates");
-    assert!(status.snapshots >= 2, "{status:?}");
+    // The site counts the snapshot once the hub's answer is back.
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let status = handle(&a).replication().expect("replicates");
+        match status.snapshots {
+            2 => Ok(()),
+            _ => Err(format!("{status:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
