@@ -191,10 +191,25 @@ async def failover(args) -> None:
 
 
 async def login(args) -> None:
-    """Logs in at `--host` with `--password`: it must succeed (`ok`) or be refused."""
-    c = Client(args.jid, args.cafile, args.password)
-    c.connect(host=args.host, port=5222)
-    await c.until("a session or a refusal", lambda: c.sessions or c.refused)
+    """Logs in at `--host` with `--password`: it must succeed (`ok`) or be refused. Sent
+    home (the hub took the site for up a moment ago), it comes back, as a client whose home
+    does not answer does."""
+    deadline = time.monotonic() + WAIT
+    redirected = 0
+    while True:
+        c = Client(args.jid, args.cafile, args.password)
+        c.max_redirects = -1  # followed here, not by slixmpp
+        c.connect(host=args.host, port=5222)
+        await c.until("a session, a refusal or a redirect",
+                      lambda: c.sessions or c.refused or c.redirects)
+        if c.sessions or c.refused:
+            break
+        c.disconnect()
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{args.jid}: sent home by {args.host} for {WAIT} s")
+        redirected += 1
+    if redirected:
+        say(f"{args.jid} was sent home by {args.host} {redirected} times first (it saw the site up a moment before)")
     got = "ok" if c.sessions else "refused"
     say(f"{args.jid} logging in at {args.host}: {got}")
     if got != args.expect:
