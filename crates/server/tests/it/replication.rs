@@ -346,32 +346,7 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
     sent_home(&hub, "alice", "a.test", "wonderland", "a.test").await;
     assert!(handle(&hub).standby().is_empty());
 
-    // alice writes to bob at home; the archive goes to the hub with the rest.
-    let mut at_home = a.login("alice", "wonderland", "phone").await;
-    at_home.send(&chat("bob@a.test", "before the outage")).await;
-    let (before, fin) = at_home.mam(None, "").await;
-    assert!(
-        fin.attr("type") == Some("result") && before.len() == 1,
-        "{fin:?}"
-    );
-    let stanza_id = before[0].0.clone();
-    poll_until(tokio::time::Instant::now() + WAIT, || async {
-        let q = outpost_store::ArchiveQuery {
-            owner: "alice@a.test",
-            with: None,
-            after: None,
-            before: None,
-            limit: 10,
-            newest_first: false,
-        };
-        match hub.store.archive_page(&q).await.expect("archive").len() {
-            1 => Ok(()),
-            n => Err(format!("{n} archived messages of alice at the hub")),
-        }
-    })
-    .await;
-    at_home.close().await;
-
+    let stanza_id = alice_writes_to_bob_before_the_outage(&a, &hub).await;
     a.stop().await;
     // The same passwords work at the hub, and alice finds her roster there.
     let mut alice = login_at(&hub, ("alice", "a.test"), "wonderland").await;
@@ -426,13 +401,7 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
     // While it was down, its operator made an account (straight into its store): the site
     // comes back with more than the hub has, so the hub answers its replication while it
     // still stands in for it, and sends the sessions home once it has caught up.
-    let offline = outpost_store::SqliteStore::open(&a.dir.path().join("outpost.db"))
-        .await
-        .expect("the site's store");
-    outpost_server::accounts::add_user(&offline, "dave@a.test", "password-of-dave", 4096)
-        .await
-        .expect("add dave");
-    outpost_store::Store::close(&offline).await;
+    add_user_to_the_stopped_site(&a, "dave@a.test").await;
     a.restart().await;
     point(&a, &hub);
     meet(&a, &c);
@@ -441,8 +410,53 @@ async fn while_the_site_is_down_its_users_live_at_the_hub_and_go_home_when_it_is
     assert!(hub.store.account_exists("dave@a.test").await.unwrap());
     sent_home(&hub, "alice", "a.test", "wonderland", "a.test").await;
 
-    // The hub hands bob's message back to his site, where he finds it (after alice's from
-    // before the outage), once.
+    bob_finds_carols_message_at_home(&a, &hub).await;
+}
+
+/// alice, at home, writes to bob; returns the message's stanza-id once the hub has it too.
+async fn alice_writes_to_bob_before_the_outage(a: &TestServer, hub: &TestServer) -> String {
+    // The archive goes to the hub with the rest.
+    let mut at_home = a.login("alice", "wonderland", "phone").await;
+    at_home.send(&chat("bob@a.test", "before the outage")).await;
+    let (before, fin) = at_home.mam(None, "").await;
+    assert!(
+        fin.attr("type") == Some("result") && before.len() == 1,
+        "{fin:?}"
+    );
+    let stanza_id = before[0].0.clone();
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let q = outpost_store::ArchiveQuery {
+            owner: "alice@a.test",
+            with: None,
+            after: None,
+            before: None,
+            limit: 10,
+            newest_first: false,
+        };
+        match hub.store.archive_page(&q).await.expect("archive").len() {
+            1 => Ok(()),
+            n => Err(format!("{n} archived messages of alice at the hub")),
+        }
+    })
+    .await;
+    at_home.close().await;
+    stanza_id
+}
+
+/// An account made straight into the store of a site that is not running.
+async fn add_user_to_the_stopped_site(a: &TestServer, jid: &str) {
+    let offline = outpost_store::SqliteStore::open(&a.dir.path().join("outpost.db"))
+        .await
+        .expect("the site's store");
+    outpost_server::accounts::add_user(&offline, jid, "a-password-of-its-own", 4096)
+        .await
+        .expect("add the account");
+    outpost_store::Store::close(&offline).await;
+}
+
+/// The hub hands back what carol sent bob while he was away: he finds it at home, once.
+async fn bob_finds_carols_message_at_home(a: &TestServer, hub: &TestServer) {
+    // At his site, after alice's message from before the outage.
     poll_until(tokio::time::Instant::now() + WAIT, || async {
         let at_site = a.store.count_offline("bob@a.test").await.expect("count");
         let at_hub = hub.store.count_offline("bob@a.test").await.expect("count");
