@@ -49,23 +49,163 @@ const VALUE: &str = "CASE l.kind \
         FROM archive WHERE id = CAST(l.key AS INTEGER)) \
     END";
 
-/// Every key the directory holds, as log entries (`repl_reseed`), all with stamp `?1`.
-const RESEED: &[&str] = &[
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'account', jid, '', '', ?1 FROM accounts",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'roster', owner, contact, '', ?1 FROM roster_items",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'subreq', owner, from_jid, '', ?1 FROM subscription_requests",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'vcard', owner, '', '', ?1 FROM vcards",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'block', owner, jid, '', ?1 FROM blocklist",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'private', owner, ns, '', ?1 FROM private_xml",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'mam_prefs', owner, '', '', ?1 FROM archive_prefs",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'pep_node', owner, node, '', ?1 FROM pep_nodes",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'pep_item', owner, node, item_id, ?1 FROM pep_items ORDER BY seq",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'pep_sub', owner, node, jid, ?1 FROM pep_subscriptions",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'muc_room', jid, '', '', ?1 FROM muc_rooms",
-    "INSERT INTO repl_log (kind, owner, key, sub, stamp) SELECT 'archive', \
-     CASE WHEN in_sender = 1 THEN sender ELSE recipient END, CAST(id AS TEXT), '', ?1 \
-     FROM archive ORDER BY id",
+/// A table the log follows: the kind of its records and how a row names its key, as SQL
+/// over the row `r`. `main` when its rows are the kind's keys (what a snapshot logs again),
+/// `order` how a snapshot lists them.
+struct Tracked {
+    table: &'static str,
+    kind: &'static str,
+    owner: &'static str,
+    key: &'static str,
+    sub: &'static str,
+    main: bool,
+    order: &'static str,
+}
+
+const fn tracked(
+    table: &'static str,
+    kind: &'static str,
+    owner: &'static str,
+    key: &'static str,
+    sub: &'static str,
+    main: bool,
+) -> Tracked {
+    Tracked {
+        table,
+        kind,
+        owner,
+        key,
+        sub,
+        main,
+        order: "",
+    }
+}
+
+const TRACKED: &[Tracked] = &[
+    tracked("accounts", "account", "r.jid", "''", "''", true),
+    tracked("roster_items", "roster", "r.owner", "r.contact", "''", true),
+    tracked(
+        "roster_groups",
+        "roster",
+        "r.owner",
+        "r.contact",
+        "''",
+        false,
+    ),
+    tracked(
+        "subscription_requests",
+        "subreq",
+        "r.owner",
+        "r.from_jid",
+        "''",
+        true,
+    ),
+    tracked("vcards", "vcard", "r.owner", "''", "''", true),
+    tracked("blocklist", "block", "r.owner", "r.jid", "''", true),
+    tracked("private_xml", "private", "r.owner", "r.ns", "''", true),
+    tracked("archive_prefs", "mam_prefs", "r.owner", "''", "''", true),
+    tracked(
+        "archive_prefs_jids",
+        "mam_prefs",
+        "r.owner",
+        "''",
+        "''",
+        false,
+    ),
+    tracked("pep_nodes", "pep_node", "r.owner", "r.node", "''", true),
+    Tracked {
+        order: "ORDER BY r.seq",
+        ..tracked(
+            "pep_items",
+            "pep_item",
+            "r.owner",
+            "r.node",
+            "r.item_id",
+            true,
+        )
+    },
+    tracked(
+        "pep_subscriptions",
+        "pep_sub",
+        "r.owner",
+        "r.node",
+        "r.jid",
+        true,
+    ),
+    tracked("muc_rooms", "muc_room", "r.jid", "''", "''", true),
+    tracked("muc_room_config", "muc_room", "r.room", "''", "''", false),
+    tracked("muc_affiliations", "muc_room", "r.room", "''", "''", false),
+    // Each archived message is a key of its own (its id, the message's stanza-id at both
+    // servers); its owner is its local end: the sender if its archive holds the row, the
+    // recipient otherwise (a room's archive row is its room's).
+    Tracked {
+        order: "ORDER BY r.id",
+        ..tracked(
+            "archive",
+            "archive",
+            "CASE WHEN r.in_sender = 1 THEN r.sender ELSE r.recipient END",
+            "CAST(r.id AS TEXT)",
+            "''",
+            true,
+        )
+    },
 ];
+
+/// The next stamp of the log's clock (see `migrations/0009_replication.sql`).
+const TICK: &str = "UPDATE repl_settings SET clock = \
+    MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16)";
+
+const OPERATIONS: [(&str, &str); 3] = [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")];
+
+/// The triggers that log every change of the tracked tables; they exist only while
+/// replication is on, so a server that does not replicate pays nothing for them (for the
+/// archive, a check on every message would cost a few percent of throughput, measured).
+fn triggers() -> Vec<String> {
+    let mut all = Vec::new();
+    for t in TRACKED {
+        for (op, row) in OPERATIONS {
+            let name = |sql: &str| sql.replace("r.", &format!("{row}."));
+            all.push(format!(
+                "CREATE TRIGGER IF NOT EXISTS repl_{}_{} AFTER {op} ON {} BEGIN {TICK}; \
+                 INSERT INTO repl_log (kind, owner, key, sub, stamp) VALUES ('{}', {}, {}, {}, \
+                 (SELECT clock FROM repl_settings)); END",
+                t.table,
+                op.to_lowercase(),
+                t.table,
+                t.kind,
+                name(t.owner),
+                name(t.key),
+                name(t.sub),
+            ));
+        }
+    }
+    all
+}
+
+fn drop_triggers() -> Vec<String> {
+    let mut all = Vec::new();
+    for t in TRACKED {
+        for (op, _) in OPERATIONS {
+            all.push(format!(
+                "DROP TRIGGER IF EXISTS repl_{}_{}",
+                t.table,
+                op.to_lowercase()
+            ));
+        }
+    }
+    all
+}
+
+/// Every key the directory holds, as log entries with stamp `?1` (`repl_reseed`).
+fn reseed_statements() -> impl Iterator<Item = String> {
+    TRACKED.iter().filter(|t| t.main).map(|t| {
+        format!(
+            "INSERT INTO repl_log (kind, owner, key, sub, stamp) \
+             SELECT '{}', {}, {}, {}, ?1 FROM {} r {}",
+            t.kind, t.owner, t.key, t.sub, t.table, t.order
+        )
+    })
+}
 
 /// A statement parameter: the record's owner, key, sub-key or JSON value.
 #[derive(Clone, Copy)]
@@ -211,38 +351,13 @@ fn remove(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
     }
 }
 
-/// The archive's triggers, which exist only while replication is on: every message
-/// archived would otherwise pay for checking whether it is (a few percent of throughput,
-/// measured). Each row is a key of its own (its id, the message's stanza-id at both
-/// servers); the owner logged is its local end: the sender if its archive holds the row,
-/// the recipient otherwise (a room's archive row is its room's).
-fn archive_triggers() -> Vec<String> {
-    [("insert", "NEW"), ("update", "NEW"), ("delete", "OLD")]
-        .into_iter()
-        .map(|(op, row)| {
-            format!(
-                "CREATE TRIGGER IF NOT EXISTS repl_archive_{op} AFTER {} ON archive BEGIN \
-                 UPDATE repl_settings SET clock = MAX(clock + 1, \
-                 CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16); \
-                 INSERT INTO repl_log (kind, owner, key, sub, stamp) VALUES ('archive', \
-                 CASE WHEN {row}.in_sender = 1 THEN {row}.sender ELSE {row}.recipient END, \
-                 CAST({row}.id AS TEXT), '', (SELECT clock FROM repl_settings)); END",
-                op.to_uppercase()
-            )
-        })
-        .collect()
-}
-
 pub(super) async fn activate(s: &SqliteStore, on: bool) -> Result<ReplLog> {
     let mut tx = s.write().await?;
-    let archive: Vec<String> = match on {
-        true => archive_triggers(),
-        false => ["insert", "update", "delete"]
-            .iter()
-            .map(|op| format!("DROP TRIGGER IF EXISTS repl_archive_{op}"))
-            .collect(),
+    let statements = match on {
+        true => triggers(),
+        false => drop_triggers(),
     };
-    for sql in archive {
+    for sql in statements {
         sqlx::query(&sql).execute(&mut *tx).await.map_err(db)?;
     }
     let active: i64 = sqlx::query_scalar("SELECT active FROM repl_settings")
@@ -354,16 +469,12 @@ pub(super) async fn read(
 pub(super) async fn reseed(s: &SqliteStore) -> Result<i64> {
     let mut tx = s.write().await?;
     let before = read_log(&mut tx).await?.last;
-    let stamp: i64 = sqlx::query_scalar(
-        "UPDATE repl_settings \
-         SET clock = MAX(clock + 1, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) << 16) \
-         RETURNING clock",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db)?;
-    for sql in RESEED {
-        sqlx::query(sql)
+    let stamp: i64 = sqlx::query_scalar(&format!("{TICK} RETURNING clock"))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+    for sql in reseed_statements() {
+        sqlx::query(&sql)
             .bind(stamp)
             .execute(&mut *tx)
             .await
