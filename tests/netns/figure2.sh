@@ -58,10 +58,11 @@ HUB2=10.203.2.1 # the hub, as site 2 sees it
 PIDS=()
 WORK="$(mktemp -d /tmp/op-figure2.XXXXXX)"
 
-ns_exists() { ip netns list 2>/dev/null | awk '{ print $1 }' | grep -qx -- "$1"; }
+# shellcheck source=tests/netns/lib.sh
+source "$here/lib.sh"
 
 cleanup() {
-    local rc=$? pid ns deadline
+    local rc=$?
     set +e
     trap - EXIT INT TERM
     if [[ $rc -ne 0 ]]; then
@@ -69,21 +70,7 @@ cleanup() {
             [[ -f $f ]] && { say "---- last lines of $f ----"; tail -n 30 "$f"; }
         done
     fi
-    local victims=("${PIDS[@]}")
-    for ns in "${NAMESPACES[@]}"; do
-        ns_exists "$ns" && victims+=($(ip netns pids "$ns" 2>/dev/null))
-    done
-    for pid in "${victims[@]}"; do kill "$pid" 2>/dev/null; done
-    deadline=$((SECONDS + 5))
-    for pid in "${victims[@]}"; do
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-    done
-    wait 2>/dev/null
-    for ns in "${NAMESPACES[@]}"; do
-        ns_exists "$ns" && ip netns del "$ns"
-        rm -rf "/etc/netns/$ns"
-    done
+    stop_namespaces "${PIDS[@]}" -- "${NAMESPACES[@]}"
     if [[ $KEEP == 1 ]]; then say "work directory kept: $WORK"; else rm -rf "$WORK"; fi
     [[ $rc -eq 0 ]] && say "PASS" || say "FAILED (exit $rc)"
     exit "$rc"
@@ -92,33 +79,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# wait_until SECS DESCRIPTION CMD...: polls CMD until it succeeds or the deadline passes.
-wait_until() {
-    local secs=$1 what=$2
-    shift 2
-    local deadline=$(($(date +%s%N) + secs * 1000000000))
-    until "$@"; do
-        (($(date +%s%N) < deadline)) || die "timed out after ${secs}s waiting for $what"
-        sleep 0.1 # polling interval
-    done
-}
-
 # ---------------------------------------------------------------- topology
 say "building namespaces $S1, $HUB, $S2"
-for ns in "${NAMESPACES[@]}"; do
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-done
-ip netns exec "$HUB" sysctl -qw net.ipv4.ip_forward=1
-for n in 1 2; do
-    site="op-f$n-$$"
-    ip link add eth0 netns "$site" type veth peer name "s$n" netns "$HUB"
-    ip -n "$HUB" addr add "10.203.$n.1/24" dev "s$n"
-    ip -n "$HUB" link set "s$n" up
-    ip -n "$site" addr add "10.203.$n.2/24" dev eth0
-    ip -n "$site" link set eth0 up
-    ip -n "$site" route add default via "10.203.$n.1"
-done
+build_topology "$S1" "$HUB" "$S2" 10.203
 
 # DNS for site 1's clients: the site first, the hub second (`ip netns exec` gives the
 # namespace /etc/netns/<ns>/resolv.conf as its /etc/resolv.conf).

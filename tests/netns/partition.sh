@@ -74,10 +74,11 @@ declare -A ADDR=([1]=10.201.1.2 [2]=10.201.2.2)
 PIDS=()
 WORK="$(mktemp -d /tmp/op-partition.XXXXXX)"
 
-ns_exists() { ip netns list 2>/dev/null | awk '{ print $1 }' | grep -qx -- "$1"; }
+# shellcheck source=tests/netns/lib.sh
+source "$here/lib.sh"
 
 cleanup() {
-    local rc=$? pid ns deadline
+    local rc=$?
     set +e
     trap - EXIT INT TERM
     if [[ $rc -ne 0 ]]; then
@@ -88,21 +89,7 @@ cleanup() {
     fi
     # Only what this script started: its own background processes and whatever runs in the
     # namespaces it created.
-    local victims=("${PIDS[@]}")
-    for ns in "${NAMESPACES[@]}"; do
-        ns_exists "$ns" && victims+=($(ip netns pids "$ns" 2>/dev/null))
-    done
-    for pid in "${victims[@]}"; do kill "$pid" 2>/dev/null; done
-    deadline=$((SECONDS + 5))
-    for pid in "${victims[@]}"; do
-        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
-    done
-    wait 2>/dev/null
-    # Deleting a namespace deletes the veth ends in it, and with them their peers.
-    for ns in "${NAMESPACES[@]}"; do
-        ns_exists "$ns" && ip netns del "$ns"
-    done
+    stop_namespaces "${PIDS[@]}" -- "${NAMESPACES[@]}"
     if [[ $KEEP == 1 ]]; then say "work directory kept: $WORK"; else rm -rf "$WORK"; fi
     [[ $rc -eq 0 ]] && say "PASS" || say "FAILED (exit $rc)"
     exit "$rc"
@@ -111,38 +98,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Polls a condition until it holds or the deadline passes: wait_until SECS DESCRIPTION CMD...
-wait_until() {
-    local secs=$1 what=$2
-    shift 2
-    local deadline
-    deadline=$(($(date +%s%N) + secs * 1000000000))
-    until "$@"; do
-        (($(date +%s%N) < deadline)) || die "timed out after ${secs}s waiting for $what"
-        sleep 0.05 # polling interval
-    done
-}
-
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 # ---------------------------------------------------------------- topology
 say "building namespaces $S1, $HUB, $S2"
-for ns in "${NAMESPACES[@]}"; do
-    ip netns add "$ns"
-    ip -n "$ns" link set lo up
-done
-ip netns exec "$HUB" sysctl -qw net.ipv4.ip_forward=1
-for n in 1 2; do
-    site="op-s$n-$$"
-    # Both ends are created inside their namespaces: nothing touches the root namespace.
-    ip link add eth0 netns "$site" type veth peer name "s$n" netns "$HUB"
-    ip -n "$HUB" addr add "10.201.$n.1/24" dev "s$n"
-    ip -n "$HUB" link set "s$n" up
-    ip -n "$site" addr add "${ADDR[$n]}/24" dev eth0
-    ip -n "$site" link set eth0 up
-    ip -n "$site" route add default via "10.201.$n.1"
-done
+build_topology "$S1" "$HUB" "$S2" 10.201
 
 # ---------------------------------------------------------------- servers
 start_site() { # start_site N: site<N>.test in op-s<N>-PID, peer site<3-N>.test
