@@ -382,11 +382,7 @@ async fn items(
 ) -> Result<Option<Element>, StanzaError> {
     let node = node_of(op)?;
     let store = d.store();
-    let config = store
-        .pep_node(owner.as_str(), node)
-        .await
-        .map_err(|e| internal("cannot read a node", e))?
-        .ok_or(Condition::ItemNotFound)?;
+    let config = existing_node(d, owner, node).await?;
     may_read(d, owner, &requester.to_bare(), config.access).await?;
     let asked: Vec<&str> = op
         .children()
@@ -447,11 +443,7 @@ async fn retract(
         .and_then(|i| i.attr("id"))
         .ok_or_else(|| error(Condition::BadRequest, Some("item-required")))?;
     let store = d.store();
-    let config = store
-        .pep_node(owner.as_str(), node)
-        .await
-        .map_err(|e| internal("cannot read a node", e))?
-        .ok_or(Condition::ItemNotFound)?;
+    let config = existing_node(d, owner, node).await?;
     let removed = store
         .pep_retract(owner.as_str(), node, id)
         .await
@@ -502,12 +494,7 @@ async fn create(
 
 /// The node configuration form (XEP-0060 §8.2), with the node's values.
 async fn configure_form(d: &Delivery, owner: &BareJid, node: &str) -> Result<Element, StanzaError> {
-    let config = d
-        .store()
-        .pep_node(owner.as_str(), node)
-        .await
-        .map_err(|e| internal("cannot read a node", e))?
-        .ok_or(Condition::ItemNotFound)?;
+    let config = existing_node(d, owner, node).await?;
     let configure = Element::builder("configure", NS_OWNER)
         .attr(stanza::name("node"), node)
         .append(config_form("form", &config))
@@ -590,11 +577,7 @@ async fn configure(
         .find_map(Submitted::parse)
         .ok_or(Condition::BadRequest)?;
     let store = d.store();
-    let current = store
-        .pep_node(owner.as_str(), node)
-        .await
-        .map_err(|e| internal("cannot read a node", e))?
-        .ok_or(Condition::ItemNotFound)?;
+    let current = existing_node(d, owner, node).await?;
     let config = read_config(&form, node, current)
         .map_err(|e| StanzaError::new(Condition::NotAcceptable).text(e))?;
     store
@@ -604,14 +587,23 @@ async fn configure(
     Ok(None)
 }
 
-/// Deletes a node (XEP-0060 §8.4), telling subscribers.
-async fn delete(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Element>, StanzaError> {
-    let store = d.store();
-    let config = store
+/// The configuration of `owner`'s node, which must exist.
+async fn existing_node(
+    d: &Delivery,
+    owner: &BareJid,
+    node: &str,
+) -> Result<NodeConfig, StanzaError> {
+    d.store()
         .pep_node(owner.as_str(), node)
         .await
         .map_err(|e| internal("cannot read a node", e))?
-        .ok_or(Condition::ItemNotFound)?;
+        .ok_or_else(|| Condition::ItemNotFound.into())
+}
+
+/// Deletes a node (XEP-0060 §8.4), telling subscribers.
+async fn delete(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Element>, StanzaError> {
+    let store = d.store();
+    let config = existing_node(d, owner, node).await?;
     // Its subscriptions go with it: who hears of the deletion is known before.
     let to = listeners(d, owner, node, &config).await;
     store
@@ -630,11 +622,7 @@ async fn delete(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Elem
 /// Purges a node's items (XEP-0060 §8.5), telling subscribers.
 async fn purge(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Element>, StanzaError> {
     let store = d.store();
-    let config = store
-        .pep_node(owner.as_str(), node)
-        .await
-        .map_err(|e| internal("cannot read a node", e))?
-        .ok_or(Condition::ItemNotFound)?;
+    let config = existing_node(d, owner, node).await?;
     store
         .pep_purge(owner.as_str(), node)
         .await
