@@ -136,16 +136,20 @@ pub(super) async fn run(
             }
             let timer = link.poll_timeout().map(Instant::from_std);
             let read = read_some(&mut io.conn, &mut buf);
+            // Biased, commands before the queue: a best-effort stanza (a room's presence)
+            // handed over before a queued one (the room's subject) was committed must
+            // leave first, or the peer sees them out of order.
             tokio::select! {
+                biased;
                 () = env.shutdown.cancelled() => link.shutdown(),
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => link.command(cmd, now()),
+                    None => link.shutdown(),
+                },
                 r = read => match r {
                     Ok(0) => link.connection_closed(now()),
                     Ok(n) => link.handle_input(&buf[..n], now()),
                     Err(e) => link.connection_lost(format!("read failed: {e}"), now()),
-                },
-                cmd = rx.recv() => match cmd {
-                    Some(cmd) => link.command(cmd, now()),
-                    None => link.shutdown(),
                 },
                 () = wake.work.notified() => link.queue_changed(now()),
                 () = wake.reachable.notified() => link.peer_reachable(now()),
