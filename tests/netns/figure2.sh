@@ -10,6 +10,7 @@
 # within 5 s with the same passwords, find their rosters, chat with each other and with
 # carol; what carol sent alice right after the kill arrives. Site 1 restarts and catches up,
 # the hub sends alice and bob home (<see-other-host/>), and nothing was lost or duplicated.
+# Scenario (b), in the same run: alice changes her vCard at the hub; at home she finds it.
 #
 # Scenario (c): site 1 is cut off from the WAN (its cable at the hub pulled) while its LAN
 # works. alice, away, logs in at the hub (which cannot reach the site) with her password;
@@ -218,7 +219,7 @@ grep -q '"body": "hello from the hub"' "$WORK/carol.log" ||
     die "carol never got alice's message from the hub"
 grep -q 'query\[SRV\] _xmpp-client._tcp.site1.test' "$WORK/dnsmasq.log" ||
     die "the clients never asked DNS for site 1's SRV records"
-say "RESULT: site 1 killed; alice and bob logged in at the hub through DNS, chatted with each other and with carol; site 1 came back, they were sent home and got carol's message from the outage, each message once"
+say "RESULT: site 1 killed; alice and bob logged in at the hub through DNS, chatted with each other and with carol; site 1 came back, they were sent home and got carol's message from the outage, each message once; what alice wrote at the hub (scenario b) was at home"
 
 # ---------------------------------------------------------------- (c) a new password during a partition
 # The cable between site 1 and the WAN (the hub's end of it): nothing passes, the hub's own

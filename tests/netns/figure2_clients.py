@@ -28,6 +28,10 @@ LOGIN_LIMIT = 5.0  # seconds from the site's death to a session at the hub
 WAIT = 30.0
 
 
+# What alice calls herself at the hub, in scenario (b).
+AT_THE_HUB = "Alice, written at the hub"
+
+
 def say(*args) -> None:
     print(f"[clients {time.strftime('%H:%M:%S')}]", *args, file=sys.stderr, flush=True)
 
@@ -39,6 +43,7 @@ class Client(slixmpp.ClientXMPP):
         super().__init__(jid, password or PASSWORDS[jid])
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0199")
+        self.register_plugin("xep_0054")
         self.roster.auto_authorize = True
         self.roster.auto_subscribe = True
         ctx = ssl.create_default_context()
@@ -169,6 +174,10 @@ async def failover(args) -> None:
     await alice.until("bob's message", lambda: alice.got(BOB, "from bob at the hub"))
     await alice.until("carol's answer", lambda: alice.got(CAROL, "re: hello from the hub"))
     say("chat at the hub works: alice ↔ bob, alice ↔ carol")
+    # Scenario (b): alice changes her vCard at the hub; it must go home with her.
+    card = alice["xep_0054"].make_vcard()
+    card["FN"] = AT_THE_HUB
+    await alice["xep_0054"].publish_vcard(card, timeout=WAIT)
     open(args.ready, "w").close()
 
     # The script restarts site1; the hub sends both home.
@@ -179,6 +188,11 @@ async def failover(args) -> None:
         if c.sessions[-1] != args.site or "site1.test" not in c.redirects:
             raise SystemExit(f"{c.boundjid.bare} not sent home: {c.sessions} {c.redirects}")
     await alice.until("carol's message from the outage", lambda: alice.got(CAROL, "meanwhile, from carol"))
+    got = await alice["xep_0054"].get_vcard(slixmpp.JID(ALICE), local=False, timeout=WAIT)
+    name = got["vcard_temp"]["FN"]
+    if name != AT_THE_HUB:
+        raise SystemExit(f"alice's vCard at home says {name!r}, not what she wrote at the hub")
+    say("what alice wrote at the hub (her vCard) is at home")
     with open(args.log, "w") as log:
         json.dump({"alice": alice.messages, "bob": bob.messages}, log)
     for c in (alice, bob):

@@ -24,8 +24,12 @@ use outpost_store::{ArchiveDefault, ArchivePrefs, Store, StoreError};
 
 use crate::config::ArchiveConfig;
 
-/// Bits of an id below the millisecond: about a million ids per millisecond.
+/// Bits of an id below the millisecond: a counter, then the server's tag.
 const COUNTER_BITS: u32 = 20;
+/// The low bits of an id name the server that gave it out, so that a hub and its sites,
+/// which merge archives, never give two messages the same id (see [`node_tag`]): 4,096
+/// ids per millisecond remain.
+const TAG_BITS: u32 = 8;
 /// Crockford's base 32, lower case: no letters that read as digits.
 const DIGITS: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 /// Characters of an encoded id: 13 × 5 bits cover 64.
@@ -55,15 +59,19 @@ pub(crate) struct Archive {
     /// Days messages are kept; 0 for ever.
     retention_days: AtomicU32,
     last_id: AtomicI64,
+    /// This server's tag in the low bits of every id it gives out.
+    tag: i64,
     /// Preferences of the users who set any; everyone else archives everything.
     prefs: RwLock<HashMap<String, Arc<ArchivePrefs>>>,
 }
 
 impl Archive {
-    /// Loads the preferences and the highest id from the store.
+    /// Loads the preferences and the highest id from the store; `tag` names this server
+    /// in its ids ([`node_tag`]).
     pub(crate) async fn load(
         store: &dyn Store,
         config: &ArchiveConfig,
+        tag: i64,
     ) -> Result<Archive, StoreError> {
         let last = store.archive_last_id().await?;
         let prefs = store
@@ -76,6 +84,7 @@ impl Archive {
             enabled: AtomicBool::new(config.enabled),
             retention_days: AtomicU32::new(config.retention_days),
             last_id: AtomicI64::new(last),
+            tag: tag & ((1 << TAG_BITS) - 1),
             prefs: RwLock::new(prefs),
         })
     }
@@ -104,12 +113,14 @@ impl Archive {
         self.last_id.fetch_max(id, Ordering::Relaxed);
     }
 
-    /// A new id, above every id handed out before and at least the id of `now_ms`.
+    /// A new id, above every id handed out or observed before, at least the id of
+    /// `now_ms`, and with this server's tag.
     pub(crate) fn next_id(&self, now_ms: i64) -> i64 {
-        let floor = id_at(now_ms);
+        let floor = id_at(now_ms) | self.tag;
         let mut last = self.last_id.load(Ordering::Relaxed);
         loop {
-            let next = floor.max(last.saturating_add(1));
+            let above = ((last >> TAG_BITS).saturating_add(1) << TAG_BITS) | self.tag;
+            let next = floor.max(above);
             match self.last_id.compare_exchange_weak(
                 last,
                 next,
@@ -188,6 +199,21 @@ pub(crate) fn forbids_storing(el: &Element) -> bool {
 }
 
 /// The first id of the millisecond `ms`.
+/// The tag of a server's archive ids: 0 for a hub, and for a site one of 1 to 255 from a
+/// hash of its domain, so a site's ids never meet its hub's, and two sites of one hub share
+/// a tag with a chance of 1 in 255 (their ids could then meet only when both give one out
+/// in the same millisecond as the same count).
+pub(crate) fn node_tag(hub: bool, domain: &str) -> i64 {
+    if hub {
+        return 0;
+    }
+    // FNV-1a: the same on every build.
+    let hash = domain.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    1 + i64::try_from(hash % 255).unwrap_or(0)
+}
+
 pub(crate) fn id_at(ms: i64) -> i64 {
     ms.max(0).saturating_mul(1 << COUNTER_BITS)
 }
@@ -226,10 +252,15 @@ mod tests {
     use super::*;
 
     fn archive(last: i64) -> Archive {
+        tagged(last, 0)
+    }
+
+    fn tagged(last: i64, tag: i64) -> Archive {
         Archive {
             enabled: AtomicBool::new(true),
             retention_days: AtomicU32::new(0),
             last_id: AtomicI64::new(last),
+            tag,
             prefs: RwLock::new(HashMap::new()),
         }
     }
@@ -241,14 +272,33 @@ mod tests {
         let first = a.next_id(t);
         assert_eq!(time_of(first), t);
         let second = a.next_id(t);
-        assert_eq!(second, first + 1);
+        assert_eq!(second, first + (1 << TAG_BITS));
         // The clock going back does not make ids go back.
         let third = a.next_id(t - 5_000);
-        assert_eq!(third, second + 1);
+        assert_eq!(third, second + (1 << TAG_BITS));
         assert_eq!(time_of(a.next_id(t + 1)), t + 1);
         // After a restart, ids go on above the highest stored one.
         let restarted = archive(third + 100);
         assert!(restarted.next_id(t) > third + 100);
+    }
+
+    #[test]
+    fn a_hub_and_its_sites_never_give_out_the_same_id() {
+        let t = 1_700_000_000_000;
+        let site_tag = node_tag(false, "site1.test");
+        assert!((1..256).contains(&site_tag));
+        assert_eq!(node_tag(false, "site1.test"), site_tag);
+        let (hub, site) = (tagged(0, node_tag(true, "hub.test")), tagged(0, site_tag));
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..1_000 {
+            assert!(ids.insert(hub.next_id(t)));
+            assert!(ids.insert(site.next_id(t)));
+        }
+        // Ids observed from the other side keep one's own above them, tagged.
+        let seen = site.next_id(t + 10);
+        hub.observe(seen);
+        let next = hub.next_id(t);
+        assert!(next > seen && next & 0xff == 0 && site.next_id(t) & 0xff == site_tag);
     }
 
     #[test]

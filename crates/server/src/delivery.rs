@@ -544,6 +544,17 @@ impl Delivery {
         Ok(accepted)
     }
 
+    /// A message our hub archived for a user of ours while it stood in for us, handed back
+    /// with the stanza-id it gave: delivered as [`Delivery::message`] delivers, but not
+    /// archived again (the hub's archive row, merged back, keeps it under that id).
+    pub(crate) async fn handed_back(
+        &self,
+        el: Element,
+        to: Jid,
+    ) -> Result<Accepted, Box<Undeliverable>> {
+        self.route_local_message(el, to, true).await
+    }
+
     /// A message for one of our services: taken, or refused when the service is busy.
     fn to_component(
         &self,

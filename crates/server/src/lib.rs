@@ -218,7 +218,11 @@ impl ServerHandle {
             true => Some(s2s::Prepared::new(&config, &identity)?),
             false => None,
         };
-        let archive = archive::Archive::load(store.as_ref(), &config.archive).await?;
+        let tag = archive::node_tag(
+            config.role == config::Role::Hub,
+            config.domains.first().map_or("", String::as_str),
+        );
+        let archive = archive::Archive::load(store.as_ref(), &config.archive, tag).await?;
         let pushes = push::Pushes::load(store.as_ref(), &config.push).await?;
         let listeners = bind_all(&config, http.is_some()).await?;
         let tasks = Tasks::default();
@@ -512,10 +516,9 @@ impl ServerHandle {
     }
 }
 
-/// Binds every listener of the configuration (the server-to-server ones only with
-/// federation), in config order.
-/// A site with a hub replicates its directory there; otherwise its store keeps no
-/// replication log (and drops one it kept before).
+/// A site with a hub replicates its directory there; a hub logs what it writes for its
+/// sites' users; otherwise the store keeps no replication log (and drops one it kept
+/// before).
 async fn start_replication(
     config: &Config,
     delivery: &Arc<Delivery>,
@@ -528,7 +531,8 @@ async fn start_replication(
         .as_ref()
         .filter(|_| config.role == config::Role::Site && f.enabled && f.replicate);
     if config.role == config::Role::Hub {
-        replication::hand_back_to_sites(delivery, tasks, shutdown);
+        replication::hand_back_to_sites(delivery, tasks, shutdown).await;
+        return None;
     }
     if let (Some(hub), Some(local)) = (hub, config.domains.first()) {
         let status = replication::SharedStatus::default();
@@ -543,13 +547,19 @@ async fn start_replication(
         ));
         return Some(status);
     }
-    match delivery.store().repl_activate(false).await {
+    match delivery
+        .store()
+        .repl_activate(outpost_store::ReplMode::Off)
+        .await
+    {
         Ok(_) | Err(outpost_store::StoreError::Unsupported(_)) => {}
         Err(e) => tracing::warn!(error = %e, "cannot turn the replication log off"),
     }
     None
 }
 
+/// Binds every listener of the configuration (the server-to-server ones only with
+/// federation), in config order.
 async fn bind_all(
     config: &Config,
     http: bool,

@@ -24,7 +24,7 @@ mod replication;
 mod sqlite;
 
 pub use memory::MemoryStore;
-pub use replication::{ReplBatch, ReplKind, ReplLog, ReplOrigin, ReplRecord};
+pub use replication::{ReplBatch, ReplKind, ReplLog, ReplMode, ReplOrigin, ReplRecord};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
@@ -716,9 +716,9 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- replication (a site's directory to its hub) ----
 
-    /// Turns the site's replication log on or off. Turning it on starts a new log (a new
+    /// Sets which writes are logged. Turning the site's log on starts a new log (a new
     /// epoch: the hub then needs a snapshot); turning it off drops the log.
-    async fn repl_activate(&self, _on: bool) -> Result<ReplLog> {
+    async fn repl_activate(&self, _mode: ReplMode) -> Result<ReplLog> {
         Err(StoreError::Unsupported("replication"))
     }
     /// The site's log: its epoch, extent and what the hub acknowledged.
@@ -741,8 +741,10 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unsupported("replication"))
     }
     /// On a hub: applies a batch in one transaction if it follows what the replica holds
-    /// (its epoch and position match, or it starts a snapshot). Returns where the replica
-    /// stands afterwards, applied or not.
+    /// (its epoch and position match, or it starts a snapshot the hub can take: it has
+    /// merged all its own writes for the site back first). A record older than the hub's
+    /// own write of the same key loses to it. Returns where the replica stands afterwards,
+    /// applied or not.
     async fn repl_apply(&self, _batch: &ReplBatch<'_>) -> Result<(bool, ReplOrigin)> {
         Err(StoreError::Unsupported("replication"))
     }
@@ -764,6 +766,21 @@ pub trait Store: Send + Sync + 'static {
     }
     /// On a hub: every site it holds a replica of.
     async fn repl_origins(&self) -> Result<Vec<ReplOrigin>> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// On a hub: up to `limit` of its own writes for `domain`'s users that the site has not
+    /// merged yet, as records with their current values, and the last log position read.
+    async fn repl_merge_read(&self, _domain: &str, _limit: u32) -> Result<(Vec<ReplRecord>, i64)> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// On a hub: the site merged its writes up to `upto`; the log drops them.
+    async fn repl_merge_done(&self, _domain: &str, _upto: i64) -> Result<()> {
+        Err(StoreError::Unsupported("replication"))
+    }
+    /// On a site: merges what the hub wrote for its users in one transaction, each record
+    /// only if it is newer than this side's write of the key and its account still
+    /// exists. Returns how many lost to a later write here.
+    async fn repl_merge(&self, _records: &[ReplRecord]) -> Result<u64> {
         Err(StoreError::Unsupported("replication"))
     }
 

@@ -86,9 +86,22 @@ pub struct ReplRecord {
     pub value: Option<String>,
 }
 
+/// Which writes a store logs for replication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplMode {
+    /// None (a server with neither a hub nor sites).
+    Off,
+    /// A site's: every change of its directory, for its hub.
+    Site,
+    /// A hub's: what it writes for its sites' users while it stands in for a site, to be
+    /// merged back into the site.
+    Hub,
+}
+
 /// The site's side: its log and what the hub acknowledged.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplLog {
+    /// The site's log is kept ([`ReplMode::Site`]).
     pub active: bool,
     pub epoch: String,
     /// The log's first and last positions (0 when empty: `first` > `last`).
@@ -97,6 +110,8 @@ pub struct ReplLog {
     /// The last position the hub acknowledged, and when (ms since the epoch; 0: never).
     pub acked: i64,
     pub synced_ms: i64,
+    /// Records merged back from the hub that lost to a later write here.
+    pub conflicts: i64,
 }
 
 /// A batch arriving at the hub from `domain`'s site.
@@ -130,6 +145,10 @@ pub struct ReplOrigin {
     pub synced_ms: i64,
     /// The newest stamp of the last batch applied (its milliseconds are `stamp >> 16`).
     pub stamp: i64,
+    /// The site's records that lost to a later write the hub made while standing in.
+    pub conflicts: i64,
+    /// Log entries of the hub's own writes for the site's users, not merged back yet.
+    pub pending: i64,
 }
 
 impl ReplOrigin {

@@ -32,6 +32,8 @@ struct SiteView {
     last_sync: Option<String>,
     /// The same, in milliseconds since the epoch (0: never).
     last_sync_ms: i64,
+    /// Records the hub merged back that lost to a later write here.
+    conflicts: i64,
     running: bool,
     error: Option<String>,
 }
@@ -49,6 +51,10 @@ struct SiteReplica {
     last_sync_ms: i64,
     /// How long after its newest change the last batch arrived, in milliseconds.
     last_lag_ms: Option<i64>,
+    /// Writes of the same key by both sides that the hub settled (one of them lost).
+    conflicts: i64,
+    /// What the hub wrote for the site's users, not merged back into the site yet.
+    unmerged: i64,
     standby: bool,
     standby_sessions: usize,
 }
@@ -125,6 +131,7 @@ fn site_view(config: &Config, log: ReplLog, live: Option<ServerStatus>) -> SiteV
         lag: (log.last - log.acked).max(0),
         last_sync: time(log.synced_ms),
         last_sync_ms: log.synced_ms,
+        conflicts: log.conflicts,
         running,
         error,
     }
@@ -152,6 +159,11 @@ fn site_text(v: &SiteView) -> String {
         text,
         "last sync: {}",
         v.last_sync.as_deref().unwrap_or("never")
+    );
+    let _ = writeln!(
+        text,
+        "conflicts merged: {} (records from the hub that lost to a later write here)",
+        v.conflicts
     );
     let _ = writeln!(
         text,
@@ -186,6 +198,8 @@ fn hub_view(config: &Config, origins: Vec<ReplOrigin>, live: Option<ServerStatus
                 last_sync: time(o.synced_ms),
                 last_sync_ms: o.synced_ms,
                 last_lag_ms: o.lag_ms(),
+                conflicts: o.conflicts,
+                unmerged: o.pending,
                 standby: here.is_some(),
                 standby_sessions: here.map_or(0, |(_, n)| *n),
             }
@@ -201,8 +215,18 @@ fn hub_view(config: &Config, origins: Vec<ReplOrigin>, live: Option<ServerStatus
 
 fn hub_text(v: &HubView) -> String {
     let mut text = format!(
-        "{:<24} {:>10} {:>10} {:>8} {:>10} {:>9}  {:<20} {:>9}  {}\n",
-        "SITE", "POSITION", "HEAD", "LAG", "RECORDS", "SNAPSHOTS", "LAST SYNC", "DELAY", "STANDBY"
+        "{:<24} {:>10} {:>10} {:>8} {:>10} {:>9}  {:<20} {:>9} {:>9} {:>8}  {}\n",
+        "SITE",
+        "POSITION",
+        "HEAD",
+        "LAG",
+        "RECORDS",
+        "SNAPSHOTS",
+        "LAST SYNC",
+        "DELAY",
+        "CONFLICTS",
+        "UNMERGED",
+        "STANDBY"
     );
     for s in &v.sites {
         let standby = match (v.running, s.standby) {
@@ -215,7 +239,7 @@ fn hub_text(v: &HubView) -> String {
             .map_or("-".to_owned(), |ms| format!("{ms} ms"));
         let _ = writeln!(
             text,
-            "{:<24} {:>10} {:>10} {:>8} {:>10} {:>9}  {:<20} {delay:>9}  {standby}",
+            "{:<24} {:>10} {:>10} {:>8} {:>10} {:>9}  {:<20} {delay:>9} {:>9} {:>8}  {standby}",
             s.domain,
             s.position,
             s.head,
@@ -223,6 +247,8 @@ fn hub_text(v: &HubView) -> String {
             s.records,
             s.snapshots,
             s.last_sync.as_deref().unwrap_or("never"),
+            s.conflicts,
+            s.unmerged,
         );
     }
     text

@@ -102,6 +102,10 @@ fn both_ends_show_replication_and_the_hub_its_standby_sessions() {
     assert_eq!(replica["domain"], "a.test");
     assert!(replica["records"].as_i64() >= Some(1), "{replica}");
     assert_eq!(replica["snapshots"], 1);
+    assert_eq!(
+        (&replica["conflicts"], &replica["unmerged"]),
+        (&0.into(), &0.into())
+    );
     assert_eq!(replica["standby"], false);
 
     // The site dies: alice logs in at the hub with her password.

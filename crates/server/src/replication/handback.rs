@@ -33,14 +33,15 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const LOOK_AGAIN: Duration = Duration::from_secs(60);
 
 /// Whether an IQ hands messages back (a set: its answer carries the same element).
-pub(crate) fn is_handback(el: &Element) -> bool {
+pub(super) fn is_handback(el: &Element) -> bool {
     el.name() == "iq"
         && el.attr("type") == Some("set")
         && stanza::iq_payload(el).is_some_and(|p| p.is("handback", NS))
 }
 
-/// On a hub: hands `site`'s messages back whenever it does not stand in for the site, at
-/// start, after each standby and every [`LOOK_AGAIN`], until shutdown.
+/// On a hub: merges back what it wrote for `site`'s users and hands their messages back
+/// whenever it does not stand in for the site, at start, after each standby and every
+/// [`LOOK_AGAIN`], until shutdown.
 pub(crate) async fn run(d: Arc<Delivery>, site: String, shutdown: CancellationToken) {
     loop {
         // Listening before looking: a standby that ends while the hub hands back is not
@@ -48,10 +49,13 @@ pub(crate) async fn run(d: Arc<Delivery>, site: String, shutdown: CancellationTo
         let ended = d.standby().ended().notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
-        if !d.standby().is_active(&site)
-            && let Err(reason) = hand_back(&d, &site).await
-        {
-            debug!(%site, %reason, "messages for the site wait at the hub");
+        if !d.standby().is_active(&site) {
+            if let Err(reason) = super::merge::merge_back(&d, &site).await {
+                debug!(%site, %reason, "what the hub wrote for the site's users waits");
+            }
+            if let Err(reason) = hand_back(&d, &site).await {
+                debug!(%site, %reason, "messages for the site wait at the hub");
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -114,26 +118,16 @@ async fn hand_back(d: &Delivery, site: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// On a site: takes back the messages its hub stored for its users. `hub` is this site's
-/// hub (`federation.hub`); the sender's domain was authenticated by its stream.
-pub(crate) async fn take_back(
+/// On a site: takes back the messages its hub (`from`) stored for its users.
+pub(super) async fn take_back(
     d: &Delivery,
     el: &Element,
-    hub: Option<&str>,
+    from: &str,
 ) -> Result<Element, StanzaError> {
-    let from = el
-        .attr("from")
-        .and_then(|f| Jid::new(f).ok())
-        .map(|f| f.domain().as_str().to_owned())
-        .unwrap_or_default();
-    if hub != Some(from.as_str()) {
-        warn!(%from, "messages handed back by a server that is not our hub: refused");
-        return Err(StanzaError::new(Condition::Forbidden).text("not this site's hub"));
-    }
     let payload = stanza::iq_payload(el).ok_or(Condition::BadRequest)?;
     let mut accepted = Accepted::default();
     for message in payload.children().filter(|c| c.name() == "message") {
-        accepted.join(take_one(d, message.clone(), &from).await);
+        accepted.join(take_one(d, message.clone(), from).await);
     }
     for failed in accepted.settle().await {
         warn!(error = %failed.error, "a message handed back could not be delivered");
@@ -160,7 +154,17 @@ async fn take_one(d: &Delivery, el: Element, hub: &str) -> Accepted {
         Ok(false) => {}
         Err(e) => warn!(error = %e, "cannot check a handed-back message; delivering it"),
     }
-    let mut accepted = match d.message(el, to).await {
+    // Archived at the hub (its stanza-id names the recipient's archive): the merge brings
+    // the archive row, under the same id.
+    let bare = to.to_bare();
+    let archived = el
+        .children()
+        .any(|c| c.is("stanza-id", stanza::ns::SID) && c.attr("by") == Some(bare.as_str()));
+    let delivered = match archived {
+        true => d.handed_back(el, to).await,
+        false => d.message(el, to).await,
+    };
+    let mut accepted = match delivered {
         Ok(accepted) => accepted,
         Err(u) => {
             warn!(error = %u.error, "a message handed back could not be delivered");

@@ -15,9 +15,8 @@
 //! second time); it keeps each entry until the hub has acknowledged it.
 
 mod handback;
+mod merge;
 mod wire;
-
-pub(crate) use handback::{is_handback, take_back};
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +24,7 @@ use std::time::Duration;
 use jid::{BareJid, Jid};
 use minidom::Element;
 use outpost_proto::stanza::{self, Condition, StanzaError};
-use outpost_store::{ReplBatch, ReplKind, ReplRecord, StoreError};
+use outpost_store::{ReplBatch, ReplKind, ReplMode, ReplRecord, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -63,15 +62,46 @@ pub struct ReplicationStatus {
 /// The shipper's status, shared with the server's handle.
 pub(crate) type SharedStatus = Arc<Mutex<ReplicationStatus>>;
 
-/// On a hub: hands back to each site what was stored for its users while the hub stood in
-/// for it (see `handback`), until shutdown.
-pub(crate) fn hand_back_to_sites(
+/// On a hub: logs what it writes for its sites' users, and hands back to each site what it
+/// wrote and stored for them while it stood in for the site (see `merge` and `handback`),
+/// until shutdown.
+pub(crate) async fn hand_back_to_sites(
     d: &Arc<Delivery>,
     tasks: &crate::tasks::Tasks,
     shutdown: &CancellationToken,
 ) {
+    if let Err(e) = d.store().repl_activate(ReplMode::Hub).await {
+        warn!(error = %e, "cannot log what the hub writes for its sites' users");
+    }
     for site in d.standby().sites() {
         tasks.spawn(handback::run(d.clone(), site.clone(), shutdown.clone()));
+    }
+}
+
+/// Whether an IQ comes from a site's hub with what it kept for the site's users.
+pub(crate) fn is_from_hub(el: &Element) -> bool {
+    handback::is_handback(el) || merge::is_merge(el)
+}
+
+/// On a site: takes what its hub kept for its users while standing in (`hub` is this
+/// site's hub, `federation.hub`; the sender's domain was authenticated by its stream).
+pub(crate) async fn from_hub(
+    d: &Arc<Delivery>,
+    el: &Element,
+    hub: Option<&str>,
+) -> Result<Element, StanzaError> {
+    let from = el
+        .attr("from")
+        .and_then(|f| Jid::new(f).ok())
+        .map(|f| f.domain().as_str().to_owned())
+        .unwrap_or_default();
+    if hub != Some(from.as_str()) {
+        warn!(%from, "data handed back by a server that is not our hub: refused");
+        return Err(StanzaError::new(Condition::Forbidden).text("not this site's hub"));
+    }
+    match merge::is_merge(el) {
+        true => merge::merge_in(d, el).await,
+        false => handback::take_back(d, el, &from).await,
     }
 }
 
@@ -91,7 +121,7 @@ pub(crate) async fn ship(
     status: SharedStatus,
     shutdown: CancellationToken,
 ) {
-    let epoch = match d.store().repl_activate(true).await {
+    let epoch = match d.store().repl_activate(ReplMode::Site).await {
         Ok(log) => log.epoch,
         Err(e) => {
             warn!(error = %e, %hub, "cannot replicate to the hub");
@@ -129,6 +159,11 @@ pub(crate) async fn ship(
             Step::Idle => POLL,
             Step::Failed(reason) => {
                 shipper.failed(reason);
+                retry = (retry * 2).min(RETRY_LAST);
+                retry / 2
+            }
+            Step::Wait(reason) => {
+                lock(&shipper.status).error = Some(reason);
                 retry = (retry * 2).min(RETRY_LAST);
                 retry / 2
             }
@@ -188,6 +223,8 @@ enum Step {
     Sent,
     /// Nothing to send.
     Idle,
+    /// The hub asks to try the same batch again later.
+    Wait(String),
     Failed(String),
 }
 
@@ -225,6 +262,11 @@ impl Shipper {
             Ok(p) if p.applied => {
                 self.applied(&sync, &p).await;
                 Step::Sent
+            }
+            Ok(p) if p.wait => {
+                // The snapshot stays logged; it goes again once the hub is ready for it.
+                self.prefetched = None;
+                Step::Wait("the hub merges what it wrote for our users back first".into())
             }
             Ok(p) => match self.resume_from(&p).await {
                 Ok(()) => Step::Sent,
@@ -288,29 +330,22 @@ impl Shipper {
     /// it) a record too big to travel at all; returns the records and the position they
     /// reach.
     fn fit(&self, records: Vec<ReplRecord>, upto: i64) -> (Vec<ReplRecord>, i64) {
-        let mut size = 0;
-        let mut kept = Vec::with_capacity(records.len());
-        for r in records {
+        let travels = |r: &ReplRecord| {
             if !homes(&self.local, &r.owner) {
                 // Another domain of this server: its links speak for the first one only,
                 // and the hub takes records of the sender's domain only.
-                continue;
+                return false;
             }
-            let len = wire::record_size(&r);
+            let len = wire::record_size(r);
             if len > self.max_record {
                 warn!(owner = %r.owner, kind = r.kind.as_str(), bytes = len,
                     "a directory record is too big to replicate; the hub keeps its older value");
-                continue;
+                return false;
             }
-            if size + len > self.batch_bytes && !kept.is_empty() {
-                // The entries before this record's are all in the batch (a repeat of a
-                // key comes once, at its first position).
-                return (kept, r.seq - 1);
-            }
-            size += len;
-            kept.push(r);
-        }
-        (kept, upto)
+            true
+        };
+        let records = records.into_iter().filter(travels).collect();
+        wire::fit(records, upto, self.batch_bytes)
     }
 
     /// Asks the hub where it stands and picks up from there.
@@ -404,13 +439,12 @@ pub(crate) async fn answer(
         return Err(StanzaError::new(Condition::Forbidden).text("not a site of this hub"));
     }
     let payload = stanza::iq_payload(el).ok_or(Condition::BadRequest)?;
-    let store = d.store();
-    let internal = |e: StoreError| {
-        warn!(error = %e, site = %from, "cannot apply replication");
-        StanzaError::new(Condition::InternalServerError)
-    };
     if el.attr("type") == Some("get") {
-        let origin = store.repl_origin(&from).await.map_err(internal)?;
+        let origin = d
+            .store()
+            .repl_origin(&from)
+            .await
+            .map_err(|e| internal(&from, e))?;
         if wire::parse_status(payload)
             .is_some_and(|(epoch, head)| origin.epoch == epoch && origin.position >= head)
         {
@@ -418,15 +452,30 @@ pub(crate) async fn answer(
         }
         return Ok(result(el, wire::position(&origin, false)));
     }
+    apply(d, el, payload, &from).await
+}
+
+fn internal(site: &str, e: StoreError) -> StanzaError {
+    warn!(error = %e, %site, "cannot apply replication");
+    StanzaError::new(Condition::InternalServerError)
+}
+
+/// On a hub: applies a batch from `from`'s site, and answers where the replica stands.
+async fn apply(
+    d: &Arc<Delivery>,
+    el: &Element,
+    payload: &Element,
+    from: &str,
+) -> Result<Element, StanzaError> {
     let sync = wire::parse_sync(payload)
         .map_err(|reason| StanzaError::new(Condition::BadRequest).text(reason))?;
-    if let Some(r) = sync.records.iter().find(|r| !homes(&from, &r.owner)) {
+    if let Some(r) = sync.records.iter().find(|r| !homes(from, &r.owner)) {
         warn!(site = %from, owner = %r.owner, "replication refused: a record for another domain");
         return Err(StanzaError::new(Condition::Forbidden)
             .text(format!("{from} does not home {}", r.owner)));
     }
     let batch = ReplBatch {
-        domain: &from,
+        domain: from,
         epoch: &sync.epoch,
         after: sync.after,
         upto: sync.upto,
@@ -435,15 +484,27 @@ pub(crate) async fn answer(
         records: &sync.records,
         now_ms: crate::clock::now_ms(),
     };
-    match store.repl_apply(&batch).await {
+    match d.store().repl_apply(&batch).await {
+        Ok((false, origin)) if sync.snapshot && origin.pending > 0 => {
+            let (d, site) = (d.clone(), from.to_owned());
+            tokio::spawn(async move {
+                if let Err(reason) = merge::merge_back(&d, &site).await {
+                    debug!(%site, %reason, "what the hub wrote for the site's users waits");
+                }
+            });
+            Ok(result(el, wire::wait(&origin)))
+        }
         Ok((applied, origin)) => {
             let archived = sync.records.iter().filter(|r| r.kind == ReplKind::Archive);
             if let Some(newest) = archived.filter_map(|r| r.key.parse::<i64>().ok()).max() {
                 d.archive().observe(newest);
             }
+            if applied && !sync.snapshot {
+                end_changed_sessions(d, &sync.records);
+            }
             debug!(site = %from, applied, position = origin.position, records = sync.records.len(), "replication batch");
             if applied && origin.position >= sync.head {
-                site_caught_up(d, &from);
+                site_caught_up(d, from);
             }
             Ok(result(el, wire::position(&origin, applied)))
         }
@@ -451,7 +512,26 @@ pub(crate) async fn answer(
             warn!(site = %from, %reason, "replication batch refused");
             Err(StanzaError::new(Condition::BadRequest).text(reason))
         }
-        Err(e) => Err(internal(e)),
+        Err(e) => Err(internal(from, e)),
+    }
+}
+
+/// An account removed, or its password changed, at the site: its sessions at the hub end
+/// as they would at home (a password change ends them all here: the client that made it
+/// is at the site).
+fn end_changed_sessions(d: &Delivery, records: &[ReplRecord]) {
+    for r in records.iter().filter(|r| r.kind == ReplKind::Account) {
+        let Ok(user) = BareJid::new(&r.owner) else {
+            continue;
+        };
+        let text = match r.value {
+            None => "account removed",
+            Some(_) => "password changed",
+        };
+        let ended = d.router().end_sessions(&user, None, "not-authorized", text);
+        if ended > 0 {
+            info!(%user, sessions = ended, reason = text, "sessions at the hub ended");
+        }
     }
 }
 
@@ -466,6 +546,11 @@ fn site_caught_up(d: &Arc<Delivery>, site: &str) {
     let (d, site) = (d.clone(), site.to_owned());
     tokio::spawn(async move {
         if d.site_reachable(&site).await {
+            // What the users wrote here goes home before they do (what they write until
+            // their sessions move follows when the standby has ended, see `handback`).
+            if let Err(reason) = merge::merge_back(&d, &site).await {
+                warn!(%site, %reason, "what the hub wrote for the site's users waits");
+            }
             d.end_standby(&site);
         } else {
             debug!(%site, "the site replicates but cannot be reached from here: standby goes on");

@@ -18,6 +18,15 @@
 //! ```
 //!
 //! A `snapshot='true'` batch tells the hub to drop what it holds for the domain first.
+//!
+//! The other way, a hub sends a site what it wrote for the site's users while standing in,
+//! records as in a batch, answered with an empty `<merge/>`:
+//!
+//! ```xml
+//! <iq type='set' from='hub.example' to='site1.example' id='…'>
+//!   <merge xmlns='urn:xmpp:outpost:replication:0'><r …>{json}</r></merge>
+//! </iq>
+//! ```
 
 use minidom::Element;
 use outpost_proto::stanza::{self, name, ns};
@@ -42,6 +51,8 @@ pub(crate) struct Position {
     pub(crate) epoch: String,
     pub(crate) position: i64,
     pub(crate) applied: bool,
+    /// The hub cannot take the snapshot yet: it merges its own writes back first.
+    pub(crate) wait: bool,
 }
 
 fn iq(kind: &str, payload: Element) -> Element {
@@ -118,13 +129,43 @@ fn number(el: &Element, attr: &str) -> Result<i64, String> {
         .ok_or_else(|| format!("<{}/> needs a number in '{attr}'", el.name()))
 }
 
-/// Reads a batch (the payload of an IQ set).
-pub(crate) fn parse_sync(el: &Element) -> Result<Sync, String> {
-    let records = el
-        .children()
+/// The IQ carrying a hub's writes back to the site.
+pub(crate) fn merge_request(records: &[ReplRecord]) -> Element {
+    let mut el = Element::builder("merge", NS).build();
+    for r in records {
+        el.append_child(record(r));
+    }
+    iq("set", el)
+}
+
+/// Cuts records read up to log position `upto` to `bytes` on the wire; returns those that
+/// fit and the position they reach (a repeat of a key comes once, at its first position, so
+/// every entry before a record left out is in).
+pub(crate) fn fit(records: Vec<ReplRecord>, upto: i64, bytes: usize) -> (Vec<ReplRecord>, i64) {
+    let mut size = 0;
+    let mut kept = Vec::with_capacity(records.len());
+    for r in records {
+        let len = record_size(&r);
+        if size + len > bytes && !kept.is_empty() {
+            return (kept, r.seq - 1);
+        }
+        size += len;
+        kept.push(r);
+    }
+    (kept, upto)
+}
+
+/// The records in a batch or a merge.
+pub(crate) fn parse_records(el: &Element) -> Result<Vec<ReplRecord>, String> {
+    el.children()
         .filter(|c| c.is("r", NS))
         .map(parse_record)
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// Reads a batch (the payload of an IQ set).
+pub(crate) fn parse_sync(el: &Element) -> Result<Sync, String> {
+    let records = parse_records(el)?;
     Ok(Sync {
         epoch: el
             .attr("epoch")
@@ -162,6 +203,14 @@ pub(crate) fn position(origin: &ReplOrigin, applied: bool) -> Element {
         .build()
 }
 
+/// The hub's answer to a snapshot it cannot take before it has merged its own writes
+/// back: `wait='true'`.
+pub(crate) fn wait(origin: &ReplOrigin) -> Element {
+    let mut el = position(origin, false);
+    stanza::set_attr(&mut el, "wait", "true");
+    el
+}
+
 /// Reads the hub's answer (an IQ result).
 pub(crate) fn parse_position(iq: &Element) -> Option<Position> {
     let p = iq.get_child("position", NS)?;
@@ -169,6 +218,7 @@ pub(crate) fn parse_position(iq: &Element) -> Option<Position> {
         epoch: p.attr("epoch")?.to_owned(),
         position: p.attr("position")?.parse().ok()?,
         applied: p.attr("applied") == Some("true"),
+        wait: p.attr("wait") == Some("true"),
     })
 }
 
@@ -254,7 +304,8 @@ mod tests {
             Some(Position {
                 epoch: "e".to_owned(),
                 position: 42,
-                applied: true
+                applied: true,
+                wait: false,
             })
         );
     }

@@ -251,10 +251,10 @@ impl Inbound {
             .map(|t| t.domain().as_str().to_owned())
             .filter(|d| !self.d.is_ours(d));
         let Some(to_domain) = relay_to else {
-            if crate::replication::is_handback(&el) {
-                // Messages our hub stored for our users while it stood in for us.
+            if crate::replication::is_from_hub(&el) {
+                // What our hub wrote and stored for our users while it stood in for us.
                 let hub = self.fed.hub();
-                match crate::replication::take_back(&self.d, &el, hub).await {
+                match crate::replication::from_hub(&self.d, &el, hub).await {
                     Ok(reply) => self.d.send(reply),
                     Err(error) => self.d.bounce(&el, error),
                 }

@@ -583,3 +583,141 @@ async fn at_the_hub_a_users_subscription_requests_reach_other_sites() {
         .await;
     assert_eq!(request.attr("from"), Some("alice@a.test"));
 }
+
+/// alice's and bob's archives at `server`, as (id, body) pairs.
+async fn archived(server: &TestServer, user: &str) -> Vec<(i64, Option<String>)> {
+    let q = outpost_store::ArchiveQuery {
+        owner: user,
+        with: None,
+        after: None,
+        before: None,
+        limit: 100,
+        newest_first: false,
+    };
+    let page = server.store.archive_page(&q).await.expect("archive");
+    page.iter()
+        .map(|m| {
+            let el: outpost_proto::minidom::Element = m.stanza.parse().expect("stanza");
+            (m.id, body(&el))
+        })
+        .collect()
+}
+
+/// Scenario (b) of the paper's Figure 2: while the site is down, alice lives at the hub
+/// and changes her directory there; carol writes to her and to bob (away). When the site is
+/// back, everything written at the hub goes home: alice finds her changes and her history
+/// at the site under the ids she saw at the hub, and bob carol's message, once.
+#[tokio::test]
+async fn what_users_write_at_the_hub_goes_home_with_them() {
+    let (hub, mut a, c) = figure_two().await;
+    a.stop().await;
+    let mut alice = login_at(&hub, ("alice", "a.test"), "wonderland").await;
+    alice.roster_get().await;
+    alice.available().await;
+    alice_edits_everything(&mut alice, "erin@c.test").await;
+    let mut carol = c.login("carol", "christmas", "pc").await;
+    carol.available().await;
+    carol
+        .send(&chat("alice@a.test", "written to the hub"))
+        .await;
+    alice
+        .recv_where(|el| is_chat_from(el, "carol@c.test/pc"))
+        .await;
+    carol.send(&chat("bob@a.test", "for bob, away")).await;
+    let (at_hub, _) = alice.mam(None, "").await;
+    assert_eq!(at_hub.len(), 1);
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        match hub.store.count_offline("bob@a.test").await.expect("count") {
+            1 => Ok(()),
+            n => Err(format!("{n} messages for bob at the hub")),
+        }
+    })
+    .await;
+
+    a.restart().await;
+    point(&a, &hub);
+    meet(&a, &c);
+    assert!(alice.saw_see_other_host("a.test").await);
+    // The site holds what alice wrote at the hub, and the hub nothing left to merge.
+    hub_has_the_sites(&a, &hub, "alice@a.test").await;
+    let vcard = a.store.vcard("alice@a.test").await.unwrap();
+    assert!(vcard.is_some_and(|v| v.contains("Alice Liddell")));
+    assert_eq!(hub.store.repl_origin("a.test").await.unwrap().pending, 0);
+
+    // Her history at home has carol's message under the stanza-id the hub gave it.
+    let mut alice = a.login("alice", "wonderland", "home").await;
+    let (at_home, _) = alice.mam(None, "").await;
+    let ids: Vec<&String> = at_home.iter().map(|(id, _)| id).collect();
+    assert!(ids.contains(&&at_hub[0].0), "{ids:?} lacks {}", at_hub[0].0);
+
+    // bob's message came back both ways (handed back, and in the archive merged back):
+    // one copy at home.
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let bobs = archived(&a, "bob@a.test").await;
+        let carols: Vec<_> = bobs
+            .iter()
+            .filter(|(_, b)| b.as_deref() == Some("for bob, away"))
+            .collect();
+        match (carols.len(), hub.store.count_offline("bob@a.test").await) {
+            (1, Ok(0)) => Ok(()),
+            seen => Err(format!("bob's archive at home: {bobs:?}; {seen:?}")),
+        }
+    })
+    .await;
+}
+
+/// A partition where both sides live: the hub cannot reach the site (it stands in for it
+/// for alice, away), while alice's other client at home goes on. Both write her vCard; the
+/// later write wins on both sides, and once the hub reaches the site again nothing is
+/// left to merge.
+#[tokio::test]
+async fn when_both_sides_write_a_key_the_later_write_wins_on_both() {
+    let (hub, a, _c) = figure_two().await;
+    let refused = closed_port().await;
+    handle(&hub).set_peer_address("a.test", refused.into());
+    let mut away = login_at(&hub, ("alice", "a.test"), "wonderland").await;
+    let mut home = a.login("alice", "wonderland", "home").await;
+    let vcard = |name: &str| format!("<vCard xmlns='vcard-temp'><FN>{name}</FN></vCard>");
+    for (client, name) in [(&mut away, "written away"), (&mut home, "written at home")] {
+        let answer = client.query("set", None, &vcard(name)).await;
+        assert_eq!(answer.attr("type"), Some("result"), "{answer:?}");
+    }
+    // The site's later write reached the hub and won there.
+    hub_has_the_sites(&a, &hub, "alice@a.test").await;
+    let at_hub = hub.store.vcard("alice@a.test").await.unwrap();
+    assert!(at_hub.is_some_and(|v| v.contains("written at home")));
+    assert_eq!(hub.store.repl_origin("a.test").await.unwrap().conflicts, 1);
+
+    // The hub reaches the site again: the standby ends with the next replication, and
+    // what the hub wrote, having lost, is not merged back over the site's.
+    point(&a, &hub);
+    a.add_user("erin", "password-of-erin").await;
+    assert!(away.saw_see_other_host("a.test").await);
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        match hub.store.repl_origin("a.test").await.map(|o| o.pending) {
+            Ok(0) => Ok(()),
+            seen => Err(format!("left to merge: {seen:?}")),
+        }
+    })
+    .await;
+    let at_site = a.store.vcard("alice@a.test").await.unwrap();
+    assert!(at_site.is_some_and(|v| v.contains("written at home")));
+    hub_has_the_sites(&a, &hub, "alice@a.test").await;
+}
+
+/// A password changed at the site while alice is stood in for at the hub: her session there
+/// ends as it would at home, the old password stops working there, the new one works.
+#[tokio::test]
+async fn a_password_changed_at_home_ends_the_sessions_at_the_hub() {
+    let (hub, a, _c) = figure_two().await;
+    let refused = closed_port().await;
+    handle(&hub).set_peer_address("a.test", refused.into());
+    let mut away = login_at(&hub, ("alice", "a.test"), "wonderland").await;
+    outpost_server::accounts::set_password(a.store.as_ref(), "alice@a.test", "looking-glass", 4096)
+        .await
+        .expect("password");
+    assert_eq!(away.expect_close().await.as_deref(), Some("not-authorized"));
+    let mut old = connect_for(&hub, "a.test").await;
+    assert!(old.auth_plain("alice", "wonderland").await.is_err());
+    login_at(&hub, ("alice", "a.test"), "looking-glass").await;
+}

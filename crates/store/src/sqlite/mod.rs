@@ -34,6 +34,7 @@ mod archive;
 mod batch;
 mod muc;
 mod pep;
+mod repl_apply;
 mod replication;
 mod upload;
 
@@ -55,6 +56,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     ),
     (8, include_str!("../../migrations/0008_uploads.sql")),
     (9, include_str!("../../migrations/0009_replication.sql")),
+    (
+        10,
+        include_str!("../../migrations/0010_replication_merge.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -1140,8 +1145,8 @@ impl Store for SqliteStore {
         .map_err(db)
     }
 
-    async fn repl_activate(&self, on: bool) -> Result<crate::ReplLog> {
-        replication::activate(self, on).await
+    async fn repl_activate(&self, mode: crate::ReplMode) -> Result<crate::ReplLog> {
+        replication::activate(self, mode).await
     }
 
     async fn repl_log(&self) -> Result<crate::ReplLog> {
@@ -1161,7 +1166,7 @@ impl Store for SqliteStore {
     }
 
     async fn repl_apply(&self, batch: &crate::ReplBatch<'_>) -> Result<(bool, crate::ReplOrigin)> {
-        replication::apply(self, batch).await
+        repl_apply::apply(self, batch).await
     }
 
     async fn repl_origin(&self, domain: &str) -> Result<crate::ReplOrigin> {
@@ -1170,6 +1175,22 @@ impl Store for SqliteStore {
 
     async fn repl_origins(&self) -> Result<Vec<crate::ReplOrigin>> {
         replication::origins(self).await
+    }
+
+    async fn repl_merge_read(
+        &self,
+        domain: &str,
+        limit: u32,
+    ) -> Result<(Vec<crate::ReplRecord>, i64)> {
+        replication::merge_read(self, domain, limit).await
+    }
+
+    async fn repl_merge_done(&self, domain: &str, upto: i64) -> Result<()> {
+        replication::merge_done(self, domain, upto).await
+    }
+
+    async fn repl_merge(&self, records: &[crate::ReplRecord]) -> Result<u64> {
+        repl_apply::merge(self, records).await
     }
 
     async fn close(&self) {
@@ -1330,7 +1351,7 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),

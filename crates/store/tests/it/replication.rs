@@ -3,8 +3,8 @@
 
 use outpost_store::{
     AccessModel, ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery, BatchWrite, NodeConfig,
-    PepItem, Quotas, ReplBatch, ReplKind, ReplRecord, RosterItem, SendLast, SqliteStore, Store,
-    StoreError, Subscription, SubscriptionRequest,
+    PepItem, Quotas, ReplBatch, ReplKind, ReplMode, ReplRecord, RosterItem, SendLast, SqliteStore,
+    Store, StoreError, Subscription, SubscriptionRequest,
 };
 
 use crate::battery::{creds, sqlite_store};
@@ -183,7 +183,7 @@ async fn ship(site: &SqliteStore, hub: &SqliteStore, after: i64, snapshot: bool)
 async fn every_kind_of_record_reaches_the_hub_and_so_do_removals() {
     let (_d1, site) = sqlite_store().await;
     let (_d2, hub) = sqlite_store().await;
-    site.repl_activate(true).await.unwrap();
+    site.repl_activate(ReplMode::Site).await.unwrap();
     populate(&site).await;
     // A hub that has nothing takes the first batch as a snapshot.
     let position = ship(&site, &hub, 0, true).await;
@@ -228,7 +228,7 @@ async fn every_kind_of_record_reaches_the_hub_and_so_do_removals() {
 #[tokio::test]
 async fn the_log_names_each_change_once_per_batch_with_growing_stamps() {
     let (_d, site) = sqlite_store().await;
-    site.repl_activate(true).await.unwrap();
+    site.repl_activate(ReplMode::Site).await.unwrap();
     site.create_account(ALICE, &creds(1)).await.unwrap();
     for _ in 0..3 {
         site.set_vcard(ALICE, "<vCard xmlns='vcard-temp'/>")
@@ -240,9 +240,11 @@ async fn the_log_names_each_change_once_per_batch_with_growing_stamps() {
     assert_eq!(upto, log.last);
     let kinds: Vec<ReplKind> = records.iter().map(|r| r.kind).collect();
     assert_eq!(kinds, [ReplKind::Account, ReplKind::Vcard]);
-    // The vCard's record carries the stamp of its last write.
-    let (all, _) = site.repl_read(0, 2).await.unwrap();
-    assert!(records[1].stamp > all[1].stamp, "{records:?} {all:?}");
+    // The vCard's record is its last write; the entries of its earlier writes are left
+    // out, superseded.
+    assert_eq!(records[1].seq, log.last);
+    let (first, _) = site.repl_read(0, 2).await.unwrap();
+    assert_eq!(first, records[..1]);
     assert!(records[0].stamp < records[1].stamp);
 
     // Acknowledged entries leave the log.
@@ -257,15 +259,18 @@ async fn nothing_is_logged_while_replication_is_off() {
     let (_d, site) = sqlite_store().await;
     site.create_account(ALICE, &creds(1)).await.unwrap();
     assert!(site.repl_read(0, 100).await.unwrap().0.is_empty());
-    let on = site.repl_activate(true).await.unwrap();
+    let on = site.repl_activate(ReplMode::Site).await.unwrap();
     assert!(on.active && !on.epoch.is_empty());
     // Turning it on again keeps the epoch; off and on makes a new one.
-    assert_eq!(site.repl_activate(true).await.unwrap().epoch, on.epoch);
-    site.repl_activate(false).await.unwrap();
+    assert_eq!(
+        site.repl_activate(ReplMode::Site).await.unwrap().epoch,
+        on.epoch
+    );
+    site.repl_activate(ReplMode::Off).await.unwrap();
     // Off, archived messages log nothing either (their triggers are gone).
     populate_archive(&site).await;
     assert!(site.repl_read(0, 100).await.unwrap().0.is_empty());
-    let again = site.repl_activate(true).await.unwrap();
+    let again = site.repl_activate(ReplMode::Site).await.unwrap();
     assert_ne!(again.epoch, on.epoch);
 }
 
@@ -275,7 +280,7 @@ async fn a_snapshot_copies_everything_and_drops_what_the_site_no_longer_has() {
     let (_d2, hub) = sqlite_store().await;
     // Written before replication was on: only a snapshot carries it.
     populate(&site).await;
-    site.repl_activate(true).await.unwrap();
+    site.repl_activate(ReplMode::Site).await.unwrap();
     // The hub holds an account the site no longer has, and one of another domain.
     hub.create_account("gone@site1.test", &creds(3))
         .await
@@ -298,7 +303,7 @@ async fn a_snapshot_copies_everything_and_drops_what_the_site_no_longer_has() {
 async fn a_batch_that_does_not_follow_the_replica_is_not_applied() {
     let (_d1, site) = sqlite_store().await;
     let (_d2, hub) = sqlite_store().await;
-    site.repl_activate(true).await.unwrap();
+    site.repl_activate(ReplMode::Site).await.unwrap();
     site.create_account(ALICE, &creds(1)).await.unwrap();
     let epoch = site.repl_log().await.unwrap().epoch;
     let (records, upto) = site.repl_read(0, 100).await.unwrap();
@@ -395,4 +400,237 @@ async fn a_record_the_hub_cannot_store_fails_the_whole_batch() {
             .is_empty()
     );
     assert_eq!(hub.repl_origin("site1.test").await.unwrap().position, 0);
+}
+
+/// Writes an archived message at `s` (the hub, standing in), in the recipient's archive.
+async fn archive_one(s: &dyn Store, id: i64, from: &str, to: &str) {
+    archive_in(s, id, (from, false), (to, true)).await;
+}
+
+/// Writes an archived message at `s`: each end with whether its archive holds it.
+async fn archive_in(s: &dyn Store, id: i64, from: (&str, bool), to: (&str, bool)) {
+    let (from, in_sender) = from;
+    let (to, in_recipient) = to;
+    let write = BatchWrite::Archive(ArchiveEntry {
+        id,
+        sender: from.to_owned(),
+        recipient: to.to_owned(),
+        in_sender,
+        in_recipient,
+        stanza: format!("<message from='{from}' to='{to}'><body>{id}</body></message>"),
+    });
+    let quotas = Quotas {
+        offline: 10,
+        outbox: 10,
+    };
+    for r in s.write_batch(&[write], 0, quotas).await.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// The stamp `records` carry for `kind` of alice's.
+fn stamp_of(records: &[ReplRecord], kind: ReplKind) -> i64 {
+    records
+        .iter()
+        .find(|r| r.kind == kind && r.owner == ALICE)
+        .unwrap_or_else(|| panic!("no {kind:?} in {records:?}"))
+        .stamp
+}
+
+/// During a partition: both sides write alice's directory, and bob's account is removed at
+/// the site while the hub writes his vCard.
+async fn both_write_during_a_partition(site: &SqliteStore, hub: &SqliteStore) {
+    // Both write alice's vCard and bookmarks, in both orders.
+    site.set_vcard(ALICE, "<vCard xmlns='vcard-temp'><FN>site</FN></vCard>")
+        .await
+        .unwrap();
+    hub.set_vcard(ALICE, "<vCard xmlns='vcard-temp'><FN>hub</FN></vCard>")
+        .await
+        .unwrap();
+    let bookmarks =
+        |by: &str| format!("<storage xmlns='storage:bookmarks'><by>{by}</by></storage>");
+    hub.set_private_xml(ALICE, "storage:bookmarks", &bookmarks("hub"))
+        .await
+        .unwrap();
+    site.set_private_xml(ALICE, "storage:bookmarks", &bookmarks("site"))
+        .await
+        .unwrap();
+    // The hub adds a contact and removes one, blocks someone; the site unblocks someone.
+    hub.put_roster_item(ALICE, &roster_item("erin@site2.test", &["New"]))
+        .await
+        .unwrap();
+    hub.remove_roster_item(ALICE, "carol@site2.test")
+        .await
+        .unwrap();
+    hub.block(ALICE, &["pest@example.org".to_owned()])
+        .await
+        .unwrap();
+    site.unblock(ALICE, &["troll@example.org".to_owned()])
+        .await
+        .unwrap();
+    // Each archives a message of its own; ids do not collide (see `Archive::next_id`).
+    archive_one(hub, 9_001, "erin@site2.test", ALICE).await;
+    archive_one(site, 9_002, "frank@site2.test", ALICE).await;
+    // Bob's account is removed at the site while the hub writes his vCard.
+    hub.set_vcard(BOB, "<vCard xmlns='vcard-temp'/>")
+        .await
+        .unwrap();
+    site.remove_account(BOB).await.unwrap();
+}
+
+/// Both sides write alice's directory during a partition (she is logged in at the hub;
+/// the site goes on too). On heal the site replicates, the hub merges back, and both hold
+/// the same: per key the later write, deletions included, the union of the archives.
+#[tokio::test]
+async fn after_a_partition_both_sides_hold_the_later_write_of_every_key() {
+    let (_d1, site) = sqlite_store().await;
+    let (_d2, hub) = sqlite_store().await;
+    site.repl_activate(ReplMode::Site).await.unwrap();
+    hub.repl_activate(ReplMode::Hub).await.unwrap();
+    populate(&site).await;
+    let position = ship(&site, &hub, 0, true).await;
+    // Nothing the hub applied is its own write.
+    assert_eq!(hub.repl_merge_read("site1.test", 100).await.unwrap().0, []);
+
+    both_write_during_a_partition(&site, &hub).await;
+
+    // The hub refuses a snapshot while it holds writes of its own for the site.
+    let (records, _) = site.repl_read(position, 10_000).await.unwrap();
+    let (hub_records, _) = hub.repl_merge_read("site1.test", 10_000).await.unwrap();
+    let snapshot = ReplBatch {
+        domain: "site1.test",
+        epoch: "other",
+        after: 0,
+        upto: 1,
+        head: 1,
+        snapshot: true,
+        records: &[],
+        now_ms: 1,
+    };
+    let (applied, origin) = hub.repl_apply(&snapshot).await.unwrap();
+    assert!(!applied && origin.pending > 0, "{origin:?}");
+
+    // Heal: the site replicates, then the hub merges back.
+    let position = ship(&site, &hub, position, false).await;
+    let (merged, upto) = hub.repl_merge_read("site1.test", 10_000).await.unwrap();
+    let lost_at_site = site.repl_merge(&merged).await.unwrap();
+    hub.repl_merge_done("site1.test", upto).await.unwrap();
+    ship(&site, &hub, position, false).await;
+    assert_eq!(directory(&hub).await, directory(&site).await);
+
+    // Per key, the later stamp won, whichever side wrote it.
+    let later = |kind| stamp_of(&hub_records, kind) > stamp_of(&records, kind);
+    let vcard = site.vcard(ALICE).await.unwrap().unwrap();
+    assert_eq!(vcard.contains("hub"), later(ReplKind::Vcard), "{vcard}");
+    let private = site.private_xml(ALICE, "storage:bookmarks").await.unwrap();
+    assert_eq!(private.unwrap().contains("hub"), later(ReplKind::Private));
+    // The site replicated first, so the hub met both conflicts and merged back only
+    // what won.
+    assert_eq!(hub.repl_origin("site1.test").await.unwrap().conflicts, 2);
+    assert_eq!(lost_at_site, 0);
+    assert_eq!(site.repl_log().await.unwrap().conflicts, 0);
+
+    // Nothing resurrected, nothing lost.
+    let contacts: Vec<String> = site
+        .roster(ALICE)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|i| i.jid)
+        .collect();
+    assert!(
+        contacts.contains(&"erin@site2.test".to_owned()),
+        "{contacts:?}"
+    );
+    assert!(
+        !contacts.contains(&"carol@site2.test".to_owned()),
+        "{contacts:?}"
+    );
+    assert_eq!(
+        site.blocklist(ALICE).await.unwrap(),
+        ["pest@example.org", "spam@example.org"]
+    );
+    let archived: Vec<i64> = site
+        .archive_page(&archive_of(ALICE))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert!(
+        archived.contains(&9_001) && archived.contains(&9_002),
+        "{archived:?}"
+    );
+    assert!(!site.account_exists(BOB).await.unwrap());
+    assert!(!hub.account_exists(BOB).await.unwrap());
+    assert_eq!(hub.repl_origin("site1.test").await.unwrap().pending, 0);
+
+    // The stamps given out from now on are above every stamp received: a change at the
+    // site after the merge beats what the hub wrote.
+    site.set_vcard(ALICE, "<vCard xmlns='vcard-temp'><FN>after</FN></vCard>")
+        .await
+        .unwrap();
+    let (after, _) = site.repl_read(0, 100).await.unwrap();
+    assert!(stamp_of(&after, ReplKind::Vcard) > stamp_of(&hub_records, ReplKind::Vcard));
+}
+
+/// The records a hub merges back may repeat, or come after the site changed the key again:
+/// applying them twice changes nothing, and an account or room record is refused.
+#[tokio::test]
+async fn a_merge_applied_twice_changes_nothing_and_accounts_change_at_home_only() {
+    let (_d1, site) = sqlite_store().await;
+    let (_d2, hub) = sqlite_store().await;
+    site.repl_activate(ReplMode::Site).await.unwrap();
+    hub.repl_activate(ReplMode::Hub).await.unwrap();
+    populate(&site).await;
+    ship(&site, &hub, 0, true).await;
+    hub.set_vcard(ALICE, "<vCard xmlns='vcard-temp'><FN>hub</FN></vCard>")
+        .await
+        .unwrap();
+    let (records, _) = hub.repl_merge_read("site1.test", 100).await.unwrap();
+    let log = site.repl_log().await.unwrap();
+    assert_eq!(site.repl_merge(&records).await.unwrap(), 0);
+    // Merged records are not the site's own changes: nothing new to replicate.
+    assert_eq!(site.repl_log().await.unwrap().last, log.last);
+    let once = directory(&site).await;
+    assert_eq!(site.repl_merge(&records).await.unwrap(), 0);
+    assert_eq!(directory(&site).await, once);
+    // Written at the site since: the hub's record loses.
+    let later = "<vCard xmlns='vcard-temp'><FN>site</FN></vCard>";
+    site.set_vcard(ALICE, later).await.unwrap();
+    assert_eq!(site.repl_merge(&records).await.unwrap(), 1);
+    assert_eq!(site.vcard(ALICE).await.unwrap().as_deref(), Some(later));
+
+    let account = ReplRecord {
+        kind: ReplKind::Account,
+        ..records[0].clone()
+    };
+    let err = site.repl_merge(&[account]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
+}
+
+/// A hub logs for merging back only what it archived for a site's users: not a message a
+/// site's user sent to one of the hub's own users outside a standby (only the hub user's
+/// archive holds it), nor anything of its own users.
+#[tokio::test]
+async fn a_hub_merges_back_only_what_it_archived_for_a_sites_users() {
+    let (_d1, site) = sqlite_store().await;
+    let (_d2, hub) = sqlite_store().await;
+    site.repl_activate(ReplMode::Site).await.unwrap();
+    hub.repl_activate(ReplMode::Hub).await.unwrap();
+    populate(&site).await;
+    ship(&site, &hub, 0, true).await;
+    let carol = "carol@hub.test";
+    hub.create_account(carol, &creds(5)).await.unwrap();
+    archive_in(&hub, 9_100, (ALICE, false), (carol, true)).await;
+    archive_in(&hub, 9_101, (carol, true), (ALICE, true)).await;
+    archive_in(&hub, 9_102, (ALICE, true), (carol, true)).await;
+    archive_in(&hub, 9_103, (carol, true), ("dave@hub.test", true)).await;
+    let (records, _) = hub.repl_merge_read("site1.test", 100).await.unwrap();
+    let logged: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| (r.key.as_str(), r.owner.as_str()))
+        .collect();
+    assert_eq!(logged, [("9101", ALICE), ("9102", ALICE)]);
 }
