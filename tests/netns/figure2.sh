@@ -10,7 +10,10 @@
 # within 5 s with the same passwords, find their rosters, chat with each other and with
 # carol; what carol sent alice right after the kill arrives. Site 1 restarts and catches up,
 # the hub sends alice and bob home (<see-other-host/>), and nothing was lost or duplicated.
-# Scenario (b), in the same run: alice changes her vCard at the hub; at home she finds it.
+# Scenario (b): site 1 is cut off from the WAN again; alice's second device, away, adds a
+# contact and changes her vCard at the hub, while her first renames bob at the site. After
+# the heal both servers hold the same roster and vCard, with every change. (And in (a),
+# alice changes her vCard at the hub; at home she finds it.)
 #
 # Scenario (c): site 1 is cut off from the WAN (its cable at the hub pulled) while its LAN
 # works. alice, away, logs in at the hub (which cannot reach the site) with her password;
@@ -241,6 +244,45 @@ away login --password alice-password --expect refused || die "the old password s
 away login --password alice-new-password --expect ok || die "the new password does not work at the hub"
 heal_site1
 say "RESULT: the password changed at the site during the partition is the only one the hub takes after it"
+
+# ---------------------------------------------------------------- (b) both sides write during a partition
+# alice's second device, away, logs in at the hub while site 1 is cut off again; it adds
+# a contact and changes her vCard there, while on the LAN her first device renames bob at
+# the site. After the heal both servers must hold the union (point 4's rules).
+PASSWORD=alice-new-password
+cut_site1
+say "site 1 cut off from the WAN again; alice writes on both sides"
+away edit --password "$PASSWORD" --contact dave@site2.test=Dave --vcard "Alice, away" ||
+    die "alice's changes at the hub failed"
+in_ns "$S1" "$PY" "$CLIENTS" edit "${CAS[@]}" --jid alice@site1.test --host "$SITE1" \
+    --password "$PASSWORD" --contact bob@site1.test=Bobby || die "alice's change at the site failed"
+heal_site1
+unmerged() {
+    "$BIN" admin replication --json --config "$WORK/hub/outpost.toml" |
+        "$PY" -c 'import json,sys; print([s for s in json.load(sys.stdin)["sites"] if s["domain"] == "site1.test"][0]["unmerged"])'
+}
+merged() { caught_up && [[ $(unmerged) == 0 ]]; }
+wait_until 90 "both sides to have each other's writes" merged
+directory_of() { # directory_of DB: alice's roster and vCard, one line each
+    "$PY" - "$1" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+alice = "alice@site1.test"
+print(db.execute("SELECT contact, name, subscription, ask FROM roster_items WHERE owner = ? "
+                 "ORDER BY contact", (alice,)).fetchall())
+print(db.execute("SELECT vcard FROM vcards WHERE owner = ?", (alice,)).fetchall())
+PY
+}
+at_site=$(directory_of "$WORK/site1/data/outpost.db")
+at_hub=$(directory_of "$WORK/hub/data/outpost.db")
+[[ $at_site == "$at_hub" ]] || die "after the heal the site holds
+$at_site
+and the hub
+$at_hub"
+in_ns "$S1" "$PY" "$CLIENTS" check "${CAS[@]}" --jid alice@site1.test --host "$SITE1" \
+    --password "$PASSWORD" --contact dave@site2.test=Dave --contact bob@site1.test=Bobby \
+    --vcard "Alice, away" || die "alice does not find both sides' changes at home"
+say "RESULT: written on both sides during a partition, alice's roster and vCard are the same at the site and the hub after the heal, with every change"
 
 # ---------------------------------------------------------------- (d) kill -9 the hub mid-way
 say "site 1 stops; $ACCOUNTS accounts × $CONTACTS contacts are written into its database"

@@ -242,9 +242,45 @@ async def passwd(args) -> None:
     c.disconnect()
 
 
+async def edit(args) -> None:
+    """Scenario (b): changes the account's directory at `--host`: roster items
+    (`--contact JID=NAME`, added or renamed) and the vCard's name (`--vcard`)."""
+    c = Client(args.jid, args.cafile, args.password)
+    c.connect(host=args.host, port=5222)
+    await c.until("a session", lambda: c.sessions)
+    for item in args.contact:
+        jid, name = item.split("=", 1)
+        await c.update_roster(jid, name=name, timeout=WAIT)
+    if args.vcard:
+        card = c["xep_0054"].make_vcard()
+        card["FN"] = args.vcard
+        await c["xep_0054"].publish_vcard(card, timeout=WAIT)
+    say(f"{args.jid} at {args.host}: contacts {args.contact}, vCard {args.vcard!r}")
+    c.disconnect()
+
+
+async def check(args) -> None:
+    """Scenario (b): the account's roster (`--contact JID=NAME`) and vCard name
+    (`--vcard`) at `--host` are what they must be."""
+    c = Client(args.jid, args.cafile, args.password)
+    c.connect(host=args.host, port=5222)
+    await c.until("a session", lambda: c.sessions)
+    for item in args.contact:
+        jid, name = item.split("=", 1)
+        got = c.client_roster[jid]["name"] if jid in c.client_roster else None
+        if got != name:
+            raise SystemExit(f"{args.jid}'s roster at {args.host}: {jid} is {got!r}, not {name!r}")
+    card = await c["xep_0054"].get_vcard(slixmpp.JID(args.jid), local=False, timeout=WAIT)
+    if card["vcard_temp"]["FN"] != args.vcard:
+        raise SystemExit(f"{args.jid}'s vCard at {args.host}: {card['vcard_temp']['FN']!r}")
+    say(f"{args.jid} at {args.host} finds contacts {args.contact} and vCard {args.vcard!r}")
+    c.disconnect()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["carol", "setup", "failover", "login", "passwd"])
+    p.add_argument("mode", choices=["carol", "setup", "failover", "login", "passwd", "edit",
+                                    "check"])
     p.add_argument("--jid")
     p.add_argument("--password")
     p.add_argument("--new")
@@ -256,9 +292,11 @@ def main() -> None:
     p.add_argument("--log", default="/dev/null")
     p.add_argument("--send-when", default="")
     p.add_argument("--ready", default="")
+    p.add_argument("--contact", action="append", default=[])
+    p.add_argument("--vcard", default="")
     args = p.parse_args()
     run = {"carol": carol, "setup": setup, "failover": failover, "login": login,
-           "passwd": passwd}[args.mode]
+           "passwd": passwd, "edit": edit, "check": check}[args.mode]
     asyncio.run(asyncio.wait_for(run(args), None if args.mode == "carol" else 180))
 
 

@@ -23,3 +23,9 @@ ALTER TABLE repl_settings ADD COLUMN hub INTEGER NOT NULL DEFAULT 0;
 -- Records from the other side that lost to a later write here (for operators).
 ALTER TABLE repl_settings ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE repl_origins ADD COLUMN conflicts INTEGER NOT NULL DEFAULT 0;
+
+-- On a hub: a site's offline message kept for its user, under the site's id (NULL for the
+-- hub's own), so that the site's deletion (delivered there) removes it here, and the hub's
+-- (delivered here) can be merged back.
+ALTER TABLE offline ADD COLUMN origin_key TEXT;
+CREATE UNIQUE INDEX offline_by_origin ON offline (owner, origin_key) WHERE origin_key IS NOT NULL;

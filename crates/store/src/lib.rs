@@ -748,8 +748,18 @@ pub trait Store: Send + Sync + 'static {
     async fn repl_apply(&self, _batch: &ReplBatch<'_>) -> Result<(bool, ReplOrigin)> {
         Err(StoreError::Unsupported("replication"))
     }
-    /// The accounts of `domain` with messages in their offline queue, sorted (a hub hands
-    /// what it stored for a site's users during standby back to the site).
+    /// On a hub: up to `limit` of the messages it stored itself for `user`, oldest first
+    /// (not the site's queue it keeps a replica of).
+    async fn offline_own(&self, user: &BareJid, limit: u32) -> Result<Vec<OfflineMessage>> {
+        self.offline(user, limit).await
+    }
+    /// On a hub: deletes the messages it stored itself for `user` with ids `<= up_to`.
+    async fn delete_offline_own(&self, user: &BareJid, up_to: i64) -> Result<()> {
+        self.delete_offline(user, up_to).await
+    }
+    /// The accounts of `domain` with messages of this server's own in their offline queue
+    /// (not a site's replicated ones), sorted (a hub hands what it stored for a site's users
+    /// during standby back to the site).
     async fn offline_owners(&self, domain: &str) -> Result<Vec<String>> {
         let mut owners = Vec::new();
         for account in self.list_accounts().await? {

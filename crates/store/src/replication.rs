@@ -28,10 +28,12 @@ pub enum ReplKind {
     MucRoom,
     /// One archived message; key: its id (the stanza-id), the owner its local end.
     Archive,
+    /// One message in the offline queue; key: its id at the site.
+    Offline,
 }
 
 impl ReplKind {
-    pub const ALL: [ReplKind; 12] = [
+    pub const ALL: [ReplKind; 13] = [
         ReplKind::Account,
         ReplKind::Roster,
         ReplKind::SubscriptionRequest,
@@ -44,6 +46,7 @@ impl ReplKind {
         ReplKind::PepSubscription,
         ReplKind::MucRoom,
         ReplKind::Archive,
+        ReplKind::Offline,
     ];
 
     /// The name in the log and on the wire.
@@ -61,6 +64,7 @@ impl ReplKind {
             ReplKind::PepSubscription => "pep_sub",
             ReplKind::MucRoom => "muc_room",
             ReplKind::Archive => "archive",
+            ReplKind::Offline => "offline",
         }
     }
 
@@ -147,7 +151,8 @@ pub struct ReplOrigin {
     pub stamp: i64,
     /// The site's records that lost to a later write the hub made while standing in.
     pub conflicts: i64,
-    /// Log entries of the hub's own writes for the site's users, not merged back yet.
+    /// What the hub holds for the site's users that has not gone back to the site yet:
+    /// log entries of its own writes, and messages it stored.
     pub pending: i64,
 }
 

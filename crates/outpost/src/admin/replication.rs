@@ -53,7 +53,7 @@ struct SiteReplica {
     last_lag_ms: Option<i64>,
     /// Writes of the same key by both sides that the hub settled (one of them lost).
     conflicts: i64,
-    /// What the hub wrote for the site's users, not merged back into the site yet.
+    /// What the hub wrote or stored for the site's users, not back at the site yet.
     unmerged: i64,
     standby: bool,
     standby_sessions: usize,

@@ -65,8 +65,9 @@ pub(crate) async fn run(d: Arc<Delivery>, site: String, shutdown: CancellationTo
     }
 }
 
-/// Hands back every message the hub holds for `site`'s users.
-async fn hand_back(d: &Delivery, site: &str) -> Result<(), String> {
+/// Hands back every message the hub stored for `site`'s users (not the site's own it keeps
+/// a replica of).
+pub(super) async fn hand_back(d: &Delivery, site: &str) -> Result<(), String> {
     let store = d.store();
     let owners = store
         .offline_owners(site)
@@ -75,7 +76,7 @@ async fn hand_back(d: &Delivery, site: &str) -> Result<(), String> {
     for user in owners {
         loop {
             let messages = store
-                .offline(&user, BATCH_MESSAGES)
+                .offline_own(&user, BATCH_MESSAGES)
                 .await
                 .map_err(|e| e.to_string())?;
             let Some(last) = messages.last().map(|m| m.id) else {
@@ -109,7 +110,7 @@ async fn hand_back(d: &Delivery, site: &str) -> Result<(), String> {
                 return Err(format!("the site refused: {}", String::from(&answer)));
             }
             store
-                .delete_offline(&user, up_to)
+                .delete_offline_own(&user, up_to)
                 .await
                 .map_err(|e| e.to_string())?;
             info!(%user, "messages stored at the hub handed back to the site");

@@ -491,6 +491,12 @@ async fn apply(
                 if let Err(reason) = merge::merge_back(&d, &site).await {
                     debug!(%site, %reason, "what the hub wrote for the site's users waits");
                 }
+                if d.standby().is_active(&site) {
+                    return;
+                }
+                if let Err(reason) = handback::hand_back(&d, &site).await {
+                    debug!(%site, %reason, "messages for the site wait at the hub");
+                }
             });
             Ok(result(el, wire::wait(&origin)))
         }

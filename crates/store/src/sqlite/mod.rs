@@ -616,6 +616,32 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db)
     }
 
+    async fn offline_own(&self, user: &BareJid, limit: u32) -> Result<Vec<OfflineMessage>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, stanza FROM offline WHERE owner = ? AND origin_key IS NULL \
+             ORDER BY id LIMIT ?",
+        )
+        .bind(user)
+        .bind(limit)
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, stanza)| OfflineMessage { id, stanza })
+            .collect())
+    }
+
+    async fn delete_offline_own(&self, user: &BareJid, up_to: i64) -> Result<()> {
+        sqlx::query("DELETE FROM offline WHERE owner = ? AND id <= ? AND origin_key IS NULL")
+            .bind(user)
+            .bind(up_to)
+            .execute(&self.writer)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn count_offline(&self, user: &BareJid) -> Result<u64> {
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline WHERE owner = ?")
             .bind(user)
@@ -1137,7 +1163,8 @@ impl Store for SqliteStore {
 
     async fn offline_owners(&self, domain: &str) -> Result<Vec<String>> {
         sqlx::query_scalar(
-            "SELECT DISTINCT owner FROM offline WHERE substr(owner, -length(?1)) = ?1 ORDER BY owner",
+            "SELECT DISTINCT owner FROM offline WHERE substr(owner, -length(?1)) = ?1 \
+             AND origin_key IS NULL ORDER BY owner",
         )
         .bind(format!("@{domain}"))
         .fetch_all(&self.readers)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use sqlx::SqliteConnection;
 
-use super::replication::{ORIGIN_COLUMNS, domain_of, read_origin};
+use super::replication::{ORIGIN_COLUMNS, domain_of, is_union, read_origin};
 use super::{SqliteStore, db};
 use crate::{ReplBatch, ReplKind, ReplOrigin, ReplRecord, Result, StoreError};
 
@@ -89,6 +89,12 @@ fn upsert(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
             "INSERT OR IGNORE INTO pep_subscriptions (owner, node, jid) VALUES (?, ?, ?)",
             &[Owner, Key, Sub],
         )],
+        // At a hub, under the site's id (its own rows have none).
+        ReplKind::Offline => &[(
+            "INSERT INTO offline (owner, stanza, origin_key) SELECT ?, json(?)->>'stanza', ? \
+             WHERE NOT EXISTS (SELECT 1 FROM offline WHERE owner = ? AND origin_key = ?)",
+            &[Owner, Value, Key, Owner, Key],
+        )],
         ReplKind::MucRoom => &[
             (
                 "INSERT INTO muc_rooms (jid, created_ms) SELECT ?, json(?)->>'created_ms' \
@@ -154,6 +160,10 @@ fn remove(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
         )],
         ReplKind::MucRoom => &[("DELETE FROM muc_rooms WHERE jid = ?", &[Owner])],
         ReplKind::Archive => &[("DELETE FROM archive WHERE id = CAST(? AS INTEGER)", &[Key])],
+        ReplKind::Offline => &[(
+            "DELETE FROM offline WHERE owner = ? AND origin_key = ?",
+            &[Owner, Key],
+        )],
     }
 }
 
@@ -201,7 +211,7 @@ pub(super) async fn apply(s: &SqliteStore, batch: &ReplBatch<'_>) -> Result<(boo
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    let mut origin = read_origin(&mut tx, batch.domain).await?;
+    let mut origin = read_origin(&mut tx, batch.domain, batch.snapshot).await?;
     // Until the commit (a batch not applied rolls back).
     applying(&mut tx, true).await?;
     if batch.snapshot {
@@ -354,8 +364,20 @@ pub(super) async fn merge(s: &SqliteStore, records: &[ReplRecord]) -> Result<u64
             Merge::Gone => {}
         }
     }
+    let (delivered, winners): (Vec<&ReplRecord>, Vec<&ReplRecord>) = winners
+        .into_iter()
+        .partition(|r| r.kind == ReplKind::Offline);
+    for r in delivered {
+        // Delivered at the hub: the site's message goes (its key is the site's own id).
+        sqlx::query("DELETE FROM offline WHERE owner = ? AND id = CAST(? AS INTEGER)")
+            .bind(&r.owner)
+            .bind(&r.key)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
     apply_all(&mut tx, &winners).await?;
-    for r in winners.iter().filter(|r| r.kind != ReplKind::Archive) {
+    for r in winners.iter().filter(|r| !is_union(r.kind.as_str())) {
         sqlx::query(
             "INSERT INTO repl_versions (kind, owner, key, sub, stamp) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT DO UPDATE SET stamp = excluded.stamp",
@@ -386,7 +408,8 @@ enum Merge {
     /// This side wrote the key later.
     Lost,
     /// Nothing: its account was removed here (a removal dominates what it races with), it
-    /// would remove an archived message (the archive is a union), or it was applied before.
+    /// would remove an archived message (the archive is a union) or add an offline one
+    /// (a hub sends only the site's it delivered), or it was applied before.
     Gone,
 }
 
@@ -399,11 +422,10 @@ async fn site_decides(conn: &mut SqliteConnection, r: &ReplRecord) -> Result<Mer
     if account.is_none() {
         return Ok(Merge::Gone);
     }
-    if r.kind == ReplKind::Archive {
-        return Ok(match r.value {
-            Some(_) => Merge::Apply,
-            None => Merge::Gone,
-        });
+    match (r.kind, &r.value) {
+        (ReplKind::Archive, Some(_)) | (ReplKind::Offline, None) => return Ok(Merge::Apply),
+        (ReplKind::Archive | ReplKind::Offline, _) => return Ok(Merge::Gone),
+        _ => {}
     }
     let version: Option<i64> = sqlx::query_scalar(
         "SELECT stamp FROM repl_versions WHERE kind = ? AND owner = ? AND key = ? AND sub = ?",

@@ -44,6 +44,8 @@ const VALUE: &str = "CASE l.kind \
         WHERE c.room = m.jid), \
         'affiliations', (SELECT json_group_object(a.jid, a.affiliation) \
         FROM muc_affiliations a WHERE a.room = m.jid)) FROM muc_rooms m WHERE jid = l.owner) \
+    WHEN 'offline' THEN (SELECT json_object('stanza', stanza) FROM offline \
+        WHERE id = CAST(l.key AS INTEGER) AND origin_key IS NULL) \
     WHEN 'archive' THEN (SELECT json_object('sender', sender, 'recipient', recipient, \
         'in_sender', in_sender, 'in_recipient', in_recipient, 'stanza', stanza) \
         FROM archive WHERE id = CAST(l.key AS INTEGER)) \
@@ -51,7 +53,7 @@ const VALUE: &str = "CASE l.kind \
 
 /// A table the log follows: the kind of its records and how a row names its key, as SQL
 /// over the row `r`. `main` when its rows are the kind's keys (what a snapshot logs again),
-/// `order` how a snapshot lists them.
+/// `order` how a snapshot lists them, `hub` what a hub logs of it when that differs.
 struct Tracked {
     table: &'static str,
     kind: &'static str,
@@ -60,6 +62,21 @@ struct Tracked {
     sub: &'static str,
     main: bool,
     order: &'static str,
+    hub: Option<HubForm>,
+}
+
+/// What a hub logs of a table: on which operations, rows matching `when`, owner and key.
+struct HubForm {
+    ops: &'static [&'static str],
+    owner: &'static str,
+    key: &'static str,
+    when: &'static str,
+}
+
+/// The kinds merged as a union (each record is a message that is there or not, never
+/// changed): they keep no versions, and a hub's record of them is never superseded.
+pub(super) fn is_union(kind: &str) -> bool {
+    matches!(kind, "archive" | "offline")
 }
 
 const fn tracked(
@@ -78,6 +95,7 @@ const fn tracked(
         sub,
         main,
         order: "",
+        hub: None,
     }
 }
 
@@ -137,13 +155,39 @@ const TRACKED: &[Tracked] = &[
     tracked("muc_affiliations", "muc_room", "r.room", "''", "''", false),
     // Each archived message is a key of its own (its id, the message's stanza-id at both
     // servers); its owner is its local end: the sender if its archive holds the row, the
-    // recipient otherwise (a room's archive row is its room's).
+    // recipient otherwise (a room's archive row is its room's). A hub logs new rows only.
     Tracked {
         order: "ORDER BY r.id",
+        hub: Some(HubForm {
+            ops: &["INSERT"],
+            owner: HUB_ARCHIVE_OWNER,
+            key: "CAST(r.id AS TEXT)",
+            when: "true",
+        }),
         ..tracked(
             "archive",
             "archive",
             "CASE WHEN r.in_sender = 1 THEN r.sender ELSE r.recipient END",
+            "CAST(r.id AS TEXT)",
+            "''",
+            true,
+        )
+    },
+    // Each message waiting in the offline queue, keyed by the site's id. A hub keeps the
+    // site's under that key (`origin_key`) and logs their deletion, which means it
+    // delivered them, so that the site does not deliver them again; its own it hands back.
+    Tracked {
+        order: "ORDER BY r.id",
+        hub: Some(HubForm {
+            ops: &["DELETE"],
+            owner: "r.owner",
+            key: "r.origin_key",
+            when: "r.origin_key IS NOT NULL",
+        }),
+        ..tracked(
+            "offline",
+            "offline",
+            "r.owner",
             "CAST(r.id AS TEXT)",
             "''",
             true,
@@ -173,32 +217,29 @@ const HUB_ARCHIVE_OWNER: &str = "CASE WHEN r.in_recipient = 1 AND \
 /// while replication is on, so a server that does not replicate pays nothing for them (for
 /// the archive, a check on every message would cost a few percent of throughput,
 /// measured). None fires while records from the other side are applied (`applying`). Each
-/// logs the key with a fresh stamp and, except for the archive (a union, see
-/// `repl_apply.rs`), keeps the stamp as the key's version. A hub logs only what it writes
-/// for its sites' users, and of the archive only new messages: what it prunes stays at
-/// the site.
+/// logs the key with a fresh stamp and, except for the union kinds ([`is_union`]), keeps
+/// the stamp as the key's version. A hub logs only what it writes for its sites' users
+/// (its form of a table, [`HubForm`]): of the archive only new messages (what it prunes
+/// stays at the site), of the offline queue the site's messages it delivered.
 fn triggers(mode: ReplMode) -> Vec<String> {
     let mut all = Vec::new();
     for t in TRACKED {
-        let archive = t.kind == "archive";
         for (op, row) in OPERATIONS {
-            if mode == ReplMode::Hub && archive && op != "INSERT" {
-                continue;
-            }
             let name = |sql: &str| sql.replace("r.", &format!("{row}."));
-            let owner = match (mode, archive) {
-                (ReplMode::Hub, true) => name(HUB_ARCHIVE_OWNER),
-                _ => name(t.owner),
+            let (owner, key, only) = match (mode, &t.hub) {
+                (ReplMode::Hub, Some(h)) if !h.ops.contains(&op) => continue,
+                (ReplMode::Hub, Some(h)) => (name(h.owner), name(h.key), name(h.when)),
+                _ => (name(t.owner), name(t.key), "true".to_owned()),
             };
-            let (key, sub) = (name(t.key), name(t.sub));
-            let mut when = "(SELECT applying FROM repl_settings) = 0".to_owned();
+            let sub = name(t.sub);
+            let mut when = format!("(SELECT applying FROM repl_settings) = 0 AND {only}");
             if mode == ReplMode::Hub {
                 when += &format!(
                     " AND {} IN (SELECT domain FROM repl_origins)",
                     domain_of(&owner)
                 );
             }
-            let version = match archive {
+            let version = match is_union(t.kind) {
                 true => String::new(),
                 false => format!(
                     "INSERT INTO repl_versions (kind, owner, key, sub, stamp) VALUES \
@@ -397,7 +438,8 @@ pub(super) async fn merge_done(s: &SqliteStore, domain: &str, upto: i64) -> Resu
 /// current one anyway: every account's record then comes before the records of what it
 /// owns). An entry older than its key's version is left out: a later write (this side's,
 /// with an entry of its own, or the other side's, which the other side has) superseded it.
-/// On a hub a key without a version is one the site wrote since: it has it.
+/// On a hub a key without a version is one the site wrote since: it has it (the union
+/// kinds have none).
 fn records(rows: Vec<LogRow>, hub: bool) -> Vec<ReplRecord> {
     let mut records: Vec<ReplRecord> = Vec::with_capacity(rows.len());
     let mut seen: HashMap<(String, String, String, String), usize> = HashMap::new();
@@ -407,11 +449,14 @@ fn records(rows: Vec<LogRow>, hub: bool) -> Vec<ReplRecord> {
         };
         let superseded = match version {
             Some(v) => v > stamp,
-            None => hub && kind_ != ReplKind::Archive,
+            None => hub && !is_union(&kind),
         };
         if superseded {
             continue;
         }
+        // A hub logs only the deletion of a site's offline message (its key is the site's
+        // id, not one of the hub's rows).
+        let value = value.filter(|_| !(hub && kind_ == ReplKind::Offline));
         match seen.entry((kind, owner.clone(), key.clone(), sub.clone())) {
             std::collections::hash_map::Entry::Occupied(at) => {
                 let r = &mut records[*at.get()];
@@ -488,18 +533,30 @@ fn origin_from(r: OriginRow) -> ReplOrigin {
 pub(super) const ORIGIN_COLUMNS: &str =
     "domain, epoch, position, head, records, snapshots, synced_ms, stamp, conflicts";
 
-/// The hub's log entries for the origin `o`'s users, not merged back yet.
+/// What the hub holds for the origin `o`'s users that has not gone back to the site yet:
+/// its log entries, and the messages it stored itself.
 fn pending() -> String {
     format!(
-        "(SELECT COUNT(*) FROM repl_log l WHERE {} = o.domain)",
-        domain_of("l.owner")
+        "((SELECT COUNT(*) FROM repl_log l WHERE {} = o.domain) + (SELECT COUNT(*) FROM \
+         offline f WHERE f.origin_key IS NULL AND {} = o.domain))",
+        domain_of("l.owner"),
+        domain_of("f.owner")
     )
 }
 
-pub(super) async fn read_origin(conn: &mut SqliteConnection, domain: &str) -> Result<ReplOrigin> {
+/// Where the replica of `domain` stands; what the hub holds that has not gone back to the
+/// site only `with_pending` (it scans the hub's offline queue).
+pub(super) async fn read_origin(
+    conn: &mut SqliteConnection,
+    domain: &str,
+    with_pending: bool,
+) -> Result<ReplOrigin> {
+    let pending = match with_pending {
+        true => pending(),
+        false => "0".to_owned(),
+    };
     let row: Option<OriginRow> = sqlx::query_as(&format!(
-        "SELECT {ORIGIN_COLUMNS}, {} FROM repl_origins o WHERE domain = ?",
-        pending()
+        "SELECT {ORIGIN_COLUMNS}, {pending} FROM repl_origins o WHERE domain = ?"
     ))
     .bind(domain)
     .fetch_optional(conn)
@@ -513,7 +570,7 @@ pub(super) async fn read_origin(conn: &mut SqliteConnection, domain: &str) -> Re
 
 pub(super) async fn origin(s: &SqliteStore, domain: &str) -> Result<ReplOrigin> {
     let mut conn = s.readers.acquire().await.map_err(db)?;
-    read_origin(&mut conn, domain).await
+    read_origin(&mut conn, domain, true).await
 }
 
 pub(super) async fn origins(s: &SqliteStore) -> Result<Vec<ReplOrigin>> {

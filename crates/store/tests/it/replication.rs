@@ -634,3 +634,62 @@ async fn a_hub_merges_back_only_what_it_archived_for_a_sites_users() {
         .collect();
     assert_eq!(logged, [("9101", ALICE), ("9102", ALICE)]);
 }
+
+/// The site's offline queue replicates: a message delivered at the hub (the user logged in
+/// there) is dropped at the site by the merge, one delivered at the site is dropped at the
+/// hub; what the hub stored itself stays apart, for the hand-back.
+#[tokio::test]
+async fn offline_messages_are_delivered_once_at_either_side() {
+    let (_d1, site) = sqlite_store().await;
+    let (_d2, hub) = sqlite_store().await;
+    site.repl_activate(ReplMode::Site).await.unwrap();
+    hub.repl_activate(ReplMode::Hub).await.unwrap();
+    populate(&site).await;
+    let first = site
+        .push_offline(BOB, "<message id='1'/>", 10)
+        .await
+        .unwrap();
+    site.push_offline(BOB, "<message id='2'/>", 10)
+        .await
+        .unwrap();
+    let position = ship(&site, &hub, 0, true).await;
+    let at_hub = hub.offline(BOB, 10).await.unwrap();
+    let stanzas: Vec<&str> = at_hub.iter().map(|m| m.stanza.as_str()).collect();
+    assert_eq!(stanzas, ["<message id='1'/>", "<message id='2'/>"]);
+    // The hub stores one of its own; it is not the site's.
+    hub.push_offline(BOB, "<message id='hub'/>", 10)
+        .await
+        .unwrap();
+    let own = hub.offline_own(BOB, 10).await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].stanza, "<message id='hub'/>");
+    assert_eq!(hub.offline_owners("site1.test").await.unwrap(), [BOB]);
+
+    // bob, at the hub, gets the first; at home, later, the second.
+    hub.delete_offline(BOB, at_hub[0].id).await.unwrap();
+    let (merged, upto) = hub.repl_merge_read("site1.test", 100).await.unwrap();
+    assert!(
+        merged
+            .iter()
+            .all(|r| r.kind == ReplKind::Offline && r.value.is_none())
+    );
+    site.repl_merge(&merged).await.unwrap();
+    hub.repl_merge_done("site1.test", upto).await.unwrap();
+    let left = site.offline(BOB, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].id > first);
+    site.delete_offline(BOB, left[0].id).await.unwrap();
+    ship(&site, &hub, position, false).await;
+    let at_hub: Vec<String> = hub
+        .offline(BOB, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.stanza)
+        .collect();
+    assert_eq!(at_hub, ["<message id='hub'/>"]);
+    // Handing its own back clears what the hub holds for the site.
+    hub.delete_offline_own(BOB, i64::MAX).await.unwrap();
+    assert_eq!(hub.repl_origin("site1.test").await.unwrap().pending, 0);
+    assert!(hub.offline_owners("site1.test").await.unwrap().is_empty());
+}
