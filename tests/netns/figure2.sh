@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The paper's Figure 2 in network namespaces: site 1 (site1.test: alice and bob on its LAN),
-# site 2 (site2.test: carol) and the hub (hub.test) on the WAN between them, which relays
-# between the sites and keeps a replica of each one's directory. Real slixmpp clients find
+# site 2 (site2.test: carol and dave) and the hub (hub.test) on the WAN between them, which
+# relays between the sites and keeps a replica of each one's directory. Real slixmpp clients find
 # their server the way XMPP clients do, through DNS: dnsmasq in site 1's namespace serves
 # _xmpp-client._tcp.site1.test with the site first and the hub second, and slixmpp (with
 # aiodns) follows the records.
 #
 # Scenario (a): site 1's server is killed with SIGKILL. alice and bob log in at the hub
 # within 5 s with the same passwords, find their rosters, chat with each other and with
-# carol; what carol sent alice right after the kill arrives. Site 1 restarts and catches up,
-# the hub sends alice and bob home (<see-other-host/>), and nothing was lost or duplicated.
+# carol and dave (site 2); what carol and dave sent alice right after the kill arrives.
+# Site 1 restarts and catches up, the hub sends alice and bob home (<see-other-host/>), and
+# nothing was lost or duplicated.
 # Scenario (b): site 1 is cut off from the WAN again; alice's second device, away, adds a
 # contact and changes her vCard at the hub, while her first renames bob at the site. After
 # the heal both servers hold the same roster and vCard, with every change. (And in (a),
@@ -170,6 +171,7 @@ add_user() { # add_user NAME JID PASSWORD
 add_user site1 alice@site1.test alice-password
 add_user site1 bob@site1.test bob-password
 add_user site2 carol@site2.test carol-password
+add_user site2 dave@site2.test dave-password
 
 # The clients trust each server's generated certificate; the hub's names both sites too.
 CAS=()
@@ -177,9 +179,11 @@ for name in site1 site2 hub; do CAS+=(--cafile "$WORK/$name/data/tls/cert.pem");
 
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
-in_ns "$S2" "$PY" "$CLIENTS" carol "${CAS[@]}" --host "$SITE2" --log "$WORK/carol.log" \
-    --send-when "$WORK/site1-killed" >"$WORK/carol.out" 2>&1 &
-PIDS+=($!)
+for name in carol dave; do
+    in_ns "$S2" "$PY" "$CLIENTS" peer "${CAS[@]}" --jid "$name@site2.test" --host "$SITE2" \
+        --log "$WORK/$name.log" --send-when "$WORK/site1-killed" >"$WORK/$name.out" 2>&1 &
+    PIDS+=($!)
+done
 
 say "alice and bob, at site 1, befriend each other and carol"
 in_ns "$S1" "$PY" "$CLIENTS" setup "${CAS[@]}" >"$WORK/setup.out" 2>&1 ||
@@ -200,7 +204,7 @@ say "the hub holds site 1's directory"
 kill -9 "${PID_OF[site1]}"
 wait "${PID_OF[site1]}" 2>/dev/null || true
 touch "$WORK/site1-killed"
-say "site 1's server killed (SIGKILL); carol writes to alice"
+say "site 1's server killed (SIGKILL); carol and dave write to alice"
 
 in_ns "$S1" "$PY" "$CLIENTS" failover "${CAS[@]}" --hub "$HUB1" --site "$SITE1" \
     --ready "$WORK/at-hub" --log "$WORK/received.json" >"$WORK/failover.out" 2>&1 &
@@ -218,11 +222,15 @@ say "site 1 restarts"
 start site1
 wait "$FAILOVER" || { cat "$WORK/failover.out"; die "alice and bob were not brought home"; }
 tail -n +"$((SHOWN + 1))" "$WORK/failover.out" >&2
-grep -q '"body": "hello from the hub"' "$WORK/carol.log" ||
-    die "carol never got alice's message from the hub"
+for name in carol dave; do
+    for from in alice bob; do
+        grep -q "\"from\": \"$from@site1.test\", \"body\": \"hello from the hub\"" "$WORK/$name.log" ||
+            die "$name never got $from's message from the hub"
+    done
+done
 grep -q 'query\[SRV\] _xmpp-client._tcp.site1.test' "$WORK/dnsmasq.log" ||
     die "the clients never asked DNS for site 1's SRV records"
-say "RESULT: site 1 killed; alice and bob logged in at the hub through DNS, chatted with each other and with carol; site 1 came back, they were sent home and got carol's message from the outage, each message once; what alice wrote at the hub (scenario b) was at home"
+say "RESULT: site 1 killed; alice and bob logged in at the hub through DNS, chatted with each other and with carol and dave; site 1 came back, they were sent home and alice got carol's and dave's messages from the outage, each message once; what alice wrote at the hub was at home"
 
 # ---------------------------------------------------------------- (c) a new password during a partition
 # The cable between site 1 and the WAN (the hub's end of it): nothing passes, the hub's own

@@ -3,7 +3,7 @@ through DNS (SRV records served by dnsmasq in their namespace, resolved by slixm
 aiodns), fail over to the next record when it does not answer, and follow
 <see-other-host/> home. Every wait has a deadline; nothing sleeps to let things settle.
 
-    figure2_clients.py carol    --jid J --password P --host IP --log FILE --send-when FILE
+    figure2_clients.py peer     --jid J --host IP --log FILE --send-when FILE
     figure2_clients.py setup    --cafile PEM...
     figure2_clients.py failover --cafile PEM... --ready FILE --log FILE
     figure2_clients.py login    --cafile PEM... --jid J --password P --host IP --expect ok|refused
@@ -22,8 +22,10 @@ import time
 
 import slixmpp
 
-ALICE, BOB, CAROL = "alice@site1.test", "bob@site1.test", "carol@site2.test"
-PASSWORDS = {ALICE: "alice-password", BOB: "bob-password", CAROL: "carol-password"}
+ALICE, BOB = "alice@site1.test", "bob@site1.test"
+CAROL, DAVE = "carol@site2.test", "dave@site2.test"
+PASSWORDS = {ALICE: "alice-password", BOB: "bob-password", CAROL: "carol-password",
+             DAVE: "dave-password"}
 LOGIN_LIMIT = 5.0  # seconds from the site's death to a session at the hub
 WAIT = 30.0
 
@@ -112,23 +114,24 @@ async def start(client: Client, host: str | None = None) -> None:
     await client.until("a session", lambda: client.sessions)
 
 
-async def carol(args) -> None:
-    """carol at site2: approves subscriptions, answers alice, and sends her a message while
-    her site is dead (when `--send-when` appears)."""
-    c = Client(CAROL, args.cafile)
-    answered: set[str] = set()
+async def peer(args) -> None:
+    """carol or dave at site2: approves subscriptions, answers alice and bob, and sends
+    alice a message while her site is dead (when `--send-when` appears)."""
+    c = Client(args.jid, args.cafile)
+    name = args.jid.split("@")[0]
+    answered: set[tuple[str, str]] = set()
     sent = False
     await start(c, args.host)
     with open(args.log, "a") as log:
         while True:
             for sender, body in c.messages:
-                if sender == ALICE and body not in answered:
-                    answered.add(body)
+                if sender in (ALICE, BOB) and (sender, body) not in answered:
+                    answered.add((sender, body))
                     log.write(json.dumps({"from": sender, "body": body}) + "\n")
                     log.flush()
-                    c.send_message(mto=ALICE, mbody=f"re: {body}", mtype="chat")
+                    c.send_message(mto=sender, mbody=f"re: {body}", mtype="chat")
             if not sent and os.path.exists(args.send_when):
-                c.send_message(mto=ALICE, mbody="meanwhile, from carol", mtype="chat")
+                c.send_message(mto=ALICE, mbody=f"meanwhile, from {name}", mtype="chat")
                 sent = True
             c._changed.clear()
             try:
@@ -152,8 +155,9 @@ async def setup(args) -> None:
 
 async def failover(args) -> None:
     """With site1 dead: alice and bob reach the hub through the next SRV record within
-    LOGIN_LIMIT, find their rosters, chat with each other and with carol; then, when site1
-    is back, are sent home and find what carol sent meanwhile, each message once."""
+    LOGIN_LIMIT, find their rosters, chat with each other and with carol and dave; then,
+    when site1 is back, are sent home and find what carol and dave sent alice meanwhile,
+    each message once."""
     t0 = time.monotonic()
     alice, bob = Client(ALICE, args.cafile), Client(BOB, args.cafile)
     await asyncio.gather(start(alice), start(bob))
@@ -169,15 +173,19 @@ async def failover(args) -> None:
 
     alice.send_message(mto=BOB, mbody="from alice at the hub", mtype="chat")
     bob.send_message(mto=ALICE, mbody="from bob at the hub", mtype="chat")
-    alice.send_message(mto=CAROL, mbody="hello from the hub", mtype="chat")
+    for c, peer_ in ((alice, CAROL), (alice, DAVE), (bob, CAROL), (bob, DAVE)):
+        c.send_message(mto=peer_, mbody="hello from the hub", mtype="chat")
     await bob.until("alice's message", lambda: bob.got(ALICE, "from alice at the hub"))
     await alice.until("bob's message", lambda: alice.got(BOB, "from bob at the hub"))
-    await alice.until("carol's answer", lambda: alice.got(CAROL, "re: hello from the hub"))
-    say("chat at the hub works: alice ↔ bob, alice ↔ carol")
+    for c in (alice, bob):
+        for peer_ in (CAROL, DAVE):
+            await c.until(f"{peer_}'s answer",
+                          lambda c=c, p=peer_: c.got(p, "re: hello from the hub"))
+    say("chat at the hub works: alice ↔ bob, and each of them ↔ carol and dave")
     # Scenario (b): alice changes her vCard at the hub; it must go home with her.
-    card = alice["xep_0054"].make_vcard()
+    card = alice.plugin["xep_0054"].make_vcard()
     card["FN"] = AT_THE_HUB
-    await alice["xep_0054"].publish_vcard(card, timeout=WAIT)
+    await alice.plugin["xep_0054"].publish_vcard(card, timeout=WAIT)
     open(args.ready, "w").close()
 
     # The script restarts site1; the hub sends both home.
@@ -188,7 +196,8 @@ async def failover(args) -> None:
         if c.sessions[-1] != args.site or "site1.test" not in c.redirects:
             raise SystemExit(f"{c.boundjid.bare} not sent home: {c.sessions} {c.redirects}")
     await alice.until("carol's message from the outage", lambda: alice.got(CAROL, "meanwhile, from carol"))
-    got = await alice["xep_0054"].get_vcard(slixmpp.JID(ALICE), local=False, timeout=WAIT)
+    await alice.until("dave's message from the outage", lambda: alice.got(DAVE, "meanwhile, from dave"))
+    got = await alice.plugin["xep_0054"].get_vcard(slixmpp.JID(ALICE), local=False, timeout=WAIT)
     name = got["vcard_temp"]["FN"]
     if name != AT_THE_HUB:
         raise SystemExit(f"alice's vCard at home says {name!r}, not what she wrote at the hub")
@@ -237,7 +246,7 @@ async def passwd(args) -> None:
     c.register_plugin("xep_0077")
     c.connect(host=args.host, port=5222)
     await c.until("a session", lambda: c.sessions)
-    await c["xep_0077"].change_password(args.new)
+    await c.plugin["xep_0077"].change_password(args.new)
     say(f"{args.jid} changed the password at {args.host}")
     c.disconnect()
 
@@ -252,9 +261,9 @@ async def edit(args) -> None:
         jid, name = item.split("=", 1)
         await c.update_roster(jid, name=name, timeout=WAIT)
     if args.vcard:
-        card = c["xep_0054"].make_vcard()
+        card = c.plugin["xep_0054"].make_vcard()
         card["FN"] = args.vcard
-        await c["xep_0054"].publish_vcard(card, timeout=WAIT)
+        await c.plugin["xep_0054"].publish_vcard(card, timeout=WAIT)
     say(f"{args.jid} at {args.host}: contacts {args.contact}, vCard {args.vcard!r}")
     c.disconnect()
 
@@ -270,7 +279,7 @@ async def check(args) -> None:
         got = c.client_roster[jid]["name"] if jid in c.client_roster else None
         if got != name:
             raise SystemExit(f"{args.jid}'s roster at {args.host}: {jid} is {got!r}, not {name!r}")
-    card = await c["xep_0054"].get_vcard(slixmpp.JID(args.jid), local=False, timeout=WAIT)
+    card = await c.plugin["xep_0054"].get_vcard(slixmpp.JID(args.jid), local=False, timeout=WAIT)
     if card["vcard_temp"]["FN"] != args.vcard:
         raise SystemExit(f"{args.jid}'s vCard at {args.host}: {card['vcard_temp']['FN']!r}")
     say(f"{args.jid} at {args.host} finds contacts {args.contact} and vCard {args.vcard!r}")
@@ -279,7 +288,7 @@ async def check(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["carol", "setup", "failover", "login", "passwd", "edit",
+    p.add_argument("mode", choices=["peer", "setup", "failover", "login", "passwd", "edit",
                                     "check"])
     p.add_argument("--jid")
     p.add_argument("--password")
@@ -295,9 +304,9 @@ def main() -> None:
     p.add_argument("--contact", action="append", default=[])
     p.add_argument("--vcard", default="")
     args = p.parse_args()
-    run = {"carol": carol, "setup": setup, "failover": failover, "login": login,
+    run = {"peer": peer, "setup": setup, "failover": failover, "login": login,
            "passwd": passwd, "edit": edit, "check": check}[args.mode]
-    asyncio.run(asyncio.wait_for(run(args), None if args.mode == "carol" else 180))
+    asyncio.run(asyncio.wait_for(run(args), None if args.mode == "peer" else 180))
 
 
 if __name__ == "__main__":
