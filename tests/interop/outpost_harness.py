@@ -190,8 +190,9 @@ class OutpostServer:
         self._pump.start()
 
         deadline = time.monotonic() + timeout
-        # render_config always binds the bytestream proxy (enabled by default).
-        wanted = {"c2s-starttls", "c2s-tls", "proxy65"}
+        # render_config always binds the bytestream proxy (enabled by default) and the
+        # HTTPS listener (upload, health, metrics, WebSocket).
+        wanted = {"c2s-starttls", "c2s-tls", "proxy65", "https"}
         if self.s2s_listen:
             wanted.add("s2s")
         while not wanted <= self.listeners.keys():

@@ -88,6 +88,22 @@ if ! command -v ejabberdctl >/dev/null 2>&1; then
     fi
 fi
 
+# 2d. Node and xmpp.js (@xmpp/client, pinned in js/package-lock.json), the WebSocket client
+# of test_websocket.py.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "interop: installing nodejs and npm" >&2
+    if [[ $(id -u) -eq 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null
+    fi
+fi
+if ! (cd "$here/js" && npm ls --silent >/dev/null 2>&1); then
+    echo "interop: installing xmpp.js" >&2
+    (cd "$here/js" && npm ci --silent --no-audit --no-fund)
+fi
+
 # 3. The server binary.
 if [[ -z "${OUTPOST_BIN:-}" ]]; then
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"

@@ -17,6 +17,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tracing::info;
 
+use crate::c2s_ws::WsConn;
+
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The longest lingering close, the most it discards, and the silence that ends it early.
 const LINGER: Duration = Duration::from_secs(2);
@@ -45,6 +47,8 @@ impl std::fmt::Debug for Resumption {
 pub(crate) enum Conn {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// A WebSocket the HTTP service accepted (TLS and the upgrade done there).
+    Ws(Box<WsConn>),
     /// Only while the TCP stream is handed to the TLS handshake.
     Detached,
 }
@@ -55,10 +59,11 @@ fn detached() -> std::io::Error {
 
 impl Conn {
     /// Waits until the socket has something to read.
-    pub(crate) async fn readable(&self) -> std::io::Result<()> {
+    pub(crate) async fn readable(&mut self) -> std::io::Result<()> {
         match self {
             Conn::Plain(s) => s.readable().await,
             Conn::Tls(s) => s.get_ref().0.readable().await,
+            Conn::Ws(w) => w.readable().await,
             Conn::Detached => Err(detached()),
         }
     }
@@ -67,6 +72,7 @@ impl Conn {
     /// the end of the stream.
     pub(crate) fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         let result = match self {
+            Conn::Ws(w) => return w.try_read(buf),
             Conn::Plain(s) => s.try_read(buf),
             // One poll with a no-op waker: rustls hands out buffered plaintext first, and
             // reports `Pending` only once the socket has nothing more, which is exactly
@@ -96,6 +102,7 @@ impl Conn {
         match self {
             Conn::Plain(s) => write(s, data).await,
             Conn::Tls(s) => write(s.as_mut(), data).await,
+            Conn::Ws(w) => w.write_all(data).await,
             Conn::Detached => Err(detached()),
         }
     }
@@ -116,7 +123,8 @@ impl Conn {
         match self {
             Conn::Plain(s) => shut(s).await,
             Conn::Tls(s) => shut(s.as_mut()).await,
-            Conn::Detached => {}
+            // Dropped with the session: the HTTP side then closes the WebSocket.
+            Conn::Ws(_) | Conn::Detached => {}
         }
     }
 
@@ -128,7 +136,7 @@ impl Conn {
         let tcp = match self {
             Conn::Plain(s) => s,
             Conn::Tls(s) => &mut s.get_mut().0,
-            Conn::Detached => return,
+            Conn::Ws(_) | Conn::Detached => return,
         };
         let deadline = tokio::time::Instant::now() + LINGER;
         let mut buf = vec![0u8; 16 * 1024];

@@ -275,6 +275,11 @@ impl Delivery {
         }
     }
 
+    /// What the server counts (see `metrics`).
+    pub(crate) fn counters(&self) -> &crate::metrics::Counters {
+        self.journal.counters()
+    }
+
     pub(crate) fn standby(&self) -> &Standby {
         &self.standby
     }

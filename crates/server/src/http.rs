@@ -39,6 +39,8 @@ pub trait HttpService: Send + Sync + 'static {
 pub struct HttpEnv {
     /// File upload (XEP-0363), when on.
     pub uploads: Option<Uploads>,
+    /// What the server shows of itself (health, metrics).
+    pub server: crate::ServerView,
     /// Fires when the server stops.
     pub shutdown: CancellationToken,
     pub(crate) tasks: Tasks,

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
+use crate::metrics::Counters;
 use outpost_store::{BatchWrite, Quotas, Store, StoreError};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -55,6 +56,8 @@ enum Msg {
 pub(crate) struct Journal {
     tx: mpsc::Sender<Msg>,
     offline_quota: Arc<AtomicU32>,
+    /// What the server counts; the journal counts its committed writes.
+    counters: Arc<Counters>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -100,12 +103,24 @@ impl Journal {
     pub(crate) fn start(store: Arc<dyn Store>, offline_quota: u32, outbox_quota: u32) -> Journal {
         let (tx, rx) = mpsc::channel(QUEUE);
         let offline = Arc::new(AtomicU32::new(offline_quota));
-        let task = tokio::spawn(commit(store, rx, offline.clone(), outbox_quota));
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(commit(
+            store,
+            rx,
+            offline.clone(),
+            outbox_quota,
+            counters.clone(),
+        ));
         Journal {
             tx,
             offline_quota: offline,
+            counters,
             task: Arc::new(Mutex::new(Some(task))),
         }
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     pub(crate) fn set_offline_quota(&self, quota: u32) {
@@ -158,6 +173,7 @@ async fn commit(
     mut rx: mpsc::Receiver<Msg>,
     offline_quota: Arc<AtomicU32>,
     outbox_quota: u32,
+    counters: Arc<Counters>,
 ) {
     let mut stop = false;
     while !stop {
@@ -182,7 +198,7 @@ async fn commit(
             offline: offline_quota.load(Ordering::Relaxed),
             outbox: outbox_quota,
         };
-        write(store.as_ref(), batch, quotas).await;
+        write(store.as_ref(), batch, quotas, &counters).await;
         for b in barriers {
             let _ = b.send(());
         }
@@ -190,7 +206,7 @@ async fn commit(
 }
 
 /// Writes one batch in one transaction and answers each request.
-async fn write(store: &dyn Store, batch: Vec<Request>, quotas: Quotas) {
+async fn write(store: &dyn Store, batch: Vec<Request>, quotas: Quotas, counters: &Counters) {
     if batch.is_empty() {
         return;
     }
@@ -212,7 +228,10 @@ async fn write(store: &dyn Store, batch: Vec<Request>, quotas: Quotas) {
                 .collect()
         }
     };
-    for ((reply, hook), outcome) in answers.into_iter().zip(outcomes) {
+    for (((reply, hook), outcome), write) in answers.into_iter().zip(outcomes).zip(&writes) {
+        if outcome.is_ok() {
+            counters.committed(write);
+        }
         if let Some(hook) = hook {
             hook(&outcome);
         }

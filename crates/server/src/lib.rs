@@ -24,6 +24,7 @@ mod archive;
 mod avatar;
 mod blocking;
 mod c2s_conn;
+mod c2s_ws;
 mod caps;
 mod carbons;
 mod clock;
@@ -34,6 +35,7 @@ mod http;
 pub mod ids;
 mod journal;
 mod mam;
+mod metrics;
 mod muc;
 mod pep;
 mod presence;
@@ -52,13 +54,17 @@ mod tasks;
 mod throttle;
 mod tls;
 mod upload;
+mod view;
 
+pub use c2s_ws::ClientWebSocket;
 pub use http::{HttpEnv, HttpService};
+pub use metrics::Counts;
 pub use replication::ReplicationStatus;
 pub use router::SessionInfo;
 pub use s2s::{LinkState, LinkStatus};
 pub use tls::{CertificateInfo, Fingerprint, SELF_SIGNED_VALIDITY, TlsError, TlsIdentity};
 pub use upload::{PATH as UPLOAD_PATH, PutRefused, StoredFile, Uploads};
+pub use view::ServerView;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -172,15 +178,10 @@ pub struct Reloaded {
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
-    delivery: Arc<Delivery>,
-    sessions: Arc<session::Env>,
-    federation: Option<Arc<Federation>>,
-    started_at_ms: i64,
+    view: ServerView,
     addrs: Vec<(ListenerKind, SocketAddr)>,
     tasks: Tasks,
     shutdown: CancellationToken,
-    /// A site's replication to its hub, when it replicates.
-    replication: Option<replication::SharedStatus>,
 }
 
 /// What an accepted connection is served by.
@@ -205,14 +206,13 @@ impl ServerHandle {
         ServerHandle::start_with_http(config, store, identity, None).await
     }
 
-    /// [`ServerHandle::start`], with `http` serving `listen.https` (when file upload is on).
+    /// [`ServerHandle::start`], with `http` serving `listen.https`.
     pub async fn start_with_http(
         config: Config,
         store: Arc<dyn Store>,
         identity: TlsIdentity,
         http: Option<Arc<dyn HttpService>>,
     ) -> Result<ServerHandle, ServerError> {
-        let http = http.filter(|_| config.upload.enabled);
         let tls = session::ClientTls::new(&identity)?;
         let prepared = match config.federation.enabled {
             true => Some(s2s::Prepared::new(&config, &identity)?),
@@ -263,16 +263,24 @@ impl ServerHandle {
             fed.start();
         }
         let replication = start_replication(&config, &delivery, &tasks, &shutdown).await;
-        let max_connections = config.limits.max_connections;
+        let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let sessions = Arc::new(session::Env::new(
             delivery.clone(),
             config,
             tls,
             shutdown.clone(),
         ));
-        let services = Services::new(&sessions, federation.clone(), &delivery, http, &shutdown);
-        services.register(&delivery, &listeners, &tasks, &shutdown);
-        let connections = Arc::new(Semaphore::new(max_connections));
+        let view = ServerView {
+            delivery: delivery.clone(),
+            sessions: sessions.clone(),
+            federation: federation.clone(),
+            started_at_ms: clock::now_ms(),
+            replication,
+            tasks: tasks.clone(),
+            connections: connections.clone(),
+        };
+        let services = Services::new(&sessions, federation, &delivery, http, &shutdown);
+        services.register(&view, &listeners, &tasks, &shutdown);
         let mut addrs = Vec::new();
         for (kind, local, listener) in listeners {
             info!(kind = kind.as_str(), addr = %local, "listening");
@@ -287,27 +295,22 @@ impl ServerHandle {
             ));
         }
         Ok(ServerHandle {
-            delivery,
-            sessions,
-            federation,
-            started_at_ms: clock::now_ms(),
+            view,
             addrs,
             tasks,
             shutdown,
-            replication,
         })
     }
 
     /// How the replication of this site's directory to its hub goes (`None` when it does
     /// not replicate).
     pub fn replication(&self) -> Option<ReplicationStatus> {
-        let status = self.replication.as_ref()?;
-        Some(status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        self.view.replication()
     }
 
     /// On a hub: the sites it stands in for now (their users may log in here), sorted.
     pub fn standby(&self) -> Vec<String> {
-        self.delivery.standby().active()
+        self.view.standby()
     }
 
     /// The bound address of each listener, in config order.
@@ -319,7 +322,7 @@ impl ServerHandle {
     /// entry would, for links that connect from now on. Does nothing when federation is
     /// off.
     pub fn set_peer_address(&self, domain: &str, addr: HostPort) {
-        if let Some(fed) = &self.federation {
+        if let Some(fed) = &self.view.federation {
             fed.set_peer_address(domain, addr);
         }
     }
@@ -328,7 +331,7 @@ impl ServerHandle {
     /// `federation.websocket_peers` entry would, for links that connect from now on. Does
     /// nothing when federation is off.
     pub fn set_websocket_peer(&self, domain: &str, url: WssUrl) {
-        if let Some(fed) = &self.federation {
+        if let Some(fed) = &self.view.federation {
             fed.set_websocket_peer(domain, url);
         }
     }
@@ -337,27 +340,23 @@ impl ServerHandle {
     /// figures for, with its queue (from the store). Empty when federation is off and
     /// nothing was ever queued.
     pub async fn link_statuses(&self) -> Result<Vec<LinkStatus>, ServerError> {
-        let stats = self.delivery.store().outbox_stats().await?;
-        Ok(match &self.federation {
-            Some(fed) => fed.board().snapshot(stats),
-            None => s2s::LinkBoard::new().snapshot(stats),
-        })
+        self.view.link_statuses().await
     }
 
     /// Marked changed whenever a link changes state (not when its queue does). `None`
     /// when federation is off.
     pub fn link_changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
-        self.federation.as_ref().map(|f| f.board().subscribe())
+        self.view.federation.as_ref().map(|f| f.board().subscribe())
     }
 
     /// Number of bound client sessions.
     pub fn session_count(&self) -> usize {
-        self.delivery.router().session_count()
+        self.view.session_count()
     }
 
     /// Every bound client session, sorted by JID.
     pub fn sessions(&self) -> Vec<SessionInfo> {
-        self.delivery.router().sessions()
+        self.view.sessions()
     }
 
     /// Ends the session of a full JID, or every session of a bare JID, with a
@@ -365,6 +364,7 @@ impl ServerHandle {
     pub fn kick(&self, jid: &str) -> Result<usize, ServerError> {
         let jid = jid::Jid::new(jid).map_err(|_| ServerError::InvalidJid(jid.to_owned()))?;
         Ok(self
+            .view
             .delivery
             .router()
             .tell(&jid, || router::ToSession::End {
@@ -382,6 +382,7 @@ impl ServerHandle {
             AccountChange::PasswordChanged => "password changed",
         };
         Ok(self
+            .view
             .delivery
             .router()
             .end_sessions(&bare, None, "not-authorized", text))
@@ -390,43 +391,17 @@ impl ServerHandle {
     /// Forgets failed-login counts: of `account`, of `address`, of both together, or all of
     /// them. Returns how many counts were forgotten.
     pub fn unblock(&self, account: Option<&str>, address: Option<std::net::IpAddr>) -> usize {
-        self.sessions.unblock(account, address)
+        self.view.sessions.unblock(account, address)
     }
 
     /// Uptime, sessions and links.
     pub async fn status(&self) -> Result<ServerStatus, ServerError> {
-        let sessions = self.sessions();
-        let mut users: Vec<&str> = sessions
-            .iter()
-            .map(|s| s.jid.split('/').next().unwrap_or_default())
-            .collect();
-        users.dedup();
-        Ok(ServerStatus {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_at_ms: self.started_at_ms,
-            domains: self.sessions.domains(),
-            sessions: sessions.len(),
-            users_online: users.len(),
-            federation: self.federation.is_some(),
-            links: self.link_statuses().await?,
-            standby: self
-                .standby()
-                .into_iter()
-                .map(|site| {
-                    let here = sessions
-                        .iter()
-                        .filter(|s| s.jid.contains(&format!("@{site}/")));
-                    let count = here.count();
-                    (site, count)
-                })
-                .collect(),
-            replication: self.replication(),
-        })
+        self.view.status().await
     }
 
     /// Writes a consistent copy of the store to `to` while the server runs.
     pub async fn backup(&self, to: &std::path::Path) -> Result<(), ServerError> {
-        Ok(self.delivery.store().backup(to).await?)
+        Ok(self.view.delivery.store().backup(to).await?)
     }
 
     /// Applies a new configuration and certificate without dropping sessions: domains,
@@ -441,7 +416,7 @@ impl ServerHandle {
         mut config: Config,
         identity: &TlsIdentity,
     ) -> Result<Reloaded, ServerError> {
-        let old = self.sessions.config();
+        let old = self.view.sessions.config();
         let mut report = Reloaded::default();
         let mut keep = |name: &str, same: bool| {
             if !same {
@@ -466,7 +441,7 @@ impl ServerHandle {
         config.upload = old.upload.clone();
         config.components = old.components.clone();
         let tls = session::ClientTls::new(identity)?;
-        if let Some(fed) = &self.federation {
+        if let Some(fed) = &self.view.federation {
             fed.reload(&config, identity)?;
         }
         report.domains_removed = old
@@ -475,9 +450,9 @@ impl ServerHandle {
             .filter(|d| !config.serves_domain(d))
             .cloned()
             .collect();
-        self.delivery.reload(&config);
-        self.sessions.reload(config, tls);
-        let router = self.delivery.router();
+        self.view.delivery.reload(&config);
+        self.view.sessions.reload(config, tls);
+        let router = self.view.delivery.router();
         for s in router.sessions() {
             let bare = jid::BareJid::new(s.jid.split('/').next().unwrap_or_default());
             if let Ok(bare) = bare
@@ -510,8 +485,8 @@ impl ServerHandle {
             self.tasks.abort();
             self.tasks.wait().await;
         }
-        self.delivery.journal().close().await;
-        self.delivery.store().close().await;
+        self.view.delivery.journal().close().await;
+        self.view.delivery.store().close().await;
         info!("stopped");
     }
 }
@@ -685,17 +660,19 @@ impl Services {
     /// and starts the HTTP service.
     fn register(
         &self,
-        delivery: &Arc<Delivery>,
+        view: &ServerView,
         listeners: &[(ListenerKind, SocketAddr, TcpListener)],
         tasks: &Tasks,
         shutdown: &CancellationToken,
     ) {
+        let delivery = &view.delivery;
         let config = self.sessions.config();
         proxy65::register(&config, delivery, &self.proxied, listeners, tasks);
         if let Some(http) = &self.http {
             let uploads = upload::register(&config, delivery, listeners, tasks);
             http.start(HttpEnv {
                 uploads,
+                server: view.clone(),
                 shutdown: shutdown.clone(),
                 tasks: tasks.clone(),
             });

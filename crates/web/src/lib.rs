@@ -3,7 +3,9 @@
 //! with HTTP/1.1 from hyper and routes from axum.
 //!
 //! Routes: `/upload/<slot>/<filename>` (file upload, XEP-0363: `PUT` once with the slot's
-//! secret, then `GET`/`HEAD` by anyone with the URL). Everything else is 404.
+//! secret, then `GET`/`HEAD` by anyone with the URL, when upload is on); `/healthz` and
+//! `/metrics` (see `ops`); `/xmpp-websocket` for clients (RFC 7395) and its discovery,
+//! `/.well-known/host-meta[.json]` (see `websocket`). Everything else is 404.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +22,9 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+mod ops;
 mod upload;
+mod websocket;
 
 /// A request's headers must arrive within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,11 +50,15 @@ impl Web {
 
 impl HttpService for Web {
     fn start(&self, env: HttpEnv) {
-        let mut router = Router::new();
+        let requests = ops::HttpRequests::default();
+        let max_stanza = env.server.max_stanza_bytes();
+        let mut router = ops::routes(env.server.clone(), requests.clone())
+            .merge(websocket::routes(env.server.clone(), max_stanza));
         if let Some(uploads) = &env.uploads {
             router = router.merge(upload::routes(uploads.clone()));
             env.spawn(upload::sweep(uploads.clone(), env.shutdown.clone()));
         }
+        let router = router.layer(axum::middleware::from_fn_with_state(requests, ops::count));
         let running = Running {
             router,
             shutdown: env.shutdown.clone(),
@@ -79,12 +87,14 @@ impl HttpService for Web {
 /// HTTP/1.1 on one connection until the client goes, or the server stops (then the
 /// request in progress is finished and the connection closed).
 async fn serve_connection(running: Running, tls: TlsStream<TcpStream>, peer: SocketAddr) {
-    let service = TowerToHyperService::new(running.router);
+    let router = running.router.layer(axum::Extension(websocket::Peer(peer)));
+    let service = TowerToHyperService::new(router);
     let mut conn = pin!(
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(tls), service)
+            .with_upgrades()
     );
     let mut stop = pin!(running.shutdown.cancelled_owned());
     let mut stopping = false;

@@ -144,8 +144,9 @@ pub struct ListenConfig {
     /// Default: `["127.0.0.1:7777"]`.
     #[serde(deserialize_with = "listen_addrs")]
     pub proxy65: Vec<SocketAddr>,
-    /// HTTPS: file upload (XEP-0363), bound when the server has an HTTP service and
-    /// `upload.enabled`. Default: `["127.0.0.1:5443"]`.
+    /// HTTPS: file upload (XEP-0363) when `upload.enabled`, `/healthz` and `/metrics`;
+    /// bound when the server has an HTTP service (the `outpost` binary has).
+    /// Default: `["127.0.0.1:5443"]`.
     #[serde(deserialize_with = "listen_addrs")]
     pub https: Vec<SocketAddr>,
 }
@@ -562,12 +563,9 @@ impl Config {
                 .collect(),
             false => Vec::new(),
         };
-        let https: Vec<(&str, SocketAddr)> = match self.upload.enabled {
-            true => (self.listen.https.iter())
-                .map(|a| ("listen.https", *a))
-                .collect(),
-            false => Vec::new(),
-        };
+        let https: Vec<(&str, SocketAddr)> = (self.listen.https.iter())
+            .map(|a| ("listen.https", *a))
+            .collect();
         let clients = self.listen.c2s.len() + self.listen.c2s_tls.len();
         let listeners: Vec<(&str, SocketAddr)> = (self.listen.c2s.iter())
             .map(|a| ("listen.c2s", *a))

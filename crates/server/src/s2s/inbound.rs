@@ -245,6 +245,7 @@ impl Inbound {
     /// A stanza from an authenticated peer: for us, or (on a hub) for another relayed
     /// domain, which `S2sIncoming` let through.
     async fn on_stanza(&mut self, el: Element) {
+        self.d.counters().stanza(el.name());
         let relay_to = el
             .attr("to")
             .and_then(|t| Jid::new(t).ok())

@@ -79,6 +79,7 @@ impl Session {
             account = account.as_deref().unwrap_or(""),
             condition, "authentication failed"
         );
+        self.env.delivery.counters().login_failed();
         self.env.throttle.record_failure(
             std::time::Instant::now(),
             self.peer.ip(),

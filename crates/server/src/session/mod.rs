@@ -73,7 +73,7 @@ pub(crate) struct Env {
     throttle: LoginThrottle,
     registrations: RegistrationThrottle,
     tls: RwLock<Arc<ClientTls>>,
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     next_session: AtomicU64,
     /// Users whose offline queue a session is writing right now.
     offline_claims: Mutex<HashSet<BareJid>>,
@@ -209,6 +209,21 @@ pub(crate) async fn serve(env: Arc<Env>, tcp: TcpStream, peer: SocketAddr, trans
         // can be in, and only the session's should count for an idle connection.
         Box::pin(start(env, conn, peer, transport)).await;
     }
+    .instrument(span)
+    .await
+}
+
+/// Serves one client stream over a WebSocket the HTTP service accepted (TLS done there),
+/// until it ends: the same session as on a direct TLS connection.
+pub(crate) async fn serve_websocket(env: Arc<Env>, conn: crate::c2s_ws::WsConn, peer: SocketAddr) {
+    let span =
+        tracing::info_span!("c2s", %peer, transport = "websocket", jid = tracing::field::Empty);
+    Box::pin(start(
+        env,
+        Conn::Ws(Box::new(conn)),
+        peer,
+        Transport::DirectTls,
+    ))
     .instrument(span)
     .await
 }
@@ -620,6 +635,7 @@ impl Session {
                 self.jid = Some(jid);
             }
             Event::Stanza(el) => {
+                self.env.delivery.counters().stanza(el.name());
                 // A client that sends a stanza is awake: what was held goes out with the
                 // answer (XEP-0352 §2). Acknowledgements alone do not wake it.
                 self.csi.urgent = true;

@@ -51,10 +51,13 @@ pub(crate) async fn request(
         .await
         .expect("HTTP handshake");
     tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "localhost");
+    let mut req = Request::builder().method(method).uri(path);
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"))
+    {
+        req = req.header("host", "localhost");
+    }
     for (name, value) in headers {
         req = req.header(*name, *value);
     }

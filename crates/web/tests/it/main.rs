@@ -3,4 +3,6 @@
 //! and files over HTTP.
 
 mod http;
+mod ops;
 mod upload;
+mod websocket;

@@ -1,0 +1,197 @@
+//! A client's stream over WebSocket (RFC 7395), under the session as its [`Conn`]: the HTTP
+//! service accepted the connection, did TLS and the upgrade, and passes each text message
+//! through a channel; [`WsConn`] turns them into the bytes the stream machine reads
+//! (`outpost_proto::framing::WsFraming`: `<open/>` becomes a stream header, `<close/>` its
+//! end) and what the machine writes back into messages. So a WebSocket client gets the
+//! same session as a TCP one: SASL, resource binding, stream management and resumption,
+//! the same limits.
+//!
+//! [`Conn`]: crate::c2s_conn::Conn
+
+use outpost_proto::framing::{WsFraming, close_element, stream_error_message};
+use outpost_proto::stanza::ns;
+use outpost_proto::xml::Limits;
+use tokio::sync::mpsc;
+
+/// Messages waiting in each direction between the HTTP side and the session.
+pub(crate) const CHANNEL: usize = 64;
+
+/// The ends the HTTP service holds: what the client sent goes into `to_server`; what the
+/// server sends comes out of `from_server`, which ends when the session does.
+pub struct ClientWebSocket {
+    pub to_server: mpsc::Sender<String>,
+    pub from_server: mpsc::Receiver<String>,
+}
+
+pub(crate) struct WsConn {
+    rx: mpsc::Receiver<String>,
+    tx: mpsc::Sender<String>,
+    inbound: WsFraming,
+    outbound: WsFraming,
+    /// Bytes of the last message, translated, not read by the session yet.
+    pending: Vec<u8>,
+    read: usize,
+    /// The client closed, or sent something the framing refused.
+    eof: bool,
+}
+
+fn broken() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the WebSocket is closed")
+}
+
+impl WsConn {
+    /// The session's side of a new WebSocket, and the HTTP service's.
+    pub(crate) fn pair(limits: Limits) -> (WsConn, ClientWebSocket) {
+        let (to_server, rx) = mpsc::channel(CHANNEL);
+        let (tx, from_server) = mpsc::channel(CHANNEL);
+        let conn = WsConn {
+            rx,
+            tx,
+            inbound: WsFraming::new(ns::CLIENT, limits),
+            outbound: WsFraming::new(ns::CLIENT, limits),
+            pending: Vec::new(),
+            read: 0,
+            eof: false,
+        };
+        let http = ClientWebSocket {
+            to_server,
+            from_server,
+        };
+        (conn, http)
+    }
+
+    fn has_input(&self) -> bool {
+        self.read < self.pending.len() || self.eof
+    }
+
+    /// Waits for the next message from the client. Cancel-safe: nothing after the receive
+    /// waits, so a message is never lost between the two.
+    pub(crate) async fn readable(&mut self) -> std::io::Result<()> {
+        while !self.has_input() {
+            let message = self.rx.recv().await;
+            self.take(message);
+        }
+        Ok(())
+    }
+
+    /// Translates one message (or the end of the client's side) into input.
+    fn take(&mut self, message: Option<String>) {
+        let Some(message) = message else {
+            self.eof = true;
+            return;
+        };
+        match self.inbound.inbound(&message) {
+            Ok(bytes) => {
+                self.pending = bytes;
+                self.read = 0;
+            }
+            Err(e) => {
+                // The stream error the framing names, then the close (RFC 7395 §3.6); if
+                // the channel is full the client is not reading and only the close matters.
+                let _ = self.tx.try_send(stream_error_message(e.condition()));
+                let _ = self.tx.try_send(close_element());
+                self.eof = true;
+            }
+        }
+    }
+
+    pub(crate) fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        if self.read >= self.pending.len() && !self.eof {
+            match self.rx.try_recv() {
+                Ok(message) => self.take(Some(message)),
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(None),
+                Err(mpsc::error::TryRecvError::Disconnected) => self.take(None),
+            }
+        }
+        let rest = &self.pending[self.read.min(self.pending.len())..];
+        if rest.is_empty() {
+            return Ok(self.eof.then_some(0));
+        }
+        let n = rest.len().min(buf.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.read += n;
+        Ok(Some(n))
+    }
+
+    pub(crate) async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let messages = self
+            .outbound
+            .outbound(data)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        for message in messages {
+            self.tx.send(message).await.map_err(|_| broken())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_stanza_bytes: 64 * 1024,
+            max_depth: 32,
+        }
+    }
+
+    async fn read_all(conn: &mut WsConn) -> Vec<u8> {
+        conn.readable().await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 7];
+        while let Some(n) = conn.try_read(&mut buf).unwrap() {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn messages_become_stream_bytes_and_back() {
+        let (mut conn, mut http) = WsConn::pair(limits());
+        let open = "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' \
+                    version='1.0'/>";
+        http.to_server.send(open.to_owned()).await.unwrap();
+        let header = String::from_utf8(read_all(&mut conn).await).unwrap();
+        assert!(header.contains("<stream:stream"), "{header}");
+        assert!(header.contains("jabber:client"), "{header}");
+
+        conn.write_all(
+            b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+            xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='s1' \
+            version='1.0'><stream:features/>",
+        )
+        .await
+        .unwrap();
+        let first = http.from_server.recv().await.unwrap();
+        assert!(
+            first.starts_with("<open") && first.contains("id='s1'"),
+            "{first}"
+        );
+        let features = http.from_server.recv().await.unwrap();
+        assert!(features.contains("features"), "{features}");
+
+        // The client goes: the session reads the end.
+        drop(http.to_server);
+        assert!(read_all(&mut conn).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_the_framing_refuses_ends_the_stream_with_an_error() {
+        let (mut conn, mut http) = WsConn::pair(limits());
+        http.to_server
+            .send("<message/><message/>".to_owned())
+            .await
+            .unwrap();
+        assert!(read_all(&mut conn).await.is_empty());
+        let error = http.from_server.recv().await.unwrap();
+        assert!(
+            error.contains("stream:error") || error.contains("error"),
+            "{error}"
+        );
+        assert!(http.from_server.recv().await.unwrap().starts_with("<close"));
+    }
+}
