@@ -63,6 +63,20 @@ step "interop suite (slixmpp)"
 cargo build -p outpost --locked
 OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/interop/run.sh
 
+step "web client (rebuilt and compared with the committed bundle; unit tests; Chromium)"
+if ! command -v npm >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; }
+fi
+web/build.sh
+if ! git diff --quiet -- crates/web/assets; then
+    git diff --stat -- crates/web/assets >&2
+    echo "crates/web/assets differs from what web/build.sh makes: run it and commit the result" >&2
+    exit 1
+fi
+web/test.sh
+OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" web/e2e/run.sh
+
 step "partition test (network namespaces)"
 if [[ $(id -u) -ne 0 ]]; then
     echo "the partition test needs root (network namespaces): run ./test.sh as root" >&2

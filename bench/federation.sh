@@ -69,6 +69,7 @@ c2s = ["127.0.0.1:${C2S[$s]}"]
 c2s_tls = []
 proxy65 = []
 https = []
+http = []
 s2s = ["127.0.0.1:${S2S[$s]}"]
 
 [registration]

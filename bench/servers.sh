@@ -29,6 +29,7 @@ c2s = ["127.0.0.1:${PORT[outpost]}"]
 c2s_tls = ["127.0.0.1:$(( PORT[outpost] + 1 ))"]
 proxy65 = []
 https = []
+http = []
 
 [registration]
 enabled = true

@@ -29,7 +29,7 @@ DEFAULT_BIN = os.path.join(
 DOMAIN = "localhost"
 
 LISTEN_RE = re.compile(
-    r"^listening\s+(c2s-starttls|c2s-tls|s2s|proxy65|https|component)\s+(\S+)\s*$")
+    r"^listening\s+(c2s-starttls|c2s-tls|s2s|proxy65|https|http|component)\s+(\S+)\s*$")
 
 START_TIMEOUT = float(os.environ.get("OUTPOST_START_TIMEOUT", "30"))
 STOP_TIMEOUT = float(os.environ.get("OUTPOST_STOP_TIMEOUT", "10"))
@@ -72,6 +72,7 @@ c2s = ["127.0.0.1:0"]
 c2s_tls = ["127.0.0.1:0"]
 proxy65 = ["127.0.0.1:0"]
 https = ["127.0.0.1:0"]
+http = []
 # Bound only when [components] names one (test_push.py).
 component = ["127.0.0.1:0"]
 {f's2s = ["{s2s_listen}"]' if s2s_listen else ""}

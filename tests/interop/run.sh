@@ -34,6 +34,17 @@ if ! pins_met; then
     fi
 fi
 
+# 1a. Schemathesis, the OpenAPI fuzzer of test_rest_schema.py (pinned: its CLI options and
+# configuration keys are those of this version); pip resolves its dependencies
+# (hypothesis, requests, …) against the pins above.
+SCHEMATHESIS_VERSION=4.32.5
+if ! "$PYTHON" -c 'import importlib.metadata as m, sys; sys.exit(m.version("schemathesis") != sys.argv[1])' \
+        "$SCHEMATHESIS_VERSION" 2>/dev/null; then
+    echo "interop: installing schemathesis $SCHEMATHESIS_VERSION" >&2
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check \
+        "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
 # 2. go-sendxmpp, a second third-party client (Debian's package).
 if ! command -v go-sendxmpp >/dev/null 2>&1; then
     echo "interop: installing go-sendxmpp" >&2

@@ -123,6 +123,7 @@ c2s = ["$c2s:5222"]
 c2s_tls = []
 proxy65 = []
 https = []
+http = []
 s2s = ["$s2s:5269"]
 
 [log]

@@ -128,6 +128,7 @@ c2s = ["${ADDR[$n]}:5222"]
 c2s_tls = []
 proxy65 = ["${ADDR[$n]}:7777"]
 https = ["${ADDR[$n]}:5443"]
+http = []
 s2s = ["${ADDR[$n]}:5269"]
 $ws_listen
 

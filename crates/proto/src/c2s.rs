@@ -286,6 +286,18 @@ impl C2sStream {
         &self.domain
     }
 
+    /// The server authenticated `user` outside the stream (the HTTP API's bearer token,
+    /// on a channel inside the server): the stream opens straight to resource binding,
+    /// with no TLS or SASL, and only for `user`'s domain. Call before any input.
+    pub fn authenticated_externally(&mut self, user: BareJid) {
+        if self.phase != Phase::AwaitHeader || self.header_sent {
+            return;
+        }
+        self.secure = true;
+        self.domain = user.domain().to_string();
+        self.user = Some(user);
+    }
+
     /// The TLS handshake finished: the client starts a new stream over TLS.
     pub fn tls_established(&mut self) {
         self.secure = true;
@@ -521,9 +533,11 @@ impl C2sStream {
         }
         if let Some(to) = header.to.as_deref() {
             let to = to.to_ascii_lowercase();
+            // A user authenticated outside the stream has its own domain only.
+            let own = self.user.as_ref().map(|u| u.domain().as_str() == to);
             match self.config.domains.iter().find(|d| **d == to) {
-                Some(d) => self.domain = d.clone(),
-                None => {
+                Some(d) if own != Some(false) => self.domain = d.clone(),
+                _ => {
                     self.close(Some("host-unknown"), None);
                     return;
                 }

@@ -1,6 +1,7 @@
-//! The HTTPS listener (`listen.https`): the server accepts connections and does TLS (with
-//! its certificate, reloaded like the others), and an [`HttpService`] serves HTTP over them.
-//! The service is the web crate's: this crate stays free of an HTTP framework.
+//! The HTTP listeners: on `listen.https` the server accepts connections and does TLS (with
+//! its certificate, reloaded like the others), on `listen.http` it only accepts; an
+//! [`HttpService`] serves HTTP over both. The service is the web crate's: this crate stays
+//! free of an HTTP framework.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,9 +9,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -20,16 +21,21 @@ use crate::upload::Uploads;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Serves HTTP on the connections of `listen.https`.
+/// An HTTP connection's bytes: TLS over TCP (`listen.https`) or TCP (`listen.http`).
+pub trait HttpIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> HttpIo for T {}
+
+/// Serves HTTP on the connections of `listen.https` and `listen.http`.
 pub trait HttpService: Send + Sync + 'static {
     /// Called once when the server starts, before any connection: what the server offers
     /// HTTP handlers.
     fn start(&self, env: HttpEnv);
-    /// Serves one connection, TLS done. It should end soon after
+    /// Serves one connection, TLS done if it was HTTPS. It should end soon after
     /// [`HttpEnv::shutdown`] fires (the server waits for it, then aborts it).
     fn serve(
         &self,
-        tls: TlsStream<TcpStream>,
+        io: Box<dyn HttpIo>,
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
@@ -64,7 +70,7 @@ pub(crate) async fn serve(
     let _ = tcp.set_nodelay(true);
     let acceptor = TlsAcceptor::from(sessions.https_tls());
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => http.serve(tls, peer).await,
+        Ok(Ok(tls)) => http.serve(Box::new(tls), peer).await,
         _ => debug!(%peer, "HTTPS TLS handshake failed"),
     }
 }

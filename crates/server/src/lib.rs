@@ -20,6 +20,7 @@
 //! [`HttpService`] the caller provides.
 
 pub mod accounts;
+mod api;
 mod archive;
 mod avatar;
 mod blocking;
@@ -56,9 +57,11 @@ mod tls;
 mod upload;
 mod view;
 
+pub use api::{ApiError, HistoryItem, IssuedToken, MAX_HISTORY_PAGE, MessageState, rfc3339};
 pub use c2s_ws::ClientWebSocket;
-pub use http::{HttpEnv, HttpService};
+pub use http::{HttpEnv, HttpIo, HttpService};
 pub use metrics::Counts;
+pub use outpost_store::ApiToken;
 pub use replication::ReplicationStatus;
 pub use router::SessionInfo;
 pub use s2s::{LinkState, LinkStatus};
@@ -105,6 +108,8 @@ pub enum ListenerKind {
     Proxy65,
     /// HTTPS, served by the [`HttpService`].
     Https,
+    /// Plain HTTP, served by the [`HttpService`] too.
+    Http,
 }
 
 impl ListenerKind {
@@ -118,6 +123,7 @@ impl ListenerKind {
             ListenerKind::Component => "component",
             ListenerKind::Proxy65 => "proxy65",
             ListenerKind::Https => "https",
+            ListenerKind::Http => "http",
         }
     }
 }
@@ -218,20 +224,10 @@ impl ServerHandle {
             true => Some(s2s::Prepared::new(&config, &identity)?),
             false => None,
         };
-        let tag = archive::node_tag(
-            config.role == config::Role::Hub,
-            config.domains.first().map_or("", String::as_str),
-        );
-        let archive = archive::Archive::load(store.as_ref(), &config.archive, tag).await?;
-        let pushes = push::Pushes::load(store.as_ref(), &config.push).await?;
+        let (archive, pushes, journal) = load_state(&config, &store).await?;
         let listeners = bind_all(&config, http.is_some()).await?;
         let tasks = Tasks::default();
         let shutdown = CancellationToken::new();
-        let journal = journal::Journal::start(
-            store.clone(),
-            config.limits.offline_quota,
-            config.federation.outbox_quota,
-        );
         // Delivery reaches other domains through federation, whose links bounce through
         // delivery: federation holds it weakly, so nothing is kept alive by a cycle.
         let mut federation = None;
@@ -253,47 +249,22 @@ impl ServerHandle {
             };
             Delivery::new(&config, store, journal, archive, pushes, remote)
         });
-        tasks.spawn(mam::expire_old(delivery.clone(), shutdown.clone()));
-        for (service, domain) in config.muc_domains() {
-            let muc = config.muc.clone();
-            let task = muc::start(delivery.clone(), service, domain, muc, shutdown.clone()).await;
-            tasks.spawn(task);
-        }
-        if let Some(fed) = &federation {
-            fed.start();
-        }
+        start_services(&config, &delivery, federation.as_ref(), &tasks, &shutdown).await;
         let replication = start_replication(&config, &delivery, &tasks, &shutdown).await;
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
-        let sessions = Arc::new(session::Env::new(
-            delivery.clone(),
-            config,
-            tls,
-            shutdown.clone(),
-        ));
+        let sessions = session::Env::new(delivery.clone(), config, tls, shutdown.clone());
         let view = ServerView {
             delivery: delivery.clone(),
-            sessions: sessions.clone(),
+            sessions: Arc::new(sessions),
             federation: federation.clone(),
             started_at_ms: clock::now_ms(),
             replication,
             tasks: tasks.clone(),
-            connections: connections.clone(),
+            connections,
         };
-        let services = Services::new(&sessions, federation, &delivery, http, &shutdown);
+        let services = Services::new(&view.sessions, federation, &delivery, http, &shutdown);
         services.register(&view, &listeners, &tasks, &shutdown);
-        let mut addrs = Vec::new();
-        for (kind, local, listener) in listeners {
-            info!(kind = kind.as_str(), addr = %local, "listening");
-            addrs.push((kind, local));
-            tasks.spawn(accept_loop(
-                services.clone(),
-                listener,
-                kind,
-                connections.clone(),
-                tasks.clone(),
-                shutdown.clone(),
-            ));
-        }
+        let addrs = accept_all(listeners, &services, &view.connections, &tasks, &shutdown);
         Ok(ServerHandle {
             view,
             addrs,
@@ -533,6 +504,67 @@ async fn start_replication(
     None
 }
 
+/// What delivery loads from the store (the archive's settings and ids, push registrations),
+/// and the journal that writes to it.
+async fn load_state(
+    config: &Config,
+    store: &Arc<dyn Store>,
+) -> Result<(archive::Archive, push::Pushes, journal::Journal), ServerError> {
+    let tag = archive::node_tag(
+        config.role == config::Role::Hub,
+        config.domains.first().map_or("", String::as_str),
+    );
+    let archive = archive::Archive::load(store.as_ref(), &config.archive, tag).await?;
+    let pushes = push::Pushes::load(store.as_ref(), &config.push).await?;
+    let quotas = (config.limits.offline_quota, config.federation.outbox_quota);
+    let journal = journal::Journal::start(store.clone(), quotas.0, quotas.1);
+    Ok((archive, pushes, journal))
+}
+
+/// Starts what runs beside the sessions: archive expiry, the rooms of each MUC domain,
+/// federation's links.
+async fn start_services(
+    config: &Config,
+    delivery: &Arc<Delivery>,
+    federation: Option<&Arc<Federation>>,
+    tasks: &Tasks,
+    shutdown: &CancellationToken,
+) {
+    tasks.spawn(mam::expire_old(delivery.clone(), shutdown.clone()));
+    for (service, domain) in config.muc_domains() {
+        let muc = config.muc.clone();
+        let task = muc::start(delivery.clone(), service, domain, muc, shutdown.clone()).await;
+        tasks.spawn(task);
+    }
+    if let Some(fed) = federation {
+        fed.start();
+    }
+}
+
+/// Starts accepting on every listener; their kinds and addresses.
+fn accept_all(
+    listeners: Vec<(ListenerKind, SocketAddr, TcpListener)>,
+    services: &Services,
+    connections: &Arc<Semaphore>,
+    tasks: &Tasks,
+    shutdown: &CancellationToken,
+) -> Vec<(ListenerKind, SocketAddr)> {
+    let mut addrs = Vec::new();
+    for (kind, local, listener) in listeners {
+        info!(kind = kind.as_str(), addr = %local, "listening");
+        addrs.push((kind, local));
+        tasks.spawn(accept_loop(
+            services.clone(),
+            listener,
+            kind,
+            connections.clone(),
+            tasks.clone(),
+            shutdown.clone(),
+        ));
+    }
+    addrs
+}
+
 /// Binds every listener of the configuration (the server-to-server ones only with
 /// federation), in config order.
 async fn bind_all(
@@ -541,46 +573,33 @@ async fn bind_all(
 ) -> Result<Vec<(ListenerKind, SocketAddr, TcpListener)>, ServerError> {
     let listen = &config.listen;
     let federation = config.federation.enabled;
-    let s2s = |list: &[SocketAddr]| {
-        if federation {
-            list.to_vec()
-        } else {
-            Vec::new()
-        }
-    };
-    let specs = (listen.c2s.iter().map(|a| (ListenerKind::C2sStartTls, *a)))
-        .chain(
-            listen
-                .c2s_tls
-                .iter()
-                .map(|a| (ListenerKind::C2sDirectTls, *a)),
-        )
-        .chain(s2s(&listen.s2s).into_iter().map(|a| (ListenerKind::S2s, a)))
-        .chain(
-            s2s(&listen.s2s_tls)
-                .into_iter()
-                .map(|a| (ListenerKind::S2sDirectTls, a)),
-        )
-        .chain(
-            s2s(&listen.s2s_websocket)
-                .into_iter()
-                .map(|a| (ListenerKind::S2sWebSocket, a)),
-        )
-        .chain(
-            (listen.component.iter())
-                .filter(|_| !config.components.is_empty())
-                .map(|a| (ListenerKind::Component, *a)),
-        )
-        .chain(
-            (listen.proxy65.iter())
-                .filter(|_| config.proxy65.enabled)
-                .map(|a| (ListenerKind::Proxy65, *a)),
-        )
-        .chain(
-            (listen.https.iter())
-                .filter(|_| http)
-                .map(|a| (ListenerKind::Https, *a)),
-        );
+    // Each kind, its addresses, and whether it is bound.
+    let kinds: [(ListenerKind, &[SocketAddr], bool); 9] = [
+        (ListenerKind::C2sStartTls, &listen.c2s, true),
+        (ListenerKind::C2sDirectTls, &listen.c2s_tls, true),
+        (ListenerKind::S2s, &listen.s2s, federation),
+        (ListenerKind::S2sDirectTls, &listen.s2s_tls, federation),
+        (
+            ListenerKind::S2sWebSocket,
+            &listen.s2s_websocket,
+            federation,
+        ),
+        (
+            ListenerKind::Component,
+            &listen.component,
+            !config.components.is_empty(),
+        ),
+        (
+            ListenerKind::Proxy65,
+            &listen.proxy65,
+            config.proxy65.enabled,
+        ),
+        (ListenerKind::Https, &listen.https, http),
+        (ListenerKind::Http, &listen.http, http),
+    ];
+    let specs = (kinds.into_iter())
+        .filter(|(_, _, on)| *on)
+        .flat_map(|(kind, addrs, _)| addrs.iter().map(move |a| (kind, *a)));
     let mut listeners = Vec::new();
     for (kind, addr) in specs {
         let listener = TcpListener::bind(addr)
@@ -688,6 +707,12 @@ impl Services {
             (ListenerKind::Https, _) => {
                 if let Some(http) = self.http {
                     Box::pin(http::serve(http, self.sessions, tcp, peer)).await;
+                }
+            }
+            (ListenerKind::Http, _) => {
+                if let Some(http) = self.http {
+                    let _ = tcp.set_nodelay(true);
+                    http.serve(Box::new(tcp), peer).await;
                 }
             }
             (ListenerKind::C2sStartTls, _) => {

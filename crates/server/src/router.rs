@@ -281,6 +281,13 @@ impl Router {
     }
 
     /// The user's available resources (presence broadcasts, RFC 6121 §4.4.2).
+    /// Whether a session is bound as `jid`.
+    pub(crate) fn is_bound(&self, jid: &FullJid) -> bool {
+        let bare = jid.to_bare();
+        let shard = self.read(&bare);
+        (shard.users.get(&bare)).is_some_and(|list| list.iter().any(|r| &r.jid == jid))
+    }
+
     pub(crate) fn available(&self, bare: &BareJid) -> Vec<(FullJid, SessionTx)> {
         self.senders(bare, |r| r.available)
     }

@@ -18,7 +18,7 @@ use crate::delivery::Delivery;
 use crate::throttle::RegistrationThrottle;
 
 /// Longest password accepted at registration or change.
-const MAX_PASSWORD: usize = 1024;
+pub(crate) const MAX_PASSWORD: usize = 1024;
 
 /// Whether a discovery request names a node (XEP-0030 §3.2).
 fn has_node(request: &Element) -> bool {
@@ -280,6 +280,22 @@ pub(crate) async fn register_new(
         return Ok(reply);
     }
     let (username, password) = register_fields(request).ok_or(Condition::NotAcceptable)?;
+    create_registered(d, config, throttle, peer, domain, &username, &password).await?;
+    Ok(stanza::iq_result(request, None))
+}
+
+/// Makes the account a registration asks for (in-band or over the HTTP API), within the
+/// registration limits of `peer`; its JID. The caller checked that registration is on and
+/// that `domain` is one of ours.
+pub(crate) async fn create_registered(
+    d: &Delivery,
+    config: &Config,
+    throttle: &RegistrationThrottle,
+    peer: IpAddr,
+    domain: &str,
+    username: &str,
+    password: &str,
+) -> Result<String, StanzaError> {
     let now = std::time::Instant::now();
     if !throttle.allows(now, peer) {
         // XEP-0077 §3.1: too many registrations from this address for now.
@@ -287,11 +303,11 @@ pub(crate) async fn register_new(
     }
     let jid = format!("{username}@{domain}");
     let iterations = config.auth.scram_iterations;
-    match accounts::add_user(d.store().as_ref(), &jid, &password, iterations).await {
+    match accounts::add_user(d.store().as_ref(), &jid, password, iterations).await {
         Ok(()) => {
             throttle.record(now, peer);
             info!(account = %jid, "registered");
-            Ok(stanza::iq_result(request, None))
+            Ok(jid)
         }
         Err(AccountError::Store(StoreError::AccountExists)) => Err(Condition::Conflict.into()),
         Err(

@@ -113,18 +113,22 @@ impl ServerView {
     pub async fn client_websocket(&self, peer: SocketAddr) -> Option<ClientWebSocket> {
         let permit = self.connections.clone().acquire_owned();
         let permit = tokio::time::timeout(PERMIT_WAIT, permit).await.ok()?.ok()?;
-        let config = self.sessions.config();
-        let limits = outpost_proto::xml::Limits {
-            max_stanza_bytes: config.limits.max_stanza_bytes,
-            max_depth: config.limits.max_depth,
-        };
-        let (conn, http) = WsConn::pair(limits);
+        let (conn, http) = WsConn::pair(self.stream_limits());
         let env = self.sessions.clone();
         self.tasks.spawn(async move {
             session::serve_websocket(env, conn, peer).await;
             drop(permit);
         });
         Some(http)
+    }
+
+    /// The XML limits of a client stream now.
+    pub(crate) fn stream_limits(&self) -> outpost_proto::xml::Limits {
+        let config = self.sessions.config();
+        outpost_proto::xml::Limits {
+            max_stanza_bytes: config.limits.max_stanza_bytes,
+            max_depth: config.limits.max_depth,
+        }
     }
 
     /// The largest stanza a client may send (`limits.max_stanza_bytes`).

@@ -372,6 +372,21 @@ pub struct UploadSlot {
     pub completed_ms: Option<i64>,
 }
 
+/// A bearer token of the HTTP API, as stored: its hash, never the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Names the token in listings and revocations (hex of the hash's first bytes).
+    pub id: String,
+    /// SHA-256 of the token.
+    pub hash: Vec<u8>,
+    /// The account (bare JID).
+    pub owner: String,
+    /// What the user called the device or script that holds it.
+    pub label: Option<String>,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
 /// One durable write on the message path, for [`Store::write_batch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchWrite {
@@ -437,7 +452,8 @@ pub trait Store: Send + Sync + 'static {
     /// Creates an account; `AccountExists` if the JID is taken.
     async fn create_account(&self, user: &BareJid, creds: &Credentials) -> Result<()>;
     async fn credentials(&self, user: &BareJid) -> Result<Option<Credentials>>;
-    /// Replaces the verifiers (password change). `NoSuchAccount` if absent.
+    /// Replaces the verifiers (password change), revoking the account's API tokens.
+    /// `NoSuchAccount` if absent.
     async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()>;
     /// Removes the account and everything it owns: roster, requests it received, offline
     /// messages, vCard, block list, personal eventing nodes and their subscriptions,
@@ -610,6 +626,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<UploadSlot>>;
     /// Forgets a slot; whether it existed.
     async fn upload_remove(&self, slot: &str) -> Result<bool>;
+
+    // ---- bearer tokens of the HTTP API ----
+
+    /// Stores a new token. Fails with `NoSuchAccount` when its owner does not exist.
+    async fn token_add(&self, token: &ApiToken) -> Result<()>;
+    /// The token with this hash, expired or not (the caller decides).
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<ApiToken>>;
+    /// The account's tokens, oldest first.
+    async fn tokens_of(&self, owner: &str) -> Result<Vec<ApiToken>>;
+    /// Revokes one of the account's tokens; whether it existed.
+    async fn token_remove(&self, owner: &str, id: &str) -> Result<bool>;
+    /// Revokes every token of the account; how many went.
+    async fn tokens_remove_all(&self, owner: &str) -> Result<u64>;
+    /// Forgets tokens that expired before `now_ms`; how many went.
+    async fn tokens_expire(&self, now_ms: i64) -> Result<u64>;
 
     // ---- vCard (XEP-0054) ----
 

@@ -8,9 +8,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use crate::{
-    ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
-    NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas,
-    Result, Roster, RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest, UploadSlot,
+    ApiToken, ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite,
+    Credentials, NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration,
+    Quotas, Result, Roster, RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest,
+    UploadSlot,
 };
 
 /// A [`Store`] that keeps everything in memory.
@@ -164,6 +165,8 @@ struct Account {
     private_xml: BTreeMap<String, String>,
     /// Push registrations by (service, node).
     pushes: BTreeMap<(String, String), String>,
+    /// HTTP API tokens by id.
+    tokens: BTreeMap<String, ApiToken>,
 }
 
 impl Account {
@@ -178,6 +181,7 @@ impl Account {
             blocklist: BTreeSet::new(),
             archive_prefs: None,
             pep: BTreeMap::new(),
+            tokens: BTreeMap::new(),
             pep_subscriptions: BTreeSet::new(),
             private_xml: BTreeMap::new(),
             pushes: BTreeMap::new(),
@@ -238,6 +242,7 @@ impl Store for MemoryStore {
     async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()> {
         self.write(user, |a| {
             a.creds = creds.clone();
+            a.tokens.clear();
             Ok(())
         })
     }
@@ -648,6 +653,48 @@ impl Store for MemoryStore {
             None => entry.1.remove(jid),
         };
         Ok(())
+    }
+
+    async fn token_add(&self, token: &ApiToken) -> Result<()> {
+        self.write(&token.owner, |a| {
+            a.tokens.insert(token.id.clone(), token.clone());
+            Ok(())
+        })
+    }
+
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<ApiToken>> {
+        let inner = self.lock();
+        let mut all = inner.accounts.values().flat_map(|a| a.tokens.values());
+        Ok(all.find(|t| t.hash == hash).cloned())
+    }
+
+    async fn tokens_of(&self, owner: &str) -> Result<Vec<ApiToken>> {
+        let mut tokens = self.read(owner, |a| a.tokens.values().cloned().collect::<Vec<_>>());
+        tokens.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(tokens)
+    }
+
+    async fn token_remove(&self, owner: &str, id: &str) -> Result<bool> {
+        let mut inner = self.lock();
+        let account = inner.accounts.get_mut(owner);
+        Ok(account.is_some_and(|a| a.tokens.remove(id).is_some()))
+    }
+
+    async fn tokens_remove_all(&self, owner: &str) -> Result<u64> {
+        let mut inner = self.lock();
+        let account = inner.accounts.get_mut(owner);
+        Ok(account.map_or(0, |a| std::mem::take(&mut a.tokens).len() as u64))
+    }
+
+    async fn tokens_expire(&self, now_ms: i64) -> Result<u64> {
+        let mut inner = self.lock();
+        let mut gone = 0;
+        for account in inner.accounts.values_mut() {
+            let before = account.tokens.len();
+            account.tokens.retain(|_, t| t.expires_ms >= now_ms);
+            gone += (before - account.tokens.len()) as u64;
+        }
+        Ok(gone)
     }
 
     async fn upload_reserve(&self, slot: &UploadSlot, quota: u64) -> Result<()> {

@@ -80,6 +80,7 @@ impl TestServer {
         config.listen.component = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listen.proxy65 = vec!["127.0.0.1:0".parse().expect("addr")];
         config.listen.https = vec!["127.0.0.1:0".parse().expect("addr")];
+        config.listen.http = vec!["127.0.0.1:0".parse().expect("addr")];
         config.registration.enabled = Some(true);
         tweak(&mut config);
         config.validate().expect("valid test config");

@@ -1,11 +1,13 @@
-//! Outpost's HTTP side: what the HTTPS listener (`listen.https`) serves. The server
+//! Outpost's HTTP side: what the HTTP listeners (`listen.https`, `listen.http`) serve. The server
 //! accepts the connections and does TLS; [`Web`] is the [`HttpService`] it hands them to,
 //! with HTTP/1.1 from hyper and routes from axum.
 //!
 //! Routes: `/upload/<slot>/<filename>` (file upload, XEP-0363: `PUT` once with the slot's
 //! secret, then `GET`/`HEAD` by anyone with the URL, when upload is on); `/healthz` and
 //! `/metrics` (see `ops`); `/xmpp-websocket` for clients (RFC 7395) and its discovery,
-//! `/.well-known/host-meta[.json]` (see `websocket`). Everything else is 404.
+//! `/.well-known/host-meta[.json]` (see `websocket`); the HTTP API, `/api/v1` (see `api`),
+//! and the web client that uses it, `/` (see `client`).
+//! Everything else is 404.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,12 +18,12 @@ use std::time::Duration;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use outpost_server::{HttpEnv, HttpService};
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+use outpost_server::{HttpEnv, HttpIo, HttpService};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+mod api;
+mod client;
 mod ops;
 mod upload;
 mod websocket;
@@ -54,6 +56,9 @@ impl HttpService for Web {
         let max_stanza = env.server.max_stanza_bytes();
         let mut router = ops::routes(env.server.clone(), requests.clone())
             .merge(websocket::routes(env.server.clone(), max_stanza));
+        if env.server.api_config().enabled {
+            router = router.merge(api::routes(&env)).merge(client::routes());
+        }
         if let Some(uploads) = &env.uploads {
             router = router.merge(upload::routes(uploads.clone()));
             env.spawn(upload::sweep(uploads.clone(), env.shutdown.clone()));
@@ -68,7 +73,7 @@ impl HttpService for Web {
 
     fn serve(
         &self,
-        tls: TlsStream<TcpStream>,
+        io: Box<dyn HttpIo>,
         peer: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let running = self
@@ -78,7 +83,7 @@ impl HttpService for Web {
             .clone();
         Box::pin(async move {
             if let Some(running) = running {
-                serve_connection(running, tls, peer).await;
+                serve_connection(running, io, peer).await;
             }
         })
     }
@@ -86,14 +91,14 @@ impl HttpService for Web {
 
 /// HTTP/1.1 on one connection until the client goes, or the server stops (then the
 /// request in progress is finished and the connection closed).
-async fn serve_connection(running: Running, tls: TlsStream<TcpStream>, peer: SocketAddr) {
+async fn serve_connection(running: Running, io: Box<dyn HttpIo>, peer: SocketAddr) {
     let router = running.router.layer(axum::Extension(websocket::Peer(peer)));
     let service = TowerToHyperService::new(router);
     let mut conn = pin!(
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(TokioIo::new(tls), service)
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades()
     );
     let mut stop = pin!(running.shutdown.cancelled_owned());

@@ -267,6 +267,7 @@ fn serve_reports_listeners_and_stops_on_sigterm() {
         .env("OUTPOST_LISTEN__C2S_TLS", r#"["127.0.0.1:0"]"#)
         .env("OUTPOST_LISTEN__PROXY65", r#"["127.0.0.1:0"]"#)
         .env("OUTPOST_LISTEN__HTTPS", r#"["127.0.0.1:0"]"#)
+        .env("OUTPOST_LISTEN__HTTP", r#"["127.0.0.1:0"]"#)
         .env("OUTPOST_AUTH__SCRAM_ITERATIONS", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -285,7 +286,7 @@ fn serve_reports_listeners_and_stops_on_sigterm() {
         }
     });
     let mut listeners = Vec::new();
-    while listeners.len() < 4 {
+    while listeners.len() < 5 {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("no `listening` line in time");
@@ -297,7 +298,10 @@ fn serve_reports_listeners_and_stops_on_sigterm() {
         listeners.push((kind, addr));
     }
     let kinds: Vec<_> = listeners.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(kinds, ["c2s-starttls", "c2s-tls", "proxy65", "https"]);
+    assert_eq!(
+        kinds,
+        ["c2s-starttls", "c2s-tls", "proxy65", "https", "http"]
+    );
     for (_, addr) in &listeners {
         TcpStream::connect_timeout(addr, Duration::from_secs(5)).expect("listener not accepting");
     }

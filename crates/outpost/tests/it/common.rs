@@ -65,7 +65,7 @@ impl Server {
         let config = dir.join(format!("{domain}.toml"));
         let mut toml = format!(
             "{top}\ndomains = [{domain:?}]\ndata_dir = {:?}\n\
-             [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\ns2s = [\"{s2s}\"]\nproxy65 = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\n\
+             [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\ns2s = [\"{s2s}\"]\nproxy65 = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\nhttp = []\n\
              [registration]\nenabled = true\n\
              [auth]\nallow_plaintext_without_tls = true\nscram_iterations = 4096\n\
              [log]\nlevel = {level:?}\n\

@@ -27,7 +27,7 @@ fn serve(dir: &Path) -> (Child, SocketAddr) {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\nproxy65 = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\n\
+            "data_dir = {:?}\n[listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\nproxy65 = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\nhttp = []\n\
              [registration]\nenabled = true\n[auth]\nallow_plaintext_without_tls = true\n\
              scram_iterations = 4096\n",
             dir.join("data")

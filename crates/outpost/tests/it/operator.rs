@@ -28,7 +28,7 @@ struct Site {
 fn config_text(dir: &Path, domains: &[&str], extra: &str) -> String {
     format!(
         "domains = {domains:?}\ndata_dir = {:?}\n\
-         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = [\"127.0.0.1:0\"]\nproxy65 = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\n\
+         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = [\"127.0.0.1:0\"]\nproxy65 = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\nhttp = []\n\
          [registration]\nenabled = true\n[auth]\nallow_plaintext_without_tls = true\n{extra}",
         dir.join("data")
     )

@@ -1307,3 +1307,31 @@ fn oversized_and_deep_stanzas_are_policy_violations() {
         "within the limits, the message is judged as a message"
     );
 }
+
+#[test]
+fn a_user_authenticated_outside_the_stream_goes_straight_to_binding() {
+    let mut c2s = C2sStream::new(config(Transport::StartTls), "sid".to_owned());
+    c2s.authenticated_externally(outpost_proto::jid::BareJid::new("juliet@example.com").unwrap());
+    c2s.handle_input(header().as_bytes());
+    let features = c2s.take_output();
+    let text = String::from_utf8_lossy(&features);
+    assert!(text.contains(ns::BIND), "{text}");
+    assert!(
+        !text.contains(ns::SASL) && !text.contains(ns::TLS),
+        "{text}"
+    );
+    c2s.handle_input(bind_iq("b1", Some("api")).as_bytes());
+    let Some(Event::BindRequest { resource }) = c2s.poll_event() else {
+        panic!("no bind request");
+    };
+    assert_eq!(resource.as_deref(), Some("api"));
+    c2s.bind_result(Ok(jid("juliet@example.com/api")));
+    assert!(matches!(c2s.poll_event(), Some(Event::Bound { .. })));
+
+    // The stream is for that user's domain only, though the server hosts others.
+    let mut other = C2sStream::new(config(Transport::StartTls), "sid".to_owned());
+    other.authenticated_externally(outpost_proto::jid::BareJid::new("juliet@example.com").unwrap());
+    other.handle_input(header_to("other.example").as_bytes());
+    let text = String::from_utf8_lossy(&other.take_output()).into_owned();
+    assert!(text.contains("host-unknown"), "{text}");
+}

@@ -181,3 +181,32 @@ impl Default for UploadConfig {
         }
     }
 }
+
+/// `[api]`: the HTTP API (`/api/v1` on the HTTP listeners): the paper's web services for
+/// clients that can speak only HTTP, and the operators' routes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Whether `/api/v1` is served. Default: `true`.
+    pub enabled: bool,
+    /// Days a login token lasts. Default: `30`.
+    pub token_lifetime_days: u32,
+    /// Seconds an API session (the XMPP resource a token's client is) stays online with
+    /// no request and no open event stream; what arrives later waits for it offline.
+    /// Default: `300`.
+    pub session_idle_secs: u64,
+    /// The bearer token of the admin routes (`/api/v1/admin/…`); at least 32 characters.
+    /// Default: none, and the admin routes answer 403.
+    pub admin_token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            token_lifetime_days: 30,
+            session_idle_secs: 300,
+            admin_token: None,
+        }
+    }
+}

@@ -22,8 +22,8 @@ use crate::tls::Fingerprint;
 mod messaging;
 
 pub use messaging::{
-    ArchiveConfig, MucConfig, Proxy65Config, PushConfig, RoomCreation, StreamManagementConfig,
-    UploadConfig,
+    ApiConfig, ArchiveConfig, MucConfig, Proxy65Config, PushConfig, RoomCreation,
+    StreamManagementConfig, UploadConfig,
 };
 
 /// The whole configuration. `Config::default()` is a working single-host setup for
@@ -69,6 +69,8 @@ pub struct Config {
     pub proxy65: Proxy65Config,
     /// HTTP file upload (XEP-0363).
     pub upload: UploadConfig,
+    /// The HTTP API.
+    pub api: ApiConfig,
     /// External components (XEP-0114): each domain a component may connect as, with the
     /// secret it proves it knows. Default: none.
     pub components: BTreeMap<String, String>,
@@ -94,6 +96,7 @@ impl Default for Config {
             push: PushConfig::default(),
             proxy65: Proxy65Config::default(),
             upload: UploadConfig::default(),
+            api: ApiConfig::default(),
             components: BTreeMap::new(),
         }
     }
@@ -144,9 +147,16 @@ pub struct ListenConfig {
     /// Default: `["127.0.0.1:7777"]`.
     #[serde(deserialize_with = "listen_addrs")]
     pub proxy65: Vec<SocketAddr>,
-    /// HTTPS: file upload (XEP-0363) when `upload.enabled`, `/healthz` and `/metrics`;
+    /// Plain HTTP, serving what `https` serves (the web client, the HTTP API, WebSocket,
+    /// health and metrics): for the loopback interface and for a reverse proxy that does
+    /// TLS, as passwords and tokens cross it in clear. Bound when the server has an HTTP
+    /// service. Default: `["127.0.0.1:5280"]`.
+    #[serde(deserialize_with = "listen_addrs")]
+    pub http: Vec<SocketAddr>,
+    /// HTTPS with the server's certificate: the web client, the HTTP API, XMPP over
+    /// WebSocket, file upload (XEP-0363) when `upload.enabled`, `/healthz` and `/metrics`;
     /// bound when the server has an HTTP service (the `outpost` binary has).
-    /// Default: `["127.0.0.1:5443"]`.
+    /// Default: `["127.0.0.1:5281"]`.
     #[serde(deserialize_with = "listen_addrs")]
     pub https: Vec<SocketAddr>,
 }
@@ -181,7 +191,8 @@ impl Default for ListenConfig {
             s2s_websocket: Vec::new(),
             component: vec![SocketAddr::new(loopback, 5275)],
             proxy65: vec![SocketAddr::new(loopback, 7777)],
-            https: vec![SocketAddr::new(loopback, 5443)],
+            http: vec![SocketAddr::new(loopback, 5280)],
+            https: vec![SocketAddr::new(loopback, 5281)],
         }
     }
 }
@@ -565,6 +576,7 @@ impl Config {
         };
         let https: Vec<(&str, SocketAddr)> = (self.listen.https.iter())
             .map(|a| ("listen.https", *a))
+            .chain(self.listen.http.iter().map(|a| ("listen.http", *a)))
             .collect();
         let clients = self.listen.c2s.len() + self.listen.c2s_tls.len();
         let listeners: Vec<(&str, SocketAddr)> = (self.listen.c2s.iter())
@@ -775,6 +787,14 @@ impl Config {
         }
         if f.dialback_secret.as_ref().is_some_and(|s| s.len() < 16) {
             problem("federation.dialback_secret must be at least 16 characters".to_owned());
+        }
+        if self.api.admin_token.as_ref().is_some_and(|s| s.len() < 32) {
+            problem("api.admin_token must be at least 32 characters".to_owned());
+        }
+        if self.api.token_lifetime_days == 0 || self.api.session_idle_secs == 0 {
+            problem(
+                "api.token_lifetime_days and api.session_idle_secs must be positive".to_owned(),
+            );
         }
         let positive: [(&str, u64); 5] = [
             ("queue_lifetime_secs", f.queue_lifetime_secs),

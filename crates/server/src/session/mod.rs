@@ -70,8 +70,8 @@ pub(crate) struct Env {
     /// Replaced as a whole by a reload; a session reads it when it needs it, and the limits
     /// of a connection are those of the moment it was accepted.
     config: RwLock<Arc<Config>>,
-    throttle: LoginThrottle,
-    registrations: RegistrationThrottle,
+    pub(crate) throttle: LoginThrottle,
+    pub(crate) registrations: RegistrationThrottle,
     tls: RwLock<Arc<ClientTls>>,
     pub(crate) shutdown: CancellationToken,
     next_session: AtomicU64,
@@ -207,7 +207,7 @@ pub(crate) async fn serve(env: Arc<Env>, tcp: TcpStream, peer: SocketAddr, trans
         };
         // Boxed, like the handshake above: a task's memory is the largest state its future
         // can be in, and only the session's should count for an idle connection.
-        Box::pin(start(env, conn, peer, transport)).await;
+        Box::pin(start(env, conn, peer, transport, None)).await;
     }
     .instrument(span)
     .await
@@ -223,13 +223,36 @@ pub(crate) async fn serve_websocket(env: Arc<Env>, conn: crate::c2s_ws::WsConn, 
         Conn::Ws(Box::new(conn)),
         peer,
         Transport::DirectTls,
+        None,
     ))
     .instrument(span)
     .await
 }
 
-/// Builds the session for an established connection and runs it.
-async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport) {
+/// Serves the stream of an API session (see `api`): its user was authenticated by the
+/// HTTP API's token, so the stream starts at resource binding.
+pub(crate) async fn serve_api(
+    env: Arc<Env>,
+    conn: crate::c2s_ws::WsConn,
+    peer: SocketAddr,
+    user: BareJid,
+) {
+    let span = tracing::info_span!("c2s", %peer, transport = "api", jid = tracing::field::Empty);
+    let conn = Conn::Ws(Box::new(conn));
+    Box::pin(start(env, conn, peer, Transport::DirectTls, Some(user)))
+        .instrument(span)
+        .await
+}
+
+/// Builds the session for an established connection and runs it; `user` when the server
+/// authenticated it already.
+async fn start(
+    env: Arc<Env>,
+    conn: Conn,
+    peer: SocketAddr,
+    transport: Transport,
+    user: Option<BareJid>,
+) {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let id = env.next_session.fetch_add(1, Ordering::Relaxed);
     let now = env.config();
@@ -248,14 +271,18 @@ async fn start(env: Arc<Env>, conn: Conn, peer: SocketAddr, transport: Transport
         max_auth_attempts: 3,
         stream_management: now.stream_management.enabled,
     };
+    let mut proto = C2sStream::new(config, crate::ids::random_id(16));
+    if let Some(user) = &user {
+        proto.authenticated_externally(user.clone());
+    }
     // The session lives in its own allocation; the task holds only the loop's state.
     let session = Box::new(Session {
-        proto: C2sStream::new(config, crate::ids::random_id(16)),
+        proto,
         env,
         id,
         peer,
         tx,
-        user: None,
+        user,
         jid: None,
         available: false,
         priority: 0,

@@ -24,10 +24,10 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use crate::{
-    ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials, NodeConfig,
-    OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas, Result, Roster,
-    RosterItem, ScramKeys, Store, StoreError, StoredRoom, Subscription, SubscriptionRequest,
-    UploadSlot,
+    ApiToken, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
+    NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas,
+    Result, Roster, RosterItem, ScramKeys, Store, StoreError, StoredRoom, Subscription,
+    SubscriptionRequest, UploadSlot,
 };
 
 mod archive;
@@ -36,6 +36,7 @@ mod muc;
 mod pep;
 mod repl_apply;
 mod replication;
+mod tokens;
 mod upload;
 
 /// Rows written or looked up by one statement in the batch operations (six parameters a
@@ -60,6 +61,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations/0010_replication_merge.sql"),
     ),
+    (11, include_str!("../../migrations/0011_api_tokens.sql")),
 ];
 
 /// How long a connection waits for a lock held by another process (an `outpost user …`
@@ -348,6 +350,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_credentials(&self, user: &BareJid, creds: &Credentials) -> Result<()> {
+        let mut tx = self.write().await?;
         let done = sqlx::query(
             "UPDATE accounts SET \
              sha1_salt = ?, sha1_iterations = ?, sha1_stored_key = ?, sha1_server_key = ?, \
@@ -363,13 +366,18 @@ impl Store for SqliteStore {
         .bind(&creds.sha256.stored_key)
         .bind(&creds.sha256.server_key)
         .bind(user)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(db)?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NoSuchAccount);
         }
-        Ok(())
+        sqlx::query("DELETE FROM api_tokens WHERE owner = ?")
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
     }
 
     async fn remove_account(&self, user: &BareJid) -> Result<()> {
@@ -389,6 +397,7 @@ impl Store for SqliteStore {
             "DELETE FROM pep_nodes WHERE owner = ?",
             "DELETE FROM private_xml WHERE owner = ?",
             "DELETE FROM push_registrations WHERE owner = ?",
+            "DELETE FROM api_tokens WHERE owner = ?",
             "DELETE FROM archive_prefs_jids WHERE owner = ?",
             "DELETE FROM archive_prefs WHERE owner = ?",
             "DELETE FROM accounts WHERE jid = ?",
@@ -786,6 +795,30 @@ impl Store for SqliteStore {
 
     async fn upload_reserve(&self, slot: &UploadSlot, quota: u64) -> Result<()> {
         upload::reserve(self, slot, quota).await
+    }
+
+    async fn token_add(&self, token: &ApiToken) -> Result<()> {
+        tokens::add(self, token).await
+    }
+
+    async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<ApiToken>> {
+        tokens::by_hash(self, hash).await
+    }
+
+    async fn tokens_of(&self, owner: &str) -> Result<Vec<ApiToken>> {
+        tokens::of(self, owner).await
+    }
+
+    async fn token_remove(&self, owner: &str, id: &str) -> Result<bool> {
+        tokens::remove(self, owner, id).await
+    }
+
+    async fn tokens_remove_all(&self, owner: &str) -> Result<u64> {
+        tokens::remove_all(self, owner).await
+    }
+
+    async fn tokens_expire(&self, now_ms: i64) -> Result<u64> {
+        tokens::expire(self, now_ms).await
     }
 
     async fn upload_slot(&self, slot: &str) -> Result<Option<UploadSlot>> {
@@ -1378,7 +1411,9 @@ mod tests {
                 .fetch_all(&store.readers)
                 .await
                 .unwrap();
-        assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        let all: Vec<i64> = MIGRATIONS.iter().map(|&(v, _)| v).collect();
+        assert_eq!(versions, all);
+        assert_eq!(versions.len(), 11);
         assert_eq!(store.list_accounts().await.unwrap(), ["alice@example.org"]);
         assert_eq!(
             store.credentials("alice@example.org").await.unwrap(),

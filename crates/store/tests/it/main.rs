@@ -7,4 +7,5 @@ mod muc;
 mod pep;
 mod push;
 mod replication;
+mod tokens;
 mod upload;

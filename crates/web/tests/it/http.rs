@@ -47,7 +47,32 @@ pub(crate) async fn request(
         .connect(name, tcp)
         .await
         .expect("TLS");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    send_on(tls, method, path, headers, body).await
+}
+
+/// Sends one request to the server's plain HTTP listener (`listen.http`).
+pub(crate) async fn plain_request(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
+    let addr = server
+        .listener(ListenerKind::Http)
+        .expect("an HTTP listener");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    send_on(tcp, method, path, headers, body).await
+}
+
+async fn send_on(
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Reply {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .expect("HTTP handshake");
     tokio::spawn(conn);

@@ -2,6 +2,7 @@
 //! a real HTTP client (hyper's, over TLS): file upload end to end, slot requests over XMPP
 //! and files over HTTP.
 
+mod api;
 mod http;
 mod ops;
 mod upload;
