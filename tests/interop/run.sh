@@ -99,8 +99,9 @@ if ! command -v ejabberdctl >/dev/null 2>&1; then
     fi
 fi
 
-# 2d. Node and xmpp.js (@xmpp/client, pinned in js/package-lock.json), the WebSocket client
-# of test_websocket.py.
+# 2d. Node, and the JavaScript clients pinned in js/package-lock.json: xmpp.js
+# (@xmpp/client) for test_websocket.py, Converse.js and playwright-core for
+# test_converse.py, which runs Converse in Debian's chromium-headless-shell.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "interop: installing nodejs and npm" >&2
     if [[ $(id -u) -eq 0 ]]; then
@@ -111,8 +112,17 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     fi
 fi
 if ! (cd "$here/js" && npm ls --silent >/dev/null 2>&1); then
-    echo "interop: installing xmpp.js" >&2
+    echo "interop: installing xmpp.js, Converse.js and playwright-core" >&2
     (cd "$here/js" && npm ci --silent --no-audit --no-fund)
+fi
+if [[ -z "${CHROMIUM_PATH:-}" && ! -x /usr/bin/chromium-headless-shell ]]; then
+    echo "interop: installing chromium-headless-shell" >&2
+    if [[ $(id -u) -eq 0 ]]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium-headless-shell >/dev/null \
+            || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium-headless-shell >/dev/null; }
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium-headless-shell >/dev/null
+    fi
 fi
 
 # 3. The server binary.
