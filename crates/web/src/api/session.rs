@@ -365,11 +365,8 @@ async fn pump(session: Arc<ApiSession>, mut from_server: mpsc::Receiver<String>)
         on_stanza(&session, el).await;
     }
     session.end();
-    let _ = session.to_server.send(outpost_proto_close()).await;
-}
-
-fn outpost_proto_close() -> String {
-    format!("<close xmlns='{}'/>", stanzas::NS_FRAMING)
+    let close = outpost_proto::framing::close_element();
+    let _ = session.to_server.send(close).await;
 }
 
 async fn on_stanza(session: &ApiSession, el: Element) {
