@@ -50,6 +50,8 @@ pub enum ApiError {
     Invalid(String),
     #[error("the token is unknown, revoked or expired")]
     Unauthorized,
+    #[error("{0} has no account here")]
+    NoSuchUser(String),
     #[error("the server cannot answer now")]
     Unavailable,
 }
@@ -262,25 +264,26 @@ impl ServerView {
     }
 
     /// Where a message to `to` goes if sent now: to a session of the recipient, to its
-    /// offline store, or to another server's queue.
-    pub fn message_state(&self, to: &Jid) -> MessageState {
+    /// offline store, or to another server's queue. `NoSuchUser` for an address of ours
+    /// with no account, which the message would only bounce from.
+    pub async fn message_state(&self, to: &Jid) -> Result<MessageState, ApiError> {
         let domain = to.domain();
         if !self.delivery.is_local(domain.as_str()) {
-            return MessageState::Queued;
+            return Ok(MessageState::Queued);
         }
+        let router = self.delivery.router();
         let online = match to.try_as_full() {
-            Ok(full) => self.delivery.router().is_bound(full),
-            Err(_) => !self
-                .delivery
-                .router()
-                .message_targets(&to.to_bare(), false)
-                .is_empty(),
+            Ok(full) => router.is_bound(full),
+            Err(_) => !router.message_targets(&to.to_bare(), false).is_empty(),
         };
         if online {
-            MessageState::Delivered
-        } else {
-            MessageState::Stored
+            return Ok(MessageState::Delivered);
         }
+        let bare = to.to_bare();
+        if bare.node().is_none() || !self.delivery.store().account_exists(bare.as_str()).await? {
+            return Err(ApiError::NoSuchUser(bare.to_string()));
+        }
+        Ok(MessageState::Stored)
     }
 
     /// A page of the chat messages between `owner` and `with` in `owner`'s archive, oldest

@@ -194,7 +194,7 @@ pub(crate) async fn send(
     };
     let session = api.session(&caller).await?;
     let id = outpost_server::ids::random_id(20);
-    let state = api.server.message_state(&to);
+    let state = api.server.message_state(&to).await?;
     let message = stanzas::message(&to.to_string(), kind, &id, &body.body);
     session.send(&message).await.map_err(session_problem)?;
     session.settle().await.map_err(session_problem)?;

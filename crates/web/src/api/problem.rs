@@ -107,6 +107,7 @@ impl From<ApiError> for Problem {
             }
             ApiError::Invalid(d) => Problem::bad_request(d),
             ApiError::Unauthorized => Problem::unauthorized().detail(detail),
+            ApiError::NoSuchUser(_) => Problem::not_found(detail),
             ApiError::Unavailable => Problem::unavailable(detail),
         }
     }

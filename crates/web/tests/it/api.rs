@@ -490,9 +490,10 @@ const BAD: &[(&str, &str, bool, &str, u16, &str)] = &[
     ("POST", "/api/v1/messages", true, r#"{"to": "not a jid@", "body": "x"}"#, 400, "bad-request"),
     ("POST", "/api/v1/messages", true, r#"{"to": "bob@localhost", "body": "  "}"#, 400, "bad-request"),
     // Characters XML cannot carry are refused, not sent.
-    ("POST", "/api/v1/messages", true, r#"{"to": "bob@localhost", "body": "bell \u0007"}"#, 400, "bad-request"),
+    ("POST", "/api/v1/messages", true, r#"{"to": "alice@localhost", "body": "bell \u0007"}"#, 400, "bad-request"),
     ("PUT", "/api/v1/presence", true, r#"{"show": "xa", "status": "\u0008"}"#, 400, "bad-request"),
     ("PUT", "/api/v1/presence", true, r#"{"show": "sleepy"}"#, 400, "bad-request"),
+    ("POST", "/api/v1/messages", true, r#"{"to": "nobody@localhost", "body": "hi"}"#, 404, "not-found"),
     ("GET", "/api/v1/messages?with=bob@localhost&limit=1000", true, "", 400, "bad-request"),
     ("GET", "/api/v1/messages?with=bob@localhost&before=zzz", true, "", 400, "bad-request"),
 ];
