@@ -514,6 +514,7 @@ impl Config {
         self.check_files(&mut problem);
         self.check_limits(&mut problem);
         self.check_federation(&mut problem);
+        self.check_api(&mut problem);
         if self.log.level.trim().is_empty() {
             problem("log.level must not be empty".to_owned());
         }
@@ -734,6 +735,17 @@ impl Config {
     }
 
     /// `federation`.
+    fn check_api(&self, problem: &mut impl FnMut(String)) {
+        if self.api.admin_token.as_ref().is_some_and(|s| s.len() < 32) {
+            problem("api.admin_token must be at least 32 characters".to_owned());
+        }
+        if self.api.token_lifetime_days == 0 || self.api.session_idle_secs == 0 {
+            problem(
+                "api.token_lifetime_days and api.session_idle_secs must be positive".to_owned(),
+            );
+        }
+    }
+
     fn check_federation(&self, problem: &mut impl FnMut(String)) {
         let f = &self.federation;
         if f.enabled && self.listen.s2s.is_empty() {
@@ -787,14 +799,6 @@ impl Config {
         }
         if f.dialback_secret.as_ref().is_some_and(|s| s.len() < 16) {
             problem("federation.dialback_secret must be at least 16 characters".to_owned());
-        }
-        if self.api.admin_token.as_ref().is_some_and(|s| s.len() < 32) {
-            problem("api.admin_token must be at least 32 characters".to_owned());
-        }
-        if self.api.token_lifetime_days == 0 || self.api.session_idle_secs == 0 {
-            problem(
-                "api.token_lifetime_days and api.session_idle_secs must be positive".to_owned(),
-            );
         }
         let positive: [(&str, u64); 5] = [
             ("queue_lifetime_secs", f.queue_lifetime_secs),
@@ -1289,6 +1293,23 @@ mod tests {
                 "federation.retry_initial_secs (600) must not exceed federation.retry_max_secs (300)",
             ]
         );
+    }
+
+    #[test]
+    fn api_settings_are_checked() {
+        let mut config = Config::default();
+        config.api.admin_token = Some("too short".into());
+        config.api.session_idle_secs = 0;
+        assert_eq!(
+            problems(&config),
+            [
+                "api.admin_token must be at least 32 characters",
+                "api.token_lifetime_days and api.session_idle_secs must be positive",
+            ]
+        );
+        config.api.admin_token = Some("a".repeat(32));
+        config.api.session_idle_secs = 1;
+        assert!(problems(&config).is_empty());
     }
 
     #[test]
