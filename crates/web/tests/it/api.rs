@@ -12,11 +12,9 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use outpost_testkit::*;
 use outpost_web::Web;
-use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 
-use crate::http::{Reply, https_addr, plain_request, request};
+use crate::http::{Reply, connect_tls, plain_request, request};
 
 const ADMIN_TOKEN: &str = "an-admin-token-of-at-least-32-characters";
 
@@ -102,15 +100,7 @@ struct Event {
 }
 
 async fn events(server: &TestServer, token: &str, last_id: Option<u64>) -> Events {
-    let tcp = TcpStream::connect(https_addr(server))
-        .await
-        .expect("connect");
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = server
-        .tls_connector()
-        .connect(name, tcp)
-        .await
-        .expect("TLS");
+    let tls = connect_tls(server).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .expect("HTTP handshake");

@@ -30,6 +30,19 @@ pub(crate) fn https_addr(server: &TestServer) -> SocketAddr {
         .expect("an HTTPS listener")
 }
 
+/// A TLS connection to the server's HTTPS listener, trusting its certificate.
+pub(crate) async fn connect_tls(server: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(https_addr(server))
+        .await
+        .expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    server
+        .tls_connector()
+        .connect(name, tcp)
+        .await
+        .expect("TLS")
+}
+
 /// Sends one request to the server's HTTPS listener. `path` is the URL's path.
 pub(crate) async fn request(
     server: &TestServer,
@@ -38,15 +51,7 @@ pub(crate) async fn request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> Reply {
-    let tcp = TcpStream::connect(https_addr(server))
-        .await
-        .expect("connect");
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = server
-        .tls_connector()
-        .connect(name, tcp)
-        .await
-        .expect("TLS");
+    let tls = connect_tls(server).await;
     send_on(tls, method, path, headers, body).await
 }
 

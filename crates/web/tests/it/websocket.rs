@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::http::{https_addr, request};
+use crate::http::{connect_tls, https_addr, request};
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
@@ -27,15 +27,7 @@ const OPEN: &str =
 /// Upgrades a TLS connection to the listener, asking for `protocol` when given; returns the
 /// socket, or the HTTP status of a refusal.
 async fn connect(server: &TestServer, protocol: Option<&str>) -> Result<Socket, u16> {
-    let tcp = TcpStream::connect(https_addr(server))
-        .await
-        .expect("connect");
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = server
-        .tls_connector()
-        .connect(name, tcp)
-        .await
-        .expect("TLS");
+    let tls = connect_tls(server).await;
     let mut req = "wss://localhost/xmpp-websocket"
         .into_client_request()
         .expect("request");
