@@ -98,6 +98,9 @@ else
             || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsmasq-base >/dev/null; }
     fi
     OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/figure2.sh
+    # A client behind a firewall that passes only HTTPS chats through the HTTP API (REST and
+    # Server-Sent Events) and through XMPP over WebSocket (xmpp.js), both on port 443.
+    OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/https_only.sh
 fi
 
 step "all tests passed"

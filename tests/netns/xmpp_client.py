@@ -6,7 +6,8 @@ resource binding, then one of these roles:
 
   recv        log every message from --peer whose body starts with --prefix, one line
               "<unix time> <body>" each, flushed as it arrives; answer "ping X" with
-              "pong X"; exit 0 on the body "<prefix> end".
+              "pong X" (with --log-pings, after logging "<unix time> ping X" too); exit 0
+              on the body "<prefix> end".
   ping        send "ping <nonce>" to --peer and wait for "pong <nonce>" from it.
   send        send --count messages "<prefix> <i>" (or one --body) to --peer, then a ping
               to the server as a barrier: once it is answered, the server has accepted
@@ -167,6 +168,8 @@ def role_recv(args):
             if b is None or bare(el.get("from")) != args.peer:
                 continue
             if b.startswith("ping "):
+                if args.log_pings:
+                    log.write(f"{time.time():.6f} {b}\n")
                 c.message(el.get("from"), "pong " + b[5:])
             elif b.startswith(args.prefix + " "):
                 log.write(f"{time.time():.6f} {b}\n")
@@ -238,6 +241,7 @@ def main():
     p.add_argument("--body")
     p.add_argument("--ready", help="recv: file written once the session is available")
     p.add_argument("--log", help="recv: file the received bodies are appended to")
+    p.add_argument("--log-pings", action="store_true", help="recv: log the pings answered too")
     p.add_argument("--timeout", type=float, default=20.0, help="deadline of each protocol step")
     p.add_argument("--run-timeout", type=float, default=300.0, help="recv: longest wait for a message")
     p.add_argument("--duration", type=float, default=10.0)

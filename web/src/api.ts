@@ -30,11 +30,69 @@ export interface ArchivedMessage {
   to: string;
   body: string;
   timestamp: string;
+  /** An out-of-band URL (XEP-0066): a shared file. */
+  url?: string | null;
 }
 
 export interface HistoryPage {
   messages: ArchivedMessage[];
   complete: boolean;
+}
+
+export interface Occupant {
+  nick: string;
+  role: string;
+  affiliation: string;
+  /** The occupant's real JID, when the room shows it to us. */
+  jid: string | null;
+  presence: Show;
+}
+
+/** GET /me: this login, and what the server offers it. */
+export interface Me {
+  jid: string;
+  resource: string;
+  expires_at: string;
+  /** The room service (XEP-0045) of the user's domain, e.g. "conference.example.org". */
+  rooms_service?: string | null;
+  /** Whether file upload (XEP-0363) is available. */
+  upload?: boolean;
+}
+
+/** A group chat room (XEP-0045) the API session is in, or has bookmarked. */
+export interface Room {
+  jid: string;
+  name: string | null;
+  nick: string;
+  joined: boolean;
+  subject: string | null;
+  occupants: Occupant[];
+}
+
+export interface RoomArchivedMessage {
+  /** The archive's id (the `before`/`after` cursor). */
+  id: string;
+  /** The message's own id, as the send's answer and the groupchat event gave it (when known). */
+  message_id?: string | null;
+  /** room@service/nick */
+  from: string;
+  nick: string;
+  body: string;
+  timestamp: string;
+  url?: string | null;
+}
+
+export interface RoomHistoryPage {
+  messages: RoomArchivedMessage[];
+  complete: boolean;
+}
+
+/** An upload slot (XEP-0363): PUT the file to `put_path` on this origin, share `get_url`. */
+export interface UploadSlot {
+  put_url: string;
+  put_path: string;
+  put_headers: Record<string, string>;
+  get_url: string;
 }
 
 /** An error answer of the API, from its problem+json body. */
@@ -216,6 +274,10 @@ export class Session {
 
   // The routes this client uses, as the contract names them.
 
+  me(): Promise<Me> {
+    return this.request("GET", "/me", { retry: true });
+  }
+
   friends(): Promise<Friend[]> {
     return this.request("GET", "/friends", { retry: true });
   }
@@ -238,11 +300,96 @@ export class Session {
     return this.request("GET", `/messages?${query}`, { retry: true });
   }
 
-  sendMessage(to: string, body: string, key: string): Promise<{ id: string; state: SendState }> {
+  sendMessage(to: string, body: string, key: string, url: string | null): Promise<{ id: string; state: SendState }> {
     return this.request("POST", "/messages", {
-      body: { to, body },
+      body: url === null ? { to, body } : { to, body, url },
       headers: { "Idempotency-Key": key },
       retry: true,
+    });
+  }
+
+  rooms(): Promise<Room[]> {
+    return this.request("GET", "/rooms", { retry: true });
+  }
+
+  /** Joins a room (creating it if it does not exist) and bookmarks it. */
+  joinRoom(jid: string, nick: string | null): Promise<Room> {
+    return this.request("POST", "/rooms", { body: nick === null ? { jid } : { jid, nick } });
+  }
+
+  /** Leaves a room and removes its bookmark. */
+  leaveRoom(jid: string): Promise<void> {
+    return this.request("DELETE", `/rooms/${encodeURIComponent(jid)}`);
+  }
+
+  roomHistory(room: string, before: string | null): Promise<RoomHistoryPage> {
+    const query = new URLSearchParams({ limit: "50" });
+    if (before !== null) query.set("before", before);
+    return this.request("GET", `/rooms/${encodeURIComponent(room)}/messages?${query}`, { retry: true });
+  }
+
+  sendRoomMessage(room: string, body: string, key: string, url: string | null): Promise<{ id: string; state: string }> {
+    return this.request("POST", `/rooms/${encodeURIComponent(room)}/messages`, {
+      body: url === null ? { body } : { body, url },
+      headers: { "Idempotency-Key": key },
+      retry: true,
+    });
+  }
+
+  /** Asks for an upload slot (XEP-0363) for a file. */
+  requestUpload(filename: string, size: number, contentType: string): Promise<UploadSlot> {
+    return this.request("POST", "/uploads", { body: { filename, size, content_type: contentType } });
+  }
+
+  /**
+   * PUTs a file's bytes to an upload slot, on this origin (the same HTTP service as the
+   * API), reporting progress. Rejects with ApiError on an HTTP error, NetworkError when
+   * the connection breaks, Cancelled when `signal` (or the session) aborts.
+   */
+  putFile(
+    slot: UploadSlot,
+    file: Blob,
+    contentType: string,
+    onProgress: (loaded: number, total: number) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const both = AbortSignal.any([signal, this.signal]);
+      if (both.aborted) {
+        reject(new Cancelled());
+        return;
+      }
+      const xhr = new XMLHttpRequest();
+      const onAbort = () => xhr.abort();
+      both.addEventListener("abort", onAbort, { once: true });
+      const done = () => both.removeEventListener("abort", onAbort);
+      xhr.open("PUT", uploadTarget(slot));
+      for (const [name, value] of Object.entries(slot.put_headers ?? {})) {
+        // The browser refuses a few names (Cookie, Host…) by itself; skip Content-Type, set below.
+        if (name.toLowerCase() !== "content-type") xhr.setRequestHeader(name, value);
+      }
+      xhr.setRequestHeader("Content-Type", contentType);
+      xhr.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
+      xhr.onload = () => {
+        done();
+        if (xhr.status >= 200 && xhr.status < 300) {
+          onProgress(file.size, file.size);
+          resolve();
+          return;
+        }
+        const text = xhr.responseText.trim().slice(0, 200);
+        const code = xhr.status === 413 ? "file-too-large" : "";
+        reject(new ApiError(xhr.status, code, xhr.statusText || `HTTP ${xhr.status}`, text || null, null));
+      };
+      xhr.onerror = xhr.ontimeout = () => {
+        done();
+        reject(new NetworkError("Cannot reach the server: the upload broke off"));
+      };
+      xhr.onabort = () => {
+        done();
+        reject(new Cancelled());
+      };
+      xhr.send(file);
     });
   }
 
@@ -255,6 +402,14 @@ export class Session {
       // Offline: the token stays valid on the server until it expires.
     }
   }
+}
+
+/** Where to PUT a slot's file: its path on this origin (put_url only if no path was given). */
+function uploadTarget(slot: UploadSlot): string {
+  if (typeof slot.put_path === "string" && slot.put_path.startsWith("/") && !slot.put_path.startsWith("//")) {
+    return slot.put_path;
+  }
+  return slot.put_url;
 }
 
 async function send(

@@ -2,18 +2,21 @@
 
 import type { ComponentChildren } from "preact";
 import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
-import { describe, login, register, Session, watchConnectivity } from "./api.ts";
+import { describe, login, type Occupant, register, Session, watchConnectivity } from "./api.ts";
 import {
   type Chat,
   type ChatMessage,
   Client,
   type Contact,
+  type Kind,
   loadStored,
   presenceOf,
+  type RoomState,
   saveStored,
   type State,
+  type Upload,
 } from "./client.ts";
-import { shortTime } from "./util.ts";
+import { domainOf, fileName, fileSize, isImageUrl, localPart, safeUrl, shortTime } from "./util.ts";
 
 export function App() {
   const [client, setClient] = useState<Client | null>(() => resume());
@@ -199,13 +202,16 @@ function Main(props: { client: Client; onLogout: () => void }) {
   const state = useClientState(client);
   const offline = useOffline();
 
-  const unread = Object.values(state.chats).reduce((n, c) => n + c.unread, 0);
+  const unread =
+    Object.values(state.chats).reduce((n, c) => n + c.unread, 0) +
+    Object.values(state.rooms).reduce((n, r) => n + r.chat.unread, 0);
   useEffect(() => {
     document.title = unread > 0 ? `(${unread}) Outpost` : "Outpost";
   }, [unread]);
 
   const contacts = Object.values(state.contacts).sort(byName);
   const active = state.active !== null ? state.contacts[state.active] : undefined;
+  const activeRoom = state.activeRoom !== null ? state.rooms[state.activeRoom] : undefined;
   return (
     <div class="main">
       {offline && (
@@ -251,6 +257,7 @@ function Main(props: { client: Client; onLogout: () => void }) {
             />
           ))}
         </nav>
+        <Rooms client={client} state={state} />
       </aside>
       <section class="chat">
         {(state.error || state.notice) && (
@@ -261,10 +268,25 @@ function Main(props: { client: Client; onLogout: () => void }) {
             </button>
           </div>
         )}
-        {active ? (
-          <ChatView key={active.jid} client={client} contact={active} chat={state.chats[active.jid]} />
+        {activeRoom ? (
+          <RoomView
+            key={`room ${activeRoom.jid}`}
+            client={client}
+            room={activeRoom}
+            uploads={state.uploads}
+            canUpload={state.service?.upload !== false}
+          />
+        ) : active ? (
+          <ChatView
+            key={active.jid}
+            client={client}
+            contact={active}
+            chat={state.chats[active.jid]}
+            uploads={state.uploads}
+            canUpload={state.service?.upload !== false}
+          />
         ) : (
-          <p class="empty">Choose a friend to chat with.</p>
+          <p class="empty">Choose a friend or a room to chat with.</p>
         )}
       </section>
     </div>
@@ -349,7 +371,13 @@ function AddFriend(props: { client: Client }) {
 // -----------------------------------------------------------------------------------
 // One chat
 
-function ChatView(props: { client: Client; contact: Contact; chat: Chat | undefined }) {
+function ChatView(props: {
+  client: Client;
+  contact: Contact;
+  chat: Chat | undefined;
+  uploads: Upload[];
+  canUpload: boolean;
+}) {
   const { client, contact } = props;
   const chat = props.chat;
   const [confirming, setConfirming] = useState(false);
@@ -377,14 +405,19 @@ function ChatView(props: { client: Client; contact: Contact; chat: Chat | undefi
             </button>
           ))}
       </header>
-      <MessageList client={client} peer={contact.jid} chat={chat} />
-      <Composer onSend={(body) => client.send(contact.jid, body)} />
+      <MessageList client={client} kind="chat" peer={contact.jid} chat={chat} />
+      <Uploads client={client} uploads={props.uploads.filter((u) => u.kind === "chat" && u.to === contact.jid)} />
+      <Composer
+        canUpload={props.canUpload}
+        onSend={(body) => client.send("chat", contact.jid, body)}
+        onAttach={(file) => client.upload("chat", contact.jid, file)}
+      />
     </>
   );
 }
 
-function MessageList(props: { client: Client; peer: string; chat: Chat | undefined }) {
-  const { client, peer, chat } = props;
+function MessageList(props: { client: Client; kind: Kind; peer: string; chat: Chat | undefined }) {
+  const { client, kind, peer, chat } = props;
   const list = useRef<HTMLDivElement>(null);
   // Where the view was before an update: at the bottom (follow new messages), or
   // how far from the bottom (keep the place when older messages are prepended).
@@ -404,21 +437,26 @@ function MessageList(props: { client: Client; peer: string; chat: Chat | undefin
       class="messages"
       data-testid="message-list"
       ref={list}
+      // A picture that loads makes the list taller: stay at the bottom if it was there.
+      onLoadCapture={() => {
+        const el = list.current;
+        if (el && fromBottom.current < 40) el.scrollTop = el.scrollHeight;
+      }}
       onScroll={(e) => {
         const el = e.currentTarget;
         fromBottom.current = el.scrollHeight - el.clientHeight - el.scrollTop;
-        if (el.scrollTop === 0 && more) client.loadOlder(peer);
+        if (el.scrollTop === 0 && more) client.loadOlder(kind, peer);
       }}
     >
       {more && (
-        <button class="link older" data-testid="load-older" disabled={chat.loadingOlder} onClick={() => client.loadOlder(peer)}>
+        <button class="link older" data-testid="load-older" disabled={chat.loadingOlder} onClick={() => client.loadOlder(kind, peer)}>
           {chat.loadingOlder ? "Loading…" : "Load older messages"}
         </button>
       )}
       {chat && !chat.loaded && <p class="empty">Loading…</p>}
       {chat?.loaded && messages.length === 0 && <p class="empty">No messages yet.</p>}
       {messages.map((m) => (
-        <MessageItem key={m.key} message={m} onRetry={() => client.retry(peer, m.key)} />
+        <MessageItem key={m.key} message={m} room={kind === "room"} onRetry={() => client.retry(kind, peer, m.key)} />
       ))}
     </div>
   );
@@ -433,7 +471,9 @@ const TICK_TITLE = {
   received: "Received",
 } as const;
 
-function MessageItem(props: { message: ChatMessage; onRetry: () => void }) {
+const ROOM_TICK_TITLE = { ...TICK_TITLE, delivered: "Sent to the room", sent: "Sent to the room" } as const;
+
+function MessageItem(props: { message: ChatMessage; room: boolean; onRetry: () => void }) {
   const m = props.message;
   let ticks: ComponentChildren = null;
   if (m.outgoing) {
@@ -449,15 +489,20 @@ function MessageItem(props: { message: ChatMessage; onRetry: () => void }) {
     } else if (m.state !== "incoming") {
       const marks = m.state === "received" ? "✓✓" : m.state === "sending" ? "…" : "✓";
       ticks = (
-        <span class={`ticks ${m.state}`} title={TICK_TITLE[m.state]} data-testid="message-ticks">
+        <span class={`ticks ${m.state}`} title={(props.room ? ROOM_TICK_TITLE : TICK_TITLE)[m.state]} data-testid="message-ticks">
           {marks}
         </span>
       );
     }
   }
   return (
-    <div class={m.outgoing ? "msg out" : "msg in"} data-testid="message" data-state={m.state}>
-      <div class="body">{m.body}</div>
+    <div class={m.outgoing ? "msg out" : "msg in"} data-testid="message" data-state={m.state} data-nick={m.nick ?? undefined}>
+      {props.room && !m.outgoing && m.nick !== null && (
+        <div class="nick" data-testid="message-nick">
+          {m.nick}
+        </div>
+      )}
+      <MessageBody message={m} />
       <div class="meta">
         <time dateTime={m.timestamp}>{shortTime(m.timestamp)}</time>
         {ticks}
@@ -466,13 +511,82 @@ function MessageItem(props: { message: ChatMessage; onRetry: () => void }) {
   );
 }
 
-function Composer(props: { onSend: (body: string) => void }) {
+/**
+ * A message's text, and its shared file (XEP-0066) as a link, with a preview for a
+ * picture. The body is always text, never HTML; a link is only ever http(s).
+ */
+function MessageBody(props: { message: ChatMessage }) {
+  const m = props.message;
+  const url = safeUrl(m.url);
+  if (url === null) return <div class="body">{m.body}</div>;
+  const caption = m.body.trim() !== "" && m.body.trim() !== m.url && m.body.trim() !== url;
+  // Previews over https only (an http picture would be mixed content on this page).
+  const image = isImageUrl(url) && (url.startsWith("https:") || url.startsWith(`${location.origin}/`));
+  return (
+    <div class="body attachment">
+      {caption && <div>{m.body}</div>}
+      {image && (
+        <a href={url} target="_blank" rel="noopener noreferrer" class="preview">
+          <img data-testid="message-image" src={url} alt={fileName(url)} loading="lazy" referrerpolicy="no-referrer" />
+        </a>
+      )}
+      <a data-testid="message-link" href={url} target="_blank" rel="noopener noreferrer" class="file">
+        {fileName(url)}
+      </a>
+    </div>
+  );
+}
+
+/** The files on their way to this conversation: progress, or why one failed. */
+function Uploads(props: { client: Client; uploads: Upload[] }) {
+  if (props.uploads.length === 0) return null;
+  return (
+    <div class="uploads">
+      {props.uploads.map((u) => {
+        const percent = u.size > 0 ? Math.min(100, Math.floor((u.loaded / u.size) * 100)) : 0;
+        return (
+          <div class={`upload ${u.state}`} key={u.id} data-testid="upload" data-state={u.state}>
+            <span class="name">
+              {u.filename} <span class="size">({fileSize(u.size)})</span>
+            </span>
+            {u.state === "uploading" ? (
+              <>
+                <progress max={100} value={percent} aria-label={`Uploading ${u.filename}`} />
+                <span data-testid="upload-progress">{percent}%</span>
+              </>
+            ) : (
+              <span class="error" role="alert" data-testid="upload-error">
+                {u.filename}: {u.error}
+              </span>
+            )}
+            <button
+              class="link"
+              data-testid="upload-dismiss"
+              aria-label={u.state === "uploading" ? "Cancel the upload" : "Dismiss"}
+              onClick={() => props.client.dismissUpload(u.id)}
+            >
+              {u.state === "uploading" ? "Cancel" : "×"}
+            </button>
+          </div>
+        );
+      })}
+    </div>
+  );
+}
+
+function Composer(props: {
+  onSend: (body: string) => void;
+  onAttach: (file: File) => void;
+  canUpload: boolean;
+  disabled?: boolean;
+}) {
   const [body, setBody] = useState("");
   const input = useRef<HTMLTextAreaElement>(null);
+  const files = useRef<HTMLInputElement>(null);
   useEffect(() => input.current?.focus(), []);
   const send = () => {
     const el = input.current;
-    if (!el || el.value.trim() === "") return;
+    if (!el || el.value.trim() === "" || props.disabled) return;
     props.onSend(el.value);
     el.value = "";
     setBody("");
@@ -485,6 +599,30 @@ function Composer(props: { onSend: (body: string) => void }) {
         send();
       }}
     >
+      <input
+        ref={files}
+        data-testid="file-input"
+        class="hidden"
+        type="file"
+        multiple
+        tabIndex={-1}
+        aria-hidden="true"
+        onChange={(e) => {
+          const el = e.currentTarget;
+          for (const file of Array.from(el.files ?? [])) props.onAttach(file);
+          el.value = "";
+        }}
+      />
+      <button
+        class="secondary attach"
+        data-testid="attach-file"
+        type="button"
+        title={props.canUpload ? "Send a file" : "This server does not take files"}
+        disabled={props.disabled || !props.canUpload}
+        onClick={() => files.current?.click()}
+      >
+        Attach
+      </button>
       <textarea
         data-testid="message-input"
         ref={input}
@@ -499,9 +637,175 @@ function Composer(props: { onSend: (body: string) => void }) {
           }
         }}
       />
-      <button data-testid="message-send" type="submit" disabled={body.trim() === ""}>
+      <button data-testid="message-send" type="submit" disabled={body.trim() === "" || props.disabled}>
         Send
       </button>
     </form>
+  );
+}
+
+// -----------------------------------------------------------------------------------
+// Rooms
+
+function Rooms(props: { client: Client; state: State }) {
+  const { client, state } = props;
+  const rooms = Object.values(state.rooms).sort((a, b) => roomTitle(a).localeCompare(roomTitle(b)) || a.jid.localeCompare(b.jid));
+  return (
+    <section class="rooms">
+      <h3>Rooms</h3>
+      <JoinRoom client={client} service={state.service?.rooms ?? `conference.${domainOf(client.me)}`} />
+      <nav data-testid="room-list">
+        {rooms.length === 0 && <p class="empty">No rooms yet: join one by name or address.</p>}
+        {rooms.map((r) => (
+          <button
+            key={r.jid}
+            class={r.jid === state.activeRoom ? "friend room active" : "friend room"}
+            data-testid={`room-${r.jid}`}
+            data-joined={String(r.joined)}
+            onClick={() => client.openRoom(r.jid)}
+          >
+            <span class="name" title={r.jid}>
+              # {roomTitle(r)}
+            </span>
+            {r.chat.unread > 0 && (
+              <span class="badge" data-testid={`room-unread-${r.jid}`} aria-label={`${r.chat.unread} unread`}>
+                {r.chat.unread}
+              </span>
+            )}
+            <span class="hint">
+              {r.joining
+                ? "Joining…"
+                : r.joined
+                  ? `${Object.keys(r.occupants).length} here`
+                  : "Not joined"}
+            </span>
+          </button>
+        ))}
+      </nav>
+    </section>
+  );
+}
+
+function JoinRoom(props: { client: Client; service: string | null }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const me = props.client.session.jid;
+  return (
+    <form
+      class="join"
+      onSubmit={async (e) => {
+        e.preventDefault();
+        const form = e.currentTarget;
+        setBusy(true);
+        setError(null);
+        const failed = await props.client.joinRoom(field(form, "room"), field(form, "nick"));
+        if (failed === null) form.reset();
+        setError(failed);
+        setBusy(false);
+      }}
+    >
+      <input
+        data-testid="join-room-jid"
+        name="room"
+        type="text"
+        placeholder={`room, or room@${props.service ?? "conference.example.org"}`}
+        aria-label="Room's name or address"
+        required
+      />
+      <div class="row">
+        <input
+          data-testid="join-room-nick"
+          name="nick"
+          type="text"
+          placeholder={`Nickname (${localPart(me)})`}
+          aria-label="Nickname"
+        />
+        <button data-testid="join-room-submit" type="submit" disabled={busy}>
+          Join
+        </button>
+      </div>
+      {error && (
+        <p class="error" role="alert" data-testid="join-room-error">
+          {error}
+        </p>
+      )}
+    </form>
+  );
+}
+
+/** A room's name, else its address's local part. */
+function roomTitle(room: RoomState): string {
+  return room.name || localPart(room.jid) || room.jid;
+}
+
+const ROLE_ORDER: Record<string, number> = { moderator: 0, participant: 1, visitor: 2 };
+
+function byRole(a: Occupant, b: Occupant): number {
+  return (ROLE_ORDER[a.role] ?? 3) - (ROLE_ORDER[b.role] ?? 3) || a.nick.localeCompare(b.nick);
+}
+
+function RoomView(props: { client: Client; room: RoomState; uploads: Upload[]; canUpload: boolean }) {
+  const { client, room } = props;
+  const occupants = Object.values(room.occupants).sort(byRole);
+  return (
+    <div class="room-view" data-testid="room-view" data-room={room.jid} data-joined={String(room.joined)}>
+      <header class="chat-head">
+        <div>
+          <h2 data-testid="room-title" title={room.jid}>
+            # {roomTitle(room)}
+          </h2>
+          <span class="presence">
+            {room.subject ? (
+              <span class="subject" data-testid="room-subject">
+                {room.subject}
+              </span>
+            ) : (
+              <span>{room.jid}</span>
+            )}
+          </span>
+        </div>
+        <span class="confirm">
+          {!room.joined && (
+            <button data-testid="room-rejoin" disabled={room.joining} onClick={() => client.rejoin(room.jid)}>
+              {room.joining ? "Joining…" : "Join again"}
+            </button>
+          )}
+          <button class="secondary" data-testid="room-leave" onClick={() => void client.leaveRoom(room.jid)}>
+            Leave room
+          </button>
+        </span>
+      </header>
+      <div class="room-body">
+        <div class="room-chat">
+          <MessageList client={client} kind="room" peer={room.jid} chat={room.chat} />
+          <Uploads client={client} uploads={props.uploads.filter((u) => u.kind === "room" && u.to === room.jid)} />
+          <Composer
+            canUpload={props.canUpload}
+            disabled={!room.joined}
+            onSend={(body) => client.send("room", room.jid, body)}
+            onAttach={(file) => client.upload("room", room.jid, file)}
+          />
+        </div>
+        <aside class="occupants" data-testid="occupant-list" aria-label="In the room">
+          <h3>In the room ({occupants.length})</h3>
+          {occupants.map((o) => (
+            <div
+              class="occupant"
+              key={o.nick}
+              data-testid={`occupant-${o.nick}`}
+              data-role={o.role}
+              data-affiliation={o.affiliation}
+              data-presence={o.presence}
+              title={o.jid ?? undefined}
+            >
+              <span class={`dot ${o.presence}`} aria-hidden="true" />
+              <span class="name">{o.nick}</span>
+              {o.nick === room.nick && <span class="hint">(you)</span>}
+              {o.role === "moderator" && <span class="hint">{o.affiliation === "owner" ? "owner" : "moderator"}</span>}
+            </div>
+          ))}
+        </aside>
+      </div>
+    </div>
   );
 }

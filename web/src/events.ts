@@ -22,6 +22,37 @@ export interface MessageEvent {
   type?: string;
   timestamp: string;
   carbon?: "sent" | "received";
+  /** An out-of-band URL (XEP-0066): a shared file. */
+  url?: string | null;
+}
+
+/** A message in a room, ours included (the room reflects it, with the id our send got). */
+export interface GroupchatEvent {
+  /** room@service/nick */
+  from: string;
+  room: string;
+  nick: string;
+  body?: string;
+  /** The message's id: for ours, the one the send's answer gave. */
+  id: string;
+  /** The room archive's id for it, as the room history lists it (when the room gave one). */
+  stanza_id?: string | null;
+  timestamp: string;
+  url?: string | null;
+  /** The room's new subject. */
+  subject?: string;
+}
+
+export interface OccupantEvent {
+  from: string;
+  room: string;
+  nick: string;
+  presence: Show;
+  role: string;
+  affiliation: string;
+  jid?: string | null;
+  /** This is us: unavailable means we are no longer in the room. */
+  self: boolean;
 }
 
 export type ServerEvent =
@@ -38,9 +69,11 @@ export type ServerEvent =
         ask: "subscribe" | null;
       };
     }
-  | { type: "receipt"; data: { from: string; id: string } };
+  | { type: "receipt"; data: { from: string; id: string } }
+  | { type: "groupchat"; data: GroupchatEvent }
+  | { type: "occupant"; data: OccupantEvent };
 
-const KNOWN = new Set(["message", "presence", "subscription", "roster", "receipt"]);
+const KNOWN = new Set(["message", "presence", "subscription", "roster", "receipt", "groupchat", "occupant"]);
 
 /** The server sends a keep-alive comment every 15 s; silence this long means a dead link. */
 const SILENCE_MS = 45000;

@@ -30,3 +30,90 @@ export function shortTime(timestamp: string): string {
   if (t.toDateString() === new Date().toDateString()) return time;
   return `${t.toLocaleDateString(undefined, { day: "numeric", month: "short" })} ${time}`;
 }
+
+/** The local part of a JID ("" for a domain). */
+export function localPart(jid: string): string {
+  const b = jid.split("/")[0]!;
+  const at = b.indexOf("@");
+  return at < 0 ? "" : b.slice(0, at);
+}
+
+/** The domain of a JID. */
+export function domainOf(jid: string): string {
+  const b = jid.split("/")[0]!;
+  return b.slice(b.indexOf("@") + 1);
+}
+
+/**
+ * The room a person typed: a bare address as it is; a bare name (no `@`) in their
+ * server's room service (`service`, from GET /me), else `name@conference.<their domain>`.
+ */
+export function roomAddress(input: string, me: string, service: string | null = null): string {
+  const text = input.trim();
+  if (text === "") return "";
+  if (text.includes("@")) return bare(text);
+  return `${text}@${service || `conference.${domainOf(me)}`}`.toLowerCase();
+}
+
+/** A URL safe to link to: http or https only (never javascript:, data: and the like). */
+export function safeUrl(url: string | null | undefined): string | null {
+  if (typeof url !== "string" || url === "") return null;
+  try {
+    const u = new URL(url);
+    return u.protocol === "https:" || u.protocol === "http:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
+const IMAGE = /\.(png|jpe?g|gif|webp|avif|bmp)$/i;
+
+/** Whether a URL names a picture, by its extension (SVG excluded). */
+export function isImageUrl(url: string): boolean {
+  try {
+    return IMAGE.test(new URL(url).pathname);
+  } catch {
+    return false;
+  }
+}
+
+/** The file name at the end of a URL, for a link's text. */
+export function fileName(url: string): string {
+  try {
+    const last = new URL(url).pathname.split("/").filter((s) => s !== "").pop();
+    return last ? decodeURIComponent(last) : url;
+  } catch {
+    return url;
+  }
+}
+
+const TYPES: Record<string, string> = {
+  png: "image/png",
+  jpg: "image/jpeg",
+  jpeg: "image/jpeg",
+  gif: "image/gif",
+  webp: "image/webp",
+  avif: "image/avif",
+  bmp: "image/bmp",
+  pdf: "application/pdf",
+  txt: "text/plain",
+  mp3: "audio/mpeg",
+  ogg: "audio/ogg",
+  mp4: "video/mp4",
+  webm: "video/webm",
+};
+
+/** A file's media type: what the browser says, else by extension, else octet-stream. */
+export function contentType(name: string, type: string): string {
+  if (type !== "") return type;
+  const ext = name.includes(".") ? name.slice(name.lastIndexOf(".") + 1).toLowerCase() : "";
+  return TYPES[ext] ?? "application/octet-stream";
+}
+
+/** "12 KB", "3.4 MB". */
+export function fileSize(bytes: number): string {
+  if (bytes < 1000) return `${bytes} B`;
+  if (bytes < 1e6) return `${Math.round(bytes / 1e3)} KB`;
+  if (bytes < 1e9) return `${(bytes / 1e6).toFixed(1)} MB`;
+  return `${(bytes / 1e9).toFixed(1)} GB`;
+}

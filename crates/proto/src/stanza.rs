@@ -69,6 +69,8 @@ pub mod ns {
     pub const JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
     /// Publish-subscribe (XEP-0060).
     pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+    /// Out-of-band data (XEP-0066): a URL a message shares.
+    pub const OOB: &str = "jabber:x:oob";
 }
 
 /// An attribute name. Only for names written in our own code, which are valid NCNames.

@@ -89,6 +89,10 @@ pub struct HistoryItem {
     pub from: String,
     pub to: String,
     pub body: String,
+    /// The id its sender gave the message (its origin-id, or else its `id`).
+    pub message_id: Option<String>,
+    /// The out-of-band URL (XEP-0066) the message shares, if any: a file.
+    pub url: Option<String>,
     pub at_ms: i64,
 }
 
@@ -418,17 +422,49 @@ impl ServerView {
     pub fn api_config(&self) -> crate::config::ApiConfig {
         self.sessions.config().api.clone()
     }
+
+    /// The multi-user chat service of `domain`'s users, when it runs here.
+    pub fn room_service(&self, domain: &str) -> Option<String> {
+        let config = self.sessions.config();
+        let service = format!("{}.{domain}", config.muc.subdomain);
+        (config.muc.enabled && self.delivery.is_service(&service)).then_some(service)
+    }
+
+    /// The file upload service of `domain`'s users, when it runs here.
+    pub fn upload_service(&self, domain: &str) -> Option<String> {
+        let config = self.sessions.config();
+        let service = format!("{}.{domain}", config.upload.subdomain);
+        (config.upload.enabled && self.delivery.is_service(&service)).then_some(service)
+    }
+
+    /// Whether `domain`'s users have their accounts here (a room there would be a user).
+    pub fn serves_users(&self, domain: &str) -> bool {
+        self.delivery.is_local(domain)
+    }
+
+    /// Whether stanzas for `domain` are taken here (one of our domains or services),
+    /// rather than queued for another server.
+    pub fn serves(&self, domain: &str) -> bool {
+        self.delivery.is_local(domain) || self.delivery.is_service(domain)
+    }
 }
 
 /// An archived message as history, if it has a body.
 fn history_item(row: outpost_store::ArchivedMessage) -> Option<HistoryItem> {
     let el: Element = row.stanza.parse().ok()?;
     let body = el.get_child("body", ns::CLIENT)?.text();
+    let url = (el.get_child("x", ns::OOB))
+        .and_then(|x| x.get_child("url", ns::OOB))
+        .map(Element::text);
+    let origin = (el.get_child("origin-id", ns::SID)).and_then(|o| o.attr("id"));
+    let message_id = origin.or_else(|| el.attr("id")).map(str::to_owned);
     Some(HistoryItem {
         id: archive::encode_id(row.id),
+        message_id,
         from: row.sender,
         to: row.recipient,
         body,
+        url,
         at_ms: archive::time_of(row.id),
     })
 }

@@ -84,14 +84,17 @@ pub(crate) async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(crate) async fn me(caller: Caller) -> Response {
+pub(crate) async fn me(State(api): State<Api>, caller: Caller) -> Response {
     let t = &caller.token;
+    let domain = t.owner.split_once('@').map_or("", |(_, d)| d);
     json(
         StatusCode::OK,
         json!({
             "jid": t.owner,
             "resource": format!("api-{}", t.id),
             "expires_at": rfc3339(t.expires_ms),
+            "rooms_service": api.server.room_service(domain),
+            "upload": api.server.upload_service(domain).is_some(),
         }),
     )
 }

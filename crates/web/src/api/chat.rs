@@ -8,6 +8,7 @@ use jid::{BareJid, Jid};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::idempotency::Start;
 use super::problem::{Json, Path, Problem, Query, json};
 use super::session::{ApiSession, State as SessionState};
 use super::{Api, Caller, session_problem, stanzas};
@@ -17,6 +18,8 @@ use outpost_server::{MAX_HISTORY_PAGE, MessageState, rfc3339};
 const SHOWS: [&str; 5] = ["chat", "available", "away", "xa", "dnd"];
 /// Longest message body taken, in bytes.
 pub(crate) const MAX_MESSAGE_BODY: usize = 10_000;
+/// Longest URL a message may share, in bytes.
+const MAX_URL: usize = 2048;
 
 fn contact_json(state: &SessionState, jid: &str) -> Value {
     let contact = state.roster.get(jid);
@@ -102,11 +105,17 @@ pub(crate) async fn add_friend(
         let ask = stanzas::subscription(&jid, "subscribe");
         session.send(&ask).await.map_err(session_problem)?;
     }
-    session.settle().await.map_err(session_problem)?;
-    let state = session.lock();
-    let contact = contact_json(&state, &jid);
-    let answer =
-        json!({"jid": jid, "subscription": contact["subscription"], "ask": contact["ask"]});
+    // The roster as stored now (the pushes that tell the session may still be on their
+    // way): the request, its approval and their roster changes come before it.
+    let roster = session
+        .iq(stanzas::roster_get())
+        .await
+        .map_err(session_problem)?;
+    let contact = (stanzas::roster_items(&roster).into_iter()).find(|(j, _)| *j == jid);
+    let (subscription, ask) =
+        contact.map_or(("none".to_owned(), false), |(_, c)| (c.subscription, c.ask));
+    let answer = json!({"jid": jid, "subscription": subscription,
+                        "ask": ask.then_some("subscribe")});
     Ok(json(StatusCode::ACCEPTED, answer))
 }
 
@@ -148,6 +157,8 @@ pub(crate) struct SendMessage {
     body: String,
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// A file's URL to share out of band (XEP-0066), such as an upload's `get_url`.
+    url: Option<String>,
 }
 
 fn state_name(state: MessageState) -> &'static str {
@@ -156,6 +167,22 @@ fn state_name(state: MessageState) -> &'static str {
         MessageState::Stored => "stored",
         MessageState::Queued => "queued",
     }
+}
+
+/// A message's body and shared URL, checked.
+pub(crate) fn check_content(body: &str, url: Option<&str>) -> Result<(), Problem> {
+    if body.trim().is_empty() || body.len() > MAX_MESSAGE_BODY {
+        return Err(Problem::bad_request(format!(
+            "the body must hold text, at most {MAX_MESSAGE_BODY} bytes"
+        )));
+    }
+    let web = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+    if url.is_some_and(|u| u.len() > MAX_URL || !web(u) || u.chars().any(char::is_whitespace)) {
+        return Err(Problem::bad_request(format!(
+            "url must be an http or https URL of at most {MAX_URL} bytes"
+        )));
+    }
+    Ok(())
 }
 
 /// Sends a message from the caller's resource; answered once it is durable.
@@ -171,31 +198,15 @@ pub(crate) async fn send(
     if !["chat", "normal"].contains(&kind) {
         return Err(Problem::bad_request("type is chat or normal"));
     }
-    if body.body.trim().is_empty() || body.body.len() > MAX_MESSAGE_BODY {
-        return Err(Problem::bad_request(format!(
-            "the body must hold text, at most {MAX_MESSAGE_BODY} bytes"
-        )));
-    }
-    let key = super::idempotency::key(&headers)?;
-    let owner = caller.token.owner.clone();
-    let claim = match &key {
-        Some(k) => match api.idempotency.claim(&owner, k) {
-            super::idempotency::Claim::Done(answer) => return Ok(json(StatusCode::OK, answer)),
-            super::idempotency::Claim::Busy => {
-                return Err(Problem::new(
-                    StatusCode::CONFLICT,
-                    "conflict",
-                    "A request with this Idempotency-Key is in progress",
-                ));
-            }
-            super::idempotency::Claim::Mine(claim) => Some(claim),
-        },
-        None => None,
+    check_content(&body.body, body.url.as_deref())?;
+    let claim = match api.idempotency.start(&caller.token.owner, &headers)? {
+        Start::Replay(answer) => return Ok(json(StatusCode::OK, answer)),
+        Start::Go(claim) => claim,
     };
     let session = api.session(&caller).await?;
     let id = outpost_server::ids::random_id(20);
     let state = api.server.message_state(&to).await?;
-    let message = stanzas::message(&to.to_string(), kind, &id, &body.body);
+    let message = stanzas::message(&to.to_string(), kind, &id, &body.body, body.url.as_deref());
     session.send(&message).await.map_err(session_problem)?;
     session.settle().await.map_err(session_problem)?;
     let answer = json!({"id": id, "state": state_name(state)});
@@ -240,8 +251,8 @@ pub(crate) async fn history(
     let messages: Vec<Value> = items
         .into_iter()
         .map(|m| {
-            json!({"id": m.id, "from": m.from, "to": m.to, "body": m.body,
-                   "timestamp": rfc3339(m.at_ms)})
+            json!({"id": m.id, "message_id": m.message_id, "from": m.from, "to": m.to,
+                   "body": m.body, "url": m.url, "timestamp": rfc3339(m.at_ms)})
         })
         .collect();
     Ok(json(

@@ -30,7 +30,7 @@ pub(crate) struct Keys {
 }
 
 /// What a key says about a request.
-pub(crate) enum Claim {
+enum Claim {
     /// Answered before: this answer.
     Done(Value),
     /// Another request with the key is under way.
@@ -64,7 +64,7 @@ impl Drop for Owned {
 }
 
 /// The request's `Idempotency-Key`, if it has a usable one.
-pub(crate) fn key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+fn key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -76,12 +76,37 @@ pub(crate) fn key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     }
 }
 
+/// How a request with this key goes on.
+pub(crate) enum Start {
+    /// It was answered before: this answer again, with nothing done.
+    Replay(Value),
+    /// Do it, holding the key when there is one.
+    Go(Option<Owned>),
+}
+
 impl Keys {
+    /// Where a request of `owner`'s with these headers stands: a key seen before gets
+    /// its answer, a key in use by another request is a conflict.
+    pub(crate) fn start(&self, owner: &str, headers: &HeaderMap) -> Result<Start, Problem> {
+        let Some(k) = key(headers)? else {
+            return Ok(Start::Go(None));
+        };
+        match self.claim(owner, &k) {
+            Claim::Done(answer) => Ok(Start::Replay(answer)),
+            Claim::Busy => Err(Problem::new(
+                axum::http::StatusCode::CONFLICT,
+                "conflict",
+                "A request with this Idempotency-Key is in progress",
+            )),
+            Claim::Mine(owned) => Ok(Start::Go(Some(owned))),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn claim(&self, owner: &str, key: &str) -> Claim {
+    fn claim(&self, owner: &str, key: &str) -> Claim {
         let id = (owner.to_owned(), key.to_owned());
         let mut entries = self.lock();
         match entries.get(&id) {

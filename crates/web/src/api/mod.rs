@@ -29,7 +29,9 @@ mod admin;
 mod chat;
 mod events;
 mod idempotency;
+mod muc;
 mod problem;
+mod rooms;
 mod session;
 mod stanzas;
 
@@ -70,6 +72,13 @@ pub(crate) fn routes(env: &HttpEnv) -> Router {
         .route("/friends/{jid}", delete(chat::remove_friend))
         .route("/messages", post(chat::send).get(chat::history))
         .route("/presence", put(chat::presence))
+        .route("/rooms", get(rooms::list).post(rooms::join))
+        .route("/rooms/{jid}", get(rooms::show).delete(rooms::leave))
+        .route(
+            "/rooms/{jid}/messages",
+            post(rooms::send).get(rooms::history),
+        )
+        .route("/uploads", post(rooms::upload))
         .route("/events", get(events::stream))
         .merge(admin::routes())
         .route("/openapi.json", get(openapi))

@@ -30,6 +30,24 @@ pub(crate) enum Incoming {
         from: String,
         kind: &'static str,
     },
+    /// A presence error: a room refused to let the user in, for one.
+    PresenceError {
+        from: String,
+        condition: String,
+    },
+    /// The presence of a room's occupant.
+    Occupant(super::muc::OccupantPresence),
+    /// A room's message (`data` when it has a body), or its subject.
+    GroupChat {
+        room: String,
+        data: Option<Value>,
+        subject: Option<String>,
+    },
+    /// An entry of an archive query's answer (`None` when it holds no body).
+    ArchiveItem {
+        query_id: String,
+        entry: Option<Value>,
+    },
     Other,
 }
 
@@ -39,11 +57,11 @@ pub(crate) struct ChatMessage {
     pub(crate) receipt: Option<(String, String)>,
 }
 
-fn el(name: &str, namespace: &str) -> Element {
+pub(crate) fn el(name: &str, namespace: &str) -> Element {
     Element::builder(name, namespace).build()
 }
 
-fn iq(kind: &str, to: Option<&str>, payload: Element) -> Element {
+pub(crate) fn iq(kind: &str, to: Option<&str>, payload: Element) -> Element {
     let mut iq = el("iq", ns::CLIENT);
     set_attr(&mut iq, "type", kind);
     if let Some(to) = to {
@@ -117,14 +135,22 @@ pub(crate) fn subscription(to: &str, kind: &str) -> Element {
     p
 }
 
-/// A chat message asking for a receipt, with its id as origin-id (XEP-0359).
-pub(crate) fn message(to: &str, kind: &str, id: &str, body: &str) -> Element {
+/// A message with its id as origin-id (XEP-0359), asking for a receipt unless it goes to
+/// a room, and sharing `url` out of band (XEP-0066) when given.
+pub(crate) fn message(to: &str, kind: &str, id: &str, body: &str, url: Option<&str>) -> Element {
     let mut m = el("message", ns::CLIENT);
     set_attr(&mut m, "to", to);
     set_attr(&mut m, "type", kind);
     set_attr(&mut m, "id", id);
     m.append_child(Element::builder("body", ns::CLIENT).append(body).build());
-    m.append_child(el("request", ns::RECEIPTS));
+    if let Some(url) = url {
+        let mut x = el("x", ns::OOB);
+        x.append_child(Element::builder("url", ns::OOB).append(url).build());
+        m.append_child(x);
+    }
+    if kind != "groupchat" {
+        m.append_child(el("request", ns::RECEIPTS));
+    }
     let mut origin = el("origin-id", ns::SID);
     set_attr(&mut origin, "id", id);
     m.append_child(origin);
@@ -276,35 +302,36 @@ pub(crate) fn classify(stanza: &Element) -> Incoming {
 
 fn classify_presence(p: &Element) -> Incoming {
     let from = p.attr("from").unwrap_or_default().to_owned();
-    let subscription = match p.attr("type") {
+    let presence = match p.attr("type") {
         None => {
             let child = |name| p.get_child(name, ns::CLIENT).map(Element::text);
             let show =
                 child("show").filter(|s| ["chat", "away", "xa", "dnd"].contains(&s.as_str()));
-            let presence = Presence {
+            Some(Presence {
                 show: show.unwrap_or_else(|| "available".to_owned()),
                 status: child("status"),
-            };
-            return Incoming::Presence {
+            })
+        }
+        Some("unavailable") => None,
+        Some("error") => {
+            return Incoming::PresenceError {
                 from,
-                presence: Some(presence),
+                condition: error_condition(p),
             };
         }
-        Some("unavailable") => {
-            return Incoming::Presence {
-                from,
-                presence: None,
+        Some(kind) => {
+            let Some(kind) = ["subscribe", "subscribed", "unsubscribe", "unsubscribed"]
+                .into_iter()
+                .find(|k| *k == kind)
+            else {
+                return Incoming::Other;
             };
+            return Incoming::Subscription { from, kind };
         }
-        Some("subscribe") => "subscribe",
-        Some("subscribed") => "subscribed",
-        Some("unsubscribe") => "unsubscribe",
-        Some("unsubscribed") => "unsubscribed",
-        _ => return Incoming::Other,
     };
-    Incoming::Subscription {
-        from,
-        kind: subscription,
+    match super::muc::occupant(p, presence.clone()) {
+        Some(occupant) => Incoming::Occupant(occupant),
+        None => Incoming::Presence { from, presence },
     }
 }
 
@@ -328,30 +355,64 @@ fn classify_message(m: &Element) -> Incoming {
             };
         }
     }
+    if let Some((query_id, entry)) = super::muc::archive_item(m) {
+        return Incoming::ArchiveItem { query_id, entry };
+    }
+    if m.attr("type") == Some("groupchat") {
+        let (data, subject) = super::muc::groupchat_data(m);
+        let from = m.attr("from").unwrap_or_default();
+        let room = from
+            .split_once('/')
+            .map_or(from, |(room, _)| room)
+            .to_owned();
+        return Incoming::GroupChat {
+            room,
+            data,
+            subject,
+        };
+    }
     let from = m.attr("from").unwrap_or_default();
     if let Some(received) = m.get_child("received", ns::RECEIPTS) {
         let id = received.attr("id").unwrap_or_default();
         return Incoming::Receipt(json!({"from": from, "id": id}));
     }
-    let Some(body) = m.get_child("body", ns::CLIENT) else {
+    if !m.has_child("body", ns::CLIENT) {
         return Incoming::Other;
-    };
+    }
     let id = m.attr("id").unwrap_or_default();
+    let wants_receipt = m.has_child("request", ns::RECEIPTS) && !id.is_empty();
+    Incoming::Message(ChatMessage {
+        data: message_data(m),
+        receipt: wants_receipt.then(|| (from.to_owned(), id.to_owned())),
+    })
+}
+
+/// A message with a body as an event's data.
+pub(crate) fn message_data(m: &Element) -> Value {
     let stamp = (m.get_child("delay", ns::DELAY)).and_then(|d| d.attr("stamp"));
     let timestamp = stamp.map_or_else(|| outpost_server::rfc3339(now_ms()), str::to_owned);
-    let data = json!({
-        "from": from,
+    let body = m.get_child("body", ns::CLIENT).map(Element::text);
+    let mut data = json!({
+        "from": m.attr("from").unwrap_or_default(),
         "to": m.attr("to").unwrap_or_default(),
-        "body": body.text(),
-        "id": id,
+        "body": body.unwrap_or_default(),
+        "id": m.attr("id").unwrap_or_default(),
         "type": m.attr("type").unwrap_or("normal"),
         "timestamp": timestamp,
     });
-    let wants_receipt = m.has_child("request", ns::RECEIPTS) && !id.is_empty();
-    Incoming::Message(ChatMessage {
-        data,
-        receipt: wants_receipt.then(|| (from.to_owned(), id.to_owned())),
-    })
+    if let Some(url) = super::muc::oob_url(m) {
+        data["url"] = url.into();
+    }
+    // The id the recipient's archive gave it (XEP-0359), as history shows it.
+    let to = m.attr("to").unwrap_or_default();
+    let own = to.split_once('/').map_or(to, |(bare, _)| bare);
+    let archived = (m.children())
+        .find(|c| c.is("stanza-id", ns::SID) && c.attr("by") == Some(own))
+        .and_then(|c| c.attr("id"));
+    if let Some(id) = archived {
+        data["stanza_id"] = id.into();
+    }
+    data
 }
 
 fn now_ms() -> i64 {

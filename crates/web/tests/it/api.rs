@@ -18,12 +18,14 @@ use crate::http::{Reply, connect_tls, plain_request, request};
 
 const ADMIN_TOKEN: &str = "an-admin-token-of-at-least-32-characters";
 
-async fn server_with(tweak: impl FnOnce(&mut outpost_server::config::Config)) -> TestServer {
+pub(crate) async fn server_with(
+    tweak: impl FnOnce(&mut outpost_server::config::Config),
+) -> TestServer {
     TestServer::start_with_http(tweak, Arc::new(Web::new())).await
 }
 
 /// A call: `body` as JSON when given, `token` as the bearer.
-async fn call(
+pub(crate) async fn call(
     server: &TestServer,
     method: &str,
     path: &str,
@@ -42,7 +44,7 @@ async fn call(
     request(server, method, path, &headers, bytes).await
 }
 
-fn json_of(reply: &Reply) -> Value {
+pub(crate) fn json_of(reply: &Reply) -> Value {
     serde_json::from_slice(&reply.body).unwrap_or_else(|e| {
         panic!(
             "{} is not JSON ({e}): {}",
@@ -53,7 +55,7 @@ fn json_of(reply: &Reply) -> Value {
 }
 
 /// Checks that `reply` is the problem `code` with `status`.
-fn assert_problem(reply: &Reply, status: u16, code: &str) {
+pub(crate) fn assert_problem(reply: &Reply, status: u16, code: &str) {
     assert_eq!(
         reply.status.as_u16(),
         status,
@@ -70,7 +72,7 @@ fn assert_problem(reply: &Reply, status: u16, code: &str) {
     assert_eq!(p["type"], format!("/api/v1/problems/{code}"), "{p}");
 }
 
-async fn login(server: &TestServer, jid: &str, password: &str) -> String {
+pub(crate) async fn login(server: &TestServer, jid: &str, password: &str) -> String {
     let reply = call(
         server,
         "POST",
@@ -86,20 +88,20 @@ async fn login(server: &TestServer, jid: &str, password: &str) -> String {
 }
 
 /// An open event stream.
-struct Events {
+pub(crate) struct Events {
     body: hyper::body::Incoming,
     buffer: String,
 }
 
 /// One event: its id, type and data.
 #[derive(Debug)]
-struct Event {
-    id: u64,
-    kind: String,
-    data: Value,
+pub(crate) struct Event {
+    pub(crate) id: u64,
+    pub(crate) kind: String,
+    pub(crate) data: Value,
 }
 
-async fn events(server: &TestServer, token: &str, last_id: Option<u64>) -> Events {
+pub(crate) async fn events(server: &TestServer, token: &str, last_id: Option<u64>) -> Events {
     let tls = connect_tls(server).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
@@ -125,7 +127,7 @@ async fn events(server: &TestServer, token: &str, last_id: Option<u64>) -> Event
 
 impl Events {
     /// The next event (comments skipped), within the test kit's wait.
-    async fn next(&mut self) -> Event {
+    pub(crate) async fn next(&mut self) -> Event {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -157,7 +159,7 @@ impl Events {
     }
 
     /// The next event of type `kind`, skipping others.
-    async fn next_of(&mut self, kind: &str) -> Event {
+    pub(crate) async fn next_of(&mut self, kind: &str) -> Event {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             assert!(tokio::time::Instant::now() < deadline, "no {kind} event");
@@ -363,7 +365,7 @@ async fn status_of(server: &TestServer, method: &str, path: &str, token: &str) -
 }
 
 /// A GET's JSON answer.
-async fn get(server: &TestServer, path: &str, token: &str) -> Value {
+pub(crate) async fn get(server: &TestServer, path: &str, token: &str) -> Value {
     let reply = call(server, "GET", path, Some(token), None).await;
     assert_eq!(reply.status, StatusCode::OK, "{path}");
     json_of(&reply)
@@ -649,6 +651,9 @@ async fn the_api_describes_itself() {
         "/api/v1/friends",
         "/api/v1/messages",
         "/api/v1/events",
+        "/api/v1/rooms",
+        "/api/v1/rooms/{jid}/messages",
+        "/api/v1/uploads",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is documented");
     }

@@ -3,6 +3,7 @@
 //! and files over HTTP.
 
 mod api;
+mod api_rooms;
 mod http;
 mod ops;
 mod upload;

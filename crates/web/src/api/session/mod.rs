@@ -26,8 +26,13 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::muc;
 use super::stanzas::{self, Incoming};
 use outpost_proto::stanza::set_attr;
+
+mod rooms;
+
+pub(crate) use rooms::Room;
 
 /// Events kept for clients that reconnect.
 pub(crate) const EVENT_LOG: usize = 1000;
@@ -82,10 +87,17 @@ pub(crate) struct State {
     pub(crate) presence: HashMap<String, BTreeMap<String, Presence>>,
     /// Incoming subscription requests not answered yet.
     pub(crate) requests: BTreeSet<String>,
+    /// The rooms the session is in or entering, by bare JID.
+    pub(crate) rooms: BTreeMap<String, Room>,
+    /// Entries that archive queries have received so far, by query id.
+    archive_pages: HashMap<String, Vec<Value>>,
     events: VecDeque<Event>,
     next_event: u64,
     /// IQs waiting for the server's answer, by id.
     pending: HashMap<String, oneshot::Sender<Element>>,
+    /// Joins waiting for the room's answer, by room: its status codes, or the error's
+    /// condition.
+    joins: HashMap<String, oneshot::Sender<Result<Vec<u16>, String>>>,
 }
 
 /// A running API session.
@@ -140,8 +152,17 @@ impl ApiSession {
     /// Sends an IQ and waits for the server's answer: its result, or the error's
     /// condition. What the session sent before it is durable by then: the server settles
     /// a stream's writes before it writes to it again.
-    pub(crate) async fn iq(&self, mut iq: Element) -> Result<Element, SessionError> {
-        let id = format!("api{}", self.next_iq.fetch_add(1, Ordering::Relaxed));
+    pub(crate) async fn iq(&self, iq: Element) -> Result<Element, SessionError> {
+        let answer = self.iq_answer(iq).await?;
+        match answer.attr("type") {
+            Some("result") => Ok(answer),
+            _ => Err(SessionError::Refused(stanzas::error_condition(&answer))),
+        }
+    }
+
+    /// Sends an IQ and waits for the server's answer, a result or an error.
+    pub(crate) async fn iq_answer(&self, mut iq: Element) -> Result<Element, SessionError> {
+        let id = self.next_id("api");
         set_attr(&mut iq, "id", id.as_str());
         let (tx, rx) = oneshot::channel();
         self.lock().pending.insert(id.clone(), tx);
@@ -154,13 +175,14 @@ impl ApiSession {
             }
         };
         self.lock().pending.remove(&id);
-        let answer = answer
+        answer
             .map_err(|_| SessionError::Timeout)?
-            .map_err(|_| SessionError::Gone)?;
-        match answer.attr("type") {
-            Some("result") => Ok(answer),
-            _ => Err(SessionError::Refused(stanzas::error_condition(&answer))),
-        }
+            .map_err(|_| SessionError::Gone)
+    }
+
+    /// A new id for something the session sends.
+    fn next_id(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.next_iq.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Waits until what the session sent so far is durable (a ping's round trip).
@@ -344,6 +366,7 @@ async fn open(
     // Carbons are best-effort: a server without them still serves the session.
     let _ = session.iq(stanzas::enable_carbons()).await;
     session.send(&stanzas::presence(None, None)).await?;
+    session.rejoin_bookmarked().await?;
     Ok(session)
 }
 
@@ -397,6 +420,19 @@ async fn on_stanza(session: &ApiSession, el: Element) {
                 }
             }
             session.push_event("subscription", json!({"from": from, "type": kind}), None);
+        }
+        Incoming::PresenceError { from, condition } => session.on_presence_error(&from, condition),
+        Incoming::Occupant(occupant) => session.on_occupant(occupant).await,
+        Incoming::GroupChat {
+            room,
+            data,
+            subject,
+        } => session.on_groupchat(&room, data, subject),
+        Incoming::ArchiveItem { query_id, entry } => {
+            let mut state = session.lock();
+            if let (Some(page), Some(entry)) = (state.archive_pages.get_mut(&query_id), entry) {
+                page.push(entry);
+            }
         }
         Incoming::Other => {}
     }
