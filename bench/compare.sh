@@ -14,6 +14,12 @@
 # Every server archives every message (XEP-0313) and every room, has stream management
 # (XEP-0198) and multi-user chat (XEP-0045) on; see bench/servers.sh.
 #
+# h. (WS=1) the throughput and idle scenarios again over XMPP over WebSocket (RFC 7395,
+# wss://…/xmpp-websocket: Outpost's HTTPS listener, Prosody's mod_websocket, ejabberd's
+# ejabberd_http_ws). i/j. (REST=1, Outpost only: the peers have no such API) REST sends
+# per second to XMPP receivers, and one contact's presence fanned out to FANOUT_N event
+# streams.
+#
 # Phases: for each server, provision users (in-band registration, XEP-0077) and a roster
 # (RFC 6121 subscriptions), then throughput (with a check of the first receiver's archive),
 # login storm, offline flush and roster login (RUNS times), then the MUC room (RUNS times),
@@ -42,6 +48,12 @@ ROOT=$PWD
 : "${MUC_SENDERS:=0}"         # g. occupants that send (0: all)
 : "${MUC_WINDOW:=2}"          # g. messages per sender not yet at every occupant
 : "${RUNS:=3}"                # repetitions of b–g (the table shows medians)
+: "${WS:=1}"                  # h. XMPP over WebSocket (idle and throughput), every server
+: "${WS_IDLE_N:=$IDLE_N}"     # h. idle WebSocket connections
+: "${REST:=1}"                # i/j. Outpost's HTTP API: REST sends, event-stream fan-out
+: "${REST_SENDERS:=$PAIRS}"   # i. REST users sending (one request at a time each)
+: "${FANOUT_N:=$CONTACTS}"    # j. event streams (users subscribed to ro1; at most CONTACTS)
+: "${FANOUT_UPDATES:=20}"     # j. presence changes fanned out
 : "${ITERATIONS:=4096}"       # SCRAM iteration count, every server
 : "${TLS:=1}"                 # 1: STARTTLS on every connection (0: plaintext)
 : "${SM:=1}"                  # a. 1: stream management enabled on every idle connection
@@ -139,10 +151,27 @@ for s in $SERVERS; do
         bench "$s" muc --occupants "$MUC_N" --senders "$MUC_SENDERS" --window "$MUC_WINDOW" \
             --warmup "$WARMUP" --duration "$DURATION" --service "$MUC_SERVICE" --mam-check
     done
+    if [[ $WS == 1 ]]; then
+        for r in $(seq 1 "$RUNS"); do
+            log "$s: run $r/$RUNS: h. throughput over WebSocket"
+            bench_ws "$s" throughput --pairs "$PAIRS" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION" --mam-check
+        done
+    fi
+    if [[ $REST == 1 && $s == outpost ]]; then
+        for r in $(seq 1 "$RUNS"); do
+            log "$s: run $r/$RUNS: i. REST sends, j. event-stream fan-out to $FANOUT_N"
+            bench_http "$s" rest-send --senders "$REST_SENDERS" --warmup "$WARMUP" --duration "$DURATION"
+            bench_http "$s" sse-fanout --owner ro1 --contact-prefix rc --subscribers "$FANOUT_N" --updates "$FANOUT_UPDATES"
+        done
+    fi
     # Last: holding many sessions leaves some servers with a larger heap afterwards
     # (Prosody's Lua GC then costs more per message), which would skew what follows.
     log "$s: a. idle, $IDLE_N connections${IDLE_SM:+, stream management on}"
     bench "$s" idle -n "$IDLE_N" --concurrency 200 "${IDLE_SM[@]}"
+    if [[ $WS == 1 ]]; then
+        log "$s: h. idle over WebSocket, $WS_IDLE_N connections${IDLE_SM:+, stream management on}"
+        bench_ws "$s" idle -n "$WS_IDLE_N" --concurrency 200 "${IDLE_SM[@]}"
+    fi
     log "$s: stopping"
     "stop_$s"
 done
@@ -184,7 +213,7 @@ done
     echo "sm=$SM"
     echo "archive=1 (outpost sqlite, prosody $PROSODY_MAM_STORAGE, ejabberd $EJ_MAM_DB)"
     echo "iterations=$ITERATIONS"
-    echo "params=IDLE_N=$IDLE_N PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION LAT_RATE=$LAT_RATE LOGIN_N=$LOGIN_N LOGIN_CONC=$LOGIN_CONC OFFLINE_COUNT=$OFFLINE_COUNT CONTACTS=$CONTACTS ONLINE=$ONLINE MUC_N=$MUC_N MUC_SENDERS=$MUC_SENDERS MUC_WINDOW=$MUC_WINDOW RUNS=$RUNS THREADS=$THREADS TLS=$TLS SM=$SM CEILING=$CEILING"
+    echo "params=WS=$WS WS_IDLE_N=$WS_IDLE_N REST=$REST REST_SENDERS=$REST_SENDERS FANOUT_N=$FANOUT_N FANOUT_UPDATES=$FANOUT_UPDATES IDLE_N=$IDLE_N PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION LAT_RATE=$LAT_RATE LOGIN_N=$LOGIN_N LOGIN_CONC=$LOGIN_CONC OFFLINE_COUNT=$OFFLINE_COUNT CONTACTS=$CONTACTS ONLINE=$ONLINE MUC_N=$MUC_N MUC_SENDERS=$MUC_SENDERS MUC_WINDOW=$MUC_WINDOW RUNS=$RUNS THREADS=$THREADS TLS=$TLS SM=$SM CEILING=$CEILING"
 } >"$OUT/machine.txt"
 
 python3 "$ROOT/bench/report.py" "$OUT" $SERVERS >"$OUT/table.md"

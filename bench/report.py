@@ -172,6 +172,14 @@ ROWS = [
     ("g. MUC, 1 room × {occupants} occupants: msgs/s delivered to all", "muc", "msgs_per_s", 1, 0, "higher"),
     ("g. MUC: deliveries/s (one per occupant per message)", "muc", "deliveries_per_s", 1, 0, "higher"),
     ("g. MUC: to the last occupant, p99 (ms)", "muc", "full_delivery_latency.p99_ms", 1, 2, "lower"),
+    ("h. WebSocket idle: server memory per connection (KiB)", "ws-idle", "server_bytes_per_conn", 1 / 1024, 1, "lower"),
+    ("h. WebSocket throughput: delivered msgs/s", "ws-throughput", "msgs_per_s", 1, 0, "higher"),
+    ("h. WebSocket latency at saturation, p99 (ms)", "ws-throughput", "latency_at_saturation.p99_ms", 1, 2, "lower"),
+    ("i. REST SendMessage ({senders} users): requests/s", "rest-send", "requests_per_s", 1, 0, "higher"),
+    ("i. REST SendMessage: request p99 (ms)", "rest-send", "latency.p99_ms", 1, 2, "lower"),
+    ("j. events fan-out to {subscribers} streams: to the last, p99 (ms)", "sse-fanout", "to_last_stream.p99_ms", 1, 2, "lower"),
+    ("j. events fan-out: events/s delivered", "sse-fanout", "deliveries_per_s", 1, 0, "higher"),
+    ("j. events fan-out: server memory per stream (KiB)", "sse-fanout", "server_bytes_per_stream", 1 / 1024, 1, "lower"),
 ]
 
 # The rows the relay (the ceiling) has a figure for.
@@ -183,6 +191,8 @@ def main_table(data, servers, relay, tls):
     count = first("offline", "count")
     online = first("roster", "online")
     occupants = first("muc", "joined")
+    senders = first("rest-send", "senders")
+    subscribers = first("sse-fanout", "subscribers")
     peers = [s for s in servers if s != "outpost"]
     ceiling = []
     if relay:
@@ -192,7 +202,8 @@ def main_table(data, servers, relay, tls):
     print("|---" * len(head) + "|")
     for label, sc, path, scale, digits, better in ROWS:
         label = label.format(count=f"{count:,}" if count else "N", online=online or "N",
-                             occupants=occupants or "N")
+                             occupants=occupants or "N", senders=senders or "N",
+                             subscribers=subscribers or "N")
         vals = {}
         for s in servers:
             v = med(data[s].get(sc, []), path)
@@ -247,6 +258,16 @@ CHECKS = [
         f"{r.get('out_of_order')}, {r.get('error_replies')}" for r in d.get("muc", []))),
     ("MUC: room archive's last message = last sent", lambda d: "; ".join(
         archive_check(r) for r in d.get("muc", []))),
+    ("WebSocket idle: connected / alive at end / N", lambda d: "; ".join(
+        f"{r.get('connected')}/{r.get('alive_at_end')}/{r.get('n')}" for r in d.get("ws-idle", []))),
+    ("WebSocket throughput: undelivered, out of order, archive", lambda d: "; ".join(
+        f"{r.get('undelivered_after_drain')}, {r.get('out_of_order')}, {archive_check(r)}"
+        for r in d.get("ws-throughput", []))),
+    ("REST sends: undelivered, error answers", lambda d: "; ".join(
+        f"{r.get('undelivered_after_drain')}, {r.get('error_answers')}" for r in d.get("rest-send", []))),
+    ("fan-out: streams open / N, events missing", lambda d: "; ".join(
+        f"{r.get('streams_open')}/{r.get('subscribers')}, {r.get('events_missing')}"
+        for r in d.get("sse-fanout", []))),
     ("errors reported", lambda d: "; ".join(
         (r.get("error", "")[:80] for r in d.get("error", []))) or "none"),
 ]
@@ -273,6 +294,9 @@ PHASES = [
     ("e. offline flush", "offline", "flush_phase"),
     ("f. roster login", "roster", "usage"),
     ("g. MUC", "muc", "usage"),
+    ("h. WebSocket throughput", "ws-throughput", "usage"),
+    ("i. REST sends", "rest-send", "usage"),
+    ("j. events fan-out", "sse-fanout", "usage"),
 ]
 
 

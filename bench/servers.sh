@@ -13,6 +13,8 @@ DOMAIN=bench.local
 MUC_SERVICE=conference.$DOMAIN
 PASSWORD=benchpass
 declare -A PORT=([outpost]=15222 [prosody]=15322 [ejabberd]=15422 [relay]=15522)
+# XMPP over WebSocket (RFC 7395) at /xmpp-websocket, over HTTPS; Outpost's HTTP API there too.
+declare -A WS_PORT=([outpost]=15281 [prosody]=15381 [ejabberd]=15481)
 
 log() { printf '\n[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -28,11 +30,14 @@ data_dir = "$dir/data"
 c2s = ["127.0.0.1:${PORT[outpost]}"]
 c2s_tls = ["127.0.0.1:$(( PORT[outpost] + 1 ))"]
 proxy65 = []
-https = []
+https = ["127.0.0.1:${WS_PORT[outpost]}"]
 http = []
 
 [registration]
 enabled = true
+
+[upload]
+enabled = false
 
 [auth]
 scram_iterations = $ITERATIONS
@@ -102,12 +107,14 @@ c2s_direct_tls_ports = {}
 s2s_ports = {}
 s2s_interfaces = {}
 http_ports = {}
-https_ports = {}
+https_ports = { ${WS_PORT[prosody]} }
+https_interfaces = { "127.0.0.1" }
+https_ssl = { certificate = "$CERT_DIR/cert.pem"; key = "$CERT_DIR/key.pem"; }
 modules_enabled = {
     "roster"; "saslauth"; "tls"; "disco"; "ping"; "register"; "offline";
-    "mam"; "smacks";
+    "mam"; "smacks"; "websocket";
 }
-modules_disabled = { "s2s"; "limits"; "c2s_limits"; "http"; "admin_telnet"; }
+modules_disabled = { "s2s"; "limits"; "c2s_limits"; "admin_telnet"; }
 authentication = "internal_hashed"
 default_iteration_count = $ITERATIONS
 $storage
@@ -196,6 +203,13 @@ listen:
     access: c2s
     starttls: true
     starttls_required: false
+  - port: ${WS_PORT[ejabberd]}
+    ip: "127.0.0.1"
+    module: ejabberd_http
+    tls: true
+    backlog: 1024
+    request_handlers:
+      /xmpp-websocket: ejabberd_http_ws
 ${EJ_SQL_CONFIG}auth_method: internal
 auth_password_format: scram
 auth_scram_hash: sha
@@ -332,14 +346,26 @@ start_server() {
     sleep 1
 }
 
+# XMPP over WebSocket at the server's WS_PORT (TLS from the first byte).
+bench_ws() {
+    local server=$1; shift
+    PORT_OVERRIDE=${WS_PORT[$server]} bench "$server" --ws /xmpp-websocket "$@"
+}
+
+# The HTTP API (Outpost only): XMPP on its client port, HTTPS on WS_PORT.
+bench_http() {
+    local server=$1; shift
+    bench "$server" --http-port "${WS_PORT[$server]}" "$@"
+}
+
 bench() {
     local server=$1; shift
     local tls=()
-    [[ $TLS == 1 ]] && tls=(--tls)
+    [[ $TLS == 1 || -n ${PORT_OVERRIDE:-} ]] && tls=(--tls)
     [[ $server == relay ]] && tls+=(--raw)
     local src=()
     [[ -n $SRC_IPS ]] && src=(--src-ips "$SRC_IPS")
-    "$BENCH" --port "${PORT[$server]}" --domain "$DOMAIN" --password "$PASSWORD" \
+    "$BENCH" --port "${PORT_OVERRIDE:-${PORT[$server]}}" --domain "$DOMAIN" --password "$PASSWORD" \
         --pidfile "$OUT/$server/pid" --label "$server" --threads "$THREADS" \
         --out "${OUT_FILE:-$OUT/$server.jsonl}" "${tls[@]}" "${src[@]}" "$@" >/dev/null ||
         log "$server: $1 reported an error (see $OUT/$server.jsonl)"

@@ -22,6 +22,7 @@ use tokio_rustls::client::TlsStream;
 
 use crate::frame::{self, FrameKind, Framer};
 use crate::scram::{self, SaltCache, ScramClient};
+use crate::ws::WsIo;
 
 /// The SASL mechanism used to log in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -42,6 +43,9 @@ pub struct Target {
     /// No XMPP at all (`--raw`, against the relay): connections are TCP, or TLS from the
     /// first byte with `tls`, and carry bare stanzas.
     pub raw: bool,
+    /// XMPP over WebSocket (RFC 7395) at this path, over TLS from the first byte, instead
+    /// of TCP with STARTTLS.
+    pub ws_path: Option<String>,
     /// Loopback source addresses to spread connections over (more than ~28,000
     /// connections to one port need more than one).
     pub src_ips: Vec<IpAddr>,
@@ -71,6 +75,7 @@ impl Target {
             password: password.to_owned(),
             tls: false,
             raw: false,
+            ws_path: None,
             src_ips: Vec::new(),
             server_pids: Vec::new(),
             step_timeout: Duration::from_secs(60),
@@ -89,6 +94,11 @@ impl Target {
     /// `user@domain`.
     pub fn jid(&self, user: &str) -> String {
         format!("{user}@{}", self.domain)
+    }
+
+    /// A TLS connector that takes any certificate, as every connection here does.
+    pub fn tls_connector(&self) -> TlsConnector {
+        TlsConnector::from(self.tls_config.clone())
     }
 
     pub fn unique(&self) -> u64 {
@@ -133,10 +143,11 @@ fn show(b: &[u8]) -> String {
     s.chars().take(300).collect()
 }
 
-/// Plain TCP or TLS over it.
+/// Plain TCP, TLS over it, or a WebSocket over TLS.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Ws(Box<WsIo>),
     Gone,
 }
 
@@ -149,6 +160,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -159,6 +171,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, b),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, b),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, b),
             Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -167,6 +180,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -175,6 +189,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -265,7 +280,7 @@ impl Conn {
 
     pub async fn send(&mut self, data: &[u8]) -> Result<()> {
         self.io.write_all(data).await?;
-        if matches!(self.io, Stream::Tls(_)) {
+        if matches!(self.io, Stream::Tls(_) | Stream::Ws(_)) {
             self.io.flush().await?;
         }
         Ok(())
@@ -388,11 +403,30 @@ impl Conn {
     /// registration.
     pub async fn connect_open(t: &Target) -> Result<Conn> {
         let mut c = Conn::connect(t).await?;
+        if let Some(path) = &t.ws_path {
+            c.websocket(t, path).await?;
+            c.open(t).await?;
+            return Ok(c);
+        }
         c.open(t).await?;
         if t.tls {
             c.starttls(t).await?;
         }
         Ok(c)
+    }
+
+    /// TLS, then the WebSocket handshake for `path`.
+    async fn websocket(&mut self, t: &Target, path: &str) -> Result<()> {
+        self.tls_handshake(t).await?;
+        let Stream::Tls(tls) = std::mem::replace(&mut self.io, Stream::Gone) else {
+            return err("WebSocket without TLS");
+        };
+        let host = format!("{}:{}", t.domain, t.addr.port());
+        let ws = WsIo::handshake(*tls, &host, path, &t.domain)
+            .await
+            .map_err(XmppError)?;
+        self.io = Stream::Ws(Box::new(ws));
+        Ok(())
     }
 
     /// SASL authentication as `user`, then the new stream (RFC 6120 §6.4.6).

@@ -11,7 +11,9 @@
 //!
 //! Beyond the scenarios of issue 3: a multi-user chat room ([`muc`]), a check that servers
 //! archive ([`mam`]), and the ceiling ([`relay`]): a relay with no XMPP that the generator's
-//! `--raw` mode drives with the same stanza bytes over the same TLS.
+//! `--raw` mode drives with the same stanza bytes over the same TLS. With `--ws PATH` every
+//! connection is XMPP over WebSocket (RFC 7395, [`ws`]) instead of TCP; [`rest`] drives the
+//! HTTP API (`/api/v1`): message sends per second and an event-stream fan-out.
 //!
 //! Not here: correctness testing of servers (the integration and interop suites do that)
 //! and any target other than loopback.
@@ -22,7 +24,9 @@ pub mod mam;
 pub mod metrics;
 pub mod muc;
 pub mod relay;
+pub mod rest;
 pub mod scenarios;
 pub mod scram;
+pub mod ws;
 
 pub use conn::{Conn, Mech, Target};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use outpost_bench::scenarios::{self, QueueProbe, users};
-use outpost_bench::{Mech, Target, mam, metrics, muc};
+use outpost_bench::{Mech, Target, mam, metrics, muc, rest};
 use serde_json::{Value, json};
 
 /// A lean XMPP c2s load generator. Every target must be on loopback.
@@ -35,6 +35,10 @@ struct Cli {
     /// the same stanza bytes with no stream, login or binding.
     #[arg(long)]
     raw: bool,
+    /// XMPP over WebSocket (RFC 7395) at this path (e.g. /xmpp-websocket) on --port, TLS
+    /// from the first byte; the scenario is reported as `ws-<scenario>`.
+    #[arg(long)]
+    ws: Option<String>,
     /// Comma-separated loopback source addresses to spread connections over.
     #[arg(long, value_delimiter = ',')]
     src_ips: Vec<IpAddr>,
@@ -68,6 +72,9 @@ struct Cli {
     /// A file holding server B's pid (sampled with server A's).
     #[arg(long)]
     peer_pidfile: Option<PathBuf>,
+    /// The HTTPS port of the HTTP API (rest-send, sse-fanout), on --host.
+    #[arg(long, default_value_t = 5281)]
+    http_port: u16,
     /// Free text copied into the result (server name and version).
     #[arg(long, default_value = "")]
     label: String,
@@ -156,6 +163,33 @@ enum Scenario {
         /// Another archive than the user's own (a room's JID).
         #[arg(long)]
         archive: Option<String>,
+    },
+    /// REST senders (HTTP API, --http-port) to XMPP receivers: requests per second.
+    RestSend {
+        #[arg(long, default_value = "u")]
+        prefix: String,
+        #[arg(long, default_value_t = 1)]
+        start: usize,
+        /// REST users sending, one request after the other each; as many XMPP users
+        /// receive.
+        #[arg(long, default_value_t = 50)]
+        senders: usize,
+        #[arg(long, default_value_t = 3.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 10.0)]
+        duration: f64,
+    },
+    /// One XMPP contact's presence changes fanned out to N event streams (HTTP API,
+    /// --http-port) of users subscribed to it (as set up by roster-setup).
+    SseFanout {
+        #[arg(long, default_value = "ro1")]
+        owner: String,
+        #[arg(long, default_value = "rc")]
+        contact_prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 20)]
+        updates: usize,
     },
     /// The ceiling: relay whole stanzas between connection 2i and 2i+1, with no XMPP, over
     /// TLS with --tls (run `throughput --raw` against it). Runs until killed.
@@ -414,6 +448,7 @@ fn main() -> anyhow::Result<()> {
     let mut target = Target::new(addr, &cli.domain, &cli.password);
     target.tls = cli.tls;
     target.raw = cli.raw;
+    target.ws_path.clone_from(&cli.ws);
     target.src_ips = cli.src_ips.clone();
     target.server_pids = pids;
     target.step_timeout = secs(cli.timeout);
@@ -443,6 +478,19 @@ fn main() -> anyhow::Result<()> {
         m.insert("domain".into(), json!(cli.domain));
         m.insert("tls".into(), json!(cli.tls));
         m.insert("raw".into(), json!(cli.raw));
+        m.insert(
+            "transport".into(),
+            json!(if cli.ws.is_some() { "websocket" } else { "tcp" }),
+        );
+        if cli.ws.is_some() {
+            let scenario = m
+                .get("scenario")
+                .and_then(Value::as_str)
+                .map(|s| format!("ws-{s}"));
+            if let Some(s) = scenario {
+                m.insert("scenario".into(), json!(s));
+            }
+        }
         m.insert("generator_threads".into(), json!(cli.threads.max(1)));
         m.insert(
             "generator_peak_rss_kib".into(),
@@ -640,6 +688,28 @@ async fn run(
             r
         }
         Scenario::Relay { .. } => bail!("the relay runs from main"),
+        Scenario::RestSend {
+            prefix,
+            start,
+            senders,
+            warmup,
+            duration,
+        } => {
+            let http = SocketAddr::new(t.addr.ip(), cli.http_port);
+            let (warmup, duration) = (secs(*warmup), secs(*duration));
+            let r = rest::rest_send(t, http, prefix, *start, *senders, warmup, duration).await?;
+            serde_json::to_value(r)?
+        }
+        Scenario::SseFanout {
+            owner,
+            contact_prefix,
+            subscribers,
+            updates,
+        } => {
+            let http = SocketAddr::new(t.addr.ip(), cli.http_port);
+            let r = rest::sse_fanout(t, http, owner, contact_prefix, *subscribers, *updates);
+            serde_json::to_value(r.await?)?
+        }
         Scenario::Latency {
             prefix,
             start,
