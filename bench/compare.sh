@@ -169,6 +169,10 @@ for s in $SERVERS; do
     log "$s: a. idle, $IDLE_N connections${IDLE_SM:+, stream management on}"
     bench "$s" idle -n "$IDLE_N" --concurrency 200 "${IDLE_SM[@]}"
     if [[ $WS == 1 ]]; then
+        # From a fresh start: a server that held the idle TCP connections keeps their heap
+        # (Lua's GC, the BEAM, glibc's malloc), which WebSocket sessions would reuse unseen.
+        "stop_$s"
+        start_server "$s"
         log "$s: h. idle over WebSocket, $WS_IDLE_N connections${IDLE_SM:+, stream management on}"
         bench_ws "$s" idle -n "$WS_IDLE_N" --concurrency 200 "${IDLE_SM[@]}"
     fi

@@ -343,6 +343,7 @@ start_server() {
     fi
     "start_$1"
     wait_port "${PORT[$1]}"
+    wait_port "${WS_PORT[$1]}"
     sleep 1
 }
 

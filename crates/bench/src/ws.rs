@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest, http::HeaderValue};
 
 use crate::frame::{self, FrameKind, Framer};
@@ -47,7 +48,11 @@ impl WsIo {
         request
             .headers_mut()
             .insert("sec-websocket-protocol", HeaderValue::from_static("xmpp"));
-        let (ws, answer) = tokio_tungstenite::client_async(request, tls)
+        // Lean as a real client: not the library's 128 KiB read buffer per connection.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (ws, answer) = tokio_tungstenite::client_async_with_config(request, tls, Some(config))
             .await
             .map_err(|e| format!("WebSocket handshake: {e}"))?;
         if answer.headers().get("sec-websocket-protocol") != Some(&HeaderValue::from_static("xmpp"))

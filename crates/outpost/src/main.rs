@@ -61,7 +61,8 @@ enum ConfigCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
-    /// Print the effective configuration (file, environment and flags applied) as TOML.
+    /// Print the effective configuration (file, environment and flags applied) as TOML,
+    /// with its secrets redacted.
     Show {
         #[command(flatten)]
         config: ConfigArgs,
@@ -102,7 +103,7 @@ fn config_command(command: ConfigCommand) -> anyhow::Result<()> {
             println!("configuration OK");
             println!("{certificate}");
         }
-        ConfigCommand::Show { config } => print_toml(&load::load(&config)?)?,
+        ConfigCommand::Show { config } => print_toml(&load::load(&config)?.redacted())?,
         ConfigCommand::Default => print_toml(&Config::default())?,
     }
     Ok(())

@@ -3,3 +3,4 @@
 
 mod federation_smoke;
 mod smoke;
+mod web_smoke;

@@ -156,6 +156,34 @@ fn zero_config_shows_registration_on() {
 }
 
 #[test]
+fn config_show_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "an-admin-token-of-at-least-32-characters";
+    let config = write_config(
+        &dir,
+        &format!(
+            "domains = [\"x.example\"]\n[api]\nadmin_token = \"{admin}\"\n\
+             [federation]\ndialback_secret = \"a-dialback-secret-here\"\n\
+             [components]\n\"bot.x.example\" = \"a-component-secret\"\n"
+        ),
+    );
+    let out = run(outpost(dir.path())
+        .args(["config", "show", "--config"])
+        .arg(&config));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for secret in [admin, "a-dialback-secret-here", "a-component-secret"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    let shown: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(shown["api"]["admin_token"].as_str(), Some("<redacted>"));
+    assert_eq!(
+        shown["components"]["bot.x.example"].as_str(),
+        Some("<redacted>")
+    );
+}
+
+#[test]
 fn default_config_is_accepted_as_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(outpost(dir.path()).args(["config", "default"]));

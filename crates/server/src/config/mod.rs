@@ -857,6 +857,23 @@ impl Config {
         self.registration.enabled.unwrap_or(false)
     }
 
+    /// The configuration with its secrets (the API's admin token, the dialback secret,
+    /// the components' secrets) replaced by `"<redacted>"`, for showing it.
+    pub fn redacted(&self) -> Config {
+        const HIDDEN: &str = "<redacted>";
+        let mut c = self.clone();
+        if c.api.admin_token.is_some() {
+            c.api.admin_token = Some(HIDDEN.to_owned());
+        }
+        if c.federation.dialback_secret.is_some() {
+            c.federation.dialback_secret = Some(HIDDEN.to_owned());
+        }
+        for secret in c.components.values_mut() {
+            HIDDEN.clone_into(secret);
+        }
+        c
+    }
+
     /// Where the binary keeps the generated dialback secret when
     /// `federation.dialback_secret` is unset: `<data_dir>/dialback-secret`.
     pub fn dialback_secret_path(&self) -> PathBuf {

@@ -252,6 +252,16 @@ async fn a_rest_user_and_an_xmpp_user_become_friends_and_chat() {
 
     befriend(&server, &token, &mut stream, &mut bob).await;
 
+    // Alice goes busy over REST: bob, her friend, sees it.
+    let busy = json!({"show": "dnd", "status": "in a meeting"});
+    let reply = call(&server, "PUT", "/api/v1/presence", Some(&token), Some(busy)).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    let seen = bob
+        .recv_where(|p| p.name() == "presence" && p.has_child("show", "jabber:client"))
+        .await;
+    let show = seen.get_child("show", "jabber:client").map(|s| s.text());
+    assert_eq!(show.as_deref(), Some("dnd"));
+
     // Bob writes; the event stream has it, and bob gets the receipt he asked for.
     bob.send(
         "<message to='alice@localhost' type='chat' id='b1'><body>hello from xmpp</body>\
@@ -629,6 +639,13 @@ async fn admin_routes_need_the_admin_token() {
     );
     let status = get(&server, "/api/v1/admin/status", ADMIN_TOKEN).await;
     assert_eq!(status["domains"], json!(["localhost"]));
+    // No federation links yet, and no hub to replicate to.
+    assert_eq!(
+        get(&server, "/api/v1/admin/links", ADMIN_TOKEN).await,
+        json!([])
+    );
+    let replication = get(&server, "/api/v1/admin/replication", ADMIN_TOKEN).await;
+    assert_eq!(replication, Value::Null);
     let path = "/api/v1/admin/users/alice@localhost";
     assert_eq!(status_of(&server, "DELETE", path, ADMIN_TOKEN).await, 204);
     // The account's tokens went with it.

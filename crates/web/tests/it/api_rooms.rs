@@ -76,6 +76,11 @@ async fn a_rest_user_and_an_xmpp_user_talk_in_a_room() {
     let mut bob = server.login("bob", "builder", "pc").await;
     xmpp_join(&mut bob, ROOM, "bob").await;
     let came = occupant_event(&mut stream, "bob").await;
+    let shown = get(&server, &format!("/api/v1/rooms/{ROOM}"), &token).await;
+    let nicks: Vec<&str> = (shown["occupants"].as_array().unwrap().iter())
+        .map(|o| o["nick"].as_str().unwrap())
+        .collect();
+    assert_eq!(nicks, ["alice", "bob"], "{shown}");
     assert_eq!(
         (came["presence"].as_str(), came["self"].as_bool()),
         (Some("available"), Some(false))
