@@ -189,6 +189,42 @@ async fn receive(mut c: Conn, delivered: Arc<AtomicU64>, stop: Arc<AtomicBool>) 
     }
 }
 
+/// XMPP receivers counting what they get, until told to stop.
+struct Receivers {
+    delivered: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    tasks: JoinSet<()>,
+}
+
+impl Receivers {
+    async fn log_in(t: &Arc<Target>, names: &[String]) -> Result<Receivers> {
+        let delivered = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        for r in names {
+            let c = Conn::login(t, r, t.login_mech, true).await?;
+            tasks.spawn(receive(c, delivered.clone(), stop.clone()));
+        }
+        Ok(Receivers {
+            delivered,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Waits (at most [`DRAIN`]) until `sent` have arrived; how many did.
+    async fn drain(self, sent: u64) -> u64 {
+        let drained = tokio::time::Instant::now() + DRAIN;
+        while self.delivered.load(Ordering::Relaxed) < sent && tokio::time::Instant::now() < drained
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        self.tasks.join_all().await;
+        self.delivered.load(Ordering::Relaxed)
+    }
+}
+
 /// `rest-send`: users `prefix<start>`.. send over REST, the next `senders` users receive
 /// over XMPP, one receiver per sender.
 pub async fn rest_send(
@@ -200,21 +236,14 @@ pub async fn rest_send(
     warmup: Duration,
     duration: Duration,
 ) -> Result<RestSendReport> {
-    let receivers = users(prefix, start + senders, senders);
-    let delivered = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut listening = JoinSet::new();
-    for r in &receivers {
-        let c = Conn::login(t, r, t.login_mech, true).await?;
-        listening.spawn(receive(c, delivered.clone(), stop.clone()));
-    }
+    let names = users(prefix, start + senders, senders);
+    let receivers = Receivers::log_in(t, &names).await?;
     let clients = log_in_all(t, http, users(prefix, start, senders)).await?;
     let t0 = tokio::time::Instant::now();
     let (window_start, end) = (t0 + warmup, t0 + warmup + duration);
     let mut sending = JoinSet::new();
-    for ((c, token), to) in clients.into_iter().zip(receivers) {
-        let to = t.jid(&to);
-        sending.spawn(send_until(c, token, to, window_start, end));
+    for ((c, token), to) in clients.into_iter().zip(names) {
+        sending.spawn(send_until(c, token, t.jid(&to), window_start, end));
     }
     tokio::time::sleep_until(window_start).await;
     let meter = Meter::start(&t.server_pids);
@@ -236,35 +265,36 @@ pub async fn rest_send(
     let mut samples = Vec::new();
     let mut usage = None;
     while let Some(done) = sending.join_next().await {
+        // The window ends when the first sender stops.
         usage.get_or_insert_with(|| meter.finish());
         match done {
-            Ok(s) => {
-                report.total_sent += s.sent;
-                report.requests_in_window += s.in_window;
-                report.error_answers += s.errors;
-                samples.extend(s.latencies);
-                report.failures.extend(s.failure);
-            }
+            Ok(s) => report.add(s, &mut samples),
             Err(e) => report.failures.push(format!("sender task: {e}")),
         }
     }
     report.usage = usage.unwrap_or_else(|| meter.finish());
-    let drained = tokio::time::Instant::now() + DRAIN;
-    while delivered.load(Ordering::Relaxed) < report.total_sent
-        && tokio::time::Instant::now() < drained
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    listening.join_all().await;
-    report.total_delivered = delivered.load(Ordering::Relaxed);
-    report.undelivered_after_drain = report.total_sent.saturating_sub(report.total_delivered);
-    report.requests_per_s = round1(report.requests_in_window as f64 / duration.as_secs_f64());
-    report.latency = metrics::percentiles(&mut samples);
-    report.server_us_per_request = report.usage.server_cpu_pct.map(|pct| {
-        round3(pct / 100.0 * report.usage.wall_s * 1e6 / report.requests_in_window.max(1) as f64)
-    });
+    report.total_delivered = receivers.drain(report.total_sent).await;
+    report.finish(duration, &mut samples);
     Ok(report)
+}
+
+impl RestSendReport {
+    fn add(&mut self, s: Sent, samples: &mut Vec<u64>) {
+        self.total_sent += s.sent;
+        self.requests_in_window += s.in_window;
+        self.error_answers += s.errors;
+        samples.extend(s.latencies);
+        self.failures.extend(s.failure);
+    }
+
+    fn finish(&mut self, duration: Duration, samples: &mut [u64]) {
+        self.undelivered_after_drain = self.total_sent.saturating_sub(self.total_delivered);
+        self.requests_per_s = round1(self.requests_in_window as f64 / duration.as_secs_f64());
+        self.latency = metrics::percentiles(samples);
+        let (usage, requests) = (&self.usage, self.requests_in_window.max(1) as f64);
+        self.server_us_per_request =
+            (usage.server_cpu_pct).map(|pct| round3(pct / 100.0 * usage.wall_s * 1e6 / requests));
+    }
 }
 
 /// What one REST sender did.
@@ -397,7 +427,50 @@ pub async fn sse_fanout(
         .map(|(_, token)| token)
         .collect();
     let rss_before = metrics::rss_kib(&t.server_pids);
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (mut readers, mut rx) = open_streams(t, http, tokens).await?;
+    let online = wait_online(t, &mut publisher, subscribers).await?;
+    let rss_loaded = metrics::rss_kib(&t.server_pids);
+    let meter = Meter::start(&t.server_pids);
+    let (mut to_last, mut per_event, mut delivered) = (Vec::new(), Vec::new(), 0u64);
+    for n in 0..updates {
+        let sent = now_ns();
+        let presence = format!("<presence><status>u{n}</status></presence>");
+        publisher.send(presence.as_bytes()).await?;
+        let arrivals = arrivals_of(&mut rx, n, subscribers).await;
+        delivered += arrivals.len() as u64;
+        if arrivals.len() == subscribers {
+            to_last.extend(arrivals.last().map(|at| at.saturating_sub(sent)));
+        }
+        per_event.extend(arrivals.iter().map(|at| at.saturating_sub(sent)));
+    }
+    let usage = meter.finish();
+    readers.abort_all();
+    Ok(FanoutReport {
+        scenario: "sse-fanout",
+        subscribers,
+        streams_open: online,
+        updates,
+        to_last_stream: metrics::percentiles(&mut to_last),
+        per_event: metrics::percentiles(&mut per_event),
+        events_delivered: delivered,
+        events_missing: (subscribers * updates) as u64 - delivered,
+        deliveries_per_s: round1(delivered as f64 / usage.wall_s.max(1e-9)),
+        server_rss_before_kib: rss_before,
+        server_rss_loaded_kib: rss_loaded,
+        server_bytes_per_stream: (rss_before > 0).then(|| {
+            round1((rss_loaded.saturating_sub(rss_before) * 1024) as f64 / subscribers as f64)
+        }),
+        usage,
+    })
+}
+
+/// Opens an event stream per token; each reader reports the changes it sees on `rx`.
+async fn open_streams(
+    t: &Target,
+    http: SocketAddr,
+    tokens: Vec<String>,
+) -> Result<(JoinSet<()>, mpsc::UnboundedReceiver<(usize, u64)>)> {
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut readers = JoinSet::new();
     for token in tokens {
         let mut c = Http::connect(t, http).await?;
@@ -407,8 +480,11 @@ pub async fn sse_fanout(
         }
         readers.spawn(read_events(answer.into_body(), tx.clone()));
     }
-    drop(tx);
-    // Every stream's session is available once the owner has its presence.
+    Ok((readers, rx))
+}
+
+/// Every stream's session is available once the owner has had its presence.
+async fn wait_online(t: &Target, publisher: &mut Conn, subscribers: usize) -> Result<usize> {
     let mut online = 0;
     while online < subscribers {
         let p = publisher
@@ -418,49 +494,24 @@ pub async fn sse_fanout(
             online += 1;
         }
     }
-    let rss_loaded = metrics::rss_kib(&t.server_pids);
-    let meter = Meter::start(&t.server_pids);
-    let (mut to_last, mut per_event, mut delivered) = (Vec::new(), Vec::new(), 0u64);
-    for n in 0..updates {
-        let sent = now_ns();
-        let presence = format!("<presence><status>u{n}</status></presence>");
-        publisher.send(presence.as_bytes()).await?;
-        let mut got = 0;
-        let deadline = tokio::time::Instant::now() + DRAIN;
-        while got < subscribers {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, rx.recv()).await {
-                Ok(Some((m, at))) if m == n => {
-                    got += 1;
-                    per_event.push(at.saturating_sub(sent));
-                    if got == subscribers {
-                        to_last.push(at.saturating_sub(sent));
-                    }
-                }
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break,
-            }
+    Ok(online)
+}
+
+/// When change `n` reached each stream (at most `subscribers`, within [`DRAIN`]).
+async fn arrivals_of(
+    rx: &mut mpsc::UnboundedReceiver<(usize, u64)>,
+    n: usize,
+    subscribers: usize,
+) -> Vec<u64> {
+    let mut arrivals = Vec::with_capacity(subscribers);
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    while arrivals.len() < subscribers {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((m, at))) if m == n => arrivals.push(at),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
         }
-        delivered += got as u64;
     }
-    let usage = meter.finish();
-    readers.abort_all();
-    let expected = (subscribers * updates) as u64;
-    Ok(FanoutReport {
-        scenario: "sse-fanout",
-        subscribers,
-        streams_open: online,
-        updates,
-        to_last_stream: metrics::percentiles(&mut to_last),
-        per_event: metrics::percentiles(&mut per_event),
-        events_delivered: delivered,
-        events_missing: expected - delivered,
-        deliveries_per_s: round1(delivered as f64 / usage.wall_s.max(1e-9)),
-        server_rss_before_kib: rss_before,
-        server_rss_loaded_kib: rss_loaded,
-        server_bytes_per_stream: (rss_before > 0).then(|| {
-            round1((rss_loaded.saturating_sub(rss_before) * 1024) as f64 / subscribers as f64)
-        }),
-        usage,
-    })
+    arrivals
 }

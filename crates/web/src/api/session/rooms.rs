@@ -43,6 +43,36 @@ impl Room {
         }
     }
 
+    /// What an occupant's presence changes.
+    fn apply(&mut self, o: &muc::OccupantPresence) {
+        match &o.presence {
+            Some(p) => {
+                let occupant = Occupant {
+                    role: o.role.clone(),
+                    affiliation: o.affiliation.clone(),
+                    jid: o.jid.clone(),
+                    presence: p.show.clone(),
+                };
+                self.occupants.insert(o.nick.clone(), occupant);
+            }
+            None => {
+                self.occupants.remove(&o.nick);
+            }
+        }
+        // Its own presence: in (and under which nickname), or out (kicked, banned, the
+        // room destroyed; a nickname change's first half, status 303, is not).
+        if !o.codes.contains(&110) {
+            return;
+        }
+        if o.presence.is_some() {
+            self.joined = true;
+            self.nick.clone_from(&o.nick);
+        } else if !o.codes.contains(&303) {
+            self.joined = false;
+            self.occupants.clear();
+        }
+    }
+
     pub(crate) fn to_json(&self, jid: &str) -> Value {
         let occupants: Vec<Value> = (self.occupants.iter())
             .map(|(nick, o)| {
@@ -170,31 +200,7 @@ impl ApiSession {
             let Some(room) = state.rooms.get_mut(&o.room) else {
                 return;
             };
-            match &o.presence {
-                Some(p) => {
-                    room.occupants.insert(
-                        o.nick.clone(),
-                        Occupant {
-                            role: o.role.clone(),
-                            affiliation: o.affiliation.clone(),
-                            jid: o.jid.clone(),
-                            presence: p.show.clone(),
-                        },
-                    );
-                }
-                None => {
-                    room.occupants.remove(&o.nick);
-                }
-            }
-            // Its own presence: in (and under which nickname), or out (kicked, banned,
-            // the room destroyed; a nickname change's first half, status 303, is not).
-            if own && o.presence.is_some() {
-                room.joined = true;
-                room.nick.clone_from(&o.nick);
-            } else if own && !o.codes.contains(&303) {
-                room.joined = false;
-                room.occupants.clear();
-            }
+            room.apply(&o);
             let entered = own && o.presence.is_some();
             if entered {
                 state.joins.remove(&o.room)
