@@ -165,7 +165,9 @@ pub struct UploadConfig {
     pub expire_days: u32,
     /// The start of the URLs handed to clients (scheme, host and port), for when they reach
     /// this server under another name or through a proxy, e.g.
-    /// `"https://files.example.org"`. Default: `https://<domain>:<port of listen.https>`.
+    /// `"https://files.example.org"`. Default: the first `listen.https` address
+    /// (`https://<its IP>:<port>`), or `https://<domain>:<port>` when it listens on every
+    /// address (`0.0.0.0` or `[::]`).
     pub url: Option<String>,
 }
 

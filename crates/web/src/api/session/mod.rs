@@ -230,8 +230,9 @@ impl ApiSession {
 pub(crate) struct Sessions {
     server: ServerView,
     running: Arc<Mutex<HashMap<String, Arc<ApiSession>>>>,
-    /// Serialises session starts, so one token never gets two.
-    starting: Arc<tokio::sync::Mutex<()>>,
+    /// A lock per token whose session is starting, so one token never gets two while
+    /// different tokens start at once.
+    starting: Arc<StartLocks>,
 }
 
 impl Sessions {
@@ -262,11 +263,20 @@ impl Sessions {
             s.touch();
             return Ok(s);
         }
-        let _one = self.starting.lock().await;
+        let gate = StartGate::enter(&self.starting, &token.id);
+        let _one = gate.lock.lock().await;
         if let Some(s) = self.live(&token.id) {
             s.touch();
             return Ok(s);
         }
+        self.start(token, peer).await
+    }
+
+    async fn start(
+        &self,
+        token: &ApiToken,
+        peer: SocketAddr,
+    ) -> Result<Arc<ApiSession>, SessionError> {
         let user = BareJid::new(&token.owner).map_err(|_| SessionError::Gone)?;
         let socket = self.server.api_session(user.clone(), peer).await;
         let socket = socket.ok_or(SessionError::Refused("resource-constraint".into()))?;
@@ -311,6 +321,34 @@ impl Sessions {
             }
             !s.is_ended()
         });
+    }
+}
+
+type StartLocks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A caller's hold on its token's start lock; the last to leave (or to be cancelled)
+/// forgets the lock.
+struct StartGate<'a> {
+    locks: &'a StartLocks,
+    token: &'a str,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> StartGate<'a> {
+    fn enter(locks: &'a StartLocks, token: &'a str) -> StartGate<'a> {
+        let mut map = locks.lock().unwrap_or_else(|p| p.into_inner());
+        let lock = map.entry(token.to_owned()).or_default().clone();
+        StartGate { locks, token, lock }
+    }
+}
+
+impl Drop for StartGate<'_> {
+    fn drop(&mut self) {
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Held by the map and by this gate only: no other caller waits on it.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(self.token);
+        }
     }
 }
 
@@ -488,4 +526,25 @@ fn on_presence(session: &ApiSession, from: &str, presence: Option<Presence>) {
         json!({"from": from, "presence": show, "status": status})
     };
     session.push_event("presence", data, None);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_lock_is_forgotten_when_its_last_caller_leaves() {
+        let locks = StartLocks::default();
+        let first = StartGate::enter(&locks, "t1");
+        let second = StartGate::enter(&locks, "t1");
+        let other = StartGate::enter(&locks, "t2");
+        assert!(Arc::ptr_eq(&first.lock, &second.lock));
+        assert!(!Arc::ptr_eq(&first.lock, &other.lock));
+        drop(first);
+        assert!(locks.lock().unwrap().contains_key("t1"));
+        drop(second);
+        assert!(!locks.lock().unwrap().contains_key("t1"));
+        drop(other);
+        assert!(locks.lock().unwrap().is_empty());
+    }
 }
