@@ -147,6 +147,17 @@ async fn a_websocket_client_chats_with_a_tcp_client() {
         .recv_where(|el| is_chat_from(el, "alice@localhost/browser"))
         .await;
     assert_eq!(body(&got).as_deref(), Some("over WebSocket"));
+    // A message many times the read buffer (1 KiB) arrives whole.
+    let long = "0123456789abcdef".repeat(2000);
+    send(
+        &mut ws,
+        &format!("<message xmlns='jabber:client' to='bob@localhost' type='chat'><body>{long}</body></message>"),
+    )
+    .await;
+    let got = bob
+        .recv_where(|el| is_chat_from(el, "alice@localhost/browser"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some(long.as_str()));
 
     // The client closes: the server answers with its own close and the session ends.
     send(
