@@ -123,8 +123,8 @@ impl Conn {
         match self {
             Conn::Plain(s) => shut(s).await,
             Conn::Tls(s) => shut(s.as_mut()).await,
-            // Dropped with the session: the HTTP side then closes the WebSocket.
-            Conn::Ws(_) | Conn::Detached => {}
+            Conn::Ws(w) => w.close().await,
+            Conn::Detached => {}
         }
     }
 

@@ -8,24 +8,51 @@
 //!
 //! [`Conn`]: crate::c2s_conn::Conn
 
+use std::time::Duration;
+
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use outpost_proto::framing::{WsFraming, close_element, stream_error_message};
 use outpost_proto::stanza::ns;
 use outpost_proto::xml::Limits;
 use tokio::sync::mpsc;
 
-/// Messages waiting in each direction between the HTTP side and the session.
+/// Messages waiting in each direction between the HTTP side and an API session.
 pub(crate) const CHANNEL: usize = 64;
+/// How long the closing handshake of a WebSocket may take.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// The ends the HTTP service holds: what the client sent goes into `to_server`; what the
-/// server sends comes out of `from_server`, which ends when the session does.
+/// A client's WebSocket as the HTTP service hands it over: the text messages the client
+/// sends (an error, or the end, when it goes; pings and pongs are the service's), and a
+/// sink for the text messages to send it. Closing the sink closes the WebSocket.
+pub trait TextSocket:
+    Stream<Item = std::io::Result<String>> + Sink<String, Error = std::io::Error> + Send + Unpin
+{
+}
+
+impl<T> TextSocket for T where
+    T: Stream<Item = std::io::Result<String>> + Sink<String, Error = std::io::Error> + Send + Unpin
+{
+}
+
+/// The ends the HTTP API holds for an API session: what it sends goes into `to_server`;
+/// what the server sends comes out of `from_server`, which ends when the session does.
 pub struct ClientWebSocket {
     pub to_server: mpsc::Sender<String>,
     pub from_server: mpsc::Receiver<String>,
 }
 
+/// Where the messages come from and go: the client's WebSocket itself, which the session
+/// reads and writes with no task between, or the channels of an API session.
+enum Link {
+    Socket(Box<dyn TextSocket>),
+    Channels {
+        rx: mpsc::Receiver<String>,
+        tx: mpsc::Sender<String>,
+    },
+}
+
 pub(crate) struct WsConn {
-    rx: mpsc::Receiver<String>,
-    tx: mpsc::Sender<String>,
+    link: Link,
     inbound: WsFraming,
     outbound: WsFraming,
     /// Bytes of the last message, translated, not read by the session yet.
@@ -40,19 +67,27 @@ fn broken() -> std::io::Error {
 }
 
 impl WsConn {
-    /// The session's side of a new WebSocket, and the HTTP service's.
-    pub(crate) fn pair(limits: Limits) -> (WsConn, ClientWebSocket) {
-        let (to_server, rx) = mpsc::channel(CHANNEL);
-        let (tx, from_server) = mpsc::channel(CHANNEL);
-        let conn = WsConn {
-            rx,
-            tx,
+    fn new(link: Link, limits: Limits) -> WsConn {
+        WsConn {
+            link,
             inbound: WsFraming::new(ns::CLIENT, limits),
             outbound: WsFraming::new(ns::CLIENT, limits),
             pending: Vec::new(),
             read: 0,
             eof: false,
-        };
+        }
+    }
+
+    /// The session's side of a client's WebSocket.
+    pub(crate) fn over(socket: Box<dyn TextSocket>, limits: Limits) -> WsConn {
+        WsConn::new(Link::Socket(socket), limits)
+    }
+
+    /// The session's side of an API session, and the HTTP API's.
+    pub(crate) fn pair(limits: Limits) -> (WsConn, ClientWebSocket) {
+        let (to_server, rx) = mpsc::channel(CHANNEL);
+        let (tx, from_server) = mpsc::channel(CHANNEL);
+        let conn = WsConn::new(Link::Channels { rx, tx }, limits);
         let http = ClientWebSocket {
             to_server,
             from_server,
@@ -68,10 +103,36 @@ impl WsConn {
     /// waits, so a message is never lost between the two.
     pub(crate) async fn readable(&mut self) -> std::io::Result<()> {
         while !self.has_input() {
-            let message = self.rx.recv().await;
+            let message = match &mut self.link {
+                Link::Socket(s) => s.next().await.and_then(Result::ok),
+                Link::Channels { rx, .. } => rx.recv().await,
+            };
             self.take(message);
         }
         Ok(())
+    }
+
+    /// The next message if one is there now: `Err(())` when nothing is.
+    fn try_recv(&mut self) -> Result<Option<String>, ()> {
+        match &mut self.link {
+            Link::Socket(s) => match s.next().now_or_never() {
+                None => Err(()),
+                Some(message) => Ok(message.and_then(Result::ok)),
+            },
+            Link::Channels { rx, .. } => match rx.try_recv() {
+                Ok(message) => Ok(Some(message)),
+                Err(mpsc::error::TryRecvError::Empty) => Err(()),
+                Err(mpsc::error::TryRecvError::Disconnected) => Ok(None),
+            },
+        }
+    }
+
+    /// Sends a message as far as the link takes it now (for the last words before an end).
+    fn try_send(&mut self, message: String) {
+        match &mut self.link {
+            Link::Socket(s) => drop(s.send(message).now_or_never()),
+            Link::Channels { tx, .. } => drop(tx.try_send(message)),
+        }
     }
 
     /// Translates one message (or the end of the client's side) into input.
@@ -87,9 +148,10 @@ impl WsConn {
             }
             Err(e) => {
                 // The stream error the framing names, then the close (RFC 7395 §3.6); if
-                // the channel is full the client is not reading and only the close matters.
-                let _ = self.tx.try_send(stream_error_message(e.condition()));
-                let _ = self.tx.try_send(close_element());
+                // the link does not take them now the client is not reading and only the
+                // close matters.
+                self.try_send(stream_error_message(e.condition()));
+                self.try_send(close_element());
                 self.eof = true;
             }
         }
@@ -97,10 +159,9 @@ impl WsConn {
 
     pub(crate) fn try_read(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         if self.read >= self.pending.len() && !self.eof {
-            match self.rx.try_recv() {
-                Ok(message) => self.take(Some(message)),
-                Err(mpsc::error::TryRecvError::Empty) => return Ok(None),
-                Err(mpsc::error::TryRecvError::Disconnected) => self.take(None),
+            match self.try_recv() {
+                Ok(message) => self.take(message),
+                Err(()) => return Ok(None),
             }
         }
         let rest = &self.pending[self.read.min(self.pending.len())..];
@@ -118,10 +179,29 @@ impl WsConn {
             .outbound
             .outbound(data)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-        for message in messages {
-            self.tx.send(message).await.map_err(|_| broken())?;
+        match &mut self.link {
+            // One flush for what the machine wrote at once.
+            Link::Socket(s) => {
+                for message in messages {
+                    s.feed(message).await?;
+                }
+                s.flush().await
+            }
+            Link::Channels { tx, .. } => {
+                for message in messages {
+                    tx.send(message).await.map_err(|_| broken())?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// Ends the WebSocket with its closing handshake (an API session's channel just ends
+    /// when the session drops it).
+    pub(crate) async fn close(&mut self) {
+        if let Link::Socket(s) = &mut self.link {
+            let _ = tokio::time::timeout(CLOSE_WAIT, s.close()).await;
+        }
     }
 }
 

@@ -58,7 +58,7 @@ mod upload;
 mod view;
 
 pub use api::{ApiError, HistoryItem, IssuedToken, MAX_HISTORY_PAGE, MessageState, rfc3339};
-pub use c2s_ws::ClientWebSocket;
+pub use c2s_ws::{ClientWebSocket, TextSocket};
 pub use http::{HttpEnv, HttpIo, HttpService};
 pub use metrics::Counts;
 pub use outpost_store::ApiToken;

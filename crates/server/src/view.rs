@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::c2s_ws::{ClientWebSocket, WsConn};
+use crate::c2s_ws::{TextSocket, WsConn};
 use crate::delivery::Delivery;
 use crate::metrics::Counts;
 use crate::s2s::{self, Federation};
@@ -103,23 +103,23 @@ impl ServerView {
     }
 
     /// Starts a client's session over a WebSocket (RFC 7395) that the HTTP service accepted
-    /// from `peer` over TLS, with the `xmpp` subprotocol: the service passes each text
-    /// message the client sends into [`ClientWebSocket::to_server`] and sends each one that
-    /// comes out of [`ClientWebSocket::from_server`], and closes the WebSocket when that
-    /// ends; dropping `to_server` tells the session the client went. `None` when the
-    /// server is at its connection cap (`limits.max_connections`): the session counts
-    /// against it like a TCP connection, taking the place its HTTP connection leaves as it
-    /// becomes the WebSocket (waited for a moment, for that).
-    pub async fn client_websocket(&self, peer: SocketAddr) -> Option<ClientWebSocket> {
+    /// from `peer` over TLS, with the `xmpp` subprotocol: the session reads and writes the
+    /// socket's text messages itself. False (and the socket dropped) when the server is at
+    /// its connection cap (`limits.max_connections`): the session counts against it like a
+    /// TCP connection, taking the place its HTTP connection leaves as it becomes the
+    /// WebSocket (waited for a moment, for that).
+    pub async fn client_websocket(&self, peer: SocketAddr, socket: Box<dyn TextSocket>) -> bool {
         let permit = self.connections.clone().acquire_owned();
-        let permit = tokio::time::timeout(PERMIT_WAIT, permit).await.ok()?.ok()?;
-        let (conn, http) = WsConn::pair(self.stream_limits());
+        let Ok(Ok(permit)) = tokio::time::timeout(PERMIT_WAIT, permit).await else {
+            return false;
+        };
+        let conn = WsConn::over(socket, self.stream_limits());
         let env = self.sessions.clone();
         self.tasks.spawn(async move {
             session::serve_websocket(env, conn, peer).await;
             drop(permit);
         });
-        Some(http)
+        true
     }
 
     /// The XML limits of a client stream now.

@@ -3,9 +3,10 @@
 //! the endpoint, as the host the client asked for.
 //!
 //! The upgrade must ask for the `xmpp` subprotocol (RFC 7395 §3.1), or it is refused with
-//! 400. Each text message goes to the server's session as it is (the session's framing
-//! checks it); a binary message, or the client's close, ends the stream. The session is
-//! the server's ([`ServerView::client_websocket`]): SASL, stream management, limits.
+//! 400. The server's session ([`ServerView::client_websocket`]: SASL, stream management,
+//! limits) then reads and writes the WebSocket's text messages itself, with no task
+//! between; its framing checks each message. A binary message, or the client's close,
+//! ends the stream.
 
 use std::net::SocketAddr;
 
@@ -15,8 +16,11 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::{SinkExt, StreamExt};
-use outpost_server::{ClientWebSocket, ServerView};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use outpost_server::ServerView;
 
 pub(crate) const PATH: &str = "/xmpp-websocket";
 const SUBPROTOCOL: &str = "xmpp";
@@ -24,6 +28,8 @@ const SUBPROTOCOL: &str = "xmpp";
 const ALT_WEBSOCKET: &str = "urn:xmpp:alt-connections:websocket";
 /// Room for the framing around the largest stanza.
 const MESSAGE_SLACK: usize = 4096;
+/// The WebSocket's read buffer: what one read takes from the connection.
+const READ_BUFFER: usize = 1024;
 
 /// The address a connection came from, set per connection (see `serve_connection`).
 #[derive(Clone, Copy, Debug)]
@@ -80,49 +86,52 @@ async fn upgrade(
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
         .on_upgrade(move |socket| async move {
-            match ws.server.client_websocket(peer).await {
-                Some(session) => pump(socket, session).await,
-                // At the connection cap, as the TCP listeners refuse: closed at once.
-                None => drop(socket),
-            }
+            // At the connection cap, as the TCP listeners refuse: dropped, so closed at once.
+            let _ = (ws.server)
+                .client_websocket(peer, Box::new(Texts(socket)))
+                .await;
         })
 }
 
-/// The WebSocket's read buffer: what one read takes from the connection.
-const READ_BUFFER: usize = 1024;
+/// The client's WebSocket as the session reads and writes it: text messages both ways.
+/// Pings are answered by the WebSocket layer; a binary message (not XMPP, RFC 7395 §3.4),
+/// the client's close or an error ends what the session reads.
+struct Texts(WebSocket);
 
-/// Carries messages between the client's WebSocket and its session until either ends.
-async fn pump(socket: WebSocket, session: ClientWebSocket) {
-    let ClientWebSocket {
-        to_server,
-        mut from_server,
-    } = session;
-    let (mut sink, mut stream) = socket.split();
-    loop {
-        tokio::select! {
-            message = stream.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    if to_server.send(text.as_str().to_owned()).await.is_err() {
-                        break;
-                    }
-                }
-                // Pings are answered by the WebSocket layer.
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                // Binary messages are not XMPP (RFC 7395 §3.4); a close or an error ends it.
-                Some(Ok(Message::Binary(_) | Message::Close(_)) | Err(_)) | None => break,
-            },
-            out = from_server.recv() => match out {
-                Some(text) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                }
-                None => {
-                    let _ = sink.send(Message::Close(None)).await;
-                    break;
-                }
-            },
+impl Stream for Texts {
+    type Item = std::io::Result<String>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            return match ready!(self.0.poll_next_unpin(cx)) {
+                Some(Ok(Message::Text(text))) => Poll::Ready(Some(Ok(text.as_str().to_owned()))),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Message::Binary(_) | Message::Close(_))) | None => Poll::Ready(None),
+                Some(Err(e)) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
+            };
         }
+    }
+}
+
+impl Sink<String> for Texts {
+    type Error = std::io::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready_unpin(cx).map_err(std::io::Error::other)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, text: String) -> Result<(), Self::Error> {
+        (self.0)
+            .start_send_unpin(Message::Text(text.into()))
+            .map_err(std::io::Error::other)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_flush_unpin(cx).map_err(std::io::Error::other)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_close_unpin(cx).map_err(std::io::Error::other)
     }
 }
 
