@@ -32,6 +32,8 @@ export interface ArchivedMessage {
   timestamp: string;
   /** An out-of-band URL (XEP-0066): a shared file. */
   url?: string | null;
+  /** The id its sender gave it: an event's `id`, or our send's answer's. */
+  message_id?: string | null;
 }
 
 export interface HistoryPage {

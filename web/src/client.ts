@@ -367,7 +367,8 @@ export class Client {
     if (!this.state.contacts[peer]) this.setContact(peer, () => ({}));
     const item: ChatMessage = {
       key: m.id,
-      ids: [m.id],
+      // The message's id, and the archive's (the history's) when there is one.
+      ids: m.stanza_id ? [m.id, m.stanza_id] : [m.id],
       from: m.from,
       to: m.to,
       nick: null,
@@ -463,7 +464,8 @@ export class Client {
     const outgoing = bare(m.from) === this.me;
     return {
       key: m.id,
-      ids: [m.id],
+      // The archive's id, and the message's own (the events' and our send's answer's).
+      ids: m.message_id ? [m.id, m.message_id] : [m.id],
       from: m.from,
       to: m.to,
       nick: null,

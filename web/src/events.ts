@@ -24,6 +24,8 @@ export interface MessageEvent {
   carbon?: "sent" | "received";
   /** An out-of-band URL (XEP-0066): a shared file. */
   url?: string | null;
+  /** The id the user's archive gave it, as the history lists it. */
+  stanza_id?: string | null;
 }
 
 /** A message in a room, ours included (the room reflects it, with the id our send got). */

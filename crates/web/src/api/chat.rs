@@ -5,10 +5,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use jid::{BareJid, Jid};
+use minidom::Element;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::idempotency::Start;
+use super::idempotency::{Owned, Start};
 use super::problem::{Json, Path, Problem, Query, json};
 use super::session::{ApiSession, State as SessionState};
 use super::{Api, Caller, session_problem, stanzas};
@@ -207,13 +208,36 @@ pub(crate) async fn send(
     let id = outpost_server::ids::random_id(20);
     let state = api.server.message_state(&to).await?;
     let message = stanzas::message(&to.to_string(), kind, &id, &body.body, body.url.as_deref());
-    session.send(&message).await.map_err(session_problem)?;
+    send_durably(&session, &message, &id, state_name(state), claim).await
+}
+
+/// Sends `message` (whose id is `id`) from the session and answers `{id, state}` once it
+/// is durable, keeping the answer for the request's `Idempotency-Key`.
+pub(crate) async fn send_durably(
+    session: &ApiSession,
+    message: &Element,
+    id: &str,
+    state: &str,
+    claim: Option<Owned>,
+) -> Result<Response, Problem> {
+    session.send(message).await.map_err(session_problem)?;
     session.settle().await.map_err(session_problem)?;
-    let answer = json!({"id": id, "state": state_name(state)});
+    let answer = json!({"id": id, "state": state});
     if let Some(claim) = claim {
         claim.done(answer.clone());
     }
     Ok(json(StatusCode::OK, answer))
+}
+
+/// A history page's size: `limit`, 50 when not given.
+pub(crate) fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=MAX_HISTORY_PAGE).contains(&limit) {
+        return Err(Problem::bad_request(format!(
+            "limit is 1 to {MAX_HISTORY_PAGE}"
+        )));
+    }
+    Ok(limit)
 }
 
 #[derive(Deserialize)]
@@ -231,12 +255,7 @@ pub(crate) async fn history(
 ) -> Result<Response, Problem> {
     let with = BareJid::new(q.with.trim())
         .map_err(|_| Problem::bad_request(format!("`{}` is not a bare JID", q.with)))?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_HISTORY_PAGE).contains(&limit) {
-        return Err(Problem::bad_request(format!(
-            "limit is 1 to {MAX_HISTORY_PAGE}"
-        )));
-    }
+    let limit = page_limit(q.limit)?;
     let owner = BareJid::new(&caller.token.owner).map_err(|_| Problem::unauthorized())?;
     let (items, complete) = api
         .server

@@ -9,12 +9,11 @@ use jid::{BareJid, FullJid};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::chat::check_content;
+use super::chat::{check_content, page_limit, send_durably};
 use super::idempotency::Start;
 use super::problem::{Json, Path, Problem, Query, json};
 use super::session::{ApiSession, SessionError};
 use super::{Api, Caller, muc, session_problem};
-use outpost_server::MAX_HISTORY_PAGE;
 
 /// A room's address: a bare JID with a local part, not one of this server's users.
 fn room_jid(api: &Api, text: &str) -> Result<String, Problem> {
@@ -141,19 +140,13 @@ pub(crate) async fn send(
     }
     let id = outpost_server::ids::random_id(20);
     let message = muc::groupchat(&room, &id, &body.body, body.url.as_deref());
-    session.send(&message).await.map_err(session_problem)?;
-    session.settle().await.map_err(session_problem)?;
     let domain = room.split_once('@').map_or("", |(_, d)| d);
     let state = if api.server.serves(domain) {
         "delivered"
     } else {
         "queued"
     };
-    let answer = json!({"id": id, "state": state});
-    if let Some(claim) = claim {
-        claim.done(answer.clone());
-    }
-    Ok(json(StatusCode::OK, answer))
+    send_durably(&session, &message, &id, state, claim).await
 }
 
 #[derive(Deserialize)]
@@ -171,12 +164,7 @@ pub(crate) async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response, Problem> {
     let room = room_jid(&api, &jid)?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=MAX_HISTORY_PAGE).contains(&limit) {
-        return Err(Problem::bad_request(format!(
-            "limit is 1 to {MAX_HISTORY_PAGE}"
-        )));
-    }
+    let limit = page_limit(q.limit)?;
     let cursor_ok = |c: &Option<String>| c.as_ref().is_none_or(|c| c.len() <= 64);
     if !cursor_ok(&q.before) || !cursor_ok(&q.after) {
         return Err(Problem::bad_request("before and after are message ids"));

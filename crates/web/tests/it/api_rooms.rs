@@ -10,7 +10,7 @@ use crate::http::request;
 
 const ROOM: &str = "tea@conference.localhost";
 
-/// The bare JID's local part of a full one.
+/// The resource (in a room, the nickname) of a full JID.
 fn nick_of(from: &str) -> &str {
     from.split_once('/').map_or("", |(_, nick)| nick)
 }
@@ -86,51 +86,8 @@ async fn a_rest_user_and_an_xmpp_user_talk_in_a_room() {
         (Some("available"), Some(false))
     );
 
-    // Bob speaks; alice's stream has it, with the room and his nickname.
-    bob.send(&format!(
-        "<message to='{ROOM}' type='groupchat' id='b1'><body>hello room</body></message>"
-    ))
-    .await;
-    let said = stream.next_of("groupchat").await;
-    assert_eq!(
-        (said.data["room"].as_str(), said.data["nick"].as_str()),
-        (Some(ROOM), Some("bob"))
-    );
-    assert_eq!(said.data["body"], "hello room");
-    assert!(said.data["stanza_id"].is_string(), "{:?}", said.data);
-
-    // Alice answers over REST: bob gets it from her occupant JID, with her id, and her
-    // own stream has it back from the room.
     let path = format!("/api/v1/rooms/{ROOM}/messages");
-    let reply = call(
-        &server,
-        "POST",
-        &path,
-        Some(&token),
-        Some(json!({"body": "hi bob"})),
-    )
-    .await;
-    let sent = json_of(&reply);
-    assert_eq!(sent["state"], "delivered", "{sent}");
-    // (Bob's own message comes back to him first.)
-    let alice_in_room = format!("{ROOM}/alice");
-    let got = bob
-        .recv_where(|m| m.name() == "message" && m.attr("from") == Some(&alice_in_room))
-        .await;
-    assert_eq!(got.attr("id"), sent["id"].as_str());
-    let mine = stream.next_of("groupchat").await;
-    assert_eq!(
-        (mine.data["nick"].as_str(), mine.data["id"].as_str()),
-        (Some("alice"), sent["id"].as_str())
-    );
-
-    // The room's archive has both, oldest first, with who said them.
-    let page = get(&server, &path, &token).await;
-    let said: Vec<(&str, &str)> = (page["messages"].as_array().unwrap().iter())
-        .map(|m| (m["nick"].as_str().unwrap(), m["body"].as_str().unwrap()))
-        .collect();
-    assert_eq!(said, [("bob", "hello room"), ("alice", "hi bob")], "{page}");
-    assert_eq!(page["messages"][1]["message_id"], sent["id"]);
+    talk(&server, &token, &mut stream, &mut bob, &path).await;
 
     refusals(&server, &path).await;
 
@@ -158,6 +115,55 @@ async fn a_rest_user_and_an_xmpp_user_talk_in_a_room() {
     )
     .await;
     assert_problem(&again, 409, "not-joined");
+}
+
+/// Bob (XMPP) and alice (REST) say something each in the room; both see both, and the
+/// room's archive has them.
+async fn talk(server: &TestServer, token: &str, stream: &mut Events, bob: &mut Client, path: &str) {
+    // Bob speaks; alice's stream has it, with the room and his nickname.
+    bob.send(&format!(
+        "<message to='{ROOM}' type='groupchat' id='b1'><body>hello room</body></message>"
+    ))
+    .await;
+    let said = stream.next_of("groupchat").await;
+    assert_eq!(
+        (said.data["room"].as_str(), said.data["nick"].as_str()),
+        (Some(ROOM), Some("bob"))
+    );
+    assert_eq!(said.data["body"], "hello room");
+    assert!(said.data["stanza_id"].is_string(), "{:?}", said.data);
+
+    // Alice answers over REST: bob gets it from her occupant JID, with her id, and her
+    // own stream has it back from the room.
+    let reply = call(
+        server,
+        "POST",
+        path,
+        Some(token),
+        Some(json!({"body": "hi bob"})),
+    )
+    .await;
+    let sent = json_of(&reply);
+    assert_eq!(sent["state"], "delivered", "{sent}");
+    // (Bob's own message comes back to him first.)
+    let alice_in_room = format!("{ROOM}/alice");
+    let got = bob
+        .recv_where(|m| m.name() == "message" && m.attr("from") == Some(&alice_in_room))
+        .await;
+    assert_eq!(got.attr("id"), sent["id"].as_str());
+    let mine = stream.next_of("groupchat").await;
+    assert_eq!(
+        (mine.data["nick"].as_str(), mine.data["id"].as_str()),
+        (Some("alice"), sent["id"].as_str())
+    );
+
+    // The room's archive has both, oldest first, with who said them.
+    let page = get(server, path, token).await;
+    let said: Vec<(&str, &str)> = (page["messages"].as_array().unwrap().iter())
+        .map(|m| (m["nick"].as_str().unwrap(), m["body"].as_str().unwrap()))
+        .collect();
+    assert_eq!(said, [("bob", "hello room"), ("alice", "hi bob")], "{page}");
+    assert_eq!(page["messages"][1]["message_id"], sent["id"]);
 }
 
 /// What a room refuses: a nickname in use, an address that is a user's, a message from
