@@ -9,13 +9,16 @@
 //!
 //! - [`WsFraming::outbound`] takes what a machine wrote and returns complete messages: the
 //!   stream header becomes `<open/>` with its `to`, `from`, `id`, `version` and `xml:lang`;
-//!   every top-level element becomes one message that declares its own namespaces (written
-//!   by [`crate::xml::write_stanza`], so `<stream:features/>`, `<stream:error/>` and
-//!   dialback elements arrive namespace-correct without the stream's prefixes); and
+//!   every top-level element becomes one message that declares its own namespaces; and
 //!   `</stream:stream>` becomes `<close/>`. An incomplete element is kept until the rest is
-//!   written. A restart is recognised by the XML declaration every header of ours starts
-//!   with ([`crate::xml::stream_header`]): a new header after one was read starts a new
-//!   stream, as it does for the peer's reader.
+//!   written. Our machines' output is not parsed whole: elements are found by counting
+//!   tags (the machines write no comments, CDATA or DTD), and one written by
+//!   [`crate::xml::write_stanza`], unprefixed with its own `xmlns`, is already a message
+//!   as it stands; only one that leans on the stream's prefixes (`<stream:features/>`,
+//!   `<stream:error/>`, dialback) is read in the stream's context and written again. So a
+//!   connection keeps no parser for its outbound side, and a stanza costs a scan, not a
+//!   parse. A restart is recognised by the XML declaration every header of ours starts
+//!   with ([`crate::xml::stream_header`]).
 //! - [`WsFraming::inbound`] takes one received message and returns bytes for the machine's
 //!   `handle_input`: `<open/>` becomes a stream header in the default namespace given to
 //!   [`WsFraming::new`] (with `stream` and `db` prefixes declared, as our own headers do),
@@ -25,8 +28,8 @@
 //!   `<open/>` or anything after `<close/>` is refused with a [`FramingError`] whose
 //!   [`FramingError::condition`] is the stream error to send.
 //!
-//! Every message is checked with [`crate::xml::StreamReader`] inside the same namespace
-//! context the machine will read it in, so what passes here parses the same way there, and
+//! Every received message is checked with [`crate::xml::StreamReader`] inside the same
+//! namespace context the machine will read it in, so what passes here parses the same way there, and
 //! the same limits apply: nothing is built by recursion, nothing bigger than the limit is
 //! buffered, and nothing here panics.
 //!
@@ -80,6 +83,10 @@ pub enum FramingError {
     /// side, never the peer's.
     #[error("cannot frame our own output")]
     Outbound(#[source] XmlError),
+    /// What the machine wrote is not XML the framing can cut into elements (it writes no
+    /// comments, CDATA or DTD); a bug on our side.
+    #[error("cannot frame our own output: {0}")]
+    Unframeable(&'static str),
     /// An element the machine wrote cannot be serialised.
     #[error("cannot serialise our own element")]
     Unserialisable(#[source] WriteError),
@@ -96,7 +103,9 @@ impl FramingError {
             | FramingError::SeveralElements
             | FramingError::NotOpened
             | FramingError::AfterClose => "bad-format",
-            FramingError::Outbound(_) | FramingError::Unserialisable(_) => "internal-server-error",
+            FramingError::Outbound(_)
+            | FramingError::Unframeable(_)
+            | FramingError::Unserialisable(_) => "internal-server-error",
         }
     }
 }
@@ -116,9 +125,7 @@ enum InState {
 pub struct WsFraming {
     default_ns: String,
     limits: Limits,
-    /// Reads what our machine writes; replaced at each new stream header.
-    out_reader: StreamReader,
-    /// Machine bytes held back because they might be the start of an XML declaration.
+    /// Machine bytes of a unit not yet complete, kept for the next call.
     out_held: Vec<u8>,
     in_state: InState,
 }
@@ -130,7 +137,6 @@ impl WsFraming {
         WsFraming {
             default_ns: default_ns.to_owned(),
             limits,
-            out_reader: StreamReader::new(limits),
             out_held: Vec::new(),
             in_state: InState::Start,
         }
@@ -141,52 +147,60 @@ impl WsFraming {
     pub fn outbound(&mut self, machine_bytes: &[u8]) -> Result<Vec<String>, FramingError> {
         let mut data = std::mem::take(&mut self.out_held);
         data.extend_from_slice(machine_bytes);
-        // Keep back a tail that could be the first bytes of an XML declaration, so a header
-        // split across writes is still recognised.
-        let keep = (1..XML_DECLARATION.len())
-            .rev()
-            .find(|&n| {
-                data.len() >= n
-                    && data.get(data.len() - n..).is_some_and(|tail| {
-                        XML_DECLARATION
-                            .get(..n)
-                            .is_some_and(|prefix| prefix == tail)
-                    })
-            })
-            .unwrap_or(0);
-        self.out_held = data.split_off(data.len() - keep);
-
         let mut messages = Vec::new();
-        let mut rest: &[u8] = &data;
-        while !rest.is_empty() {
-            // Everything before the next declaration belongs to the current stream.
-            let cut = find(rest.get(1..).unwrap_or_default(), XML_DECLARATION).map(|i| i + 1);
-            let (now, later) = match cut {
-                Some(i) => rest.split_at(i),
-                None => (rest, &[][..]),
+        let mut at = 0;
+        while let Some(rest) = data.get(at..).filter(|r| !r.is_empty()) {
+            let unit = scan_unit(rest).map_err(FramingError::Unframeable)?;
+            let (len, message) = match unit {
+                Unit::Incomplete => break,
+                Unit::Space(len) => (len, None),
+                Unit::Header(len) => (len, Some(self.open_for(&rest[..len])?)),
+                Unit::Close(len) => (len, Some(close_element())),
+                Unit::Element { len, verbatim } => {
+                    let bytes = &rest[..len];
+                    let message = if verbatim {
+                        String::from_utf8_lossy(bytes).into_owned()
+                    } else {
+                        self.reframe(bytes)?
+                    };
+                    (len, Some(message))
+                }
             };
-            if now.starts_with(XML_DECLARATION) {
-                // A new stream header: RFC 6120 §4.3.3 restarts start a new document.
-                self.out_reader = StreamReader::new(self.limits);
-            }
-            self.out_reader.feed(now);
-            self.drain_outbound(&mut messages)?;
-            rest = later;
+            messages.extend(message);
+            at += len;
         }
+        data.drain(..at);
+        self.out_held = data;
         Ok(messages)
     }
 
-    fn drain_outbound(&mut self, messages: &mut Vec<String>) -> Result<(), FramingError> {
+    /// `<open/>` for a stream header the machine wrote.
+    fn open_for(&self, header: &[u8]) -> Result<String, FramingError> {
+        let mut reader = StreamReader::new(self.limits);
+        reader.feed(header);
+        match reader.next().map_err(FramingError::Outbound)? {
+            Some(XmlEvent::StreamOpen(header)) => Ok(open_element(&header)),
+            _ => Err(FramingError::Unframeable("a stream header it cannot read")),
+        }
+    }
+
+    /// An element that leans on the stream's prefixes (`<stream:features>`), read in the
+    /// stream's namespace context and written again declaring its own namespaces.
+    fn reframe(&self, element: &[u8]) -> Result<String, FramingError> {
+        let mut reader = StreamReader::new(self.limits);
+        reader.feed(self.synthetic_header(&[]).as_bytes());
+        reader.feed(element);
         loop {
-            match self.out_reader.next().map_err(FramingError::Outbound)? {
-                None => return Ok(()),
-                Some(XmlEvent::StreamOpen(header)) => messages.push(open_element(&header)),
+            match reader.next().map_err(FramingError::Outbound)? {
+                Some(XmlEvent::StreamOpen(_)) => {}
                 Some(XmlEvent::Stanza(el)) => {
                     let mut out = Vec::new();
                     write_stanza(&el, &mut out).map_err(FramingError::Unserialisable)?;
-                    messages.push(String::from_utf8_lossy(&out).into_owned());
+                    return Ok(String::from_utf8_lossy(&out).into_owned());
                 }
-                Some(XmlEvent::StreamClose) => messages.push(close_element()),
+                Some(XmlEvent::StreamClose) | None => {
+                    return Err(FramingError::Unframeable("an element it cannot read"));
+                }
             }
         }
     }
@@ -306,6 +320,157 @@ impl WsFraming {
         s.push('>');
         s
     }
+}
+
+/// The next unit of a machine's output. The machines write XML as [`write_stanza`] and
+/// [`crate::xml::stream_header`] do: no comments, CDATA, DTD or processing instructions,
+/// every attribute quoted, `<` always escaped; so units can be found by counting tags,
+/// which costs far less than parsing (and keeping a parser per connection).
+#[derive(Debug, PartialEq, Eq)]
+enum Unit {
+    /// More bytes are needed.
+    Incomplete,
+    /// Whitespace between units, dropped.
+    Space(usize),
+    /// `<?xml …?><stream:stream …>`.
+    Header(usize),
+    /// `</stream:stream>`.
+    Close(usize),
+    /// A top-level element; `verbatim` when it is a message as it stands: unprefixed and
+    /// declaring its namespace, as [`write_stanza`] writes every element.
+    Element { len: usize, verbatim: bool },
+}
+
+fn scan_unit(data: &[u8]) -> Result<Unit, &'static str> {
+    let space = data
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        .count();
+    if space > 0 {
+        return Ok(Unit::Space(space));
+    }
+    if data.len() < XML_DECLARATION.len() && XML_DECLARATION.starts_with(data) {
+        return Ok(Unit::Incomplete);
+    }
+    if data.starts_with(XML_DECLARATION) {
+        let Some(end) = find(data, b"?>") else {
+            return Ok(Unit::Incomplete);
+        };
+        let after = end + 2;
+        let root = data.get(after..).unwrap_or_default();
+        return Ok(match start_tag(root)? {
+            None => Unit::Incomplete,
+            Some(tag) => Unit::Header(after + tag.len),
+        });
+    }
+    if data.starts_with(b"</") {
+        return Ok(match data.iter().position(|&b| b == b'>') {
+            None => Unit::Incomplete,
+            Some(i) => Unit::Close(i + 1),
+        });
+    }
+    let Some(first) = start_tag(data)? else {
+        return Ok(Unit::Incomplete);
+    };
+    let verbatim = !first.prefixed && first.declares_default_ns;
+    if first.empty {
+        return Ok(Unit::Element {
+            len: first.len,
+            verbatim,
+        });
+    }
+    let mut depth = 1usize;
+    let mut at = first.len;
+    loop {
+        let Some(lt) = data
+            .get(at..)
+            .and_then(|r| r.iter().position(|&b| b == b'<'))
+        else {
+            return Ok(Unit::Incomplete);
+        };
+        at += lt;
+        let rest = data.get(at..).unwrap_or_default();
+        if rest.starts_with(b"</") {
+            let Some(gt) = rest.iter().position(|&b| b == b'>') else {
+                return Ok(Unit::Incomplete);
+            };
+            at += gt + 1;
+            depth -= 1;
+            if depth == 0 {
+                return Ok(Unit::Element { len: at, verbatim });
+            }
+        } else {
+            let Some(tag) = start_tag(rest)? else {
+                return Ok(Unit::Incomplete);
+            };
+            at += tag.len;
+            if !tag.empty {
+                depth += 1;
+            }
+        }
+    }
+}
+
+/// A start tag at the beginning of some bytes.
+struct StartTag {
+    len: usize,
+    /// `<…/>`.
+    empty: bool,
+    /// The element's name has a prefix.
+    prefixed: bool,
+    /// It has an `xmlns` attribute.
+    declares_default_ns: bool,
+}
+
+/// The start tag `data` begins with, `None` if it is not all there yet.
+fn start_tag(data: &[u8]) -> Result<Option<StartTag>, &'static str> {
+    if data.len() < 2 {
+        return Ok(None);
+    }
+    if data.first() != Some(&b'<') || matches!(data.get(1), Some(b'!' | b'?' | b'/')) {
+        return Err("something other than an element where one should start");
+    }
+    let name_end = |from: usize| {
+        data.get(from..).and_then(|r| {
+            r.iter()
+                .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b'/' | b'>' | b'='))
+                .map(|i| from + i)
+        })
+    };
+    let Some(end) = name_end(1) else {
+        return Ok(None);
+    };
+    let prefixed = data.get(1..end).is_some_and(|n| n.contains(&b':'));
+    let mut declares_default_ns = false;
+    let mut at = end;
+    let mut quote: Option<u8> = None;
+    let mut attr_start = None;
+    while let Some(&b) = data.get(at) {
+        match (quote, b) {
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            (None, b'\'' | b'"') => quote = Some(b),
+            (None, b'>') => {
+                let empty = at > 0 && data.get(at - 1) == Some(&b'/');
+                return Ok(Some(StartTag {
+                    len: at + 1,
+                    empty,
+                    prefixed,
+                    declares_default_ns,
+                }));
+            }
+            (None, b'=') => {
+                if let Some(start) = attr_start.take() {
+                    let name = data.get(start..at).unwrap_or_default().trim_ascii();
+                    declares_default_ns |= name == b"xmlns";
+                }
+            }
+            (None, b' ' | b'\t' | b'\r' | b'\n') => attr_start = Some(at + 1),
+            (None, _) => {}
+        }
+        at += 1;
+    }
+    Ok(None)
 }
 
 /// The position of `needle` in `haystack`.

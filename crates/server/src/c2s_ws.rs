@@ -53,8 +53,9 @@ enum Link {
 
 pub(crate) struct WsConn {
     link: Link,
-    inbound: WsFraming,
-    outbound: WsFraming,
+    /// Both directions: one framer translates what the client sends and what the stream
+    /// machine writes back.
+    framing: WsFraming,
     /// Bytes of the last message, translated, not read by the session yet.
     pending: Vec<u8>,
     read: usize,
@@ -67,24 +68,26 @@ fn broken() -> std::io::Error {
 }
 
 impl WsConn {
-    fn new(link: Link, limits: Limits) -> WsConn {
-        WsConn {
+    /// Boxed from the start, as the session's `Conn::Ws` holds it: no future on the way
+    /// there (the session task's first state among them) carries it by value, which
+    /// would cost its size for the connection's whole life.
+    fn new(link: Link, limits: Limits) -> Box<WsConn> {
+        Box::new(WsConn {
             link,
-            inbound: WsFraming::new(ns::CLIENT, limits),
-            outbound: WsFraming::new(ns::CLIENT, limits),
+            framing: WsFraming::new(ns::CLIENT, limits),
             pending: Vec::new(),
             read: 0,
             eof: false,
-        }
+        })
     }
 
     /// The session's side of a client's WebSocket.
-    pub(crate) fn over(socket: Box<dyn TextSocket>, limits: Limits) -> WsConn {
+    pub(crate) fn over(socket: Box<dyn TextSocket>, limits: Limits) -> Box<WsConn> {
         WsConn::new(Link::Socket(socket), limits)
     }
 
     /// The session's side of an API session, and the HTTP API's.
-    pub(crate) fn pair(limits: Limits) -> (WsConn, ClientWebSocket) {
+    pub(crate) fn pair(limits: Limits) -> (Box<WsConn>, ClientWebSocket) {
         let (to_server, rx) = mpsc::channel(CHANNEL);
         let (tx, from_server) = mpsc::channel(CHANNEL);
         let conn = WsConn::new(Link::Channels { rx, tx }, limits);
@@ -141,7 +144,7 @@ impl WsConn {
             self.eof = true;
             return;
         };
-        match self.inbound.inbound(&message) {
+        match self.framing.inbound(&message) {
             Ok(bytes) => {
                 self.pending = bytes;
                 self.read = 0;
@@ -176,7 +179,7 @@ impl WsConn {
 
     pub(crate) async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
         let messages = self
-            .outbound
+            .framing
             .outbound(data)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
         match &mut self.link {

@@ -703,7 +703,7 @@ impl Services {
             (ListenerKind::Component, _) => {
                 Box::pin(component::serve(self.components, tcp, peer)).await;
             }
-            (ListenerKind::Proxy65, _) => proxy65::serve(self.proxied, tcp, peer).await,
+            (ListenerKind::Proxy65, _) => Box::pin(proxy65::serve(self.proxied, tcp, peer)).await,
             (ListenerKind::Https, _) => {
                 if let Some(http) = self.http {
                     Box::pin(http::serve(http, self.sessions, tcp, peer)).await;

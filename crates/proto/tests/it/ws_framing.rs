@@ -15,12 +15,14 @@ use outpost_proto::s2s::{
     AuthMethod, DialbackVerdict, Event, S2sConfig, S2sIncoming, S2sOutgoing, Transport,
     dialback_key,
 };
-use outpost_proto::xml::{Limits, XmlError, stream_header};
+use outpost_proto::stanza::name;
+use outpost_proto::xml::{Limits, XmlError, stream_header, write_stanza};
 
 const A: &str = "a.example";
 const B: &str = "b.example";
 const SECRET_A: &str = "a-dialback-secret";
 const NS_SERVER: &str = "jabber:server";
+const NS_CLIENT: &str = "jabber:client";
 
 fn limits() -> Limits {
     Limits {
@@ -463,4 +465,90 @@ fn the_messages_a_connection_ends_with_are_one_element_each() {
     assert!(error.is("error", "http://etherx.jabber.org/streams"));
     assert!(error.has_child("bad-format", "urn:ietf:params:xml:ns:xmpp-streams"));
     assert!(parse_message(&close_element()).is("close", NS_FRAMING));
+}
+
+/// What a client's stream machine writes, as it writes it: a header, features with the
+/// stream prefix, stanzas from `write_stanza` (attribute values holding `>`, `/>` and the
+/// other quote), a raw `<a/>`, whitespace, a restart, and the close.
+fn client_stream_output() -> Vec<u8> {
+    let mut out = stream_header(NS_CLIENT, A, None, "s1", Some("en")).into_bytes();
+    out.extend_from_slice(
+        b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+          <mechanism>SCRAM-SHA-1</mechanism></mechanisms></stream:features>",
+    );
+    out.extend_from_slice(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    out.extend_from_slice(stream_header(NS_CLIENT, A, None, "s2", None).as_bytes());
+    let message = Element::builder("message", NS_CLIENT)
+        .attr(name("to"), "b@a.example/r")
+        .attr(name("id"), "x>y/>'\"")
+        .append(
+            Element::builder("body", NS_CLIENT)
+                .append("1 < 2 > 0 /> <b>")
+                .build(),
+        )
+        .append(Element::builder("active", "http://jabber.org/protocol/chatstates").build())
+        .build();
+    write_stanza(&message, &mut out).expect("serialise");
+    out.extend_from_slice(b"\n <a xmlns='urn:xmpp:sm:3' h='7'/>");
+    out.extend_from_slice(
+        b"<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+    );
+    out.extend_from_slice(b"</stream:stream>");
+    out
+}
+
+#[test]
+fn outbound_finds_every_element_wherever_the_writes_are_cut() {
+    let bytes = client_stream_output();
+    let whole = WsFraming::new(NS_CLIENT, limits())
+        .outbound(&bytes)
+        .expect("frame");
+    let shapes: Vec<(String, String)> = whole
+        .iter()
+        .map(|m| {
+            let el = parse_message(m);
+            (el.name().to_owned(), el.ns())
+        })
+        .collect();
+    let expected = [
+        ("open", NS_FRAMING),
+        ("features", "http://etherx.jabber.org/streams"),
+        ("success", "urn:ietf:params:xml:ns:xmpp-sasl"),
+        ("open", NS_FRAMING),
+        ("message", NS_CLIENT),
+        ("a", "urn:xmpp:sm:3"),
+        ("error", "http://etherx.jabber.org/streams"),
+        ("close", NS_FRAMING),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(n, ns)| ((*n).to_owned(), (*ns).to_owned()))
+        .collect();
+    assert_eq!(shapes, expected);
+    let message = parse_message(&whole[4]);
+    assert_eq!(message.attr("id"), Some("x>y/>'\""));
+    assert_eq!(
+        message.get_child("body", NS_CLIENT).map(Element::text),
+        Some("1 < 2 > 0 /> <b>".to_owned())
+    );
+    assert_eq!(parse_message(&whole[3]).attr("id"), Some("s2"));
+
+    for cut in 0..=bytes.len() {
+        let mut f = WsFraming::new(NS_CLIENT, limits());
+        let (first, second) = bytes.split_at(cut);
+        let mut messages = f.outbound(first).expect("frame");
+        messages.extend(f.outbound(second).expect("frame"));
+        assert_eq!(messages, whole, "cut at byte {cut}");
+    }
+}
+
+#[test]
+fn outbound_refuses_what_no_machine_writes() {
+    for bad in ["<!-- note -->", "<?php ?>", "<![CDATA[x]]>"] {
+        let mut f = framer();
+        let header = stream_header(NS_SERVER, A, Some(B), "s", None);
+        f.outbound(header.as_bytes()).expect("header");
+        let e = f.outbound(bad.as_bytes()).expect_err(bad);
+        assert_eq!(e.condition(), "internal-server-error", "{bad}");
+    }
 }

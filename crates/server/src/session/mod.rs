@@ -215,30 +215,28 @@ pub(crate) async fn serve(env: Arc<Env>, tcp: TcpStream, peer: SocketAddr, trans
 
 /// Serves one client stream over a WebSocket the HTTP service accepted (TLS done there),
 /// until it ends: the same session as on a direct TLS connection.
-pub(crate) async fn serve_websocket(env: Arc<Env>, conn: crate::c2s_ws::WsConn, peer: SocketAddr) {
+pub(crate) async fn serve_websocket(
+    env: Arc<Env>,
+    conn: Box<crate::c2s_ws::WsConn>,
+    peer: SocketAddr,
+) {
     let span =
         tracing::info_span!("c2s", %peer, transport = "websocket", jid = tracing::field::Empty);
-    Box::pin(start(
-        env,
-        Conn::Ws(Box::new(conn)),
-        peer,
-        Transport::DirectTls,
-        None,
-    ))
-    .instrument(span)
-    .await
+    Box::pin(start(env, Conn::Ws(conn), peer, Transport::DirectTls, None))
+        .instrument(span)
+        .await
 }
 
 /// Serves the stream of an API session (see `api`): its user was authenticated by the
 /// HTTP API's token, so the stream starts at resource binding.
 pub(crate) async fn serve_api(
     env: Arc<Env>,
-    conn: crate::c2s_ws::WsConn,
+    conn: Box<crate::c2s_ws::WsConn>,
     peer: SocketAddr,
     user: BareJid,
 ) {
     let span = tracing::info_span!("c2s", %peer, transport = "api", jid = tracing::field::Empty);
-    let conn = Conn::Ws(Box::new(conn));
+    let conn = Conn::Ws(conn);
     Box::pin(start(env, conn, peer, Transport::DirectTls, Some(user)))
         .instrument(span)
         .await
@@ -253,54 +251,67 @@ async fn start(
     transport: Transport,
     user: Option<BareJid>,
 ) {
-    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let id = env.next_session.fetch_add(1, Ordering::Relaxed);
-    let now = env.config();
-    // On a hub, its sites' domains too: whether it serves them is decided at login.
-    let mut domains = now.domains.clone();
-    domains.extend(env.delivery.standby().sites().iter().cloned());
-    let config = C2sConfig {
-        domains,
-        transport,
-        allow_plaintext_auth: now.auth.allow_plaintext_without_tls,
-        registration: now.registration_enabled(),
-        limits: outpost_proto::xml::Limits {
-            max_stanza_bytes: now.limits.max_stanza_bytes,
-            max_depth: now.limits.max_depth,
-        },
-        max_auth_attempts: 3,
-        stream_management: now.stream_management.enabled,
-    };
-    let mut proto = C2sStream::new(config, crate::ids::random_id(16));
-    if let Some(user) = &user {
-        proto.authenticated_externally(user.clone());
-    }
-    // The session lives in its own allocation; the task holds only the loop's state.
-    let session = Box::new(Session {
-        proto,
-        env,
-        id,
-        peer,
-        tx,
-        user,
-        jid: None,
-        available: false,
-        priority: 0,
-        presence: None,
-        directed: HashSet::new(),
-        roster: HashMap::new(),
-        roster_interested: false,
-        blocklist: Arc::new(Vec::new()),
-        blocklist_interested: false,
-        offline_pending: None,
-        offline_claimed: false,
-        ping_outstanding: false,
-        accepted: Accepted::default(),
-        detached: false,
-        csi: Csi::default(),
-        avatar_hash: None,
-    });
+    let (session, rx) = Session::new(env, peer, transport, user);
     session.run(conn, rx).await;
+}
+
+impl Session {
+    /// A session that has read nothing yet. Not async, so the stream machine it builds
+    /// (over a kilobyte) never sits in the task's future beside the session that owns it.
+    fn new(
+        env: Arc<Env>,
+        peer: SocketAddr,
+        transport: Transport,
+        user: Option<BareJid>,
+    ) -> (Box<Session>, SessionRx) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let id = env.next_session.fetch_add(1, Ordering::Relaxed);
+        let now = env.config();
+        // On a hub, its sites' domains too: whether it serves them is decided at login.
+        let mut domains = now.domains.clone();
+        domains.extend(env.delivery.standby().sites().iter().cloned());
+        let config = C2sConfig {
+            domains,
+            transport,
+            allow_plaintext_auth: now.auth.allow_plaintext_without_tls,
+            registration: now.registration_enabled(),
+            limits: outpost_proto::xml::Limits {
+                max_stanza_bytes: now.limits.max_stanza_bytes,
+                max_depth: now.limits.max_depth,
+            },
+            max_auth_attempts: 3,
+            stream_management: now.stream_management.enabled,
+        };
+        let mut proto = C2sStream::new(config, crate::ids::random_id(16));
+        if let Some(user) = &user {
+            proto.authenticated_externally(user.clone());
+        }
+        let session = Box::new(Session {
+            proto,
+            env,
+            id,
+            peer,
+            tx,
+            user,
+            jid: None,
+            available: false,
+            priority: 0,
+            presence: None,
+            directed: HashSet::new(),
+            roster: HashMap::new(),
+            roster_interested: false,
+            blocklist: Arc::new(Vec::new()),
+            blocklist_interested: false,
+            offline_pending: None,
+            offline_claimed: false,
+            ping_outstanding: false,
+            accepted: Accepted::default(),
+            detached: false,
+            csi: Csi::default(),
+            avatar_hash: None,
+        });
+        (session, rx)
+    }
 }
 
 struct Session {
@@ -455,6 +466,9 @@ impl Session {
             return end;
         }
         let sleep = tokio::time::sleep_until(clock.armed);
+        // What each branch does below is boxed while it runs: an idle session waits in
+        // the `select!`, and its task should be the size of that wait (about 700 bytes),
+        // not of the largest handler (over a kilobyte), for as long as it stays connected.
         tokio::pin!(sleep);
 
         loop {
@@ -480,7 +494,7 @@ impl Session {
                     drain_now = true;
                 }
                 () = std::future::ready(()), if drain_now => {
-                    let (n, more) = match self.drain(conn).await {
+                    let (n, more) = match Box::pin(self.drain(conn)).await {
                         Ok(r) => r,
                         Err(end) => return end,
                     };
@@ -498,18 +512,18 @@ impl Session {
                 }
                 // What the client wrote is committed: a failure is told at once.
                 () = self.accepted.oldest_done(), if !self.accepted.is_empty() => {
-                    if let Some(end) = self.flush(conn).await {
+                    if let Some(end) = Box::pin(self.flush(conn)).await {
                         return end;
                     }
                 }
                 msg = rx.recv(), if window_open => {
                     let Some(msg) = msg else { return End::Io };
-                    if let Some(end) = self.inbox(*msg, rx, conn).await {
+                    if let Some(end) = Box::pin(self.inbox(*msg, rx, conn)).await {
                         return end;
                     }
                 }
                 () = &mut sleep => {
-                    if let Some(end) = self.on_timer(&mut clock, conn).await {
+                    if let Some(end) = Box::pin(self.on_timer(&mut clock, conn)).await {
                         return end;
                     }
                     sleep.as_mut().reset(clock.armed);
