@@ -379,29 +379,36 @@ fn scan_unit(data: &[u8]) -> Result<Unit, &'static str> {
             verbatim,
         });
     }
+    Ok(match element_end(data, first.len)? {
+        Some(len) => Unit::Element { len, verbatim },
+        None => Unit::Incomplete,
+    })
+}
+
+/// Where the element whose start tag ends at `at` ends; `None` if it is not all written.
+fn element_end(data: &[u8], mut at: usize) -> Result<Option<usize>, &'static str> {
     let mut depth = 1usize;
-    let mut at = first.len;
     loop {
         let Some(lt) = data
             .get(at..)
             .and_then(|r| r.iter().position(|&b| b == b'<'))
         else {
-            return Ok(Unit::Incomplete);
+            return Ok(None);
         };
         at += lt;
         let rest = data.get(at..).unwrap_or_default();
         if rest.starts_with(b"</") {
             let Some(gt) = rest.iter().position(|&b| b == b'>') else {
-                return Ok(Unit::Incomplete);
+                return Ok(None);
             };
             at += gt + 1;
             depth -= 1;
             if depth == 0 {
-                return Ok(Unit::Element { len: at, verbatim });
+                return Ok(Some(at));
             }
         } else {
             let Some(tag) = start_tag(rest)? else {
-                return Ok(Unit::Incomplete);
+                return Ok(None);
             };
             at += tag.len;
             if !tag.empty {
