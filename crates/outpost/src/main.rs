@@ -1,6 +1,6 @@
 //! The `outpost` binary: runs the server (`outpost serve`), administers accounts
 //! (`outpost user …`), inspects the configuration (`outpost config …`) and the links to
-//! other servers (`outpost admin links`).
+//! other servers (`outpost admin links`), and is a client (`outpost chat`).
 //!
 //! This is the only place that reads arguments, the environment and files, and the only
 //! place that installs a tracing subscriber; the libraries take a typed
@@ -10,6 +10,7 @@
 //! been bound or written then), 1 for any other failure.
 
 mod admin;
+mod chat;
 mod control;
 mod load;
 mod logs;
@@ -51,6 +52,8 @@ enum Command {
     /// Check or print the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Chat as a user: Outpost's own client (`--headless`: JSON lines for scripts).
+    Chat(chat::ChatArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Command::User(command) => user::run(command),
         Command::Admin(command) => admin::run(command),
         Command::Config(command) => config_command(command),
+        Command::Chat(args) => chat::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

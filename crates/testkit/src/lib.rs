@@ -2,11 +2,9 @@
 //! share, so that it exists once. Not published; a development dependency everywhere but in
 //! `outpost-bench`.
 //!
-//! Always here, with no dependency on Outpost's own crates (all the load generator takes):
-//! - [`scram`]: the client side of SCRAM-SHA-1 and SCRAM-SHA-256 (client-first, the
-//!   client-final with its proof, the server signature to expect), written from RFC 5802
-//!   independently of the server's SASL code, with the salted password as a separate step
-//!   so a client can cache it (RFC 5802 §5.1).
+//! Always here, with no dependency on the server (all the load generator takes):
+//! - [`scram`]: the client side of SCRAM-SHA-1 and SCRAM-SHA-256, `outpost-client`'s
+//!   (written from RFC 5802 independently of the server's SASL code).
 //! - [`tls`]: TLS client configurations: one that trusts a given certificate, and one that
 //!   accepts any (for the load generator, which measures servers on loopback).
 //!
@@ -37,10 +35,10 @@
 //! serve` processes (it needs the binary Cargo builds only for `outpost`'s own tests); and
 //! the sans-IO transcript helpers of `outpost-proto`'s tests, which use no sockets at all.
 
-pub mod scram;
 pub mod tls;
 
-pub use scram::{Scram, ScramClient};
+pub use outpost_client::scram;
+pub use outpost_client::scram::{Scram, ScramClient};
 
 #[cfg(feature = "client")]
 pub mod blocking;

@@ -4,6 +4,7 @@
 
 mod admin_links;
 mod admin_replication;
+mod chat;
 mod cli;
 mod common;
 mod durability;

@@ -1,0 +1,110 @@
+//! What the client tells its user, and what the user asks of it. Both serialise to the
+//! one-JSON-object-per-line contract of `outpost chat --headless`: events carry their
+//! kind in `event`, commands in `cmd`.
+
+use serde::{Deserialize, Serialize};
+
+/// How a conversation's messages travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    /// Over a direct link between the two clients.
+    Direct,
+    /// Through the servers.
+    Server,
+}
+
+/// How far a message we sent has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    /// Our server has it (it acknowledged it, XEP-0198, after storing it).
+    Queued,
+    /// A hub took it on for a server that is away.
+    Relayed,
+    /// The contact's client has it (XEP-0184).
+    Delivered,
+    /// The contact has seen it (XEP-0333).
+    Read,
+}
+
+/// Something that happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub enum Event {
+    /// Logged in at `server`; `why` says why this one (`home`, `failover`, `returned`,
+    /// `redirected`) and `resumed` whether the previous session went on.
+    Connected {
+        server: String,
+        jid: String,
+        why: String,
+        resumed: bool,
+    },
+    /// The connection to `server` ended; the client is reconnecting.
+    Disconnected { server: String, reason: String },
+    /// A chat message from a contact.
+    Message {
+        from: String,
+        body: String,
+        id: String,
+        path: Path,
+        /// When it was sent, if it was delayed (RFC 3339).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stamp: Option<String>,
+    },
+    /// A message one of our other clients sent (XEP-0280).
+    Sent {
+        to: String,
+        body: String,
+        id: String,
+    },
+    /// A contact came online or went away.
+    Presence { from: String, available: bool },
+    /// Someone asks to see our presence; `add` approves.
+    Subscription { from: String },
+    /// A message we sent got further.
+    Delivery { id: String, state: DeliveryState },
+    /// The path a conversation now takes.
+    Path { with: String, path: Path },
+    /// The roster, in answer to the `roster` command or after it changed.
+    Roster { items: Vec<RosterItem> },
+    /// Something failed; the text says what.
+    Error { text: String },
+}
+
+/// One contact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RosterItem {
+    pub jid: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `none`, `to`, `from` or `both` (RFC 6121 §2.1.2.5).
+    pub subscription: String,
+    /// A request of ours waits for their answer.
+    pub pending: bool,
+    pub available: bool,
+}
+
+/// What the user asks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Command {
+    /// Send a chat message; its `id` comes back in `delivery` events (one is chosen when
+    /// none is given).
+    Send {
+        to: String,
+        body: String,
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// Ask to see `jid`'s presence, or approve their request.
+    Add { jid: String },
+    /// Stop sharing presence with `jid` and remove them.
+    Remove { jid: String },
+    /// Emit the roster.
+    Roster,
+    /// Tell `to` that their message `id` was read (XEP-0333).
+    Read { to: String, id: String },
+    /// Log out and stop.
+    Quit,
+}

@@ -1,0 +1,400 @@
+//! The client library against real servers on loopback (`TestServer`): chatting with
+//! receipts and read markers, subscriptions and presence, resumption after a cut,
+//! catch-up after the server lost the session, failover to the next server and back,
+//! and a certificate that is not the one pinned.
+
+use std::path::Path;
+use std::time::Duration;
+
+use outpost_client::{Client, Command, Config, DeliveryState, Event, Server, Trust};
+use outpost_testkit::TestServer;
+use outpost_testkit::relay::Relay;
+use tokio::sync::mpsc::Receiver;
+
+/// How long a test waits for an event it expects. Failover and returning home take a
+/// few of the client's 5-second ticks.
+const WAIT: Duration = Duration::from_secs(30);
+const PASSWORD: &str = "correct horse";
+
+struct User {
+    client: Client,
+    events: Receiver<Event>,
+    /// Events passed over while waiting for others.
+    seen: Vec<Event>,
+}
+
+impl User {
+    fn start(jid: &str, servers: &[String], pins: &Path) -> User {
+        let config = Config {
+            jid: jid.to_owned(),
+            password: PASSWORD.to_owned(),
+            servers: servers
+                .iter()
+                .map(|a| a.parse::<Server>().expect("address"))
+                .collect(),
+            resource: "test".to_owned(),
+            trust: Trust::Pinned(pins.join("known_servers")),
+        };
+        let (client, events) = Client::start(config).expect("client starts");
+        User {
+            client,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The first event `pred` accepts, among those passed over before or the next ones;
+    /// the others are kept in `seen`.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Event) -> bool) -> Event {
+        if let Some(at) = self.seen.iter().position(&pred) {
+            return self.seen.remove(at);
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) if pred(&event) => return event,
+                Ok(Some(event)) => self.seen.push(event),
+                Ok(None) => panic!(
+                    "the client stopped while waiting for {what}; saw {:?}",
+                    self.seen
+                ),
+                Err(_) => panic!("no {what} within {WAIT:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    async fn connected(&mut self) -> (String, String, bool) {
+        match self
+            .wait_for("connected", |e| matches!(e, Event::Connected { .. }))
+            .await
+        {
+            Event::Connected {
+                server,
+                why,
+                resumed,
+                ..
+            } => (server, why, resumed),
+            _ => unreachable!(),
+        }
+    }
+
+    async fn send(&self, to: &str, body: &str, id: &str) {
+        assert!(
+            self.client
+                .command(Command::Send {
+                    to: to.to_owned(),
+                    body: body.to_owned(),
+                    id: Some(id.to_owned()),
+                })
+                .await
+        );
+    }
+
+    async fn delivery(&mut self, id: &str, state: DeliveryState) {
+        self.wait_for(
+            &format!("{id} {state:?}"),
+            |e| matches!(e, Event::Delivery { id: i, state: s } if i == id && *s == state),
+        )
+        .await;
+    }
+
+    async fn message(&mut self, body: &str) -> Event {
+        self.wait_for(
+            &format!("message {body:?}"),
+            |e| matches!(e, Event::Message { body: b, .. } if b == body),
+        )
+        .await
+    }
+
+    /// How many times a message with this body was shown, among the events seen so far.
+    fn shown(&self, body: &str) -> usize {
+        self.seen
+            .iter()
+            .filter(|e| matches!(e, Event::Message { body: b, .. } if b == body))
+            .count()
+    }
+}
+
+async fn server_with_users(users: &[&str]) -> TestServer {
+    let server = TestServer::start().await;
+    for user in users {
+        server.add_user(user, PASSWORD).await;
+    }
+    server
+}
+
+/// Makes `a` and `b` friends through the clients' own commands.
+async fn befriend(a: &mut User, a_jid: &str, b: &mut User, b_jid: &str) {
+    a.client
+        .command(Command::Add {
+            jid: b_jid.to_owned(),
+        })
+        .await;
+    b.wait_for(
+        "a subscription request",
+        |e| matches!(e, Event::Subscription { from } if from == a_jid),
+    )
+    .await;
+    b.client
+        .command(Command::Add {
+            jid: a_jid.to_owned(),
+        })
+        .await;
+    a.wait_for(
+        "a subscription request back",
+        |e| matches!(e, Event::Subscription { from } if from == b_jid),
+    )
+    .await;
+    a.client
+        .command(Command::Add {
+            jid: b_jid.to_owned(),
+        })
+        .await;
+    a.wait_for(
+        "the friend's presence",
+        |e| matches!(e, Event::Presence { from, available: true } if from == b_jid),
+    )
+    .await;
+    b.wait_for(
+        "the friend's presence",
+        |e| matches!(e, Event::Presence { from, available: true } if from == a_jid),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn friends_chat_with_receipts_and_read_markers() {
+    let server = server_with_users(&["alice", "bob"]).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    let mut alice = User::start(
+        "alice@localhost",
+        &[server.starttls.to_string()],
+        pins.path(),
+    );
+    let mut bob = User::start(
+        "bob@localhost",
+        &[format!("tls://{}", server.direct_tls)],
+        pins.path(),
+    );
+    let (_, why, resumed) = alice.connected().await;
+    assert_eq!((why.as_str(), resumed), ("home", false));
+    bob.connected().await;
+    befriend(&mut alice, "alice@localhost", &mut bob, "bob@localhost").await;
+
+    alice.send("bob@localhost", "hello <bob> & co", "m1").await;
+    alice.delivery("m1", DeliveryState::Queued).await;
+    let Event::Message { from, id, path, .. } = bob.message("hello <bob> & co").await else {
+        unreachable!()
+    };
+    assert_eq!((from.as_str(), id.as_str()), ("alice@localhost", "m1"));
+    assert_eq!(path, outpost_client::Path::Server);
+    alice.delivery("m1", DeliveryState::Delivered).await;
+    bob.client
+        .command(Command::Read {
+            to: "alice@localhost".to_owned(),
+            id: "m1".to_owned(),
+        })
+        .await;
+    alice.delivery("m1", DeliveryState::Read).await;
+
+    // The roster shows the friendship both ways (asked now, not as it was pushed
+    // during the exchange).
+    alice.seen.retain(|e| !matches!(e, Event::Roster { .. }));
+    alice.client.command(Command::Roster).await;
+    let Event::Roster { items } = alice
+        .wait_for(
+            "the roster",
+            |e| matches!(e, Event::Roster { items } if !items.is_empty()),
+        )
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].jid, "bob@localhost");
+    assert_eq!(items[0].subscription, "both");
+    assert!(items[0].available);
+}
+
+#[tokio::test]
+async fn a_cut_connection_resumes_and_nothing_is_lost_or_repeated() {
+    let server = server_with_users(&["alice", "bob"]).await;
+    let relay = Relay::start(server.starttls).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    let mut alice = User::start("alice@localhost", &[relay.addr.to_string()], pins.path());
+    let mut bob = User::start("bob@localhost", &[server.starttls.to_string()], pins.path());
+    alice.connected().await;
+    bob.connected().await;
+    bob.send("alice@localhost", "before the cut", "b1").await;
+    alice.message("before the cut").await;
+
+    relay.cut();
+    alice
+        .wait_for("the disconnection", |e| {
+            matches!(e, Event::Disconnected { .. })
+        })
+        .await;
+    bob.send("alice@localhost", "during the cut", "b2").await;
+    bob.delivery("b2", DeliveryState::Queued).await;
+    relay.heal();
+    let (_, _, resumed) = alice.connected().await;
+    assert!(resumed, "the session was resumed");
+    alice.message("during the cut").await;
+
+    // Anything else still on its way has arrived once alice's next message is queued:
+    // the server answers in order.
+    alice.send("bob@localhost", "after", "a1").await;
+    alice.delivery("a1", DeliveryState::Queued).await;
+    assert_eq!(
+        alice.shown("before the cut"),
+        0,
+        "shown again: {:?}",
+        alice.seen
+    );
+    assert_eq!(
+        alice.shown("during the cut"),
+        0,
+        "shown twice: {:?}",
+        alice.seen
+    );
+}
+
+#[tokio::test]
+async fn after_a_server_restart_the_archive_fills_the_gap_without_repeats() {
+    let port = free_port();
+    let mut server = TestServer::start_with(|c| {
+        c.listen.c2s = vec![format!("127.0.0.1:{port}").parse().expect("addr")];
+    })
+    .await;
+    server.add_user("alice", PASSWORD).await;
+    server.add_user("bob", PASSWORD).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    let mut alice = User::start(
+        "alice@localhost",
+        &[server.starttls.to_string()],
+        pins.path(),
+    );
+    alice.connected().await;
+    let mut bob = server.login("bob", PASSWORD, "raw").await;
+    bob.send(&outpost_testkit::chat("alice@localhost", "first"))
+        .await;
+    alice.message("first").await;
+
+    // The restart loses the session: alice logs in afresh and asks the archive.
+    server.restart().await;
+    alice
+        .wait_for("the disconnection", |e| {
+            matches!(e, Event::Disconnected { .. })
+        })
+        .await;
+    let mut bob = server.login("bob", PASSWORD, "raw").await;
+    bob.send(&outpost_testkit::chat("alice@localhost", "while away"))
+        .await;
+    bob.barrier().await;
+    let (_, _, resumed) = alice.connected().await;
+    assert!(!resumed);
+    alice.message("while away").await;
+    alice.send("bob@localhost", "back", "a1").await;
+    alice.delivery("a1", DeliveryState::Queued).await;
+    assert_eq!(alice.shown("first"), 0, "repeated: {:?}", alice.seen);
+    assert_eq!(
+        alice.shown("while away"),
+        0,
+        "shown twice: {:?}",
+        alice.seen
+    );
+}
+
+#[tokio::test]
+async fn the_client_fails_over_to_the_next_server_and_returns_home() {
+    let home_port = free_port();
+    let mut home = TestServer::start_with(|c| {
+        c.listen.c2s = vec![format!("127.0.0.1:{home_port}").parse().expect("addr")];
+    })
+    .await;
+    let standby = server_with_users(&["alice", "bob"]).await;
+    home.add_user("alice", PASSWORD).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    let mut alice = User::start(
+        "alice@localhost",
+        &[home.starttls.to_string(), standby.starttls.to_string()],
+        pins.path(),
+    );
+    let (server, why, _) = alice.connected().await;
+    assert_eq!((server, why.as_str()), (home.starttls.to_string(), "home"));
+
+    home.stop().await;
+    let (server, why, _) = alice.connected().await;
+    assert_eq!(
+        (server, why.as_str()),
+        (standby.starttls.to_string(), "failover")
+    );
+    let mut bob = standby.login("bob", PASSWORD, "raw").await;
+    bob.send(&outpost_testkit::chat("alice@localhost", "on the standby"))
+        .await;
+    alice.message("on the standby").await;
+
+    home.restart().await;
+    let (server, why, _) = alice.connected().await;
+    assert_eq!(
+        (server, why.as_str()),
+        (home.starttls.to_string(), "returned")
+    );
+}
+
+#[tokio::test]
+async fn a_server_showing_another_certificate_than_the_pinned_one_is_refused() {
+    let server = server_with_users(&["alice"]).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        pins.path().join("known_servers"),
+        format!("{} {}\n", server.starttls, "00".repeat(32)),
+    )
+    .expect("write pins");
+    let mut alice = User::start(
+        "alice@localhost",
+        &[server.starttls.to_string()],
+        pins.path(),
+    );
+    let Event::Error { text } = alice
+        .wait_for("an error", |e| matches!(e, Event::Error { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(text.contains("not the one seen before"), "{text}");
+    assert!(text.contains(&server.starttls.to_string()), "{text}");
+    alice.client.command(Command::Quit).await;
+    while let Some(event) = alice.events.recv().await {
+        assert!(
+            !matches!(event, Event::Connected { .. }),
+            "connected despite the pin: {event:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_first_certificate_is_pinned_after_a_login() {
+    let server = server_with_users(&["alice"]).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    let mut alice = User::start(
+        "alice@localhost",
+        &[server.starttls.to_string()],
+        pins.path(),
+    );
+    alice.connected().await;
+    let text = std::fs::read_to_string(pins.path().join("known_servers")).expect("pins");
+    let fingerprint = server.identity.fingerprint().expect("fingerprint");
+    let expected: String = fingerprint
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(text, format!("{} {expected}\n", server.starttls));
+}
+
+/// A loopback port nothing listens on now, for a server that must come back on it.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}

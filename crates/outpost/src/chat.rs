@@ -1,0 +1,142 @@
+//! `outpost chat`: Outpost's own client, on `outpost-client`.
+//!
+//! `--headless` is the mode for scripts (and tests): the password is the first line of
+//! standard input, then one JSON command per line (`{"cmd":"send","to":…,"body":…}`,
+//! `add`, `remove`, `roster`, `read`, `quit`); every event is one JSON object per line on
+//! standard output (`connected`, `disconnected`, `message`, `sent`, `presence`,
+//! `subscription`, `delivery`, `path`, `roster`, `error`). A line that is not a command
+//! gets an `error` event and nothing else happens; the end of input quits.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use outpost_client::{Client, Command, Config, Event, Server, Trust};
+use tokio::io::AsyncBufReadExt as _;
+
+#[derive(Args, Debug)]
+pub(crate) struct ChatArgs {
+    /// Read commands as JSON lines on standard input and write events as JSON lines.
+    #[arg(long)]
+    headless: bool,
+    /// The account, user@domain.
+    #[arg(long)]
+    jid: String,
+    /// A server to log on to, HOST:PORT (STARTTLS; on 5223 and 443 TLS from the first
+    /// byte; `tls://HOST:PORT` for that on any port); repeat it for more, in order of
+    /// preference. Without it: the account's domain, port 5222.
+    #[arg(long = "server", value_name = "HOST:PORT")]
+    servers: Vec<Server>,
+    /// No peer-to-peer links: every message goes through the servers.
+    #[arg(long)]
+    no_p2p: bool,
+    /// The resource name (a random suffix is added per login).
+    #[arg(long, default_value = "outpost")]
+    resource: String,
+    /// Trust servers whose certificates this authority (PEM file) signed, instead of
+    /// pinning the certificate each server shows first.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Where pinned certificates are kept. Default: $XDG_STATE_HOME/outpost (or
+    /// ~/.local/state/outpost).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
+    if !args.headless {
+        bail!(
+            "the terminal interface is not available yet; use --headless (JSON lines on \
+             standard input and output)"
+        );
+    }
+    let trust = match &args.ca {
+        Some(file) => Trust::Authority(
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
+        ),
+        None => Trust::Pinned(state_dir(args.state_dir.clone())?.join("known_servers")),
+    };
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .context("reading the password from standard input")?;
+    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    let config = Config {
+        jid: args.jid,
+        password,
+        servers: args.servers,
+        resource: args.resource,
+        trust,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let result = runtime.block_on(headless(config));
+    // Standard input is read on a blocking thread that a pending read keeps busy: do not
+    // wait for it.
+    runtime.shutdown_background();
+    result
+}
+
+fn state_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir);
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return Ok(PathBuf::from(state).join("outpost"));
+    }
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state/outpost")),
+        None => bail!("no HOME to keep pinned certificates under; give --state-dir or --ca"),
+    }
+}
+
+async fn headless(config: Config) -> anyhow::Result<()> {
+    let (client, mut events) = Client::start(config)?;
+    let input = tokio::spawn(read_commands(client));
+    while let Some(event) = events.recv().await {
+        print_event(&event)?;
+    }
+    input.abort();
+    Ok(())
+}
+
+/// Hands each line of standard input to the client; the end of input quits.
+async fn read_commands(client: Client) {
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Command>(&line) {
+            Ok(command) => {
+                if !client.command(command).await {
+                    return;
+                }
+            }
+            Err(e) => {
+                let text = format!("not a command ({e}): {}", truncate(&line, 200));
+                // Printed here: the client never saw it.
+                let _ = print_event(&Event::Error { text });
+            }
+        }
+    }
+    client.command(Command::Quit).await;
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn print_event(event: &Event) -> anyhow::Result<()> {
+    let line = serde_json::to_string(event)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
