@@ -46,6 +46,11 @@ if [[ -n "$runtime" ]]; then
 fi
 
 step "cargo test"
+# The terminal interface of `outpost chat` is driven in tmux (crates/outpost/tests/it/chat.rs).
+if ! command -v tmux >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null; }
+fi
 cargo test --workspace --locked
 
 step "systemd unit (contrib/outpost.service)"

@@ -147,7 +147,7 @@ fn headless_clients_befriend_and_chat_with_delivery_states() {
     alice.event("delivery", &json!({"id": id, "state": "queued"}));
     alice.event("delivery", &json!({"id": id, "state": "delivered"}));
 
-    bob.stdin.write_all(b"{not json\n").expect("write");
+    bob.stdin.write_all(b"[not json\n").expect("write");
     let error = bob.event("error", &json!({}));
     assert!(
         error["text"]
@@ -196,4 +196,151 @@ fn a_headless_client_moves_to_the_next_server_when_its_own_is_killed() {
         "message",
         &json!({"from": jid("bob"), "body": "over the hub"}),
     );
+}
+
+/// `outpost chat` (the terminal interface) in a tmux session of its own server.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        let socket = format!("outpost-test-{}-{}", std::process::id(), line!());
+        let status = Command::new("tmux")
+            .args([
+                "-L",
+                &socket,
+                "new-session",
+                "-d",
+                "-x",
+                "120",
+                "-y",
+                "30",
+                "-s",
+                "chat",
+            ])
+            .arg(command)
+            .status()
+            .expect("run tmux");
+        assert!(status.success(), "tmux new-session failed");
+        Tmux { socket }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let status = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "chat"])
+            .args(keys)
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
+    }
+
+    /// Types `text` literally, then Enter.
+    fn line(&self, text: &str) {
+        self.keys(&["-l", text]);
+        self.keys(&["Enter"]);
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "chat"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn running(&self) -> bool {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", "chat"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Waits until the screen shows `text`. The screen announces nothing, so this looks
+    /// again until a deadline: the one observation a terminal offers.
+    fn wait_for(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {text:?}; it shows:\n{screen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+fn the_terminal_interface_befriends_and_chats_in_tmux() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = Server::start(
+        dir.path(),
+        DOMAIN,
+        "127.0.0.1:0".parse().expect("addr"),
+        &[],
+    );
+    register(server.c2s, DOMAIN, "alice");
+    register(server.c2s, DOMAIN, "bob");
+    let tui = Tmux::start(&format!(
+        "{} chat --jid {} --server {} --state-dir {}",
+        env!("CARGO_BIN_EXE_outpost"),
+        jid("alice"),
+        server.c2s,
+        dir.path().display()
+    ));
+    tui.wait_for("password for alice@chat.test");
+    tui.line("pw");
+    tui.wait_for(&format!("on {} (home server)", server.c2s));
+
+    let mut bob = Chat::start("bob", &[server.c2s], dir.path());
+    bob.event("connected", &json!({}));
+    bob.command(&json!({"cmd": "add", "jid": jid("alice")}));
+    tui.wait_for("? bob@chat.test asks to be friends");
+    tui.line("/add bob@chat.test");
+    bob.event("subscription", &json!({"from": jid("alice")}));
+    bob.command(&json!({"cmd": "add", "jid": jid("alice")}));
+    tui.wait_for("● bob@chat.test");
+
+    bob.command(&json!({"cmd": "send", "to": jid("alice"), "body": "hello from bob", "id": "b1"}));
+    tui.wait_for("them: hello from bob");
+    // Alice's conversation with Bob is open, so the message counts as read.
+    bob.event("delivery", &json!({"id": "b1", "state": "read"}));
+
+    tui.line("hi bob");
+    bob.event("message", &json!({"from": jid("alice"), "body": "hi bob"}));
+    tui.wait_for("me: hi bob  [delivered]");
+    tui.wait_for("through the servers");
+    // Kept as the test's artefact: what the user saw.
+    let screen = tui.screen();
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("outpost-chat-tui.txt"),
+        &screen,
+    )
+    .expect("keep the screen");
+    println!("{screen}");
+
+    tui.keys(&["Escape"]);
+    let deadline = Instant::now() + WAIT;
+    while tui.running() {
+        assert!(
+            Instant::now() < deadline,
+            "outpost chat did not quit:\n{}",
+            tui.screen()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

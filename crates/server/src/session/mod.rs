@@ -438,26 +438,43 @@ impl Session {
         }
     }
 
-    /// Serves the connection until it ends: reads the client, takes what others send,
-    /// keeps the timers. Stops taking from the channel while the client has as many
-    /// stanzas unacknowledged as allowed.
-    async fn serve(&mut self, conn: &mut Conn, rx: &mut SessionRx) -> End {
+    /// Whether the client may be sent more: fewer stanzas unacknowledged than allowed.
+    fn window_open(&self, max_unacked: usize) -> bool {
+        self.proto
+            .sm()
+            .is_none_or(|sm| sm.unacked_len() < max_unacked)
+    }
+
+    /// The clock and the read budget a connection starts with.
+    fn loop_state(&self) -> (Clock, ReadBudget) {
         let config = self.env.config();
         let limits = &config.limits;
-        let max_unacked = config.stream_management.max_unacked;
         let now = Instant::now();
-        let mut clock = Clock {
+        let clock = Clock {
             started: now,
             last_read: now,
             ping_interval: Duration::from_secs(limits.ping_interval_secs),
             idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
             armed: now + AUTH_TIMEOUT,
         };
-        let mut budget = ReadBudget::new(
+        let budget = ReadBudget::new(
             limits.read_rate_bytes_per_sec,
             limits.read_burst_bytes,
             std::time::Instant::now(),
         );
+        (clock, budget)
+    }
+
+    /// Serves the connection until it ends: reads the client, takes what others send,
+    /// keeps the timers. Stops taking from the channel while the client has as many
+    /// stanzas unacknowledged as allowed.
+    ///
+    /// What each branch does is boxed while it runs: an idle session waits in the
+    /// `select!`, and its task should be the size of that wait (about 700 bytes), not of
+    /// the largest handler (over a kilobyte), for as long as it stays connected.
+    async fn serve(&mut self, conn: &mut Conn, rx: &mut SessionRx) -> End {
+        let max_unacked = self.env.config().stream_management.max_unacked;
+        let (mut clock, mut budget) = self.loop_state();
         let shutdown = self.env.shutdown.clone();
         // Bytes may already be waiting in the TLS layer after a handshake (or be queued
         // for the client after a resumption), so the first turn reads without waiting.
@@ -466,9 +483,6 @@ impl Session {
             return end;
         }
         let sleep = tokio::time::sleep_until(clock.armed);
-        // What each branch does below is boxed while it runs: an idle session waits in
-        // the `select!`, and its task should be the size of that wait (about 700 bytes),
-        // not of the largest handler (over a kilobyte), for as long as it stays connected.
         tokio::pin!(sleep);
 
         loop {
@@ -477,10 +491,7 @@ impl Session {
                 clock.armed = due;
                 sleep.as_mut().reset(due);
             }
-            let window_open = self
-                .proto
-                .sm()
-                .is_none_or(|sm| sm.unacked_len() < max_unacked);
+            let window_open = self.window_open(max_unacked);
             tokio::select! {
                 () = shutdown.cancelled() => {
                     self.proto.close(Some("system-shutdown"), None);
@@ -494,20 +505,9 @@ impl Session {
                     drain_now = true;
                 }
                 () = std::future::ready(()), if drain_now => {
-                    let (n, more) = match Box::pin(self.drain(conn)).await {
-                        Ok(r) => r,
+                    match Box::pin(self.read_turn(conn, &mut clock, &mut budget)).await {
+                        Ok(more) => drain_now = more,
                         Err(end) => return end,
-                    };
-                    // A STARTTLS handshake happens inside `drain`, which then goes on
-                    // reading the TLS stream until it is empty, so nothing waits unseen.
-                    drain_now = more;
-                    if n > 0 {
-                        clock.last_read = Instant::now();
-                        self.ping_outstanding = false;
-                    }
-                    if let Some(wait) = budget.spend(n, std::time::Instant::now()) {
-                        // Over the read budget: stop reading for a while (RFC 6120 §13.12).
-                        tokio::time::sleep(wait).await;
                     }
                 }
                 // What the client wrote is committed: a failure is told at once.
@@ -530,6 +530,27 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Reads and handles what the client sent; `Ok(true)` when more is waiting. A
+    /// STARTTLS handshake happens inside `drain`, which then goes on reading the TLS
+    /// stream until it is empty, so nothing waits unseen.
+    async fn read_turn(
+        &mut self,
+        conn: &mut Conn,
+        clock: &mut Clock,
+        budget: &mut ReadBudget,
+    ) -> Result<bool, End> {
+        let (n, more) = self.drain(conn).await?;
+        if n > 0 {
+            clock.last_read = Instant::now();
+            self.ping_outstanding = false;
+        }
+        if let Some(wait) = budget.spend(n, std::time::Instant::now()) {
+            // Over the read budget: stop reading for a while (RFC 6120 §13.12).
+            tokio::time::sleep(wait).await;
+        }
+        Ok(more)
     }
 
     /// Handles a message from another session and whatever else is queued, so one write

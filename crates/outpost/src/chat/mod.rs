@@ -1,4 +1,5 @@
-//! `outpost chat`: Outpost's own client, on `outpost-client`.
+//! `outpost chat`: Outpost's own client, on `outpost-client`: a terminal interface
+//! ([`tui`]), or `--headless` for scripts.
 //!
 //! `--headless` is the mode for scripts (and tests): the password is the first line of
 //! standard input, then one JSON command per line (`{"cmd":"send","to":…,"body":…}`,
@@ -15,9 +16,12 @@ use clap::Args;
 use outpost_client::{Client, Command, Config, Event, Server, Trust};
 use tokio::io::AsyncBufReadExt as _;
 
+mod tui;
+
 #[derive(Args, Debug)]
 pub(crate) struct ChatArgs {
-    /// Read commands as JSON lines on standard input and write events as JSON lines.
+    /// Read commands as JSON lines on standard input and write events as JSON lines,
+    /// instead of the terminal interface.
     #[arg(long)]
     headless: bool,
     /// The account, user@domain.
@@ -45,23 +49,23 @@ pub(crate) struct ChatArgs {
 }
 
 pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
-    if !args.headless {
-        bail!(
-            "the terminal interface is not available yet; use --headless (JSON lines on \
-             standard input and output)"
-        );
-    }
     let trust = match &args.ca {
         Some(file) => Trust::Authority(
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
         ),
         None => Trust::Pinned(state_dir(args.state_dir.clone())?.join("known_servers")),
     };
-    let mut password = String::new();
-    std::io::stdin()
-        .read_line(&mut password)
-        .context("reading the password from standard input")?;
-    let password = password.trim_end_matches(['\r', '\n']).to_owned();
+    let password = if args.headless {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading the password from standard input")?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        rpassword::prompt_password(format!("password for {}: ", args.jid))
+            .context("reading the password")?
+    };
+    let me = args.jid.clone();
     let config = Config {
         jid: args.jid,
         password,
@@ -73,7 +77,14 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let result = runtime.block_on(headless(config));
+    let result = runtime.block_on(async {
+        let (client, events) = Client::start(config)?;
+        if args.headless {
+            headless(client, events).await
+        } else {
+            tui::run(client, events, &me).await
+        }
+    });
     // Standard input is read on a blocking thread that a pending read keeps busy: do not
     // wait for it.
     runtime.shutdown_background();
@@ -93,8 +104,10 @@ fn state_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-async fn headless(config: Config) -> anyhow::Result<()> {
-    let (client, mut events) = Client::start(config)?;
+async fn headless(
+    client: Client,
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+) -> anyhow::Result<()> {
     let input = tokio::spawn(read_commands(client));
     while let Some(event) = events.recv().await {
         print_event(&event)?;
