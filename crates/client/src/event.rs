@@ -68,8 +68,37 @@ pub enum Event {
     Path { with: String, path: Path },
     /// The roster, in answer to the `roster` command or after it changed.
     Roster { items: Vec<RosterItem> },
+    /// A page of a conversation's archive, oldest first, in answer to `history`;
+    /// `complete` when nothing older is left.
+    History {
+        with: String,
+        items: Vec<HistoryItem>,
+        complete: bool,
+    },
+    /// We are in a room (XEP-0045), under `nick`.
+    Joined { room: String, nick: String },
+    /// A message in a room; `mine` for our own, as the room reflects it.
+    Groupchat {
+        room: String,
+        from: String,
+        body: String,
+        id: String,
+        mine: bool,
+    },
     /// Something failed; the text says what.
     Error { text: String },
+}
+
+/// A message from the archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryItem {
+    pub from: String,
+    pub body: String,
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<String>,
+    /// Sent by us (from any of our clients).
+    pub mine: bool,
 }
 
 /// One contact.
@@ -105,6 +134,24 @@ pub enum Command {
     Roster,
     /// Tell `to` that their message `id` was read (XEP-0333).
     Read { to: String, id: String },
+    /// Emit the newest page of the conversation with `with` from the archive.
+    History { with: String },
+    /// Enter a room (created if the service lets us), as `nick` (default: the user
+    /// name); rooms are entered again after each new login.
+    Join {
+        room: String,
+        #[serde(default)]
+        nick: Option<String>,
+    },
+    /// Say something in a room.
+    Say {
+        room: String,
+        body: String,
+        #[serde(default)]
+        id: Option<String>,
+    },
+    /// Leave a room.
+    Leave { room: String },
     /// Log out and stop.
     Quit,
 }

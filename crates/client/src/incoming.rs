@@ -35,7 +35,9 @@ impl Session {
         match el.name() {
             "message" => self.on_message(stream, &el).await,
             "presence" => {
-                self.on_presence(&el).await;
+                if !self.room_presence(stream, &el).await? {
+                    self.on_presence(&el).await;
+                }
                 Ok(())
             }
             "iq" => self.on_iq(stream, &el).await,
@@ -77,6 +79,9 @@ impl Session {
             return Ok(());
         }
         if let Some(result) = el.get_child("result", ns::MAM) {
+            if self.history_result(result) {
+                return Ok(());
+            }
             if let Some((message, stamp)) = forwarded(result) {
                 let archive_id = result.attr("id").map(str::to_owned);
                 self.show(stream, message, stamp, archive_id, false).await?;
@@ -93,6 +98,10 @@ impl Session {
             if let Some((message, _)) = forwarded(carbon) {
                 self.on_sent_elsewhere(message).await;
             }
+            return Ok(());
+        }
+        if el.attr("type") == Some("groupchat") {
+            self.room_said(el).await;
             return Ok(());
         }
         let archive_id = el
@@ -227,6 +236,7 @@ impl Session {
                 if self.catching_up.as_deref() == Some(id.as_str()) {
                     self.catching_up = None;
                 }
+                self.histories.remove(&id);
                 let text = format!("request {id} failed: {}", error_condition(el));
                 self.emit(Event::Error { text }).await;
                 Ok(())
@@ -279,6 +289,9 @@ impl Session {
         el: &Element,
         id: &str,
     ) -> Result<(), StreamError> {
+        if self.history_end(id, el.get_child("fin", ns::MAM)).await {
+            return Ok(());
+        }
         if id == "roster" {
             self.people.roster.clear();
             if let Some(query) = el.get_child("query", ns::ROSTER) {
@@ -363,7 +376,7 @@ impl Session {
 }
 
 /// The message inside `<forwarded/>`, and its delay stamp.
-fn forwarded(wrapper: &Element) -> Option<(&Element, Option<String>)> {
+pub(crate) fn forwarded(wrapper: &Element) -> Option<(&Element, Option<String>)> {
     let forwarded = wrapper.get_child("forwarded", ns::FORWARD)?;
     let message = forwarded.get_child("message", ns::CLIENT)?;
     let stamp = forwarded
@@ -373,7 +386,7 @@ fn forwarded(wrapper: &Element) -> Option<(&Element, Option<String>)> {
     Some((message, stamp))
 }
 
-fn error_condition(el: &Element) -> String {
+pub(crate) fn error_condition(el: &Element) -> String {
     el.get_child("error", ns::CLIENT)
         .and_then(|e| {
             e.children()

@@ -16,11 +16,13 @@
 //! - `stream`: one connection (STARTTLS or direct TLS, SASL, bind, elements in and out).
 //! - `session`: the client's task: failover, resumption, catch-up and the loop.
 //! - `state`: what outlives a connection (acknowledgements, roster, presence, what was
-//!   shown); `incoming`: what each received stanza means.
+//!   shown); `incoming`: what each received stanza means; `rooms`: group chat (XEP-0045)
+//!   and pages of a conversation's archive.
 
 pub mod event;
 mod incoming;
 mod ns;
+mod rooms;
 pub mod scram;
 mod server;
 mod session;
@@ -28,7 +30,7 @@ mod state;
 mod stream;
 pub mod trust;
 
-pub use event::{Command, DeliveryState, Event, Path, RosterItem};
+pub use event::{Command, DeliveryState, Event, HistoryItem, Path, RosterItem};
 pub use scram::{Scram, ScramClient};
 pub use server::Server;
 pub use stream::StreamError;

@@ -18,3 +18,4 @@ pub(crate) const RSM: &str = "http://jabber.org/protocol/rsm";
 pub(crate) const SID: &str = "urn:xmpp:sid:0";
 pub(crate) const RECEIPTS: &str = "urn:xmpp:receipts";
 pub(crate) const MARKERS: &str = "urn:xmpp:chat-markers:0";
+pub(crate) const MUC_USER: &str = "http://jabber.org/protocol/muc#user";

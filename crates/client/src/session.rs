@@ -1,12 +1,13 @@
 //! The client's task: connect to the first server that answers, resume or log in afresh,
 //! serve the connection, and when it breaks, go again, the next server if need be.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use outpost_proto::xml::escape;
 use tokio::sync::mpsc;
 
-use crate::event::{Command, Event};
+use crate::event::{Command, Event, HistoryItem};
 use crate::server::Server;
 use crate::state::{Acks, People, Shown, SmSession, Unacked};
 use crate::stream::{Stream, StreamError};
@@ -56,6 +57,10 @@ pub(crate) struct Session {
     pub(crate) catching_up: Option<String>,
     /// When the newest message shown was sent (RFC 3339), where catching up starts.
     pub(crate) newest: Option<String>,
+    /// History queries under way: the conversation, and the page so far.
+    pub(crate) histories: HashMap<String, (String, Vec<HistoryItem>)>,
+    /// The rooms we are in (or entering), with our nick in each.
+    pub(crate) rooms: BTreeMap<String, String>,
 }
 
 impl Session {
@@ -92,6 +97,8 @@ impl Session {
             pings: Vec::new(),
             catching_up: None,
             newest: None,
+            histories: HashMap::new(),
+            rooms: BTreeMap::new(),
         })
     }
 
@@ -326,6 +333,7 @@ impl Session {
         .await?;
         self.send_stanza(stream, "<presence/>".to_owned(), None)
             .await?;
+        self.rejoin(stream).await?;
         for u in carried {
             self.send_stanza(stream, u.xml, u.message).await?;
         }
@@ -441,29 +449,11 @@ impl Session {
         match command {
             Command::Send { to, body, id } => {
                 let id = id.unwrap_or_else(|| crate::random_id(16));
-                let xml = chat_message(&to, &body, &id);
                 self.tell_path(&to).await;
-                self.send_stanza(stream, xml, Some(id)).await?;
-                if self.acks.enabled {
-                    stream.write("<r xmlns='urn:xmpp:sm:3'/>").await?;
-                }
+                self.send_message(stream, chat_message(&to, &body, &id), id)
+                    .await?;
             }
-            Command::Add { jid } => {
-                let jid = crate::bare(&jid).to_owned();
-                if self.people.asking.remove(&jid) {
-                    self.send_stanza(stream, presence_to(&jid, "subscribed"), None)
-                        .await?;
-                }
-                let subscription = self
-                    .people
-                    .roster
-                    .get(&jid)
-                    .map(|c| c.subscription.as_str());
-                if !matches!(subscription, Some("to" | "both")) {
-                    self.send_stanza(stream, presence_to(&jid, "subscribe"), None)
-                        .await?;
-                }
-            }
+            Command::Add { jid } => self.add(stream, crate::bare(&jid)).await?,
             Command::Remove { jid } => {
                 let xml = format!(
                     "<iq type='set' id='{}'><query xmlns='jabber:iq:roster'><item jid='{}' \
@@ -481,15 +471,51 @@ impl Session {
             }
             Command::Read { to, id } => {
                 let xml = format!(
-                    "<message to='{}' type='chat' id='{}'><displayed xmlns='urn:xmpp:chat-markers:0' \
-                     id='{}'/></message>",
+                    "<message to='{}' type='chat' id='{}'><displayed \
+                     xmlns='urn:xmpp:chat-markers:0' id='{}'/></message>",
                     escape(&to),
                     crate::random_id(12),
                     escape(&id)
                 );
                 self.send_stanza(stream, xml, None).await?;
             }
+            Command::History { with } => self.ask_history(stream, &with).await?,
+            Command::Join { room, nick } => self.join(stream, &room, nick).await?,
+            Command::Say { room, body, id } => {
+                let id = id.unwrap_or_else(|| crate::random_id(16));
+                self.send_message(stream, Session::room_message(&room, &body, &id), id)
+                    .await?;
+            }
+            Command::Leave { room } => self.leave(stream, &room).await?,
             Command::Quit => {}
+        }
+        Ok(())
+    }
+
+    /// Sends a message and asks at once for the acknowledgement that makes it `queued`.
+    async fn send_message(
+        &mut self,
+        stream: &mut Stream,
+        xml: String,
+        id: String,
+    ) -> Result<(), StreamError> {
+        self.send_stanza(stream, xml, Some(id)).await?;
+        if self.acks.enabled {
+            stream.write("<r xmlns='urn:xmpp:sm:3'/>").await?;
+        }
+        Ok(())
+    }
+
+    /// Approves `jid`'s request if there is one, and asks for theirs unless we have it.
+    async fn add(&mut self, stream: &mut Stream, jid: &str) -> Result<(), StreamError> {
+        if self.people.asking.remove(jid) {
+            self.send_stanza(stream, presence_to(jid, "subscribed"), None)
+                .await?;
+        }
+        let subscription = self.people.roster.get(jid).map(|c| c.subscription.as_str());
+        if !matches!(subscription, Some("to" | "both")) {
+            self.send_stanza(stream, presence_to(jid, "subscribe"), None)
+                .await?;
         }
         Ok(())
     }
@@ -510,7 +536,22 @@ impl Session {
                 })
                 .await;
             }
-            Command::Add { .. } | Command::Remove { .. } | Command::Read { .. } => {
+            Command::Say { room, body, id } => {
+                let id = id.unwrap_or_else(|| crate::random_id(16));
+                self.pending.push(Unacked {
+                    xml: Session::room_message(&room, &body, &id),
+                    message: Some(id),
+                });
+            }
+            Command::Join { room, nick } => {
+                let nick = nick.unwrap_or_else(|| self.user.clone());
+                self.rooms.insert(crate::bare(&room).to_lowercase(), nick);
+            }
+            Command::Add { .. }
+            | Command::Remove { .. }
+            | Command::Read { .. }
+            | Command::History { .. }
+            | Command::Leave { .. } => {
                 self.emit(Event::Error {
                     text: "no server is reachable now; try again when connected".to_owned(),
                 })

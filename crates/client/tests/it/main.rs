@@ -106,6 +106,14 @@ impl User {
         .await
     }
 
+    async fn joined(&mut self, room: &str) {
+        self.wait_for(
+            &format!("entering {room}"),
+            |e| matches!(e, Event::Joined { room: r, .. } if r == room),
+        )
+        .await;
+    }
+
     /// How many times a message with this body was shown, among the events seen so far.
     fn shown(&self, body: &str) -> usize {
         self.seen
@@ -397,4 +405,139 @@ async fn the_first_certificate_is_pinned_after_a_login() {
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
+}
+
+#[tokio::test]
+async fn a_conversation_s_history_comes_from_the_archive_in_order() {
+    let server = server_with_users(&["alice", "bob"]).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    let mut alice = User::start(
+        "alice@localhost",
+        &[server.starttls.to_string()],
+        pins.path(),
+    );
+    alice.connected().await;
+    let mut bob = server.login("bob", PASSWORD, "raw").await;
+    for n in 1..=3 {
+        bob.send(&format!(
+            "<message to='alice@localhost' type='chat' id='h{n}'><body>old {n}</body></message>"
+        ))
+        .await;
+        alice.message(&format!("old {n}")).await;
+    }
+    alice.send("bob@localhost", "my answer", "a1").await;
+    alice.delivery("a1", DeliveryState::Queued).await;
+
+    // Another device of Alice's, later: the conversation is in the archive.
+    let mut phone = User::start(
+        "alice@localhost",
+        &[server.starttls.to_string()],
+        pins.path(),
+    );
+    phone.connected().await;
+    phone
+        .client
+        .command(Command::History {
+            with: "bob@localhost".to_owned(),
+        })
+        .await;
+    let Event::History {
+        with,
+        items,
+        complete,
+    } = phone
+        .wait_for("the history", |e| matches!(e, Event::History { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(with, "bob@localhost");
+    assert!(complete);
+    let lines: Vec<(&str, bool, &str)> = items
+        .iter()
+        .map(|i| (i.body.as_str(), i.mine, i.id.as_str()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("old 1", false, "h1"),
+            ("old 2", false, "h2"),
+            ("old 3", false, "h3"),
+            ("my answer", true, "a1"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn friends_talk_in_a_room_and_enter_it_again_after_a_restart() {
+    let port = free_port();
+    let mut server = TestServer::start_with(|c| {
+        c.listen.c2s = vec![format!("127.0.0.1:{port}").parse().expect("addr")];
+    })
+    .await;
+    server.add_user("alice", PASSWORD).await;
+    server.add_user("bob", PASSWORD).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    let servers = [server.starttls.to_string()];
+    let mut alice = User::start("alice@localhost", &servers, pins.path());
+    let mut bob = User::start("bob@localhost", &servers, pins.path());
+    const ROOM: &str = "lobby@conference.localhost";
+    for user in [&mut alice, &mut bob] {
+        user.connected().await;
+        user.client
+            .command(Command::Join {
+                room: ROOM.to_owned(),
+                nick: None,
+            })
+            .await;
+        user.joined(ROOM).await;
+    }
+    say(&alice, ROOM, "hello room", "r1").await;
+    alice.delivery("r1", DeliveryState::Queued).await;
+    let Event::Groupchat { from, mine, .. } = bob
+        .wait_for(
+            "the room message",
+            |e| matches!(e, Event::Groupchat { body, .. } if body == "hello room"),
+        )
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!((from.as_str(), mine), ("alice", false));
+    alice
+        .wait_for(
+            "our own message reflected",
+            |e| matches!(e, Event::Groupchat { id, mine: true, .. } if id == "r1"),
+        )
+        .await;
+
+    // The server restarts: the clients log in afresh and enter the room again; whatever
+    // the room replays on entry is not shown a second time.
+    server.restart().await;
+    alice.joined(ROOM).await;
+    bob.joined(ROOM).await;
+    say(&alice, ROOM, "after the restart", "r2").await;
+    bob.wait_for(
+        "the next room message",
+        |e| matches!(e, Event::Groupchat { body, .. } if body == "after the restart"),
+    )
+    .await;
+    let repeats = bob
+        .seen
+        .iter()
+        .filter(|e| matches!(e, Event::Groupchat { body, .. } if body == "hello room"))
+        .count();
+    assert_eq!(repeats, 0, "shown again: {:?}", bob.seen);
+}
+
+async fn say(user: &User, room: &str, body: &str, id: &str) {
+    assert!(
+        user.client
+            .command(Command::Say {
+                room: room.to_owned(),
+                body: body.to_owned(),
+                id: Some(id.to_owned()),
+            })
+            .await
+    );
 }

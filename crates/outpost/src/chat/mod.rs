@@ -3,9 +3,10 @@
 //!
 //! `--headless` is the mode for scripts (and tests): the password is the first line of
 //! standard input, then one JSON command per line (`{"cmd":"send","to":…,"body":…}`,
-//! `add`, `remove`, `roster`, `read`, `quit`); every event is one JSON object per line on
-//! standard output (`connected`, `disconnected`, `message`, `sent`, `presence`,
-//! `subscription`, `delivery`, `path`, `roster`, `error`). A line that is not a command
+//! `add`, `remove`, `roster`, `read`, `history`, `join`, `say`, `leave`, `quit`); every
+//! event is one JSON object per line on standard output (`connected`, `disconnected`,
+//! `message`, `sent`, `presence`, `subscription`, `delivery`, `path`, `roster`,
+//! `history`, `joined`, `groupchat`, `error`). A line that is not a command
 //! gets an `error` event and nothing else happens; the end of input quits.
 
 use std::io::Write as _;

@@ -3,9 +3,10 @@
 //! state on the right, the line being typed, and a status line that says which server the
 //! client is on and why.
 //!
-//! Keys: Up/Down choose a friend; Enter sends the line to them, or runs it when it starts
-//! with `/` (`/add JID` asks or approves, `/remove JID`, `/quit`); Esc or Ctrl-C quits.
-//! Opening a conversation tells the friend its messages were read (XEP-0333).
+//! Keys: Up/Down choose a friend or room; Enter sends the line there, or runs it when it
+//! starts with `/` (`/add JID` asks or approves, `/remove JID`, `/join ROOM [NICK]`,
+//! `/leave`, `/quit`); Esc or Ctrl-C quits. Opening a conversation fetches its history
+//! from the archive and tells the friend its messages were read (XEP-0333).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +22,8 @@ use tokio::sync::mpsc;
 /// One line of a conversation.
 struct Said {
     mine: bool,
+    /// Who said it, in a room.
+    nick: Option<String>,
     body: String,
     id: String,
     state: Option<DeliveryState>,
@@ -28,6 +31,10 @@ struct Said {
 
 #[derive(Default)]
 struct Friend {
+    /// A group chat room rather than a person.
+    room: bool,
+    /// Its history was asked for.
+    history_asked: bool,
     item: Option<RosterItem>,
     available: bool,
     unread: usize,
@@ -77,6 +84,7 @@ impl App {
                 friend.unread += 1;
                 friend.said.push(Said {
                     mine: false,
+                    nick: None,
                     body,
                     id,
                     state: None,
@@ -84,6 +92,7 @@ impl App {
             }
             Event::Sent { to, body, id } => self.friends.entry(to).or_default().said.push(Said {
                 mine: true,
+                nick: None,
                 body,
                 id,
                 state: Some(DeliveryState::Queued),
@@ -105,8 +114,77 @@ impl App {
                     friend.item = Some(item);
                 }
             }
+            Event::History { with, items, .. } => self.history(&with, items),
+            Event::Joined { room, nick } => {
+                self.notice = format!("in {room} as {nick}");
+                self.friends.entry(room).or_default().room = true;
+            }
+            Event::Groupchat {
+                room,
+                from,
+                body,
+                id,
+                mine,
+            } => self.groupchat(room, from, body, id, mine),
             Event::Error { text } => self.notice = text,
         }
+    }
+
+    /// Older messages from the archive go before what is shown, once each.
+    fn history(&mut self, with: &str, items: Vec<outpost_client::HistoryItem>) {
+        let friend = self.friends.entry(with.to_owned()).or_default();
+        let older: Vec<Said> = items
+            .into_iter()
+            .filter(|i| i.id.is_empty() || !friend.said.iter().any(|s| s.id == i.id))
+            .map(|i| Said {
+                mine: i.mine,
+                nick: None,
+                body: i.body,
+                id: i.id,
+                state: None,
+            })
+            .collect();
+        friend.said.splice(0..0, older);
+    }
+
+    fn groupchat(&mut self, room: String, from: String, body: String, id: String, mine: bool) {
+        let friend = self.friends.entry(room).or_default();
+        friend.room = true;
+        if mine && let Some(said) = friend.said.iter_mut().find(|s| s.mine && s.id == id) {
+            // The room reflected our message: everyone in it has it.
+            said.state = Some(DeliveryState::Delivered);
+            return;
+        }
+        if !mine {
+            friend.unread += 1;
+        }
+        friend.said.push(Said {
+            mine,
+            nick: Some(from),
+            body,
+            id,
+            state: mine.then_some(DeliveryState::Delivered),
+        });
+    }
+
+    /// What looking at the selected conversation asks for: its history (once), and the
+    /// read marker for what is new in it.
+    fn opened(&mut self) -> Vec<Command> {
+        self.ask_history()
+            .into_iter()
+            .chain(self.read_selected())
+            .collect()
+    }
+
+    /// The selected conversation's history, asked for once.
+    fn ask_history(&mut self) -> Option<Command> {
+        let jid = self.selected_jid()?;
+        let friend = self.friends.get_mut(&jid)?;
+        if friend.room || friend.history_asked {
+            return None;
+        }
+        friend.history_asked = true;
+        Some(Command::History { with: jid })
     }
 
     fn delivered(&mut self, id: &str, state: DeliveryState) {
@@ -123,7 +201,8 @@ impl App {
         }
     }
 
-    /// The user opened a conversation: its unread messages are read now.
+    /// The user opened a conversation: its unread messages are read now (a room is
+    /// told nothing).
     fn read_selected(&mut self) -> Option<Command> {
         let jid = self.selected_jid()?;
         let friend = self.friends.get_mut(&jid)?;
@@ -131,6 +210,9 @@ impl App {
             return None;
         }
         friend.unread = 0;
+        if friend.room {
+            return None;
+        }
         let last = friend.said.iter().rev().find(|s| !s.mine)?;
         Some(Command::Read {
             to: jid,
@@ -150,8 +232,23 @@ impl App {
                 ("quit", _) => Some(Command::Quit),
                 ("add", false) => Some(Command::Add { jid }),
                 ("remove", false) => Some(Command::Remove { jid }),
+                ("join", false) => {
+                    let (room, nick) = match jid.split_once(' ') {
+                        Some((room, nick)) => (room.to_owned(), Some(nick.trim().to_owned())),
+                        None => (jid, None),
+                    };
+                    Some(Command::Join { room, nick })
+                }
+                ("leave", _) => {
+                    let room = self.selected_jid().filter(|j| self.friends[j].room)?;
+                    self.friends.remove(&room);
+                    self.selected = 0;
+                    Some(Command::Leave { room })
+                }
                 _ => {
-                    self.notice = "commands: /add JID, /remove JID, /quit".to_owned();
+                    self.notice =
+                        "commands: /add JID, /remove JID, /join ROOM [NICK], /leave, /quit"
+                            .to_owned();
                     None
                 }
             };
@@ -164,16 +261,19 @@ impl App {
             return None;
         };
         let id = format!("tui-{}-{}", std::process::id(), self.sent_count());
-        self.friends.entry(to.clone()).or_default().said.push(Said {
+        let friend = self.friends.entry(to.clone()).or_default();
+        friend.said.push(Said {
             mine: true,
+            nick: None,
             body: line.to_owned(),
             id: id.clone(),
             state: None,
         });
-        Some(Command::Send {
-            to,
-            body: line.to_owned(),
-            id: Some(id),
+        let (body, id) = (line.to_owned(), Some(id));
+        Some(if friend.room {
+            Command::Say { room: to, body, id }
+        } else {
+            Command::Send { to, body, id }
         })
     }
 
@@ -217,20 +317,20 @@ async fn run_on(
     let mut app = App::new(me);
     loop {
         terminal.draw(|frame| draw(frame, &app))?;
-        let command = tokio::select! {
+        let commands = tokio::select! {
             event = events.recv() => match event {
                 Some(event) => {
                     app.on_event(event);
-                    app.read_selected()
+                    app.opened()
                 }
                 None => return Ok(()),
             },
             key = keys.recv() => match key {
                 Some(key) => on_key(&mut app, key),
-                None => Some(Command::Quit),
+                None => vec![Command::Quit],
             },
         };
-        if let Some(command) = command {
+        for command in commands {
             let quit = command == Command::Quit;
             client.command(command).await;
             if quit {
@@ -255,29 +355,29 @@ fn keyboard() -> mpsc::Receiver<KeyEvent> {
     rx
 }
 
-fn on_key(app: &mut App, key: KeyEvent) -> Option<Command> {
+fn on_key(app: &mut App, key: KeyEvent) -> Vec<Command> {
     let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
     match key.code {
-        KeyCode::Esc => Some(Command::Quit),
-        KeyCode::Char('c') if ctrl => Some(Command::Quit),
+        KeyCode::Esc => vec![Command::Quit],
+        KeyCode::Char('c') if ctrl => vec![Command::Quit],
         KeyCode::Char(c) => {
             app.input.push(c);
-            None
+            Vec::new()
         }
         KeyCode::Backspace => {
             app.input.pop();
-            None
+            Vec::new()
         }
-        KeyCode::Enter => app.submit(),
+        KeyCode::Enter => app.submit().into_iter().collect(),
         KeyCode::Up => {
             app.selected = app.selected.saturating_sub(1);
-            app.read_selected()
+            app.opened()
         }
         KeyCode::Down => {
             app.selected = (app.selected + 1).min(app.friends.len().saturating_sub(1));
-            app.read_selected()
+            app.opened()
         }
-        _ => None,
+        _ => Vec::new(),
     }
 }
 
@@ -312,7 +412,9 @@ fn draw_friends(frame: &mut Frame<'_>, app: &App, area: ratatui::layout::Rect) {
         .friends
         .iter()
         .map(|(jid, f)| {
-            let dot = if f.available {
+            let dot = if f.room {
+                Span::styled("# ", Style::default().fg(Color::Magenta))
+            } else if f.available {
                 Span::styled("● ", Style::default().fg(Color::Green))
             } else {
                 Span::raw("○ ")
@@ -373,8 +475,9 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: ratatui::layout::Re
 
 fn said_line(said: &Said) -> Line<'_> {
     if !said.mine {
+        let who = said.nick.as_deref().unwrap_or("them");
         return Line::from(vec![
-            Span::styled("them: ", Style::default().fg(Color::Cyan)),
+            Span::styled(format!("{who}: "), Style::default().fg(Color::Cyan)),
             Span::raw(said.body.as_str()),
         ]);
     }

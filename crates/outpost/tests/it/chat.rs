@@ -324,15 +324,15 @@ fn the_terminal_interface_befriends_and_chats_in_tmux() {
     bob.event("message", &json!({"from": jid("alice"), "body": "hi bob"}));
     tui.wait_for("me: hi bob  [delivered]");
     tui.wait_for("through the servers");
-    // Kept as the test's artefact: what the user saw.
-    let screen = tui.screen();
-    std::fs::write(
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("outpost-chat-tui.txt"),
-        &screen,
-    )
-    .expect("keep the screen");
-    println!("{screen}");
+    // The history fetched when the conversation opened repeats nothing shown.
+    assert_eq!(
+        tui.screen().matches("hello from bob").count(),
+        1,
+        "{}",
+        tui.screen()
+    );
 
+    talk_in_a_room(&tui, &mut bob);
     tui.keys(&["Escape"]);
     let deadline = Instant::now() + WAIT;
     while tui.running() {
@@ -343,4 +343,30 @@ fn the_terminal_interface_befriends_and_chats_in_tmux() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Alice enters a room from the terminal, Bob from a script; they talk there. The
+/// screen is kept as the test's artefact: what the user saw.
+fn talk_in_a_room(tui: &Tmux, bob: &mut Chat) {
+    let room = format!("lobby@conference.{DOMAIN}");
+    tui.line(&format!("/join {room}"));
+    tui.wait_for(&format!("# {room}"));
+    bob.command(&json!({"cmd": "join", "room": room}));
+    bob.event("joined", &json!({"room": room}));
+    bob.command(&json!({"cmd": "say", "room": room, "body": "hi room"}));
+    tui.keys(&["Down"]);
+    tui.wait_for("bob: hi room");
+    tui.line("hello all");
+    bob.event(
+        "groupchat",
+        &json!({"room": room, "from": "alice", "body": "hello all"}),
+    );
+    tui.wait_for("me: hello all  [delivered]");
+    let screen = tui.screen();
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("outpost-chat-tui.txt"),
+        &screen,
+    )
+    .expect("keep the screen");
+    println!("{screen}");
 }
