@@ -100,6 +100,14 @@ impl Drop for Chat {
     }
 }
 
+/// An `outpost serve` in `dir` with the accounts alice and bob.
+fn server_for_alice_and_bob(dir: &Path) -> Server {
+    let server = Server::start(dir, DOMAIN, "127.0.0.1:0".parse().expect("addr"), &[]);
+    register(server.c2s, DOMAIN, "alice");
+    register(server.c2s, DOMAIN, "bob");
+    server
+}
+
 fn jid(user: &str) -> String {
     format!("{user}@{DOMAIN}")
 }
@@ -121,14 +129,7 @@ fn befriend(alice: &mut Chat, bob: &mut Chat) {
 #[test]
 fn headless_clients_befriend_and_chat_with_delivery_states() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(
-        dir.path(),
-        DOMAIN,
-        "127.0.0.1:0".parse().expect("addr"),
-        &[],
-    );
-    register(server.c2s, DOMAIN, "alice");
-    register(server.c2s, DOMAIN, "bob");
+    let server = server_for_alice_and_bob(dir.path());
     let mut alice = Chat::start("alice", &[server.c2s], dir.path());
     let mut bob = Chat::start("bob", &[server.c2s], dir.path());
     let connected = alice.event("connected", &json!({}));
@@ -287,14 +288,7 @@ impl Drop for Tmux {
 #[test]
 fn the_terminal_interface_befriends_and_chats_in_tmux() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(
-        dir.path(),
-        DOMAIN,
-        "127.0.0.1:0".parse().expect("addr"),
-        &[],
-    );
-    register(server.c2s, DOMAIN, "alice");
-    register(server.c2s, DOMAIN, "bob");
+    let server = server_for_alice_and_bob(dir.path());
     let tui = Tmux::start(&format!(
         "{} chat --jid {} --server {} --state-dir {}",
         env!("CARGO_BIN_EXE_outpost"),
