@@ -10,7 +10,9 @@
 # within 5 s with the same passwords, find their rosters, chat with each other and with
 # carol and dave (site 2); what carol and dave sent alice right after the kill arrives.
 # Site 1 restarts and catches up, the hub sends alice and bob home (<see-other-host/>), and
-# nothing was lost or duplicated.
+# nothing was lost or duplicated. erin and frank, on site 1's LAN with Outpost's own client
+# (`outpost chat --headless`, given the site then the hub), move to the hub by themselves,
+# chat there, and are back on the site once it returns, each message shown once.
 # Scenario (b): site 1 is cut off from the WAN again; alice's second device, away, adds a
 # contact and changes her vCard at the hub, while her first renames bob at the site. After
 # the heal both servers hold the same roster and vCard, with every change. (And in (a),
@@ -173,6 +175,9 @@ add_user site1 alice@site1.test alice-password
 add_user site1 bob@site1.test bob-password
 add_user site2 carol@site2.test carol-password
 add_user site2 dave@site2.test dave-password
+# Two users of Outpost's own client (outpost chat --headless) on site 1's LAN too.
+add_user site1 erin@site1.test erin-password
+add_user site1 frank@site1.test frank-password
 
 # The clients trust each server's generated certificate; the hub's names both sites too.
 CAS=()
@@ -201,6 +206,32 @@ caught_up() {
 wait_until 20 "the hub to hold site 1's directory" caught_up
 say "the hub holds site 1's directory"
 
+# Outpost's own client: given the site first and the hub second, it must move to the hub
+# by itself when the site dies, and come back. Commands go in through a FIFO held open.
+declare -A CHAT_FD=()
+start_chat() { # start_chat NAME PASSWORD
+    local name=$1 fd
+    mkfifo "$WORK/$name.in"
+    in_ns "$S1" "$BIN" chat --headless --jid "$name@site1.test" --server "$SITE1:5222" \
+        --server "$HUB1:5222" --state-dir "$WORK/$name-state" \
+        <"$WORK/$name.in" >"$WORK/$name.events" 2>"$WORK/$name.out" &
+    PIDS+=($!)
+    exec {fd}>"$WORK/$name.in"
+    CHAT_FD[$name]=$fd
+    printf '%s\n' "$2" >&"$fd"
+}
+chat() { printf '%s\n' "$2" >&"${CHAT_FD[$1]}"; } # chat NAME JSON-COMMAND
+has_event() { grep -qF -- "$2" "$WORK/$1.events"; } # has_event NAME TEXT
+count_events() { grep -cF -- "$2" "$WORK/$1.events" || true; }
+on_server() { # on_server NAME ADDRESS: its last connected event names ADDRESS
+    grep -F '"event":"connected"' "$WORK/$1.events" | tail -n 1 | grep -qF "\"server\":\"$2\""
+}
+both_on() { on_server erin "$1" && on_server frank "$1"; }
+start_chat erin erin-password
+start_chat frank frank-password
+wait_until 20 "erin and frank on site 1" both_on "$SITE1:5222"
+say "erin and frank (outpost chat) are on site 1"
+
 # ---------------------------------------------------------------- (a) kill -9 site 1
 kill -9 "${PID_OF[site1]}"
 wait "${PID_OF[site1]}" 2>/dev/null || true
@@ -219,6 +250,15 @@ wait_until 60 "alice and bob at the hub" at_hub
 cat "$WORK/failover.out" >&2
 SHOWN=$(wc -l <"$WORK/failover.out")
 
+wait_until 20 "erin and frank at the hub" both_on "$HUB1:5222"
+has_event erin '"why":"failover"' || die "erin's client did not say it failed over"
+chat erin '{"cmd":"send","to":"frank@site1.test","body":"over the hub","id":"e1"}'
+wait_until 20 "frank to get erin's message at the hub" \
+    has_event frank '"from":"erin@site1.test","body":"over the hub"'
+wait_until 20 "erin's message to be delivered" \
+    has_event erin '"id":"e1","state":"delivered"'
+say "erin and frank (outpost chat) moved to the hub by themselves and chatted there"
+
 say "site 1 restarts"
 start site1
 wait "$FAILOVER" || { cat "$WORK/failover.out"; die "alice and bob were not brought home"; }
@@ -231,6 +271,23 @@ for name in carol dave; do
 done
 grep -q 'query\[SRV\] _xmpp-client._tcp.site1.test' "$WORK/dnsmasq.log" ||
     die "the clients never asked DNS for site 1's SRV records"
+wait_until 30 "erin and frank back on site 1" both_on "$SITE1:5222"
+for name in erin frank; do
+    grep -F '"event":"connected"' "$WORK/$name.events" | tail -n 1 | grep -qF '"why":"returned"' ||
+        die "$name's client did not say it returned home"
+done
+chat frank '{"cmd":"send","to":"erin@site1.test","body":"back home","id":"f1"}'
+wait_until 20 "erin to get frank's message at home" \
+    has_event erin '"from":"frank@site1.test","body":"back home"'
+for text in '"body":"over the hub"' '"body":"back home"'; do
+    for name in erin frank; do
+        n=$(count_events "$name" "$text")
+        [[ $n -le 1 ]] || die "$name was shown $text $n times"
+    done
+done
+chat erin '{"cmd":"quit"}'
+chat frank '{"cmd":"quit"}'
+say "erin and frank (outpost chat) came back to site 1 by themselves; every message shown once"
 say "RESULT: site 1 killed; alice and bob logged in at the hub through DNS, chatted with each other and with carol and dave; site 1 came back, they were sent home and alice got carol's and dave's messages from the outage, each message once; what alice wrote at the hub was at home"
 
 # ---------------------------------------------------------------- (c) a new password during a partition

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use outpost_proto::xml::escape;
 use tokio::sync::mpsc;
 
-use crate::event::{Command, Event, HistoryItem};
+use crate::event::{Command, DeliveryState, Event, HistoryItem};
 use crate::server::Server;
 use crate::state::{Acks, People, Shown, SmSession, Unacked};
 use crate::stream::{Stream, StreamError};
@@ -61,6 +61,8 @@ pub(crate) struct Session {
     pub(crate) histories: HashMap<String, (String, Vec<HistoryItem>)>,
     /// The rooms we are in (or entering), with our nick in each.
     pub(crate) rooms: BTreeMap<String, String>,
+    /// Our messages known delivered or read.
+    progressed: Shown,
 }
 
 impl Session {
@@ -99,16 +101,28 @@ impl Session {
             newest: None,
             histories: HashMap::new(),
             rooms: BTreeMap::new(),
+            progressed: Shown::default(),
         })
     }
 
-    pub(crate) async fn emit(&self, event: Event) {
+    /// Hands an event to the user. A message's state only moves forward: its receipt
+    /// can come before the server's acknowledgement, and `queued` is then old news.
+    pub(crate) async fn emit(&mut self, event: Event) {
+        if let Event::Delivery { id, state } = &event {
+            if *state == DeliveryState::Queued && self.progressed.contains(id) {
+                return;
+            }
+            if *state > DeliveryState::Queued {
+                self.progressed.first_time(std::slice::from_ref(id));
+            }
+        }
         let _ = self.events.send(event).await;
     }
 
     /// Runs until the user quits.
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut redirect: Option<Server> = None;
+        // Whether the last connection was to another server than home (set as each ends).
         let mut returning = false;
         loop {
             let Some((mut stream, resumed)) =
@@ -122,7 +136,6 @@ impl Session {
                 (0, false) => "home",
                 _ => "failover",
             };
-            returning = false;
             let server = self.server_name();
             self.emit(Event::Connected {
                 server: server.clone(),
@@ -143,6 +156,7 @@ impl Session {
                     self.lost(&server, "moving back to the home server").await;
                 }
                 End::Lost(e) => {
+                    returning = self.current != 0;
                     if let StreamError::Stream {
                         other_host: Some(host),
                         ..

@@ -78,6 +78,11 @@ pub(crate) struct Shown {
 }
 
 impl Shown {
+    /// Whether `key` was recorded.
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.keys.contains(key)
+    }
+
     /// Records the keys of a message; `false` if any was seen before.
     pub(crate) fn first_time(&mut self, keys: &[String]) -> bool {
         if keys.iter().any(|k| self.keys.contains(k)) {
