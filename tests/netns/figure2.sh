@@ -11,8 +11,9 @@
 # carol and dave (site 2); what carol and dave sent alice right after the kill arrives.
 # Site 1 restarts and catches up, the hub sends alice and bob home (<see-other-host/>), and
 # nothing was lost or duplicated. erin and frank, on site 1's LAN with Outpost's own client
-# (`outpost chat --headless`, given the site then the hub), move to the hub by themselves,
-# chat there, and are back on the site once it returns, each message shown once.
+# (`outpost chat --headless`: erin's finds the site then the hub through SRV, frank's is
+# given both), move to the hub by themselves, chat there, and are back on the site once it
+# returns, each message shown once.
 # Scenario (b): site 1 is cut off from the WAN again; alice's second device, away, adds a
 # contact and changes her vCard at the hub, while her first renames bob at the site. After
 # the heal both servers hold the same roster and vCard, with every change. (And in (a),
@@ -209,16 +210,17 @@ say "the hub holds site 1's directory"
 # Outpost's own client: given the site first and the hub second, it must move to the hub
 # by itself when the site dies, and come back. Commands go in through a FIFO held open.
 declare -A CHAT_FD=()
-start_chat() { # start_chat NAME PASSWORD
-    local name=$1 fd
+start_chat() { # start_chat NAME PASSWORD [--server HOST:PORT]...
+    local name=$1 password=$2 fd
+    shift 2
     mkfifo "$WORK/$name.in"
-    in_ns "$S1" "$BIN" chat --headless --jid "$name@site1.test" --server "$SITE1:5222" \
-        --server "$HUB1:5222" --state-dir "$WORK/$name-state" \
+    in_ns "$S1" "$BIN" chat --headless --jid "$name@site1.test" "$@" \
+        --state-dir "$WORK/$name-state" \
         <"$WORK/$name.in" >"$WORK/$name.events" 2>"$WORK/$name.out" &
     PIDS+=($!)
     exec {fd}>"$WORK/$name.in"
     CHAT_FD[$name]=$fd
-    printf '%s\n' "$2" >&"$fd"
+    printf '%s\n' "$password" >&"$fd"
 }
 chat() { printf '%s\n' "$2" >&"${CHAT_FD[$1]}"; } # chat NAME JSON-COMMAND
 has_event() { grep -qF -- "$2" "$WORK/$1.events"; } # has_event NAME TEXT
@@ -226,10 +228,13 @@ count_events() { grep -cF -- "$2" "$WORK/$1.events" || true; }
 on_server() { # on_server NAME ADDRESS: its last connected event names ADDRESS
     grep -F '"event":"connected"' "$WORK/$1.events" | tail -n 1 | grep -qF "\"server\":\"$2\""
 }
-both_on() { on_server erin "$1" && on_server frank "$1"; }
+# erin's client is given no server and finds them through DNS (SRV: the site, then the
+# hub); frank's is given both addresses.
+on_site() { on_server erin site1.test:5222 && on_server frank "$SITE1:5222"; }
+on_hub() { on_server erin hub.test:5222 && on_server frank "$HUB1:5222"; }
 start_chat erin erin-password
-start_chat frank frank-password
-wait_until 20 "erin and frank on site 1" both_on "$SITE1:5222"
+start_chat frank frank-password --server "$SITE1:5222" --server "$HUB1:5222"
+wait_until 20 "erin and frank on site 1" on_site
 say "erin and frank (outpost chat) are on site 1"
 
 # ---------------------------------------------------------------- (a) kill -9 site 1
@@ -250,7 +255,7 @@ wait_until 60 "alice and bob at the hub" at_hub
 cat "$WORK/failover.out" >&2
 SHOWN=$(wc -l <"$WORK/failover.out")
 
-wait_until 20 "erin and frank at the hub" both_on "$HUB1:5222"
+wait_until 20 "erin and frank at the hub" on_hub
 has_event erin '"why":"failover"' || die "erin's client did not say it failed over"
 chat erin '{"cmd":"send","to":"frank@site1.test","body":"over the hub","id":"e1"}'
 wait_until 20 "frank to get erin's message at the hub" \
@@ -271,7 +276,7 @@ for name in carol dave; do
 done
 grep -q 'query\[SRV\] _xmpp-client._tcp.site1.test' "$WORK/dnsmasq.log" ||
     die "the clients never asked DNS for site 1's SRV records"
-wait_until 30 "erin and frank back on site 1" both_on "$SITE1:5222"
+wait_until 30 "erin and frank back on site 1" on_site
 for name in erin frank; do
     grep -F '"event":"connected"' "$WORK/$name.events" | tail -n 1 | grep -qF '"why":"returned"' ||
         die "$name's client did not say it returned home"

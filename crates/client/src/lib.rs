@@ -2,7 +2,7 @@
 //! that runs on the user's machine.
 //!
 //! [`Client::start`] logs a user on and keeps them on: it tries the servers it was given in
-//! order of preference (the site's own first, then the hub), resumes the stream
+//! order of preference (the site's own first, then the hub), or those DNS SRV lists, resumes the stream
 //! (XEP-0198) where the connection broke when it can, and otherwise logs in afresh and
 //! catches up from the archive (XEP-0313), so a message is never lost and never shown
 //! twice; while on another server than its home it keeps checking whether home is back,
@@ -26,6 +26,7 @@ mod rooms;
 pub mod scram;
 mod server;
 mod session;
+mod srv;
 mod state;
 mod stream;
 pub mod trust;
@@ -44,8 +45,11 @@ pub struct Config {
     /// The account, `user@domain`.
     pub jid: String,
     pub password: String,
-    /// Servers in order of preference; empty means the domain itself on port 5222.
+    /// Servers in order of preference; empty means the domain's SRV records (looked up
+    /// again at each reconnection), or, with none, the domain itself on port 5222.
     pub servers: Vec<Server>,
+    /// The DNS server to ask instead of the system's.
+    pub dns: Option<std::net::SocketAddr>,
     /// The resource to bind.
     pub resource: String,
     pub trust: Trust,
@@ -58,6 +62,8 @@ pub enum ConfigError {
     Jid(String),
     #[error(transparent)]
     Trust(#[from] trust::TrustError),
+    #[error("{0}")]
+    Dns(String),
 }
 
 /// A running client: give it commands; its events come on the receiver

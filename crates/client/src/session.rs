@@ -44,7 +44,7 @@ pub(crate) struct Session {
     pending: Vec<Unacked>,
     /// The full JID of this connection.
     pub(crate) jid: String,
-    /// The index in `config.servers` of the server we are on (`usize::MAX`: one a server
+    /// The index in `servers` of the server we are on (`usize::MAX`: one a server
     /// sent us to).
     current: usize,
     /// The server we are on.
@@ -63,6 +63,10 @@ pub(crate) struct Session {
     pub(crate) rooms: BTreeMap<String, String>,
     /// Our messages known delivered or read.
     progressed: Shown,
+    /// The servers to try, in order: the configured ones, or what DNS said last.
+    servers: Vec<Server>,
+    /// For DNS SRV lookups, when no servers are configured.
+    resolver: Option<hickory_resolver::TokioResolver>,
 }
 
 impl Session {
@@ -78,11 +82,16 @@ impl Session {
             .ok_or_else(|| ConfigError::Jid(config.jid.clone()))?;
         // Local parts and domains compare without case (RFC 7622 §3.2, §3.3).
         config.jid = format!("{}@{domain}", user.to_lowercase());
-        if config.servers.is_empty() {
-            config.servers.push(Server::for_domain(&domain));
-        }
         let verifier = Verifier::new(&config.trust)?;
+        // Looked up in DNS at each round when no servers are given.
+        let servers = config.servers.clone();
+        let resolver = match servers.is_empty() {
+            true => Some(crate::srv::resolver(config.dns).map_err(ConfigError::Dns)?),
+            false => None,
+        };
         Ok(Session {
+            servers,
+            resolver,
             config,
             user,
             domain,
@@ -203,8 +212,13 @@ impl Session {
         let mut backoff = Duration::from_millis(500);
         let mut told = std::collections::HashSet::new();
         loop {
+            if let Err(text) = self.look_up_servers().await
+                && told.insert(text.clone())
+            {
+                self.emit(Event::Error { text }).await;
+            }
             let mut candidates: Vec<(usize, Server)> =
-                self.config.servers.iter().cloned().enumerate().collect();
+                self.servers.iter().cloned().enumerate().collect();
             if let Some(r) = redirect.clone() {
                 candidates.insert(0, (usize::MAX, r));
             }
@@ -227,6 +241,23 @@ impl Session {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// With no servers configured, the domain's SRV records (or the domain itself);
+    /// when DNS cannot say, the last list it gave. `Err` says why it could not.
+    async fn look_up_servers(&mut self) -> Result<(), String> {
+        let Some(resolver) = &self.resolver else {
+            return Ok(());
+        };
+        let found = crate::srv::servers(resolver, &self.domain).await;
+        let (servers, result) = match found {
+            Ok(servers) if !servers.is_empty() => (servers, Ok(())),
+            Ok(_) => (vec![Server::for_domain(&self.domain)], Ok(())),
+            Err(e) if self.servers.is_empty() => (vec![Server::for_domain(&self.domain)], Err(e)),
+            Err(e) => (std::mem::take(&mut self.servers), Err(e)),
+        };
+        self.servers = servers;
+        result
     }
 
     /// Waits `delay` while no server is reachable, queueing what the user sends.
@@ -444,7 +475,7 @@ impl Session {
         if self.current == 0 {
             return Ok(false);
         }
-        let Some(home) = self.config.servers.first() else {
+        let Some(home) = self.servers.first() else {
             return Ok(false);
         };
         let probe = tokio::net::TcpStream::connect((home.host.as_str(), home.port));

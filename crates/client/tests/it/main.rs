@@ -25,6 +25,15 @@ struct User {
 
 impl User {
     fn start(jid: &str, servers: &[String], pins: &Path) -> User {
+        User::start_with_dns(jid, servers, None, pins)
+    }
+
+    fn start_with_dns(
+        jid: &str,
+        servers: &[String],
+        dns: Option<std::net::SocketAddr>,
+        pins: &Path,
+    ) -> User {
         let config = Config {
             jid: jid.to_owned(),
             password: PASSWORD.to_owned(),
@@ -32,6 +41,7 @@ impl User {
                 .iter()
                 .map(|a| a.parse::<Server>().expect("address"))
                 .collect(),
+            dns,
             resource: "test".to_owned(),
             trust: Trust::Pinned(pins.join("known_servers")),
         };
@@ -540,4 +550,43 @@ async fn say(user: &User, room: &str, body: &str, id: &str) {
             })
             .await
     );
+}
+
+#[tokio::test]
+async fn with_no_server_given_the_client_follows_the_domain_s_srv_records() {
+    // Not `localhost`: resolvers answer that name and its subdomains themselves.
+    let server = TestServer::start_with(|c| c.domains = vec!["chat.test".to_owned()]).await;
+    server.add_user("alice", PASSWORD).await;
+    let dns = outpost_testkit::dns::DnsServer::start().await;
+    let dead = outpost_testkit::closed_port().await;
+    // Home first (nothing listens there now), the live server second.
+    dns.add_srv(
+        "_xmpp-client._tcp.chat.test",
+        10,
+        0,
+        dead.port(),
+        "localhost",
+    );
+    dns.add_srv(
+        "_xmpp-client._tcp.chat.test",
+        20,
+        0,
+        server.starttls.port(),
+        "localhost",
+    );
+    let pins = tempfile::tempdir().expect("tempdir");
+    let mut alice = User::start_with_dns("alice@chat.test", &[], Some(dns.addr), pins.path());
+    let (at, why, _) = alice.connected().await;
+    assert_eq!(at, format!("localhost:{}", server.starttls.port()));
+    assert_eq!(why, "failover");
+    for service in ["_xmpp-client", "_xmpps-client"] {
+        assert!(
+            dns.was_asked(
+                &format!("{service}._tcp.chat.test."),
+                outpost_testkit::dns::RecordType::SRV
+            ),
+            "{service} not asked: {:?}",
+            dns.asked()
+        );
+    }
 }

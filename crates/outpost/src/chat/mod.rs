@@ -30,9 +30,13 @@ pub(crate) struct ChatArgs {
     jid: String,
     /// A server to log on to, HOST:PORT (STARTTLS; on 5223 and 443 TLS from the first
     /// byte; `tls://HOST:PORT` for that on any port); repeat it for more, in order of
-    /// preference. Without it: the account's domain, port 5222.
+    /// preference. Without it: the servers the domain's DNS SRV records list (the first
+    /// is home), or the domain itself on port 5222.
     #[arg(long = "server", value_name = "HOST:PORT")]
     servers: Vec<Server>,
+    /// Ask this DNS server (IP:PORT) for SRV records instead of the system's.
+    #[arg(long, value_name = "IP:PORT")]
+    dns: Option<std::net::SocketAddr>,
     /// No peer-to-peer links: every message goes through the servers.
     #[arg(long)]
     no_p2p: bool,
@@ -71,6 +75,7 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
         jid: args.jid,
         password,
         servers: args.servers,
+        dns: args.dns,
         resource: args.resource,
         trust,
     };
