@@ -230,10 +230,10 @@ on_server() { # on_server NAME ADDRESS: its last connected event names ADDRESS
 }
 # erin's client is given no server and finds them through DNS (SRV: the site, then the
 # hub); frank's is given both addresses.
-on_site() { on_server erin site1.test:5222 && on_server frank "$SITE1:5222"; }
-on_hub() { on_server erin hub.test:5222 && on_server frank "$HUB1:5222"; }
+on_site() { on_server erin site1.test:5222 && on_server frank site1.test:5222; }
+on_hub() { on_server erin hub.test:5222 && on_server frank hub.test:5222; }
 start_chat erin erin-password
-start_chat frank frank-password --server "$SITE1:5222" --server "$HUB1:5222"
+start_chat frank frank-password --server site1.test:5222 --server hub.test:5222
 wait_until 20 "erin and frank on site 1" on_site
 say "erin and frank (outpost chat) are on site 1"
 

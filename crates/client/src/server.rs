@@ -23,6 +23,27 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The server a `<see-other-host/>` names (RFC 6120 §4.9.3.19): a host, an IPv6
+    /// address in brackets, either with a port or not (then 5222).
+    pub fn from_see_other_host(value: &str) -> Option<Server> {
+        let value = value.trim();
+        let has_port = match value.strip_prefix('[') {
+            Some(rest) => rest.contains("]:"),
+            None => value.matches(':').count() == 1,
+        };
+        if has_port {
+            return value.parse().ok();
+        }
+        let host = value.trim_start_matches('[').trim_end_matches(']');
+        (!host.is_empty()).then(|| Server {
+            host: host.to_owned(),
+            port: 5222,
+            direct_tls: false,
+        })
+    }
+}
+
 impl std::str::FromStr for Server {
     type Err = String;
 
@@ -90,6 +111,19 @@ mod tests {
         let s: Server = "starttls://h:5223".parse().expect("parse");
         assert!(!s.direct_tls);
         assert_eq!(s.to_string(), "starttls://h:5223");
+        let other = |v: &str| Server::from_see_other_host(v).map(|s| s.to_string());
+        assert_eq!(other("site1.test").as_deref(), Some("site1.test:5222"));
+        assert_eq!(other("site1.test:5300").as_deref(), Some("site1.test:5300"));
+        assert_eq!(
+            other("[2001:db8::1]").as_deref(),
+            Some("[2001:db8::1]:5222")
+        );
+        assert_eq!(
+            other("[2001:db8::1]:5300").as_deref(),
+            Some("[2001:db8::1]:5300")
+        );
+        assert_eq!(other("2001:db8::1").as_deref(), Some("[2001:db8::1]:5222"));
+        assert_eq!(other(""), None);
         for bad in ["nohost", ":5222", "h:0", "h:99999", "h:x", "ws://h:1"] {
             assert!(bad.parse::<Server>().is_err(), "{bad}");
         }

@@ -171,7 +171,7 @@ impl Session {
                         ..
                     } = &e
                     {
-                        redirect = host.parse().ok();
+                        redirect = Server::from_see_other_host(host);
                     }
                     self.lost(&server, &e.to_string()).await;
                 }
@@ -219,8 +219,15 @@ impl Session {
             }
             let mut candidates: Vec<(usize, Server)> =
                 self.servers.iter().cloned().enumerate().collect();
+            // Where a server sent us goes first; if it is one of ours, as itself.
             if let Some(r) = redirect.clone() {
-                candidates.insert(0, (usize::MAX, r));
+                match candidates.iter().position(|(_, s)| *s == r) {
+                    Some(i) => {
+                        let ours = candidates.remove(i);
+                        candidates.insert(0, ours);
+                    }
+                    None => candidates.insert(0, (usize::MAX, r)),
+                }
             }
             for (index, server) in candidates {
                 match self.establish(index, &server).await {
