@@ -103,6 +103,8 @@ else
             || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dnsmasq-base >/dev/null; }
     fi
     OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/figure2.sh
+    # A LAN with no DNS for the domain: clients find the site server by multicast DNS.
+    OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/lan.sh
     # A client behind a firewall that passes only HTTPS chats through the HTTP API (REST and
     # Server-Sent Events) and through XMPP over WebSocket (xmpp.js), both on port 443.
     OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/netns/https_only.sh

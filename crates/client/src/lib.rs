@@ -21,6 +21,7 @@
 
 pub mod event;
 mod incoming;
+mod lan;
 mod ns;
 mod rooms;
 pub mod scram;
@@ -46,7 +47,8 @@ pub struct Config {
     pub jid: String,
     pub password: String,
     /// Servers in order of preference; empty means the domain's SRV records (looked up
-    /// again at each reconnection), or, with none, the domain itself on port 5222.
+    /// again at each reconnection), or, with none, the servers of the domain announced on
+    /// the LAN (multicast DNS), or the domain itself on port 5222.
     pub servers: Vec<Server>,
     /// The DNS server to ask instead of the system's.
     pub dns: Option<std::net::SocketAddr>,

@@ -20,6 +20,8 @@ const TICK: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_secs(10);
 /// Silence after which the connection counts as lost.
 const DEAD: Duration = Duration::from_secs(20);
+/// How long the LAN is listened to for a server's announcement.
+const LAN_WAIT: Duration = Duration::from_millis(1500);
 /// The longest wait between two rounds over every server.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -250,15 +252,24 @@ impl Session {
         }
     }
 
-    /// With no servers configured, the domain's SRV records (or the domain itself);
-    /// when DNS cannot say, the last list it gave. `Err` says why it could not.
+    /// With no servers configured, the domain's SRV records, or those announced on the
+    /// LAN, or the domain itself; when DNS cannot say, the last list it gave. `Err` says
+    /// why it could not.
     async fn look_up_servers(&mut self) -> Result<(), String> {
         let Some(resolver) = &self.resolver else {
             return Ok(());
         };
         let found = crate::srv::servers(resolver, &self.domain).await;
+        if let Ok(servers) = &found
+            && !servers.is_empty()
+        {
+            self.servers = servers.clone();
+            return Ok(());
+        }
+        // Nothing in DNS: the LAN, then the domain itself, then (DNS failing) the last list.
+        let lan = crate::lan::find(&self.domain, LAN_WAIT).await;
         let (servers, result) = match found {
-            Ok(servers) if !servers.is_empty() => (servers, Ok(())),
+            _ if !lan.is_empty() => (lan, Ok(())),
             Ok(_) => (vec![Server::for_domain(&self.domain)], Ok(())),
             Err(e) if self.servers.is_empty() => (vec![Server::for_domain(&self.domain)], Err(e)),
             Err(e) => (std::mem::take(&mut self.servers), Err(e)),

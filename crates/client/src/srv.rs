@@ -31,7 +31,10 @@ pub(crate) fn resolver(dns: Option<SocketAddr>) -> Result<TokioResolver, String>
         None => Resolver::builder(provider)
             .map_err(|e| format!("cannot read the system's resolver configuration: {e}"))?,
     };
+    // A client waits on this before it connects anywhere: a DNS server that does not
+    // answer must not hold it long (the system's NXDOMAIN comes at once).
     builder.options_mut().attempts = 1;
+    builder.options_mut().timeout = std::time::Duration::from_secs(2);
     builder
         .build()
         .map_err(|e| format!("cannot build the DNS resolver: {e}"))
@@ -43,9 +46,17 @@ pub(crate) fn resolver(dns: Option<SocketAddr>) -> Result<TokioResolver, String>
 pub(crate) async fn servers(resolver: &TokioResolver, domain: &str) -> Result<Vec<Server>, String> {
     let mut records = Vec::new();
     let mut failures = Vec::new();
-    for (service, direct_tls) in [("_xmpps-client", true), ("_xmpp-client", false)] {
-        let name = format!("{service}._tcp.{domain}.");
-        match resolver.srv_lookup(name.as_str()).await {
+    let names = [
+        (format!("_xmpps-client._tcp.{domain}."), true),
+        (format!("_xmpp-client._tcp.{domain}."), false),
+    ];
+    let (direct, starttls) = tokio::join!(
+        resolver.srv_lookup(names[0].0.as_str()),
+        resolver.srv_lookup(names[1].0.as_str())
+    );
+    for ((name, direct_tls), answer) in names.iter().zip([direct, starttls]) {
+        let direct_tls = *direct_tls;
+        match answer {
             Ok(lookup) => {
                 for record in lookup.answers() {
                     if let RData::SRV(srv) = &record.data {

@@ -12,6 +12,7 @@
 mod admin;
 mod chat;
 mod control;
+mod lan;
 mod load;
 mod logs;
 mod serve;

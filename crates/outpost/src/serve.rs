@@ -22,7 +22,8 @@ pub(crate) fn run(args: &ConfigArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config, args.clone(), logs))
 }
 
-async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> anyhow::Result<()> {
+/// What a start says in the log before anything is bound.
+fn log_start(config: &Config, args: &ConfigArgs) {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         domains = ?config.domains,
@@ -35,7 +36,11 @@ async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> any
             "no config file: running zero-config"
         );
     }
-    warn_about(&config);
+    warn_about(config);
+}
+
+async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> anyhow::Result<()> {
+    log_start(&config, &args);
     let config = prepare(config)?;
     let signals = Signals::watch()?;
     // The control socket first: it tells whether another server uses this data directory,
@@ -50,6 +55,7 @@ async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> any
     let store = open_store(&config).await?;
     let links_path = config.links_status_path();
     let federation = config.federation.enabled;
+    let announce = config.listen.mdns.then(|| config.domains.clone());
     let web: Arc<dyn outpost_server::HttpService> = Arc::new(outpost_web::Web::new());
     let handle = Arc::new(
         ServerHandle::start_with_http(config, store, identity, Some(web))
@@ -57,6 +63,8 @@ async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> any
             .context("cannot start the server")?,
     );
     print_listeners(&handle);
+    let lan =
+        announce.and_then(|domains| crate::lan::Announcer::start(&domains, &handle.local_addrs()));
 
     let reloader: Arc<dyn crate::control::Reloader> = Arc::new(ConfigReloader { args, logs });
     let stop = tokio_util::sync::CancellationToken::new();
@@ -83,6 +91,9 @@ async fn serve(config: Config, args: ConfigArgs, logs: crate::logs::Logs) -> any
         crate::admin::remove_links_file(&links_path);
     }
     tracing::info!("shutting down");
+    if let Some(lan) = lan {
+        lan.stop();
+    }
     stop.cancel();
     let _ = control.await;
     handle.shutdown().await;

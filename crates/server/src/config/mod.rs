@@ -159,6 +159,11 @@ pub struct ListenConfig {
     /// Default: `["127.0.0.1:5281"]`.
     #[serde(deserialize_with = "listen_addrs")]
     pub https: Vec<SocketAddr>,
+    /// Announce the client listeners on the local network with DNS-SD over multicast DNS
+    /// (`_xmpp-client._tcp.local`, `_xmpps-client._tcp.local`; TXT `domain`), so Outpost's
+    /// clients on the LAN find this server with no configuration. Listeners on loopback
+    /// are never announced. Default: true.
+    pub mdns: bool,
 }
 
 /// Listen addresses are IP addresses: a name could resolve to several, or to different
@@ -193,6 +198,7 @@ impl Default for ListenConfig {
             proxy65: vec![SocketAddr::new(loopback, 7777)],
             http: vec![SocketAddr::new(loopback, 5280)],
             https: vec![SocketAddr::new(loopback, 5281)],
+            mdns: true,
         }
     }
 }
