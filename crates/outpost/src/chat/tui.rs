@@ -360,7 +360,8 @@ fn on_key(app: &mut App, key: KeyEvent) -> Vec<Command> {
     match key.code {
         KeyCode::Esc => vec![Command::Quit],
         KeyCode::Char('c') if ctrl => vec![Command::Quit],
-        KeyCode::Char(c) => {
+        // Other control combinations type nothing.
+        KeyCode::Char(c) if !ctrl => {
             app.input.push(c);
             Vec::new()
         }
@@ -392,14 +393,23 @@ fn draw(frame: &mut Frame<'_>, app: &App) {
         Layout::horizontal([Constraint::Percentage(32), Constraint::Percentage(68)]).areas(main);
     draw_friends(frame, app, left);
     draw_conversation(frame, app, right);
+    // The end of a line longer than the box stays in view, with the cursor after it.
+    let room = usize::from(input.width.saturating_sub(5));
+    let typed: Vec<char> = app.input.chars().collect();
+    let shown: String = typed[typed.len().saturating_sub(room)..].iter().collect();
     frame.render_widget(
-        Paragraph::new(format!("> {}", app.input)).block(
+        Paragraph::new(format!("> {shown}")).block(
             Block::default()
                 .borders(Borders::ALL)
                 .title(app.notice.as_str()),
         ),
         input,
     );
+    let column = u16::try_from(shown.chars().count()).unwrap_or(u16::MAX);
+    frame.set_cursor_position((
+        input.x.saturating_add(3).saturating_add(column),
+        input.y + 1,
+    ));
     frame.render_widget(
         Paragraph::new(app.status.as_str())
             .style(Style::default().add_modifier(Modifier::REVERSED)),

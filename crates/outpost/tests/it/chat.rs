@@ -356,6 +356,16 @@ fn talk_in_a_room(tui: &Tmux, bob: &mut Chat) {
         &json!({"room": room, "from": "alice", "body": "hello all"}),
     );
     tui.wait_for("me: hello all  [delivered]");
+    // A line longer than the input box: its end stays in view while typing, and all of it
+    // is sent.
+    let long = format!("{}the end", "word ".repeat(30));
+    tui.keys(&["-l", &long]);
+    tui.wait_for("word the end");
+    tui.keys(&["Enter"]);
+    bob.event(
+        "groupchat",
+        &json!({"room": room, "from": "alice", "body": long}),
+    );
     let screen = tui.screen();
     std::fs::write(
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("outpost-chat-tui.txt"),
