@@ -14,6 +14,8 @@ use crate::stream::{Stream, StreamError};
 const ROOM_HISTORY: usize = 20;
 /// Messages per history page.
 const HISTORY_PAGE: usize = 50;
+/// How often entering a room that is not there (yet) is tried again.
+const ROOM_RETRIES: u8 = 3;
 
 impl Session {
     /// Enters `room` as `nick`, remembering it for later logins.
@@ -42,6 +44,19 @@ impl Session {
             escape(nick)
         );
         self.send_stanza(stream, xml, None).await
+    }
+
+    /// The rooms that refused us as not there yet, once more (at the session's tick).
+    pub(crate) async fn retry_rooms(&mut self, stream: &mut Stream) -> Result<(), StreamError> {
+        let again: Vec<(String, String)> = self
+            .room_retries
+            .keys()
+            .filter_map(|r| self.rooms.get(r).map(|n| (r.clone(), n.clone())))
+            .collect();
+        for (room, nick) in again {
+            self.enter(stream, &room, &nick).await?;
+        }
+        Ok(())
     }
 
     /// After a new login, every room again (a resumed session is still in them).
@@ -97,8 +112,16 @@ impl Session {
             return Ok(false);
         };
         if el.attr("type") == Some("error") {
-            self.rooms.remove(&room);
             let condition = crate::incoming::error_condition(el);
+            // A room someone has just created is locked until configured (XEP-0045
+            // §7.2.2): try again a few times before giving up.
+            let tries = self.room_retries.entry(room.clone()).or_insert(0);
+            *tries += 1;
+            if condition == "item-not-found" && *tries <= ROOM_RETRIES {
+                return Ok(true);
+            }
+            self.room_retries.remove(&room);
+            self.rooms.remove(&room);
             self.emit(Event::Error {
                 text: format!("cannot enter {room}: {condition}"),
             })
@@ -121,6 +144,7 @@ impl Session {
                 self.send_stanza(stream, xml, None).await?;
             }
             let nick = from.get(room.len() + 1..).unwrap_or(&nick).to_owned();
+            self.room_retries.remove(&room);
             self.rooms.insert(room.clone(), nick.clone());
             self.emit(Event::Joined { room, nick }).await;
         }

@@ -65,6 +65,8 @@ pub(crate) struct Session {
     pub(crate) rooms: BTreeMap<String, String>,
     /// Our messages known delivered or read.
     progressed: Shown,
+    /// Rooms that answered item-not-found, with the attempts so far.
+    pub(crate) room_retries: BTreeMap<String, u8>,
     /// The servers to try, in order: the configured ones, or what DNS said last.
     servers: Vec<Server>,
     /// For DNS SRV lookups, when no servers are configured.
@@ -113,6 +115,7 @@ impl Session {
             histories: HashMap::new(),
             rooms: BTreeMap::new(),
             progressed: Shown::default(),
+            room_retries: BTreeMap::new(),
         })
     }
 
@@ -187,20 +190,14 @@ impl Session {
             .map_or_else(|| "none".to_owned(), Server::to_string)
     }
 
-    /// The connection is gone: contacts' presence is unknown until the next login.
+    /// The connection is gone. Contacts' presence stays as it was: a resumed session
+    /// goes on with it, and a new one starts from nothing (see `fresh_session`).
     async fn lost(&mut self, server: &str, reason: &str) {
         self.emit(Event::Disconnected {
             server: server.to_owned(),
             reason: reason.to_owned(),
         })
         .await;
-        for from in self.people.all_offline() {
-            self.emit(Event::Presence {
-                from,
-                available: false,
-            })
-            .await;
-        }
     }
 
     /// Tries each server in order (a redirection first) until one logs us in; between
@@ -372,6 +369,15 @@ impl Session {
         self.jid = stream.bind(server, &resource).await?;
         self.acks.restart();
         self.acks.session = None;
+        // A new session knows nobody's presence until the server sends it again, right
+        // after ours below.
+        for from in self.people.all_offline() {
+            self.emit(Event::Presence {
+                from,
+                available: false,
+            })
+            .await;
+        }
         let carried: Vec<Unacked> = self
             .acks
             .unacked
@@ -490,6 +496,7 @@ impl Session {
                     .await?;
             }
         }
+        self.retry_rooms(stream).await?;
         if self.current == 0 {
             return Ok(false);
         }

@@ -243,6 +243,7 @@ async fn a_cut_connection_resumes_and_nothing_is_lost_or_repeated() {
     let mut bob = User::start("bob@localhost", &[server.starttls.to_string()], pins.path());
     alice.connected().await;
     bob.connected().await;
+    befriend(&mut alice, "alice@localhost", &mut bob, "bob@localhost").await;
     bob.send("alice@localhost", "before the cut", "b1").await;
     alice.message("before the cut").await;
 
@@ -274,6 +275,35 @@ async fn a_cut_connection_resumes_and_nothing_is_lost_or_repeated() {
         0,
         "shown twice: {:?}",
         alice.seen
+    );
+    // The resumed session goes on with what it knew: Bob is still online.
+    let gone = alice.seen.iter().any(|e| {
+        matches!(
+            e,
+            Event::Presence {
+                available: false,
+                ..
+            }
+        )
+    });
+    assert!(
+        !gone,
+        "presence lost across the resumption: {:?}",
+        alice.seen
+    );
+    alice.seen.retain(|e| !matches!(e, Event::Roster { .. }));
+    alice.client.command(Command::Roster).await;
+    let Event::Roster { items } = alice
+        .wait_for("the roster", |e| matches!(e, Event::Roster { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(
+        items
+            .iter()
+            .any(|i| i.jid == "bob@localhost" && i.available),
+        "{items:?}"
     );
 }
 
