@@ -12,8 +12,10 @@
 # Site 1 restarts and catches up, the hub sends alice and bob home (<see-other-host/>), and
 # nothing was lost or duplicated. erin and frank, on site 1's LAN with Outpost's own client
 # (`outpost chat --headless`: erin's finds the site then the hub through SRV, frank's is
-# given both), move to the hub by themselves, chat there, and are back on the site once it
-# returns, each message shown once.
+# given both), become friends and open a direct link; they keep chatting over it when the
+# site dies, move to the hub by themselves, chat there once their link is broken (its TCP
+# connections aborted with `ss -K`), and are back on the site once it returns, each
+# message shown once.
 # Scenario (b): site 1 is cut off from the WAN again; alice's second device, away, adds a
 # contact and changes her vCard at the hub, while her first renames bob at the site. After
 # the heal both servers hold the same roster and vCard, with every change. (And in (a),
@@ -236,6 +238,16 @@ start_chat erin erin-password
 start_chat frank frank-password --server site1.test:5222 --server hub.test:5222
 wait_until 20 "erin and frank on site 1" on_site
 say "erin and frank (outpost chat) are on site 1"
+# They become friends; on one LAN, their clients open a direct link.
+chat erin '{"cmd":"add","jid":"frank@site1.test"}'
+wait_until 20 "frank to hear erin's request" has_event frank '"event":"subscription","from":"erin@site1.test"'
+chat frank '{"cmd":"add","jid":"erin@site1.test"}'
+wait_until 20 "erin to hear frank's request" has_event erin '"event":"subscription","from":"frank@site1.test"'
+chat erin '{"cmd":"add","jid":"frank@site1.test"}'
+direct() { has_event erin '"with":"frank@site1.test","path":"direct"' &&
+    has_event frank '"with":"erin@site1.test","path":"direct"'; }
+wait_until 20 "a direct link between erin and frank" direct
+say "erin and frank (outpost chat) have a direct link"
 
 # ---------------------------------------------------------------- (a) kill -9 site 1
 kill -9 "${PID_OF[site1]}"
@@ -255,14 +267,30 @@ wait_until 60 "alice and bob at the hub" at_hub
 cat "$WORK/failover.out" >&2
 SHOWN=$(wc -l <"$WORK/failover.out")
 
+# Their site is gone; their link is not.
+chat erin '{"cmd":"send","to":"frank@site1.test","body":"site 1 is down","id":"e0"}'
+wait_until 20 "frank to get erin's message over the link" \
+    has_event frank '"from":"erin@site1.test","body":"site 1 is down","id":"e0","path":"direct"'
+wait_until 20 "erin's direct message to be delivered" \
+    has_event erin '"id":"e0","state":"delivered"'
+say "erin and frank (outpost chat) kept chatting over their direct link with site 1 dead"
 wait_until 20 "erin and frank at the hub" on_hub
 has_event erin '"why":"failover"' || die "erin's client did not say it failed over"
+# Their link breaks (its TCP connections are aborted): the conversation goes over the hub.
+# erin's client offered the link (its full JID is the smaller), so it listens for it.
+erin_pids=$(pgrep -f -- "--jid erin@site1.test" | paste -sd'|')
+link_port=$(in_ns "$S1" ss -tlnpH | grep -E "pid=($erin_pids)," | awk '{print $4}' | sed 's/.*://' | head -n 1)
+[[ -n $link_port ]] || die "erin's client listens for no direct link"
+in_ns "$S1" ss -K -tn "( sport = :$link_port or dport = :$link_port )" >/dev/null
+link_gone() { count_events erin '"path":"server"' | grep -qv '^0$' &&
+    count_events frank '"path":"server"' | grep -qv '^0$'; }
+wait_until 20 "erin and frank to see their link gone" link_gone
 chat erin '{"cmd":"send","to":"frank@site1.test","body":"over the hub","id":"e1"}'
 wait_until 20 "frank to get erin's message at the hub" \
-    has_event frank '"from":"erin@site1.test","body":"over the hub"'
+    has_event frank '"from":"erin@site1.test","body":"over the hub","id":"e1","path":"server"'
 wait_until 20 "erin's message to be delivered" \
     has_event erin '"id":"e1","state":"delivered"'
-say "erin and frank (outpost chat) moved to the hub by themselves and chatted there"
+say "erin and frank (outpost chat) moved to the hub by themselves and chatted there once their link broke"
 
 say "site 1 restarts"
 start site1
@@ -284,7 +312,7 @@ done
 chat frank '{"cmd":"send","to":"erin@site1.test","body":"back home","id":"f1"}'
 wait_until 20 "erin to get frank's message at home" \
     has_event erin '"from":"frank@site1.test","body":"back home"'
-for text in '"body":"over the hub"' '"body":"back home"'; do
+for text in '"body":"site 1 is down"' '"body":"over the hub"' '"body":"back home"'; do
     for name in erin frank; do
         n=$(count_events "$name" "$text")
         [[ $n -le 1 ]] || die "$name was shown $text $n times"

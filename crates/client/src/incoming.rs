@@ -35,10 +35,10 @@ impl Session {
         match el.name() {
             "message" => self.on_message(stream, &el).await,
             "presence" => {
-                if !self.room_presence(stream, &el).await? {
-                    self.on_presence(&el).await;
+                if self.room_presence(stream, &el).await? {
+                    return Ok(());
                 }
-                Ok(())
+                self.on_presence(stream, &el).await
             }
             "iq" => self.on_iq(stream, &el).await,
             _ => Ok(()),
@@ -84,13 +84,14 @@ impl Session {
             }
             if let Some((message, stamp)) = forwarded(result) {
                 let archive_id = result.attr("id").map(str::to_owned);
-                self.show(stream, message, stamp, archive_id, false).await?;
+                self.show(stream, message, stamp, archive_id, Via::Archive)
+                    .await?;
             }
             return Ok(());
         }
         if let Some(carbon) = el.get_child("received", ns::CARBONS) {
             if let Some((message, _)) = forwarded(carbon) {
-                self.show(stream, message, None, None, true).await?;
+                self.show(stream, message, None, None, Via::Carbon).await?;
             }
             return Ok(());
         }
@@ -113,18 +114,19 @@ impl Session {
             .get_child("delay", ns::DELAY)
             .and_then(|d| d.attr("stamp"))
             .map(str::to_owned);
-        self.show(stream, el, stamp, archive_id, false).await
+        self.show(stream, el, stamp, archive_id, Via::Live).await
     }
 
     /// A message for the user: receipts and markers become delivery events, a body is
-    /// shown once, and a receipt goes back when asked for.
+    /// shown once, and a receipt goes back when asked for (again for a message shown
+    /// before, which may have come over a direct link that broke before its receipt).
     async fn show(
         &mut self,
         stream: &mut Stream,
         el: &Element,
         stamp: Option<String>,
         archive_id: Option<String>,
-        carbon: bool,
+        via: Via,
     ) -> Result<(), StreamError> {
         let from = el.attr("from").unwrap_or_default();
         let from_bare = crate::bare(from).to_owned();
@@ -142,29 +144,24 @@ impl Session {
             return Ok(());
         };
         let id = el.attr("id").map(str::to_owned);
-        let mut keys: Vec<String> = archive_id.iter().map(|a| format!("a:{a}")).collect();
-        if let Some(id) = &id {
-            keys.push(format!("m:{from_bare}:{id}"));
-        }
-        if let Some(stamp) = stamp.clone().or_else(now)
-            && self.newest.as_ref().is_none_or(|n| *n < stamp)
-        {
-            self.newest = Some(stamp);
-        }
-        if !keys.is_empty() && !self.shown.first_time(&keys) {
+        let first = self.first_sight(
+            &from_bare,
+            id.as_deref(),
+            archive_id.as_deref(),
+            stamp.clone(),
+        );
+        if !first && via != Via::Live {
             return Ok(());
         }
         if let Some(id) = id
             .as_ref()
-            .filter(|_| el.has_child("request", ns::RECEIPTS) && !carbon)
+            .filter(|_| el.has_child("request", ns::RECEIPTS) && via != Via::Carbon)
         {
-            let receipt = format!(
-                "<message to='{}' id='{}'><received xmlns='urn:xmpp:receipts' id='{}'/></message>",
-                escape(from),
-                crate::random_id(12),
-                escape(id)
-            );
+            let receipt = crate::peers::receipt(from, id);
             self.send_stanza(stream, receipt, None).await?;
+        }
+        if !first {
+            return Ok(());
         }
         self.tell_path(&from_bare).await;
         self.emit(Event::Message {
@@ -176,6 +173,27 @@ impl Session {
         })
         .await;
         Ok(())
+    }
+
+    /// Records a message's keys (the archive's id, the sender's id) and how recent it is;
+    /// `false` when it was shown before.
+    pub(crate) fn first_sight(
+        &mut self,
+        from_bare: &str,
+        id: Option<&str>,
+        archive_id: Option<&str>,
+        stamp: Option<String>,
+    ) -> bool {
+        let mut keys: Vec<String> = archive_id.iter().map(|a| format!("a:{a}")).collect();
+        if let Some(id) = id.filter(|id| !id.is_empty()) {
+            keys.push(format!("m:{from_bare}:{id}"));
+        }
+        if let Some(stamp) = stamp.or_else(now)
+            && self.newest.as_ref().is_none_or(|n| *n < stamp)
+        {
+            self.newest = Some(stamp);
+        }
+        keys.is_empty() || self.shown.first_time(&keys)
     }
 
     async fn delivered(&mut self, el: &Element, state: DeliveryState) {
@@ -200,13 +218,13 @@ impl Session {
         .await;
     }
 
-    async fn on_presence(&mut self, el: &Element) {
+    async fn on_presence(&mut self, stream: &mut Stream, el: &Element) -> Result<(), StreamError> {
         let from = el.attr("from").unwrap_or_default().to_owned();
         let bare = crate::bare(&from).to_owned();
         match el.attr("type") {
             None | Some("unavailable") => {
                 if bare == self.config.jid {
-                    return;
+                    return Ok(());
                 }
                 let available = el.attr("type").is_none();
                 if let Some(available) = self.people.presence(&from, available) {
@@ -216,6 +234,7 @@ impl Session {
                     })
                     .await;
                 }
+                return self.peer_presence(stream, el, &from, available).await;
             }
             Some("subscribe") if self.people.asking.insert(bare.clone()) => {
                 self.emit(Event::Subscription { from: bare }).await;
@@ -226,6 +245,7 @@ impl Session {
             }
             _ => {}
         }
+        Ok(())
     }
 
     async fn on_iq(&mut self, stream: &mut Stream, el: &Element) -> Result<(), StreamError> {
@@ -237,6 +257,10 @@ impl Session {
                     self.catching_up = None;
                 }
                 self.histories.remove(&id);
+                if self.key_refused(&id) {
+                    // The contact does not share a device key with us: no direct links.
+                    return Ok(());
+                }
                 let text = format!("request {id} failed: {}", error_condition(el));
                 self.emit(Event::Error { text }).await;
                 Ok(())
@@ -257,6 +281,9 @@ impl Session {
             }
             Some("get") if el.has_child("ping", ns::PING) => self.answer(stream, el, None).await,
             Some("get" | "set") => {
+                if self.on_jingle(stream, el).await? {
+                    return Ok(());
+                }
                 let error = "<error type='cancel'><service-unavailable \
                              xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>";
                 self.answer(stream, el, Some(error)).await
@@ -265,7 +292,7 @@ impl Session {
         }
     }
 
-    async fn answer(
+    pub(crate) async fn answer(
         &mut self,
         stream: &mut Stream,
         iq: &Element,
@@ -289,7 +316,9 @@ impl Session {
         el: &Element,
         id: &str,
     ) -> Result<(), StreamError> {
-        if self.history_end(id, el.get_child("fin", ns::MAM)).await {
+        if self.history_end(id, el.get_child("fin", ns::MAM)).await
+            || self.key_answer(stream, id, el).await?
+        {
             return Ok(());
         }
         if id == "roster" {
@@ -373,6 +402,16 @@ impl Session {
         self.catching_up = Some(id);
         self.send_stanza(stream, xml, None).await
     }
+}
+
+/// How a message came.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Live,
+    /// A copy of a message to another of our clients (XEP-0280).
+    Carbon,
+    /// From the archive (catching up).
+    Archive,
 }
 
 /// The message inside `<forwarded/>`, and its delay stamp.

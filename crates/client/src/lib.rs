@@ -15,6 +15,8 @@
 //!   server showed, pinned (Outpost's sites start with self-signed certificates).
 //! - `stream`: one connection (STARTTLS or direct TLS, SASL, bind, elements in and out).
 //! - `session`: the client's task: failover, resumption, catch-up and the loop.
+//! - [`p2p`]: direct links between two users' devices, authenticated by keys published
+//!   through the servers and pinned; `peers`: the session's side of them.
 //! - `state`: what outlives a connection (acknowledgements, roster, presence, what was
 //!   shown); `incoming`: what each received stanza means; `rooms`: group chat (XEP-0045)
 //!   and pages of a conversation's archive.
@@ -23,6 +25,8 @@ pub mod event;
 mod incoming;
 mod lan;
 mod ns;
+pub mod p2p;
+mod peers;
 mod rooms;
 pub mod scram;
 mod server;
@@ -33,6 +37,7 @@ mod stream;
 pub mod trust;
 
 pub use event::{Command, DeliveryState, Event, HistoryItem, Path, RosterItem};
+pub use p2p::{Identity, P2pConfig};
 pub use scram::{Scram, ScramClient};
 pub use server::Server;
 pub use stream::StreamError;
@@ -55,6 +60,8 @@ pub struct Config {
     /// The resource to bind.
     pub resource: String,
     pub trust: Trust,
+    /// Direct links with contacts' devices (`None`: everything goes through the servers).
+    pub p2p: Option<P2pConfig>,
 }
 
 /// Why a client cannot start.
@@ -66,6 +73,8 @@ pub enum ConfigError {
     Trust(#[from] trust::TrustError),
     #[error("{0}")]
     Dns(String),
+    #[error("direct links cannot be set up: {0}")]
+    P2p(String),
 }
 
 /// A running client: give it commands; its events come on the receiver

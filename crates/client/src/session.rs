@@ -8,6 +8,8 @@ use outpost_proto::xml::escape;
 use tokio::sync::mpsc;
 
 use crate::event::{Command, DeliveryState, Event, HistoryItem};
+use crate::p2p::link::LinkEvent;
+use crate::peers::Peers;
 use crate::server::Server;
 use crate::state::{Acks, People, Shown, SmSession, Unacked};
 use crate::stream::{Stream, StreamError};
@@ -43,7 +45,7 @@ pub(crate) struct Session {
     pub(crate) people: People,
     pub(crate) shown: Shown,
     /// Stanzas asked for while no server was there, sent at the next login.
-    pending: Vec<Unacked>,
+    pub(crate) pending: Vec<Unacked>,
     /// The full JID of this connection.
     pub(crate) jid: String,
     /// The index in `servers` of the server we are on (`usize::MAX`: one a server
@@ -71,6 +73,11 @@ pub(crate) struct Session {
     servers: Vec<Server>,
     /// For DNS SRV lookups, when no servers are configured.
     resolver: Option<hickory_resolver::TokioResolver>,
+    /// Direct links with contacts' devices, when they are on.
+    pub(crate) peers: Option<Box<Peers>>,
+    /// What the link tasks report (the sender is kept, so the channel never ends).
+    pub(crate) link_tx: mpsc::Sender<LinkEvent>,
+    link_rx: mpsc::Receiver<LinkEvent>,
 }
 
 impl Session {
@@ -93,7 +100,15 @@ impl Session {
             true => Some(crate::srv::resolver(config.dns).map_err(ConfigError::Dns)?),
             false => None,
         };
+        let peers = match &config.p2p {
+            Some(p2p) => Some(Box::new(Peers::new(p2p)?)),
+            None => None,
+        };
+        let (link_tx, link_rx) = mpsc::channel(256);
         Ok(Session {
+            peers,
+            link_tx,
+            link_rx,
             servers,
             resolver,
             config,
@@ -290,6 +305,10 @@ impl Session {
                     None | Some(Command::Quit) => return false,
                     Some(command) => self.offline_command(command).await,
                 },
+                Some(event) = self.link_rx.recv() => {
+                    // Without a server, nothing can fail here.
+                    let _ = self.on_link_event(None, event).await;
+                }
             }
         }
     }
@@ -369,6 +388,7 @@ impl Session {
         self.jid = stream.bind(server, &resource).await?;
         self.acks.restart();
         self.acks.session = None;
+        self.forget_devices();
         // A new session knows nobody's presence until the server sends it again, right
         // after ours below.
         for from in self.people.all_offline() {
@@ -400,8 +420,9 @@ impl Session {
             None,
         )
         .await?;
-        self.send_stanza(stream, "<presence/>".to_owned(), None)
-            .await?;
+        self.publish_key(stream).await?;
+        let presence = self.presence_stanza();
+        self.send_stanza(stream, presence, None).await?;
         self.rejoin(stream).await?;
         for u in carried {
             self.send_stanza(stream, u.xml, u.message).await?;
@@ -469,6 +490,7 @@ impl Session {
                     None | Some(Command::Quit) => return End::Quit,
                     Some(command) => self.on_command(stream, command).await,
                 },
+                Some(event) = self.link_rx.recv() => self.on_link_event(Some(stream), event).await,
                 _ = tick.tick() => match self.on_tick(stream).await {
                     Ok(true) => return End::GoHome,
                     Ok(false) => Ok(()),
@@ -519,9 +541,11 @@ impl Session {
         match command {
             Command::Send { to, body, id } => {
                 let id = id.unwrap_or_else(|| crate::random_id(16));
-                self.tell_path(&to).await;
-                self.send_message(stream, chat_message(&to, &body, &id), id)
-                    .await?;
+                let xml = chat_message(&to, &body, &id);
+                if !self.send_direct(&to, &xml, Some(&id)) {
+                    self.tell_path(&to).await;
+                    self.send_message(stream, xml, id).await?;
+                }
             }
             Command::Add { jid } => self.add(stream, crate::bare(&jid)).await?,
             Command::Remove { jid } => {
@@ -540,14 +564,10 @@ impl Session {
                 .await;
             }
             Command::Read { to, id } => {
-                let xml = format!(
-                    "<message to='{}' type='chat' id='{}'><displayed \
-                     xmlns='urn:xmpp:chat-markers:0' id='{}'/></message>",
-                    escape(&to),
-                    crate::random_id(12),
-                    escape(&id)
-                );
-                self.send_stanza(stream, xml, None).await?;
+                let xml = read_marker(&to, &id);
+                if !self.send_direct(&to, &xml, None) {
+                    self.send_stanza(stream, xml, None).await?;
+                }
             }
             Command::History { with } => self.ask_history(stream, &with).await?,
             Command::Join { room, nick } => self.join(stream, &room, nick).await?,
@@ -563,7 +583,7 @@ impl Session {
     }
 
     /// Sends a message and asks at once for the acknowledgement that makes it `queued`.
-    async fn send_message(
+    pub(crate) async fn send_message(
         &mut self,
         stream: &mut Stream,
         xml: String,
@@ -595,11 +615,15 @@ impl Session {
         match command {
             Command::Send { to, body, id } => {
                 let id = id.unwrap_or_else(|| crate::random_id(16));
-                self.pending.push(Unacked {
-                    xml: chat_message(&to, &body, &id),
-                    message: Some(id),
-                });
+                let xml = chat_message(&to, &body, &id);
+                if !self.send_direct(&to, &xml, Some(&id)) {
+                    self.pending.push(Unacked {
+                        xml,
+                        message: Some(id),
+                    });
+                }
             }
+            Command::Read { to, id } if self.send_direct(&to, &read_marker(&to, &id), None) => {}
             Command::Roster => {
                 self.emit(Event::Roster {
                     items: self.people.items(),
@@ -653,6 +677,17 @@ fn chat_message(to: &str, body: &str, id: &str) -> String {
         escape(to),
         escape(body),
         id = escape(id)
+    )
+}
+
+/// A read marker (XEP-0333) for message `id` from `to`.
+fn read_marker(to: &str, id: &str) -> String {
+    format!(
+        "<message to='{}' type='chat' id='{}'><displayed xmlns='urn:xmpp:chat-markers:0' \
+         id='{}'/></message>",
+        escape(to),
+        crate::random_id(12),
+        escape(id)
     )
 }
 

@@ -57,7 +57,7 @@ pub enum StreamError {
     Protocol(String),
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A logged-in stream.
@@ -70,6 +70,8 @@ pub(crate) struct Stream {
     pub(crate) features: Element,
     /// What the TLS handshake saw, when certificates are pinned.
     pub(crate) seen: Option<std::sync::Arc<Seen>>,
+    /// Our address on the connection to the server: the one a peer on our LAN reaches.
+    pub(crate) local: Option<std::net::IpAddr>,
 }
 
 fn limits() -> Limits {
@@ -111,6 +113,7 @@ impl Stream {
             Err(_) => return Err(StreamError::Timeout(addr)),
         };
         let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().ok().map(|a| a.ip());
         let (config, seen) = verifier.config_for(&addr)?;
         let mut stream = Stream {
             io: Box::new(tcp),
@@ -119,6 +122,7 @@ impl Stream {
             domain: domain.to_owned(),
             features: Element::bare("features", ns::STREAMS),
             seen,
+            local,
         };
         if !server.direct_tls {
             stream.open(server).await?;
@@ -150,6 +154,19 @@ impl Stream {
         stream.reader = StreamReader::new(limits());
         stream.open(server).await?;
         Ok(stream)
+    }
+
+    /// A stream over a connection already secured: a direct link to `peer`.
+    pub(crate) fn over(io: Box<dyn Io>, peer: &str) -> Stream {
+        Stream {
+            io,
+            reader: StreamReader::new(limits()),
+            buf: vec![0; 8192],
+            domain: peer.to_owned(),
+            features: Element::bare("features", ns::STREAMS),
+            seen: None,
+            local: None,
+        }
     }
 
     fn tls_failure(&self, server: &str, e: &std::io::Error) -> StreamError {

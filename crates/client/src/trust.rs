@@ -43,15 +43,15 @@ pub enum TrustError {
     },
 }
 
-/// The pins, loaded once and appended to as new servers are met.
+/// The pins, loaded once and appended to as new servers (or peers' devices) are met.
 #[derive(Debug)]
-struct Pins {
+pub(crate) struct Pins {
     path: PathBuf,
     known: HashMap<String, String>,
 }
 
 impl Pins {
-    fn load(path: PathBuf) -> Result<Pins, TrustError> {
+    pub(crate) fn load(path: PathBuf) -> Result<Pins, TrustError> {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -65,7 +65,12 @@ impl Pins {
         Ok(Pins { path, known })
     }
 
-    fn remember(&mut self, server: &str, hash: &str) -> Result<(), TrustError> {
+    /// The hash pinned for `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.known.get(key).map(String::as_str)
+    }
+
+    pub(crate) fn remember(&mut self, server: &str, hash: &str) -> Result<(), TrustError> {
         use std::io::Write as _;
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| pin_error(&self.path, e))?;
@@ -190,11 +195,11 @@ impl Seen {
 }
 
 #[derive(Debug)]
-struct PinVerifier {
-    provider: Arc<CryptoProvider>,
-    server: String,
-    pinned: Option<String>,
-    seen: Arc<Seen>,
+pub(crate) struct PinVerifier {
+    pub(crate) provider: Arc<CryptoProvider>,
+    pub(crate) server: String,
+    pub(crate) pinned: Option<String>,
+    pub(crate) seen: Arc<Seen>,
 }
 
 /// The SHA-256 of a certificate, in lower-case hex.

@@ -1,12 +1,17 @@
 //! The client library against real servers on loopback (`TestServer`): chatting with
 //! receipts and read markers, subscriptions and presence, resumption after a cut,
 //! catch-up after the server lost the session, failover to the next server and back,
-//! and a certificate that is not the one pinned.
+//! and a certificate that is not the one pinned; direct links between two clients
+//! ([`p2p`]).
+
+mod p2p;
 
 use std::path::Path;
 use std::time::Duration;
 
-use outpost_client::{Client, Command, Config, DeliveryState, Event, Server, Trust};
+use outpost_client::{
+    Client, Command, Config, DeliveryState, Event, Identity, P2pConfig, Server, Trust,
+};
 use outpost_testkit::TestServer;
 use outpost_testkit::relay::Relay;
 use tokio::sync::mpsc::Receiver;
@@ -34,7 +39,26 @@ impl User {
         dns: Option<std::net::SocketAddr>,
         pins: &Path,
     ) -> User {
-        let config = Config {
+        User::start_config(User::config(jid, servers, dns, pins))
+    }
+
+    /// A client with direct links on, its device key `identity`, its pins in `dir`.
+    fn start_p2p(jid: &str, servers: &[String], dir: &Path, identity: Identity) -> User {
+        let mut config = User::config(jid, servers, None, dir);
+        config.p2p = Some(P2pConfig {
+            identity,
+            pins: dir.join("known_peers"),
+        });
+        User::start_config(config)
+    }
+
+    fn config(
+        jid: &str,
+        servers: &[String],
+        dns: Option<std::net::SocketAddr>,
+        pins: &Path,
+    ) -> Config {
+        Config {
             jid: jid.to_owned(),
             password: PASSWORD.to_owned(),
             servers: servers
@@ -44,7 +68,11 @@ impl User {
             dns,
             resource: "test".to_owned(),
             trust: Trust::Pinned(pins.join("known_servers")),
-        };
+            p2p: None,
+        }
+    }
+
+    fn start_config(config: Config) -> User {
         let (client, events) = Client::start(config).expect("client starts");
         User {
             client,

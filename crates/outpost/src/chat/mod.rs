@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use outpost_client::{Client, Command, Config, Event, Server, Trust};
+use outpost_client::{Client, Command, Config, Event, Identity, P2pConfig, Server, Trust};
 use tokio::io::AsyncBufReadExt as _;
 
 mod tui;
@@ -37,7 +37,9 @@ pub(crate) struct ChatArgs {
     /// Ask this DNS server (IP:PORT) for SRV records instead of the system's.
     #[arg(long, value_name = "IP:PORT")]
     dns: Option<std::net::SocketAddr>,
-    /// No peer-to-peer links: every message goes through the servers.
+    /// No direct links with contacts' devices: every message goes through the servers.
+    /// With them (the default), this device's key for them is kept in the state
+    /// directory and contacts' keys are pinned there (known_peers).
     #[arg(long)]
     no_p2p: bool,
     /// The resource name (a random suffix is added per login).
@@ -47,8 +49,8 @@ pub(crate) struct ChatArgs {
     /// pinning the certificate each server shows first.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Where pinned certificates are kept. Default: $XDG_STATE_HOME/outpost (or
-    /// ~/.local/state/outpost).
+    /// Where pinned certificates and this device's key are kept. Default:
+    /// $XDG_STATE_HOME/outpost (or ~/.local/state/outpost).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
@@ -59,6 +61,16 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?,
         ),
         None => Trust::Pinned(state_dir(args.state_dir.clone())?.join("known_servers")),
+    };
+    let p2p = match args.no_p2p {
+        true => None,
+        false => {
+            let dir = state_dir(args.state_dir.clone())?;
+            Some(P2pConfig {
+                identity: Identity::load_or_create(&dir)?,
+                pins: dir.join("known_peers"),
+            })
+        }
     };
     let password = if args.headless {
         let mut line = String::new();
@@ -78,6 +90,7 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
         dns: args.dns,
         resource: args.resource,
         trust,
+        p2p,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -106,7 +119,7 @@ fn state_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         Some(home) => Ok(PathBuf::from(home).join(".local/state/outpost")),
-        None => bail!("no HOME to keep pinned certificates under; give --state-dir or --ca"),
+        None => bail!("no HOME to keep pinned certificates and keys under; give --state-dir"),
     }
 }
 

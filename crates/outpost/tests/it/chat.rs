@@ -25,8 +25,13 @@ struct Chat {
 
 impl Chat {
     fn start(user: &str, servers: &[SocketAddr], state: &Path) -> Chat {
+        Chat::start_with(user, servers, state, &[])
+    }
+
+    fn start_with(user: &str, servers: &[SocketAddr], state: &Path, flags: &[&str]) -> Chat {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
         cmd.args(["chat", "--headless", "--jid", &format!("{user}@{DOMAIN}")]);
+        cmd.args(flags);
         for server in servers {
             cmd.arg("--server").arg(server.to_string());
         }
@@ -130,8 +135,10 @@ fn befriend(alice: &mut Chat, bob: &mut Chat) {
 fn headless_clients_befriend_and_chat_with_delivery_states() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = server_for_alice_and_bob(dir.path());
-    let mut alice = Chat::start("alice", &[server.c2s], dir.path());
-    let mut bob = Chat::start("bob", &[server.c2s], dir.path());
+    // Through the server: with no direct links (their own test is below).
+    let no_p2p = ["--no-p2p"];
+    let mut alice = Chat::start_with("alice", &[server.c2s], dir.path(), &no_p2p);
+    let mut bob = Chat::start_with("bob", &[server.c2s], dir.path(), &no_p2p);
     let connected = alice.event("connected", &json!({}));
     assert_eq!(connected["server"], server.c2s.to_string());
     bob.event("connected", &json!({}));
@@ -165,6 +172,31 @@ fn headless_clients_befriend_and_chat_with_delivery_states() {
     alice.command(&json!({"cmd": "quit"}));
     let status = alice.child.wait().expect("reap");
     assert!(status.success(), "outpost chat exited with {status}");
+}
+
+#[test]
+fn headless_friends_on_one_machine_talk_over_a_direct_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let server = server_for_alice_and_bob(dir.path());
+    let mut alice = Chat::start("alice", &[server.c2s], &a);
+    let mut bob = Chat::start("bob", &[server.c2s], &b);
+    alice.event("connected", &json!({}));
+    bob.event("connected", &json!({}));
+    befriend(&mut alice, &mut bob);
+    alice.event("path", &json!({"with": jid("bob"), "path": "direct"}));
+    bob.event("path", &json!({"with": jid("alice"), "path": "direct"}));
+
+    alice.command(&json!({"cmd": "send", "to": jid("bob"), "body": "p2p", "id": "p1"}));
+    let message = bob.event("message", &json!({"from": jid("alice"), "body": "p2p"}));
+    assert_eq!(message["path"], "direct");
+    alice.event("delivery", &json!({"id": "p1", "state": "delivered"}));
+    // Each device made its key and pinned the other's.
+    for (dir, other) in [(&a, "bob"), (&b, "alice")] {
+        let pins = std::fs::read_to_string(dir.join("known_peers")).expect("pins");
+        assert!(pins.starts_with(&format!("{}#", jid(other))), "{pins}");
+        assert!(dir.join("p2p-key.pem").exists());
+    }
 }
 
 #[test]
@@ -317,7 +349,8 @@ fn the_terminal_interface_befriends_and_chats_in_tmux() {
     tui.line("hi bob");
     bob.event("message", &json!({"from": jid("alice"), "body": "hi bob"}));
     tui.wait_for("me: hi bob  [delivered]");
-    tui.wait_for("through the servers");
+    // They are on one machine: the conversation moved to a direct link.
+    tui.wait_for("bob@chat.test — direct");
     // The history fetched when the conversation opened repeats nothing shown.
     assert_eq!(
         tui.screen().matches("hello from bob").count(),
