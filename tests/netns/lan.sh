@@ -3,7 +3,11 @@
 # users of Outpost's own client on another host of the same segment (a second namespace,
 # linked by a veth pair). The server announces itself over multicast DNS; the clients are
 # given no server and a DNS server that does not answer, find the server on the LAN, log
-# on and chat. Nothing leaves the two namespaces.
+# on and chat; as friends, their clients open a direct link and pin each other's device
+# keys. Then serverless mode: the server is stopped and the clients start again with no
+# server at all; they find each other by multicast DNS (XEP-0174, `_presence._tcp`), link
+# with the keys they pinned, and chat. When the server is back, what they said is in its
+# archive, and nothing was shown twice. Nothing leaves the two namespaces.
 #
 # Needs root and iproute2. Env: OUTPOST_BIN (default $CARGO_TARGET_DIR/debug/outpost),
 # LAN_KEEP=1 keeps the work directory.
@@ -80,39 +84,97 @@ for user in alice bob; do
     printf '%s-password\n' "$user" | "$BIN" user add "$user@lan.test" --password-stdin \
         --config "$WORK/outpost.toml" >/dev/null
 done
-ip netns exec "$SERVER_NS" "$BIN" serve --config "$WORK/outpost.toml" \
-    >"$WORK/outpost.stdout" 2>"$WORK/outpost.log" &
-PIDS+=($!)
-listening() { grep -q '^listening c2s' "$WORK/outpost.stdout"; }
-wait_until 20 "the server listening" listening
-announced() { grep -q 'announced on the LAN' "$WORK/outpost.log"; }
-wait_until 10 "the server's announcement" announced
+start_server() { # start_server RUN: logs under that run's name
+    ip netns exec "$SERVER_NS" "$BIN" serve --config "$WORK/outpost.toml" \
+        >"$WORK/outpost-$1.stdout" 2>"$WORK/outpost-$1.log" &
+    SERVER_PID=$!
+    PIDS+=($SERVER_PID)
+    SERVER_RUN=$1
+    listening() { grep -q '^listening c2s' "$WORK/outpost-$SERVER_RUN.stdout"; }
+    wait_until 20 "the server listening" listening
+    announced() { grep -q 'announced on the LAN' "$WORK/outpost-$SERVER_RUN.log"; }
+    wait_until 10 "the server's announcement" announced
+}
+start_server 1
 say "lan.test's server is up at $SERVER_IP and announced itself"
 
 declare -A FD=()
-start_chat() { # start_chat NAME: no --server; a DNS server that does not answer
-    local name=$1 fd
-    mkfifo "$WORK/$name.in"
+start_chat() { # start_chat NAME RUN: no --server; a DNS server that does not answer
+    local name=$1 run=$2 fd
+    mkfifo "$WORK/$name-$run.in"
     ip netns exec "$CLIENT_NS" "$BIN" chat --headless --jid "$name@lan.test" \
         --dns 127.0.0.1:9 --state-dir "$WORK/$name-state" \
-        <"$WORK/$name.in" >"$WORK/$name.events" 2>"$WORK/$name.log" &
+        <"$WORK/$name-$run.in" >"$WORK/$name-$run.events" 2>"$WORK/$name-$run.log" &
     PIDS+=($!)
-    exec {fd}>"$WORK/$name.in"
+    CHAT_PID[$name]=$!
+    exec {fd}>"$WORK/$name-$run.in"
     FD[$name]=$fd
     printf '%s-password\n' "$name" >&"$fd"
 }
+declare -A CHAT_PID=()
 has_event() { grep -qF -- "$2" "$WORK/$1.events"; }
-start_chat alice
-start_chat bob
+count_events() { grep -F -- "$2" "$WORK/$1.events" | grep -cF -- "$3" || true; }
+chat() { printf '%s\n' "$2" >&"${FD[$1]}"; }
+start_chat alice 1
+start_chat bob 1
 for name in alice bob; do
     wait_until 30 "$name to find the server on the LAN" \
-        has_event "$name" "\"event\":\"connected\",\"server\":\"$SERVER_IP:5222\""
+        has_event "$name-1" "\"event\":\"connected\",\"server\":\"$SERVER_IP:5222\""
 done
 say "alice and bob found $SERVER_IP:5222 by multicast DNS and logged on"
 
-printf '%s\n' '{"cmd":"send","to":"bob@lan.test","body":"found you on the LAN","id":"l1"}' >&"${FD[alice]}"
+chat alice '{"cmd":"send","to":"bob@lan.test","body":"found you on the LAN","id":"l1"}'
 wait_until 20 "bob to get alice's message" \
-    has_event bob '"from":"alice@lan.test","body":"found you on the LAN"'
-wait_until 20 "alice's message to be delivered" has_event alice '"id":"l1","state":"delivered"'
-for name in alice bob; do printf '%s\n' '{"cmd":"quit"}' >&"${FD[$name]}"; done
+    has_event bob-1 '"from":"alice@lan.test","body":"found you on the LAN"'
+wait_until 20 "alice's message to be delivered" has_event alice-1 '"id":"l1","state":"delivered"'
 say "RESULT: with no server given and no DNS, two clients found their site server by multicast DNS and chatted"
+
+# Friends: their clients link directly and pin each other's device key.
+chat alice '{"cmd":"add","jid":"bob@lan.test"}'
+wait_until 20 "bob to hear alice's request" has_event bob-1 '"event":"subscription","from":"alice@lan.test"'
+chat bob '{"cmd":"add","jid":"alice@lan.test"}'
+wait_until 20 "alice to hear bob's request" has_event alice-1 '"event":"subscription","from":"bob@lan.test"'
+chat alice '{"cmd":"add","jid":"bob@lan.test"}'
+wait_until 20 "alice's link to bob" has_event alice-1 '"with":"bob@lan.test","path":"direct"'
+wait_until 20 "bob's link to alice" has_event bob-1 '"with":"alice@lan.test","path":"direct"'
+for name in alice bob; do
+    chat "$name" '{"cmd":"quit"}'
+    wait "${CHAT_PID[$name]}" || die "$name's client did not quit cleanly"
+done
+say "alice and bob linked directly and pinned each other's device keys"
+
+# ---------------------------------------------------------------- serverless
+kill "$SERVER_PID"
+wait "$SERVER_PID" 2>/dev/null || true
+say "the server is stopped; alice and bob start again with no server at all"
+start_chat alice 2
+start_chat bob 2
+wait_until 40 "alice's serverless link to bob" has_event alice-2 '"with":"bob@lan.test","path":"direct"'
+wait_until 20 "bob's serverless link to alice" has_event bob-2 '"with":"alice@lan.test","path":"direct"'
+has_event alice-2 '"event":"connected"' && die "alice's client found a server"
+chat alice '{"cmd":"send","to":"bob@lan.test","body":"no server at all","id":"s1"}'
+wait_until 20 "bob to get alice's message over the link" \
+    has_event bob-2 '"from":"alice@lan.test","body":"no server at all","id":"s1","path":"direct"'
+wait_until 20 "alice's serverless message to be delivered" has_event alice-2 '"id":"s1","state":"delivered"'
+say "RESULT: with no server process at all, alice and bob found each other by multicast DNS (_presence._tcp) and chatted over a link checked against their pins"
+
+start_server 2
+for name in alice bob; do
+    wait_until 40 "$name back on the server" has_event "$name-2" '"event":"connected"'
+done
+# alice's client handed the server what she said without it when it logged on; bob asks
+# his archive for the conversation until a page holds it.
+archived() { grep -F '"event":"history"' "$WORK/bob-2.events" | grep -qF '"body":"no server at all"'; }
+pages() { grep -cF '"event":"history"' "$WORK/bob-2.events" || true; }
+for _ in $(seq 10); do
+    before=$(pages)
+    chat bob '{"cmd":"history","with":"alice@lan.test"}'
+    another_page() { [[ $(pages) -gt $before ]]; }
+    wait_until 10 "a page of bob's history" another_page
+    archived && break
+done
+archived || die "the serverless message is not in bob's archive"
+n=$(count_events bob-2 '"event":"message"' '"body":"no server at all"')
+[[ $n -eq 1 ]] || die "bob was shown the serverless message $n times"
+for name in alice bob; do chat "$name" '{"cmd":"quit"}'; done
+say "RESULT: once the server was back, what was said without it was in the archive, shown once"

@@ -414,13 +414,14 @@ enum Via {
     Archive,
 }
 
-/// The message inside `<forwarded/>`, and its delay stamp.
+/// The message inside `<forwarded/>`, and when it was sent: its own delay stamp if it
+/// has one (a message said before it reached a server), else the forwarding's.
 pub(crate) fn forwarded(wrapper: &Element) -> Option<(&Element, Option<String>)> {
     let forwarded = wrapper.get_child("forwarded", ns::FORWARD)?;
     let message = forwarded.get_child("message", ns::CLIENT)?;
-    let stamp = forwarded
-        .get_child("delay", ns::DELAY)
-        .and_then(|d| d.attr("stamp"))
+    let stamp = [message, forwarded]
+        .iter()
+        .find_map(|el| el.get_child("delay", ns::DELAY)?.attr("stamp"))
         .map(str::to_owned);
     Some((message, stamp))
 }
@@ -434,7 +435,7 @@ pub(crate) fn error_condition(el: &Element) -> String {
         .map_or_else(|| "undefined-condition".to_owned(), |c| c.name().to_owned())
 }
 
-fn now() -> Option<String> {
+pub(crate) fn now() -> Option<String> {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .ok()

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::event::{DeliveryState, Event, Path};
 use crate::ns;
+use crate::p2p::lan::{LanPresence, Neighbour};
 use crate::p2p::link::{self, Dial, LinkEvent, LinkId};
 use crate::p2p::{Identity, JINGLE, NS, P2pConfig, PUBSUB, Tls};
 use crate::session::Session;
@@ -49,6 +50,11 @@ pub(crate) struct Peers {
     offers: HashMap<String, Offer>,
     links: BTreeMap<LinkId, Link>,
     next_id: LinkId,
+    /// Our presence on the LAN while no server is reachable.
+    lan: Option<LanPresence>,
+    /// Copies of what was said over links while no server was reachable, for the
+    /// archive once one is.
+    to_archive: Vec<String>,
 }
 
 struct Offer {
@@ -65,8 +71,15 @@ struct Link {
     device: Device,
     full: String,
     out: mpsc::Sender<String>,
-    /// Messages sent over the link without a receipt yet: (id, stanza).
-    unacked: Vec<(String, String)>,
+    /// Messages sent over the link without a receipt yet.
+    unacked: Vec<Direct>,
+}
+
+struct Direct {
+    id: String,
+    xml: String,
+    /// When it was sent, if no server was reachable then (RFC 3339).
+    serverless: Option<String>,
 }
 
 impl Peers {
@@ -85,6 +98,8 @@ impl Peers {
             offers: HashMap::new(),
             links: BTreeMap::new(),
             next_id: 0,
+            lan: None,
+            to_archive: Vec::new(),
         })
     }
 
@@ -298,15 +313,11 @@ impl Session {
         if self.jid.as_str() >= full || busy || p.refused.contains(&device) {
             return Ok(());
         }
-        let port = match p.port {
-            Some(port) => port,
-            None => match link::listen(p.tls.clone(), self.link_tx.clone()).await {
-                Ok(port) => *p.port.insert(port),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for direct links");
-                    return Ok(());
-                }
-            },
+        let Some(port) = self.listening().await else {
+            return Ok(());
+        };
+        let Some(p) = self.peers.as_deref_mut() else {
+            return Ok(());
         };
         let sid = crate::random_id(16);
         let candidates: String = crate::p2p::candidates(stream.local, port)
@@ -340,6 +351,18 @@ impl Session {
             },
         );
         self.send_stanza(stream, xml, None).await
+    }
+
+    /// The port peers dial, listening on it the first time.
+    async fn listening(&mut self) -> Option<u16> {
+        let p = self.peers.as_deref_mut()?;
+        if p.port.is_none() {
+            match link::listen(p.tls.clone(), self.link_tx.clone()).await {
+                Ok(port) => p.port = Some(port),
+                Err(e) => tracing::warn!(error = %e, "cannot listen for direct links"),
+            }
+        }
+        p.port
     }
 
     /// A Jingle request from a contact's device; `false` when `el` is none (or links
@@ -444,6 +467,7 @@ impl Session {
             peer: offer.full.clone(),
             candidates: offer.candidates.clone(),
             pinned: pinned.clone(),
+            jid: self.config.jid.clone(),
             device: p.identity.device().to_owned(),
         };
         tokio::spawn(link::dial(p.tls.clone(), dial, self.link_tx.clone()));
@@ -458,10 +482,12 @@ impl Session {
         match event {
             LinkEvent::Accepted {
                 sid,
+                jid,
                 device,
                 fingerprint,
                 stream: link,
-            } => self.accepted(sid, &device, &fingerprint, link).await,
+            } => self.accepted(sid, jid, &device, &fingerprint, link).await,
+            LinkEvent::Neighbour(neighbour) => self.neighbour(neighbour),
             LinkEvent::Dialed { sid, stream: link } => {
                 let offer = self
                     .peers
@@ -480,10 +506,12 @@ impl Session {
         Ok(())
     }
 
-    /// A peer dialed in for one of our offers: take it if it shows the key we pinned.
+    /// A peer dialed in for one of our offers, or, found on the LAN, for none: take it
+    /// if it shows the key we pinned for its device.
     async fn accepted(
         &mut self,
         sid: String,
+        jid: Option<String>,
         device: &str,
         fingerprint: &str,
         mut link: Box<Stream>,
@@ -491,6 +519,21 @@ impl Session {
         let Some(p) = self.peers.as_deref_mut() else {
             return;
         };
+        if !p.offers.contains_key(&sid)
+            && let Some(jid) = jid
+            && p.pins.get(&format!("{jid}#{device}")) == Some(fingerprint)
+        {
+            let device = (jid.clone(), device.to_owned());
+            p.keys.insert(device.clone(), fingerprint.to_owned());
+            let offer = Offer {
+                full: jid,
+                device,
+                ours: true,
+                candidates: Vec::new(),
+                since: Instant::now(),
+            };
+            p.offers.insert(sid.clone(), offer);
+        }
         let Some(offer) = p
             .offers
             .get(&sid)
@@ -592,7 +635,7 @@ impl Session {
             path: Path::Server,
         })
         .await;
-        for (id, xml) in link.unacked {
+        for Direct { id, xml, .. } in link.unacked {
             match stream.as_deref_mut() {
                 Some(stream) => self.send_message(stream, xml, id).await?,
                 None => self.pending.push(Unacked {
@@ -608,7 +651,13 @@ impl Session {
     /// none does (or it just broke, and the servers must carry it). `message` is the id
     /// of a chat message, kept until its receipt.
     pub(crate) fn send_direct(&mut self, to: &str, xml: &str, message: Option<&str>) -> bool {
-        let online = self.people.online.get(crate::bare(to));
+        // With no server, any link to the contact will do.
+        let online = self
+            .people
+            .online
+            .get(crate::bare(to))
+            .filter(|_| self.online);
+        let serverless = (!self.online).then(crate::incoming::now).flatten();
         let Some(p) = self.peers.as_deref_mut() else {
             return false;
         };
@@ -622,7 +671,11 @@ impl Session {
             return false;
         }
         if let Some(message) = message {
-            link.unacked.push((message.to_owned(), xml.to_owned()));
+            link.unacked.push(Direct {
+                id: message.to_owned(),
+                xml: xml.to_owned(),
+                serverless,
+            });
         }
         true
     }
@@ -640,7 +693,17 @@ impl Session {
             .get_child("received", ns::RECEIPTS)
             .and_then(|r| r.attr("id"))
         {
-            link.unacked.retain(|(m, _)| m != receipt);
+            let at = link.unacked.iter().position(|d| d.id == receipt);
+            let delivered = at.map(|at| link.unacked.remove(at));
+            if let Some(Direct {
+                xml,
+                serverless: Some(stamp),
+                ..
+            }) = delivered
+                && let Some(p) = self.peers.as_deref_mut()
+            {
+                p.to_archive.push(archive_copy(&xml, &stamp));
+            }
             let id = receipt.to_owned();
             let state = DeliveryState::Delivered;
             self.emit(Event::Delivery { id, state }).await;
@@ -676,12 +739,92 @@ impl Session {
         .await;
     }
 
+    /// A contact's device on the LAN while we have no server: dial it with its pinned key
+    /// (the smaller account and device dials, so the two do not both).
+    fn neighbour(&mut self, n: Neighbour) {
+        let Some(p) = self.peers.as_deref_mut() else {
+            return;
+        };
+        let device = (n.jid, n.device);
+        let Some(pinned) = p.pins.get(&format!("{}#{}", device.0, device.1)) else {
+            return;
+        };
+        let ours = (self.config.jid.as_str(), p.identity.device());
+        let busy = p.linked(&device) || p.offers.values().any(|o| o.device == device);
+        if self.online || busy || ours >= (device.0.as_str(), device.1.as_str()) {
+            return;
+        }
+        p.keys.insert(device.clone(), pinned.to_owned());
+        let sid = format!("lan-{}", crate::random_id(12));
+        let offer = Offer {
+            full: device.0.clone(),
+            device,
+            ours: false,
+            candidates: n.addresses,
+            since: Instant::now(),
+        };
+        p.offers.insert(sid.clone(), offer);
+        self.dial(&sid);
+    }
+
+    /// No server answers: announce ourselves on the LAN, and look for contacts there.
+    pub(crate) async fn serverless_start(&mut self) {
+        if self.peers.as_ref().is_none_or(|p| p.lan.is_some()) {
+            return;
+        }
+        let Some(port) = self.listening().await else {
+            return;
+        };
+        let Some(p) = self.peers.as_deref_mut() else {
+            return;
+        };
+        let device = p.identity.device().to_owned();
+        match LanPresence::start(&self.config.jid, &device, port, self.link_tx.clone()) {
+            Ok(lan) => {
+                tracing::info!("no server: announced on the LAN for direct links");
+                p.lan = Some(lan);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot announce on the LAN"),
+        }
+    }
+
+    /// A server is back: stop announcing on the LAN (links stay), and hand it what was
+    /// said over links meanwhile, for the archive.
+    pub(crate) async fn serverless_end(&mut self, stream: &mut Stream) -> Result<(), StreamError> {
+        let Some(p) = self.peers.as_deref_mut() else {
+            return Ok(());
+        };
+        p.lan = None;
+        for xml in std::mem::take(&mut p.to_archive) {
+            self.send_stanza(stream, xml, None).await?;
+        }
+        Ok(())
+    }
+
     /// A new session: contacts' resources will say again which devices they are.
     pub(crate) fn forget_devices(&mut self) {
         if let Some(p) = self.peers.as_deref_mut() {
             p.devices.clear();
             p.fetching.clear();
         }
+    }
+}
+
+/// A message said over a link with no server, sent through one later so it is in the
+/// archives: the same id (so the peer, which has it, does not show it again), when it
+/// was said (XEP-0203), and a mark saying it is a copy.
+fn archive_copy(xml: &str, stamp: &str) -> String {
+    let extra = format!(
+        "<delay xmlns='urn:xmpp:delay' stamp='{}'/><copy xmlns='{NS}'/></message>",
+        escape(stamp)
+    );
+    // Nothing to answer: the peer had it, and said so.
+    let xml = xml
+        .replace("<request xmlns='urn:xmpp:receipts'/>", "")
+        .replace("<markable xmlns='urn:xmpp:chat-markers:0'/>", "");
+    match xml.strip_suffix("</message>") {
+        Some(head) => format!("{head}{extra}"),
+        None => xml,
     }
 }
 

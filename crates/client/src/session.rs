@@ -53,6 +53,8 @@ pub(crate) struct Session {
     current: usize,
     /// The server we are on.
     at: Option<Server>,
+    /// Whether a server session is up now.
+    pub(crate) online: bool,
     /// When anything last came from the server.
     last_heard: Instant,
     /// Without stream management: the ping ids that stand for messages.
@@ -61,6 +63,8 @@ pub(crate) struct Session {
     pub(crate) catching_up: Option<String>,
     /// When the newest message shown was sent (RFC 3339), where catching up starts.
     pub(crate) newest: Option<String>,
+    /// Whether this client had a server session before the current one.
+    pub(crate) logged_in_before: bool,
     /// History queries under way: the conversation, and the page so far.
     pub(crate) histories: HashMap<String, (String, Vec<HistoryItem>)>,
     /// The rooms we are in (or entering), with our nick in each.
@@ -123,10 +127,12 @@ impl Session {
             jid: String::new(),
             current: 0,
             at: None,
+            online: false,
             last_heard: Instant::now(),
             pings: Vec::new(),
             catching_up: None,
             newest: None,
+            logged_in_before: false,
             histories: HashMap::new(),
             rooms: BTreeMap::new(),
             progressed: Shown::default(),
@@ -141,7 +147,12 @@ impl Session {
             if *state == DeliveryState::Queued && self.progressed.contains(id) {
                 return;
             }
+            // Each later state once (a receipt may come twice: over a link, then again
+            // for the copy the servers carried).
             if *state > DeliveryState::Queued {
+                if !self.progressed.first_time(&[format!("{state:?}:{id}")]) {
+                    return;
+                }
                 self.progressed.first_time(std::slice::from_ref(id));
             }
         }
@@ -175,6 +186,13 @@ impl Session {
             .await;
             match self.serve(&mut stream, &mut commands).await {
                 End::Quit => {
+                    // Say what we received, so the server keeps none of it for later.
+                    if self.acks.enabled {
+                        let h = self.acks.received;
+                        let _ = stream
+                            .write(&format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>"))
+                            .await;
+                    }
                     stream.close().await;
                     return;
                 }
@@ -208,6 +226,7 @@ impl Session {
     /// The connection is gone. Contacts' presence stays as it was: a resumed session
     /// goes on with it, and a new one starts from nothing (see `fresh_session`).
     async fn lost(&mut self, server: &str, reason: &str) {
+        self.online = false;
         self.emit(Event::Disconnected {
             server: server.to_owned(),
             reason: reason.to_owned(),
@@ -257,6 +276,8 @@ impl Session {
                     }
                 }
             }
+            // No server: contacts on the LAN may still be reached directly.
+            self.serverless_start().await;
             if !self.wait_offline(commands, backoff).await {
                 return None;
             }
@@ -328,13 +349,16 @@ impl Session {
         self.current = index;
         self.at = Some(server.clone());
         self.last_heard = Instant::now();
-        if let Some(sm) = self.acks.session.clone().filter(|s| s.server == index)
-            && self.resume(&mut stream, server, &sm).await?
-        {
-            return Ok((stream, true));
+        let resumed = match self.acks.session.clone().filter(|s| s.server == index) {
+            Some(sm) => self.resume(&mut stream, server, &sm).await?,
+            None => false,
+        };
+        if !resumed {
+            self.fresh_session(&mut stream, server).await?;
         }
-        self.fresh_session(&mut stream, server).await?;
-        Ok((stream, false))
+        self.online = true;
+        self.serverless_end(&mut stream).await?;
+        Ok((stream, resumed))
     }
 
     /// Tries XEP-0198 resumption; `false` when the server no longer has the session.
@@ -427,7 +451,13 @@ impl Session {
         for u in carried {
             self.send_stanza(stream, u.xml, u.message).await?;
         }
-        self.catch_up(stream, None).await
+        // On the first login the offline store hands over what waited; what came before
+        // was for an earlier run of the client (a message over a LAN link meanwhile
+        // says nothing of what the servers hold).
+        match std::mem::replace(&mut self.logged_in_before, true) {
+            true => self.catch_up(stream, None).await,
+            false => Ok(()),
+        }
     }
 
     async fn enable_sm(&mut self, stream: &mut Stream, server: &Server) -> Result<(), StreamError> {

@@ -36,6 +36,9 @@ pub(crate) enum LinkEvent {
     /// session and device.
     Accepted {
         sid: String,
+        /// The account it says it is (checked against our pins when no offer of ours
+        /// names the session: a contact on the LAN with no server).
+        jid: Option<String>,
         device: String,
         fingerprint: String,
         stream: Box<Stream>,
@@ -53,6 +56,8 @@ pub(crate) enum LinkEvent {
     Element { id: LinkId, el: Element },
     /// A link ended.
     Closed { id: LinkId, reason: String },
+    /// A device announced itself on the LAN (serverless presence).
+    Neighbour(super::lan::Neighbour),
 }
 
 /// Listens for peers on every IPv4 address, on a port the system picks; returns it.
@@ -97,8 +102,10 @@ async fn accept(tls: Tls, tcp: TcpStream, events: mpsc::Sender<LinkEvent>) {
             .filter(|_| first.is("link", NS))?
             .to_owned();
         let device = first.attr("device")?.to_owned();
+        let jid = first.attr("jid").map(str::to_owned);
         Some(LinkEvent::Accepted {
             sid,
+            jid,
             device,
             fingerprint,
             stream,
@@ -119,7 +126,8 @@ pub(crate) struct Dial {
     pub(crate) peer: String,
     pub(crate) candidates: Vec<(String, u16)>,
     pub(crate) pinned: String,
-    /// Our own device id, which the peer checks against what it pinned for us.
+    /// Our account and device, which the peer checks against what it pinned for us.
+    pub(crate) jid: String,
     pub(crate) device: String,
 }
 
@@ -184,8 +192,9 @@ async fn dial_one(tls: &Tls, dial: &Dial, host: &str, port: u16) -> Result<Box<S
         };
         let mut stream = Box::new(Stream::over(Box::new(tls), &dial.peer));
         let hello = format!(
-            "{HEADER}<link xmlns='{NS}' sid='{}' device='{}'/>",
+            "{HEADER}<link xmlns='{NS}' sid='{}' jid='{}' device='{}'/>",
             escape(&dial.sid),
+            escape(&dial.jid),
             escape(&dial.device)
         );
         stream.write(&hello).await.map_err(|e| other(&e))?;

@@ -15,13 +15,15 @@
 //! checks the other's against the pin; over it runs an XMPP stream (`jabber:client`)
 //! whose first element names the Jingle session. The session side (who links with whom,
 //! what goes over a link, the fallback to the servers) is in `crate::peers`; the tasks
-//! that listen, dial and carry a link are in [`link`].
+//! that listen, dial and carry a link are in [`link`]. With no server reachable, devices
+//! find each other on the LAN ([`lan`], XEP-0174) and link with the keys pinned before.
 
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub(crate) mod lan;
 pub(crate) mod link;
 mod tls;
 

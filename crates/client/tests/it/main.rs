@@ -648,3 +648,28 @@ async fn with_no_server_given_the_client_follows_the_domain_s_srv_records() {
         );
     }
 }
+
+/// The client acknowledges everything it read as it quits (XEP-0198): otherwise the
+/// server would hand the last messages to the offline store and the next login would show
+/// them again.
+#[tokio::test]
+async fn what_a_client_received_before_quitting_is_not_handed_to_its_next_login() {
+    let server = server_with_users(&["alice", "bob"]).await;
+    let pins = tempfile::tempdir().expect("tempdir");
+    let servers = [server.starttls.to_string()];
+    let alice = User::start("alice@localhost", &servers, pins.path());
+    let mut bob = User::start("bob@localhost", &servers, pins.path());
+    bob.connected().await;
+    alice.send("bob@localhost", "once only", "q1").await;
+    bob.message("once only").await;
+    bob.client.command(Command::Quit).await;
+    while bob.events.recv().await.is_some() {}
+
+    // A later login (another run: nothing remembered), then a marker message: what comes
+    // before the marker is what the server kept for it.
+    let mut bob = User::start("bob@localhost", &servers, pins.path());
+    bob.connected().await;
+    alice.send("bob@localhost", "marker", "q2").await;
+    bob.message("marker").await;
+    assert_eq!(bob.shown("once only"), 0, "handed again: {:?}", bob.seen);
+}
