@@ -85,8 +85,49 @@ pub enum Event {
         id: String,
         mine: bool,
     },
+    /// A file on its way, to or from `with`: offered, moving (`done` of `size` bytes),
+    /// complete (`file`: where a received one was kept) or failed (`text` says why).
+    Transfer {
+        id: String,
+        with: String,
+        name: String,
+        size: u64,
+        done: u64,
+        state: TransferState,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<TransferPath>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+    },
     /// Something failed; the text says what.
     Error { text: String },
+}
+
+/// Where a file transfer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferState {
+    /// Offered to the contact's client, which has not started fetching it.
+    Offered,
+    Sending,
+    Receiving,
+    /// All of it arrived, and its SHA-256 matched.
+    Complete,
+    Failed,
+}
+
+/// How a file travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferPath {
+    /// Straight between the two devices.
+    Direct,
+    /// Through the site's SOCKS5 bytestream proxy.
+    Proxy,
+    /// Through the server's HTTP upload service, for a contact not online.
+    Upload,
 }
 
 /// A message from the archive.
@@ -152,6 +193,9 @@ pub enum Command {
     },
     /// Leave a room.
     Leave { room: String },
+    /// Send a file: to the contact's client online (directly, else through the site's
+    /// proxy), or, with none online, by HTTP upload.
+    SendFile { to: String, path: String },
     /// Log out and stop.
     Quit,
 }

@@ -164,6 +164,9 @@ impl Session {
             return Ok(());
         }
         self.tell_path(&from_bare).await;
+        if via != Via::Carbon {
+            self.shared_file(&from_bare, el).await;
+        }
         self.emit(Event::Message {
             from: from_bare,
             body,
@@ -257,6 +260,9 @@ impl Session {
                     self.catching_up = None;
                 }
                 self.histories.remove(&id);
+                if self.on_file_error(stream, &id, el).await? {
+                    return Ok(());
+                }
                 if self.key_refused(&id) {
                     // The contact does not share a device key with us: no direct links.
                     return Ok(());
@@ -281,6 +287,11 @@ impl Session {
             }
             Some("get") if el.has_child("ping", ns::PING) => self.answer(stream, el, None).await,
             Some("get" | "set") => {
+                if let Some(jingle) = el.get_child("jingle", crate::p2p::JINGLE)
+                    && self.on_file_jingle(stream, el, jingle).await?
+                {
+                    return Ok(());
+                }
                 if self.on_jingle(stream, el).await? {
                     return Ok(());
                 }
@@ -318,6 +329,7 @@ impl Session {
     ) -> Result<(), StreamError> {
         if self.history_end(id, el.get_child("fin", ns::MAM)).await
             || self.key_answer(stream, id, el).await?
+            || self.on_file_result(stream, id, el).await?
         {
             return Ok(());
         }

@@ -17,11 +17,14 @@
 //! - `session`: the client's task: failover, resumption, catch-up and the loop.
 //! - [`p2p`]: direct links between two users' devices, authenticated by keys published
 //!   through the servers and pinned; `peers`: the session's side of them.
+//! - `files`: file transfer (Jingle file transfer, direct or through the site's
+//!   bytestream proxy; HTTP upload for a contact offline), hash-checked and resumable.
 //! - `state`: what outlives a connection (acknowledgements, roster, presence, what was
 //!   shown); `incoming`: what each received stanza means; `rooms`: group chat (XEP-0045)
 //!   and pages of a conversation's archive.
 
 pub mod event;
+mod files;
 mod incoming;
 mod lan;
 mod ns;
@@ -36,7 +39,9 @@ mod state;
 mod stream;
 pub mod trust;
 
-pub use event::{Command, DeliveryState, Event, HistoryItem, Path, RosterItem};
+pub use event::{
+    Command, DeliveryState, Event, HistoryItem, Path, RosterItem, TransferPath, TransferState,
+};
 pub use p2p::{Identity, P2pConfig};
 pub use scram::{Scram, ScramClient};
 pub use server::Server;
@@ -62,6 +67,8 @@ pub struct Config {
     pub trust: Trust,
     /// Direct links with contacts' devices (`None`: everything goes through the servers).
     pub p2p: Option<P2pConfig>,
+    /// Where received files are kept (`None`: files offered are declined).
+    pub downloads: Option<std::path::PathBuf>,
 }
 
 /// Why a client cannot start.

@@ -32,8 +32,8 @@ const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
 type Device = (String, String);
 
 pub(crate) struct Peers {
-    tls: Tls,
-    identity: Identity,
+    pub(crate) tls: Tls,
+    pub(crate) identity: Identity,
     pins: Pins,
     pins_path: String,
     /// The port peers dial, once something was offered.
@@ -116,6 +116,20 @@ impl Peers {
 
     fn linked(&self, device: &Device) -> bool {
         self.links.values().any(|l| l.device == *device)
+    }
+
+    /// The full JID of the contact's device we have a link with.
+    pub(crate) fn linked_full(&self, bare: &str) -> Option<String> {
+        let link = self.links.values().find(|l| l.device.0 == bare)?;
+        Some(link.full.clone()).filter(|f| f.contains('/'))
+    }
+
+    /// The key a contact's device must show: as fetched, or as pinned before.
+    pub(crate) fn key_of(&self, device: &Device) -> Option<String> {
+        self.keys.get(device).cloned().or_else(|| {
+            let pinned = self.pins.get(&format!("{}#{}", device.0, device.1))?;
+            Some(pinned.to_owned()).filter(|_| !self.refused.contains(device))
+        })
     }
 }
 
@@ -354,7 +368,7 @@ impl Session {
     }
 
     /// The port peers dial, listening on it the first time.
-    async fn listening(&mut self) -> Option<u16> {
+    pub(crate) async fn listening(&mut self) -> Option<u16> {
         let p = self.peers.as_deref_mut()?;
         if p.port.is_none() {
             match link::listen(p.tls.clone(), self.link_tx.clone()).await {
@@ -488,6 +502,18 @@ impl Session {
                 stream: link,
             } => self.accepted(sid, jid, &device, &fingerprint, link).await,
             LinkEvent::Neighbour(neighbour) => self.neighbour(neighbour),
+            LinkEvent::FileChannel {
+                sid,
+                jid,
+                device,
+                offset,
+                fingerprint,
+                stream: link,
+            } => {
+                self.file_channel(&sid, (&jid, &device), offset, &fingerprint, link)
+                    .await;
+            }
+            LinkEvent::File(event) => return self.on_file_event(stream, event).await,
             LinkEvent::Dialed { sid, stream: link } => {
                 let offer = self
                     .peers

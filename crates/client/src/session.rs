@@ -39,7 +39,7 @@ pub(crate) struct Session {
     pub(crate) config: Config,
     pub(crate) user: String,
     pub(crate) domain: String,
-    verifier: Verifier,
+    pub(crate) verifier: Verifier,
     events: mpsc::Sender<Event>,
     pub(crate) acks: Acks,
     pub(crate) people: People,
@@ -79,6 +79,8 @@ pub(crate) struct Session {
     resolver: Option<hickory_resolver::TokioResolver>,
     /// Direct links with contacts' devices, when they are on.
     pub(crate) peers: Option<Box<Peers>>,
+    /// Files on their way.
+    pub(crate) files: crate::files::Files,
     /// What the link tasks report (the sender is kept, so the channel never ends).
     pub(crate) link_tx: mpsc::Sender<LinkEvent>,
     link_rx: mpsc::Receiver<LinkEvent>,
@@ -110,6 +112,7 @@ impl Session {
         };
         let (link_tx, link_rx) = mpsc::channel(256);
         Ok(Session {
+            files: crate::files::Files::new(config.downloads.clone()),
             peers,
             link_tx,
             link_rx,
@@ -215,6 +218,11 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The host of the server we are on.
+    pub(crate) fn at_host(&self) -> Option<&str> {
+        self.at.as_ref().map(|s| s.host.as_str())
     }
 
     fn server_name(&self) -> String {
@@ -607,6 +615,7 @@ impl Session {
                     .await?;
             }
             Command::Leave { room } => self.leave(stream, &room).await?,
+            Command::SendFile { to, path } => self.send_file(&to, &path).await,
             Command::Quit => {}
         }
         Ok(())
@@ -654,6 +663,7 @@ impl Session {
                 }
             }
             Command::Read { to, id } if self.send_direct(&to, &read_marker(&to, &id), None) => {}
+            Command::SendFile { to, path } => self.send_file(&to, &path).await,
             Command::Roster => {
                 self.emit(Event::Roster {
                     items: self.people.items(),

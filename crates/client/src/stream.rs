@@ -169,6 +169,12 @@ impl Stream {
         }
     }
 
+    /// The connection itself, for bytes that are not XML (a file after its greeting).
+    /// Only when nothing was read past the last element.
+    pub(crate) fn into_io(self) -> Box<dyn Io> {
+        self.io
+    }
+
     fn tls_failure(&self, server: &str, e: &std::io::Error) -> StreamError {
         if let Some(seen) = &self.seen
             && let (Some(pinned), Some(now)) = (seen.mismatch(), seen.hash())

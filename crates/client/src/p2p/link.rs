@@ -27,7 +27,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Silence after which a link is asked whether it is there.
 const QUIET: Duration = Duration::from_secs(10);
 
-const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+pub(crate) const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
                       xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
 
 /// What the link tasks tell the session.
@@ -58,6 +58,17 @@ pub(crate) enum LinkEvent {
     Closed { id: LinkId, reason: String },
     /// A device announced itself on the LAN (serverless presence).
     Neighbour(super::lan::Neighbour),
+    /// A peer connected to fetch the file offered in `sid`, from `offset` on.
+    FileChannel {
+        sid: String,
+        jid: String,
+        device: String,
+        offset: u64,
+        fingerprint: String,
+        stream: Box<Stream>,
+    },
+    /// What a file transfer's task reports.
+    File(crate::files::FileEvent),
 }
 
 /// Listens for peers on every IPv4 address, on a port the system picks; returns it.
@@ -97,6 +108,19 @@ async fn accept(tls: Tls, tcp: TcpStream, events: mpsc::Sender<LinkEvent>) {
         let mut stream = Box::new(Stream::over(Box::new(tls), &peer));
         stream.write(HEADER).await.ok()?;
         let first = stream.next().await.ok()?;
+        if first.is("file", NS) {
+            return Some(LinkEvent::FileChannel {
+                sid: first.attr("sid")?.to_owned(),
+                jid: first.attr("jid")?.to_owned(),
+                device: first.attr("device")?.to_owned(),
+                offset: first
+                    .attr("offset")
+                    .and_then(|o| o.parse().ok())
+                    .unwrap_or(0),
+                fingerprint,
+                stream,
+            });
+        }
         let sid = first
             .attr("sid")
             .filter(|_| first.is("link", NS))?

@@ -69,6 +69,7 @@ impl User {
             resource: "test".to_owned(),
             trust: Trust::Pinned(pins.join("known_servers")),
             p2p: None,
+            downloads: None,
         }
     }
 

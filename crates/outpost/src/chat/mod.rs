@@ -3,10 +3,11 @@
 //!
 //! `--headless` is the mode for scripts (and tests): the password is the first line of
 //! standard input, then one JSON command per line (`{"cmd":"send","to":…,"body":…}`,
-//! `add`, `remove`, `roster`, `read`, `history`, `join`, `say`, `leave`, `quit`); every
-//! event is one JSON object per line on standard output (`connected`, `disconnected`,
-//! `message`, `sent`, `presence`, `subscription`, `delivery`, `path`, `roster`,
-//! `history`, `joined`, `groupchat`, `error`). A line that is not a command
+//! `add`, `remove`, `roster`, `read`, `history`, `join`, `say`, `leave`,
+//! `sendfile` (`to`, `path`), `quit`); every event is one JSON object per line on
+//! standard output (`connected`, `disconnected`, `message`, `sent`, `presence`,
+//! `subscription`, `delivery`, `path`, `roster`, `history`, `joined`, `groupchat`,
+//! `transfer`, `error`). A line that is not a command
 //! gets an `error` event and nothing else happens; the end of input quits.
 
 use std::io::Write as _;
@@ -49,6 +50,10 @@ pub(crate) struct ChatArgs {
     /// pinning the certificate each server shows first.
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// Where received files are kept. Default: ~/Downloads, or the state directory's
+    /// `files` without a HOME.
+    #[arg(long, value_name = "DIR")]
+    downloads: Option<PathBuf>,
     /// Where pinned certificates and this device's key are kept. Default:
     /// $XDG_STATE_HOME/outpost (or ~/.local/state/outpost).
     #[arg(long, value_name = "DIR")]
@@ -91,6 +96,10 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
         resource: args.resource,
         trust,
         p2p,
+        downloads: Some(downloads_dir(
+            args.downloads.clone(),
+            args.state_dir.clone(),
+        )?),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,6 +117,16 @@ pub(crate) fn run(args: ChatArgs) -> anyhow::Result<()> {
     // wait for it.
     runtime.shutdown_background();
     result
+}
+
+fn downloads_dir(given: Option<PathBuf>, state: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let dir = match (given, std::env::var_os("HOME").filter(|h| !h.is_empty())) {
+        (Some(dir), _) => dir,
+        (None, Some(home)) => PathBuf::from(home).join("Downloads"),
+        (None, None) => state_dir(state)?.join("files"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn state_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {

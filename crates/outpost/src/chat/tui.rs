@@ -5,12 +5,15 @@
 //!
 //! Keys: Up/Down choose a friend or room; Enter sends the line there, or runs it when it
 //! starts with `/` (`/add JID` asks or approves, `/remove JID`, `/join ROOM [NICK]`,
-//! `/leave`, `/quit`); Esc or Ctrl-C quits. Opening a conversation fetches its history
+//! `/leave`, `/send FILE` to the friend shown, `/quit`); Esc or Ctrl-C quits. Files on
+//! their way show in the conversation with a progress bar and the path they take. Opening a conversation fetches its history
 //! from the archive and tells the friend its messages were read (XEP-0333).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use outpost_client::{Client, Command, DeliveryState, Event, Path, RosterItem};
+use outpost_client::{
+    Client, Command, DeliveryState, Event, Path, RosterItem, TransferPath, TransferState,
+};
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
@@ -40,6 +43,19 @@ struct Friend {
     unread: usize,
     path: Option<Path>,
     said: Vec<Said>,
+    /// Files to or from this friend, by transfer id.
+    files: BTreeMap<String, FileView>,
+}
+
+/// A file on its way, as last reported.
+struct FileView {
+    name: String,
+    size: u64,
+    done: u64,
+    state: TransferState,
+    path: Option<TransferPath>,
+    /// Where a received file was kept, or why it failed.
+    note: Option<String>,
 }
 
 /// What the screen shows.
@@ -126,6 +142,27 @@ impl App {
                 id,
                 mine,
             } => self.groupchat(room, from, body, id, mine),
+            Event::Transfer {
+                id,
+                with,
+                name,
+                size,
+                done,
+                state,
+                path,
+                file,
+                text,
+            } => {
+                let view = FileView {
+                    name,
+                    size,
+                    done,
+                    state,
+                    path,
+                    note: file.or(text),
+                };
+                self.friends.entry(with).or_default().files.insert(id, view);
+            }
             Event::Error { text } => self.notice = text,
         }
     }
@@ -239,6 +276,10 @@ impl App {
                     };
                     Some(Command::Join { room, nick })
                 }
+                ("send", false) => {
+                    let to = self.selected_jid().filter(|j| !self.friends[j].room)?;
+                    Some(Command::SendFile { to, path: jid })
+                }
                 ("leave", _) => {
                     let room = self.selected_jid().filter(|j| self.friends[j].room)?;
                     self.friends.remove(&room);
@@ -247,7 +288,7 @@ impl App {
                 }
                 _ => {
                     self.notice =
-                        "commands: /add JID, /remove JID, /join ROOM [NICK], /leave, /quit"
+                        "commands: /add JID, /remove JID, /join ROOM [NICK], /leave, /send FILE, /quit"
                             .to_owned();
                     None
                 }
@@ -470,7 +511,10 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: ratatui::layout::Re
         (None, _) => format!("{} — no friends yet: /add JID", app.me),
     };
     let lines: Vec<Line<'_>> = friend
-        .map(|f| f.said.iter().map(said_line).collect())
+        .map(|f| {
+            let said = f.said.iter().map(said_line);
+            said.chain(f.files.values().map(file_line)).collect()
+        })
         .unwrap_or_default();
     // The newest lines at the bottom: scroll past what does not fit.
     let height = area.height.saturating_sub(2) as usize;
@@ -481,6 +525,44 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &App, area: ratatui::layout::Re
             .block(Block::default().borders(Borders::ALL).title(title)),
         area,
     );
+}
+
+/// `file NAME  [████░░░░░░]  40 %  direct`, then where it was kept or why it failed.
+fn file_line(file: &FileView) -> Line<'_> {
+    const WIDTH: u64 = 20;
+    let percent = (file.done * 100)
+        .checked_div(file.size)
+        .unwrap_or(100)
+        .min(100);
+    let filled = usize::try_from(percent * WIDTH / 100).unwrap_or(0);
+    let bar = format!(
+        "{}{}",
+        "█".repeat(filled),
+        "░".repeat(WIDTH as usize - filled)
+    );
+    let state = match file.state {
+        TransferState::Offered => "offered",
+        TransferState::Sending => "sending",
+        TransferState::Receiving => "receiving",
+        TransferState::Complete => "done",
+        TransferState::Failed => "failed",
+    };
+    let path = match file.path {
+        Some(TransferPath::Direct) => " direct",
+        Some(TransferPath::Proxy) => " via the site's proxy",
+        Some(TransferPath::Upload) => " via upload",
+        None => "",
+    };
+    let note = file
+        .note
+        .as_deref()
+        .map(|n| format!(" — {n}"))
+        .unwrap_or_default();
+    Line::from(vec![
+        Span::styled("file ", Style::default().fg(Color::Magenta)),
+        Span::raw(file.name.as_str()),
+        Span::raw(format!("  [{bar}] {percent:>3} % {state}{path}{note}")),
+    ])
 }
 
 fn said_line(said: &Said) -> Line<'_> {

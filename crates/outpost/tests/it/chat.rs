@@ -65,6 +65,16 @@ impl Chat {
         }
     }
 
+    /// Sends the process a signal (`STOP`, `CONT`).
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
     fn command(&mut self, command: &Value) {
         writeln!(self.stdin, "{command}").expect("write command");
     }
@@ -72,10 +82,19 @@ impl Chat {
     /// The first event `pred` accepts, among those passed over before or the next ones;
     /// the others are kept in `seen`.
     fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_within(WAIT, what, pred)
+    }
+
+    fn wait_within(
+        &mut self,
+        wait: std::time::Duration,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         if let Some(at) = self.seen.iter().position(&pred) {
             return self.seen.remove(at);
         }
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
@@ -406,4 +425,144 @@ fn talk_in_a_room(tui: &Tmux, bob: &mut Chat) {
     )
     .expect("keep the screen");
     println!("{screen}");
+}
+
+/// A file of `size` bytes that are not all alike.
+fn make_file(path: &Path, size: usize) {
+    let mut block = vec![0u8; 1 << 20];
+    let mut x: u32 = 0x9e37_79b9;
+    for b in block.iter_mut() {
+        // xorshift: cheap bytes that differ from block to block below.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x.to_le_bytes()[0];
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut left = size;
+    let mut n = 0u8;
+    while left > 0 {
+        let chunk = left.min(block.len());
+        block[0] = n;
+        n = n.wrapping_add(1);
+        out.write_all(&block[..chunk]).expect("write");
+        left -= chunk;
+    }
+    out.flush().expect("flush");
+}
+
+const FILE_SIZE: usize = 100 << 20;
+
+impl Chat {
+    /// Waits for the transfer of `name` to complete, checking that its progress reached
+    /// the whole size, and that it took `path`; returns the last event.
+    fn transfer_complete(&mut self, name: &str, path: &str) -> Value {
+        // 100 MB hashed twice and moved, in a debug build beside the other tests.
+        let wait = WAIT * 4;
+        let done = self.wait_within(wait, &format!("{name} complete"), |e| {
+            e["event"] == "transfer" && e["name"] == name && e["state"] == "complete"
+        });
+        assert_eq!(done["path"], path, "{done}");
+        assert_eq!(done["done"], done["size"], "{done}");
+        assert_eq!(done["size"], FILE_SIZE, "{done}");
+        done
+    }
+}
+
+/// The same bytes, in both files.
+fn same_file(a: &Path, b: &Path) {
+    let (x, y) = (
+        std::fs::read(a).expect("read"),
+        std::fs::read(b).expect("read"),
+    );
+    assert!(
+        x.len() == y.len() && x == y,
+        "{} differs from {}",
+        b.display(),
+        a.display()
+    );
+}
+
+#[test]
+fn a_100_mb_file_goes_directly_through_the_proxy_and_by_upload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = server_for_alice_and_bob(dir.path());
+    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
+    let (a_files, b_files) = (a.join("files"), b.join("files"));
+    let alice_flags = ["--downloads", a_files.to_str().expect("path")];
+    let bob_flags = ["--downloads", b_files.to_str().expect("path")];
+    let mut alice = Chat::start_with("alice", &[server.c2s], &a, &alice_flags);
+    let mut bob = Chat::start_with("bob", &[server.c2s], &b, &bob_flags);
+    alice.event("connected", &json!({}));
+    bob.event("connected", &json!({}));
+    befriend(&mut alice, &mut bob);
+    alice.event("path", &json!({"with": jid("bob"), "path": "direct"}));
+    let source = dir.path().join("big.bin");
+    make_file(&source, FILE_SIZE);
+
+    // Directly between the two devices; Alice's client is killed on the way, and the
+    // file offered again goes on from where it broke.
+    let direct = dir.path().join("direct.bin");
+    std::fs::copy(&source, &direct).expect("copy");
+    let send = json!({"cmd": "sendfile", "to": jid("bob"), "path": direct});
+    alice.command(&send);
+    let moving = bob.wait_for("the file moving", |e| {
+        e["event"] == "transfer" && e["state"] == "receiving" && e["done"].as_u64() > Some(0)
+    });
+    // Bob's client is stopped first, so the rest cannot arrive before Alice's dies.
+    bob.signal("STOP");
+    alice.child.kill().expect("kill alice");
+    alice.child.wait().expect("reap");
+    bob.signal("CONT");
+    bob.event(
+        "transfer",
+        &json!({"name": "direct.bin", "state": "failed"}),
+    );
+    let mut alice = Chat::start_with("alice", &[server.c2s], &a, &alice_flags);
+    alice.event("path", &json!({"with": jid("bob"), "path": "direct"}));
+    alice.command(&send);
+    let resumed = bob.wait_for("the transfer again", |e| {
+        e["event"] == "transfer" && e["state"] == "receiving" && e["id"] != moving["id"]
+    });
+    assert!(
+        resumed["done"].as_u64() >= moving["done"].as_u64(),
+        "{resumed} after {moving}"
+    );
+    let got = bob.transfer_complete("direct.bin", "direct");
+    alice.transfer_complete("direct.bin", "direct");
+    same_file(
+        &source,
+        Path::new(got["file"].as_str().expect("where it was kept")),
+    );
+
+    // From a client without direct links: through the site's proxy.
+    alice.command(&json!({"cmd": "quit"}));
+    alice.child.wait().expect("reap");
+    let no_p2p = [alice_flags[0], alice_flags[1], "--no-p2p"];
+    let mut alice = Chat::start_with("alice", &[server.c2s], &a, &no_p2p);
+    alice.event("presence", &json!({"from": jid("bob"), "available": true}));
+    let proxied = dir.path().join("proxied.bin");
+    std::fs::copy(&source, &proxied).expect("copy");
+    alice.command(&json!({"cmd": "sendfile", "to": jid("bob"), "path": proxied}));
+    let got = bob.transfer_complete("proxied.bin", "proxy");
+    alice.transfer_complete("proxied.bin", "proxy");
+    same_file(
+        &source,
+        Path::new(got["file"].as_str().expect("where it was kept")),
+    );
+
+    // To Bob while he is away: by HTTP upload, fetched when he is back.
+    bob.command(&json!({"cmd": "quit"}));
+    bob.child.wait().expect("reap");
+    alice.event("presence", &json!({"from": jid("bob"), "available": false}));
+    let uploaded = dir.path().join("uploaded.bin");
+    std::fs::copy(&source, &uploaded).expect("copy");
+    alice.command(&json!({"cmd": "sendfile", "to": jid("bob"), "path": uploaded}));
+    alice.transfer_complete("uploaded.bin", "upload");
+    let mut bob = Chat::start_with("bob", &[server.c2s], &b, &bob_flags);
+    let got = bob.transfer_complete("uploaded.bin", "upload");
+    same_file(
+        &source,
+        Path::new(got["file"].as_str().expect("where it was kept")),
+    );
 }
