@@ -671,7 +671,11 @@ impl Session {
         if let Err(reason) = verdict {
             return self.transfer_failed(stream, id, reason).await;
         }
-        let size = self.files.incoming.get(id).map_or(0, |i| i.size);
+        // A file shared by URL may not have said its size: what arrived is.
+        let size = tokio::fs::metadata(&dest).await.map_or(0, |m| m.len());
+        if let Some(i) = self.files.incoming.get_mut(id) {
+            i.size = size;
+        }
         let event = self.file_event(id, TransferState::Complete, size, None);
         let from = self.files.incoming.remove(id).map(|i| i.from);
         self.emit(event).await;
