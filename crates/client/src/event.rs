@@ -20,7 +20,7 @@ pub enum Path {
 pub enum DeliveryState {
     /// Our server has it (it acknowledged it, XEP-0198, after storing it).
     Queued,
-    /// A hub took it on for a server that is away.
+    /// A hub took it on for the contact's server (their site is reached through it).
     Relayed,
     /// The contact's client has it (XEP-0184).
     Delivered,

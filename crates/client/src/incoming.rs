@@ -78,6 +78,16 @@ impl Session {
             self.emit(Event::Error { text }).await;
             return Ok(());
         }
+        if let Some(relayed) = el.get_child("relayed", ns::DELIVERY)
+            && el.attr("from") == Some(self.domain.as_str())
+        {
+            if let Some(id) = relayed.attr("id") {
+                let id = id.to_owned();
+                let state = DeliveryState::Relayed;
+                self.emit(Event::Delivery { id, state }).await;
+            }
+            return Ok(());
+        }
         if let Some(result) = el.get_child("result", ns::MAM) {
             if self.history_result(result) {
                 return Ok(());

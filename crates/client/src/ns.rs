@@ -18,4 +18,6 @@ pub(crate) const RSM: &str = "http://jabber.org/protocol/rsm";
 pub(crate) const SID: &str = "urn:xmpp:sid:0";
 pub(crate) const RECEIPTS: &str = "urn:xmpp:receipts";
 pub(crate) const MARKERS: &str = "urn:xmpp:chat-markers:0";
+/// Outpost's delivery notes from the server (`relayed`: a hub took a message).
+pub(crate) const DELIVERY: &str = "urn:outpost:delivery:0";
 pub(crate) const MUC_USER: &str = "http://jabber.org/protocol/muc#user";

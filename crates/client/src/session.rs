@@ -150,6 +150,12 @@ impl Session {
             if *state == DeliveryState::Queued && self.progressed.contains(id) {
                 return;
             }
+            let later = |s: DeliveryState| self.progressed.contains(&format!("{s:?}:{id}"));
+            if *state == DeliveryState::Relayed
+                && (later(DeliveryState::Delivered) || later(DeliveryState::Read))
+            {
+                return;
+            }
             // Each later state once (a receipt may come twice: over a link, then again
             // for the copy the servers carried).
             if *state > DeliveryState::Queued {

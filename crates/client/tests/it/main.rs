@@ -674,3 +674,55 @@ async fn what_a_client_received_before_quitting_is_not_handed_to_its_next_login(
     bob.message("marker").await;
     assert_eq!(bob.shown("once only"), 0, "handed again: {:?}", bob.seen);
 }
+
+/// Sites a.test and c.test reach each other only through the hub h.test; alice's client
+/// on a.test shows her message to carol as relayed once the hub has taken it.
+#[tokio::test]
+async fn a_message_through_the_hub_is_shown_relayed() {
+    let site = |domain: &'static str, hub: Option<&'static str>| {
+        move |c: &mut outpost_server::config::Config| {
+            c.domains = vec![domain.to_owned()];
+            c.listen.s2s = vec!["127.0.0.1:0".parse().expect("addr")];
+            c.federation.enabled = true;
+            c.federation.srv_lookup = false;
+            c.federation.dns_server = Some("127.0.0.1:9".parse().expect("addr"));
+            c.federation.retry_initial_secs = 1;
+            c.federation.retry_max_secs = 2;
+            c.federation.probe_interval_secs = 1;
+            c.federation.hub = hub.map(str::to_owned);
+            c.federation.replicate = false;
+        }
+    };
+    let hub = TestServer::start_with(move |c| {
+        site("h.test", None)(c);
+        c.federation.relay_for = vec!["a.test".to_owned(), "c.test".to_owned()];
+    })
+    .await;
+    let a = TestServer::start_with(site("a.test", Some("h.test"))).await;
+    let c = TestServer::start_with(site("c.test", Some("h.test"))).await;
+    fn handle(s: &TestServer) -> &outpost_server::ServerHandle {
+        s.handle.as_ref().expect("running")
+    }
+    let refused = outpost_testkit::closed_port().await;
+    handle(&a).set_peer_address("c.test", refused.into());
+    handle(&c).set_peer_address("a.test", refused.into());
+    for site in [&a, &c] {
+        handle(site).set_peer_address("h.test", hub.s2s.expect("s2s").into());
+    }
+    handle(&hub).set_peer_address("a.test", a.s2s.expect("s2s").into());
+    handle(&hub).set_peer_address("c.test", c.s2s.expect("s2s").into());
+    a.add_user("alice", PASSWORD).await;
+    c.add_user("carol", PASSWORD).await;
+
+    let pins = tempfile::tempdir().expect("tempdir");
+    let mut alice = User::start("alice@a.test", &[a.starttls.to_string()], pins.path());
+    alice.connected().await;
+    let mut carol = c.login("carol", PASSWORD, "pc").await;
+    carol.available().await;
+    alice.send("carol@c.test", "across the hub", "x1").await;
+    let got = carol
+        .recv_where(|el| outpost_testkit::body(el).as_deref() == Some("across the hub"))
+        .await;
+    assert_eq!(got.attr("id"), Some("x1"));
+    alice.delivery("x1", DeliveryState::Relayed).await;
+}

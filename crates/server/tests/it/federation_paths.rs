@@ -99,11 +99,26 @@ async fn the_hub_relays_chat_between_sites_that_cannot_reach_each_other() {
 
     alice_to_carol_once_in_order(&mut alice, &mut carol, "via hub", 20).await;
 
-    carol.send(&chat("alice@a.test/phone", "and back")).await;
+    carol
+        .send("<message to='alice@a.test/phone' type='chat' id='back-1'><body>and back</body></message>")
+        .await;
     let got = alice
         .recv_where(|el| is_chat_from(el, "carol@c.test/pc"))
         .await;
     assert_eq!(body(&got).as_deref(), Some("and back"));
+    // Carol's server tells her client that the hub took her message.
+    let told = carol
+        .recv_where(|el| el.get_child("relayed", "urn:outpost:delivery:0").is_some())
+        .await;
+    let relayed = told
+        .get_child("relayed", "urn:outpost:delivery:0")
+        .expect("relayed");
+    assert_eq!(told.attr("from"), Some("c.test"));
+    assert_eq!(told.attr("type"), Some("headline"));
+    assert_eq!(
+        (relayed.attr("id"), relayed.attr("by")),
+        (Some("back-1"), Some("h.test"))
+    );
 
     // Operators see which path each link took, and why direct did not work.
     let link = a.wait_link("c.test", |l| l.state == LinkState::Up).await;

@@ -4,6 +4,7 @@
 //! machine's; see its documentation for rounds, paths, the ack window and the timers.
 
 mod machine;
+mod relayed;
 #[cfg(test)]
 mod tests;
 
@@ -108,6 +109,7 @@ struct Io {
     remote: String,
     conn: Option<Conn>,
     probes: JoinSet<(u64, Vec<(Path, bool)>)>,
+    relayed: relayed::Relayed,
 }
 
 pub(super) async fn run(
@@ -123,6 +125,7 @@ pub(super) async fn run(
         env: env.clone(),
         conn: None,
         probes: JoinSet::new(),
+        relayed: relayed::Relayed::default(),
     };
     let mut link = Link::new(settings);
     let mut buf = vec![0u8; READ_CHUNK];
@@ -211,11 +214,16 @@ impl Io {
                         Vec::new()
                     }
                 };
+                self.relayed.sending(&batch);
                 link.queue_batch(batch, now());
             }
             Action::Ack { up_to } => {
                 if let Err(e) = env.store.outbox_ack(local, remote, up_to, now_ms()).await {
                     warn!(error = %e, "cannot remove acknowledged stanzas");
+                }
+                let told = self.relayed.acked(up_to, local);
+                if let (false, Some(d)) = (told.is_empty(), env.delivery()) {
+                    told.into_iter().for_each(|el| d.send(el));
                 }
             }
             Action::Connect { path, peer } => match open(env, path, &peer).await {
@@ -253,7 +261,11 @@ impl Io {
             Action::State { state, error } => {
                 env.board.set(local, remote, state, error);
             }
-            Action::Path(path) => env.board.set_path(local, remote, path.as_str()),
+            Action::Path(path) => {
+                env.board.set_path(local, remote, path.as_str());
+                self.relayed
+                    .path(path, env.config.hub.as_deref().unwrap_or(remote));
+            }
             Action::Up => {
                 if let Some(d) = env.delivery() {
                     super::reprobe(&d, local, remote);
