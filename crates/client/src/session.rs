@@ -26,6 +26,9 @@ const DEAD: Duration = Duration::from_secs(20);
 const LAN_WAIT: Duration = Duration::from_millis(1500);
 /// The longest wait between two rounds over every server.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest wait between two attempts to return home when home answers but the
+/// return fails (an account not there yet, a login refused).
+const MAX_HOME_WAIT: Duration = Duration::from_secs(300);
 
 /// How one connection ended.
 enum End {
@@ -57,6 +60,9 @@ pub(crate) struct Session {
     pub(crate) online: bool,
     /// When anything last came from the server.
     last_heard: Instant,
+    /// While away from home: how long between attempts to return, and the next one.
+    home_wait: Duration,
+    home_next: Instant,
     /// Without stream management: the ping ids that stand for messages.
     pub(crate) pings: Vec<(String, String)>,
     /// An archive query under way: its id.
@@ -132,6 +138,8 @@ impl Session {
             at: None,
             online: false,
             last_heard: Instant::now(),
+            home_wait: TICK,
+            home_next: Instant::now(),
             pings: Vec::new(),
             catching_up: None,
             newest: None,
@@ -173,12 +181,22 @@ impl Session {
         let mut redirect: Option<Server> = None;
         // Whether the last connection was to another server than home (set as each ends).
         let mut returning = false;
+        // Whether the last connection ended to go home.
+        let mut went_home = false;
         loop {
             let Some((mut stream, resumed)) =
                 self.connect_any(&mut commands, redirect.take()).await
             else {
                 return;
             };
+            // A return that did not take waits longer each time before the next.
+            self.home_wait = match (self.current, went_home) {
+                (0, _) => TICK,
+                (_, true) => (self.home_wait * 2).min(MAX_HOME_WAIT),
+                (_, false) => self.home_wait,
+            };
+            self.home_next = Instant::now() + self.home_wait;
+            went_home = false;
             let why = match (self.current, returning) {
                 (usize::MAX, _) => "redirected",
                 (0, true) => "returned",
@@ -209,6 +227,7 @@ impl Session {
                     stream.close().await;
                     self.acks.session = None;
                     returning = true;
+                    went_home = true;
                     self.lost(&server, "moving back to the home server").await;
                 }
                 End::Lost(e) => {
@@ -563,7 +582,7 @@ impl Session {
             }
         }
         self.retry_rooms(stream).await?;
-        if self.current == 0 {
+        if self.current == 0 || Instant::now() < self.home_next {
             return Ok(false);
         }
         let Some(home) = self.servers.first() else {
