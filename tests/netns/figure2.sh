@@ -217,7 +217,7 @@ start_chat() { # start_chat NAME PASSWORD [--server HOST:PORT]...
     shift 2
     mkfifo "$WORK/$name.in"
     in_ns "$S1" "$BIN" chat --headless --jid "$name@site1.test" "$@" \
-        --state-dir "$WORK/$name-state" \
+        --state-dir "$WORK/$name-state" --downloads "$WORK/$name-files" \
         <"$WORK/$name.in" >"$WORK/$name.events" 2>"$WORK/$name.out" &
     PIDS+=($!)
     exec {fd}>"$WORK/$name.in"

@@ -103,7 +103,7 @@ start_chat() { # start_chat NAME RUN: no --server; a DNS server that does not an
     local name=$1 run=$2 fd
     mkfifo "$WORK/$name-$run.in"
     ip netns exec "$CLIENT_NS" "$BIN" chat --headless --jid "$name@lan.test" \
-        --dns 127.0.0.1:9 --state-dir "$WORK/$name-state" \
+        --dns 127.0.0.1:9 --state-dir "$WORK/$name-state" --downloads "$WORK/$name-files" \
         <"$WORK/$name-$run.in" >"$WORK/$name-$run.events" 2>"$WORK/$name-$run.log" &
     PIDS+=($!)
     CHAT_PID[$name]=$!

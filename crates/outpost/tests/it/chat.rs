@@ -24,8 +24,11 @@ struct Chat {
 }
 
 impl Chat {
+    /// Received files go under the state directory, not the user's ~/Downloads.
     fn start(user: &str, servers: &[SocketAddr], state: &Path) -> Chat {
-        Chat::start_with(user, servers, state, &[])
+        let downloads = state.join(format!("{user}-downloads"));
+        let downloads = downloads.to_str().expect("a UTF-8 path");
+        Chat::start_with(user, servers, state, &["--downloads", downloads])
     }
 
     fn start_with(user: &str, servers: &[SocketAddr], state: &Path, flags: &[&str]) -> Chat {
@@ -155,7 +158,8 @@ fn headless_clients_befriend_and_chat_with_delivery_states() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = server_for_alice_and_bob(dir.path());
     // Through the server: with no direct links (their own test is below).
-    let no_p2p = ["--no-p2p"];
+    let downloads = dir.path().join("downloads");
+    let no_p2p = ["--no-p2p", "--downloads", downloads.to_str().expect("path")];
     let mut alice = Chat::start_with("alice", &[server.c2s], dir.path(), &no_p2p);
     let mut bob = Chat::start_with("bob", &[server.c2s], dir.path(), &no_p2p);
     let connected = alice.event("connected", &json!({}));
@@ -341,11 +345,12 @@ fn the_terminal_interface_befriends_and_chats_in_tmux() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = server_for_alice_and_bob(dir.path());
     let tui = Tmux::start(&format!(
-        "{} chat --jid {} --server {} --state-dir {}",
+        "{} chat --jid {} --server {} --state-dir {} --downloads {}",
         env!("CARGO_BIN_EXE_outpost"),
         jid("alice"),
         server.c2s,
-        dir.path().display()
+        dir.path().display(),
+        dir.path().join("alice-downloads").display()
     ));
     tui.wait_for("password for alice@chat.test");
     tui.line("pw");
@@ -377,6 +382,15 @@ fn the_terminal_interface_befriends_and_chats_in_tmux() {
         "{}",
         tui.screen()
     );
+
+    // A file to Bob, with its progress bar.
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, "minutes of the meeting\n".repeat(50_000)).expect("write");
+    tui.line(&format!("/send {}", file.display()));
+    tui.wait_for("notes.txt  [████████████████████] 100 % done direct");
+    let got = bob.event("transfer", &json!({"name": "notes.txt", "state": "complete"}));
+    let kept = std::fs::read(got["file"].as_str().expect("kept")).expect("read");
+    assert_eq!(kept, std::fs::read(&file).expect("read"));
 
     talk_in_a_room(&tui, &mut bob);
     tui.keys(&["Escape"]);
