@@ -144,3 +144,36 @@ async def test_a_file_a_slixmpp_user_shares_is_fetched_by_outpost_chat(server, t
     finally:
         await chat.stop()
         await stop_all([alice])
+
+
+async def test_a_file_from_outpost_chat_to_a_slixmpp_user_online_goes_by_upload(
+        server, tmp_path, trusting_http):  # noqa: F811
+    """slixmpp does not take Outpost's transport (its presence does not say it is Outpost's
+    client), so the file goes the way every client opens: a link to the upload."""
+    sender, rcpt = uname("ocsend"), uname("slixon")
+    await create_user(server, sender, PASSWORD)
+    await create_user(server, rcpt, PASSWORD)
+    bob = await login(server, rcpt, PASSWORD)
+    chat = await Chat.start(server, sender, tmp_path / "oc")
+    try:
+        await chat.event("connected", lambda e: e["event"] == "connected")
+        # Friends, so that Outpost's client sees bob online.
+        await chat.command(cmd="add", jid=bare(rcpt))
+        bob.send_presence(pto=bare(sender), ptype="subscribed")
+        bob.send_presence(pto=bare(sender))
+        await chat.event("bob online", lambda e: e["event"] == "presence"
+                         and e["from"] == bare(rcpt) and e["available"])
+        data = os.urandom(64 * 1024)
+        source = tmp_path / "photo.jpg"
+        source.write_bytes(data)
+        await chat.command(cmd="sendfile", to=bare(rcpt), path=str(source))
+        done = await chat.event("the upload", lambda e: e["event"] == "transfer"
+                                and e["state"] in ("complete", "failed"))
+        assert (done["state"], done["path"]) == ("complete", "upload"), done
+        msg = await bob.messages.wait_for(
+            lambda m: m.xml.find(f"{{{OOB}}}x") is not None, what="the shared file")
+        status, _, body = await download(trusting_http, msg["body"])
+        assert (status, body) == (200, data)
+    finally:
+        await chat.stop()
+        await stop_all([bob])

@@ -240,6 +240,8 @@ impl Session {
                     return Ok(());
                 }
                 let available = el.attr("type").is_none();
+                let outpost = available && el.has_child("device", crate::p2p::NS);
+                self.people.outpost_client(&from, outpost);
                 if let Some(available) = self.people.presence(&from, available) {
                     self.emit(Event::Presence {
                         from: bare,

@@ -135,13 +135,15 @@ impl Peers {
 
 impl Session {
     /// Our available presence, saying which device this is when links are on.
+    /// Without links, the element still says this is Outpost's client (which takes
+    /// Outpost's file offers), with no device to link with.
     pub(crate) fn presence_stanza(&self) -> String {
         match &self.peers {
             Some(p) => format!(
                 "<presence><device xmlns='{NS}' id='{}'/></presence>",
                 escape(p.identity.device())
             ),
-            None => "<presence/>".to_owned(),
+            None => format!("<presence><device xmlns='{NS}'/></presence>"),
         }
     }
 

@@ -118,6 +118,8 @@ pub(crate) struct People {
     pub(crate) asking: HashSet<String>,
     /// Contacts whose conversation path was told.
     pub(crate) path_told: HashSet<String>,
+    /// The contacts' resources that are Outpost's client (their presence says so).
+    pub(crate) outpost: HashSet<String>,
 }
 
 impl People {
@@ -139,8 +141,17 @@ impl People {
         (before != after).then_some(after)
     }
 
+    /// Whether the resource `full` is Outpost's client, as its latest presence says.
+    pub(crate) fn outpost_client(&mut self, full: &str, yes: bool) {
+        match yes {
+            true => self.outpost.insert(full.to_owned()),
+            false => self.outpost.remove(full),
+        };
+    }
+
     /// Everyone went away (the connection is gone: presence will be sent again).
     pub(crate) fn all_offline(&mut self) -> Vec<String> {
+        self.outpost.clear();
         let gone: Vec<String> = self.online.keys().cloned().collect();
         self.online.clear();
         gone

@@ -266,10 +266,17 @@ impl Session {
             return self.transfer_failed(None, &id, reason).await;
         };
         let to = o.to.clone();
-        // The linked device first, else any client of theirs online; none: upload.
+        // The linked device first, else any Outpost client of theirs online. Other
+        // clients (which do not take Outpost's transport) and contacts offline get it
+        // by upload, which every client opens.
         let full = self.linked_full(&to).or_else(|| {
             let resources = self.people.online.get(&to)?;
-            resources.iter().min().map(|r| format!("{to}{r}"))
+            let outpost = |full: &String| self.people.outpost.contains(full);
+            resources
+                .iter()
+                .map(|r| format!("{to}{r}"))
+                .filter(outpost)
+                .min()
         });
         match full {
             Some(full) => self.offer_file(stream, &id, full).await,

@@ -388,7 +388,10 @@ fn the_terminal_interface_befriends_and_chats_in_tmux() {
     std::fs::write(&file, "minutes of the meeting\n".repeat(50_000)).expect("write");
     tui.line(&format!("/send {}", file.display()));
     tui.wait_for("notes.txt  [████████████████████] 100 % done direct");
-    let got = bob.event("transfer", &json!({"name": "notes.txt", "state": "complete"}));
+    let got = bob.event(
+        "transfer",
+        &json!({"name": "notes.txt", "state": "complete"}),
+    );
     let kept = std::fs::read(got["file"].as_str().expect("kept")).expect("read");
     assert_eq!(kept, std::fs::read(&file).expect("read"));
 
