@@ -281,10 +281,25 @@ has_event erin '"why":"failover"' || die "erin's client did not say it failed ov
 erin_pids=$(pgrep -f -- "--jid erin@site1.test" | paste -sd'|')
 link_port=$(in_ns "$S1" ss -tlnpH | grep -E "pid=($erin_pids)," | awk '{print $4}' | sed 's/.*://' | head -n 1)
 [[ -n $link_port ]] || die "erin's client listens for no direct link"
+# A message is in flight when it breaks: frank's client is stopped, erin's message sits in
+# his socket, unread, without a receipt; the link is aborted and frank's client goes on.
+# erin's client sends it again over the hub (the hub acknowledges it: queued); frank, who
+# may still read the first copy from his socket, is shown it once.
+frank_pids=$(pgrep -f -- "--jid frank@site1.test" | paste -sd' ')
+kill -STOP $frank_pids
+chat erin '{"cmd":"send","to":"frank@site1.test","body":"in flight","id":"e2"}'
+in_flight() { in_ns "$S1" ss -tnH "( dport = :$link_port )" | awk '$1 > 0 {found=1} END {exit !found}'; }
+wait_until 20 "erin's message to wait in frank's socket" in_flight
 in_ns "$S1" ss -K -tn "( sport = :$link_port or dport = :$link_port )" >/dev/null
+kill -CONT $frank_pids
 link_gone() { count_events erin '"path":"server"' | grep -qv '^0$' &&
     count_events frank '"path":"server"' | grep -qv '^0$'; }
 wait_until 20 "erin and frank to see their link gone" link_gone
+wait_until 20 "the message in flight to be sent again over the hub" \
+    has_event erin '"id":"e2","state":"queued"'
+wait_until 20 "the message in flight to reach frank" \
+    has_event frank '"from":"erin@site1.test","body":"in flight","id":"e2"'
+wait_until 20 "the message in flight to be delivered" has_event erin '"id":"e2","state":"delivered"'
 chat erin '{"cmd":"send","to":"frank@site1.test","body":"over the hub","id":"e1"}'
 wait_until 20 "frank to get erin's message at the hub" \
     has_event frank '"from":"erin@site1.test","body":"over the hub","id":"e1","path":"server"'
@@ -312,7 +327,7 @@ done
 chat frank '{"cmd":"send","to":"erin@site1.test","body":"back home","id":"f1"}'
 wait_until 20 "erin to get frank's message at home" \
     has_event erin '"from":"frank@site1.test","body":"back home"'
-for text in '"body":"site 1 is down"' '"body":"over the hub"' '"body":"back home"'; do
+for text in '"body":"site 1 is down"' '"body":"in flight"' '"body":"over the hub"' '"body":"back home"'; do
     for name in erin frank; do
         n=$(count_events "$name" "$text")
         [[ $n -le 1 ]] || die "$name was shown $text $n times"

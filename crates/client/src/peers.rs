@@ -27,6 +27,8 @@ use crate::trust::Pins;
 
 /// An offer not answered in this time is forgotten.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most offers under way at once: more from contacts are ignored until some end.
+const MAX_OFFERS: usize = 64;
 
 /// A contact's device: (bare JID, device id).
 type Device = (String, String);
@@ -445,7 +447,9 @@ impl Session {
             .unwrap_or_default();
         candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         let device = (crate::bare(full).to_owned(), device.to_owned());
-        if device.1.is_empty() || p.refused.contains(&device) || p.linked(&device) {
+        p.offers.retain(|_, o| o.since.elapsed() < OFFER_TIMEOUT);
+        let full_up = p.offers.len() >= MAX_OFFERS;
+        if device.1.is_empty() || full_up || p.refused.contains(&device) || p.linked(&device) {
             return Ok(());
         }
         p.offers.insert(

@@ -189,14 +189,7 @@ impl Session {
             else {
                 return;
             };
-            // A return that did not take waits longer each time before the next.
-            self.home_wait = match (self.current, went_home) {
-                (0, _) => TICK,
-                (_, true) => (self.home_wait * 2).min(MAX_HOME_WAIT),
-                (_, false) => self.home_wait,
-            };
-            self.home_next = Instant::now() + self.home_wait;
-            went_home = false;
+            self.schedule_return(std::mem::take(&mut went_home));
             let why = match (self.current, returning) {
                 (usize::MAX, _) => "redirected",
                 (0, true) => "returned",
@@ -212,22 +205,11 @@ impl Session {
             })
             .await;
             match self.serve(&mut stream, &mut commands).await {
-                End::Quit => {
-                    // Say what we received, so the server keeps none of it for later.
-                    if self.acks.enabled {
-                        let h = self.acks.received;
-                        let _ = stream
-                            .write(&format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>"))
-                            .await;
-                    }
-                    stream.close().await;
-                    return;
-                }
+                End::Quit => return self.quit(stream).await,
                 End::GoHome => {
                     stream.close().await;
                     self.acks.session = None;
-                    returning = true;
-                    went_home = true;
+                    (returning, went_home) = (true, true);
                     self.lost(&server, "moving back to the home server").await;
                 }
                 End::Lost(e) => {
@@ -243,6 +225,29 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// When to try home next, once connected: at the next tick at home or after a
+    /// failover; a return that did not take (`went_home`, yet not home) waits longer each
+    /// time.
+    fn schedule_return(&mut self, went_home: bool) {
+        self.home_wait = match (self.current, went_home) {
+            (0, _) => TICK,
+            (_, true) => (self.home_wait * 2).min(MAX_HOME_WAIT),
+            (_, false) => self.home_wait,
+        };
+        self.home_next = Instant::now() + self.home_wait;
+    }
+
+    /// Logs out: says what was received, so the server keeps none of it for later.
+    async fn quit(&mut self, mut stream: Stream) {
+        if self.acks.enabled {
+            let h = self.acks.received;
+            let _ = stream
+                .write(&format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>"))
+                .await;
+        }
+        stream.close().await;
     }
 
     /// The host of the server we are on.

@@ -101,10 +101,12 @@ pub(crate) async fn put(
     }
 }
 
-/// GETs `url` into `part`, reporting the bytes received; returns how many.
+/// GETs `url` into `part` (at most `max` bytes), reporting the bytes received; returns
+/// how many.
 pub(crate) async fn get(
     url: &str,
     part: &Path,
+    max: u64,
     verifier: &Verifier,
     mut progress: impl FnMut(u64),
 ) -> Result<u64, String> {
@@ -131,6 +133,9 @@ pub(crate) async fn get(
         if let Ok(data) = frame.into_data() {
             file.write_all(&data).await.map_err(|e| e.to_string())?;
             done += data.len() as u64;
+            if done > max {
+                return Err(format!("{url} is larger than {max} bytes; not kept"));
+            }
             if done - told >= REPORT_EVERY {
                 told = done;
                 progress(done);

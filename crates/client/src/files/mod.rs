@@ -30,6 +30,10 @@ const OOB: &str = "jabber:x:oob";
 const METADATA: &str = "urn:xmpp:file:metadata:0";
 const BYTESTREAMS: &str = "http://jabber.org/protocol/bytestreams";
 const UPLOAD: &str = "urn:xmpp:http:upload:0";
+/// The largest file taken from a contact, and the most received at once: a contact
+/// cannot fill the disk or the task list by offering.
+const MAX_FILE: u64 = 16 << 30;
+const MAX_INCOMING: usize = 16;
 /// How long a direct candidate may take to connect and greet.
 const DIRECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -407,15 +411,13 @@ impl Session {
             .filter(|h| h.attr("algo") == Some("sha-256"))
             .map(|h| h.text().trim().to_owned());
         let contact = self.people.roster.contains_key(crate::bare(from));
-        let Some(incoming) = self.incoming(from, &name, size, hash, TransferPath::Direct) else {
+        let busy = self.files.incoming.len() >= MAX_INCOMING || size > MAX_FILE;
+        let incoming = self.incoming(from, &name, size, hash, TransferPath::Direct);
+        let (Some(incoming), true, false) = (incoming, contact, busy) else {
             let reason = if contact { "decline" } else { "security-error" };
             let xml = jingle_terminate(from, &sid, reason);
             return self.send_stanza(stream, xml, None).await;
         };
-        if !contact {
-            let xml = jingle_terminate(from, &sid, "security-error");
-            return self.send_stanza(stream, xml, None).await;
-        }
         let offset = part_length(&incoming.part, size).await;
         self.files.incoming.insert(sid.clone(), incoming);
         let event = self.file_event(&sid, TransferState::Receiving, offset, None);
@@ -795,6 +797,9 @@ impl Session {
             .and_then(|m| m.get_child("hash", HASHES))
             .filter(|h| h.attr("algo") == Some("sha-256"))
             .map(|h| h.text().trim().to_owned());
+        if self.files.incoming.len() >= MAX_INCOMING {
+            return;
+        }
         let Some(incoming) = self.incoming(from_bare, &name, size, hash, TransferPath::Upload)
         else {
             return;

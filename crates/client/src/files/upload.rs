@@ -165,7 +165,7 @@ pub(super) fn spawn_download(
                 done,
             }));
         };
-        let fetched = match http::get(&url, &part, &verifier, progress).await {
+        let fetched = match http::get(&url, &part, super::MAX_FILE, &verifier, progress).await {
             Ok(_) => super::wire::hash_file(&part)
                 .await
                 .map_err(|e| e.to_string()),

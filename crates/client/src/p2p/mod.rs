@@ -15,8 +15,8 @@
 //! checks the other's against the pin; over it runs an XMPP stream (`jabber:client`)
 //! whose first element names the Jingle session. The session side (who links with whom,
 //! what goes over a link, the fallback to the servers) is in `crate::peers`; the tasks
-//! that listen, dial and carry a link are in [`link`]. With no server reachable, devices
-//! find each other on the LAN ([`lan`], XEP-0174) and link with the keys pinned before.
+//! that listen, dial and carry a link are in `link`. With no server reachable, devices
+//! find each other on the LAN (`lan`, XEP-0174) and link with the keys pinned before.
 
 use std::path::{Path, PathBuf};
 

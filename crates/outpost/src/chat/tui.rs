@@ -96,15 +96,16 @@ impl App {
                 self.status = format!("reconnecting: {server} lost ({reason})");
             }
             Event::Message { from, body, id, .. } => {
-                let friend = self.friends.entry(from).or_default();
-                friend.unread += 1;
-                friend.said.push(Said {
+                let said = Said {
                     mine: false,
                     nick: None,
                     body,
                     id,
                     state: None,
-                });
+                };
+                let friend = self.friends.entry(from).or_default();
+                friend.unread += 1;
+                friend.said.push(said);
             }
             Event::Sent { to, body, id } => self.friends.entry(to).or_default().said.push(Said {
                 mine: true,
@@ -142,29 +143,37 @@ impl App {
                 id,
                 mine,
             } => self.groupchat(room, from, body, id, mine),
-            Event::Transfer {
-                id,
-                with,
-                name,
-                size,
-                done,
-                state,
-                path,
-                file,
-                text,
-            } => {
-                let view = FileView {
-                    name,
-                    size,
-                    done,
-                    state,
-                    path,
-                    note: file.or(text),
-                };
-                self.friends.entry(with).or_default().files.insert(id, view);
-            }
+            transfer @ Event::Transfer { .. } => self.transfer(transfer),
             Event::Error { text } => self.notice = text,
         }
+    }
+
+    /// A file's progress, shown in the conversation with whom it goes to or comes from.
+    fn transfer(&mut self, event: Event) {
+        let Event::Transfer {
+            id,
+            with,
+            name,
+            size,
+            done,
+            state,
+            path,
+            file,
+            text,
+        } = event
+        else {
+            return;
+        };
+        let note = file.or(text);
+        let view = FileView {
+            name,
+            size,
+            done,
+            state,
+            path,
+            note,
+        };
+        self.friends.entry(with).or_default().files.insert(id, view);
     }
 
     /// Older messages from the archive go before what is shown, once each.
