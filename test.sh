@@ -51,6 +51,12 @@ if ! command -v tmux >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null \
         || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tmux >/dev/null; }
 fi
+# The store battery runs against a real PostgreSQL server it starts itself
+# (crates/store/tests/it/postgres.rs): Debian's binaries are all it needs.
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }
+fi
 cargo test --workspace --locked
 
 step "systemd unit (contrib/outpost.service)"

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use outpost_server::ServerHandle;
-use outpost_server::config::Config;
-use outpost_store::{SqliteStore, Store};
+use outpost_server::config::{Config, StorageBackend, redact_url};
+use outpost_store::{PgStore, SqliteStore, Store};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::load::{self, ConfigArgs};
@@ -205,10 +205,22 @@ fn dialback_secret(config: &Config) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-/// Opens (creating if needed) the store named by the configuration. Shared with the
-/// `user` commands, which work on the same file.
+/// Opens (creating if needed) the store named by the configuration: the SQLite file, or
+/// the PostgreSQL database (its schema brought up to date). Shared with the `user`
+/// commands, which work on the same store.
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     create_private_dir(&config.data_dir)?;
+    if config.storage.backend == StorageBackend::Postgres {
+        let url = config
+            .storage
+            .url
+            .as_deref()
+            .context("storage.url is not set")?;
+        let store = PgStore::connect(url)
+            .await
+            .with_context(|| format!("cannot open the database {}", redact_url(url)))?;
+        return Ok(Arc::new(store));
+    }
     let path = config.storage_path();
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         create_private_dir(parent)?;
@@ -217,6 +229,19 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>
         .await
         .with_context(|| format!("cannot open the database {}", path.display()))?;
     Ok(Arc::new(store))
+}
+
+/// For commands that read the store: a missing SQLite file almost always means a wrong
+/// `--data-dir` or `--config`, and an empty new database would hide that. (A PostgreSQL
+/// database is the operator's to create; opening it says if it is not there.)
+pub(crate) fn require_store(config: &Config) -> anyhow::Result<()> {
+    if config.storage.backend == StorageBackend::Sqlite && !config.storage_path().exists() {
+        anyhow::bail!(
+            "no database at {} (check --config and --data-dir; the server creates it on first start)",
+            config.storage_path().display()
+        );
+    }
+    Ok(())
 }
 
 /// Creates a directory readable by its owner only, since it holds the TLS private key and

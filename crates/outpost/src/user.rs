@@ -75,13 +75,9 @@ pub(crate) fn run(command: UserCommand) -> anyhow::Result<()> {
 }
 
 async fn run_with(command: UserCommand, config: Config) -> anyhow::Result<()> {
-    // Only `add` may create the database: for the others, a missing file almost always
-    // means a wrong `--data-dir` or `--config`, and an empty new database would hide that.
-    if !matches!(command, UserCommand::Add { .. }) && !config.storage_path().exists() {
-        bail!(
-            "no database at {} (check --config and --data-dir; the server creates it on first start)",
-            config.storage_path().display()
-        );
+    // Only `add` may create the database.
+    if !matches!(command, UserCommand::Add { .. }) {
+        crate::serve::require_store(&config)?;
     }
     let iterations = config.auth.scram_iterations;
 

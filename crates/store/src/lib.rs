@@ -8,22 +8,25 @@
 //! domains are normalised strings too. It reads no clock either: methods that need the
 //! time take it as unix milliseconds.
 //!
-//! Backends: [`MemoryStore`] (tests, ephemeral runs) and [`SqliteStore`] (the default,
-//! durable). Every backend passes the same battery in `tests/battery.rs`.
+//! Backends: [`MemoryStore`] (tests, ephemeral runs), [`SqliteStore`] (the default,
+//! durable) and [`PgStore`] (durable, on a PostgreSQL server; no replication). Every
+//! backend passes the same battery in `tests/it/battery.rs`.
 //!
 //! The writes on the message path (archive rows, offline messages, outbox entries) can be
 //! committed many at a time ([`Store::write_batch`]): the server gathers what all its
 //! sessions have to store and makes it durable with one transaction (group commit).
 //!
-//! What is deliberately not here: PostgreSQL (a later backend behind the same trait), and
-//! the state of server-to-server links (up, retrying, the path in use), which the server
-//! keeps in memory and rebuilds after a restart from what the outbox holds.
+//! What is deliberately not here: the state of server-to-server links (up, retrying, the
+//! path in use), which the server keeps in memory and rebuilds after a restart from what
+//! the outbox holds.
 
 mod memory;
+mod postgres;
 mod replication;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 pub use replication::{ReplBatch, ReplKind, ReplLog, ReplMode, ReplOrigin, ReplRecord};
 pub use sqlite::SqliteStore;
 
@@ -441,7 +444,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the server keeps across restarts. Each method is one transaction: when it
 /// returns `Ok`, the change is durable (for the SQLite backend: committed to the WAL with
-/// `synchronous=FULL`).
+/// `synchronous=FULL`; for PostgreSQL: committed with `synchronous_commit=on`).
 ///
 /// Methods taking a user's bare JID for an account that does not exist return
 /// `NoSuchAccount` where they write, and empty results where they read.

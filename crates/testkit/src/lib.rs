@@ -35,6 +35,8 @@
 //! serve` processes (it needs the binary Cargo builds only for `outpost`'s own tests); and
 //! the sans-IO transcript helpers of `outpost-proto`'s tests, which use no sockets at all.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod tls;
 
 pub use outpost_client::scram;

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use outpost_server::config::Config;
 use outpost_server::{LinkStatus, ServerHandle};
 use outpost_store::OutboxStats;
@@ -61,12 +61,7 @@ pub(super) async fn show(config: &Config, json: bool) -> anyhow::Result<String> 
 }
 
 async fn link_rows(config: &Config) -> anyhow::Result<Vec<Row>> {
-    if !config.storage_path().exists() {
-        bail!(
-            "no database at {} (check --config and --data-dir; the server creates it on first start)",
-            config.storage_path().display()
-        );
-    }
+    crate::serve::require_store(config)?;
     let store = open_store(config).await?;
     let stats = store.outbox_stats().await;
     store.close().await;

@@ -200,7 +200,16 @@ pub(super) async fn unblock(
     ))
 }
 
+/// PostgreSQL databases are backed up and restored with PostgreSQL's own tools.
+fn sqlite_only(config: &Config, what: &str) -> anyhow::Result<()> {
+    if config.storage.backend == outpost_server::config::StorageBackend::Postgres {
+        bail!("{what} works on the SQLite store; for PostgreSQL use pg_dump and pg_restore");
+    }
+    Ok(())
+}
+
 pub(super) async fn backup(config: &Config, file: &Path) -> anyhow::Result<String> {
+    sqlite_only(config, "outpost admin backup")?;
     // The server writes the file itself, so the path must mean the same to it.
     let file =
         std::path::absolute(file).with_context(|| format!("cannot resolve {}", file.display()))?;
@@ -210,9 +219,7 @@ pub(super) async fn backup(config: &Config, file: &Path) -> anyhow::Result<Strin
         Some(r) => bail!("{}", r.error.unwrap_or_else(|| "backup failed".to_owned())),
         None => {
             // No server: back up the file directly.
-            if !config.storage_path().exists() {
-                bail!("no database at {}", config.storage_path().display());
-            }
+            crate::serve::require_store(config)?;
             let store = open_store(config).await?;
             let result = store.backup(&file).await;
             store.close().await;
@@ -226,6 +233,7 @@ pub(super) async fn backup(config: &Config, file: &Path) -> anyhow::Result<Strin
 /// also brings an older one's schema up to date) in a copy next to the database, then moved
 /// into place in one rename. Refused while a server runs on the data directory.
 pub(super) async fn restore(config: &Config, file: &Path) -> anyhow::Result<String> {
+    sqlite_only(config, "outpost admin restore")?;
     if control::request(config, &Request::Status).await?.is_some() {
         bail!("the server is running: stop it before restoring (a backup needs no stop)");
     }

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use outpost_server::ServerStatus;
 use outpost_server::config::{Config, Role};
 use outpost_store::{ReplLog, ReplOrigin};
@@ -68,12 +68,7 @@ struct HubView {
 
 /// `outpost admin replication`.
 pub(super) async fn show(config: &Config, json: bool) -> anyhow::Result<String> {
-    if !config.storage_path().exists() {
-        bail!(
-            "no database at {} (check --config and --data-dir; the server creates it on first start)",
-            config.storage_path().display()
-        );
-    }
+    crate::serve::require_store(config)?;
     let live = running_status(config).await;
     let store = open_store(config).await?;
     let (log, origins) = (store.repl_log().await, store.repl_origins().await);

@@ -10,3 +10,4 @@ mod common;
 mod durability;
 mod federation_durability;
 mod operator;
+mod postgres;

@@ -220,11 +220,14 @@ pub struct TlsConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
-    /// The backend. Default: `"sqlite"` (the only one so far).
+    /// The backend. Default: `"sqlite"`.
     pub backend: StorageBackend,
-    /// The database file. Default: none, meaning `<data_dir>/outpost.db`
-    /// (see [`Config::storage_path`]).
+    /// The database file of the SQLite backend. Default: none, meaning
+    /// `<data_dir>/outpost.db` (see [`Config::storage_path`]).
     pub path: Option<PathBuf>,
+    /// The PostgreSQL backend's database, `postgres://user:password@host:port/database`
+    /// (or with `?host=/run/postgresql` for a unix socket). Required with it.
+    pub url: Option<String>,
 }
 
 /// The storage backends the server can use.
@@ -234,6 +237,8 @@ pub enum StorageBackend {
     /// One SQLite file in WAL mode: no separate database server to run.
     #[default]
     Sqlite,
+    /// A PostgreSQL database (`storage.url`), which several nodes can share.
+    Postgres,
 }
 
 /// `[registration]`: in-band account registration (XEP-0077).
@@ -625,6 +630,34 @@ impl Config {
         {
             problem("storage.path must not be empty (leave it out for the default)".to_owned());
         }
+        let url = self.storage.url.as_deref();
+        // Replication between a site and its hub is built on SQLite's triggers so far.
+        let replicating =
+            self.role == Role::Hub || (self.federation.hub.is_some() && self.federation.replicate);
+        if self.storage.backend == StorageBackend::Postgres && replicating {
+            problem(
+                "a hub, or a site that replicates to its hub, needs backend = \"sqlite\" for now \
+                 (or federation.replicate = false on a site)"
+                    .to_owned(),
+            );
+        }
+        match self.storage.backend {
+            StorageBackend::Postgres => match url {
+                None => problem("storage.url must be set with backend = \"postgres\"".to_owned()),
+                Some(u) if !u.starts_with("postgres://") && !u.starts_with("postgresql://") => {
+                    problem(format!(
+                        "storage.url must start with postgres:// (got {})",
+                        redact_url(u)
+                    ));
+                }
+                Some(_) => {}
+            },
+            StorageBackend::Sqlite if url.is_some() => problem(
+                "storage.url is for backend = \"postgres\"; the SQLite backend takes storage.path"
+                    .to_owned(),
+            ),
+            StorageBackend::Sqlite => {}
+        }
 
         if self.auth.scram_iterations < 1 {
             problem("auth.scram_iterations must be at least 1".to_owned());
@@ -877,6 +910,7 @@ impl Config {
         for secret in c.components.values_mut() {
             HIDDEN.clone_into(secret);
         }
+        c.storage.url = c.storage.url.as_deref().map(redact_url);
         c
     }
 
@@ -1149,6 +1183,20 @@ fn sockets_clash(a: SocketAddr, b: SocketAddr) -> bool {
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
 }
 
+/// A database URL without its password: `postgres://user:<redacted>@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:<redacted>@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1377,6 +1425,31 @@ mod tests {
         assert_eq!(parse("wss://b.example:0/"), None);
         let url: WssUrl = "wss://[::1]:9000/x".parse().expect("url");
         assert_eq!(url.to_string(), "wss://[::1]:9000/x");
+    }
+
+    #[test]
+    fn the_postgres_backend_needs_a_postgres_url_and_hides_its_password() {
+        let mut config = Config::default();
+        config.storage.backend = StorageBackend::Postgres;
+        assert!(problems(&config)[0].contains("storage.url must be set"));
+        config.storage.url = Some("mysql://u:hunter2@db/x".into());
+        let found = problems(&config);
+        assert!(
+            found[0].contains("must start with postgres://"),
+            "{found:?}"
+        );
+        assert!(!found[0].contains("hunter2"), "{found:?}");
+        config.storage.url = Some("postgres://outpost:hunter2@db:5432/outpost".into());
+        assert_eq!(problems(&config), Vec::<String>::new());
+        assert_eq!(
+            config.redacted().storage.url.as_deref(),
+            Some("postgres://outpost:<redacted>@db:5432/outpost")
+        );
+        config.role = Role::Hub;
+        assert!(problems(&config)[0].contains("needs backend = \"sqlite\""));
+        config.role = Role::Site;
+        config.storage.backend = StorageBackend::Sqlite;
+        assert!(problems(&config)[0].contains("storage.url is for backend"));
     }
 
     #[test]

@@ -1,19 +1,21 @@
 //! The store battery: one set of cases written against `&dyn Store`, run against every
 //! backend, so that the backends cannot drift apart. Each case becomes one test per
-//! backend (`memory::case` and `sqlite::case`). Cases that only make sense for a durable
-//! backend (reopening the file) follow the battery.
+//! backend (`memory::case`, `sqlite::case` and `postgres::case`, the last against a real
+//! PostgreSQL server, see `postgres.rs`). Cases that only make sense for a durable backend
+//! (reopening the file or the database) follow the battery.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use outpost_store::{
     ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery, BatchWrite, Credentials, MemoryStore,
-    OfflineMessage, OutboxEntry, OutboxPush, OutboxStats, Quotas, RosterItem, ScramKeys,
+    OfflineMessage, OutboxEntry, OutboxPush, OutboxStats, PgStore, Quotas, RosterItem, ScramKeys,
     SqliteStore, Store, StoreError, Subscription, SubscriptionRequest,
 };
 use tempfile::TempDir;
 
-/// Runs each listed case against a fresh `MemoryStore` and a fresh SQLite file.
+/// Runs each listed case against a fresh `MemoryStore`, a fresh SQLite file and a fresh
+/// PostgreSQL database.
 #[macro_export]
 macro_rules! battery {
     ($($case:ident),* $(,)?) => {
@@ -35,6 +37,18 @@ macro_rules! battery {
                     let (_dir, store) = $crate::battery::sqlite_store().await;
                     super::$case(&store).await;
                     outpost_store::Store::close(&store).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (db, store) = $crate::postgres::pg_store().await;
+                    super::$case(&store).await;
+                    outpost_store::Store::close(&store).await;
+                    db.drop().await;
                 }
             )*
         }
@@ -1612,6 +1626,13 @@ async fn concurrent_sightings_have_one_first(store: Arc<dyn Store>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_pushes_respect_quota() {
+    let (db, store) = crate::postgres::pg_store().await;
+    concurrent_pushes_respect_quota(Arc::new(store)).await;
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_concurrent_outbox_pushes_respect_quota() {
     concurrent_outbox_pushes_respect_quota(Arc::new(MemoryStore::new())).await;
 }
@@ -1620,6 +1641,13 @@ async fn memory_concurrent_outbox_pushes_respect_quota() {
 async fn sqlite_concurrent_outbox_pushes_respect_quota() {
     let (_dir, store) = sqlite_store().await;
     concurrent_outbox_pushes_respect_quota(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_outbox_pushes_respect_quota() {
+    let (db, store) = crate::postgres::pg_store().await;
+    concurrent_outbox_pushes_respect_quota(Arc::new(store)).await;
+    db.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1633,7 +1661,14 @@ async fn sqlite_concurrent_sightings_have_one_first() {
     concurrent_sightings_have_one_first(Arc::new(store)).await;
 }
 
-// ---- durability, SQLite only ----
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_sightings_have_one_first() {
+    let (db, store) = crate::postgres::pg_store().await;
+    concurrent_sightings_have_one_first(Arc::new(store)).await;
+    db.drop().await;
+}
+
+// ---- durability: SQLite and PostgreSQL ----
 
 /// The ids `write_everything` was given, which reopening must find again.
 #[derive(Debug, PartialEq)]
@@ -1831,21 +1866,22 @@ async fn reopen(path: &Path) -> SqliteStore {
     SqliteStore::open(path).await.expect("reopen SQLite store")
 }
 
-#[tokio::test]
-async fn sqlite_everything_survives_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("outpost.db");
-
-    let store = reopen(&path).await;
+/// Writes everything, closes, opens the store again (with `open`) and finds it all, twice;
+/// counters carry on from where they were.
+async fn everything_survives_reopen<S, F, Fut>(open: F)
+where
+    S: Store,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    let store = open().await;
     let written = write_everything(&store).await;
     check_everything(&store, &written).await;
     store.close().await;
 
-    let store = reopen(&path).await;
+    let store = open().await;
     check_everything(&store, &written).await;
-
-    // Counters carry on from where they were: roster versions, offline and outbox ids, even
-    // after the queues were emptied before closing.
+    // Empty the queues before closing: the counters must survive that too.
     assert_eq!(
         store
             .put_roster_item(ALICE, &RosterItem::new("dave@example.org"))
@@ -1864,7 +1900,12 @@ async fn sqlite_everything_survives_reopen() {
     assert_eq!(store.outbox_expire(T0 + 20, 0, 10).await.unwrap().len(), 1);
     store.close().await;
 
-    let store = reopen(&path).await;
+    let store = open().await;
+    counters_carried_on(&store, &written).await;
+    store.close().await;
+}
+
+async fn counters_carried_on(store: &dyn Store, written: &Written) {
     assert_eq!(store.roster(ALICE).await.unwrap().version, 3);
     assert_eq!(store.count_offline(ALICE).await.unwrap(), 0);
     let ids = &written.offline;
@@ -1881,7 +1922,26 @@ async fn sqlite_everything_survives_reopen() {
         .await
         .unwrap();
     assert!(next > ids[4], "{next} after {ids:?}");
-    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_everything_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outpost.db");
+    everything_survives_reopen(|| reopen(&path)).await;
+}
+
+/// The same against PostgreSQL: a new pool connected to the same database.
+#[tokio::test]
+async fn postgres_everything_survives_reconnect() {
+    let db = crate::postgres::database().await;
+    let url = db.url.clone();
+    everything_survives_reopen(|| {
+        let url = url.clone();
+        async move { PgStore::connect(&url).await.expect("connect again") }
+    })
+    .await;
+    db.drop().await;
 }
 
 /// Set in the child process of `sqlite_committed_writes_survive_kill`: the database path.

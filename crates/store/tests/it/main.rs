@@ -5,6 +5,7 @@ mod archive;
 mod battery;
 mod muc;
 mod pep;
+mod postgres;
 mod push;
 mod replication;
 mod tokens;
