@@ -423,7 +423,7 @@ mod tests {
             "{problems:?}"
         );
 
-        let (_dir, result) = with_file("[storage]\nbackend = \"postgres\"\n", &EnvList::new());
+        let (_dir, result) = with_file("[storage]\nbackend = \"mysql\"\n", &EnvList::new());
         assert!(parse_problems(result)[0].starts_with("storage.backend: unknown variant"));
     }
 

@@ -48,7 +48,26 @@ async fn friends_talk_over_a_direct_link_that_outlives_their_server() {
         })
         .await;
     alice.delivery("d1", DeliveryState::Read).await;
-    // No server took it: nothing acknowledged it as queued, and the archive never saw it.
+    nothing_of_it_at_the_server(&mut alice).await;
+
+    // The server goes away; the link does not.
+    server.stop().await;
+    bob.wait_for("the disconnection", |e| {
+        matches!(e, Event::Disconnected { .. })
+    })
+    .await;
+    bob.send("alice@localhost", "the server is gone", "d2")
+        .await;
+    let Event::Message { path, .. } = alice.message("the server is gone").await else {
+        unreachable!()
+    };
+    assert_eq!(path, Route::Direct);
+    bob.delivery("d2", DeliveryState::Delivered).await;
+}
+
+/// Alice's direct message d1 went through no server: nothing acknowledged it as queued,
+/// and the archive never saw it.
+async fn nothing_of_it_at_the_server(alice: &mut User) {
     let queued = |e: &Event| matches!(e, Event::Delivery { id, state } if id == "d1" && *state == DeliveryState::Queued);
     assert!(!alice.seen.iter().any(queued), "d1 went through the server");
     alice
@@ -67,20 +86,6 @@ async fn friends_talk_over_a_direct_link_that_outlives_their_server() {
         items.iter().all(|i| i.body != "just between us"),
         "the server archived a direct message: {items:?}"
     );
-
-    // The server goes away; the link does not.
-    server.stop().await;
-    bob.wait_for("the disconnection", |e| {
-        matches!(e, Event::Disconnected { .. })
-    })
-    .await;
-    bob.send("alice@localhost", "the server is gone", "d2")
-        .await;
-    let Event::Message { path, .. } = alice.message("the server is gone").await else {
-        unreachable!()
-    };
-    assert_eq!(path, Route::Direct);
-    bob.delivery("d2", DeliveryState::Delivered).await;
 }
 
 #[tokio::test]

@@ -383,18 +383,7 @@ fn the_terminal_interface_befriends_and_chats_in_tmux() {
         tui.screen()
     );
 
-    // A file to Bob, with its progress bar.
-    let file = dir.path().join("notes.txt");
-    std::fs::write(&file, "minutes of the meeting\n".repeat(50_000)).expect("write");
-    tui.line(&format!("/send {}", file.display()));
-    tui.wait_for("notes.txt  [████████████████████] 100 % done direct");
-    let got = bob.event(
-        "transfer",
-        &json!({"name": "notes.txt", "state": "complete"}),
-    );
-    let kept = std::fs::read(got["file"].as_str().expect("kept")).expect("read");
-    assert_eq!(kept, std::fs::read(&file).expect("read"));
-
+    send_a_file(&tui, &mut bob, dir.path());
     talk_in_a_room(&tui, &mut bob);
     tui.keys(&["Escape"]);
     let deadline = Instant::now() + WAIT;
@@ -406,6 +395,20 @@ fn the_terminal_interface_befriends_and_chats_in_tmux() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// Alice sends Bob a file from the terminal; its bar reaches 100 %.
+fn send_a_file(tui: &Tmux, bob: &mut Chat, dir: &Path) {
+    let file = dir.join("notes.txt");
+    std::fs::write(&file, "minutes of the meeting\n".repeat(50_000)).expect("write");
+    tui.line(&format!("/send {}", file.display()));
+    tui.wait_for("notes.txt  [████████████████████] 100 % done direct");
+    let got = bob.event(
+        "transfer",
+        &json!({"name": "notes.txt", "state": "complete"}),
+    );
+    let kept = std::fs::read(got["file"].as_str().expect("kept")).expect("read");
+    assert_eq!(kept, std::fs::read(&file).expect("read"));
 }
 
 /// Alice enters a room from the terminal, Bob from a script; they talk there. The
@@ -500,28 +503,83 @@ fn same_file(a: &Path, b: &Path) {
     );
 }
 
+/// Alice and Bob, friends with direct links on one machine, received files kept apart.
+struct FilePeers {
+    dir: tempfile::TempDir,
+    server: Server,
+    alice_dir: std::path::PathBuf,
+    bob_dir: std::path::PathBuf,
+    source: std::path::PathBuf,
+}
+
+impl FilePeers {
+    fn flags(dir: &Path) -> [String; 2] {
+        let files = dir.join("files");
+        ["--downloads".to_owned(), files.display().to_string()]
+    }
+
+    fn start(&self, who: &str, extra: &[&str]) -> Chat {
+        let dir = if who == "alice" {
+            &self.alice_dir
+        } else {
+            &self.bob_dir
+        };
+        let flags = FilePeers::flags(dir);
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        Chat::start_with(who, &[self.server.c2s], dir, &args)
+    }
+
+    /// A copy of the 100 MB file under `name`, to send.
+    fn copy(&self, name: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::copy(&self.source, &path).expect("copy");
+        path
+    }
+}
+
 #[test]
 fn a_100_mb_file_goes_directly_through_the_proxy_and_by_upload() {
     let dir = tempfile::tempdir().expect("tempdir");
     let server = server_for_alice_and_bob(dir.path());
-    let (a, b) = (dir.path().join("alice"), dir.path().join("bob"));
-    let (a_files, b_files) = (a.join("files"), b.join("files"));
-    let alice_flags = ["--downloads", a_files.to_str().expect("path")];
-    let bob_flags = ["--downloads", b_files.to_str().expect("path")];
-    let mut alice = Chat::start_with("alice", &[server.c2s], &a, &alice_flags);
-    let mut bob = Chat::start_with("bob", &[server.c2s], &b, &bob_flags);
+    let source = dir.path().join("big.bin");
+    make_file(&source, FILE_SIZE);
+    let peers = FilePeers {
+        alice_dir: dir.path().join("alice"),
+        bob_dir: dir.path().join("bob"),
+        dir,
+        server,
+        source,
+    };
+    let mut alice = peers.start("alice", &[]);
+    let mut bob = peers.start("bob", &[]);
     alice.event("connected", &json!({}));
     bob.event("connected", &json!({}));
     befriend(&mut alice, &mut bob);
     alice.event("path", &json!({"with": jid("bob"), "path": "direct"}));
-    let source = dir.path().join("big.bin");
-    make_file(&source, FILE_SIZE);
 
-    // Directly between the two devices; Alice's client is killed on the way, and the
-    // file offered again goes on from where it broke.
-    let direct = dir.path().join("direct.bin");
-    std::fs::copy(&source, &direct).expect("copy");
-    let send = json!({"cmd": "sendfile", "to": jid("bob"), "path": direct});
+    let alice = directly_with_a_resume(&peers, alice, &mut bob);
+    let mut alice = through_the_proxy(&peers, alice, &mut bob);
+
+    // To Bob while he is away: by HTTP upload, fetched when he is back.
+    bob.command(&json!({"cmd": "quit"}));
+    bob.child.wait().expect("reap");
+    alice.event("presence", &json!({"from": jid("bob"), "available": false}));
+    let uploaded = peers.copy("uploaded.bin");
+    alice.command(&json!({"cmd": "sendfile", "to": jid("bob"), "path": uploaded}));
+    alice.transfer_complete("uploaded.bin", "upload");
+    let mut bob = peers.start("bob", &[]);
+    let got = bob.transfer_complete("uploaded.bin", "upload");
+    same_file(
+        &peers.source,
+        Path::new(got["file"].as_str().expect("where it was kept")),
+    );
+}
+
+/// Directly between the two devices; Alice's client is killed on the way, and the file
+/// offered again goes on from where it broke. Returns Alice's new client.
+fn directly_with_a_resume(peers: &FilePeers, mut alice: Chat, bob: &mut Chat) -> Chat {
+    let send = json!({"cmd": "sendfile", "to": jid("bob"), "path": peers.copy("direct.bin")});
     alice.command(&send);
     let moving = bob.wait_for("the file moving", |e| {
         e["event"] == "transfer" && e["state"] == "receiving" && e["done"].as_u64() > Some(0)
@@ -535,7 +593,7 @@ fn a_100_mb_file_goes_directly_through_the_proxy_and_by_upload() {
         "transfer",
         &json!({"name": "direct.bin", "state": "failed"}),
     );
-    let mut alice = Chat::start_with("alice", &[server.c2s], &a, &alice_flags);
+    let mut alice = peers.start("alice", &[]);
     alice.event("path", &json!({"with": jid("bob"), "path": "direct"}));
     alice.command(&send);
     let resumed = bob.wait_for("the transfer again", |e| {
@@ -548,38 +606,25 @@ fn a_100_mb_file_goes_directly_through_the_proxy_and_by_upload() {
     let got = bob.transfer_complete("direct.bin", "direct");
     alice.transfer_complete("direct.bin", "direct");
     same_file(
-        &source,
+        &peers.source,
         Path::new(got["file"].as_str().expect("where it was kept")),
     );
+    alice
+}
 
-    // From a client without direct links: through the site's proxy.
+/// From a client without direct links: through the site's proxy. Returns that client.
+fn through_the_proxy(peers: &FilePeers, mut alice: Chat, bob: &mut Chat) -> Chat {
     alice.command(&json!({"cmd": "quit"}));
     alice.child.wait().expect("reap");
-    let no_p2p = [alice_flags[0], alice_flags[1], "--no-p2p"];
-    let mut alice = Chat::start_with("alice", &[server.c2s], &a, &no_p2p);
+    let mut alice = peers.start("alice", &["--no-p2p"]);
     alice.event("presence", &json!({"from": jid("bob"), "available": true}));
-    let proxied = dir.path().join("proxied.bin");
-    std::fs::copy(&source, &proxied).expect("copy");
+    let proxied = peers.copy("proxied.bin");
     alice.command(&json!({"cmd": "sendfile", "to": jid("bob"), "path": proxied}));
     let got = bob.transfer_complete("proxied.bin", "proxy");
     alice.transfer_complete("proxied.bin", "proxy");
     same_file(
-        &source,
+        &peers.source,
         Path::new(got["file"].as_str().expect("where it was kept")),
     );
-
-    // To Bob while he is away: by HTTP upload, fetched when he is back.
-    bob.command(&json!({"cmd": "quit"}));
-    bob.child.wait().expect("reap");
-    alice.event("presence", &json!({"from": jid("bob"), "available": false}));
-    let uploaded = dir.path().join("uploaded.bin");
-    std::fs::copy(&source, &uploaded).expect("copy");
-    alice.command(&json!({"cmd": "sendfile", "to": jid("bob"), "path": uploaded}));
-    alice.transfer_complete("uploaded.bin", "upload");
-    let mut bob = Chat::start_with("bob", &[server.c2s], &b, &bob_flags);
-    let got = bob.transfer_complete("uploaded.bin", "upload");
-    same_file(
-        &source,
-        Path::new(got["file"].as_str().expect("where it was kept")),
-    );
+    alice
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
-use super::{Lock, PgStore, db, lock};
+use super::{Lock, PgStore, db, link_key, lock_queues};
 use crate::{ArchiveEntry, BatchWrite, OutboxPush, Quotas, Result, StoreError};
 
 /// What one write's result will be, decided before the inserts.
@@ -60,19 +60,23 @@ pub(super) async fn write(
         .collect())
 }
 
-/// Takes the queue locks the batch needs, offline before outbox as everywhere, so that
-/// its quota checks hold and its ids become visible in order (see `mod.rs`).
+/// Takes the locks of the queues the batch writes to, offline before outbox as
+/// everywhere, so that its quota checks hold and its ids become visible in order (see
+/// `mod.rs`).
 async fn take_locks(conn: &mut PgConnection, writes: &[BatchWrite]) -> Result<()> {
-    if writes
+    let users = writes.iter().filter_map(|w| match w {
+        BatchWrite::Offline { user, .. } => Some(user.as_str()),
+        _ => None,
+    });
+    lock_queues(conn, Lock::Offline, users).await?;
+    let links: Vec<String> = writes
         .iter()
-        .any(|w| matches!(w, BatchWrite::Offline { .. }))
-    {
-        lock(conn, Lock::Offline).await?;
-    }
-    if writes.iter().any(|w| matches!(w, BatchWrite::Outbox(_))) {
-        lock(conn, Lock::Outbox).await?;
-    }
-    Ok(())
+        .filter_map(|w| match w {
+            BatchWrite::Outbox(p) => Some(link_key(&p.local, &p.remote)),
+            _ => None,
+        })
+        .collect();
+    lock_queues(conn, Lock::Outbox, links.iter().map(String::as_str)).await
 }
 
 /// Decides each write's fate, checking quotas, and sorts the admitted rows by kind.

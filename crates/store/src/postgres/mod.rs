@@ -10,11 +10,13 @@
 //! not race:
 //!
 //! - The offline queue and the outbox take their ids from sequences, under a transaction
-//!   advisory lock per queue kind ([`Lock::Offline`], [`Lock::Outbox`]) held until commit.
-//!   Ids are then not only unique and growing but also *visible* in the order they grow: a
-//!   reader that saw id N has seen every lower id that will ever commit, so a session (or a
+//!   advisory lock per queue ([`Lock::Offline`] with the user, [`Lock::Outbox`] with the
+//!   link: [`lock_queues`]) held until commit. Within a queue, ids are then not only
+//!   unique and growing but also *visible* in the order they grow: a reader that saw id N
+//!   of a queue has seen every lower id of it that will ever commit, so a session (or a
 //!   peer) acknowledging "up to N" never removes a message it was not shown. The same lock
-//!   makes each quota check (a count) and its insert atomic.
+//!   makes each quota check (a count) and its insert atomic. Writers of different users'
+//!   queues, or different links, do not wait for each other.
 //! - Upload quotas lock the owner's key ([`Lock::Uploads`]) for the same reason.
 //! - Writes for an account lock its row (`FOR KEY SHARE`, which a password change does
 //!   not wait for), so that removing the account waits for them or they see it gone;
@@ -179,6 +181,40 @@ async fn lock(conn: &mut PgConnection, lock: Lock) -> Result<()> {
         .await
         .map_err(db)?;
     Ok(())
+}
+
+/// Takes the lock of each queue `keys` names (a user's offline queue, a link's outbox),
+/// in the order of the lock ids, so that two transactions taking several never wait for
+/// each other in a cycle. Writers of different queues do not wait for each other at all.
+async fn lock_queues<'a>(
+    conn: &mut PgConnection,
+    kind: Lock,
+    keys: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    let ids: std::collections::BTreeSet<i32> = keys.into_iter().map(queue_key).collect();
+    for id in ids {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(kind as i32)
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// A queue's lock id: 32-bit FNV-1a of its name (two names sharing one only wait for
+/// each other).
+fn queue_key(name: &str) -> i32 {
+    let hash = name.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// The name of a link's outbox queue, for [`lock_queues`].
+fn link_key(local: &str, remote: &str) -> String {
+    format!("{local}\u{0}{remote}")
 }
 
 /// Applies the migrations the database has not seen yet, all in one transaction (DDL is

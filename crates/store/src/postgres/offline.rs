@@ -1,14 +1,14 @@
 //! The offline queue (XEP-0160) in PostgreSQL (see `migrations-postgres/0001_initial.sql`).
 
-use super::{Lock, PgStore, db, lock, require_account, to_u64};
+use super::{Lock, PgStore, db, lock_queues, require_account, to_u64};
 use crate::{BareJid, OfflineMessage, Result, StoreError};
 
 pub(super) async fn push(s: &PgStore, user: &BareJid, stanza: &str, quota: u32) -> Result<i64> {
     let mut tx = s.write().await?;
-    // The queue lock first, as every writer of the queue does (see the module's notes):
-    // the count below then sees every push that committed before, and no other can
-    // commit until this one has.
-    lock(&mut tx, Lock::Offline).await?;
+    // The queue's lock first, as every writer of the queue does (see the module's
+    // notes): the count below then sees every push that committed before, and no other
+    // can commit until this one has.
+    lock_queues(&mut tx, Lock::Offline, [user]).await?;
     require_account(&mut tx, user).await?;
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO offline (owner, stanza) SELECT $1, $2 \

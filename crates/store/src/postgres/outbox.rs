@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use sqlx::PgConnection;
 
-use super::{Lock, PgStore, db, lock, to_u64};
+use super::{Lock, PgStore, db, link_key, lock_queues, to_u64};
 use crate::{OutboxEntry, OutboxStats, Result, StoreError};
 
 /// An outbox row: `id, local_domain, remote_domain, stanza, queued_at_ms`.
@@ -37,7 +37,7 @@ pub(super) async fn push(
     let mut tx = s.write().await?;
     // Under the outbox lock the count and the insert cannot race another push, and the id
     // becomes visible before any later one (see the module's notes in `mod.rs`).
-    lock(&mut tx, Lock::Outbox).await?;
+    lock_queues(&mut tx, Lock::Outbox, [link_key(local, remote).as_str()]).await?;
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO outbox (local_domain, remote_domain, stanza, queued_at_ms) \
          SELECT $1, $2, $3, $4 WHERE (SELECT COUNT(*) FROM outbox \
