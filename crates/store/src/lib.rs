@@ -20,11 +20,13 @@
 //! path in use), which the server keeps in memory and rebuilds after a restart from what
 //! the outbox holds.
 
+mod copy;
 mod memory;
 mod postgres;
 mod replication;
 mod sqlite;
 
+pub use copy::{CopyReport, copy_store};
 pub use memory::MemoryStore;
 pub use postgres::PgStore;
 pub use replication::{ReplBatch, ReplKind, ReplLog, ReplMode, ReplOrigin, ReplRecord};
@@ -577,6 +579,9 @@ pub trait Store: Send + Sync + 'static {
     /// The account's private XML stored under a namespace (XEP-0049).
     async fn private_xml(&self, owner: &BareJid, ns: &str) -> Result<Option<String>>;
     async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()>;
+    /// All of the account's private XML, (namespace, document), sorted by namespace (for
+    /// copying a store).
+    async fn private_xml_all(&self, owner: &BareJid) -> Result<Vec<(String, String)>>;
 
     // ---- multi-user chat rooms (XEP-0045) ----
 
@@ -617,6 +622,8 @@ pub trait Store: Send + Sync + 'static {
     /// within `quota` bytes; `UploadQuotaExceeded` otherwise.
     async fn upload_reserve(&self, slot: &UploadSlot, quota: u64) -> Result<()>;
     async fn upload_slot(&self, slot: &str) -> Result<Option<UploadSlot>>;
+    /// Every slot, sorted by slot (for copying a store).
+    async fn upload_slots_all(&self) -> Result<Vec<UploadSlot>>;
     /// Marks a pending slot's file stored; false if there is no such pending slot.
     async fn upload_complete(&self, slot: &str, now_ms: i64) -> Result<bool>;
     /// Up to `limit` slots that have had their time, oldest first: pending ones created

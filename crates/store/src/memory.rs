@@ -602,6 +602,14 @@ impl Store for MemoryStore {
         Ok(self.read(owner, |a| a.private_xml.get(ns).cloned()))
     }
 
+    async fn private_xml_all(&self, owner: &BareJid) -> Result<Vec<(String, String)>> {
+        Ok(self.read(owner, |a| {
+            (a.private_xml.iter())
+                .map(|(ns, xml)| (ns.clone(), xml.clone()))
+                .collect()
+        }))
+    }
+
     async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()> {
         self.write(owner, |a| {
             a.private_xml.insert(ns.to_owned(), xml.to_owned());
@@ -712,6 +720,10 @@ impl Store for MemoryStore {
 
     async fn upload_slot(&self, slot: &str) -> Result<Option<UploadSlot>> {
         Ok(self.lock().uploads.get(slot).cloned())
+    }
+
+    async fn upload_slots_all(&self) -> Result<Vec<UploadSlot>> {
+        Ok(self.lock().uploads.values().cloned().collect())
     }
 
     async fn upload_complete(&self, slot: &str, now_ms: i64) -> Result<bool> {

@@ -93,6 +93,15 @@ pub(crate) enum AdminCommand {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Copy the SQLite store into an empty PostgreSQL database (a site that outgrows one
+    /// file), then point `[storage]` at it. The server must be stopped.
+    MigrateStore {
+        /// The PostgreSQL database, postgres://user:password@host:port/database.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
     /// The certificate the server presents: subject, names, validity and SHA-256
     /// fingerprint, to compare with what a client shows.
     Cert {
@@ -112,6 +121,7 @@ pub(crate) fn run(command: AdminCommand) -> anyhow::Result<()> {
         | AdminCommand::Unblock { config, .. }
         | AdminCommand::Backup { config, .. }
         | AdminCommand::Restore { config, .. }
+        | AdminCommand::MigrateStore { config, .. }
         | AdminCommand::Cert { config } => config,
     };
     let config = load::load(config_args)?;
@@ -130,6 +140,7 @@ pub(crate) fn run(command: AdminCommand) -> anyhow::Result<()> {
             } => ops::unblock(&config, account, address).await,
             AdminCommand::Backup { file, .. } => ops::backup(&config, &file).await,
             AdminCommand::Restore { file, .. } => ops::restore(&config, &file).await,
+            AdminCommand::MigrateStore { to, .. } => ops::migrate_store(&config, &to).await,
             AdminCommand::Cert { .. } => ops::cert(&config),
         }
     })?;

@@ -305,3 +305,29 @@ pub(super) fn cert(config: &Config) -> anyhow::Result<String> {
     writeln!(text, "SHA-256:  {}", info.fingerprint)?;
     Ok(text)
 }
+
+/// Copies the configured SQLite store into the empty PostgreSQL database at `url`
+/// (`outpost_store::copy_store`), with the server stopped; says what was copied and what
+/// to change in the configuration.
+pub(super) async fn migrate_store(config: &Config, url: &str) -> anyhow::Result<String> {
+    sqlite_only(config, "outpost admin migrate-store")?;
+    if control::request(config, &Request::Status).await?.is_some() {
+        bail!("the server is running: stop it before migrating its store");
+    }
+    crate::serve::require_store(config)?;
+    let shown = outpost_server::config::redact_url(url);
+    let from = open_store(config).await?;
+    let to = outpost_store::PgStore::connect(url)
+        .await
+        .with_context(|| format!("cannot open the database {shown}"))?;
+    let copied = outpost_store::copy_store(&*from, &to, super::links::now_ms()).await;
+    from.close().await;
+    outpost_store::Store::close(&to).await;
+    let r = copied.with_context(|| format!("cannot copy the store into {shown}"))?;
+    Ok(format!(
+        "copied into {shown}: {} accounts, {} roster items, {} offline messages, {} archived \
+         messages, {} PEP items, {} rooms, {} queued for other servers, {} uploads\n\
+         now set in the configuration: [storage] backend = \"postgres\", url = \"…\"\n",
+        r.accounts, r.roster_items, r.offline, r.archive, r.pep_items, r.rooms, r.outbox, r.uploads
+    ))
+}

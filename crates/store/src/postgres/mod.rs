@@ -456,6 +456,10 @@ impl Store for PgStore {
         pep::private_xml(self, owner, ns).await
     }
 
+    async fn private_xml_all(&self, owner: &BareJid) -> Result<Vec<(String, String)>> {
+        pep::private_xml_all(self, owner).await
+    }
+
     async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()> {
         pep::set_private_xml(self, owner, ns, xml).await
     }
@@ -505,6 +509,10 @@ impl Store for PgStore {
 
     async fn upload_slot(&self, slot: &str) -> Result<Option<UploadSlot>> {
         upload::get(self, slot).await
+    }
+
+    async fn upload_slots_all(&self) -> Result<Vec<UploadSlot>> {
+        upload::all(self).await
     }
 
     async fn upload_complete(&self, slot: &str, now_ms: i64) -> Result<bool> {

@@ -280,3 +280,11 @@ pub(super) async fn set_private_xml(
     .map_err(db)?;
     tx.commit().await.map_err(db)
 }
+
+pub(super) async fn private_xml_all(s: &PgStore, owner: &BareJid) -> Result<Vec<(String, String)>> {
+    sqlx::query_as("SELECT ns, xml FROM private_xml WHERE owner = $1 ORDER BY ns")
+        .bind(owner)
+        .fetch_all(&s.pool)
+        .await
+        .map_err(db)
+}

@@ -117,3 +117,11 @@ pub(super) async fn remove(s: &PgStore, slot: &str) -> Result<bool> {
         .map_err(db)?;
     Ok(done.rows_affected() > 0)
 }
+
+pub(super) async fn all(s: &PgStore) -> Result<Vec<UploadSlot>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM uploads ORDER BY slot"))
+        .fetch_all(&s.pool)
+        .await
+        .map_err(db)?;
+    Ok(rows.into_iter().map(from_row).collect())
+}

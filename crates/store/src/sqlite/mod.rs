@@ -762,6 +762,10 @@ impl Store for SqliteStore {
         pep::private_xml(self, owner, ns).await
     }
 
+    async fn private_xml_all(&self, owner: &BareJid) -> Result<Vec<(String, String)>> {
+        pep::private_xml_all(self, owner).await
+    }
+
     async fn set_private_xml(&self, owner: &BareJid, ns: &str, xml: &str) -> Result<()> {
         pep::set_private_xml(self, owner, ns, xml).await
     }
@@ -823,6 +827,10 @@ impl Store for SqliteStore {
 
     async fn upload_slot(&self, slot: &str) -> Result<Option<UploadSlot>> {
         upload::get(self, slot).await
+    }
+
+    async fn upload_slots_all(&self) -> Result<Vec<UploadSlot>> {
+        upload::all(self).await
     }
 
     async fn upload_complete(&self, slot: &str, now_ms: i64) -> Result<bool> {

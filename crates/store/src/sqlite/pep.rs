@@ -319,3 +319,14 @@ pub(super) async fn set_private_xml(
     .map_err(db)?;
     tx.commit().await.map_err(db)
 }
+
+pub(super) async fn private_xml_all(
+    s: &SqliteStore,
+    owner: &BareJid,
+) -> Result<Vec<(String, String)>> {
+    sqlx::query_as("SELECT ns, xml FROM private_xml WHERE owner = ? ORDER BY ns")
+        .bind(owner)
+        .fetch_all(&s.readers)
+        .await
+        .map_err(db)
+}

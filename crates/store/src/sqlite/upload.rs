@@ -115,3 +115,11 @@ pub(super) async fn remove(s: &SqliteStore, slot: &str) -> Result<bool> {
     tx.commit().await.map_err(db)?;
     Ok(done.rows_affected() > 0)
 }
+
+pub(super) async fn all(s: &SqliteStore) -> Result<Vec<UploadSlot>> {
+    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM uploads ORDER BY slot"))
+        .fetch_all(&s.readers)
+        .await
+        .map_err(db)?;
+    Ok(rows.into_iter().map(from_row).collect())
+}

@@ -1672,7 +1672,7 @@ async fn postgres_concurrent_sightings_have_one_first() {
 
 /// The ids `write_everything` was given, which reopening must find again.
 #[derive(Debug, PartialEq)]
-struct Written {
+pub(crate) struct Written {
     offline: Vec<i64>,
     outbox: Vec<i64>,
 }
@@ -1699,7 +1699,7 @@ impl Written {
 }
 
 /// Writes one of everything, so that reopening can check it all came back.
-async fn write_everything(store: &dyn Store) -> Written {
+pub(crate) async fn write_everything(store: &dyn Store) -> Written {
     store.create_account(ALICE, &creds(1)).await.unwrap();
     store.create_account(BOB, &creds(2)).await.unwrap();
     let mut item = RosterItem::new(BOB);

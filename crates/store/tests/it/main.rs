@@ -3,6 +3,7 @@
 
 mod archive;
 mod battery;
+mod copy;
 mod muc;
 mod pep;
 mod postgres;
