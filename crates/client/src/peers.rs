@@ -178,13 +178,15 @@ impl Session {
         full: &str,
         available: bool,
     ) -> Result<(), StreamError> {
+        // Only contacts: a stranger's directed presence must not get our addresses.
+        let contact = self.people.roster.contains_key(crate::bare(full));
         let Some(p) = self.peers.as_deref_mut() else {
             return Ok(());
         };
         let device = el
             .get_child("device", NS)
             .and_then(|d| d.attr("id"))
-            .filter(|_| available);
+            .filter(|_| available && contact);
         let Some(device) = device else {
             p.devices.remove(full);
             return Ok(());
