@@ -80,16 +80,27 @@ pub(super) async fn status(config: &Config) -> anyhow::Result<String> {
             r.hub, r.acked
         )?;
     }
+    writeln!(text, "{}", store_line(config, db))?;
+    Ok(text)
+}
+
+/// Where the store is: the SQLite file and its size, or the PostgreSQL database.
+fn store_line(config: &Config, db: Option<u64>) -> String {
+    if config.storage.backend == outpost_server::config::StorageBackend::Postgres {
+        let url = config.storage.url.as_deref().unwrap_or_default();
+        return format!(
+            "store: PostgreSQL {}",
+            outpost_server::config::redact_url(url)
+        );
+    }
     match db {
-        Some(bytes) => writeln!(
-            text,
+        Some(bytes) => format!(
             "store: {} ({:.1} MiB)",
             config.storage_path().display(),
             bytes as f64 / (1 << 20) as f64
-        )?,
-        None => writeln!(text, "store: {}", config.storage_path().display())?,
+        ),
+        None => format!("store: {}", config.storage_path().display()),
     }
-    Ok(text)
 }
 
 pub(super) async fn sessions(config: &Config, json: bool) -> anyhow::Result<String> {

@@ -37,10 +37,17 @@ fn a_server_on_postgres_keeps_what_it_accepted_across_kill_9() {
     // Once the ping is answered, every message before it is committed.
     let before = alice.barrier();
     assert!(!any_error(&before), "a message was refused: {before:?}");
+    let config = dir.path().join(format!("{DOMAIN}.toml"));
+    let status = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["admin", "status", "--config"])
+        .arg(&config)
+        .output()
+        .expect("outpost admin status");
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(said.contains("store: PostgreSQL postgres://"), "{said}");
     server.kill();
 
     // The accounts are in PostgreSQL: the command line reads them there.
-    let config = dir.path().join(format!("{DOMAIN}.toml"));
     let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["user", "list", "--config"])
         .arg(&config)
