@@ -340,17 +340,7 @@ impl Session {
             return Ok(());
         };
         let sid = crate::random_id(16);
-        let candidates: String = crate::p2p::candidates(stream.local, port)
-            .iter()
-            .enumerate()
-            .map(|(i, (host, port))| {
-                format!(
-                    "<candidate host='{}' port='{port}' priority='{}'/>",
-                    escape(host),
-                    1000 - i.min(999)
-                )
-            })
-            .collect();
+        let candidates = crate::p2p::candidates_xml(&crate::p2p::candidates(stream.local, port));
         let xml = format!(
             "<iq type='set' to='{to}' id='{sid}'><jingle xmlns='{JINGLE}' \
              action='session-initiate' initiator='{me}' sid='{sid}'><content \

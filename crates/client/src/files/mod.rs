@@ -296,19 +296,10 @@ impl Session {
     ) -> Result<(), StreamError> {
         let port = self.listening().await;
         let device = self.peers.as_ref().map(|p| p.identity.device().to_owned());
-        let candidates: String = port
+        let candidates = port
             .map(|port| crate::p2p::candidates(stream.local, port))
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-            .map(|(i, (host, port))| {
-                format!(
-                    "<candidate host='{}' port='{port}' priority='{}'/>",
-                    escape(host),
-                    1000 - i.min(999)
-                )
-            })
-            .collect();
+            .unwrap_or_default();
+        let candidates = crate::p2p::candidates_xml(&candidates);
         let Some(o) = self.files.outgoing.get_mut(id) else {
             return Ok(());
         };
@@ -497,14 +488,7 @@ async fn receive(
     io: &mut (impl tokio::io::AsyncRead + Unpin),
     events: mpsc::Sender<LinkEvent>,
 ) {
-    let progress_events = events.clone();
-    let id = job.id.clone();
-    let progress = move |done| {
-        let _ = progress_events.try_send(LinkEvent::File(FileEvent::Progress {
-            id: id.clone(),
-            done,
-        }));
-    };
+    let progress = reporter(&job.id, &events);
     let result = match wire::receive_into(&job.part, job.offset, job.size, io, progress).await {
         Ok(()) => wire::hash_file(&job.part).await,
         Err(e) => Err(e),
@@ -517,6 +501,16 @@ async fn receive(
         },
     };
     let _ = events.send(LinkEvent::File(event)).await;
+}
+
+/// Reports a transfer's progress to the session (dropped when the session is behind: a
+/// later report says more).
+fn reporter(id: &str, events: &mpsc::Sender<LinkEvent>) -> impl Fn(u64) + Send + Sync + 'static {
+    let (id, events) = (id.to_owned(), events.clone());
+    move |done| {
+        let id = id.clone();
+        let _ = events.try_send(LinkEvent::File(FileEvent::Progress { id, done }));
+    }
 }
 
 /// Tries the sender's candidates: TLS checked against its device key, the greeting, and

@@ -142,14 +142,7 @@ async fn send(
     mut io: Box<dyn Io>,
     events: mpsc::Sender<LinkEvent>,
 ) {
-    let progress_events = events.clone();
-    let progress_id = id.clone();
-    let progress = move |done| {
-        let _ = progress_events.try_send(LinkEvent::File(FileEvent::Progress {
-            id: progress_id.clone(),
-            done,
-        }));
-    };
+    let progress = super::reporter(&id, &events);
     if let Err(e) = wire::send_from(&file, offset, &mut io, progress).await {
         let failed = FileEvent::Failed {
             id,

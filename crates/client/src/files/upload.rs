@@ -120,14 +120,7 @@ struct Upload {
 }
 
 async fn upload(job: Upload, verifier: Verifier, events: mpsc::Sender<LinkEvent>) {
-    let progress_events = events.clone();
-    let progress_id = job.id.clone();
-    let progress = move |done| {
-        let _ = progress_events.try_send(LinkEvent::File(FileEvent::Progress {
-            id: progress_id.clone(),
-            done,
-        }));
-    };
+    let progress = super::reporter(&job.id, &events);
     let result = http::put(
         &job.put,
         &job.headers,
@@ -157,14 +150,7 @@ pub(super) fn spawn_download(
     events: mpsc::Sender<LinkEvent>,
 ) {
     tokio::spawn(async move {
-        let progress_events = events.clone();
-        let progress_id = id.clone();
-        let progress = move |done| {
-            let _ = progress_events.try_send(LinkEvent::File(FileEvent::Progress {
-                id: progress_id.clone(),
-                done,
-            }));
-        };
+        let progress = super::reporter(&id, &events);
         let fetched = match http::get(&url, &part, super::MAX_FILE, &verifier, progress).await {
             Ok(_) => super::wire::hash_file(&part)
                 .await

@@ -203,3 +203,18 @@ pub(crate) fn candidates(server_side: Option<std::net::IpAddr>, port: u16) -> Ve
         .map(|ip| (ip.to_string(), port))
         .collect()
 }
+
+/// `<candidate host port priority/>` elements for a transport, the first preferred.
+pub(crate) fn candidates_xml(candidates: &[(String, u16)]) -> String {
+    candidates
+        .iter()
+        .enumerate()
+        .map(|(i, (host, port))| {
+            format!(
+                "<candidate host='{}' port='{port}' priority='{}'/>",
+                outpost_proto::xml::escape(host),
+                1000 - i.min(999)
+            )
+        })
+        .collect()
+}
