@@ -7,7 +7,8 @@
 # keys. Then serverless mode: the server is stopped and the clients start again with no
 # server at all; they find each other by multicast DNS (XEP-0174, `_presence._tcp`), link
 # with the keys they pinned, and chat. When the server is back, what they said is in its
-# archive, and nothing was shown twice. Nothing leaves the two namespaces.
+# archive, and nothing was shown twice. Then a 100 MB file goes directly, through the
+# site's SOCKS5 proxy and by HTTP upload, byte-identical. Nothing leaves the two namespaces.
 #
 # Needs root and iproute2. Env: OUTPOST_BIN (default $CARGO_TARGET_DIR/debug/outpost),
 # LAN_KEEP=1 keeps the work directory.
@@ -72,8 +73,8 @@ data_dir = "$WORK/data"
 [listen]
 c2s = ["$SERVER_IP:5222"]
 c2s_tls = []
-proxy65 = []
-https = []
+proxy65 = ["$SERVER_IP:7777"]
+https = ["$SERVER_IP:5281"]
 http = []
 mdns = true
 
@@ -99,10 +100,11 @@ start_server 1
 say "lan.test's server is up at $SERVER_IP and announced itself"
 
 declare -A FD=()
-start_chat() { # start_chat NAME RUN: no --server; a DNS server that does not answer
+start_chat() { # start_chat NAME RUN [FLAG]...: no --server; a DNS server that does not answer
     local name=$1 run=$2 fd
+    shift 2
     mkfifo "$WORK/$name-$run.in"
-    ip netns exec "$CLIENT_NS" "$BIN" chat --headless --jid "$name@lan.test" \
+    ip netns exec "$CLIENT_NS" "$BIN" chat --headless --jid "$name@lan.test" "$@" \
         --dns 127.0.0.1:9 --state-dir "$WORK/$name-state" --downloads "$WORK/$name-files" \
         <"$WORK/$name-$run.in" >"$WORK/$name-$run.events" 2>"$WORK/$name-$run.log" &
     PIDS+=($!)
@@ -176,5 +178,46 @@ done
 archived || die "the serverless message is not in bob's archive"
 n=$(count_events bob-2 '"event":"message"' '"body":"no server at all"')
 [[ $n -eq 1 ]] || die "bob was shown the serverless message $n times"
-for name in alice bob; do chat "$name" '{"cmd":"quit"}'; done
 say "RESULT: once the server was back, what was said without it was in the archive, shown once"
+
+# ---------------------------------------------------------------- files
+# A 100 MB file by each path: directly between the two (their link), through the site's
+# SOCKS5 proxy (from a client without links), and by HTTP upload to bob while he is away.
+# Each arrives whole (the complete event's done is the size) and byte-identical.
+SIZE=104857600
+head -c "$SIZE" /dev/urandom >"$WORK/big.bin"
+arrived() { # arrived EVENTS NAME PATH: the transfer of NAME completed by PATH
+    grep -F "\"name\":\"$2\",\"size\":$SIZE,\"done\":$SIZE,\"state\":\"complete\",\"path\":\"$3\"" \
+        "$WORK/$1.events" >/dev/null
+}
+send_file() { # send_file NAME: alice sends a copy of the big file under NAME
+    cp "$WORK/big.bin" "$WORK/$1"
+    chat alice "{\"cmd\":\"sendfile\",\"to\":\"bob@lan.test\",\"path\":\"$WORK/$1\"}"
+}
+identical() { cmp -s "$WORK/big.bin" "$WORK/bob-files/$1" || die "bob's $1 differs from what alice sent"; }
+
+send_file direct.bin
+wait_until 120 "the file directly" arrived bob-2 direct.bin direct
+identical direct.bin
+say "100 MB directly between alice and bob, byte-identical"
+
+chat alice '{"cmd":"quit"}'
+wait "${CHAT_PID[alice]}" || die "alice's client did not quit cleanly"
+start_chat alice 3 --no-p2p
+wait_until 40 "alice without links on the server" has_event alice-3 '"event":"connected"'
+wait_until 20 "alice to see bob" has_event alice-3 '"from":"bob@lan.test","available":true'
+send_file proxied.bin
+wait_until 120 "the file through the proxy" arrived bob-2 proxied.bin proxy
+identical proxied.bin
+say "100 MB through the site's SOCKS5 proxy, byte-identical"
+
+chat bob '{"cmd":"quit"}'
+wait "${CHAT_PID[bob]}" || die "bob's client did not quit cleanly"
+wait_until 20 "alice to see bob gone" has_event alice-3 '"from":"bob@lan.test","available":false'
+send_file uploaded.bin
+wait_until 120 "the upload" arrived alice-3 uploaded.bin upload
+start_chat bob 3
+wait_until 120 "bob to fetch the uploaded file" arrived bob-3 uploaded.bin upload
+identical uploaded.bin
+for name in alice bob; do chat "$name" '{"cmd":"quit"}'; done
+say "RESULT: a 100 MB file went directly, through the proxy and by upload, each byte-identical and complete"
