@@ -24,6 +24,7 @@ mod copy;
 mod memory;
 mod postgres;
 mod replication;
+mod rows;
 mod sqlite;
 
 pub use copy::{CopyReport, copy_store};

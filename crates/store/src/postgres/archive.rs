@@ -2,14 +2,13 @@
 //! per message, shared by the archives of its two ends (see
 //! `migrations-postgres/0003_archive.sql`).
 
+use crate::rows::prefs_from_rows;
 use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
-use super::{PgStore, db, exec_for, require_account, unknown};
-use crate::{
-    ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, Result,
-};
+use super::{PgStore, db, exec_for, require_account};
+use crate::{ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, Result};
 
 /// Inserts archive rows in one statement, the columns as arrays; called inside a batch
 /// transaction. An id already archived fails the statement, and so the batch.
@@ -143,22 +142,6 @@ pub(super) async fn expire(s: &PgStore, before_id: i64, limit: u32) -> Result<u6
     .await
     .map_err(db)?;
     Ok(done.rows_affected())
-}
-
-fn prefs_from_rows(default: &str, jids: &[(String, bool)]) -> Result<ArchivePrefs> {
-    let default =
-        ArchiveDefault::parse(default).ok_or_else(|| unknown("archive default", default))?;
-    let pick = |always: bool| {
-        jids.iter()
-            .filter(|(_, a)| *a == always)
-            .map(|(j, _)| j.clone())
-            .collect()
-    };
-    Ok(ArchivePrefs {
-        default,
-        always: pick(true),
-        never: pick(false),
-    })
 }
 
 pub(super) async fn prefs(s: &PgStore, user: &BareJid) -> Result<Option<ArchivePrefs>> {

@@ -4,44 +4,18 @@
 
 use sqlx::PgConnection;
 
-use super::{PgStore, db, exec_for, require_account, to_u32, to_u64, unknown};
-use crate::{
-    BareJid, Credentials, PushRegistration, Result, Roster, RosterItem, ScramKeys, StoreError,
-    Subscription, SubscriptionRequest,
+use crate::rows::{
+    CredentialsRow, ROSTER_SELECT, RosterRow, credentials_from_row, roster_from_rows,
 };
 
-type CredentialsRow = (
-    Vec<u8>,
-    i64,
-    Vec<u8>,
-    Vec<u8>,
-    Vec<u8>,
-    i64,
-    Vec<u8>,
-    Vec<u8>,
-);
+use super::{PgStore, db, exec_for, require_account, to_u64};
+use crate::{
+    BareJid, Credentials, PushRegistration, Result, Roster, RosterItem, StoreError,
+    SubscriptionRequest,
+};
 
 const CREDENTIALS_COLUMNS: &str = "sha1_salt, sha1_iterations, sha1_stored_key, \
      sha1_server_key, sha256_salt, sha256_iterations, sha256_stored_key, sha256_server_key";
-
-fn credentials_from_row(row: CredentialsRow) -> Result<Credentials> {
-    let (s1_salt, s1_iter, s1_stored, s1_server, s256_salt, s256_iter, s256_stored, s256_server) =
-        row;
-    Ok(Credentials {
-        sha1: ScramKeys {
-            salt: s1_salt,
-            iterations: to_u32("sha1_iterations", s1_iter)?,
-            stored_key: s1_stored,
-            server_key: s1_server,
-        },
-        sha256: ScramKeys {
-            salt: s256_salt,
-            iterations: to_u32("sha256_iterations", s256_iter)?,
-            stored_key: s256_stored,
-            server_key: s256_server,
-        },
-    })
-}
 
 /// Binds the eight verifier columns, in `CREDENTIALS_COLUMNS` order.
 fn bind_credentials<'q>(
@@ -129,37 +103,6 @@ pub(super) async fn remove_account(s: &PgStore, user: &BareJid) -> Result<()> {
     }
     super::archive::clear_in(&mut tx, user).await?;
     tx.commit().await.map_err(db)
-}
-
-/// One item joined with one of its groups (or none): `contact, name, subscription, ask,
-/// approved, group`.
-type RosterRow = (String, Option<String>, String, bool, bool, Option<String>);
-
-const ROSTER_SELECT: &str = "SELECT i.contact, i.name, i.subscription, i.ask, i.approved, \
-     g.name FROM roster_items i \
-     LEFT JOIN roster_groups g ON g.owner = i.owner AND g.contact = i.contact";
-
-/// Folds rows ordered by contact then group into items, one per contact.
-fn roster_from_rows(rows: Vec<RosterRow>) -> Result<Vec<RosterItem>> {
-    let mut items: Vec<RosterItem> = Vec::new();
-    for (contact, name, subscription, ask, approved, group) in rows {
-        if items.last().is_none_or(|last| last.jid != contact) {
-            let subscription = Subscription::parse(&subscription)
-                .ok_or_else(|| unknown("subscription state", &subscription))?;
-            items.push(RosterItem {
-                jid: contact,
-                name,
-                subscription,
-                ask,
-                approved,
-                groups: Vec::new(),
-            });
-        }
-        if let (Some(group), Some(item)) = (group, items.last_mut()) {
-            item.groups.push(group);
-        }
-    }
-    Ok(items)
 }
 
 pub(super) async fn roster(s: &PgStore, user: &BareJid) -> Result<Roster> {

@@ -41,6 +41,8 @@ use crate::{
     Result, Roster, RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest, UploadSlot,
 };
 
+use crate::rows::to_u64;
+
 mod archive;
 mod batch;
 mod directory;
@@ -103,10 +105,6 @@ pub struct PgStore {
 /// Data read back from the database that this code could never have written.
 #[derive(Debug, thiserror::Error)]
 enum Corrupt {
-    #[error("column {column} holds {value}, out of range")]
-    OutOfRange { column: &'static str, value: i64 },
-    #[error("unknown {what} {value:?}")]
-    Unknown { what: &'static str, value: String },
     #[error("database schema version {found} is newer than this build knows ({known})")]
     SchemaTooNew { found: i64, known: i64 },
 }
@@ -117,26 +115,6 @@ fn db(e: sqlx::Error) -> StoreError {
 
 fn corrupt(e: Corrupt) -> StoreError {
     StoreError::Backend(Box::new(e))
-}
-
-fn unknown(what: &'static str, value: &str) -> StoreError {
-    corrupt(Corrupt::Unknown {
-        what,
-        value: value.to_owned(),
-    })
-}
-
-fn to_u32(column: &'static str, value: i64) -> Result<u32> {
-    u32::try_from(value).map_err(|_| corrupt(Corrupt::OutOfRange { column, value }))
-}
-
-fn to_u64(column: &'static str, value: i64) -> Result<u64> {
-    u64::try_from(value).map_err(|_| corrupt(Corrupt::OutOfRange { column, value }))
-}
-
-/// PostgreSQL has no unsigned integers: counts and sizes are stored as BIGINT.
-fn signed(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl PgStore {

@@ -1,30 +1,13 @@
 //! The server-to-server outbox and the stanza ids already received (XEP-0359) in
 //! PostgreSQL (see `migrations-postgres/0002_outbox.sql`).
 
+use crate::rows::{OUTBOX_COLUMNS, OutboxRow, OutboxStatsRow, outbox_entry};
 use std::collections::HashSet;
 
 use sqlx::PgConnection;
 
 use super::{Lock, PgStore, db, link_key, lock_queues, to_u64};
 use crate::{OutboxEntry, OutboxStats, Result, StoreError};
-
-/// An outbox row: `id, local_domain, remote_domain, stanza, queued_at_ms`.
-type OutboxRow = (i64, String, String, String, i64);
-
-const COLUMNS: &str = "id, local_domain, remote_domain, stanza, queued_at_ms";
-
-fn entry((id, local_domain, remote_domain, stanza, queued_at_ms): OutboxRow) -> OutboxEntry {
-    OutboxEntry {
-        id,
-        local_domain,
-        remote_domain,
-        stanza,
-        queued_at_ms,
-    }
-}
-
-/// A row of the outbox statistics: `local, remote, queued, oldest, last delivery`.
-type StatsRow = (String, String, i64, Option<i64>, Option<i64>);
 
 pub(super) async fn push(
     s: &PgStore,
@@ -66,7 +49,7 @@ pub(super) async fn peek(
     limit: u32,
 ) -> Result<Vec<OutboxEntry>> {
     let rows: Vec<OutboxRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM outbox \
+        "SELECT {OUTBOX_COLUMNS} FROM outbox \
          WHERE remote_domain = $1 AND local_domain = $2 AND id > $3 ORDER BY id LIMIT $4"
     ))
     .bind(remote)
@@ -77,7 +60,7 @@ pub(super) async fn peek(
     .fetch_all(&s.pool)
     .await
     .map_err(db)?;
-    Ok(rows.into_iter().map(entry).collect())
+    Ok(rows.into_iter().map(outbox_entry).collect())
 }
 
 pub(super) async fn ack(
@@ -127,7 +110,7 @@ pub(super) async fn expire(
     let mut rows: Vec<OutboxRow> = sqlx::query_as(&format!(
         "DELETE FROM outbox WHERE id IN \
          (SELECT id FROM outbox WHERE queued_at_ms <= $1 ORDER BY id LIMIT $2) \
-         RETURNING {COLUMNS}"
+         RETURNING {OUTBOX_COLUMNS}"
     ))
     .bind(cutoff)
     .bind(i64::from(limit))
@@ -137,12 +120,12 @@ pub(super) async fn expire(
     tx.commit().await.map_err(db)?;
     // RETURNING promises no order.
     rows.sort_unstable_by_key(|row| row.0);
-    Ok(rows.into_iter().map(entry).collect())
+    Ok(rows.into_iter().map(outbox_entry).collect())
 }
 
 pub(super) async fn stats(s: &PgStore) -> Result<Vec<OutboxStats>> {
     // One statement, so that the counts and the deliveries are one snapshot.
-    let rows: Vec<StatsRow> = sqlx::query_as(
+    let rows: Vec<OutboxStatsRow> = sqlx::query_as(
         "SELECT local, remote, SUM(queued)::BIGINT, MIN(oldest), MAX(delivered) FROM ( \
            SELECT local_domain AS local, remote_domain AS remote, COUNT(*) AS queued, \
              MIN(queued_at_ms) AS oldest, NULL::BIGINT AS delivered \

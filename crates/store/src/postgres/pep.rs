@@ -1,26 +1,11 @@
 //! Personal eventing nodes, items and subscriptions (XEP-0163) and private XML
 //! (XEP-0049) in PostgreSQL (see `migrations-postgres/0004_pep.sql`).
 
+use crate::rows::{NODE_COLUMNS, NodeRow, node_config_from_row};
 use sqlx::PgConnection;
 
-use super::{PgStore, db, require_account, to_u32, unknown};
-use crate::{AccessModel, BareJid, NodeConfig, PepItem, Result, SendLast, StoreError};
-
-type NodeRow = (String, String, i64, String, bool, Option<String>);
-
-fn config_from_row(
-    (_, access, max_items, send_last, notify_retract, title): &NodeRow,
-) -> Result<NodeConfig> {
-    Ok(NodeConfig {
-        access: AccessModel::parse(access).ok_or_else(|| unknown("access model", access))?,
-        max_items: to_u32("max_items", *max_items)?,
-        send_last: SendLast::parse(send_last).ok_or_else(|| unknown("send_last", send_last))?,
-        notify_retract: *notify_retract,
-        title: title.clone(),
-    })
-}
-
-const NODE_COLUMNS: &str = "node, access_model, max_items, send_last, notify_retract, title";
+use super::{PgStore, db, require_account};
+use crate::{BareJid, NodeConfig, PepItem, Result, StoreError};
 
 pub(super) async fn node(s: &PgStore, owner: &BareJid, node: &str) -> Result<Option<NodeConfig>> {
     let row: Option<NodeRow> = sqlx::query_as(&format!(
@@ -31,7 +16,7 @@ pub(super) async fn node(s: &PgStore, owner: &BareJid, node: &str) -> Result<Opt
     .fetch_optional(&s.pool)
     .await
     .map_err(db)?;
-    row.as_ref().map(config_from_row).transpose()
+    row.as_ref().map(node_config_from_row).transpose()
 }
 
 pub(super) async fn nodes(s: &PgStore, owner: &BareJid) -> Result<Vec<(String, NodeConfig)>> {
@@ -43,7 +28,7 @@ pub(super) async fn nodes(s: &PgStore, owner: &BareJid) -> Result<Vec<(String, N
     .await
     .map_err(db)?;
     rows.iter()
-        .map(|r| Ok((r.0.clone(), config_from_row(r)?)))
+        .map(|r| Ok((r.0.clone(), node_config_from_row(r)?)))
         .collect()
 }
 

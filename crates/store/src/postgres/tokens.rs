@@ -2,22 +2,8 @@
 //! `migrations-postgres/0008_api_tokens.sql`).
 
 use super::{PgStore, db, exec_for, require_account};
+use crate::rows::{TOKEN_COLUMNS, TokenRow, token_from_row};
 use crate::{ApiToken, Result};
-
-type Row = (String, Vec<u8>, String, Option<String>, i64, i64);
-
-const COLUMNS: &str = "id, hash, owner, label, created_ms, expires_ms";
-
-fn from_row(r: Row) -> ApiToken {
-    ApiToken {
-        id: r.0,
-        hash: r.1,
-        owner: r.2,
-        label: r.3,
-        created_ms: r.4,
-        expires_ms: r.5,
-    }
-}
 
 pub(super) async fn add(s: &PgStore, token: &ApiToken) -> Result<()> {
     let mut tx = s.write().await?;
@@ -25,7 +11,7 @@ pub(super) async fn add(s: &PgStore, token: &ApiToken) -> Result<()> {
     // token with it.
     require_account(&mut tx, &token.owner).await?;
     sqlx::query(&format!(
-        "INSERT INTO api_tokens ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        "INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
     ))
     .bind(&token.id)
     .bind(&token.hash)
@@ -40,24 +26,25 @@ pub(super) async fn add(s: &PgStore, token: &ApiToken) -> Result<()> {
 }
 
 pub(super) async fn by_hash(s: &PgStore, hash: &[u8]) -> Result<Option<ApiToken>> {
-    let row: Option<Row> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_tokens WHERE hash = $1"))
-            .bind(hash)
-            .fetch_optional(&s.pool)
-            .await
-            .map_err(db)?;
-    Ok(row.map(from_row))
+    let row: Option<TokenRow> = sqlx::query_as(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE hash = $1"
+    ))
+    .bind(hash)
+    .fetch_optional(&s.pool)
+    .await
+    .map_err(db)?;
+    Ok(row.map(token_from_row))
 }
 
 pub(super) async fn of(s: &PgStore, owner: &str) -> Result<Vec<ApiToken>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_tokens WHERE owner = $1 ORDER BY created_ms, id"
+    let rows: Vec<TokenRow> = sqlx::query_as(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE owner = $1 ORDER BY created_ms, id"
     ))
     .bind(owner)
     .fetch_all(&s.pool)
     .await
     .map_err(db)?;
-    Ok(rows.into_iter().map(from_row).collect())
+    Ok(rows.into_iter().map(token_from_row).collect())
 }
 
 pub(super) async fn remove(s: &PgStore, owner: &str, id: &str) -> Result<bool> {

@@ -1,34 +1,8 @@
 //! HTTP upload slots (XEP-0363) in PostgreSQL (see `migrations-postgres/0007_uploads.sql`).
 
-use super::{Lock, PgStore, db, signed};
+use super::{Lock, PgStore, db};
+use crate::rows::{UPLOAD_COLUMNS, UploadRow, signed, upload_from_row};
 use crate::{Result, StoreError, UploadSlot};
-
-type Row = (
-    String,
-    String,
-    String,
-    i64,
-    Option<String>,
-    Vec<u8>,
-    i64,
-    Option<i64>,
-);
-
-const COLUMNS: &str =
-    "slot, owner, filename, size, content_type, put_token, created_ms, completed_ms";
-
-fn from_row(r: Row) -> UploadSlot {
-    UploadSlot {
-        slot: r.0,
-        owner: r.1,
-        filename: r.2,
-        size: u64::try_from(r.3).unwrap_or(0),
-        content_type: r.4,
-        put_token: r.5,
-        created_ms: r.6,
-        completed_ms: r.7,
-    }
-}
 
 pub(super) async fn reserve(s: &PgStore, slot: &UploadSlot, quota: u64) -> Result<()> {
     let mut tx = s.write().await?;
@@ -50,7 +24,7 @@ pub(super) async fn reserve(s: &PgStore, slot: &UploadSlot, quota: u64) -> Resul
         return Err(StoreError::UploadQuotaExceeded { quota });
     }
     sqlx::query(&format!(
-        "INSERT INTO uploads ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     ))
     .bind(&slot.slot)
     .bind(&slot.owner)
@@ -67,13 +41,14 @@ pub(super) async fn reserve(s: &PgStore, slot: &UploadSlot, quota: u64) -> Resul
 }
 
 pub(super) async fn get(s: &PgStore, slot: &str) -> Result<Option<UploadSlot>> {
-    let row: Option<Row> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM uploads WHERE slot = $1"))
-            .bind(slot)
-            .fetch_optional(&s.pool)
-            .await
-            .map_err(db)?;
-    Ok(row.map(from_row))
+    let row: Option<UploadRow> = sqlx::query_as(&format!(
+        "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE slot = $1"
+    ))
+    .bind(slot)
+    .fetch_optional(&s.pool)
+    .await
+    .map_err(db)?;
+    Ok(row.map(upload_from_row))
 }
 
 pub(super) async fn complete(s: &PgStore, slot: &str, now_ms: i64) -> Result<bool> {
@@ -94,8 +69,8 @@ pub(super) async fn expired(
     completed_before_ms: i64,
     limit: u32,
 ) -> Result<Vec<UploadSlot>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM uploads \
+    let rows: Vec<UploadRow> = sqlx::query_as(&format!(
+        "SELECT {UPLOAD_COLUMNS} FROM uploads \
          WHERE (completed_ms IS NULL AND created_ms < $1) \
             OR (completed_ms IS NOT NULL AND created_ms < $2) \
          ORDER BY created_ms LIMIT $3"
@@ -106,7 +81,7 @@ pub(super) async fn expired(
     .fetch_all(&s.pool)
     .await
     .map_err(db)?;
-    Ok(rows.into_iter().map(from_row).collect())
+    Ok(rows.into_iter().map(upload_from_row).collect())
 }
 
 pub(super) async fn remove(s: &PgStore, slot: &str) -> Result<bool> {
@@ -119,9 +94,11 @@ pub(super) async fn remove(s: &PgStore, slot: &str) -> Result<bool> {
 }
 
 pub(super) async fn all(s: &PgStore) -> Result<Vec<UploadSlot>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM uploads ORDER BY slot"))
-        .fetch_all(&s.pool)
-        .await
-        .map_err(db)?;
-    Ok(rows.into_iter().map(from_row).collect())
+    let rows: Vec<UploadRow> = sqlx::query_as(&format!(
+        "SELECT {UPLOAD_COLUMNS} FROM uploads ORDER BY slot"
+    ))
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db)?;
+    Ok(rows.into_iter().map(upload_from_row).collect())
 }

@@ -1,15 +1,13 @@
 //! The message archive (XEP-0313) and its preferences (XEP-0441) in SQLite: one row per
 //! message, shared by the archives of its two ends (see `migrations/0003_archive.sql`).
 
+use crate::rows::prefs_from_rows;
 use std::collections::HashMap;
 
 use sqlx::SqliteConnection;
 
 use super::{SqliteStore, db, require_account};
-use crate::{
-    ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, Result,
-    StoreError,
-};
+use crate::{ArchiveEntry, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, Result};
 
 /// Columns bound per archive row in a multi-row INSERT.
 const ARCHIVE_COLUMNS: usize = 6;
@@ -153,23 +151,6 @@ pub(super) async fn expire(s: &SqliteStore, before_id: i64, limit: u32) -> Resul
 }
 
 type PrefsJidRow = (String, String, bool);
-
-fn prefs_from_rows(default: &str, jids: &[(String, bool)]) -> Result<ArchivePrefs> {
-    let default = ArchiveDefault::parse(default).ok_or_else(|| {
-        StoreError::Backend(format!("unknown archive default {default:?}").into())
-    })?;
-    let pick = |always: bool| {
-        jids.iter()
-            .filter(|(_, a)| *a == always)
-            .map(|(j, _)| j.clone())
-            .collect()
-    };
-    Ok(ArchivePrefs {
-        default,
-        always: pick(true),
-        never: pick(false),
-    })
-}
 
 pub(super) async fn prefs(s: &SqliteStore, user: &BareJid) -> Result<Option<ArchivePrefs>> {
     let default: Option<String> =

@@ -26,8 +26,12 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 use crate::{
     ApiToken, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
     NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas,
-    Result, Roster, RosterItem, ScramKeys, Store, StoreError, StoredRoom, Subscription,
-    SubscriptionRequest, UploadSlot,
+    Result, Roster, RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest, UploadSlot,
+};
+
+use crate::rows::{
+    CredentialsRow, OUTBOX_COLUMNS, OutboxRow, OutboxStatsRow, ROSTER_SELECT, RosterRow,
+    credentials_from_row, outbox_entry, roster_from_rows, to_u64,
 };
 
 mod archive;
@@ -83,10 +87,6 @@ pub struct SqliteStore {
 /// Data read back from the database that this code could never have written.
 #[derive(Debug, thiserror::Error)]
 enum Corrupt {
-    #[error("column {column} holds {value}, out of range")]
-    OutOfRange { column: &'static str, value: i64 },
-    #[error("unknown subscription state {0:?}")]
-    Subscription(String),
     #[error("database schema version {found} is newer than this build knows ({known})")]
     SchemaTooNew { found: i64, known: i64 },
 }
@@ -208,93 +208,6 @@ async fn require_account(conn: &mut SqliteConnection, user: &BareJid) -> Result<
         .map_err(db)?;
     found.map(|_| ()).ok_or(StoreError::NoSuchAccount)
 }
-
-fn to_u32(column: &'static str, value: i64) -> Result<u32> {
-    u32::try_from(value).map_err(|_| corrupt(Corrupt::OutOfRange { column, value }))
-}
-
-fn to_u64(column: &'static str, value: i64) -> Result<u64> {
-    u64::try_from(value).map_err(|_| corrupt(Corrupt::OutOfRange { column, value }))
-}
-
-type CredentialsRow = (
-    Vec<u8>,
-    i64,
-    Vec<u8>,
-    Vec<u8>,
-    Vec<u8>,
-    i64,
-    Vec<u8>,
-    Vec<u8>,
-);
-
-fn credentials_from_row(row: CredentialsRow) -> Result<Credentials> {
-    let (s1_salt, s1_iter, s1_stored, s1_server, s256_salt, s256_iter, s256_stored, s256_server) =
-        row;
-    Ok(Credentials {
-        sha1: ScramKeys {
-            salt: s1_salt,
-            iterations: to_u32("sha1_iterations", s1_iter)?,
-            stored_key: s1_stored,
-            server_key: s1_server,
-        },
-        sha256: ScramKeys {
-            salt: s256_salt,
-            iterations: to_u32("sha256_iterations", s256_iter)?,
-            stored_key: s256_stored,
-            server_key: s256_server,
-        },
-    })
-}
-
-/// One item joined with one of its groups (or none): `contact, name, subscription, ask,
-/// approved, group`.
-type RosterRow = (String, Option<String>, String, bool, bool, Option<String>);
-
-const ROSTER_SELECT: &str = "SELECT i.contact, i.name, i.subscription, i.ask, i.approved, g.name FROM roster_items i \
-     LEFT JOIN roster_groups g ON g.owner = i.owner AND g.contact = i.contact";
-
-/// Folds rows ordered by contact then group into items, one per contact.
-fn roster_from_rows(rows: Vec<RosterRow>) -> Result<Vec<RosterItem>> {
-    let mut items: Vec<RosterItem> = Vec::new();
-    for (contact, name, subscription, ask, approved, group) in rows {
-        let same_item = items.last().is_some_and(|last| last.jid == contact);
-        if !same_item {
-            let subscription = Subscription::parse(&subscription)
-                .ok_or_else(|| corrupt(Corrupt::Subscription(subscription.clone())))?;
-            items.push(RosterItem {
-                jid: contact,
-                name,
-                subscription,
-                ask,
-                approved,
-                groups: Vec::new(),
-            });
-        }
-        if let (Some(group), Some(item)) = (group, items.last_mut()) {
-            item.groups.push(group);
-        }
-    }
-    Ok(items)
-}
-
-/// An outbox row: `id, local_domain, remote_domain, stanza, queued_at_ms`.
-type OutboxRow = (i64, String, String, String, i64);
-
-const OUTBOX_COLUMNS: &str = "id, local_domain, remote_domain, stanza, queued_at_ms";
-
-fn outbox_entry((id, local_domain, remote_domain, stanza, queued_at_ms): OutboxRow) -> OutboxEntry {
-    OutboxEntry {
-        id,
-        local_domain,
-        remote_domain,
-        stanza,
-        queued_at_ms,
-    }
-}
-
-/// A row of the outbox statistics: `local, remote, queued, oldest, last delivery`.
-type OutboxStatsRow = (String, String, i64, Option<i64>, Option<i64>);
 
 /// Adds one to the user's roster version and returns the new value.
 async fn bump_roster_version(conn: &mut SqliteConnection, user: &BareJid) -> Result<u64> {
@@ -1272,6 +1185,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ScramKeys;
 
     /// The durability promise rests on these pragmas holding on every connection.
     #[tokio::test]

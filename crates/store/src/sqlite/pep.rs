@@ -1,28 +1,11 @@
 //! Personal eventing nodes and items (XEP-0163) and private XML (XEP-0049) in SQLite (see
 //! `migrations/0004_pep.sql`).
 
+use crate::rows::{NODE_COLUMNS, NodeRow, node_config_from_row};
 use sqlx::SqliteConnection;
 
 use super::{SqliteStore, db, require_account};
-use crate::{AccessModel, BareJid, NodeConfig, PepItem, Result, SendLast, StoreError};
-
-type NodeRow = (String, String, i64, String, bool, Option<String>);
-
-fn config_from_row(
-    (_, access, max_items, send_last, notify_retract, title): &NodeRow,
-) -> Result<NodeConfig> {
-    let bad = |what: &str, v: &str| StoreError::Backend(format!("unknown {what} {v:?}").into());
-    Ok(NodeConfig {
-        access: AccessModel::parse(access).ok_or_else(|| bad("access model", access))?,
-        max_items: u32::try_from(*max_items)
-            .map_err(|_| bad("max_items", &max_items.to_string()))?,
-        send_last: SendLast::parse(send_last).ok_or_else(|| bad("send_last", send_last))?,
-        notify_retract: *notify_retract,
-        title: title.clone(),
-    })
-}
-
-const NODE_COLUMNS: &str = "node, access_model, max_items, send_last, notify_retract, title";
+use crate::{BareJid, NodeConfig, PepItem, Result, StoreError};
 
 pub(super) async fn node(
     s: &SqliteStore,
@@ -37,7 +20,7 @@ pub(super) async fn node(
     .fetch_optional(&s.readers)
     .await
     .map_err(db)?;
-    row.as_ref().map(config_from_row).transpose()
+    row.as_ref().map(node_config_from_row).transpose()
 }
 
 pub(super) async fn nodes(s: &SqliteStore, owner: &BareJid) -> Result<Vec<(String, NodeConfig)>> {
@@ -49,7 +32,7 @@ pub(super) async fn nodes(s: &SqliteStore, owner: &BareJid) -> Result<Vec<(Strin
     .await
     .map_err(db)?;
     rows.iter()
-        .map(|r| Ok((r.0.clone(), config_from_row(r)?)))
+        .map(|r| Ok((r.0.clone(), node_config_from_row(r)?)))
         .collect()
 }
 

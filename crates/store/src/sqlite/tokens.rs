@@ -1,22 +1,8 @@
 //! Bearer tokens of the HTTP API in SQLite (see `migrations/0011_api_tokens.sql`).
 
 use super::{SqliteStore, db};
+use crate::rows::{TOKEN_COLUMNS, TokenRow, token_from_row};
 use crate::{ApiToken, Result, StoreError};
-
-type Row = (String, Vec<u8>, String, Option<String>, i64, i64);
-
-const COLUMNS: &str = "id, hash, owner, label, created_ms, expires_ms";
-
-fn from_row(r: Row) -> ApiToken {
-    ApiToken {
-        id: r.0,
-        hash: r.1,
-        owner: r.2,
-        label: r.3,
-        created_ms: r.4,
-        expires_ms: r.5,
-    }
-}
 
 pub(super) async fn add(s: &SqliteStore, token: &ApiToken) -> Result<()> {
     let mut tx = s.write().await?;
@@ -29,7 +15,7 @@ pub(super) async fn add(s: &SqliteStore, token: &ApiToken) -> Result<()> {
         return Err(StoreError::NoSuchAccount);
     }
     sqlx::query(&format!(
-        "INSERT INTO api_tokens ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
     ))
     .bind(&token.id)
     .bind(&token.hash)
@@ -44,24 +30,25 @@ pub(super) async fn add(s: &SqliteStore, token: &ApiToken) -> Result<()> {
 }
 
 pub(super) async fn by_hash(s: &SqliteStore, hash: &[u8]) -> Result<Option<ApiToken>> {
-    let row: Option<Row> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM api_tokens WHERE hash = ?"))
-            .bind(hash)
-            .fetch_optional(&s.readers)
-            .await
-            .map_err(db)?;
-    Ok(row.map(from_row))
+    let row: Option<TokenRow> = sqlx::query_as(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE hash = ?"
+    ))
+    .bind(hash)
+    .fetch_optional(&s.readers)
+    .await
+    .map_err(db)?;
+    Ok(row.map(token_from_row))
 }
 
 pub(super) async fn of(s: &SqliteStore, owner: &str) -> Result<Vec<ApiToken>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_tokens WHERE owner = ? ORDER BY created_ms, id"
+    let rows: Vec<TokenRow> = sqlx::query_as(&format!(
+        "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE owner = ? ORDER BY created_ms, id"
     ))
     .bind(owner)
     .fetch_all(&s.readers)
     .await
     .map_err(db)?;
-    Ok(rows.into_iter().map(from_row).collect())
+    Ok(rows.into_iter().map(token_from_row).collect())
 }
 
 pub(super) async fn remove(s: &SqliteStore, owner: &str, id: &str) -> Result<bool> {

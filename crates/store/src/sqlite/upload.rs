@@ -1,38 +1,8 @@
 //! HTTP upload slots (XEP-0363) in SQLite (see `migrations/0008_uploads.sql`).
 
 use super::{SqliteStore, db};
+use crate::rows::{UPLOAD_COLUMNS, UploadRow, signed, upload_from_row};
 use crate::{Result, StoreError, UploadSlot};
-
-type Row = (
-    String,
-    String,
-    String,
-    i64,
-    Option<String>,
-    Vec<u8>,
-    i64,
-    Option<i64>,
-);
-
-const COLUMNS: &str =
-    "slot, owner, filename, size, content_type, put_token, created_ms, completed_ms";
-
-fn from_row(r: Row) -> UploadSlot {
-    UploadSlot {
-        slot: r.0,
-        owner: r.1,
-        filename: r.2,
-        size: u64::try_from(r.3).unwrap_or(0),
-        content_type: r.4,
-        put_token: r.5,
-        created_ms: r.6,
-        completed_ms: r.7,
-    }
-}
-
-fn signed(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
 
 pub(super) async fn reserve(s: &SqliteStore, slot: &UploadSlot, quota: u64) -> Result<()> {
     let mut tx = s.write().await?;
@@ -46,7 +16,7 @@ pub(super) async fn reserve(s: &SqliteStore, slot: &UploadSlot, quota: u64) -> R
         return Err(StoreError::UploadQuotaExceeded { quota });
     }
     sqlx::query(&format!(
-        "INSERT INTO uploads ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     ))
     .bind(&slot.slot)
     .bind(&slot.owner)
@@ -63,12 +33,14 @@ pub(super) async fn reserve(s: &SqliteStore, slot: &UploadSlot, quota: u64) -> R
 }
 
 pub(super) async fn get(s: &SqliteStore, slot: &str) -> Result<Option<UploadSlot>> {
-    let row: Option<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM uploads WHERE slot = ?"))
-        .bind(slot)
-        .fetch_optional(&s.readers)
-        .await
-        .map_err(db)?;
-    Ok(row.map(from_row))
+    let row: Option<UploadRow> = sqlx::query_as(&format!(
+        "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE slot = ?"
+    ))
+    .bind(slot)
+    .fetch_optional(&s.readers)
+    .await
+    .map_err(db)?;
+    Ok(row.map(upload_from_row))
 }
 
 pub(super) async fn complete(s: &SqliteStore, slot: &str, now_ms: i64) -> Result<bool> {
@@ -90,8 +62,8 @@ pub(super) async fn expired(
     completed_before_ms: i64,
     limit: u32,
 ) -> Result<Vec<UploadSlot>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM uploads \
+    let rows: Vec<UploadRow> = sqlx::query_as(&format!(
+        "SELECT {UPLOAD_COLUMNS} FROM uploads \
          WHERE (completed_ms IS NULL AND created_ms < ?) \
             OR (completed_ms IS NOT NULL AND created_ms < ?) \
          ORDER BY created_ms LIMIT ?"
@@ -102,7 +74,7 @@ pub(super) async fn expired(
     .fetch_all(&s.readers)
     .await
     .map_err(db)?;
-    Ok(rows.into_iter().map(from_row).collect())
+    Ok(rows.into_iter().map(upload_from_row).collect())
 }
 
 pub(super) async fn remove(s: &SqliteStore, slot: &str) -> Result<bool> {
@@ -117,9 +89,11 @@ pub(super) async fn remove(s: &SqliteStore, slot: &str) -> Result<bool> {
 }
 
 pub(super) async fn all(s: &SqliteStore) -> Result<Vec<UploadSlot>> {
-    let rows: Vec<Row> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM uploads ORDER BY slot"))
-        .fetch_all(&s.readers)
-        .await
-        .map_err(db)?;
-    Ok(rows.into_iter().map(from_row).collect())
+    let rows: Vec<UploadRow> = sqlx::query_as(&format!(
+        "SELECT {UPLOAD_COLUMNS} FROM uploads ORDER BY slot"
+    ))
+    .fetch_all(&s.readers)
+    .await
+    .map_err(db)?;
+    Ok(rows.into_iter().map(upload_from_row).collect())
 }
