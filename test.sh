@@ -57,6 +57,13 @@ if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null \
         || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }
 fi
+# The cluster tests start their own NATS servers on loopback (outpost_testkit::nats); the
+# package's own service is not wanted.
+if ! command -v nats-server >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nats-server >/dev/null; }
+    systemctl disable --now nats-server >/dev/null 2>&1 || true
+fi
 cargo test --workspace --locked
 
 step "systemd unit (contrib/outpost.service)"

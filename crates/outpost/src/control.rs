@@ -34,6 +34,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 pub(crate) enum Request {
     Status,
     Sessions,
+    Cluster,
     Kick {
         jid: String,
     },
@@ -169,6 +170,7 @@ async fn execute(request: Request, handle: &ServerHandle, reloader: &dyn Reloade
             .map_err(anyhow::Error::from)
             .and_then(|s| Ok(serde_json::to_value(s)?)),
         Request::Sessions => Ok(serde_json::to_value(handle.sessions()).unwrap_or_default()),
+        Request::Cluster => Ok(serde_json::to_value(handle.cluster().await).unwrap_or_default()),
         Request::Kick { jid } => handle.kick(&jid).map(Into::into).map_err(Into::into),
         Request::Reload => reloader.reload(handle),
         Request::Backup { path } => handle

@@ -643,6 +643,29 @@ pub fn write_stanza(el: &Element, out: &mut Vec<u8>) -> Result<(), WriteError> {
     Ok(())
 }
 
+/// Reads back one element that [`write_stanza`] wrote (as Outpost's nodes pass stanzas to
+/// each other), with the same checks and `limits` as a stream: `None` unless `text` is
+/// exactly one well-formed element and nothing else.
+pub fn read_stanza(text: &[u8], limits: Limits) -> Option<Element> {
+    let mut reader = StreamReader::new(limits);
+    reader.feed(
+        format!("<stream:stream xmlns='jabber:client' xmlns:stream='{NS_STREAMS}'>").as_bytes(),
+    );
+    if !matches!(reader.next(), Ok(Some(XmlEvent::StreamOpen(_)))) {
+        return None;
+    }
+    reader.feed(text);
+    let Ok(Some(XmlEvent::Stanza(el))) = reader.next() else {
+        return None;
+    };
+    // Nothing after it: no second element, no end of the stream.
+    if !matches!(reader.next(), Ok(None)) {
+        return None;
+    }
+    reader.feed(STREAM_CLOSE.as_bytes());
+    matches!(reader.next(), Ok(Some(XmlEvent::StreamClose))).then_some(el)
+}
+
 /// An element whose start tag has been written and whose children are being written.
 struct Frame<'a> {
     el: &'a Element,
@@ -743,6 +766,36 @@ mod tests {
     const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
         xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0' \
         xml:lang='en'>";
+
+    /// What `write_stanza` writes, `read_stanza` reads back; anything but one element
+    /// within the limits is refused.
+    #[test]
+    fn read_stanza_takes_exactly_one_element() {
+        let el: Element = "<message xmlns='jabber:client' to='a@b' type='chat'><body>hi &amp; \
+            bye</body><x xmlns='urn:x' a='1'/></message>"
+            .parse()
+            .unwrap();
+        let mut text = Vec::new();
+        write_stanza(&el, &mut text).unwrap();
+        assert_eq!(read_stanza(&text, Limits::default()), Some(el));
+        let refused: [&[u8]; 6] = [
+            b"",
+            b"<message xmlns='jabber:client'>",
+            b"<a xmlns='jabber:client'/><b xmlns='jabber:client'/>",
+            b"<a xmlns='jabber:client'/></stream:stream>",
+            b"<!DOCTYPE a><a/>",
+            b"not xml",
+        ];
+        for bad in refused {
+            assert_eq!(read_stanza(bad, Limits::default()), None, "{bad:?}");
+        }
+        let deep = format!(
+            "{}{}",
+            "<a xmlns='jabber:client'>".repeat(100),
+            "</a>".repeat(100)
+        );
+        assert_eq!(read_stanza(deep.as_bytes(), Limits::default()), None);
+    }
 
     /// Calls `next` until it needs more bytes.
     fn drain(r: &mut StreamReader) -> Result<Vec<XmlEvent>, XmlError> {

@@ -383,7 +383,7 @@ impl Delivery {
         components.remove(domain);
     }
 
-    fn component(&self, domain: &str) -> Option<Arc<dyn Component>> {
+    pub(crate) fn component(&self, domain: &str) -> Option<Arc<dyn Component>> {
         let components = self.components.read().unwrap_or_else(|p| p.into_inner());
         components.get(domain).map(|(_, c)| c.clone())
     }

@@ -29,6 +29,7 @@ mod c2s_ws;
 mod caps;
 mod carbons;
 mod clock;
+mod cluster;
 mod component;
 pub mod config;
 mod delivery;
@@ -59,6 +60,7 @@ mod view;
 
 pub use api::{ApiError, HistoryItem, IssuedToken, MAX_HISTORY_PAGE, MessageState, rfc3339};
 pub use c2s_ws::{ClientWebSocket, TextSocket};
+pub use cluster::{ClusterError, ClusterStatus, NodeStatus};
 pub use http::{HttpEnv, HttpIo, HttpService};
 pub use metrics::Counts;
 pub use outpost_store::ApiToken;
@@ -142,6 +144,8 @@ pub enum ServerError {
     Store(#[from] outpost_store::StoreError),
     #[error("`{0}` is not a JID")]
     InvalidJid(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// What happened to an account whose sessions must end ([`ServerHandle::account_changed`]).
@@ -250,6 +254,13 @@ impl ServerHandle {
             Delivery::new(&config, store, journal, archive, pushes, remote)
         });
         start_services(&config, &delivery, federation.as_ref(), &tasks, &shutdown).await;
+        let cluster = match config.cluster.enabled() {
+            true => Some(cluster::Cluster::join(&config, &delivery, &tasks, &shutdown).await?),
+            false => None,
+        };
+        if let (Some(fed), Some(c)) = (&federation, &cluster) {
+            fed.join_cluster(c).await;
+        }
         let replication = start_replication(&config, &delivery, &tasks, &shutdown).await;
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let sessions = session::Env::new(delivery.clone(), config, tls, shutdown.clone());
@@ -261,6 +272,7 @@ impl ServerHandle {
             replication,
             tasks: tasks.clone(),
             connections,
+            cluster,
         };
         let services = Services::new(&view.sessions, federation, &delivery, http, &shutdown);
         services.register(&view, &listeners, &tasks, &shutdown);
@@ -318,6 +330,11 @@ impl ServerHandle {
     /// when federation is off.
     pub fn link_changes(&self) -> Option<tokio::sync::watch::Receiver<()>> {
         self.view.federation.as_ref().map(|f| f.board().subscribe())
+    }
+
+    /// The cluster as this node sees it (`None` when it is not a cluster node).
+    pub async fn cluster(&self) -> Option<ClusterStatus> {
+        self.view.cluster().await
     }
 
     /// Number of bound client sessions.
@@ -531,12 +548,15 @@ async fn start_services(
     shutdown: &CancellationToken,
 ) {
     tasks.spawn(mam::expire_old(delivery.clone(), shutdown.clone()));
-    for (service, domain) in config.muc_domains() {
+    // In a cluster, one node at a time runs each room service (`cluster::services`).
+    let muc_here = !config.cluster.enabled();
+    for (service, domain) in config.muc_domains().into_iter().filter(|_| muc_here) {
         let muc = config.muc.clone();
         let task = muc::start(delivery.clone(), service, domain, muc, shutdown.clone()).await;
         tasks.spawn(task);
     }
-    if let Some(fed) = federation {
+    // A cluster node starts the queue's upkeep when it takes the links (`cluster::links`).
+    if let Some(fed) = federation.filter(|_| !config.cluster.enabled()) {
         fed.start();
     }
 }

@@ -62,6 +62,10 @@ pub(crate) enum ToSession {
     LinkRestored { domain: Arc<str>, probe: bool },
     /// A new connection resumes this session's managed stream (XEP-0198 §5).
     Resume(Box<crate::c2s_conn::Resumption>),
+    /// This node is back on the cluster's bus after losing it: the other nodes took its
+    /// sessions for gone, so tell contacts on our domains the current presence again and
+    /// ask for theirs.
+    ClusterRejoined,
 }
 
 /// Why [`Router::send_to_full`] could not deliver; the message comes back.
@@ -77,11 +81,68 @@ pub(crate) enum Undelivered {
 pub(crate) type SessionTx = mpsc::Sender<Box<ToSession>>;
 pub(crate) type SessionRx = mpsc::Receiver<Box<ToSession>>;
 
+/// Where what is told to a session goes: its own channel, or (in a cluster) the node that
+/// holds it, which hands it to the session's channel there.
+#[derive(Clone, Debug)]
+pub(crate) enum Mailbox {
+    Local(SessionTx),
+    Node {
+        node: Arc<dyn NodeSink>,
+        jid: FullJid,
+    },
+}
+
+impl Mailbox {
+    /// The node that holds the session, `None` for this one.
+    pub(crate) fn node(&self) -> Option<&str> {
+        match self {
+            Mailbox::Local(_) => None,
+            Mailbox::Node { node, .. } => Some(node.node_id()),
+        }
+    }
+}
+
+/// Another node of the cluster, as the router reaches it: a send that never waits.
+pub(crate) trait NodeSink: Send + Sync + std::fmt::Debug {
+    fn node_id(&self) -> &str;
+    /// Hands `msg` for the session `to` to its node, or gives it back if that cannot be
+    /// done now.
+    fn send(&self, to: &FullJid, msg: ToSession) -> Result<(), ToSession>;
+}
+
+/// A change to this node's own sessions, told to the cluster (in the order the table
+/// made them: the observer is called under the shard's lock, so it must not wait).
+#[derive(Clone, Debug)]
+pub(crate) enum LocalChange {
+    Bound(SessionEntry),
+    Unbound { jid: FullJid, session_id: u64 },
+    Updated(SessionEntry),
+}
+
+/// What the cluster knows of one session: who, which, since when, and what the router
+/// routes by.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct SessionEntry {
+    pub(crate) jid: FullJid,
+    pub(crate) session_id: u64,
+    pub(crate) since_ms: i64,
+    pub(crate) available: bool,
+    pub(crate) priority: i8,
+    pub(crate) carbons: bool,
+}
+
+/// Who hears of changes to this node's sessions (the cluster's directory).
+pub(crate) trait Observer: Send + Sync {
+    /// This node's id in the cluster.
+    fn node_id(&self) -> &str;
+    fn changed(&self, change: LocalChange);
+}
+
 #[derive(Debug)]
 struct Resource {
     jid: FullJid,
     session_id: u64,
-    tx: SessionTx,
+    tx: Mailbox,
     /// Where the client connects from, and since when (Unix milliseconds), for operators.
     peer: SocketAddr,
     since_ms: i64,
@@ -100,6 +161,31 @@ struct Shard {
 pub(crate) struct Router {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
+    observer: std::sync::OnceLock<Arc<dyn Observer>>,
+}
+
+impl Resource {
+    fn entry(&self) -> SessionEntry {
+        SessionEntry {
+            jid: self.jid.clone(),
+            session_id: self.session_id,
+            since_ms: self.since_ms,
+            available: self.available,
+            priority: self.priority,
+            carbons: self.carbons,
+        }
+    }
+
+    fn is_local(&self) -> bool {
+        matches!(self.tx, Mailbox::Local(_))
+    }
+}
+
+/// Where a session bound on another node sorts against ours of the same full JID: the
+/// later binding wins (RFC 6120 §7.7.2.2), and on a tie the greater node id, so every
+/// node decides alike.
+fn newer(a: (i64, &str), b: (i64, &str)) -> bool {
+    a > b
 }
 
 /// A bound session, as operators see it (`outpost admin sessions`).
@@ -134,6 +220,7 @@ impl Router {
         Router {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             hasher: RandomState::new(),
+            observer: std::sync::OnceLock::new(),
         }
     }
 
@@ -156,8 +243,19 @@ impl Router {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers a bound resource. A session already bound to the same full JID is told
-    /// to leave ([`ToSession::Replaced`]) and loses its place.
+    /// Sets who hears of changes to this node's sessions (once, when the cluster starts).
+    pub(crate) fn observe(&self, observer: Arc<dyn Observer>) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn tell_observer(&self, change: impl FnOnce() -> LocalChange) {
+        if let Some(o) = self.observer.get() {
+            o.changed(change());
+        }
+    }
+
+    /// Registers a bound resource. A session already bound to the same full JID, here or
+    /// on another node, is told to leave ([`ToSession::Replaced`]) and loses its place.
     pub(crate) fn bind(&self, b: Binding, max_resources: usize) -> BindOutcome {
         let bare = b.jid.to_bare();
         let mut shard = self.write(&bare);
@@ -170,16 +268,18 @@ impl Router {
         } else if list.len() >= max_resources {
             return BindOutcome::TooMany;
         }
-        list.push(Resource {
+        let r = Resource {
             jid: b.jid,
             session_id: b.session_id,
-            tx: b.tx,
+            tx: Mailbox::Local(b.tx),
             peer: b.peer,
             since_ms: b.since_ms,
             available: false,
             priority: 0,
             carbons: false,
-        });
+        };
+        self.tell_observer(|| LocalChange::Bound(r.entry()));
+        list.push(r);
         BindOutcome::Bound
     }
 
@@ -188,10 +288,30 @@ impl Router {
         let bare = jid.to_bare();
         let mut shard = self.write(&bare);
         if let Some(list) = shard.users.get_mut(&bare) {
-            list.retain(|r| r.session_id != session_id);
+            let before = list.len();
+            list.retain(|r| !(r.session_id == session_id && r.is_local()));
+            if list.len() < before {
+                self.tell_observer(|| LocalChange::Unbound {
+                    jid: jid.clone(),
+                    session_id,
+                });
+            }
             if list.is_empty() {
                 shard.users.remove(&bare);
             }
+        }
+    }
+
+    /// Changes one of this node's sessions and tells the cluster.
+    fn update(&self, jid: &FullJid, session_id: u64, change: impl FnOnce(&mut Resource)) {
+        let bare = jid.to_bare();
+        let mut shard = self.write(&bare);
+        if let Some(r) = shard.users.get_mut(&bare).and_then(|l| {
+            l.iter_mut()
+                .find(|r| r.session_id == session_id && r.is_local())
+        }) {
+            change(r);
+            self.tell_observer(|| LocalChange::Updated(r.entry()));
         }
     }
 
@@ -202,29 +322,167 @@ impl Router {
         available: bool,
         priority: i8,
     ) {
-        let bare = jid.to_bare();
-        let mut shard = self.write(&bare);
-        if let Some(r) = shard
-            .users
-            .get_mut(&bare)
-            .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
-        {
+        self.update(jid, session_id, |r| {
             r.available = available;
             r.priority = priority;
-        }
+        });
     }
 
     /// Turns message carbons (XEP-0280) on or off for a session.
     pub(crate) fn set_carbons(&self, jid: &FullJid, session_id: u64, on: bool) {
+        self.update(jid, session_id, |r| r.carbons = on);
+    }
+
+    /// Records (or updates) a session another node holds. A session of ours bound to the
+    /// same full JID earlier is told to leave; if ours is the later one, the other node
+    /// will hear of it and end its own, so the entry is not recorded.
+    pub(crate) fn bind_remote(&self, node: &Arc<dyn NodeSink>, e: SessionEntry) {
+        let ours = self.observer.get().map_or("", |o| o.node_id());
+        let bare = e.jid.to_bare();
+        let mut shard = self.write(&bare);
+        let list = shard.users.entry(bare).or_default();
+        if let Some(pos) = list.iter().position(|r| r.jid == e.jid) {
+            let old = &list[pos];
+            let old_key = (old.since_ms, old.tx.node().unwrap_or(ours));
+            if old.tx.node() != Some(node.node_id()) || old.session_id != e.session_id {
+                if !newer((e.since_ms, node.node_id()), old_key) {
+                    return;
+                }
+                if old.is_local() {
+                    let _ = deliver(&old.tx, ToSession::Replaced);
+                }
+            }
+            list.swap_remove(pos);
+        }
+        list.push(Resource {
+            tx: Mailbox::Node {
+                node: node.clone(),
+                jid: e.jid.clone(),
+            },
+            jid: e.jid,
+            session_id: e.session_id,
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            since_ms: e.since_ms,
+            available: e.available,
+            priority: e.priority,
+            carbons: e.carbons,
+        });
+    }
+
+    /// Forgets a session another node held; whether it was known.
+    pub(crate) fn unbind_remote(&self, node: &str, jid: &FullJid, session_id: u64) -> bool {
         let bare = jid.to_bare();
         let mut shard = self.write(&bare);
-        if let Some(r) = shard
-            .users
-            .get_mut(&bare)
-            .and_then(|l| l.iter_mut().find(|r| r.session_id == session_id))
-        {
-            r.carbons = on;
+        let Some(list) = shard.users.get_mut(&bare) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|r| !(r.session_id == session_id && r.tx.node() == Some(node)));
+        let gone = list.len() < before;
+        if list.is_empty() {
+            shard.users.remove(&bare);
         }
+        gone
+    }
+
+    /// Makes `node`'s sessions exactly `entries` (a snapshot of them); returns those
+    /// that are gone.
+    pub(crate) fn replace_node(
+        &self,
+        node: &Arc<dyn NodeSink>,
+        entries: Vec<SessionEntry>,
+    ) -> Vec<SessionEntry> {
+        let keep: std::collections::HashSet<(&FullJid, u64)> =
+            entries.iter().map(|e| (&e.jid, e.session_id)).collect();
+        let mut gone = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
+            shard.users.retain(|_, list| {
+                list.retain(|r| {
+                    let stale = r.tx.node() == Some(node.node_id())
+                        && !keep.contains(&(&r.jid, r.session_id));
+                    if stale {
+                        gone.push(r.entry());
+                    }
+                    !stale
+                });
+                !list.is_empty()
+            });
+        }
+        drop(keep);
+        for e in entries {
+            self.bind_remote(node, e);
+        }
+        gone
+    }
+
+    /// How many sessions each other node holds, as this node's directory says.
+    pub(crate) fn remote_counts(&self) -> HashMap<String, u64> {
+        let mut counts = HashMap::new();
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+            for r in shard.users.values().flatten() {
+                if let Some(node) = r.tx.node() {
+                    *counts.entry(node.to_owned()).or_default() += 1;
+                }
+            }
+        }
+        counts
+    }
+
+    /// Tells every session of this node what `msg` makes.
+    pub(crate) fn tell_local(&self, msg: impl Fn() -> ToSession) -> usize {
+        let mut told = 0;
+        for shard in &self.shards {
+            let targets: Vec<Mailbox> = {
+                let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+                let local = shard.users.values().flatten().filter(|r| r.is_local());
+                local.map(|r| r.tx.clone()).collect()
+            };
+            told += targets
+                .iter()
+                .filter(|tx| deliver(tx, msg()).is_ok())
+                .count();
+        }
+        told
+    }
+
+    /// Forgets every session `node` held (it died or left); returns them.
+    pub(crate) fn drop_node(&self, node: &str) -> Vec<SessionEntry> {
+        let mut gone = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
+            shard.users.retain(|_, list| {
+                list.retain(|r| {
+                    let theirs = r.tx.node() == Some(node);
+                    if theirs {
+                        gone.push(r.entry());
+                    }
+                    !theirs
+                });
+                !list.is_empty()
+            });
+        }
+        gone
+    }
+
+    /// This node's own sessions, for a node that asks for the whole directory.
+    pub(crate) fn local_entries(&self) -> Vec<SessionEntry> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+            let local = shard.users.values().flatten().filter(|r| r.is_local());
+            out.extend(local.map(Resource::entry));
+        }
+        out
+    }
+
+    /// The node that holds the session bound as `jid`: `Some(None)` for this one.
+    pub(crate) fn holder(&self, jid: &FullJid) -> Option<Option<String>> {
+        let bare = jid.to_bare();
+        let shard = self.read(&bare);
+        let r = shard.users.get(&bare)?.iter().find(|r| r.jid == *jid)?;
+        Some(r.tx.node().map(str::to_owned))
     }
 
     /// The user's sessions that want carbons, but for those in `except` (which have the
@@ -233,7 +491,7 @@ impl Router {
         &self,
         bare: &BareJid,
         except: &[FullJid],
-    ) -> Vec<(FullJid, SessionTx)> {
+    ) -> Vec<(FullJid, Mailbox)> {
         self.senders(bare, |r| r.carbons && !except.contains(&r.jid))
     }
 
@@ -259,7 +517,7 @@ impl Router {
         &self,
         bare: &BareJid,
         filter: impl Fn(&Resource) -> bool,
-    ) -> Vec<(FullJid, SessionTx)> {
+    ) -> Vec<(FullJid, Mailbox)> {
         let shard = self.read(bare);
         match shard.users.get(bare) {
             Some(list) => list
@@ -288,7 +546,7 @@ impl Router {
         (shard.users.get(&bare)).is_some_and(|list| list.iter().any(|r| &r.jid == jid))
     }
 
-    pub(crate) fn available(&self, bare: &BareJid) -> Vec<(FullJid, SessionTx)> {
+    pub(crate) fn available(&self, bare: &BareJid) -> Vec<(FullJid, Mailbox)> {
         self.senders(bare, |r| r.available)
     }
 
@@ -299,7 +557,7 @@ impl Router {
         &self,
         bare: &BareJid,
         all_nonnegative: bool,
-    ) -> Vec<(FullJid, SessionTx)> {
+    ) -> Vec<(FullJid, Mailbox)> {
         let shard = self.read(bare);
         let Some(list) = shard.users.get(bare) else {
             return Vec::new();
@@ -324,15 +582,16 @@ impl Router {
     pub(crate) fn each_available(&self, domain: &str, msg: impl Fn(bool) -> ToSession) -> usize {
         let mut told = 0;
         for shard in &self.shards {
-            let targets: Vec<(bool, SessionTx)> = {
+            let targets: Vec<(bool, Mailbox)> = {
                 let shard = shard.read().unwrap_or_else(|p| p.into_inner());
                 shard
                     .users
                     .iter()
                     .filter(|(bare, _)| bare.domain().as_str() == domain)
                     .flat_map(|(_, list)| {
+                        // Each node tells its own sessions.
                         list.iter()
-                            .filter(|r| r.available)
+                            .filter(|r| r.available && r.is_local())
                             .enumerate()
                             .map(|(i, r)| (i == 0, r.tx.clone()))
                     })
@@ -352,13 +611,14 @@ impl Router {
     pub(crate) fn tell_domain(&self, domain: &str, msg: impl Fn() -> ToSession) -> usize {
         let mut told = 0;
         for shard in &self.shards {
-            let targets: Vec<SessionTx> = {
+            let targets: Vec<Mailbox> = {
                 let shard = shard.read().unwrap_or_else(|p| p.into_inner());
                 shard
                     .users
                     .iter()
                     .filter(|(bare, _)| bare.domain().as_str() == domain)
-                    .flat_map(|(_, list)| list.iter().map(|r| r.tx.clone()))
+                    .flat_map(|(_, list)| list.iter().filter(|r| r.is_local()))
+                    .map(|r| r.tx.clone())
                     .collect()
             };
             told += targets
@@ -407,6 +667,7 @@ impl Router {
                     .users
                     .values()
                     .flatten()
+                    .filter(|r| r.is_local())
                     .map(|r| SessionInfo {
                         jid: r.jid.to_string(),
                         peer: r.peer,
@@ -430,16 +691,25 @@ impl Router {
                     .unwrap_or_else(|p| p.into_inner())
                     .users
                     .values()
-                    .map(Vec::len)
-                    .sum::<usize>()
+                    .flatten()
+                    .filter(|r| r.is_local())
+                    .count()
             })
             .sum()
     }
 }
 
-/// Sends without waiting; see the module documentation. A full (or closed) channel gives
-/// the message back so the caller can keep it.
-pub(crate) fn deliver(tx: &SessionTx, msg: ToSession) -> Result<(), ToSession> {
+/// Sends without waiting; see the module documentation. A full (or closed) channel, or a
+/// node that cannot be reached now, gives the message back so the caller can keep it.
+pub(crate) fn deliver(to: &Mailbox, msg: ToSession) -> Result<(), ToSession> {
+    match to {
+        Mailbox::Local(tx) => deliver_local(tx, msg),
+        Mailbox::Node { node, jid } => node.send(jid, msg),
+    }
+}
+
+/// [`deliver`] to a session's own channel.
+pub(crate) fn deliver_local(tx: &SessionTx, msg: ToSession) -> Result<(), ToSession> {
     tx.try_send(Box::new(msg)).map_err(|e| match e {
         mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => *m,
     })

@@ -11,7 +11,8 @@ use crate::metrics::Counts;
 use crate::s2s::{self, Federation};
 use crate::tasks::Tasks;
 use crate::{
-    LinkStatus, ReplicationStatus, ServerError, ServerStatus, SessionInfo, replication, session,
+    ClusterStatus, LinkStatus, ReplicationStatus, ServerError, ServerStatus, SessionInfo,
+    replication, session,
 };
 
 /// How long a WebSocket session waits for its place under the connection cap.
@@ -30,6 +31,8 @@ pub struct ServerView {
     /// The connection cap (`limits.max_connections`), which a WebSocket session counts
     /// against once its HTTP connection has become it.
     pub(crate) connections: Arc<tokio::sync::Semaphore>,
+    /// This node's part in its cluster, when it is one.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl ServerView {
@@ -54,6 +57,14 @@ impl ServerView {
             Some(fed) => fed.board().snapshot(stats),
             None => s2s::LinkBoard::new().snapshot(stats),
         })
+    }
+
+    /// The cluster as this node sees it (`None` when it is not a cluster node).
+    pub async fn cluster(&self) -> Option<ClusterStatus> {
+        match &self.cluster {
+            Some(c) => Some(c.status().await),
+            None => None,
+        }
     }
 
     /// Number of bound client sessions.

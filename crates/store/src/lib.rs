@@ -85,6 +85,30 @@ impl Subscription {
     }
 }
 
+/// A node of a cluster, as the shared store registers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub node_id: String,
+    /// Which start of the node this is (random at each start).
+    pub epoch: String,
+    /// Where the node is reached, for operators.
+    pub address: String,
+    pub started_ms: i64,
+    /// Until when the registration holds unless renewed (Unix milliseconds).
+    pub lease_until_ms: i64,
+    /// The node's sessions at its last renewal.
+    pub sessions: u64,
+}
+
+/// A lease on something one node of a cluster owns at a time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterLease {
+    pub name: String,
+    pub node_id: String,
+    pub epoch: String,
+    pub until_ms: i64,
+}
+
 /// One contact in a user's roster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RosterItem {
@@ -755,6 +779,45 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets the ids last seen before `older_than_ms`; returns how many. Keep them longer
     /// than the peers' retry lifetime, or a late retry is delivered again.
     async fn prune_seen(&self, older_than_ms: i64) -> Result<u64>;
+
+    // ---- cluster (several nodes on one shared store: PostgreSQL) ----
+
+    /// Registers a node under `node.node_id` if no live node holds that id (its lease
+    /// ended before `now_ms`, or it is this start's own). Returns `false` if a live node
+    /// holds it.
+    async fn node_claim(&self, _node: &ClusterNode, _now_ms: i64) -> Result<bool> {
+        Err(StoreError::Unsupported("cluster"))
+    }
+    /// Extends a node's lease to `until_ms` and records its session count. Returns
+    /// `false` if that start of the node is no longer registered (its lease ended and
+    /// another start took the id).
+    async fn node_renew(
+        &self,
+        _node_id: &str,
+        _epoch: &str,
+        _until_ms: i64,
+        _sessions: u64,
+    ) -> Result<bool> {
+        Err(StoreError::Unsupported("cluster"))
+    }
+    /// A node leaves: its registration and its leases go.
+    async fn node_release(&self, _node_id: &str, _epoch: &str) -> Result<()> {
+        Err(StoreError::Unsupported("cluster"))
+    }
+    /// Every registered node, live or not, by id.
+    async fn cluster_nodes(&self) -> Result<Vec<ClusterNode>> {
+        Err(StoreError::Unsupported("cluster"))
+    }
+    /// Takes (or renews) the lease `want.name` for `want`'s node until `want.until_ms`, if
+    /// it is free, ended before `now_ms`, or already that node's. Returns the lease as it
+    /// stands afterwards: the caller holds it if it names the caller.
+    async fn lease_take(&self, _want: &ClusterLease, _now_ms: i64) -> Result<ClusterLease> {
+        Err(StoreError::Unsupported("cluster"))
+    }
+    /// Every lease, by name.
+    async fn cluster_leases(&self) -> Result<Vec<ClusterLease>> {
+        Err(StoreError::Unsupported("cluster"))
+    }
 
     // ---- replication (a site's directory to its hub) ----
 

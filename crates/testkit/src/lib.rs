@@ -29,12 +29,17 @@
 //! `outpost_server::ServerHandle` on 127.0.0.1:0 with a fresh SQLite or memory store and
 //! a self-signed certificate, and waits on its link board.
 //!
+//! With `postgres` and `nats`: a real PostgreSQL per test process, and real NATS servers,
+//! from Debian's packages.
+//!
 //! Deliberately not here: the load generator's byte-scanning framer and lean connection
 //! (`outpost-bench` measures itself and must stay cheap, and it never depends on the
 //! server, because it benchmarks other servers too); the harness that starts `outpost
 //! serve` processes (it needs the binary Cargo builds only for `outpost`'s own tests); and
 //! the sans-IO transcript helpers of `outpost-proto`'s tests, which use no sockets at all.
 
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod tls;

@@ -64,6 +64,17 @@ impl TestServer {
         Self::start_on(Arc::new(MemoryStore::new()), true, dir, tweak, None).await
     }
 
+    /// A server on `store` (a PostgreSQL one, say, that other servers share), with `tweak`
+    /// applied to a loopback config, and `http` serving the HTTPS listener if given.
+    pub async fn start_with_store(
+        store: Arc<dyn Store>,
+        tweak: impl FnOnce(&mut Config),
+        http: Option<Arc<dyn HttpService>>,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_on(store, true, dir, tweak, http).await
+    }
+
     async fn start_on(
         store: Arc<dyn Store>,
         in_memory: bool,

@@ -94,6 +94,9 @@ async fn metrics(State(ops): State<Ops>) -> Response {
     let mut registry = Registry::with_prefix("outpost");
     register_server(&mut registry, &ops.server, &status);
     register_links(&mut registry, &status);
+    if let Some(cluster) = ops.server.cluster().await {
+        register_cluster(&mut registry, &cluster);
+    }
     registry.register(
         "http_requests",
         "HTTP requests answered, by route and status",
@@ -164,6 +167,48 @@ fn register_server(registry: &mut Registry, server: &ServerView, status: &Server
             r.acked,
         );
     }
+}
+
+/// A cluster node: whether NATS answers, and each other node's sessions in this node's
+/// directory and how long ago it was heard.
+fn register_cluster(registry: &mut Registry, cluster: &outpost_server::ClusterStatus) {
+    gauge(
+        registry,
+        "cluster_nats_connected",
+        "On a cluster node: 1 while it is connected to NATS",
+        i64::from(cluster.nats_connected),
+    );
+    gauge(
+        registry,
+        "cluster_postgres_answering",
+        "On a cluster node: 1 if the registry in PostgreSQL answered this scrape",
+        i64::from(cluster.postgres_error.is_none()),
+    );
+    let directory = Family::<Vec<(String, String)>, Gauge>::default();
+    let heard = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
+    for n in cluster
+        .nodes
+        .iter()
+        .filter(|n| n.node_id != cluster.node_id)
+    {
+        let labels = vec![("node".to_owned(), n.node_id.clone())];
+        directory
+            .get_or_create(&labels)
+            .set(i64::try_from(n.directory).unwrap_or(i64::MAX));
+        if let Some(ms) = n.heard_ms_ago {
+            heard.get_or_create(&labels).set(ms as f64 / 1000.0);
+        }
+    }
+    registry.register(
+        "cluster_directory_sessions",
+        "On a cluster node: each other node's sessions in this node's directory",
+        directory,
+    );
+    registry.register(
+        "cluster_heard_seconds",
+        "On a cluster node: seconds since each other node was last heard over NATS",
+        heard,
+    );
 }
 
 /// What the server counted since it started.

@@ -5,6 +5,7 @@
 //! `sessions`, `kick`, `reload` and `unblock` ask the running server over its control
 //! socket (see `control`).
 
+mod cluster;
 mod links;
 mod ops;
 mod replication;
@@ -52,6 +53,17 @@ pub(crate) enum AdminCommand {
     /// presence.
     Sessions {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// This node's cluster: each node with its address, start, registration lease and
+    /// sessions, when this node last heard it over NATS and how many of its sessions are
+    /// in this node's directory; whether NATS and PostgreSQL answer. With the server
+    /// stopped, the registry alone (from PostgreSQL).
+    Cluster {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -116,6 +128,7 @@ pub(crate) fn run(command: AdminCommand) -> anyhow::Result<()> {
         | AdminCommand::Replication { config, .. }
         | AdminCommand::Status { config }
         | AdminCommand::Sessions { config, .. }
+        | AdminCommand::Cluster { config, .. }
         | AdminCommand::Kick { config, .. }
         | AdminCommand::Reload { config }
         | AdminCommand::Unblock { config, .. }
@@ -133,6 +146,7 @@ pub(crate) fn run(command: AdminCommand) -> anyhow::Result<()> {
             AdminCommand::Replication { json, .. } => replication::show(&config, json).await,
             AdminCommand::Status { .. } => ops::status(&config).await,
             AdminCommand::Sessions { json, .. } => ops::sessions(&config, json).await,
+            AdminCommand::Cluster { json, .. } => cluster::show(&config, json).await,
             AdminCommand::Kick { jid, .. } => ops::kick(&config, &jid).await,
             AdminCommand::Reload { .. } => ops::reload(&config).await,
             AdminCommand::Unblock {

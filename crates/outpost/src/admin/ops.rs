@@ -14,12 +14,12 @@ use crate::control::{self, Request};
 use crate::serve::open_store;
 use crate::tls::rfc3339;
 
-fn ms_to_rfc3339(ms: i64) -> String {
+pub(super) fn ms_to_rfc3339(ms: i64) -> String {
     rfc3339(ms.div_euclid(1000))
 }
 
 /// A duration in days, hours, minutes and seconds, largest two units.
-fn ago(ms: i64) -> String {
+pub(super) fn ago(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
     match (d, h, m) {
@@ -131,7 +131,7 @@ pub(super) async fn sessions(config: &Config, json: bool) -> anyhow::Result<Stri
     Ok(table(["JID", "ADDRESS", "CONNECTED", "PRESENCE"], &rows))
 }
 
-fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+pub(super) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -81,6 +81,20 @@ impl Server {
         }
         std::fs::write(&config, toml).expect("write config");
         let log = dir.join(format!("{domain}.log"));
+        Self::spawn(&config, log, domain, true)
+    }
+
+    /// Writes `toml` as `<name>.toml` in `dir` and runs `outpost serve` on it; for servers
+    /// without federation (such as cluster nodes), whose `s2s` is then unspecified.
+    pub(crate) fn start_toml(dir: &Path, name: &str, toml: &str) -> Server {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).expect("write config");
+        Self::spawn(&config, dir.join(format!("{name}.log")), name, false)
+    }
+
+    /// Starts `outpost serve --config config` (again, if a port it wants is still held)
+    /// until it says where it listens.
+    fn spawn(config: &Path, log: PathBuf, name: &str, federation: bool) -> Server {
         let deadline = Instant::now() + WAIT;
         loop {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
@@ -97,14 +111,15 @@ impl Server {
             let mut child = cmd
                 .arg("serve")
                 .arg("--config")
-                .arg(&config)
+                .arg(config)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(stderr)
                 .spawn()
                 .expect("start outpost");
             let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            let (mut c2s, mut s2s) = (None, None);
+            let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+            let (mut c2s, mut s2s) = (None, (!federation).then_some(unspecified));
             while c2s.is_none() || s2s.is_none() {
                 let Some(Ok(line)) = lines.next() else { break };
                 let addr = |kind: &str| {
@@ -125,7 +140,7 @@ impl Server {
             let status = child.wait().expect("reap");
             assert!(
                 Instant::now() < deadline,
-                "{domain} did not start ({status}):\n{}",
+                "{name} did not start ({status}):\n{}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
             // Back-off before binding the same port again, not synchronisation.

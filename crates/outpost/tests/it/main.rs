@@ -6,6 +6,7 @@ mod admin_links;
 mod admin_replication;
 mod chat;
 mod cli;
+mod cluster;
 mod common;
 mod durability;
 mod federation_durability;

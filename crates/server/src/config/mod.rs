@@ -74,6 +74,38 @@ pub struct Config {
     /// External components (XEP-0114): each domain a component may connect as, with the
     /// secret it proves it knows. Default: none.
     pub components: BTreeMap<String, String>,
+    /// Several nodes serving the same domains on one PostgreSQL (see ARCHITECTURE.md,
+    /// "Cluster"). Off by default.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: this server as one node of several that serve the same domains, sharing
+/// their store (PostgreSQL) and telling each other where sessions are over NATS.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The NATS server(s) the nodes share, `nats://host:4222` (with `user:password@` or
+    /// `token@` when the server asks; several URLs separated by commas). Setting it turns
+    /// clustering on. Default: none.
+    pub nats_url: Option<String>,
+    /// This node's name in the cluster: letters, digits, `-` and `_`, at most 64. Each
+    /// running node needs its own; a node started with one a live node holds refuses to
+    /// start. Required with `nats_url`.
+    pub node_id: Option<String>,
+    /// The prefix of the NATS subjects, so that several clusters can share one NATS.
+    /// Default: `"outpost"`.
+    pub subject_prefix: Option<String>,
+}
+
+impl ClusterConfig {
+    /// Whether clustering is on.
+    pub fn enabled(&self) -> bool {
+        self.nats_url.is_some()
+    }
+
+    pub fn subject_prefix(&self) -> &str {
+        self.subject_prefix.as_deref().unwrap_or("outpost")
+    }
 }
 
 impl Default for Config {
@@ -98,6 +130,7 @@ impl Default for Config {
             upload: UploadConfig::default(),
             api: ApiConfig::default(),
             components: BTreeMap::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -526,6 +559,7 @@ impl Config {
         self.check_limits(&mut problem);
         self.check_federation(&mut problem);
         self.check_api(&mut problem);
+        self.check_cluster(&mut problem);
         if self.log.level.trim().is_empty() {
             problem("log.level must not be empty".to_owned());
         }
@@ -773,6 +807,61 @@ impl Config {
         }
     }
 
+    /// `cluster`.
+    fn check_cluster(&self, problem: &mut impl FnMut(String)) {
+        let c = &self.cluster;
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if !c.enabled() {
+            if c.node_id.is_some() {
+                problem("cluster.node_id is set but cluster.nats_url is not".to_owned());
+            }
+            return;
+        }
+        match c.node_id.as_deref() {
+            None => problem("cluster.node_id must be set with cluster.nats_url".to_owned()),
+            Some(id) if !name_ok(id) => problem(format!(
+                "cluster.node_id {id:?}: use letters, digits, - and _ (at most 64)"
+            )),
+            Some(_) => {}
+        }
+        if !c.subject_prefix.as_deref().is_none_or(name_ok) {
+            problem("cluster.subject_prefix: use letters, digits, - and _ (at most 64)".to_owned());
+        }
+        let urls = c.nats_url.as_deref().unwrap_or("");
+        if urls.split(',').any(|u| !u.trim().starts_with("nats://")) {
+            problem(format!(
+                "cluster.nats_url must list nats:// URLs (got {})",
+                redact_nats_urls(urls)
+            ));
+        }
+        if self.storage.backend != StorageBackend::Postgres {
+            problem(
+                "a cluster's nodes share their store: cluster needs storage.backend = \"postgres\""
+                    .to_owned(),
+            );
+        }
+        if self.role == Role::Hub {
+            problem(
+                "a hub cannot be a cluster node yet (cluster needs role = \"site\")".to_owned(),
+            );
+        }
+        if self.federation.enabled && self.federation.dialback_secret.is_none() {
+            problem(
+                "a cluster's nodes answer for each other's dialback keys: set the same \
+                 federation.dialback_secret on every node"
+                    .to_owned(),
+            );
+        }
+        if self.federation.hub.is_some() {
+            problem("a cluster cannot have a hub yet (federation.hub)".to_owned());
+        }
+    }
+
     /// `federation`.
     fn check_api(&self, problem: &mut impl FnMut(String)) {
         if self.api.admin_token.as_ref().is_some_and(|s| s.len() < 32) {
@@ -911,6 +1000,7 @@ impl Config {
             HIDDEN.clone_into(secret);
         }
         c.storage.url = c.storage.url.as_deref().map(redact_url);
+        c.cluster.nats_url = c.cluster.nats_url.as_deref().map(redact_nats_urls);
         c
     }
 
@@ -1197,6 +1287,18 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// NATS URLs without their credentials (a user and password, or a token, before `@`).
+pub fn redact_nats_urls(urls: &str) -> String {
+    let one = |url: &str| match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    urls.split(',').map(one).collect::<Vec<_>>().join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1450,6 +1552,35 @@ mod tests {
         config.role = Role::Site;
         config.storage.backend = StorageBackend::Sqlite;
         assert!(problems(&config)[0].contains("storage.url is for backend"));
+    }
+
+    #[test]
+    fn a_cluster_node_needs_an_id_postgres_and_hides_nats_credentials() {
+        let mut config = Config::default();
+        config.cluster.node_id = Some("a".into());
+        assert!(problems(&config)[0].contains("nats_url is not"));
+        config.cluster.nats_url = Some("nats://user:pw@n1:4222,nats://tok@n2:4222".into());
+        config.cluster.node_id = Some("a b".into());
+        let found = problems(&config);
+        assert!(found[0].contains("cluster.node_id \"a b\""), "{found:?}");
+        assert!(
+            found[1].contains("storage.backend = \"postgres\""),
+            "{found:?}"
+        );
+        config.cluster.node_id = Some("node-1".into());
+        config.storage.backend = StorageBackend::Postgres;
+        config.storage.url = Some("postgres://o@db/o".into());
+        assert!(config.validate().is_ok(), "{:?}", problems(&config));
+        assert_eq!(
+            config.redacted().cluster.nats_url.as_deref(),
+            Some("nats://<redacted>@n1:4222,nats://<redacted>@n2:4222")
+        );
+        config.federation.enabled = true;
+        assert!(problems(&config)[0].contains("same federation.dialback_secret"));
+        config.federation.dialback_secret = Some("a-secret-all-nodes-share".into());
+        assert!(config.validate().is_ok(), "{:?}", problems(&config));
+        config.cluster.nats_url = Some("http://n1".into());
+        assert!(problems(&config)[0].contains("nats:// URLs"));
     }
 
     #[test]

@@ -47,7 +47,8 @@ mod ws;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use minidom::Element;
@@ -59,6 +60,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub(crate) use crate::clock::now_ms;
+use crate::cluster::{Cluster, LinkHost, LinksAt};
 use crate::config::{Config, FederationConfig, HostPort, WssUrl};
 use crate::delivery::{Accepted, Delivery, Remote, RemoteFuture};
 use crate::journal::Journal;
@@ -115,6 +117,8 @@ pub(crate) struct LinkEnv {
     /// Bounces and presence re-probes; gone only while the server stops.
     delivery: Weak<Delivery>,
     shutdown: CancellationToken,
+    /// This node's cluster, when it is one: the links run on one node at a time.
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl LinkEnv {
@@ -213,6 +217,9 @@ pub(crate) struct Federation {
     idle_timeout: Duration,
     max_stanza_bytes: usize,
     replica_sites: Option<Vec<String>>,
+    /// Whether the queue's upkeep runs (on a cluster, from when this node first runs the
+    /// links).
+    maintained: AtomicBool,
 }
 
 impl Federation {
@@ -235,6 +242,7 @@ impl Federation {
             store,
             delivery,
             shutdown,
+            cluster: OnceLock::new(),
         };
         Federation {
             env: Arc::new(env),
@@ -245,6 +253,28 @@ impl Federation {
             idle_timeout: p.idle_timeout,
             max_stanza_bytes: p.max_stanza_bytes,
             replica_sites: p.replica_sites,
+            maintained: AtomicBool::new(false),
+        }
+    }
+
+    /// This server is a node of `cluster`: its links run here only while it holds the
+    /// cluster's federation lease (see `cluster::links`).
+    pub(crate) async fn join_cluster(self: &Arc<Self>, cluster: &Arc<Cluster>) {
+        let _ = self.env.cluster.set(cluster.clone());
+        cluster.host_links(self.clone()).await;
+    }
+
+    /// Whether the links run on this server (always, but on a cluster node that does not
+    /// hold the federation lease).
+    fn runs_links(&self) -> bool {
+        matches!(self.links_at().0, LinksAt::Here)
+    }
+
+    /// Where the links run: here, unless a cluster says otherwise.
+    fn links_at(&self) -> (LinksAt, Option<&Arc<Cluster>>) {
+        match self.env.cluster.get() {
+            Some(c) => (c.links_at(), Some(c)),
+            None => (LinksAt::Here, None),
         }
     }
 
@@ -282,7 +312,9 @@ impl Federation {
     /// Starts what federation needs besides listeners: the links with stanzas left in
     /// their queues from before a restart, and the periodic expiry of queued stanzas.
     pub(crate) fn start(self: &Arc<Self>) {
-        self.tasks.spawn(queue::maintenance(self.clone()));
+        if !self.maintained.swap(true, Ordering::Relaxed) {
+            self.tasks.spawn(queue::maintenance(self.clone()));
+        }
     }
 
     /// The policy of incoming streams: SASL EXTERNAL when a peer's certificate passes,
@@ -355,6 +387,11 @@ impl Federation {
 
     /// Wakes the link for a pair if it exists: a peer that connected to us is reachable.
     fn wake_existing(&self, local: &str, remote: &str) {
+        match self.links_at() {
+            (LinksAt::Here, _) => {}
+            (LinksAt::Node(node), Some(c)) => return c.wake_remote(&node, local, remote),
+            _ => return,
+        }
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = links.get(&(local.to_owned(), remote.to_owned())) {
             h.wake.work.notify_one();
@@ -365,6 +402,13 @@ impl Federation {
     /// Asks `remote`'s server, over our link from `local`, whether it sent `key` on our
     /// incoming stream `id` (XEP-0220 §2.1.2–§2.1.3).
     async fn verify(&self, local: &str, remote: &str, id: &str, key: &str) -> DialbackVerdict {
+        match self.links_at() {
+            (LinksAt::Here, _) => {}
+            (LinksAt::Node(node), Some(c)) => {
+                return c.verify_remote(&node, local, remote, id, key).await;
+            }
+            _ => return DialbackVerdict::Error("remote-connection-failed"),
+        }
         let (tx, wake) = self.link(local, remote);
         let (reply, answer) = oneshot::channel();
         let cmd = LinkCmd::Verify {
@@ -399,7 +443,7 @@ impl Federation {
                 Ok(accepted) => return accepted,
                 Err(error) => d.bounce(&el, error),
             }
-        } else if let Err(el) = self.send(from_local, to_domain, el) {
+        } else if let Err(el) = Remote::send(self, from_local, to_domain, el) {
             d.bounce(&el, Condition::RemoteServerTimeout.into());
         }
         Accepted::default()
@@ -436,20 +480,13 @@ impl Remote for Federation {
         })
     }
 
-    /// Sends a stanza best-effort: on the link's current or next stream.
+    /// Sends a stanza best-effort: on the link's current or next stream (through the
+    /// node running the links, on a cluster).
     fn send(&self, local: &str, remote: &str, el: Element) -> Result<(), Element> {
-        let (tx, wake) = self.link(local, remote);
-        match tx.try_send(LinkCmd::Stanza(el)) {
-            Ok(()) => {
-                wake.work.notify_one();
-                Ok(())
-            }
-            Err(
-                mpsc::error::TrySendError::Full(LinkCmd::Stanza(el))
-                | mpsc::error::TrySendError::Closed(LinkCmd::Stanza(el)),
-            ) => Err(el),
-            // Only stanzas are sent here.
-            Err(_) => Ok(()),
+        match self.links_at() {
+            (LinksAt::Here, _) => self.send_here(local, remote, el),
+            (LinksAt::Node(node), Some(c)) => c.send_remote(&node, local, remote, el),
+            _ => Err(el),
         }
     }
 
@@ -467,14 +504,82 @@ impl Remote for Federation {
                 remote: remote.to_owned(),
                 stanza: String::from_utf8_lossy(&text).into_owned(),
             });
-            let (_, wake) = self.link(local, remote);
+            let wake = self.waker(local, remote);
             let hook: crate::journal::Hook = Box::new(move |outcome| {
                 if outcome.is_ok() {
-                    wake.work.notify_one();
+                    wake();
                 }
             });
             Ok(self.journal.submit_with(write, Some(hook)).await)
         })
+    }
+}
+
+impl Federation {
+    fn send_here(&self, local: &str, remote: &str, el: Element) -> Result<(), Element> {
+        let (tx, wake) = self.link(local, remote);
+        match tx.try_send(LinkCmd::Stanza(el)) {
+            Ok(()) => {
+                wake.work.notify_one();
+                Ok(())
+            }
+            Err(
+                mpsc::error::TrySendError::Full(LinkCmd::Stanza(el))
+                | mpsc::error::TrySendError::Closed(LinkCmd::Stanza(el)),
+            ) => Err(el),
+            // Only stanzas are sent here.
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+impl Federation {
+    /// What tells the link of a pair that its outbox has new entries: its task here, the
+    /// node running the links on a cluster, or nobody while no node does (the next one to
+    /// take the links over resumes every queue).
+    fn waker(&self, local: &str, remote: &str) -> Box<dyn Fn() + Send + Sync> {
+        match self.links_at() {
+            (LinksAt::Here, _) => {
+                let (_, wake) = self.link(local, remote);
+                Box::new(move || wake.work.notify_one())
+            }
+            (LinksAt::Node(node), Some(c)) => {
+                let (c, local, remote) = (c.clone(), local.to_owned(), remote.to_owned());
+                Box::new(move || c.wake_remote(&node, &local, &remote))
+            }
+            _ => Box::new(|| {}),
+        }
+    }
+}
+
+impl LinkHost for Federation {
+    fn send(&self, local: &str, remote: &str, el: Element) -> Result<(), Element> {
+        self.send_here(local, remote, el)
+    }
+
+    fn wake(&self, local: &str, remote: &str) {
+        Federation::wake(self, local, remote);
+    }
+
+    fn verify<'a>(
+        &'a self,
+        local: &'a str,
+        remote: &'a str,
+        id: &'a str,
+        key: &'a str,
+    ) -> Pin<Box<dyn Future<Output = DialbackVerdict> + Send + 'a>> {
+        Box::pin(Federation::verify(self, local, remote, id, key))
+    }
+
+    fn took_over(self: Arc<Self>) {
+        self.start();
+        self.tasks.spawn(queue::resume(self.clone()));
+    }
+
+    fn restored(&self, local: &str, remote: &str) {
+        if let Some(d) = self.env.delivery() {
+            reprobe(&d, local, remote);
+        }
     }
 }
 

@@ -15,12 +15,14 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// Entries expired per store call.
 const EXPIRE_BATCH: u32 = 500;
 
-/// Resumes the links with stanzas left from before a restart, then expires old queue
-/// entries and forgets old stanza ids, periodically, until shutdown.
-pub(super) async fn maintenance(fed: Arc<Federation>) {
-    let env = fed.env.clone();
-    // A restart must not wait for new traffic to resume old queues.
-    match env.store.outbox_stats().await {
+/// Wakes the links with stanzas queued: those left from before a restart (a restart must
+/// not wait for new traffic to resume old queues), or, on a cluster, by the node that ran
+/// the links before this one.
+pub(super) async fn resume(fed: Arc<Federation>) {
+    if !fed.runs_links() {
+        return;
+    }
+    match fed.env.store.outbox_stats().await {
         Ok(stats) => {
             for s in stats.iter().filter(|s| s.queued > 0) {
                 if crate::config::is_one_of(&fed.listening().domains, &s.local_domain) {
@@ -31,12 +33,22 @@ pub(super) async fn maintenance(fed: Arc<Federation>) {
         }
         Err(e) => warn!(error = %e, "cannot read the outbox"),
     }
+}
+
+/// Resumes the links with stanzas queued, then expires old queue entries and forgets old
+/// stanza ids, periodically, until shutdown. On a cluster, also wakes the queued links
+/// each round: an entry committed as the links changed hands may have told the old node.
+pub(super) async fn maintenance(fed: Arc<Federation>) {
+    let env = fed.env.clone();
+    resume(fed.clone()).await;
     let lifetime_secs = env.config.queue_lifetime_secs;
     let lifetime_ms = i64::try_from(lifetime_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let every = (Duration::from_secs(lifetime_secs) / 4)
         .clamp(Duration::from_millis(250), MAINTENANCE_INTERVAL);
     loop {
-        expire(&env, lifetime_ms).await;
+        if fed.runs_links() {
+            expire(&env, lifetime_ms).await;
+        }
         // Ids are remembered a day longer than any peer retries (XEP-0359 dedup window).
         let keep_ms = lifetime_ms.saturating_add(24 * 3600 * 1000);
         if let Err(e) = env.store.prune_seen(now_ms().saturating_sub(keep_ms)).await {
@@ -45,6 +57,9 @@ pub(super) async fn maintenance(fed: Arc<Federation>) {
         tokio::select! {
             () = env.shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
+        }
+        if env.cluster.get().is_some() {
+            resume(fed.clone()).await;
         }
     }
 }

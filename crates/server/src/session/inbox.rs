@@ -57,6 +57,7 @@ impl Session {
                 self.proto.close(Some(condition), Some(text));
             }
             ToSession::LinkRestored { domain, probe } => self.link_restored(&domain, probe),
+            ToSession::ClusterRejoined => self.cluster_rejoined(),
             // Taken by the session loop before it gets here; a stray one (the session is
             // ending) drops the connection, whose client will try again.
             ToSession::Resume(_) => {}

@@ -277,6 +277,25 @@ impl Session {
         }
     }
 
+    /// This node is back on the cluster's bus: the other nodes took this session for gone,
+    /// so its contacts on our domains get its presence again, and it asks for theirs.
+    pub(super) fn cluster_rejoined(&mut self) {
+        let Some(user) = self.user.clone() else {
+            return;
+        };
+        if !self.available {
+            return;
+        }
+        if let Some(presence) = self.current_presence() {
+            for contact in self.subscribers() {
+                if self.delivery().is_local(contact.domain().as_str()) {
+                    self.delivery().presence_to_bare(&presence, &contact);
+                }
+            }
+        }
+        self.probe_contacts(&user);
+    }
+
     /// The block list changed: newly blocked contacts stop seeing this resource, unblocked
     /// subscribers see it again (XEP-0191 §3.3, §3.4), and an interested client is told.
     pub(super) fn apply_blocklist(&mut self, list: Arc<Vec<String>>, mut push: Element) {

@@ -27,7 +27,7 @@ use tracing::{debug, info};
 
 use super::{End, Session};
 use crate::c2s_conn::{Conn, Resumption};
-use crate::router::{SessionRx, SessionTx, ToSession, deliver};
+use crate::router::{SessionRx, SessionTx, ToSession, deliver_local};
 
 /// Resumption ids of sessions that ended, kept so that a late `<resume/>` learns which of
 /// its stanzas the old stream handled (XEP-0198 §5, `<failed h/>`).
@@ -121,7 +121,7 @@ impl Session {
             h,
             peer: self.peer,
         });
-        match deliver(&tx, ToSession::Resume(resumption)) {
+        match deliver_local(&tx, ToSession::Resume(resumption)) {
             Ok(()) => Some(End::HandedOff),
             Err(ToSession::Resume(back)) => {
                 *conn = back.conn;

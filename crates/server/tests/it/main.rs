@@ -5,6 +5,7 @@
 mod archive;
 mod c2s;
 mod carbons;
+mod cluster;
 mod federation;
 mod federation_paths;
 mod federation_srv;

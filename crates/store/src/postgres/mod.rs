@@ -36,15 +36,17 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use crate::{
-    ApiToken, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, Credentials,
-    NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem, PushRegistration, Quotas,
-    Result, Roster, RosterItem, Store, StoreError, StoredRoom, SubscriptionRequest, UploadSlot,
+    ApiToken, ArchivePrefs, ArchiveQuery, ArchivedMessage, BareJid, BatchWrite, ClusterLease,
+    ClusterNode, Credentials, NodeConfig, OfflineMessage, OutboxEntry, OutboxStats, PepItem,
+    PushRegistration, Quotas, Result, Roster, RosterItem, Store, StoreError, StoredRoom,
+    SubscriptionRequest, UploadSlot,
 };
 
 use crate::rows::to_u64;
 
 mod archive;
 mod batch;
+mod cluster;
 mod directory;
 mod muc;
 mod offline;
@@ -74,6 +76,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (
         8,
         include_str!("../../migrations-postgres/0008_api_tokens.sql"),
+    ),
+    (
+        9,
+        include_str!("../../migrations-postgres/0009_cluster.sql"),
     ),
 ];
 
@@ -512,6 +518,36 @@ impl Store for PgStore {
 
     async fn token_add(&self, token: &ApiToken) -> Result<()> {
         tokens::add(self, token).await
+    }
+
+    async fn node_claim(&self, node: &ClusterNode, now_ms: i64) -> Result<bool> {
+        cluster::claim(self, node, now_ms).await
+    }
+
+    async fn node_renew(
+        &self,
+        node_id: &str,
+        epoch: &str,
+        until_ms: i64,
+        sessions: u64,
+    ) -> Result<bool> {
+        cluster::renew(self, node_id, epoch, until_ms, sessions).await
+    }
+
+    async fn node_release(&self, node_id: &str, epoch: &str) -> Result<()> {
+        cluster::release(self, node_id, epoch).await
+    }
+
+    async fn cluster_nodes(&self) -> Result<Vec<ClusterNode>> {
+        cluster::nodes(self).await
+    }
+
+    async fn lease_take(&self, want: &ClusterLease, now_ms: i64) -> Result<ClusterLease> {
+        cluster::take_lease(self, want, now_ms).await
+    }
+
+    async fn cluster_leases(&self) -> Result<Vec<ClusterLease>> {
+        cluster::leases(self).await
     }
 
     async fn token_by_hash(&self, hash: &[u8]) -> Result<Option<ApiToken>> {

@@ -75,7 +75,7 @@ async fn migrations_are_recorded_and_a_newer_schema_refused() {
     let db = database().await;
     PgStore::connect(&db.url).await.unwrap().close().await;
     let first = schema_versions(&db.url).await;
-    assert_eq!(first, (1..=8).collect::<Vec<i64>>());
+    assert_eq!(first, (1..=9).collect::<Vec<i64>>());
     PgStore::connect(&db.url).await.unwrap().close().await;
     assert_eq!(schema_versions(&db.url).await, first);
 
@@ -101,4 +101,117 @@ async fn backup_is_left_to_pg_dump() {
     assert!(!dir.path().join("copy").exists());
     store.close().await;
     db.drop().await;
+}
+
+fn node(id: &str, epoch: &str, until: i64) -> outpost_store::ClusterNode {
+    outpost_store::ClusterNode {
+        node_id: id.into(),
+        epoch: epoch.into(),
+        address: "127.0.0.1:5222".into(),
+        started_ms: 1_000,
+        lease_until_ms: until,
+        sessions: 0,
+    }
+}
+
+/// A node id is one live node's: a second start is refused while the lease runs, takes
+/// it over once it ended, and the first start's renewals then fail; a release frees it.
+#[tokio::test]
+async fn a_node_id_is_held_by_one_live_node() {
+    use outpost_store::Store;
+    let (db, store) = pg_store().await;
+    assert!(
+        store
+            .node_claim(&node("a", "e1", 10_000), 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .node_claim(&node("a", "e2", 20_000), 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(store.node_renew("a", "e1", 30_000, 7).await.unwrap());
+    assert!(
+        !store
+            .node_claim(&node("a", "e2", 40_000), 29_999)
+            .await
+            .unwrap()
+    );
+    // The lease ends unrenewed: another start takes the id.
+    assert!(
+        store
+            .node_claim(&node("a", "e2", 60_000), 30_001)
+            .await
+            .unwrap()
+    );
+    assert!(!store.node_renew("a", "e1", 90_000, 7).await.unwrap());
+    assert!(
+        store
+            .node_claim(&node("b", "f1", 60_000), 30_001)
+            .await
+            .unwrap()
+    );
+    let nodes = store.cluster_nodes().await.unwrap();
+    let held: Vec<(&str, &str)> = nodes
+        .iter()
+        .map(|n| (n.node_id.as_str(), n.epoch.as_str()))
+        .collect();
+    assert_eq!(held, [("a", "e2"), ("b", "f1")]);
+    store.node_release("a", "e2").await.unwrap();
+    assert!(
+        store
+            .node_claim(&node("a", "e3", 70_000), 30_002)
+            .await
+            .unwrap()
+    );
+    store.close().await;
+    db.drop().await;
+}
+
+/// A lease has one holder: it renews its own, others get the holder back until it ends.
+#[tokio::test]
+async fn a_lease_has_one_holder_until_it_ends() {
+    use outpost_store::{ClusterLease, Store};
+    let (db, store) = pg_store().await;
+    let want = |node: &str, until| ClusterLease {
+        name: "link:a.example>b.example".into(),
+        node_id: node.into(),
+        epoch: "e".into(),
+        until_ms: until,
+    };
+    assert_eq!(
+        store.lease_take(&want("a", 10_000), 1_000).await.unwrap(),
+        want("a", 10_000)
+    );
+    assert_eq!(
+        store.lease_take(&want("b", 20_000), 2_000).await.unwrap(),
+        want("a", 10_000)
+    );
+    assert_eq!(
+        store.lease_take(&want("a", 30_000), 9_000).await.unwrap(),
+        want("a", 30_000)
+    );
+    assert_eq!(
+        store.lease_take(&want("b", 40_000), 30_001).await.unwrap(),
+        want("b", 40_000)
+    );
+    assert_eq!(store.cluster_leases().await.unwrap(), [want("b", 40_000)]);
+    // A node's release takes its leases with it.
+    store.node_release("b", "e").await.unwrap();
+    assert!(store.cluster_leases().await.unwrap().is_empty());
+    store.close().await;
+    db.drop().await;
+}
+
+/// SQLite is one server's: it has no cluster registry, and says so.
+#[tokio::test]
+async fn sqlite_has_no_cluster() {
+    use outpost_store::{SqliteStore, Store, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let err = store.node_claim(&node("a", "e", 1), 0).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported("cluster")), "{err:?}");
+    store.close().await;
 }

@@ -90,3 +90,58 @@ async fn metrics_follow_what_the_server_does() {
         "a path chosen by a client is no label: {after}"
     );
 }
+
+/// A cluster node's scrape says whether NATS and PostgreSQL answer and, per other node,
+/// its sessions in this node's directory and when it was last heard.
+#[tokio::test]
+async fn a_cluster_node_reports_its_cluster() {
+    use outpost_server::config::{Config, StorageBackend};
+    use outpost_testkit::nats::NatsServer;
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .unwrap();
+    let url = tokio::task::spawn_blocking(|| {
+        let pg = outpost_testkit::postgres::shared();
+        pg.url(&pg.create_database())
+    })
+    .await
+    .unwrap();
+    let node = |id: &'static str| {
+        let (url, nats) = (url.clone(), nats.url().to_owned());
+        move |c: &mut Config| {
+            c.storage.backend = StorageBackend::Postgres;
+            c.storage.url = Some(url);
+            c.cluster.nats_url = Some(nats);
+            c.cluster.node_id = Some(id.to_owned());
+        }
+    };
+    let store = || async {
+        let s = outpost_store::PgStore::connect(&url)
+            .await
+            .expect("PostgreSQL");
+        Arc::new(s) as Arc<dyn outpost_store::Store>
+    };
+    let web: Arc<dyn outpost_server::HttpService> = Arc::new(Web::new());
+    let n1 = TestServer::start_with_store(store().await, node("n1"), Some(web)).await;
+    let n2 = TestServer::start_with_store(store().await, node("n2"), None).await;
+    n1.add_user("bob", "builder").await;
+    let _bob = n2.login("bob", "builder", "pc").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let scrape = poll_until(deadline, async || {
+        let (_, _, scrape) = get(&n1, "/metrics").await;
+        let seen = sample(&scrape, "outpost_cluster_directory_sessions{node=\"n2\"}");
+        match seen {
+            Some(1.0) => Ok(scrape),
+            _ => Err(format!("n2's session not in n1's directory: {scrape}")),
+        }
+    })
+    .await;
+    assert_eq!(sample(&scrape, "outpost_cluster_nats_connected"), Some(1.0));
+    assert_eq!(
+        sample(&scrape, "outpost_cluster_postgres_answering"),
+        Some(1.0)
+    );
+    let heard = sample(&scrape, "outpost_cluster_heard_seconds{node=\"n2\"}").expect("heard");
+    assert!(heard < 5.0, "{scrape}");
+    drop((n1, n2, nats));
+}

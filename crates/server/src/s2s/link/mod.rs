@@ -270,6 +270,10 @@ impl Io {
                 if let Some(d) = env.delivery() {
                     super::reprobe(&d, local, remote);
                 }
+                // The other nodes' sessions re-probe too.
+                if let Some(c) = env.cluster.get() {
+                    c.link_restored(local, remote);
+                }
             }
             Action::Bounce { stanza, error } => {
                 if let Some(d) = env.delivery() {

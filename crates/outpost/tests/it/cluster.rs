@@ -1,0 +1,161 @@
+//! A cluster of `outpost serve` processes (`[cluster]`) on one real PostgreSQL database and
+//! a real NATS server (the test kit starts both): a node killed with SIGKILL in the middle
+//! of a burst of messages, what its users' contacts see, where the messages are, and what
+//! `outpost admin cluster` says.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use outpost_proto::minidom::Element;
+use outpost_testkit::blocking::Client;
+use outpost_testkit::nats::NatsServer;
+use outpost_testkit::{NS_DELAY, body};
+
+use super::common::{Server, any_error, login, register};
+
+const DOMAIN: &str = "cl.test";
+
+/// Node `id` of the cluster on `url` and `nats`, in `dir`.
+fn node(dir: &Path, id: &str, url: &str, nats: &str) -> Server {
+    let toml = format!(
+        "domains = [{DOMAIN:?}]\ndata_dir = {:?}\n\
+         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\nproxy65 = []\nhttps = []\nhttp = []\n\
+         [registration]\nenabled = true\n\
+         [auth]\nallow_plaintext_without_tls = true\nscram_iterations = 4096\n\
+         [log]\nlevel = \"info\"\n\
+         [storage]\nbackend = \"postgres\"\nurl = {url:?}\n\
+         [cluster]\nnats_url = {nats:?}\nnode_id = {id:?}\n",
+        dir.join(format!("{id}-data")),
+    );
+    Server::start_toml(dir, id, &toml)
+}
+
+fn admin_cluster(dir: &Path, id: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["admin", "cluster", "--config"])
+        .arg(dir.join(format!("{id}.toml")))
+        .output()
+        .expect("outpost admin cluster");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The line of `node` in `admin cluster`'s table.
+fn row<'a>(table: &'a str, node: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(node))
+        .unwrap_or_else(|| panic!("no {node} in\n{table}"))
+}
+
+fn is_presence(el: &Element, from: &str, ty: Option<&str>) -> bool {
+    el.name() == "presence" && el.attr("from") == Some(from) && el.attr("type") == ty
+}
+
+/// `a` asks for `b`'s presence and `b` approves.
+fn subscribe(a: &mut Client, a_jid: &str, b: &mut Client, b_jid: &str) {
+    a.send(&format!("<presence to='{b_jid}' type='subscribe'/>"));
+    b.recv_until(|el| is_presence(el, a_jid, Some("subscribe")));
+    b.send(&format!("<presence to='{a_jid}' type='subscribed'/>"));
+}
+
+/// The numbers of the `message N` bodies among `stanzas`.
+fn numbers(stanzas: &[Element]) -> Vec<usize> {
+    stanzas
+        .iter()
+        .filter_map(body)
+        .filter_map(|b| b.strip_prefix("message ")?.parse().ok())
+        .collect()
+}
+
+/// Bob's node is killed with SIGKILL while Alice, on the other node, sends him a burst.
+/// Every message she had acknowledged is in his archive, in order; those sent once his
+/// node was taken for dead wait in his offline store; she sees him unavailable within
+/// seconds, and available again when he logs in at her node; `admin cluster` shows the
+/// dead node silent.
+#[test]
+fn a_node_killed_mid_burst_loses_nothing_and_its_users_move() {
+    const COUNT: usize = 100;
+    let nats = NatsServer::start();
+    let pg = outpost_testkit::postgres::shared();
+    let url = pg.url(&pg.create_database());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n1 = node(dir.path(), "n1", &url, nats.url());
+    let mut n2 = node(dir.path(), "n2", &url, nats.url());
+    let (alice_jid, bob_jid) = (format!("alice@{DOMAIN}"), format!("bob@{DOMAIN}"));
+    register(n1.c2s, DOMAIN, "alice");
+    register(n1.c2s, DOMAIN, "bob");
+    let mut alice = login(n1.c2s, DOMAIN, "alice");
+    let mut bob = login(n2.c2s, DOMAIN, "bob");
+    alice.send("<presence/>");
+    bob.send("<presence/>");
+    subscribe(&mut alice, &alice_jid, &mut bob, &bob_jid);
+    let bob_full = format!("{bob_jid}/r");
+    alice.recv_until(|el| is_presence(el, &bob_full, None));
+    subscribe(&mut bob, &bob_jid, &mut alice, &alice_jid);
+    let table = admin_cluster(dir.path(), "n1");
+    assert!(
+        table.contains("node n1: NATS connected, PostgreSQL answering"),
+        "{table}"
+    );
+    assert!(row(&table, "n2").contains(" ago"), "n2 heard: {table}");
+
+    for i in 0..COUNT {
+        if i == COUNT / 2 {
+            n2.kill();
+        }
+        alice.send(&format!(
+            "<message to='{bob_jid}' type='chat' id='m{i}'><body>message {i}</body></message>"
+        ));
+    }
+    let acked = alice.barrier();
+    assert!(!any_error(&acked), "a message was refused: {acked:?}");
+    let killed = Instant::now();
+    alice.recv_until(|el| is_presence(el, &bob_full, Some("unavailable")));
+    let seen_after = killed.elapsed();
+    assert!(
+        seen_after < Duration::from_secs(10),
+        "unavailable after {seen_after:?}"
+    );
+    let table = admin_cluster(dir.path(), "n1");
+    assert!(row(&table, "n2").contains("not heard"), "{table}");
+    // Bob is nowhere now: this one waits for him.
+    alice.send(&format!(
+        "<message to='{bob_jid}' type='chat' id='late'><body>while you were gone</body></message>"
+    ));
+    assert!(!any_error(&alice.barrier()));
+
+    // Bob's client reconnects, to the node that is left.
+    let mut bob = login(n1.c2s, DOMAIN, "bob");
+    bob.send("<presence/>");
+    alice.recv_until(|el| is_presence(el, &bob_full, None));
+    let offline = bob.barrier();
+    let late = offline
+        .iter()
+        .find(|el| body(el).as_deref() == Some("while you were gone"))
+        .unwrap_or_else(|| panic!("not kept offline: {offline:?}"));
+    assert!(late.has_child("delay", NS_DELAY), "{late:?}");
+    let (archived, fin) = bob.run(async |c| {
+        let rsm = "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max></set>";
+        c.mam(None, rsm).await
+    });
+    assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+    let archived: Vec<Element> = archived.into_iter().map(|(_, m)| m).collect();
+    assert_eq!(
+        numbers(&archived),
+        (0..COUNT).collect::<Vec<_>>(),
+        "every acknowledged message is in the archive, once, in order"
+    );
+    // Some of the burst may also have waited offline (sent once n2 was taken for dead):
+    // none twice.
+    let kept = numbers(&offline);
+    let unique: BTreeSet<usize> = kept.iter().copied().collect();
+    assert_eq!(unique.len(), kept.len(), "offline twice: {kept:?}");
+    drop(n1);
+}

@@ -1,0 +1,553 @@
+//! Several nodes serving one domain: real servers in this process, each with its own
+//! connection pool to one real PostgreSQL database, and a real NATS server between them
+//! (`outpost_testkit::postgres`, `outpost_testkit::nats`).
+
+use std::sync::Arc;
+
+use outpost_proto::minidom::Element;
+use outpost_store::{PgStore, Store};
+use outpost_testkit::nats::NatsServer;
+use outpost_testkit::*;
+use tokio::io::AsyncWriteExt;
+
+const ALICE: &str = "alice@localhost";
+const BOB: &str = "bob@localhost";
+
+/// A NATS server, a fresh database, and the nodes on them.
+struct Cluster {
+    nats: NatsServer,
+    url: String,
+    nodes: Vec<TestServer>,
+}
+
+async fn database() -> String {
+    tokio::task::spawn_blocking(|| {
+        let server = outpost_testkit::postgres::shared();
+        server.url(&server.create_database())
+    })
+    .await
+    .expect("database")
+}
+
+async fn store(url: &str) -> Arc<dyn Store> {
+    Arc::new(PgStore::connect(url).await.expect("connect PostgreSQL"))
+}
+
+/// Starts a node called `id` on the cluster's database and NATS.
+async fn node(url: &str, nats: &str, id: &str) -> TestServer {
+    let (url_c, nats, id) = (url.to_owned(), nats.to_owned(), id.to_owned());
+    let tweak = move |c: &mut outpost_server::config::Config| cluster_config(c, &url_c, &nats, &id);
+    TestServer::start_with_store(store(url).await, tweak, None).await
+}
+
+fn cluster_config(c: &mut outpost_server::config::Config, url: &str, nats: &str, id: &str) {
+    c.storage.backend = outpost_server::config::StorageBackend::Postgres;
+    c.storage.url = Some(url.to_owned());
+    c.cluster.nats_url = Some(nats.to_owned());
+    c.cluster.node_id = Some(id.to_owned());
+}
+
+async fn cluster(n: usize) -> Cluster {
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .expect("nats");
+    let url = database().await;
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        nodes.push(node(&url, nats.url(), &format!("n{i}")).await);
+    }
+    nodes[0].add_user("alice", "wonderland").await;
+    nodes[0].add_user("bob", "builder").await;
+    Cluster { nats, url, nodes }
+}
+
+impl Cluster {
+    async fn stop(mut self) {
+        for n in &mut self.nodes {
+            n.stop().await;
+        }
+        drop(self.nats);
+    }
+}
+
+fn is_presence(el: &Element, from: &str, ty: Option<&str>) -> bool {
+    el.name() == "presence" && el.attr("from") == Some(from) && el.attr("type") == ty
+}
+
+/// `a` subscribes to `b`'s presence and `b` approves, each on its own node.
+async fn subscribe(a: &mut Client, a_bare: &str, b: &mut Client, b_bare: &str) {
+    let b_full = b.jid.clone();
+    a.send(&format!("<presence to='{b_bare}' type='subscribe'/>"))
+        .await;
+    assert!(a.recv_roster_push(b_bare).await.attr("ask").is_some());
+    b.recv_where(|el| is_presence(el, a_bare, Some("subscribe")))
+        .await;
+    b.send(&format!("<presence to='{a_bare}' type='subscribed'/>"))
+        .await;
+    b.recv_roster_push(a_bare).await;
+    assert!(a.recv_roster_push(b_bare).await.attr("ask").is_none());
+    a.recv_where(|el| is_presence(el, &b_full, None)).await;
+}
+
+/// Alice on the first node and Bob on the second, subscribed to each other.
+async fn friends_on_two_nodes(c: &Cluster) -> (Client, Client) {
+    let mut alice = c.nodes[0].login("alice", "wonderland", "phone").await;
+    let mut bob = c.nodes[1].login("bob", "builder", "pc").await;
+    alice.roster_get().await;
+    bob.roster_get().await;
+    alice.available().await;
+    bob.available().await;
+    subscribe(&mut alice, ALICE, &mut bob, BOB).await;
+    subscribe(&mut bob, BOB, &mut alice, ALICE).await;
+    (alice, bob)
+}
+
+#[tokio::test]
+async fn chat_presence_and_subscriptions_cross_nodes() {
+    let c = cluster(2).await;
+    let (mut alice, mut bob) = friends_on_two_nodes(&c).await;
+
+    alice.send(&chat(BOB, "over the bus")).await;
+    let got = bob.recv_message().await;
+    assert!(
+        is_message(&got, "alice@localhost/phone", "over the bus"),
+        "{got:?}"
+    );
+    bob.send(&chat("alice@localhost/phone", "and back")).await;
+    let got = alice.recv_message().await;
+    assert!(is_message(&got, "bob@localhost/pc", "and back"), "{got:?}");
+
+    // An IQ to a full JID on the other node, and its answer.
+    alice
+        .send("<iq type='get' to='bob@localhost/pc' id='x1'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let request = bob.recv_where(|el| el.name() == "iq").await;
+    assert_eq!(request.attr("from"), Some("alice@localhost/phone"));
+    bob.send("<iq type='result' to='alice@localhost/phone' id='x1'/>")
+        .await;
+    let pong = alice.recv_where(|el| el.name() == "iq").await;
+    assert_eq!(
+        (pong.attr("type"), pong.attr("from")),
+        (Some("result"), Some("bob@localhost/pc"))
+    );
+
+    // A second resource of Bob's, on the first node, sees Alice (a probe across) and
+    // Alice sees it.
+    let mut tablet = c.nodes[0].login("bob", "builder", "tablet").await;
+    tablet.available().await;
+    tablet
+        .recv_where(|el| is_presence(el, "alice@localhost/phone", None))
+        .await;
+    alice
+        .recv_where(|el| is_presence(el, "bob@localhost/tablet", None))
+        .await;
+
+    bob.send("<presence type='unavailable'/>").await;
+    alice
+        .recv_where(|el| is_presence(el, "bob@localhost/pc", Some("unavailable")))
+        .await;
+    c.stop().await;
+}
+
+const NS_CARBONS: &str = "urn:xmpp:carbons:2";
+
+/// Alice's phone on one node, her laptop (carbons on) on the other: what she sends and
+/// receives on one, the other sees; a message to her bare JID goes to the phone, the
+/// higher priority, wherever it is.
+#[tokio::test]
+async fn carbons_and_priorities_across_nodes() {
+    let c = cluster(2).await;
+    let mut phone = c.nodes[0].login("alice", "wonderland", "phone").await;
+    let mut laptop = c.nodes[1].login("alice", "wonderland", "laptop").await;
+    phone.available_with_priority(10).await;
+    laptop.available_with_priority(1).await;
+    let on = laptop
+        .query("set", None, &format!("<enable xmlns='{NS_CARBONS}'/>"))
+        .await;
+    assert_eq!(on.attr("type"), Some("result"), "{on:?}");
+    let mut bob = c.nodes[1].login("bob", "builder", "pc").await;
+    bob.available().await;
+
+    bob.send(&chat(ALICE, "to the bare JID")).await;
+    let got = phone.recv_message().await;
+    assert!(
+        is_message(&got, "bob@localhost/pc", "to the bare JID"),
+        "{got:?}"
+    );
+    let carbon = laptop.recv_message().await;
+    assert!(carbon.has_child("received", NS_CARBONS), "{carbon:?}");
+    assert_eq!(carbon.attr("from"), Some(ALICE));
+
+    phone.send(&chat(BOB, "from the phone")).await;
+    assert!(is_message(
+        &bob.recv_message().await,
+        "alice@localhost/phone",
+        "from the phone"
+    ));
+    let carbon = laptop.recv_message().await;
+    let sent = carbon
+        .get_child("sent", NS_CARBONS)
+        .and_then(|s| s.get_child("forwarded", "urn:xmpp:forward:0"))
+        .and_then(|f| f.get_child("message", "jabber:client"))
+        .unwrap_or_else(|| panic!("no sent carbon in {carbon:?}"));
+    assert_eq!(body(sent).as_deref(), Some("from the phone"));
+    c.stop().await;
+}
+
+/// A message for Bob while he is away, accepted by the node Alice uses, waits in the
+/// shared store and reaches him when he logs in at the other node.
+#[tokio::test]
+async fn offline_messages_stored_by_one_node_reach_another() {
+    let c = cluster(2).await;
+    let mut alice = c.nodes[0].login("alice", "wonderland", "phone").await;
+    alice.available().await;
+    for i in 0..5 {
+        alice.send(&chat(BOB, &format!("while away {i}"))).await;
+    }
+    alice.barrier().await;
+    let mut bob = c.nodes[1].login("bob", "builder", "pc").await;
+    bob.available().await;
+    for i in 0..5 {
+        let got = bob.recv_message().await;
+        assert!(
+            is_message(&got, "alice@localhost/phone", &format!("while away {i}")),
+            "{got:?}"
+        );
+    }
+    // And once only: a new login has nothing waiting.
+    bob.close().await;
+    let mut again = c.nodes[0].login("bob", "builder", "pc").await;
+    again.available().await;
+    again.assert_quiet().await;
+    c.stop().await;
+}
+
+/// A second node started with the id a live node holds refuses to start, saying why.
+#[tokio::test]
+async fn a_node_id_held_by_a_live_node_is_refused() {
+    let c = cluster(1).await;
+    let mut config = c.nodes[0].config.clone();
+    config.data_dir = c.nodes[0].dir.path().join("second");
+    std::fs::create_dir(&config.data_dir).unwrap();
+    config.listen.c2s = vec!["127.0.0.1:0".parse().unwrap()];
+    config.listen.c2s_tls = vec!["127.0.0.1:0".parse().unwrap()];
+    for l in [&mut config.listen.component, &mut config.listen.proxy65] {
+        *l = vec!["127.0.0.1:0".parse().unwrap()];
+    }
+    config.listen.https.clear();
+    config.listen.http.clear();
+    let identity = c.nodes[0].identity.clone();
+    let err = outpost_server::ServerHandle::start(config, store(&c.url).await, identity)
+        .await
+        .err()
+        .expect("a second n1 must not start");
+    let text = err.to_string();
+    assert!(
+        text.contains("node id \"n1\" is held by a live node"),
+        "{text}"
+    );
+    c.stop().await;
+}
+
+/// A stanza published on the bus that names a sender the publishing node does not hold,
+/// one that does not parse, and one from a node not in the cluster are dropped; one from
+/// a session the node holds, sent after them on the same connection, arrives.
+#[tokio::test]
+async fn forged_and_unparsable_bus_messages_are_dropped() {
+    let c = cluster(2).await;
+    let (mut alice, _bob) = friends_on_two_nodes(&c).await;
+    let n2 = c.nodes[0]
+        .store
+        .cluster_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|n| n.node_id == "n2")
+        .expect("n2 registered");
+    let deliver = |node: &str, epoch: &str, from: &str, text: &str| {
+        let msg = format!(
+            "<message xmlns='jabber:client' type='chat' from='{from}' \
+             to='alice@localhost/phone'><body>{text}</body></message>"
+        );
+        serde_json::json!({
+            "node": node, "epoch": epoch, "t": "deliver",
+            "to": "alice@localhost/phone", "msg": {"m": "stanza", "xml": msg},
+        })
+        .to_string()
+    };
+    let forged = [
+        // n2 does not hold alice's laptop (nobody does).
+        deliver("n2", &n2.epoch, "alice@localhost/laptop", "forged sender"),
+        // A node that is not in the cluster.
+        deliver("n9", "x", "bob@localhost/pc", "unknown node"),
+        // An old start of n2.
+        deliver("n2", "stale", "bob@localhost/pc", "stale epoch"),
+        "{\"node\": \"n2\", \"t\": \"deliver\", \"msg\": 7".to_owned(),
+        deliver("n2", &n2.epoch, "bob@localhost/pc", "<unclosed>"),
+    ];
+    let mut nats = raw_nats(c.nats.url()).await;
+    for payload in forged
+        .iter()
+        .chain([&deliver("n2", &n2.epoch, "bob@localhost/pc", "genuine")])
+    {
+        let line = format!("PUB outpost.node.n1 {}\r\n{payload}\r\n", payload.len());
+        nats.write_all(line.as_bytes()).await.unwrap();
+    }
+    nats.write_all(b"PING\r\n").await.unwrap();
+    let got = alice.recv_message().await;
+    assert!(is_message(&got, "bob@localhost/pc", "genuine"), "{got:?}");
+    alice.assert_quiet().await;
+    c.stop().await;
+}
+
+/// A plain connection to NATS speaking its text protocol, as any client on the bus could.
+async fn raw_nats(url: &str) -> tokio::net::TcpStream {
+    let addr = url.trim_start_matches("nats://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("NATS");
+    s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+const ROOM: &str = "lobby@conference.localhost";
+
+/// Joins `room` as `nick`, reading up to the subject (or an error), which ends a join.
+async fn join(c: &mut Client, room: &str, nick: &str) -> Vec<Element> {
+    c.send(&format!(
+        "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ))
+    .await;
+    c.recv_until(|el| el.has_child("subject", NS_CLIENT) || el.attr("type") == Some("error"))
+        .await
+}
+
+/// The room's message `text`, keeping what came before it (the two nodes' messages may
+/// arrive in either order).
+async fn said(c: &mut Client, text: &str) -> Element {
+    c.recv_stashing(|el| el.attr("type") == Some("groupchat") && body(el).as_deref() == Some(text))
+        .await
+}
+
+/// One room for occupants on two nodes: the first node runs the chat service, the other
+/// forwards to it; messages, history and the room's archive work from both. When the
+/// node running it stops, the other takes the service over from the store and the room
+/// goes on with its history.
+#[tokio::test]
+async fn a_room_spans_nodes_and_survives_its_node() {
+    let mut c = cluster(2).await;
+    let mut alice = c.nodes[0].login("alice", "wonderland", "phone").await;
+    let mut bob = c.nodes[1].login("bob", "builder", "pc").await;
+    join(&mut alice, ROOM, "alice").await;
+    // Persistent, so that it outlives its service's node.
+    let form = "<x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'>\
+                <value>1</value></field></x>";
+    let reply = alice
+        .query(
+            "set",
+            Some(ROOM),
+            &format!("<query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query>"),
+        )
+        .await;
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    let got = join(&mut bob, ROOM, "bob").await;
+    assert!(
+        got.iter()
+            .any(|p| p.attr("from") == Some("lobby@conference.localhost/alice"))
+    );
+    alice
+        .recv_presence_from("lobby@conference.localhost/bob")
+        .await;
+
+    bob.send("<message to='lobby@conference.localhost' type='groupchat' id='b1'><body>from n2</body></message>")
+        .await;
+    alice.send("<message to='lobby@conference.localhost' type='groupchat' id='a1'><body>from n1</body></message>")
+        .await;
+    for client in [&mut alice, &mut bob] {
+        said(client, "from n2").await;
+        said(client, "from n1").await;
+    }
+    let (results, fin) = bob.mam(Some(ROOM), "").await;
+    assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+    let said_order: Vec<String> = results.iter().filter_map(|(_, m)| body(m)).collect();
+    assert_eq!(said_order.len(), 2, "{results:?}");
+
+    // The node running the service stops; the other takes it over within a renewal.
+    c.nodes[0].stop().await;
+    drop(alice);
+    // Until then the room answers with a temporary error, not silence.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let info = bob
+            .query(
+                "get",
+                Some(ROOM),
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            )
+            .await;
+        if info.attr("type") == Some("result") {
+            break;
+        }
+        assert_eq!(stanza_error(&info).0, "wait", "{info:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no takeover: {info:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let got = join(&mut bob, ROOM, "bob").await;
+    let history: Vec<String> = got.iter().filter_map(body).collect();
+    assert_eq!(
+        history, said_order,
+        "the room's history, in its order: {got:?}"
+    );
+    bob.send("<message to='lobby@conference.localhost' type='groupchat' id='b2'><body>after</body></message>")
+        .await;
+    said(&mut bob, "after").await;
+    c.stop().await;
+}
+
+/// A node with federation on (`b.test` is the peer), or the peer itself.
+fn federated(c: &mut outpost_server::config::Config, domain: &str, dns: std::net::SocketAddr) {
+    c.domains = vec![domain.to_owned()];
+    c.listen.s2s = vec!["127.0.0.1:0".parse().expect("addr")];
+    c.federation.enabled = true;
+    c.federation.srv_lookup = false;
+    c.federation.dns_server = Some(dns);
+    c.federation.retry_initial_secs = 1;
+    c.federation.retry_max_secs = 1;
+    c.federation.probe_interval_secs = 1;
+    c.federation.dialback_secret = Some(format!("{domain}-dialback-secret-for-tests"));
+}
+
+/// The federation links run on one node (the first); a user on the other node writes to
+/// a peer server through them, and the peer, connecting to the other node, is verified
+/// through the first one and answers her. When the first node stops, the other takes the links over and drains what was queued
+/// meanwhile, once and in order.
+#[tokio::test]
+async fn federation_runs_on_one_node_and_moves_when_it_stops() {
+    let nats = tokio::task::spawn_blocking(NatsServer::start)
+        .await
+        .expect("nats");
+    let url = database().await;
+    let dns = dns::DnsServer::start().await;
+    let node = |id: &'static str| {
+        let (url, nats) = (url.clone(), nats.url().to_owned());
+        move |c: &mut outpost_server::config::Config| {
+            cluster_config(c, &url, &nats, id);
+            federated(c, "localhost", dns.addr);
+        }
+    };
+    let mut n1 = TestServer::start_with_store(store(&url).await, node("n1"), None).await;
+    let n2 = TestServer::start_with_store(store(&url).await, node("n2"), None).await;
+    let peer = TestServer::start_with(|c| federated(c, "b.test", dns.addr)).await;
+    for n in [&n1, &n2] {
+        let at = peer.s2s.expect("peer s2s").into();
+        n.handle.as_ref().unwrap().set_peer_address("b.test", at);
+    }
+    // The peer reaches the domain at n2, which does not run the links: the peer's dialback
+    // key is verified for n2 by n1, over n1's link.
+    let at_n2 = n2.s2s.expect("n2 s2s").into();
+    peer.handle
+        .as_ref()
+        .unwrap()
+        .set_peer_address("localhost", at_n2);
+    n1.add_user("alice", "wonderland").await;
+    peer.add_user("bob", "builder").await;
+    let mut alice = n2.login("alice", "wonderland", "phone").await;
+    let mut bob = peer.login("bob", "builder", "pc").await;
+    alice.available().await;
+    bob.available().await;
+
+    alice.send(&chat("bob@b.test", "through n1's link")).await;
+    let got = bob
+        .recv_where(|el| is_chat_from(el, "alice@localhost/phone"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("through n1's link"));
+    bob.send(&chat("alice@localhost/phone", "back through n2"))
+        .await;
+    let got = alice
+        .recv_where(|el| is_chat_from(el, "bob@b.test/pc"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("back through n2"));
+    let n1_links = n1.handle.as_ref().unwrap().link_statuses().await.unwrap();
+    assert!(
+        n1_links
+            .iter()
+            .any(|l| l.remote == "b.test" && l.state.as_str() == "up"),
+        "{n1_links:?}"
+    );
+    let n2_links = n2.handle.as_ref().unwrap().link_statuses().await.unwrap();
+    assert!(
+        n2_links.iter().all(|l| l.state.as_str() != "up"),
+        "n2 runs no link: {n2_links:?}"
+    );
+
+    n1.stop().await;
+    for i in 0..5 {
+        alice.send(&chat("bob@b.test", &format!("after {i}"))).await;
+    }
+    let got = bob
+        .recv_until(|el| body(el).as_deref() == Some("after 4"))
+        .await;
+    let after: Vec<String> = got
+        .iter()
+        .filter_map(body)
+        .filter(|b| b.starts_with("after "))
+        .collect();
+    assert_eq!(
+        after,
+        (0..5).map(|i| format!("after {i}")).collect::<Vec<_>>()
+    );
+    n2.wait_for_empty_outbox("b.test").await;
+    bob.send(&chat("alice@localhost/phone", "still there"))
+        .await;
+    let got = alice
+        .recv_where(|el| is_chat_from(el, "bob@b.test/pc"))
+        .await;
+    assert_eq!(body(&got).as_deref(), Some("still there"));
+    drop((n2, peer, nats));
+}
+
+/// NATS goes away: each node serves its own sessions (Alice and Carol, both on the first
+/// node, go on chatting), and each takes the other's sessions for gone (Alice sees Bob
+/// unavailable). NATS comes back on the same port: the nodes meet again, their sessions
+/// tell each other their presence again, and messages cross nodes again.
+#[tokio::test]
+async fn nodes_cut_from_nats_serve_their_own_and_meet_again() {
+    let mut c = cluster(2).await;
+    c.nodes[0].add_user("carol", "singer").await;
+    let (mut alice, mut bob) = friends_on_two_nodes(&c).await;
+    let mut carol = c.nodes[0].login("carol", "singer", "tab").await;
+    carol.available().await;
+
+    let port = c.nats.port();
+    c.nats.stop();
+    alice
+        .recv_where(|el| is_presence(el, "bob@localhost/pc", Some("unavailable")))
+        .await;
+    alice
+        .send(&chat("carol@localhost", "the bus is down"))
+        .await;
+    let got = carol.recv_message().await;
+    assert!(
+        is_message(&got, "alice@localhost/phone", "the bus is down"),
+        "{got:?}"
+    );
+
+    c.nats = tokio::task::spawn_blocking(move || NatsServer::start_on(Some(port)))
+        .await
+        .expect("nats again");
+    alice
+        .recv_where(|el| is_presence(el, "bob@localhost/pc", None))
+        .await;
+    bob.recv_where(|el| is_presence(el, "alice@localhost/phone", None))
+        .await;
+    alice.send(&chat(BOB, "and up again")).await;
+    let got = bob.recv_message().await;
+    assert!(
+        is_message(&got, "alice@localhost/phone", "and up again"),
+        "{got:?}"
+    );
+    c.stop().await;
+}
