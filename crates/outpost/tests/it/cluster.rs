@@ -4,8 +4,10 @@
 //! `outpost admin cluster` says.
 
 use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outpost_proto::minidom::Element;
@@ -19,17 +21,29 @@ const DOMAIN: &str = "cl.test";
 
 /// Node `id` of the cluster on `url` and `nats`, in `dir`.
 fn node(dir: &Path, id: &str, url: &str, nats: &str) -> Server {
+    node_with(dir, id, url, nats, "")
+}
+
+/// [`node`], with more configuration after `[cluster]`: a `[federation]` table, which
+/// also opens a server-to-server listener.
+fn node_with(dir: &Path, id: &str, url: &str, nats: &str, more: &str) -> Server {
+    let federation = more.contains("[federation]");
+    let s2s = if federation {
+        "[\"127.0.0.1:0\"]"
+    } else {
+        "[]"
+    };
     let toml = format!(
         "domains = [{DOMAIN:?}]\ndata_dir = {:?}\n\
-         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\nproxy65 = []\nhttps = []\nhttp = []\n\
+         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\ns2s = {s2s}\nproxy65 = []\nhttps = []\nhttp = []\n\
          [registration]\nenabled = true\n\
          [auth]\nallow_plaintext_without_tls = true\nscram_iterations = 4096\n\
          [log]\nlevel = \"info\"\n\
          [storage]\nbackend = \"postgres\"\nurl = {url:?}\n\
-         [cluster]\nnats_url = {nats:?}\nnode_id = {id:?}\n",
+         [cluster]\nnats_url = {nats:?}\nnode_id = {id:?}\n{more}",
         dir.join(format!("{id}-data")),
     );
-    Server::start_toml(dir, id, &toml)
+    Server::start_toml(dir, id, &toml, federation)
 }
 
 fn admin_cluster(dir: &Path, id: &str) -> String {
@@ -158,4 +172,102 @@ fn a_node_killed_mid_burst_loses_nothing_and_its_users_move() {
     let unique: BTreeSet<usize> = kept.iter().copied().collect();
     assert_eq!(unique.len(), kept.len(), "offline twice: {kept:?}");
     drop(n1);
+}
+
+/// A TCP load balancer in front of the cluster's server-to-server listeners, as a peer
+/// server reaches the domain: each connection goes to the first node that accepts it.
+struct Balancer {
+    addr: SocketAddr,
+    backends: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Balancer {
+    fn start() -> Balancer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let backends: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+        let to = backends.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let candidates = to.lock().expect("backends").clone();
+                let Some(server) = candidates.iter().find_map(|a| TcpStream::connect(a).ok())
+                else {
+                    continue;
+                };
+                for (mut from, mut into) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Balancer { addr, backends }
+    }
+
+    fn serve(&self, nodes: &[SocketAddr]) {
+        *self.backends.lock().expect("backends") = nodes.to_vec();
+    }
+}
+
+/// The node running the federation links is killed with SIGKILL while a user on the
+/// other node sends a burst to a user of a peer server (another Outpost, reaching the
+/// cluster through a load balancer): the other node takes the links over once the dead
+/// one's lease ends, and the peer's user gets every message once, in order; his answers
+/// reach her through the node that is left.
+#[test]
+fn a_federated_peer_keeps_talking_while_the_link_owner_is_killed() {
+    const COUNT: usize = 60;
+    let nats = NatsServer::start();
+    let pg = outpost_testkit::postgres::shared();
+    let url = pg.url(&pg.create_database());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let balancer = Balancer::start();
+    let peer = Server::start(dir.path(), "peer.test", any, &[(DOMAIN, balancer.addr)]);
+    let federation = format!(
+        "[federation]\nenabled = true\nrequire_tls = true\nsrv_lookup = false\n\
+         dns_server = \"{}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n\
+         probe_interval_secs = 1\ndialback_secret = \"one-secret-for-all-nodes\"\n\
+         [federation.peers]\n\"peer.test\" = \"{}\"\n",
+        outpost_testkit::dns::nxdomain_server(),
+        peer.s2s
+    );
+    let mut n1 = node_with(dir.path(), "n1", &url, nats.url(), &federation);
+    let n2 = node_with(dir.path(), "n2", &url, nats.url(), &federation);
+    balancer.serve(&[n1.s2s, n2.s2s]);
+    register(n1.c2s, DOMAIN, "alice");
+    register(peer.c2s, "peer.test", "bob");
+    let mut alice = login(n2.c2s, DOMAIN, "alice");
+    let mut bob = login(peer.c2s, "peer.test", "bob");
+    bob.send("<presence/>");
+    alice.send("<message to='bob@peer.test' type='chat' id='hi'><body>hello</body></message>");
+    bob.recv_until(|el| body(el).as_deref() == Some("hello"));
+
+    for i in 0..COUNT {
+        if i == COUNT / 2 {
+            n1.kill();
+        }
+        alice.send(&format!(
+            "<message to='bob@peer.test' type='chat' id='m{i}'><body>message {i}</body></message>"
+        ));
+    }
+    assert!(!any_error(&alice.barrier()), "a message was refused");
+    let got = bob.recv_until(|el| body(el).as_deref() == Some(&*format!("message {}", COUNT - 1)));
+    assert_eq!(
+        numbers(&got),
+        (0..COUNT).collect::<Vec<_>>(),
+        "all, once, in order"
+    );
+    bob.send(&format!(
+        "<message to='alice@{DOMAIN}/r' type='chat' id='back'><body>got them</body></message>"
+    ));
+    alice.recv_until(|el| body(el).as_deref() == Some("got them"));
+    drop((n2, peer));
 }

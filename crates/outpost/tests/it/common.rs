@@ -84,12 +84,12 @@ impl Server {
         Self::spawn(&config, log, domain, true)
     }
 
-    /// Writes `toml` as `<name>.toml` in `dir` and runs `outpost serve` on it; for servers
-    /// without federation (such as cluster nodes), whose `s2s` is then unspecified.
-    pub(crate) fn start_toml(dir: &Path, name: &str, toml: &str) -> Server {
+    /// Writes `toml` as `<name>.toml` in `dir` and runs `outpost serve` on it (such as a
+    /// cluster node); without `federation`, `s2s` is unspecified.
+    pub(crate) fn start_toml(dir: &Path, name: &str, toml: &str, federation: bool) -> Server {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).expect("write config");
-        Self::spawn(&config, dir.join(format!("{name}.log")), name, false)
+        Self::spawn(&config, dir.join(format!("{name}.log")), name, federation)
     }
 
     /// Starts `outpost serve --config config` (again, if a port it wants is still held)
