@@ -5,6 +5,7 @@
                                                    # as the ceiling column, when present)
     report.py --slowest-rate FRACTION OUT_DIR SERVER...   # FRACTION x the slowest msgs/s
     report.py --federation OUT_DIR                 # the table of a bench/federation.sh run
+    report.py --cluster OUT_DIR                    # the table of a bench/cluster.sh run
 
 Reads OUT_DIR/<server>.jsonl (one JSON object per outpost-bench run) and OUT_DIR/machine.txt.
 Where a scenario ran several times the table shows the median, and the number of runs.
@@ -123,6 +124,58 @@ def federation(out):
                       f"{fmt(med(rows_, path + '.server_cpu_pct'), 0)} / {fmt(med(rows_, path + '.other_cpu_pct'), 0)}"
                       for name, rows_, path in [("local", local, "usage"), ("federated", fed, "usage"),
                                                 ("backlog delivery (A + B; the queue polls count as everything else)", backlog, "usage")]))
+    print()
+    print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if k != "params"))
+    if "params" in machine:
+        print()
+        print(f"Parameters: `{machine['params']}`")
+
+
+def cluster(out):
+    """One node (SQLite, PostgreSQL) against two nodes of a cluster, from cluster.sh's files."""
+    runs = [
+        ("one node, SQLite", load(out, "sqlite").get("throughput", [])),
+        ("one node, PostgreSQL", load(out, "postgres").get("throughput", [])),
+        ("cluster, both ends on one node", load(out, "local").get("throughput", [])),
+        ("cluster, every message crosses nodes", load(out, "crossing").get("federation-throughput", [])),
+    ]
+    errors = [r for f in ("sqlite", "postgres", "local", "crossing") for r in load(out, f).get("error", [])]
+    machine = read_machine(out)
+    first = next((rows for _, rows in runs if rows), [])
+    print(f"| Throughput ({first_of(first, 'pairs')} pairs × {first_of(first, 'window')} in flight) "
+          "| delivered msgs/s | p99 latency at saturation (ms) | server CPU per message (µs) | runs |")
+    print("|---|---|---|---|---|")
+    for label, rows in runs:
+        print(f"| {label} | {fmt(med(rows, 'msgs_per_s'), 0)} | "
+              f"{fmt(med(rows, 'latency_at_saturation.p99_ms'), 2)} | "
+              f"{fmt(med(rows, 'server_us_per_msg'), 2)} | {len(rows)} |")
+    local, crossing = runs[2][1], runs[3][1]
+    lo, cr = med(local, "server_us_per_msg"), med(crossing, "server_us_per_msg")
+    if lo is not None and cr is not None:
+        print()
+        print(f"Crossing nodes costs {cr - lo:.1f} µs of server CPU per message more than staying on one "
+              f"node ({ratio(cr, lo)}), both nodes counted; PostgreSQL and NATS are in "
+              "\"everything else\" below.")
+    directory = load(out, "directory").get("idle", [])
+    if directory:
+        print()
+        per = med(directory, "server_bytes_per_conn")
+        print(f"A node's directory: {fmt(per, 0)} bytes of node b's memory per session held on "
+              f"node a ({first_of(directory, 'connected')} sessions connected, "
+              f"{first_of(directory, 'alive_at_end')} alive at the end).")
+    print()
+    print("Checks (undelivered / out of order / error replies):")
+    for label, rows in runs:
+        for r in rows:
+            print(f"- {label}: {r.get('undelivered_after_drain')} / {r.get('out_of_order')} / "
+                  f"{r.get('error_replies')} {r.get('failures') or ''}")
+    for r in errors:
+        print(f"- error: {r.get('error', '')[:200]}")
+    print()
+    print("CPU in % of one core during the measurement, generator / server(s) / everything else: "
+          + "; ".join(f"{label} {fmt(med(rows, 'usage.generator_cpu_pct'), 0)} / "
+                      f"{fmt(med(rows, 'usage.server_cpu_pct'), 0)} / {fmt(med(rows, 'usage.other_cpu_pct'), 0)}"
+                      for label, rows in runs))
     print()
     print("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items() if k != "params"))
     if "params" in machine:
@@ -328,6 +381,9 @@ def cpu_table(data, servers, relay, machine):
 def main(argv):
     if argv and argv[0] == "--federation":
         federation(argv[1])
+        return
+    if argv and argv[0] == "--cluster":
+        cluster(argv[1])
         return
     if argv and argv[0] == "--slowest-rate":
         print(slowest_rate(argv[1], argv[2], argv[3:]))

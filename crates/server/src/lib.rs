@@ -254,13 +254,8 @@ impl ServerHandle {
             Delivery::new(&config, store, journal, archive, pushes, remote)
         });
         start_services(&config, &delivery, federation.as_ref(), &tasks, &shutdown).await;
-        let cluster = match config.cluster.enabled() {
-            true => Some(cluster::Cluster::join(&config, &delivery, &tasks, &shutdown).await?),
-            false => None,
-        };
-        if let (Some(fed), Some(c)) = (&federation, &cluster) {
-            fed.join_cluster(c).await;
-        }
+        let cluster =
+            join_cluster(&config, &delivery, federation.as_ref(), &tasks, &shutdown).await?;
         let replication = start_replication(&config, &delivery, &tasks, &shutdown).await;
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let sessions = session::Env::new(delivery.clone(), config, tls, shutdown.clone());
@@ -477,6 +472,25 @@ impl ServerHandle {
         self.view.delivery.store().close().await;
         info!("stopped");
     }
+}
+
+/// With `[cluster]`: joins the cluster (before the listeners start, so they start with the
+/// whole directory) and puts federation's links under its lease.
+async fn join_cluster(
+    config: &Config,
+    delivery: &Arc<Delivery>,
+    federation: Option<&Arc<Federation>>,
+    tasks: &Tasks,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<cluster::Cluster>>, ServerError> {
+    if !config.cluster.enabled() {
+        return Ok(None);
+    }
+    let cluster = cluster::Cluster::join(config, delivery, tasks, shutdown).await?;
+    if let Some(fed) = federation {
+        fed.join_cluster(&cluster).await;
+    }
+    Ok(Some(cluster))
 }
 
 /// A site with a hub replicates its directory there; a hub logs what it writes for its

@@ -1,8 +1,6 @@
 //! `outpost admin cluster`: the nodes of this server's cluster, as the running node sees
 //! them (registry and NATS), or the registry alone when it is stopped.
 
-use std::fmt::Write as _;
-
 use anyhow::bail;
 use outpost_server::config::Config;
 use outpost_server::{ClusterStatus, NodeStatus};
@@ -57,12 +55,10 @@ async fn from_registry(config: &Config) -> anyhow::Result<ClusterStatus> {
 }
 
 fn render(status: &ClusterStatus, running: bool, now: i64) -> String {
-    let mut text = String::new();
     let me = &status.node_id;
-    let _ = match running {
-        true => writeln!(
-            text,
-            "node {me}: NATS {}, PostgreSQL {}",
+    let mut text = match running {
+        true => format!(
+            "node {me}: NATS {}, PostgreSQL {}\n",
             if status.nats_connected {
                 "connected"
             } else {
@@ -73,40 +69,12 @@ fn render(status: &ClusterStatus, running: bool, now: i64) -> String {
                 .as_deref()
                 .map_or("answering".to_owned(), |e| format!("NOT ANSWERING ({e})"))
         ),
-        false => writeln!(
-            text,
-            "node {me} is not running; the registry in PostgreSQL says:"
-        ),
+        false => format!("node {me} is not running; the registry in PostgreSQL says:\n"),
     };
     let rows: Vec<[String; 7]> = status
         .nodes
         .iter()
-        .map(|n| {
-            let lease = match n.lease_until_ms {
-                Some(until) if until >= now => format!("{} left", ago(until - now)),
-                Some(until) => format!("ended {} ago", ago(now - until)),
-                None => "?".to_owned(),
-            };
-            let heard = match (&n.node_id == me, n.heard_ms_ago) {
-                (true, _) => "(this node)".to_owned(),
-                (false, Some(ms)) => format!("{} ago", ago(ms as i64)),
-                (false, None) if running => "not heard".to_owned(),
-                (false, None) => "-".to_owned(),
-            };
-            let started = match n.started_ms {
-                0 => "?".to_owned(),
-                ms => ms_to_rfc3339(ms),
-            };
-            [
-                n.node_id.clone(),
-                n.address.clone(),
-                started,
-                lease,
-                n.sessions.to_string(),
-                heard,
-                n.directory.to_string(),
-            ]
-        })
+        .map(|n| row(n, n.node_id == *me, running, now))
         .collect();
     let header = [
         "NODE",
@@ -119,4 +87,32 @@ fn render(status: &ClusterStatus, running: bool, now: i64) -> String {
     ];
     text.push_str(&table(header, &rows));
     text
+}
+
+/// One node's line.
+fn row(n: &NodeStatus, me: bool, running: bool, now: i64) -> [String; 7] {
+    let lease = match n.lease_until_ms {
+        Some(until) if until >= now => format!("{} left", ago(until - now)),
+        Some(until) => format!("ended {} ago", ago(now - until)),
+        None => "?".to_owned(),
+    };
+    let heard = match (me, n.heard_ms_ago) {
+        (true, _) => "(this node)".to_owned(),
+        (false, Some(ms)) => format!("{} ago", ago(ms as i64)),
+        (false, None) if running => "not heard".to_owned(),
+        (false, None) => "-".to_owned(),
+    };
+    let started = match n.started_ms {
+        0 => "?".to_owned(),
+        ms => ms_to_rfc3339(ms),
+    };
+    [
+        n.node_id.clone(),
+        n.address.clone(),
+        started,
+        lease,
+        n.sessions.to_string(),
+        heard,
+        n.directory.to_string(),
+    ]
 }

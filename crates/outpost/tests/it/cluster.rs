@@ -79,6 +79,31 @@ fn subscribe(a: &mut Client, a_jid: &str, b: &mut Client, b_jid: &str) {
     b.send(&format!("<presence to='{a_jid}' type='subscribed'/>"));
 }
 
+/// Alice on `n1` and Bob on `n2`, available and subscribed to each other.
+fn friends(n1: &Server, n2: &Server) -> (Client, Client) {
+    let (alice_jid, bob_jid) = (format!("alice@{DOMAIN}"), format!("bob@{DOMAIN}"));
+    register(n1.c2s, DOMAIN, "alice");
+    register(n1.c2s, DOMAIN, "bob");
+    let mut alice = login(n1.c2s, DOMAIN, "alice");
+    let mut bob = login(n2.c2s, DOMAIN, "bob");
+    alice.send("<presence/>");
+    bob.send("<presence/>");
+    subscribe(&mut alice, &alice_jid, &mut bob, &bob_jid);
+    alice.recv_until(|el| is_presence(el, &format!("{bob_jid}/r"), None));
+    subscribe(&mut bob, &bob_jid, &mut alice, &alice_jid);
+    (alice, bob)
+}
+
+/// The messages in the user's archive (one page of up to 250).
+fn archive(c: &mut Client) -> Vec<Element> {
+    let (archived, fin) = c.run(async |c| {
+        let rsm = "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max></set>";
+        c.mam(None, rsm).await
+    });
+    assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+    archived.into_iter().map(|(_, m)| m).collect()
+}
+
 /// The numbers of the `message N` bodies among `stanzas`.
 fn numbers(stanzas: &[Element]) -> Vec<usize> {
     stanzas
@@ -102,17 +127,9 @@ fn a_node_killed_mid_burst_loses_nothing_and_its_users_move() {
     let dir = tempfile::tempdir().expect("tempdir");
     let n1 = node(dir.path(), "n1", &url, nats.url());
     let mut n2 = node(dir.path(), "n2", &url, nats.url());
-    let (alice_jid, bob_jid) = (format!("alice@{DOMAIN}"), format!("bob@{DOMAIN}"));
-    register(n1.c2s, DOMAIN, "alice");
-    register(n1.c2s, DOMAIN, "bob");
-    let mut alice = login(n1.c2s, DOMAIN, "alice");
-    let mut bob = login(n2.c2s, DOMAIN, "bob");
-    alice.send("<presence/>");
-    bob.send("<presence/>");
-    subscribe(&mut alice, &alice_jid, &mut bob, &bob_jid);
+    let bob_jid = format!("bob@{DOMAIN}");
+    let (mut alice, _bob_on_n2) = friends(&n1, &n2);
     let bob_full = format!("{bob_jid}/r");
-    alice.recv_until(|el| is_presence(el, &bob_full, None));
-    subscribe(&mut bob, &bob_jid, &mut alice, &alice_jid);
     let table = admin_cluster(dir.path(), "n1");
     assert!(
         table.contains("node n1: NATS connected, PostgreSQL answering"),
@@ -155,14 +172,8 @@ fn a_node_killed_mid_burst_loses_nothing_and_its_users_move() {
         .find(|el| body(el).as_deref() == Some("while you were gone"))
         .unwrap_or_else(|| panic!("not kept offline: {offline:?}"));
     assert!(late.has_child("delay", NS_DELAY), "{late:?}");
-    let (archived, fin) = bob.run(async |c| {
-        let rsm = "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max></set>";
-        c.mam(None, rsm).await
-    });
-    assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
-    let archived: Vec<Element> = archived.into_iter().map(|(_, m)| m).collect();
     assert_eq!(
-        numbers(&archived),
+        numbers(&archive(&mut bob)),
         (0..COUNT).collect::<Vec<_>>(),
         "every acknowledged message is in the archive, once, in order"
     );

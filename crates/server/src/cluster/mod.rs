@@ -65,6 +65,9 @@ const STARTUP_SYNC: Duration = Duration::from_secs(5);
 /// How long a session that ended on another node may still be the sender of what that
 /// node delivers.
 const ENDED_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping node waits for PostgreSQL to release its registration and leases
+/// before it says goodbye anyway.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Sessions per snapshot part (NATS limits a message to 1 MB by default).
 const SNAPSHOT_PART: usize = 1000;
 /// Messages waiting to be published; beyond this, deliveries fall back to the offline
@@ -228,8 +231,10 @@ pub(crate) struct Cluster {
     links: links::Links,
     /// The services one node runs for all (multi-user chat).
     services: Arc<services::Services>,
-    /// Wakes the receiving loop to try for the services' leases at once (their node left).
+    /// Wakes the upkeep task to try for the leases at once (their holder left or died).
     claim_soon: tokio::sync::Notify,
+    /// Cancelled once a stopping node's registration and leases are released.
+    released: CancellationToken,
     /// Stops the publisher once the goodbye is queued.
     stop: CancellationToken,
     /// Sessions other nodes ended lately, by the node that held them.
@@ -293,27 +298,7 @@ impl Cluster {
         });
         let client = connect(c.nats_url.as_deref().unwrap_or(""), &bus).await?;
         register(&client, &bus, delivery, &address).await?;
-        let cluster = Arc::new(Cluster {
-            tasks: tasks.clone(),
-            bus: bus.clone(),
-            delivery: delivery.clone(),
-            peers: Mutex::new(HashMap::new()),
-            ended: Mutex::new(HashMap::new()),
-            departed: Mutex::new(HashMap::new()),
-            expired: Mutex::new(HashMap::new()),
-            stop: CancellationToken::new(),
-            claim_soon: tokio::sync::Notify::new(),
-            links: links::Links::default(),
-            services: Arc::new(services::Services::new(
-                config.muc_domains(),
-                config.muc.clone(),
-            )),
-            limits: Limits {
-                max_stanza_bytes: config.limits.max_stanza_bytes,
-                ..Limits::default()
-            },
-            address,
-        });
+        let cluster = Arc::new(Cluster::new(config, delivery, tasks, bus.clone(), address));
         delivery.router().observe(bus.clone());
         cluster.services.forward_all(delivery, &bus);
         cluster
@@ -326,9 +311,41 @@ impl Cluster {
         cluster.ask_known_nodes().await;
         let receiver = cluster.clone().run(subs, tasks.clone(), shutdown.clone());
         tasks.spawn(receiver);
+        tasks.spawn(cluster.clone().upkeep(tasks.clone(), shutdown.clone()));
         cluster.wait_synced().await;
         info!(node = %node_id, "joined the cluster");
         Ok(cluster)
+    }
+
+    fn new(
+        config: &Config,
+        delivery: &Arc<Delivery>,
+        tasks: &Tasks,
+        bus: Arc<Bus>,
+        address: String,
+    ) -> Cluster {
+        Cluster {
+            tasks: tasks.clone(),
+            bus,
+            delivery: delivery.clone(),
+            peers: Mutex::new(HashMap::new()),
+            ended: Mutex::new(HashMap::new()),
+            departed: Mutex::new(HashMap::new()),
+            expired: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+            released: CancellationToken::new(),
+            claim_soon: tokio::sync::Notify::new(),
+            links: links::Links::default(),
+            services: Arc::new(services::Services::new(
+                config.muc_domains(),
+                config.muc.clone(),
+            )),
+            limits: Limits {
+                max_stanza_bytes: config.limits.max_stanza_bytes,
+                ..Limits::default()
+            },
+            address,
+        }
     }
 
     /// Asks every node the registry says is alive for its sessions.

@@ -14,16 +14,17 @@ use tracing::{debug, info, warn};
 
 use super::wire::{Body, Change, Envelope, Msg};
 use super::{
-    Cluster, ENDED_GRACE, EXPIRY, HEARTBEAT, LEASE, LEASE_RENEW, Peer, PeerState, SNAPSHOT_PART,
-    SNAPSHOT_TIMEOUT, Subscriptions, Syncing, next,
+    Cluster, ENDED_GRACE, EXPIRY, HEARTBEAT, LEASE, LEASE_RENEW, Peer, PeerState, RELEASE_WAIT,
+    SNAPSHOT_PART, SNAPSHOT_TIMEOUT, Subscriptions, Syncing, next,
 };
 use crate::delivery::Delivery;
 use crate::router::{Mailbox, NodeSink, SessionEntry, ToSession, Undelivered};
 use crate::tasks::Tasks;
 
 impl Cluster {
-    /// The node's receiving loop, until shutdown; then it says goodbye and leaves the
-    /// registry.
+    /// The node's receiving loop, and its heartbeat, until shutdown; then it says goodbye.
+    /// Nothing here waits for PostgreSQL (see [`Cluster::upkeep`]): a node whose database
+    /// is slow or gone still answers on the bus.
     pub(super) async fn run(
         self: Arc<Self>,
         mut subs: Subscriptions,
@@ -31,7 +32,6 @@ impl Cluster {
         shutdown: CancellationToken,
     ) {
         let mut beat = tokio::time::interval(HEARTBEAT);
-        let mut renewed = Instant::now();
         loop {
             // Biased: a node's directory change is handled before what it delivered
             // after it, so a new session's first stanza meets its entry.
@@ -41,31 +41,42 @@ impl Cluster {
                 m = next(&mut subs.dir) => self.on_directory(&m.payload),
                 m = next(&mut subs.inbox) => self.on_snapshot(&m.payload),
                 m = next(&mut subs.mine) => self.on_mine(&m.payload, &tasks),
-                () = self.claim_soon.notified() => {
-                    let (d, bus) = (&self.delivery, &self.bus);
-                    self.services.claim(d, bus, &tasks, &shutdown).await;
-                    self.links.claim(&self).await;
-                }
                 _ = beat.tick() => {
                     self.heartbeat();
                     self.expire();
-                    if renewed.elapsed() >= LEASE_RENEW {
-                        renewed = Instant::now();
-                        self.renew().await;
-                        let (d, bus) = (&self.delivery, &self.bus);
-                        self.services.claim(d, bus, &tasks, &shutdown).await;
-                        self.links.claim(&self).await;
-                    }
                 }
             }
         }
+        // Leases first: a node that hears the goodbye takes them over at once.
+        let _ = tokio::time::timeout(RELEASE_WAIT, self.released.cancelled()).await;
         self.bus.publish(self.bus.dir_subject(), Body::Bye);
         self.stop.cancel();
-        let store = self.delivery.store();
-        if let Err(e) = store.node_release(&self.bus.node_id, &self.bus.epoch).await {
-            warn!(error = %e, "cannot leave the cluster registry");
+    }
+
+    /// What the node keeps in PostgreSQL, until shutdown: its registration, renewed every
+    /// [`LEASE_RENEW`], and the leases on what one node runs (tried again at once when
+    /// their holder leaves); then it leaves the registry.
+    pub(super) async fn upkeep(self: Arc<Self>, tasks: Tasks, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(LEASE_RENEW);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.claim_soon.notified() => {}
+                _ = every.tick() => self.renew().await,
+            }
+            let (d, bus) = (&self.delivery, &self.bus);
+            self.services.claim(d, bus, &tasks, &shutdown).await;
+            self.links.claim(&self).await;
         }
-        info!("left the cluster");
+        let store = self.delivery.store();
+        let release = store.node_release(&self.bus.node_id, &self.bus.epoch);
+        match tokio::time::timeout(RELEASE_WAIT, release).await {
+            Ok(Ok(())) => info!("left the cluster"),
+            Ok(Err(e)) => warn!(error = %e, "cannot leave the cluster registry"),
+            Err(_) => warn!("the cluster registry did not answer; its leases will run out"),
+        }
+        self.released.cancel();
     }
 
     fn heartbeat(&self) {

@@ -282,7 +282,11 @@ async fn forged_and_unparsable_bus_messages_are_dropped() {
         deliver("n9", "x", "bob@localhost/pc", "unknown node"),
         // An old start of n2.
         deliver("n2", "stale", "bob@localhost/pc", "stale epoch"),
-        "{\"node\": \"n2\", \"t\": \"deliver\", \"msg\": 7".to_owned(),
+        // Cut in half: not JSON.
+        {
+            let whole = deliver("n2", &n2.epoch, "bob@localhost/pc", "cut");
+            whole[..whole.len() / 2].to_owned()
+        },
         deliver("n2", &n2.epoch, "bob@localhost/pc", "<unclosed>"),
     ];
     let mut nats = raw_nats(c.nats.url()).await;
@@ -311,6 +315,30 @@ async fn raw_nats(url: &str) -> tokio::net::TcpStream {
 }
 
 const ROOM: &str = "lobby@conference.localhost";
+
+/// Asks the room for its features until a node runs its service again; until then the
+/// room answers with a temporary error, not silence.
+async fn wait_for_room(c: &mut Client) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let info = c
+            .query(
+                "get",
+                Some(ROOM),
+                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+            )
+            .await;
+        if info.attr("type") == Some("result") {
+            return;
+        }
+        assert_eq!(stanza_error(&info).0, "wait", "{info:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no takeover: {info:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
 
 /// Joins `room` as `nick`, reading up to the subject (or an error), which ends a join.
 async fn join(c: &mut Client, room: &str, nick: &str) -> Vec<Element> {
@@ -375,26 +403,7 @@ async fn a_room_spans_nodes_and_survives_its_node() {
     // The node running the service stops; the other takes it over within a renewal.
     c.nodes[0].stop().await;
     drop(alice);
-    // Until then the room answers with a temporary error, not silence.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let info = bob
-            .query(
-                "get",
-                Some(ROOM),
-                "<query xmlns='http://jabber.org/protocol/disco#info'/>",
-            )
-            .await;
-        if info.attr("type") == Some("result") {
-            break;
-        }
-        assert_eq!(stanza_error(&info).0, "wait", "{info:?}");
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no takeover: {info:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for_room(&mut bob).await;
     let got = join(&mut bob, ROOM, "bob").await;
     let history: Vec<String> = got.iter().filter_map(body).collect();
     assert_eq!(
@@ -420,12 +429,9 @@ fn federated(c: &mut outpost_server::config::Config, domain: &str, dns: std::net
     c.federation.dialback_secret = Some(format!("{domain}-dialback-secret-for-tests"));
 }
 
-/// The federation links run on one node (the first); a user on the other node writes to
-/// a peer server through them, and the peer, connecting to the other node, is verified
-/// through the first one and answers her. When the first node stops, the other takes the links over and drains what was queued
-/// meanwhile, once and in order.
-#[tokio::test]
-async fn federation_runs_on_one_node_and_moves_when_it_stops() {
+/// Two federated nodes of `localhost` and a peer server, `b.test`, that reaches the
+/// domain at the second node.
+async fn federated_cluster() -> (NatsServer, TestServer, TestServer, TestServer) {
     let nats = tokio::task::spawn_blocking(NatsServer::start)
         .await
         .expect("nats");
@@ -438,7 +444,7 @@ async fn federation_runs_on_one_node_and_moves_when_it_stops() {
             federated(c, "localhost", dns.addr);
         }
     };
-    let mut n1 = TestServer::start_with_store(store(&url).await, node("n1"), None).await;
+    let n1 = TestServer::start_with_store(store(&url).await, node("n1"), None).await;
     let n2 = TestServer::start_with_store(store(&url).await, node("n2"), None).await;
     let peer = TestServer::start_with(|c| federated(c, "b.test", dns.addr)).await;
     for n in [&n1, &n2] {
@@ -452,6 +458,16 @@ async fn federation_runs_on_one_node_and_moves_when_it_stops() {
         .as_ref()
         .unwrap()
         .set_peer_address("localhost", at_n2);
+    (nats, n1, n2, peer)
+}
+
+/// The federation links run on one node (the first); a user on the other node writes to
+/// a peer server through them, and the peer, connecting to the other node, is verified
+/// through the first one and answers her. When the first node stops, the other takes the links over and drains what was queued
+/// meanwhile, once and in order.
+#[tokio::test]
+async fn federation_runs_on_one_node_and_moves_when_it_stops() {
+    let (nats, mut n1, n2, peer) = federated_cluster().await;
     n1.add_user("alice", "wonderland").await;
     peer.add_user("bob", "builder").await;
     let mut alice = n2.login("alice", "wonderland", "phone").await;
@@ -549,5 +565,40 @@ async fn nodes_cut_from_nats_serve_their_own_and_meet_again() {
         is_message(&got, "alice@localhost/phone", "and up again"),
         "{got:?}"
     );
+    c.stop().await;
+}
+
+/// Three nodes, the third started once the others hold sessions: it learns both
+/// directories at once (Carol, logging in there, sees Alice and Bob available and writes
+/// to Bob), and when Bob's node stops, Alice and Carol, on the two others, see him go.
+#[tokio::test]
+async fn a_third_node_learns_the_others_and_sees_one_leave() {
+    let mut c = cluster(2).await;
+    c.nodes[0].add_user("carol", "singer").await;
+    let (mut alice, mut bob) = friends_on_two_nodes(&c).await;
+    let n3 = node(&c.url, c.nats.url(), "n3").await;
+    let mut carol = n3.login("carol", "singer", "tab").await;
+    carol.roster_get().await;
+    carol.available().await;
+    subscribe(&mut carol, "carol@localhost", &mut alice, ALICE).await;
+    subscribe(&mut carol, "carol@localhost", &mut bob, BOB).await;
+    subscribe(&mut alice, ALICE, &mut carol, "carol@localhost").await;
+    subscribe(&mut bob, BOB, &mut carol, "carol@localhost").await;
+
+    carol.send(&chat(BOB, "from the third node")).await;
+    let got = bob.recv_message().await;
+    assert!(
+        is_message(&got, "carol@localhost/tab", "from the third node"),
+        "{got:?}"
+    );
+
+    c.nodes[1].stop().await;
+    for watcher in [&mut alice, &mut carol] {
+        watcher
+            .recv_where(|el| is_presence(el, "bob@localhost/pc", Some("unavailable")))
+            .await;
+    }
+    let mut n3 = n3;
+    n3.stop().await;
     c.stop().await;
 }

@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# What a cluster costs: Outpost on one node (SQLite, then PostgreSQL), then two nodes of one
+# domain on the same PostgreSQL with NATS between them, and outpost-bench driving clients.
+#
+#   bench/cluster.sh                  # defaults below; results in bench/results/cluster-<time>/
+#   PAIRS=20 RUNS=5 bench/cluster.sh  # any parameter by environment
+#
+# Per run (RUNS times), each with PAIRS sender→receiver pairs and WINDOW messages in flight:
+#   sqlite    one node on SQLite (the default store), both ends on it
+#   postgres  one node on PostgreSQL, both ends on it
+#   local     node a of the cluster, both ends on node a (nothing crosses NATS)
+#   crossing  senders on node a, receivers on node b: every message crosses NATS
+#             (outpost-bench's federation-throughput with node b as the "peer" of the
+#             same domain; both nodes' CPU is sampled)
+# Then IDLE_N sessions held on node a, with node b's memory sampled: what each session on
+# another node costs in a node's directory.
+# Clients use STARTTLS. PostgreSQL (Debian's binaries) and nats-server run from a temporary
+# directory, on a unix socket and on loopback, stopped at the end. Every server archives
+# every message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+: "${PAIRS:=50}"              # sender→receiver pairs
+: "${WINDOW:=20}"             # messages in flight per pair
+: "${WARMUP:=3}"              # seconds before measuring
+: "${DURATION:=10}"           # seconds measured
+: "${RUNS:=3}"                # repetitions (the table shows medians)
+: "${IDLE_N:=5000}"           # sessions held on node a for the directory's memory on node b
+: "${ITERATIONS:=4096}"       # SCRAM iteration count
+: "${PROFILE:=release}"
+: "${SKIP_BUILD:=0}"
+: "${OUT:=$ROOT/bench/results/cluster-$(date +%Y%m%d-%H%M%S)}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
+
+# log, die, wait_gone, wait_port, PASSWORD
+# shellcheck source=bench/servers.sh
+source "$ROOT/bench/servers.sh"
+DOMAIN=cluster.bench
+declare -A C2S=([single]=16522 [a]=16622 [b]=16722)
+NATS_PORT=16822
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+for p in postgresql nats-server; do
+    if ! dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        log "installing $p from Debian's packages"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
+        [[ $p == nats-server ]] && { systemctl disable --now nats-server >/dev/null 2>&1 || true; }
+    fi
+done
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "building outpost and outpost-bench ($PROFILE)"
+    cargo build --profile "$PROFILE" -p outpost -p outpost-bench 2>&1 | tail -n 2 >&2
+fi
+PROFILE_DIR=$PROFILE
+[[ $PROFILE == dev ]] && PROFILE_DIR=debug
+OUTPOST=$CARGO_TARGET_DIR/$PROFILE_DIR/outpost
+BENCH=$CARGO_TARGET_DIR/$PROFILE_DIR/outpost-bench
+
+# ------------------------------------------------------------------ PostgreSQL and NATS
+
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+PG_DIR=$(mktemp -d /tmp/outpost-bench-pg-XXXX)
+as_pg=()
+if [[ $(id -u) == 0 ]]; then
+    chown postgres: "$PG_DIR"
+    as_pg=(runuser -u postgres --)
+fi
+cleanup() {
+    [[ -n ${NATS_PID:-} ]] && kill "$NATS_PID" 2>/dev/null || true
+    "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+}
+trap cleanup EXIT
+"${as_pg[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres -A trust --no-locale -E UTF8 >/dev/null
+"${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -w \
+    -o "-k $PG_DIR -c listen_addresses= -c max_connections=200" start >/dev/null
+pg_url() { echo "postgres://postgres@localhost:5432/$1?host=$PG_DIR"; }
+createdb_() { "${as_pg[@]}" "$PG_BIN/createdb" -h "$PG_DIR" -U postgres "$1"; }
+createdb_ single
+createdb_ cluster
+nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/nats.log" 2>&1 &
+NATS_PID=$!
+wait_port "$NATS_PORT"
+
+# ------------------------------------------------------------------ the servers
+
+# write_config NAME STORAGE-TOML CLUSTER-TOML
+write_config() {
+    local name=$1 dir=$OUT/$1 port=${C2S[${1%%-*}]}
+    mkdir -p "$dir/data"
+    cat >"$dir/outpost.toml" <<CONF
+domains = ["$DOMAIN"]
+data_dir = "$dir/data"
+
+[listen]
+c2s = ["127.0.0.1:$port"]
+c2s_tls = []
+proxy65 = []
+https = []
+http = []
+
+[registration]
+enabled = true
+
+[auth]
+scram_iterations = $ITERATIONS
+allow_plaintext_without_tls = true
+
+[limits]
+read_rate_bytes_per_sec = 4000000000
+read_burst_bytes = 4000000000
+max_connections = 100000
+offline_quota = 1000000
+idle_timeout_secs = 7200
+ping_interval_secs = 7000
+login_failures_per_ip = 1000000
+login_failures_per_account = 1000000
+
+[log]
+level = "warn"
+
+$2
+
+$3
+CONF
+}
+
+start() {
+    local name=$1 dir=$OUT/$1
+    "$OUTPOST" serve --config "$dir/outpost.toml" >>"$dir/outpost.log" 2>&1 &
+    echo $! >"$dir/pid"
+    wait_port "${C2S[${name%%-*}]}"
+}
+
+stop() {
+    local pid
+    pid=$(cat "$OUT/$1/pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_gone "$pid"
+}
+
+# cbench SERVER FILE [--peer NODE] SCENARIO...: outpost-bench against SERVER's port.
+cbench() {
+    local s=$1 file=$2; shift 2
+    local peer=()
+    if [[ $1 == --peer ]]; then
+        peer=(--peer-port "${C2S[$2]}" --peer-domain "$DOMAIN" --peer-pidfile "$OUT/$2/pid")
+        shift 2
+    fi
+    "$BENCH" --port "${C2S[${s%%-*}]}" --domain "$DOMAIN" --password "$PASSWORD" \
+        --pidfile "$OUT/$s/pid" --label "outpost-$s" --tls "${peer[@]}" \
+        --out "$OUT/$file.jsonl" "$@" >/dev/null ||
+        log "$s: a scenario reported an error (see $OUT/$file.jsonl)"
+}
+
+throughput() {
+    cbench "$@" --pairs "$PAIRS" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION"
+}
+
+provision() {
+    local n=${2:-$(( 2 * PAIRS ))}
+    "$BENCH" --port "${C2S[${1%%-*}]}" --domain "$DOMAIN" --password "$PASSWORD" \
+        --out "$OUT/provision.jsonl" register --prefix u -n "$n" --concurrency 50 \
+        >/dev/null || die "registering on $1 failed (see $OUT/provision.jsonl)"
+}
+
+PG_SINGLE="[storage]
+backend = \"postgres\"
+url = \"$(pg_url single)\""
+PG_CLUSTER="[storage]
+backend = \"postgres\"
+url = \"$(pg_url cluster)\""
+node_toml() {
+    printf '[cluster]\nnats_url = "nats://127.0.0.1:%s"\nnode_id = "%s"\n' "$NATS_PORT" "$1"
+}
+
+for s in single-sqlite single-pg; do
+    case $s in
+        single-sqlite) write_config "$s" "" "" ;;
+        single-pg) write_config "$s" "$PG_SINGLE" "" ;;
+    esac
+    start "$s"
+    provision "$s"
+    file=${s#single-}
+    [[ $file == pg ]] && file=postgres
+    for r in $(seq 1 "$RUNS"); do
+        log "$s: run $r/$RUNS: throughput, both ends on one node"
+        throughput "$s" "$file" throughput
+    done
+    stop "$s"
+done
+
+write_config a "$PG_CLUSTER" "$(node_toml a)"
+write_config b "$PG_CLUSTER" "$(node_toml b)"
+start a
+start b
+provision a $(( IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS ))
+for r in $(seq 1 "$RUNS"); do
+    log "cluster: run $r/$RUNS: both ends on node a, then senders on a and receivers on b"
+    throughput a local throughput
+    throughput a crossing --peer b federation-throughput
+done
+log "cluster: $IDLE_N sessions on node a, node b's memory sampled"
+"$BENCH" --port "${C2S[a]}" --domain "$DOMAIN" --password "$PASSWORD" --tls \
+    --pidfile "$OUT/b/pid" --label "outpost-b-directory" --out "$OUT/directory.jsonl" \
+    idle -n "$IDLE_N" --concurrency 200 --sm >/dev/null ||
+    log "the directory's memory: an error (see $OUT/directory.jsonl)"
+stop b
+stop a
+
+{
+    echo "cores=$(nproc)"
+    echo "cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+    echo "memory=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "kernel=$(uname -r)"
+    echo "outpost=$("$OUTPOST" --version | awk '{print $2}') ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates || echo '+uncommitted'))"
+    echo "postgresql=$("$PG_BIN/postgres" --version | awk '{print $3}')"
+    echo "nats=$(nats-server --version | awk '{print $NF}')"
+    echo "params=PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION RUNS=$RUNS ITERATIONS=$ITERATIONS IDLE_N=$IDLE_N"
+} >"$OUT/machine.txt"
+
+python3 "$ROOT/bench/report.py" --cluster "$OUT" >"$OUT/table.md"
+log "results in $OUT (table.md, sqlite/postgres/local/crossing.jsonl)"
+cat "$OUT/table.md"
