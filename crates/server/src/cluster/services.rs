@@ -3,7 +3,7 @@
 //! `muc:<service>` in PostgreSQL runs the service; the others register a forwarder in its
 //! place that passes each stanza for it to that node over NATS, and, for a message, waits
 //! for the owner to say its archive row is committed before the sender is acknowledged.
-//! Every node tries to take each lease every [`LEASE_RENEW`]: the owner renews it, and
+//! Every node tries to take each lease every [`LEASE_RENEW`](super::LEASE_RENEW): the owner renews it, and
 //! when the owner dies its lease ends and the first node to try after that starts the
 //! service from the store (rooms, affiliations, history from the archive). Occupants are
 //! not in the store: after a takeover, clients join again (XEP-0410 self-pings tell them
