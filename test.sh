@@ -81,6 +81,9 @@ step "interop suite (slixmpp)"
 cargo build -p outpost --locked
 OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/interop/run.sh
 
+step "interop suite against a two-node cluster (PostgreSQL, NATS; clients on both nodes)"
+OUTPOST_INTEROP_CLUSTER=1 OUTPOST_BIN="$CARGO_TARGET_DIR/debug/outpost" tests/interop/run.sh
+
 step "web client (rebuilt and compared with the committed bundle; unit tests; Chromium)"
 if ! command -v npm >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null \

@@ -5,6 +5,8 @@
   module's last test in teardown).
 * ``fresh_server``: a fresh Outpost per test (not started: the test may
   prepare it first, e.g. ``outpost user add``, then call ``.start()``).
+* With ``OUTPOST_INTEROP_CLUSTER=1`` both are two-node clusters of one domain on
+  PostgreSQL and NATS (``outpost_harness.ClusterServer``), clients spread over the nodes.
 * ``async def`` tests are run by a small hook below on a new event loop
   each, with an overall timeout (``@pytest.mark.timeout_s(N)``, default 90).
 """
@@ -21,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from outpost_harness import OutpostServer, outpost_bin  # noqa: E402
+from outpost_harness import OutpostServer, outpost_bin, server_class  # noqa: E402
 
 DEFAULT_TEST_TIMEOUT = float(os.environ.get("OUTPOST_INTEROP_TEST_TIMEOUT", "90"))
 
@@ -77,7 +79,7 @@ def _finish(srv: OutpostServer) -> None:
 @pytest.fixture(scope="module")
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
-    srv = OutpostServer(workdir)
+    srv = server_class()(workdir)
     srv.start()
     try:
         yield srv
@@ -87,7 +89,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture
 def fresh_server(request: pytest.FixtureRequest, tmp_path: Path):
-    srv = OutpostServer(tmp_path / "outpost")
+    srv = server_class()(tmp_path / "outpost")
     try:
         yield srv
     finally:

@@ -13,6 +13,7 @@ The contract with the server (see README.md):
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import re
@@ -143,6 +144,11 @@ class OutpostServer:
     def proxy65_addr(self) -> tuple[str, int]:
         """The SOCKS5 bytestream proxy's listener (XEP-0065), as the server printed it."""
         return self.listeners["proxy65"]
+
+    @property
+    def proxy65_addrs(self) -> list[tuple[str, int]]:
+        """Every proxy listener a client may be told of (a cluster's nodes have one each)."""
+        return [self.proxy65_addr]
 
     # ------------------------------------------------------------ lifecycle
     def add_user_cli(self, localpart: str, password: str, timeout: float = 30) -> None:
@@ -302,3 +308,85 @@ srv_lookup = false
         servers.append(OutpostServer(Path(base) / domain, domain=domain,
                                      s2s_listen=f"{host}:{port}", config_overrides=overrides))
     return servers
+
+
+# ---------------------------------------------------------------- cluster mode
+
+def cluster_mode() -> bool:
+    """OUTPOST_INTEROP_CLUSTER=1: the fixtures' servers are two-node clusters."""
+    return os.environ.get("OUTPOST_INTEROP_CLUSTER") == "1"
+
+
+_CLUSTERS = itertools.count(1)
+
+
+def _cluster_toml(url: str, nats_url: str, prefix: str, node_id: str) -> str:
+    return f"""
+[storage]
+backend = "postgres"
+url = "{url}"
+
+[cluster]
+nats_url = "{nats_url}"
+node_id = "{node_id}"
+subject_prefix = "{prefix}"
+"""
+
+
+@dataclass
+class ClusterServer(OutpostServer):
+    """Node n1 of a two-node cluster of one domain, with node n2 started beside it: a
+    database of its own on the session's PostgreSQL, a subject prefix of its own on the
+    session's NATS (``cluster_services.shared``). n2 presents n1's certificate, and each
+    client that asks for an address is given the nodes in turn, so a test's users are
+    spread over both and what they say to each other crosses nodes."""
+
+    partner: OutpostServer | None = None
+    turn: int = 0
+
+    def __post_init__(self) -> None:
+        import cluster_services
+        pg, nats = cluster_services.shared()
+        url, prefix = pg.createdb(), f"interop{next(_CLUSTERS)}"
+        own = self.config_overrides
+        self.config_overrides = own + _cluster_toml(url, nats.url, prefix, "n1")
+        super().__post_init__()
+        self._partner_overrides = own + _cluster_toml(url, nats.url, prefix, "n2")
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        super().start(timeout)
+        key = self.data_dir / "tls" / "key.pem"
+        tls = f'\n[tls]\ncert = "{self.cert_path}"\nkey = "{key}"\n'
+        if self.partner is None:
+            self.partner = OutpostServer(self.workdir / "n2", domain=self.domain,
+                                         config_overrides=self._partner_overrides + tls)
+        self.partner.start(timeout)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        if self.partner is not None and self.partner.proc is not None:
+            code = self.partner.stop(timeout)
+            assert code == 0, f"node n2 exited with {code}\n{self.partner.log_tail()}"
+        return super().stop(timeout)
+
+    def _next(self, kind: str) -> tuple[str, int]:
+        nodes = [self] + ([self.partner] if self.partner and self.partner.started else [])
+        self.turn += 1
+        return nodes[self.turn % len(nodes)].listeners[kind]
+
+    @property
+    def starttls_addr(self) -> tuple[str, int]:
+        return self._next("c2s-starttls")
+
+    @property
+    def tls_addr(self) -> tuple[str, int]:
+        return self._next("c2s-tls")
+
+    @property
+    def proxy65_addrs(self) -> list[tuple[str, int]]:
+        partner = [self.partner.listeners["proxy65"]] if self.partner else []
+        return [self.listeners["proxy65"], *partner]
+
+
+def server_class() -> type[OutpostServer]:
+    """What the fixtures start: one server, or a two-node cluster in cluster mode."""
+    return ClusterServer if cluster_mode() else OutpostServer

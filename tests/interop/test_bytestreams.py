@@ -73,10 +73,11 @@ async def test_proxy_is_discovered_and_announces_its_listener(server):
         assert ("proxy", "bytestreams") in identities, identities
         assert NS_BYTESTREAMS in set(info["disco_info"]["features"]), info
         # What slixmpp finds from the server's disco#items: this proxy, announcing the
-        # address and port the server bound.
+        # address and port the server bound (on a cluster, the client's node's).
         proxies = await c["xep_0065"].discover_proxies(timeout=DEFAULT_TIMEOUT)
         found = {str(jid): (host, int(port)) for jid, (host, port) in proxies.items()}
-        assert found == {str(proxy_of(c)): server.proxy65_addr}, found
+        assert list(found) == [str(proxy_of(c))], found
+        assert found[str(proxy_of(c))] in server.proxy65_addrs, found
     finally:
         await c.stop()
 

@@ -9,144 +9,32 @@ test kills that node with SIGKILL, and the messages an ``o.test`` user on the ot
 sends meanwhile must reach Prosody's user once, in order, and his answers come back.
 
 PostgreSQL (Debian's binaries, on a unix socket in a temporary directory) and nats-server
-(on loopback) are started here and stopped at the end.
+(on loopback) are the session's (``cluster_services.shared``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from cluster_services import Balancer, Nats, shared
 from outpost_harness import OutpostServer
 from test_federation_prosody import P_DOMAIN, P_HOST, P_S2S, ProsodyServer
 from xmpp_helpers import chat_from, login, message_and_reply, stop_all, uname
 
 O_DOMAIN = "o.test"
 PASSWORD = "cluster-secret"
-START_TIMEOUT = 30.0
 
 
-class Postgres:
-    """Debian's PostgreSQL in a temporary directory, listening on a unix socket only."""
-
-    def __init__(self) -> None:
-        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-        if not bins:
-            raise AssertionError("PostgreSQL is not installed (test.sh installs it)")
-        self.bin = bins[-1].parent
-        self.dir = Path(tempfile.mkdtemp(prefix="outpost-interop-pg-"))
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", f"{self.dir}/data", "-U", "postgres", "-A", "trust",
-                  "--no-locale", "-E", "UTF8", "--no-sync")
-        self._run("pg_ctl", "-D", f"{self.dir}/data", "-l", f"{self.dir}/log", "-w",
-                  "-o", f"-k {self.dir} -c listen_addresses=", "start")
-        self._run("createdb", "-h", str(self.dir), "-U", "postgres", "outpost")
-
-    def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self.as_user, str(self.bin / tool), *args], check=True,
-                       capture_output=True, timeout=120)
-
-    @property
-    def url(self) -> str:
-        return f"postgres://postgres@localhost:5432/outpost?host={self.dir}"
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", f"{self.dir}/data", "-m", "fast", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Nats:
-    """nats-server on 127.0.0.1 and a port it picks."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="outpost-interop-nats-"))
-        self.proc = subprocess.Popen(
-            ["nats-server", "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            ports = list(self.dir.glob("*.ports"))
-            text = ports[0].read_text() if ports else ""
-            if "nats://" in text:
-                start = text.index("nats://")
-                self.url = text[start:text.index('"', start)]
-                return
-            assert time.monotonic() < deadline, "nats-server did not start"
-            # Polling interval of the readiness check above.
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class Balancer:
-    """A TCP load balancer in front of the nodes' s2s listeners: each connection goes to
-    the first node that accepts it."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.addr = self.sock.getsockname()
-        self.backends: list[tuple[str, int]] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = None
-            for backend in list(self.backends):
-                try:
-                    server = socket.create_connection(backend, timeout=5)
-                    server.settimeout(None)
-                    break
-                except OSError:
-                    continue
-            if server is None:
-                client.close()
-                continue
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def node_config(pg: Postgres, nats: Nats, node_id: str) -> str:
+def node_config(url: str, nats: Nats, node_id: str) -> str:
     return f"""
 [storage]
 backend = "postgres"
-url = "{pg.url}"
+url = "{url}"
 
 [cluster]
 nats_url = "{nats.url}"
@@ -171,10 +59,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     """(node 1, node 2, Prosody), o.test's nodes behind the balancer Prosody reaches."""
     if shutil.which("prosody") is None or shutil.which("nats-server") is None:
         raise AssertionError("prosody and nats-server must be installed (run.sh installs them)")
-    pg, nats, balancer = Postgres(), Nats(), Balancer()
+    (pg, nats), balancer = shared(), Balancer()
+    url = pg.createdb()
     nodes = [OutpostServer(tmp_path_factory.mktemp(f"cluster_node{i}"), domain=O_DOMAIN,
                            s2s_listen="127.0.0.1:0",
-                           config_overrides=node_config(pg, nats, f"n{i}"))
+                           config_overrides=node_config(url, nats, f"n{i}"))
              for i in (1, 2)]
     pdir = Path(tempfile.mkdtemp(prefix="outpost-interop-prosody-"))
     os.chmod(pdir, 0o755)
@@ -196,8 +85,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         for n in nodes:
             n.stop()
         balancer.close()
-        nats.stop()
-        pg.stop()
         shutil.rmtree(pdir, ignore_errors=True)
 
 

@@ -59,11 +59,22 @@ pub(crate) struct Archive {
     /// Days messages are kept; 0 for ever.
     retention_days: AtomicU32,
     last_id: AtomicI64,
-    /// This server's tag in the low bits of every id it gives out.
-    tag: i64,
+    /// This server's tag in the low bits of every id it gives out (a cluster node's is
+    /// set when it joins, so that no two nodes give out the same id).
+    tag: AtomicI64,
     /// Preferences of the users who set any; everyone else archives everything.
     prefs: RwLock<HashMap<String, Arc<ArchivePrefs>>>,
+    /// Told of a user whose preferences this server changed (a cluster's other nodes);
+    /// what it returns is done once they know.
+    on_change: std::sync::OnceLock<OnChange>,
+    /// Other servers (a cluster's nodes) write to the same archive.
+    shared: AtomicBool,
 }
+
+/// See [`Archive::on_change`].
+pub(crate) type OnChange = Box<
+    dyn Fn(&str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync,
+>;
 
 impl Archive {
     /// Loads the preferences and the highest id from the store; `tag` names this server
@@ -84,8 +95,10 @@ impl Archive {
             enabled: AtomicBool::new(config.enabled),
             retention_days: AtomicU32::new(config.retention_days),
             last_id: AtomicI64::new(last),
-            tag: tag & ((1 << TAG_BITS) - 1),
+            tag: AtomicI64::new(tag & ((1 << TAG_BITS) - 1)),
             prefs: RwLock::new(prefs),
+            on_change: std::sync::OnceLock::new(),
+            shared: AtomicBool::new(false),
         })
     }
 
@@ -116,10 +129,11 @@ impl Archive {
     /// A new id, above every id handed out or observed before, at least the id of
     /// `now_ms`, and with this server's tag.
     pub(crate) fn next_id(&self, now_ms: i64) -> i64 {
-        let floor = id_at(now_ms) | self.tag;
+        let tag = self.tag.load(Ordering::Relaxed);
+        let floor = id_at(now_ms) | tag;
         let mut last = self.last_id.load(Ordering::Relaxed);
         loop {
-            let above = ((last >> TAG_BITS).saturating_add(1) << TAG_BITS) | self.tag;
+            let above = ((last >> TAG_BITS).saturating_add(1) << TAG_BITS) | tag;
             let next = floor.max(above);
             match self.last_id.compare_exchange_weak(
                 last,
@@ -141,6 +155,34 @@ impl Archive {
 
     /// Keeps the preferences a user just stored, or forgets them (`None`: the account is
     /// gone).
+    /// Sets the tag of the ids given out from now on (a cluster node's own, 1 to 255):
+    /// other nodes write to the same archive from now on.
+    pub(crate) fn set_tag(&self, tag: i64) {
+        self.tag
+            .store(tag & ((1 << TAG_BITS) - 1), Ordering::Relaxed);
+        self.shared.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether other servers (a cluster's nodes) write to this archive too, so a row
+    /// whose id a client saw may still be on its way to the disk at another node.
+    pub(crate) fn shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
+    }
+
+    /// Who to tell when [`Archive::changed`] is called (once).
+    pub(crate) fn on_change(&self, tell: OnChange) {
+        let _ = self.on_change.set(tell);
+    }
+
+    /// A user changed their preferences here: remember them, and return once whoever
+    /// asked to be told knows.
+    pub(crate) async fn changed(&self, user: &str, prefs: Option<ArchivePrefs>) {
+        self.remember(user, prefs);
+        if let Some(tell) = self.on_change.get() {
+            tell(user).await;
+        }
+    }
+
     pub(crate) fn remember(&self, user: &str, prefs: Option<ArchivePrefs>) {
         let mut map = self.prefs.write().unwrap_or_else(|p| p.into_inner());
         match prefs {
@@ -260,8 +302,10 @@ mod tests {
             enabled: AtomicBool::new(true),
             retention_days: AtomicU32::new(0),
             last_id: AtomicI64::new(last),
-            tag,
+            tag: AtomicI64::new(tag),
             prefs: RwLock::new(HashMap::new()),
+            on_change: std::sync::OnceLock::new(),
+            shared: AtomicBool::new(false),
         }
     }
 

@@ -77,7 +77,7 @@ pub(crate) async fn query(
     let store = d.store();
     for cursor in [wanted.after, wanted.before].into_iter().flatten() {
         // Cursors from `start`/`end` need not name a message; the others must.
-        if cursor_named(q, cursor) && !has(d, owner, cursor).await? {
+        if cursor_named(q, cursor) && !has_soon(d, owner, cursor).await? {
             return Err(Condition::ItemNotFound.into());
         }
     }
@@ -132,6 +132,30 @@ fn cursor_named(q: &Element, id: i64) -> bool {
         .filter_map(|v| form.as_ref()?.first(v))
         .filter_map(|t| archive::decode_id(t.trim()));
     rsm_ids.chain(form_ids).any(|c| c == id)
+}
+
+/// [`has`], and on an archive other nodes of a cluster write to, a recent id that is not
+/// there yet is looked for again for a moment: the message may have been routed here by
+/// another node whose commit is still under way (the barrier above covers only ours).
+async fn has_soon(d: &Delivery, owner: &str, id: i64) -> Result<bool, StanzaError> {
+    const RECENT_MS: i64 = 10_000;
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+    if has(d, owner, id).await? {
+        return Ok(true);
+    }
+    let recent = crate::clock::now_ms() - archive::time_of(id) < RECENT_MS;
+    if !(d.archive().shared() && recent) {
+        return Ok(false);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        // The other node's group commit takes milliseconds; nothing announces it here.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        if has(d, owner, id).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 async fn has(d: &Delivery, owner: &str, id: i64) -> Result<bool, StanzaError> {
@@ -377,7 +401,7 @@ pub(crate) async fn prefs(d: &Delivery, user: &BareJid, request: &Element) -> Iq
             .archive_prefs(user.as_str())
             .await
             .map_err(|e| internal("cannot read archive preferences", e))?;
-        d.archive().remember(user.as_str(), stored.clone());
+        d.archive().changed(user.as_str(), stored.clone()).await;
         stored
     } else {
         d.archive().prefs(user.as_str()).map(|p| (*p).clone())

@@ -62,6 +62,12 @@ pub(crate) enum ToSession {
     LinkRestored { domain: Arc<str>, probe: bool },
     /// A new connection resumes this session's managed stream (XEP-0198 §5).
     Resume(Box<crate::c2s_conn::Resumption>),
+    /// A personal eventing event from another node, for this session only if its client
+    /// announced `interest` (`<node>+notify`) in capabilities this node verified.
+    Event {
+        interest: Box<str>,
+        el: Box<Element>,
+    },
     /// This node is back on the cluster's bus after losing it: the other nodes took its
     /// sessions for gone, so tell contacts on our domains the current presence again and
     /// ask for theirs.
@@ -414,6 +420,11 @@ impl Router {
             self.bind_remote(node, e);
         }
         gone
+    }
+
+    /// The available sessions of a user that other nodes hold.
+    pub(crate) fn elsewhere(&self, bare: &BareJid) -> Vec<(FullJid, Mailbox)> {
+        self.senders(bare, |r| r.available && !r.is_local())
     }
 
     /// How many sessions each other node holds, as this node's directory says.

@@ -40,7 +40,7 @@ use async_nats::Client;
 use futures_util::StreamExt;
 use jid::FullJid;
 use outpost_proto::xml::Limits;
-use outpost_store::ClusterNode;
+use outpost_store::{ClusterLease, ClusterNode};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -68,6 +68,8 @@ const ENDED_GRACE: Duration = Duration::from_secs(10);
 /// How long a stopping node waits for PostgreSQL to release its registration and leases
 /// before it says goodbye anyway.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// How long a change of archiving preferences waits for the other nodes to read it.
+const PREFS_WAIT: Duration = Duration::from_secs(2);
 /// Sessions per snapshot part (NATS limits a message to 1 MB by default).
 const SNAPSHOT_PART: usize = 1000;
 /// Messages waiting to be published; beyond this, deliveries fall back to the offline
@@ -231,6 +233,10 @@ pub(crate) struct Cluster {
     links: links::Links,
     /// The services one node runs for all (multi-user chat).
     services: Arc<services::Services>,
+    /// Preference changes awaiting other nodes: how many answers are still due.
+    prefs_waiting: Mutex<HashMap<String, (usize, tokio::sync::oneshot::Sender<()>)>>,
+    /// The tag of this node's archive ids, once taken.
+    tag: Mutex<Option<i64>>,
     /// Wakes the upkeep task to try for the leases at once (their holder left or died).
     claim_soon: tokio::sync::Notify,
     /// Cancelled once a stopping node's registration and leases are released.
@@ -300,6 +306,16 @@ impl Cluster {
         register(&client, &bus, delivery, &address).await?;
         let cluster = Arc::new(Cluster::new(config, delivery, tasks, bus.clone(), address));
         delivery.router().observe(bus.clone());
+        cluster.claim_tag().await;
+        let weak = Arc::downgrade(&cluster);
+        delivery.archive().on_change(Box::new(move |user| {
+            let (weak, user) = (weak.clone(), user.to_owned());
+            Box::pin(async move {
+                if let Some(cluster) = weak.upgrade() {
+                    cluster.prefs_changed(user).await;
+                }
+            })
+        }));
         cluster.services.forward_all(delivery, &bus);
         cluster
             .services
@@ -335,6 +351,8 @@ impl Cluster {
             stop: CancellationToken::new(),
             released: CancellationToken::new(),
             claim_soon: tokio::sync::Notify::new(),
+            tag: Mutex::new(None),
+            prefs_waiting: Mutex::new(HashMap::new()),
             links: links::Links::default(),
             services: Arc::new(services::Services::new(
                 config.muc_domains(),
@@ -345,6 +363,94 @@ impl Cluster {
                 ..Limits::default()
             },
             address,
+        }
+    }
+
+    /// Takes a tag for this node's archive ids that no other live node holds (a lease
+    /// `archive-tag:<n>`, 1 to 255, tried from a hash of the node id), so that two nodes
+    /// archiving in the same millisecond never give out the same id. Renewed with the
+    /// other leases; taken anew if it was lost.
+    pub(super) async fn claim_tag(&self) {
+        let held = *self.tag.lock().unwrap_or_else(|p| p.into_inner());
+        let start = held.unwrap_or_else(|| {
+            let hash = self
+                .bus
+                .node_id
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            1 + i64::try_from(hash % 255).unwrap_or(0)
+        });
+        for i in 0..255 {
+            let tag = (start - 1 + i) % 255 + 1;
+            let now = crate::clock::now_ms();
+            let want = ClusterLease {
+                name: format!("archive-tag:{tag}"),
+                node_id: self.bus.node_id.to_string(),
+                epoch: self.bus.epoch.clone(),
+                until_ms: now + LEASE.as_millis() as i64,
+            };
+            match self.delivery.store().lease_take(&want, now).await {
+                Ok(lease) if lease == want => {
+                    if held != Some(tag) {
+                        info!(tag, "archive ids of this node carry this tag");
+                        self.delivery.archive().set_tag(tag);
+                        *self.tag.lock().unwrap_or_else(|p| p.into_inner()) = Some(tag);
+                    }
+                    return;
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!(error = %e, "cannot take an archive tag");
+                    return;
+                }
+            }
+        }
+        warn!("every archive tag is held: more than 255 nodes?");
+    }
+
+    /// A user changed their archiving preferences here: every node in step reads them
+    /// again before the change is answered (for at most [`PREFS_WAIT`]), so that no node
+    /// archives against the user's wish once they were told it is done.
+    async fn prefs_changed(&self, user: String) {
+        let expected = {
+            let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers.values().filter(|p| p.sync.is_none()).count()
+        };
+        let request = crate::ids::random_id(16);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if expected > 0 {
+            let mut waiting = self.prefs_waiting.lock().unwrap_or_else(|p| p.into_inner());
+            waiting.insert(request.clone(), (expected, tx));
+        }
+        let body = Body::Prefs {
+            user,
+            request: request.clone(),
+        };
+        self.bus.publish(self.bus.dir_subject(), body);
+        if expected == 0 {
+            return;
+        }
+        if tokio::time::timeout(PREFS_WAIT, rx).await.is_err() {
+            warn!("not every node confirmed new archiving preferences in time");
+        }
+        let mut waiting = self.prefs_waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.remove(&request);
+    }
+
+    /// A node read the preferences this node changed.
+    pub(super) fn prefs_read(&self, request: &str) {
+        let mut waiting = self.prefs_waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let done = match waiting.get_mut(request) {
+            Some((left, _)) => {
+                *left = left.saturating_sub(1);
+                *left == 0
+            }
+            None => false,
+        };
+        if done && let Some((_, tx)) = waiting.remove(request) {
+            let _ = tx.send(());
         }
     }
 

@@ -68,6 +68,7 @@ impl Cluster {
             let (d, bus) = (&self.delivery, &self.bus);
             self.services.claim(d, bus, &tasks, &shutdown).await;
             self.links.claim(&self).await;
+            self.claim_tag().await;
         }
         let store = self.delivery.store();
         let release = store.node_release(&self.bus.node_id, &self.bus.epoch);
@@ -211,9 +212,10 @@ impl Cluster {
             return;
         }
         self.meet(&env.node, &env.epoch);
-        if let body @ Body::LinkUp { .. } = env.body {
-            self.on_links(&env.node, false, body);
-            return;
+        match env.body {
+            body @ Body::LinkUp { .. } => return self.on_links(&env.node, false, body),
+            Body::Prefs { user, request } => return self.reload_prefs(&env.node, user, request),
+            _ => {}
         }
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let Some(peer) = peers.get_mut(&env.node) else {
@@ -241,6 +243,19 @@ impl Cluster {
             }
             _ => {}
         }
+    }
+
+    /// A user changed their archiving preferences at another node: read them again, and
+    /// tell that node.
+    fn reload_prefs(&self, node: &str, user: String, request: String) {
+        let (d, bus, node) = (self.delivery.clone(), self.bus.clone(), node.to_owned());
+        self.tasks.spawn(async move {
+            match d.store().archive_prefs(&user).await {
+                Ok(prefs) => d.archive().remember(&user, prefs),
+                Err(e) => warn!(error = %e, %user, "cannot read archive preferences"),
+            }
+            bus.publish(bus.node_subject(&node), Body::PrefsRead { request });
+        });
     }
 
     /// Applies one change of another node's sessions to the router.
@@ -417,6 +432,7 @@ impl Cluster {
                 request,
             } => self.serve_forwarded(&env.node, syncing, &service, &xml, request),
             Body::ServiceDone { request, result } => self.services.answered(&request, result),
+            Body::PrefsRead { request } => self.prefs_read(&request),
             body @ (Body::S2sSend { .. }
             | Body::S2sWake { .. }
             | Body::S2sVerify { .. }

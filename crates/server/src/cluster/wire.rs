@@ -74,6 +74,11 @@ pub(super) enum Body {
     S2sVerdict { request: String, verdict: String },
     /// On the directory subject: a link came up; re-probe contacts there.
     LinkUp { local: String, remote: String },
+    /// On the directory subject: a user changed their archiving preferences (XEP-0441)
+    /// at the sending node; read them again from the store and say so (`PrefsRead`).
+    Prefs { user: String, request: String },
+    /// To the node that changed preferences: this node has read them.
+    PrefsRead { request: String },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -111,6 +116,10 @@ pub(super) enum Msg {
     End {
         condition: String,
         text: String,
+    },
+    Event {
+        interest: String,
+        xml: String,
     },
 }
 
@@ -175,6 +184,10 @@ impl Msg {
                 condition: (*condition).to_owned(),
                 text: (*text).to_owned(),
             },
+            ToSession::Event { interest, el } => Msg::Event {
+                interest: interest.to_string(),
+                xml: xml(el)?,
+            },
             ToSession::LinkRestored { .. } | ToSession::Resume(_) | ToSession::ClusterRejoined => {
                 return None;
             }
@@ -208,6 +221,10 @@ impl Msg {
             Msg::FlushOffline => ToSession::FlushOffline,
             Msg::Replaced => ToSession::Replaced,
             Msg::Redirect { host } => ToSession::Redirect { host },
+            Msg::Event { interest, xml } => ToSession::Event {
+                interest: interest.into(),
+                el: Box::new(read_stanza(xml.as_bytes(), limits)?),
+            },
             Msg::End { condition, text } => ToSession::End {
                 condition: END_CONDITIONS.iter().find(|c| **c == condition)?,
                 text: (END_TEXTS.iter().find(|t| **t == text)).unwrap_or(&"ended by the server"),

@@ -24,6 +24,7 @@ use tracing::warn;
 
 use crate::caps::{Announced, Learnt};
 use crate::delivery::Delivery;
+use crate::router::ToSession;
 use crate::services::IqAnswer;
 
 mod subscriptions;
@@ -670,8 +671,54 @@ async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfi
 
 /// Sends an event (`<items/>`, `<delete/>`, `<purge/>`) to everyone who hears of the node.
 async fn notify(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig, event: Element) {
-    for to in listeners(d, owner, node, config).await {
+    let to = listeners(d, owner, node, config).await;
+    elsewhere(d, owner, node, config, &to, &event).await;
+    for to in to {
         d.headline(event_message(owner, &to, event.clone()));
+    }
+}
+
+/// On a cluster: the clients of the owner and of its contacts that are on other nodes,
+/// whose verified capabilities only their own node knows, get the event through their
+/// session there, which sends it if its client announced `node+notify`
+/// ([`ToSession::Event`]). Those `to` names already are not sent it twice.
+async fn elsewhere(
+    d: &Delivery,
+    owner: &BareJid,
+    node: &str,
+    config: &NodeConfig,
+    to: &[Jid],
+    event: &Element,
+) {
+    let mut accounts = vec![owner.clone()];
+    if config.access != AccessModel::Whitelist
+        && let Ok(roster) = d.store().roster(owner.as_str()).await
+    {
+        accounts.extend(
+            roster
+                .items
+                .iter()
+                .filter(|i| {
+                    config.access == AccessModel::Roster
+                        || matches!(i.subscription, Subscription::From | Subscription::Both)
+                })
+                .filter_map(|i| BareJid::new(&i.jid).ok()),
+        );
+    }
+    let interest = format!("{node}+notify");
+    for account in accounts.iter().filter(|a| d.is_local(a.domain().as_str())) {
+        for (jid, mailbox) in d.router().elsewhere(account) {
+            let full = Jid::from(jid.clone());
+            if to.contains(&full) || to.contains(&Jid::from(jid.to_bare())) {
+                continue;
+            }
+            let el = event_message(owner, &full, event.clone());
+            let msg = ToSession::Event {
+                interest: interest.as_str().into(),
+                el: Box::new(el),
+            };
+            let _ = crate::router::deliver(&mailbox, msg);
+        }
     }
 }
 

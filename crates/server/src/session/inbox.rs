@@ -13,7 +13,10 @@ impl Session {
     pub(super) async fn on_message_from_router(&mut self, msg: ToSession) {
         // Pushes, offline messages and the end of the stream go out at once, even to an
         // inactive client; stanzas are weighed one by one.
-        self.csi.urgent |= !matches!(msg, ToSession::Stanza(_) | ToSession::Probe { .. });
+        self.csi.urgent |= !matches!(
+            msg,
+            ToSession::Stanza(_) | ToSession::Probe { .. } | ToSession::Event { .. }
+        );
         match msg {
             ToSession::Stanza(el) => {
                 if let Some(from) = el.attr("from")
@@ -58,6 +61,7 @@ impl Session {
             }
             ToSession::LinkRestored { domain, probe } => self.link_restored(&domain, probe),
             ToSession::ClusterRejoined => self.cluster_rejoined(),
+            ToSession::Event { interest, el } => self.event_from_elsewhere(&interest, *el),
             // Taken by the session loop before it gets here; a stray one (the session is
             // ending) drops the connection, whose client will try again.
             ToSession::Resume(_) => {}
@@ -69,6 +73,24 @@ impl Session {
     pub(super) fn client_state(&mut self, active: bool) {
         self.csi.inactive = !active;
         self.csi.urgent |= active;
+    }
+
+    /// A personal eventing event sent from another node: for this client if the
+    /// capabilities it announced, as this node verified them, ask for it.
+    fn event_from_elsewhere(&mut self, interest: &str, el: Element) {
+        let (Some(jid), Some(user)) = (self.jid.as_ref(), self.user.as_ref()) else {
+            return;
+        };
+        let wants = self
+            .delivery()
+            .caps()
+            .clients(user)
+            .into_iter()
+            .any(|(j, f)| j == *jid && f.is_some_and(|f| f.iter().any(|x| x == interest)));
+        if wants {
+            self.csi.held += 1;
+            self.proto.send(&el);
+        }
     }
 
     /// A roster push arrived: update the cache and tell an interested client.

@@ -602,3 +602,78 @@ async fn a_third_node_learns_the_others_and_sees_one_leave() {
     n3.stop().await;
     c.stop().await;
 }
+
+/// Two nodes archiving at once never give out the same archive id (each takes a tag of
+/// its own), and a user's archiving preferences set at one node hold at the other.
+#[tokio::test]
+async fn archives_of_two_nodes_and_preferences_set_at_one() {
+    const EACH: usize = 200;
+    let c = cluster(2).await;
+    c.nodes[0].add_user("carol", "singer").await;
+    let mut alice = c.nodes[0].login("alice", "wonderland", "phone").await;
+    let mut bob = c.nodes[1].login("bob", "builder", "pc").await;
+    for i in 0..EACH {
+        alice.send(&chat("carol@localhost", &format!("a{i}"))).await;
+        bob.send(&chat("carol@localhost", &format!("b{i}"))).await;
+    }
+    for client in [&mut alice, &mut bob] {
+        let acked = client.barrier().await;
+        let refused = acked
+            .iter()
+            .filter(|el| el.attr("type") == Some("error"))
+            .count();
+        assert_eq!(
+            refused,
+            0,
+            "messages refused; the first: {:?}",
+            acked.first()
+        );
+    }
+    let mut carol = c.nodes[1].login("carol", "singer", "tab").await;
+    let rsm = "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max></set>";
+    let (first, fin) = carol.mam(None, rsm).await;
+    assert_eq!(fin.attr("type"), Some("result"), "{fin:?}");
+    let last = first.last().map(|(id, _)| id.clone()).expect("a page");
+    let after = format!(
+        "<set xmlns='http://jabber.org/protocol/rsm'><max>250</max><after>{last}</after></set>"
+    );
+    let (second, _) = carol.mam(None, &after).await;
+    let ids: std::collections::BTreeSet<String> = first
+        .iter()
+        .chain(&second)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        2 * EACH,
+        "every message archived under an id of its own"
+    );
+
+    // Alice archives nothing from now on; she says so at her node, Bob writes at his.
+    let prefs = "<prefs xmlns='urn:xmpp:mam:2' default='never'/>";
+    let set = alice.query("set", None, prefs).await;
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        // Until node b has heard, it may archive; each try is a new message.
+        bob.send(&chat(ALICE, "not for her archive")).await;
+        bob.barrier().await;
+        let (kept, _) = alice
+            .mam(None, "<x xmlns='jabber:x:data' type='submit'><field var='with'><value>bob@localhost</value></field></x>")
+            .await;
+        let count = kept.len();
+        bob.send(&chat(ALICE, "still not")).await;
+        bob.barrier().await;
+        let (again, _) = alice
+            .mam(None, "<x xmlns='jabber:x:data' type='submit'><field var='with'><value>bob@localhost</value></field></x>")
+            .await;
+        if again.len() == count {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node b still archives for alice"
+        );
+    }
+    c.stop().await;
+}
