@@ -227,21 +227,15 @@ impl Balancer {
     }
 }
 
-/// The node running the federation links is killed with SIGKILL while a user on the
-/// other node sends a burst to a user of a peer server (another Outpost, reaching the
-/// cluster through a load balancer): the other node takes the links over once the dead
-/// one's lease ends, and the peer's user gets every message once, in order; his answers
-/// reach her through the node that is left.
-#[test]
-fn a_federated_peer_keeps_talking_while_the_link_owner_is_killed() {
-    const COUNT: usize = 60;
+/// Two federated nodes of the domain (the first runs the links, having started first)
+/// behind a load balancer, and a peer server `peer.test` (another Outpost).
+fn federated_cluster(dir: &Path) -> (NatsServer, Balancer, Server, Server, Server) {
     let nats = NatsServer::start();
     let pg = outpost_testkit::postgres::shared();
     let url = pg.url(&pg.create_database());
-    let dir = tempfile::tempdir().expect("tempdir");
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let balancer = Balancer::start();
-    let peer = Server::start(dir.path(), "peer.test", any, &[(DOMAIN, balancer.addr)]);
+    let peer = Server::start(dir, "peer.test", any, &[(DOMAIN, balancer.addr)]);
     let federation = format!(
         "[federation]\nenabled = true\nrequire_tls = true\nsrv_lookup = false\n\
          dns_server = \"{}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n\
@@ -250,9 +244,43 @@ fn a_federated_peer_keeps_talking_while_the_link_owner_is_killed() {
         outpost_testkit::dns::nxdomain_server(),
         peer.s2s
     );
-    let mut n1 = node_with(dir.path(), "n1", &url, nats.url(), &federation);
-    let n2 = node_with(dir.path(), "n2", &url, nats.url(), &federation);
+    let n1 = node_with(dir, "n1", &url, nats.url(), &federation);
+    let n2 = node_with(dir, "n2", &url, nats.url(), &federation);
     balancer.serve(&[n1.s2s, n2.s2s]);
+    (nats, balancer, peer, n1, n2)
+}
+
+/// A node dies with its user's contact on another server subscribed to her: the node
+/// running the links tells that server she is unavailable.
+#[test]
+fn a_dead_node_s_users_go_unavailable_at_federated_contacts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_nats, _balancer, peer, n1, mut n2) = federated_cluster(dir.path());
+    register(n1.c2s, DOMAIN, "alice");
+    register(peer.c2s, "peer.test", "bob");
+    let mut alice = login(n2.c2s, DOMAIN, "alice");
+    let mut bob = login(peer.c2s, "peer.test", "bob");
+    alice.send("<presence/>");
+    bob.send("<presence/>");
+    let alice_jid = format!("alice@{DOMAIN}");
+    subscribe(&mut bob, "bob@peer.test", &mut alice, &alice_jid);
+    let alice_full = format!("{alice_jid}/r");
+    bob.recv_until(|el| is_presence(el, &alice_full, None));
+    n2.kill();
+    bob.recv_until(|el| is_presence(el, &alice_full, Some("unavailable")));
+    drop(n1);
+}
+
+/// The node running the federation links is killed with SIGKILL while a user on the
+/// other node sends a burst to a user of a peer server (another Outpost, reaching the
+/// cluster through a load balancer): the other node takes the links over once the dead
+/// one's lease ends, and the peer's user gets every message once, in order; his answers
+/// reach her through the node that is left.
+#[test]
+fn a_federated_peer_keeps_talking_while_the_link_owner_is_killed() {
+    const COUNT: usize = 60;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_nats, _balancer, peer, mut n1, n2) = federated_cluster(dir.path());
     register(n1.c2s, DOMAIN, "alice");
     register(peer.c2s, "peer.test", "bob");
     let mut alice = login(n2.c2s, DOMAIN, "alice");

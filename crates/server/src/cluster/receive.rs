@@ -47,7 +47,16 @@ impl Cluster {
                 }
             }
         }
-        // Leases first: a node that hears the goodbye takes them over at once.
+        // Sessions first: each tells its contacts it is gone, through this bus; what is
+        // said after the goodbye is not heard. Then the leases: a node that hears the
+        // goodbye takes them over at once.
+        let sessions_ended = async {
+            while self.delivery.router().session_count() > 0 {
+                // Sessions end on their own; nothing here announces the last one.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::time::timeout(RELEASE_WAIT, sessions_ended).await;
         let _ = tokio::time::timeout(RELEASE_WAIT, self.released.cancelled()).await;
         self.bus.publish(self.bus.dir_subject(), Body::Bye);
         self.stop.cancel();
@@ -397,9 +406,11 @@ impl Cluster {
             return;
         }
         let d = self.delivery.clone();
+        // The node running the links tells the contacts on other servers, once.
+        let links_here = matches!(self.links_at(), super::LinksAt::Here);
         self.tasks.spawn(async move {
             for e in gone {
-                unavailable_here(&d, &e.jid).await;
+                unavailable_here(&d, &e.jid, links_here).await;
             }
         });
     }
@@ -599,8 +610,9 @@ impl Cluster {
 }
 
 /// Tells this node's sessions that `jid`, a session of a node that is gone, is
-/// unavailable: those of the user's contacts who see its presence, and the user's own.
-async fn unavailable_here(d: &Delivery, jid: &FullJid) {
+/// unavailable: those of the user's contacts who see its presence, and the user's own;
+/// with `remote`, the contacts on other servers too.
+async fn unavailable_here(d: &Delivery, jid: &FullJid, remote: bool) {
     let user = jid.to_bare();
     d.caps().unavailable(jid);
     let presence = stanza::presence(Some("unavailable"), jid.as_str(), None);
@@ -611,16 +623,18 @@ async fn unavailable_here(d: &Delivery, jid: &FullJid) {
             return;
         }
     };
-    let sees: Vec<BareJid> = roster
+    let sees = roster
         .items
         .iter()
         .filter(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
         .filter_map(|i| BareJid::new(&i.jid).ok())
-        .chain([user])
-        .filter(|b| d.is_local(b.domain().as_str()))
-        .collect();
+        .chain([user]);
     for contact in sees {
-        local_presence(d, &presence, &contact);
+        if d.is_local(contact.domain().as_str()) {
+            local_presence(d, &presence, &contact);
+        } else if remote {
+            d.presence_to_bare(&presence, &contact);
+        }
     }
 }
 

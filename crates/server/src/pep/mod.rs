@@ -635,12 +635,10 @@ async fn purge(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Eleme
     Ok(None)
 }
 
-/// Who hears of events on `owner`'s node: its explicit subscribers that may still read it,
-/// and the clients that announced `node+notify`: the owner's own and, unless the node is
-/// the owner's alone, the contacts its access model lets in. A client reached through a
-/// subscription of its bare JID is not sent the event a second time.
-async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig) -> Vec<Jid> {
-    let mut to = subscriptions::subscribers(d, owner, node, config).await;
+/// The accounts whose clients may hear of events on `owner`'s node by their capabilities:
+/// the owner and, unless the node is the owner's alone, the contacts its access model
+/// lets in.
+async fn accounts(d: &Delivery, owner: &BareJid, config: &NodeConfig) -> Vec<BareJid> {
     let mut accounts = vec![owner.clone()];
     if config.access != AccessModel::Whitelist {
         match d.store().roster(owner.as_str()).await {
@@ -657,6 +655,16 @@ async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfi
             Err(e) => warn!(error = %e, "cannot read roster for notifications"),
         }
     }
+    accounts
+}
+
+/// Who hears of events on `owner`'s node: its explicit subscribers that may still read it,
+/// and the clients that announced `node+notify`: the owner's own and, unless the node is
+/// the owner's alone, the contacts its access model lets in. A client reached through a
+/// subscription of its bare JID is not sent the event a second time.
+async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig) -> Vec<Jid> {
+    let mut to = subscriptions::subscribers(d, owner, node, config).await;
+    let accounts = accounts(d, owner, config).await;
     let interest = format!("{node}+notify");
     let interested: Vec<Jid> = accounts
         .iter()
@@ -690,23 +698,12 @@ async fn elsewhere(
     to: &[Jid],
     event: &Element,
 ) {
-    let mut accounts = vec![owner.clone()];
-    if config.access != AccessModel::Whitelist
-        && let Ok(roster) = d.store().roster(owner.as_str()).await
-    {
-        accounts.extend(
-            roster
-                .items
-                .iter()
-                .filter(|i| {
-                    config.access == AccessModel::Roster
-                        || matches!(i.subscription, Subscription::From | Subscription::Both)
-                })
-                .filter_map(|i| BareJid::new(&i.jid).ok()),
-        );
-    }
     let interest = format!("{node}+notify");
-    for account in accounts.iter().filter(|a| d.is_local(a.domain().as_str())) {
+    for account in accounts(d, owner, config)
+        .await
+        .iter()
+        .filter(|a| d.is_local(a.domain().as_str()))
+    {
         for (jid, mailbox) in d.router().elsewhere(account) {
             let full = Jid::from(jid.clone());
             if to.contains(&full) || to.contains(&Jid::from(jid.to_bare())) {
