@@ -224,10 +224,9 @@ impl ServerHandle {
         http: Option<Arc<dyn HttpService>>,
     ) -> Result<ServerHandle, ServerError> {
         let tls = session::ClientTls::new(&identity)?;
-        let prepared = match config.federation.enabled {
-            true => Some(s2s::Prepared::new(&config, &identity)?),
-            false => None,
-        };
+        let prepared = (config.federation.enabled)
+            .then(|| s2s::Prepared::new(&config, &identity))
+            .transpose()?;
         let (archive, pushes, journal) = load_state(&config, &store).await?;
         let listeners = bind_all(&config, http.is_some()).await?;
         let tasks = Tasks::default();
@@ -253,9 +252,8 @@ impl ServerHandle {
             };
             Delivery::new(&config, store, journal, archive, pushes, remote)
         });
-        start_services(&config, &delivery, federation.as_ref(), &tasks, &shutdown).await;
         let cluster =
-            join_cluster(&config, &delivery, federation.as_ref(), &tasks, &shutdown).await?;
+            start_services(&config, &delivery, federation.as_ref(), &tasks, &shutdown).await?;
         let replication = start_replication(&config, &delivery, &tasks, &shutdown).await;
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
         let sessions = session::Env::new(delivery.clone(), config, tls, shutdown.clone());
@@ -553,14 +551,15 @@ async fn load_state(
 }
 
 /// Starts what runs beside the sessions: archive expiry, the rooms of each MUC domain,
-/// federation's links.
+/// federation's links; or, on a cluster node, joins the cluster, which runs the rooms and
+/// links where it holds their leases.
 async fn start_services(
     config: &Config,
     delivery: &Arc<Delivery>,
     federation: Option<&Arc<Federation>>,
     tasks: &Tasks,
     shutdown: &CancellationToken,
-) {
+) -> Result<Option<Arc<cluster::Cluster>>, ServerError> {
     tasks.spawn(mam::expire_old(delivery.clone(), shutdown.clone()));
     // In a cluster, one node at a time runs each room service (`cluster::services`).
     let muc_here = !config.cluster.enabled();
@@ -573,6 +572,7 @@ async fn start_services(
     if let Some(fed) = federation.filter(|_| !config.cluster.enabled()) {
         fed.start();
     }
+    join_cluster(config, delivery, federation, tasks, shutdown).await
 }
 
 /// Starts accepting on every listener; their kinds and addresses.
