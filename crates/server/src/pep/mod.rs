@@ -606,7 +606,7 @@ async fn delete(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Elem
     let store = d.store();
     let config = existing_node(d, owner, node).await?;
     // Its subscriptions go with it: who hears of the deletion is known before.
-    let to = listeners(d, owner, node, &config).await;
+    let hearers = listeners(d, owner, node, &config).await;
     store
         .pep_delete_node(owner.as_str(), node)
         .await
@@ -614,9 +614,7 @@ async fn delete(d: &Delivery, owner: &BareJid, node: &str) -> Result<Option<Elem
     let event = Element::builder("delete", NS_EVENT)
         .attr(stanza::name("node"), node)
         .build();
-    for to in to {
-        d.headline(event_message(owner, &to, event.clone()));
-    }
+    send_event(d, owner, node, hearers, &event);
     Ok(None)
 }
 
@@ -661,8 +659,14 @@ async fn accounts(d: &Delivery, owner: &BareJid, config: &NodeConfig) -> Vec<Bar
 /// Who hears of events on `owner`'s node: its explicit subscribers that may still read it,
 /// and the clients that announced `node+notify`: the owner's own and, unless the node is
 /// the owner's alone, the contacts its access model lets in. A client reached through a
-/// subscription of its bare JID is not sent the event a second time.
-async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig) -> Vec<Jid> {
+/// subscription of its bare JID is not sent the event a second time. Also the accounts
+/// whose clients hear of it by their capabilities (see [`elsewhere`]).
+async fn listeners(
+    d: &Delivery,
+    owner: &BareJid,
+    node: &str,
+    config: &NodeConfig,
+) -> (Vec<Jid>, Vec<BareJid>) {
     let mut to = subscriptions::subscribers(d, owner, node, config).await;
     let accounts = accounts(d, owner, config).await;
     let interest = format!("{node}+notify");
@@ -674,13 +678,24 @@ async fn listeners(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfi
         .filter(|jid| !to.contains(jid) && !to.contains(&Jid::from(jid.to_bare())))
         .collect();
     to.extend(interested);
-    to
+    (to, accounts)
 }
 
 /// Sends an event (`<items/>`, `<delete/>`, `<purge/>`) to everyone who hears of the node.
 async fn notify(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig, event: Element) {
-    let to = listeners(d, owner, node, config).await;
-    elsewhere(d, owner, node, config, &to, &event).await;
+    let hearers = listeners(d, owner, node, config).await;
+    send_event(d, owner, node, hearers, &event);
+}
+
+/// Sends an event to those [`listeners`] found: here, and on a cluster's other nodes.
+fn send_event(
+    d: &Delivery,
+    owner: &BareJid,
+    node: &str,
+    (to, accounts): (Vec<Jid>, Vec<BareJid>),
+    event: &Element,
+) {
+    elsewhere(d, owner, node, &accounts, &to, event);
     for to in to {
         d.headline(event_message(owner, &to, event.clone()));
     }
@@ -690,20 +705,16 @@ async fn notify(d: &Delivery, owner: &BareJid, node: &str, config: &NodeConfig, 
 /// whose verified capabilities only their own node knows, get the event through their
 /// session there, which sends it if its client announced `node+notify`
 /// ([`ToSession::Event`]). Those `to` names already are not sent it twice.
-async fn elsewhere(
+fn elsewhere(
     d: &Delivery,
     owner: &BareJid,
     node: &str,
-    config: &NodeConfig,
+    accounts: &[BareJid],
     to: &[Jid],
     event: &Element,
 ) {
     let interest = format!("{node}+notify");
-    for account in accounts(d, owner, config)
-        .await
-        .iter()
-        .filter(|a| d.is_local(a.domain().as_str()))
-    {
+    for account in accounts.iter().filter(|a| d.is_local(a.domain().as_str())) {
         for (jid, mailbox) in d.router().elsewhere(account) {
             let full = Jid::from(jid.clone());
             if to.contains(&full) || to.contains(&Jid::from(jid.to_bare())) {
