@@ -12,11 +12,11 @@
 #   crossing  senders on node a, receivers on node b: every message crosses NATS
 #             (outpost-bench's federation-throughput with node b as the "peer" of the
 #             same domain; both nodes' CPU is sampled)
-# Then IDLE_N sessions held on node a, with node b's memory sampled: what each session on
-# another node costs in a node's directory.
-# Clients use STARTTLS. PostgreSQL (Debian's binaries) and nats-server run from a temporary
-# directory, on a unix socket and on loopback, stopped at the end. Every server archives
-# every message.
+#   prosody, ejabberd  the peers (PEERS), as bench/compare.sh starts them
+# Then the latency scenario at one fixed rate (LAT_RATE, or LAT_FRACTION of the slowest
+# saturation measured above) for each of them, RUNS times; and IDLE_N sessions held on
+# node a, with node b's memory sampled: what each session on another node costs in a
+# node's directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -27,6 +27,9 @@ ROOT=$PWD
 : "${DURATION:=10}"           # seconds measured
 : "${RUNS:=3}"                # repetitions (the table shows medians)
 : "${IDLE_N:=5000}"           # sessions held on node a for the directory's memory on node b
+: "${PEERS:=prosody ejabberd}" # the peers measured beside Outpost ("" for none)
+: "${LAT_FRACTION:=0.25}"     # latency rate = this × the slowest saturation measured
+: "${LAT_RATE:=}"             # or a fixed aggregate rate (msgs/s)
 : "${ITERATIONS:=4096}"       # SCRAM iteration count
 : "${PROFILE:=release}"
 : "${SKIP_BUILD:=0}"
@@ -37,13 +40,22 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/outpost-target}"
 # shellcheck source=bench/servers.sh
 source "$ROOT/bench/servers.sh"
 DOMAIN=cluster.bench
+MUC_SERVICE=conference.$DOMAIN
+TLS=1
+THREADS=1
+SRC_IPS=""
 declare -A C2S=([single]=16522 [a]=16622 [b]=16722)
 NATS_PORT=16822
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-for p in postgresql nats-server; do
+PACKAGES=(postgresql nats-server)
+for p in $PEERS; do
+    PACKAGES+=("$p")
+    [[ $p == ejabberd ]] && PACKAGES+=(erlang-p1-sqlite3)
+done
+for p in "${PACKAGES[@]}"; do
     if ! dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
         log "installing $p from Debian's packages"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
@@ -177,24 +189,73 @@ node_toml() {
     printf '[cluster]\nnats_url = "nats://127.0.0.1:%s"\nnode_id = "%s"\n' "$NATS_PORT" "$1"
 }
 
-for s in single-sqlite single-pg; do
-    case $s in
-        single-sqlite) write_config "$s" "" "" ;;
-        single-pg) write_config "$s" "$PG_SINGLE" "" ;;
-    esac
-    start "$s"
-    provision "$s"
-    file=${s#single-}
-    [[ $file == pg ]] && file=postgres
-    for r in $(seq 1 "$RUNS"); do
-        log "$s: run $r/$RUNS: throughput, both ends on one node"
-        throughput "$s" "$file" throughput
-    done
-    stop "$s"
-done
+# A certificate for the peers (Outpost makes its own).
+CERT_DIR=$OUT/cert
+mkdir -p "$CERT_DIR"
+openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$DOMAIN" \
+    -addext "subjectAltName=DNS:$DOMAIN" \
+    -keyout "$CERT_DIR/key.pem" -out "$CERT_DIR/cert.pem" 2>/dev/null
+cat "$CERT_DIR/cert.pem" "$CERT_DIR/key.pem" >"$CERT_DIR/both.pem"
+chmod 644 "$CERT_DIR"/*.pem
 
+write_config single-sqlite "" ""
+write_config single-pg "$PG_SINGLE" ""
 write_config a "$PG_CLUSTER" "$(node_toml a)"
 write_config b "$PG_CLUSTER" "$(node_toml b)"
+
+# file_of CONFIGURATION: the results file of a single node's run.
+file_of() { case $1 in single-sqlite) echo sqlite ;; single-pg) echo postgres ;; esac; }
+
+# measure_single CONFIGURATION SCENARIO...: a single node started, measured, stopped.
+measure_single() {
+    local s=$1; shift
+    start "$s"
+    "$@" "$s"
+    stop "$s"
+}
+single_throughput() {
+    provision "$1"
+    for r in $(seq 1 "$RUNS"); do
+        log "$1: run $r/$RUNS: throughput, both ends on one node"
+        throughput "$1" "$(file_of "$1")" throughput
+    done
+}
+single_latency() {
+    for r in $(seq 1 "$RUNS"); do
+        log "$1: run $r/$RUNS: latency at $LAT_RATE msgs/s"
+        latency "$1" "$(file_of "$1")"
+    done
+}
+latency() {
+    cbench "$@" latency --pairs "$PAIRS" --rate "$LAT_RATE" --warmup "$WARMUP" --duration "$DURATION"
+}
+
+# The peers, with bench/servers.sh's configurations; results in $OUT/<peer>.jsonl.
+peer_throughput() {
+    local s=$1
+    log "$s: starting, provisioning u1..u$(( 2 * PAIRS ))"
+    start_server "$s"
+    bench "$s" register --prefix u -n "$(( 2 * PAIRS ))" --concurrency 50
+    for r in $(seq 1 "$RUNS"); do
+        log "$s: run $r/$RUNS: throughput"
+        bench "$s" throughput --pairs "$PAIRS" --window "$WINDOW" --warmup "$WARMUP" --duration "$DURATION"
+    done
+    "stop_$s"
+}
+peer_latency() {
+    local s=$1
+    start_server "$s"
+    for r in $(seq 1 "$RUNS"); do
+        log "$s: run $r/$RUNS: latency at $LAT_RATE msgs/s"
+        bench "$s" latency --pairs "$PAIRS" --rate "$LAT_RATE" --warmup "$WARMUP" --duration "$DURATION"
+    done
+    "stop_$s"
+}
+
+# ------------------------------------------------------------------ saturation
+
+measure_single single-sqlite single_throughput
+measure_single single-pg single_throughput
 start a
 start b
 provision a $(( IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS ))
@@ -203,6 +264,28 @@ for r in $(seq 1 "$RUNS"); do
     throughput a local throughput
     throughput a crossing --peer b federation-throughput
 done
+stop b
+stop a
+for p in $PEERS; do
+    peer_throughput "$p"
+done
+
+# ------------------------------------------------------------------ latency at one rate
+
+if [[ -z $LAT_RATE ]]; then
+    # shellcheck disable=SC2086
+    LAT_RATE=$(python3 "$ROOT/bench/report.py" --slowest-rate "$LAT_FRACTION" "$OUT" \
+        sqlite postgres local crossing $PEERS)
+fi
+measure_single single-sqlite single_latency
+measure_single single-pg single_latency
+start a
+start b
+for r in $(seq 1 "$RUNS"); do
+    log "cluster: run $r/$RUNS: latency at $LAT_RATE msgs/s, on node a, then crossing to b"
+    latency a local
+    latency a crossing --peer b
+done
 log "cluster: $IDLE_N sessions on node a, node b's memory sampled"
 "$BENCH" --port "${C2S[a]}" --domain "$DOMAIN" --password "$PASSWORD" --tls \
     --pidfile "$OUT/b/pid" --label "outpost-b-directory" --out "$OUT/directory.jsonl" \
@@ -210,6 +293,9 @@ log "cluster: $IDLE_N sessions on node a, node b's memory sampled"
     log "the directory's memory: an error (see $OUT/directory.jsonl)"
 stop b
 stop a
+for p in $PEERS; do
+    peer_latency "$p"
+done
 
 {
     echo "cores=$(nproc)"
@@ -219,9 +305,13 @@ stop a
     echo "outpost=$("$OUTPOST" --version | awk '{print $2}') ($(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates || echo '+uncommitted'))"
     echo "postgresql=$("$PG_BIN/postgres" --version | awk '{print $3}')"
     echo "nats=$(nats-server --version | awk '{print $NF}')"
-    echo "params=PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION RUNS=$RUNS ITERATIONS=$ITERATIONS IDLE_N=$IDLE_N"
+    for p in $PEERS; do
+        echo "$p=$(dpkg-query -W -f '${Version}' "$p")"
+    done
+    echo "params=PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION RUNS=$RUNS ITERATIONS=$ITERATIONS IDLE_N=$IDLE_N LAT_RATE=$LAT_RATE"
 } >"$OUT/machine.txt"
 
-python3 "$ROOT/bench/report.py" --cluster "$OUT" >"$OUT/table.md"
+# shellcheck disable=SC2086
+python3 "$ROOT/bench/report.py" --cluster "$OUT" $PEERS >"$OUT/table.md"
 log "results in $OUT (table.md, sqlite/postgres/local/crossing.jsonl)"
 cat "$OUT/table.md"

@@ -5,7 +5,7 @@
                                                    # as the ceiling column, when present)
     report.py --slowest-rate FRACTION OUT_DIR SERVER...   # FRACTION x the slowest msgs/s
     report.py --federation OUT_DIR                 # the table of a bench/federation.sh run
-    report.py --cluster OUT_DIR                    # the table of a bench/cluster.sh run
+    report.py --cluster OUT_DIR [PEER...]          # the tables of a bench/cluster.sh run
 
 Reads OUT_DIR/<server>.jsonl (one JSON object per outpost-bench run) and OUT_DIR/machine.txt.
 Where a scenario ran several times the table shows the median, and the number of runs.
@@ -42,8 +42,13 @@ def med(rows, path):
     return statistics.median(vals) if vals else None
 
 
+def saturation_rows(rows):
+    """The throughput runs of one results file (across two servers or nodes, or on one)."""
+    return rows.get("throughput") or rows.get("federation-throughput", [])
+
+
 def slowest_rate(fraction, out, servers):
-    rates = [med(load(out, s).get("throughput", []), "msgs_per_s") for s in servers]
+    rates = [med(saturation_rows(load(out, s)), "msgs_per_s") for s in servers]
     rates = [r for r in rates if r]
     if not rates:
         return 1000
@@ -131,15 +136,17 @@ def federation(out):
         print(f"Parameters: `{machine['params']}`")
 
 
-def cluster(out):
-    """One node (SQLite, PostgreSQL) against two nodes of a cluster, from cluster.sh's files."""
-    runs = [
-        ("one node, SQLite", load(out, "sqlite").get("throughput", [])),
-        ("one node, PostgreSQL", load(out, "postgres").get("throughput", [])),
-        ("cluster, both ends on one node", load(out, "local").get("throughput", [])),
-        ("cluster, every message crosses nodes", load(out, "crossing").get("federation-throughput", [])),
-    ]
-    errors = [r for f in ("sqlite", "postgres", "local", "crossing") for r in load(out, f).get("error", [])]
+def cluster(out, peers):
+    """One node (SQLite, PostgreSQL) against two nodes of a cluster and the peers, from
+    cluster.sh's files."""
+    names = [
+        ("one node, SQLite", "sqlite"),
+        ("one node, PostgreSQL", "postgres"),
+        ("cluster, both ends on one node", "local"),
+        ("cluster, every message crosses nodes", "crossing"),
+    ] + [(p, p) for p in peers]
+    data = {f: load(out, f) for _, f in names}
+    runs = [(label, saturation_rows(data[f])) for label, f in names]
     machine = read_machine(out)
     first = next((rows for _, rows in runs if rows), [])
     print(f"| Throughput ({first_of(first, 'pairs')} pairs × {first_of(first, 'window')} in flight) "
@@ -156,6 +163,10 @@ def cluster(out):
         print(f"Crossing nodes costs {cr - lo:.1f} µs of server CPU per message more than staying on one "
               f"node ({ratio(cr, lo)}), both nodes counted; PostgreSQL and NATS are in "
               "\"everything else\" below.")
+    lat = [(label, data[f].get("latency", [])) for label, f in names]
+    if any(rows for _, rows in lat):
+        print()
+        cluster_latency(lat)
     directory = load(out, "directory").get("idle", [])
     if directory:
         print()
@@ -165,12 +176,13 @@ def cluster(out):
               f"{first_of(directory, 'alive_at_end')} alive at the end).")
     print()
     print("Checks (undelivered / out of order / error replies):")
-    for label, rows in runs:
+    for label, rows in runs + [(f"{label}, latency", rows) for label, rows in lat]:
         for r in rows:
             print(f"- {label}: {r.get('undelivered_after_drain')} / {r.get('out_of_order')} / "
                   f"{r.get('error_replies')} {r.get('failures') or ''}")
-    for r in errors:
-        print(f"- error: {r.get('error', '')[:200]}")
+    for f in data.values():
+        for r in f.get("error", []):
+            print(f"- error: {r.get('error', '')[:200]}")
     print()
     print("CPU in % of one core during the measurement, generator / server(s) / everything else: "
           + "; ".join(f"{label} {fmt(med(rows, 'usage.generator_cpu_pct'), 0)} / "
@@ -181,6 +193,18 @@ def cluster(out):
     if "params" in machine:
         print()
         print(f"Parameters: `{machine['params']}`")
+
+
+def cluster_latency(lat):
+    """The latency scenario's table: every configuration at the same rate."""
+    first = next(rows for _, rows in lat if rows)
+    print(f"| Latency ({first_of(first, 'pairs')} pairs, {fmt(first_of(first, 'rate'), 0)} msgs/s) "
+          "| p50 (ms) | p99 (ms) | p99.9 (ms) | server CPU (% of a core) | runs |")
+    print("|---|---|---|---|---|---|")
+    for label, rows in lat:
+        print(f"| {label} | {fmt(med(rows, 'latency.p50_ms'), 2)} | {fmt(med(rows, 'latency.p99_ms'), 2)} | "
+              f"{fmt(med(rows, 'latency.p999_ms'), 2)} | {fmt(med(rows, 'usage.server_cpu_pct'), 0)} | "
+              f"{len(rows)} |")
 
 
 def first_of(rows, path):
@@ -383,7 +407,7 @@ def main(argv):
         federation(argv[1])
         return
     if argv and argv[0] == "--cluster":
-        cluster(argv[1])
+        cluster(argv[1], argv[2:])
         return
     if argv and argv[0] == "--slowest-rate":
         print(slowest_rate(argv[1], argv[2], argv[3:]))

@@ -200,7 +200,9 @@ enum Scenario {
         #[arg(long, default_value_t = 0)]
         workers: usize,
     },
-    /// c. The same pairs at a fixed aggregate rate; p50/p99/p99.9 latency.
+    /// c. The same pairs at a fixed aggregate rate; p50/p99/p99.9 latency. With
+    /// --peer-port, the receivers log in there (another node of the domain, or a
+    /// federated server).
     Latency {
         #[arg(long, default_value = "u")]
         prefix: String,
@@ -720,6 +722,7 @@ async fn run(
         } => serde_json::to_value(
             scenarios::latency(
                 t,
+                peer.unwrap_or(t),
                 prefix,
                 *start,
                 *pairs,

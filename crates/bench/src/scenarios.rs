@@ -942,9 +942,12 @@ pub struct LatencyReport {
 }
 
 /// The same pairs at a fixed aggregate rate, spread evenly over the pairs and in time;
-/// the latency of every message sent inside the measurement window.
+/// the latency of every message sent inside the measurement window. Senders on `t`,
+/// receivers on `tr` (the same server, or another node or server).
+#[allow(clippy::too_many_arguments)]
 pub async fn latency(
     t: &Arc<Target>,
+    tr: &Arc<Target>,
     prefix: &str,
     start: usize,
     pairs: usize,
@@ -952,7 +955,7 @@ pub async fn latency(
     warmup: Duration,
     duration: Duration,
 ) -> Result<LatencyReport> {
-    let set_up = setup_pairs(t, prefix, start, pairs, 50).await?;
+    let set_up = setup_pairs_between(t, tr, prefix, start, pairs, 50).await?;
     let period = Duration::from_secs_f64(pairs as f64 / rate.max(0.001));
     let t0 = tokio::time::Instant::now() + Duration::from_millis(100);
     let window_start = now_ns() + (Duration::from_millis(100) + warmup).as_nanos() as u64;

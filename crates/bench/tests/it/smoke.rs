@@ -80,6 +80,7 @@ async fn every_scenario_runs_against_outpost() {
 
     let lat = scenarios::latency(
         &t,
+        &t,
         "u",
         1,
         2,
