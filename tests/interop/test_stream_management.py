@@ -122,11 +122,12 @@ async def test_sm_enabled_and_acks_both_ways(server):
 async def test_resume_after_cut_mid_burst_delivers_every_message_once(server):
     """The receiver's link goes dark in the middle of a burst (the relay drops what the
     server writes), then dies; more messages arrive while it is gone. It reconnects and
-    resumes: every message 0..N-1 arrives exactly once, in order."""
+    resumes: every message 0..N-1 arrives exactly once, in order. Against a cluster, the
+    relay balances: the receiver resumes at the other node, where its session moves."""
     sn, rn = uname("smsend"), uname("smrecv")
     await create_user(server, sn, PASSWORD)
     await create_user(server, rn, PASSWORD)
-    relay = await TcpRelay(server.starttls_addr).start()
+    relay = await TcpRelay(server.starttls_addr, server.starttls_addr).start()
     s = await login(server, sn, PASSWORD)
     r, watch = await sm_client(server, rn, relay)
     n, first, dark = 60, 20, 40
@@ -199,11 +200,12 @@ async def test_resume_resends_what_the_server_did_not_handle(server):
     On resumption the server's <resumed h=.../> says what it handled; slixmpp resends the
     rest and the recipient gets every message exactly once. (An h one short, as with the
     <enable/> counting fault test_stanza_right_after_enable_is_counted pins down, would
-    make slixmpp resend a stanza the server already handled.)"""
+    make slixmpp resend a stanza the server already handled.) Against a cluster, the
+    sender resumes at the other node."""
     sn, rn = uname("smup"), uname("smuprcv")
     await create_user(server, sn, PASSWORD)
     await create_user(server, rn, PASSWORD)
-    relay = await TcpRelay(server.starttls_addr).start()
+    relay = await TcpRelay(server.starttls_addr, server.starttls_addr).start()
     r = await login(server, rn, PASSWORD)
     s, watch = await sm_client(server, sn, relay)
     prefix = "up #"

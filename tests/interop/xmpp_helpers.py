@@ -526,16 +526,20 @@ class RelayLink:
 
 
 class TcpRelay:
-    """A plain TCP relay on 127.0.0.1 in front of a server address.
+    """A plain TCP relay on 127.0.0.1 in front of a server address, or of several taken
+    in turn (a round-robin balancer: against a cluster, a client that reconnects lands
+    on the next node).
 
     Clients connect to ``relay.addr``; every accepted connection gets its own
-    connection to the target and two pumps. A test can stop forwarding in
+    connection to the next target and two pumps. A test can stop forwarding in
     one direction (``blackhole``) and cut the sockets (``cut``) at a point it
     chooses, which makes link failures deterministic. TLS passes through
     untouched (the relay sees only ciphertext)."""
 
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
+    def __init__(self, *targets: tuple[str, int]):
+        assert targets, "a relay needs a target"
+        self.targets = list(targets)
+        self.accepted = 0
         self.links: list[RelayLink] = []
         self.addr: tuple[str, int] | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -557,8 +561,10 @@ class TcpRelay:
         if self.refusing:
             cw.transport.abort()
             return
+        target = self.targets[self.accepted % len(self.targets)]
+        self.accepted += 1
         try:
-            sr, sw = await asyncio.wait_for(asyncio.open_connection(*self.target), DEFAULT_TIMEOUT)
+            sr, sw = await asyncio.wait_for(asyncio.open_connection(*target), DEFAULT_TIMEOUT)
         except Exception:
             cw.transport.abort()
             return

@@ -47,6 +47,18 @@ pub struct StreamManagement {
     requested: bool,
 }
 
+/// A managed stream's state taken apart, to move it to another server process (a node of
+/// the same cluster) and build it again there with [`StreamManagement::from_parts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SmParts {
+    pub inbound: u32,
+    pub sent: u32,
+    pub acked: u32,
+    pub unacked: Vec<Unacked>,
+    pub id: Option<String>,
+    pub max: u32,
+}
+
 impl StreamManagement {
     pub(crate) fn new(id: Option<String>, max: u32) -> StreamManagement {
         StreamManagement {
@@ -89,6 +101,32 @@ impl StreamManagement {
     /// server's to hand on.
     pub fn take_unacked(&mut self) -> Vec<Unacked> {
         std::mem::take(&mut self.unacked).into()
+    }
+
+    /// The state, taken apart; an outstanding `<r/>` is forgotten (the stream that
+    /// resumes asks again).
+    pub fn into_parts(self) -> SmParts {
+        SmParts {
+            inbound: self.inbound,
+            sent: self.sent,
+            acked: self.acked,
+            unacked: self.unacked.into(),
+            id: self.id,
+            max: self.max,
+        }
+    }
+
+    /// The state [`StreamManagement::into_parts`] took apart, for a stream to resume.
+    pub fn from_parts(p: SmParts) -> StreamManagement {
+        StreamManagement {
+            inbound: p.inbound,
+            sent: p.sent,
+            acked: p.acked,
+            unacked: p.unacked.into(),
+            id: p.id,
+            max: p.max,
+            requested: false,
+        }
     }
 
     /// Puts stanzas taken with [`StreamManagement::take_unacked`] back, unchanged: they were
@@ -158,5 +196,19 @@ mod tests {
             sm.handled();
         }
         assert_eq!(sm.inbound(), 255);
+    }
+
+    #[test]
+    fn parts_build_the_same_state_again() {
+        let mut sm = StreamManagement::new(Some("id".into()), 300);
+        sm.handled();
+        for i in 0..3 {
+            sm.sent(format!("<m{i}/>").as_bytes(), i);
+        }
+        sm.ack(1).unwrap();
+        let again = StreamManagement::from_parts(sm.clone().into_parts());
+        assert_eq!(again, sm);
+        assert_eq!(again.inbound(), 1);
+        assert_eq!(again.unacked_len(), 2);
     }
 }

@@ -182,6 +182,51 @@ impl Caps {
         }
     }
 
+    /// A client whose session moves to another node: what that node needs to know of it
+    /// (its verified features, whose last items it got), and this node forgets it.
+    pub(crate) fn moving_out(&self, who: &FullJid) -> (Option<Arc<[String]>>, Vec<BareJid>) {
+        let client = {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let list = seen.get_mut(&who.to_bare());
+            list.and_then(|l| {
+                l.iter()
+                    .position(|c| c.jid == *who)
+                    .map(|i| l.swap_remove(i))
+            })
+        };
+        self.unavailable(who);
+        match client {
+            Some(c) => (c.caps.as_ref().and_then(|a| self.known(a)), c.served),
+            None => (None, Vec::new()),
+        }
+    }
+
+    /// A client whose session moved here from another node of the cluster, which
+    /// verified its features (trusted like this node's own answers).
+    pub(crate) fn moved_in(
+        &self,
+        who: &FullJid,
+        caps: Option<Announced>,
+        features: Option<Arc<[String]>>,
+        served: Vec<BareJid>,
+    ) {
+        if let (Some(caps), Some(features)) = (&caps, features) {
+            let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() >= KNOWN_MAX {
+                known.clear();
+            }
+            known.entry(caps.key()).or_insert(features);
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let list = seen.entry(who.to_bare()).or_default();
+        list.retain(|c| c.jid != *who);
+        list.push(Client {
+            jid: who.clone(),
+            caps,
+            served,
+        });
+    }
+
     /// The available clients of an account the server knows of, with their verified
     /// features (`None` when unknown).
     pub(crate) fn clients(&self, bare: &BareJid) -> Vec<(FullJid, Option<Arc<[String]>>)> {

@@ -33,6 +33,7 @@ mod cluster;
 mod component;
 pub mod config;
 mod delivery;
+mod handover;
 mod http;
 pub mod ids;
 mod journal;
@@ -256,7 +257,13 @@ impl ServerHandle {
             start_services(&config, &delivery, federation.as_ref(), &tasks, &shutdown).await?;
         let replication = start_replication(&config, &delivery, &tasks, &shutdown).await;
         let connections = Arc::new(Semaphore::new(config.limits.max_connections));
-        let sessions = session::Env::new(delivery.clone(), config, tls, shutdown.clone());
+        let sessions = session::Env::new(
+            delivery.clone(),
+            config,
+            tls,
+            shutdown.clone(),
+            cluster.clone(),
+        );
         let view = ServerView {
             delivery: delivery.clone(),
             sessions: Arc::new(sessions),

@@ -9,10 +9,10 @@
 //! keep the stanza (messages go to the offline store); the slow session itself ends when its
 //! socket write times out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
@@ -62,6 +62,9 @@ pub(crate) enum ToSession {
     LinkRestored { domain: Arc<str>, probe: bool },
     /// A new connection resumes this session's managed stream (XEP-0198 §5).
     Resume(Box<crate::c2s_conn::Resumption>),
+    /// A new connection at another node resumes this session's managed stream: the
+    /// session moves there (see `handover`).
+    Migrate(Box<crate::handover::Migration>),
     /// A personal eventing event from another node, for this session only if its client
     /// announced `interest` (`<node>+notify`) in capabilities this node verified.
     Event {
@@ -168,6 +171,60 @@ pub(crate) struct Router {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     observer: std::sync::OnceLock<Arc<dyn Observer>>,
+    resumable: Resumable,
+}
+
+/// Resumption ids of streams that ended, kept so that a late `<resume/>` learns which of
+/// its stanzas the old stream handled (XEP-0198 §5, `<failed h/>`).
+const ENDED_KEPT: usize = 1000;
+
+/// The managed streams of this node's sessions that may be resumed now (XEP-0198), by
+/// resumption id, and the last ones that ended.
+#[derive(Default)]
+pub(crate) struct Resumable {
+    live: Mutex<HashMap<String, (BareJid, SessionTx)>>,
+    ended: Mutex<VecDeque<(String, BareJid, u32)>>,
+}
+
+impl Resumable {
+    pub(crate) fn register(&self, id: &str, user: &BareJid, tx: SessionTx) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.insert(id.to_owned(), (user.clone(), tx));
+    }
+
+    /// The channel of the session that owns `id`, if it is `user`'s.
+    pub(crate) fn find(&self, id: &str, user: &BareJid) -> Option<SessionTx> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(id)
+            .filter(|(owner, _)| owner == user)
+            .map(|(_, tx)| tx.clone())
+    }
+
+    /// The stream `id` moved to another node: it is no longer resumed here.
+    pub(crate) fn moved(&self, id: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.remove(id);
+    }
+
+    /// The stream `id` ended, having handled `h` stanzas from its client.
+    pub(crate) fn ended(&self, id: &str, user: &BareJid, h: u32) {
+        self.moved(id);
+        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        if ended.len() == ENDED_KEPT {
+            ended.pop_front();
+        }
+        ended.push_back((id.to_owned(), user.clone(), h));
+    }
+
+    /// How many stanzas the stream `id` of `user` had handled when it ended here.
+    pub(crate) fn ended_h(&self, id: &str, user: &BareJid) -> Option<u32> {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended
+            .iter()
+            .rev()
+            .find(|(i, u, _)| i == id && u == user)
+            .map(|(_, _, h)| *h)
+    }
 }
 
 impl Resource {
@@ -227,7 +284,13 @@ impl Router {
             shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
             hasher: RandomState::new(),
             observer: std::sync::OnceLock::new(),
+            resumable: Resumable::default(),
         }
+    }
+
+    /// This node's managed streams that may be resumed.
+    pub(crate) fn resumable(&self) -> &Resumable {
+        &self.resumable
     }
 
     fn shard(&self, bare: &BareJid) -> &RwLock<Shard> {
@@ -486,6 +549,17 @@ impl Router {
             out.extend(local.map(Resource::entry));
         }
         out
+    }
+
+    /// What the directory says of one of this node's sessions.
+    pub(crate) fn local_entry(&self, jid: &FullJid, session_id: u64) -> Option<SessionEntry> {
+        let bare = jid.to_bare();
+        let shard = self.read(&bare);
+        let list = shard.users.get(&bare)?;
+        let r = list
+            .iter()
+            .find(|r| r.session_id == session_id && r.is_local())?;
+        Some(r.entry())
     }
 
     /// The node that holds the session bound as `jid`: `Some(None)` for this one.

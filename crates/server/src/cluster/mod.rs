@@ -20,16 +20,21 @@
 //!   message is acknowledged to its sender once it is in the archive (PostgreSQL), where
 //!   the recipient catches up.
 //!
+//! - **Resumption** (see `resume`): a client may resume its managed stream at any node;
+//!   the session moves there from the node that held it.
+//!
 //! What is dropped and logged: a message that does not parse; one from a node this node
 //! does not know; a directory change for a domain not ours; a stanza whose `from` is a
 //! session of ours (full JID) that the sending node does not hold.
 
 mod links;
 mod receive;
+mod resume;
 mod services;
 mod wire;
 
 pub(crate) use links::{LinkHost, LinksAt};
+pub(crate) use resume::Arrived;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -233,6 +238,8 @@ pub(crate) struct Cluster {
     links: links::Links,
     /// The services one node runs for all (multi-user chat).
     services: Arc<services::Services>,
+    /// Streams resumed here that other nodes held, and the reverse (see `resume`).
+    resumes: Arc<resume::Resumes>,
     /// Preference changes awaiting other nodes: how many answers are still due.
     prefs_waiting: Mutex<HashMap<String, (usize, tokio::sync::oneshot::Sender<()>)>>,
     /// The tag of this node's archive ids, once taken.
@@ -353,6 +360,7 @@ impl Cluster {
             claim_soon: tokio::sync::Notify::new(),
             tag: Mutex::new(None),
             prefs_waiting: Mutex::new(HashMap::new()),
+            resumes: Arc::default(),
             links: links::Links::default(),
             services: Arc::new(services::Services::new(
                 config.muc_domains(),

@@ -224,6 +224,11 @@ impl Cluster {
         match env.body {
             body @ Body::LinkUp { .. } => return self.on_links(&env.node, false, body),
             Body::Prefs { user, request } => return self.reload_prefs(&env.node, user, request),
+            Body::Resume {
+                user,
+                previd,
+                request,
+            } => return self.on_resume(&env.node, &user, &previd, request),
             _ => {}
         }
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -444,6 +449,8 @@ impl Cluster {
             } => self.serve_forwarded(&env.node, syncing, &service, &xml, request),
             Body::ServiceDone { request, result } => self.services.answered(&request, result),
             Body::PrefsRead { request } => self.prefs_read(&request),
+            Body::Resumed { request, result } => self.on_resumed(&env.node, request, result),
+            Body::ResumeTaken { request, taken } => self.on_resume_taken(&request, taken),
             body @ (Body::S2sSend { .. }
             | Body::S2sWake { .. }
             | Body::S2sVerify { .. }

@@ -10,6 +10,7 @@ use outpost_proto::xml::{Limits, read_stanza, write_stanza};
 use outpost_store::{RosterItem, Subscription};
 use serde::{Deserialize, Serialize};
 
+use crate::handover::Handover;
 use crate::router::{SessionEntry, ToSession};
 
 /// Every message names the node that sent it and which start of it (`epoch`).
@@ -79,6 +80,21 @@ pub(super) enum Body {
     Prefs { user: String, request: String },
     /// To the node that changed preferences: this node has read them.
     PrefsRead { request: String },
+    /// On the directory subject: a client of `user` resumes the stream `previd` at the
+    /// sending node; the node that holds it hands its session over (`Resumed`).
+    Resume {
+        user: String,
+        previd: String,
+        request: String,
+    },
+    /// The session, or that this node does not hold the stream (with the count it
+    /// reached, if it ended here).
+    Resumed {
+        request: String,
+        result: Result<Box<Handover>, Option<u32>>,
+    },
+    /// To the node that handed a session over: whether it was taken.
+    ResumeTaken { request: String, taken: bool },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,7 +105,8 @@ pub(super) enum Change {
     Updated(SessionEntry),
 }
 
-/// [`ToSession`] as it crosses nodes (a resumption does not: it hands over a socket).
+/// [`ToSession`] as it crosses nodes (a resumption does not: it hands over a socket, and
+/// a migration has its own messages).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "m", rename_all = "snake_case")]
 pub(super) enum Msg {
@@ -188,9 +205,10 @@ impl Msg {
                 interest: interest.to_string(),
                 xml: xml(el)?,
             },
-            ToSession::LinkRestored { .. } | ToSession::Resume(_) | ToSession::ClusterRejoined => {
-                return None;
-            }
+            ToSession::LinkRestored { .. }
+            | ToSession::Resume(_)
+            | ToSession::Migrate(_)
+            | ToSession::ClusterRejoined => return None,
         })
     }
 

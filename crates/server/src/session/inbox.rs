@@ -64,7 +64,7 @@ impl Session {
             ToSession::Event { interest, el } => self.event_from_elsewhere(&interest, *el),
             // Taken by the session loop before it gets here; a stray one (the session is
             // ending) drops the connection, whose client will try again.
-            ToSession::Resume(_) => {}
+            ToSession::Resume(_) | ToSession::Migrate(_) => {}
         }
     }
 

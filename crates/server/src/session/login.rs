@@ -103,6 +103,23 @@ impl Session {
         self.answer(&el, answer);
     }
 
+    /// Reads the user's roster and block list into the session.
+    pub(super) async fn load_lists(
+        &mut self,
+        user: &BareJid,
+    ) -> Result<(), outpost_store::StoreError> {
+        let store = self.delivery().store().clone();
+        let roster = store.roster(user.as_str()).await?;
+        let blocklist = store.blocklist(user.as_str()).await?;
+        self.roster = roster
+            .items
+            .into_iter()
+            .map(|i| (i.jid.clone(), i))
+            .collect();
+        self.blocklist = Arc::new(blocklist);
+        Ok(())
+    }
+
     /// Binds the requested (or a generated) resource, once the roster and block list the
     /// session needs are loaded.
     pub(super) async fn bind(&mut self, requested: Option<String>) {
@@ -120,32 +137,15 @@ impl Session {
             return;
         };
         // Load what the session needs before it can receive anything.
-        let store = self.delivery().store().clone();
-        let loaded = match store.roster(user.as_str()).await {
-            Ok(roster) => store
-                .blocklist(user.as_str())
-                .await
-                .map(|blocklist| (roster, blocklist)),
-            Err(e) => Err(e),
-        };
-        let (roster, blocklist) = match loaded {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot load roster or block list");
-                // Cancel, not wait: the client should not bind again on this stream.
-                self.proto.bind_result(Err(StanzaError::with_type(
-                    ErrorType::Cancel,
-                    Condition::InternalServerError,
-                )));
-                return;
-            }
-        };
-        self.roster = roster
-            .items
-            .into_iter()
-            .map(|i| (i.jid.clone(), i))
-            .collect();
-        self.blocklist = Arc::new(blocklist);
+        if let Err(e) = self.load_lists(&user).await {
+            warn!(error = %e, "cannot load roster or block list");
+            // Cancel, not wait: the client should not bind again on this stream.
+            self.proto.bind_result(Err(StanzaError::with_type(
+                ErrorType::Cancel,
+                Condition::InternalServerError,
+            )));
+            return;
+        }
         let max = self.env.config().limits.max_resources_per_account;
         let binding = Binding {
             jid: jid.clone(),

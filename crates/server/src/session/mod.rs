@@ -12,10 +12,13 @@
 //! - `inbox`: what other sessions and the server send this one;
 //! - `offline`: writing the user's offline messages to this session;
 //! - `resume`: stream management (XEP-0198): resumption, hibernation, and what becomes of
-//!   unacknowledged stanzas.
+//!   unacknowledged stanzas;
+//! - `migrate`: a session moving between nodes of a cluster when its stream is resumed at
+//!   another node.
 
 mod inbox;
 mod login;
+mod migrate;
 mod offline;
 mod presence;
 mod resume;
@@ -77,8 +80,9 @@ pub(crate) struct Env {
     next_session: AtomicU64,
     /// Users whose offline queue a session is writing right now.
     offline_claims: Mutex<HashSet<BareJid>>,
-    /// Managed streams that may be resumed (XEP-0198).
-    resumable: resume::Registry,
+    /// The cluster this server is a node of, where streams held at other nodes are
+    /// resumed from.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The TLS configurations of the client listeners (and of HTTPS, which clients use too).
@@ -107,6 +111,7 @@ impl Env {
         config: Config,
         tls: ClientTls,
         shutdown: CancellationToken,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Env {
         let limits = &config.limits;
         let throttle = LoginThrottle::new(login_limits(&config));
@@ -123,7 +128,7 @@ impl Env {
             shutdown,
             next_session: AtomicU64::new(1),
             offline_claims: Mutex::new(HashSet::new()),
-            resumable: resume::Registry::default(),
+            cluster,
         }
     }
 
@@ -380,6 +385,8 @@ enum End {
     Resume(Box<crate::c2s_conn::Resumption>),
     /// This connection resumed another session, which took the socket.
     HandedOff,
+    /// A connection at another node resumes this session, which moves there.
+    Migrate(Box<crate::handover::Migration>),
 }
 
 /// The session's one timer and what it measures (see [`Session::next_deadline`]).
@@ -406,9 +413,17 @@ impl Session {
                     conn.abandon("resumed by a new connection").await;
                     Some(r)
                 }
+                End::Migrate(m) => {
+                    conn.abandon("resumed by a new connection").await;
+                    break End::Migrate(m);
+                }
                 End::Io if self.resumable() => {
                     conn.shutdown().await;
-                    self.hibernate(&mut rx).await
+                    match self.hibernate(&mut rx).await {
+                        Some(End::Resume(r)) => Some(r),
+                        Some(End::Migrate(m)) => break End::Migrate(m),
+                        _ => None,
+                    }
                 }
                 end => break end,
             };
@@ -417,8 +432,10 @@ impl Session {
                 None => break End::Io,
             }
         };
-        if matches!(end, End::HandedOff) {
-            return;
+        match end {
+            End::HandedOff => return,
+            End::Migrate(m) => return Box::pin(self.move_away(*m, rx)).await,
+            _ => {}
         }
         if matches!(end, End::Closed) {
             let _ = self.flush(&mut conn).await;
@@ -565,10 +582,17 @@ impl Session {
         let mut msg = first;
         let mut handled = 0;
         loop {
-            if let ToSession::Resume(r) = msg {
-                // What came before goes out on the old connection, if it still takes it.
-                let _ = self.drive(conn).await;
-                return Some(End::Resume(r));
+            match msg {
+                ToSession::Resume(r) => {
+                    // What came before goes out on the old connection, if it still takes it.
+                    let _ = self.drive(conn).await;
+                    return Some(End::Resume(r));
+                }
+                ToSession::Migrate(m) => {
+                    let _ = self.drive(conn).await;
+                    return Some(End::Migrate(m));
+                }
+                other => msg = other,
             }
             Box::pin(self.on_message_from_router(msg)).await;
             handled += 1;

@@ -7,16 +7,16 @@
 //! socket and stream, and writes the unacknowledged stanzas again after `<resumed/>`. The
 //! connection that asked ends its own task without a trace.
 //!
+//! On a cluster node, a stream that another node holds is asked for there, and the session
+//! moves here (see `migrate`).
+//!
 //! A session that ends without being resumed hands its unacknowledged stanzas on as if they
 //! had never been delivered: messages worth keeping go to the offline store with the time
 //! they were first queued, requests are answered with an error, the rest (presence, carbon
 //! copies, archive results) is dropped, since it was either transient or is in the archive.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use jid::BareJid;
 use minidom::Element;
 use outpost_proto::StreamMachine;
 use outpost_proto::c2s::{C2sConfig, C2sStream, Transport};
@@ -27,55 +27,7 @@ use tracing::{debug, info};
 
 use super::{End, Session};
 use crate::c2s_conn::{Conn, Resumption};
-use crate::router::{SessionRx, SessionTx, ToSession, deliver_local};
-
-/// Resumption ids of sessions that ended, kept so that a late `<resume/>` learns which of
-/// its stanzas the old stream handled (XEP-0198 §5, `<failed h/>`).
-const ENDED_KEPT: usize = 1000;
-
-/// The managed streams that may be resumed now, and the last ones that ended.
-#[derive(Default)]
-pub(super) struct Registry {
-    live: Mutex<HashMap<String, (BareJid, SessionTx)>>,
-    ended: Mutex<VecDeque<(String, BareJid, u32)>>,
-}
-
-impl Registry {
-    fn register(&self, id: &str, user: &BareJid, tx: SessionTx) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.insert(id.to_owned(), (user.clone(), tx));
-    }
-
-    /// The channel of the session that owns `id`, if it is `user`'s.
-    fn find(&self, id: &str, user: &BareJid) -> Option<SessionTx> {
-        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.get(id)
-            .filter(|(owner, _)| owner == user)
-            .map(|(_, tx)| tx.clone())
-    }
-
-    /// The stream `id` ended, having handled `h` stanzas from its client.
-    fn ended(&self, id: &str, user: &BareJid, h: u32) {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-        let mut ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        if ended.len() == ENDED_KEPT {
-            ended.pop_front();
-        }
-        ended.push_back((id.to_owned(), user.clone(), h));
-    }
-
-    fn ended_h(&self, id: &str, user: &BareJid) -> Option<u32> {
-        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        ended
-            .iter()
-            .rev()
-            .find(|(i, u, _)| i == id && u == user)
-            .map(|(_, _, h)| *h)
-    }
-}
+use crate::router::{SessionRx, ToSession, deliver_local};
 
 impl Session {
     /// The client enables stream management: with resumption when it asks and the server
@@ -89,12 +41,14 @@ impl Session {
         };
         let id = crate::ids::random_id(24);
         let max = max.map_or(window, |m| m.clamp(1, window));
-        self.env.resumable.register(&id, &user, self.tx.clone());
+        let resumable = self.delivery().router().resumable();
+        resumable.register(&id, &user, self.tx.clone());
         self.proto.sm_enabled(Some((id, max)));
     }
 
     /// A new connection asks to resume `previd`: it goes to the session that owns that
-    /// stream, or is told it cannot (with the old stream's count when it ended recently).
+    /// stream, here or (in a cluster) at another node, or is told it cannot (with the old
+    /// stream's count when it ended recently).
     pub(super) async fn hand_off(
         &mut self,
         previd: String,
@@ -102,8 +56,14 @@ impl Session {
         conn: &mut Conn,
     ) -> Option<End> {
         let user = self.user.clone()?;
-        let Some(tx) = self.env.resumable.find(&previd, &user) else {
-            let ended_h = self.env.resumable.ended_h(&previd, &user);
+        let resumable = self.delivery().router().resumable();
+        let Some(tx) = resumable.find(&previd, &user) else {
+            let ended_h = resumable.ended_h(&previd, &user);
+            if let (None, Some(cluster)) = (ended_h, self.env.cluster.clone()) {
+                return self
+                    .resume_from_elsewhere(&cluster, &user, &previd, h)
+                    .await;
+            }
             debug!(
                 ended = ended_h.is_some(),
                 "resumption refused: no such stream"
@@ -161,9 +121,10 @@ impl Session {
     }
 
     /// Waits for a connection that resumes this session, until the resumption window
-    /// ends. Stanzas for the session keep arriving meanwhile and wait, unacknowledged, in
-    /// its queue; presence stays as it was.
-    pub(super) async fn hibernate(&mut self, rx: &mut SessionRx) -> Option<Box<Resumption>> {
+    /// ends: `End::Resume` or (from another node) `End::Migrate`, `None` when nobody came.
+    /// Stanzas for the session keep arriving meanwhile and wait, unacknowledged, in its
+    /// queue; presence stays as it was.
+    pub(super) async fn hibernate(&mut self, rx: &mut SessionRx) -> Option<End> {
         let mut window = self.proto.sm().map_or(0, |sm| sm.max_resume_secs());
         let pushes = self.delivery().pushes();
         let user = self.user.clone();
@@ -198,7 +159,8 @@ impl Session {
                 msg = rx.recv() => msg?,
             };
             match *msg {
-                ToSession::Resume(r) => return Some(r),
+                ToSession::Resume(r) => return Some(End::Resume(r)),
+                ToSession::Migrate(m) => return Some(End::Migrate(m)),
                 other => {
                     self.proto.set_time(crate::clock::now_ms());
                     if let (ToSession::Stanza(el), Some(user)) = (&other, &user)
@@ -222,9 +184,14 @@ impl Session {
             return;
         };
         if let (Some(id), Some(user)) = (sm.id(), self.user.as_ref()) {
-            self.env.resumable.ended(id, user, sm.inbound());
+            let resumable = self.delivery().router().resumable();
+            resumable.ended(id, user, sm.inbound());
         }
-        let unacked = sm.take_unacked();
+        self.hand_on_all(sm.take_unacked()).await;
+    }
+
+    /// Stanzas the client never acknowledged, as if they had never been delivered.
+    pub(super) async fn hand_on_all(&mut self, unacked: Vec<Unacked>) {
         if !unacked.is_empty() {
             debug!(count = unacked.len(), "handing on unacknowledged stanzas");
         }

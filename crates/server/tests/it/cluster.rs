@@ -222,6 +222,153 @@ async fn offline_messages_stored_by_one_node_reach_another() {
     c.stop().await;
 }
 
+fn number(el: &Element) -> Option<usize> {
+    body(el)?.strip_prefix('m')?.parse().ok()
+}
+
+/// Numbered chat messages from `from` to Bob's `pc` resource; `from` hears nothing
+/// meanwhile (no error, no presence).
+async fn send_numbered(from: &mut Client, range: std::ops::Range<usize>) {
+    for i in range {
+        from.send(&chat("bob@localhost/pc", &format!("m{i}"))).await;
+    }
+    let heard = from.barrier().await;
+    assert!(heard.is_empty(), "{heard:?}");
+}
+
+/// Bob at one node again, authenticated and not bound.
+async fn bob_at(node: &TestServer) -> Client {
+    let mut c = node.connect_starttls().await;
+    c.auth_plain("bob", "builder").await.expect("auth");
+    c
+}
+
+/// Bob's managed stream, acknowledgements held back, and its resumption id.
+async fn managed(bob: &mut Client) -> String {
+    let enabled = bob.enable_sm().await;
+    if let Some(sm) = bob.sm.as_mut() {
+        sm.auto_ack = false;
+    }
+    enabled.attr("id").expect("a resumption id").to_owned()
+}
+
+/// Bob's connection to one node dies mid-burst, and his client resumes the stream at the
+/// other (as behind a balancer): the session moves there, every message arrives once and
+/// in order, Alice never sees him leave, and the stream can move back.
+#[tokio::test]
+async fn a_stream_resumes_at_another_node() {
+    let c = cluster(2).await;
+    let (mut alice, mut bob) = friends_on_two_nodes(&c).await;
+    let previd = managed(&mut bob).await;
+    send_numbered(&mut alice, 0..20).await;
+    let mut first = Vec::new();
+    while first.len() < 10 {
+        if let Some(n) = number(&bob.recv_message().await) {
+            first.push(n);
+        }
+    }
+    let h = bob.sm.expect("managed").h;
+    // His connection to the second node dies with 10 messages unread; 10 more come.
+    drop(bob);
+    send_numbered(&mut alice, 20..30).await;
+
+    let mut bob = bob_at(&c.nodes[0]).await;
+    let resumed = bob.resume(&previd, h, "bob@localhost/pc").await;
+    assert_eq!(resumed.name(), "resumed", "{resumed:?}");
+    assert_eq!(resumed.attr("previd"), Some(previd.as_str()));
+    let got = bob.recv_until(|el| number(el) == Some(29)).await;
+    let all: Vec<usize> = first
+        .iter()
+        .copied()
+        .chain(got.iter().filter_map(number))
+        .collect();
+    assert_eq!(
+        all,
+        (0..30).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    // The session is at the first node now, available; the second holds nothing.
+    let handle = |i: usize| c.nodes[i].handle.as_ref().expect("running");
+    assert_eq!(handle(1).session_count(), 0);
+    let here = handle(0).sessions();
+    assert!(
+        here.iter()
+            .any(|s| s.jid == "bob@localhost/pc" && s.available),
+        "{here:?}"
+    );
+    // Alice never heard him go (send_numbered checks she hears nothing).
+    send_numbered(&mut alice, 30..31).await;
+    assert_eq!(number(&bob.recv_message().await), Some(30));
+
+    // And back to the second node.
+    let h = bob.sm.expect("managed").h;
+    drop(bob);
+    send_numbered(&mut alice, 31..33).await;
+    let mut bob = bob_at(&c.nodes[1]).await;
+    let resumed = bob.resume(&previd, h, "bob@localhost/pc").await;
+    assert_eq!(resumed.name(), "resumed", "{resumed:?}");
+    let got = bob.recv_until(|el| number(el) == Some(32)).await;
+    assert_eq!(got.iter().filter_map(number).collect::<Vec<_>>(), [31, 32]);
+    assert_eq!(
+        handle(0).session_count(),
+        1,
+        "alice alone at the first node"
+    );
+    // A new client of Alice's probes him: the session answers with the presence it
+    // brought along.
+    let mut tablet = c.nodes[0].login("alice", "wonderland", "tablet").await;
+    tablet.available().await;
+    tablet
+        .recv_where(|el| is_presence(el, "bob@localhost/pc", None))
+        .await;
+    c.stop().await;
+}
+
+/// Nobody else may resume Bob's stream from another node, an id no node knows is refused
+/// without a count, and once the stream ended at its node a late resumption at another
+/// learns the count it reached (XEP-0198 §5).
+#[tokio::test]
+async fn a_stream_elsewhere_is_resumed_only_by_its_owner_while_it_lasts() {
+    let c = cluster(2).await;
+    let mut bob = c.nodes[1].login("bob", "builder", "pc").await;
+    let previd = managed(&mut bob).await;
+    bob.available().await;
+
+    let mut thief = c.nodes[0].connect_starttls().await;
+    thief.auth_plain("alice", "wonderland").await.expect("auth");
+    let failed = thief.resume(&previd, 0, "alice@localhost/x").await;
+    assert_eq!(failed.name(), "failed", "{failed:?}");
+    assert_eq!(
+        failed.attr("h"),
+        None,
+        "alice learns nothing of bob's stream"
+    );
+    let mut lost = bob_at(&c.nodes[0]).await;
+    let failed = lost.resume("no-such-stream", 0, "bob@localhost/pc").await;
+    assert_eq!(failed.name(), "failed", "{failed:?}");
+    assert!(failed.has_child("item-not-found", NS_STANZAS));
+    // The attempts left his session where it was.
+    let here = c.nodes[1].handle.as_ref().expect("running").sessions();
+    assert!(here.iter().any(|s| s.jid == "bob@localhost/pc"), "{here:?}");
+
+    bob.close().await;
+    let node = &c.nodes[0];
+    poll_until(tokio::time::Instant::now() + WAIT, || {
+        let previd = previd.clone();
+        async move {
+            let mut late = bob_at(node).await;
+            let failed = late.resume(&previd, 0, "bob@localhost/pc").await;
+            match (failed.name(), failed.attr("h")) {
+                // His available presence was the one stanza the stream handled.
+                ("failed", Some("1")) => Ok(()),
+                _ => Err(format!("{failed:?}")),
+            }
+        }
+    })
+    .await;
+    c.stop().await;
+}
+
 /// A second node started with the id a live node holds refuses to start, saying why.
 #[tokio::test]
 async fn a_node_id_held_by_a_live_node_is_refused() {
