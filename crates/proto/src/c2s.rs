@@ -880,7 +880,12 @@ impl C2sStream {
                     self.sm.as_mut().map(|sm| sm.ack(h))
                 {
                     self.close_too_high(h, sent);
+                    return;
                 }
+                // What went out after the request this answers is covered by none: ask
+                // again, or it would stay unacknowledged until something else is sent
+                // (and be sent twice if the stream ended meanwhile).
+                self.request_ack();
             }
             // XEP-0198 §3: before <enable/>, there is nothing to acknowledge or ask.
             _ => self.close(Some("unsupported-stanza-type"), None),

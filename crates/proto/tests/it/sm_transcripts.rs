@@ -116,11 +116,15 @@ fn both_sides_count_and_acknowledge() {
     let names: Vec<&str> = elements(&out).iter().map(|e| e.name()).collect();
     assert_eq!(names, ["message", "message", "message", "r"]);
     assert_eq!(s.c2s.sm().map(|sm| sm.unacked_len()), Some(3));
-    s.send("<a xmlns='urn:xmpp:sm:3' h='2'/>");
+    // An answer that leaves one unacknowledged (it went out after the request) is
+    // followed by a request for it, or it would wait for the next stanza to be covered.
+    let out = s.send("<a xmlns='urn:xmpp:sm:3' h='2'/>");
     assert_eq!(s.c2s.sm().map(|sm| sm.unacked_len()), Some(1));
-    assert!(!s.c2s.sm().is_some_and(|sm| sm.ack_requested()));
+    assert!(s.c2s.sm().is_some_and(|sm| sm.ack_requested()));
+    let names: Vec<&str> = elements(&out).iter().map(|e| e.name()).collect();
+    assert_eq!(names, ["r"]);
     // Nothing unacknowledged after the next ack, so no request either.
-    s.send("<a xmlns='urn:xmpp:sm:3' h='3'/>");
+    assert!(s.send("<a xmlns='urn:xmpp:sm:3' h='3'/>").is_empty());
     s.c2s.request_ack();
     assert!(s.output().is_empty());
 }
