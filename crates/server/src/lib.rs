@@ -568,7 +568,8 @@ async fn start_services(
     shutdown: &CancellationToken,
 ) -> Result<Option<Arc<cluster::Cluster>>, ServerError> {
     tasks.spawn(mam::expire_old(delivery.clone(), shutdown.clone()));
-    // In a cluster, one node at a time runs each room service (`cluster::services`).
+    // In a cluster, every node runs each room service, each room on one node at a time
+    // (`cluster::services`).
     let muc_here = !config.cluster.enabled();
     for (service, domain) in config.muc_domains().into_iter().filter(|_| muc_here) {
         let muc = config.muc.clone();

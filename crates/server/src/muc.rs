@@ -12,6 +12,11 @@
 //! Stored: each room's configuration, subject and affiliations. Persistent rooms come
 //! back after a restart with their recent history read from the archive; temporary rooms
 //! are forgotten when their last occupant leaves.
+//!
+//! On a cluster node the service is *shared* ([`start_shared`]): every node runs one, each
+//! holding the rooms it owns (`cluster::services` routes each room's stanzas to its owner),
+//! so a room is read from the store when first used, not from a list loaded at the start
+//! that other nodes' rooms would outdate; a room whose ownership moved is evicted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -35,15 +40,40 @@ const QUEUE: usize = 4096;
 
 type Done = oneshot::Sender<Result<i64, StoreError>>;
 
-struct Request {
-    el: Element,
-    /// For a message: settled once what the room wrote is committed.
-    done: Option<Done>,
+enum Request {
+    Stanza {
+        el: Element,
+        /// For a message: settled once what the room wrote is committed.
+        done: Option<Done>,
+    },
+    /// This node no longer owns the room (shared service): forget it, not its store.
+    Evict(BareJid),
 }
 
 /// The handle delivery holds: a queue into the service's task.
 pub(crate) struct MucService {
     tx: mpsc::Sender<Request>,
+}
+
+impl MucService {
+    /// Queues a stanza; `done`, for a message, is settled once what the room wrote is
+    /// committed. A full queue gives the stanza back.
+    pub(crate) fn submit(&self, el: Element, done: Option<Done>) -> Result<(), Element> {
+        match self.tx.try_send(Request::Stanza { el, done }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
+                match r {
+                    Request::Stanza { el, .. } => Err(el),
+                    Request::Evict(_) => unreachable!("a stanza was sent"),
+                }
+            }
+        }
+    }
+
+    /// Forgets a room this node no longer owns (its occupants join again at the owner).
+    pub(crate) async fn evict(&self, room: BareJid) {
+        let _ = self.tx.send(Request::Evict(room)).await;
+    }
 }
 
 impl Component for MucService {
@@ -55,12 +85,7 @@ impl Component for MucService {
             }
             _ => (None, None),
         };
-        match self.tx.try_send(Request { el, done }) {
-            Ok(()) => Ok(pending),
-            Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
-                Err(r.el)
-            }
-        }
+        self.submit(el, done).map(|()| pending)
     }
 }
 
@@ -93,8 +118,35 @@ pub(crate) async fn start(
         config,
         stored,
         rooms: HashMap::new(),
+        shared: false,
     };
     state.run(rx, shutdown)
+}
+
+/// The service on a cluster node: not registered with delivery (the cluster's router is,
+/// in its place), holding only the rooms this node owns, each read from the store when
+/// first used. Returns its handle and its task.
+pub(crate) fn start_shared(
+    d: Arc<Delivery>,
+    service: String,
+    domain: String,
+    config: MucConfig,
+    shutdown: CancellationToken,
+) -> (
+    Arc<MucService>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let state = Service {
+        d,
+        service,
+        domain,
+        config,
+        stored: HashMap::new(),
+        rooms: HashMap::new(),
+        shared: true,
+    };
+    (Arc::new(MucService { tx }), state.run(rx, shutdown))
 }
 
 struct Service {
@@ -106,6 +158,9 @@ struct Service {
     /// Rooms in the store not loaded yet (loaded on first use).
     stored: HashMap<String, StoredRoom>,
     rooms: HashMap<BareJid, Room>,
+    /// A cluster node's: rooms come from the store when first used, and leave when
+    /// another node takes them.
+    shared: bool,
 }
 
 impl Service {
@@ -116,13 +171,19 @@ impl Service {
                 () = shutdown.cancelled() => return,
                 r = rx.recv() => r,
             };
-            let Some(request) = request else { return };
-            Box::pin(self.on_request(request)).await;
+            match request {
+                None => return,
+                Some(Request::Evict(jid)) => {
+                    if self.rooms.remove(&jid).is_some() {
+                        info!(room = %jid, "another node owns the room now");
+                    }
+                }
+                Some(Request::Stanza { el, done }) => Box::pin(self.on_request(el, done)).await,
+            }
         }
     }
 
-    async fn on_request(&mut self, request: Request) {
-        let Request { el, done } = request;
+    async fn on_request(&mut self, el: Element, done: Option<Done>) {
         let from = el.attr("from").and_then(|f| FullJid::new(f).ok());
         let to = el.attr("to").and_then(|t| Jid::new(t).ok());
         let (Some(from), Some(to)) = (from, to) else {
@@ -130,7 +191,7 @@ impl Service {
             return;
         };
         if to.node().is_none() {
-            self.service_iq(&from, &el);
+            self.service_iq(&from, &el).await;
             settle(done, Ok(0));
             return;
         }
@@ -166,12 +227,7 @@ impl Service {
     /// Whether the room exists (loaded from the store, or created by this join); refuses
     /// what is for a room that does not.
     async fn room_ready(&mut self, jid: &BareJid, from: &FullJid, el: &Element) -> bool {
-        if self.rooms.contains_key(jid) {
-            return true;
-        }
-        if let Some(stored) = self.stored.remove(jid.as_str()) {
-            let room = self.restore(jid.clone(), &stored).await;
-            self.rooms.insert(jid.clone(), room);
+        if self.rooms.contains_key(jid) || self.load(jid).await {
             return true;
         }
         let joining = el.name() == "presence"
@@ -204,6 +260,27 @@ impl Service {
             self.d.send(stanza::error_reply(el, &error));
         }
         false
+    }
+
+    /// Loads a stored room not in memory yet: from the list read at the start, or (shared)
+    /// from the store. Whether it exists.
+    async fn load(&mut self, jid: &BareJid) -> bool {
+        let stored = match self.shared {
+            false => self.stored.remove(jid.as_str()),
+            true => match self.d.store().muc_room(jid.as_str()).await {
+                Ok(room) => room,
+                Err(e) => {
+                    warn!(error = %e, room = %jid, "cannot read a room");
+                    None
+                }
+            },
+        };
+        let Some(stored) = stored else {
+            return false;
+        };
+        let room = self.restore(jid.clone(), &stored).await;
+        self.rooms.insert(jid.clone(), room);
+        true
     }
 
     /// A stored room, with the recent history its archive holds.
@@ -387,18 +464,12 @@ impl Service {
     /// A query of a room's archive (XEP-0313 on rooms): for its occupants, and for the
     /// members of a members-only room.
     async fn archive_query(&mut self, room_jid: &BareJid, from: &FullJid, el: &Element) {
-        let allowed = match self.rooms.get(room_jid) {
-            Some(room) => room.may_read_archive(from),
-            None => match self.stored.remove(room_jid.as_str()) {
-                Some(stored) => {
-                    let room = self.restore(room_jid.clone(), &stored).await;
-                    let allowed = room.may_read_archive(from);
-                    self.rooms.insert(room_jid.clone(), room);
-                    allowed
-                }
-                None => false,
-            },
-        };
+        let loaded = self.rooms.contains_key(room_jid) || self.load(room_jid).await;
+        let allowed = loaded
+            && self
+                .rooms
+                .get(room_jid)
+                .is_some_and(|room| room.may_read_archive(from));
         if !allowed {
             self.d
                 .send(stanza::error_reply(el, &Condition::Forbidden.into()));
@@ -421,7 +492,7 @@ impl Service {
     }
 
     /// An IQ to the service itself: discovery (XEP-0045 §6.1, §6.3) and ping.
-    fn service_iq(&self, from: &FullJid, el: &Element) {
+    async fn service_iq(&mut self, from: &FullJid, el: &Element) {
         if !matches!(el.attr("type"), Some("get" | "set")) {
             return;
         }
@@ -442,7 +513,9 @@ impl Service {
                     .build();
                 Ok(Some(q))
             }
-            (name, n) if name == "query" && n == ns::DISCO_ITEMS => Ok(Some(self.room_list())),
+            (name, n) if name == "query" && n == ns::DISCO_ITEMS => {
+                Ok(Some(self.room_list().await))
+            }
             (name, n) if name == "ping" && n == ns::PING => Ok(None),
             _ => Err(StanzaError::new(Condition::ServiceUnavailable)),
         };
@@ -460,8 +533,26 @@ impl Service {
         self.d.send(reply);
     }
 
-    /// Public rooms, loaded or stored (XEP-0045 §6.3).
-    fn room_list(&self) -> Element {
+    fn is_loaded(&self, jid: &str) -> bool {
+        BareJid::new(jid).is_ok_and(|j| self.rooms.contains_key(&j))
+    }
+
+    /// Public rooms, loaded or stored (XEP-0045 §6.3); on a cluster node, those of every
+    /// node, from the store.
+    async fn room_list(&mut self) -> Element {
+        if self.shared {
+            let suffix = format!("@{}", self.service);
+            match self.d.store().muc_rooms().await {
+                Ok(rooms) => {
+                    self.stored = rooms
+                        .into_iter()
+                        .filter(|r| r.jid.ends_with(&suffix) && !self.is_loaded(&r.jid))
+                        .map(|r| (r.jid.clone(), r))
+                        .collect();
+                }
+                Err(e) => warn!(error = %e, "cannot read rooms"),
+            }
+        }
         let mut q = Element::builder("query", ns::DISCO_ITEMS).build();
         let mut listed: Vec<(String, String)> = self
             .rooms

@@ -612,6 +612,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every stored room, sorted by JID.
     async fn muc_rooms(&self) -> Result<Vec<StoredRoom>>;
+    /// One stored room.
+    async fn muc_room(&self, room: &str) -> Result<Option<StoredRoom>> {
+        Ok(self.muc_rooms().await?.into_iter().find(|r| r.jid == room))
+    }
     /// Stores a room's configuration, creating the room if needed (`now_ms` is when).
     async fn muc_save_room(
         &self,
@@ -812,6 +816,21 @@ pub trait Store: Send + Sync + 'static {
     /// it is free, ended before `now_ms`, or already that node's. Returns the lease as it
     /// stands afterwards: the caller holds it if it names the caller.
     async fn lease_take(&self, _want: &ClusterLease, _now_ms: i64) -> Result<ClusterLease> {
+        Err(StoreError::Unsupported("cluster"))
+    }
+    /// Gives the lease `name` back, if this start of the node holds it.
+    async fn lease_release(&self, _name: &str, _node_id: &str, _epoch: &str) -> Result<()> {
+        Err(StoreError::Unsupported("cluster"))
+    }
+    /// Extends to `until_ms` every lease whose name starts with `prefix` that this start
+    /// of the node holds; returns their names (those it lost are not among them).
+    async fn leases_extend(
+        &self,
+        _node_id: &str,
+        _epoch: &str,
+        _prefix: &str,
+        _until_ms: i64,
+    ) -> Result<Vec<String>> {
         Err(StoreError::Unsupported("cluster"))
     }
     /// Every lease, by name.

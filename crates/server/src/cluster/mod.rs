@@ -236,7 +236,7 @@ pub(crate) struct Cluster {
     departed: Mutex<HashMap<String, String>>,
     /// The federation links, which one node runs for all.
     links: links::Links,
-    /// The services one node runs for all (multi-user chat).
+    /// The room services, whose rooms each run on one node (multi-user chat).
     services: Arc<services::Services>,
     /// Streams resumed here that other nodes held, and the reverse (see `resume`).
     resumes: Arc<resume::Resumes>,
@@ -323,18 +323,17 @@ impl Cluster {
                 }
             })
         }));
-        cluster.services.forward_all(delivery, &bus);
+        let weak_cluster = Arc::downgrade(&cluster);
         cluster
             .services
-            .claim(delivery, &bus, tasks, shutdown)
-            .await;
+            .start(delivery, weak_cluster, tasks, shutdown);
         tasks.spawn(publisher(client.clone(), rx, cluster.stop.clone()));
         let inbox = format!("{}.inbox.{}.{}", bus.prefix, bus.node_id, bus.epoch);
         let subs = Subscriptions::open(&client, &bus, &inbox).await;
         cluster.ask_known_nodes().await;
         let receiver = cluster.clone().run(subs, tasks.clone(), shutdown.clone());
         tasks.spawn(receiver);
-        tasks.spawn(cluster.clone().upkeep(tasks.clone(), shutdown.clone()));
+        tasks.spawn(cluster.clone().upkeep(shutdown.clone()));
         cluster.wait_synced().await;
         info!(node = %node_id, "joined the cluster");
         Ok(cluster)

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
-use outpost_proto::stanza::{self, Condition, ErrorType, StanzaError};
+use outpost_proto::stanza;
 use outpost_proto::xml::read_stanza;
 use outpost_store::Subscription;
 use tokio_util::sync::CancellationToken;
@@ -65,7 +65,7 @@ impl Cluster {
     /// What the node keeps in PostgreSQL, until shutdown: its registration, renewed every
     /// [`LEASE_RENEW`], and the leases on what one node runs (tried again at once when
     /// their holder leaves); then it leaves the registry.
-    pub(super) async fn upkeep(self: Arc<Self>, tasks: Tasks, shutdown: CancellationToken) {
+    pub(super) async fn upkeep(self: Arc<Self>, shutdown: CancellationToken) {
         let mut every = tokio::time::interval(LEASE_RENEW);
         every.tick().await;
         loop {
@@ -75,7 +75,7 @@ impl Cluster {
                 _ = every.tick() => self.renew().await,
             }
             let (d, bus) = (&self.delivery, &self.bus);
-            self.services.claim(d, bus, &tasks, &shutdown).await;
+            self.services.renew(d, bus).await;
             self.links.claim(&self).await;
             self.claim_tag().await;
         }
@@ -400,7 +400,8 @@ impl Cluster {
     fn gone(&self, node: &str) {
         let dropped = self.delivery.router().drop_node(node);
         self.announce_gone(dropped);
-        if self.services.node_gone(node) | self.links.node_gone(node) {
+        self.services.node_gone(node);
+        if self.links.node_gone(node) {
             self.claim_soon.notify_one();
         }
     }
@@ -447,7 +448,9 @@ impl Cluster {
                 xml,
                 request,
             } => self.serve_forwarded(&env.node, syncing, &service, &xml, request),
-            Body::ServiceDone { request, result } => self.services.answered(&request, result),
+            Body::ServiceDone { request, result } => {
+                self.services.answered(&env.node, &request, result)
+            }
             Body::PrefsRead { request } => self.prefs_read(&request),
             Body::Resumed { request, result } => self.on_resumed(&env.node, request, result),
             Body::ResumeTaken { request, taken } => self.on_resume_taken(&request, taken),
@@ -540,25 +543,18 @@ impl Cluster {
             warn!(%node, %from, "dropped a stanza from a session that node does not hold");
             return;
         }
-        let component = self.delivery.component(service);
-        let Some(component) = component.filter(|_| self.services.runs(service)) else {
-            // The lease moved on; the sender's node will learn the new owner.
-            let busy = StanzaError::with_type(ErrorType::Wait, Condition::ServiceUnavailable);
-            self.delivery.bounce(&el, busy);
-            reply(Err(format!("{service} does not run on this node")));
-            return;
-        };
-        match component.take(el) {
+        let d = &self.delivery;
+        match self
+            .services
+            .serve_forwarded(d, service, el, &self.bus.node_id)
+        {
             Ok(Some(pending)) => {
                 let answer = async move { reply(pending.await.map_err(|e| e.to_string())) };
                 self.tasks.spawn(answer);
             }
             Ok(None) => reply(Ok(0)),
-            Err(el) => {
-                let busy = StanzaError::with_type(ErrorType::Wait, Condition::ResourceConstraint);
-                self.delivery.bounce(&el, busy);
-                reply(Err("the service is busy".to_owned()));
-            }
+            // The room moved on, or the service is busy: the sender heard, and tries again.
+            Err(why) => reply(Err(why.to_owned())),
         }
     }
 

@@ -1,53 +1,88 @@
-//! Services one node runs for the whole cluster: each multi-user chat service (its rooms
-//! live in one task, so one node at a time holds them). The node holding the lease
-//! `muc:<service>` in PostgreSQL runs the service; the others register a forwarder in its
-//! place that passes each stanza for it to that node over NATS, and, for a message, waits
-//! for the owner to say its archive row is committed before the sender is acknowledged.
-//! Every node tries to take each lease every [`LEASE_RENEW`](super::LEASE_RENEW): the owner renews it, and
-//! when the owner dies its lease ends and the first node to try after that starts the
-//! service from the store (rooms, affiliations, history from the archive). Occupants are
+//! Multi-user chat on a cluster: every node runs each room service
+//! ([`crate::muc::start_shared`]), and each room has one owner node at a time, the holder
+//! of the lease `room:<room JID>` in PostgreSQL. In front of its service each node
+//! registers a router that sends each room's stanzas to the room's owner: its own service
+//! if that is this node, otherwise the owner over NATS, waiting, for a message, for the
+//! owner to say its archive row is committed before the sender is acknowledged. A room
+//! nobody owns is taken by the node where its next stanza arrives, so rooms live where
+//! their users are and the rooms of a service spread over the nodes.
+//!
+//! Each node extends its room leases every [`LEASE_RENEW`](super::LEASE_RENEW) in one
+//! statement; a room whose lease it lost (it looked dead for a whole lease) is evicted from
+//! its service. When a node stops it releases its leases; when it dies they end with its
+//! lease time, and the next stanza for one of its rooms anywhere takes the room over, read
+//! from the store (configuration, affiliations, history from the archive). Occupants are
 //! not in the store: after a takeover, clients join again (XEP-0410 self-pings tell them
-//! to); an occupant on a node that died leaves its rooms at the next message there (the
-//! room's message to a session no longer anywhere fails).
+//! to). Stanzas of one service are routed in order by one task per node, so a sender's
+//! stanzas reach a room in the order sent, across a takeover too.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use jid::Jid;
 use minidom::Element;
+use outpost_proto::stanza::{Condition, ErrorType, StanzaError};
 use outpost_store::{ClusterLease, StoreError};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::wire::Body;
-use super::{Bus, LEASE};
+use super::{Bus, Cluster, LEASE};
 use crate::config::MucConfig;
 use crate::delivery::{Component, Delivery};
 use crate::journal::Pending;
+use crate::muc::MucService;
 use crate::tasks::Tasks;
 
 /// How long a forwarded message waits for its owner's answer.
 const ANSWER: Duration = Duration::from_secs(10);
+/// Stanzas waiting for a service's router; a full queue answers `resource-constraint`.
+const QUEUE: usize = 4096;
+/// The names of room leases start with this.
+const ROOM_LEASE: &str = "room:";
 
 type Done = oneshot::Sender<Result<i64, StoreError>>;
 
-/// One service and who runs it.
+/// One service on this node.
 struct Service {
     service: String,
     domain: String,
-    /// The node that held the lease at the last try (this node's id when it runs it).
-    owner: Mutex<Option<String>>,
-    /// Stops the service's task, while this node runs it.
-    running: Mutex<Option<CancellationToken>>,
+    /// This node's own service task, holding the rooms it owns.
+    local: OnceLock<Arc<MucService>>,
+    /// Each room's owner as last learned (this node's id for its own), by room JID.
+    owners: Mutex<HashMap<String, String>>,
+    /// The router's queue.
+    queue: OnceLock<mpsc::Sender<Routed>>,
 }
 
-/// The cluster's services as this node sees them, and the forwarded messages awaiting
-/// their owner's answer.
+/// A stanza for a service, and (a message) where its outcome goes.
+struct Routed {
+    el: Element,
+    done: Option<Done>,
+}
+
+/// A message forwarded to a room's owner, awaiting its answer.
+struct Waiting {
+    done: Option<Done>,
+    at: Instant,
+    service: Arc<Service>,
+    room: String,
+}
+
+/// The cluster's room services as this node sees them, and the forwarded messages
+/// awaiting their owner's answer.
 pub(super) struct Services {
     services: Vec<Arc<Service>>,
     config: MucConfig,
-    waiting: Mutex<HashMap<String, (Done, Instant)>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
+}
+
+impl Service {
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Services {
@@ -58,8 +93,9 @@ impl Services {
                 Arc::new(Service {
                     service,
                     domain,
-                    owner: Mutex::new(None),
-                    running: Mutex::new(None),
+                    local: OnceLock::new(),
+                    owners: Mutex::new(HashMap::new()),
+                    queue: OnceLock::new(),
                 })
             })
             .collect();
@@ -70,74 +106,220 @@ impl Services {
         }
     }
 
-    /// Registers a forwarder for every service (replaced by the service itself where this
-    /// node takes its lease).
-    pub(super) fn forward_all(self: &Arc<Self>, d: &Delivery, bus: &Arc<Bus>) {
-        for s in &self.services {
-            self.forward(s, d, bus);
-        }
-    }
-
-    fn forward(self: &Arc<Self>, s: &Arc<Service>, d: &Delivery, bus: &Arc<Bus>) {
-        let forwarder = Forwarder {
-            service: s.clone(),
-            services: self.clone(),
-            bus: bus.clone(),
-        };
-        d.register(&s.service, &s.domain, Arc::new(forwarder));
-    }
-
-    /// Takes or renews each service's lease; starts the services this node now holds,
-    /// stops those it lost.
-    pub(super) async fn claim(
+    /// Starts this node's part of every service: its own service task and, registered in
+    /// its place, the router in front of it.
+    pub(super) fn start(
         self: &Arc<Self>,
         d: &Arc<Delivery>,
-        bus: &Arc<Bus>,
+        cluster: Weak<Cluster>,
         tasks: &Tasks,
         shutdown: &CancellationToken,
     ) {
         for s in &self.services {
-            let now = crate::clock::now_ms();
-            let want = ClusterLease {
-                name: format!("muc:{}", s.service),
-                node_id: bus.node_id.to_string(),
-                epoch: bus.epoch.clone(),
-                until_ms: now + LEASE.as_millis() as i64,
+            let (local, task) = crate::muc::start_shared(
+                d.clone(),
+                s.service.clone(),
+                s.domain.clone(),
+                self.config.clone(),
+                shutdown.clone(),
+            );
+            tasks.spawn(task);
+            let _ = s.local.set(local);
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let _ = s.queue.set(tx);
+            d.register(&s.service, &s.domain, Arc::new(Router(s.clone())));
+            let route = self
+                .clone()
+                .route(s.clone(), rx, cluster.clone(), shutdown.clone());
+            tasks.spawn(route);
+        }
+    }
+
+    /// Routes a service's stanzas, in order, until shutdown.
+    async fn route(
+        self: Arc<Self>,
+        s: Arc<Service>,
+        mut rx: mpsc::Receiver<Routed>,
+        cluster: Weak<Cluster>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let routed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = rx.recv() => r,
             };
-            let lease = match d.store().lease_take(&want, now).await {
-                Ok(lease) => lease,
-                Err(e) => {
-                    warn!(service = %s.service, error = %e, "cannot renew the service's lease");
-                    continue;
+            let (Some(Routed { el, done }), Some(cluster)) = (routed, cluster.upgrade()) else {
+                return;
+            };
+            let me = cluster.bus.node_id.to_string();
+            let room = room_of(&el);
+            let owner = match &room {
+                None => Some(me.clone()),
+                Some(r) => self.owner(&cluster, &s, r, &el).await,
+            };
+            let d = &cluster.delivery;
+            match (owner, room) {
+                (Some(o), _) if o == me => here_with(&s, d, el, done),
+                (Some(o), Some(room)) => self.forward(&cluster, &s, &o, room, el, done),
+                _ => refuse(d, el, done, "the room's node is gone; try again shortly"),
+            }
+        }
+    }
+
+    /// The room's owner: as known, or by taking its lease (this node becomes the owner
+    /// if nobody holds it). `None` while a node that is gone still holds it. A room that
+    /// is not stored and that `el` cannot create is not claimed: this node's service
+    /// answers that it does not exist, and no lease is left behind for it.
+    async fn owner(
+        &self,
+        cluster: &Cluster,
+        s: &Service,
+        room: &str,
+        el: &Element,
+    ) -> Option<String> {
+        if let Some(o) = s.owners().get(room) {
+            return Some(o.clone());
+        }
+        let now = crate::clock::now_ms();
+        let me = cluster.bus.node_id.to_string();
+        let want = ClusterLease {
+            name: format!("{ROOM_LEASE}{room}"),
+            node_id: me.clone(),
+            epoch: cluster.bus.epoch.clone(),
+            until_ms: now + LEASE.as_millis() as i64,
+        };
+        let store = cluster.delivery.store();
+        let lease = match store.lease_take(&want, now).await {
+            Ok(lease) => lease,
+            Err(e) => {
+                warn!(%room, error = %e, "cannot take a room's lease");
+                return None;
+            }
+        };
+        if lease.node_id != want.node_id || lease.epoch != want.epoch {
+            let live = cluster.is_live(&lease.node_id, &lease.epoch);
+            if live {
+                s.owners().insert(room.to_owned(), lease.node_id.clone());
+            }
+            return live.then_some(lease.node_id);
+        }
+        if !may_create(el) && matches!(store.muc_room(room).await, Ok(None)) {
+            // Nobody ran it and it is not stored: it does not exist. This node's service
+            // says so, and the lease goes back rather than stay behind for nothing.
+            if let Err(e) = store.lease_release(&want.name, &me, &want.epoch).await {
+                warn!(%room, error = %e, "cannot give a room's lease back");
+            }
+            return Some(me);
+        }
+        info!(%room, "this node runs the room now");
+        s.owners().insert(room.to_owned(), me.clone());
+        Some(me)
+    }
+
+    /// Sends a room's stanza to its owner; a message's outcome comes with its answer.
+    fn forward(
+        &self,
+        cluster: &Cluster,
+        s: &Arc<Service>,
+        owner: &str,
+        room: String,
+        el: Element,
+        done: Option<Done>,
+    ) {
+        let (bus, d) = (&cluster.bus, &cluster.delivery);
+        let Some(xml) = super::wire::xml(&el) else {
+            return refuse(d, el, done, "the stanza cannot be written");
+        };
+        // Every stanza gets an answer, so that a refusal (the room moved on) makes this
+        // node forget the owner; a message's also says it is committed.
+        let request = crate::ids::random_id(16);
+        let waiting = Waiting {
+            done,
+            at: Instant::now(),
+            service: s.clone(),
+            room,
+        };
+        self.lock_waiting().insert(request.clone(), waiting);
+        let body = Body::Service {
+            service: s.service.clone(),
+            xml,
+            request: Some(request.clone()),
+        };
+        if bus.publish(bus.node_subject(owner), body) {
+            return;
+        }
+        let done = self.lock_waiting().remove(&request).and_then(|w| w.done);
+        refuse(d, el, done, "the cluster's bus is busy");
+    }
+
+    /// A stanza another node forwarded for one of our rooms: to this node's service if
+    /// the room is ours; otherwise its sender gets a temporary error, and the error that
+    /// goes back makes the forwarding node forget the owner it thought it had.
+    pub(super) fn serve_forwarded(
+        &self,
+        d: &Delivery,
+        service: &str,
+        el: Element,
+        me: &str,
+    ) -> Result<Option<Pending>, &'static str> {
+        let s = self.services.iter().find(|s| s.service == service);
+        let ours = |s: &Service| {
+            room_of(&el).is_none_or(|room| s.owners().get(&room).map(String::as_str) == Some(me))
+        };
+        let Some(local) = s.filter(|s| ours(s)).and_then(|s| s.local.get()) else {
+            refuse(d, el, None, "");
+            return Err("the room does not run on this node");
+        };
+        let (done, pending) = match el.name() {
+            "message" => {
+                let (done, pending) = Pending::channel();
+                (Some(done), Some(pending))
+            }
+            _ => (None, None),
+        };
+        match local.submit(el, done) {
+            Ok(()) => Ok(pending),
+            Err(el) => {
+                refuse(d, el, None, "");
+                Err("the service is busy")
+            }
+        }
+    }
+
+    /// Extends this node's room leases; rooms it lost leave its services.
+    pub(super) async fn renew(&self, d: &Delivery, bus: &Bus) {
+        let until = crate::clock::now_ms() + LEASE.as_millis() as i64;
+        let held = match d
+            .store()
+            .leases_extend(&bus.node_id, &bus.epoch, ROOM_LEASE, until)
+            .await
+        {
+            Ok(names) => names.into_iter().collect::<HashSet<String>>(),
+            Err(e) => {
+                warn!(error = %e, "cannot renew this node's room leases");
+                return;
+            }
+        };
+        for s in &self.services {
+            let lost: Vec<String> = {
+                let mut owners = s.owners();
+                let lost: Vec<String> = owners
+                    .iter()
+                    .filter(|(room, o)| {
+                        **o == *bus.node_id && !held.contains(&format!("{ROOM_LEASE}{room}"))
+                    })
+                    .map(|(room, _)| room.clone())
+                    .collect();
+                for room in &lost {
+                    owners.remove(room);
                 }
+                lost
             };
-            let mine = lease.node_id == want.node_id && lease.epoch == want.epoch;
-            *s.owner.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease.node_id.clone());
-            let start = {
-                let mut running = s.running.lock().unwrap_or_else(|p| p.into_inner());
-                match (mine, running.as_ref()) {
-                    (true, None) => {
-                        let stop = shutdown.child_token();
-                        *running = Some(stop.clone());
-                        Some(stop)
-                    }
-                    (false, Some(stop)) => {
-                        warn!(service = %s.service, owner = %lease.node_id,
-                              "another node took the service's lease: stopping it here");
-                        stop.cancel();
-                        *running = None;
-                        self.forward(s, d, bus);
-                        None
-                    }
-                    _ => None,
+            for room in lost {
+                warn!(%room, "this node lost the room's lease: another node may take it");
+                if let (Some(local), Ok(jid)) = (s.local.get(), jid::BareJid::new(&room)) {
+                    local.evict(jid).await;
                 }
-            };
-            if let Some(stop) = start {
-                info!(service = %s.service, "this node runs the service now");
-                let (service, domain) = (s.service.clone(), s.domain.clone());
-                let task =
-                    crate::muc::start(d.clone(), service, domain, self.config.clone(), stop).await;
-                tasks.spawn(task);
             }
         }
         self.expire_waiting();
@@ -145,111 +327,113 @@ impl Services {
 
     /// Forwarded messages whose owner did not answer in time: their senders get an error.
     fn expire_waiting(&self) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiting = self.lock_waiting();
         let late: Vec<String> = waiting
             .iter()
-            .filter(|(_, (_, at))| at.elapsed() > ANSWER)
+            .filter(|(_, w)| w.at.elapsed() > ANSWER)
             .map(|(id, _)| id.clone())
             .collect();
         for id in late {
-            if let Some((done, _)) = waiting.remove(&id) {
+            if let Some(done) = waiting.remove(&id).and_then(|w| w.done) {
                 let _ = done.send(Err(StoreError::Backend(
-                    "the node running the service did not answer".into(),
+                    "the node running the room did not answer".into(),
                 )));
             }
         }
     }
 
-    /// `node` is gone: the services it ran have no owner until one takes them (a stanza
-    /// for them meanwhile is refused with a temporary error rather than sent nowhere).
-    /// Returns whether it ran any.
-    pub(super) fn node_gone(&self, node: &str) -> bool {
-        let mut ran = false;
+    /// `node` is gone: the rooms it ran have no known owner until one takes them.
+    pub(super) fn node_gone(&self, node: &str) {
         for s in &self.services {
-            let mut owner = s.owner.lock().unwrap_or_else(|p| p.into_inner());
-            if owner.as_deref() == Some(node) {
-                *owner = None;
-                ran = true;
+            s.owners().retain(|_, o| o != node);
+        }
+    }
+
+    /// The owner's answer to a forwarded message. A refusal makes this node forget that
+    /// owner, so the room's next stanza learns the owner again.
+    pub(super) fn answered(&self, node: &str, request: &str, result: Result<i64, String>) {
+        let Some(w) = self.lock_waiting().remove(request) else {
+            return;
+        };
+        if result.is_err() {
+            let mut owners = w.service.owners();
+            if owners.get(&w.room).map(String::as_str) == Some(node) {
+                owners.remove(&w.room);
             }
         }
-        ran
-    }
-
-    /// Whether this node runs `service` now.
-    pub(super) fn runs(&self, service: &str) -> bool {
-        self.services.iter().any(|s| {
-            s.service == service
-                && s.running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .is_some()
-        })
-    }
-
-    /// The owner's answer to a forwarded message.
-    pub(super) fn answered(&self, request: &str, result: Result<i64, String>) {
-        let done = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(request);
-        if let Some((done, _)) = done {
+        if let Some(done) = w.done {
             let _ = done.send(result.map_err(|e| StoreError::Backend(e.into())));
         }
     }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// What stands in for a service on the nodes that do not run it.
-struct Forwarder {
-    service: Arc<Service>,
-    services: Arc<Services>,
-    bus: Arc<Bus>,
+impl Cluster {
+    /// Whether `node`, in that start, is a node this one hears.
+    fn is_live(&self, node: &str, epoch: &str) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get(node).is_some_and(|p| p.epoch == epoch)
+    }
 }
 
-impl Component for Forwarder {
+/// Whether a stanza may create its room: a join (presence with the MUC payload to an
+/// occupant JID), as `muc` decides.
+fn may_create(el: &Element) -> bool {
+    el.name() == "presence"
+        && el.attr("type").is_none()
+        && el.has_child("x", outpost_proto::muc::NS_MUC)
+}
+
+/// The room a stanza is for (`None`: the service itself).
+fn room_of(el: &Element) -> Option<String> {
+    let to = Jid::new(el.attr("to")?).ok()?;
+    to.node()?;
+    Some(to.to_bare().to_string())
+}
+
+/// A stanza for one of this node's rooms, to its own service.
+fn here_with(s: &Service, d: &Delivery, el: Element, done: Option<Done>) {
+    let Some(local) = s.local.get() else {
+        return refuse(d, el, done, "the service is not running");
+    };
+    if let Err(el) = local.submit(el, done) {
+        let busy = StanzaError::with_type(ErrorType::Wait, Condition::ResourceConstraint);
+        d.bounce(&el, busy);
+    }
+}
+
+/// Refuses a stanza for a room that has no owner now, with a temporary error.
+fn refuse(d: &Delivery, el: Element, done: Option<Done>, why: &str) {
+    let busy = StanzaError::with_type(ErrorType::Wait, Condition::ServiceUnavailable);
+    d.bounce(&el, busy);
+    if let Some(done) = done {
+        let _ = done.send(Err(StoreError::Backend(why.into())));
+    }
+}
+
+/// What the router puts in front of this node's service for each room service.
+struct Router(Arc<Service>);
+
+impl Component for Router {
     fn take(&self, el: Element) -> Result<Option<Pending>, Element> {
-        let owner = self
-            .service
-            .owner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(owner) = owner.filter(|o| *o != *self.bus.node_id) else {
-            // No owner known yet, or this node is taking it over.
-            return Err(el);
-        };
-        let Some(xml) = super::wire::xml(&el) else {
-            return Err(el);
-        };
-        let (request, pending) = match el.name() {
+        let (done, pending) = match el.name() {
             "message" => {
                 let (done, pending) = Pending::channel();
-                let id = crate::ids::random_id(16);
-                let mut waiting = self
-                    .services
-                    .waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                waiting.insert(id.clone(), (done, Instant::now()));
-                (Some(id), Some(pending))
+                (Some(done), Some(pending))
             }
             _ => (None, None),
         };
-        let body = Body::Service {
-            service: self.service.service.clone(),
-            xml,
-            request: request.clone(),
+        let Some(queue) = self.0.queue.get() else {
+            return Err(el);
         };
-        if self.bus.publish(self.bus.node_subject(&owner), body) {
-            return Ok(pending);
+        match queue.try_send(Routed { el, done }) {
+            Ok(()) => Ok(pending),
+            Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
+                Err(r.el)
+            }
         }
-        if let Some(id) = request {
-            self.services
-                .waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-        }
-        Err(el)
     }
 }

@@ -478,7 +478,7 @@ async fn wait_for_room(c: &mut Client) {
         if info.attr("type") == Some("result") {
             return;
         }
-        assert_eq!(stanza_error(&info).0, "wait", "{info:?}");
+        assert_eq!(stanza_error(&info).1, "wait", "{info:?}");
         assert!(
             std::time::Instant::now() < deadline,
             "no takeover: {info:?}"
@@ -504,10 +504,10 @@ async fn said(c: &mut Client, text: &str) -> Element {
         .await
 }
 
-/// One room for occupants on two nodes: the first node runs the chat service, the other
+/// One room for occupants on two nodes: the node where it was created runs it, the other
 /// forwards to it; messages, history and the room's archive work from both. When the
-/// node running it stops, the other takes the service over from the store and the room
-/// goes on with its history.
+/// node running it stops, the other takes the room over from the store and the room goes
+/// on with its history.
 #[tokio::test]
 async fn a_room_spans_nodes_and_survives_its_node() {
     let mut c = cluster(2).await;
@@ -547,7 +547,7 @@ async fn a_room_spans_nodes_and_survives_its_node() {
     let said_order: Vec<String> = results.iter().filter_map(|(_, m)| body(m)).collect();
     assert_eq!(said_order.len(), 2, "{results:?}");
 
-    // The node running the service stops; the other takes it over within a renewal.
+    // The node running the room stops; the other takes it over at the next stanza.
     c.nodes[0].stop().await;
     drop(alice);
     wait_for_room(&mut bob).await;
@@ -560,6 +560,133 @@ async fn a_room_spans_nodes_and_survives_its_node() {
     bob.send("<message to='lobby@conference.localhost' type='groupchat' id='b2'><body>after</body></message>")
         .await;
     said(&mut bob, "after").await;
+    c.stop().await;
+}
+
+/// Makes `room` persistent and public and names it, as its owner.
+async fn configure(c: &mut Client, room: &str, name: &str) {
+    let form = format!(
+        "<x xmlns='jabber:x:data' type='submit'>\
+         <field var='muc#roomconfig_persistentroom'><value>1</value></field>\
+         <field var='muc#roomconfig_publicroom'><value>1</value></field>\
+         <field var='muc#roomconfig_roomname'><value>{name}</value></field></x>"
+    );
+    let reply = c
+        .query(
+            "set",
+            Some(room),
+            &format!("<query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query>"),
+        )
+        .await;
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+}
+
+/// The name a room's disco#info gives, or the error's type.
+async fn room_name(c: &mut Client, room: &str) -> Result<String, String> {
+    let info = c
+        .query(
+            "get",
+            Some(room),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        )
+        .await;
+    if info.attr("type") != Some("result") {
+        return Err(stanza_error(&info).1);
+    }
+    let identity = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .and_then(|q| q.get_child("identity", "http://jabber.org/protocol/disco#info"));
+    Ok(identity
+        .and_then(|i| i.attr("name"))
+        .unwrap_or("")
+        .to_owned())
+}
+
+/// Rooms spread over the nodes: each runs on the node where it was created (its lease),
+/// both nodes list both, and occupants of both nodes talk in both. A room created on the
+/// second node after the first started is taken over by the first, from the store, when
+/// the second stops: its name, configuration and history come along.
+#[tokio::test]
+async fn each_room_runs_on_one_node_and_rooms_spread_over_the_nodes() {
+    const NORTH: &str = "north@conference.localhost";
+    const SOUTH: &str = "south@conference.localhost";
+    let mut c = cluster(2).await;
+    let mut alice = c.nodes[0].login("alice", "wonderland", "phone").await;
+    let mut bob = c.nodes[1].login("bob", "builder", "pc").await;
+    join(&mut alice, NORTH, "alice").await;
+    configure(&mut alice, NORTH, "The North").await;
+    join(&mut bob, SOUTH, "bob").await;
+    configure(&mut bob, SOUTH, "The South").await;
+    let leases = store(&c.url).await.cluster_leases().await.expect("leases");
+    let holder = |room: &str| {
+        let name = format!("room:{room}");
+        leases
+            .iter()
+            .find(|l| l.name == name)
+            .map(|l| l.node_id.clone())
+    };
+    assert_eq!(holder(NORTH).as_deref(), Some("n1"), "{leases:?}");
+    assert_eq!(holder(SOUTH).as_deref(), Some("n2"), "{leases:?}");
+    // A room that does not exist is said not to, and no lease is left behind for it.
+    assert_eq!(
+        room_name(&mut bob, "nowhere@conference.localhost").await,
+        Err("cancel".to_owned())
+    );
+    let leases = store(&c.url).await.cluster_leases().await.expect("leases");
+    assert!(
+        !leases.iter().any(|l| l.name.contains("nowhere")),
+        "{leases:?}"
+    );
+
+    join(&mut alice, SOUTH, "alice").await;
+    join(&mut bob, NORTH, "bob").await;
+    for (room, text) in [(NORTH, "in the north"), (SOUTH, "in the south")] {
+        alice
+            .send(&format!(
+                "<message to='{room}' type='groupchat'><body>{text}</body></message>"
+            ))
+            .await;
+        for client in [&mut alice, &mut bob] {
+            said(client, text).await;
+        }
+    }
+    // Either node lists the rooms of both.
+    for client in [&mut alice, &mut bob] {
+        let items = client
+            .query(
+                "get",
+                Some("conference.localhost"),
+                "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+            )
+            .await;
+        let listed: Vec<&str> = items
+            .get_child("query", "http://jabber.org/protocol/disco#items")
+            .map(|q| q.children().filter_map(|i| i.attr("jid")).collect())
+            .unwrap_or_default();
+        assert_eq!(listed, [NORTH, SOUTH], "{items:?}");
+    }
+
+    // The second node stops: the first takes the south over at its next stanza.
+    c.nodes[1].stop().await;
+    drop(bob);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let name = loop {
+        match room_name(&mut alice, SOUTH).await {
+            Ok(name) => break name,
+            // Until the stopped node's goodbye is heard.
+            Err(kind) if kind == "wait" && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(kind) => panic!("no takeover: {kind}"),
+        }
+    };
+    assert_eq!(name, "The South");
+    let got = join(&mut alice, SOUTH, "alice").await;
+    let history: Vec<String> = got.iter().filter_map(body).collect();
+    assert_eq!(history, ["in the south"], "{got:?}");
+    let leases = store(&c.url).await.cluster_leases().await.expect("leases");
+    let south = leases.iter().find(|l| l.name == format!("room:{SOUTH}"));
+    assert_eq!(south.map(|l| l.node_id.as_str()), Some("n1"), "{leases:?}");
     c.stop().await;
 }
 

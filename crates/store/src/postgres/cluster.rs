@@ -133,6 +133,44 @@ pub(super) async fn take_lease(
     })
 }
 
+pub(super) async fn release_lease(
+    s: &PgStore,
+    name: &str,
+    node_id: &str,
+    epoch: &str,
+) -> Result<()> {
+    sqlx::query("DELETE FROM cluster_leases WHERE name = $1 AND node_id = $2 AND epoch = $3")
+        .bind(name)
+        .bind(node_id)
+        .bind(epoch)
+        .execute(&s.pool)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+pub(super) async fn extend(
+    s: &PgStore,
+    node_id: &str,
+    epoch: &str,
+    prefix: &str,
+    until_ms: i64,
+) -> Result<Vec<String>> {
+    let names: Vec<(String,)> = sqlx::query_as(
+        "UPDATE cluster_leases SET until_ms = $4
+         WHERE node_id = $1 AND epoch = $2 AND starts_with(name, $3)
+         RETURNING name",
+    )
+    .bind(node_id)
+    .bind(epoch)
+    .bind(prefix)
+    .bind(until_ms)
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db)?;
+    Ok(names.into_iter().map(|(n,)| n).collect())
+}
+
 pub(super) async fn leases(s: &PgStore) -> Result<Vec<ClusterLease>> {
     let rows: Vec<(String, String, String, i64)> =
         sqlx::query_as("SELECT name, node_id, epoch, until_ms FROM cluster_leases ORDER BY name")

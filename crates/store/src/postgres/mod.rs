@@ -452,6 +452,10 @@ impl Store for PgStore {
         muc::rooms(self).await
     }
 
+    async fn muc_room(&self, room: &str) -> Result<Option<StoredRoom>> {
+        muc::room(self, room).await
+    }
+
     async fn muc_save_room(
         &self,
         room: &str,
@@ -544,6 +548,20 @@ impl Store for PgStore {
 
     async fn lease_take(&self, want: &ClusterLease, now_ms: i64) -> Result<ClusterLease> {
         cluster::take_lease(self, want, now_ms).await
+    }
+
+    async fn lease_release(&self, name: &str, node_id: &str, epoch: &str) -> Result<()> {
+        cluster::release_lease(self, name, node_id, epoch).await
+    }
+
+    async fn leases_extend(
+        &self,
+        node_id: &str,
+        epoch: &str,
+        prefix: &str,
+        until_ms: i64,
+    ) -> Result<Vec<String>> {
+        cluster::extend(self, node_id, epoch, prefix, until_ms).await
     }
 
     async fn cluster_leases(&self) -> Result<Vec<ClusterLease>> {

@@ -40,6 +40,35 @@ pub(super) async fn rooms(s: &PgStore) -> Result<Vec<StoredRoom>> {
     Ok(assemble(jids, config, affiliations))
 }
 
+/// One room, read in one snapshot.
+pub(super) async fn room(s: &PgStore, jid: &str) -> Result<Option<StoredRoom>> {
+    let mut tx = s.snapshot().await?;
+    let found: Option<String> = sqlx::query_scalar("SELECT jid FROM muc_rooms WHERE jid = $1")
+        .bind(jid)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    let Some(found) = found else {
+        tx.commit().await.map_err(db)?;
+        return Ok(None);
+    };
+    let config: Vec<Triple> =
+        sqlx::query_as("SELECT room, key, value FROM muc_room_config WHERE room = $1 ORDER BY key")
+            .bind(jid)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+    let affiliations: Vec<Triple> = sqlx::query_as(
+        "SELECT room, jid, affiliation FROM muc_affiliations WHERE room = $1 ORDER BY jid",
+    )
+    .bind(jid)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db)?;
+    tx.commit().await.map_err(db)?;
+    Ok(assemble(vec![found], config, affiliations).pop())
+}
+
 fn assemble(jids: Vec<String>, config: Vec<Triple>, affiliations: Vec<Triple>) -> Vec<StoredRoom> {
     let mut rooms: BTreeMap<String, StoredRoom> = jids
         .into_iter()

@@ -78,7 +78,16 @@ async fn rooms_keep_configuration_and_affiliations(store: &dyn Store) {
             },
         ]
     );
+    // One room alone reads the same.
+    let all = store.muc_rooms().await.unwrap();
+    assert_eq!(store.muc_room(LOBBY).await.unwrap().as_ref(), all.first());
+    assert_eq!(store.muc_room(OPS).await.unwrap().as_ref(), all.get(1));
+    assert_eq!(
+        store.muc_room("none@conference.example.org").await.unwrap(),
+        None
+    );
     store.muc_delete_room(LOBBY).await.unwrap();
+    assert_eq!(store.muc_room(LOBBY).await.unwrap(), None);
     let left = store.muc_rooms().await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].jid, OPS);

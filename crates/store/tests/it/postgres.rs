@@ -205,6 +205,53 @@ async fn a_lease_has_one_holder_until_it_ends() {
     db.drop().await;
 }
 
+/// A node extends all its leases of one kind at once, and learns which it still holds.
+#[tokio::test]
+async fn a_node_extends_its_leases_of_a_kind_and_learns_which_it_lost() {
+    use outpost_store::{ClusterLease, Store};
+    let (db, store) = pg_store().await;
+    let lease = |name: &str, node: &str, until| ClusterLease {
+        name: name.into(),
+        node_id: node.into(),
+        epoch: "e".into(),
+        until_ms: until,
+    };
+    for name in ["room:r1@c.example", "room:r2@c.example", "s2s"] {
+        store
+            .lease_take(&lease(name, "a", 10_000), 0)
+            .await
+            .unwrap();
+    }
+    // r2's lease ran out and b took it.
+    let b = lease("room:r2@c.example", "b", 30_000);
+    assert_eq!(store.lease_take(&b, 20_000).await.unwrap(), b);
+    let held = store
+        .leases_extend("a", "e", "room:", 40_000)
+        .await
+        .unwrap();
+    assert_eq!(held, ["room:r1@c.example"]);
+    let all = store.cluster_leases().await.unwrap();
+    assert_eq!(
+        all,
+        [
+            lease("room:r1@c.example", "a", 40_000),
+            b,
+            lease("s2s", "a", 10_000)
+        ],
+        "only a's leases of that kind moved"
+    );
+    // Another start of the node holds nothing.
+    assert!(
+        store
+            .leases_extend("a", "e2", "", 50_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.close().await;
+    db.drop().await;
+}
+
 /// SQLite is one server's: it has no cluster registry, and says so.
 #[tokio::test]
 async fn sqlite_has_no_cluster() {
