@@ -34,21 +34,28 @@ pub(super) async fn show(config: &Config, json: bool) -> anyhow::Result<String> 
 async fn from_registry(config: &Config) -> anyhow::Result<ClusterStatus> {
     let store = crate::serve::open_store(config).await?;
     let nodes = store.cluster_nodes().await;
+    let leases = store.cluster_leases().await;
     store.close().await;
+    let (leases, now) = (leases?, super::links::now_ms());
     Ok(ClusterStatus {
         node_id: config.cluster.node_id.clone().unwrap_or_default(),
         nats_connected: false,
         postgres_error: None,
         nodes: nodes?
             .into_iter()
-            .map(|n| NodeStatus {
-                node_id: n.node_id,
-                address: n.address,
-                started_ms: n.started_ms,
-                lease_until_ms: Some(n.lease_until_ms),
-                sessions: n.sessions,
-                heard_ms_ago: None,
-                directory: 0,
+            .map(|n| {
+                NodeStatus {
+                    node_id: n.node_id,
+                    address: n.address,
+                    started_ms: n.started_ms,
+                    lease_until_ms: Some(n.lease_until_ms),
+                    sessions: n.sessions,
+                    heard_ms_ago: None,
+                    directory: 0,
+                    rooms: 0,
+                    links: false,
+                }
+                .with_leases(&n.epoch, &leases, now)
             })
             .collect(),
     })
@@ -71,7 +78,7 @@ fn render(status: &ClusterStatus, running: bool, now: i64) -> String {
         ),
         false => format!("node {me} is not running; the registry in PostgreSQL says:\n"),
     };
-    let rows: Vec<[String; 7]> = status
+    let rows: Vec<[String; 8]> = status
         .nodes
         .iter()
         .map(|n| row(n, n.node_id == *me, running, now))
@@ -84,13 +91,14 @@ fn render(status: &ClusterStatus, running: bool, now: i64) -> String {
         "SESSIONS",
         "HEARD",
         "IN DIRECTORY",
+        "RUNS",
     ];
     text.push_str(&table(header, &rows));
     text
 }
 
 /// One node's line.
-fn row(n: &NodeStatus, me: bool, running: bool, now: i64) -> [String; 7] {
+fn row(n: &NodeStatus, me: bool, running: bool, now: i64) -> [String; 8] {
     let lease = match n.lease_until_ms {
         Some(until) if until >= now => format!("{} left", ago(until - now)),
         Some(until) => format!("ended {} ago", ago(now - until)),
@@ -114,5 +122,23 @@ fn row(n: &NodeStatus, me: bool, running: bool, now: i64) -> [String; 7] {
         n.sessions.to_string(),
         heard,
         n.directory.to_string(),
+        runs(n),
     ]
+}
+
+/// What a node runs for the cluster, from its leases: `links, 3 rooms`, or `-`.
+fn runs(n: &NodeStatus) -> String {
+    let mut parts = Vec::new();
+    if n.links {
+        parts.push("links".to_owned());
+    }
+    match n.rooms {
+        0 => {}
+        1 => parts.push("1 room".to_owned()),
+        k => parts.push(format!("{k} rooms")),
+    }
+    match parts.is_empty() {
+        true => "-".to_owned(),
+        false => parts.join(", "),
+    }
 }

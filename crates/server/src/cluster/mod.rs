@@ -124,6 +124,29 @@ pub struct NodeStatus {
     pub heard_ms_ago: Option<u64>,
     /// Its sessions in this node's directory.
     pub directory: u64,
+    /// The rooms it runs (their leases, `room:<JID>`).
+    #[serde(default)]
+    pub rooms: u64,
+    /// Whether it runs the federation links (the lease `s2s`).
+    #[serde(default)]
+    pub links: bool,
+}
+
+impl NodeStatus {
+    /// What the leases say this start of the node runs, as of `now_ms`.
+    pub fn with_leases(mut self, epoch: &str, leases: &[ClusterLease], now_ms: i64) -> Self {
+        let held = leases
+            .iter()
+            .filter(|l| l.node_id == self.node_id && l.epoch == epoch && l.until_ms >= now_ms);
+        for l in held {
+            match l.name.as_str() {
+                "s2s" => self.links = true,
+                name if name.starts_with("room:") => self.rooms += 1,
+                _ => {}
+            }
+        }
+        self
+    }
 }
 
 /// What publishing needs: the client, the subjects, and the queue to the publisher task,
@@ -497,10 +520,13 @@ impl Cluster {
     /// The cluster as this node sees it: the registry (if PostgreSQL answers) with what
     /// NATS says of each node.
     pub(crate) async fn status(&self) -> ClusterStatus {
-        let (registered, postgres_error) = match self.delivery.store().cluster_nodes().await {
+        let store = self.delivery.store();
+        let (registered, postgres_error) = match store.cluster_nodes().await {
             Ok(nodes) => (nodes, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
+        let leases = store.cluster_leases().await.unwrap_or_default();
+        let now = crate::clock::now_ms();
         let directory = self.delivery.router().remote_counts();
         let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let mut nodes: Vec<NodeStatus> = registered
@@ -508,6 +534,7 @@ impl Cluster {
             .map(|n| {
                 let me = n.node_id == *self.bus.node_id;
                 let heard = peers.get(&n.node_id).filter(|p| p.epoch == n.epoch);
+                let epoch = n.epoch.clone();
                 NodeStatus {
                     sessions: match me {
                         true => self.delivery.router().session_count() as u64,
@@ -519,7 +546,10 @@ impl Cluster {
                     address: n.address,
                     started_ms: n.started_ms,
                     lease_until_ms: Some(n.lease_until_ms),
+                    rooms: 0,
+                    links: false,
                 }
+                .with_leases(&epoch, &leases, now)
             })
             .collect();
         // Nodes heard over NATS that the registry did not list (it did not answer).
@@ -533,6 +563,8 @@ impl Cluster {
                     sessions: directory.get(id).copied().unwrap_or(0),
                     heard_ms_ago: Some(p.heard.elapsed().as_millis() as u64),
                     directory: directory.get(id).copied().unwrap_or(0),
+                    rooms: 0,
+                    links: false,
                 });
             }
         }

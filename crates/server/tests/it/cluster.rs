@@ -627,6 +627,15 @@ async fn each_room_runs_on_one_node_and_rooms_spread_over_the_nodes() {
     };
     assert_eq!(holder(NORTH).as_deref(), Some("n1"), "{leases:?}");
     assert_eq!(holder(SOUTH).as_deref(), Some("n2"), "{leases:?}");
+    // What operators see (`outpost admin cluster`): one room each.
+    let status = c.nodes[0].handle.as_ref().expect("running").cluster().await;
+    let rooms: Vec<(String, u64)> = status
+        .expect("a cluster node")
+        .nodes
+        .into_iter()
+        .map(|n| (n.node_id, n.rooms))
+        .collect();
+    assert_eq!(rooms, [("n1".to_owned(), 1), ("n2".to_owned(), 1)]);
     // A room that does not exist is said not to, and no lease is left behind for it.
     assert_eq!(
         room_name(&mut bob, "nowhere@conference.localhost").await,
