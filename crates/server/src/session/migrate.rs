@@ -148,7 +148,8 @@ impl Session {
     /// would have without the attempt if it did not.
     pub(super) async fn move_away(mut self: Box<Self>, m: Migration, mut rx: SessionRx) {
         let Some(jid) = self.jid.clone() else {
-            return;
+            // Only a bound session is resumable; should one not be, it just ends.
+            return Box::pin(self.finish()).await;
         };
         self.settle().await;
         // Offline messages are not taken on the way: they wait for the session there.
@@ -167,11 +168,11 @@ impl Session {
         self.settle().await;
         self.proto.discard_output();
         let Some(sm) = self.proto.take_sm() else {
-            return;
+            return Box::pin(self.finish()).await;
         };
-        let parts = (*sm).clone().into_parts();
-        let Some(stream) = Stream::of(parts) else {
-            return;
+        let Some(stream) = Stream::of((*sm).clone().into_parts()) else {
+            // A stream without a resumption id is never asked for; it ends here.
+            return self.end_handed_over(*sm, "").await;
         };
         let handover = self.handover(jid, carbons, stream);
         let id = handover.stream.id.clone();
