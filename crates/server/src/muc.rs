@@ -45,6 +45,8 @@ enum Request {
         el: Element,
         /// For a message: settled once what the room wrote is committed.
         done: Option<Done>,
+        /// Its number, for a shared service (see [`Gone`]).
+        seq: u64,
     },
     /// This node no longer owns the room (shared service): forget it, not its store.
     Evict(BareJid),
@@ -56,10 +58,11 @@ pub(crate) struct MucService {
 }
 
 impl MucService {
-    /// Queues a stanza; `done`, for a message, is settled once what the room wrote is
-    /// committed. A full queue gives the stanza back.
-    pub(crate) fn submit(&self, el: Element, done: Option<Done>) -> Result<(), Element> {
-        match self.tx.try_send(Request::Stanza { el, done }) {
+    /// Queues a stanza numbered `seq` (for a shared service; 0 otherwise); `done` is
+    /// settled once the stanza is handled (a message: once what the room wrote is
+    /// committed). A full queue gives the stanza back.
+    pub(crate) fn submit(&self, el: Element, done: Option<Done>, seq: u64) -> Result<(), Element> {
+        match self.tx.try_send(Request::Stanza { el, done, seq }) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
                 match r {
@@ -85,7 +88,7 @@ impl Component for MucService {
             }
             _ => (None, None),
         };
-        self.submit(el, done).map(|()| pending)
+        self.submit(el, done, 0).map(|()| pending)
     }
 }
 
@@ -118,20 +121,26 @@ pub(crate) async fn start(
         config,
         stored,
         rooms: HashMap::new(),
-        shared: false,
+        shared: None,
     };
     state.run(rx, shutdown)
 }
 
+/// A room a shared service forgot (destroyed, or a temporary room its last occupant
+/// left), with the number of the stanza that ended it: if no later stanza went to the
+/// service for that room, the node may give the room's lease back.
+pub(crate) type Gone = (BareJid, u64);
+
 /// The service on a cluster node: not registered with delivery (the cluster's router is,
 /// in its place), holding only the rooms this node owns, each read from the store when
-/// first used. Returns its handle and its task.
+/// first used; the rooms it forgets are told to `gone`. Returns its handle and its task.
 pub(crate) fn start_shared(
     d: Arc<Delivery>,
     service: String,
     domain: String,
     config: MucConfig,
     shutdown: CancellationToken,
+    gone: mpsc::UnboundedSender<Gone>,
 ) -> (
     Arc<MucService>,
     impl std::future::Future<Output = ()> + Send + 'static,
@@ -144,7 +153,7 @@ pub(crate) fn start_shared(
         config,
         stored: HashMap::new(),
         rooms: HashMap::new(),
-        shared: true,
+        shared: Some(Shared { gone, seq: 0 }),
     };
     (Arc::new(MucService { tx }), state.run(rx, shutdown))
 }
@@ -160,7 +169,14 @@ struct Service {
     rooms: HashMap<BareJid, Room>,
     /// A cluster node's: rooms come from the store when first used, and leave when
     /// another node takes them.
-    shared: bool,
+    shared: Option<Shared>,
+}
+
+/// What a shared service keeps to say which rooms it forgot.
+struct Shared {
+    gone: mpsc::UnboundedSender<Gone>,
+    /// The number of the stanza being handled.
+    seq: u64,
 }
 
 impl Service {
@@ -178,7 +194,12 @@ impl Service {
                         info!(room = %jid, "another node owns the room now");
                     }
                 }
-                Some(Request::Stanza { el, done }) => Box::pin(self.on_request(el, done)).await,
+                Some(Request::Stanza { el, done, seq }) => {
+                    if let Some(shared) = &mut self.shared {
+                        shared.seq = seq;
+                    }
+                    Box::pin(self.on_request(el, done)).await;
+                }
             }
         }
     }
@@ -198,6 +219,7 @@ impl Service {
         let room_jid = to.to_bare();
         if el.name() == "iq" && to.resource().is_none() && el.has_child("query", ns::MAM) {
             self.archive_query(&room_jid, &from, &el).await;
+            settle(done, Ok(0));
             return;
         }
         if !self.room_ready(&room_jid, &from, &el).await {
@@ -266,8 +288,8 @@ impl Service {
     /// from the store. Whether it exists.
     async fn load(&mut self, jid: &BareJid) -> bool {
         let stored = match self.shared {
-            false => self.stored.remove(jid.as_str()),
-            true => match self.d.store().muc_room(jid.as_str()).await {
+            None => self.stored.remove(jid.as_str()),
+            Some(_) => match self.d.store().muc_room(jid.as_str()).await {
                 Ok(room) => room,
                 Err(e) => {
                     warn!(error = %e, room = %jid, "cannot read a room");
@@ -452,6 +474,9 @@ impl Service {
     /// A room is gone: its state and its archive.
     async fn forget(&mut self, jid: &BareJid) {
         self.rooms.remove(jid);
+        if let Some(shared) = &self.shared {
+            let _ = shared.gone.send((jid.clone(), shared.seq));
+        }
         let store = self.d.store();
         if let Err(e) = store.muc_delete_room(jid.as_str()).await {
             warn!(error = %e, "cannot forget a room");
@@ -540,7 +565,7 @@ impl Service {
     /// Public rooms, loaded or stored (XEP-0045 §6.3); on a cluster node, those of every
     /// node, from the store.
     async fn room_list(&mut self) -> Element {
-        if self.shared {
+        if self.shared.is_some() {
             let suffix = format!("@{}", self.service);
             match self.d.store().muc_rooms().await {
                 Ok(rooms) => {

@@ -544,15 +544,11 @@ impl Cluster {
             return;
         }
         let d = &self.delivery;
-        match self
-            .services
-            .serve_forwarded(d, service, el, &self.bus.node_id)
-        {
-            Ok(Some(pending)) => {
+        match self.services.serve_forwarded(d, service, el) {
+            Ok(pending) => {
                 let answer = async move { reply(pending.await.map_err(|e| e.to_string())) };
                 self.tasks.spawn(answer);
             }
-            Ok(None) => reply(Ok(0)),
             // The room moved on, or the service is busy: the sender heard, and tries again.
             Err(why) => reply(Err(why.to_owned())),
         }

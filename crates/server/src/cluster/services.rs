@@ -13,8 +13,11 @@
 //! lease time, and the next stanza for one of its rooms anywhere takes the room over, read
 //! from the store (configuration, affiliations, history from the archive). Occupants are
 //! not in the store: after a takeover, clients join again (XEP-0410 self-pings tell them
-//! to). Stanzas of one service are routed in order by one task per node, so a sender's
-//! stanzas reach a room in the order sent, across a takeover too.
+//! to). Stanzas of one service are routed in order by one task per node, those other
+//! nodes forwarded among them, so a sender's stanzas reach a room in the order sent. The
+//! router numbers what it gives its service; when the service forgets a room (destroyed,
+//! or a temporary room emptied) it says at which number, and unless a later stanza went to
+//! that room the lease goes back.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -33,7 +36,7 @@ use super::{Bus, Cluster, LEASE};
 use crate::config::MucConfig;
 use crate::delivery::{Component, Delivery};
 use crate::journal::Pending;
-use crate::muc::MucService;
+use crate::muc::{Gone, MucService};
 use crate::tasks::Tasks;
 
 /// How long a forwarded message waits for its owner's answer.
@@ -55,12 +58,18 @@ struct Service {
     owners: Mutex<HashMap<String, String>>,
     /// The router's queue.
     queue: OnceLock<mpsc::Sender<Routed>>,
+    /// The number of the last stanza the router gave this node's service for each room
+    /// it runs (see [`crate::muc::Gone`]).
+    last: Mutex<HashMap<String, u64>>,
 }
 
 /// A stanza for a service, and (a message) where its outcome goes.
 struct Routed {
     el: Element,
     done: Option<Done>,
+    /// Another node sent it here as the room's owner: served here (taking the room if
+    /// nobody holds it, as for a stanza of our own) or refused, never sent on.
+    forwarded: bool,
 }
 
 /// A message forwarded to a room's owner, awaiting its answer.
@@ -83,6 +92,14 @@ impl Service {
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn runs_here(&self, room: &str, me: &str) -> bool {
+        self.owners().get(room).is_some_and(|o| o == me)
+    }
 }
 
 impl Services {
@@ -96,6 +113,7 @@ impl Services {
                     local: OnceLock::new(),
                     owners: Mutex::new(HashMap::new()),
                     queue: OnceLock::new(),
+                    last: Mutex::new(HashMap::new()),
                 })
             })
             .collect();
@@ -116,41 +134,56 @@ impl Services {
         shutdown: &CancellationToken,
     ) {
         for s in &self.services {
+            let (gone_tx, gone) = mpsc::unbounded_channel();
             let (local, task) = crate::muc::start_shared(
                 d.clone(),
                 s.service.clone(),
                 s.domain.clone(),
                 self.config.clone(),
                 shutdown.clone(),
+                gone_tx,
             );
             tasks.spawn(task);
             let _ = s.local.set(local);
             let (tx, rx) = mpsc::channel(QUEUE);
             let _ = s.queue.set(tx);
             d.register(&s.service, &s.domain, Arc::new(Router(s.clone())));
-            let route = self
-                .clone()
-                .route(s.clone(), rx, cluster.clone(), shutdown.clone());
+            let route =
+                self.clone()
+                    .route(s.clone(), (rx, gone), cluster.clone(), shutdown.clone());
             tasks.spawn(route);
         }
     }
 
-    /// Routes a service's stanzas, in order, until shutdown.
+    /// Routes a service's stanzas, in order, until shutdown; and gives back the leases of
+    /// the rooms its service forgot.
     async fn route(
         self: Arc<Self>,
         s: Arc<Service>,
-        mut rx: mpsc::Receiver<Routed>,
+        (mut rx, mut gone): (mpsc::Receiver<Routed>, mpsc::UnboundedReceiver<Gone>),
         cluster: Weak<Cluster>,
         shutdown: CancellationToken,
     ) {
+        let mut seq = 0;
         loop {
             let routed = tokio::select! {
                 () = shutdown.cancelled() => return,
+                Some((room, at)) = gone.recv() => {
+                    if let Some(cluster) = cluster.upgrade() {
+                        forgotten(&cluster, &s, &room.to_string(), at).await;
+                    }
+                    continue;
+                }
                 r = rx.recv() => r,
             };
-            let (Some(Routed { el, done }), Some(cluster)) = (routed, cluster.upgrade()) else {
+            let (Some(routed), Some(cluster)) = (routed, cluster.upgrade()) else {
                 return;
             };
+            let Routed {
+                el,
+                done,
+                forwarded,
+            } = routed;
             let me = cluster.bus.node_id.to_string();
             let room = room_of(&el);
             let owner = match &room {
@@ -159,8 +192,17 @@ impl Services {
             };
             let d = &cluster.delivery;
             match (owner, room) {
-                (Some(o), _) if o == me => here_with(&s, d, el, done),
-                (Some(o), Some(room)) => self.forward(&cluster, &s, &o, room, el, done),
+                (Some(o), room) if o == me => {
+                    seq += 1;
+                    if let Some(r) = room.filter(|r| s.runs_here(r, &me)) {
+                        s.last().insert(r, seq);
+                    }
+                    here_with(&s, d, el, done, seq);
+                }
+                (Some(o), Some(room)) if !forwarded => {
+                    self.forward(&cluster, &s, &o, room, el, done);
+                }
+                _ if forwarded => refuse(d, el, done, "the room does not run on this node"),
                 _ => refuse(d, el, done, "the room's node is gone; try again shortly"),
             }
         }
@@ -252,35 +294,31 @@ impl Services {
         refuse(d, el, done, "the cluster's bus is busy");
     }
 
-    /// A stanza another node forwarded for one of our rooms: to this node's service if
-    /// the room is ours; otherwise its sender gets a temporary error, and the error that
-    /// goes back makes the forwarding node forget the owner it thought it had.
+    /// A stanza another node forwarded for one of our rooms: to the service's router, in
+    /// order with this node's own stanzas, which serves it if the room is ours; otherwise
+    /// its sender gets a temporary error, and the error that goes back makes the
+    /// forwarding node forget the owner it thought it had.
     pub(super) fn serve_forwarded(
         &self,
         d: &Delivery,
         service: &str,
         el: Element,
-        me: &str,
-    ) -> Result<Option<Pending>, &'static str> {
-        let s = self.services.iter().find(|s| s.service == service);
-        let ours = |s: &Service| {
-            room_of(&el).is_none_or(|room| s.owners().get(&room).map(String::as_str) == Some(me))
-        };
-        let Some(local) = s.filter(|s| ours(s)).and_then(|s| s.local.get()) else {
+    ) -> Result<Pending, &'static str> {
+        let queue = self.services.iter().find(|s| s.service == service);
+        let Some(queue) = queue.and_then(|s| s.queue.get()) else {
             refuse(d, el, None, "");
-            return Err("the room does not run on this node");
+            return Err("no such service on this node");
         };
-        let (done, pending) = match el.name() {
-            "message" => {
-                let (done, pending) = Pending::channel();
-                (Some(done), Some(pending))
-            }
-            _ => (None, None),
+        let (done, pending) = Pending::channel();
+        let routed = Routed {
+            el,
+            done: Some(done),
+            forwarded: true,
         };
-        match local.submit(el, done) {
+        match queue.try_send(routed) {
             Ok(()) => Ok(pending),
-            Err(el) => {
-                refuse(d, el, None, "");
+            Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
+                refuse(d, r.el, None, "");
                 Err("the service is busy")
             }
         }
@@ -312,6 +350,11 @@ impl Services {
                     .collect();
                 for room in &lost {
                     owners.remove(room);
+                }
+                drop(owners);
+                let mut last = s.last();
+                for room in &lost {
+                    last.remove(room);
                 }
                 lost
             };
@@ -394,14 +437,41 @@ fn room_of(el: &Element) -> Option<String> {
     Some(to.to_bare().to_string())
 }
 
-/// A stanza for one of this node's rooms, to its own service.
-fn here_with(s: &Service, d: &Delivery, el: Element, done: Option<Done>) {
+/// A stanza for one of this node's rooms, to its own service, numbered `seq`.
+fn here_with(s: &Service, d: &Delivery, el: Element, done: Option<Done>, seq: u64) {
     let Some(local) = s.local.get() else {
         return refuse(d, el, done, "the service is not running");
     };
-    if let Err(el) = local.submit(el, done) {
+    if let Err(el) = local.submit(el, done, seq) {
         let busy = StanzaError::with_type(ErrorType::Wait, Condition::ResourceConstraint);
         d.bounce(&el, busy);
+    }
+}
+
+/// This node's service forgot `room` at its stanza `at`: unless a later stanza went to it
+/// (which may have made the room again), the room's lease goes back, so that no row stays
+/// for a room that is gone.
+async fn forgotten(cluster: &Cluster, s: &Service, room: &str, at: u64) {
+    let me = &*cluster.bus.node_id;
+    {
+        let mut last = s.last();
+        if last.get(room) != Some(&at) {
+            return;
+        }
+        last.remove(room);
+    }
+    {
+        let mut owners = s.owners();
+        if owners.get(room).is_none_or(|o| o != me) {
+            return;
+        }
+        owners.remove(room);
+    }
+    let name = format!("{ROOM_LEASE}{room}");
+    let store = cluster.delivery.store();
+    match store.lease_release(&name, me, &cluster.bus.epoch).await {
+        Ok(()) => info!(%room, "the room is gone; its lease is given back"),
+        Err(e) => warn!(%room, error = %e, "cannot give a room's lease back"),
     }
 }
 
@@ -429,7 +499,12 @@ impl Component for Router {
         let Some(queue) = self.0.queue.get() else {
             return Err(el);
         };
-        match queue.try_send(Routed { el, done }) {
+        let routed = Routed {
+            el,
+            done,
+            forwarded: false,
+        };
+        match queue.try_send(routed) {
             Ok(()) => Ok(pending),
             Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
                 Err(r.el)

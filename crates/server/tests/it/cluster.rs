@@ -659,6 +659,29 @@ async fn each_room_runs_on_one_node_and_rooms_spread_over_the_nodes() {
             said(client, text).await;
         }
     }
+    // A temporary room gives its lease back once its last occupant leaves.
+    const POP: &str = "pop@conference.localhost";
+    join(&mut alice, POP, "alice").await;
+    let pg = store(&c.url).await;
+    let pop_lease = |pg: Arc<dyn Store>, want: bool| async move {
+        let leases = pg.cluster_leases().await.map_err(|e| e.to_string())?;
+        match leases.iter().any(|l| l.name == format!("room:{POP}")) == want {
+            true => Ok(()),
+            false => Err(format!("{leases:?}")),
+        }
+    };
+    pop_lease(pg.clone(), true).await.expect("the room's lease");
+    alice
+        .send(&format!("<presence to='{POP}/alice' type='unavailable'/>"))
+        .await;
+    alice
+        .recv_where(|el| is_presence(el, &format!("{POP}/alice"), Some("unavailable")))
+        .await;
+    poll_until(tokio::time::Instant::now() + WAIT, || {
+        pop_lease(pg.clone(), false)
+    })
+    .await;
+
     // Either node lists the rooms of both.
     for client in [&mut alice, &mut bob] {
         let items = client
