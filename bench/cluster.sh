@@ -13,6 +13,9 @@
 #             (outpost-bench's federation-throughput with node b as the "peer" of the
 #             same domain; both nodes' CPU is sampled)
 #   prosody, ejabberd  the peers (PEERS), as bench/compare.sh starts them
+# and the MUC scenario (one new room, MUC_N occupants, all sending): on one node
+# (PostgreSQL), on the cluster with every occupant on node a, and with every other
+# occupant on node b (each message crosses to b once per occupant there).
 # Then the latency scenario at one fixed rate (LAT_RATE, or LAT_FRACTION of the slowest
 # saturation measured above) for each of them, RUNS times; and IDLE_N sessions held on
 # node a, with node b's memory sampled: what each session on another node costs in a
@@ -28,6 +31,8 @@ ROOT=$PWD
 : "${RUNS:=3}"                # repetitions (the table shows medians)
 : "${IDLE_N:=5000}"           # sessions held on node a for the directory's memory on node b
 : "${PEERS:=prosody ejabberd}" # the peers measured beside Outpost ("" for none)
+: "${MUC_N:=100}"             # occupants of the MUC scenario's room
+: "${MUC_WINDOW:=2}"          # messages per sender not yet at every occupant
 : "${LAT_FRACTION:=0.25}"     # latency rate = this × the slowest saturation measured
 : "${LAT_RATE:=}"             # or a fixed aggregate rate (msgs/s)
 : "${ITERATIONS:=4096}"       # SCRAM iteration count
@@ -214,10 +219,15 @@ measure_single() {
     stop "$s"
 }
 single_throughput() {
-    provision "$1"
+    local n=$(( 2 * PAIRS > MUC_N ? 2 * PAIRS : MUC_N ))
+    provision "$1" "$n"
     for r in $(seq 1 "$RUNS"); do
         log "$1: run $r/$RUNS: throughput, both ends on one node"
         throughput "$1" "$(file_of "$1")" throughput
+        if [[ $1 == single-pg ]]; then
+            log "$1: run $r/$RUNS: MUC, $MUC_N occupants"
+            muc "$1" postgres
+        fi
     done
 }
 single_latency() {
@@ -228,6 +238,10 @@ single_latency() {
 }
 latency() {
     cbench "$@" latency --pairs "$PAIRS" --rate "$LAT_RATE" --warmup "$WARMUP" --duration "$DURATION"
+}
+muc() {
+    cbench "$@" muc --occupants "$MUC_N" --window "$MUC_WINDOW" --warmup "$WARMUP" \
+        --duration "$DURATION" --service "$MUC_SERVICE"
 }
 
 # The peers, with bench/servers.sh's configurations; results in $OUT/<peer>.jsonl.
@@ -258,11 +272,15 @@ measure_single single-sqlite single_throughput
 measure_single single-pg single_throughput
 start a
 start b
-provision a $(( IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS ))
+USERS_N=$(( IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS ))
+provision a $(( USERS_N > MUC_N ? USERS_N : MUC_N ))
 for r in $(seq 1 "$RUNS"); do
     log "cluster: run $r/$RUNS: both ends on node a, then senders on a and receivers on b"
     throughput a local throughput
     throughput a crossing --peer b federation-throughput
+    log "cluster: run $r/$RUNS: MUC on node a, then with every other occupant on b"
+    muc a local
+    muc a crossing --peer b
 done
 stop b
 stop a
@@ -308,7 +326,7 @@ done
     for p in $PEERS; do
         echo "$p=$(dpkg-query -W -f '${Version}' "$p")"
     done
-    echo "params=PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION RUNS=$RUNS ITERATIONS=$ITERATIONS IDLE_N=$IDLE_N LAT_RATE=$LAT_RATE"
+    echo "params=PAIRS=$PAIRS WINDOW=$WINDOW WARMUP=$WARMUP DURATION=$DURATION RUNS=$RUNS ITERATIONS=$ITERATIONS IDLE_N=$IDLE_N LAT_RATE=$LAT_RATE MUC_N=$MUC_N MUC_WINDOW=$MUC_WINDOW"
 } >"$OUT/machine.txt"
 
 # shellcheck disable=SC2086

@@ -167,6 +167,14 @@ def cluster(out, peers):
     if any(rows for _, rows in lat):
         print()
         cluster_latency(lat)
+    muc = [(label, data[f].get("muc", [])) for label, f in [
+        ("one node, PostgreSQL", "postgres"),
+        ("cluster, every occupant on the room's node", "local"),
+        ("cluster, every other occupant on the other node", "crossing"),
+    ]]
+    if any(rows for _, rows in muc):
+        print()
+        cluster_muc(muc)
     directory = load(out, "directory").get("idle", [])
     if directory:
         print()
@@ -193,6 +201,23 @@ def cluster(out, peers):
     if "params" in machine:
         print()
         print(f"Parameters: `{machine['params']}`")
+
+
+def cluster_muc(muc):
+    """The MUC scenario's table: one room, its occupants on one node or on both."""
+    first = next(rows for _, rows in muc if rows)
+    print(f"| MUC, 1 room × {first_of(first, 'joined')} occupants | messages/s to every occupant | "
+          "deliveries/s | to the last occupant, p99 (ms) | server CPU per delivery (µs) | runs |")
+    print("|---|---|---|---|---|---|")
+    for label, rows in muc:
+        print(f"| {label} | {fmt(med(rows, 'msgs_per_s'), 0)} | {fmt(med(rows, 'deliveries_per_s'), 0)} | "
+              f"{fmt(med(rows, 'full_delivery_latency.p99_ms'), 1)} | "
+              f"{fmt(med(rows, 'server_us_per_delivery'), 2)} | {len(rows)} |")
+    for label, rows in muc:
+        for r in rows:
+            print(f"- {label}: {r.get('undelivered_after_drain')} undelivered, {r.get('out_of_order')} out of "
+                  f"order, {r.get('error_replies')} errors, {r.get('joined')}/{r.get('occupants')} joined "
+                  f"{r.get('failures') or ''}")
 
 
 def cluster_latency(lat):

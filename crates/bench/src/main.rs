@@ -153,7 +153,8 @@ enum Scenario {
         mam_check: bool,
     },
     /// g. One room (XEP-0045), N occupants, K senders with W messages each not yet
-    /// delivered to every occupant; room messages and deliveries per second.
+    /// delivered to every occupant; room messages and deliveries per second. With
+    /// --peer-port (another node of the same domain), every other occupant logs in there.
     Muc(MucArgs),
     /// The last page of one archive (XEP-0313): its last message and, where the server
     /// tells, its size.
@@ -681,7 +682,7 @@ async fn run(
             }
             serde_json::to_value(r)?
         }
-        Scenario::Muc(a) => serde_json::to_value(muc::muc(t, &a.opts(&t.domain)).await?)?,
+        Scenario::Muc(a) => serde_json::to_value(muc::muc(t, peer, &a.opts(&t.domain)).await?)?,
         Scenario::MamCheck { user, archive } => {
             let mut r = serde_json::to_value(mam::check(t, user, archive.as_deref(), None).await)?;
             if let Value::Object(m) = &mut r {

@@ -400,10 +400,35 @@ async fn join_rest(
 }
 
 /// Logs the occupants in and puts them all in the room; returns them in order and the time
-/// the joins took.
-async fn enter(t: &Arc<Target>, o: &MucOpts, room_jid: &str) -> Result<(Vec<Conn>, f64)> {
+/// the joins took. With `peer` (another node of the same domain), every other occupant
+/// logs in there.
+async fn enter(
+    t: &Arc<Target>,
+    peer: Option<&Arc<Target>>,
+    o: &MucOpts,
+    room_jid: &str,
+) -> Result<(Vec<Conn>, f64)> {
     let names = users(&o.prefix, o.start, o.occupants);
-    let (conns, errors) = login_many(t, &names, o.concurrency, t.login_mech, true).await;
+    let (mut conns, mut errors) = (Vec::new(), Vec::new());
+    match peer {
+        None => (conns, errors) = login_many(t, &names, o.concurrency, t.login_mech, true).await,
+        Some(p) => {
+            let (even, odd): (Vec<_>, Vec<_>) = names
+                .iter()
+                .cloned()
+                .enumerate()
+                .partition(|(i, _)| i % 2 == 0);
+            let strip = |v: Vec<(usize, String)>| v.into_iter().map(|(_, n)| n).collect::<Vec<_>>();
+            let (here, e1) = login_many(t, &strip(even), o.concurrency, t.login_mech, true).await;
+            let (there, e2) = login_many(p, &strip(odd), o.concurrency, p.login_mech, true).await;
+            let mut there = there.into_iter();
+            for c in here {
+                conns.push(c);
+                conns.extend(there.next());
+            }
+            errors.extend(e1.into_iter().chain(e2));
+        }
+    }
     if !errors.is_empty() {
         return Err(XmppError(format!(
             "{} logins failed, e.g. {:?}",
@@ -423,13 +448,14 @@ async fn enter(t: &Arc<Target>, o: &MucOpts, room_jid: &str) -> Result<(Vec<Conn
     Ok((all, round3(t0.elapsed().as_secs_f64())))
 }
 
-/// The MUC scenario: see the module's documentation.
-pub async fn muc(t: &Arc<Target>, o: &MucOpts) -> Result<MucReport> {
+/// The MUC scenario: see the module's documentation. With `peer`, half the occupants
+/// are on that node of the same domain.
+pub async fn muc(t: &Arc<Target>, peer: Option<&Arc<Target>>, o: &MucOpts) -> Result<MucReport> {
     if o.occupants == 0 {
         return Err(XmppError("--occupants must be at least 1".into()));
     }
     let room_jid = format!("{}@{}", o.room, o.service);
-    let (conns, join_s) = enter(t, o, &room_jid).await?;
+    let (conns, join_s) = enter(t, peer, o, &room_jid).await?;
     let senders = if o.senders == 0 {
         o.occupants
     } else {

@@ -207,7 +207,7 @@ async fn muc_archive_and_stream_management_work() {
         concurrency: 3,
         mam_check: true,
     };
-    let r = muc::muc(&t, &o).await.expect("muc");
+    let r = muc::muc(&t, None, &o).await.expect("muc");
     assert_eq!((r.joined, r.senders), (6, 6), "{r:?}");
     assert!(r.msgs_in_window > 0, "{r:?}");
     assert_eq!(r.total_sent, r.total_fully_delivered, "{r:?}");
