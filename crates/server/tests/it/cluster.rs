@@ -602,6 +602,34 @@ async fn room_name(c: &mut Client, room: &str) -> Result<String, String> {
         .to_owned())
 }
 
+/// The node holding the lease of `room`.
+async fn lease_holder(pg: &Arc<dyn Store>, room: &str) -> Option<String> {
+    let leases = pg.cluster_leases().await.expect("leases");
+    let name = format!("room:{room}");
+    leases
+        .into_iter()
+        .find(|l| l.name == name)
+        .map(|l| l.node_id)
+}
+
+/// The rooms the service lists (disco#items, XEP-0045 §6.3).
+async fn listed(c: &mut Client) -> Vec<String> {
+    let ns = "http://jabber.org/protocol/disco#items";
+    let items = c
+        .query(
+            "get",
+            Some("conference.localhost"),
+            &format!("<query xmlns='{ns}'/>"),
+        )
+        .await;
+    let query = items.get_child("query", ns);
+    query.map_or_else(Vec::new, |q| {
+        q.children()
+            .filter_map(|i| i.attr("jid").map(str::to_owned))
+            .collect()
+    })
+}
+
 /// Rooms spread over the nodes: each runs on the node where it was created (its lease),
 /// both nodes list both, and occupants of both nodes talk in both. A room created on the
 /// second node after the first started is taken over by the first, from the store, when
@@ -617,16 +645,9 @@ async fn each_room_runs_on_one_node_and_rooms_spread_over_the_nodes() {
     configure(&mut alice, NORTH, "The North").await;
     join(&mut bob, SOUTH, "bob").await;
     configure(&mut bob, SOUTH, "The South").await;
-    let leases = store(&c.url).await.cluster_leases().await.expect("leases");
-    let holder = |room: &str| {
-        let name = format!("room:{room}");
-        leases
-            .iter()
-            .find(|l| l.name == name)
-            .map(|l| l.node_id.clone())
-    };
-    assert_eq!(holder(NORTH).as_deref(), Some("n1"), "{leases:?}");
-    assert_eq!(holder(SOUTH).as_deref(), Some("n2"), "{leases:?}");
+    let pg = store(&c.url).await;
+    assert_eq!(lease_holder(&pg, NORTH).await.as_deref(), Some("n1"));
+    assert_eq!(lease_holder(&pg, SOUTH).await.as_deref(), Some("n2"));
     // What operators see (`outpost admin cluster`): one room each.
     let status = c.nodes[0].handle.as_ref().expect("running").cluster().await;
     let rooms: Vec<(String, u64)> = status
@@ -636,16 +657,6 @@ async fn each_room_runs_on_one_node_and_rooms_spread_over_the_nodes() {
         .map(|n| (n.node_id, n.rooms))
         .collect();
     assert_eq!(rooms, [("n1".to_owned(), 1), ("n2".to_owned(), 1)]);
-    // A room that does not exist is said not to, and no lease is left behind for it.
-    assert_eq!(
-        room_name(&mut bob, "nowhere@conference.localhost").await,
-        Err("cancel".to_owned())
-    );
-    let leases = store(&c.url).await.cluster_leases().await.expect("leases");
-    assert!(
-        !leases.iter().any(|l| l.name.contains("nowhere")),
-        "{leases:?}"
-    );
 
     join(&mut alice, SOUTH, "alice").await;
     join(&mut bob, NORTH, "bob").await;
@@ -659,43 +670,9 @@ async fn each_room_runs_on_one_node_and_rooms_spread_over_the_nodes() {
             said(client, text).await;
         }
     }
-    // A temporary room gives its lease back once its last occupant leaves.
-    const POP: &str = "pop@conference.localhost";
-    join(&mut alice, POP, "alice").await;
-    let pg = store(&c.url).await;
-    let pop_lease = |pg: Arc<dyn Store>, want: bool| async move {
-        let leases = pg.cluster_leases().await.map_err(|e| e.to_string())?;
-        match leases.iter().any(|l| l.name == format!("room:{POP}")) == want {
-            true => Ok(()),
-            false => Err(format!("{leases:?}")),
-        }
-    };
-    pop_lease(pg.clone(), true).await.expect("the room's lease");
-    alice
-        .send(&format!("<presence to='{POP}/alice' type='unavailable'/>"))
-        .await;
-    alice
-        .recv_where(|el| is_presence(el, &format!("{POP}/alice"), Some("unavailable")))
-        .await;
-    poll_until(tokio::time::Instant::now() + WAIT, || {
-        pop_lease(pg.clone(), false)
-    })
-    .await;
-
     // Either node lists the rooms of both.
     for client in [&mut alice, &mut bob] {
-        let items = client
-            .query(
-                "get",
-                Some("conference.localhost"),
-                "<query xmlns='http://jabber.org/protocol/disco#items'/>",
-            )
-            .await;
-        let listed: Vec<&str> = items
-            .get_child("query", "http://jabber.org/protocol/disco#items")
-            .map(|q| q.children().filter_map(|i| i.attr("jid")).collect())
-            .unwrap_or_default();
-        assert_eq!(listed, [NORTH, SOUTH], "{items:?}");
+        assert_eq!(listed(client).await, [NORTH, SOUTH]);
     }
 
     // The second node stops: the first takes the south over at its next stanza.
@@ -716,9 +693,54 @@ async fn each_room_runs_on_one_node_and_rooms_spread_over_the_nodes() {
     let got = join(&mut alice, SOUTH, "alice").await;
     let history: Vec<String> = got.iter().filter_map(body).collect();
     assert_eq!(history, ["in the south"], "{got:?}");
-    let leases = store(&c.url).await.cluster_leases().await.expect("leases");
-    let south = leases.iter().find(|l| l.name == format!("room:{SOUTH}"));
-    assert_eq!(south.map(|l| l.node_id.as_str()), Some("n1"), "{leases:?}");
+    assert_eq!(lease_holder(&pg, SOUTH).await.as_deref(), Some("n1"));
+    c.stop().await;
+}
+
+/// Whether the lease of `room` is (`want`) or is not in the registry.
+async fn room_lease(pg: Arc<dyn Store>, room: &str, want: bool) -> Result<(), String> {
+    let leases = pg.cluster_leases().await.map_err(|e| e.to_string())?;
+    match leases.iter().any(|l| l.name == format!("room:{room}")) == want {
+        true => Ok(()),
+        false => Err(format!("{leases:?}")),
+    }
+}
+
+/// No lease stays for a room that is not there: a room that does not exist is said not to
+/// by the node asked, which keeps no lease for it; a temporary room gives its lease back
+/// once its last occupant leaves, and is then said not to exist at either node.
+#[tokio::test]
+async fn rooms_that_are_not_there_hold_no_lease() {
+    const POP: &str = "pop@conference.localhost";
+    let c = cluster(2).await;
+    let mut alice = c.nodes[0].login("alice", "wonderland", "phone").await;
+    let mut bob = c.nodes[1].login("bob", "builder", "pc").await;
+    let pg = store(&c.url).await;
+    assert_eq!(
+        room_name(&mut bob, "nowhere@conference.localhost").await,
+        Err("cancel".to_owned())
+    );
+    room_lease(pg.clone(), "nowhere@conference.localhost", false)
+        .await
+        .expect("no lease for a room that does not exist");
+
+    join(&mut alice, POP, "alice").await;
+    room_lease(pg.clone(), POP, true)
+        .await
+        .expect("the room's lease");
+    alice
+        .send(&format!("<presence to='{POP}/alice' type='unavailable'/>"))
+        .await;
+    alice
+        .recv_where(|el| is_presence(el, &format!("{POP}/alice"), Some("unavailable")))
+        .await;
+    poll_until(tokio::time::Instant::now() + WAIT, || {
+        room_lease(pg.clone(), POP, false)
+    })
+    .await;
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(room_name(client, POP).await, Err("cancel".to_owned()));
+    }
     c.stop().await;
 }
 
