@@ -22,10 +22,14 @@ use super::wire::Body;
 use crate::handover::{Handover, Migration};
 use crate::router::{ToSession, deliver_local};
 
-/// How long the node a client resumes at waits for the others' answers.
-const RESUME_WAIT: Duration = Duration::from_secs(5);
+/// How long the node a client resumes at waits for the others' answers (a node holding
+/// the stream answers in milliseconds; one that died a moment ago never does, and the
+/// client waits this long for its `<failed/>`).
+const RESUME_WAIT: Duration = Duration::from_secs(2);
+/// The nodes it asks are those heard within this (two heartbeats).
+const ANSWERING: Duration = Duration::from_secs(2 * super::HEARTBEAT.as_secs());
 /// How long the node that holds the stream waits for its session to hand itself over.
-const HANDOVER_WAIT: Duration = Duration::from_secs(3);
+const HANDOVER_WAIT: Duration = Duration::from_millis(1500);
 /// How long it then waits for the word that the other node took it.
 const TAKEN_WAIT: Duration = Duration::from_secs(2 * RESUME_WAIT.as_secs());
 
@@ -62,9 +66,17 @@ impl Cluster {
         user: &BareJid,
         previd: &str,
     ) -> Result<Arrived, Option<u32>> {
+        // The nodes heard lately: one silent for longer (dying, or cut off) is not waited
+        // for; should it hold the stream and answer late, the answer is refused and the
+        // session ends there as it would have.
         let expected = {
             let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.values().filter(|p| p.sync.is_none()).count()
+            let lately = |p: &&super::PeerState| p.heard.elapsed() < ANSWERING;
+            peers
+                .values()
+                .filter(|p| p.sync.is_none())
+                .filter(lately)
+                .count()
         };
         if expected == 0 {
             return Err(None);
