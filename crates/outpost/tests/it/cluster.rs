@@ -310,3 +310,77 @@ fn a_federated_peer_keeps_talking_while_the_link_owner_is_killed() {
     alice.recv_until(|el| body(el).as_deref() == Some("got them"));
     drop((n2, peer));
 }
+
+/// Joins `room` as `nick`, reading up to the subject (which ends a join) or an error.
+fn join_room(c: &mut Client, room: &str, nick: &str) -> Vec<Element> {
+    c.send(&format!(
+        "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ));
+    c.recv_until(|el| el.has_child("subject", "jabber:client") || el.attr("type") == Some("error"))
+}
+
+/// The type of a disco#info error from `room`, or `None` when it answers.
+fn room_error_type(c: &mut Client, room: &str) -> Option<String> {
+    let info = c.run(async |c| {
+        let q = "<query xmlns='http://jabber.org/protocol/disco#info'/>";
+        c.query("get", Some(room), q).await
+    });
+    match info.attr("type") {
+        Some("result") => None,
+        _ => Some(outpost_testkit::stanza_error(&info).1),
+    }
+}
+
+/// The node running a room is killed with SIGKILL: until its lease runs out, the room
+/// answers the other node's users with a temporary error (no node makes a new, empty room
+/// in its place), then the other node takes it over from the store, history included.
+#[test]
+fn a_room_whose_node_is_killed_moves_once_its_lease_ends() {
+    let room = format!("war@conference.{DOMAIN}");
+    let nats = NatsServer::start();
+    let pg = outpost_testkit::postgres::shared();
+    let url = pg.url(&pg.create_database());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n1 = node(dir.path(), "n1", &url, nats.url());
+    let mut n2 = node(dir.path(), "n2", &url, nats.url());
+    register(n1.c2s, DOMAIN, "alice");
+    register(n1.c2s, DOMAIN, "bob");
+    // Alice makes the room at n2, persistent; Bob, at n1, joins; Alice speaks.
+    let mut alice = login(n2.c2s, DOMAIN, "alice");
+    join_room(&mut alice, &room, "alice");
+    let form = "<x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'>\
+                <value>1</value></field></x>";
+    let owner = format!("<query xmlns='http://jabber.org/protocol/muc#owner'>{form}</query>");
+    let set = alice.run(async |c| c.query("set", Some(&room), &owner).await);
+    assert_eq!(set.attr("type"), Some("result"), "{set:?}");
+    let mut bob = login(n1.c2s, DOMAIN, "bob");
+    join_room(&mut bob, &room, "bob");
+    alice.send(&format!(
+        "<message to='{room}' type='groupchat'><body>before</body></message>"
+    ));
+    // Her stream's next answer comes once the room's archive row is committed.
+    assert!(!any_error(&alice.barrier()));
+    bob.recv_until(|el| body(el).as_deref() == Some("before"));
+
+    n2.kill();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut waited = 0;
+    while let Some(kind) = room_error_type(&mut bob, &room) {
+        assert_eq!(kind, "wait", "the room must wait for its lease, not vanish");
+        assert!(Instant::now() < deadline, "the room was not taken over");
+        waited += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        waited > 0,
+        "the dead node's lease cannot have ended at once"
+    );
+    let got = join_room(&mut bob, &room, "bob");
+    let history: Vec<String> = got.iter().filter_map(body).collect();
+    assert_eq!(history, ["before"], "{got:?}");
+    bob.send(&format!(
+        "<message to='{room}' type='groupchat'><body>after</body></message>"
+    ));
+    bob.recv_until(|el| body(el).as_deref() == Some("after"));
+    drop(n1);
+}

@@ -400,7 +400,7 @@ impl Cluster {
     fn gone(&self, node: &str) {
         let dropped = self.delivery.router().drop_node(node);
         self.announce_gone(dropped);
-        self.services.node_gone(node);
+        self.services.node_gone(&self.delivery, node);
         if self.links.node_gone(node) {
             self.claim_soon.notify_one();
         }

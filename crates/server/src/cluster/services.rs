@@ -78,6 +78,23 @@ struct Waiting {
     at: Instant,
     service: Arc<Service>,
     room: String,
+    /// The owner it went to, and the stanza (a message's sender hears of it through
+    /// `done`; the sender of anything else gets it back with an error if no answer comes).
+    node: String,
+    el: Option<Element>,
+}
+
+impl Waiting {
+    /// No answer will come: the sender hears so.
+    fn fail(self, d: &Delivery, why: &str) {
+        match (self.done, self.el) {
+            (Some(done), _) => {
+                let _ = done.send(Err(StoreError::Backend(why.into())));
+            }
+            (None, Some(el)) => refuse(d, el, None, why),
+            (None, None) => {}
+        }
+    }
 }
 
 /// The cluster's room services as this node sees them, and the forwarded messages
@@ -276,10 +293,12 @@ impl Services {
         // node forget the owner; a message's also says it is committed.
         let request = crate::ids::random_id(16);
         let waiting = Waiting {
+            el: done.is_none().then(|| el.clone()),
             done,
             at: Instant::now(),
             service: s.clone(),
             room,
+            node: owner.to_owned(),
         };
         self.lock_waiting().insert(request.clone(), waiting);
         let body = Body::Service {
@@ -365,31 +384,37 @@ impl Services {
                 }
             }
         }
-        self.expire_waiting();
+        self.expire_waiting(d);
     }
 
     /// Forwarded messages whose owner did not answer in time: their senders get an error.
-    fn expire_waiting(&self) {
-        let mut waiting = self.lock_waiting();
-        let late: Vec<String> = waiting
-            .iter()
-            .filter(|(_, w)| w.at.elapsed() > ANSWER)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in late {
-            if let Some(done) = waiting.remove(&id).and_then(|w| w.done) {
-                let _ = done.send(Err(StoreError::Backend(
-                    "the node running the room did not answer".into(),
-                )));
-            }
+    fn expire_waiting(&self, d: &Delivery) {
+        let late = self.take_waiting(|w| w.at.elapsed() > ANSWER);
+        for w in late {
+            w.fail(d, "the node running the room did not answer");
         }
     }
 
-    /// `node` is gone: the rooms it ran have no known owner until one takes them.
-    pub(super) fn node_gone(&self, node: &str) {
+    /// `node` is gone: the rooms it ran have no known owner until one takes them, and
+    /// what was sent to it for them will not be answered.
+    pub(super) fn node_gone(&self, d: &Delivery, node: &str) {
         for s in &self.services {
             s.owners().retain(|_, o| o != node);
         }
+        for w in self.take_waiting(|w| w.node == node) {
+            w.fail(d, "the node running the room is gone");
+        }
+    }
+
+    /// Takes the forwarded stanzas `which` picks out of those awaiting an answer.
+    fn take_waiting(&self, which: impl Fn(&Waiting) -> bool) -> Vec<Waiting> {
+        let mut waiting = self.lock_waiting();
+        let ids: Vec<String> = waiting
+            .iter()
+            .filter(|(_, w)| which(w))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter().filter_map(|id| waiting.remove(id)).collect()
     }
 
     /// The owner's answer to a forwarded message. A refusal makes this node forget that
