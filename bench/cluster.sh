@@ -196,12 +196,7 @@ node_toml() {
 
 # A certificate for the peers (Outpost makes its own).
 CERT_DIR=$OUT/cert
-mkdir -p "$CERT_DIR"
-openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$DOMAIN" \
-    -addext "subjectAltName=DNS:$DOMAIN" \
-    -keyout "$CERT_DIR/key.pem" -out "$CERT_DIR/cert.pem" 2>/dev/null
-cat "$CERT_DIR/cert.pem" "$CERT_DIR/key.pem" >"$CERT_DIR/both.pem"
-chmod 644 "$CERT_DIR"/*.pem
+make_cert
 
 write_config single-sqlite "" ""
 write_config single-pg "$PG_SINGLE" ""

@@ -118,12 +118,7 @@ fi
 # A certificate for Prosody and ejabberd (Outpost and the relay make their own); used only
 # with TLS=1.
 CERT_DIR=$OUT/cert
-mkdir -p "$CERT_DIR"
-openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$DOMAIN" \
-    -addext "subjectAltName=DNS:$DOMAIN" \
-    -keyout "$CERT_DIR/key.pem" -out "$CERT_DIR/cert.pem" 2>/dev/null
-cat "$CERT_DIR/cert.pem" "$CERT_DIR/key.pem" >"$CERT_DIR/both.pem"
-chmod 644 "$CERT_DIR"/*.pem
+make_cert
 
 # ------------------------------------------------------------------ the run
 

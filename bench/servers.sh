@@ -16,6 +16,17 @@ declare -A PORT=([outpost]=15222 [prosody]=15322 [ejabberd]=15422 [relay]=15522)
 # XMPP over WebSocket (RFC 7395) at /xmpp-websocket, over HTTPS; Outpost's HTTP API there too.
 declare -A WS_PORT=([outpost]=15281 [prosody]=15381 [ejabberd]=15481)
 
+# A self-signed certificate for $DOMAIN in $CERT_DIR (key.pem, cert.pem, both.pem), for
+# Prosody and ejabberd (Outpost and the relay make their own).
+make_cert() {
+    mkdir -p "$CERT_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=$DOMAIN" \
+        -addext "subjectAltName=DNS:$DOMAIN" \
+        -keyout "$CERT_DIR/key.pem" -out "$CERT_DIR/cert.pem" 2>/dev/null
+    cat "$CERT_DIR/cert.pem" "$CERT_DIR/key.pem" >"$CERT_DIR/both.pem"
+    chmod 644 "$CERT_DIR"/*.pem
+}
+
 log() { printf '\n[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 

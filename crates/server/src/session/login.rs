@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use jid::BareJid;
+use jid::{BareJid, FullJid};
 use minidom::Element;
 use outpost_proto::sasl::ScramKeys;
 use outpost_proto::stanza::{Condition, ErrorType, StanzaError};
@@ -120,6 +120,19 @@ impl Session {
         Ok(())
     }
 
+    /// Registers this session in the router as `jid` (within the account's limit).
+    pub(super) fn bind_here(&self, jid: &FullJid) -> BindOutcome {
+        let max = self.env.config().limits.max_resources_per_account;
+        let binding = Binding {
+            jid: jid.clone(),
+            session_id: self.id,
+            tx: self.tx.clone(),
+            peer: self.peer,
+            since_ms: crate::clock::now_ms(),
+        };
+        self.delivery().router().bind(binding, max)
+    }
+
     /// Binds the requested (or a generated) resource, once the roster and block list the
     /// session needs are loaded.
     pub(super) async fn bind(&mut self, requested: Option<String>) {
@@ -146,15 +159,7 @@ impl Session {
             )));
             return;
         }
-        let max = self.env.config().limits.max_resources_per_account;
-        let binding = Binding {
-            jid: jid.clone(),
-            session_id: self.id,
-            tx: self.tx.clone(),
-            peer: self.peer,
-            since_ms: crate::clock::now_ms(),
-        };
-        match self.delivery().router().bind(binding, max) {
+        match self.bind_here(&jid) {
             BindOutcome::Bound => self.proto.bind_result(Ok(jid)),
             BindOutcome::TooMany => self
                 .proto

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::{End, Session};
 use crate::cluster::{Arrived, Cluster};
 use crate::handover::{Handover, Migration, Stream};
-use crate::router::{BindOutcome, Binding, SessionRx, ToSession};
+use crate::router::{BindOutcome, SessionRx, ToSession};
 
 impl Session {
     /// Asks the other nodes for the stream `previd` and, if one hands its session over,
@@ -47,16 +47,8 @@ impl Session {
         let loaded = self.load_lists(&user).await;
         // The old node unbound it before handing it over; its change may not be here yet.
         router.unbind_remote(&node, &jid, m.session_id);
-        let binding = Binding {
-            jid: jid.clone(),
-            session_id: self.id,
-            tx: self.tx.clone(),
-            peer: self.peer,
-            since_ms: crate::clock::now_ms(),
-        };
-        let max = self.env.config().limits.max_resources_per_account;
         let bound = match loaded {
-            Ok(()) => matches!(router.bind(binding, max), BindOutcome::Bound),
+            Ok(()) => matches!(self.bind_here(&jid), BindOutcome::Bound),
             Err(e) => {
                 warn!(error = %e, "cannot load roster or block list");
                 false
