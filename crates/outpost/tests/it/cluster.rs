@@ -46,6 +46,17 @@ fn node_with(dir: &Path, id: &str, url: &str, nats: &str, more: &str) -> Server 
     Server::start_toml(dir, id, &toml, federation)
 }
 
+/// A NATS server, a fresh database, and nodes `n1` and `n2` on them, in a new directory.
+fn two_nodes() -> (NatsServer, tempfile::TempDir, Server, Server) {
+    let nats = NatsServer::start();
+    let pg = outpost_testkit::postgres::shared();
+    let url = pg.url(&pg.create_database());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n1 = node(dir.path(), "n1", &url, nats.url());
+    let n2 = node(dir.path(), "n2", &url, nats.url());
+    (nats, dir, n1, n2)
+}
+
 fn admin_cluster(dir: &Path, id: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
         .args(["admin", "cluster", "--config"])
@@ -121,12 +132,7 @@ fn numbers(stanzas: &[Element]) -> Vec<usize> {
 #[test]
 fn a_node_killed_mid_burst_loses_nothing_and_its_users_move() {
     const COUNT: usize = 100;
-    let nats = NatsServer::start();
-    let pg = outpost_testkit::postgres::shared();
-    let url = pg.url(&pg.create_database());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let n1 = node(dir.path(), "n1", &url, nats.url());
-    let mut n2 = node(dir.path(), "n2", &url, nats.url());
+    let (_nats, dir, n1, mut n2) = two_nodes();
     let bob_jid = format!("bob@{DOMAIN}");
     let (mut alice, _bob_on_n2) = friends(&n1, &n2);
     let bob_full = format!("{bob_jid}/r");
@@ -337,12 +343,7 @@ fn room_error_type(c: &mut Client, room: &str) -> Option<String> {
 #[test]
 fn a_room_whose_node_is_killed_moves_once_its_lease_ends() {
     let room = format!("war@conference.{DOMAIN}");
-    let nats = NatsServer::start();
-    let pg = outpost_testkit::postgres::shared();
-    let url = pg.url(&pg.create_database());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let n1 = node(dir.path(), "n1", &url, nats.url());
-    let mut n2 = node(dir.path(), "n2", &url, nats.url());
+    let (_nats, _dir, n1, mut n2) = two_nodes();
     register(n1.c2s, DOMAIN, "alice");
     register(n1.c2s, DOMAIN, "bob");
     // Alice makes the room at n2, persistent; Bob, at n1, joins; Alice speaks.

@@ -9,7 +9,7 @@
 //! a handover that arrives when the asking node has given up is refused, and the session
 //! ends where it was as it would have without the attempt.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -45,8 +45,9 @@ pub(super) struct Resumes {
 struct Asked {
     /// Whose stream it is: a handover of anyone else's is refused.
     user: BareJid,
-    /// Answers still due.
-    left: usize,
+    /// The nodes whose answers are still due (an answer from any other counts only if
+    /// it hands the stream over).
+    left: HashSet<String>,
     /// The count of the stream where it ended, if a node said so.
     ended_h: Option<u32>,
     tx: oneshot::Sender<Result<Arrived, Option<u32>>>,
@@ -69,16 +70,15 @@ impl Cluster {
         // The nodes heard lately: one silent for longer (dying, or cut off) is not waited
         // for; should it hold the stream and answer late, the answer is refused and the
         // session ends there as it would have.
-        let expected = {
+        let expected: HashSet<String> = {
             let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-            let lately = |p: &&super::PeerState| p.heard.elapsed() < ANSWERING;
-            peers
-                .values()
-                .filter(|p| p.sync.is_none())
-                .filter(lately)
-                .count()
+            let lately = |p: &super::PeerState| p.sync.is_none() && p.heard.elapsed() < ANSWERING;
+            (peers.iter())
+                .filter(|(_, p)| lately(p))
+                .map(|(id, _)| id.clone())
+                .collect()
         };
-        if expected == 0 {
+        if expected.is_empty() {
             return Err(None);
         }
         let request = crate::ids::random_id(16);
@@ -189,9 +189,9 @@ impl Cluster {
                 let Some(a) = asked.get_mut(&request) else {
                     return;
                 };
-                a.left = a.left.saturating_sub(1);
+                a.left.remove(node);
                 a.ended_h = a.ended_h.or(h);
-                if a.left == 0
+                if a.left.is_empty()
                     && let Some(a) = asked.remove(&request)
                 {
                     let _ = a.tx.send(Err(a.ended_h));

@@ -358,25 +358,15 @@ impl Services {
             }
         };
         for s in &self.services {
-            let lost: Vec<String> = {
-                let mut owners = s.owners();
-                let lost: Vec<String> = owners
-                    .iter()
-                    .filter(|(room, o)| {
-                        **o == *bus.node_id && !held.contains(&format!("{ROOM_LEASE}{room}"))
-                    })
-                    .map(|(room, _)| room.clone())
-                    .collect();
-                for room in &lost {
-                    owners.remove(room);
+            let mut lost = Vec::new();
+            s.owners().retain(|room, o| {
+                let keep = *o != *bus.node_id || held.contains(&format!("{ROOM_LEASE}{room}"));
+                if !keep {
+                    lost.push(room.clone());
                 }
-                drop(owners);
-                let mut last = s.last();
-                for room in &lost {
-                    last.remove(room);
-                }
-                lost
-            };
+                keep
+            });
+            s.last().retain(|room, _| !lost.contains(room));
             for room in lost {
                 warn!(%room, "this node lost the room's lease: another node may take it");
                 if let (Some(local), Ok(jid)) = (s.local.get(), jid::BareJid::new(&room)) {
@@ -409,12 +399,10 @@ impl Services {
     /// Takes the forwarded stanzas `which` picks out of those awaiting an answer.
     fn take_waiting(&self, which: impl Fn(&Waiting) -> bool) -> Vec<Waiting> {
         let mut waiting = self.lock_waiting();
-        let ids: Vec<String> = waiting
-            .iter()
-            .filter(|(_, w)| which(w))
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.iter().filter_map(|id| waiting.remove(id)).collect()
+        waiting
+            .extract_if(|_, w| which(w))
+            .map(|(_, w)| w)
+            .collect()
     }
 
     /// The owner's answer to a forwarded message. A refusal makes this node forget that
