@@ -14,11 +14,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jid::BareJid;
+use outpost_proto::xml::read_stanza;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use super::Cluster;
 use super::wire::Body;
+
 use crate::handover::{Handover, Migration};
 use crate::router::{ToSession, deliver_local};
 
@@ -170,12 +172,13 @@ impl Cluster {
                     node: node.to_owned(),
                     handover,
                 };
+                let sound = self.sound(&arrived.handover);
                 let taken = match asked.remove(&request) {
-                    Some(a) if a.user == arrived.handover.jid.to_bare() => {
+                    Some(a) if a.user == arrived.handover.jid.to_bare() && sound => {
                         a.tx.send(Ok(arrived)).is_ok()
                     }
                     Some(a) => {
-                        warn!(%node, "refused a handover of another account's session");
+                        warn!(%node, "refused a handover of another account's session, or with stanzas that do not parse");
                         let _ = a.tx.send(Err(None));
                         false
                     }
@@ -198,6 +201,14 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Whether what a handover would write to the client, or answer probes with, reads
+    /// as stanzas within this node's limits (they are written as they came).
+    fn sound(&self, h: &Handover) -> bool {
+        let reads = |xml: &str| read_stanza(xml.as_bytes(), self.limits).is_some();
+        h.stream.unacked.iter().all(|(xml, _)| reads(xml))
+            && h.presence.as_deref().is_none_or(reads)
     }
 
     /// The node a session was handed to says whether it took it.
