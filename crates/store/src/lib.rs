@@ -9,7 +9,7 @@
 //! time take it as unix milliseconds.
 //!
 //! Backends: [`MemoryStore`] (tests, ephemeral runs), [`SqliteStore`] (the default,
-//! durable) and [`PgStore`] (durable, on a PostgreSQL server; no replication). Every
+//! durable) and [`PgStore`] (durable, on a PostgreSQL server). Every
 //! backend passes the same battery in `tests/it/battery.rs`.
 //!
 //! The writes on the message path (archive rows, offline messages, outbox entries) can be

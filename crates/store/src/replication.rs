@@ -162,3 +162,122 @@ impl ReplOrigin {
         (self.stamp > 0).then(|| (self.synced_ms - (self.stamp >> 16)).max(0))
     }
 }
+
+/// The kinds merged as a union (each record is a message that is there or not, never
+/// changed): they keep no versions, and a hub's record of them is never superseded.
+pub(crate) fn is_union(kind: &str) -> bool {
+    matches!(kind, "archive" | "offline")
+}
+
+/// A log entry as the SQL backends read it: position, stamp, kind, owner, key, sub-key,
+/// the key's current value (JSON) and its version.
+pub(crate) type LogRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+);
+
+/// The records of log entries, each key once, at its first position (the value is the
+/// current one anyway: every account's record then comes before the records of what it
+/// owns). An entry older than its key's version is left out: a later write (this side's,
+/// with an entry of its own, or the other side's, which the other side has) superseded it.
+/// On a hub a key without a version is one the site wrote since: it has it (the union
+/// kinds have none).
+pub(crate) fn records(rows: Vec<LogRow>, hub: bool) -> Vec<ReplRecord> {
+    use std::collections::hash_map::{Entry, HashMap};
+    let mut records: Vec<ReplRecord> = Vec::with_capacity(rows.len());
+    let mut seen: HashMap<(String, String, String, String), usize> = HashMap::new();
+    for (seq, stamp, kind, owner, key, sub, value, version) in rows {
+        let Some(kind_) = ReplKind::parse(&kind) else {
+            continue;
+        };
+        let superseded = match version {
+            Some(v) => v > stamp,
+            None => hub && !is_union(&kind),
+        };
+        if superseded {
+            continue;
+        }
+        // A hub logs only the deletion of a site's offline message (its key is the site's
+        // id, not one of the hub's rows).
+        let value = value.filter(|_| !(hub && kind_ == ReplKind::Offline));
+        match seen.entry((kind, owner.clone(), key.clone(), sub.clone())) {
+            Entry::Occupied(at) => {
+                let r = &mut records[*at.get()];
+                r.stamp = r.stamp.max(stamp);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(records.len());
+                records.push(ReplRecord {
+                    seq,
+                    stamp,
+                    kind: kind_,
+                    owner,
+                    key,
+                    sub,
+                    value,
+                });
+            }
+        }
+    }
+    records
+}
+
+/// A hub's row of `repl_origins` with what it holds not gone back yet, as the SQL
+/// backends read it (`ORIGIN_COLUMNS`, then the pending count).
+pub(crate) type OriginRow = (String, String, i64, i64, i64, i64, i64, i64, i64, i64);
+
+pub(crate) fn origin_from(r: OriginRow) -> ReplOrigin {
+    ReplOrigin {
+        domain: r.0,
+        epoch: r.1,
+        position: r.2,
+        head: r.3,
+        records: r.4,
+        snapshots: r.5,
+        synced_ms: r.6,
+        stamp: r.7,
+        conflicts: r.8,
+        pending: r.9,
+    }
+}
+
+/// Records of a bulk kind as the one JSON array the SQL backends' set-based statements
+/// read: `{"o": owner, "k": key, "v": value}`, the value as a JSON string that the
+/// statement parses (so a malformed one fails it and cannot reach into the array).
+pub(crate) fn bulk_array(records: &[&ReplRecord]) -> String {
+    let mut array = String::from("[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            array.push(',');
+        }
+        array.push_str("{\"o\":");
+        json_string(&mut array, &r.owner);
+        array.push_str(",\"k\":");
+        json_string(&mut array, &r.key);
+        array.push_str(",\"v\":");
+        json_string(&mut array, r.value.as_deref().unwrap_or("null"));
+        array.push('}');
+    }
+    array.push(']');
+    array
+}
+
+/// `s` as a JSON string literal (RFC 8259 §7).
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}

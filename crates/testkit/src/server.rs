@@ -53,6 +53,27 @@ impl TestServer {
         Self::start_on(store, false, dir, tweak, Some(http)).await
     }
 
+    /// A server on a fresh database of the test process's PostgreSQL
+    /// ([`crate::postgres::shared`]), with `tweak` applied to a loopback config.
+    #[cfg(feature = "postgres")]
+    pub async fn start_on_postgres(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let url = tokio::task::spawn_blocking(|| {
+            let server = crate::postgres::shared();
+            server.url(&server.create_database())
+        })
+        .await
+        .expect("create a database");
+        let store = outpost_store::PgStore::connect(&url)
+            .await
+            .expect("connect PostgreSQL");
+        let tweak = move |c: &mut Config| {
+            c.storage.backend = outpost_server::config::StorageBackend::Postgres;
+            c.storage.url = Some(url);
+            tweak(c);
+        };
+        Self::start_with_store(Arc::new(store), tweak, None).await
+    }
+
     pub async fn start_in_memory() -> TestServer {
         Self::start_in_memory_with(|_| {}).await
     }
@@ -130,11 +151,15 @@ impl TestServer {
     }
 
     /// Stops the server and starts a new one with the same configuration on the same
-    /// store (the same SQLite file, reopened), as after a process restart. Listeners get
-    /// new ports.
+    /// store (the same SQLite file reopened, or PostgreSQL database connected again), as
+    /// after a process restart. Listeners get new ports.
     pub async fn restart(&mut self) {
         self.stop().await;
-        if !self.in_memory {
+        if let Some(url) = self.config.storage.url.as_deref() {
+            // A PostgreSQL store: the stopped server closed its pool.
+            let store = outpost_store::PgStore::connect(url).await;
+            self.store = Arc::new(store.expect("reconnect PostgreSQL"));
+        } else if !self.in_memory {
             self.store = open_sqlite(&self.dir).await;
         }
         let handle = ServerHandle::start_with_http(

@@ -665,16 +665,6 @@ impl Config {
             problem("storage.path must not be empty (leave it out for the default)".to_owned());
         }
         let url = self.storage.url.as_deref();
-        // Replication between a site and its hub is built on SQLite's triggers so far.
-        let replicating =
-            self.role == Role::Hub || (self.federation.hub.is_some() && self.federation.replicate);
-        if self.storage.backend == StorageBackend::Postgres && replicating {
-            problem(
-                "a hub, or a site that replicates to its hub, needs backend = \"sqlite\" for now \
-                 (or federation.replicate = false on a site)"
-                    .to_owned(),
-            );
-        }
         match self.storage.backend {
             StorageBackend::Postgres => match url {
                 None => problem("storage.url must be set with backend = \"postgres\"".to_owned()),
@@ -1547,9 +1537,6 @@ mod tests {
             config.redacted().storage.url.as_deref(),
             Some("postgres://outpost:<redacted>@db:5432/outpost")
         );
-        config.role = Role::Hub;
-        assert!(problems(&config)[0].contains("needs backend = \"sqlite\""));
-        config.role = Role::Site;
         config.storage.backend = StorageBackend::Sqlite;
         assert!(problems(&config)[0].contains("storage.url is for backend"));
     }

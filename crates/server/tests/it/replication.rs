@@ -21,9 +21,27 @@ fn federated(c: &mut Config, domain: &str) {
     c.federation.retry_max_secs = 2;
 }
 
+/// Where a server of a test keeps its store.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn start(backend: Backend, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    match backend {
+        Backend::Sqlite => TestServer::start_with(tweak).await,
+        Backend::Postgres => TestServer::start_on_postgres(tweak).await,
+    }
+}
+
 async fn hub(relay_for: &[&str]) -> TestServer {
+    hub_on(Backend::Sqlite, relay_for).await
+}
+
+async fn hub_on(backend: Backend, relay_for: &[&str]) -> TestServer {
     let relay_for: Vec<String> = relay_for.iter().map(|d| (*d).to_owned()).collect();
-    TestServer::start_with(move |c| {
+    start(backend, move |c| {
         federated(c, HUB);
         c.role = Role::Hub;
         c.federation.relay_for = relay_for;
@@ -32,7 +50,11 @@ async fn hub(relay_for: &[&str]) -> TestServer {
 }
 
 async fn site(domain: &'static str, hub: &TestServer) -> TestServer {
-    let site = TestServer::start_with(move |c| {
+    site_on(Backend::Sqlite, domain, hub).await
+}
+
+async fn site_on(backend: Backend, domain: &'static str, hub: &TestServer) -> TestServer {
+    let site = start(backend, move |c| {
         federated(c, domain);
         c.federation.hub = Some(HUB.to_owned());
     })
@@ -132,8 +154,18 @@ async fn alice_edits_everything(alice: &mut Client, contact: &str) {
 
 #[tokio::test]
 async fn what_a_user_changes_at_the_site_reaches_the_hub() {
-    let hub = hub(&["a.test"]).await;
-    let a = site("a.test", &hub).await;
+    changes_at_the_site_reach_the_hub(Backend::Sqlite).await;
+}
+
+/// The same with the site and the hub on PostgreSQL.
+#[tokio::test]
+async fn what_a_user_changes_at_a_site_on_postgresql_reaches_its_hub_on_postgresql() {
+    changes_at_the_site_reach_the_hub(Backend::Postgres).await;
+}
+
+async fn changes_at_the_site_reach_the_hub(backend: Backend) {
+    let hub = hub_on(backend, &["a.test"]).await;
+    let a = site_on(backend, "a.test", &hub).await;
     a.add_user("alice", "wonderland").await;
     let mut alice = a.login("alice", "wonderland", "phone").await;
     alice_edits_everything(&mut alice, "carol@c.test").await;
@@ -266,8 +298,13 @@ async fn a_hub_takes_replication_only_from_its_own_sites() {
 /// The paper's Figure 2 in one process: sites a.test (alice, bob) and c.test (carol), and
 /// the hub that relays between them and keeps a replica of both.
 async fn figure_two() -> (TestServer, TestServer, TestServer) {
-    let hub = hub(&["a.test", "c.test"]).await;
-    let a = site("a.test", &hub).await;
+    figure_two_on(Backend::Sqlite).await
+}
+
+/// Figure 2 with the hub and site a on `backend` (site c on SQLite).
+async fn figure_two_on(backend: Backend) -> (TestServer, TestServer, TestServer) {
+    let hub = hub_on(backend, &["a.test", "c.test"]).await;
+    let a = site_on(backend, "a.test", &hub).await;
     let c = site("c.test", &hub).await;
     meet(&a, &c);
     a.add_user("alice", "wonderland").await;
@@ -619,7 +656,17 @@ async fn archived(server: &TestServer, user: &str) -> Vec<(i64, Option<String>)>
 /// at the site under the ids she saw at the hub, and bob carol's message, once.
 #[tokio::test]
 async fn what_users_write_at_the_hub_goes_home_with_them() {
-    let (hub, mut a, c) = figure_two().await;
+    users_write_at_the_hub(Backend::Sqlite).await;
+}
+
+/// The same with the hub and the site on PostgreSQL: standby, hand-back and merge.
+#[tokio::test]
+async fn what_users_write_at_a_hub_on_postgresql_goes_home_with_them() {
+    users_write_at_the_hub(Backend::Postgres).await;
+}
+
+async fn users_write_at_the_hub(backend: Backend) {
+    let (hub, mut a, c) = figure_two_on(backend).await;
     a.stop().await;
     let mut alice = login_at(&hub, ("alice", "a.test"), "wonderland").await;
     alice.roster_get().await;

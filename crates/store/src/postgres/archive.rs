@@ -132,16 +132,17 @@ pub(super) async fn clear(s: &PgStore, owner: &str) -> Result<u64> {
 }
 
 pub(super) async fn expire(s: &PgStore, before_id: i64, limit: u32) -> Result<u64> {
-    let done = sqlx::query(
-        "DELETE FROM archive WHERE id IN \
+    let done = s
+        .write_one(
+            sqlx::query(
+                "DELETE FROM archive WHERE id IN \
          (SELECT id FROM archive WHERE id < $1 ORDER BY id LIMIT $2)",
-    )
-    .bind(before_id)
-    .bind(i64::from(limit))
-    .execute(&s.pool)
-    .await
-    .map_err(db)?;
-    Ok(done.rows_affected())
+            )
+            .bind(before_id)
+            .bind(i64::from(limit)),
+        )
+        .await?;
+    Ok(done)
 }
 
 pub(super) async fn prefs(s: &PgStore, user: &BareJid) -> Result<Option<ArchivePrefs>> {

@@ -38,12 +38,10 @@ pub(super) async fn create_account(s: &PgStore, user: &BareJid, creds: &Credenti
         "INSERT INTO accounts (jid, {CREDENTIALS_COLUMNS}) \
          VALUES ($9, $1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (jid) DO NOTHING"
     );
-    let done = bind_credentials(sqlx::query(&sql), creds)
-        .bind(user)
-        .execute(&s.pool)
-        .await
-        .map_err(db)?;
-    if done.rows_affected() == 0 {
+    let done = s
+        .write_one(bind_credentials(sqlx::query(&sql), creds).bind(user))
+        .await?;
+    if done == 0 {
         return Err(StoreError::AccountExists);
     }
     Ok(())

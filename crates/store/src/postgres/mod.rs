@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: the same [`Store`] as [`crate::SqliteStore`], on a server that
-//! several Outpost processes (or an operator's tools) can share. Replication between a site
-//! and its hub is SQLite's only: the `repl_*` methods keep the trait's `Unsupported`.
+//! several Outpost processes (or an operator's tools) can share, replication between a
+//! site and its hub included (`replication.rs`: while it is on, write transactions take
+//! one lock first and so commit one at a time, as in SQLite).
 //!
 //! Every write is one transaction on a pooled connection, committed with
 //! `synchronous_commit=on` (set on every connection, whatever the server's default), so a
@@ -52,6 +53,8 @@ mod muc;
 mod offline;
 mod outbox;
 mod pep;
+mod repl_apply;
+mod replication;
 mod tokens;
 mod upload;
 
@@ -81,6 +84,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations-postgres/0009_cluster.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations-postgres/0010_replication.sql"),
+    ),
 ];
 
 /// Connections in the pool: writers no longer queue behind one connection as in SQLite,
@@ -100,12 +107,17 @@ enum Lock {
     Outbox = 0x4f50_0002,
     /// With the owner's hash as the second key: checking an upload quota.
     Uploads = 0x4f50_0003,
+    /// Writing while replication is on: taken first by every write transaction, held to
+    /// commit, so the log's positions and stamps follow commit order (`replication.rs`).
+    Replication = 0x4f50_0004,
 }
 
 /// A [`Store`] in one PostgreSQL database. Clones share the same pool.
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
+    /// Replication is on ([`Store::repl_activate`]): writes take [`Lock::Replication`].
+    replicating: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Data read back from the database that this code could never have written.
@@ -139,13 +151,34 @@ impl PgStore {
             .await
             .map_err(db)?;
         migrate(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            replicating: Default::default(),
+        })
     }
 
     /// Starts a write transaction (READ COMMITTED: each statement sees what committed
-    /// before it, which the locks above make enough).
+    /// before it, which the locks above make enough). While replication is on it takes
+    /// the replication lock first, before any other lock, so that no lock order can cycle
+    /// through it.
     async fn write(&self) -> Result<Transaction<'static, Postgres>> {
-        self.pool.begin().await.map_err(db)
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        if self.replicating.load(std::sync::atomic::Ordering::SeqCst) {
+            lock(&mut tx, Lock::Replication).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Runs one statement in a transaction of its own through [`PgStore::write`]: a
+    /// write to a table the replication log follows must not run outside one.
+    async fn write_one(
+        &self,
+        query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let done = query.execute(&mut *tx).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(done.rows_affected())
     }
 
     /// Starts a read-only transaction that sees one snapshot throughout.
@@ -336,6 +369,18 @@ impl Store for PgStore {
 
     async fn count_offline(&self, user: &BareJid) -> Result<u64> {
         offline::count(self, user).await
+    }
+
+    async fn offline_own(&self, user: &BareJid, limit: u32) -> Result<Vec<OfflineMessage>> {
+        offline::read_own(self, user, limit).await
+    }
+
+    async fn delete_offline_own(&self, user: &BareJid, up_to: i64) -> Result<()> {
+        offline::delete_own(self, user, up_to).await
+    }
+
+    async fn offline_owners(&self, domain: &str) -> Result<Vec<String>> {
+        offline::owners(self, domain).await
     }
 
     async fn archive_page(&self, q: &ArchiveQuery<'_>) -> Result<Vec<ArchivedMessage>> {
@@ -666,6 +711,54 @@ impl Store for PgStore {
 
     async fn prune_seen(&self, older_than_ms: i64) -> Result<u64> {
         outbox::prune_seen(self, older_than_ms).await
+    }
+
+    async fn repl_activate(&self, mode: crate::ReplMode) -> Result<crate::ReplLog> {
+        replication::activate(self, mode).await
+    }
+
+    async fn repl_log(&self) -> Result<crate::ReplLog> {
+        replication::log(self).await
+    }
+
+    async fn repl_read(&self, after: i64, limit: u32) -> Result<(Vec<crate::ReplRecord>, i64)> {
+        replication::read(self, after, limit).await
+    }
+
+    async fn repl_reseed(&self) -> Result<i64> {
+        replication::reseed(self).await
+    }
+
+    async fn repl_acked(&self, position: i64, now_ms: i64) -> Result<()> {
+        replication::acked(self, position, now_ms).await
+    }
+
+    async fn repl_apply(&self, batch: &crate::ReplBatch<'_>) -> Result<(bool, crate::ReplOrigin)> {
+        repl_apply::apply(self, batch).await
+    }
+
+    async fn repl_origin(&self, domain: &str) -> Result<crate::ReplOrigin> {
+        replication::origin(self, domain).await
+    }
+
+    async fn repl_origins(&self) -> Result<Vec<crate::ReplOrigin>> {
+        replication::origins(self).await
+    }
+
+    async fn repl_merge_read(
+        &self,
+        domain: &str,
+        limit: u32,
+    ) -> Result<(Vec<crate::ReplRecord>, i64)> {
+        replication::merge_read(self, domain, limit).await
+    }
+
+    async fn repl_merge_done(&self, domain: &str, upto: i64) -> Result<()> {
+        replication::merge_done(self, domain, upto).await
+    }
+
+    async fn repl_merge(&self, records: &[crate::ReplRecord]) -> Result<u64> {
+        repl_apply::merge(self, records).await
     }
 
     /// Not done by the store: a consistent copy of a PostgreSQL database is the server's

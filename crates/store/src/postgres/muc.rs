@@ -120,11 +120,8 @@ pub(super) async fn save_room(
 
 pub(super) async fn delete_room(s: &PgStore, room: &str) -> Result<()> {
     // Its configuration and affiliations go with it (ON DELETE CASCADE).
-    sqlx::query("DELETE FROM muc_rooms WHERE jid = $1")
-        .bind(room)
-        .execute(&s.pool)
-        .await
-        .map_err(db)?;
+    s.write_one(sqlx::query("DELETE FROM muc_rooms WHERE jid = $1").bind(room))
+        .await?;
     Ok(())
 }
 

@@ -61,3 +61,46 @@ pub(super) async fn count(s: &PgStore, user: &BareJid) -> Result<u64> {
         .map_err(db)?;
     to_u64("COUNT(*)", count)
 }
+
+/// On a hub: the messages it stored itself (not the replica of a site's queue).
+pub(super) async fn read_own(
+    s: &PgStore,
+    user: &BareJid,
+    limit: u32,
+) -> Result<Vec<OfflineMessage>> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, stanza FROM offline WHERE owner = $1 AND origin_key IS NULL \
+         ORDER BY id LIMIT $2",
+    )
+    .bind(user)
+    .bind(i64::from(limit))
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, stanza)| OfflineMessage { id, stanza })
+        .collect())
+}
+
+pub(super) async fn delete_own(s: &PgStore, user: &BareJid, up_to: i64) -> Result<()> {
+    s.write_one(
+        sqlx::query("DELETE FROM offline WHERE owner = $1 AND id <= $2 AND origin_key IS NULL")
+            .bind(user)
+            .bind(up_to),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The accounts of `domain` with messages of this server's own waiting, sorted.
+pub(super) async fn owners(s: &PgStore, domain: &str) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT owner FROM offline WHERE right(owner, length($1)) = $1 \
+         AND origin_key IS NULL ORDER BY owner",
+    )
+    .bind(format!("@{domain}"))
+    .fetch_all(&s.pool)
+    .await
+    .map_err(db)
+}

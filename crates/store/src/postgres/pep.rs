@@ -79,13 +79,14 @@ pub(super) async fn configure(
 
 pub(super) async fn delete_node(s: &PgStore, owner: &BareJid, node: &str) -> Result<bool> {
     // Its items and subscriptions go with it (ON DELETE CASCADE).
-    let done = sqlx::query("DELETE FROM pep_nodes WHERE owner = $1 AND node = $2")
-        .bind(owner)
-        .bind(node)
-        .execute(&s.pool)
-        .await
-        .map_err(db)?;
-    Ok(done.rows_affected() > 0)
+    let done = s
+        .write_one(
+            sqlx::query("DELETE FROM pep_nodes WHERE owner = $1 AND node = $2")
+                .bind(owner)
+                .bind(node),
+        )
+        .await?;
+    Ok(done > 0)
 }
 
 pub(super) async fn publish(
@@ -172,40 +173,42 @@ pub(super) async fn item(
 }
 
 pub(super) async fn retract(s: &PgStore, owner: &BareJid, node: &str, id: &str) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2 AND item_id = $3")
-        .bind(owner)
-        .bind(node)
-        .bind(id)
-        .execute(&s.pool)
-        .await
-        .map_err(db)?;
-    Ok(done.rows_affected() > 0)
+    let done = s
+        .write_one(
+            sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2 AND item_id = $3")
+                .bind(owner)
+                .bind(node)
+                .bind(id),
+        )
+        .await?;
+    Ok(done > 0)
 }
 
 pub(super) async fn purge(s: &PgStore, owner: &BareJid, node: &str) -> Result<()> {
-    sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2")
-        .bind(owner)
-        .bind(node)
-        .execute(&s.pool)
-        .await
-        .map_err(db)?;
+    s.write_one(
+        sqlx::query("DELETE FROM pep_items WHERE owner = $1 AND node = $2")
+            .bind(owner)
+            .bind(node),
+    )
+    .await?;
     Ok(())
 }
 
 pub(super) async fn subscribe(s: &PgStore, owner: &BareJid, node: &str, jid: &str) -> Result<()> {
     // One statement: the node must exist when the row goes in (its foreign key holds it).
-    let done = sqlx::query(
-        "INSERT INTO pep_subscriptions (owner, node, jid) \
+    let done = s
+        .write_one(
+            sqlx::query(
+                "INSERT INTO pep_subscriptions (owner, node, jid) \
          SELECT owner, node, $3 FROM pep_nodes WHERE owner = $1 AND node = $2 \
          ON CONFLICT (owner, node, jid) DO UPDATE SET jid = excluded.jid",
-    )
-    .bind(owner)
-    .bind(node)
-    .bind(jid)
-    .execute(&s.pool)
-    .await
-    .map_err(db)?;
-    if done.rows_affected() == 0 {
+            )
+            .bind(owner)
+            .bind(node)
+            .bind(jid),
+        )
+        .await?;
+    if done == 0 {
         return Err(StoreError::NoSuchNode);
     }
     Ok(())
@@ -217,15 +220,17 @@ pub(super) async fn unsubscribe(
     node: &str,
     jid: &str,
 ) -> Result<bool> {
-    let done =
-        sqlx::query("DELETE FROM pep_subscriptions WHERE owner = $1 AND node = $2 AND jid = $3")
+    let done = s
+        .write_one(
+            sqlx::query(
+                "DELETE FROM pep_subscriptions WHERE owner = $1 AND node = $2 AND jid = $3",
+            )
             .bind(owner)
             .bind(node)
-            .bind(jid)
-            .execute(&s.pool)
-            .await
-            .map_err(db)?;
-    Ok(done.rows_affected() > 0)
+            .bind(jid),
+        )
+        .await?;
+    Ok(done > 0)
 }
 
 pub(super) async fn subscriptions(s: &PgStore, owner: &BareJid) -> Result<Vec<(String, String)>> {

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 
 use sqlx::SqliteConnection;
 
-use super::replication::{ORIGIN_COLUMNS, domain_of, is_union, read_origin};
+use super::replication::{ORIGIN_COLUMNS, domain_of, read_origin};
 use super::{SqliteStore, db};
+use crate::replication::{bulk_array, is_union};
 use crate::{ReplBatch, ReplKind, ReplOrigin, ReplRecord, Result, StoreError};
 
 /// A statement parameter: the record's owner, key, sub-key or JSON value.
@@ -117,7 +118,10 @@ fn upsert(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
     }
 }
 
-const BUMP_ROSTER: &str = "INSERT INTO roster_versions (owner, version) VALUES (?, 1) \
+/// A roster's version moves on, unless its account is gone (its removal may come first in
+/// a batch, before the removals of what it owned: PostgreSQL logs them in that order).
+const BUMP_ROSTER: &str = "INSERT INTO roster_versions (owner, version) \
+    SELECT ?1, 1 WHERE EXISTS (SELECT 1 FROM accounts WHERE jid = ?1) \
     ON CONFLICT (owner) DO UPDATE SET version = version + 1";
 
 /// The statements that remove a record's key.
@@ -548,20 +552,7 @@ async fn apply_bulk(
     if records.is_empty() {
         return Ok(());
     }
-    let mut array = String::from("[");
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            array.push(',');
-        }
-        array.push_str("{\"o\":");
-        json_string(&mut array, &r.owner);
-        array.push_str(",\"k\":");
-        json_string(&mut array, &r.key);
-        array.push_str(",\"v\":");
-        json_string(&mut array, r.value.as_deref().unwrap_or("null"));
-        array.push('}');
-    }
-    array.push(']');
+    let array = bulk_array(records);
     for sql in bulk_upsert(kind) {
         sqlx::query(&sql)
             .bind(&array)
@@ -570,20 +561,6 @@ async fn apply_bulk(
             .map_err(|e| rejected(kind, "a batch", e))?;
     }
     Ok(())
-}
-
-/// `s` as a JSON string literal (RFC 8259 §7).
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// A statement the sender's data made fail: [`StoreError::Rejected`], saying why.

@@ -3,12 +3,11 @@
 //! key's current value as JSON, built by SQLite itself. Applying records from the other
 //! side is `repl_apply.rs`.
 
-use std::collections::HashMap;
-
 use sqlx::SqliteConnection;
 
 use super::{SqliteStore, db};
-use crate::{ReplKind, ReplLog, ReplMode, ReplOrigin, ReplRecord, Result};
+use crate::replication::{LogRow, OriginRow, is_union, origin_from, records};
+use crate::{ReplLog, ReplMode, ReplOrigin, ReplRecord, Result};
 
 /// Each kind's current value for a log entry `l`, as a JSON object; NULL once the key is
 /// gone. Blobs (the SCRAM salts and keys) travel as hex.
@@ -71,12 +70,6 @@ struct HubForm {
     owner: &'static str,
     key: &'static str,
     when: &'static str,
-}
-
-/// The kinds merged as a union (each record is a message that is there or not, never
-/// changed): they keep no versions, and a hub's record of them is never superseded.
-pub(super) fn is_union(kind: &str) -> bool {
-    matches!(kind, "archive" | "offline")
 }
 
 const fn tracked(
@@ -362,17 +355,6 @@ pub(super) async fn log(s: &SqliteStore) -> Result<ReplLog> {
     read_log(&mut conn).await
 }
 
-type LogRow = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<i64>,
-);
-
 /// A log entry's columns: position, stamp, key, current value, and the key's version.
 fn log_columns() -> String {
     format!(
@@ -434,51 +416,6 @@ pub(super) async fn merge_done(s: &SqliteStore, domain: &str, upto: i64) -> Resu
     Ok(())
 }
 
-/// The records of log entries, each key once, at its first position (the value is the
-/// current one anyway: every account's record then comes before the records of what it
-/// owns). An entry older than its key's version is left out: a later write (this side's,
-/// with an entry of its own, or the other side's, which the other side has) superseded it.
-/// On a hub a key without a version is one the site wrote since: it has it (the union
-/// kinds have none).
-fn records(rows: Vec<LogRow>, hub: bool) -> Vec<ReplRecord> {
-    let mut records: Vec<ReplRecord> = Vec::with_capacity(rows.len());
-    let mut seen: HashMap<(String, String, String, String), usize> = HashMap::new();
-    for (seq, stamp, kind, owner, key, sub, value, version) in rows {
-        let Some(kind_) = ReplKind::parse(&kind) else {
-            continue;
-        };
-        let superseded = match version {
-            Some(v) => v > stamp,
-            None => hub && !is_union(&kind),
-        };
-        if superseded {
-            continue;
-        }
-        // A hub logs only the deletion of a site's offline message (its key is the site's
-        // id, not one of the hub's rows).
-        let value = value.filter(|_| !(hub && kind_ == ReplKind::Offline));
-        match seen.entry((kind, owner.clone(), key.clone(), sub.clone())) {
-            std::collections::hash_map::Entry::Occupied(at) => {
-                let r = &mut records[*at.get()];
-                r.stamp = r.stamp.max(stamp);
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(records.len());
-                records.push(ReplRecord {
-                    seq,
-                    stamp,
-                    kind: kind_,
-                    owner,
-                    key,
-                    sub,
-                    value,
-                });
-            }
-        }
-    }
-    records
-}
-
 pub(super) async fn reseed(s: &SqliteStore) -> Result<i64> {
     let mut tx = s.write().await?;
     let before = read_log(&mut tx).await?.last;
@@ -511,23 +448,6 @@ pub(super) async fn acked(s: &SqliteStore, position: i64, now_ms: i64) -> Result
         .await
         .map_err(db)?;
     tx.commit().await.map_err(db)
-}
-
-type OriginRow = (String, String, i64, i64, i64, i64, i64, i64, i64, i64);
-
-fn origin_from(r: OriginRow) -> ReplOrigin {
-    ReplOrigin {
-        domain: r.0,
-        epoch: r.1,
-        position: r.2,
-        head: r.3,
-        records: r.4,
-        snapshots: r.5,
-        synced_ms: r.6,
-        stamp: r.7,
-        conflicts: r.8,
-        pending: r.9,
-    }
 }
 
 pub(super) const ORIGIN_COLUMNS: &str =

@@ -1,13 +1,82 @@
-//! Directory replication from a site's store to a hub's (SQLite only: the log is written
-//! by triggers in the same transaction as each change).
+//! Directory replication from a site's store to a hub's (the log is written by triggers
+//! in the same transaction as each change). Each case runs with the site and the hub on
+//! SQLite, both on PostgreSQL, and on one of each both ways (`pairs!`): the records are the
+//! wire between them, so each backend must read what the other writes.
 
 use outpost_store::{
     AccessModel, ArchiveDefault, ArchiveEntry, ArchivePrefs, ArchiveQuery, BatchWrite, NodeConfig,
-    PepItem, Quotas, ReplBatch, ReplKind, ReplMode, ReplRecord, RosterItem, SendLast, SqliteStore,
-    Store, StoreError, Subscription, SubscriptionRequest,
+    PepItem, Quotas, ReplBatch, ReplKind, ReplMode, ReplRecord, RosterItem, SendLast, Store,
+    StoreError, Subscription, SubscriptionRequest,
 };
 
 use crate::battery::{creds, sqlite_store};
+
+/// A store's backend in a case.
+#[derive(Clone, Copy)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What keeps a test's store alive: its file's directory, or its database.
+#[allow(dead_code)]
+enum Keep {
+    Dir(tempfile::TempDir),
+    Database(crate::postgres::Database),
+}
+
+/// A fresh store on `backend`.
+async fn open(backend: Backend) -> (Keep, Box<dyn Store>) {
+    match backend {
+        Backend::Sqlite => {
+            let (dir, store) = sqlite_store().await;
+            (Keep::Dir(dir), Box::new(store))
+        }
+        Backend::Postgres => {
+            let (db, store) = crate::postgres::pg_store().await;
+            (Keep::Database(db), Box::new(store))
+        }
+    }
+}
+
+/// Runs each case, `async fn case(site: Backend, hub: Backend)`, once per pairing.
+macro_rules! pairs {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $case() {
+                super::$case(super::Backend::Sqlite, super::Backend::Sqlite).await
+            } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $case() {
+                super::$case(super::Backend::Postgres, super::Backend::Postgres).await
+            } )*
+        }
+        mod sqlite_site_postgres_hub {
+            $( #[tokio::test] async fn $case() {
+                super::$case(super::Backend::Sqlite, super::Backend::Postgres).await
+            } )*
+        }
+        mod postgres_site_sqlite_hub {
+            $( #[tokio::test] async fn $case() {
+                super::$case(super::Backend::Postgres, super::Backend::Sqlite).await
+            } )*
+        }
+    };
+}
+
+pairs! {
+    every_kind_of_record_reaches_the_hub_and_so_do_removals,
+    the_log_names_each_change_once_per_batch_with_growing_stamps,
+    nothing_is_logged_while_replication_is_off,
+    a_snapshot_copies_everything_and_drops_what_the_site_no_longer_has,
+    a_batch_that_does_not_follow_the_replica_is_not_applied,
+    a_record_the_hub_cannot_store_fails_the_whole_batch,
+    after_a_partition_both_sides_hold_the_later_write_of_every_key,
+    a_merge_applied_twice_changes_nothing_and_accounts_change_at_home_only,
+    a_hub_merges_back_only_what_it_archived_for_a_sites_users,
+    offline_messages_are_delivered_once_at_either_side,
+}
 
 const ALICE: &str = "alice@site1.test";
 const BOB: &str = "bob@site1.test";
@@ -159,7 +228,7 @@ async fn directory(s: &dyn Store) -> String {
 }
 
 /// Ships everything the site logged after `after` to the hub; returns the new position.
-async fn ship(site: &SqliteStore, hub: &SqliteStore, after: i64, snapshot: bool) -> i64 {
+async fn ship(site: &dyn Store, hub: &dyn Store, after: i64, snapshot: bool) -> i64 {
     let log = site.repl_log().await.unwrap();
     let (records, upto) = site.repl_read(after, 10_000).await.unwrap();
     let batch = ReplBatch {
@@ -179,17 +248,19 @@ async fn ship(site: &SqliteStore, hub: &SqliteStore, after: i64, snapshot: bool)
     upto
 }
 
-#[tokio::test]
-async fn every_kind_of_record_reaches_the_hub_and_so_do_removals() {
-    let (_d1, site) = sqlite_store().await;
-    let (_d2, hub) = sqlite_store().await;
+async fn every_kind_of_record_reaches_the_hub_and_so_do_removals(
+    site_on: Backend,
+    hub_on: Backend,
+) {
+    let (_d1, site) = open(site_on).await;
+    let (_d2, hub) = open(hub_on).await;
     site.repl_activate(ReplMode::Site).await.unwrap();
-    populate(&site).await;
+    populate(&*site).await;
     // A hub that has nothing takes the first batch as a snapshot.
-    let position = ship(&site, &hub, 0, true).await;
-    let (_d3, empty) = sqlite_store().await;
-    assert_ne!(directory(&empty).await, directory(&site).await);
-    assert_eq!(directory(&hub).await, directory(&site).await);
+    let position = ship(&*site, &*hub, 0, true).await;
+    let (_d3, empty) = open(hub_on).await;
+    assert_ne!(directory(&*empty).await, directory(&*site).await);
+    assert_eq!(directory(&*hub).await, directory(&*site).await);
 
     // Changes and removals of each kind.
     site.set_credentials(ALICE, &creds(9)).await.unwrap();
@@ -211,23 +282,25 @@ async fn every_kind_of_record_reaches_the_hub_and_so_do_removals() {
         .unwrap();
     site.muc_delete_room(ROOM).await.unwrap();
     site.archive_clear(BOB).await.unwrap();
-    let position = ship(&site, &hub, position, false).await;
-    assert_eq!(directory(&hub).await, directory(&site).await);
+    let position = ship(&*site, &*hub, position, false).await;
+    assert_eq!(directory(&*hub).await, directory(&*site).await);
     assert_eq!(hub.credentials(ALICE).await.unwrap(), Some(creds(9)));
 
     // The hub's roster version moved, so clients caching the roster see the change.
     assert!(hub.roster(ALICE).await.unwrap().version > 0);
 
     site.remove_account(ALICE).await.unwrap();
-    ship(&site, &hub, position, false).await;
+    ship(&*site, &*hub, position, false).await;
     assert!(!hub.account_exists(ALICE).await.unwrap());
     assert!(hub.account_exists(BOB).await.unwrap());
-    assert_eq!(directory(&hub).await, directory(&site).await);
+    assert_eq!(directory(&*hub).await, directory(&*site).await);
 }
 
-#[tokio::test]
-async fn the_log_names_each_change_once_per_batch_with_growing_stamps() {
-    let (_d, site) = sqlite_store().await;
+async fn the_log_names_each_change_once_per_batch_with_growing_stamps(
+    site_on: Backend,
+    _: Backend,
+) {
+    let (_d, site) = open(site_on).await;
     site.repl_activate(ReplMode::Site).await.unwrap();
     site.create_account(ALICE, &creds(1)).await.unwrap();
     for _ in 0..3 {
@@ -254,9 +327,8 @@ async fn the_log_names_each_change_once_per_batch_with_growing_stamps() {
     assert!(site.repl_read(upto, 100).await.unwrap().0.is_empty());
 }
 
-#[tokio::test]
-async fn nothing_is_logged_while_replication_is_off() {
-    let (_d, site) = sqlite_store().await;
+async fn nothing_is_logged_while_replication_is_off(site_on: Backend, _: Backend) {
+    let (_d, site) = open(site_on).await;
     site.create_account(ALICE, &creds(1)).await.unwrap();
     assert!(site.repl_read(0, 100).await.unwrap().0.is_empty());
     let on = site.repl_activate(ReplMode::Site).await.unwrap();
@@ -268,18 +340,20 @@ async fn nothing_is_logged_while_replication_is_off() {
     );
     site.repl_activate(ReplMode::Off).await.unwrap();
     // Off, archived messages log nothing either (their triggers are gone).
-    populate_archive(&site).await;
+    populate_archive(&*site).await;
     assert!(site.repl_read(0, 100).await.unwrap().0.is_empty());
     let again = site.repl_activate(ReplMode::Site).await.unwrap();
     assert_ne!(again.epoch, on.epoch);
 }
 
-#[tokio::test]
-async fn a_snapshot_copies_everything_and_drops_what_the_site_no_longer_has() {
-    let (_d1, site) = sqlite_store().await;
-    let (_d2, hub) = sqlite_store().await;
+async fn a_snapshot_copies_everything_and_drops_what_the_site_no_longer_has(
+    site_on: Backend,
+    hub_on: Backend,
+) {
+    let (_d1, site) = open(site_on).await;
+    let (_d2, hub) = open(hub_on).await;
     // Written before replication was on: only a snapshot carries it.
-    populate(&site).await;
+    populate(&*site).await;
     site.repl_activate(ReplMode::Site).await.unwrap();
     // The hub holds an account the site no longer has, and one of another domain.
     hub.create_account("gone@site1.test", &creds(3))
@@ -290,8 +364,8 @@ async fn a_snapshot_copies_everything_and_drops_what_the_site_no_longer_has() {
         .unwrap();
 
     let before = site.repl_reseed().await.unwrap();
-    ship(&site, &hub, before, true).await;
-    assert_eq!(directory(&hub).await, directory(&site).await);
+    ship(&*site, &*hub, before, true).await;
+    assert_eq!(directory(&*hub).await, directory(&*site).await);
     assert!(!hub.account_exists("gone@site1.test").await.unwrap());
     assert!(hub.account_exists("hubuser@hub.test").await.unwrap());
     let origin = hub.repl_origin("site1.test").await.unwrap();
@@ -299,10 +373,12 @@ async fn a_snapshot_copies_everything_and_drops_what_the_site_no_longer_has() {
     assert_eq!(hub.repl_origins().await.unwrap(), vec![origin]);
 }
 
-#[tokio::test]
-async fn a_batch_that_does_not_follow_the_replica_is_not_applied() {
-    let (_d1, site) = sqlite_store().await;
-    let (_d2, hub) = sqlite_store().await;
+async fn a_batch_that_does_not_follow_the_replica_is_not_applied(
+    site_on: Backend,
+    hub_on: Backend,
+) {
+    let (_d1, site) = open(site_on).await;
+    let (_d2, hub) = open(hub_on).await;
     site.repl_activate(ReplMode::Site).await.unwrap();
     site.create_account(ALICE, &creds(1)).await.unwrap();
     let epoch = site.repl_log().await.unwrap().epoch;
@@ -334,9 +410,8 @@ async fn a_batch_that_does_not_follow_the_replica_is_not_applied() {
     assert_eq!((origin.position, origin.records), (upto, 1));
 }
 
-#[tokio::test]
-async fn a_record_the_hub_cannot_store_fails_the_whole_batch() {
-    let (_d, hub) = sqlite_store().await;
+async fn a_record_the_hub_cannot_store_fails_the_whole_batch(_: Backend, hub_on: Backend) {
+    let (_d, hub) = open(hub_on).await;
     let good = ReplRecord {
         seq: 1,
         stamp: 1,
@@ -439,7 +514,7 @@ fn stamp_of(records: &[ReplRecord], kind: ReplKind) -> i64 {
 
 /// During a partition: both sides write alice's directory, and bob's account is removed at
 /// the site while the hub writes his vCard.
-async fn both_write_during_a_partition(site: &SqliteStore, hub: &SqliteStore) {
+async fn both_write_during_a_partition(site: &dyn Store, hub: &dyn Store) {
     // Both write alice's vCard and bookmarks, in both orders.
     site.set_vcard(ALICE, "<vCard xmlns='vcard-temp'><FN>site</FN></vCard>")
         .await
@@ -481,18 +556,20 @@ async fn both_write_during_a_partition(site: &SqliteStore, hub: &SqliteStore) {
 /// Both sides write alice's directory during a partition (she is logged in at the hub;
 /// the site goes on too). On heal the site replicates, the hub merges back, and both hold
 /// the same: per key the later write, deletions included, the union of the archives.
-#[tokio::test]
-async fn after_a_partition_both_sides_hold_the_later_write_of_every_key() {
-    let (_d1, site) = sqlite_store().await;
-    let (_d2, hub) = sqlite_store().await;
+async fn after_a_partition_both_sides_hold_the_later_write_of_every_key(
+    site_on: Backend,
+    hub_on: Backend,
+) {
+    let (_d1, site) = open(site_on).await;
+    let (_d2, hub) = open(hub_on).await;
     site.repl_activate(ReplMode::Site).await.unwrap();
     hub.repl_activate(ReplMode::Hub).await.unwrap();
-    populate(&site).await;
-    let position = ship(&site, &hub, 0, true).await;
+    populate(&*site).await;
+    let position = ship(&*site, &*hub, 0, true).await;
     // Nothing the hub applied is its own write.
     assert_eq!(hub.repl_merge_read("site1.test", 100).await.unwrap().0, []);
 
-    both_write_during_a_partition(&site, &hub).await;
+    both_write_during_a_partition(&*site, &*hub).await;
 
     // The hub refuses a snapshot while it holds writes of its own for the site.
     let (records, _) = site.repl_read(position, 10_000).await.unwrap();
@@ -511,12 +588,12 @@ async fn after_a_partition_both_sides_hold_the_later_write_of_every_key() {
     assert!(!applied && origin.pending > 0, "{origin:?}");
 
     // Heal: the site replicates, then the hub merges back.
-    let position = ship(&site, &hub, position, false).await;
+    let position = ship(&*site, &*hub, position, false).await;
     let (merged, upto) = hub.repl_merge_read("site1.test", 10_000).await.unwrap();
     let lost_at_site = site.repl_merge(&merged).await.unwrap();
     hub.repl_merge_done("site1.test", upto).await.unwrap();
-    ship(&site, &hub, position, false).await;
-    assert_eq!(directory(&hub).await, directory(&site).await);
+    ship(&*site, &*hub, position, false).await;
+    assert_eq!(directory(&*hub).await, directory(&*site).await);
 
     // Per key, the later stamp won, whichever side wrote it.
     let later = |kind| stamp_of(&hub_records, kind) > stamp_of(&records, kind);
@@ -577,14 +654,16 @@ async fn after_a_partition_both_sides_hold_the_later_write_of_every_key() {
 
 /// The records a hub merges back may repeat, or come after the site changed the key again:
 /// applying them twice changes nothing, and an account or room record is refused.
-#[tokio::test]
-async fn a_merge_applied_twice_changes_nothing_and_accounts_change_at_home_only() {
-    let (_d1, site) = sqlite_store().await;
-    let (_d2, hub) = sqlite_store().await;
+async fn a_merge_applied_twice_changes_nothing_and_accounts_change_at_home_only(
+    site_on: Backend,
+    hub_on: Backend,
+) {
+    let (_d1, site) = open(site_on).await;
+    let (_d2, hub) = open(hub_on).await;
     site.repl_activate(ReplMode::Site).await.unwrap();
     hub.repl_activate(ReplMode::Hub).await.unwrap();
-    populate(&site).await;
-    ship(&site, &hub, 0, true).await;
+    populate(&*site).await;
+    ship(&*site, &*hub, 0, true).await;
     hub.set_vcard(ALICE, "<vCard xmlns='vcard-temp'><FN>hub</FN></vCard>")
         .await
         .unwrap();
@@ -593,9 +672,9 @@ async fn a_merge_applied_twice_changes_nothing_and_accounts_change_at_home_only(
     assert_eq!(site.repl_merge(&records).await.unwrap(), 0);
     // Merged records are not the site's own changes: nothing new to replicate.
     assert_eq!(site.repl_log().await.unwrap().last, log.last);
-    let once = directory(&site).await;
+    let once = directory(&*site).await;
     assert_eq!(site.repl_merge(&records).await.unwrap(), 0);
-    assert_eq!(directory(&site).await, once);
+    assert_eq!(directory(&*site).await, once);
     // Written at the site since: the hub's record loses.
     let later = "<vCard xmlns='vcard-temp'><FN>site</FN></vCard>";
     site.set_vcard(ALICE, later).await.unwrap();
@@ -613,20 +692,22 @@ async fn a_merge_applied_twice_changes_nothing_and_accounts_change_at_home_only(
 /// A hub logs for merging back only what it archived for a site's users: not a message a
 /// site's user sent to one of the hub's own users outside a standby (only the hub user's
 /// archive holds it), nor anything of its own users.
-#[tokio::test]
-async fn a_hub_merges_back_only_what_it_archived_for_a_sites_users() {
-    let (_d1, site) = sqlite_store().await;
-    let (_d2, hub) = sqlite_store().await;
+async fn a_hub_merges_back_only_what_it_archived_for_a_sites_users(
+    site_on: Backend,
+    hub_on: Backend,
+) {
+    let (_d1, site) = open(site_on).await;
+    let (_d2, hub) = open(hub_on).await;
     site.repl_activate(ReplMode::Site).await.unwrap();
     hub.repl_activate(ReplMode::Hub).await.unwrap();
-    populate(&site).await;
-    ship(&site, &hub, 0, true).await;
+    populate(&*site).await;
+    ship(&*site, &*hub, 0, true).await;
     let carol = "carol@hub.test";
     hub.create_account(carol, &creds(5)).await.unwrap();
-    archive_in(&hub, 9_100, (ALICE, false), (carol, true)).await;
-    archive_in(&hub, 9_101, (carol, true), (ALICE, true)).await;
-    archive_in(&hub, 9_102, (ALICE, true), (carol, true)).await;
-    archive_in(&hub, 9_103, (carol, true), ("dave@hub.test", true)).await;
+    archive_in(&*hub, 9_100, (ALICE, false), (carol, true)).await;
+    archive_in(&*hub, 9_101, (carol, true), (ALICE, true)).await;
+    archive_in(&*hub, 9_102, (ALICE, true), (carol, true)).await;
+    archive_in(&*hub, 9_103, (carol, true), ("dave@hub.test", true)).await;
     let (records, _) = hub.repl_merge_read("site1.test", 100).await.unwrap();
     let logged: Vec<(&str, &str)> = records
         .iter()
@@ -638,13 +719,12 @@ async fn a_hub_merges_back_only_what_it_archived_for_a_sites_users() {
 /// The site's offline queue replicates: a message delivered at the hub (the user logged in
 /// there) is dropped at the site by the merge, one delivered at the site is dropped at the
 /// hub; what the hub stored itself stays apart, for the hand-back.
-#[tokio::test]
-async fn offline_messages_are_delivered_once_at_either_side() {
-    let (_d1, site) = sqlite_store().await;
-    let (_d2, hub) = sqlite_store().await;
+async fn offline_messages_are_delivered_once_at_either_side(site_on: Backend, hub_on: Backend) {
+    let (_d1, site) = open(site_on).await;
+    let (_d2, hub) = open(hub_on).await;
     site.repl_activate(ReplMode::Site).await.unwrap();
     hub.repl_activate(ReplMode::Hub).await.unwrap();
-    populate(&site).await;
+    populate(&*site).await;
     let first = site
         .push_offline(BOB, "<message id='1'/>", 10)
         .await
@@ -652,7 +732,7 @@ async fn offline_messages_are_delivered_once_at_either_side() {
     site.push_offline(BOB, "<message id='2'/>", 10)
         .await
         .unwrap();
-    let position = ship(&site, &hub, 0, true).await;
+    let position = ship(&*site, &*hub, 0, true).await;
     let at_hub = hub.offline(BOB, 10).await.unwrap();
     let stanzas: Vec<&str> = at_hub.iter().map(|m| m.stanza.as_str()).collect();
     assert_eq!(stanzas, ["<message id='1'/>", "<message id='2'/>"]);
@@ -679,7 +759,7 @@ async fn offline_messages_are_delivered_once_at_either_side() {
     assert_eq!(left.len(), 1);
     assert!(left[0].id > first);
     site.delete_offline(BOB, left[0].id).await.unwrap();
-    ship(&site, &hub, position, false).await;
+    ship(&*site, &*hub, position, false).await;
     let at_hub: Vec<String> = hub
         .offline(BOB, 10)
         .await
