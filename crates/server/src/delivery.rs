@@ -65,6 +65,13 @@ pub(crate) trait Remote: Send + Sync {
         local: &'a str,
         remote: &'a str,
     ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+    /// Whether the links to other servers run on this server: always, but on a cluster
+    /// node that does not hold the federation lease. What talks to one peer at a time
+    /// (a site's replication to its hub, a hub's hand-back to a site) runs where they do.
+    fn runs_links(&self) -> bool {
+        true
+    }
 }
 
 /// A service of ours with a domain of its own (multi-user chat on `conference.<domain>`):
@@ -321,6 +328,27 @@ impl Delivery {
         if !self.standby.stop(domain) {
             return 0;
         }
+        self.send_home(domain)
+    }
+
+    /// Another node of the cluster started or ended standby for a site: this node does
+    /// the same (ending it, it sends its own sessions of the site's users home).
+    pub(crate) fn standby_marked(&self, mark: &crate::standby::Mark) {
+        match self.standby.merge(mark) {
+            Some(true) => tracing::info!(
+                site = %mark.site,
+                node = %mark.node,
+                "another node stands in for the site: so does this one"
+            ),
+            Some(false) => {
+                self.send_home(&mark.site);
+            }
+            None => {}
+        }
+    }
+
+    /// Sends this node's sessions of `domain`'s users home (`see-other-host`).
+    fn send_home(&self, domain: &str) -> usize {
         let moved = self.router.tell_domain(domain, || ToSession::Redirect {
             host: domain.to_owned(),
         });
@@ -330,6 +358,11 @@ impl Delivery {
             "the site is back: its users go home"
         );
         moved
+    }
+
+    /// Whether the links to other servers run here (see [`Remote::runs_links`]).
+    pub(crate) fn runs_links(&self) -> bool {
+        self.remote.runs_links()
     }
 
     /// Our first configured domain: the one our links to other servers speak for.
@@ -365,9 +398,15 @@ impl Delivery {
     }
 
     /// An IQ result or error addressed to one of our domains: whether it answered one of
-    /// [`Delivery::request`]'s.
+    /// [`Delivery::request`]'s (on a cluster, also another node's, which it was sent to).
     pub(crate) fn request_answered(&self, iq: &Element) -> bool {
         self.requests.answer(iq, |d| self.is_ours(d))
+    }
+
+    /// This server is the cluster node `node`: answers to other nodes' requests go to
+    /// `forward`.
+    pub(crate) fn requests_in_cluster(&self, node: &str, forward: crate::requests::Forward) {
+        self.requests.in_cluster(node, forward);
     }
 
     /// Sends what is addressed to `domain` to a service of ours, for the users of `of`,

@@ -8,18 +8,46 @@
 //! site's domain is local here: its users' sessions, their messages from other domains
 //! (whose links fail over to the hub) and offline storage. Standby ends when the site has
 //! caught up with its replication again; its users' sessions here are then sent home.
+//!
+//! On a cluster of hub nodes, standby is the cluster's: a node that starts or ends it says
+//! so to the others ([`Mark`], a last-writer-wins register per site, stamped with the time
+//! and the node), and repeats what it holds in its heartbeats, so a node that missed a
+//! change, or joined later, comes to agree.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+
+/// Whether a hub stands in for a site, as of when (ms) and which node decided: the later
+/// mark wins, ties broken by the node's id.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Mark {
+    pub(crate) site: String,
+    pub(crate) on: bool,
+    pub(crate) ms: i64,
+    pub(crate) node: String,
+}
+
+impl Mark {
+    fn beats(&self, other: &Mark) -> bool {
+        (self.ms, &self.node) > (other.ms, &other.node)
+    }
+}
+
+/// Who hears of this node's own standby changes (the cluster).
+pub(crate) type OnMark = Box<dyn Fn(&Mark) + Send + Sync>;
 
 /// The sites a hub can stand in for, and those it stands in for now.
 #[derive(Default)]
 pub(crate) struct Standby {
     sites: Vec<String>,
     active: RwLock<HashSet<String>>,
+    /// The last change of each site's standby, here or at another node.
+    marks: Mutex<HashMap<String, Mark>>,
+    /// On a cluster: this node's id, and who hears of its changes.
+    cluster: OnceLock<(String, OnMark)>,
     /// Told when a standby ends (what the hub stored meanwhile goes back to the site).
     ended: Notify,
     /// When each site last answered a connection attempt: logins within `SEEN_UP_FOR`
@@ -36,10 +64,13 @@ impl Standby {
     pub(crate) fn new(sites: Vec<String>) -> Standby {
         Standby {
             sites,
-            active: RwLock::default(),
-            ended: Notify::new(),
-            seen_up: Mutex::default(),
+            ..Standby::default()
         }
+    }
+
+    /// This hub is the cluster node `node`: `tell` hears of each change it makes.
+    pub(crate) fn in_cluster(&self, node: &str, tell: OnMark) {
+        let _ = self.cluster.set((node.to_owned(), tell));
     }
 
     /// The sites whose replica this hub keeps (none on a site).
@@ -64,16 +95,67 @@ impl Standby {
 
     /// Starts standing in for `domain`; returns whether it had not already.
     pub(crate) fn start(&self, domain: &str) -> bool {
-        self.is_site(domain) && self.write().insert(domain.to_owned())
+        let started = self.is_site(domain) && self.write().insert(domain.to_owned());
+        if started {
+            self.changed(domain, true);
+        }
+        started
     }
 
     /// Stops standing in for `domain`; returns whether it had.
     pub(crate) fn stop(&self, domain: &str) -> bool {
         let stopped = self.write().remove(domain);
         if stopped {
+            self.changed(domain, false);
             self.ended.notify_waiters();
         }
         stopped
+    }
+
+    /// A change made here: marked later than any this node knows of for the site, and
+    /// told to the cluster.
+    fn changed(&self, site: &str, on: bool) {
+        let node = self.cluster.get().map_or("", |(node, _)| node.as_str());
+        let mut marks = self.lock_marks();
+        let after = marks.get(site).map_or(0, |m| m.ms + 1);
+        let mark = Mark {
+            site: site.to_owned(),
+            on,
+            ms: crate::clock::now_ms().max(after),
+            node: node.to_owned(),
+        };
+        marks.insert(site.to_owned(), mark.clone());
+        drop(marks);
+        if let Some((_, tell)) = self.cluster.get() {
+            tell(&mark);
+        }
+    }
+
+    /// Another node's mark: taken if it is later than what this node knows of the site.
+    /// Returns `Some(on)` when it changed whether this node stands in for the site.
+    pub(crate) fn merge(&self, mark: &Mark) -> Option<bool> {
+        if !self.is_site(&mark.site) {
+            return None;
+        }
+        let mut marks = self.lock_marks();
+        if marks.get(&mark.site).is_some_and(|m| !mark.beats(m)) {
+            return None;
+        }
+        marks.insert(mark.site.clone(), mark.clone());
+        drop(marks);
+        let changed = match mark.on {
+            true => self.write().insert(mark.site.clone()),
+            false => self.write().remove(&mark.site),
+        };
+        if changed && !mark.on {
+            self.ended.notify_waiters();
+        }
+        changed.then_some(mark.on)
+    }
+
+    /// Every site's last change, for the cluster's heartbeats.
+    pub(crate) fn marks(&self) -> Vec<Mark> {
+        self.lock_marks().values().cloned().collect()
     }
 
     /// Whether `domain` answered a connection attempt within the last few seconds.
@@ -92,6 +174,10 @@ impl Standby {
     /// What tells of a standby that ended.
     pub(crate) fn ended(&self) -> &Notify {
         &self.ended
+    }
+
+    fn lock_marks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mark>> {
+        self.marks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<String>> {
@@ -128,5 +214,45 @@ mod tests {
         s.saw_up("a.test", t0);
         assert!(s.recently_up("a.test", t0 + super::SEEN_UP_FOR / 2));
         assert!(!s.recently_up("a.test", t0 + super::SEEN_UP_FOR));
+    }
+
+    #[test]
+    fn the_later_mark_wins_whatever_order_marks_come_in() {
+        use super::Mark;
+        use std::sync::{Arc, Mutex};
+        let s = Standby::new(vec!["a.test".to_owned()]);
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let t = told.clone();
+        s.in_cluster("n1", Box::new(move |m| t.lock().unwrap().push(m.clone())));
+        assert!(s.start("a.test"));
+        let mine = told.lock().unwrap()[0].clone();
+        assert_eq!((mine.on, mine.node.as_str()), (true, "n1"));
+        let mark = |on, ms, node: &str| Mark {
+            site: "a.test".to_owned(),
+            on,
+            ms,
+            node: node.to_owned(),
+        };
+        // An older mark from another node changes nothing.
+        assert_eq!(s.merge(&mark(false, mine.ms - 1, "n2")), None);
+        assert!(s.is_active("a.test"));
+        // A later one ends it here, and says so once.
+        assert_eq!(s.merge(&mark(false, mine.ms + 5, "n2")), Some(false));
+        assert!(!s.is_active("a.test"));
+        assert_eq!(s.merge(&mark(false, mine.ms + 5, "n2")), None);
+        // Same time: the node id decides.
+        assert_eq!(s.merge(&mark(true, mine.ms + 5, "n3")), Some(true));
+        assert_eq!(s.merge(&mark(false, mine.ms + 5, "n1")), None);
+        // A change made here after that is marked later still, and told.
+        assert!(s.stop("a.test"));
+        let last = told.lock().unwrap().last().cloned().unwrap();
+        assert!(!last.on && last.ms > mine.ms + 5, "{last:?}");
+        // Marks for sites this hub does not serve are ignored.
+        let other = Mark {
+            site: "b.test".to_owned(),
+            ..mark(true, i64::MAX, "n9")
+        };
+        assert_eq!(s.merge(&other), None);
+        assert_eq!(s.marks().len(), 1);
     }
 }

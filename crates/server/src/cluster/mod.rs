@@ -54,7 +54,7 @@ use crate::config::Config;
 use crate::delivery::Delivery;
 use crate::router::{LocalChange, NodeSink, Observer, SessionEntry, ToSession};
 use crate::tasks::Tasks;
-use wire::{Body, Change, Envelope, Msg};
+use wire::{Body, Change, Envelope, Msg, xml};
 
 /// How often a node says it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -267,6 +267,8 @@ pub(crate) struct Cluster {
     prefs_waiting: Mutex<HashMap<String, (usize, tokio::sync::oneshot::Sender<()>)>>,
     /// The tag of this node's archive ids, once taken.
     tag: Mutex<Option<i64>>,
+    /// On a hub: the tags of its sites' archive ids, which its nodes do not take.
+    site_tags: Vec<i64>,
     /// Wakes the upkeep task to try for the leases at once (their holder left or died).
     claim_soon: tokio::sync::Notify,
     /// Cancelled once a stopping node's registration and leases are released.
@@ -346,6 +348,7 @@ impl Cluster {
                 }
             })
         }));
+        cluster.share_hub_state();
         let weak_cluster = Arc::downgrade(&cluster);
         cluster
             .services
@@ -381,6 +384,15 @@ impl Cluster {
             released: CancellationToken::new(),
             claim_soon: tokio::sync::Notify::new(),
             tag: Mutex::new(None),
+            site_tags: match config.role {
+                crate::config::Role::Hub => config
+                    .federation
+                    .relay_for
+                    .iter()
+                    .map(|site| crate::archive::node_tag(false, site))
+                    .collect(),
+                crate::config::Role::Site => Vec::new(),
+            },
             prefs_waiting: Mutex::new(HashMap::new()),
             resumes: Arc::default(),
             links: links::Links::default(),
@@ -414,6 +426,10 @@ impl Cluster {
         });
         for i in 0..255 {
             let tag = (start - 1 + i) % 255 + 1;
+            if self.site_tags.contains(&tag) {
+                // A hub's ids must never meet its sites' (see `archive::node_tag`).
+                continue;
+            }
             let now = crate::clock::now_ms();
             let want = ClusterLease {
                 name: format!("archive-tag:{tag}"),
@@ -438,6 +454,30 @@ impl Cluster {
             }
         }
         warn!("every archive tag is held: more than 255 nodes?");
+    }
+
+    /// What a hub's nodes share beyond sessions: the standby of each site (each change
+    /// told at once, and repeated in heartbeats), and the answers to each other's requests
+    /// to other servers (a peer answers over whichever of its streams reaches us).
+    fn share_hub_state(&self) {
+        let d = &self.delivery;
+        let bus = self.bus.clone();
+        d.standby().in_cluster(
+            &self.bus.node_id,
+            Box::new(move |mark| {
+                let body = Body::Standby { mark: mark.clone() };
+                bus.publish(bus.dir_subject(), body);
+            }),
+        );
+        let bus = self.bus.clone();
+        d.requests_in_cluster(
+            &self.bus.node_id,
+            Box::new(move |node, iq| {
+                if let Some(xml) = xml(iq) {
+                    bus.publish(bus.node_subject(node), Body::Answer { xml });
+                }
+            }),
+        );
     }
 
     /// A user changed their archiving preferences here: every node in step reads them

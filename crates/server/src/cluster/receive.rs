@@ -93,6 +93,7 @@ impl Cluster {
         let body = Body::Heartbeat {
             seq: self.bus.seq(),
             sessions: self.delivery.router().session_count() as u64,
+            standby: self.delivery.standby().marks(),
         };
         self.bus.publish(self.bus.dir_subject(), body);
     }
@@ -229,6 +230,12 @@ impl Cluster {
                 previd,
                 request,
             } => return self.on_resume(&env.node, &user, &previd, request),
+            Body::Standby { mark } => return self.delivery.standby_marked(&mark),
+            Body::Heartbeat { ref standby, .. } => {
+                for mark in standby {
+                    self.delivery.standby_marked(mark);
+                }
+            }
             _ => {}
         }
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -452,6 +459,7 @@ impl Cluster {
                 self.services.answered(&env.node, &request, result)
             }
             Body::PrefsRead { request } => self.prefs_read(&request),
+            Body::Answer { xml } => self.answered_elsewhere(&env.node, &xml),
             Body::Resumed { request, result } => self.on_resumed(&env.node, request, result),
             Body::ResumeTaken { request, taken } => self.on_resume_taken(&request, taken),
             body @ (Body::S2sSend { .. }
@@ -459,6 +467,16 @@ impl Cluster {
             | Body::S2sVerify { .. }
             | Body::S2sVerdict { .. }) => self.on_links(&env.node, syncing, body),
             _ => debug!(node = %env.node, "unexpected message on this node's subject"),
+        }
+    }
+
+    /// The answer to a request of this node that came in at `node`.
+    fn answered_elsewhere(&self, node: &str, xml: &str) {
+        let answered = read_stanza(xml.as_bytes(), self.limits)
+            .filter(|el| el.name() == "iq")
+            .is_some_and(|el| self.delivery.request_answered(&el));
+        if !answered {
+            debug!(%node, "an answer passed on by another node matched no request");
         }
     }
 

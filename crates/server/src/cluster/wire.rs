@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::handover::Handover;
 use crate::router::{SessionEntry, ToSession};
+use crate::standby::Mark;
 
 /// Every message names the node that sent it and which start of it (`epoch`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -27,7 +28,18 @@ pub(super) struct Envelope {
 pub(super) enum Body {
     /// On the directory subject, every second: the node is alive, and `seq` is the number
     /// of its last change (a receiver that missed one asks for a snapshot).
-    Heartbeat { seq: u64, sessions: u64 },
+    Heartbeat {
+        seq: u64,
+        sessions: u64,
+        /// On a hub: each site's last standby change this node knows of.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        standby: Vec<Mark>,
+    },
+    /// On the directory subject: this node started or ended standing in for a site.
+    Standby { mark: Mark },
+    /// To a node: the answer to one of its requests to another server, which came in
+    /// here.
+    Answer { xml: String },
     /// On the directory subject: one change to the node's sessions.
     Change { seq: u64, change: Change },
     /// On the directory subject: the node is stopping; its sessions are gone.

@@ -835,20 +835,12 @@ impl Config {
                     .to_owned(),
             );
         }
-        if self.role == Role::Hub {
-            problem(
-                "a hub cannot be a cluster node yet (cluster needs role = \"site\")".to_owned(),
-            );
-        }
         if self.federation.enabled && self.federation.dialback_secret.is_none() {
             problem(
                 "a cluster's nodes answer for each other's dialback keys: set the same \
                  federation.dialback_secret on every node"
                     .to_owned(),
             );
-        }
-        if self.federation.hub.is_some() {
-            problem("a cluster cannot have a hub yet (federation.hub)".to_owned());
         }
     }
 

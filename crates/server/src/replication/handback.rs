@@ -41,7 +41,7 @@ pub(super) fn is_handback(el: &Element) -> bool {
 
 /// On a hub: merges back what it wrote for `site`'s users and hands their messages back
 /// whenever it does not stand in for the site, at start, after each standby and every
-/// [`LOOK_AGAIN`], until shutdown.
+/// [`LOOK_AGAIN`], until shutdown (on a cluster, on the node that runs the links).
 pub(crate) async fn run(d: Arc<Delivery>, site: String, shutdown: CancellationToken) {
     loop {
         // Listening before looking: a standby that ends while the hub hands back is not
@@ -49,7 +49,9 @@ pub(crate) async fn run(d: Arc<Delivery>, site: String, shutdown: CancellationTo
         let ended = d.standby().ended().notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
-        if !d.standby().is_active(&site) {
+        // On a cluster, the node that runs the links hands back (the others would send the
+        // same again).
+        if !d.standby().is_active(&site) && d.runs_links() {
             if let Err(reason) = super::merge::merge_back(&d, &site).await {
                 debug!(%site, %reason, "what the hub wrote for the site's users waits");
             }

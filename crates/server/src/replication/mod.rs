@@ -45,6 +45,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_LAST: Duration = Duration::from_secs(10);
 
+/// What a cluster node that does not ship says of replication.
+const ELSEWHERE: &str = "replication runs on the node that runs the federation links";
+
 /// How a site's replication to its hub goes, as the shipper last saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReplicationStatus {
@@ -147,9 +150,14 @@ pub(crate) async fn ship(
     };
     let mut retry = RETRY_FIRST;
     loop {
-        let step = tokio::select! {
-            () = shutdown.cancelled() => return,
-            step = shipper.step() => step,
+        let step = match shipper.d.runs_links() {
+            true => tokio::select! {
+                () = shutdown.cancelled() => return,
+                step = shipper.step() => step,
+            },
+            // On a cluster, the node that runs the links ships (the log is shared); this
+            // one asks the hub where it stands when its turn comes.
+            false => shipper.elsewhere(),
         };
         let wait = match step {
             Step::Sent => {
@@ -407,6 +415,15 @@ impl Shipper {
             });
         }
         wire::parse_position(&answer).ok_or_else(|| "the hub's answer has no position".to_owned())
+    }
+
+    /// Another node of the cluster runs the links, and ships.
+    fn elsewhere(&mut self) -> Step {
+        self.at = None;
+        self.prefetched = None;
+        self.failing = None;
+        lock(&self.status).error = Some(ELSEWHERE.to_owned());
+        Step::Idle
     }
 
     fn failed(&mut self, reason: String) {

@@ -480,6 +480,10 @@ impl Remote for Federation {
         })
     }
 
+    fn runs_links(&self) -> bool {
+        Federation::runs_links(self)
+    }
+
     /// Sends a stanza best-effort: on the link's current or next stream (through the
     /// node running the links, on a cluster).
     fn send(&self, local: &str, remote: &str, el: Element) -> Result<(), Element> {

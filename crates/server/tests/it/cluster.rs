@@ -20,7 +20,7 @@ struct Cluster {
     nodes: Vec<TestServer>,
 }
 
-async fn database() -> String {
+pub(crate) async fn database() -> String {
     tokio::task::spawn_blocking(|| {
         let server = outpost_testkit::postgres::shared();
         server.url(&server.create_database())
@@ -29,7 +29,7 @@ async fn database() -> String {
     .expect("database")
 }
 
-async fn store(url: &str) -> Arc<dyn Store> {
+pub(crate) async fn store(url: &str) -> Arc<dyn Store> {
     Arc::new(PgStore::connect(url).await.expect("connect PostgreSQL"))
 }
 
@@ -40,7 +40,12 @@ async fn node(url: &str, nats: &str, id: &str) -> TestServer {
     TestServer::start_with_store(store(url).await, tweak, None).await
 }
 
-fn cluster_config(c: &mut outpost_server::config::Config, url: &str, nats: &str, id: &str) {
+pub(crate) fn cluster_config(
+    c: &mut outpost_server::config::Config,
+    url: &str,
+    nats: &str,
+    id: &str,
+) {
     c.storage.backend = outpost_server::config::StorageBackend::Postgres;
     c.storage.url = Some(url.to_owned());
     c.cluster.nats_url = Some(nats.to_owned());

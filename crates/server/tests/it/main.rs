@@ -10,6 +10,7 @@ mod federation;
 mod federation_paths;
 mod federation_srv;
 mod federation_websocket;
+mod hub_cluster;
 mod messages_offline;
 mod muc;
 mod operations;

@@ -7,10 +7,10 @@ use outpost_server::config::{Config, HostPort, Role};
 use outpost_store::Store;
 use outpost_testkit::*;
 
-const HUB: &str = "h.test";
+pub(crate) const HUB: &str = "h.test";
 const OMEMO_DEVICES: &str = "urn:xmpp:omemo:2:devices";
 
-fn federated(c: &mut Config, domain: &str) {
+pub(crate) fn federated(c: &mut Config, domain: &str) {
     c.domains = vec![domain.to_owned()];
     c.listen.s2s = vec!["127.0.0.1:0".parse().expect("addr")];
     c.federation.enabled = true;
@@ -63,11 +63,11 @@ async fn site_on(backend: Backend, domain: &'static str, hub: &TestServer) -> Te
     site
 }
 
-fn handle(server: &TestServer) -> &outpost_server::ServerHandle {
+pub(crate) fn handle(server: &TestServer) -> &outpost_server::ServerHandle {
     server.handle.as_ref().expect("running")
 }
 
-fn s2s(server: &TestServer) -> HostPort {
+pub(crate) fn s2s(server: &TestServer) -> HostPort {
     server.s2s.expect("s2s listener").into()
 }
 
@@ -78,7 +78,7 @@ fn point(site: &TestServer, hub: &TestServer) {
 }
 
 /// What a user's directory holds, as the store answers for it.
-async fn directory(store: &dyn Store, user: &str) -> String {
+pub(crate) async fn directory(store: &dyn Store, user: &str) -> String {
     format!(
         "credentials {:?}\nroster {:?}\nvcard {:?}\nblocked {:?}\nnodes {:?}\nitems {:?}",
         store.credentials(user).await.expect("credentials"),
@@ -94,7 +94,7 @@ async fn directory(store: &dyn Store, user: &str) -> String {
 }
 
 /// Waits until the hub's copy of `user`'s directory is the site's.
-async fn hub_has_the_sites(site: &TestServer, hub: &TestServer, user: &str) {
+pub(crate) async fn hub_has_the_sites(site: &TestServer, hub: &TestServer, user: &str) {
     poll_until(tokio::time::Instant::now() + WAIT, || async {
         let want = directory(site.store.as_ref(), user).await;
         let got = directory(hub.store.as_ref(), user).await;
@@ -108,7 +108,7 @@ async fn hub_has_the_sites(site: &TestServer, hub: &TestServer, user: &str) {
 }
 
 /// alice changes each part of her directory through her client.
-async fn alice_edits_everything(alice: &mut Client, contact: &str) {
+pub(crate) async fn alice_edits_everything(alice: &mut Client, contact: &str) {
     let answers = [
         alice
             .query(
@@ -325,7 +325,7 @@ fn meet(a: &TestServer, c: &TestServer) {
     handle(c).set_peer_address(a.domain(), s2s(a));
 }
 
-async fn befriend(site: &TestServer, user: &str, contact: &str) {
+pub(crate) async fn befriend(site: &TestServer, user: &str, contact: &str) {
     let mut item = outpost_store::RosterItem::new(contact);
     item.subscription = outpost_store::Subscription::Both;
     site.store
@@ -345,7 +345,7 @@ async fn connect_for(server: &TestServer, domain: &str) -> Client {
 /// Logs in at `server` (a hub) for an account of `jid.1`, going again while it sends the
 /// client home, as a client that finds its home dead does: a hub takes a site that answered
 /// within the last second for up.
-async fn login_at(server: &TestServer, jid: (&str, &str), password: &str) -> Client {
+pub(crate) async fn login_at(server: &TestServer, jid: (&str, &str), password: &str) -> Client {
     poll_until(tokio::time::Instant::now() + WAIT, || async {
         let mut c = connect_for(server, jid.1).await;
         match c.auth_plain(jid.0, password).await {
