@@ -8,6 +8,8 @@
 # Per run (RUNS times), each with PAIRS sender→receiver pairs and WINDOW messages in flight:
 #   sqlite    one node on SQLite (the default store), both ends on it
 #   postgres  one node on PostgreSQL, both ends on it
+#   postgres-repl  the same, replicating its directory and archive to a hub (SQLite), so
+#             its writes take the replication lock (one transaction at a time)
 #   local     node a of the cluster, both ends on node a (nothing crosses NATS)
 #   crossing  senders on node a, receivers on node b: every message crosses NATS
 #             (outpost-bench's federation-throughput with node b as the "peer" of the
@@ -49,8 +51,11 @@ MUC_SERVICE=conference.$DOMAIN
 TLS=1
 THREADS=1
 SRC_IPS=""
-declare -A C2S=([single]=16522 [a]=16622 [b]=16722)
+declare -A C2S=([single]=16522 [a]=16622 [b]=16722 [hub]=16922)
 NATS_PORT=16822
+SITE_S2S=16569
+HUB_S2S=16969
+HUB_DOMAIN=hub.bench
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -98,18 +103,19 @@ pg_url() { echo "postgres://postgres@localhost:5432/$1?host=$PG_DIR"; }
 createdb_() { "${as_pg[@]}" "$PG_BIN/createdb" -h "$PG_DIR" -U postgres "$1"; }
 createdb_ single
 createdb_ cluster
+createdb_ repl
 nats-server -a 127.0.0.1 -p "$NATS_PORT" >"$OUT/nats.log" 2>&1 &
 NATS_PID=$!
 wait_port "$NATS_PORT"
 
 # ------------------------------------------------------------------ the servers
 
-# write_config NAME STORAGE-TOML CLUSTER-TOML
+# write_config NAME STORAGE-TOML CLUSTER-TOML [LISTEN-TOML] [TOP-TOML (the domain, role)]
 write_config() {
-    local name=$1 dir=$OUT/$1 port=${C2S[${1%%-*}]}
+    local name=$1 dir=$OUT/$1 port=${C2S[${1%%-*}]} top=${5:-"domains = [\"$DOMAIN\"]"}
     mkdir -p "$dir/data"
     cat >"$dir/outpost.toml" <<CONF
-domains = ["$DOMAIN"]
+$top
 data_dir = "$dir/data"
 
 [listen]
@@ -118,6 +124,7 @@ c2s_tls = []
 proxy65 = []
 https = []
 http = []
+${4:-}
 
 [registration]
 enabled = true
@@ -190,6 +197,16 @@ url = \"$(pg_url single)\""
 PG_CLUSTER="[storage]
 backend = \"postgres\"
 url = \"$(pg_url cluster)\""
+PG_REPL="[storage]
+backend = \"postgres\"
+url = \"$(pg_url repl)\""
+# federation_toml PEER-DOMAIN PEER-S2S-PORT EXTRA: a site and its hub, each the other's
+# only peer (dialback over TLS, no DNS).
+federation_toml() {
+    printf '[federation]\nenabled = true\nsrv_lookup = false\ndns_server = "127.0.0.1:9"\n'
+    printf 'retry_initial_secs = 1\nretry_max_secs = 2\n%s\n' "$3"
+    printf '[federation.peers]\n"%s" = "127.0.0.1:%s"\n' "$1" "$2"
+}
 node_toml() {
     printf '[cluster]\nnats_url = "nats://127.0.0.1:%s"\nnode_id = "%s"\n' "$NATS_PORT" "$1"
 }
@@ -202,9 +219,19 @@ write_config single-sqlite "" ""
 write_config single-pg "$PG_SINGLE" ""
 write_config a "$PG_CLUSTER" "$(node_toml a)"
 write_config b "$PG_CLUSTER" "$(node_toml b)"
+write_config single-pgrepl "$PG_REPL" "$(federation_toml "$HUB_DOMAIN" "$HUB_S2S" \
+    "hub = \"$HUB_DOMAIN\"")" "s2s = [\"127.0.0.1:$SITE_S2S\"]"
+write_config hub "" "$(federation_toml "$DOMAIN" "$SITE_S2S" "relay_for = [\"$DOMAIN\"]")" \
+    "s2s = [\"127.0.0.1:$HUB_S2S\"]" "$(printf 'domains = ["%s"]\nrole = "hub"' "$HUB_DOMAIN")"
 
 # file_of CONFIGURATION: the results file of a single node's run.
-file_of() { case $1 in single-sqlite) echo sqlite ;; single-pg) echo postgres ;; esac; }
+file_of() {
+    case $1 in
+        single-sqlite) echo sqlite ;;
+        single-pg) echo postgres ;;
+        single-pgrepl) echo postgres-repl ;;
+    esac
+}
 
 # measure_single CONFIGURATION SCENARIO...: a single node started, measured, stopped.
 measure_single() {
@@ -265,6 +292,12 @@ peer_latency() {
 
 measure_single single-sqlite single_throughput
 measure_single single-pg single_throughput
+start hub
+measure_single single-pgrepl single_throughput
+# What the hub applied of the site's log, for the record.
+"$OUTPOST" admin replication --json --config "$OUT/hub/outpost.toml" \
+    >"$OUT/postgres-repl-hub.json" 2>&1 || true
+stop hub
 start a
 start b
 USERS_N=$(( IDLE_N > 2 * PAIRS ? IDLE_N : 2 * PAIRS ))

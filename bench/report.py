@@ -144,6 +144,7 @@ def cluster(out, peers):
         ("one node, PostgreSQL", "postgres"),
         ("cluster, both ends on one node", "local"),
         ("cluster, every message crosses nodes", "crossing"),
+        ("one node, PostgreSQL, replicating to a hub", "postgres-repl"),
     ] + [(p, p) for p in peers]
     data = {f: load(out, f) for _, f in names}
     runs = [(label, saturation_rows(data[f])) for label, f in names]
@@ -163,6 +164,11 @@ def cluster(out, peers):
         print(f"Crossing nodes costs {cr - lo:.1f} µs of server CPU per message more than staying on one "
               f"node ({ratio(cr, lo)}), both nodes counted; PostgreSQL and NATS are in "
               "\"everything else\" below.")
+    pg, repl = med(runs[1][1], "msgs_per_s"), med(runs[4][1], "msgs_per_s")
+    if pg is not None and repl is not None:
+        print()
+        print(f"Replicating to a hub, a node on PostgreSQL delivers {ratio(repl, pg)} of what it "
+              "does without (its write transactions take one lock, so the log follows commit order).")
     lat = [(label, data[f].get("latency", [])) for label, f in names]
     if any(rows for _, rows in lat):
         print()

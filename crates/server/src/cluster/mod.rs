@@ -160,6 +160,8 @@ struct Bus {
     seq: Mutex<u64>,
     connected: AtomicBool,
     ever_connected: AtomicBool,
+    /// Told each time NATS is connected.
+    on_connect: tokio::sync::Notify,
 }
 
 impl Bus {
@@ -267,6 +269,8 @@ pub(crate) struct Cluster {
     prefs_waiting: Mutex<HashMap<String, (usize, tokio::sync::oneshot::Sender<()>)>>,
     /// The tag of this node's archive ids, once taken.
     tag: Mutex<Option<i64>>,
+    /// Told when a node's snapshot is in, or a node awaited for one is gone.
+    synced: tokio::sync::Notify,
     /// On a hub: the tags of its sites' archive ids, which its nodes do not take.
     site_tags: Vec<i64>,
     /// Wakes the upkeep task to try for the leases at once (their holder left or died).
@@ -333,6 +337,7 @@ impl Cluster {
             seq: Mutex::new(0),
             connected: AtomicBool::new(false),
             ever_connected: AtomicBool::new(false),
+            on_connect: tokio::sync::Notify::new(),
         });
         let client = connect(c.nats_url.as_deref().unwrap_or(""), &bus).await?;
         register(&client, &bus, delivery, &address).await?;
@@ -384,6 +389,7 @@ impl Cluster {
             released: CancellationToken::new(),
             claim_soon: tokio::sync::Notify::new(),
             tag: Mutex::new(None),
+            synced: tokio::sync::Notify::new(),
             site_tags: match config.role {
                 crate::config::Role::Hub => config
                     .federation
@@ -543,8 +549,12 @@ impl Cluster {
 
     /// Waits (a while at most) until every node met so far has sent its snapshot.
     async fn wait_synced(&self) {
-        let deadline = Instant::now() + STARTUP_SYNC;
-        while Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + STARTUP_SYNC;
+        loop {
+            // Listening before looking: a snapshot completed in between is not missed.
+            let settled = self.synced.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
             let pending = {
                 let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
                 peers.values().any(|p| p.sync.is_some())
@@ -552,9 +562,11 @@ impl Cluster {
             if !pending {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                warn!("some nodes did not send their sessions in time; serving anyway");
+                return;
+            }
         }
-        warn!("some nodes did not send their sessions in time; serving anyway");
     }
 
     /// The cluster as this node sees it: the registry (if PostgreSQL answers) with what
@@ -724,9 +736,11 @@ async fn connect(urls: &str, bus: &Arc<Bus>) -> Result<Client, ClusterError> {
     let client = async_nats::connect_with_options(servers, options)
         .await
         .map_err(|e| ClusterError::Nats(e.to_string()))?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !bus.connected.load(Ordering::Relaxed) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let connected = bus.on_connect.notified();
+    tokio::pin!(connected);
+    connected.as_mut().enable();
+    if !bus.connected.load(Ordering::Relaxed) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), connected).await;
     }
     if !bus.connected.load(Ordering::Relaxed) {
         warn!("NATS is not reachable: this node serves its own sessions until it is");
@@ -741,6 +755,7 @@ fn on_nats_event(bus: &Bus, event: async_nats::Event) {
     match event {
         async_nats::Event::Connected => {
             bus.connected.store(true, Ordering::Relaxed);
+            bus.on_connect.notify_waiters();
             match bus.ever_connected.swap(true, Ordering::Relaxed) {
                 true => info!("NATS is back: the nodes learn each other's sessions again"),
                 false => info!("connected to NATS"),

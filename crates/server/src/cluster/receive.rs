@@ -204,22 +204,7 @@ impl Cluster {
             return;
         };
         if matches!(env.body, Body::Bye) {
-            let mut departed = self.departed.lock().unwrap_or_else(|p| p.into_inner());
-            departed.insert(env.node.clone(), env.epoch.clone());
-            drop(departed);
-            let known = {
-                let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-                let known = peers.get(&env.node).is_some_and(|p| p.epoch == env.epoch);
-                if known {
-                    peers.remove(&env.node);
-                }
-                known
-            };
-            if known {
-                info!(node = %env.node, "node left");
-                self.gone(&env.node);
-            }
-            return;
+            return self.left(&env.node, &env.epoch);
         }
         self.meet(&env.node, &env.epoch);
         match env.body {
@@ -263,6 +248,26 @@ impl Cluster {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A node said goodbye: its sessions are gone at once.
+    fn left(&self, node: &str, epoch: &str) {
+        let mut departed = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+        departed.insert(node.to_owned(), epoch.to_owned());
+        drop(departed);
+        let known = {
+            let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+            let known = peers.get(node).is_some_and(|p| p.epoch == epoch);
+            if known {
+                peers.remove(node);
+                self.synced.notify_waiters();
+            }
+            known
+        };
+        if known {
+            info!(%node, "node left");
+            self.gone(node);
         }
     }
 
@@ -327,6 +332,7 @@ impl Cluster {
         let Some(sync) = peer.sync.take() else {
             return;
         };
+        self.synced.notify_waiters();
         let (kept, entries): (Vec<_>, Vec<_>) = sync
             .parts
             .into_iter()
@@ -379,6 +385,7 @@ impl Cluster {
                     expired.insert(n.clone(), p.epoch);
                 }
             }
+            self.synced.notify_waiters();
             drop(expired);
             let late: Vec<String> = peers
                 .iter()

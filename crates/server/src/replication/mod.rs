@@ -133,7 +133,7 @@ pub(crate) async fn ship(
         }
     };
     info!(%hub, %epoch, "replicating the directory to the hub");
-    let mut shipper = Shipper {
+    let shipper = Shipper {
         d,
         local,
         hub,
@@ -148,37 +148,45 @@ pub(crate) async fn ship(
         failing: None,
         status,
     };
-    let mut retry = RETRY_FIRST;
-    loop {
-        let step = match shipper.d.runs_links() {
-            true => tokio::select! {
+    shipper.run(shutdown).await;
+}
+
+impl Shipper {
+    /// Ships until shutdown: a batch after another while there are entries, polling when
+    /// there are none, waiting longer after each failure.
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut retry = RETRY_FIRST;
+        loop {
+            let step = match self.d.runs_links() {
+                true => tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    step = self.step() => step,
+                },
+                // On a cluster, the node that runs the links ships (the log is shared); this
+                // one asks the hub where it stands when its turn comes.
+                false => self.elsewhere(),
+            };
+            let wait = match step {
+                Step::Sent => {
+                    retry = RETRY_FIRST;
+                    continue;
+                }
+                Step::Idle => POLL,
+                Step::Failed(reason) => {
+                    self.failed(reason);
+                    retry = (retry * 2).min(RETRY_LAST);
+                    retry / 2
+                }
+                Step::Wait(reason) => {
+                    lock(&self.status).error = Some(reason);
+                    retry = (retry * 2).min(RETRY_LAST);
+                    retry / 2
+                }
+            };
+            tokio::select! {
                 () = shutdown.cancelled() => return,
-                step = shipper.step() => step,
-            },
-            // On a cluster, the node that runs the links ships (the log is shared); this
-            // one asks the hub where it stands when its turn comes.
-            false => shipper.elsewhere(),
-        };
-        let wait = match step {
-            Step::Sent => {
-                retry = RETRY_FIRST;
-                continue;
+                () = tokio::time::sleep(wait) => {}
             }
-            Step::Idle => POLL,
-            Step::Failed(reason) => {
-                shipper.failed(reason);
-                retry = (retry * 2).min(RETRY_LAST);
-                retry / 2
-            }
-            Step::Wait(reason) => {
-                lock(&shipper.status).error = Some(reason);
-                retry = (retry * 2).min(RETRY_LAST);
-                retry / 2
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -55,56 +55,97 @@ async fn standby_is(server: &TestServer, sites: &[&str]) {
     .await;
 }
 
+/// Two hub nodes on one database and NATS, and site a (SQLite) with alice, bob and dave,
+/// replicated there; the site reaches the hub at the node that does not run the links
+/// (`other`, an index into the nodes).
+struct HubOfTwo {
+    nats: NatsServer,
+    _dns: dns::DnsServer,
+    h: [TestServer; 2],
+    a: TestServer,
+    other: usize,
+}
+
+impl HubOfTwo {
+    async fn start() -> HubOfTwo {
+        let nats = tokio::task::spawn_blocking(NatsServer::start)
+            .await
+            .expect("nats");
+        let url = database().await;
+        let dns = dns::DnsServer::start().await;
+        let hub_node = |c: &mut Config| {
+            federated(c, HUB);
+            c.federation.dns_server = Some(dns.addr);
+            c.role = Role::Hub;
+            c.federation.relay_for = vec!["a.test".to_owned()];
+        };
+        let h1 = node(&url, nats.url(), "h1", hub_node).await;
+        let h2 = node(&url, nats.url(), "h2", hub_node).await;
+        let other = match links_node(h1.store.as_ref()).await.as_str() {
+            "h1" => 1,
+            _ => 0,
+        };
+        let a = TestServer::start_with(|c| {
+            federated(c, "a.test");
+            c.federation.dns_server = Some(dns.addr);
+            c.federation.hub = Some(HUB.to_owned());
+        })
+        .await;
+        let hub = HubOfTwo {
+            nats,
+            _dns: dns,
+            h: [h1, h2],
+            a,
+            other,
+        };
+        hub.point();
+        for (user, password) in [
+            ("alice", "wonderland"),
+            ("bob", "builder"),
+            ("dave", "diver"),
+        ] {
+            hub.a.add_user(user, password).await;
+        }
+        befriend(&hub.a, "alice@a.test", "bob@a.test").await;
+        befriend(&hub.a, "bob@a.test", "alice@a.test").await;
+        for user in ["alice@a.test", "bob@a.test"] {
+            hub_has_the_sites(&hub.a, &hub.h[0], user).await;
+        }
+        hub
+    }
+
+    /// The site reaches the hub at `other`; the hub's links reach the site from the node
+    /// that runs them.
+    fn point(&self) {
+        handle(&self.a).set_peer_address(HUB, s2s(&self.h[self.other]));
+        for h in &self.h {
+            handle(h).set_peer_address("a.test", s2s(&self.a));
+        }
+    }
+
+    async fn stop(mut self) {
+        for s in self.h.iter_mut().chain([&mut self.a]) {
+            s.stop().await;
+        }
+        drop(self.nats);
+    }
+}
+
 /// A hub of two nodes: while site a is down, alice logs in at one node and bob at the
 /// other; the second node stands in for the site because the first said so, and they chat
 /// across the nodes. When the site is back and has replicated, both nodes end the standby
-/// and send their sessions home, and what alice wrote at the hub is merged back into the
-/// site, though the site reached the node that does not run the links (so the site's
-/// answers to the other node's requests came in at this one).
+/// and send their sessions home, what alice wrote at the hub is merged back into the
+/// site, and what the hub kept for dave, away, is handed back, though the site answers
+/// at the node that did not ask.
 #[tokio::test]
 async fn a_hub_of_two_nodes_stands_in_for_a_site_as_one() {
-    let nats = tokio::task::spawn_blocking(NatsServer::start)
-        .await
-        .expect("nats");
-    let url = database().await;
-    let dns = dns::DnsServer::start().await;
-    let hub_node = |c: &mut Config| {
-        federated(c, HUB);
-        c.federation.dns_server = Some(dns.addr);
-        c.role = Role::Hub;
-        c.federation.relay_for = vec!["a.test".to_owned()];
-    };
-    let mut h1 = node(&url, nats.url(), "h1", hub_node).await;
-    let mut h2 = node(&url, nats.url(), "h2", hub_node).await;
-    let other = match links_node(h1.store.as_ref()).await.as_str() {
-        "h1" => &h2,
-        _ => &h1,
-    };
-    let mut a = TestServer::start_with(|c| {
-        federated(c, "a.test");
-        c.federation.dns_server = Some(dns.addr);
-        c.federation.hub = Some(HUB.to_owned());
-    })
-    .await;
-    // The site reaches the hub at the node that does not run the links; the hub's links
-    // reach the site from the one that does.
-    handle(&a).set_peer_address(HUB, s2s(other));
-    for h in [&h1, &h2] {
-        handle(h).set_peer_address("a.test", s2s(&a));
-    }
-    a.add_user("alice", "wonderland").await;
-    a.add_user("bob", "builder").await;
-    a.add_user("dave", "diver").await;
-    befriend(&a, "alice@a.test", "bob@a.test").await;
-    befriend(&a, "bob@a.test", "alice@a.test").await;
-    hub_has_the_sites(&a, &h1, "alice@a.test").await;
-    hub_has_the_sites(&a, &h2, "bob@a.test").await;
-
-    a.stop().await;
-    let mut alice = login_at(&h1, ("alice", "a.test"), "wonderland").await;
+    let mut hub = HubOfTwo::start().await;
+    let [h1, h2] = &hub.h;
+    hub.a.stop().await;
+    let mut alice = login_at(h1, ("alice", "a.test"), "wonderland").await;
     // h2 stands in for the site as soon as h1 does, before anyone logs in there.
-    standby_is(&h2, &["a.test"]).await;
-    let mut bob = login_at(&h2, ("bob", "a.test"), "builder").await;
+    standby_is(h2, &["a.test"]).await;
+    let mut bob = login_at(h2, ("bob", "a.test"), "builder").await;
     alice.roster_get().await;
     bob.roster_get().await;
     alice.available().await;
@@ -127,18 +168,16 @@ async fn a_hub_of_two_nodes_stands_in_for_a_site_as_one() {
     })
     .await;
 
-    a.restart().await;
-    handle(&a).set_peer_address(HUB, s2s(other));
-    for h in [&h1, &h2] {
-        handle(h).set_peer_address("a.test", s2s(&a));
-    }
+    hub.a.restart().await;
+    hub.point();
+    let (a, [h1, h2]) = (&hub.a, &hub.h);
     // Both nodes end the standby and send their sessions home.
     assert!(alice.saw_see_other_host("a.test").await);
     assert!(bob.saw_see_other_host("a.test").await);
-    standby_is(&h1, &[]).await;
-    standby_is(&h2, &[]).await;
+    standby_is(h1, &[]).await;
+    standby_is(h2, &[]).await;
     // What alice wrote at the hub is at home.
-    hub_has_the_sites(&a, &h1, "alice@a.test").await;
+    hub_has_the_sites(a, h1, "alice@a.test").await;
     let vcard = a.store.vcard("alice@a.test").await.unwrap();
     assert!(vcard.is_some_and(|v| v.contains("Alice Liddell")));
     // dave's message went home: handed back by the node that runs the links, whose
@@ -152,10 +191,7 @@ async fn a_hub_of_two_nodes_stands_in_for_a_site_as_one() {
         }
     })
     .await;
-    for s in [&mut h1, &mut h2, &mut a] {
-        s.stop().await;
-    }
-    drop(nats);
+    hub.stop().await;
 }
 
 /// A site of two nodes replicates to its hub from the node that runs its links, whichever

@@ -392,7 +392,21 @@ pub(super) async fn merge(s: &PgStore, records: &[ReplRecord]) -> Result<u64> {
             .map_err(db)?;
     }
     apply_all(&mut tx, &winners).await?;
-    for r in winners.iter().filter(|r| !is_union(r.kind.as_str())) {
+    keep_versions(&mut tx, &winners).await?;
+    observe_stamps(&mut tx, records).await?;
+    sqlx::query("UPDATE repl_settings SET conflicts = conflicts + $1")
+        .bind(i64::try_from(lost).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    applying(&mut tx, false).await?;
+    tx.commit().await.map_err(db)?;
+    Ok(lost)
+}
+
+/// Each merged record's stamp becomes its key's version here.
+async fn keep_versions(conn: &mut PgConnection, merged: &[&ReplRecord]) -> Result<()> {
+    for r in merged.iter().filter(|r| !is_union(r.kind.as_str())) {
         sqlx::query(
             "INSERT INTO repl_versions (kind, owner, key, sub, stamp) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, owner, key, sub) \
@@ -403,19 +417,11 @@ pub(super) async fn merge(s: &PgStore, records: &[ReplRecord]) -> Result<u64> {
         .bind(&r.key)
         .bind(&r.sub)
         .bind(r.stamp)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(db)?;
     }
-    observe_stamps(&mut tx, records).await?;
-    sqlx::query("UPDATE repl_settings SET conflicts = conflicts + $1")
-        .bind(i64::try_from(lost).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    applying(&mut tx, false).await?;
-    tx.commit().await.map_err(db)?;
-    Ok(lost)
+    Ok(())
 }
 
 /// What a site does with one of its hub's records (see SQLite's).
