@@ -32,7 +32,7 @@ ROOT=$PWD
 : "${DURATION:=10}"           # seconds measured
 : "${RUNS:=3}"                # repetitions (the table shows medians)
 : "${IDLE_N:=5000}"           # sessions held on node a for the directory's memory on node b
-: "${PEERS:=prosody ejabberd}" # the peers measured beside Outpost ("" for none)
+: "${PEERS=prosody ejabberd}"  # the peers measured beside Outpost ("" for none)
 : "${MUC_N:=100}"             # occupants of the MUC scenario's room
 : "${MUC_WINDOW:=2}"          # messages per sender not yet at every occupant
 : "${LAT_FRACTION:=0.25}"     # latency rate = this × the slowest saturation measured

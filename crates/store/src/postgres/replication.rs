@@ -9,9 +9,10 @@
 //! have been shown every entry below N that will ever commit). SQLite's single writer
 //! gives that for free; here every write transaction of a replicating store takes the
 //! replication lock first ([`Lock::Replication`], see [`PgStore::write`]) and holds it to
-//! commit, and each trigger takes it too (for a statement outside such a transaction), so
+//! commit, and the triggers take it too (for a statement outside such a transaction), so
 //! logging transactions commit one at a time, in the order of their entries. A replicating
-//! store thus writes as SQLite does, one transaction at a time.
+//! store thus writes as SQLite does, one transaction at a time. Unlike SQLite's, the
+//! entries of one transaction share one stamp (see [`stamp_function`]).
 
 use sqlx::PgConnection;
 
@@ -69,7 +70,7 @@ const VALUE: &str = "CASE l.kind \
     END";
 
 /// A table the log follows, as `sqlite/replication.rs` has it, in PostgreSQL's SQL over
-/// the row `r`.
+/// the row `r` (a row of the trigger's transition table, or of the table in a snapshot).
 struct Tracked {
     table: &'static str,
     kind: &'static str,
@@ -195,7 +196,7 @@ const TRACKED: &[Tracked] = &[
     },
 ];
 
-/// The next stamp of the log's clock, into `st` (PL/pgSQL) or returned.
+/// The next stamp of the log's clock (see [`stamp_function`]).
 const TICK: &str = "UPDATE repl_settings SET clock = GREATEST(clock + 1, \
     floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint << 16)";
 
@@ -212,9 +213,11 @@ const HUB_ARCHIVE_OWNER: &str = "CASE WHEN r.in_recipient AND \
 /// a setting local to the transaction, so it can never outlive one.
 pub(super) const APPLYING: &str = "outpost.applying";
 
-/// The trigger function and trigger that log the changes of `t` in `mode` (see SQLite's
-/// `triggers` for what each mode logs).
-fn trigger(t: &Tracked, mode: ReplMode) -> [String; 2] {
+/// The trigger functions and triggers that log the changes of `t` in `mode` (see SQLite's
+/// `triggers` for what each mode logs): one per operation, for each statement, reading
+/// the rows it changed from its transition table (`changed`), so a statement writing many
+/// rows (the journal's group commit of archive rows) logs them in one insert.
+fn triggers(t: &Tracked, mode: ReplMode) -> Vec<String> {
     let all: &[&str] = &["INSERT", "UPDATE", "DELETE"];
     let (ops, owner, key, when) = match (mode, &t.hub) {
         (ReplMode::Hub, Some(h)) => (h.ops, h.owner, h.key, h.when),
@@ -222,56 +225,96 @@ fn trigger(t: &Tracked, mode: ReplMode) -> [String; 2] {
     };
     let only_sites = match mode {
         ReplMode::Hub => format!(
-            "IF {} NOT IN (SELECT domain FROM repl_origins) THEN RETURN NULL; END IF;",
-            domain_of("o")
+            "WHERE {} IN (SELECT domain FROM repl_origins)",
+            domain_of("c.o")
         ),
         _ => String::new(),
     };
+    let changed = format!(
+        "(SELECT {owner} AS o, {key} AS k, {sub} AS s FROM changed r WHERE {when}) c {only_sites}",
+        sub = t.sub
+    );
+    // `repl_stamp()` runs for the first row logged only (the rest read its stamp), and
+    // not at all when no row is.
     let version = match is_union(t.kind) {
         true => String::new(),
         false => format!(
             "INSERT INTO repl_versions (kind, owner, key, sub, stamp) \
-             VALUES ('{}', o, k, s, st) ON CONFLICT (kind, owner, key, sub) \
-             DO UPDATE SET stamp = excluded.stamp;",
-            t.kind
+             SELECT '{kind}', d.o, d.k, d.s, repl_stamp() FROM \
+             (SELECT DISTINCT c.o, c.k, c.s FROM {changed}) d \
+             ON CONFLICT (kind, owner, key, sub) DO UPDATE SET stamp = excluded.stamp;",
+            kind = t.kind
         ),
     };
-    let function = format!(
-        "CREATE FUNCTION repl_log_{table}() RETURNS trigger LANGUAGE plpgsql AS $f$ \
-         DECLARE r {table}; o TEXT; k TEXT; s TEXT; st BIGINT; \
-         BEGIN \
-           IF current_setting('{APPLYING}', true) = 'on' THEN RETURN NULL; END IF; \
-           IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF; \
-           IF NOT ({when}) THEN RETURN NULL; END IF; \
-           o := {owner}; k := {key}; s := {sub}; \
-           {only_sites} \
-           PERFORM pg_advisory_xact_lock({lock}); \
-           {TICK} RETURNING clock INTO st; \
-           INSERT INTO repl_log (kind, owner, key, sub, stamp) VALUES ('{kind}', o, k, s, st); \
-           {version} \
-           RETURN NULL; \
-         END $f$",
-        table = t.table,
-        sub = t.sub,
-        kind = t.kind,
-        lock = Lock::Replication as i64,
-    );
-    let trigger = format!(
-        "CREATE TRIGGER repl_{table} AFTER {ops} ON {table} FOR EACH ROW \
-         EXECUTE FUNCTION repl_log_{table}()",
-        table = t.table,
-        ops = ops.join(" OR "),
-    );
-    [function, trigger]
+    let mut all_sql = Vec::new();
+    for op in ops {
+        let name = format!("repl_{}_{}", t.table, op.to_lowercase());
+        let rows = match *op {
+            "DELETE" => "OLD",
+            _ => "NEW",
+        };
+        all_sql.push(format!(
+            "CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $f$ \
+             BEGIN \
+               IF current_setting('{APPLYING}', true) = 'on' THEN RETURN NULL; END IF; \
+               INSERT INTO repl_log (kind, owner, key, sub, stamp) \
+               SELECT '{kind}', c.o, c.k, c.s, repl_stamp() FROM {changed}; \
+               {version} \
+               RETURN NULL; \
+             END $f$",
+            kind = t.kind,
+        ));
+        all_sql.push(format!(
+            "CREATE TRIGGER {name} AFTER {op} ON {table} REFERENCING {rows} TABLE AS changed \
+             FOR EACH STATEMENT EXECUTE FUNCTION {name}()",
+            table = t.table,
+        ));
+    }
+    all_sql
 }
 
+/// The stamp of the calling transaction's log entries: the first entry of a transaction
+/// takes the replication lock and ticks the clock, the others read what it took (kept in
+/// a setting local to the transaction, with the transaction's id). One tick per entry
+/// would update the clock's row once per row written, and a transaction updating one row
+/// a thousand times walks an ever longer chain of its versions (measured: with a tick
+/// and a trigger call per row, a node on PostgreSQL replicating delivered a tenth of the
+/// messages it delivers without; see BENCHMARKS.md "Replication on PostgreSQL").
+/// The entries of one transaction share its stamp; transactions commit one at a time
+/// under the lock, so stamps still follow commit order.
+fn stamp_function() -> String {
+    format!(
+        "CREATE FUNCTION repl_stamp() RETURNS BIGINT LANGUAGE plpgsql AS $f$ \
+         DECLARE tx TEXT := txid_current()::text; \
+           held TEXT := current_setting('{STAMP}', true); st BIGINT; \
+         BEGIN \
+           IF held IS NOT NULL AND split_part(held, ':', 1) = tx THEN \
+             RETURN split_part(held, ':', 2)::bigint; \
+           END IF; \
+           PERFORM pg_advisory_xact_lock({lock}); \
+           {TICK} RETURNING clock INTO st; \
+           PERFORM set_config('{STAMP}', tx || ':' || st, true); \
+           RETURN st; \
+         END $f$",
+        lock = Lock::Replication as i64,
+    )
+}
+
+/// The setting that holds a transaction's stamp (see [`stamp_function`]).
+const STAMP: &str = "outpost.stamp";
+
 fn drop_triggers() -> impl Iterator<Item = String> {
-    TRACKED.iter().flat_map(|t| {
-        [
-            format!("DROP TRIGGER IF EXISTS repl_{0} ON {0}", t.table),
-            format!("DROP FUNCTION IF EXISTS repl_log_{}()", t.table),
-        ]
-    })
+    TRACKED
+        .iter()
+        .flat_map(|t| {
+            ["insert", "update", "delete"].into_iter().flat_map(|op| {
+                [
+                    format!("DROP TRIGGER IF EXISTS repl_{0}_{op} ON {0}", t.table),
+                    format!("DROP FUNCTION IF EXISTS repl_{0}_{op}()", t.table),
+                ]
+            })
+        })
+        .chain(["DROP FUNCTION IF EXISTS repl_stamp()".to_owned()])
 }
 
 pub(super) async fn activate(s: &PgStore, mode: ReplMode) -> Result<ReplLog> {
@@ -283,7 +326,8 @@ pub(super) async fn activate(s: &PgStore, mode: ReplMode) -> Result<ReplLog> {
     // Made again on every start: a newer build may log differently.
     let mut statements: Vec<String> = drop_triggers().collect();
     if mode != ReplMode::Off {
-        statements.extend(TRACKED.iter().flat_map(|t| trigger(t, mode)));
+        statements.push(stamp_function());
+        statements.extend(TRACKED.iter().flat_map(|t| triggers(t, mode)));
     }
     for sql in statements {
         sqlx::query(&sql).execute(&mut *tx).await.map_err(db)?;
