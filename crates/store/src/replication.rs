@@ -281,3 +281,105 @@ fn json_string(out: &mut String, s: &str) {
     }
     out.push('"');
 }
+
+/// A table the replication log follows: the kind of its records and how a row names its
+/// key, as SQL over the row `r` (each SQL backend has its own list, in its own SQL).
+/// `main` when its rows are the kind's keys (what a snapshot logs again), `order` how a
+/// snapshot lists them, `hub` what a hub logs of it when that differs.
+pub(crate) struct Tracked {
+    pub(crate) table: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) owner: &'static str,
+    pub(crate) key: &'static str,
+    pub(crate) sub: &'static str,
+    pub(crate) main: bool,
+    pub(crate) order: &'static str,
+    pub(crate) hub: Option<HubForm>,
+}
+
+/// What a hub logs of a table: on which operations, rows matching `when`, owner and key.
+pub(crate) struct HubForm {
+    pub(crate) ops: &'static [&'static str],
+    pub(crate) owner: &'static str,
+    pub(crate) key: &'static str,
+    pub(crate) when: &'static str,
+}
+
+/// A table followed the same way on a site and a hub, in no particular order.
+pub(crate) const fn tracked(
+    table: &'static str,
+    kind: &'static str,
+    owner: &'static str,
+    key: &'static str,
+    sub: &'static str,
+    main: bool,
+) -> Tracked {
+    Tracked {
+        table,
+        kind,
+        owner,
+        key,
+        sub,
+        main,
+        order: "",
+        hub: None,
+    }
+}
+
+/// A key of the directory: kind, owner, key, sub-key.
+pub(crate) type Key = (String, String, String, String);
+
+pub(crate) fn key_of(r: &ReplRecord) -> Key {
+    (
+        r.kind.as_str().to_owned(),
+        r.owner.clone(),
+        r.key.clone(),
+        r.sub.clone(),
+    )
+}
+
+/// What a hub does with a site's batch (the same on every backend).
+pub(crate) struct HubVerdict<'b> {
+    /// The records it applies.
+    pub(crate) winners: Vec<&'b ReplRecord>,
+    /// Conflicts met: keys both sides wrote.
+    pub(crate) lost: i64,
+    /// Keys whose version the hub drops: its own write of them lost, and will not be
+    /// merged back.
+    pub(crate) forget: Vec<&'b ReplRecord>,
+    /// Accounts removed at the site: what the hub wrote for them goes along.
+    pub(crate) removed: Vec<&'b str>,
+}
+
+/// The records of a site's batch the hub applies, given the versions of what the hub wrote
+/// itself for the site's users while standing in (few keys): a site's record loses to a
+/// later one of those, and wins a tie (the site is the users' home). Accounts change at
+/// the site only; the archive is a union.
+pub(crate) fn hub_verdict<'b>(
+    records: &'b [ReplRecord],
+    versions: &std::collections::HashMap<Key, i64>,
+) -> HubVerdict<'b> {
+    let mut verdict = HubVerdict {
+        winners: Vec::with_capacity(records.len()),
+        lost: 0,
+        forget: Vec::new(),
+        removed: Vec::new(),
+    };
+    for r in records {
+        if r.kind == ReplKind::Account && r.value.is_none() {
+            verdict.removed.push(&r.owner);
+        }
+        let Some(&version) = versions.get(&key_of(r)) else {
+            verdict.winners.push(r);
+            continue;
+        };
+        // Either way one write lost: the site's record, or the hub's own.
+        verdict.lost += 1;
+        if version > r.stamp {
+            continue;
+        }
+        verdict.forget.push(r);
+        verdict.winners.push(r);
+    }
+    verdict
+}

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 
 use super::replication::{APPLYING, ORIGIN_COLUMNS, domain_of, read_origin};
 use super::{Lock, PgStore, db, lock, lock_queues};
-use crate::replication::{bulk_array, is_union};
+use crate::replication::{Key, bulk_array, hub_verdict, is_union};
 use crate::{ReplBatch, ReplKind, ReplOrigin, ReplRecord, Result, StoreError};
 
 /// A statement parameter: the record's owner, key, sub-key or JSON value (`$1`, `$2`, …
@@ -173,18 +173,6 @@ fn remove(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
     }
 }
 
-/// A key of the directory: kind, owner, key, sub-key.
-type Key = (String, String, String, String);
-
-fn key_of(r: &ReplRecord) -> Key {
-    (
-        r.kind.as_str().to_owned(),
-        r.owner.clone(),
-        r.key.clone(),
-        r.sub.clone(),
-    )
-}
-
 /// Starts or ends a transaction's application of the other side's records: the log's
 /// triggers stay quiet meanwhile. Also defers the foreign keys to the commit (records of
 /// one batch may name an account after what it owns: one removed and made again).
@@ -288,7 +276,7 @@ async fn save_origin(conn: &mut PgConnection, origin: &ReplOrigin) -> Result<()>
 }
 
 /// The records of a site's batch the hub applies, and how many conflicts they met (the
-/// rule of SQLite's `hub_winners`).
+/// rule is `replication::hub_verdict`); the hub's versions its batch superseded go.
 async fn hub_winners<'b>(
     conn: &mut PgConnection,
     batch: &ReplBatch<'b>,
@@ -305,26 +293,15 @@ async fn hub_winners<'b>(
         .into_iter()
         .map(|(kind, owner, key, sub, stamp)| ((kind, owner, key, sub), stamp))
         .collect();
-    let mut winners = Vec::with_capacity(batch.records.len());
-    let mut lost = 0;
-    for r in batch.records {
-        if r.kind == ReplKind::Account && r.value.is_none() {
-            // A removed account takes what the hub wrote for it along.
-            sqlx::query("DELETE FROM repl_versions WHERE owner = $1")
-                .bind(&r.owner)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-        }
-        let Some(&version) = versions.get(&key_of(r)) else {
-            winners.push(r);
-            continue;
-        };
-        // Either way one write lost: the site's record, or the hub's own.
-        lost += 1;
-        if version > r.stamp {
-            continue;
-        }
+    let verdict = hub_verdict(batch.records, &versions);
+    for owner in &verdict.removed {
+        sqlx::query("DELETE FROM repl_versions WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    for r in &verdict.forget {
         sqlx::query(
             "DELETE FROM repl_versions WHERE kind = $1 AND owner = $2 AND key = $3 AND sub = $4",
         )
@@ -335,9 +312,8 @@ async fn hub_winners<'b>(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-        winners.push(r);
     }
-    Ok((winners, lost))
+    Ok((verdict.winners, verdict.lost))
 }
 
 /// Writes records: every removal and every record not of a bulk kind one at a time in

@@ -17,7 +17,9 @@
 use sqlx::PgConnection;
 
 use super::{Lock, PgStore, db, lock};
-use crate::replication::{LogRow, OriginRow, is_union, origin_from, records};
+use crate::replication::{
+    HubForm, LogRow, OriginRow, Tracked, is_union, origin_from, records, tracked,
+};
 use crate::{ReplLog, ReplMode, ReplOrigin, ReplRecord, Result};
 
 /// Each kind's current value for a log entry `l`, as JSON text; NULL once the key is gone.
@@ -68,47 +70,6 @@ const VALUE: &str = "CASE l.kind \
         'in_recipient', a.in_recipient::int, 'stanza', a.stanza)::text \
         FROM archive a WHERE a.id = l.key::bigint) \
     END";
-
-/// A table the log follows, as `sqlite/replication.rs` has it, in PostgreSQL's SQL over
-/// the row `r` (a row of the trigger's transition table, or of the table in a snapshot).
-struct Tracked {
-    table: &'static str,
-    kind: &'static str,
-    owner: &'static str,
-    key: &'static str,
-    sub: &'static str,
-    main: bool,
-    order: &'static str,
-    hub: Option<HubForm>,
-}
-
-/// What a hub logs of a table: on which operations, rows matching `when`, owner and key.
-struct HubForm {
-    ops: &'static [&'static str],
-    owner: &'static str,
-    key: &'static str,
-    when: &'static str,
-}
-
-const fn tracked(
-    table: &'static str,
-    kind: &'static str,
-    owner: &'static str,
-    key: &'static str,
-    sub: &'static str,
-    main: bool,
-) -> Tracked {
-    Tracked {
-        table,
-        kind,
-        owner,
-        key,
-        sub,
-        main,
-        order: "",
-        hub: None,
-    }
-}
 
 const TRACKED: &[Tracked] = &[
     tracked("accounts", "account", "r.jid", "''", "''", true),

@@ -11,7 +11,7 @@ use sqlx::SqliteConnection;
 
 use super::replication::{ORIGIN_COLUMNS, domain_of, read_origin};
 use super::{SqliteStore, db};
-use crate::replication::{bulk_array, is_union};
+use crate::replication::{Key, bulk_array, hub_verdict, is_union};
 use crate::{ReplBatch, ReplKind, ReplOrigin, ReplRecord, Result, StoreError};
 
 /// A statement parameter: the record's owner, key, sub-key or JSON value.
@@ -171,18 +171,6 @@ fn remove(kind: ReplKind) -> &'static [(&'static str, &'static [P])] {
     }
 }
 
-/// A key of the directory: kind, owner, key, sub-key.
-type Key = (String, String, String, String);
-
-fn key_of(r: &ReplRecord) -> Key {
-    (
-        r.kind.as_str().to_owned(),
-        r.owner.clone(),
-        r.key.clone(),
-        r.sub.clone(),
-    )
-}
-
 /// Starts or ends a transaction's application of the other side's records: the log's
 /// triggers stay quiet meanwhile.
 async fn applying(conn: &mut SqliteConnection, on: bool) -> Result<()> {
@@ -267,13 +255,8 @@ async fn save_origin(conn: &mut SqliteConnection, origin: &ReplOrigin) -> Result
     Ok(())
 }
 
-/// The records of a site's batch the hub applies, and how many conflicts they met. A hub
-/// holds versions
-/// only of what it wrote itself for the site's users while standing in (few keys): a
-/// site's record loses to a later one of those, and wins a tie (the site is the users'
-/// home). A record that wins makes the hub's version of its key go: the hub's own write of
-/// it is superseded and will not be merged back. Accounts change at the site only; the
-/// archive is a union.
+/// The records of a site's batch the hub applies, and how many conflicts they met (the
+/// rule is `replication::hub_verdict`); the hub's versions its batch superseded go.
 async fn hub_winners<'b>(
     conn: &mut SqliteConnection,
     batch: &ReplBatch<'b>,
@@ -290,30 +273,18 @@ async fn hub_winners<'b>(
         .into_iter()
         .map(|(kind, owner, key, sub, stamp)| ((kind, owner, key, sub), stamp))
         .collect();
-    let mut winners = Vec::with_capacity(batch.records.len());
-    let mut lost = 0;
-    for r in batch.records {
-        if r.kind == ReplKind::Account && r.value.is_none() {
-            // A removed account takes what the hub wrote for it along.
-            sqlx::query("DELETE FROM repl_versions WHERE owner = ?")
-                .bind(&r.owner)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-        }
-        let Some(&version) = versions.get(&key_of(r)) else {
-            winners.push(r);
-            continue;
-        };
-        // Either way one write lost: the site's record, or the hub's own.
-        lost += 1;
-        if version > r.stamp {
-            continue;
-        }
-        forget_version(conn, r).await?;
-        winners.push(r);
+    let verdict = hub_verdict(batch.records, &versions);
+    for owner in &verdict.removed {
+        sqlx::query("DELETE FROM repl_versions WHERE owner = ?")
+            .bind(owner)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
     }
-    Ok((winners, lost))
+    for r in &verdict.forget {
+        forget_version(conn, r).await?;
+    }
+    Ok((verdict.winners, verdict.lost))
 }
 
 async fn forget_version(conn: &mut SqliteConnection, r: &ReplRecord) -> Result<()> {

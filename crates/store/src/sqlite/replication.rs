@@ -6,7 +6,9 @@
 use sqlx::SqliteConnection;
 
 use super::{SqliteStore, db};
-use crate::replication::{LogRow, OriginRow, is_union, origin_from, records};
+use crate::replication::{
+    HubForm, LogRow, OriginRow, Tracked, is_union, origin_from, records, tracked,
+};
 use crate::{ReplLog, ReplMode, ReplOrigin, ReplRecord, Result};
 
 /// Each kind's current value for a log entry `l`, as a JSON object; NULL once the key is
@@ -49,48 +51,6 @@ const VALUE: &str = "CASE l.kind \
         'in_sender', in_sender, 'in_recipient', in_recipient, 'stanza', stanza) \
         FROM archive WHERE id = CAST(l.key AS INTEGER)) \
     END";
-
-/// A table the log follows: the kind of its records and how a row names its key, as SQL
-/// over the row `r`. `main` when its rows are the kind's keys (what a snapshot logs again),
-/// `order` how a snapshot lists them, `hub` what a hub logs of it when that differs.
-struct Tracked {
-    table: &'static str,
-    kind: &'static str,
-    owner: &'static str,
-    key: &'static str,
-    sub: &'static str,
-    main: bool,
-    order: &'static str,
-    hub: Option<HubForm>,
-}
-
-/// What a hub logs of a table: on which operations, rows matching `when`, owner and key.
-struct HubForm {
-    ops: &'static [&'static str],
-    owner: &'static str,
-    key: &'static str,
-    when: &'static str,
-}
-
-const fn tracked(
-    table: &'static str,
-    kind: &'static str,
-    owner: &'static str,
-    key: &'static str,
-    sub: &'static str,
-    main: bool,
-) -> Tracked {
-    Tracked {
-        table,
-        kind,
-        owner,
-        key,
-        sub,
-        main,
-        order: "",
-        hub: None,
-    }
-}
 
 const TRACKED: &[Tracked] = &[
     tracked("accounts", "account", "r.jid", "''", "''", true),
