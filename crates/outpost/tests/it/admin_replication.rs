@@ -12,7 +12,7 @@ use super::common::{Server, WAIT, login, register};
 use serde_json::Value;
 
 /// Runs `outpost admin <what>` for `domain`'s configuration in `dir`.
-fn admin(dir: &Path, domain: &str, what: &[&str]) -> String {
+pub(crate) fn admin(dir: &Path, domain: &str, what: &[&str]) -> String {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpost"));
     for (name, _) in std::env::vars_os() {
         if name.to_str().is_some_and(|n| n.starts_with("OUTPOST_")) {
@@ -32,12 +32,17 @@ fn admin(dir: &Path, domain: &str, what: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-fn replication_json(dir: &Path, domain: &str) -> Value {
+pub(crate) fn replication_json(dir: &Path, domain: &str) -> Value {
     serde_json::from_str(&admin(dir, domain, &["replication", "--json"])).expect("JSON")
 }
 
 /// Polls `admin replication --json` on `domain` until `done`; returns that answer.
-fn wait_for(dir: &Path, domain: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_for(
+    dir: &Path,
+    domain: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + WAIT;
     loop {
         let v = replication_json(dir, domain);
@@ -51,7 +56,7 @@ fn wait_for(dir: &Path, domain: &str, what: &str, done: impl Fn(&Value) -> bool)
 }
 
 /// A loopback port nothing listens on now, for a server that must be named before it runs.
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")

@@ -15,6 +15,7 @@ use outpost_testkit::blocking::Client;
 use outpost_testkit::nats::NatsServer;
 use outpost_testkit::{NS_DELAY, body};
 
+use super::admin_replication::{free_port, wait_for};
 use super::common::{Server, any_error, login, register};
 
 const DOMAIN: &str = "cl.test";
@@ -27,6 +28,11 @@ fn node(dir: &Path, id: &str, url: &str, nats: &str) -> Server {
 /// [`node`], with more configuration after `[cluster]`: a `[federation]` table, which
 /// also opens a server-to-server listener.
 fn node_with(dir: &Path, id: &str, url: &str, nats: &str, more: &str) -> Server {
+    node_of(dir, id, url, nats, &format!("domains = [{DOMAIN:?}]"), more)
+}
+
+/// [`node_with`], with `top` at the top level (the domains, a role).
+fn node_of(dir: &Path, id: &str, url: &str, nats: &str, top: &str, more: &str) -> Server {
     let federation = more.contains("[federation]");
     let s2s = if federation {
         "[\"127.0.0.1:0\"]"
@@ -34,7 +40,7 @@ fn node_with(dir: &Path, id: &str, url: &str, nats: &str, more: &str) -> Server 
         "[]"
     };
     let toml = format!(
-        "domains = [{DOMAIN:?}]\ndata_dir = {:?}\n\
+        "{top}\ndata_dir = {:?}\n\
          [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_tls = []\ns2s = {s2s}\nproxy65 = []\nhttps = []\nhttp = []\n\
          [registration]\nenabled = true\n\
          [auth]\nallow_plaintext_without_tls = true\nscram_iterations = 4096\n\
@@ -384,4 +390,65 @@ fn a_room_whose_node_is_killed_moves_once_its_lease_ends() {
     ));
     bob.recv_until(|el| body(el).as_deref() == Some("after"));
     drop(n1);
+}
+
+/// A hub of two `outpost serve` nodes stands in for a site that died: alice logs in at one
+/// node and bob at the other, and they chat across the nodes; the node alice is on is
+/// killed with SIGKILL, she logs in again at the other, which still stands in for her site,
+/// and they go on.
+#[test]
+fn a_hub_node_killed_while_standing_in_leaves_the_site_to_the_other() {
+    let nats = NatsServer::start();
+    let pg = outpost_testkit::postgres::shared();
+    let url = pg.url(&pg.create_database());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let site_s2s = free_port();
+    let federation = format!(
+        "[federation]\nenabled = true\nrequire_tls = true\nsrv_lookup = false\n\
+         dns_server = \"{}\"\nretry_initial_secs = 1\nretry_max_secs = 1\n\
+         probe_interval_secs = 1\ndialback_secret = \"one-secret-for-all-nodes\"\n\
+         relay_for = [\"site.test\"]\n[federation.peers]\n\"site.test\" = \"{site_s2s}\"\n",
+        outpost_testkit::dns::nxdomain_server(),
+    );
+    let hub = "domains = [\"hub.test\"]\nrole = \"hub\"";
+    let mut h1 = node_of(dir.path(), "h1", &url, nats.url(), hub, &federation);
+    let h2 = node_of(dir.path(), "h2", &url, nats.url(), hub, &federation);
+    let mut site = Server::start_configured(
+        dir.path(),
+        "site.test",
+        site_s2s,
+        &[("hub.test", h1.s2s)],
+        "info",
+        "",
+        "hub = \"hub.test\"",
+    );
+    register(site.c2s, "site.test", "alice");
+    register(site.c2s, "site.test", "bob");
+    // Both nodes share the replica; h1 says when it holds the site's whole log.
+    wait_for(dir.path(), "h1", "the site replicated", |v| {
+        let s = &v["sites"][0];
+        s["records"].as_i64() >= Some(2) && s["position"] == s["head"]
+    });
+    site.kill();
+
+    let mut alice = login(h1.c2s, "site.test", "alice");
+    let mut bob = login(h2.c2s, "site.test", "bob");
+    alice.send("<presence/>");
+    bob.send("<presence/>");
+    // alice sees bob available: h1's directory holds his session on h2.
+    subscribe(&mut alice, "alice@site.test", &mut bob, "bob@site.test");
+    alice.recv_until(|el| is_presence(el, "bob@site.test/r", None));
+    alice.send("<message to='bob@site.test' type='chat' id='a1'><body>at the hub</body></message>");
+    bob.recv_until(|el| body(el).as_deref() == Some("at the hub"));
+
+    h1.kill();
+    let mut alice = login(h2.c2s, "site.test", "alice");
+    alice.send("<presence/>");
+    alice.send("<message to='bob@site.test/r' type='chat' id='a2'><body>h1 died</body></message>");
+    bob.recv_until(|el| body(el).as_deref() == Some("h1 died"));
+    bob.send(
+        "<message to='alice@site.test/r' type='chat' id='b1'><body>still here</body></message>",
+    );
+    alice.recv_until(|el| body(el).as_deref() == Some("still here"));
+    drop(h2);
 }
