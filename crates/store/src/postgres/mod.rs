@@ -88,6 +88,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         10,
         include_str!("../../migrations-postgres/0010_replication.sql"),
     ),
+    (
+        11,
+        include_str!("../../migrations-postgres/0011_replication_triggers.sql"),
+    ),
 ];
 
 /// Connections in the pool: writers no longer queue behind one connection as in SQLite,
@@ -151,9 +155,15 @@ impl PgStore {
             .await
             .map_err(db)?;
         migrate(&pool).await?;
+        // A database another node replicates from: this process's writes take the lock
+        // first from the start, not only once it has activated replication itself.
+        let replicating: bool = sqlx::query_scalar("SELECT active OR hub FROM repl_settings")
+            .fetch_one(&pool)
+            .await
+            .map_err(db)?;
         Ok(PgStore {
             pool,
-            replicating: Default::default(),
+            replicating: std::sync::Arc::new(replicating.into()),
         })
     }
 

@@ -20,7 +20,7 @@ use super::{Lock, PgStore, db, lock};
 use crate::replication::{
     HubForm, LogRow, OriginRow, Tracked, is_union, origin_from, records, tracked,
 };
-use crate::{ReplLog, ReplMode, ReplOrigin, ReplRecord, Result};
+use crate::{ReplLog, ReplMode, ReplOrigin, ReplRecord, Result, StoreError};
 
 /// Each kind's current value for a log entry `l`, as JSON text; NULL once the key is gone.
 const VALUE: &str = "CASE l.kind \
@@ -279,24 +279,66 @@ fn drop_triggers() -> impl Iterator<Item = String> {
 }
 
 pub(super) async fn activate(s: &PgStore, mode: ReplMode) -> Result<ReplLog> {
-    let mut tx = s.pool.begin().await.map_err(db)?;
-    // Nodes of a cluster starting together make the triggers one after the other; the
-    // replication lock keeps writers out while they change.
-    lock(&mut tx, Lock::Migrate).await?;
-    lock(&mut tx, Lock::Replication).await?;
-    // Made again on every start: a newer build may log differently.
     let mut statements: Vec<String> = drop_triggers().collect();
     if mode != ReplMode::Off {
         statements.push(stamp_function());
         statements.extend(TRACKED.iter().flat_map(|t| triggers(t, mode)));
     }
-    for sql in statements {
-        sqlx::query(&sql).execute(&mut *tx).await.map_err(db)?;
+    let form = format!("{mode:?}:{:016x}", digest(&statements));
+    // Making triggers takes each table's exclusive lock, which a writer holding one table
+    // and waiting for another may deadlock with: PostgreSQL then aborts one of the two.
+    let mut tries = 0;
+    loop {
+        match activate_once(s, mode, &statements, &form).await {
+            Err(StoreError::Backend(e)) if is_deadlock(&*e) && tries < 5 => tries += 1,
+            done => break done,
+        }
     }
-    let (active, hub): (bool, bool) = sqlx::query_as("SELECT active, hub FROM repl_settings")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
+}
+
+/// Whether an error is PostgreSQL's deadlock detector aborting the transaction.
+fn is_deadlock(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "40P01")
+}
+
+/// A digest of the triggers' definitions (FNV-1a, the same on every build).
+fn digest(statements: &[String]) -> u64 {
+    statements
+        .iter()
+        .flat_map(|s| s.bytes().chain([0]))
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+async fn activate_once(
+    s: &PgStore,
+    mode: ReplMode,
+    statements: &[String],
+    form: &str,
+) -> Result<ReplLog> {
+    let mut tx = s.pool.begin().await.map_err(db)?;
+    // Nodes of a cluster starting together activate one after the other.
+    lock(&mut tx, Lock::Migrate).await?;
+    let (active, hub, held): (bool, bool, String) =
+        sqlx::query_as("SELECT active, hub, triggers FROM repl_settings")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+    // Made again when this build would make them otherwise (or the mode changed).
+    if held != form {
+        for sql in statements {
+            sqlx::query(sql).execute(&mut *tx).await.map_err(db)?;
+        }
+        sqlx::query("UPDATE repl_settings SET triggers = $1")
+            .bind(form)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+    }
     let site = mode == ReplMode::Site;
     if active != site || hub != (mode == ReplMode::Hub) {
         // A new log; a site's has a new epoch (the clock in nanoseconds names it).

@@ -75,7 +75,7 @@ async fn migrations_are_recorded_and_a_newer_schema_refused() {
     let db = database().await;
     PgStore::connect(&db.url).await.unwrap().close().await;
     let first = schema_versions(&db.url).await;
-    assert_eq!(first, (1..=10).collect::<Vec<i64>>());
+    assert_eq!(first, (1..=11).collect::<Vec<i64>>());
     PgStore::connect(&db.url).await.unwrap().close().await;
     assert_eq!(schema_versions(&db.url).await, first);
 
@@ -315,5 +315,39 @@ async fn the_replication_log_misses_nothing_that_commits_while_it_is_read() {
         }
     }
     store.close().await;
+    db.drop().await;
+}
+
+/// A node that starts on a database whose replication triggers are already the ones it
+/// would make leaves them (making them takes each table's exclusive lock, which the other
+/// nodes' writers would wait for); another mode makes them anew.
+#[tokio::test]
+async fn replication_triggers_are_made_once_per_form() {
+    use outpost_store::{ReplMode, Store};
+    let (db, first) = pg_store().await;
+    first.repl_activate(ReplMode::Site).await.unwrap();
+    let triggers = || async {
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        let oids: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT tgname::text, oid::bigint FROM pg_trigger WHERE tgname LIKE 'repl_%' \
+             ORDER BY tgname",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("pg_trigger");
+        conn.close().await.expect("close");
+        oids
+    };
+    let made = triggers().await;
+    assert!(made.len() > 20, "{made:?}");
+    let second = PgStore::connect(&db.url).await.unwrap();
+    let log = second.repl_activate(ReplMode::Site).await.unwrap();
+    assert!(log.active);
+    assert_eq!(triggers().await, made);
+    second.repl_activate(ReplMode::Hub).await.unwrap();
+    let hub = triggers().await;
+    assert!(!hub.is_empty() && hub != made, "{hub:?}");
+    first.close().await;
+    second.close().await;
     db.drop().await;
 }
