@@ -412,11 +412,47 @@ fn main() -> anyhow::Result<()> {
     if let Scenario::Relay { listen, workers } = &cli.scenario {
         return serve_relay(&cli, *listen, *workers);
     }
-    let addr: SocketAddr = (cli.host.as_str(), cli.port)
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {}", cli.host))?
-        .next()
-        .context("no address")?;
+    let (t, peer) = targets(&cli)?;
+    let rt = runtime(cli.threads)?;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let result = rt.block_on(async {
+        tokio::time::timeout(
+            secs(cli.max_seconds),
+            run(&t, peer.as_ref(), &cli, &cli.scenario),
+        )
+        .await
+        .unwrap_or_else(|_| Ok(json!({"error": format!("hit --max-seconds={}", cli.max_seconds)})))
+    });
+    let mut v = match result {
+        Ok(v) => v,
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    if let Value::Object(m) = &mut v {
+        describe_run(m, &cli, t.addr, started);
+    }
+    let line = serde_json::to_string(&v)?;
+    println!("{line}");
+    if let Some(out) = &cli.out {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .with_context(|| format!("opening {}", out.display()))?;
+        writeln!(f, "{line}")?;
+    }
+    if v.get("error").is_some() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// The server under test, and with `--peer-port` the second one (a federated peer or
+/// another node of the domain); both on loopback only.
+fn targets(cli: &Cli) -> anyhow::Result<(Arc<Target>, Option<Arc<Target>>)> {
+    let addr = resolve(&cli.host, cli.port)?;
     require_loopback("target", addr.ip())?;
     for ip in &cli.src_ips {
         require_loopback("source address", *ip)?;
@@ -429,11 +465,7 @@ fn main() -> anyhow::Result<()> {
     let peer_pid = cli.peer_pidfile.as_deref().and_then(|f| read_pid(f).ok());
     pids.extend(peer_pid);
     let peer = if cli.peer_port != 0 {
-        let peer_addr: SocketAddr = (cli.peer_host.as_str(), cli.peer_port)
-            .to_socket_addrs()
-            .with_context(|| format!("resolving {}", cli.peer_host))?
-            .next()
-            .context("no address")?;
+        let peer_addr = resolve(&cli.peer_host, cli.peer_port)?;
         require_loopback("peer", peer_addr.ip())?;
         if cli.peer_domain.is_empty() {
             bail!("--peer-port needs --peer-domain");
@@ -456,65 +488,43 @@ fn main() -> anyhow::Result<()> {
     target.server_pids = pids;
     target.step_timeout = secs(cli.timeout);
     target.login_mech = cli.login_mech;
-    let t = Arc::new(target);
+    Ok((Arc::new(target), peer))
+}
 
-    let rt = runtime(cli.threads)?;
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let result = rt.block_on(async {
-        tokio::time::timeout(
-            secs(cli.max_seconds),
-            run(&t, peer.as_ref(), &cli, &cli.scenario),
-        )
-        .await
-        .unwrap_or_else(|_| Ok(json!({"error": format!("hit --max-seconds={}", cli.max_seconds)})))
-    });
-    let mut v = match result {
-        Ok(v) => v,
-        Err(e) => json!({"error": e.to_string()}),
-    };
-    if let Value::Object(m) = &mut v {
-        m.insert("label".into(), json!(cli.label));
-        m.insert("target".into(), json!(addr.to_string()));
-        m.insert("domain".into(), json!(cli.domain));
-        m.insert("tls".into(), json!(cli.tls));
-        m.insert("raw".into(), json!(cli.raw));
-        m.insert(
-            "transport".into(),
-            json!(if cli.ws.is_some() { "websocket" } else { "tcp" }),
-        );
-        if cli.ws.is_some() {
-            let scenario = m
-                .get("scenario")
-                .and_then(Value::as_str)
-                .map(|s| format!("ws-{s}"));
-            if let Some(s) = scenario {
-                m.insert("scenario".into(), json!(s));
-            }
+fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .context("no address")
+}
+
+/// What a result line says of its run besides the scenario's figures.
+fn describe_run(m: &mut serde_json::Map<String, Value>, cli: &Cli, addr: SocketAddr, started: u64) {
+    m.insert("label".into(), json!(cli.label));
+    m.insert("target".into(), json!(addr.to_string()));
+    m.insert("domain".into(), json!(cli.domain));
+    m.insert("tls".into(), json!(cli.tls));
+    m.insert("raw".into(), json!(cli.raw));
+    m.insert(
+        "transport".into(),
+        json!(if cli.ws.is_some() { "websocket" } else { "tcp" }),
+    );
+    if cli.ws.is_some() {
+        let scenario = m
+            .get("scenario")
+            .and_then(Value::as_str)
+            .map(|s| format!("ws-{s}"));
+        if let Some(s) = scenario {
+            m.insert("scenario".into(), json!(s));
         }
-        m.insert("generator_threads".into(), json!(cli.threads.max(1)));
-        m.insert(
-            "generator_peak_rss_kib".into(),
-            json!(metrics::self_peak_rss_kib()),
-        );
-        m.insert("started_unix".into(), json!(started));
     }
-    let line = serde_json::to_string(&v)?;
-    println!("{line}");
-    if let Some(out) = &cli.out {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(out)
-            .with_context(|| format!("opening {}", out.display()))?;
-        writeln!(f, "{line}")?;
-    }
-    if v.get("error").is_some() {
-        std::process::exit(1);
-    }
-    Ok(())
+    m.insert("generator_threads".into(), json!(cli.threads.max(1)));
+    m.insert(
+        "generator_peak_rss_kib".into(),
+        json!(metrics::self_peak_rss_kib()),
+    );
+    m.insert("started_unix".into(), json!(started));
 }
 
 /// A room name no earlier run used.

@@ -14,7 +14,7 @@
 //! and the node), and repeats what it holds in its heartbeats, so a node that missed a
 //! change, or joined later, comes to agree.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,9 @@ pub(crate) type OnMark = Box<dyn Fn(&Mark) + Send + Sync>;
 #[derive(Default)]
 pub(crate) struct Standby {
     sites: Vec<String>,
-    active: RwLock<HashSet<String>>,
-    /// The last change of each site's standby, here or at another node.
-    marks: Mutex<HashMap<String, Mark>>,
+    /// The last change of each site's standby, made here or at another node: the hub
+    /// stands in for the sites whose mark is on.
+    marks: RwLock<HashMap<String, Mark>>,
     /// On a cluster: this node's id, and who hears of its changes.
     cluster: OnceLock<(String, OnMark)>,
     /// Told when a standby ends (what the hub stored meanwhile goes back to the site).
@@ -83,45 +83,48 @@ impl Standby {
     }
 
     pub(crate) fn is_active(&self, domain: &str) -> bool {
-        self.read().contains(domain)
+        self.read().get(domain).is_some_and(|m| m.on)
     }
 
     /// The sites stood in for now, sorted.
     pub(crate) fn active(&self) -> Vec<String> {
-        let mut list: Vec<String> = self.read().iter().cloned().collect();
+        let marks = self.read();
+        let mut list: Vec<String> = marks
+            .values()
+            .filter(|m| m.on)
+            .map(|m| m.site.clone())
+            .collect();
         list.sort();
         list
     }
 
     /// Starts standing in for `domain`; returns whether it had not already.
     pub(crate) fn start(&self, domain: &str) -> bool {
-        let started = self.is_site(domain) && self.write().insert(domain.to_owned());
-        if started {
-            self.changed(domain, true);
-        }
-        started
+        self.is_site(domain) && self.change(domain, true)
     }
 
     /// Stops standing in for `domain`; returns whether it had.
     pub(crate) fn stop(&self, domain: &str) -> bool {
-        let stopped = self.write().remove(domain);
+        let stopped = self.change(domain, false);
         if stopped {
-            self.changed(domain, false);
             self.ended.notify_waiters();
         }
         stopped
     }
 
-    /// A change made here: marked later than any this node knows of for the site, and
-    /// told to the cluster.
-    fn changed(&self, site: &str, on: bool) {
+    /// A change made here, if it changes anything: marked later than any mark this node
+    /// knows of for the site, and told to the cluster.
+    fn change(&self, site: &str, on: bool) -> bool {
         let node = self.cluster.get().map_or("", |(node, _)| node.as_str());
-        let mut marks = self.lock_marks();
-        let after = marks.get(site).map_or(0, |m| m.ms + 1);
+        let mut marks = self.write();
+        let last = marks.get(site);
+        if last.is_some_and(|m| m.on) == on {
+            return false;
+        }
         let mark = Mark {
             site: site.to_owned(),
             on,
-            ms: crate::clock::now_ms().max(after),
+            ms: crate::clock::now_ms().max(last.map_or(0, |m| m.ms + 1)),
             node: node.to_owned(),
         };
         marks.insert(site.to_owned(), mark.clone());
@@ -129,6 +132,7 @@ impl Standby {
         if let Some((_, tell)) = self.cluster.get() {
             tell(&mark);
         }
+        true
     }
 
     /// Another node's mark: taken if it is later than what this node knows of the site.
@@ -137,16 +141,14 @@ impl Standby {
         if !self.is_site(&mark.site) {
             return None;
         }
-        let mut marks = self.lock_marks();
-        if marks.get(&mark.site).is_some_and(|m| !mark.beats(m)) {
+        let mut marks = self.write();
+        let was = marks.get(&mark.site);
+        if was.is_some_and(|m| !mark.beats(m)) {
             return None;
         }
+        let changed = was.is_some_and(|m| m.on) != mark.on;
         marks.insert(mark.site.clone(), mark.clone());
         drop(marks);
-        let changed = match mark.on {
-            true => self.write().insert(mark.site.clone()),
-            false => self.write().remove(&mark.site),
-        };
         if changed && !mark.on {
             self.ended.notify_waiters();
         }
@@ -155,7 +157,7 @@ impl Standby {
 
     /// Every site's last change, for the cluster's heartbeats.
     pub(crate) fn marks(&self) -> Vec<Mark> {
-        self.lock_marks().values().cloned().collect()
+        self.read().values().cloned().collect()
     }
 
     /// Whether `domain` answered a connection attempt within the last few seconds.
@@ -176,16 +178,12 @@ impl Standby {
         &self.ended
     }
 
-    fn lock_marks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Mark>> {
-        self.marks.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Mark>> {
+        self.marks.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashSet<String>> {
-        self.active.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashSet<String>> {
-        self.active.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Mark>> {
+        self.marks.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
