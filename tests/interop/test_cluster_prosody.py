@@ -4,9 +4,10 @@ PostgreSQL database with a NATS server between them (``[cluster]``), ``p.test`` 
 
 Prosody reaches ``o.test`` through a small TCP load balancer written here (each connection
 goes to the first node that accepts it), as it would through SRV records listing both nodes.
-One node at a time runs ``o.test``'s links to other servers (the first one started); the
-test kills that node with SIGKILL, and the messages an ``o.test`` user on the other node
-sends meanwhile must reach Prosody's user once, in order, and his answers come back.
+One node at a time runs each of ``o.test``'s links to other servers (the node where the
+link's first stanza started); the test kills the node running the link to ``p.test`` with
+SIGKILL, and the messages an ``o.test`` user on the other node sends meanwhile must reach
+Prosody's user once, in order, and his answers come back.
 
 PostgreSQL (Debian's binaries, on a unix socket in a temporary directory) and nats-server
 (on loopback) are the session's (``cluster_services.shared``).
@@ -16,13 +17,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from cluster_services import Balancer, Nats, shared
-from outpost_harness import OutpostServer
+from outpost_harness import OutpostServer, server_env
 from test_federation_prosody import P_DOMAIN, P_HOST, P_S2S, ProsodyServer
 from xmpp_helpers import chat_from, login, message_and_reply, stop_all, uname
 
@@ -88,17 +90,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         shutil.rmtree(pdir, ignore_errors=True)
 
 
+def links_of(node: OutpostServer, node_id: str) -> str:
+    """What ``outpost admin cluster``, asked at ``node``, says ``node_id`` runs."""
+    res = subprocess.run([node.binary, "admin", "cluster", "--config", str(node.config_path)],
+                         capture_output=True, text=True, timeout=30, env=server_env())
+    assert res.returncode == 0, res.stderr
+    row = next(line for line in res.stdout.splitlines() if line.split()[:1] == [node_id])
+    return row.rsplit("  ", 1)[-1].strip()
+
+
 @pytest.mark.timeout_s(180)
 async def test_prosody_keeps_talking_to_a_cluster_whose_link_node_is_killed(cluster):
     n1, n2, prosody = cluster
-    on, pn = uname("olga"), uname("paul")
+    on, qn, pn = uname("olga"), uname("quentin"), uname("paul")
     n2.add_user_cli(on, PASSWORD)
+    n2.add_user_cli(qn, PASSWORD)
     prosody.register(pn, PASSWORD)
     o = await login(n2, on, PASSWORD)
+    q = await login(n1, qn, PASSWORD)
     p = await login(prosody, pn, PASSWORD)
     try:
-        # n1 runs the links: o's message leaves through it; Prosody's answer comes in at
-        # whichever node the balancer picks, and reaches o on n2.
+        # q, at n1, writes first: the link to p.test runs at n1. o's message leaves through
+        # it; Prosody's answer comes in at whichever node the balancer picks, and reaches o.
+        await message_and_reply(q, p, O_DOMAIN, P_DOMAIN, "first", "answer first")
+        assert links_of(n2, "n1") == "1 link"
         await message_and_reply(o, p, O_DOMAIN, P_DOMAIN, "before", "answer before")
         assert n1.proc is not None
         n1.proc.kill()
@@ -114,4 +129,4 @@ async def test_prosody_keeps_talking_to_a_cluster_whose_link_node_is_killed(clus
     except AssertionError as e:
         raise AssertionError(f"{e}\n--- n2 ---\n{n2.log_tail(80)}\n{prosody.log_tail(60)}") from None
     finally:
-        await stop_all([o, p])
+        await stop_all([o, q, p])

@@ -44,6 +44,9 @@ use crate::standby::Standby;
 pub(crate) type RemoteFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Pending, StanzaError>> + Send + 'a>>;
 
+/// A yes or no that takes a round trip.
+pub(crate) type YesNo<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
 /// How stanzas reach other domains. Federation implements it; [`NoRemote`] stands in when
 /// federation is off.
 pub(crate) trait Remote: Send + Sync {
@@ -60,17 +63,14 @@ pub(crate) trait Remote: Send + Sync {
 
     /// Whether `remote`'s server answers from here now (its link from `local` is up, or a
     /// connection attempt gets through within a few seconds).
-    fn reachable<'a>(
-        &'a self,
-        local: &'a str,
-        remote: &'a str,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+    fn reachable<'a>(&'a self, local: &'a str, remote: &'a str) -> YesNo<'a>;
 
-    /// Whether the links to other servers run on this server: always, but on a cluster
-    /// node that does not hold the federation lease. What talks to one peer at a time
-    /// (a site's replication to its hub, a hub's hand-back to a site) runs where they do.
-    fn runs_links(&self) -> bool {
-        true
+    /// Whether the link from `local` to `remote` runs on this server: always, but on a
+    /// cluster node that does not hold its lease (taken here if nobody holds it). What
+    /// talks to one peer at a time (a site's replication to its hub, a hub's hand-back to
+    /// a site) runs where its link does.
+    fn runs_link<'a>(&'a self, _local: &'a str, _remote: &'a str) -> YesNo<'a> {
+        Box::pin(std::future::ready(true))
     }
 }
 
@@ -103,11 +103,7 @@ impl Remote for NoRemote {
         Box::pin(async { Err(StanzaError::new(Condition::RemoteServerNotFound)) })
     }
 
-    fn reachable<'a>(
-        &'a self,
-        _: &'a str,
-        _: &'a str,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+    fn reachable<'a>(&'a self, _: &'a str, _: &'a str) -> YesNo<'a> {
         Box::pin(async { false })
     }
 }
@@ -360,9 +356,9 @@ impl Delivery {
         moved
     }
 
-    /// Whether the links to other servers run here (see [`Remote::runs_links`]).
-    pub(crate) fn runs_links(&self) -> bool {
-        self.remote.runs_links()
+    /// Whether the link from `local` to `remote` runs here (see [`Remote::runs_link`]).
+    pub(crate) async fn runs_link(&self, local: &str, remote: &str) -> bool {
+        self.remote.runs_link(local, remote).await
     }
 
     /// Our first configured domain: the one our links to other servers speak for.

@@ -493,7 +493,7 @@ async fn join_cluster(
     }
     let cluster = cluster::Cluster::join(config, delivery, tasks, shutdown).await?;
     if let Some(fed) = federation {
-        fed.join_cluster(&cluster).await;
+        fed.join_cluster(&cluster);
     }
     Ok(Some(cluster))
 }
@@ -576,11 +576,12 @@ async fn start_services(
         let task = muc::start(delivery.clone(), service, domain, muc, shutdown.clone()).await;
         tasks.spawn(task);
     }
-    // A cluster node starts the queue's upkeep when it takes the links (`cluster::links`).
-    if let Some(fed) = federation.filter(|_| !config.cluster.enabled()) {
+    let cluster = join_cluster(config, delivery, federation, tasks, shutdown).await?;
+    // After joining: on a cluster, queued links resume where their leases are taken.
+    if let Some(fed) = federation {
         fed.start();
     }
-    join_cluster(config, delivery, federation, tasks, shutdown).await
+    Ok(cluster)
 }
 
 /// Starts accepting on every listener; their kinds and addresses.

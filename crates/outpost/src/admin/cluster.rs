@@ -53,7 +53,7 @@ async fn from_registry(config: &Config) -> anyhow::Result<ClusterStatus> {
                     heard_ms_ago: None,
                     directory: 0,
                     rooms: 0,
-                    links: false,
+                    links: 0,
                 }
                 .with_leases(&n.epoch, &leases, now)
             })
@@ -126,16 +126,15 @@ fn row(n: &NodeStatus, me: bool, running: bool, now: i64) -> [String; 8] {
     ]
 }
 
-/// What a node runs for the cluster, from its leases: `links, 3 rooms`, or `-`.
+/// What a node runs for the cluster, from its leases: `2 links, 3 rooms`, or `-`.
 fn runs(n: &NodeStatus) -> String {
     let mut parts = Vec::new();
-    if n.links {
-        parts.push("links".to_owned());
-    }
-    match n.rooms {
-        0 => {}
-        1 => parts.push("1 room".to_owned()),
-        k => parts.push(format!("{k} rooms")),
+    for (count, one, many) in [(n.links, "link", "links"), (n.rooms, "room", "rooms")] {
+        match count {
+            0 => {}
+            1 => parts.push(format!("1 {one}")),
+            k => parts.push(format!("{k} {many}")),
+        }
     }
     match parts.is_empty() {
         true => "-".to_owned(),

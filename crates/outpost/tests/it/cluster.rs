@@ -239,8 +239,8 @@ impl Balancer {
     }
 }
 
-/// Two federated nodes of the domain (the first runs the links, having started first)
-/// behind a load balancer, and a peer server `peer.test` (another Outpost).
+/// Two federated nodes of the domain behind a load balancer, and a peer server `peer.test`
+/// (another Outpost). The link to the peer runs on the node where its first stanza starts.
 fn federated_cluster(dir: &Path) -> (NatsServer, Balancer, Server, Server, Server) {
     let nats = NatsServer::start();
     let pg = outpost_testkit::postgres::shared();
@@ -262,8 +262,10 @@ fn federated_cluster(dir: &Path) -> (NatsServer, Balancer, Server, Server, Serve
     (nats, balancer, peer, n1, n2)
 }
 
-/// A node dies with its user's contact on another server subscribed to her: the node
-/// running the links tells that server she is unavailable.
+/// A node dies with its user's contact on another server subscribed to her, and with the
+/// link to that server, which her first message made there: the other node keeps her unavailable
+/// presence until the dead node's lease on the link ends, takes the link and tells that
+/// server.
 #[test]
 fn a_dead_node_s_users_go_unavailable_at_federated_contacts() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -274,32 +276,44 @@ fn a_dead_node_s_users_go_unavailable_at_federated_contacts() {
     let mut bob = login(peer.c2s, "peer.test", "bob");
     alice.send("<presence/>");
     bob.send("<presence/>");
+    // Her message is the link's first stanza: it runs at her node.
+    alice.send("<message to='bob@peer.test' type='chat' id='hi'><body>hello</body></message>");
+    bob.recv_until(|el| body(el).as_deref() == Some("hello"));
     let alice_jid = format!("alice@{DOMAIN}");
     subscribe(&mut bob, "bob@peer.test", &mut alice, &alice_jid);
     let alice_full = format!("{alice_jid}/r");
     bob.recv_until(|el| is_presence(el, &alice_full, None));
+    let table = admin_cluster(dir.path(), "n1");
+    assert!(row(&table, "n2").ends_with("1 link"), "{table}");
     n2.kill();
     bob.recv_until(|el| is_presence(el, &alice_full, Some("unavailable")));
+    let table = admin_cluster(dir.path(), "n1");
+    assert!(row(&table, "n1").ends_with("1 link"), "{table}");
     drop(n1);
 }
 
-/// The node running the federation links is killed with SIGKILL while a user on the
-/// other node sends a burst to a user of a peer server (another Outpost, reaching the
-/// cluster through a load balancer): the other node takes the links over once the dead
-/// one's lease ends, and the peer's user gets every message once, in order; his answers
-/// reach her through the node that is left.
+/// The node running the link to a peer server (another Outpost, reaching the cluster
+/// through a load balancer) is killed with SIGKILL while a user on the other node sends a
+/// burst to a user there: the other node takes the link over once the dead one's lease
+/// ends, and the peer's user gets every message once, in order; his answers reach her
+/// through the node that is left.
 #[test]
 fn a_federated_peer_keeps_talking_while_the_link_owner_is_killed() {
     const COUNT: usize = 60;
     let dir = tempfile::tempdir().expect("tempdir");
     let (_nats, _balancer, peer, mut n1, n2) = federated_cluster(dir.path());
     register(n1.c2s, DOMAIN, "alice");
+    register(n1.c2s, DOMAIN, "carol");
     register(peer.c2s, "peer.test", "bob");
     let mut alice = login(n2.c2s, DOMAIN, "alice");
     let mut bob = login(peer.c2s, "peer.test", "bob");
     bob.send("<presence/>");
-    alice.send("<message to='bob@peer.test' type='chat' id='hi'><body>hello</body></message>");
+    // Carol, at n1, writes first: the link runs there.
+    let mut carol = login(n1.c2s, DOMAIN, "carol");
+    carol.send("<message to='bob@peer.test' type='chat' id='hi'><body>hello</body></message>");
     bob.recv_until(|el| body(el).as_deref() == Some("hello"));
+    let table = admin_cluster(dir.path(), "n2");
+    assert!(row(&table, "n1").ends_with("1 link"), "{table}");
 
     for i in 0..COUNT {
         if i == COUNT / 2 {

@@ -33,7 +33,7 @@ mod resume;
 mod services;
 mod wire;
 
-pub(crate) use links::{LinkHost, LinksAt};
+pub(crate) use links::{Ask, LinkAt, LinkHost, Queued};
 pub(crate) use resume::Arrived;
 
 use std::collections::HashMap;
@@ -127,9 +127,9 @@ pub struct NodeStatus {
     /// The rooms it runs (their leases, `room:<JID>`).
     #[serde(default)]
     pub rooms: u64,
-    /// Whether it runs the federation links (the lease `s2s`).
+    /// The links to other servers it runs (their leases, `s2s:<local>/<remote>`).
     #[serde(default)]
-    pub links: bool,
+    pub links: u64,
 }
 
 impl NodeStatus {
@@ -140,7 +140,7 @@ impl NodeStatus {
             .filter(|l| l.node_id == self.node_id && l.epoch == epoch && l.until_ms >= now_ms);
         for l in held {
             match l.name.as_str() {
-                "s2s" => self.links = true,
+                name if name.starts_with(links::LINK_LEASE) => self.links += 1,
                 name if name.starts_with("room:") => self.rooms += 1,
                 _ => {}
             }
@@ -259,7 +259,7 @@ pub(crate) struct Cluster {
     expired: Mutex<HashMap<String, String>>,
     /// Nodes that said goodbye, with the start that did: not met again.
     departed: Mutex<HashMap<String, String>>,
-    /// The federation links, which one node runs for all.
+    /// The links to other servers: which node runs each.
     links: links::Links,
     /// The room services, whose rooms each run on one node (multi-user chat).
     services: Arc<services::Services>,
@@ -412,6 +412,12 @@ impl Cluster {
             },
             address,
         }
+    }
+
+    /// Whether `node`, in that start, is a node this one hears.
+    fn is_live(&self, node: &str, epoch: &str) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.get(node).is_some_and(|p| p.epoch == epoch)
     }
 
     /// Takes a tag for this node's archive ids that no other live node holds (a lease
@@ -599,7 +605,7 @@ impl Cluster {
                     started_ms: n.started_ms,
                     lease_until_ms: Some(n.lease_until_ms),
                     rooms: 0,
-                    links: false,
+                    links: 0,
                 }
                 .with_leases(&epoch, &leases, now)
             })
@@ -616,7 +622,7 @@ impl Cluster {
                     heard_ms_ago: Some(p.heard.elapsed().as_millis() as u64),
                     directory: directory.get(id).copied().unwrap_or(0),
                     rooms: 0,
-                    links: false,
+                    links: 0,
                 });
             }
         }

@@ -76,7 +76,7 @@ impl Cluster {
             }
             let (d, bus) = (&self.delivery, &self.bus);
             self.services.renew(d, bus).await;
-            self.links.claim(&self).await;
+            self.renew_links().await;
             self.claim_tag().await;
         }
         let store = self.delivery.store();
@@ -415,9 +415,8 @@ impl Cluster {
         let dropped = self.delivery.router().drop_node(node);
         self.announce_gone(dropped);
         self.services.node_gone(&self.delivery, node);
-        if self.links.node_gone(node) {
-            self.claim_soon.notify_one();
-        }
+        self.links.node_gone(node);
+        self.claim_soon.notify_one();
     }
 
     fn announce_gone(&self, sessions: Vec<SessionEntry>) {
@@ -426,13 +425,19 @@ impl Cluster {
             return;
         }
         let d = self.delivery.clone();
-        // The node running the links tells the contacts on other servers, once.
-        let links_here = matches!(self.links_at(), super::LinksAt::Here);
+        // One node tells the contacts on other servers: the first of those left.
+        let remote = self.first_left();
         self.tasks.spawn(async move {
             for e in gone {
-                unavailable_here(&d, &e.jid, links_here).await;
+                unavailable_here(&d, &e.jid, remote).await;
             }
         });
+    }
+
+    /// Whether this node's id comes first among the live nodes it hears.
+    fn first_left(&self) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.keys().all(|n| **n > *self.bus.node_id)
     }
 
     /// A message on this node's own subject.
@@ -472,7 +477,8 @@ impl Cluster {
             body @ (Body::S2sSend { .. }
             | Body::S2sWake { .. }
             | Body::S2sVerify { .. }
-            | Body::S2sVerdict { .. }) => self.on_links(&env.node, syncing, body),
+            | Body::S2sVerdict { .. }
+            | Body::S2sMoved { .. }) => self.on_links(&env.node, syncing, body),
             _ => debug!(node = %env.node, "unexpected message on this node's subject"),
         }
     }

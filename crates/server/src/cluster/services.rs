@@ -427,14 +427,6 @@ impl Services {
     }
 }
 
-impl Cluster {
-    /// Whether `node`, in that start, is a node this one hears.
-    fn is_live(&self, node: &str, epoch: &str) -> bool {
-        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
-        peers.get(node).is_some_and(|p| p.epoch == epoch)
-    }
-}
-
 /// Whether a stanza may create its room: a join (presence with the MUC payload to an
 /// occupant JID), as `muc` decides.
 fn may_create(el: &Element) -> bool {

@@ -67,15 +67,15 @@ pub(super) enum Body {
         request: String,
         result: Result<i64, String>,
     },
-    /// To the node running the links: send this best-effort to `remote`.
+    /// To the node running the pair's link: send this best-effort to `remote`.
     S2sSend {
         local: String,
         remote: String,
         xml: String,
     },
-    /// To the node running the links: the pair's outbox has new entries.
+    /// To the node running the pair's link: its outbox has new entries.
     S2sWake { local: String, remote: String },
-    /// To the node running the links: verify a peer's dialback key (XEP-0220).
+    /// To the node running the pair's link: verify a peer's dialback key (XEP-0220).
     S2sVerify {
         local: String,
         remote: String,
@@ -85,6 +85,8 @@ pub(super) enum Body {
     },
     /// The verdict: `valid`, `invalid` or an error condition.
     S2sVerdict { request: String, verdict: String },
+    /// To a node that asked for a link: this node does not run it (forget that owner).
+    S2sMoved { local: String, remote: String },
     /// On the directory subject: a link came up; re-probe contacts there.
     LinkUp { local: String, remote: String },
     /// On the directory subject: a user changed their archiving preferences (XEP-0441)

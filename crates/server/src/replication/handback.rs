@@ -41,7 +41,8 @@ pub(super) fn is_handback(el: &Element) -> bool {
 
 /// On a hub: merges back what it wrote for `site`'s users and hands their messages back
 /// whenever it does not stand in for the site, at start, after each standby and every
-/// [`LOOK_AGAIN`], until shutdown (on a cluster, on the node that runs the links).
+/// [`LOOK_AGAIN`], until shutdown (on a cluster, on the node that runs the link to the
+/// site).
 pub(crate) async fn run(d: Arc<Delivery>, site: String, shutdown: CancellationToken) {
     loop {
         // Listening before looking: a standby that ends while the hub hands back is not
@@ -49,9 +50,12 @@ pub(crate) async fn run(d: Arc<Delivery>, site: String, shutdown: CancellationTo
         let ended = d.standby().ended().notified();
         tokio::pin!(ended);
         ended.as_mut().enable();
-        // On a cluster, the node that runs the links hands back (the others would send the
-        // same again).
-        if !d.standby().is_active(&site) && d.runs_links() {
+        // On a cluster, the node that runs the link to the site hands back (the others
+        // would send the same again); the link is not taken for nothing to send.
+        if !d.standby().is_active(&site)
+            && owes(&d, &site).await
+            && d.runs_link(&d.home_domain(), &site).await
+        {
             if let Err(reason) = super::merge::merge_back(&d, &site).await {
                 debug!(%site, %reason, "what the hub wrote for the site's users waits");
             }
@@ -65,6 +69,18 @@ pub(crate) async fn run(d: Arc<Delivery>, site: String, shutdown: CancellationTo
             () = tokio::time::sleep(LOOK_AGAIN) => {}
         }
     }
+}
+
+/// Whether the hub has anything to merge back into `site` or hand back to it (or cannot
+/// tell: the store did not answer, and the attempt will say why).
+async fn owes(d: &Delivery, site: &str) -> bool {
+    let store = d.store();
+    let merge = store
+        .repl_merge_read(site, 1)
+        .await
+        .map(|(_, upto)| upto != 0);
+    let messages = store.offline_owners(site).await.map(|o| !o.is_empty());
+    merge.unwrap_or(true) || messages.unwrap_or(true)
 }
 
 /// Hands back every message the hub stored for `site`'s users (not the site's own it keeps

@@ -46,7 +46,7 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_LAST: Duration = Duration::from_secs(10);
 
 /// What a cluster node that does not ship says of replication.
-const ELSEWHERE: &str = "replication runs on the node that runs the federation links";
+const ELSEWHERE: &str = "replication runs on the node that runs the link to the hub";
 
 /// How a site's replication to its hub goes, as the shipper last saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -157,13 +157,13 @@ impl Shipper {
     async fn run(mut self, shutdown: CancellationToken) {
         let mut retry = RETRY_FIRST;
         loop {
-            let step = match self.d.runs_links() {
+            let step = match self.d.runs_link(&self.local, &self.hub).await {
                 true => tokio::select! {
                     () = shutdown.cancelled() => return,
                     step = self.step() => step,
                 },
-                // On a cluster, the node that runs the links ships (the log is shared); this
-                // one asks the hub where it stands when its turn comes.
+                // On a cluster, the node that runs the link to the hub ships (the log is
+                // shared); this one asks the hub where it stands when its turn comes.
                 false => self.elsewhere(),
             };
             let wait = match step {
@@ -425,7 +425,7 @@ impl Shipper {
         wire::parse_position(&answer).ok_or_else(|| "the hub's answer has no position".to_owned())
     }
 
-    /// Another node of the cluster runs the links, and ships.
+    /// Another node of the cluster runs the link to the hub, and ships.
     fn elsewhere(&mut self) -> Step {
         self.at = None;
         self.prefetched = None;

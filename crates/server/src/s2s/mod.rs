@@ -60,9 +60,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 pub(crate) use crate::clock::now_ms;
-use crate::cluster::{Cluster, LinkHost, LinksAt};
+use crate::cluster::{Ask, Cluster, LinkAt, LinkHost, Queued};
 use crate::config::{Config, FederationConfig, HostPort, WssUrl};
-use crate::delivery::{Accepted, Delivery, Remote, RemoteFuture};
+use crate::delivery::{Accepted, Delivery, Remote, RemoteFuture, YesNo};
 use crate::journal::Journal;
 use crate::tasks::Tasks;
 use crate::tls::{TlsError, TlsIdentity};
@@ -96,6 +96,8 @@ pub(crate) struct Wakers {
 struct LinkHandle {
     tx: mpsc::Sender<LinkCmd>,
     wake: Arc<Wakers>,
+    /// Stops the link task (on a cluster, when this node lost the link's lease).
+    stop: CancellationToken,
 }
 
 /// What link tasks and the dialers see: the federation settings, where peers are, the
@@ -117,7 +119,7 @@ pub(crate) struct LinkEnv {
     /// Bounces and presence re-probes; gone only while the server stops.
     delivery: Weak<Delivery>,
     shutdown: CancellationToken,
-    /// This node's cluster, when it is one: the links run on one node at a time.
+    /// This node's cluster, when it is one: each link runs on one node at a time.
     cluster: OnceLock<Arc<Cluster>>,
 }
 
@@ -217,8 +219,7 @@ pub(crate) struct Federation {
     idle_timeout: Duration,
     max_stanza_bytes: usize,
     replica_sites: Option<Vec<String>>,
-    /// Whether the queue's upkeep runs (on a cluster, from when this node first runs the
-    /// links).
+    /// Whether the queue's upkeep runs.
     maintained: AtomicBool,
 }
 
@@ -257,25 +258,16 @@ impl Federation {
         }
     }
 
-    /// This server is a node of `cluster`: its links run here only while it holds the
-    /// cluster's federation lease (see `cluster::links`).
-    pub(crate) async fn join_cluster(self: &Arc<Self>, cluster: &Arc<Cluster>) {
+    /// This server is a node of `cluster`: a link runs here only while this node holds
+    /// its lease (see `cluster::links`).
+    pub(crate) fn join_cluster(self: &Arc<Self>, cluster: &Arc<Cluster>) {
         let _ = self.env.cluster.set(cluster.clone());
-        cluster.host_links(self.clone()).await;
+        cluster.host_links(self.clone());
     }
 
-    /// Whether the links run on this server (always, but on a cluster node that does not
-    /// hold the federation lease).
-    fn runs_links(&self) -> bool {
-        matches!(self.links_at().0, LinksAt::Here)
-    }
-
-    /// Where the links run: here, unless a cluster says otherwise.
-    fn links_at(&self) -> (LinksAt, Option<&Arc<Cluster>>) {
-        match self.env.cluster.get() {
-            Some(c) => (c.links_at(), Some(c)),
-            None => (LinksAt::Here, None),
-        }
+    /// This node's cluster, when it is one.
+    fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.env.cluster.get()
     }
 
     /// This server's hub (`federation.hub`).
@@ -365,18 +357,28 @@ impl Federation {
         }
         let (tx, rx) = mpsc::channel(LINK_CHANNEL);
         let wake = Arc::new(Wakers::default());
+        let stop = self.env.shutdown.child_token();
         self.env.board.set(local, remote, LinkState::Idle, None);
         let settings = link::settings(&self.env, local, remote);
-        self.tasks
-            .spawn(link::run(self.env.clone(), settings, rx, wake.clone()));
+        let task = link::run(self.env.clone(), settings, rx, wake.clone(), stop.clone());
+        self.tasks.spawn(task);
         links.insert(
             key,
             LinkHandle {
                 tx: tx.clone(),
                 wake: wake.clone(),
+                stop,
             },
         );
         (tx, wake)
+    }
+
+    /// Stops the link for a pair, if it runs here; what it had not sent stays queued.
+    fn stop_link(&self, local: &str, remote: &str) {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = links.remove(&(local.to_owned(), remote.to_owned())) {
+            h.stop.cancel();
+        }
     }
 
     /// Tells the link for a pair that there is work.
@@ -387,11 +389,15 @@ impl Federation {
 
     /// Wakes the link for a pair if it exists: a peer that connected to us is reachable.
     fn wake_existing(&self, local: &str, remote: &str) {
-        match self.links_at() {
-            (LinksAt::Here, _) => {}
-            (LinksAt::Node(node), Some(c)) => return c.wake_remote(&node, local, remote),
-            _ => return,
+        if let Some(c) = self.cluster() {
+            let _ = c.ask_link(local, remote, Ask::Reachable);
+            return;
         }
+        self.reachable_here(local, remote);
+    }
+
+    /// Wakes the link for a pair if it runs here.
+    fn reachable_here(&self, local: &str, remote: &str) {
         let links = self.links.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(h) = links.get(&(local.to_owned(), remote.to_owned())) {
             h.wake.work.notify_one();
@@ -402,13 +408,18 @@ impl Federation {
     /// Asks `remote`'s server, over our link from `local`, whether it sent `key` on our
     /// incoming stream `id` (XEP-0220 §2.1.2–§2.1.3).
     async fn verify(&self, local: &str, remote: &str, id: &str, key: &str) -> DialbackVerdict {
-        match self.links_at() {
-            (LinksAt::Here, _) => {}
-            (LinksAt::Node(node), Some(c)) => {
-                return c.verify_remote(&node, local, remote, id, key).await;
+        if let Some(c) = self.cluster() {
+            match c.link_at(local, remote).await {
+                LinkAt::Here => {}
+                LinkAt::Node(node) => return c.verify_remote(&node, local, remote, id, key).await,
+                LinkAt::Nowhere => return DialbackVerdict::Error("remote-connection-failed"),
             }
-            _ => return DialbackVerdict::Error("remote-connection-failed"),
         }
+        self.verify_here(local, remote, id, key).await
+    }
+
+    /// Verifies a dialback key over the link that runs here.
+    async fn verify_here(&self, local: &str, remote: &str, id: &str, key: &str) -> DialbackVerdict {
         let (tx, wake) = self.link(local, remote);
         let (reply, answer) = oneshot::channel();
         let cmd = LinkCmd::Verify {
@@ -458,11 +469,7 @@ impl Remote for Federation {
     /// A TCP connection to its server (or its WebSocket endpoint) opens within
     /// [`REACH_TIMEOUT`]. Not the link's state: a link stays up for seconds after a silent
     /// cut, and a server that was killed refuses at once.
-    fn reachable<'a>(
-        &'a self,
-        _local: &'a str,
-        remote: &'a str,
-    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+    fn reachable<'a>(&'a self, _local: &'a str, remote: &'a str) -> YesNo<'a> {
         Box::pin(async move {
             let env = &self.env;
             let probes = async {
@@ -480,17 +487,21 @@ impl Remote for Federation {
         })
     }
 
-    fn runs_links(&self) -> bool {
-        Federation::runs_links(self)
+    fn runs_link<'a>(&'a self, local: &'a str, remote: &'a str) -> YesNo<'a> {
+        Box::pin(async move {
+            match self.cluster() {
+                Some(c) => c.link_at(local, remote).await == LinkAt::Here,
+                None => true,
+            }
+        })
     }
 
     /// Sends a stanza best-effort: on the link's current or next stream (through the
-    /// node running the links, on a cluster).
+    /// node running the link, on a cluster).
     fn send(&self, local: &str, remote: &str, el: Element) -> Result<(), Element> {
-        match self.links_at() {
-            (LinksAt::Here, _) => self.send_here(local, remote, el),
-            (LinksAt::Node(node), Some(c)) => c.send_remote(&node, local, remote, el),
-            _ => Err(el),
+        match self.cluster() {
+            Some(c) => c.ask_link(local, remote, Ask::Send(el)),
+            None => self.send_here(local, remote, el),
         }
     }
 
@@ -538,20 +549,20 @@ impl Federation {
 }
 
 impl Federation {
-    /// What tells the link of a pair that its outbox has new entries: its task here, the
-    /// node running the links on a cluster, or nobody while no node does (the next one to
-    /// take the links over resumes every queue).
+    /// What tells the link of a pair that its outbox has new entries: its task here, or
+    /// on a cluster the node running it (see `cluster::links`).
     fn waker(&self, local: &str, remote: &str) -> Box<dyn Fn() + Send + Sync> {
-        match self.links_at() {
-            (LinksAt::Here, _) => {
+        match self.cluster() {
+            Some(c) => {
+                let (c, local, remote) = (c.clone(), local.to_owned(), remote.to_owned());
+                Box::new(move || {
+                    let _ = c.ask_link(&local, &remote, Ask::Wake);
+                })
+            }
+            None => {
                 let (_, wake) = self.link(local, remote);
                 Box::new(move || wake.work.notify_one())
             }
-            (LinksAt::Node(node), Some(c)) => {
-                let (c, local, remote) = (c.clone(), local.to_owned(), remote.to_owned());
-                Box::new(move || c.wake_remote(&node, &local, &remote))
-            }
-            _ => Box::new(|| {}),
         }
     }
 }
@@ -565,6 +576,10 @@ impl LinkHost for Federation {
         Federation::wake(self, local, remote);
     }
 
+    fn reachable(&self, local: &str, remote: &str) {
+        self.reachable_here(local, remote);
+    }
+
     fn verify<'a>(
         &'a self,
         local: &'a str,
@@ -572,12 +587,15 @@ impl LinkHost for Federation {
         id: &'a str,
         key: &'a str,
     ) -> Pin<Box<dyn Future<Output = DialbackVerdict> + Send + 'a>> {
-        Box::pin(Federation::verify(self, local, remote, id, key))
+        Box::pin(self.verify_here(local, remote, id, key))
     }
 
-    fn took_over(self: Arc<Self>) {
-        self.start();
-        self.tasks.spawn(queue::resume(self.clone()));
+    fn stop(&self, local: &str, remote: &str) {
+        self.stop_link(local, remote);
+    }
+
+    fn queued(&self) -> Queued<'_> {
+        Box::pin(queue::queued(self))
     }
 
     fn restored(&self, local: &str, remote: &str) {

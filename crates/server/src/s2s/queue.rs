@@ -15,40 +15,50 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// Entries expired per store call.
 const EXPIRE_BATCH: u32 = 500;
 
-/// Wakes the links with stanzas queued: those left from before a restart (a restart must
-/// not wait for new traffic to resume old queues), or, on a cluster, by the node that ran
-/// the links before this one.
-pub(super) async fn resume(fed: Arc<Federation>) {
-    if !fed.runs_links() {
-        return;
-    }
+/// The pairs of our domains with stanzas queued.
+pub(super) async fn queued(fed: &Federation) -> Vec<(String, String)> {
     match fed.env.store.outbox_stats().await {
         Ok(stats) => {
-            for s in stats.iter().filter(|s| s.queued > 0) {
-                if crate::config::is_one_of(&fed.listening().domains, &s.local_domain) {
-                    info!(local = %s.local_domain, remote = %s.remote_domain, queued = s.queued, "resuming queued link");
-                    fed.wake(&s.local_domain, &s.remote_domain);
-                }
-            }
+            let domains = &fed.listening().domains;
+            stats
+                .into_iter()
+                .filter(|s| s.queued > 0 && crate::config::is_one_of(domains, &s.local_domain))
+                .map(|s| (s.local_domain, s.remote_domain))
+                .collect()
         }
-        Err(e) => warn!(error = %e, "cannot read the outbox"),
+        Err(e) => {
+            warn!(error = %e, "cannot read the outbox");
+            Vec::new()
+        }
+    }
+}
+
+/// Wakes the links with stanzas queued: those left from before a restart (a restart must
+/// not wait for new traffic to resume old queues). On a cluster, the next renewal of the
+/// link leases does, for the links nobody runs (see `cluster::links`).
+async fn resume(fed: &Federation) {
+    if let Some(c) = fed.cluster() {
+        return c.sweep_links();
+    }
+    for (local, remote) in queued(fed).await {
+        info!(%local, %remote, "resuming queued link");
+        fed.wake(&local, &remote);
     }
 }
 
 /// Resumes the links with stanzas queued, then expires old queue entries and forgets old
-/// stanza ids, periodically, until shutdown. On a cluster, also wakes the queued links
-/// each round: an entry committed as the links changed hands may have told the old node.
+/// stanza ids, periodically, until shutdown. On a cluster, every node does (each entry
+/// expires once), and each round looks for queued links nobody runs: an entry committed
+/// as its link changed hands may have told the old node.
 pub(super) async fn maintenance(fed: Arc<Federation>) {
     let env = fed.env.clone();
-    resume(fed.clone()).await;
+    resume(&fed).await;
     let lifetime_secs = env.config.queue_lifetime_secs;
     let lifetime_ms = i64::try_from(lifetime_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let every = (Duration::from_secs(lifetime_secs) / 4)
         .clamp(Duration::from_millis(250), MAINTENANCE_INTERVAL);
     loop {
-        if fed.runs_links() {
-            expire(&env, lifetime_ms).await;
-        }
+        expire(&env, lifetime_ms).await;
         // Ids are remembered a day longer than any peer retries (XEP-0359 dedup window).
         let keep_ms = lifetime_ms.saturating_add(24 * 3600 * 1000);
         if let Err(e) = env.store.prune_seen(now_ms().saturating_sub(keep_ms)).await {
@@ -58,8 +68,8 @@ pub(super) async fn maintenance(fed: Arc<Federation>) {
             () = env.shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        if env.cluster.get().is_some() {
-            resume(fed.clone()).await;
+        if fed.cluster().is_some() {
+            resume(&fed).await;
         }
     }
 }

@@ -140,6 +140,19 @@ impl LinkBoard {
         changed
     }
 
+    /// Forgets a link that stopped.
+    pub(crate) fn remove(&self, local: &str, remote: &str) {
+        let key = (local.to_owned(), remote.to_owned());
+        let removed = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        if removed.is_some() {
+            self.changed.send_replace(());
+        }
+    }
+
     /// Records the path a link uses or is trying.
     pub(crate) fn set_path(&self, local: &str, remote: &str, path: &'static str) {
         let changed = {

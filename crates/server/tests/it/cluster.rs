@@ -762,9 +762,9 @@ fn federated(c: &mut outpost_server::config::Config, domain: &str, dns: std::net
     c.federation.dialback_secret = Some(format!("{domain}-dialback-secret-for-tests"));
 }
 
-/// Two federated nodes of `localhost` and a peer server, `b.test`, that reaches the
-/// domain at the second node.
-async fn federated_cluster() -> (NatsServer, TestServer, TestServer, TestServer) {
+/// Two federated nodes of `localhost` and two peer servers, `b.test` and `c.test`, that
+/// reach the domain at the second node.
+async fn federated_cluster() -> (NatsServer, TestServer, TestServer, [TestServer; 2]) {
     let nats = tokio::task::spawn_blocking(NatsServer::start)
         .await
         .expect("nats");
@@ -779,83 +779,202 @@ async fn federated_cluster() -> (NatsServer, TestServer, TestServer, TestServer)
     };
     let n1 = TestServer::start_with_store(store(&url).await, node("n1"), None).await;
     let n2 = TestServer::start_with_store(store(&url).await, node("n2"), None).await;
-    let peer = TestServer::start_with(|c| federated(c, "b.test", dns.addr)).await;
-    for n in [&n1, &n2] {
-        let at = peer.s2s.expect("peer s2s").into();
-        n.handle.as_ref().unwrap().set_peer_address("b.test", at);
+    let b = TestServer::start_with(|c| federated(c, "b.test", dns.addr)).await;
+    let c = TestServer::start_with(|c| federated(c, "c.test", dns.addr)).await;
+    for peer in [&b, &c] {
+        for n in [&n1, &n2] {
+            let at = peer.s2s.expect("peer s2s").into();
+            n.handle
+                .as_ref()
+                .unwrap()
+                .set_peer_address(peer.domain(), at);
+        }
+        // The peers reach the domain at n2: a peer's dialback key is verified for n2 by
+        // the node that runs the link to that peer.
+        let at_n2 = n2.s2s.expect("n2 s2s").into();
+        peer.handle
+            .as_ref()
+            .unwrap()
+            .set_peer_address("localhost", at_n2);
     }
-    // The peer reaches the domain at n2, which does not run the links: the peer's dialback
-    // key is verified for n2 by n1, over n1's link.
-    let at_n2 = n2.s2s.expect("n2 s2s").into();
-    peer.handle
-        .as_ref()
-        .unwrap()
-        .set_peer_address("localhost", at_n2);
-    (nats, n1, n2, peer)
+    (nats, n1, n2, [b, c])
 }
 
-/// The federation links run on one node (the first); a user on the other node writes to
-/// a peer server through them, and the peer, connecting to the other node, is verified
-/// through the first one and answers her. When the first node stops, the other takes the links over and drains what was queued
-/// meanwhile, once and in order.
-#[tokio::test]
-async fn federation_runs_on_one_node_and_moves_when_it_stops() {
-    let (nats, mut n1, n2, peer) = federated_cluster().await;
-    n1.add_user("alice", "wonderland").await;
-    peer.add_user("bob", "builder").await;
-    let mut alice = n2.login("alice", "wonderland", "phone").await;
-    let mut bob = peer.login("bob", "builder", "pc").await;
-    alice.available().await;
-    bob.available().await;
+/// The node that holds the lease of a cluster's link from `local` to `remote`, once one
+/// holds it and it is not `not`.
+pub(crate) async fn link_node(pg: &dyn Store, (local, remote): (&str, &str), not: &str) -> String {
+    let name = format!("s2s:{local}/{remote}");
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        let leases = pg.cluster_leases().await.map_err(|e| e.to_string())?;
+        leases
+            .into_iter()
+            .find(|l| l.name == name && l.node_id != not)
+            .map(|l| l.node_id)
+            .ok_or_else(|| format!("nobody but {not:?} runs the link {name}"))
+    })
+    .await
+}
 
-    alice.send(&chat("bob@b.test", "through n1's link")).await;
-    let got = bob
-        .recv_where(|el| is_chat_from(el, "alice@localhost/phone"))
-        .await;
-    assert_eq!(body(&got).as_deref(), Some("through n1's link"));
-    bob.send(&chat("alice@localhost/phone", "back through n2"))
-        .await;
-    let got = alice
-        .recv_where(|el| is_chat_from(el, "bob@b.test/pc"))
-        .await;
-    assert_eq!(body(&got).as_deref(), Some("back through n2"));
-    let n1_links = n1.handle.as_ref().unwrap().link_statuses().await.unwrap();
-    assert!(
-        n1_links
-            .iter()
-            .any(|l| l.remote == "b.test" && l.state.as_str() == "up"),
-        "{n1_links:?}"
+/// The state of `node`'s link to `remote` (`idle` for one only the shared outbox knows;
+/// `None`: neither knows it).
+async fn link_state(node: &TestServer, remote: &str) -> Option<String> {
+    let links = node.handle.as_ref().unwrap().link_statuses().await.unwrap();
+    let link = links.into_iter().find(|l| l.remote == remote);
+    link.map(|l| l.state.as_str().to_owned())
+}
+
+/// Sends `text` from `from` to `to` and waits for it there.
+async fn chat_across(from: &mut Client, to: &mut Client, text: &str) {
+    let (from_jid, to_bare) = (
+        from.jid.clone(),
+        to.jid.split('/').next().unwrap().to_owned(),
     );
-    let n2_links = n2.handle.as_ref().unwrap().link_statuses().await.unwrap();
-    assert!(
-        n2_links.iter().all(|l| l.state.as_str() != "up"),
-        "n2 runs no link: {n2_links:?}"
+    from.send(&chat(&to_bare, text)).await;
+    let got = to.recv_where(|el| is_chat_from(el, &from_jid)).await;
+    assert_eq!(body(&got).as_deref(), Some(text));
+}
+
+/// `from` sends `to` five messages, `<prefix> 0` to `<prefix> 4`: they arrive once, in
+/// order.
+async fn burst_arrives(from: &mut Client, to: &mut Client, prefix: &str) {
+    let to_bare = to.jid.split('/').next().unwrap().to_owned();
+    let sent: Vec<String> = (0..5).map(|i| format!("{prefix} {i}")).collect();
+    for text in &sent {
+        from.send(&chat(&to_bare, text)).await;
+    }
+    let last = sent.last().cloned();
+    let got = to.recv_until(|el| body(el) == last).await;
+    let from_jid = from.jid.clone();
+    let arrived: Vec<String> = got
+        .iter()
+        .filter(|el| is_chat_from(el, &from_jid))
+        .filter_map(body)
+        .filter(|b| b.starts_with(prefix))
+        .collect();
+    assert_eq!(arrived, sent);
+}
+
+/// Each link to another server runs on one node, the one where its traffic started:
+/// Carol, at n1, writes to b.test first and Alice, at n2, to c.test, so n1 runs the link
+/// to b.test and n2 the one to c.test. Each user's messages to the other peer leave
+/// through the other node's link; the peers, connecting to n2, are verified over each
+/// link's node, and their answers come in at n2. When n1 stops, n2 takes its link over
+/// and drains what was queued meanwhile, once and in order.
+#[tokio::test]
+async fn each_link_runs_where_its_traffic_started_and_moves_when_its_node_stops() {
+    let (nats, mut n1, n2, [b, c]) = federated_cluster().await;
+    n1.add_user("alice", "wonderland").await;
+    n1.add_user("carol", "singer").await;
+    b.add_user("bob", "builder").await;
+    c.add_user("dave", "diver").await;
+    let mut alice = n2.login("alice", "wonderland", "phone").await;
+    let mut carol = n1.login("carol", "singer", "tab").await;
+    let mut bob = b.login("bob", "builder", "pc").await;
+    let mut dave = c.login("dave", "diver", "pc").await;
+    for u in [&mut alice, &mut carol, &mut bob, &mut dave] {
+        u.available().await;
+    }
+    chat_across(&mut carol, &mut bob, "carol first").await;
+    chat_across(&mut alice, &mut dave, "alice first").await;
+    let pg = n1.store.as_ref();
+    assert_eq!(link_node(pg, ("localhost", "b.test"), "").await, "n1");
+    assert_eq!(link_node(pg, ("localhost", "c.test"), "").await, "n2");
+    assert_eq!(link_state(&n1, "b.test").await.as_deref(), Some("up"));
+    assert_eq!(link_state(&n2, "c.test").await.as_deref(), Some("up"));
+    assert_ne!(
+        link_state(&n1, "c.test").await.as_deref(),
+        Some("up"),
+        "n1 runs no link to c.test"
     );
+    assert_ne!(
+        link_state(&n2, "b.test").await.as_deref(),
+        Some("up"),
+        "n2 runs no link to b.test"
+    );
+
+    chat_across(&mut alice, &mut bob, "through n1's link").await;
+    chat_across(&mut bob, &mut alice, "back through n2").await;
+    chat_across(&mut carol, &mut dave, "through n2's link").await;
+    chat_across(&mut dave, &mut carol, "back through n2 to n1").await;
+    let status = n2
+        .handle
+        .as_ref()
+        .unwrap()
+        .cluster()
+        .await
+        .expect("a cluster");
+    let links: Vec<(String, u64)> = status
+        .nodes
+        .iter()
+        .map(|n| (n.node_id.clone(), n.links))
+        .collect();
+    assert_eq!(links, [("n1".to_owned(), 1), ("n2".to_owned(), 1)]);
 
     n1.stop().await;
-    for i in 0..5 {
-        alice.send(&chat("bob@b.test", &format!("after {i}"))).await;
-    }
-    let got = bob
-        .recv_until(|el| body(el).as_deref() == Some("after 4"))
-        .await;
-    let after: Vec<String> = got
-        .iter()
-        .filter_map(body)
-        .filter(|b| b.starts_with("after "))
-        .collect();
+    burst_arrives(&mut alice, &mut bob, "after").await;
     assert_eq!(
-        after,
-        (0..5).map(|i| format!("after {i}")).collect::<Vec<_>>()
+        link_node(n2.store.as_ref(), ("localhost", "b.test"), "n1").await,
+        "n2"
     );
     n2.wait_for_empty_outbox("b.test").await;
-    bob.send(&chat("alice@localhost/phone", "still there"))
+    chat_across(&mut bob, &mut alice, "still there").await;
+    drop((n2, b, c, nats));
+}
+
+/// A node that loses a link's lease (here, to a node that is not there) stops that link;
+/// what is queued for the peer meanwhile waits, and once the lease is free again a node
+/// takes it and drains the queue.
+#[tokio::test]
+async fn a_link_whose_lease_is_lost_stops_and_its_queue_waits_for_the_next_owner() {
+    let (nats, n1, n2, [b, c]) = federated_cluster().await;
+    n1.add_user("carol", "singer").await;
+    b.add_user("bob", "builder").await;
+    let mut carol = n1.login("carol", "singer", "tab").await;
+    let mut bob = b.login("bob", "builder", "pc").await;
+    bob.available().await;
+    chat_across(&mut carol, &mut bob, "before").await;
+    let pg = n1.store.as_ref();
+    assert_eq!(link_node(pg, ("localhost", "b.test"), "").await, "n1");
+    let name = "s2s:localhost/b.test";
+    let leases = pg.cluster_leases().await.unwrap();
+    let held = leases.iter().find(|l| l.name == name).expect("lease");
+    pg.lease_release(name, &held.node_id, &held.epoch)
+        .await
+        .unwrap();
+    let far = outpost_store::ClusterLease {
+        name: name.to_owned(),
+        node_id: "n9".to_owned(),
+        epoch: "elsewhere".to_owned(),
+        until_ms: i64::MAX,
+    };
+    assert_eq!(pg.lease_take(&far, 0).await.unwrap().node_id, "n9");
+    poll_until(tokio::time::Instant::now() + WAIT, || async {
+        match link_state(&n1, "b.test").await.as_deref() {
+            Some("up") => Err("n1 still runs the link".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+
+    carol
+        .send(&chat("bob@b.test", "while nobody runs it"))
         .await;
-    let got = alice
-        .recv_where(|el| is_chat_from(el, "bob@b.test/pc"))
+    let before = carol.barrier().await;
+    assert!(
+        before.iter().all(|el| el.attr("type") != Some("error")),
+        "the message was refused: {before:?}"
+    );
+    let queued = pg
+        .outbox_peek("localhost", "b.test", None, 10)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    pg.lease_release(name, "n9", "elsewhere").await.unwrap();
+    let got = bob
+        .recv_where(|el| body(el).as_deref() == Some("while nobody runs it"))
         .await;
-    assert_eq!(body(&got).as_deref(), Some("still there"));
-    drop((n2, peer, nats));
+    assert!(is_chat_from(&got, "carol@localhost/tab"), "{got:?}");
+    drop((n1, n2, c, nats));
 }
 
 /// NATS goes away: each node serves its own sessions (Alice and Carol, both on the first

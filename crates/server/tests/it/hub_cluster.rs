@@ -1,13 +1,12 @@
 //! A hub, or a site, as a cluster of nodes on one PostgreSQL and NATS: the hub's nodes
 //! stand in for a site together, and a site's nodes replicate from the node that runs its
-//! links. Servers in one process on loopback, as in `cluster.rs` and `replication.rs`.
+//! link to the hub. Servers in one process on loopback, as in `cluster.rs` and `replication.rs`.
 
 use outpost_server::config::{Config, Role};
-use outpost_store::Store;
 use outpost_testkit::nats::NatsServer;
 use outpost_testkit::*;
 
-use crate::cluster::{cluster_config, database, store};
+use crate::cluster::{cluster_config, database, link_node, store};
 use crate::replication::{
     HUB, alice_edits_everything, befriend, federated, handle, hub_has_the_sites, login_at, s2s,
 };
@@ -30,19 +29,6 @@ async fn node(
     TestServer::start_with_store(store(url).await, tweak, None).await
 }
 
-/// The node that holds a cluster's federation lease.
-async fn links_node(pg: &dyn Store) -> String {
-    poll_until(tokio::time::Instant::now() + WAIT, || async {
-        let leases = pg.cluster_leases().await.map_err(|e| e.to_string())?;
-        leases
-            .into_iter()
-            .find(|l| l.name == "s2s")
-            .map(|l| l.node_id)
-            .ok_or_else(|| "nobody runs the links yet".to_owned())
-    })
-    .await
-}
-
 /// Polls until `server` stands in for exactly `sites`.
 async fn standby_is(server: &TestServer, sites: &[&str]) {
     poll_until(tokio::time::Instant::now() + WAIT, || async {
@@ -56,8 +42,8 @@ async fn standby_is(server: &TestServer, sites: &[&str]) {
 }
 
 /// Two hub nodes on one database and NATS, and site a (SQLite) with alice, bob and dave,
-/// replicated there; the site reaches the hub at the node that does not run the links
-/// (`other`, an index into the nodes).
+/// replicated there; the site reaches the hub at the node that does not run the link to it
+/// (`other`, an index into the nodes), once it has replicated.
 struct HubOfTwo {
     nats: NatsServer,
     _dns: dns::DnsServer,
@@ -81,22 +67,18 @@ impl HubOfTwo {
         };
         let h1 = node(&url, nats.url(), "h1", hub_node).await;
         let h2 = node(&url, nats.url(), "h2", hub_node).await;
-        let other = match links_node(h1.store.as_ref()).await.as_str() {
-            "h1" => 1,
-            _ => 0,
-        };
         let a = TestServer::start_with(|c| {
             federated(c, "a.test");
             c.federation.dns_server = Some(dns.addr);
             c.federation.hub = Some(HUB.to_owned());
         })
         .await;
-        let hub = HubOfTwo {
+        let mut hub = HubOfTwo {
             nats,
             _dns: dns,
             h: [h1, h2],
             a,
-            other,
+            other: 0,
         };
         hub.point();
         for (user, password) in [
@@ -111,11 +93,19 @@ impl HubOfTwo {
         for user in ["alice@a.test", "bob@a.test"] {
             hub_has_the_sites(&hub.a, &hub.h[0], user).await;
         }
+        // The node the site reached took the hub's link to it; from now on the site
+        // reaches the other one.
+        let pg = hub.h[0].store.as_ref();
+        hub.other = match link_node(pg, (HUB, "a.test"), "").await.as_str() {
+            "h1" => 1,
+            _ => 0,
+        };
+        hub.point();
         hub
     }
 
-    /// The site reaches the hub at `other`; the hub's links reach the site from the node
-    /// that runs them.
+    /// The site reaches the hub at `other`; the hub's link reaches the site from the node
+    /// that runs it.
     fn point(&self) {
         handle(&self.a).set_peer_address(HUB, s2s(&self.h[self.other]));
         for h in &self.h {
@@ -180,7 +170,7 @@ async fn a_hub_of_two_nodes_stands_in_for_a_site_as_one() {
     hub_has_the_sites(a, h1, "alice@a.test").await;
     let vcard = a.store.vcard("alice@a.test").await.unwrap();
     assert!(vcard.is_some_and(|v| v.contains("Alice Liddell")));
-    // dave's message went home: handed back by the node that runs the links, whose
+    // dave's message went home: handed back by the node that runs the link to the site, whose
     // request the site answered at the other node.
     poll_until(tokio::time::Instant::now() + WAIT, || async {
         let pending = h1.store.repl_origin("a.test").await.map(|o| o.pending);
@@ -194,12 +184,12 @@ async fn a_hub_of_two_nodes_stands_in_for_a_site_as_one() {
     hub.stop().await;
 }
 
-/// A site of two nodes replicates to its hub from the node that runs its links, whichever
+/// A site of two nodes replicates to its hub from the node that runs its link there, whichever
 /// node its users change their directory at; the other node says where replication runs.
 /// The hub reaches the site at the node that does not ship, so the hub's answers to the
 /// shipper come in there and are passed on.
 #[tokio::test]
-async fn a_site_of_two_nodes_replicates_from_the_node_that_runs_its_links() {
+async fn a_site_of_two_nodes_replicates_from_the_node_that_runs_its_link_to_the_hub() {
     let nats = tokio::task::spawn_blocking(NatsServer::start)
         .await
         .expect("nats");
@@ -219,7 +209,10 @@ async fn a_site_of_two_nodes_replicates_from_the_node_that_runs_its_links() {
     };
     let mut s1 = node(&url, nats.url(), "s1", site_node).await;
     let mut s2 = node(&url, nats.url(), "s2", site_node).await;
-    let (ships, other) = match links_node(s1.store.as_ref()).await.as_str() {
+    let (ships, other) = match link_node(s1.store.as_ref(), ("a.test", HUB), "")
+        .await
+        .as_str()
+    {
         "s1" => (&s1, &s2),
         _ => (&s2, &s1),
     };
@@ -244,7 +237,7 @@ async fn a_site_of_two_nodes_replicates_from_the_node_that_runs_its_links() {
     assert!(
         idle.error
             .as_deref()
-            .is_some_and(|e| e.contains("node that runs the federation links")),
+            .is_some_and(|e| e.contains("node that runs the link to the hub")),
         "{idle:?}"
     );
     drop(alice);

@@ -15,6 +15,7 @@ use outpost_proto::s2s::Transport;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, warn};
 
 use self::machine::{Action, Link, PathSpec, Settings};
@@ -117,6 +118,7 @@ pub(super) async fn run(
     settings: Settings,
     mut rx: mpsc::Receiver<Command<oneshot::Sender<bool>>>,
     wake: Arc<Wakers>,
+    stop: CancellationToken,
 ) {
     let span = tracing::info_span!("s2s_out", local = %settings.local, remote = %settings.remote);
     let mut io = Io {
@@ -144,7 +146,7 @@ pub(super) async fn run(
             // leave first, or the peer sees them out of order.
             tokio::select! {
                 biased;
-                () = env.shutdown.cancelled() => link.shutdown(),
+                () = stop.cancelled() => link.shutdown(),
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => link.command(cmd, now()),
                     None => link.shutdown(),
@@ -165,6 +167,10 @@ pub(super) async fn run(
         io.probes.abort_all();
         if let Some(mut conn) = io.conn.take() {
             conn.shutdown().await;
+        }
+        if !env.shutdown.is_cancelled() {
+            // Stopped alone (its lease went to another node): it no longer runs here.
+            env.board.remove(&io.local, &io.remote);
         }
     }
     .instrument(span)
