@@ -32,6 +32,7 @@ mod clock;
 mod cluster;
 mod component;
 pub mod config;
+mod copies;
 mod delivery;
 mod handover;
 mod http;

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 
 use crate::archive;
 use crate::config::{MucConfig, RoomCreation};
+use crate::copies::Copies;
 use crate::delivery::{Component, Delivery};
 use crate::journal::Pending;
 
@@ -62,14 +63,12 @@ impl MucService {
     /// settled once the stanza is handled (a message: once what the room wrote is
     /// committed). A full queue gives the stanza back.
     pub(crate) fn submit(&self, el: Element, done: Option<Done>, seq: u64) -> Result<(), Element> {
-        match self.tx.try_send(Request::Stanza { el, done, seq }) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r)) => {
-                match r {
-                    Request::Stanza { el, .. } => Err(el),
-                    Request::Evict(_) => unreachable!("a stanza was sent"),
-                }
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(Request::Stanza { el, done, seq });
+                Ok(())
             }
+            Err(_) => Err(el),
         }
     }
 
@@ -367,8 +366,9 @@ impl Service {
 
     /// Carries out what a room said, in order: sends, the archive row, stored state. A
     /// message that cannot reach a local occupant's session drops that client from the
-    /// room (XEP-0045 status 333), which the room answers with more to carry out. Returns
-    /// the outcome of the archive write, if any.
+    /// room (XEP-0045 status 333), which the room answers with more to carry out. The
+    /// copies of a message for occupants on other nodes of a cluster cross to each node
+    /// once (see `copies`). Returns the outcome of the archive write, if any.
     async fn carry_out(
         &mut self,
         room_jid: &BareJid,
@@ -376,34 +376,36 @@ impl Service {
     ) -> Result<i64, StoreError> {
         let mut queue: std::collections::VecDeque<Effect> = effects.into();
         let mut archived: Option<Pending> = None;
-        while let Some(effect) = queue.pop_front() {
-            match effect {
-                Effect::Send(el) => {
-                    if let Some(gone) = self.send(el).await
-                        && let Some(room) = self.rooms.get_mut(room_jid)
-                    {
-                        queue.extend(room.drop_client(&gone));
-                    }
+        let mut copies = Copies::default();
+        loop {
+            let effect = match queue.pop_front() {
+                Some(Effect::Send(el)) => match copies.take(self.d.router(), el) {
+                    Ok(()) => continue,
+                    Err(el) => Some(Effect::Send(el)),
+                },
+                effect => effect,
+            };
+            // What does not join the run goes after it.
+            for el in copies.send() {
+                self.send_one(room_jid, el, &mut queue).await;
+            }
+            let Some(effect) = effect else {
+                match queue.is_empty() {
+                    true => break,
+                    false => continue,
                 }
+            };
+            match effect {
+                Effect::Send(el) => match copies.take(self.d.router(), el) {
+                    Ok(()) => {}
+                    Err(el) => self.send_one(room_jid, el, &mut queue).await,
+                },
                 Effect::Archive { id, from, message } => {
                     archived = Some(self.archive(room_jid, id, from, &message).await);
                 }
                 Effect::SaveRoom => self.save_room(room_jid).await,
                 Effect::SaveAffiliation { jid, affiliation } => {
-                    let value = (affiliation != Affiliation::None).then(|| affiliation.as_str());
-                    if let Err(e) = self
-                        .d
-                        .store()
-                        .muc_set_affiliation(
-                            room_jid.as_str(),
-                            jid.as_str(),
-                            value,
-                            crate::clock::now_ms(),
-                        )
-                        .await
-                    {
-                        warn!(error = %e, "cannot store an affiliation");
-                    }
+                    self.save_affiliation(room_jid, &jid, affiliation).await;
                 }
                 Effect::Destroyed => self.forget(room_jid).await,
             }
@@ -411,6 +413,31 @@ impl Service {
         match archived {
             Some(pending) => pending.await,
             None => Ok(0),
+        }
+    }
+
+    async fn save_affiliation(&self, room: &BareJid, jid: &BareJid, affiliation: Affiliation) {
+        let value = (affiliation != Affiliation::None).then(|| affiliation.as_str());
+        let now = crate::clock::now_ms();
+        let store = self.d.store();
+        let saved = store.muc_set_affiliation(room.as_str(), jid.as_str(), value, now);
+        if let Err(e) = saved.await {
+            warn!(error = %e, "cannot store an affiliation");
+        }
+    }
+
+    /// Sends a room's stanza; an occupant whose session is gone leaves the room, and what
+    /// the room says of it joins `queue`.
+    async fn send_one(
+        &mut self,
+        room_jid: &BareJid,
+        el: Element,
+        queue: &mut std::collections::VecDeque<Effect>,
+    ) {
+        if let Some(gone) = self.send(el).await
+            && let Some(room) = self.rooms.get_mut(room_jid)
+        {
+            queue.extend(room.drop_client(&gone));
         }
     }
 

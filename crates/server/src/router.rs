@@ -117,6 +117,9 @@ pub(crate) trait NodeSink: Send + Sync + std::fmt::Debug {
     /// Hands `msg` for the session `to` to its node, or gives it back if that cannot be
     /// done now.
     fn send(&self, to: &FullJid, msg: ToSession) -> Result<(), ToSession>;
+    /// Hands a stanza to its node once for several of its sessions, each to get a copy
+    /// addressed to it (`el` has no `to`). Whether it could be done now.
+    fn send_copies(&self, to: &[FullJid], el: &Element) -> bool;
 }
 
 /// A change to this node's own sessions, told to the cluster (in the order the table
@@ -563,6 +566,17 @@ impl Router {
     }
 
     /// The node that holds the session bound as `jid`: `Some(None)` for this one.
+    /// The other node that holds the session `jid`, if another node does.
+    pub(crate) fn node_of(&self, jid: &FullJid) -> Option<Arc<dyn NodeSink>> {
+        let bare = jid.to_bare();
+        let shard = self.read(&bare);
+        let r = shard.users.get(&bare)?.iter().find(|r| r.jid == *jid)?;
+        match &r.tx {
+            Mailbox::Node { node, .. } => Some(node.clone()),
+            Mailbox::Local(_) => None,
+        }
+    }
+
     pub(crate) fn holder(&self, jid: &FullJid) -> Option<Option<String>> {
         let bare = jid.to_bare();
         let shard = self.read(&bare);

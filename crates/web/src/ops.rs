@@ -184,6 +184,18 @@ fn register_cluster(registry: &mut Registry, cluster: &outpost_server::ClusterSt
         "On a cluster node: 1 if the registry in PostgreSQL answered this scrape",
         i64::from(cluster.postgres_error.is_none()),
     );
+    counter(
+        registry,
+        "cluster_published",
+        "On a cluster node: messages it published on NATS since it started",
+        cluster.published,
+    );
+    counter(
+        registry,
+        "cluster_received",
+        "On a cluster node: messages it received from the other nodes since it started",
+        cluster.received,
+    );
     let directory = Family::<Vec<(String, String)>, Gauge>::default();
     let heard = Family::<Vec<(String, String)>, Gauge<f64, AtomicU64>>::default();
     for n in cluster

@@ -58,6 +58,8 @@ async fn from_registry(config: &Config) -> anyhow::Result<ClusterStatus> {
                 .with_leases(&n.epoch, &leases, now)
             })
             .collect(),
+        published: 0,
+        received: 0,
     })
 }
 
@@ -65,7 +67,7 @@ fn render(status: &ClusterStatus, running: bool, now: i64) -> String {
     let me = &status.node_id;
     let mut text = match running {
         true => format!(
-            "node {me}: NATS {}, PostgreSQL {}\n",
+            "node {me}: NATS {}, PostgreSQL {}; {} messages out, {} in over NATS\n",
             if status.nats_connected {
                 "connected"
             } else {
@@ -74,7 +76,9 @@ fn render(status: &ClusterStatus, running: bool, now: i64) -> String {
             status
                 .postgres_error
                 .as_deref()
-                .map_or("answering".to_owned(), |e| format!("NOT ANSWERING ({e})"))
+                .map_or("answering".to_owned(), |e| format!("NOT ANSWERING ({e})")),
+            status.published,
+            status.received,
         ),
         false => format!("node {me} is not running; the registry in PostgreSQL says:\n"),
     };

@@ -37,7 +37,7 @@ pub(crate) use links::{Ask, LinkAt, LinkHost, Queued};
 pub(crate) use resume::Arrived;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,12 @@ pub struct ClusterStatus {
     pub postgres_error: Option<String>,
     /// Every registered node (PostgreSQL), with what this node hears of it.
     pub nodes: Vec<NodeStatus>,
+    /// Messages this node published on NATS since it started, and those it received
+    /// from the other nodes.
+    #[serde(default)]
+    pub published: u64,
+    #[serde(default)]
+    pub received: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -162,6 +168,9 @@ struct Bus {
     ever_connected: AtomicBool,
     /// Told each time NATS is connected.
     on_connect: tokio::sync::Notify,
+    /// Messages queued for NATS, and those received from other nodes, since the start.
+    published: AtomicU64,
+    received: AtomicU64,
 }
 
 impl Bus {
@@ -183,7 +192,11 @@ impl Bus {
     }
 
     fn publish(&self, subject: String, body: Body) -> bool {
-        self.out.try_send((subject, self.envelope(body))).is_ok()
+        let queued = self.out.try_send((subject, self.envelope(body))).is_ok();
+        if queued {
+            self.published.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
     }
 
     /// Publishes a directory change with the next number, in the order numbers are taken.
@@ -244,6 +257,17 @@ impl NodeSink for Peer {
             true => Ok(()),
             false => Err(msg),
         }
+    }
+
+    fn send_copies(&self, to: &[FullJid], el: &minidom::Element) -> bool {
+        let Some(xml) = xml(el) else {
+            return false;
+        };
+        let body = Body::Copies {
+            to: to.to_vec(),
+            xml,
+        };
+        self.bus.publish(self.bus.node_subject(&self.id), body)
     }
 }
 
@@ -338,6 +362,8 @@ impl Cluster {
             connected: AtomicBool::new(false),
             ever_connected: AtomicBool::new(false),
             on_connect: tokio::sync::Notify::new(),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
         });
         let client = connect(c.nats_url.as_deref().unwrap_or(""), &bus).await?;
         register(&client, &bus, delivery, &address).await?;
@@ -631,6 +657,8 @@ impl Cluster {
             nats_connected: self.bus.connected.load(Ordering::Relaxed),
             postgres_error,
             nodes,
+            published: self.bus.published.load(Ordering::Relaxed),
+            received: self.bus.received.load(Ordering::Relaxed),
         }
     }
 }

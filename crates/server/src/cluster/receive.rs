@@ -130,7 +130,11 @@ impl Cluster {
     fn parse(&self, payload: &[u8]) -> Option<Envelope> {
         match serde_json::from_slice::<Envelope>(payload) {
             Ok(env) if env.node == *self.bus.node_id => None,
-            Ok(env) => Some(env),
+            Ok(env) => {
+                let received = &self.bus.received;
+                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Some(env)
+            }
             Err(e) => {
                 warn!(error = %e, "dropped a cluster message that does not parse");
                 None
@@ -462,6 +466,7 @@ impl Cluster {
         };
         match env.body {
             Body::Deliver { to, msg } => self.deliver_here(&env.node, syncing, to, msg, tasks),
+            Body::Copies { to, xml } => self.copies_here(&env.node, syncing, to, &xml, tasks),
             Body::Service {
                 service,
                 xml,
@@ -530,6 +535,33 @@ impl Cluster {
             warn!(%node, from = %claimed, "dropped a stanza from a session that node does not hold");
             return;
         }
+        self.deliver_one(msg, to, tasks);
+    }
+
+    /// A stanza for several sessions here: read once, and each gets a copy addressed to it.
+    fn copies_here(&self, node: &str, syncing: bool, to: Vec<FullJid>, xml: &str, tasks: &Tasks) {
+        let Some(el) = read_stanza(xml.as_bytes(), self.limits) else {
+            warn!(%node, "dropped a cluster delivery that does not parse");
+            return;
+        };
+        let msg = ToSession::Stanza(el);
+        if let Some(claimed) = self.forged_sender(node, &msg).filter(|_| !syncing) {
+            warn!(%node, from = %claimed, "dropped a stanza from a session that node does not hold");
+            return;
+        }
+        let ToSession::Stanza(el) = msg else {
+            return;
+        };
+        for jid in to {
+            let mut copy = el.clone();
+            stanza::set_attr(&mut copy, "to", jid.as_str());
+            self.deliver_one(ToSession::Stanza(copy), jid, tasks);
+        }
+    }
+
+    /// What another node sent for the session `to`: to it if it is still here, otherwise
+    /// what the router would do with it locally.
+    fn deliver_one(&self, msg: ToSession, to: FullJid, tasks: &Tasks) {
         let router = self.delivery.router();
         if router.holder(&to) != Some(None) {
             // Not ours (any more): what the router would do with it locally.

@@ -55,6 +55,9 @@ pub(super) enum Body {
     },
     /// To a node: this for that session of yours.
     Deliver { to: FullJid, msg: Msg },
+    /// To a node: a copy of this stanza for each of these sessions of yours, addressed to
+    /// it (a room's message to its occupants there).
+    Copies { to: Vec<FullJid>, xml: String },
     /// To the node running `service`: a stanza for it; with `request`, a message whose
     /// outcome the sending node awaits.
     Service {

@@ -492,6 +492,70 @@ async fn wait_for_room(c: &mut Client) {
     }
 }
 
+/// The messages this node has published on NATS since it started.
+async fn published(node: &TestServer) -> u64 {
+    let status = node.handle.as_ref().unwrap().cluster().await;
+    status.expect("a cluster").published
+}
+
+/// A room's message for several occupants on another node crosses to that node once, and
+/// each occupant there gets a copy addressed to it, in order: Alice, on the room's node,
+/// says five things to six occupants on the other node.
+#[tokio::test]
+async fn a_room_s_message_crosses_once_to_the_node_of_its_occupants() {
+    const OCCUPANTS: usize = 6;
+    const SAID: usize = 5;
+    let c = cluster(2).await;
+    let mut alice = c.nodes[0].login("alice", "wonderland", "phone").await;
+    join(&mut alice, ROOM, "alice").await;
+    // An instant room (XEP-0045 §10.1.2): open to others from now on.
+    let instant = "<query xmlns='http://jabber.org/protocol/muc#owner'>\
+                   <x xmlns='jabber:x:data' type='submit'/></query>";
+    let reply = alice.query("set", Some(ROOM), instant).await;
+    assert_eq!(reply.attr("type"), Some("result"), "{reply:?}");
+    let mut others = Vec::new();
+    for i in 0..OCCUPANTS {
+        let user = format!("u{i}");
+        c.nodes[0].add_user(&user, "occupant").await;
+        let mut occupant = c.nodes[1].login(&user, "occupant", "pc").await;
+        join(&mut occupant, ROOM, &user).await;
+        alice.recv_presence_from(&format!("{ROOM}/{user}")).await;
+        others.push(occupant);
+    }
+    let before = published(&c.nodes[0]).await;
+    let sent: Vec<String> = (0..SAID).map(|i| format!("said {i}")).collect();
+    for text in &sent {
+        alice
+            .send(&format!(
+                "<message to='{ROOM}' type='groupchat'><body>{text}</body></message>"
+            ))
+            .await;
+    }
+    for occupant in &mut others {
+        let got = occupant
+            .recv_until(|el| body(el).as_deref() == sent.last().map(String::as_str))
+            .await;
+        let copies: Vec<&Element> = got
+            .iter()
+            .filter(|el| el.attr("from") == Some(&*format!("{ROOM}/alice")))
+            .collect();
+        let bodies: Vec<String> = copies.iter().filter_map(|el| body(el)).collect();
+        assert_eq!(bodies, sent);
+        assert!(
+            copies
+                .iter()
+                .all(|el| el.attr("to") == Some(&*occupant.jid)),
+            "{copies:?}"
+        );
+    }
+    let crossed = published(&c.nodes[0]).await - before;
+    assert!(
+        crossed < (SAID * OCCUPANTS / 2) as u64,
+        "{crossed} messages on NATS for {SAID} room messages to {OCCUPANTS} occupants"
+    );
+    c.stop().await;
+}
+
 /// Joins `room` as `nick`, reading up to the subject (or an error), which ends a join.
 async fn join(c: &mut Client, room: &str, nick: &str) -> Vec<Element> {
     c.send(&format!(
