@@ -118,9 +118,27 @@ struct Incoming {
     part: PathBuf,
     dest: PathBuf,
     path: TransferPath,
+    /// The task fetching it, stopped when the transfer ends early.
+    task: Option<tokio::task::AbortHandle>,
 }
 
 impl Files {
+    /// Notes the task fetching an incoming transfer.
+    fn fetching(&mut self, id: &str, task: tokio::task::JoinHandle<()>) {
+        if let Some(i) = self.incoming.get_mut(id) {
+            i.task = Some(task.abort_handle());
+        }
+    }
+
+    /// Forgets an incoming transfer, stopping the task fetching it.
+    fn drop_incoming(&mut self, id: &str) -> Option<Incoming> {
+        let i = self.incoming.remove(id)?;
+        if let Some(task) = &i.task {
+            task.abort();
+        }
+        Some(i)
+    }
+
     pub(crate) fn new(downloads: Option<PathBuf>) -> Files {
         Files {
             downloads,
@@ -353,13 +371,17 @@ impl Session {
                     self.proxy_send(&sid, h);
                 }
             }
+            Some("session-terminate") if self.files.incoming.contains_key(&sid) => {
+                // The sender gave up (its proxy or its file failed): so does this end.
+                self.answer(stream, el, None).await?;
+                let text = format!("the sender ended the transfer: {}", end_reason(jingle));
+                let event = self.file_event(&sid, TransferState::Failed, 0, Some(text));
+                self.files.drop_incoming(&sid);
+                self.emit(event).await;
+            }
             Some("session-terminate") if self.files.outgoing.contains_key(&sid) => {
                 self.answer(stream, el, None).await?;
-                let reason = jingle
-                    .get_child("reason", JINGLE)
-                    .and_then(|r| r.children().next())
-                    .map_or("unknown", |c| c.name())
-                    .to_owned();
+                let reason = end_reason(jingle);
                 match reason.as_str() {
                     "success" => {
                         let size = self.files.outgoing.get(&sid).map_or(0, |o| o.size);
@@ -420,12 +442,13 @@ impl Session {
             return Ok(());
         };
         let job = Receive {
-            id: sid,
+            id: sid.clone(),
             part: i.part.clone(),
             offset,
             size,
         };
-        tokio::spawn(receive_direct(job, direct, events));
+        let task = tokio::spawn(receive_direct(job, direct, events));
+        self.files.fetching(&sid, task);
         Ok(())
     }
 
@@ -450,6 +473,7 @@ impl Session {
             size,
             hash,
             path,
+            task: None,
         })
     }
 }
@@ -601,6 +625,15 @@ fn jingle(to: &str, action: &str, sid: &str, content: &str) -> String {
     )
 }
 
+/// Why the other end ended a Jingle session (its `<reason/>`'s condition).
+fn end_reason(jingle: &Element) -> String {
+    jingle
+        .get_child("reason", JINGLE)
+        .and_then(|r| r.children().next())
+        .map_or("unknown", |c| c.name())
+        .to_owned()
+}
+
 fn jingle_terminate(to: &str, sid: &str, reason: &str) -> String {
     format!(
         "<iq type='set' to='{}' id='{}'><jingle xmlns='{JINGLE}' action='session-terminate' \
@@ -700,10 +733,7 @@ impl Session {
         reason: String,
     ) -> Result<(), StreamError> {
         let event = self.file_event(id, TransferState::Failed, 0, Some(reason));
-        let other = match (
-            self.files.outgoing.remove(id),
-            self.files.incoming.remove(id),
-        ) {
+        let other = match (self.files.outgoing.remove(id), self.files.drop_incoming(id)) {
             (Some(o), _) => o.full,
             (None, Some(i)) => Some(i.from).filter(|f| f.contains('/')),
             (None, None) => return Ok(()),

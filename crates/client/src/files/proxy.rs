@@ -65,7 +65,8 @@ impl Session {
             size: i.size,
         };
         let at = (jid, host, port);
-        tokio::spawn(receive_by_proxy(job, at, hash, self.link_tx.clone()));
+        let task = tokio::spawn(receive_by_proxy(job, at, hash, self.link_tx.clone()));
+        self.files.fetching(id, task);
     }
 }
 

@@ -68,6 +68,11 @@ impl Session {
             host.attr("port").and_then(|p| p.parse::<u16>().ok()),
             o.full.clone(),
         ) else {
+            let failed = FileEvent::Failed {
+                id: sid.to_owned(),
+                reason: "the receiver named no usable proxy".to_owned(),
+            };
+            let _ = self.link_tx.try_send(LinkEvent::File(failed));
             return;
         };
         let offset = host
@@ -103,10 +108,12 @@ impl Session {
         let Some(o) = self.files.outgoing.get_mut(id) else {
             return Ok(());
         };
-        let (Some((proxy, _)), Some(full), Some(stream)) =
-            (o.proxy_at.clone(), o.full.clone(), stream)
-        else {
+        let (Some((proxy, _)), Some(full)) = (o.proxy_at.clone(), o.full.clone()) else {
             return Ok(());
+        };
+        let Some(stream) = stream else {
+            let reason = "no server to ask the proxy to join the two ends".to_owned();
+            return self.transfer_failed(None, id, reason).await;
         };
         o.proxy = Some(io);
         let ask = format!("act-{}", crate::random_id(10));

@@ -12,6 +12,10 @@ use tokio::net::TcpStream;
 /// Bytes moved between two progress reports.
 pub(crate) const REPORT_EVERY: u64 = 1 << 20;
 const CHUNK: usize = 64 * 1024;
+/// How long a receiver waits for the next bytes before it gives up (keeping what it has,
+/// for the next offer to resume): longer than a proxy keeps a stream waiting for its
+/// sender (a minute).
+const STALL: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// The SHA-256 of a file, base64 (as XEP-0300 writes it).
 pub(crate) async fn hash_file(path: &Path) -> std::io::Result<String> {
@@ -84,7 +88,18 @@ pub(crate) async fn receive_into(
     let (mut done, mut told) = (offset, offset);
     while done < size {
         let want = usize::try_from(size - done).unwrap_or(CHUNK).min(CHUNK);
-        let n = io.read(buf.get_mut(..want).unwrap_or_default()).await?;
+        let read = io.read(buf.get_mut(..want).unwrap_or_default());
+        let Ok(n) = tokio::time::timeout(STALL, read).await else {
+            file.sync_all().await?;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "nothing came for {} s at {done} of {size} bytes",
+                    STALL.as_secs()
+                ),
+            ));
+        };
+        let n = n?;
         if n == 0 {
             file.sync_all().await?;
             return Err(std::io::Error::new(
@@ -133,4 +148,22 @@ pub(crate) async fn socks5_connect(
         return Err(std::io::Error::other("the proxy refused the stream"));
     }
     Ok(tcp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_that_stalls_is_given_up_and_what_came_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let part = dir.path().join("file.part");
+        let (mut sender, mut receiver) = tokio::io::duplex(64);
+        sender.write_all(b"0123456789").await.expect("write");
+        let got = receive_into(&part, 0, 100, &mut receiver, |_| {}).await;
+        let error = got.expect_err("nothing more came");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
+        assert_eq!(std::fs::metadata(&part).expect("part").len(), 10);
+        drop(sender);
+    }
 }

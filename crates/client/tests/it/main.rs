@@ -4,6 +4,7 @@
 //! and a certificate that is not the one pinned; direct links between two clients
 //! ([`p2p`]).
 
+mod files;
 mod p2p;
 
 use std::path::Path;
