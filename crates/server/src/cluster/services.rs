@@ -54,8 +54,9 @@ struct Service {
     domain: String,
     /// This node's own service task, holding the rooms it owns.
     local: OnceLock<Arc<MucService>>,
-    /// Each room's owner as last learned (this node's id for its own), by room JID.
-    owners: Mutex<HashMap<String, String>>,
+    /// Each room's owner as last learned (this node's id for its own) and when, by room
+    /// JID.
+    owners: Mutex<HashMap<String, (String, Instant)>>,
     /// The router's queue.
     queue: OnceLock<mpsc::Sender<Routed>>,
     /// The number of the last stanza the router gave this node's service for each room
@@ -106,7 +107,7 @@ pub(super) struct Services {
 }
 
 impl Service {
-    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
         self.owners.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -115,7 +116,7 @@ impl Service {
     }
 
     fn runs_here(&self, room: &str, me: &str) -> bool {
-        self.owners().get(room).is_some_and(|o| o == me)
+        self.owners().get(room).is_some_and(|(o, _)| o == me)
     }
 }
 
@@ -236,7 +237,7 @@ impl Services {
         room: &str,
         el: &Element,
     ) -> Option<String> {
-        if let Some(o) = s.owners().get(room) {
+        if let Some((o, _)) = s.owners().get(room) {
             return Some(o.clone());
         }
         let now = crate::clock::now_ms();
@@ -258,7 +259,8 @@ impl Services {
         if lease.node_id != want.node_id || lease.epoch != want.epoch {
             let live = cluster.is_live(&lease.node_id, &lease.epoch);
             if live {
-                s.owners().insert(room.to_owned(), lease.node_id.clone());
+                let learned = (lease.node_id.clone(), Instant::now());
+                s.owners().insert(room.to_owned(), learned);
             }
             return live.then_some(lease.node_id);
         }
@@ -271,7 +273,8 @@ impl Services {
             return Some(me);
         }
         info!(%room, "this node runs the room now");
-        s.owners().insert(room.to_owned(), me.clone());
+        s.owners()
+            .insert(room.to_owned(), (me.clone(), Instant::now()));
         Some(me)
     }
 
@@ -343,8 +346,10 @@ impl Services {
         }
     }
 
-    /// Extends this node's room leases; rooms it lost leave its services.
+    /// Extends this node's room leases; rooms it lost leave its services (not those it
+    /// took while the leases were extended).
     pub(super) async fn renew(&self, d: &Delivery, bus: &Bus) {
+        let started = Instant::now();
         let until = crate::clock::now_ms() + LEASE.as_millis() as i64;
         let held = match d
             .store()
@@ -359,8 +364,10 @@ impl Services {
         };
         for s in &self.services {
             let mut lost = Vec::new();
-            s.owners().retain(|room, o| {
-                let keep = *o != *bus.node_id || held.contains(&format!("{ROOM_LEASE}{room}"));
+            s.owners().retain(|room, (o, since)| {
+                let keep = *o != *bus.node_id
+                    || *since >= started
+                    || held.contains(&format!("{ROOM_LEASE}{room}"));
                 if !keep {
                     lost.push(room.clone());
                 }
@@ -389,7 +396,7 @@ impl Services {
     /// what was sent to it for them will not be answered.
     pub(super) fn node_gone(&self, d: &Delivery, node: &str) {
         for s in &self.services {
-            s.owners().retain(|_, o| o != node);
+            s.owners().retain(|_, (o, _)| o != node);
         }
         for w in self.take_waiting(|w| w.node == node) {
             w.fail(d, "the node running the room is gone");
@@ -413,7 +420,7 @@ impl Services {
         };
         if result.is_err() {
             let mut owners = w.service.owners();
-            if owners.get(&w.room).map(String::as_str) == Some(node) {
+            if owners.get(&w.room).is_some_and(|(o, _)| o == node) {
                 owners.remove(&w.room);
             }
         }
@@ -467,7 +474,7 @@ async fn forgotten(cluster: &Cluster, s: &Service, room: &str, at: u64) {
     }
     {
         let mut owners = s.owners();
-        if owners.get(room).is_none_or(|o| o != me) {
+        if owners.get(room).is_none_or(|(o, _)| o != me) {
             return;
         }
         owners.remove(room);
