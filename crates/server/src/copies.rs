@@ -5,9 +5,10 @@
 //! again there).
 //!
 //! [`Copies`] gathers a run of copies of one group chat message; whatever does not belong
-//! to the run (another stanza, a session of this node, a copy that differs in more than
-//! its `to`) is given back to be sent as usual, once the run is sent, so the order of what
-//! each session receives does not change.
+//! to it is given back to be sent as usual: a copy for a session of this node at once (the
+//! run holds only other nodes' sessions), anything else (another stanza, a copy that
+//! differs in more than its `to`) once the run is sent, so the order of what each session
+//! receives does not change.
 
 use std::sync::Arc;
 
@@ -16,6 +17,16 @@ use minidom::Element;
 use outpost_proto::stanza;
 
 use crate::router::{NodeSink, Router};
+
+/// What became of a stanza offered to a run.
+pub(crate) enum Taken {
+    /// It joined the run.
+    Joined,
+    /// It is for no session of another node: it may be sent now, before the run.
+    Now(Element),
+    /// It must be sent after the run.
+    After(Element),
+}
 
 /// A run of copies of one group chat message for sessions held by other nodes.
 #[derive(Default)]
@@ -28,22 +39,22 @@ pub(crate) struct Copies {
 
 impl Copies {
     /// Takes `el` into the run if it is a copy of the run's message (or may start one)
-    /// for a session another node holds; gives it back otherwise.
-    pub(crate) fn take(&mut self, router: &Router, mut el: Element) -> Result<(), Element> {
+    /// for a session another node holds; gives it back otherwise, saying when it may go.
+    pub(crate) fn take(&mut self, router: &Router, mut el: Element) -> Taken {
         if el.name() != "message" || el.attr("type") != Some("groupchat") {
-            return Err(el);
+            return Taken::After(el);
         }
         let Some(to) = el.attr("to").and_then(|t| FullJid::new(t).ok()) else {
-            return Err(el);
+            return Taken::After(el);
         };
         let Some(node) = router.node_of(&to) else {
-            return Err(el);
+            return Taken::Now(el);
         };
         stanza::remove_attr(&mut el, "to");
         match &self.stanza {
             Some(run) if *run != el => {
                 stanza::set_attr(&mut el, "to", to.as_str());
-                return Err(el);
+                return Taken::After(el);
             }
             Some(_) => {}
             None => self.stanza = Some(el),
@@ -56,7 +67,7 @@ impl Copies {
             Some((_, sessions)) => sessions.push(to),
             None => self.nodes.push((node, vec![to])),
         }
-        Ok(())
+        Taken::Joined
     }
 
     /// Sends the run: once to each node for its sessions. Gives back the copies to send

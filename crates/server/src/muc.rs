@@ -32,7 +32,7 @@ use tracing::{info, warn};
 
 use crate::archive;
 use crate::config::{MucConfig, RoomCreation};
-use crate::copies::Copies;
+use crate::copies::{Copies, Taken};
 use crate::delivery::{Component, Delivery};
 use crate::journal::Pending;
 
@@ -380,8 +380,12 @@ impl Service {
         loop {
             let effect = match queue.pop_front() {
                 Some(Effect::Send(el)) => match copies.take(self.d.router(), el) {
-                    Ok(()) => continue,
-                    Err(el) => Some(Effect::Send(el)),
+                    Taken::Joined => continue,
+                    Taken::Now(el) => {
+                        self.send_one(room_jid, el, &mut queue).await;
+                        continue;
+                    }
+                    Taken::After(el) => Some(Effect::Send(el)),
                 },
                 effect => effect,
             };
@@ -397,8 +401,10 @@ impl Service {
             };
             match effect {
                 Effect::Send(el) => match copies.take(self.d.router(), el) {
-                    Ok(()) => {}
-                    Err(el) => self.send_one(room_jid, el, &mut queue).await,
+                    Taken::Joined => {}
+                    Taken::Now(el) | Taken::After(el) => {
+                        self.send_one(room_jid, el, &mut queue).await;
+                    }
                 },
                 Effect::Archive { id, from, message } => {
                     archived = Some(self.archive(room_jid, id, from, &message).await);
