@@ -585,53 +585,7 @@ async fn run(
             )
             .await?,
         )?,
-        Scenario::FederationBacklog {
-            sender,
-            recipient,
-            count,
-            peer_s2s_port,
-            ready_file,
-            wait_peer,
-            outpost,
-            a_config,
-        } => {
-            let tb = need_peer()?;
-            let max = Duration::from_secs(300);
-            let fill =
-                scenarios::federation_backlog_fill(t, sender, &tb.jid(recipient), *count, max)
-                    .await?;
-            if let Some(f) = ready_file {
-                std::fs::write(f, "queued\n")
-                    .with_context(|| format!("writing {}", f.display()))?;
-            }
-            let probe = match (outpost, a_config) {
-                (Some(o), Some(c)) => {
-                    Some(admin_queue_probe(o.clone(), c.clone(), tb.domain.clone()))
-                }
-                _ => None,
-            };
-            let s2s = SocketAddr::new(tb.addr.ip(), *peer_s2s_port);
-            // Both servers' CPU while the backlog crosses: B's pid is the new one.
-            let pids = || {
-                let mut p = t.server_pids.clone();
-                p.retain(|x| !tb.server_pids.contains(x));
-                p.extend(cli.peer_pidfile.as_deref().and_then(|f| read_pid(f).ok()));
-                p
-            };
-            let mut report = scenarios::federation_backlog_drain(
-                tb,
-                s2s,
-                recipient,
-                *count,
-                probe,
-                &pids,
-                secs(*wait_peer),
-                max,
-            )
-            .await?;
-            report.fill = Some(fill);
-            serde_json::to_value(report)?
-        }
+        Scenario::FederationBacklog { .. } => federation_backlog(t, need_peer()?, cli, s).await?,
         Scenario::Register {
             prefix,
             start,
@@ -664,34 +618,7 @@ async fn run(
             };
             serde_json::to_value(scenarios::idle_with(t, prefix, *start, *n, opts).await)?
         }
-        Scenario::Throughput {
-            prefix,
-            start,
-            pairs,
-            window,
-            warmup,
-            duration,
-            lat_sample,
-            mam_check,
-        } => {
-            let mut r = scenarios::throughput(
-                t,
-                prefix,
-                *start,
-                *pairs,
-                *window,
-                secs(*warmup),
-                secs(*duration),
-                (*lat_sample).max(1),
-            )
-            .await?;
-            if *mam_check && !t.raw && *pairs > 0 {
-                let sent = r.sent_per_pair.first().copied().unwrap_or(0);
-                let c = mam::check_first_pair(t, prefix, *start, *pairs, sent).await;
-                r.mam_check = Some(c);
-            }
-            serde_json::to_value(r)?
-        }
+        Scenario::Throughput { .. } => throughput(t, s).await?,
         Scenario::Muc(a) => serde_json::to_value(muc::muc(t, peer, &a.opts(&t.domain)).await?)?,
         Scenario::MamCheck { user, archive } => {
             let mut r = serde_json::to_value(mam::check(t, user, archive.as_deref(), None).await)?;
@@ -770,4 +697,91 @@ async fn run(
             serde_json::to_value(scenarios::roster_login(t, owner, &c, *online, *runs).await?)?
         }
     })
+}
+
+/// Fills the peer's queue while it is down, then measures it draining (both servers' CPU).
+async fn federation_backlog(
+    t: &Arc<Target>,
+    tb: &Arc<Target>,
+    cli: &Cli,
+    s: &Scenario,
+) -> anyhow::Result<Value> {
+    let Scenario::FederationBacklog {
+        sender,
+        recipient,
+        count,
+        peer_s2s_port,
+        ready_file,
+        wait_peer,
+        outpost,
+        a_config,
+    } = s
+    else {
+        bail!("not the federation backlog scenario");
+    };
+    let max = Duration::from_secs(300);
+    let fill =
+        scenarios::federation_backlog_fill(t, sender, &tb.jid(recipient), *count, max).await?;
+    if let Some(f) = ready_file {
+        std::fs::write(f, "queued\n").with_context(|| format!("writing {}", f.display()))?;
+    }
+    let probe = match (outpost, a_config) {
+        (Some(o), Some(c)) => Some(admin_queue_probe(o.clone(), c.clone(), tb.domain.clone())),
+        _ => None,
+    };
+    let s2s = SocketAddr::new(tb.addr.ip(), *peer_s2s_port);
+    // Both servers' CPU while the backlog crosses: B's pid is the new one.
+    let pids = || {
+        let mut p = t.server_pids.clone();
+        p.retain(|x| !tb.server_pids.contains(x));
+        p.extend(cli.peer_pidfile.as_deref().and_then(|f| read_pid(f).ok()));
+        p
+    };
+    let mut report = scenarios::federation_backlog_drain(
+        tb,
+        s2s,
+        recipient,
+        *count,
+        probe,
+        &pids,
+        secs(*wait_peer),
+        max,
+    )
+    .await?;
+    report.fill = Some(fill);
+    Ok(serde_json::to_value(report)?)
+}
+
+/// Saturation throughput, and the first pair's archive checked after it if asked.
+async fn throughput(t: &Arc<Target>, s: &Scenario) -> anyhow::Result<Value> {
+    let Scenario::Throughput {
+        prefix,
+        start,
+        pairs,
+        window,
+        warmup,
+        duration,
+        lat_sample,
+        mam_check,
+    } = s
+    else {
+        bail!("not the throughput scenario");
+    };
+    let mut r = scenarios::throughput(
+        t,
+        prefix,
+        *start,
+        *pairs,
+        *window,
+        secs(*warmup),
+        secs(*duration),
+        (*lat_sample).max(1),
+    )
+    .await?;
+    if *mam_check && !t.raw && *pairs > 0 {
+        let sent = r.sent_per_pair.first().copied().unwrap_or(0);
+        let c = mam::check_first_pair(t, prefix, *start, *pairs, sent).await;
+        r.mam_check = Some(c);
+    }
+    Ok(serde_json::to_value(r)?)
 }
