@@ -316,6 +316,11 @@ impl Router {
     }
 
     /// Sets who hears of changes to this node's sessions (once, when the cluster starts).
+    /// Whether this router is a cluster node's (other nodes hold sessions too).
+    pub(crate) fn clustered(&self) -> bool {
+        self.observer.get().is_some()
+    }
+
     pub(crate) fn observe(&self, observer: Arc<dyn Observer>) {
         let _ = self.observer.set(observer);
     }
